@@ -1,0 +1,132 @@
+import Foundation
+
+/// A decoded JSON document. Decoding into this first (instead of straight into models) lets us
+/// accept both Consul spellings (snake_case files, PascalCase API) and report errors with the
+/// exact field path.
+public enum JSONValue: Decodable, Equatable, Sendable {
+    case null
+    case bool(Bool)
+    case integer(Int64)
+    case number(Double)
+    case string(String)
+    case array([JSONValue])
+    case object([String: JSONValue])
+
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() { self = .null }
+        else if let value = try? container.decode(Bool.self) { self = .bool(value) }
+        else if let value = try? container.decode(Int64.self) { self = .integer(value) }
+        else if let value = try? container.decode(Double.self) { self = .number(value) }
+        else if let value = try? container.decode(String.self) { self = .string(value) }
+        else if let value = try? container.decode([JSONValue].self) { self = .array(value) }
+        else { self = .object(try container.decode([String: JSONValue].self)) }
+    }
+
+    public static func parse(_ data: Data, source: String) throws -> JSONValue {
+        do {
+            return try JSONDecoder().decode(JSONValue.self, from: data)
+        } catch {
+            throw ConfigError(source: source, path: "", message: "not valid JSON (\(Self.describe(error)))")
+        }
+    }
+
+    private static func describe(_ error: Error) -> String {
+        if case DecodingError.dataCorrupted(let context) = error {
+            return (context.underlyingError as NSError?)?.userInfo[NSDebugDescriptionErrorKey] as? String
+                ?? context.debugDescription
+        }
+        return "\(error)"
+    }
+
+    var typeName: String {
+        switch self {
+        case .null: return "null"
+        case .bool: return "boolean"
+        case .integer, .number: return "number"
+        case .string: return "string"
+        case .array: return "array"
+        case .object: return "object"
+        }
+    }
+}
+
+/// A configuration error that names the file and the field.
+public struct ConfigError: Error, CustomStringConvertible, Equatable {
+    public let source: String
+    public let path: String
+    public let message: String
+
+    public var description: String {
+        path.isEmpty ? "\(source): \(message)" : "\(source): \(path): \(message)"
+    }
+}
+
+/// A position in a JSON document, for reading fields with Consul's spelling rules and
+/// path-bearing errors.
+struct ConfigNode {
+    let value: JSONValue
+    let path: String
+    let source: String
+
+    /// Consul accepts `local_bind_port` in files and `LocalBindPort` from the API: compare field
+    /// names without case and underscores.
+    static func normalize(_ key: String) -> String {
+        String(key.lowercased().filter { $0 != "_" && $0 != "-" })
+    }
+
+    func error(_ message: String, at subpath: String? = nil) -> ConfigError {
+        ConfigError(source: source, path: subpath.map { path.isEmpty ? $0 : "\(path).\($0)" } ?? path, message: message)
+    }
+
+    func object() throws -> [String: JSONValue] {
+        guard case .object(let fields) = value else { throw error("expected an object, found \(value.typeName)") }
+        return fields
+    }
+
+    /// The field named `name` in any Consul spelling; nil when absent or null.
+    func field(_ name: String) throws -> ConfigNode? {
+        let wanted = Self.normalize(name)
+        for (key, child) in try object() where Self.normalize(key) == wanted {
+            if child == .null { return nil }
+            return ConfigNode(value: child, path: path.isEmpty ? name : "\(path).\(name)", source: source)
+        }
+        return nil
+    }
+
+    func require(_ name: String) throws -> ConfigNode {
+        guard let node = try field(name) else { throw error("required field is missing", at: name) }
+        return node
+    }
+
+    func string() throws -> String {
+        guard case .string(let text) = value else { throw error("expected a string, found \(value.typeName)") }
+        return text
+    }
+
+    /// Integers; `weak` also accepts numeric strings, as Consul's proxy config maps do.
+    func integer(weak: Bool = false) throws -> Int {
+        switch value {
+        case .integer(let number): return Int(number)
+        case .number(let number) where number.rounded() == number && abs(number) < 1e15: return Int(number)
+        case .string(let text) where weak:
+            if let number = Int(text.trimmingCharacters(in: .whitespaces)) { return number }
+            throw error("expected an integer, found \"\(text)\"")
+        default:
+            throw error("expected an integer, found \(value.typeName)")
+        }
+    }
+
+    func port() throws -> Int {
+        let number = try integer(weak: true)
+        guard (1...65535).contains(number) else { throw error("port \(number) is outside 1-65535") }
+        return number
+    }
+
+    func array() throws -> [ConfigNode] {
+        guard case .array(let items) = value else { throw error("expected an array, found \(value.typeName)") }
+        return items.enumerated().map { ConfigNode(value: $0.element, path: "\(path)[\($0.offset)]", source: source) }
+    }
+
+    func optionalString(_ name: String) throws -> String? { try field(name)?.string() }
+}

@@ -1,0 +1,180 @@
+import Foundation
+
+/// What a `connect-proxy` registration says about the sidecar we run. Built from a service
+/// definition file or (later) from `/v1/agent/service/:id`; no I/O here.
+public struct ProxyDefinition: Equatable, Sendable {
+    public var id: String
+    public var name: String
+    /// Public listener address; Consul's built-in proxy defaults to all interfaces.
+    public var address: String
+    public var port: Int?
+    public var destinationServiceName: String
+    public var destinationServiceID: String?
+    public var localServiceAddress: String
+    public var localServicePort: Int?
+    public var config: ProxyConfig
+    public var upstreams: [Upstream]
+
+    /// Where the public (inbound) listener binds: proxy config overrides the registration.
+    public var publicBindAddress: String { config.bindAddress ?? address }
+    public var publicBindPort: Int? { config.bindPort ?? port }
+}
+
+/// Keys we honour in `proxy.config` (the map Consul passes through to proxies).
+public struct ProxyConfig: Equatable, Sendable {
+    public var bindAddress: String?
+    public var bindPort: Int?
+    public var localConnectTimeoutMs: Int = 1000
+    public var handshakeTimeoutMs: Int = 10000
+    /// "tcp" (default), "http", "http2", "grpc": decides L4 vs L7 enforcement.
+    public var `protocol`: String = "tcp"
+}
+
+public struct Upstream: Equatable, Sendable {
+    public var destinationName: String
+    public var destinationNamespace: String
+    public var destinationPartition: String
+    /// nil: the proxy's own datacenter.
+    public var datacenter: String?
+    public var localBindAddress: String
+    public var localBindPort: Int
+    public var connectTimeoutMs: Int
+
+    /// Listener identity: a change of any of these means a new listener.
+    public var listenerKey: String { "\(localBindAddress):\(localBindPort)" }
+}
+
+extension ProxyDefinition {
+    /// Reads a service definition file in any of the shapes Consul accepts:
+    /// `{"service": {...}}` (agent config file), a bare registration object (HTTP API, PascalCase),
+    /// either one being a `connect-proxy` or an application service with
+    /// `connect.sidecar_service` (we then derive the sidecar the way Consul does).
+    public static func load(path: String) throws -> ProxyDefinition {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigError(source: path, path: "", message: "cannot read file")
+        }
+        return try decode(data, source: path)
+    }
+
+    public static func decode(_ data: Data, source: String) throws -> ProxyDefinition {
+        let root = ConfigNode(value: try JSONValue.parse(data, source: source), path: "", source: source)
+        _ = try root.object()
+        if let services = try root.field("services") {
+            let list = try services.array()
+            guard list.count == 1 else {
+                throw services.error("expected exactly one service definition, found \(list.count)")
+            }
+            return try decode(service: list[0])
+        }
+        return try decode(service: try root.field("service") ?? root)
+    }
+
+    static func decode(service node: ConfigNode) throws -> ProxyDefinition {
+        let kind = try node.optionalString("kind") ?? ""
+        switch kind {
+        case "connect-proxy":
+            return try decodeProxyRegistration(node)
+        case "":
+            guard let connect = try node.field("connect"), let sidecar = try connect.field("sidecar_service") else {
+                throw node.error("not a connect-proxy registration (kind is missing) and no connect.sidecar_service block")
+            }
+            return try decodeSidecarService(sidecar, parent: node)
+        default:
+            throw node.error("kind \"\(kind)\" is not supported; expected \"connect-proxy\"", at: "kind")
+        }
+    }
+
+    private static func decodeProxyRegistration(_ node: ConfigNode) throws -> ProxyDefinition {
+        let name = try node.require("name").string()
+        let proxy = try node.require("proxy")
+        let destination = try proxy.require("destination_service_name").string()
+        guard !destination.isEmpty else { throw proxy.error("must not be empty", at: "destination_service_name") }
+        return ProxyDefinition(
+            id: try node.optionalString("id") ?? name,
+            name: name,
+            address: try node.optionalString("address").flatMap { $0.isEmpty ? nil : $0 } ?? "0.0.0.0",
+            port: try node.field("port")?.port(),
+            destinationServiceName: destination,
+            destinationServiceID: try proxy.optionalString("destination_service_id"),
+            localServiceAddress: try proxy.optionalString("local_service_address").flatMap { $0.isEmpty ? nil : $0 }
+                ?? "127.0.0.1",
+            localServicePort: try proxy.field("local_service_port")?.port(),
+            config: try decodeConfig(proxy.field("config")),
+            upstreams: try decodeUpstreams(proxy.field("upstreams"))
+        )
+    }
+
+    /// Consul's defaults for `connect { sidecar_service {} }`: name `<svc>-sidecar-proxy`,
+    /// local service = the parent's port on 127.0.0.1.
+    private static func decodeSidecarService(_ sidecar: ConfigNode, parent: ConfigNode) throws -> ProxyDefinition {
+        let parentName = try parent.require("name").string()
+        let parentID = try parent.optionalString("id") ?? parentName
+        let proxy = try sidecar.field("proxy")
+        let name = try sidecar.optionalString("name") ?? "\(parentName)-sidecar-proxy"
+        return ProxyDefinition(
+            id: try sidecar.optionalString("id") ?? "\(parentID)-sidecar-proxy",
+            name: name,
+            address: try sidecar.optionalString("address").flatMap { $0.isEmpty ? nil : $0 } ?? "0.0.0.0",
+            port: try sidecar.field("port")?.port(),
+            destinationServiceName: parentName,
+            destinationServiceID: parentID,
+            localServiceAddress: try proxy?.optionalString("local_service_address") ?? "127.0.0.1",
+            localServicePort: try proxy?.field("local_service_port")?.port() ?? parent.field("port")?.port(),
+            config: try decodeConfig(proxy?.field("config")),
+            upstreams: try decodeUpstreams(proxy?.field("upstreams"))
+        )
+    }
+
+    private static func decodeConfig(_ node: ConfigNode?) throws -> ProxyConfig {
+        var config = ProxyConfig()
+        guard let node else { return config }
+        config.bindAddress = try node.optionalString("bind_address")
+        config.bindPort = try node.field("bind_port")?.port()
+        if let timeout = try node.field("local_connect_timeout_ms") { config.localConnectTimeoutMs = try positive(timeout) }
+        if let timeout = try node.field("handshake_timeout_ms") { config.handshakeTimeoutMs = try positive(timeout) }
+        if let proto = try node.optionalString("protocol") {
+            let normalized = proto.lowercased()
+            guard ["tcp", "http", "http2", "grpc"].contains(normalized) else {
+                throw node.error("unknown protocol \"\(proto)\"; expected tcp, http, http2 or grpc", at: "protocol")
+            }
+            config.protocol = normalized
+        }
+        return config
+    }
+
+    private static func decodeUpstreams(_ node: ConfigNode?) throws -> [Upstream] {
+        guard let node else { return [] }
+        var seen: [String: String] = [:]
+        return try node.array().map { item in
+            if let type = try item.optionalString("destination_type"), !type.isEmpty, type != "service" {
+                throw item.error("destination_type \"\(type)\" is not supported; only \"service\"", at: "destination_type")
+            }
+            let name = try item.require("destination_name").string()
+            guard !name.isEmpty else { throw item.error("must not be empty", at: "destination_name") }
+            if try item.field("local_bind_socket_path") != nil, try item.field("local_bind_port") == nil {
+                throw item.error("unix-socket upstreams are not supported yet; set local_bind_port", at: "local_bind_socket_path")
+            }
+            let config = try item.field("config")
+            let upstream = Upstream(
+                destinationName: name,
+                destinationNamespace: try item.optionalString("destination_namespace").flatMap { $0.isEmpty ? nil : $0 } ?? "default",
+                destinationPartition: try item.optionalString("destination_partition").flatMap { $0.isEmpty ? nil : $0 } ?? "default",
+                datacenter: try item.optionalString("datacenter").flatMap { $0.isEmpty ? nil : $0 },
+                localBindAddress: try item.optionalString("local_bind_address").flatMap { $0.isEmpty ? nil : $0 } ?? "127.0.0.1",
+                localBindPort: try item.require("local_bind_port").port(),
+                connectTimeoutMs: try config?.field("connect_timeout_ms").map(positive) ?? 10000
+            )
+            if let other = seen[upstream.listenerKey] {
+                throw item.error("local bind \(upstream.listenerKey) is already used by upstream \"\(other)\"", at: "local_bind_port")
+            }
+            seen[upstream.listenerKey] = name
+            return upstream
+        }
+    }
+
+    private static func positive(_ node: ConfigNode) throws -> Int {
+        let value = try node.integer(weak: true)
+        guard value > 0 else { throw node.error("must be greater than 0") }
+        return value
+    }
+}

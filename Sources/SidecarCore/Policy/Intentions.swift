@@ -1,0 +1,120 @@
+import SidecarTLS
+
+public enum IntentionAction: String, Sendable, Equatable {
+    case allow
+    case deny
+}
+
+/// One source of a `service-intentions` entry, flattened to a Consul intention.
+public struct Intention: Sendable, Equatable {
+    public var destinationName: String
+    public var destinationNamespace: String
+    public var sourceName: String
+    public var sourceNamespace: String
+    public var sourcePartition: String
+    /// Non-empty: the source is a cluster peer. Local SPIFFE identities never match it.
+    public var sourcePeer: String
+    /// nil when the source carries L7 Permissions instead of an action.
+    public var action: IntentionAction?
+    public var hasPermissions: Bool
+    public var description: String
+
+    public init(destinationName: String, destinationNamespace: String = "default",
+                sourceName: String, sourceNamespace: String = "default", sourcePartition: String = "default",
+                sourcePeer: String = "", action: IntentionAction?, hasPermissions: Bool = false,
+                description: String = "") {
+        self.destinationName = destinationName
+        self.destinationNamespace = destinationNamespace
+        self.sourceName = sourceName
+        self.sourceNamespace = sourceNamespace
+        self.sourcePartition = sourcePartition
+        self.sourcePeer = sourcePeer
+        self.action = action
+        self.hasPermissions = hasPermissions
+        self.description = description
+    }
+
+    /// Consul's precedence: destination exact name 9, `ns/*` 6, `*/*` 3, minus one for each
+    /// wildcard among the source's namespace and name.
+    public var precedence: Int {
+        let ceiling: Int
+        if destinationName != "*" { ceiling = 9 } else if destinationNamespace != "*" { ceiling = 6 } else { ceiling = 3 }
+        let exactSourceParts = (sourceNamespace != "*" ? 1 : 0) + (sourceName != "*" ? 1 : 0)
+        return ceiling - (2 - exactSourceParts)
+    }
+
+    /// Human-readable and stable, used as the intention's ID in audit lines.
+    public var identifier: String {
+        let peer = sourcePeer.isEmpty ? "" : "peer:\(sourcePeer)/"
+        return "\(peer)\(sourcePartition)/\(sourceNamespace)/\(sourceName) -> \(destinationNamespace)/\(destinationName)"
+    }
+
+    func matches(source: SPIFFEID, destination: String, destinationNamespace namespace: String) -> Bool {
+        guard sourcePeer.isEmpty else { return false }
+        return (destinationName == "*" || destinationName == destination)
+            && (destinationNamespace == "*" || destinationNamespace == namespace)
+            && (sourceName == "*" || sourceName == source.service)
+            && (sourceNamespace == "*" || sourceNamespace == source.namespace)
+            && (sourcePartition == "*" || sourcePartition == source.partition)
+    }
+}
+
+/// The outcome of one authorization, with what decided it (for the audit log).
+public struct IntentionDecision: Sendable, Equatable {
+    public enum Reason: Sendable, Equatable {
+        case intention(identifier: String, precedence: Int)
+        case defaultPolicy
+        /// A matching intention has L7 Permissions; a plain L4 connection cannot satisfy them.
+        case requiresL7(identifier: String, precedence: Int)
+        case intentionsNotLoaded
+    }
+
+    public var allowed: Bool
+    public var reason: Reason
+
+    public var reasonText: String {
+        switch reason {
+        case .intention(let id, let precedence): return "intention \(id) (precedence \(precedence))"
+        case .defaultPolicy: return "default policy"
+        case .requiresL7(let id, let precedence): return "intention \(id) (precedence \(precedence)) has L7 permissions; L4 treated as deny"
+        case .intentionsNotLoaded: return "intentions not loaded"
+        }
+    }
+}
+
+/// Evaluates intentions for one destination, Consul's way: highest precedence first, deny
+/// before allow at equal precedence, then lexicographic; first match wins; otherwise the
+/// default policy. Pure and immutable: rebuilt whenever intentions change.
+public struct IntentionSet: Sendable {
+    public let defaultAction: IntentionAction
+    private let ordered: [Intention]
+
+    public init(_ intentions: [Intention], defaultAction: IntentionAction) {
+        self.defaultAction = defaultAction
+        self.ordered = intentions.sorted(by: Self.evaluationOrder)
+    }
+
+    public var intentions: [Intention] { ordered }
+
+    static func evaluationOrder(_ lhs: Intention, _ rhs: Intention) -> Bool {
+        if lhs.precedence != rhs.precedence { return lhs.precedence > rhs.precedence }
+        let lhsDeny = lhs.action != .allow, rhsDeny = rhs.action != .allow
+        if lhsDeny != rhsDeny { return lhsDeny }
+        return (lhs.sourcePartition, lhs.sourceNamespace, lhs.sourceName, lhs.destinationNamespace, lhs.destinationName)
+            < (rhs.sourcePartition, rhs.sourceNamespace, rhs.sourceName, rhs.destinationNamespace, rhs.destinationName)
+    }
+
+    /// The L4 decision for a connection from `source` to `destination`.
+    public func decide(source: SPIFFEID, destination: String, destinationNamespace: String = "default") -> IntentionDecision {
+        for intention in ordered where intention.matches(source: source, destination: destination,
+                                                         destinationNamespace: destinationNamespace) {
+            if intention.hasPermissions || intention.action == nil {
+                return IntentionDecision(allowed: false, reason: .requiresL7(identifier: intention.identifier,
+                                                                               precedence: intention.precedence))
+            }
+            return IntentionDecision(allowed: intention.action == .allow,
+                                     reason: .intention(identifier: intention.identifier, precedence: intention.precedence))
+        }
+        return IntentionDecision(allowed: defaultAction == .allow, reason: .defaultPolicy)
+    }
+}

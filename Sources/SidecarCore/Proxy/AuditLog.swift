@@ -1,0 +1,136 @@
+import Foundation
+import NIOConcurrencyHelpers
+
+/// One audit record: every handshake decision and every connection close. Field names are part
+/// of the product (operators parse them for SOC 2 evidence); README documents them.
+public struct AuditEvent: Sendable, Equatable {
+    public enum Kind: String, Sendable {
+        /// Inbound: the peer failed TLS verification (bad certificate, protocol, timeout).
+        case handshakeRejected = "handshake_rejected"
+        /// Inbound: intentions decided on a verified peer.
+        case authorization
+        /// Upstream: mTLS to the destination established (or not).
+        case upstreamConnected = "upstream_connected"
+        case upstreamFailed = "upstream_failed"
+        /// Inbound: authorized, but the local service could not be reached.
+        case localConnectFailed = "local_connect_failed"
+        case connectionClosed = "connection_closed"
+    }
+
+    public var time = Date()
+    public var kind: Kind
+    public var listener: String
+    public var peerAddress: String?
+    public var source: String?
+    public var sourceSerial: String?
+    public var destination: String?
+    public var decision: String?
+    public var reason: String?
+    public var bytesIn: Int?
+    public var bytesOut: Int?
+    public var durationMs: Int?
+
+    public init(kind: Kind, listener: String, peerAddress: String? = nil, source: String? = nil,
+                sourceSerial: String? = nil, destination: String? = nil, decision: String? = nil,
+                reason: String? = nil, bytesIn: Int? = nil, bytesOut: Int? = nil, durationMs: Int? = nil) {
+        self.kind = kind
+        self.listener = listener
+        self.peerAddress = peerAddress
+        self.source = source
+        self.sourceSerial = sourceSerial
+        self.destination = destination
+        self.decision = decision
+        self.reason = reason
+        self.bytesIn = bytesIn
+        self.bytesOut = bytesOut
+        self.durationMs = durationMs
+    }
+
+    /// One JSON object, fields in a fixed order, absent fields omitted.
+    public var jsonLine: String {
+        var fields: [(String, String)] = [
+            ("ts", Self.quote(Self.timestamp(time))), ("event", Self.quote(kind.rawValue)), ("listener", Self.quote(listener)),
+        ]
+        func add(_ name: String, _ value: String?) { if let value { fields.append((name, Self.quote(value))) } }
+        func add(_ name: String, _ value: Int?) { if let value { fields.append((name, String(value))) } }
+        add("peer_addr", peerAddress)
+        add("source", source)
+        add("source_serial", sourceSerial)
+        add("destination", destination)
+        add("decision", decision)
+        add("reason", reason)
+        add("bytes_in", bytesIn)
+        add("bytes_out", bytesOut)
+        add("duration_ms", durationMs)
+        return "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
+    }
+
+    static func timestamp(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        return formatter.string(from: date)
+    }
+
+    static func quote(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+}
+
+/// Where audit records go. Thread-safe: called from every event loop.
+public protocol AuditSink: Sendable {
+    func record(_ event: AuditEvent)
+}
+
+/// JSON lines to a file descriptor (stdout by default), one write(2) per line.
+public final class JSONLinesAuditSink: AuditSink {
+    private let handle: FileHandle
+    private let lock = NIOLock()
+
+    public init(handle: FileHandle = .standardOutput) { self.handle = handle }
+
+    public static func file(at path: String) throws -> JSONLinesAuditSink {
+        if !FileManager.default.fileExists(atPath: path) {
+            guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o640]) else {
+                throw ConfigError(source: path, path: "", message: "cannot create audit log file")
+            }
+        }
+        guard let handle = FileHandle(forWritingAtPath: path) else {
+            throw ConfigError(source: path, path: "", message: "cannot open audit log file for writing")
+        }
+        handle.seekToEndOfFile()
+        return JSONLinesAuditSink(handle: handle)
+    }
+
+    public func record(_ event: AuditEvent) {
+        let line = Data((event.jsonLine + "\n").utf8)
+        lock.withLock { handle.write(line) }
+    }
+}
+
+/// Keeps records in memory; tests assert on them.
+public final class MemoryAuditSink: AuditSink {
+    private let storage = NIOLockedValueBox<[AuditEvent]>([])
+    public init() {}
+    public func record(_ event: AuditEvent) { storage.withLockedValue { $0.append(event) } }
+    public var events: [AuditEvent] { storage.withLockedValue { $0 } }
+}
+
+/// Fans one record out to several sinks.
+public struct AuditFanOut: AuditSink {
+    let sinks: [any AuditSink]
+    public init(_ sinks: [any AuditSink]) { self.sinks = sinks }
+    public func record(_ event: AuditEvent) { sinks.forEach { $0.record(event) } }
+}

@@ -1,0 +1,88 @@
+import NIOCore
+
+/// Holds a connection while its partner is being set up: keeps the bytes that already arrived
+/// (at most one read's worth, because reads are withheld) and releases them when joined.
+class StagingHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+
+    private(set) var buffered: [ByteBuffer] = []
+    private var readWithheld = false
+    /// While holding, reads are withheld; the subclass decides when holding starts.
+    var holding = false
+    private var released = false
+
+    // Subclasses override these; declaring them here makes them the protocol witnesses
+    // (a subclass-only method would never be called through ChannelHandler).
+    func handlerAdded(context: ChannelHandlerContext) {}
+    func channelActive(context: ChannelHandlerContext) { context.fireChannelActive() }
+    func channelInactive(context: ChannelHandlerContext) { context.fireChannelInactive() }
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        context.fireUserInboundEventTriggered(event)
+    }
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.fireErrorCaught(error) }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if released {
+            context.fireChannelRead(data)
+        } else {
+            buffered.append(unwrapInboundIn(data))
+        }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if holding && !released {
+            readWithheld = true
+        } else {
+            context.read()
+        }
+    }
+
+    /// Hands over what was buffered and stops staging. Returns whether a read was withheld.
+    fileprivate func release() -> (buffered: [ByteBuffer], readWithheld: Bool) {
+        released = true
+        defer { buffered = [] }
+        return (buffered, readWithheld)
+    }
+}
+
+enum ConnectionJoiner {
+    /// Joins a mesh (TLS) channel and a local (plaintext) channel on the same event loop.
+    /// Each side may have a staging handler holding early bytes; a side without one must have
+    /// autoRead off until now (a freshly dialed channel), so no byte is read before the glue exists.
+    static func join(mesh: Channel, meshStaging: StagingHandler?, local: Channel, localStaging: StagingHandler?,
+                     stats: ConnectionStats) throws {
+        mesh.eventLoop.preconditionInEventLoop()
+        precondition(mesh.eventLoop === local.eventLoop, "both halves must share an event loop")
+        let glue = GlueHandler.pair(stats: stats)
+        try mesh.pipeline.syncOperations.addHandler(glue.mesh)
+        try local.pipeline.syncOperations.addHandler(glue.local)
+
+        for (staging, from, to) in [(meshStaging, mesh, local), (localStaging, local, mesh)] {
+            guard let staging else {
+                from.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in from.close(promise: nil) }
+                continue
+            }
+            let (buffered, readWithheld) = staging.release()
+            for bytes in buffered {
+                if from === mesh { stats.bytesFromMesh += bytes.readableBytes } else { stats.bytesToMesh += bytes.readableBytes }
+                to.write(bytes, promise: nil)
+            }
+            if !buffered.isEmpty { to.flush() }
+            from.pipeline.syncOperations.removeHandler(staging).whenComplete { _ in
+                if readWithheld { from.read() }
+            }
+        }
+    }
+}
+
+extension Optional where Wrapped == SocketAddress {
+    /// "ip:port" (or "[v6]:port") for logs and audit lines.
+    var auditDescription: String {
+        guard let address = self, let ip = address.ipAddress, let port = address.port else {
+            return self.map { "\($0)" } ?? "unknown"
+        }
+        return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
+    }
+}

@@ -1,0 +1,145 @@
+import Logging
+import NIOCore
+import NIOPosix
+import SidecarTLS
+
+/// Everything an inbound (public listener) connection needs to decide and forward.
+struct InboundRoute: Sendable {
+    var destinationService: String
+    var localHost: String
+    var localPort: Int
+    var localConnectTimeout: TimeAmount
+}
+
+/// Sits after the TLS handler on an accepted public-listener connection. Waits for a verified
+/// peer, asks the intentions, and only if allowed dials the local service. Until then the
+/// local service sees nothing: no connection, no byte.
+final class InboundConnectionHandler: StagingHandler {
+    private enum State {
+        case handshaking
+        case connectingLocal(TLSPeer)
+        case joined
+        case closed
+    }
+
+    private var state = State.handshaking
+    private let listenerName: String
+    private let route: () -> InboundRoute
+    private let authorize: (SPIFFEID, String) -> IntentionDecision
+    private let audit: any AuditSink
+    private let logger: Logger
+    private var peerAddress = "unknown"
+
+    init(listenerName: String, route: @escaping () -> InboundRoute,
+         authorize: @escaping (SPIFFEID, String) -> IntentionDecision, audit: any AuditSink, logger: Logger) {
+        self.listenerName = listenerName
+        self.route = route
+        self.authorize = authorize
+        self.audit = audit
+        self.logger = logger
+    }
+
+    override func handlerAdded(context: ChannelHandlerContext) {
+        peerAddress = context.channel.remoteAddress.auditDescription
+    }
+
+    override func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard case .handshaking = state, let tlsEvent = event as? TLSEvent,
+              case .handshakeCompleted(let peer) = tlsEvent else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        let route = self.route()
+        let decision = authorize(peer.identity, route.destinationService)
+        audit.record(AuditEvent(kind: .authorization, listener: listenerName, peerAddress: peerAddress,
+                                source: peer.identity.uri, sourceSerial: peer.certificateSerial,
+                                destination: route.destinationService, decision: decision.allowed ? "allow" : "deny",
+                                reason: decision.reasonText))
+        guard decision.allowed else {
+            logger.info("inbound connection denied", metadata: [
+                "source": "\(peer.identity)", "peer": "\(peerAddress)", "reason": "\(decision.reasonText)",
+            ])
+            state = .closed
+            context.close(promise: nil)
+            return
+        }
+        state = .connectingLocal(peer)
+        holding = true
+        connectLocal(context: context, route: route, peer: peer)
+    }
+
+    private func connectLocal(context: ChannelHandlerContext, route: InboundRoute, peer: TLSPeer) {
+        let meshChannel = context.channel
+        ClientBootstrap(group: context.eventLoop)
+            .connectTimeout(route.localConnectTimeout)
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            .channelOption(ChannelOptions.autoRead, value: false)
+            .channelOption(ChannelOptions.recvAllocator, value: ProxyChannelOptions.receiveAllocator)
+            .channelOption(ChannelOptions.writeBufferWaterMark, value: ProxyChannelOptions.writeWatermark)
+            .connect(host: route.localHost, port: route.localPort)
+            .hop(to: context.eventLoop)
+            .whenComplete { [self] result in
+                switch (result, state) {
+                case (.success(let local), .connectingLocal):
+                    let stats = ConnectionStats()
+                    do {
+                        try ConnectionJoiner.join(mesh: meshChannel, meshStaging: self, local: local, localStaging: nil,
+                                                  stats: stats)
+                        state = .joined
+                        recordClose(mesh: meshChannel, local: local, peer: peer, route: route, stats: stats)
+                    } catch {
+                        local.close(promise: nil)
+                        meshChannel.close(promise: nil)
+                    }
+                case (.success(let local), _):
+                    local.close(promise: nil) // The mesh side went away while we dialed.
+                case (.failure(let error), _):
+                    audit.record(AuditEvent(kind: .localConnectFailed, listener: listenerName, peerAddress: peerAddress,
+                                            source: peer.identity.uri, sourceSerial: peer.certificateSerial,
+                                            destination: route.destinationService,
+                                            reason: "local service \(route.localHost):\(route.localPort) unreachable: \(error)"))
+                    logger.warning("local service unreachable", metadata: [
+                        "target": "\(route.localHost):\(route.localPort)", "error": "\(error)",
+                    ])
+                    state = .closed
+                    meshChannel.close(promise: nil)
+                }
+            }
+    }
+
+    private func recordClose(mesh: Channel, local: Channel, peer: TLSPeer, route: InboundRoute, stats: ConnectionStats) {
+        let listenerName = self.listenerName, peerAddress = self.peerAddress, audit = self.audit
+        mesh.closeFuture.and(local.closeFuture).whenComplete { _ in
+            audit.record(AuditEvent(kind: .connectionClosed, listener: listenerName, peerAddress: peerAddress,
+                                    source: peer.identity.uri, sourceSerial: peer.certificateSerial,
+                                    destination: route.destinationService, bytesIn: stats.bytesFromMesh,
+                                    bytesOut: stats.bytesToMesh, durationMs: stats.durationMs))
+        }
+    }
+
+    override func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if case .handshaking = state, let tlsError = error as? TLSError {
+            audit.record(AuditEvent(kind: .handshakeRejected, listener: listenerName, peerAddress: peerAddress,
+                                    decision: "deny", reason: tlsError.description))
+            logger.info("inbound handshake rejected", metadata: ["peer": "\(peerAddress)", "reason": "\(tlsError)"])
+        } else {
+            logger.debug("inbound connection error", metadata: ["peer": "\(peerAddress)", "error": "\(error)"])
+        }
+        state = .closed
+        context.close(promise: nil)
+    }
+
+    override func channelInactive(context: ChannelHandlerContext) {
+        if case .joined = state {} else { state = .closed }
+        context.fireChannelInactive()
+    }
+}
+
+/// Socket options shared by every proxied connection.
+enum ProxyChannelOptions {
+    /// Large reads cut per-byte overhead on bulk snapshot streams; adaptive so idle connections
+    /// stay small.
+    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 2048, initial: 16 * 1024, maximum: 256 * 1024)
+    static let writeWatermark = ChannelOptions.Types.WriteBufferWaterMark(low: 128 * 1024, high: 512 * 1024)
+}

@@ -1,0 +1,186 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import SidecarTLS
+
+public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// "HOST:PORT" or "[v6]:PORT".
+    public init?(parsing text: String) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+              (1...65535).contains(port) else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { return nil }
+        self.init(host: host, port: port)
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// Spreads new connections over the instances of one destination in turn (not at random), and
+/// gives each connection the full list in that order so a failed dial falls through to the next.
+final class EndpointRotation: Sendable {
+    private let state: NIOLockedValueBox<(endpoints: [Endpoint], next: Int)>
+
+    init(_ endpoints: [Endpoint]) { state = NIOLockedValueBox((endpoints, 0)) }
+
+    func replace(_ endpoints: [Endpoint]) { state.withLockedValue { $0.endpoints = endpoints } }
+
+    func attemptOrder() -> [Endpoint] {
+        state.withLockedValue { value in
+            guard !value.endpoints.isEmpty else { return [] }
+            let start = value.next % value.endpoints.count
+            value.next &+= 1
+            return Array(value.endpoints[start...] + value.endpoints[..<start])
+        }
+    }
+}
+
+/// Everything an upstream listener's connections need.
+struct UpstreamRoute: Sendable {
+    var upstream: Upstream
+    var expectedIdentity: SPIFFEID
+    var endpoints: EndpointRotation
+    var tlsContext: @Sendable () -> TLSContext
+    var handshakeTimeout: TimeAmount
+}
+
+/// On a plaintext connection accepted from the local app: dials the destination's sidecar with
+/// mTLS, requires the expected identity, and only then forwards. Bytes the app sends early are
+/// staged (reads withheld meanwhile).
+final class UpstreamConnectionHandler: StagingHandler {
+    private let route: UpstreamRoute
+    private let audit: any AuditSink
+    private let logger: Logger
+    private var localGone = false
+    private var callerAddress = "unknown"
+    private var listenerName: String { "upstream:\(route.upstream.destinationName)" }
+
+    init(route: UpstreamRoute, audit: any AuditSink, logger: Logger) {
+        self.route = route
+        self.audit = audit
+        self.logger = logger
+        super.init()
+        holding = true
+    }
+
+    override func channelActive(context: ChannelHandlerContext) {
+        callerAddress = context.channel.remoteAddress.auditDescription
+        context.fireChannelActive()
+        attempt(context: context, remaining: route.endpoints.attemptOrder()[...], failures: [])
+    }
+
+    override func channelInactive(context: ChannelHandlerContext) {
+        localGone = true
+        context.fireChannelInactive()
+    }
+
+    private func attempt(context: ChannelHandlerContext, remaining: ArraySlice<Endpoint>, failures: [String]) {
+        guard let endpoint = remaining.first else {
+            let reason = failures.isEmpty ? "no known instance of \(route.upstream.destinationName)" : failures.joined(separator: "; ")
+            audit.record(AuditEvent(kind: .upstreamFailed, listener: listenerName, peerAddress: callerAddress,
+                                    destination: route.expectedIdentity.uri, reason: reason))
+            logger.warning("upstream connection failed", metadata: ["upstream": "\(route.upstream.destinationName)", "reason": "\(reason)"])
+            GlueHandler.abort(context.channel)
+            return
+        }
+        let local = context.channel
+        let waiter = HandshakeWaiter(promise: context.eventLoop.makePromise())
+        let tls = TLSHandler(context: route.tlsContext(), expectedPeer: route.expectedIdentity,
+                             configuration: TLSHandlerConfiguration(handshakeTimeout: route.handshakeTimeout))
+        ClientBootstrap(group: context.eventLoop)
+            .connectTimeout(.milliseconds(Int64(route.upstream.connectTimeoutMs)))
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            .channelOption(ChannelOptions.recvAllocator, value: ProxyChannelOptions.receiveAllocator)
+            .channelOption(ChannelOptions.writeBufferWaterMark, value: ProxyChannelOptions.writeWatermark)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandlers(tls, waiter) }
+            }
+            .connect(host: endpoint.host, port: endpoint.port)
+            .flatMap { remote in waiter.handshake.map { (remote, $0) } }
+            .hop(to: context.eventLoop)
+            .whenComplete { [self] result in
+                switch result {
+                case .success(let (remote, peer)):
+                    guard !localGone else {
+                        remote.close(promise: nil)
+                        return
+                    }
+                    let stats = ConnectionStats()
+                    do {
+                        try ConnectionJoiner.join(mesh: remote, meshStaging: waiter, local: local, localStaging: self, stats: stats)
+                    } catch {
+                        remote.close(promise: nil)
+                        local.close(promise: nil)
+                        return
+                    }
+                    audit.record(AuditEvent(kind: .upstreamConnected, listener: listenerName, peerAddress: callerAddress,
+                                            source: nil, destination: peer.identity.uri, decision: "allow",
+                                            reason: "\(endpoint) serial \(peer.certificateSerial) \(peer.protocolVersion)"))
+                    recordClose(mesh: remote, local: local, peer: peer, endpoint: endpoint, stats: stats)
+                case .failure(let error):
+                    logger.info("upstream instance failed", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
+                    if localGone { return }
+                    attempt(context: context, remaining: remaining.dropFirst(), failures: failures + ["\(endpoint): \(error)"])
+                }
+            }
+    }
+
+    private func recordClose(mesh: Channel, local: Channel, peer: TLSPeer, endpoint: Endpoint, stats: ConnectionStats) {
+        let listenerName = self.listenerName, callerAddress = self.callerAddress, audit = self.audit
+        mesh.closeFuture.and(local.closeFuture).whenComplete { _ in
+            audit.record(AuditEvent(kind: .connectionClosed, listener: listenerName, peerAddress: callerAddress,
+                                    destination: peer.identity.uri, bytesIn: stats.bytesFromMesh,
+                                    bytesOut: stats.bytesToMesh, durationMs: stats.durationMs))
+        }
+    }
+}
+
+/// On a dialed mesh connection: resolves when the server is verified, staging any application
+/// bytes that arrived with the final handshake flight.
+final class HandshakeWaiter: StagingHandler {
+    private let promise: EventLoopPromise<TLSPeer>
+    private var completed = false
+    var handshake: EventLoopFuture<TLSPeer> { promise.futureResult }
+
+    init(promise: EventLoopPromise<TLSPeer>) {
+        self.promise = promise
+    }
+
+    override func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let tlsEvent = event as? TLSEvent, case .handshakeCompleted(let peer) = tlsEvent, !completed {
+            completed = true
+            holding = true
+            promise.succeed(peer)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    override func errorCaught(context: ChannelHandlerContext, error: Error) {
+        guard !completed else {
+            context.fireErrorCaught(error)
+            return
+        }
+        completed = true
+        promise.fail(error)
+        context.close(promise: nil)
+    }
+
+    override func channelInactive(context: ChannelHandlerContext) {
+        if !completed {
+            completed = true
+            promise.fail(TLSError.handshakeFailed("connection closed during handshake"))
+        }
+        context.fireChannelInactive()
+    }
+}

@@ -1,0 +1,181 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import SidecarTLS
+
+/// Everything one sidecar process runs with, already loaded and validated.
+public struct SidecarSettings: Sendable {
+    public var definition: ProxyDefinition
+    public var credentials: TLSCredentials
+    /// nil until intentions have loaded: every inbound connection is refused meanwhile.
+    public var intentions: IntentionSet?
+    /// Static instances per upstream destination name (file mode).
+    public var upstreamEndpoints: [String: [Endpoint]]
+    /// Our datacenter: the default for upstreams that name none.
+    public var datacenter: String
+    public var audit: any AuditSink
+    public var logger: Logger
+
+    public init(definition: ProxyDefinition, credentials: TLSCredentials, intentions: IntentionSet?,
+                upstreamEndpoints: [String: [Endpoint]] = [:], datacenter: String = "dc1",
+                audit: any AuditSink, logger: Logger) {
+        self.definition = definition
+        self.credentials = credentials
+        self.intentions = intentions
+        self.upstreamEndpoints = upstreamEndpoints
+        self.datacenter = datacenter
+        self.audit = audit
+        self.logger = logger
+    }
+}
+
+/// The TLS contexts in use. New handshakes read the current pair; replacing it never touches
+/// live connections (each keeps the SSL object it started with).
+final class TLSContextStore: Sendable {
+    private let current: NIOLockedValueBox<(server: TLSContext, client: TLSContext)>
+
+    init(credentials: TLSCredentials) throws {
+        current = NIOLockedValueBox((try TLSContext(role: .server, credentials: credentials),
+                                     try TLSContext(role: .client, credentials: credentials)))
+    }
+
+    var server: TLSContext { current.withLockedValue { $0.server } }
+    var client: TLSContext { current.withLockedValue { $0.client } }
+}
+
+/// One running sidecar: the public (inbound) listener and one listener per upstream.
+public final class Sidecar: Sendable {
+    private let settings: SidecarSettings
+    private let group: EventLoopGroup
+    private let contexts: TLSContextStore
+    private let intentions: NIOLockedValueBox<IntentionSet?>
+    private let listeners = NIOLockedValueBox<[String: Channel]>([:])
+
+    public init(settings: SidecarSettings, group: EventLoopGroup) throws {
+        self.settings = settings
+        self.group = group
+        self.contexts = try TLSContextStore(credentials: settings.credentials)
+        self.intentions = NIOLockedValueBox(settings.intentions)
+    }
+
+    public static let publicListenerName = "public"
+
+    /// Binds every listener. Throws (naming the address) if any cannot be bound.
+    public func start() async throws {
+        let definition = settings.definition
+        if let localPort = definition.localServicePort, let port = definition.publicBindPort {
+            let channel = try await bindPublicListener(host: definition.publicBindAddress, port: port, localPort: localPort)
+            listeners.withLockedValue { $0[Self.publicListenerName] = channel }
+        } else {
+            settings.logger.notice("no public listener: the registration has no port or no local_service_port", metadata: [
+                "service": "\(definition.name)",
+            ])
+        }
+        for upstream in definition.upstreams {
+            let channel = try await bindUpstreamListener(upstream)
+            listeners.withLockedValue { $0["upstream:\(upstream.destinationName)"] = channel }
+        }
+    }
+
+    /// Replaces the intentions used for new connections.
+    public func updateIntentions(_ set: IntentionSet) {
+        intentions.withLockedValue { $0 = set }
+    }
+
+    /// Bound address of a listener ("public" or "upstream:<name>"), e.g. to learn port 0 picks.
+    public func boundAddress(of listener: String) -> SocketAddress? {
+        listeners.withLockedValue { $0[listener]?.localAddress }
+    }
+
+    public func stop() async {
+        let channels = listeners.withLockedValue { value in
+            defer { value.removeAll() }
+            return Array(value.values)
+        }
+        for channel in channels { try? await channel.close() }
+    }
+
+    // MARK: - Listeners
+
+    private func serverBootstrap() -> ServerBootstrap {
+        ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 1024)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            .childChannelOption(ChannelOptions.recvAllocator, value: ProxyChannelOptions.receiveAllocator)
+            .childChannelOption(ChannelOptions.writeBufferWaterMark, value: ProxyChannelOptions.writeWatermark)
+    }
+
+    private func bind(_ bootstrap: ServerBootstrap, host: String, port: Int, what: String) async throws -> Channel {
+        do {
+            let channel = try await bootstrap.bind(host: host, port: port).get()
+            settings.logger.info("listening", metadata: ["listener": "\(what)", "address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
+            return channel
+        } catch {
+            throw SidecarError.bindFailed(listener: what, address: "\(host):\(port)", reason: "\(error)")
+        }
+    }
+
+    private func bindPublicListener(host: String, port: Int, localPort: Int) async throws -> Channel {
+        let definition = settings.definition
+        let route = InboundRoute(destinationService: definition.destinationServiceName,
+                                 localHost: definition.localServiceAddress, localPort: localPort,
+                                 localConnectTimeout: .milliseconds(Int64(definition.config.localConnectTimeoutMs)))
+        let handshakeTimeout = TimeAmount.milliseconds(Int64(definition.config.handshakeTimeoutMs))
+        let contexts = self.contexts, intentions = self.intentions
+        let audit = settings.audit, logger = settings.logger
+        let authorize: @Sendable (SPIFFEID, String) -> IntentionDecision = { source, destination in
+            guard let set = intentions.withLockedValue({ $0 }) else {
+                return IntentionDecision(allowed: false, reason: .intentionsNotLoaded)
+            }
+            return set.decide(source: source, destination: destination)
+        }
+        let bootstrap = serverBootstrap().childChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandlers(
+                    TLSHandler(context: contexts.server,
+                               configuration: TLSHandlerConfiguration(handshakeTimeout: handshakeTimeout)),
+                    InboundConnectionHandler(listenerName: Self.publicListenerName, route: { route },
+                                             authorize: authorize, audit: audit, logger: logger)
+                )
+            }
+        }
+        return try await bind(bootstrap, host: host, port: port, what: Self.publicListenerName)
+    }
+
+    private func bindUpstreamListener(_ upstream: Upstream) async throws -> Channel {
+        let expected = SPIFFEID(trustDomain: settings.credentials.trustDomain, partition: upstream.destinationPartition,
+                                namespace: upstream.destinationNamespace,
+                                datacenter: upstream.datacenter ?? settings.datacenter, service: upstream.destinationName)
+        let contexts = self.contexts
+        let route = UpstreamRoute(upstream: upstream, expectedIdentity: expected,
+                                  endpoints: EndpointRotation(settings.upstreamEndpoints[upstream.destinationName] ?? []),
+                                  tlsContext: { contexts.client },
+                                  handshakeTimeout: .milliseconds(Int64(settings.definition.config.handshakeTimeoutMs)))
+        if settings.upstreamEndpoints[upstream.destinationName, default: []].isEmpty {
+            settings.logger.warning("upstream has no known instance; connections to it will fail", metadata: [
+                "upstream": "\(upstream.destinationName)",
+            ])
+        }
+        let audit = settings.audit, logger = settings.logger
+        let bootstrap = serverBootstrap().childChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(UpstreamConnectionHandler(route: route, audit: audit, logger: logger))
+            }
+        }
+        return try await bind(bootstrap, host: upstream.localBindAddress, port: upstream.localBindPort,
+                              what: "upstream:\(upstream.destinationName)")
+    }
+}
+
+public enum SidecarError: Error, CustomStringConvertible {
+    case bindFailed(listener: String, address: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .bindFailed(let listener, let address, let reason): return "cannot bind \(listener) listener on \(address): \(reason)"
+        }
+    }
+}

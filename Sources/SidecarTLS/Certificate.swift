@@ -1,0 +1,140 @@
+import COpenSSL
+import Foundation
+
+/// An immutable X.509 certificate owned by Swift (wraps `X509*`).
+public final class Certificate: @unchecked Sendable, CustomStringConvertible {
+    // Never mutated after init, so sharing across event loops is safe.
+    let pointer: OpaquePointer
+
+    init(taking pointer: OpaquePointer) { self.pointer = pointer }
+
+    /// Takes an extra reference: for certificates borrowed from OpenSSL structures.
+    init(retaining pointer: OpaquePointer) {
+        X509_up_ref(pointer)
+        self.pointer = pointer
+    }
+
+    deinit { X509_free(pointer) }
+
+    /// Every certificate in a PEM bundle, in order. Rejects empty bundles and trailing garbage
+    /// that looks like a broken certificate.
+    public static func parsePEMBundle(_ pem: [UInt8], source: String) throws -> [Certificate] {
+        OpenSSLErrorQueue.clear()
+        let certificates: [Certificate] = try pem.withUnsafeBytes { raw in
+            guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else {
+                throw TLSMaterialError("\(source): cannot allocate a memory BIO")
+            }
+            defer { BIO_free(bio) }
+            var result: [Certificate] = []
+            while let x509 = PEM_read_bio_X509(bio, nil, nil, nil) {
+                result.append(Certificate(taking: x509))
+            }
+            return result
+        }
+        // Reading stops with "no start line" at the end of the data: that is the normal end.
+        let leftover = OpenSSLErrorQueue.drain().filter { !$0.contains("no start line") }
+        if !leftover.isEmpty {
+            throw TLSMaterialError("\(source): malformed PEM certificate (\(leftover.joined(separator: "; ")))")
+        }
+        guard !certificates.isEmpty else { throw TLSMaterialError("\(source): no PEM certificate found") }
+        return certificates
+    }
+
+    /// Serial number as lowercase colon-separated hex, the way Consul prints SerialNumber.
+    public var serialNumber: String {
+        guard let serial = X509_get0_serialNumber(pointer), let bignum = ASN1_INTEGER_to_BN(serial, nil) else {
+            return ""
+        }
+        defer { BN_free(bignum) }
+        guard let hex = BN_bn2hex(bignum) else { return "" }
+        defer { bs_OPENSSL_free(hex) }
+        var digits = String(cString: hex).lowercased()
+        if digits.count % 2 == 1 { digits = "0" + digits }
+        var pairs: [Substring] = []
+        var index = digits.startIndex
+        while index < digits.endIndex {
+            let next = digits.index(index, offsetBy: 2)
+            pairs.append(digits[index..<next])
+            index = next
+        }
+        return pairs.joined(separator: ":")
+    }
+
+    public var notBefore: Date { Self.date(X509_get0_notBefore(pointer)) }
+    public var notAfter: Date { Self.date(X509_get0_notAfter(pointer)) }
+
+    private static func date(_ time: UnsafePointer<ASN1_TIME>?) -> Date {
+        var parts = tm()
+        guard let time, ASN1_TIME_to_tm(time, &parts) == 1 else { return .distantPast }
+        return Date(timeIntervalSince1970: TimeInterval(timegm(&parts)))
+    }
+
+    /// Every URI subject alternative name, exactly as encoded.
+    public var uriSANs: [String] {
+        guard let names = bs_x509_subject_alt_names(pointer) else { return [] }
+        defer { bs_general_names_free(names) }
+        var uris: [String] = []
+        for index in 0..<bs_general_names_count(names) {
+            var length: Int32 = 0
+            guard let bytes = bs_general_name_uri(names, index, &length) else { continue }
+            uris.append(String(decoding: UnsafeBufferPointer(start: bytes, count: Int(length)), as: UTF8.self))
+        }
+        return uris
+    }
+
+    /// What peer verification needs to know about a leaf, extracted once.
+    public var leafFacts: LeafCertificateFacts {
+        let flags = X509_get_extension_flags(pointer)
+        let hasEKU = flags & UInt32(EXFLAG_XKUSAGE) != 0
+        let eku = X509_get_extended_key_usage(pointer)
+        return LeafCertificateFacts(
+            uriSANs: uriSANs,
+            extendedKeyUsage: hasEKU
+                ? .init(clientAuth: eku & UInt32(XKU_SSL_CLIENT) != 0, serverAuth: eku & UInt32(XKU_SSL_SERVER) != 0)
+                : nil,
+            isCA: X509_check_ca(pointer) != 0
+        )
+    }
+
+    public var pemEncoded: String {
+        guard let bio = BIO_new(BIO_s_mem()) else { return "" }
+        defer { BIO_free(bio) }
+        PEM_write_bio_X509(bio, pointer)
+        var data: UnsafeMutablePointer<CChar>?
+        let length = BIO_ctrl(bio, BIO_CTRL_INFO, 0, &data)
+        guard let data, length > 0 else { return "" }
+        return String(decoding: UnsafeRawBufferPointer(start: data, count: length), as: UTF8.self)
+    }
+
+    public var description: String {
+        "Certificate(serial: \(serialNumber), uris: \(uriSANs), notAfter: \(notAfter))"
+    }
+}
+
+/// A private key owned by Swift (wraps `EVP_PKEY*`).
+public final class PrivateKey: @unchecked Sendable {
+    let pointer: OpaquePointer
+
+    private init(taking pointer: OpaquePointer) { self.pointer = pointer }
+    deinit { EVP_PKEY_free(pointer) }
+
+    /// Accepts PKCS#8 ("PRIVATE KEY") and SEC1 ("EC PRIVATE KEY", as Consul sends) PEM.
+    public static func parsePEM(_ pem: [UInt8], source: String) throws -> PrivateKey {
+        OpenSSLErrorQueue.clear()
+        let key: OpaquePointer? = pem.withUnsafeBytes { raw in
+            guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { return nil }
+            defer { BIO_free(bio) }
+            return PEM_read_bio_PrivateKey(bio, nil, nil, nil)
+        }
+        guard let key else {
+            throw TLSMaterialError("\(source): no readable PEM private key (\(OpenSSLErrorQueue.summary(or: "empty")))")
+        }
+        return PrivateKey(taking: key)
+    }
+
+    /// True when `certificate` carries this key's public half.
+    public func matches(_ certificate: Certificate) -> Bool {
+        guard let publicKey = X509_get0_pubkey(certificate.pointer) else { return false }
+        return EVP_PKEY_eq(publicKey, pointer) == 1
+    }
+}

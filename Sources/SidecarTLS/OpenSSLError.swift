@@ -1,0 +1,30 @@
+import COpenSSL
+
+/// The messages OpenSSL queued on this thread, drained (so the next call starts clean).
+enum OpenSSLErrorQueue {
+    static func drain() -> [String] {
+        var messages: [String] = []
+        while true {
+            let code = ERR_get_error()
+            if code == 0 { break }
+            var buffer = [CChar](repeating: 0, count: 256)
+            ERR_error_string_n(code, &buffer, buffer.count)
+            messages.append(String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+        return messages
+    }
+
+    static func clear() { ERR_clear_error() }
+
+    /// The drained queue as one line, or `fallback` when nothing was queued.
+    static func summary(or fallback: String) -> String {
+        let messages = drain()
+        return messages.isEmpty ? fallback : messages.joined(separator: "; ")
+    }
+}
+
+/// Errors building TLS material (startup and rotation), always with a readable reason.
+public struct TLSMaterialError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}

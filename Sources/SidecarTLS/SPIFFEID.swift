@@ -1,0 +1,178 @@
+/// A Consul service identity: `spiffe://<trust-domain>[/ap/<partition>]/ns/<namespace>/dc/<dc>/svc/<service>`.
+///
+/// Parsing is strict on purpose: this value decides who may read and write backups, so anything
+/// that is not exactly a Consul service identity is rejected rather than guessed at.
+public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible {
+    public var trustDomain: String
+    /// "default" when the URI carries no `/ap/` segment, as Consul does.
+    public var partition: String
+    public var namespace: String
+    public var datacenter: String
+    public var service: String
+
+    public init(trustDomain: String, partition: String = "default", namespace: String = "default",
+                datacenter: String, service: String) {
+        self.trustDomain = trustDomain.lowercased()
+        self.partition = partition
+        self.namespace = namespace
+        self.datacenter = datacenter
+        self.service = service
+    }
+
+    /// The canonical URI: lowercase trust domain, `/ap/` only for a non-default partition,
+    /// segments percent-encoded where needed.
+    public var uri: String {
+        var path = ""
+        if partition != "default" { path += "/ap/" + SPIFFEPercentCoding.encode(partition) }
+        path += "/ns/" + SPIFFEPercentCoding.encode(namespace)
+        path += "/dc/" + SPIFFEPercentCoding.encode(datacenter)
+        path += "/svc/" + SPIFFEPercentCoding.encode(service)
+        return "spiffe://" + trustDomain + path
+    }
+
+    public var description: String { uri }
+
+    /// Same workload regardless of trust domain letter case; datacenter included.
+    public func sameService(as other: SPIFFEID) -> Bool {
+        trustDomain == other.trustDomain && partition == other.partition
+            && namespace == other.namespace && datacenter == other.datacenter && service == other.service
+    }
+}
+
+public enum SPIFFEIDError: Error, Equatable, CustomStringConvertible {
+    case tooLong
+    case notSPIFFEScheme
+    case invalidTrustDomain(String)
+    case queryOrFragment
+    case notAServiceIdentity(String)
+    case invalidSegment(String)
+
+    public var description: String {
+        switch self {
+        case .tooLong: return "SPIFFE ID longer than 2048 bytes"
+        case .notSPIFFEScheme: return "not a spiffe:// URI"
+        case .invalidTrustDomain(let td): return "invalid trust domain \"\(td)\""
+        case .queryOrFragment: return "SPIFFE ID must not carry a query or fragment"
+        case .notAServiceIdentity(let path): return "path \"\(path)\" is not a Consul service identity"
+        case .invalidSegment(let segment): return "invalid path segment \"\(segment)\""
+        }
+    }
+}
+
+extension SPIFFEID {
+    static let maximumLength = 2048
+
+    /// Parses a service identity URI. Throws `SPIFFEIDError` for anything else.
+    public static func parse(_ uri: String) throws -> SPIFFEID {
+        let (trustDomain, path) = try splitURI(uri)
+        guard !path.isEmpty else { throw SPIFFEIDError.notAServiceIdentity(path) }
+        // Leading "/" then pairs of (keyword, value).
+        guard path.first == "/" else { throw SPIFFEIDError.notAServiceIdentity(path) }
+        let segments = path.dropFirst().split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        var partition = "default"
+        var rest = segments[...]
+        if rest.count == 8 {
+            guard rest.first == "ap" else { throw SPIFFEIDError.notAServiceIdentity(path) }
+            partition = try decodeSegment(rest[rest.startIndex + 1])
+            rest = rest.dropFirst(2)
+        }
+        guard rest.count == 6 else { throw SPIFFEIDError.notAServiceIdentity(path) }
+        let keys = rest.enumerated().filter { $0.offset % 2 == 0 }.map(\.element)
+        guard keys == ["ns", "dc", "svc"] else { throw SPIFFEIDError.notAServiceIdentity(path) }
+        let values = try rest.enumerated().filter { $0.offset % 2 == 1 }.map { try decodeSegment($0.element) }
+        return SPIFFEID(trustDomain: trustDomain, partition: partition, namespace: values[0],
+                        datacenter: values[1], service: values[2])
+    }
+
+    /// The trust domain of a CA's own URI SAN (`spiffe://<td>`, no path, or just "/").
+    public static func parseTrustDomainURI(_ uri: String) throws -> String {
+        let (trustDomain, path) = try splitURI(uri)
+        guard path.isEmpty || path == "/" else { throw SPIFFEIDError.notAServiceIdentity(path) }
+        return trustDomain
+    }
+
+    private static func splitURI(_ uri: String) throws -> (trustDomain: String, path: String) {
+        guard uri.utf8.count <= maximumLength else { throw SPIFFEIDError.tooLong }
+        let scheme = "spiffe://"
+        guard uri.count > scheme.count, uri.prefix(scheme.count).lowercased() == scheme else {
+            throw SPIFFEIDError.notSPIFFEScheme
+        }
+        let afterScheme = uri.dropFirst(scheme.count)
+        guard !afterScheme.contains("?"), !afterScheme.contains("#") else { throw SPIFFEIDError.queryOrFragment }
+        let slash = afterScheme.firstIndex(of: "/") ?? afterScheme.endIndex
+        let trustDomain = afterScheme[..<slash].lowercased()
+        try validateTrustDomain(trustDomain)
+        return (trustDomain, String(afterScheme[slash...]))
+    }
+
+    /// SPIFFE trust domain: letters, digits, '.', '-', '_' only (so no port, no userinfo,
+    /// no percent-encoding), not empty, no empty labels.
+    static func validateTrustDomain(_ trustDomain: String) throws {
+        guard !trustDomain.isEmpty, trustDomain.utf8.count <= 255,
+              trustDomain.utf8.allSatisfy({ byte in
+                  (byte >= 0x61 && byte <= 0x7A) || (byte >= 0x30 && byte <= 0x39)
+                      || byte == 0x2E || byte == 0x2D || byte == 0x5F
+              }),
+              !trustDomain.hasPrefix("."), !trustDomain.hasSuffix("."), !trustDomain.contains("..")
+        else { throw SPIFFEIDError.invalidTrustDomain(trustDomain) }
+    }
+
+    private static func decodeSegment(_ raw: String) throws -> String {
+        guard !raw.isEmpty, raw != ".", raw != "..",
+              let decoded = SPIFFEPercentCoding.decode(raw), !decoded.isEmpty,
+              !decoded.contains("/"), !decoded.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F })
+        else { throw SPIFFEIDError.invalidSegment(raw) }
+        return decoded
+    }
+}
+
+/// RFC 3986 `pchar` percent-coding for SPIFFE path segments.
+enum SPIFFEPercentCoding {
+    private static func isPChar(_ byte: UInt8) -> Bool {
+        switch byte {
+        case 0x41...0x5A, 0x61...0x7A, 0x30...0x39: return true // ALPHA DIGIT
+        case UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"): return true // unreserved
+        case UInt8(ascii: "!"), UInt8(ascii: "$"), UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "("),
+             UInt8(ascii: ")"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: ","), UInt8(ascii: ";"),
+             UInt8(ascii: "="), UInt8(ascii: ":"), UInt8(ascii: "@"): return true // sub-delims, ':' '@'
+        default: return false
+        }
+    }
+
+    static func encode(_ value: String) -> String {
+        var out = ""
+        for byte in value.utf8 {
+            if isPChar(byte) { out.unicodeScalars.append(Unicode.Scalar(byte)) } else {
+                out += "%" + String(byte >> 4, radix: 16, uppercase: true) + String(byte & 0xF, radix: 16, uppercase: true)
+            }
+        }
+        return out
+    }
+
+    /// nil when the segment holds a character outside `pchar`, a broken escape or invalid UTF-8.
+    static func decode(_ raw: String) -> String? {
+        var bytes: [UInt8] = []
+        var iterator = Array(raw.utf8).makeIterator()
+        while let byte = iterator.next() {
+            if byte == UInt8(ascii: "%") {
+                guard let high = iterator.next().flatMap(hexValue), let low = iterator.next().flatMap(hexValue) else {
+                    return nil
+                }
+                bytes.append(high << 4 | low)
+            } else {
+                guard isPChar(byte) else { return nil }
+                bytes.append(byte)
+            }
+        }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case 0x30...0x39: return byte - 0x30
+        case 0x41...0x46: return byte - 0x41 + 10
+        case 0x61...0x66: return byte - 0x61 + 10
+        default: return nil
+        }
+    }
+}

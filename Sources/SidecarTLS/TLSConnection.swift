@@ -1,0 +1,137 @@
+import COpenSSL
+import NIOCore
+
+/// The peer as established by a completed, verified handshake.
+public struct TLSPeer: Sendable {
+    public let identity: SPIFFEID
+    public let certificateSerial: String
+    public let protocolVersion: String
+    public let cipherSuite: String
+    public let applicationProtocol: String?
+}
+
+/// One SSL object and its BIO. Knows OpenSSL's return-code conventions; knows nothing of NIO
+/// channels (that is TLSHandler's job).
+final class TLSConnection {
+    enum Outcome {
+        case done
+        case wantRead
+        case closeNotify
+        case failed(String)
+    }
+
+    let ssl: OpaquePointer
+    let bio: ByteBufferBIO
+    let context: TLSContext
+    private let verification: PeerVerificationState
+
+    init(context: TLSContext, expectedPeer: SPIFFEID?, allocator: ByteBufferAllocator) throws {
+        guard let ssl = SSL_new(context.pointer) else {
+            throw TLSMaterialError("SSL_new failed: \(OpenSSLErrorQueue.summary(or: "unknown"))")
+        }
+        self.ssl = ssl
+        self.context = context
+        self.bio = ByteBufferBIO(allocator: allocator)
+        self.verification = PeerVerificationState(policy: PeerIdentityPolicy(
+            role: context.role, trustDomain: context.credentials.trustDomain, expectedPeer: expectedPeer))
+        SSL_set_bio(ssl, bio.bio, bio.bio) // SSL owns the BIO from here on.
+        _ = bs_SSL_set_app_data(ssl, Unmanaged.passUnretained(verification).toOpaque())
+        switch context.role {
+        case .server:
+            SSL_set_accept_state(ssl)
+        case .client:
+            SSL_set_connect_state(ssl)
+            let alpn = context.alpnWireFormat
+            if !alpn.isEmpty { _ = SSL_set_alpn_protos(ssl, alpn, UInt32(alpn.count)) }
+        }
+    }
+
+    deinit { SSL_free(ssl) }
+
+    func handshake() -> Outcome {
+        OpenSSLErrorQueue.clear()
+        let result = SSL_do_handshake(ssl)
+        if result == 1 { return .done }
+        return outcome(for: result)
+    }
+
+    /// The verified peer; nil (with a reason) if verification did not positively succeed.
+    func verifiedPeer() -> Result<TLSPeer, PeerVerificationError> {
+        if let failure = verification.failure { return .failure(failure) }
+        guard let identity = verification.identity,
+              let certificate = SSL_get1_peer_certificate(ssl)
+        else { return .failure(.noCertificate) }
+        // A verify result other than OK with an identity set cannot happen; check anyway.
+        guard SSL_get_verify_result(ssl) == X509_V_OK else {
+            return .failure(.chain(String(cString: X509_verify_cert_error_string(SSL_get_verify_result(ssl)))))
+        }
+        let peerCertificate = Certificate(taking: certificate)
+        var alpnData: UnsafePointer<UInt8>?
+        var alpnLength: UInt32 = 0
+        SSL_get0_alpn_selected(ssl, &alpnData, &alpnLength)
+        let alpn = alpnData.map { String(decoding: UnsafeBufferPointer(start: $0, count: Int(alpnLength)), as: UTF8.self) }
+        return .success(TLSPeer(
+            identity: identity,
+            certificateSerial: peerCertificate.serialNumber,
+            protocolVersion: String(cString: SSL_get_version(ssl)),
+            cipherSuite: String(cString: SSL_CIPHER_get_name(SSL_get_current_cipher(ssl))),
+            applicationProtocol: alpn
+        ))
+    }
+
+    /// Why the handshake failed, preferring our own verification reason over OpenSSL's text.
+    func handshakeFailureReason(_ openSSLText: String) -> String {
+        if let failure = verification.failure { return failure.description }
+        return openSSLText
+    }
+
+    var verificationFailure: PeerVerificationError? { verification.failure }
+
+    /// Decrypts into `buffer`'s writable space. Returns bytes read or why none were.
+    func read(into buffer: inout ByteBuffer) -> (Int, Outcome) {
+        OpenSSLErrorQueue.clear()
+        var readCount = 0
+        let result = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { space -> Int in
+            guard space.count > 0 else { return 0 }
+            let ret = SSL_read_ex(ssl, space.baseAddress, space.count, &readCount)
+            return ret == 1 ? readCount : 0
+        }
+        if result > 0 { return (result, .done) }
+        return (0, outcome(for: -1))
+    }
+
+    /// Encrypts all of `buffer` into the BIO (our BIO never refuses a write).
+    func write(_ buffer: ByteBuffer) -> Outcome {
+        OpenSSLErrorQueue.clear()
+        bio.reserveOutbound(buffer.readableBytes + (buffer.readableBytes / 16384 + 1) * 64)
+        return buffer.withUnsafeReadableBytes { bytes -> Outcome in
+            var written = 0
+            let ret = SSL_write_ex(ssl, bytes.baseAddress, bytes.count, &written)
+            if ret == 1, written == bytes.count { return .done }
+            return outcome(for: -1)
+        }
+    }
+
+    /// Queues our close_notify.
+    func shutdown() {
+        OpenSSLErrorQueue.clear()
+        _ = SSL_shutdown(ssl)
+        OpenSSLErrorQueue.clear()
+    }
+
+    private func outcome(for result: Int32) -> Outcome {
+        switch SSL_get_error(ssl, result) {
+        case SSL_ERROR_WANT_READ:
+            return .wantRead
+        case SSL_ERROR_ZERO_RETURN:
+            return .closeNotify
+        default:
+            return .failed(OpenSSLErrorQueue.summary(or: "TLS protocol error"))
+        }
+    }
+}
+
+/// Whether OpenSSL holds decrypted or read-ahead bytes not yet returned by SSL_read.
+enum SSLPending {
+    static func has(_ connection: TLSConnection) -> Bool { SSL_has_pending(connection.ssl) == 1 }
+}

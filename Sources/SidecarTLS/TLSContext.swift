@@ -1,0 +1,140 @@
+import COpenSSL
+
+/// An SSL_CTX built from one `TLSCredentials` snapshot for one role. Immutable after init;
+/// building one costs real work (parsing, key checks), so callers build them off the event loop
+/// and share them between connections.
+public final class TLSContext: @unchecked Sendable {
+    let pointer: OpaquePointer
+    public let role: TLSRole
+    public let credentials: TLSCredentials
+    /// ALPN protocol ids we offer (client) or accept (server), in preference order.
+    public let applicationProtocols: [String]
+
+    // TLS 1.3 suites are all AEAD; for TLS 1.2 only ECDHE with AES-GCM or ChaCha20-Poly1305.
+    static let tls13CipherSuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+    static let tls12CipherList = [
+        "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-CHACHA20-POLY1305",
+    ].joined(separator: ":")
+
+    public init(role: TLSRole, credentials: TLSCredentials, applicationProtocols: [String] = []) throws {
+        OpenSSLErrorQueue.clear()
+        guard let context = SSL_CTX_new(TLS_method()) else {
+            throw TLSMaterialError("SSL_CTX_new failed: \(OpenSSLErrorQueue.summary(or: "unknown"))")
+        }
+        self.pointer = context
+        self.role = role
+        self.credentials = credentials
+        self.applicationProtocols = applicationProtocols
+
+        func check(_ ok: Bool, _ what: String) throws {
+            if !ok { throw TLSMaterialError("\(what): \(OpenSSLErrorQueue.summary(or: "failed"))") }
+        }
+        try check(bs_SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION) == 1, "minimum TLS version")
+        try check(SSL_CTX_set_ciphersuites(context, Self.tls13CipherSuites) == 1, "TLS 1.3 cipher suites")
+        try check(SSL_CTX_set_cipher_list(context, Self.tls12CipherList) == 1, "TLS 1.2 cipher list")
+        try check(bs_SSL_CTX_set1_groups_list(context, "X25519:P-256:P-384") == 1, "key exchange groups")
+        let options = bs_SSL_OP_NO_RENEGOTIATION() | bs_SSL_OP_NO_COMPRESSION()
+            | bs_SSL_OP_CIPHER_SERVER_PREFERENCE() | bs_SSL_OP_NO_TICKET()
+        SSL_CTX_set_options(context, options)
+        // Session resumption would skip peer verification; it arrives with its own
+        // authorization story in the rotation work, so it is off for now.
+        _ = bs_SSL_CTX_set_session_cache_mode(context, Int(SSL_SESS_CACHE_OFF))
+        SSL_CTX_set_num_tickets(context, 0)
+        // Idle connections return their 16 KB record buffers: memory per idle connection matters
+        // with thousands of open snapshot sessions.
+        _ = bs_SSL_CTX_set_mode(context, Int(SSL_MODE_RELEASE_BUFFERS))
+        bs_SSL_CTX_set_read_ahead(context, 1)
+
+        try check(SSL_CTX_use_certificate(context, credentials.leaf.pointer) == 1, "leaf certificate")
+        for intermediate in credentials.chain.dropFirst() {
+            try check(bs_SSL_CTX_add1_chain_cert(context, intermediate.pointer) == 1, "intermediate certificate")
+        }
+        try check(SSL_CTX_use_PrivateKey(context, credentials.privateKey.pointer) == 1, "private key")
+        try check(SSL_CTX_check_private_key(context) == 1, "private key does not match certificate")
+
+        guard let store = SSL_CTX_get_cert_store(context) else { throw TLSMaterialError("no certificate store") }
+        for root in credentials.trustedRoots {
+            try check(X509_STORE_add_cert(store, root.pointer) == 1, "trusted root \(root.serialNumber)")
+        }
+        // Client certificates are mandatory on the server side; no hostname check anywhere:
+        // identity is the SPIFFE URI, checked in the verify callback.
+        let mode = role == .server ? (SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT) : SSL_VERIFY_PEER
+        SSL_CTX_set_verify(context, mode, peerVerifyCallback)
+        SSL_CTX_set_verify_depth(context, 8)
+
+        if role == .server, !applicationProtocols.isEmpty {
+            SSL_CTX_set_alpn_select_cb(context, alpnSelectCallback, Unmanaged.passUnretained(self).toOpaque())
+        }
+    }
+
+    deinit { SSL_CTX_free(pointer) }
+
+    /// ALPN wire format: length-prefixed protocol ids.
+    var alpnWireFormat: [UInt8] {
+        applicationProtocols.flatMap { [UInt8($0.utf8.count)] + Array($0.utf8) }
+    }
+}
+
+/// Runs for every certificate in the peer chain. OpenSSL has already checked signatures,
+/// dates and purpose (`preverified`); at the leaf we apply the SPIFFE identity policy.
+private let peerVerifyCallback: @convention(c) (Int32, OpaquePointer?) -> Int32 = { preverified, store in
+    guard let store,
+          let ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()),
+          let stateRaw = bs_SSL_get_app_data(OpaquePointer(ssl))
+    else { return 0 }
+    let state = Unmanaged<PeerVerificationState>.fromOpaque(stateRaw).takeUnretainedValue()
+    if preverified == 0 {
+        let code = X509_STORE_CTX_get_error(store)
+        let depth = X509_STORE_CTX_get_error_depth(store)
+        state.failure = .chain("\(String(cString: X509_verify_cert_error_string(Int(code)))) at depth \(depth)")
+        return 0
+    }
+    guard X509_STORE_CTX_get_error_depth(store) == 0, let leaf = X509_STORE_CTX_get_current_cert(store) else {
+        return 1
+    }
+    switch state.policy.evaluate(Certificate(retaining: leaf).leafFacts) {
+    case .success(let identity):
+        state.identity = identity
+        return 1
+    case .failure(let error):
+        state.failure = error
+        X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION)
+        return 0
+    }
+}
+
+/// Server side: pick the first of our protocols the client offers; no overlap means no ALPN
+/// (plain Connect TLS), never a failed handshake.
+private let alpnSelectCallback: @convention(c) (
+    OpaquePointer?, UnsafeMutablePointer<UnsafePointer<UInt8>?>?, UnsafeMutablePointer<UInt8>?,
+    UnsafePointer<UInt8>?, UInt32, UnsafeMutableRawPointer?
+) -> Int32 = { _, out, outLength, offered, offeredLength, argument in
+    guard let argument, let out, let outLength, let offered else { return SSL_TLSEXT_ERR_NOACK }
+    let context = Unmanaged<TLSContext>.fromOpaque(argument).takeUnretainedValue()
+    let offeredBytes = UnsafeBufferPointer(start: offered, count: Int(offeredLength))
+    for wanted in context.applicationProtocols {
+        var index = 0
+        while index < offeredBytes.count {
+            let length = Int(offeredBytes[index])
+            let start = index + 1
+            guard start + length <= offeredBytes.count else { break }
+            if length == wanted.utf8.count, offeredBytes[start..<start + length].elementsEqual(wanted.utf8) {
+                out.pointee = offered + start
+                outLength.pointee = UInt8(length)
+                return SSL_TLSEXT_ERR_OK
+            }
+            index = start + length
+        }
+    }
+    return SSL_TLSEXT_ERR_NOACK
+}
+
+/// Per-connection verification inputs and results, reachable from the C verify callback.
+final class PeerVerificationState {
+    let policy: PeerIdentityPolicy
+    var identity: SPIFFEID?
+    var failure: PeerVerificationError?
+
+    init(policy: PeerIdentityPolicy) { self.policy = policy }
+}

@@ -1,0 +1,78 @@
+import Foundation
+
+/// One immutable set of TLS material: our leaf chain and key plus every root we trust.
+/// Rotation replaces the whole value; live connections keep the one they started with.
+public struct TLSCredentials: Sendable {
+    /// Leaf first, then any intermediates (Consul's CertPEM): all of it is sent to peers.
+    public let chain: [Certificate]
+    public let privateKey: PrivateKey
+    /// Every root listed as trusted (several during a CA rotation).
+    public let trustedRoots: [Certificate]
+    /// Our SPIFFE trust domain; peers from any other are refused.
+    public let trustDomain: String
+
+    public var leaf: Certificate { chain[0] }
+
+    /// Validates the material as a set: the key matches the leaf, the leaf is inside its
+    /// validity window and carries one service identity in `trustDomain`.
+    public init(chain: [Certificate], privateKey: PrivateKey, trustedRoots: [Certificate],
+                trustDomain: String? = nil, now: Date = Date()) throws {
+        guard let leaf = chain.first else { throw TLSMaterialError("certificate chain is empty") }
+        guard !trustedRoots.isEmpty else { throw TLSMaterialError("no trusted root certificates") }
+        guard privateKey.matches(leaf) else {
+            throw TLSMaterialError("private key does not match the leaf certificate (serial \(leaf.serialNumber))")
+        }
+        guard leaf.notAfter > now else {
+            throw TLSMaterialError("leaf certificate expired at \(leaf.notAfter) (serial \(leaf.serialNumber))")
+        }
+        guard leaf.notBefore <= now else {
+            throw TLSMaterialError("leaf certificate is not valid before \(leaf.notBefore) (serial \(leaf.serialNumber))")
+        }
+        let resolvedTrustDomain = try trustDomain?.lowercased() ?? Self.trustDomain(ofRoots: trustedRoots)
+        try SPIFFEID.validateTrustDomain(resolvedTrustDomain)
+        let leafURIs = leaf.uriSANs
+        guard leafURIs.count == 1, let identity = try? SPIFFEID.parse(leafURIs[0]) else {
+            throw TLSMaterialError("leaf certificate must carry exactly one spiffe:// service URI SAN, found \(leafURIs)")
+        }
+        guard identity.trustDomain == resolvedTrustDomain else {
+            throw TLSMaterialError("leaf identity \(identity) is outside trust domain \(resolvedTrustDomain)")
+        }
+        self.chain = chain
+        self.privateKey = privateKey
+        self.trustedRoots = trustedRoots
+        self.trustDomain = resolvedTrustDomain
+    }
+
+    /// Our own identity, from the leaf.
+    public var identity: SPIFFEID {
+        // Validated in init.
+        try! SPIFFEID.parse(leaf.uriSANs[0])
+    }
+
+    /// Consul's CA puts `spiffe://<trust-domain>` in its root's URI SAN.
+    static func trustDomain(ofRoots roots: [Certificate]) throws -> String {
+        for root in roots {
+            for uri in root.uriSANs {
+                if let trustDomain = try? SPIFFEID.parseTrustDomainURI(uri) { return trustDomain }
+            }
+        }
+        throw TLSMaterialError("no root certificate carries a spiffe://<trust-domain> URI SAN; pass --trust-domain")
+    }
+
+    /// Loads PEM files from disk (file mode).
+    public static func load(certificatePath: String, keyPath: String, rootsPath: String,
+                            trustDomain: String? = nil) throws -> TLSCredentials {
+        func read(_ path: String) throws -> [UInt8] {
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw TLSMaterialError("\(path): cannot read file")
+            }
+            return Array(data)
+        }
+        return try TLSCredentials(
+            chain: Certificate.parsePEMBundle(read(certificatePath), source: certificatePath),
+            privateKey: PrivateKey.parsePEM(read(keyPath), source: keyPath),
+            trustedRoots: Certificate.parsePEMBundle(read(rootsPath), source: rootsPath),
+            trustDomain: trustDomain
+        )
+    }
+}

@@ -1,0 +1,378 @@
+import NIOCore
+
+/// Raised to handlers after the TLS handler once the peer is verified.
+public enum TLSEvent: Sendable {
+    case handshakeCompleted(TLSPeer)
+}
+
+public enum TLSError: Error, CustomStringConvertible, Equatable {
+    /// The peer's certificate failed our verification (chain or identity).
+    case peerRejected(PeerVerificationError)
+    /// The handshake failed for a protocol reason (bad version, no shared cipher, garbage...).
+    case handshakeFailed(String)
+    case handshakeTimeout
+    /// TCP closed without close_notify: the stream may be truncated, never treat it as a clean end.
+    case uncleanShutdown
+    case protocolError(String)
+
+    public var description: String {
+        switch self {
+        case .peerRejected(let reason): return "peer rejected: \(reason)"
+        case .handshakeFailed(let reason): return "handshake failed: \(reason)"
+        case .handshakeTimeout: return "handshake timed out"
+        case .uncleanShutdown: return "connection closed without TLS close_notify (possible truncation)"
+        case .protocolError(let reason): return "TLS protocol error: \(reason)"
+        }
+    }
+}
+
+/// Outbound user event: end the connection without close_notify, so the peer sees a
+/// truncation rather than a clean end of stream (used to propagate aborts).
+public struct TLSAbortRequest: Sendable {
+    public init() {}
+}
+
+public struct TLSHandlerConfiguration: Sendable {
+    public var handshakeTimeout: TimeAmount?
+    /// Plaintext is delivered in buffers of up to this size: big enough that bulk transfers
+    /// cross the pipeline a few records at a time.
+    public var plaintextChunkSize: Int
+
+    public init(handshakeTimeout: TimeAmount? = .seconds(10), plaintextChunkSize: Int = 64 * 1024) {
+        self.handshakeTimeout = handshakeTimeout
+        self.plaintextChunkSize = plaintextChunkSize
+    }
+}
+
+/// TLS over OpenSSL for one channel, either role.
+///
+/// Ciphertext never piles up here: everything OpenSSL produces is written to the channel at once,
+/// so channel writability (and the glue's withheld reads) is the backpressure. Plaintext writes
+/// are held only between `write` and `flush`, and coalesced into full 16 KB records.
+public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    public typealias InboundIn = ByteBuffer
+    public typealias InboundOut = ByteBuffer
+    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
+
+    enum State {
+        case idle
+        case handshaking
+        /// Each direction closes independently: input on the peer's close_notify, output on ours.
+        case open(inputOpen: Bool, outputOpen: Bool)
+        case closed
+    }
+
+    static let recordSize = 16 * 1024
+
+    private let tlsContext: TLSContext
+    private let expectedPeer: SPIFFEID?
+    private let configuration: TLSHandlerConfiguration
+    private var connection: TLSConnection?
+    private(set) var state: State = .idle
+    private var pendingWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
+    private var flushPending = false
+    private var handshakeTimer: Scheduled<Void>?
+
+    /// - Parameter expectedPeer: client role: the identity the server must present.
+    public init(context: TLSContext, expectedPeer: SPIFFEID? = nil,
+                configuration: TLSHandlerConfiguration = TLSHandlerConfiguration()) {
+        self.tlsContext = context
+        self.expectedPeer = expectedPeer
+        self.configuration = configuration
+    }
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        do {
+            connection = try TLSConnection(context: tlsContext, expectedPeer: expectedPeer,
+                                           allocator: context.channel.allocator)
+        } catch {
+            state = .closed
+            context.fireErrorCaught(TLSError.handshakeFailed("\(error)"))
+            context.close(promise: nil)
+            return
+        }
+        if context.channel.isActive { startHandshake(context: context) }
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        handshakeTimer?.cancel()
+        failPendingWrites(ChannelError.ioOnClosedChannel)
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        context.fireChannelActive()
+        if case .idle = state { startHandshake(context: context) }
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        switch state {
+        case .handshaking:
+            context.fireErrorCaught(TLSError.handshakeFailed("connection closed during handshake"))
+        case .open(inputOpen: true, _):
+            context.fireErrorCaught(TLSError.uncleanShutdown)
+        default:
+            break
+        }
+        enterClosed()
+        context.fireChannelInactive()
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var ciphertext = unwrapInboundIn(data)
+        guard let connection else { return }
+        switch state {
+        case .handshaking:
+            connection.bio.receive(&ciphertext)
+            runHandshake(context: context)
+        case .open(inputOpen: true, _):
+            connection.bio.receive(&ciphertext)
+            deliverPlaintext(context: context)
+        case .idle, .open(inputOpen: false, _), .closed:
+            break // Nothing may follow close_notify; drop anything else.
+        }
+    }
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard let channelEvent = event as? ChannelEvent, channelEvent == .inputClosed else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        switch state {
+        case .handshaking:
+            fail(context: context, TLSError.handshakeFailed("peer closed the connection during handshake"))
+        case .open(inputOpen: true, _):
+            fail(context: context, TLSError.uncleanShutdown)
+        default:
+            break // Already reported when close_notify arrived.
+        }
+    }
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch state {
+        case .idle, .handshaking, .open(_, outputOpen: true):
+            pendingWrites.append((unwrapOutboundIn(data), promise))
+        case .open(_, outputOpen: false), .closed:
+            promise?.fail(ChannelError.outputClosed)
+        }
+    }
+
+    public func flush(context: ChannelHandlerContext) {
+        switch state {
+        case .idle, .handshaking:
+            flushPending = true
+        case .open(_, outputOpen: true):
+            encryptPendingWrites(context: context)
+        case .open(_, outputOpen: false), .closed:
+            break
+        }
+    }
+
+    public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        switch (mode, state) {
+        case (.output, .open(let inputOpen, outputOpen: true)):
+            // Shut TCP down only after close_notify (and everything before it) reached the
+            // socket: NIO discards pending writes when a half-close escalates to a full close.
+            if inputOpen {
+                state = .open(inputOpen: true, outputOpen: false)
+            } else {
+                enterClosed()
+            }
+            sendCloseNotify(context: context).whenComplete { _ in
+                context.close(mode: inputOpen ? .output : .all, promise: promise)
+            }
+        case (.all, .open(_, outputOpen: true)):
+            _ = sendCloseNotify(context: context)
+            enterClosed()
+            context.close(mode: .all, promise: promise)
+        case (.all, _):
+            enterClosed()
+            context.close(mode: .all, promise: promise)
+        default:
+            context.close(mode: mode, promise: promise)
+        }
+    }
+
+    public func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        guard event is TLSAbortRequest else {
+            context.triggerUserOutboundEvent(event, promise: promise)
+            return
+        }
+        enterClosed()
+        promise?.succeed()
+        context.close(promise: nil)
+    }
+
+    // MARK: - Handshake
+
+    private func startHandshake(context: ChannelHandlerContext) {
+        state = .handshaking
+        if let timeout = configuration.handshakeTimeout {
+            handshakeTimer = context.eventLoop.scheduleTask(in: timeout) { [weak self] in
+                guard let self, case .handshaking = self.state else { return }
+                self.fail(context: context, TLSError.handshakeTimeout)
+            }
+        }
+        runHandshake(context: context)
+    }
+
+    private func runHandshake(context: ChannelHandlerContext) {
+        guard let connection else { return }
+        switch connection.handshake() {
+        case .wantRead:
+            writeCiphertext(context: context)
+        case .done:
+            writeCiphertext(context: context)
+            handshakeTimer?.cancel()
+            handshakeTimer = nil
+            switch connection.verifiedPeer() {
+            case .failure(let reason):
+                fail(context: context, TLSError.peerRejected(reason))
+            case .success(let peer):
+                state = .open(inputOpen: true, outputOpen: true)
+                context.fireUserInboundEventTriggered(TLSEvent.handshakeCompleted(peer))
+                if flushPending {
+                    flushPending = false
+                    encryptPendingWrites(context: context)
+                }
+                // Application data may have arrived with the last handshake flight.
+                if connection.bio.hasUnreadCiphertext || SSLPending.has(connection) {
+                    deliverPlaintext(context: context)
+                }
+            }
+        case .closeNotify:
+            fail(context: context, TLSError.handshakeFailed("peer sent close_notify during handshake"))
+        case .failed(let reason):
+            writeCiphertext(context: context) // The alert tells the peer why.
+            if let rejection = connection.verificationFailure {
+                fail(context: context, TLSError.peerRejected(rejection))
+            } else {
+                fail(context: context, TLSError.handshakeFailed(reason))
+            }
+        }
+    }
+
+    // MARK: - Data
+
+    private func deliverPlaintext(context: ChannelHandlerContext) {
+        guard let connection else { return }
+        reading: while case .open(inputOpen: true, _) = state {
+            var plaintext = context.channel.allocator.buffer(capacity: configuration.plaintextChunkSize)
+            var outcome = TLSConnection.Outcome.done
+            while plaintext.writableBytes > 0 {
+                let (count, result) = connection.read(into: &plaintext)
+                if count == 0 {
+                    outcome = result
+                    break
+                }
+            }
+            if plaintext.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(plaintext)) }
+            if plaintext.writableBytes == 0 { continue reading } // Filled the chunk: more may wait.
+            switch outcome {
+            case .done, .wantRead:
+                break reading
+            case .closeNotify:
+                receivedCloseNotify(context: context)
+                break reading
+            case .failed(let reason):
+                fail(context: context, TLSError.protocolError(reason))
+                return
+            }
+        }
+        // Reading can produce output (TLS 1.3 key updates, alerts).
+        writeCiphertext(context: context)
+    }
+
+    private func receivedCloseNotify(context: ChannelHandlerContext) {
+        guard case .open(_, let outputOpen) = state else { return }
+        if outputOpen {
+            state = .open(inputOpen: false, outputOpen: true)
+            context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        } else {
+            enterClosed()
+            context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+            context.close(promise: nil)
+        }
+    }
+
+    /// Encrypts every pending write, coalescing small ones so bulk data leaves in full records,
+    /// then hands the ciphertext to the channel in one write.
+    private func encryptPendingWrites(context: ChannelHandlerContext) {
+        guard let connection, !pendingWrites.isEmpty else { return }
+        let writes = pendingWrites
+        pendingWrites.removeAll(keepingCapacity: true)
+        var promises: [EventLoopPromise<Void>] = []
+        var coalesced: ByteBuffer?
+        var failure: String?
+
+        func encrypt(_ buffer: ByteBuffer) {
+            guard failure == nil, buffer.readableBytes > 0 else { return }
+            if case .failed(let reason) = connection.write(buffer) { failure = reason }
+        }
+        for (buffer, promise) in writes {
+            if let promise { promises.append(promise) }
+            if writes.count == 1 || buffer.readableBytes >= Self.recordSize {
+                if let pending = coalesced { encrypt(pending); coalesced = nil }
+                encrypt(buffer)
+            } else {
+                if coalesced == nil { coalesced = context.channel.allocator.buffer(capacity: Self.recordSize) }
+                coalesced!.writeImmutableBuffer(buffer)
+                if coalesced!.readableBytes >= Self.recordSize { encrypt(coalesced!); coalesced = nil }
+            }
+        }
+        if let pending = coalesced { encrypt(pending) }
+
+        if let failure {
+            promises.forEach { $0.fail(TLSError.protocolError(failure)) }
+            fail(context: context, TLSError.protocolError(failure))
+            return
+        }
+        guard let ciphertext = connection.bio.takeOutbound() else {
+            promises.forEach { $0.succeed() }
+            return
+        }
+        var combined: EventLoopPromise<Void>?
+        if !promises.isEmpty {
+            let promise = context.eventLoop.makePromise(of: Void.self)
+            promise.futureResult.whenComplete { result in promises.forEach { $0.completeWith(result) } }
+            combined = promise
+        }
+        context.writeAndFlush(wrapOutboundOut(ciphertext), promise: combined)
+    }
+
+    /// Encrypts what is pending, queues close_notify; the future completes once all of it has
+    /// been written to the socket.
+    private func sendCloseNotify(context: ChannelHandlerContext) -> EventLoopFuture<Void> {
+        encryptPendingWrites(context: context)
+        connection?.shutdown()
+        guard let ciphertext = connection?.bio.takeOutbound() else { return context.eventLoop.makeSucceededVoidFuture() }
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(ciphertext), promise: promise)
+        return promise.futureResult
+    }
+
+    private func writeCiphertext(context: ChannelHandlerContext) {
+        guard let ciphertext = connection?.bio.takeOutbound() else { return }
+        context.writeAndFlush(wrapOutboundOut(ciphertext), promise: nil)
+    }
+
+    private func fail(context: ChannelHandlerContext, _ error: TLSError) {
+        if case .closed = state { return }
+        enterClosed()
+        context.fireErrorCaught(error)
+        context.close(promise: nil)
+    }
+
+    private func enterClosed() {
+        state = .closed
+        handshakeTimer?.cancel()
+        handshakeTimer = nil
+        failPendingWrites(ChannelError.ioOnClosedChannel)
+    }
+
+    private func failPendingWrites(_ error: Error) {
+        let writes = pendingWrites
+        pendingWrites.removeAll()
+        writes.forEach { $0.1?.fail(error) }
+    }
+}

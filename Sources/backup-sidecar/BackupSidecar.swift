@@ -1,0 +1,161 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import SidecarCore
+import SidecarTLS
+
+@main
+struct BackupSidecar: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "backup-sidecar",
+        abstract: "Consul Connect mTLS sidecar for backup traffic.",
+        subcommands: [Run.self]
+    )
+}
+
+/// Exit codes (documented in README).
+enum ExitStatus {
+    static let configuration: Int32 = 2
+    static let listener: Int32 = 3
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run both sidecar roles: the public mTLS listener and the upstream listeners."
+    )
+
+    @Option(name: .customLong("service-file"), help: "Consul service definition (connect-proxy registration or a service with connect.sidecar_service).")
+    var serviceFile: String
+
+    @Option(help: "Leaf certificate PEM; intermediates may follow the leaf and are sent to peers.")
+    var cert: String
+
+    @Option(help: "Private key PEM for the leaf.")
+    var key: String
+
+    @Option(help: "Trusted root certificates PEM (several allowed, e.g. during CA rotation).")
+    var ca: String
+
+    @Option(name: .customLong("intentions-file"), help: "JSON array of Consul service-intentions config entries.")
+    var intentionsFile: String?
+
+    @Option(name: .customLong("default-intention"), help: "Decision when no intention matches: allow or deny.")
+    var defaultIntention: String = "deny"
+
+    @Option(name: .customLong("upstream-endpoint"), help: "Static instance for an upstream: NAME=HOST:PORT (repeatable; several per NAME are used in turn).")
+    var upstreamEndpoints: [String] = []
+
+    @Option(name: .customLong("trust-domain"), help: "SPIFFE trust domain (default: from the root CA's spiffe:// URI SAN).")
+    var trustDomain: String?
+
+    @Option(help: "Our datacenter, the default for upstreams that name none.")
+    var datacenter: String = "dc1"
+
+    @Option(name: .customLong("audit-log"), help: "Audit log destination: '-' for stdout or a file path (JSON lines).")
+    var auditLog: String = "-"
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func run() async throws {
+        guard let level = Logger.Level(rawValue: logLevel) else {
+            fail("invalid --log-level \"\(logLevel)\"", status: ExitStatus.configuration)
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "backup-sidecar")
+        let settings: SidecarSettings
+        do {
+            settings = try loadSettings(logger: logger)
+        } catch {
+            fail("\(error)", status: ExitStatus.configuration)
+        }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: min(System.coreCount, 4))
+        let sidecar: Sidecar
+        do {
+            sidecar = try Sidecar(settings: settings, group: group)
+            try await sidecar.start()
+        } catch {
+            fail("\(error)", status: ExitStatus.listener)
+        }
+        logger.info("sidecar running", metadata: [
+            "identity": "\(settings.credentials.identity)", "serial": "\(settings.credentials.leaf.serialNumber)",
+        ])
+        await waitForTerminationSignal()
+        logger.info("shutting down")
+        await sidecar.stop()
+        try? await group.shutdownGracefully()
+    }
+
+    private func loadSettings(logger: Logger) throws -> SidecarSettings {
+        let definition = try ProxyDefinition.load(path: serviceFile)
+        let credentials = try TLSCredentials.load(certificatePath: cert, keyPath: key, rootsPath: ca, trustDomain: trustDomain)
+        guard let defaultAction = IntentionAction(rawValue: defaultIntention.lowercased()) else {
+            throw ValidationError("--default-intention must be allow or deny, not \"\(defaultIntention)\"")
+        }
+        let intentions = try intentionsFile.map(IntentionsFile.load) ?? []
+        if intentions.isEmpty && defaultAction == .deny && definition.localServicePort != nil {
+            logger.warning("no intentions loaded and default deny: every inbound connection will be refused")
+        }
+        var endpoints: [String: [Endpoint]] = [:]
+        for spec in upstreamEndpoints {
+            let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, !parts[0].isEmpty, let endpoint = Endpoint(parsing: parts[1]) else {
+                throw ValidationError("--upstream-endpoint \"\(spec)\" is not NAME=HOST:PORT")
+            }
+            guard definition.upstreams.contains(where: { $0.destinationName == parts[0] }) else {
+                throw ValidationError("--upstream-endpoint names \"\(parts[0])\", which is not an upstream in \(serviceFile)")
+            }
+            endpoints[parts[0], default: []].append(endpoint)
+        }
+        let audit: any AuditSink = auditLog == "-" ? JSONLinesAuditSink() : try JSONLinesAuditSink.file(at: auditLog)
+        return SidecarSettings(definition: definition, credentials: credentials,
+                               intentions: IntentionSet(intentions, defaultAction: defaultAction),
+                               upstreamEndpoints: endpoints, datacenter: datacenter, audit: audit, logger: logger)
+    }
+}
+
+func fail(_ message: String, status: Int32) -> Never {
+    FileHandle.standardError.write(Data("backup-sidecar: error: \(message)\n".utf8))
+    exit(status)
+}
+
+/// Suspends until SIGTERM or SIGINT.
+func waitForTerminationSignal() async {
+    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+        let queue = DispatchQueue(label: "signals")
+        var sources: [DispatchSourceSignal] = []
+        let resumed = NIOLockedFlag()
+        for sig in [SIGTERM, SIGINT] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
+            source.setEventHandler {
+                if resumed.setOnce() { continuation.resume() }
+            }
+            source.resume()
+            sources.append(source)
+        }
+        SignalSources.keepAlive = sources
+    }
+}
+
+enum SignalSources {
+    nonisolated(unsafe) static var keepAlive: [DispatchSourceSignal] = []
+}
+
+final class NIOLockedFlag: @unchecked Sendable {
+    private var done = false
+    private let lock = NSLock()
+    func setOnce() -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        if done { return false }
+        done = true
+        return true
+    }
+}
