@@ -3,12 +3,12 @@
 /// Parsing is strict on purpose: this value decides who may read and write backups, so anything
 /// that is not exactly a Consul service identity is rejected rather than guessed at.
 public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible {
-    public var trustDomain: String
+    public let trustDomain: String
     /// "default" when the URI carries no `/ap/` segment, as Consul does.
-    public var partition: String
-    public var namespace: String
-    public var datacenter: String
-    public var service: String
+    public let partition: String
+    public let namespace: String
+    public let datacenter: String
+    public let service: String
 
     public init(trustDomain: String, partition: String = "default", namespace: String = "default",
                 datacenter: String, service: String) {
@@ -118,8 +118,9 @@ extension SPIFFEID {
     }
 
     private static func decodeSegment(_ raw: String) throws -> String {
-        guard !raw.isEmpty, raw != ".", raw != "..",
-              let decoded = SPIFFEPercentCoding.decode(raw), !decoded.isEmpty,
+        // Dot segments are checked after decoding so "%2E%2E" cannot smuggle in "..".
+        guard !raw.isEmpty, let decoded = SPIFFEPercentCoding.decode(raw), !decoded.isEmpty,
+              decoded != ".", decoded != "..",
               !decoded.contains("/"), !decoded.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F })
         else { throw SPIFFEIDError.invalidSegment(raw) }
         return decoded

@@ -85,13 +85,15 @@ struct ConfigNode {
     }
 
     /// The field named `name` in any Consul spelling; nil when absent or null.
+    /// Two spellings of one field (`"name"` and `"Name"`) are an error, not a coin toss.
     func field(_ name: String) throws -> ConfigNode? {
         let wanted = Self.normalize(name)
-        for (key, child) in try object() where Self.normalize(key) == wanted {
-            if child == .null { return nil }
-            return ConfigNode(value: child, path: path.isEmpty ? name : "\(path).\(name)", source: source)
+        let matches = try object().filter { Self.normalize($0.key) == wanted }
+        if matches.count > 1 {
+            throw error("field given more than once (\(matches.keys.sorted().joined(separator: ", ")))", at: name)
         }
-        return nil
+        guard let child = matches.first?.value, child != .null else { return nil }
+        return ConfigNode(value: child, path: path.isEmpty ? name : "\(path).\(name)", source: source)
     }
 
     func require(_ name: String) throws -> ConfigNode {

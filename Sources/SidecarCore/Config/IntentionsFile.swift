@@ -25,6 +25,10 @@ public enum IntentionsFile {
         let destination = try entry.require("name").string()
         guard !destination.isEmpty else { throw entry.error("must not be empty", at: "name") }
         let destinationNamespace = try entry.optionalString("namespace").flatMap { $0.isEmpty ? nil : $0 } ?? "default"
+        // Consul: a wildcard namespace only goes with a wildcard name.
+        if destinationNamespace == "*" && destination != "*" {
+            throw entry.error("a wildcard namespace requires the wildcard name \"*\"", at: "namespace")
+        }
         let sources = try entry.field("sources")?.array() ?? []
         var seen = Set<String>()
         return try sources.map { source in
@@ -42,11 +46,15 @@ public enum IntentionsFile {
             case (.some, false): throw source.error("a source has either action or permissions, not both")
             default: break
             }
+            let sourceNamespace = try source.optionalString("namespace").flatMap { $0.isEmpty ? nil : $0 } ?? "default"
+            if sourceNamespace == "*" && name != "*" {
+                throw source.error("a wildcard namespace requires the wildcard name \"*\"", at: "namespace")
+            }
             let intention = Intention(
                 destinationName: destination,
                 destinationNamespace: destinationNamespace,
                 sourceName: name,
-                sourceNamespace: try source.optionalString("namespace").flatMap { $0.isEmpty ? nil : $0 } ?? "default",
+                sourceNamespace: sourceNamespace,
                 sourcePartition: try source.optionalString("partition").flatMap { $0.isEmpty ? nil : $0 } ?? "default",
                 sourcePeer: try source.optionalString("peer") ?? "",
                 action: action,

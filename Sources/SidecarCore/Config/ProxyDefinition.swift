@@ -66,7 +66,14 @@ extension ProxyDefinition {
             }
             return try decode(service: list[0])
         }
-        return try decode(service: try root.field("service") ?? root)
+        // `{"service": {...}}` wraps a definition. A bare registration (HTTP API shape) has its
+        // own "Kind"/"Proxy"/"Connect" fields, and there "Service" is the service name.
+        let isBareRegistration = try root.field("kind") != nil || root.field("proxy") != nil || root.field("connect") != nil
+        if !isBareRegistration, let wrapped = try root.field("service") {
+            _ = try wrapped.object()
+            return try decode(service: wrapped)
+        }
+        return try decode(service: root)
     }
 
     static func decode(service node: ConfigNode) throws -> ProxyDefinition {
@@ -118,7 +125,8 @@ extension ProxyDefinition {
             port: try sidecar.field("port")?.port(),
             destinationServiceName: parentName,
             destinationServiceID: parentID,
-            localServiceAddress: try proxy?.optionalString("local_service_address") ?? "127.0.0.1",
+            localServiceAddress: try proxy?.optionalString("local_service_address").flatMap { $0.isEmpty ? nil : $0 }
+                ?? "127.0.0.1",
             localServicePort: try proxy?.field("local_service_port")?.port() ?? parent.field("port")?.port(),
             config: try decodeConfig(proxy?.field("config")),
             upstreams: try decodeUpstreams(proxy?.field("upstreams"))

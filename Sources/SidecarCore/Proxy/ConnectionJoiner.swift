@@ -12,16 +12,27 @@ class StagingHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// While holding, reads are withheld; the subclass decides when holding starts.
     var holding = false
     private var released = false
+    /// The peer half-closed before the partner existed; replayed to the glue after joining.
+    private var sawInputClosed = false
 
     // Subclasses override these; declaring them here makes them the protocol witnesses
     // (a subclass-only method would never be called through ChannelHandler).
-    func handlerAdded(context: ChannelHandlerContext) {}
+    private var context: ChannelHandlerContext?
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
     func channelActive(context: ChannelHandlerContext) { context.fireChannelActive() }
     func channelInactive(context: ChannelHandlerContext) { context.fireChannelInactive() }
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        context.fireUserInboundEventTriggered(event)
-    }
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.fireErrorCaught(error) }
+    /// Events other than EOF, for subclasses.
+    func stagedEvent(context: ChannelHandlerContext, event: Any) { context.fireUserInboundEventTriggered(event) }
+
+    final func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if !released, let channelEvent = event as? ChannelEvent, channelEvent == .inputClosed {
+            sawInputClosed = true
+            return
+        }
+        stagedEvent(context: context, event: event)
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if released {
@@ -40,10 +51,16 @@ class StagingHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// Hands over what was buffered and stops staging. Returns whether a read was withheld.
-    fileprivate func release() -> (buffered: [ByteBuffer], readWithheld: Bool) {
+    fileprivate func release() -> (buffered: [ByteBuffer], readWithheld: Bool, inputClosed: Bool) {
         released = true
         defer { buffered = [] }
-        return (buffered, readWithheld)
+        return (buffered, readWithheld, sawInputClosed)
+    }
+
+    /// Passes a staged EOF on to the handlers after us (the glue). It must start here: fired
+    /// from the pipeline head it would pass the TLS handler, which has already reported it.
+    fileprivate func replayInputClosed() {
+        context?.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
     }
 }
 
@@ -64,14 +81,15 @@ enum ConnectionJoiner {
                 from.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in from.close(promise: nil) }
                 continue
             }
-            let (buffered, readWithheld) = staging.release()
+            let (buffered, readWithheld, inputClosed) = staging.release()
             for bytes in buffered {
                 if from === mesh { stats.bytesFromMesh += bytes.readableBytes } else { stats.bytesToMesh += bytes.readableBytes }
                 to.write(bytes, promise: nil)
             }
             if !buffered.isEmpty { to.flush() }
+            if inputClosed { staging.replayInputClosed() }
             from.pipeline.syncOperations.removeHandler(staging).whenComplete { _ in
-                if readWithheld { from.read() }
+                if readWithheld && !inputClosed { from.read() }
             }
         }
     }

@@ -90,8 +90,11 @@ final class GlueHandler: ChannelDuplexHandler {
         context.close(promise: nil)
     }
 
+    /// Our side ended cleanly (aborts arrive through errorCaught first). NIO may go straight
+    /// to inactive without an inputClosed event (EOF after our own write shutdown), so the
+    /// partner still gets the graceful path: flush what is queued, then end its output.
     func channelInactive(context: ChannelHandlerContext) {
-        partner?.partnerClose()
+        partner?.partnerCloseOutput()
         context.fireChannelInactive()
     }
 
@@ -133,10 +136,6 @@ final class GlueHandler: ChannelDuplexHandler {
         context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
             channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
         }
-    }
-
-    private func partnerClose() {
-        context?.close(promise: nil)
     }
 
     private func partnerAbort() {

@@ -40,10 +40,11 @@ final class InboundConnectionHandler: StagingHandler {
     }
 
     override func handlerAdded(context: ChannelHandlerContext) {
+        super.handlerAdded(context: context)
         peerAddress = context.channel.remoteAddress.auditDescription
     }
 
-    override func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    override func stagedEvent(context: ChannelHandlerContext, event: Any) {
         guard case .handshaking = state, let tlsEvent = event as? TLSEvent,
               case .handshakeCompleted(let peer) = tlsEvent else {
             context.fireUserInboundEventTriggered(event)

@@ -12,14 +12,18 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
         self.port = port
     }
 
-    /// "HOST:PORT" or "[v6]:PORT".
+    /// "HOST:PORT" or "[v6]:PORT"; anything else (stray brackets, signs, bare v6) is nil.
     public init?(parsing text: String) {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+        guard let colon = text.lastIndex(of: ":") else { return nil }
+        let portText = text[text.index(after: colon)...]
+        guard !portText.isEmpty, portText.allSatisfy({ $0 >= "0" && $0 <= "9" }), let port = Int(portText),
               (1...65535).contains(port) else { return nil }
-        var host = String(text[..<colon])
-        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard !host.isEmpty else { return nil }
-        self.init(host: host, port: port)
+        var host = text[..<colon]
+        let bracketed = host.hasPrefix("[") && host.hasSuffix("]") && host.count > 2
+        if bracketed { host = host.dropFirst().dropLast() }
+        // An IPv6 literal must be bracketed, and brackets must hold exactly one IPv6 literal.
+        guard !host.isEmpty, !host.contains("["), !host.contains("]"), host.contains(":") == bracketed else { return nil }
+        self.init(host: String(host), port: port)
     }
 
     public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
@@ -156,7 +160,7 @@ final class HandshakeWaiter: StagingHandler {
         self.promise = promise
     }
 
-    override func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    override func stagedEvent(context: ChannelHandlerContext, event: Any) {
         if let tlsEvent = event as? TLSEvent, case .handshakeCompleted(let peer) = tlsEvent, !completed {
             completed = true
             holding = true

@@ -1,0 +1,185 @@
+import Foundation
+import Testing
+@testable import SidecarCore
+
+private func parseLine(_ line: String, sourceLocation: SourceLocation = #_sourceLocation) throws -> [String: Any] {
+    let object = try JSONSerialization.jsonObject(with: Data(line.utf8))
+    return try #require(object as? [String: Any], sourceLocation: sourceLocation)
+}
+
+@Suite("AuditEvent")
+struct AuditEventTests {
+    static let documentedOrder = [
+        "ts", "event", "listener", "peer_addr", "source", "source_serial", "destination", "decision", "reason",
+        "bytes_in", "bytes_out", "duration_ms",
+    ]
+
+    static func fullEvent() -> AuditEvent {
+        var event = AuditEvent(kind: .connectionClosed, listener: "public:0.0.0.0:21000",
+                               peerAddress: "10.0.0.7:53122",
+                               source: "spiffe://td.consul/ns/default/dc/dc1/svc/backup-agent",
+                               sourceSerial: "4a:1f:00:ff", destination: "storage", decision: "allow",
+                               reason: "intention default/default/backup-agent -> default/storage (precedence 9)",
+                               bytesIn: 1234, bytesOut: 0, durationMs: 57)
+        event.time = Date(timeIntervalSince1970: 1_700_000_000.25)
+        return event
+    }
+
+    @Test("a full event has every documented field with the right JSON type")
+    func fullFields() throws {
+        let event = Self.fullEvent()
+        let line = event.jsonLine
+        let object = try parseLine(line)
+        #expect(Set(object.keys) == Set(Self.documentedOrder))
+        #expect(object["ts"] as? String == "2023-11-14T22:13:20.250Z")
+        #expect(object["event"] as? String == "connection_closed")
+        #expect(object["listener"] as? String == "public:0.0.0.0:21000")
+        #expect(object["peer_addr"] as? String == "10.0.0.7:53122")
+        #expect(object["source"] as? String == "spiffe://td.consul/ns/default/dc/dc1/svc/backup-agent")
+        #expect(object["source_serial"] as? String == "4a:1f:00:ff")
+        #expect(object["destination"] as? String == "storage")
+        #expect(object["decision"] as? String == "allow")
+        #expect(object["reason"] as? String == event.reason)
+        #expect((object["bytes_in"] as? NSNumber)?.intValue == 1234)
+        #expect((object["bytes_out"] as? NSNumber)?.intValue == 0)
+        #expect((object["duration_ms"] as? NSNumber)?.intValue == 57)
+        // Numbers are JSON numbers, not strings.
+        #expect(object["bytes_in"] is NSNumber)
+        #expect(!(object["bytes_in"] is String))
+    }
+
+    @Test("fields come in the documented fixed order, one line, no trailing newline")
+    func fieldOrder() {
+        let line = Self.fullEvent().jsonLine
+        #expect(!line.contains("\n"))
+        #expect(line.hasPrefix("{\"ts\":\""))
+        #expect(line.hasSuffix("}"))
+        let positions = Self.documentedOrder.map { key -> String.Index? in
+            line.range(of: "\"\(key)\":")?.lowerBound
+        }
+        #expect(positions.allSatisfy { $0 != nil })
+        let found = positions.compactMap { $0 }
+        #expect(found == found.sorted())
+    }
+
+    @Test("nil fields are omitted, zero is kept")
+    func omitsNil() throws {
+        let minimal = AuditEvent(kind: .handshakeRejected, listener: "public")
+        let object = try parseLine(minimal.jsonLine)
+        #expect(Set(object.keys) == ["ts", "event", "listener"])
+        #expect(!minimal.jsonLine.contains("null"))
+
+        let partial = AuditEvent(kind: .upstreamFailed, listener: "upstream:storage", destination: "storage",
+                                 reason: "connection refused", bytesOut: 0)
+        let partialObject = try parseLine(partial.jsonLine)
+        #expect(Set(partialObject.keys) == ["ts", "event", "listener", "destination", "reason", "bytes_out"])
+        #expect((partialObject["bytes_out"] as? NSNumber)?.intValue == 0)
+    }
+
+    @Test("event names are the documented strings", arguments: [
+        (AuditEvent.Kind.handshakeRejected, "handshake_rejected"),
+        (.authorization, "authorization"),
+        (.upstreamConnected, "upstream_connected"),
+        (.upstreamFailed, "upstream_failed"),
+        (.localConnectFailed, "local_connect_failed"),
+        (.connectionClosed, "connection_closed"),
+    ])
+    func eventNames(kind: AuditEvent.Kind, name: String) throws {
+        let object = try parseLine(AuditEvent(kind: kind, listener: "l").jsonLine)
+        #expect(object["event"] as? String == name)
+    }
+
+    @Test("strings are escaped so the line parses back to the same text", arguments: [
+        "plain",
+        "say \"hi\"",
+        "back\\slash",
+        "two\nlines",
+        "cr\rlf\r\n",
+        "tab\there",
+        "nul\u{0}byte",
+        "bell\u{7}and\u{1F}unit",
+        "del\u{7F}",
+        "unicode é 日本 🚀",
+        "line\u{2028}separator",
+        "slash / and </script>",
+        "",
+    ])
+    func escaping(text: String) throws {
+        let event = AuditEvent(kind: .authorization, listener: text, source: text, reason: text)
+        let line = event.jsonLine
+        #expect(!line.contains("\n"))
+        #expect(!line.contains("\r"))
+        #expect(!line.unicodeScalars.contains { $0.value < 0x20 })
+        let object = try parseLine(line)
+        #expect(object["listener"] as? String == text)
+        #expect(object["source"] as? String == text)
+        #expect(object["reason"] as? String == text)
+    }
+
+    @Test("escape forms for quotes, backslash and control characters")
+    func escapeForms() {
+        #expect(AuditEvent.quote("a\"b") == #""a\"b""#)
+        #expect(AuditEvent.quote("a\\b") == #""a\\b""#)
+        #expect(AuditEvent.quote("a\nb\rc\td") == #""a\nb\rc\td""#)
+        #expect(AuditEvent.quote("\u{0}\u{1}\u{1B}\u{1F}") == #""\u0000\u0001\u001b\u001f""#)
+        #expect(AuditEvent.quote(" ~é") == "\" ~é\"")
+    }
+
+    @Test("ts is RFC 3339 UTC with milliseconds and a Z suffix", arguments: [
+        (0.0, "1970-01-01T00:00:00.000Z"),
+        (1_700_000_000.0, "2023-11-14T22:13:20.000Z"),
+        (1_700_000_000.5, "2023-11-14T22:13:20.500Z"),
+        (1_700_000_000.125, "2023-11-14T22:13:20.125Z"),
+        (951_782_400.75, "2000-02-29T00:00:00.750Z"),
+    ])
+    func timestamp(seconds: Double, expected: String) throws {
+        var event = AuditEvent(kind: .authorization, listener: "l")
+        event.time = Date(timeIntervalSince1970: seconds)
+        #expect(AuditEvent.timestamp(event.time) == expected)
+        #expect(try parseLine(event.jsonLine)["ts"] as? String == expected)
+    }
+
+    @Test("ts of the current time has the RFC 3339 millisecond shape and parses back")
+    func timestampShape() throws {
+        let before = Date()
+        let event = AuditEvent(kind: .authorization, listener: "l")
+        let ts = try #require(try parseLine(event.jsonLine)["ts"] as? String)
+        let pattern = #/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/#
+        #expect(ts.wholeMatch(of: pattern) != nil, "\(ts)")
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        let parsed = try #require(formatter.date(from: ts))
+        #expect(abs(parsed.timeIntervalSince(before)) < 60)
+    }
+
+    @Test("memory and fan-out sinks keep events in order")
+    func sinks() {
+        let first = MemoryAuditSink(), second = MemoryAuditSink()
+        let fanOut = AuditFanOut([first, second])
+        let a = AuditEvent(kind: .authorization, listener: "a")
+        let b = AuditEvent(kind: .connectionClosed, listener: "b")
+        fanOut.record(a)
+        fanOut.record(b)
+        #expect(first.events == [a, b])
+        #expect(second.events == [a, b])
+    }
+
+    @Test("JSON lines file sink appends one parseable line per event")
+    func fileSink() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("audit-\(UUID().uuidString).log").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let sink = try JSONLinesAuditSink.file(at: path)
+        sink.record(AuditEvent(kind: .authorization, listener: "one", reason: "multi\nline"))
+        sink.record(AuditEvent(kind: .connectionClosed, listener: "two", bytesIn: 5))
+        // Reopening appends rather than truncating.
+        try JSONLinesAuditSink.file(at: path).record(AuditEvent(kind: .upstreamFailed, listener: "three"))
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        #expect(text.hasSuffix("\n"))
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).dropLast()
+        #expect(lines.count == 3)
+        let listeners = try lines.map { try parseLine(String($0))["listener"] as? String }
+        #expect(listeners == ["one", "two", "three"])
+        let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? NSNumber
+        #expect(mode?.intValue == 0o640)
+    }
+}

@@ -1,0 +1,100 @@
+import Foundation
+import Glibc
+import SidecarTLS
+
+/// A plain blocking TCP client, so tests drive the sidecars the way a backup agent would,
+/// with no NIO on the client side.
+final class BlockingSocket: @unchecked Sendable {
+    let fd: Int32
+
+    init(port: Int, host: String = "127.0.0.1") throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw POSIXError(.EIO) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, host, &address.sin_addr)
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard result == 0 else {
+            close(fd)
+            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+        }
+    }
+
+    deinit { close(fd) }
+
+    func setReceiveTimeout(seconds: Int) {
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Writes everything; false if the connection broke.
+    @discardableResult
+    func send(_ bytes: [UInt8]) -> Bool {
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
+            if written <= 0 { return false }
+            offset += written
+        }
+        return true
+    }
+
+    func shutdownWrite() { shutdown(fd, Int32(SHUT_WR)) }
+
+    /// Reads until EOF (or error/timeout): total bytes and their sha256, plus whether it ended
+    /// with a clean EOF (false: reset or timeout).
+    func receiveAll(keepingPrefix prefixLength: Int = 0) -> (count: Int, sha256: String, prefix: [UInt8], cleanEOF: Bool) {
+        let digest = SHA256Digest()
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var total = 0
+        var prefix: [UInt8] = []
+        while true {
+            let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if count == 0 { return (total, digest.finalizeHex(), prefix, true) }
+            if count < 0 { return (total, digest.finalizeHex(), prefix, false) }
+            var chunk = buffer[0..<count]
+            if prefix.count < prefixLength {
+                let take = min(prefixLength - prefix.count, count)
+                prefix += chunk.prefix(take)
+                chunk = chunk.dropFirst(take)
+            }
+            chunk.withUnsafeBytes { digest.update($0) }
+            total += count
+        }
+    }
+}
+
+/// Random data in 1 MiB chunks with a running digest.
+struct RandomStream {
+    static func send(_ socket: BlockingSocket, bytes: Int) -> (sent: Int, sha256: String) {
+        let digest = SHA256Digest()
+        var remaining = bytes
+        var sent = 0
+        while remaining > 0 {
+            let chunk = secureRandomBytes(min(remaining, 1 << 20))
+            digest.update(chunk)
+            guard socket.send(chunk) else { break }
+            sent += chunk.count
+            remaining -= chunk.count
+        }
+        return (sent, digest.finalizeHex())
+    }
+}
+
+/// Runs blocking work on a dedicated thread and awaits it.
+func onThread<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        Thread { continuation.resume(returning: work()) }.start()
+    }
+}
+
+/// Resident set size of this process in bytes (Linux).
+func residentMemoryBytes() -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
+    let kilobytes = line.split(separator: " ").compactMap { Int($0) }.first ?? 0
+    return kilobytes * 1024
+}

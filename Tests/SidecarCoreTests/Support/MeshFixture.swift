@@ -1,0 +1,86 @@
+import Logging
+import NIOCore
+import NIOPosix
+@testable import SidecarCore
+import SidecarTLS
+
+/// Shared event loops for the integration tests (2 threads, like production on this machine).
+let testGroup = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+
+/// A storage sidecar (public listener -> backend) and a backup-agent sidecar (upstream listener
+/// -> storage sidecar), both in-process on 127.0.0.1 with ports picked by the kernel.
+struct MeshFixture {
+    let backend: TestBackend
+    let storage: Sidecar
+    let agent: Sidecar
+    let storageAudit: MemoryAuditSink
+    let agentAudit: MemoryAuditSink
+
+    var publicPort: Int { storage.boundAddress(of: Sidecar.publicListenerName)!.port! }
+    var upstreamPort: Int { agent.boundAddress(of: "upstream:storage")!.port! }
+
+    static let allowBackupAgent = [Intention(destinationName: "storage", sourceName: "backup-agent", action: .allow)]
+
+    static func start(backend behaviour: TestBackend.Behaviour = .echo,
+                      storageCertificate: String = "storage", agentCertificate: String = "backup-agent",
+                      intentions: [Intention] = allowBackupAgent, defaultAction: IntentionAction = .deny,
+                      handshakeTimeoutMs: Int = 10000) async throws -> MeshFixture {
+        let backend = try await TestBackend(behaviour, group: testGroup)
+        let storage = try await startStorage(backendPort: backend.port, certificate: storageCertificate,
+                                             intentions: intentions, defaultAction: defaultAction,
+                                             handshakeTimeoutMs: handshakeTimeoutMs)
+        let agentAudit = MemoryAuditSink()
+        let agentDefinition = ProxyDefinition(
+            id: "backup-agent-sidecar-proxy", name: "backup-agent-sidecar-proxy", address: "127.0.0.1", port: nil,
+            destinationServiceName: "backup-agent", destinationServiceID: nil, localServiceAddress: "127.0.0.1",
+            localServicePort: nil, config: ProxyConfig(),
+            upstreams: [Upstream(destinationName: "storage", destinationNamespace: "default", destinationPartition: "default",
+                                 datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 0, connectTimeoutMs: 2000)])
+        let agent = try Sidecar(settings: SidecarSettings(
+            definition: agentDefinition, credentials: try TestCertificates.credentials(agentCertificate),
+            intentions: IntentionSet([], defaultAction: .deny),
+            upstreamEndpoints: ["storage": [Endpoint(host: "127.0.0.1", port: storage.0.boundAddress(of: Sidecar.publicListenerName)!.port!)]],
+            audit: agentAudit, logger: quietLogger), group: testGroup)
+        try await agent.start()
+        return MeshFixture(backend: backend, storage: storage.0, agent: agent, storageAudit: storage.1, agentAudit: agentAudit)
+    }
+
+    static func startStorage(backendPort: Int, certificate: String = "storage", intentions: [Intention],
+                             defaultAction: IntentionAction = .deny, handshakeTimeoutMs: Int = 10000) async throws -> (Sidecar, MemoryAuditSink) {
+        let audit = MemoryAuditSink()
+        var config = ProxyConfig()
+        config.handshakeTimeoutMs = handshakeTimeoutMs
+        let definition = ProxyDefinition(
+            id: "storage-sidecar-proxy", name: "storage-sidecar-proxy", address: "127.0.0.1", port: 0,
+            destinationServiceName: "storage", destinationServiceID: nil, localServiceAddress: "127.0.0.1",
+            localServicePort: backendPort, config: config, upstreams: [])
+        let sidecar = try Sidecar(settings: SidecarSettings(
+            definition: definition, credentials: try TestCertificates.credentials(certificate),
+            intentions: IntentionSet(intentions, defaultAction: defaultAction), audit: audit, logger: quietLogger),
+            group: testGroup)
+        try await sidecar.start()
+        return (sidecar, audit)
+    }
+
+    func stop() async {
+        await agent.stop()
+        await storage.stop()
+        await backend.stop()
+    }
+}
+
+let quietLogger: Logger = {
+    var logger = Logger(label: "test")
+    logger.logLevel = .critical
+    return logger
+}()
+
+/// Polls until `condition` holds or `timeout` passes.
+func eventually(timeout: Double = 5, _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return condition()
+}

@@ -1,0 +1,182 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import SidecarTLS
+
+/// A plaintext "local service" on 127.0.0.1:0 with a pluggable behaviour. Counts what reaches it,
+/// so tests can prove that a refused peer delivered nothing.
+final class TestBackend: Sendable {
+    enum Behaviour: Sendable {
+        /// Echo every byte; half-close the reply when the client half-closes.
+        case echo
+        /// Read until EOF, then reply with the sha256 hex of what was read, `replyBytes` random
+        /// bytes, and close. The reply is only sent after the client shut its write side.
+        case replyAfterEOF(replyBytes: Int)
+        /// Minimal HTTP/1.1: answer each request with "200 backup-sidecar-ok".
+        case http
+        /// Reads `bytesPerTick` every `tick` and discards them.
+        case slowSink(bytesPerTick: Int, tick: TimeAmount)
+    }
+
+    let channel: Channel
+    private let connectionsBox = NIOLockedValueBox(0)
+    private let bytesBox = NIOLockedValueBox(0)
+    private let replyDigests = NIOLockedValueBox<[String]>([])
+
+    var port: Int { channel.localAddress!.port! }
+    var connections: Int { connectionsBox.withLockedValue { $0 } }
+    var bytesReceived: Int { bytesBox.withLockedValue { $0 } }
+    /// For `.replyAfterEOF`: sha256 of each reply payload sent.
+    var sentReplyDigests: [String] { replyDigests.withLockedValue { $0 } }
+
+    init(_ behaviour: Behaviour, group: EventLoopGroup) async throws {
+        let connections = connectionsBox, bytes = bytesBox, digests = replyDigests
+        var bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+        if case .slowSink(let perTick, _) = behaviour {
+            bootstrap = bootstrap
+                .childChannelOption(ChannelOptions.autoRead, value: false)
+                .childChannelOption(ChannelOptions.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: perTick))
+                // Keep the kernel's receive buffer small so the slowness shows up as backpressure.
+                .childChannelOption(ChannelOptions.socketOption(.so_rcvbuf), value: 64 * 1024)
+        }
+        channel = try await bootstrap.childChannelInitializer { channel in
+            connections.withLockedValue { $0 += 1 }
+            return channel.eventLoop.makeCompletedFuture {
+                let handler: ChannelHandler
+                switch behaviour {
+                case .echo: handler = EchoHandler(bytes: bytes)
+                case .replyAfterEOF(let replyBytes): handler = ReplyAfterEOFHandler(replyBytes: replyBytes, bytes: bytes, digests: digests)
+                case .http: handler = TinyHTTPHandler(bytes: bytes)
+                case .slowSink(_, let tick): handler = SlowSinkHandler(tick: tick, bytes: bytes)
+                }
+                try channel.pipeline.syncOperations.addHandler(handler)
+            }
+        }.bind(host: "127.0.0.1", port: 0).get()
+    }
+
+    func stop() async { try? await channel.close() }
+}
+
+private final class EchoHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let bytes: NIOLockedValueBox<Int>
+    init(bytes: NIOLockedValueBox<Int>) { self.bytes = bytes }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        bytes.withLockedValue { $0 += unwrapInboundIn(data).readableBytes }
+        context.write(data, promise: nil)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) { context.flush() }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
+                channel.close(promise: nil)
+            }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
+
+private final class ReplyAfterEOFHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let replyBytes: Int
+    let bytes: NIOLockedValueBox<Int>
+    let digests: NIOLockedValueBox<[String]>
+    var digest = SHA256Digest()
+
+    init(replyBytes: Int, bytes: NIOLockedValueBox<Int>, digests: NIOLockedValueBox<[String]>) {
+        self.replyBytes = replyBytes
+        self.bytes = bytes
+        self.digests = digests
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        bytes.withLockedValue { $0 += buffer.readableBytes }
+        buffer.withUnsafeReadableBytes { digest.update($0) }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard let event = event as? ChannelEvent, event == .inputClosed else { return }
+        let received = digest.finalizeHex()
+        digest = SHA256Digest()
+        context.write(wrapOutboundOut(ByteBuffer(string: received)), promise: nil)
+        let replyDigest = SHA256Digest()
+        var remaining = replyBytes
+        while remaining > 0 {
+            let chunk = secureRandomBytes(min(remaining, 1 << 20))
+            replyDigest.update(chunk)
+            context.write(wrapOutboundOut(ByteBuffer(bytes: chunk)), promise: nil)
+            remaining -= chunk.count
+        }
+        let sent = replyDigest.finalizeHex()
+        digests.withLockedValue { $0.append(sent) }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
+
+private final class TinyHTTPHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let bytes: NIOLockedValueBox<Int>
+    var pending = ""
+    init(bytes: NIOLockedValueBox<Int>) { self.bytes = bytes }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        bytes.withLockedValue { $0 += buffer.readableBytes }
+        pending += String(buffer: buffer)
+        while let end = pending.range(of: "\r\n\r\n") {
+            pending.removeSubrange(..<end.upperBound)
+            let body = "backup-sidecar-ok\n"
+            let response = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: response)), promise: nil)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed { context.close(promise: nil) }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
+
+private final class SlowSinkHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    let tick: TimeAmount
+    let bytes: NIOLockedValueBox<Int>
+    var task: RepeatedTask?
+    init(tick: TimeAmount, bytes: NIOLockedValueBox<Int>) {
+        self.tick = tick
+        self.bytes = bytes
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        task = context.eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { _ in context.read() }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        task?.cancel()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        bytes.withLockedValue { $0 += unwrapInboundIn(data).readableBytes }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
