@@ -92,7 +92,9 @@ public final class Certificate: @unchecked Sendable, CustomStringConvertible {
             extendedKeyUsage: hasEKU
                 ? .init(clientAuth: eku & UInt32(XKU_SSL_CLIENT) != 0, serverAuth: eku & UInt32(XKU_SSL_SERVER) != 0)
                 : nil,
-            isCA: X509_check_ca(pointer) != 0
+            // basicConstraints CA:TRUE itself, not X509_check_ca: that one answers "not a CA"
+            // when keyUsage lacks keyCertSign, which would let a CA:TRUE leaf through.
+            isCA: flags & UInt32(EXFLAG_CA) != 0
         )
     }
 

@@ -22,11 +22,13 @@ struct MeshFixture {
     static let allowBackupAgent = [Intention(destinationName: "storage", sourceName: "backup-agent", action: .allow)]
 
     static func start(backend behaviour: TestBackend.Behaviour = .echo,
-                      storageCertificate: String = "storage", agentCertificate: String = "backup-agent",
+                      storageCertificate: String = "storage", storageKey: String? = nil, storageRoots: String = "ca.pem",
+                      agentCertificate: String = "backup-agent", agentRoots: String = "ca.pem",
                       intentions: [Intention] = allowBackupAgent, defaultAction: IntentionAction = .deny,
                       handshakeTimeoutMs: Int = 10000) async throws -> MeshFixture {
         let backend = try await TestBackend(behaviour, group: testGroup)
-        let storage = try await startStorage(backendPort: backend.port, certificate: storageCertificate,
+        let storage = try await startStorage(backendPort: backend.port,
+                                             credentials: try TestCertificates.credentials(storageCertificate, key: storageKey, roots: storageRoots),
                                              intentions: intentions, defaultAction: defaultAction,
                                              handshakeTimeoutMs: handshakeTimeoutMs)
         let agentAudit = MemoryAuditSink()
@@ -37,7 +39,7 @@ struct MeshFixture {
             upstreams: [Upstream(destinationName: "storage", destinationNamespace: "default", destinationPartition: "default",
                                  datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 0, connectTimeoutMs: 2000)])
         let agent = try Sidecar(settings: SidecarSettings(
-            definition: agentDefinition, credentials: try TestCertificates.credentials(agentCertificate),
+            definition: agentDefinition, credentials: try TestCertificates.credentials(agentCertificate, roots: agentRoots),
             intentions: IntentionSet([], defaultAction: .deny),
             upstreamEndpoints: ["storage": [Endpoint(host: "127.0.0.1", port: storage.0.boundAddress(of: Sidecar.publicListenerName)!.port!)]],
             audit: agentAudit, logger: quietLogger), group: testGroup)
@@ -45,7 +47,7 @@ struct MeshFixture {
         return MeshFixture(backend: backend, storage: storage.0, agent: agent, storageAudit: storage.1, agentAudit: agentAudit)
     }
 
-    static func startStorage(backendPort: Int, certificate: String = "storage", intentions: [Intention],
+    static func startStorage(backendPort: Int, credentials: TLSCredentials, intentions: [Intention],
                              defaultAction: IntentionAction = .deny, handshakeTimeoutMs: Int = 10000) async throws -> (Sidecar, MemoryAuditSink) {
         let audit = MemoryAuditSink()
         var config = ProxyConfig()
@@ -55,7 +57,7 @@ struct MeshFixture {
             destinationServiceName: "storage", destinationServiceID: nil, localServiceAddress: "127.0.0.1",
             localServicePort: backendPort, config: config, upstreams: [])
         let sidecar = try Sidecar(settings: SidecarSettings(
-            definition: definition, credentials: try TestCertificates.credentials(certificate),
+            definition: definition, credentials: credentials,
             intentions: IntentionSet(intentions, defaultAction: defaultAction), audit: audit, logger: quietLogger),
             group: testGroup)
         try await sidecar.start()

@@ -140,10 +140,17 @@ private final class TinyHTTPHandler: ChannelInboundHandler {
         bytes.withLockedValue { $0 += buffer.readableBytes }
         pending += String(buffer: buffer)
         while let end = pending.range(of: "\r\n\r\n") {
+            let request = pending[..<end.upperBound]
             pending.removeSubrange(..<end.upperBound)
             let body = "backup-sidecar-ok\n"
+            // HTTP/1.0 without keep-alive: answer and close, as a real server would.
+            let closeAfter = request.hasPrefix("GET / HTTP/1.0") || request.contains("Connection: close")
             let response = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
-            context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: response)), promise: nil)
+            let written = context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: response)))
+            if closeAfter {
+                let channel = context.channel
+                written.whenComplete { _ in channel.close(promise: nil) }
+            }
         }
     }
 

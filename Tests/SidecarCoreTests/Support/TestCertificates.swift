@@ -10,7 +10,7 @@ enum TestCertificates {
     static let directory: String = {
         let directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("backup-sidecar-certs-\(ProcessInfo.processInfo.processIdentifier)").path
-        let result = try! ProcessRunner.run(["bash", repositoryRoot.appendingPathComponent("certs-dev/gen.sh").path, directory])
+        let result = try! ProcessRunner.runBlocking(["bash", repositoryRoot.appendingPathComponent("certs-dev/gen.sh").path, directory])
         precondition(result.status == 0, "certs-dev/gen.sh failed: \(result.output)")
         return directory
     }()
@@ -22,22 +22,31 @@ enum TestCertificates {
     }
 
     /// Credentials for a certificate pair `NAME.pem`/`NAME.key`, trusting `roots`.
-    static func credentials(_ name: String, roots: String = "ca.pem") throws -> TLSCredentials {
-        try TLSCredentials.load(certificatePath: path("\(name).pem"), keyPath: path("\(name).key"), rootsPath: path(roots))
+    static func credentials(_ name: String, key: String? = nil, roots: String = "ca.pem") throws -> TLSCredentials {
+        try TLSCredentials.load(certificatePath: path("\(name).pem"), keyPath: path("\(key ?? name).key"), rootsPath: path(roots))
     }
 }
 
 /// Runs a command to completion, capturing stdout+stderr.
 enum ProcessRunner {
+    /// The async form: the blocking wait happens on its own thread.
+    static func run(_ arguments: [String], input: Data? = nil, timeout: TimeInterval = 30) async throws -> Result {
+        let box = LockedResult()
+        await onThread { box.set(Swift.Result(catching: { try runBlocking(arguments, input: input, timeout: timeout) })) }
+        return try box.value!.get()
+    }
+
     struct Result {
         let status: Int32
         let output: String
     }
 
-    static func run(_ arguments: [String], input: Data? = nil, timeout: TimeInterval = 30) throws -> Result {
+    /// Runs under coreutils `timeout` (SIGKILL 2 s after SIGTERM), so a stuck tool cannot hang
+    /// the suite. Blocking: call from a thread (`onThread`), not from the concurrency pool.
+    static func runBlocking(_ arguments: [String], input: Data? = nil, timeout: TimeInterval = 30) throws -> Result {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = arguments
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
+        process.arguments = ["-k", "2", String(Int(timeout))] + arguments
         let output = Pipe()
         process.standardOutput = output
         process.standardError = output
@@ -52,9 +61,6 @@ enum ProcessRunner {
             collected.set(data)
         }
         reader.start()
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning { process.terminate() }
         process.waitUntilExit()
         while !collected.isSet { usleep(1_000) }
         return Result(status: process.terminationStatus, output: String(decoding: collected.data, as: UTF8.self))
@@ -67,4 +73,11 @@ final class LockedData: @unchecked Sendable {
     func set(_ data: Data) { lock.lock(); value = data; lock.unlock() }
     var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value != nil }
     var data: Data { lock.lock(); defer { lock.unlock() }; return value ?? Data() }
+}
+
+final class LockedResult: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: Swift.Result<ProcessRunner.Result, Error>?
+    func set(_ value: Swift.Result<ProcessRunner.Result, Error>) { lock.lock(); stored = value; lock.unlock() }
+    var value: Swift.Result<ProcessRunner.Result, Error>? { lock.lock(); defer { lock.unlock() }; return stored }
 }
