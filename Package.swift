@@ -26,6 +26,8 @@ let package = Package(
             pkgConfig: "libnghttp2",
             providers: [.apt(["libnghttp2-dev"])]
         ),
+        // libc extras Glibc does not export (malloc tuning); header only, nothing to link.
+        .systemLibrary(name: "CSystemExtras"),
         .target(
             name: "SidecarTLS",
             dependencies: [
@@ -45,6 +47,7 @@ let package = Package(
         .executableTarget(
             name: "backup-sidecar",
             dependencies: [
+                "CSystemExtras",
                 "SidecarCore",
                 "SidecarTLS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

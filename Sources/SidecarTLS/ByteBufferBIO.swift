@@ -47,14 +47,12 @@ final class ByteBufferBIO {
     }
 
     fileprivate func read(into destination: UnsafeMutablePointer<CChar>, count: Int) -> Int {
-        guard var buffer = inbound, buffer.readableBytes > 0 else { return 0 }
-        let length = min(count, buffer.readableBytes)
-        inbound = nil // Avoid a copy-on-write while we mutate the local.
-        buffer.readWithUnsafeReadableBytes { source in
+        guard let available = inbound?.readableBytes, available > 0 else { return 0 }
+        let length = min(count, available)
+        inbound!.readWithUnsafeReadableBytes { source in
             UnsafeMutableRawPointer(destination).copyMemory(from: source.baseAddress!, byteCount: length)
             return length
         }
-        inbound = buffer
         return length
     }
 

@@ -112,6 +112,9 @@ final class TLSConnection {
         }
     }
 
+    /// Whether OpenSSL holds read-ahead or decrypted bytes not yet returned by SSL_read.
+    var hasBufferedInput: Bool { bio.hasUnreadCiphertext || SSL_has_pending(ssl) == 1 }
+
     /// Queues our close_notify.
     func shutdown() {
         OpenSSLErrorQueue.clear()
@@ -129,9 +132,4 @@ final class TLSConnection {
             return .failed(OpenSSLErrorQueue.summary(or: "TLS protocol error"))
         }
     }
-}
-
-/// Whether OpenSSL holds decrypted or read-ahead bytes not yet returned by SSL_read.
-enum SSLPending {
-    static func has(_ connection: TLSConnection) -> Bool { SSL_has_pending(connection.ssl) == 1 }
 }

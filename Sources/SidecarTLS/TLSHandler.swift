@@ -236,7 +236,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     encryptPendingWrites(context: context)
                 }
                 // Application data may have arrived with the last handshake flight.
-                if connection.bio.hasUnreadCiphertext || SSLPending.has(connection) {
+                if connection.hasBufferedInput {
                     deliverPlaintext(context: context)
                 }
             }

@@ -1,4 +1,5 @@
 import NIOCore
+import NIOPosix
 
 /// Holds a connection while its partner is being set up: keeps the bytes that already arrived
 /// (at most one read's worth, because reads are withheld) and releases them when joined.
@@ -102,5 +103,16 @@ extension Optional where Wrapped == SocketAddress {
             return self.map { "\($0)" } ?? "unknown"
         }
         return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
+    }
+}
+
+extension ClientBootstrap {
+    /// Connects without name resolution when `host` is an IP literal (the common case for
+    /// 127.0.0.1 local services and Consul-reported addresses); otherwise resolves as usual.
+    func connect(toHost host: String, port: Int) -> EventLoopFuture<Channel> {
+        if let address = try? SocketAddress(ipAddress: host, port: port) {
+            return connect(to: address)
+        }
+        return connect(host: host, port: port)
     }
 }

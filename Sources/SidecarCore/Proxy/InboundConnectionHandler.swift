@@ -78,7 +78,7 @@ final class InboundConnectionHandler: StagingHandler {
             .channelOption(ChannelOptions.autoRead, value: false)
             .channelOption(ChannelOptions.recvAllocator, value: ProxyChannelOptions.receiveAllocator)
             .channelOption(ChannelOptions.writeBufferWaterMark, value: ProxyChannelOptions.writeWatermark)
-            .connect(host: route.localHost, port: route.localPort)
+            .connect(toHost: route.localHost, port: route.localPort)
             .hop(to: context.eventLoop)
             .whenComplete { [self] result in
                 switch (result, state) {

@@ -109,7 +109,7 @@ final class UpstreamConnectionHandler: StagingHandler {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandlers(tls, waiter) }
             }
-            .connect(host: endpoint.host, port: endpoint.port)
+            .connect(toHost: endpoint.host, port: endpoint.port)
             .flatMap { remote in waiter.handshake.map { (remote, $0) } }
             .hop(to: context.eventLoop)
             .whenComplete { [self] result in

@@ -1,0 +1,97 @@
+import Foundation
+import Testing
+
+/// The real `backup-sidecar` binary: bad input at startup is a non-zero exit with a message
+/// naming the file and field, never a crash.
+@Suite("Command line", .serialized)
+struct CommandLineTests {
+    /// Built next to the test bundle by `swift build --build-tests` (scripts/test.sh).
+    static let binary: String = {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+        return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("backup-sidecar").path
+    }()
+
+    static let scratch: String = {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("backup-sidecar-cli-\(getpid())").path
+        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        return directory
+    }()
+
+    static func write(_ name: String, _ contents: String) -> String {
+        let path = "\(scratch)/\(name)"
+        FileManager.default.createFile(atPath: path, contents: Data(contents.utf8))
+        return path
+    }
+
+    static let goodService = write("storage.json", """
+        {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": 1, "address": "127.0.0.1",
+          "proxy": {"destination_service_name": "storage", "local_service_port": 9}}}
+        """)
+
+    struct Case: CustomTestStringConvertible, Sendable {
+        let name: String
+        let arguments: @Sendable () -> [String]
+        let status: Int32
+        let messageContains: [String]
+        var testDescription: String { name }
+    }
+
+    static func certs(_ cert: String = "storage", key: String? = nil) -> [String] {
+        ["--cert", TestCertificates.path("\(cert).pem"), "--key", TestCertificates.path("\(key ?? cert).key"),
+         "--ca", TestCertificates.path("ca.pem")]
+    }
+
+    static let cases: [Case] = [
+        Case(name: "missing service file", arguments: { ["--service-file", "/nonexistent/storage.json"] + certs() },
+             status: 2, messageContains: ["/nonexistent/storage.json", "cannot read"]),
+        Case(name: "malformed JSON", arguments: { ["--service-file", write("broken.json", "{\"service\": {")] + certs() },
+             status: 2, messageContains: ["broken.json", "not valid JSON"]),
+        Case(name: "missing required field", arguments: {
+            ["--service-file", write("nodest.json", #"{"service":{"kind":"connect-proxy","name":"x","proxy":{}}}"#)] + certs()
+        }, status: 2, messageContains: ["nodest.json", "service.proxy.destination_service_name", "missing"]),
+        Case(name: "wrong field type", arguments: {
+            ["--service-file", write("badport.json", #"{"service":{"kind":"connect-proxy","name":"x","port":"high","proxy":{"destination_service_name":"s"}}}"#)] + certs()
+        }, status: 2, messageContains: ["badport.json", "service.port"]),
+        Case(name: "malformed intentions file", arguments: {
+            ["--service-file", goodService, "--intentions-file",
+             write("intentions.json", #"[{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"a","Action":"permit"}]}]"#)] + certs()
+        }, status: 2, messageContains: ["intentions.json", "[0].sources[0].action", "permit"]),
+        Case(name: "key does not match certificate", arguments: { ["--service-file", goodService] + certs("storage", key: "backup-agent") },
+             status: 2, messageContains: ["does not match"]),
+        Case(name: "expired own leaf", arguments: { ["--service-file", goodService] + certs("expired") },
+             status: 2, messageContains: ["expired"]),
+        Case(name: "certificate file is not PEM", arguments: {
+            ["--service-file", goodService, "--cert", write("junk.pem", "not a certificate"), "--key", TestCertificates.path("storage.key"),
+             "--ca", TestCertificates.path("ca.pem")]
+        }, status: 2, messageContains: ["junk.pem", "PEM"]),
+        Case(name: "bad --upstream-endpoint", arguments: { ["--service-file", goodService, "--upstream-endpoint", "storage:8080"] + certs() },
+             status: 2, messageContains: ["--upstream-endpoint", "NAME=HOST:PORT"]),
+        Case(name: "bad --default-intention", arguments: { ["--service-file", goodService, "--default-intention", "maybe"] + certs() },
+             status: 2, messageContains: ["--default-intention"]),
+    ]
+
+    @Test("Bad startup input exits non-zero with a message naming the problem", arguments: cases)
+    func startupError(_ testCase: Case) async throws {
+        #expect(FileManager.default.isExecutableFile(atPath: Self.binary), "build the binary first: swift build --build-tests")
+        let result = try await ProcessRunner.run([Self.binary, "run"] + testCase.arguments(), timeout: 20)
+        #expect(result.status == testCase.status, "output: \(result.output)")
+        #expect(result.output.contains("backup-sidecar: error:"), "output: \(result.output)")
+        for fragment in testCase.messageContains {
+            #expect(result.output.contains(fragment), "\"\(fragment)\" missing from: \(result.output)")
+        }
+        #expect(!result.output.contains("Fatal error"), "crashed: \(result.output)")
+    }
+
+    @Test("A listener address already in use is a clear startup error (exit 3)")
+    func portInUse() async throws {
+        let holder = try await TestBackend(.echo, group: testGroup)
+        defer { Task { await holder.stop() } }
+        let service = Self.write("busy.json", """
+            {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(holder.port), "address": "127.0.0.1",
+              "proxy": {"destination_service_name": "storage", "local_service_port": 9}}}
+            """)
+        let result = try await ProcessRunner.run([Self.binary, "run", "--service-file", service] + Self.certs(), timeout: 20)
+        #expect(result.status == 3, "output: \(result.output)")
+        #expect(result.output.contains("cannot bind public listener on 127.0.0.1:\(holder.port)"), "output: \(result.output)")
+    }
+}
