@@ -51,6 +51,7 @@ public final class Sidecar: Sendable {
     private let contexts: TLSContextStore
     private let intentions: NIOLockedValueBox<IntentionSet?>
     private let listeners = NIOLockedValueBox<[String: Channel]>([:])
+    private let registry = ConnectionRegistry()
 
     public init(settings: SidecarSettings, group: EventLoopGroup) throws {
         self.settings = settings
@@ -78,10 +79,26 @@ public final class Sidecar: Sendable {
         }
     }
 
-    /// Replaces the intentions used for new connections.
+    /// Replaces the intentions: new connections use them at once, and every open inbound
+    /// connection they no longer allow is cut, with an audit line naming what revoked it.
     public func updateIntentions(_ set: IntentionSet) {
         intentions.withLockedValue { $0 = set }
+        var revoked = 0
+        for entry in registry.entries {
+            let decision = set.decide(source: entry.source, destination: entry.destination)
+            guard !decision.allowed else { continue }
+            Revocation.revoke(entry, registry: registry, listener: Self.publicListenerName,
+                              reason: "revoked by intentions update: \(decision.reasonText)", audit: settings.audit)
+            revoked += 1
+        }
+        settings.logger.info("intentions updated", metadata: [
+            "intentions": "\(set.intentions.count)", "default": "\(set.defaultAction.rawValue)",
+            "revoked_connections": "\(revoked)",
+        ])
     }
+
+    /// Open inbound connections (for tests and the admin API).
+    public var openInboundConnections: Int { registry.entries.count }
 
     /// Bound address of a listener ("public" or "upstream:<name>"), e.g. to learn port 0 picks.
     public func boundAddress(of listener: String) -> SocketAddress? {
@@ -122,9 +139,10 @@ public final class Sidecar: Sendable {
         let definition = settings.definition
         let route = InboundRoute(destinationService: definition.destinationServiceName,
                                  localHost: definition.localServiceAddress, localPort: localPort,
-                                 localConnectTimeout: .milliseconds(Int64(definition.config.localConnectTimeoutMs)))
+                                 localConnectTimeout: .milliseconds(Int64(definition.config.localConnectTimeoutMs)),
+                                 maxConnectionLifetime: definition.config.maxConnectionLifetimeNs.map { .nanoseconds($0) })
         let handshakeTimeout = TimeAmount.milliseconds(Int64(definition.config.handshakeTimeoutMs))
-        let contexts = self.contexts, intentions = self.intentions
+        let contexts = self.contexts, intentions = self.intentions, registry = self.registry
         let audit = settings.audit, logger = settings.logger
         let authorize: @Sendable (SPIFFEID, String) -> IntentionDecision = { source, destination in
             guard let set = intentions.withLockedValue({ $0 }) else {
@@ -138,7 +156,7 @@ public final class Sidecar: Sendable {
                     TLSHandler(context: contexts.server,
                                configuration: TLSHandlerConfiguration(handshakeTimeout: handshakeTimeout)),
                     InboundConnectionHandler(listenerName: Self.publicListenerName, route: { route },
-                                             authorize: authorize, audit: audit, logger: logger)
+                                             authorize: authorize, registry: registry, audit: audit, logger: logger)
                 )
             }
         }

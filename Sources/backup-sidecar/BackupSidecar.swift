@@ -2,6 +2,7 @@ import ArgumentParser
 import CSystemExtras
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import SidecarCore
@@ -75,8 +76,12 @@ struct Run: AsyncParsableCommand {
         }
         let logger = Logger(label: "backup-sidecar")
         let settings: SidecarSettings
+        let intentionsSource: IntentionsFileSource?
+        let runningSidecar = NIOLockedValueBox<Sidecar?>(nil)
         do {
-            settings = try loadSettings(logger: logger)
+            (settings, intentionsSource) = try loadSettings(logger: logger) { set in
+                runningSidecar.withLockedValue { $0 }?.updateIntentions(set)
+            }
         } catch {
             fail("\(error)", status: ExitStatus.configuration)
         }
@@ -90,23 +95,34 @@ struct Run: AsyncParsableCommand {
         } catch {
             fail("\(error)", status: ExitStatus.listener)
         }
+        runningSidecar.withLockedValue { $0 = sidecar }
         logger.info("sidecar running", metadata: [
             "identity": "\(settings.credentials.identity)", "serial": "\(settings.credentials.leaf.serialNumber)",
         ])
-        await waitForTerminationSignal()
+        await waitForTerminationSignal(onReload: {
+            logger.info("SIGHUP: reloading the intentions file")
+            intentionsSource?.reload()
+        })
+        intentionsSource?.stop()
         logger.info("shutting down")
         await sidecar.stop()
         try? await group.shutdownGracefully()
     }
 
-    private func loadSettings(logger: Logger) throws -> SidecarSettings {
+    /// Loads and validates everything; the intentions file is watched from here on, its
+    /// changes going to `onIntentionsChange`.
+    private func loadSettings(logger: Logger, onIntentionsChange: @escaping @Sendable (IntentionSet) -> Void) throws
+        -> (SidecarSettings, IntentionsFileSource?) {
         let definition = try ProxyDefinition.load(path: serviceFile)
         let credentials = try TLSCredentials.load(certificatePath: cert, keyPath: key, rootsPath: ca, trustDomain: trustDomain)
         guard let defaultAction = IntentionAction(rawValue: defaultIntention.lowercased()) else {
             throw ValidationError("--default-intention must be allow or deny, not \"\(defaultIntention)\"")
         }
-        let intentions = try intentionsFile.map(IntentionsFile.load) ?? []
-        if intentions.isEmpty && defaultAction == .deny && definition.localServicePort != nil {
+        let source = intentionsFile.map {
+            IntentionsFileSource(path: $0, defaultAction: defaultAction, logger: logger, apply: onIntentionsChange)
+        }
+        let intentions = try source?.start() ?? IntentionSet([], defaultAction: defaultAction)
+        if intentions.intentions.isEmpty && defaultAction == .deny && definition.localServicePort != nil {
             logger.warning("no intentions loaded and default deny: every inbound connection will be refused")
         }
         var endpoints: [String: [Endpoint]] = [:]
@@ -121,9 +137,9 @@ struct Run: AsyncParsableCommand {
             endpoints[parts[0], default: []].append(endpoint)
         }
         let audit: any AuditSink = auditLog == "-" ? JSONLinesAuditSink() : try JSONLinesAuditSink.file(at: auditLog)
-        return SidecarSettings(definition: definition, credentials: credentials,
-                               intentions: IntentionSet(intentions, defaultAction: defaultAction),
-                               upstreamEndpoints: endpoints, datacenter: datacenter, audit: audit, logger: logger)
+        let settings = SidecarSettings(definition: definition, credentials: credentials, intentions: intentions,
+                                       upstreamEndpoints: endpoints, datacenter: datacenter, audit: audit, logger: logger)
+        return (settings, source)
     }
 }
 
@@ -132,39 +148,30 @@ func fail(_ message: String, status: Int32) -> Never {
     exit(status)
 }
 
-/// Suspends until SIGTERM or SIGINT.
-func waitForTerminationSignal() async {
+/// Suspends until SIGTERM or SIGINT; SIGHUP calls `onReload` and keeps running.
+func waitForTerminationSignal(onReload: @escaping @Sendable () -> Void) async {
+    let queue = DispatchQueue(label: "backup-sidecar.signals")
+    let reload = DispatchSource.makeSignalSource(signal: SIGHUP, queue: queue)
+    signal(SIGHUP, SIG_IGN)
+    reload.setEventHandler(handler: onReload)
+    reload.resume()
     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-        let queue = DispatchQueue(label: "signals")
-        var sources: [DispatchSourceSignal] = []
-        let resumed = NIOLockedFlag()
+        let resumed = NIOLockedValueBox(false)
         for sig in [SIGTERM, SIGINT] {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
             source.setEventHandler {
-                if resumed.setOnce() { continuation.resume() }
+                if resumed.withLockedValue({ done in defer { done = true }; return !done }) { continuation.resume() }
             }
             source.resume()
-            sources.append(source)
+            SignalSources.keepAlive.append(source)
         }
-        SignalSources.keepAlive = sources
     }
+    reload.cancel()
 }
 
 enum SignalSources {
     nonisolated(unsafe) static var keepAlive: [DispatchSourceSignal] = []
-}
-
-final class NIOLockedFlag: @unchecked Sendable {
-    private var done = false
-    private let lock = NSLock()
-    func setOnce() -> Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        if done { return false }
-        done = true
-        return true
-    }
 }
 
 /// glibc hands buffers above 128 KiB out as fresh mmaps and returns freed heap to the kernel

@@ -28,6 +28,8 @@ public struct ProxyConfig: Equatable, Sendable {
     public var handshakeTimeoutMs: Int = 10000
     /// "tcp" (default), "http", "http2", "grpc": decides L4 vs L7 enforcement.
     public var `protocol`: String = "tcp"
+    /// Inbound connections older than this are cut (nil: no limit). Nanoseconds.
+    public var maxConnectionLifetimeNs: Int64?
 }
 
 public struct Upstream: Equatable, Sendable {
@@ -140,6 +142,19 @@ extension ProxyDefinition {
         config.bindPort = try node.field("bind_port")?.port()
         if let timeout = try node.field("local_connect_timeout_ms") { config.localConnectTimeoutMs = try positive(timeout) }
         if let timeout = try node.field("handshake_timeout_ms") { config.handshakeTimeoutMs = try positive(timeout) }
+        if let lifetime = try node.field("max_connection_lifetime") {
+            let text: String
+            switch lifetime.value {
+            case .string(let value): text = value
+            case .integer(let value): text = String(value)
+            case .number(let value): text = String(value)
+            default: throw lifetime.error("expected a duration such as \"12h\" or a number of seconds")
+            }
+            guard let nanoseconds = ConfigDuration.parse(text) else {
+                throw lifetime.error("\"\(text)\" is not a positive duration (e.g. \"12h\", \"90m\", or seconds)")
+            }
+            config.maxConnectionLifetimeNs = nanoseconds
+        }
         if let proto = try node.optionalString("protocol") {
             let normalized = proto.lowercased()
             guard ["tcp", "http", "http2", "grpc"].contains(normalized) else {

@@ -15,6 +15,9 @@ public struct AuditEvent: Sendable, Equatable {
         /// Inbound: authorized, but the local service could not be reached.
         case localConnectFailed = "local_connect_failed"
         case connectionClosed = "connection_closed"
+        /// Inbound: an open connection cut because intentions now deny it, or because it
+        /// reached max_connection_lifetime.
+        case connectionRevoked = "connection_revoked"
     }
 
     public var time = Date()

@@ -2,6 +2,9 @@ import NIOCore
 import Glibc
 import SidecarTLS
 
+/// Outbound user event for a joined connection: abort both of its channels (policy revoked it).
+struct ConnectionAbortRequest: Sendable {}
+
 /// Byte counters for one proxied connection, shared by its two glue halves (same event loop).
 final class ConnectionStats {
     /// Read from the mesh side (the TLS peer), written to the local side.
@@ -31,6 +34,9 @@ final class GlueHandler: ChannelDuplexHandler {
     private var partner: GlueHandler?
     private var context: ChannelHandlerContext?
     private var pendingRead = false
+    /// Once either side aborts, every further ending of this pair is an abort too: a graceful
+    /// close after an abort would hand the other peer a clean end of stream.
+    private var aborted = false
 
     private init(side: Side, stats: ConnectionStats) {
         self.side = side
@@ -86,16 +92,28 @@ final class GlueHandler: ChannelDuplexHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         // Anything abnormal on one side is passed on as an abort of the other.
-        partner?.partnerAbort()
-        context.close(promise: nil)
+        abortPair()
     }
 
     /// Our side ended cleanly (aborts arrive through errorCaught first). NIO may go straight
     /// to inactive without an inputClosed event (EOF after our own write shutdown), so the
     /// partner still gets the graceful path: flush what is queued, then end its output.
     func channelInactive(context: ChannelHandlerContext) {
-        partner?.partnerCloseOutput()
+        if aborted {
+            abortPair()
+        } else {
+            partner?.partnerCloseOutput()
+        }
         context.fireChannelInactive()
+    }
+
+    func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        guard event is ConnectionAbortRequest else {
+            context.triggerUserOutboundEvent(event, promise: promise)
+            return
+        }
+        abortPair()
+        promise?.succeed()
     }
 
     // MARK: Outbound on our channel
@@ -138,13 +156,17 @@ final class GlueHandler: ChannelDuplexHandler {
         }
     }
 
-    private func partnerAbort() {
-        guard let context else { return }
-        Self.abort(context.channel)
+    /// Aborts both channels (each at most once).
+    private func abortPair() {
+        aborted = true
+        partner?.aborted = true
+        if let channel = partner?.context?.channel { Self.abort(channel) }
+        if let channel = context?.channel { Self.abort(channel) }
     }
 
     /// Closes without a graceful ending: RST on plain TCP, no close_notify on TLS.
     static func abort(_ channel: Channel) {
+        guard channel.isActive else { return }
         let finish = {
             channel.triggerUserOutboundEvent(TLSAbortRequest(), promise: nil)
             channel.close(promise: nil)

@@ -9,6 +9,7 @@ struct InboundRoute: Sendable {
     var localHost: String
     var localPort: Int
     var localConnectTimeout: TimeAmount
+    var maxConnectionLifetime: TimeAmount?
 }
 
 /// Sits after the TLS handler on an accepted public-listener connection. Waits for a verified
@@ -28,13 +29,16 @@ final class InboundConnectionHandler: StagingHandler {
     private let authorize: (SPIFFEID, String) -> IntentionDecision
     private let audit: any AuditSink
     private let logger: Logger
+    private let registry: ConnectionRegistry
     private var peerAddress = "unknown"
 
     init(listenerName: String, route: @escaping () -> InboundRoute,
-         authorize: @escaping (SPIFFEID, String) -> IntentionDecision, audit: any AuditSink, logger: Logger) {
+         authorize: @escaping (SPIFFEID, String) -> IntentionDecision, registry: ConnectionRegistry,
+         audit: any AuditSink, logger: Logger) {
         self.listenerName = listenerName
         self.route = route
         self.authorize = authorize
+        self.registry = registry
         self.audit = audit
         self.logger = logger
     }
@@ -89,6 +93,7 @@ final class InboundConnectionHandler: StagingHandler {
                                                   stats: stats)
                         state = .joined
                         recordClose(mesh: meshChannel, local: local, peer: peer, route: route, stats: stats)
+                        track(mesh: meshChannel, local: local, peer: peer, route: route)
                     } catch {
                         local.close(promise: nil)
                         meshChannel.close(promise: nil)
@@ -107,6 +112,29 @@ final class InboundConnectionHandler: StagingHandler {
                     meshChannel.close(promise: nil)
                 }
             }
+    }
+
+    /// Registers the joined connection for re-authorization and arms its lifetime limit.
+    private func track(mesh: Channel, local: Channel, peer: TLSPeer, route: InboundRoute) {
+        let entry = registry.register(source: peer.identity, sourceSerial: peer.certificateSerial,
+                                      destination: route.destinationService, peerAddress: peerAddress,
+                                      mesh: mesh, local: local)
+        let registry = self.registry, audit = self.audit, listenerName = self.listenerName
+        // Intentions may have changed while the local service was being dialed, after the
+        // update's sweep over registered connections: check once more now that we are in it.
+        let current = authorize(peer.identity, route.destinationService)
+        if !current.allowed {
+            Revocation.revoke(entry, registry: registry, listener: listenerName,
+                              reason: "revoked by intentions update: \(current.reasonText)", audit: audit)
+            return
+        }
+        guard let lifetime = route.maxConnectionLifetime else { return }
+        let seconds = Double(lifetime.nanoseconds) / 1e9
+        let timer = mesh.eventLoop.scheduleTask(in: lifetime) {
+            Revocation.revoke(entry, registry: registry, listener: listenerName,
+                              reason: "max_connection_lifetime (\(seconds) s) reached", audit: audit)
+        }
+        mesh.closeFuture.whenComplete { _ in timer.cancel() }
     }
 
     private func recordClose(mesh: Channel, local: Channel, peer: TLSPeer, route: InboundRoute, stats: ConnectionStats) {

@@ -25,12 +25,19 @@ struct MeshFixture {
                       storageCertificate: String = "storage", storageKey: String? = nil, storageRoots: String = "ca.pem",
                       agentCertificate: String = "backup-agent", agentRoots: String = "ca.pem",
                       intentions: [Intention] = allowBackupAgent, defaultAction: IntentionAction = .deny,
-                      handshakeTimeoutMs: Int = 10000) async throws -> MeshFixture {
+                      handshakeTimeoutMs: Int = 10000, maxConnectionLifetimeNs: Int64? = nil) async throws -> MeshFixture {
         let backend = try await TestBackend(behaviour, group: testGroup)
         let storage = try await startStorage(backendPort: backend.port,
                                              credentials: try TestCertificates.credentials(storageCertificate, key: storageKey, roots: storageRoots),
                                              intentions: intentions, defaultAction: defaultAction,
-                                             handshakeTimeoutMs: handshakeTimeoutMs)
+                                             handshakeTimeoutMs: handshakeTimeoutMs, maxConnectionLifetimeNs: maxConnectionLifetimeNs)
+        let (agent, agentAudit) = try await startAgent(certificate: agentCertificate, roots: agentRoots,
+                                                       storagePort: storage.0.boundAddress(of: Sidecar.publicListenerName)!.port!)
+        return MeshFixture(backend: backend, storage: storage.0, agent: agent, storageAudit: storage.1, agentAudit: agentAudit)
+    }
+
+    /// A backup-agent-style sidecar with one upstream, `storage`, on an ephemeral local port.
+    static func startAgent(certificate: String, roots: String = "ca.pem", storagePort: Int) async throws -> (Sidecar, MemoryAuditSink) {
         let agentAudit = MemoryAuditSink()
         let agentDefinition = ProxyDefinition(
             id: "backup-agent-sidecar-proxy", name: "backup-agent-sidecar-proxy", address: "127.0.0.1", port: nil,
@@ -39,19 +46,21 @@ struct MeshFixture {
             upstreams: [Upstream(destinationName: "storage", destinationNamespace: "default", destinationPartition: "default",
                                  datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 0, connectTimeoutMs: 2000)])
         let agent = try Sidecar(settings: SidecarSettings(
-            definition: agentDefinition, credentials: try TestCertificates.credentials(agentCertificate, roots: agentRoots),
+            definition: agentDefinition, credentials: try TestCertificates.credentials(certificate, roots: roots),
             intentions: IntentionSet([], defaultAction: .deny),
-            upstreamEndpoints: ["storage": [Endpoint(host: "127.0.0.1", port: storage.0.boundAddress(of: Sidecar.publicListenerName)!.port!)]],
+            upstreamEndpoints: ["storage": [Endpoint(host: "127.0.0.1", port: storagePort)]],
             audit: agentAudit, logger: quietLogger), group: testGroup)
         try await agent.start()
-        return MeshFixture(backend: backend, storage: storage.0, agent: agent, storageAudit: storage.1, agentAudit: agentAudit)
+        return (agent, agentAudit)
     }
 
     static func startStorage(backendPort: Int, credentials: TLSCredentials, intentions: [Intention],
-                             defaultAction: IntentionAction = .deny, handshakeTimeoutMs: Int = 10000) async throws -> (Sidecar, MemoryAuditSink) {
+                             defaultAction: IntentionAction = .deny, handshakeTimeoutMs: Int = 10000,
+                             maxConnectionLifetimeNs: Int64? = nil) async throws -> (Sidecar, MemoryAuditSink) {
         let audit = MemoryAuditSink()
         var config = ProxyConfig()
         config.handshakeTimeoutMs = handshakeTimeoutMs
+        config.maxConnectionLifetimeNs = maxConnectionLifetimeNs
         let definition = ProxyDefinition(
             id: "storage-sidecar-proxy", name: "storage-sidecar-proxy", address: "127.0.0.1", port: 0,
             destinationServiceName: "storage", destinationServiceID: nil, localServiceAddress: "127.0.0.1",

@@ -16,6 +16,8 @@ final class TestBackend: Sendable {
         case http
         /// Reads `bytesPerTick` every `tick` and discards them.
         case slowSink(bytesPerTick: Int, tick: TimeAmount)
+        /// Streams `bytes` random bytes to each client as fast as it can take them (a restore).
+        case source(bytes: Int)
     }
 
     let channel: Channel
@@ -50,6 +52,7 @@ final class TestBackend: Sendable {
                 case .replyAfterEOF(let replyBytes): handler = ReplyAfterEOFHandler(replyBytes: replyBytes, bytes: bytes, digests: digests)
                 case .http: handler = TinyHTTPHandler(bytes: bytes)
                 case .slowSink(_, let tick): handler = SlowSinkHandler(tick: tick, bytes: bytes)
+                case .source(let total): handler = SourceHandler(total: total)
                 }
                 try channel.pipeline.syncOperations.addHandler(handler)
             }
@@ -185,5 +188,40 @@ private final class SlowSinkHandler: ChannelInboundHandler {
         bytes.withLockedValue { $0 += unwrapInboundIn(data).readableBytes }
     }
 
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
+
+private final class SourceHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let chunk = ByteBuffer(bytes: secureRandomBytes(1 << 20))
+    var remaining: Int
+    init(total: Int) { remaining = total }
+
+    func channelActive(context: ChannelHandlerContext) {
+        pump(context: context)
+        context.fireChannelActive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) { pump(context: context) }
+
+    /// Writes while the channel can take it: backpressure, never a 1 GiB buffer.
+    private func pump(context: ChannelHandlerContext) {
+        while remaining > 0 && context.channel.isWritable {
+            let slice = chunk.getSlice(at: 0, length: min(remaining, chunk.readableBytes))!
+            remaining -= slice.readableBytes
+            context.write(wrapOutboundOut(slice), promise: nil)
+        }
+        context.flush()
+        if remaining == 0 {
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
+                channel.close(promise: nil)
+            }
+            remaining = -1
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
 }

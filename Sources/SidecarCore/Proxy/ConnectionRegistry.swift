@@ -1,0 +1,59 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import SidecarTLS
+
+/// Open inbound connections, so they can be re-checked when intentions change (Consul's own
+/// proxies only check at connect time, #5277) and cut when a lifetime limit is reached.
+final class ConnectionRegistry: Sendable {
+    struct Entry: Sendable {
+        let id: UInt64
+        let source: SPIFFEID
+        let sourceSerial: String
+        let destination: String
+        let peerAddress: String
+        let mesh: Channel
+        let local: Channel
+    }
+
+    private let state = NIOLockedValueBox<(nextID: UInt64, entries: [UInt64: Entry])>((1, [:]))
+
+    /// Registers a joined connection; it leaves the registry by itself when both halves close.
+    func register(source: SPIFFEID, sourceSerial: String, destination: String, peerAddress: String,
+                  mesh: Channel, local: Channel) -> Entry {
+        let entry = state.withLockedValue { value -> Entry in
+            let entry = Entry(id: value.nextID, source: source, sourceSerial: sourceSerial, destination: destination,
+                              peerAddress: peerAddress, mesh: mesh, local: local)
+            value.nextID += 1
+            value.entries[entry.id] = entry
+            return entry
+        }
+        mesh.closeFuture.and(local.closeFuture).whenComplete { [weak self] _ in self?.remove(entry.id) }
+        return entry
+    }
+
+    @discardableResult
+    func remove(_ id: UInt64) -> Bool {
+        state.withLockedValue { $0.entries.removeValue(forKey: id) != nil }
+    }
+
+    var entries: [Entry] { state.withLockedValue { Array($0.entries.values) } }
+}
+
+/// Ends an authorized connection because policy no longer allows it. Both halves are aborted:
+/// a graceful close would reach the backup agent as a clean end of stream, and a cut transfer
+/// must never look complete.
+enum Revocation {
+    static func revoke(_ entry: ConnectionRegistry.Entry, registry: ConnectionRegistry, listener: String,
+                       reason: String, audit: any AuditSink) {
+        // Only the first revoker audits and aborts (intention change and lifetime may race).
+        guard registry.remove(entry.id) else { return }
+        audit.record(AuditEvent(kind: .connectionRevoked, listener: listener, peerAddress: entry.peerAddress,
+                                source: entry.source.uri, sourceSerial: entry.sourceSerial,
+                                destination: entry.destination, decision: "deny", reason: reason))
+        // The glue aborts both halves together; if it is already gone, abort them directly.
+        entry.mesh.triggerUserOutboundEvent(ConnectionAbortRequest()).whenFailure { _ in
+            GlueHandler.abort(entry.mesh)
+            GlueHandler.abort(entry.local)
+        }
+    }
+}
