@@ -180,7 +180,8 @@ public final class Sidecar: Sendable {
         let audit = settings.audit, logger = settings.logger
         let bootstrap = serverBootstrap().childChannelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHandler(UpstreamConnectionHandler(route: route, audit: audit, logger: logger))
+                try channel.pipeline.syncOperations.addHandlers(
+                    OrderedHalfCloseHandler(), UpstreamConnectionHandler(route: route, audit: audit, logger: logger))
             }
         }
         return try await bind(bootstrap, host: upstream.localBindAddress, port: upstream.localBindPort,

@@ -53,7 +53,7 @@ struct IntentionsTests {
         for action in [IntentionAction?.some(.allow), .some(.deny), nil] {
             let intention = Intention(destinationName: row.destinationName, destinationNamespace: row.destinationNamespace,
                                       sourceName: row.sourceName, sourceNamespace: row.sourceNamespace,
-                                      action: action, hasPermissions: action == nil)
+                                      action: action, permissions: action == nil ? [IntentionPermission(action: .allow, http: HTTPPermissionMatch(path: .prefix("/")))] : [])
             #expect(intention.precedence == row.precedence)
         }
         // Partition and peer do not enter precedence.
@@ -176,7 +176,7 @@ struct IntentionsTests {
             Intention(destinationName: "web", sourceName: "a", action: .allow),
             Intention(destinationName: "web", sourceName: "c", action: .deny),
             Intention(destinationName: "web", sourceName: "*", action: .allow),
-            Intention(destinationName: "web", sourceName: "z", action: nil, hasPermissions: true),
+            Intention(destinationName: "web", sourceName: "z", action: nil, permissions: [IntentionPermission(action: .allow, http: HTTPPermissionMatch(path: .prefix("/")))]),
             Intention(destinationName: "*", sourceName: "a", action: .deny),
         ]
         for order in permutations(intentions) {
@@ -270,7 +270,7 @@ struct IntentionsTests {
 
     @Test("a matching intention with L7 permissions is a deny for L4")
     func permissionsRequireL7() {
-        let l7 = Intention(destinationName: "web", sourceName: "api", action: nil, hasPermissions: true)
+        let l7 = Intention(destinationName: "web", sourceName: "api", action: nil, permissions: [IntentionPermission(action: .allow, http: HTTPPermissionMatch(path: .prefix("/")))])
         let wildcardAllow = Intention(destinationName: "web", sourceName: "*", action: .allow)
         for order in permutations([l7, wildcardAllow]) {
             let set = IntentionSet(order, defaultAction: .allow)
@@ -287,14 +287,14 @@ struct IntentionsTests {
         #expect(IntentionSet([bare], defaultAction: .allow).decide(source: identity("api"), destination: "web")
             == IntentionDecision(allowed: false, reason: .requiresL7(identifier: bare.identifier, precedence: 9)))
         // Permissions win over an action if both were somehow set.
-        let both = Intention(destinationName: "web", sourceName: "api", action: .allow, hasPermissions: true)
+        let both = Intention(destinationName: "web", sourceName: "api", action: .allow, permissions: [IntentionPermission(action: .allow, http: HTTPPermissionMatch(path: .prefix("/")))])
         #expect(!IntentionSet([both], defaultAction: .allow).decide(source: identity("api"), destination: "web").allowed)
     }
 
     @Test("an L7 intention at equal precedence sorts with the denies, before an allow")
     func permissionsSortAsDeny() {
         let l7 = Intention(destinationName: "web", sourceName: "api", sourcePartition: "default", action: nil,
-                           hasPermissions: true)
+                           permissions: [IntentionPermission(action: .allow, http: HTTPPermissionMatch(path: .prefix("/")))])
         let allow = Intention(destinationName: "web", sourceName: "api", sourcePartition: "*", action: .allow)
         for order in permutations([l7, allow]) {
             let decision = IntentionSet(order, defaultAction: .allow).decide(source: identity("api"), destination: "web")
@@ -361,7 +361,7 @@ struct IntentionsTests {
             Intention(destinationName: "*", destinationNamespace: "*", sourceName: "api", sourcePeer: "cluster-b",
                       action: .allow),
             Intention(destinationName: "*", destinationNamespace: "*", sourceName: "ui", action: nil,
-                      hasPermissions: true),
+                      permissions: [IntentionPermission(action: .allow, http: HTTPPermissionMatch(path: .prefix("/")))]),
         ])
         #expect(intentions.map(\.precedence) == [9, 8, 3, 3, 3])
     }

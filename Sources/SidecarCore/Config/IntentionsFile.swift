@@ -58,13 +58,81 @@ public enum IntentionsFile {
                 sourcePartition: try source.optionalString("partition").flatMap { $0.isEmpty ? nil : $0 } ?? "default",
                 sourcePeer: try source.optionalString("peer") ?? "",
                 action: action,
-                hasPermissions: !permissions.isEmpty,
+                permissions: try permissions.map(decodePermission),
                 description: try source.optionalString("description") ?? ""
             )
             guard seen.insert(intention.identifier).inserted else {
                 throw source.error("duplicate source \(intention.identifier)")
             }
             return intention
+        }
+    }
+
+    /// `{Action, HTTP: {PathExact|PathPrefix|PathRegex, Methods, Header: [...]}}`, validated
+    /// the way Consul validates it on write.
+    static func decodePermission(_ node: ConfigNode) throws -> IntentionPermission {
+        let actionText = try node.require("action").string()
+        guard let action = IntentionAction(rawValue: actionText.lowercased()) else {
+            throw node.error("action \"\(actionText)\" is not \"allow\" or \"deny\"", at: "action")
+        }
+        let http = try node.require("http")
+        let exact = try http.optionalString("path_exact"), prefix = try http.optionalString("path_prefix")
+        let regex = try http.optionalString("path_regex")
+        let path: HTTPPermissionMatch.PathRule
+        switch (exact, prefix, regex) {
+        case (nil, nil, nil): path = .any
+        case (let exact?, nil, nil):
+            guard exact.hasPrefix("/") else { throw http.error("must begin with \"/\"", at: "path_exact") }
+            path = .exact(exact)
+        case (nil, let prefix?, nil):
+            guard prefix.hasPrefix("/") else { throw http.error("must begin with \"/\"", at: "path_prefix") }
+            path = .prefix(prefix)
+        case (nil, nil, let regex?):
+            path = .regex(try compile(regex, node: http, field: "path_regex"))
+        default:
+            throw http.error("at most one of PathExact, PathPrefix, PathRegex may be set")
+        }
+        let methods = try http.field("methods")?.array().map { item -> String in
+            let method = try item.string().uppercased()
+            guard !method.isEmpty, method.allSatisfy({ $0.isLetter }) else { throw item.error("\"\(method)\" is not an HTTP method") }
+            return method
+        } ?? []
+        let headers = try http.field("header")?.array().map(decodeHeaderRule) ?? []
+        let match = HTTPPermissionMatch(path: path, methods: methods, headers: headers)
+        if case .any = path, methods.isEmpty, headers.isEmpty {
+            throw http.error("an HTTP permission needs a path, methods or header rule")
+        }
+        return IntentionPermission(action: action, http: match)
+    }
+
+    static func decodeHeaderRule(_ node: ConfigNode) throws -> HTTPPermissionMatch.HeaderRule {
+        let name = try node.require("name").string()
+        guard !name.isEmpty else { throw node.error("must not be empty", at: "name") }
+        var conditions: [HTTPPermissionMatch.HeaderRule.Condition] = []
+        if let present = try node.field("present") {
+            guard case .bool(let flag) = present.value else { throw present.error("expected true or false") }
+            if flag { conditions.append(.present) }
+        }
+        if let value = try node.optionalString("exact") { conditions.append(.exact(value)) }
+        if let value = try node.optionalString("prefix") { conditions.append(.prefix(value)) }
+        if let value = try node.optionalString("suffix") { conditions.append(.suffix(value)) }
+        if let value = try node.optionalString("regex") { conditions.append(.regex(try compile(value, node: node, field: "regex"))) }
+        guard conditions.count == 1 else {
+            throw node.error("a header rule needs exactly one of Present, Exact, Prefix, Suffix, Regex (found \(conditions.count))")
+        }
+        var invert = false
+        if let flag = try node.field("invert") {
+            guard case .bool(let value) = flag.value else { throw flag.error("expected true or false") }
+            invert = value
+        }
+        return HTTPPermissionMatch.HeaderRule(name: name, condition: conditions[0], invert: invert)
+    }
+
+    private static func compile(_ pattern: String, node: ConfigNode, field: String) throws -> FullMatchRegex {
+        do {
+            return try FullMatchRegex(pattern)
+        } catch {
+            throw node.error("invalid regular expression \"\(pattern)\"", at: field)
         }
     }
 }

@@ -16,12 +16,15 @@ public struct Intention: Sendable, Equatable {
     public var sourcePeer: String
     /// nil when the source carries L7 Permissions instead of an action.
     public var action: IntentionAction?
-    public var hasPermissions: Bool
+    /// L7 rules, evaluated in order, when the destination speaks HTTP.
+    public var permissions: [IntentionPermission]
     public var description: String
+
+    public var hasPermissions: Bool { !permissions.isEmpty }
 
     public init(destinationName: String, destinationNamespace: String = "default",
                 sourceName: String, sourceNamespace: String = "default", sourcePartition: String = "default",
-                sourcePeer: String = "", action: IntentionAction?, hasPermissions: Bool = false,
+                sourcePeer: String = "", action: IntentionAction?, permissions: [IntentionPermission] = [],
                 description: String = "") {
         self.destinationName = destinationName
         self.destinationNamespace = destinationNamespace
@@ -30,7 +33,7 @@ public struct Intention: Sendable, Equatable {
         self.sourcePartition = sourcePartition
         self.sourcePeer = sourcePeer
         self.action = action
-        self.hasPermissions = hasPermissions
+        self.permissions = permissions
         self.description = description
     }
 
@@ -67,6 +70,10 @@ public struct IntentionDecision: Sendable, Equatable {
         /// A matching intention has L7 Permissions; a plain L4 connection cannot satisfy them.
         case requiresL7(identifier: String, precedence: Int)
         case intentionsNotLoaded
+        /// L7: the permission at `index` of the intention decided the request.
+        case permission(identifier: String, precedence: Int, index: Int)
+        /// L7: the intention has permissions but none matched; the default policy decided.
+        case noPermissionMatched(identifier: String, precedence: Int)
     }
 
     public var allowed: Bool
@@ -78,6 +85,10 @@ public struct IntentionDecision: Sendable, Equatable {
         case .defaultPolicy: return "default policy"
         case .requiresL7(let id, let precedence): return "intention \(id) (precedence \(precedence)) has L7 permissions; L4 treated as deny"
         case .intentionsNotLoaded: return "intentions not loaded"
+        case .permission(let id, let precedence, let index):
+            return "intention \(id) (precedence \(precedence)) permission #\(index + 1)"
+        case .noPermissionMatched(let id, let precedence):
+            return "intention \(id) (precedence \(precedence)): no permission matched, default policy"
         }
     }
 }
@@ -104,17 +115,45 @@ public struct IntentionSet: Sendable {
             < (rhs.sourcePartition, rhs.sourceNamespace, rhs.sourceName, rhs.destinationNamespace, rhs.destinationName)
     }
 
-    /// The L4 decision for a connection from `source` to `destination`.
-    public func decide(source: SPIFFEID, destination: String, destinationNamespace: String = "default") -> IntentionDecision {
-        for intention in ordered where intention.matches(source: source, destination: destination,
-                                                         destinationNamespace: destinationNamespace) {
-            if intention.hasPermissions || intention.action == nil {
-                return IntentionDecision(allowed: false, reason: .requiresL7(identifier: intention.identifier,
-                                                                               precedence: intention.precedence))
-            }
+    /// The first intention that applies, in evaluation order.
+    func firstMatch(source: SPIFFEID, destination: String, destinationNamespace: String) -> Intention? {
+        ordered.first { $0.matches(source: source, destination: destination, destinationNamespace: destinationNamespace) }
+    }
+
+    /// The L4 decision for a connection from `source` to `destination`. With `l7` (the
+    /// destination speaks HTTP), an intention with permissions lets the connection in: each
+    /// request is then decided by `decide(request:...)`. Without it such an intention denies.
+    public func decide(source: SPIFFEID, destination: String, destinationNamespace: String = "default",
+                       l7: Bool = false) -> IntentionDecision {
+        guard let intention = firstMatch(source: source, destination: destination, destinationNamespace: destinationNamespace) else {
+            return IntentionDecision(allowed: defaultAction == .allow, reason: .defaultPolicy)
+        }
+        if intention.hasPermissions || intention.action == nil {
+            return IntentionDecision(allowed: l7, reason: .requiresL7(identifier: intention.identifier,
+                                                                      precedence: intention.precedence))
+        }
+        return IntentionDecision(allowed: intention.action == .allow,
+                                 reason: .intention(identifier: intention.identifier, precedence: intention.precedence))
+    }
+
+    /// The L7 decision for one HTTP request: the first matching intention; if it carries
+    /// permissions, the first permission whose HTTP match holds decides, and when none does
+    /// the default policy decides (Consul's fall-through).
+    public func decide(request: HTTPRequestFacts, source: SPIFFEID, destination: String,
+                       destinationNamespace: String = "default") -> IntentionDecision {
+        guard let intention = firstMatch(source: source, destination: destination, destinationNamespace: destinationNamespace) else {
+            return IntentionDecision(allowed: defaultAction == .allow, reason: .defaultPolicy)
+        }
+        guard intention.hasPermissions else {
             return IntentionDecision(allowed: intention.action == .allow,
                                      reason: .intention(identifier: intention.identifier, precedence: intention.precedence))
         }
-        return IntentionDecision(allowed: defaultAction == .allow, reason: .defaultPolicy)
+        if let index = intention.permissions.firstIndex(where: { $0.http.matches(request) }) {
+            return IntentionDecision(allowed: intention.permissions[index].action == .allow,
+                                     reason: .permission(identifier: intention.identifier, precedence: intention.precedence,
+                                                         index: index))
+        }
+        return IntentionDecision(allowed: defaultAction == .allow,
+                                 reason: .noPermissionMatched(identifier: intention.identifier, precedence: intention.precedence))
     }
 }

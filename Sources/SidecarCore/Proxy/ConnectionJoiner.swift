@@ -16,9 +16,10 @@ class StagingHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The peer half-closed before the partner existed; replayed to the glue after joining.
     private var sawInputClosed = false
 
+    private var context: ChannelHandlerContext?
+
     // Subclasses override these; declaring them here makes them the protocol witnesses
     // (a subclass-only method would never be called through ChannelHandler).
-    private var context: ChannelHandlerContext?
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
     func channelActive(context: ChannelHandlerContext) { context.fireChannelActive() }
@@ -51,48 +52,60 @@ class StagingHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// Hands over what was buffered and stops staging. Returns whether a read was withheld.
-    fileprivate func release() -> (buffered: [ByteBuffer], readWithheld: Bool, inputClosed: Bool) {
+    /// Stops staging and passes everything held on to the handlers installed after us, in
+    /// order: the bytes, then a staged EOF, then the withheld read. It must start here: fired
+    /// from the pipeline head, an EOF would pass the TLS handler, which already reported it.
+    fileprivate func release() {
         released = true
-        defer { buffered = [] }
-        return (buffered, readWithheld, sawInputClosed)
-    }
-
-    /// Passes a staged EOF on to the handlers after us (the glue). It must start here: fired
-    /// from the pipeline head it would pass the TLS handler, which has already reported it.
-    fileprivate func replayInputClosed() {
-        context?.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        guard let context else { return }
+        let held = buffered
+        buffered = []
+        for bytes in held { context.fireChannelRead(wrapInboundOut(bytes)) }
+        if !held.isEmpty { context.fireChannelReadComplete() }
+        if sawInputClosed {
+            context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        } else if readWithheld {
+            context.read()
+        }
     }
 }
 
-enum ConnectionJoiner {
-    /// Joins a mesh (TLS) channel and a local (plaintext) channel on the same event loop.
-    /// Each side may have a staging handler holding early bytes; a side without one must have
-    /// autoRead off until now (a freshly dialed channel), so no byte is read before the glue exists.
-    static func join(mesh: Channel, meshStaging: StagingHandler?, local: Channel, localStaging: StagingHandler?,
-                     stats: ConnectionStats) throws {
-        mesh.eventLoop.preconditionInEventLoop()
-        precondition(mesh.eventLoop === local.eventLoop, "both halves must share an event loop")
-        let glue = GlueHandler.pair(stats: stats)
-        try mesh.pipeline.syncOperations.addHandler(glue.mesh)
-        try local.pipeline.syncOperations.addHandler(glue.local)
+/// The handlers one side of a joined connection gets after its staging handler.
+struct JoinSide {
+    let channel: Channel
+    /// Holds early bytes; nil for a freshly dialed channel whose autoRead is still off.
+    let staging: StagingHandler?
+    let handlers: [ChannelHandler]
+}
 
-        for (staging, from, to) in [(meshStaging, mesh, local), (localStaging, local, mesh)] {
-            guard let staging else {
-                from.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in from.close(promise: nil) }
+enum ConnectionJoiner {
+    /// Joins a mesh (TLS) channel and a local (plaintext) channel on the same event loop:
+    /// installs each side's handlers (ending with the glue), replays what was staged through
+    /// them, and lets reads flow.
+    static func join(mesh: JoinSide, local: JoinSide) throws {
+        mesh.channel.eventLoop.preconditionInEventLoop()
+        precondition(mesh.channel.eventLoop === local.channel.eventLoop, "both halves must share an event loop")
+        for side in [mesh, local] {
+            try side.channel.pipeline.syncOperations.addHandlers(side.handlers)
+        }
+        for side in [mesh, local] {
+            guard let staging = side.staging else {
+                let channel = side.channel
+                channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in channel.close(promise: nil) }
                 continue
             }
-            let (buffered, readWithheld, inputClosed) = staging.release()
-            for bytes in buffered {
-                if from === mesh { stats.bytesFromMesh += bytes.readableBytes } else { stats.bytesToMesh += bytes.readableBytes }
-                to.write(bytes, promise: nil)
-            }
-            if !buffered.isEmpty { to.flush() }
-            if inputClosed { staging.replayInputClosed() }
-            from.pipeline.syncOperations.removeHandler(staging).whenComplete { _ in
-                if readWithheld && !inputClosed { from.read() }
-            }
+            staging.release()
+            side.channel.pipeline.syncOperations.removeHandler(staging, promise: nil)
         }
+    }
+
+    /// The usual join: raw bytes both ways.
+    static func joinBytes(mesh: Channel, meshStaging: StagingHandler?, local: Channel, localStaging: StagingHandler?,
+                          stats: ConnectionStats) throws {
+        let glue = GlueHandler<ByteBuffer, ByteBuffer>.pair(stats: stats, meshPayload: \.readableBytes,
+                                                            localPayload: \.readableBytes)
+        try join(mesh: JoinSide(channel: mesh, staging: meshStaging, handlers: [glue.mesh]),
+                 local: JoinSide(channel: local, staging: localStaging, handlers: [glue.local]))
     }
 }
 

@@ -52,8 +52,8 @@ enum Revocation {
                                 destination: entry.destination, decision: "deny", reason: reason))
         // The glue aborts both halves together; if it is already gone, abort them directly.
         entry.mesh.triggerUserOutboundEvent(ConnectionAbortRequest()).whenFailure { _ in
-            GlueHandler.abort(entry.mesh)
-            GlueHandler.abort(entry.local)
+            ConnectionAbort.abort(entry.mesh)
+            ConnectionAbort.abort(entry.local)
         }
     }
 }

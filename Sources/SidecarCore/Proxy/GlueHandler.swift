@@ -16,36 +16,42 @@ final class ConnectionStats {
     var durationMs: Int { Int((NIODeadline.now() - started).nanoseconds / 1_000_000) }
 }
 
-/// Joins two channels on one event loop: bytes read on one side are written to the other.
+enum GlueSide { case mesh, local }
+
+/// Joins two channels on one event loop: what is read on one side is written to the other
+/// (raw bytes, or HTTP parts when L7 rules apply; `In` is what our channel reads, `Out` what
+/// it writes, so the partner is a `GlueHandler<Out, In>`).
 ///
 /// Backpressure: a side only reads when its partner is writable, so a slow receiver stops the
 /// sender instead of growing a buffer. Half-close: EOF on one side becomes a write shutdown
 /// (close_notify on TLS) on the other; the connection ends when both directions have ended.
 /// Aborts propagate as aborts: a truncated TLS stream resets the local socket, never a clean EOF.
-final class GlueHandler: ChannelDuplexHandler {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
+final class GlueHandler<In, Out>: ChannelDuplexHandler {
+    typealias InboundIn = In
+    typealias OutboundIn = Out
+    typealias OutboundOut = Out
 
-    enum Side { case mesh, local }
-
-    private let side: Side
+    private let side: GlueSide
     private let stats: ConnectionStats
-    private var partner: GlueHandler?
+    /// Payload bytes in one message, for the byte counters.
+    private let payloadSize: (In) -> Int
+    private var partner: GlueHandler<Out, In>?
     private var context: ChannelHandlerContext?
     private var pendingRead = false
     /// Once either side aborts, every further ending of this pair is an abort too: a graceful
     /// close after an abort would hand the other peer a clean end of stream.
     private var aborted = false
 
-    private init(side: Side, stats: ConnectionStats) {
+    private init(side: GlueSide, stats: ConnectionStats, payloadSize: @escaping (In) -> Int) {
         self.side = side
         self.stats = stats
+        self.payloadSize = payloadSize
     }
 
-    static func pair(stats: ConnectionStats) -> (mesh: GlueHandler, local: GlueHandler) {
-        let mesh = GlueHandler(side: .mesh, stats: stats)
-        let local = GlueHandler(side: .local, stats: stats)
+    static func pair(stats: ConnectionStats, meshPayload: @escaping (In) -> Int, localPayload: @escaping (Out) -> Int)
+        -> (mesh: GlueHandler<In, Out>, local: GlueHandler<Out, In>) {
+        let mesh = GlueHandler<In, Out>(side: .mesh, stats: stats, payloadSize: meshPayload)
+        let local = GlueHandler<Out, In>(side: .local, stats: stats, payloadSize: localPayload)
         mesh.partner = local
         local.partner = mesh
         return (mesh, local)
@@ -61,12 +67,13 @@ final class GlueHandler: ChannelDuplexHandler {
     // MARK: Inbound from our channel
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let bytes = unwrapInboundIn(data).readableBytes
+        let message = unwrapInboundIn(data)
+        let bytes = payloadSize(message)
         switch side {
         case .mesh: stats.bytesFromMesh += bytes
         case .local: stats.bytesToMesh += bytes
         }
-        partner?.partnerWrite(data)
+        partner?.partnerWrite(message)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -130,8 +137,8 @@ final class GlueHandler: ChannelDuplexHandler {
 
     private var isWritable: Bool { context?.channel.isWritable ?? false }
 
-    private func partnerWrite(_ data: NIOAny) {
-        context?.write(data, promise: nil)
+    private func partnerWrite(_ message: Out) {
+        context?.write(wrapOutboundOut(message), promise: nil)
     }
 
     private func partnerFlush() {
@@ -145,25 +152,25 @@ final class GlueHandler: ChannelDuplexHandler {
         }
     }
 
-    /// Half-closes our channel once everything written so far has reached the socket. NIO
-    /// escalates a half-close to a full close (dropping pending writes) when the input side has
-    /// already seen EOF, so the ordering matters: an empty write's promise marks the point.
+    /// Ends our channel's output once what is queued has been written (TLSHandler and
+    /// OrderedHalfCloseHandler make the shutdown wait for pending writes).
     private func partnerCloseOutput() {
-        guard let context else { return }
-        let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
-            channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
-        }
+        guard let channel = context?.channel else { return }
+        channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
     }
 
     /// Aborts both channels (each at most once).
     private func abortPair() {
         aborted = true
         partner?.aborted = true
-        if let channel = partner?.context?.channel { Self.abort(channel) }
-        if let channel = context?.channel { Self.abort(channel) }
+        if let channel = partner?.context?.channel { ConnectionAbort.abort(channel) }
+        if let channel = context?.channel { ConnectionAbort.abort(channel) }
     }
 
+}
+
+/// Aborting either kind of channel.
+enum ConnectionAbort {
     /// Closes without a graceful ending: RST on plain TCP, no close_notify on TLS.
     static func abort(_ channel: Channel) {
         guard channel.isActive else { return }
@@ -175,6 +182,21 @@ final class GlueHandler: ChannelDuplexHandler {
             provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in finish() }
         } else {
             finish()
+        }
+    }
+}
+
+/// First handler of a plaintext socket: a write shutdown waits until everything queued before
+/// it has reached the socket. NIO escalates a half-close to a full close (dropping pending
+/// writes) once the input side has seen EOF, so without this the tail of a stream could be lost.
+final class OrderedHalfCloseHandler: ChannelOutboundHandler {
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        guard mode == .output else { return context.close(mode: mode, promise: promise) }
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).whenComplete { _ in
+            context.close(mode: .output, promise: promise)
         }
     }
 }

@@ -82,6 +82,9 @@ final class InboundConnectionHandler: StagingHandler {
             .channelOption(ChannelOptions.autoRead, value: false)
             .channelOption(ChannelOptions.recvAllocator, value: ProxyChannelOptions.receiveAllocator)
             .channelOption(ChannelOptions.writeBufferWaterMark, value: ProxyChannelOptions.writeWatermark)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(OrderedHalfCloseHandler()) }
+            }
             .connect(toHost: route.localHost, port: route.localPort)
             .hop(to: context.eventLoop)
             .whenComplete { [self] result in
@@ -89,8 +92,8 @@ final class InboundConnectionHandler: StagingHandler {
                 case (.success(let local), .connectingLocal):
                     let stats = ConnectionStats()
                     do {
-                        try ConnectionJoiner.join(mesh: meshChannel, meshStaging: self, local: local, localStaging: nil,
-                                                  stats: stats)
+                        try ConnectionJoiner.joinBytes(mesh: meshChannel, meshStaging: self, local: local, localStaging: nil,
+                                                       stats: stats)
                         state = .joined
                         recordClose(mesh: meshChannel, local: local, peer: peer, route: route, stats: stats)
                         track(mesh: meshChannel, local: local, peer: peer, route: route)

@@ -93,7 +93,7 @@ final class UpstreamConnectionHandler: StagingHandler {
             audit.record(AuditEvent(kind: .upstreamFailed, listener: listenerName, peerAddress: callerAddress,
                                     destination: route.expectedIdentity.uri, reason: reason))
             logger.warning("upstream connection failed", metadata: ["upstream": "\(route.upstream.destinationName)", "reason": "\(reason)"])
-            GlueHandler.abort(context.channel)
+            ConnectionAbort.abort(context.channel)
             return
         }
         let local = context.channel
@@ -121,7 +121,8 @@ final class UpstreamConnectionHandler: StagingHandler {
                     }
                     let stats = ConnectionStats()
                     do {
-                        try ConnectionJoiner.join(mesh: remote, meshStaging: waiter, local: local, localStaging: self, stats: stats)
+                        try ConnectionJoiner.joinBytes(mesh: remote, meshStaging: waiter, local: local, localStaging: self,
+                                                       stats: stats)
                     } catch {
                         remote.close(promise: nil)
                         local.close(promise: nil)
