@@ -62,6 +62,10 @@ public final class Sidecar: Sendable {
 
     public static let publicListenerName = "public"
 
+    /// HTTP/1.1 services get per-request L7 enforcement. For http2/grpc it is not built yet:
+    /// sources whose intentions carry permissions are refused (never passed unchecked).
+    private var enforcesL7: Bool { settings.definition.config.protocol == "http" }
+
     /// Binds every listener. Throws (naming the address) if any cannot be bound.
     public func start() async throws {
         let definition = settings.definition
@@ -85,7 +89,7 @@ public final class Sidecar: Sendable {
         intentions.withLockedValue { $0 = set }
         var revoked = 0
         for entry in registry.entries {
-            let decision = set.decide(source: entry.source, destination: entry.destination)
+            let decision = set.decide(source: entry.source, destination: entry.destination, l7: enforcesL7)
             guard !decision.allowed else { continue }
             Revocation.revoke(entry, registry: registry, listener: Self.publicListenerName,
                               reason: "revoked by intentions update: \(decision.reasonText)", audit: settings.audit)
@@ -140,15 +144,26 @@ public final class Sidecar: Sendable {
         let route = InboundRoute(destinationService: definition.destinationServiceName,
                                  localHost: definition.localServiceAddress, localPort: localPort,
                                  localConnectTimeout: .milliseconds(Int64(definition.config.localConnectTimeoutMs)),
-                                 maxConnectionLifetime: definition.config.maxConnectionLifetimeNs.map { .nanoseconds($0) })
+                                 maxConnectionLifetime: definition.config.maxConnectionLifetimeNs.map { .nanoseconds($0) },
+                                 l7: enforcesL7)
         let handshakeTimeout = TimeAmount.milliseconds(Int64(definition.config.handshakeTimeoutMs))
         let contexts = self.contexts, intentions = self.intentions, registry = self.registry
         let audit = settings.audit, logger = settings.logger
+        let l7 = enforcesL7
+        if ["http2", "grpc"].contains(definition.config.protocol) {
+            logger.warning("L7 permissions are not enforced for protocol \(definition.config.protocol) yet: sources whose intentions carry permissions are refused")
+        }
         let authorize: @Sendable (SPIFFEID, String) -> IntentionDecision = { source, destination in
             guard let set = intentions.withLockedValue({ $0 }) else {
                 return IntentionDecision(allowed: false, reason: .intentionsNotLoaded)
             }
-            return set.decide(source: source, destination: destination)
+            return set.decide(source: source, destination: destination, l7: l7)
+        }
+        let authorizeRequest: @Sendable (HTTPRequestFacts, SPIFFEID, String) -> IntentionDecision = { request, source, destination in
+            guard let set = intentions.withLockedValue({ $0 }) else {
+                return IntentionDecision(allowed: false, reason: .intentionsNotLoaded)
+            }
+            return set.decide(request: request, source: source, destination: destination)
         }
         let bootstrap = serverBootstrap().childChannelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
@@ -156,7 +171,8 @@ public final class Sidecar: Sendable {
                     TLSHandler(context: contexts.server,
                                configuration: TLSHandlerConfiguration(handshakeTimeout: handshakeTimeout)),
                     InboundConnectionHandler(listenerName: Self.publicListenerName, route: { route },
-                                             authorize: authorize, registry: registry, audit: audit, logger: logger)
+                                             authorize: authorize, authorizeRequest: authorizeRequest,
+                                             registry: registry, audit: audit, logger: logger)
                 )
             }
         }

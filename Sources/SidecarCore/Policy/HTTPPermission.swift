@@ -27,14 +27,18 @@ public struct HTTPRequestFacts: Sendable, Equatable {
 }
 
 /// A full-match regular expression (Consul's PathRegex/Regex are RE2 full matches; we use
-/// ICU syntax, which agrees for the patterns permissions are written with).
+/// ICU syntax, which agrees for the patterns permissions are written with). Anchored with
+/// \A...\z, so not even a trailing newline is left outside the match.
 public struct FullMatchRegex: Sendable, Equatable, CustomStringConvertible {
     public let pattern: String
     private let compiled: UncheckedRegex
 
     public init(_ pattern: String) throws {
+        // The pattern must be a complete expression by itself: otherwise "a)|(b" would close
+        // our anchoring group early and turn a full match into a substring match.
+        _ = try NSRegularExpression(pattern: pattern)
         self.pattern = pattern
-        compiled = UncheckedRegex(try NSRegularExpression(pattern: "^(?:\(pattern))$"))
+        compiled = UncheckedRegex(try NSRegularExpression(pattern: "\\A(?:\(pattern))\\z"))
     }
 
     public func matches(_ text: String) -> Bool {

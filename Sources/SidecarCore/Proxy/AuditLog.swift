@@ -18,6 +18,8 @@ public struct AuditEvent: Sendable, Equatable {
         /// Inbound: an open connection cut because intentions now deny it, or because it
         /// reached max_connection_lifetime.
         case connectionRevoked = "connection_revoked"
+        /// L7: one HTTP request decided by intention permissions.
+        case httpRequest = "http_request"
     }
 
     public var time = Date()
@@ -32,10 +34,13 @@ public struct AuditEvent: Sendable, Equatable {
     public var bytesIn: Int?
     public var bytesOut: Int?
     public var durationMs: Int?
+    public var method: String?
+    public var path: String?
 
     public init(kind: Kind, listener: String, peerAddress: String? = nil, source: String? = nil,
                 sourceSerial: String? = nil, destination: String? = nil, decision: String? = nil,
-                reason: String? = nil, bytesIn: Int? = nil, bytesOut: Int? = nil, durationMs: Int? = nil) {
+                reason: String? = nil, bytesIn: Int? = nil, bytesOut: Int? = nil, durationMs: Int? = nil,
+                method: String? = nil, path: String? = nil) {
         self.kind = kind
         self.listener = listener
         self.peerAddress = peerAddress
@@ -47,6 +52,8 @@ public struct AuditEvent: Sendable, Equatable {
         self.bytesIn = bytesIn
         self.bytesOut = bytesOut
         self.durationMs = durationMs
+        self.method = method
+        self.path = path
     }
 
     /// One JSON object, fields in a fixed order, absent fields omitted.
@@ -60,6 +67,8 @@ public struct AuditEvent: Sendable, Equatable {
         add("source", source)
         add("source_serial", sourceSerial)
         add("destination", destination)
+        add("method", method)
+        add("path", path)
         add("decision", decision)
         add("reason", reason)
         add("bytes_in", bytesIn)

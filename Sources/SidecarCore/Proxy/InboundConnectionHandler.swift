@@ -10,6 +10,9 @@ struct InboundRoute: Sendable {
     var localPort: Int
     var localConnectTimeout: TimeAmount
     var maxConnectionLifetime: TimeAmount?
+    /// The local service speaks HTTP/1.1 (proxy config `protocol: http`): requests are
+    /// decided one by one with the intentions' L7 permissions.
+    var l7: Bool
 }
 
 /// Sits after the TLS handler on an accepted public-listener connection. Waits for a verified
@@ -27,17 +30,20 @@ final class InboundConnectionHandler: StagingHandler {
     private let listenerName: String
     private let route: () -> InboundRoute
     private let authorize: (SPIFFEID, String) -> IntentionDecision
+    private let authorizeRequest: (HTTPRequestFacts, SPIFFEID, String) -> IntentionDecision
     private let audit: any AuditSink
     private let logger: Logger
     private let registry: ConnectionRegistry
     private var peerAddress = "unknown"
 
     init(listenerName: String, route: @escaping () -> InboundRoute,
-         authorize: @escaping (SPIFFEID, String) -> IntentionDecision, registry: ConnectionRegistry,
-         audit: any AuditSink, logger: Logger) {
+         authorize: @escaping (SPIFFEID, String) -> IntentionDecision,
+         authorizeRequest: @escaping (HTTPRequestFacts, SPIFFEID, String) -> IntentionDecision,
+         registry: ConnectionRegistry, audit: any AuditSink, logger: Logger) {
         self.listenerName = listenerName
         self.route = route
         self.authorize = authorize
+        self.authorizeRequest = authorizeRequest
         self.registry = registry
         self.audit = audit
         self.logger = logger
@@ -92,8 +98,13 @@ final class InboundConnectionHandler: StagingHandler {
                 case (.success(let local), .connectingLocal):
                     let stats = ConnectionStats()
                     do {
-                        try ConnectionJoiner.joinBytes(mesh: meshChannel, meshStaging: self, local: local, localStaging: nil,
-                                                       stats: stats)
+                        if route.l7 {
+                            try ConnectionJoiner.joinHTTP(mesh: meshChannel, meshStaging: self, local: local,
+                                                          filter: requestFilter(peer: peer, route: route), stats: stats)
+                        } else {
+                            try ConnectionJoiner.joinBytes(mesh: meshChannel, meshStaging: self, local: local,
+                                                           localStaging: nil, stats: stats)
+                        }
                         state = .joined
                         recordClose(mesh: meshChannel, local: local, peer: peer, route: route, stats: stats)
                         track(mesh: meshChannel, local: local, peer: peer, route: route)
@@ -115,6 +126,13 @@ final class InboundConnectionHandler: StagingHandler {
                     meshChannel.close(promise: nil)
                 }
             }
+    }
+
+    private func requestFilter(peer: TLSPeer, route: InboundRoute) -> HTTPRequestFilter {
+        let authorizeRequest = self.authorizeRequest
+        return HTTPRequestFilter(HTTPRequestFilter.Context(
+            listenerName: listenerName, peer: peer, peerAddress: peerAddress, destination: route.destinationService,
+            decide: { authorizeRequest($0, peer.identity, route.destinationService) }, audit: audit, logger: logger))
     }
 
     /// Registers the joined connection for re-authorization and arms its lifetime limit.

@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOHTTP1
 import SidecarTLS
 
 /// A plaintext "local service" on 127.0.0.1:0 with a pluggable behaviour. Counts what reaches it,
@@ -18,12 +19,18 @@ final class TestBackend: Sendable {
         case slowSink(bytesPerTick: Int, tick: TimeAmount)
         /// Streams `bytes` random bytes to each client as fast as it can take them (a restore).
         case source(bytes: Int)
+        /// A backup repository over HTTP/1.1 (NIOHTTP1): answers every request 200 with
+        /// "METHOD path bytes sha256" of the body it received, and logs what reached it.
+        case repository
     }
 
     let channel: Channel
     private let connectionsBox = NIOLockedValueBox(0)
     private let bytesBox = NIOLockedValueBox(0)
     private let replyDigests = NIOLockedValueBox<[String]>([])
+    private let requestLog = NIOLockedValueBox<[String]>([])
+    /// For `.repository`: "METHOD path" of every request that reached the backend.
+    var requests: [String] { requestLog.withLockedValue { $0 } }
 
     var port: Int { channel.localAddress!.port! }
     var connections: Int { connectionsBox.withLockedValue { $0 } }
@@ -43,8 +50,14 @@ final class TestBackend: Sendable {
                 // Keep the kernel's receive buffer small so the slowness shows up as backpressure.
                 .childChannelOption(ChannelOptions.socketOption(.so_rcvbuf), value: 64 * 1024)
         }
+        let requests = requestLog
         channel = try await bootstrap.childChannelInitializer { channel in
             connections.withLockedValue { $0 += 1 }
+            if case .repository = behaviour {
+                return channel.pipeline.configureHTTPServerPipeline().flatMap {
+                    channel.pipeline.addHandler(RepositoryHandler(requests: requests, bytes: bytes))
+                }
+            }
             return channel.eventLoop.makeCompletedFuture {
                 let handler: ChannelHandler
                 switch behaviour {
@@ -53,6 +66,7 @@ final class TestBackend: Sendable {
                 case .http: handler = TinyHTTPHandler(bytes: bytes)
                 case .slowSink(_, let tick): handler = SlowSinkHandler(tick: tick, bytes: bytes)
                 case .source(let total): handler = SourceHandler(total: total)
+                case .repository: preconditionFailure("configured above")
                 }
                 try channel.pipeline.syncOperations.addHandler(handler)
             }
@@ -223,5 +237,48 @@ private final class SourceHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
+
+private final class RepositoryHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+    let requests: NIOLockedValueBox<[String]>
+    let bytes: NIOLockedValueBox<Int>
+    var head: HTTPRequestHead?
+    var digest = SHA256Digest()
+    var bodyBytes = 0
+
+    init(requests: NIOLockedValueBox<[String]>, bytes: NIOLockedValueBox<Int>) {
+        self.requests = requests
+        self.bytes = bytes
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+            digest = SHA256Digest()
+            bodyBytes = 0
+            requests.withLockedValue { $0.append("\(head.method.rawValue) \(head.uri)") }
+        case .body(let body):
+            bodyBytes += body.readableBytes
+            bytes.withLockedValue { $0 += body.readableBytes }
+            body.withUnsafeReadableBytes { digest.update($0) }
+        case .end:
+            guard let head else { return }
+            let text = "\(head.method.rawValue) \(head.uri) \(bodyBytes) \(digest.finalizeHex())\n"
+            var headers = HTTPHeaders([("content-length", "\(text.utf8.count)"), ("content-type", "text/plain")])
+            if !head.isKeepAlive { headers.add(name: "connection", value: "close") }
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
+            if head.method != .HEAD { context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: text)))), promise: nil) }
+            let keepAlive = head.isKeepAlive
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+                if !keepAlive { channel.close(promise: nil) }
+            }
+        }
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
 }

@@ -1,0 +1,185 @@
+import Foundation
+import Testing
+@testable import SidecarCore
+import SidecarTLS
+
+/// L7 intentions through both sidecars with curl, against an HTTP/1.1 backup repository.
+@Suite("L7 HTTP enforcement", .serialized)
+struct L7IntegrationTests {
+    /// The ransomware-resistant policy from deploy/: backup-agent may create and read but never
+    /// delete; restore-agent may only read; everyone else is denied.
+    static let backupPolicy: [Intention] = {
+        let json = try! String(contentsOf: TestCertificates.repositoryRoot.appendingPathComponent("deploy/intentions-l7.json"),
+                               encoding: .utf8)
+        return try! IntentionsFile.decode(Data(json.utf8), source: "deploy/intentions-l7.json")
+    }()
+
+    struct Response: CustomStringConvertible {
+        let body: String
+        let status: String
+        /// New connections curl opened for this request (0: the previous one was reused).
+        let connects: String
+        var description: String { "\(status)/\(connects): \(body)" }
+    }
+
+    /// One curl process, one keep-alive connection: requests separated with --next.
+    static func curl(_ port: Int, _ requests: [[String]]) async throws -> [Response] {
+        var arguments = ["curl", "-sS", "--max-time", "20"]
+        for (index, request) in requests.enumerated() {
+            if index > 0 { arguments.append("--next") }
+            arguments += ["-o", "-", "-w", "\n@@%{http_code} %{num_connects}\n"] + request.map {
+                $0.replacingOccurrences(of: "URL", with: "http://127.0.0.1:\(port)")
+            }
+        }
+        let run = try await ProcessRunner.run(arguments, timeout: 60)
+        #expect(run.status == 0, "curl: \(run.output)")
+        var responses: [Response] = []
+        var body: [Substring] = []
+        for line in run.output.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.hasPrefix("@@") {
+                let fields = line.dropFirst(2).split(separator: " ")
+                responses.append(Response(body: body.joined(separator: "\n").trimmingCharacters(in: .whitespacesAndNewlines),
+                                          status: String(fields[0]), connects: String(fields[1])))
+                body = []
+            } else {
+                body.append(line)
+            }
+        }
+        return responses
+    }
+
+    @Test("Append-only: backup-agent uploads and reads, its DELETE gets 403, and the same connection keeps working")
+    func appendOnly() async throws {
+        let mesh = try await MeshFixture.start(backend: .repository, intentions: Self.backupPolicy, protocol: "http")
+        defer { Task { await mesh.stop() } }
+        let lines = try await Self.curl(mesh.upstreamPort, [
+            ["-X", "PUT", "--data-binary", "snapshot-1", "URL/repository/snap-1"],
+            ["URL/repository/snap-1"],
+            ["-X", "DELETE", "URL/repository/snap-1"],
+            ["-I", "URL/repository/"],
+            ["-X", "POST", "--data-binary", "index", "URL/repository/index"],
+        ])
+        try #require(lines.count == 5, "\(lines)")
+        #expect(lines[0].status == "200" && lines[0].connects == "1" && lines[0].body.hasPrefix("PUT /repository/snap-1 10 "), "\(lines[0])")
+        #expect(lines[1].status == "200" && lines[1].connects == "0" && lines[1].body.hasPrefix("GET /repository/snap-1 0 "),
+                "same connection: \(lines[1])")
+        #expect(lines[2].status == "403" && lines[2].connects == "0" && lines[2].body.hasPrefix("denied by intention"), "\(lines[2])")
+        #expect(lines[3].status == "200" && lines[3].connects == "0", "\(lines[3])")
+        #expect(lines[4].status == "200" && lines[4].connects == "0" && lines[4].body.hasPrefix("POST /repository/index 5 "),
+                "the connection still works after the 403: \(lines[4])")
+        // The DELETE never reached the repository.
+        #expect(!mesh.backend.requests.contains { $0.hasPrefix("DELETE") })
+        #expect(mesh.backend.requests.count == 4)
+        #expect(mesh.backend.connections == 1)
+        let denied = try #require(mesh.storageAudit.events.first { $0.kind == .httpRequest && $0.decision == "deny" })
+        #expect(denied.method == "DELETE")
+        #expect(denied.path == "/repository/snap-1")
+        #expect(denied.reason?.contains("permission #1") == true)
+        #expect(denied.source?.hasSuffix("/svc/backup-agent") == true)
+    }
+
+    @Test("restore-agent may only read; identities without an intention never get a connection")
+    func restoreReadOnly() async throws {
+        let mesh = try await MeshFixture.start(backend: .repository, intentions: Self.backupPolicy, protocol: "http")
+        defer { Task { await mesh.stop() } }
+        let (restore, _) = try await MeshFixture.startAgent(certificate: "restore-agent", storagePort: mesh.publicPort)
+        defer { Task { await restore.stop() } }
+        let lines = try await Self.curl(restore.boundAddress(of: "upstream:storage")!.port!, [
+            ["URL/repository/snap-1"],
+            ["-X", "PUT", "--data-binary", "ransom", "URL/repository/snap-1"],
+            ["-X", "DELETE", "URL/repository/snap-1"],
+            ["-I", "URL/repository/snap-1"],
+        ])
+        #expect(lines.map(\.status) == ["200", "403", "403", "200"], "\(lines)")
+        #expect(lines.map(\.connects) == ["1", "0", "0", "0"], "\(lines)")
+        #expect(mesh.backend.requests == ["GET /repository/snap-1", "HEAD /repository/snap-1"])
+
+        // billing has no intention but the `*` deny: refused at the handshake, no HTTP at all.
+        let (billing, _) = try await MeshFixture.startAgent(certificate: "storage-impostor", storagePort: mesh.publicPort)
+        defer { Task { await billing.stop() } }
+        let refused = try await ProcessRunner.run(["curl", "-sS", "--max-time", "10",
+                                                   "http://127.0.0.1:\(billing.boundAddress(of: "upstream:storage")!.port!)/repository/"])
+        #expect(refused.status != 0)
+        #expect(mesh.backend.requests.count == 2)
+    }
+
+    @Test("Header rules, including Invert")
+    func headerRules() async throws {
+        let intentions = try IntentionsFile.decode(Data("""
+            [{"Kind": "service-intentions", "Name": "storage", "Sources": [{"Name": "backup-agent", "Permissions": [
+              {"Action": "deny", "HTTP": {"PathPrefix": "/", "Header": [{"Name": "X-Backup-Job", "Present": true, "Invert": true}]}},
+              {"Action": "deny", "HTTP": {"PathPrefix": "/", "Header": [{"Name": "X-Backup-Job", "Prefix": "manual-"}]}},
+              {"Action": "allow", "HTTP": {"PathPrefix": "/repository/", "Header": [{"Name": "X-Backup-Job", "Regex": "nightly-[0-9]+"}]}}
+            ]}]}]
+            """.utf8), source: "headers.json")
+        let mesh = try await MeshFixture.start(backend: .repository, intentions: intentions, protocol: "http")
+        defer { Task { await mesh.stop() } }
+        let lines = try await Self.curl(mesh.upstreamPort, [
+            ["URL/repository/a"],                                              // no job header: inverted Present denies
+            ["-H", "X-Backup-Job: manual-7", "URL/repository/a"],              // manual jobs denied
+            ["-H", "X-Backup-Job: nightly-42", "URL/repository/a"],            // allowed
+            ["-H", "X-Backup-Job: nightly-x", "URL/repository/a"],             // no permission matches: default deny
+        ])
+        #expect(lines.map(\.status) == ["403", "403", "200", "403"], "\(lines)")
+        #expect(mesh.backend.requests == ["GET /repository/a"])
+    }
+
+    @Test("A 100 MiB chunked upload streams through with bounded memory")
+    func chunkedUpload() async throws {
+        let mesh = try await MeshFixture.start(backend: .repository, intentions: Self.backupPolicy, protocol: "http")
+        defer { Task { await mesh.stop() } }
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("upload-\(getpid()).bin").path
+        let data = Data(secureRandomBytes(100 << 20))
+        FileManager.default.createFile(atPath: file, contents: data)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let digest = SHA256Digest()
+        data.withUnsafeBytes { digest.update($0) }
+        let expected = digest.finalizeHex()
+
+        let baseline = residentMemoryBytes()
+        let peak = LockedPeak()
+        let sampler = Task {
+            while !Task.isCancelled {
+                peak.record(residentMemoryBytes() - baseline)
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+        }
+        let lines = try await Self.curl(mesh.upstreamPort, [
+            ["-H", "Transfer-Encoding: chunked", "-T", file, "URL/repository/big.bin"],
+        ])
+        sampler.cancel()
+        #expect(lines.first?.status == "200", "\(lines)")
+        #expect(lines.first?.body == "PUT /repository/big.bin \(100 << 20) \(expected)", "\(lines)")
+        #expect(peak.value < 64 << 20, "RSS grew by \(peak.value >> 20) MiB during a 100 MiB upload")
+    }
+
+    @Test("HTTP/2 with prior knowledge is refused on an L7 listener, with an audit line")
+    func http2Refused() async throws {
+        let mesh = try await MeshFixture.start(backend: .repository, intentions: Self.backupPolicy, protocol: "http")
+        defer { Task { await mesh.stop() } }
+        let run = try await ProcessRunner.run(["curl", "-sS", "--max-time", "10", "--http2-prior-knowledge",
+                                               "http://127.0.0.1:\(mesh.upstreamPort)/repository/a"])
+        #expect(run.status != 0)
+        #expect(mesh.backend.requests.isEmpty)
+        #expect(await eventually {
+            mesh.storageAudit.events.contains { $0.kind == .httpRequest && $0.decision == "deny" }
+        }, "events: \(mesh.storageAudit.events.map(\.jsonLine))")
+    }
+
+    @Test("An L4 intention still works on an L7 listener")
+    func l4OnL7() async throws {
+        let mesh = try await MeshFixture.start(backend: .repository, protocol: "http")
+        defer { Task { await mesh.stop() } }
+        let lines = try await Self.curl(mesh.upstreamPort, [["-X", "DELETE", "URL/anything"]])
+        #expect(lines.first?.status == "200", "\(lines)")
+        let decision = try #require(mesh.storageAudit.events.first { $0.kind == .httpRequest })
+        #expect(decision.reason?.contains("default/default/backup-agent -> default/storage") == true)
+    }
+}
+
+final class LockedPeak: @unchecked Sendable {
+    private let lock = NSLock()
+    private var peak = 0
+    func record(_ value: Int) { lock.lock(); peak = max(peak, value); lock.unlock() }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return peak }
+}
