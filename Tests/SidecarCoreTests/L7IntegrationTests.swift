@@ -166,6 +166,44 @@ struct L7IntegrationTests {
         }, "events: \(mesh.storageAudit.events.map(\.jsonLine))")
     }
 
+    @Test("Pipelined requests are answered in order, a 403 among them included")
+    func pipelining() async throws {
+        let mesh = try await MeshFixture.start(backend: .repository, intentions: Self.backupPolicy, protocol: "http")
+        defer { Task { await mesh.stop() } }
+        let socket = try BlockingSocket(port: mesh.upstreamPort)
+        socket.setReceiveTimeout(seconds: 10)
+        let requests = "GET /repository/a HTTP/1.1\r\nHost: storage\r\n\r\n"
+            + "DELETE /repository/a HTTP/1.1\r\nHost: storage\r\n\r\n"
+            + "PUT /repository/b HTTP/1.1\r\nHost: storage\r\nContent-Length: 3\r\n\r\nabc"
+            + "GET /repository/b HTTP/1.1\r\nHost: storage\r\nConnection: close\r\n\r\n"
+        socket.send(Array(requests.utf8))
+        let reply = await onThread { socket.receiveAll(keepingPrefix: 1 << 16) }
+        let text = String(decoding: reply.prefix, as: UTF8.self)
+        let statuses = text.components(separatedBy: .newlines).filter { $0.hasPrefix("HTTP/1.1 ") }
+        #expect(statuses == ["HTTP/1.1 200 OK", "HTTP/1.1 403 Forbidden", "HTTP/1.1 200 OK", "HTTP/1.1 200 OK"], "\(text)")
+        #expect(text.contains("GET /repository/a 0"))
+        #expect(text.contains("PUT /repository/b 3"))
+        #expect(mesh.backend.requests == ["GET /repository/a", "PUT /repository/b", "GET /repository/b"])
+    }
+
+    @Test("Expect: 100-continue: an allowed upload proceeds, a denied one is answered 403 without its body")
+    func expectContinue() async throws {
+        let mesh = try await MeshFixture.start(backend: .repository, intentions: Self.backupPolicy, protocol: "http")
+        defer { Task { await mesh.stop() } }
+        let (restore, _) = try await MeshFixture.startAgent(certificate: "restore-agent", storagePort: mesh.publicPort)
+        defer { Task { await restore.stop() } }
+        let allowed = try await Self.curl(mesh.upstreamPort, [
+            ["-H", "Expect: 100-continue", "--expect100-timeout", "0.2", "--data-binary", "snapshot-body", "URL/repository/c"],
+        ])
+        #expect(allowed.first?.status == "200" && allowed.first?.body.hasPrefix("POST /repository/c 13 ") == true, "\(allowed)")
+
+        let denied = try await Self.curl(restore.boundAddress(of: "upstream:storage")!.port!, [
+            ["-H", "Expect: 100-continue", "--expect100-timeout", "5", "-X", "PUT", "--data-binary", "overwrite", "URL/repository/c"],
+        ])
+        #expect(denied.first?.status == "403", "\(denied)")
+        #expect(mesh.backend.requests == ["POST /repository/c"])
+    }
+
     @Test("An L4 intention still works on an L7 listener")
     func l4OnL7() async throws {
         let mesh = try await MeshFixture.start(backend: .repository, protocol: "http")
