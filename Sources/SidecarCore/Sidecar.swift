@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -36,12 +37,27 @@ final class TLSContextStore: Sendable {
     private let current: NIOLockedValueBox<(server: TLSContext, client: TLSContext)>
 
     init(credentials: TLSCredentials) throws {
-        current = NIOLockedValueBox((try TLSContext(role: .server, credentials: credentials),
-                                     try TLSContext(role: .client, credentials: credentials)))
+        current = NIOLockedValueBox(try Self.build(credentials))
     }
 
     var server: TLSContext { current.withLockedValue { $0.server } }
     var client: TLSContext { current.withLockedValue { $0.client } }
+    var credentials: TLSCredentials { server.credentials }
+
+    /// Builds both contexts first (the slow part, on the caller's thread, never an event
+    /// loop's), then swaps them in one step. Returns the credentials replaced.
+    @discardableResult
+    func replace(with credentials: TLSCredentials) throws -> TLSCredentials {
+        let contexts = try Self.build(credentials)
+        return current.withLockedValue { value in
+            defer { value = contexts }
+            return value.server.credentials
+        }
+    }
+
+    private static func build(_ credentials: TLSCredentials) throws -> (server: TLSContext, client: TLSContext) {
+        (try TLSContext(role: .server, credentials: credentials), try TLSContext(role: .client, credentials: credentials))
+    }
 }
 
 /// One running sidecar: the public (inbound) listener and one listener per upstream.
@@ -52,6 +68,8 @@ public final class Sidecar: Sendable {
     private let intentions: NIOLockedValueBox<IntentionSet?>
     private let listeners = NIOLockedValueBox<[String: Channel]>([:])
     private let registry = ConnectionRegistry()
+    private let expiryWarnedSerial = NIOLockedValueBox<String?>(nil)
+    private let expiryCheck = NIOLockedValueBox<RepeatedTask?>(nil)
 
     public init(settings: SidecarSettings, group: EventLoopGroup) throws {
         self.settings = settings
@@ -81,6 +99,28 @@ public final class Sidecar: Sendable {
             let channel = try await bindUpstreamListener(upstream)
             listeners.withLockedValue { $0["upstream:\(upstream.destinationName)"] = channel }
         }
+        let task = group.next().scheduleRepeatedTask(initialDelay: .zero, delay: .seconds(30)) { [weak self] _ in
+            self?.warnIfExpiring()
+        }
+        expiryCheck.withLockedValue { $0 = task }
+    }
+
+    /// Warns (once per certificate) when less than 10% of the leaf's lifetime remains and no
+    /// renewal has arrived, so operators hear about a stuck renewal before handshakes fail.
+    func warnIfExpiring(now: Date = Date()) {
+        let credentials = contexts.credentials
+        let remaining = credentials.remainingLifetimeFraction(now: now)
+        guard remaining < 0.1 else { return }
+        let serial = credentials.leaf.serialNumber
+        let first = expiryWarnedSerial.withLockedValue { warned in
+            defer { warned = serial }
+            return warned != serial
+        }
+        guard first else { return }
+        settings.logger.warning("leaf certificate close to expiry and no renewal has arrived", metadata: [
+            "serial": "\(serial)", "not_after": "\(credentials.leaf.notAfter)",
+            "seconds_left": "\(Int(credentials.leaf.notAfter.timeIntervalSince(now)))",
+        ])
     }
 
     /// Replaces the intentions: new connections use them at once, and every open inbound
@@ -101,6 +141,24 @@ public final class Sidecar: Sendable {
         ])
     }
 
+    /// Swaps in new certificates for every new handshake; open connections keep theirs.
+    /// Material that is expired, not yet valid, or whose key does not match was already refused
+    /// by `TLSCredentials`; a different trust domain is refused here.
+    public func updateCredentials(_ credentials: TLSCredentials) throws {
+        let old = contexts.credentials
+        guard credentials.trustDomain == old.trustDomain else {
+            throw TLSMaterialError("new certificates are for trust domain \(credentials.trustDomain), not \(old.trustDomain)")
+        }
+        try contexts.replace(with: credentials)
+        settings.logger.notice("certificates rotated", metadata: [
+            "old_serial": "\(old.leaf.serialNumber)", "serial": "\(credentials.leaf.serialNumber)",
+            "not_after": "\(credentials.leaf.notAfter)", "roots": "\(credentials.trustedRoots.count)",
+        ])
+    }
+
+    /// The credentials new handshakes use.
+    public var currentCredentials: TLSCredentials { contexts.credentials }
+
     /// Open inbound connections (for tests and the admin API).
     public var openInboundConnections: Int { registry.entries.count }
 
@@ -110,6 +168,7 @@ public final class Sidecar: Sendable {
     }
 
     public func stop() async {
+        expiryCheck.withLockedValue { $0?.cancel() }
         let channels = listeners.withLockedValue { value in
             defer { value.removeAll() }
             return Array(value.values)
@@ -166,9 +225,18 @@ public final class Sidecar: Sendable {
             return set.decide(request: request, source: source, destination: destination)
         }
         let bootstrap = serverBootstrap().childChannelInitializer { channel in
-            channel.eventLoop.makeCompletedFuture {
+            let server = contexts.server
+            // Never present an expired leaf: refuse the handshake instead (and say why).
+            if server.credentials.leaf.notAfter <= Date() {
+                audit.record(AuditEvent(kind: .handshakeRejected, listener: Self.publicListenerName,
+                                        peerAddress: channel.remoteAddress.auditDescription, decision: "deny",
+                                        reason: "our leaf certificate (serial \(server.credentials.leaf.serialNumber)) expired at \(server.credentials.leaf.notAfter); refusing to present it"))
+                logger.error("leaf certificate expired and not renewed: refusing handshakes")
+                return channel.close()
+            }
+            return channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandlers(
-                    TLSHandler(context: contexts.server,
+                    TLSHandler(context: server,
                                configuration: TLSHandlerConfiguration(handshakeTimeout: handshakeTimeout)),
                     InboundConnectionHandler(listenerName: Self.publicListenerName, route: { route },
                                              authorize: authorize, authorizeRequest: authorizeRequest,

@@ -26,5 +26,5 @@ enum OpenSSLErrorQueue {
 /// Errors building TLS material (startup and rotation), always with a readable reason.
 public struct TLSMaterialError: Error, CustomStringConvertible {
     public let description: String
-    init(_ description: String) { self.description = description }
+    public init(_ description: String) { self.description = description }
 }

@@ -68,11 +68,26 @@ public struct TLSCredentials: Sendable {
             }
             return Array(data)
         }
-        return try TLSCredentials(
-            chain: Certificate.parsePEMBundle(read(certificatePath), source: certificatePath),
-            privateKey: PrivateKey.parsePEM(read(keyPath), source: keyPath),
-            trustedRoots: Certificate.parsePEMBundle(read(rootsPath), source: rootsPath),
+        return try parse(certificatePEM: read(certificatePath), keyPEM: read(keyPath), rootsPEM: read(rootsPath),
+                         names: (certificatePath, keyPath, rootsPath), trustDomain: trustDomain)
+    }
+
+    /// Builds credentials from PEM text; `names` label errors (file paths, or API fields).
+    public static func parse(certificatePEM: [UInt8], keyPEM: [UInt8], rootsPEM: [UInt8],
+                             names: (certificate: String, key: String, roots: String),
+                             trustDomain: String? = nil) throws -> TLSCredentials {
+        try TLSCredentials(
+            chain: Certificate.parsePEMBundle(certificatePEM, source: names.certificate),
+            privateKey: PrivateKey.parsePEM(keyPEM, source: names.key),
+            trustedRoots: Certificate.parsePEMBundle(rootsPEM, source: names.roots),
             trustDomain: trustDomain
         )
+    }
+
+    /// Fraction of the leaf's validity period still ahead (0 when expired).
+    public func remainingLifetimeFraction(now: Date = Date()) -> Double {
+        let total = leaf.notAfter.timeIntervalSince(leaf.notBefore)
+        guard total > 0 else { return 0 }
+        return max(0, leaf.notAfter.timeIntervalSince(now) / total)
     }
 }

@@ -77,9 +77,14 @@ struct Run: AsyncParsableCommand {
         let logger = Logger(label: "backup-sidecar")
         let settings: SidecarSettings
         let intentionsSource: IntentionsFileSource?
+        let certificateSource: CertificateFileSource
         let runningSidecar = NIOLockedValueBox<Sidecar?>(nil)
         do {
-            (settings, intentionsSource) = try loadSettings(logger: logger) { set in
+            certificateSource = CertificateFileSource(certificatePath: cert, keyPath: key, rootsPath: ca,
+                                                      trustDomain: trustDomain, logger: logger) { credentials in
+                try runningSidecar.withLockedValue { $0 }?.updateCredentials(credentials)
+            }
+            (settings, intentionsSource) = try loadSettings(logger: logger, credentials: try certificateSource.start()) { set in
                 runningSidecar.withLockedValue { $0 }?.updateIntentions(set)
             }
         } catch {
@@ -100,9 +105,11 @@ struct Run: AsyncParsableCommand {
             "identity": "\(settings.credentials.identity)", "serial": "\(settings.credentials.leaf.serialNumber)",
         ])
         await waitForTerminationSignal(onReload: {
-            logger.info("SIGHUP: reloading the intentions file")
+            logger.info("SIGHUP: reloading certificate and intentions files")
+            certificateSource.reload()
             intentionsSource?.reload()
         })
+        certificateSource.stop()
         intentionsSource?.stop()
         logger.info("shutting down")
         await sidecar.stop()
@@ -111,10 +118,10 @@ struct Run: AsyncParsableCommand {
 
     /// Loads and validates everything; the intentions file is watched from here on, its
     /// changes going to `onIntentionsChange`.
-    private func loadSettings(logger: Logger, onIntentionsChange: @escaping @Sendable (IntentionSet) -> Void) throws
+    private func loadSettings(logger: Logger, credentials: TLSCredentials,
+                              onIntentionsChange: @escaping @Sendable (IntentionSet) -> Void) throws
         -> (SidecarSettings, IntentionsFileSource?) {
         let definition = try ProxyDefinition.load(path: serviceFile)
-        let credentials = try TLSCredentials.load(certificatePath: cert, keyPath: key, rootsPath: ca, trustDomain: trustDomain)
         guard let defaultAction = IntentionAction(rawValue: defaultIntention.lowercased()) else {
             throw ValidationError("--default-intention must be allow or deny, not \"\(defaultIntention)\"")
         }

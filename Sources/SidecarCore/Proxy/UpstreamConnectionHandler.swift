@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -97,8 +98,17 @@ final class UpstreamConnectionHandler: StagingHandler {
             return
         }
         let local = context.channel
+        let tlsContext = route.tlsContext()
+        guard tlsContext.credentials.leaf.notAfter > Date() else {
+            // Presenting an expired leaf only earns a refusal from the peer; say what is wrong here.
+            let leaf = tlsContext.credentials.leaf
+            attempt(context: context, remaining: [], failures: [
+                "our leaf certificate (serial \(leaf.serialNumber)) expired at \(leaf.notAfter) and was not renewed",
+            ])
+            return
+        }
         let waiter = HandshakeWaiter(promise: context.eventLoop.makePromise())
-        let tls = TLSHandler(context: route.tlsContext(), expectedPeer: route.expectedIdentity,
+        let tls = TLSHandler(context: tlsContext, expectedPeer: route.expectedIdentity,
                              configuration: TLSHandlerConfiguration(handshakeTimeout: route.handshakeTimeout))
         ClientBootstrap(group: context.eventLoop)
             .connectTimeout(.milliseconds(Int64(route.upstream.connectTimeoutMs)))
