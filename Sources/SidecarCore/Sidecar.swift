@@ -68,6 +68,8 @@ public final class Sidecar: Sendable {
     private let intentions: NIOLockedValueBox<IntentionSet?>
     private let listeners = NIOLockedValueBox<[String: Channel]>([:])
     private let registry = ConnectionRegistry()
+    private let tracker = ConnectionTracker()
+    private let draining = NIOLockedValueBox(false)
     private let expiryWarnedSerial = NIOLockedValueBox<String?>(nil)
     private let expiryCheck = NIOLockedValueBox<RepeatedTask?>(nil)
 
@@ -167,13 +169,48 @@ public final class Sidecar: Sendable {
         listeners.withLockedValue { $0[listener]?.localAddress }
     }
 
-    public func stop() async {
+    /// Graceful shutdown: stop accepting, let in-flight transfers finish (a snapshot stream
+    /// may need minutes), and abort whatever is still open at the deadline. Returns the number
+    /// of connections that had to be aborted.
+    @discardableResult
+    public func drain(timeout: TimeAmount) async -> Int {
+        draining.withLockedValue { $0 = true }
+        await closeListeners()
+        settings.logger.notice("draining", metadata: ["open_connections": "\(tracker.total)", "timeout_s": "\(timeout.nanoseconds / 1_000_000_000)"])
+        let deadline = NIODeadline.now() + timeout
+        // Cancellation (a second signal) ends the wait early: what is left is aborted below.
+        while tracker.total > 0 && NIODeadline.now() < deadline && !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+        let leftovers = tracker.channels
+        for (listener, channel) in leftovers {
+            settings.audit.record(AuditEvent(kind: .connectionRevoked, listener: listener,
+                                             peerAddress: channel.remoteAddress.auditDescription,
+                                             decision: "deny", reason: "drain timeout reached at shutdown"))
+            channel.triggerUserOutboundEvent(ConnectionAbortRequest()).whenFailure { _ in ConnectionAbort.abort(channel) }
+        }
+        settings.logger.notice("drained", metadata: ["aborted": "\(leftovers.count)"])
+        return leftovers.count
+    }
+
+    /// True once a drain started: not ready for new work (the admin API's /ready).
+    public var isDraining: Bool { draining.withLockedValue { $0 } }
+
+    /// Open connections on a listener ("public" or "upstream:<name>").
+    public func openConnections(on listener: String) -> Int { tracker.count(listener) }
+
+    private func closeListeners() async {
         expiryCheck.withLockedValue { $0?.cancel() }
         let channels = listeners.withLockedValue { value in
             defer { value.removeAll() }
             return Array(value.values)
         }
         for channel in channels { try? await channel.close() }
+    }
+
+    /// Immediate stop: listeners close; open connections are left to their peers (tests).
+    public func stop() async {
+        await closeListeners()
     }
 
     // MARK: - Listeners
@@ -204,9 +241,11 @@ public final class Sidecar: Sendable {
                                  localHost: definition.localServiceAddress, localPort: localPort,
                                  localConnectTimeout: .milliseconds(Int64(definition.config.localConnectTimeoutMs)),
                                  maxConnectionLifetime: definition.config.maxConnectionLifetimeNs.map { .nanoseconds($0) },
+                                 idleTimeout: definition.config.idleTimeoutNs.map { .nanoseconds($0) },
                                  l7: enforcesL7)
         let handshakeTimeout = TimeAmount.milliseconds(Int64(definition.config.handshakeTimeoutMs))
         let contexts = self.contexts, intentions = self.intentions, registry = self.registry
+        let tracker = self.tracker, limit = definition.config.maxConnections
         let audit = settings.audit, logger = settings.logger
         let l7 = enforcesL7
         if ["http2", "grpc"].contains(definition.config.protocol) {
@@ -225,6 +264,7 @@ public final class Sidecar: Sendable {
             return set.decide(request: request, source: source, destination: destination)
         }
         let bootstrap = serverBootstrap().childChannelInitializer { channel in
+            tracker.track(channel, listener: Self.publicListenerName, limit: limit)
             let server = contexts.server
             // Never present an expired leaf: refuse the handshake instead (and say why).
             if server.credentials.leaf.notAfter <= Date() {
@@ -255,15 +295,19 @@ public final class Sidecar: Sendable {
         let route = UpstreamRoute(upstream: upstream, expectedIdentity: expected,
                                   endpoints: EndpointRotation(settings.upstreamEndpoints[upstream.destinationName] ?? []),
                                   tlsContext: { contexts.client },
-                                  handshakeTimeout: .milliseconds(Int64(settings.definition.config.handshakeTimeoutMs)))
+                                  handshakeTimeout: .milliseconds(Int64(settings.definition.config.handshakeTimeoutMs)),
+                                  idleTimeout: settings.definition.config.idleTimeoutNs.map { .nanoseconds($0) })
         if settings.upstreamEndpoints[upstream.destinationName, default: []].isEmpty {
             settings.logger.warning("upstream has no known instance; connections to it will fail", metadata: [
                 "upstream": "\(upstream.destinationName)",
             ])
         }
         let audit = settings.audit, logger = settings.logger
+        let tracker = self.tracker, limit = settings.definition.config.maxConnections
+        let listenerName = "upstream:\(upstream.destinationName)"
         let bootstrap = serverBootstrap().childChannelInitializer { channel in
-            channel.eventLoop.makeCompletedFuture {
+            tracker.track(channel, listener: listenerName, limit: limit)
+            return channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandlers(
                     OrderedHalfCloseHandler(), UpstreamConnectionHandler(route: route, audit: audit, logger: logger))
             }

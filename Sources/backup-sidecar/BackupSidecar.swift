@@ -64,6 +64,15 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Event-loop threads (default: one per core, at most 4).")
     var threads: Int?
 
+    @Option(name: .customLong("drain-timeout"), help: "On SIGTERM/SIGINT, how long in-flight transfers may take to finish (Go duration, e.g. 10m).")
+    var drainTimeout: String = "10m"
+
+    @Option(name: .customLong("max-connections"), help: "Open connections per listener before accepting pauses (overrides proxy config max_connections; default 4096).")
+    var maxConnections: Int?
+
+    @Option(name: .customLong("idle-timeout"), help: "Close connections idle this long (overrides proxy config idle_timeout; default 1h).")
+    var idleTimeout: String?
+
     func run() async throws {
         MemoryTuning.apply()
         guard let level = Logger.Level(rawValue: logLevel) else {
@@ -104,15 +113,23 @@ struct Run: AsyncParsableCommand {
         logger.info("sidecar running", metadata: [
             "identity": "\(settings.credentials.identity)", "serial": "\(settings.credentials.leaf.serialNumber)",
         ])
-        await waitForTerminationSignal(onReload: {
+        let signals = SignalHandling(onReload: {
             logger.info("SIGHUP: reloading certificate and intentions files")
             certificateSource.reload()
             intentionsSource?.reload()
         })
+        await signals.firstTermination()
         certificateSource.stop()
         intentionsSource?.stop()
-        logger.info("shutting down")
-        await sidecar.stop()
+        // Drain; a second SIGTERM/SIGINT cuts it short (what is left is aborted, not closed
+        // cleanly, so no peer mistakes it for a finished transfer).
+        let drainNs = ConfigDurationFlag.nanoseconds(drainTimeout) ?? 600_000_000_000
+        let drain = Task { await sidecar.drain(timeout: .nanoseconds(drainNs)) }
+        signals.onLaterTermination = {
+            logger.warning("second signal: not waiting for the drain")
+            drain.cancel()
+        }
+        await drain.value
         try? await group.shutdownGracefully()
     }
 
@@ -121,7 +138,20 @@ struct Run: AsyncParsableCommand {
     private func loadSettings(logger: Logger, credentials: TLSCredentials,
                               onIntentionsChange: @escaping @Sendable (IntentionSet) -> Void) throws
         -> (SidecarSettings, IntentionsFileSource?) {
-        let definition = try ProxyDefinition.load(path: serviceFile)
+        var definition = try ProxyDefinition.load(path: serviceFile)
+        if let maxConnections {
+            guard maxConnections > 0 else { throw ValidationError("--max-connections must be greater than 0") }
+            definition.config.maxConnections = maxConnections
+        }
+        if let idleTimeout {
+            guard let nanoseconds = ConfigDurationFlag.nanoseconds(idleTimeout) else {
+                throw ValidationError("--idle-timeout \"\(idleTimeout)\" is not a duration such as 30m")
+            }
+            definition.config.idleTimeoutNs = nanoseconds
+        }
+        guard ConfigDurationFlag.nanoseconds(drainTimeout) != nil else {
+            throw ValidationError("--drain-timeout \"\(drainTimeout)\" is not a duration such as 10m")
+        }
         guard let defaultAction = IntentionAction(rawValue: defaultIntention.lowercased()) else {
             throw ValidationError("--default-intention must be allow or deny, not \"\(defaultIntention)\"")
         }
@@ -155,30 +185,44 @@ func fail(_ message: String, status: Int32) -> Never {
     exit(status)
 }
 
-/// Suspends until SIGTERM or SIGINT; SIGHUP calls `onReload` and keeps running.
-func waitForTerminationSignal(onReload: @escaping @Sendable () -> Void) async {
-    let queue = DispatchQueue(label: "backup-sidecar.signals")
-    let reload = DispatchSource.makeSignalSource(signal: SIGHUP, queue: queue)
-    signal(SIGHUP, SIG_IGN)
-    reload.setEventHandler(handler: onReload)
-    reload.resume()
-    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-        let resumed = NIOLockedValueBox(false)
-        for sig in [SIGTERM, SIGINT] {
+/// SIGHUP reloads; the first SIGTERM/SIGINT ends `firstTermination()`; later ones call
+/// `onLaterTermination`.
+final class SignalHandling: @unchecked Sendable {
+    private let queue = DispatchQueue(label: "backup-sidecar.signals")
+    private var sources: [DispatchSourceSignal] = []
+    // Touched only on `queue`.
+    private var terminated = false
+    private var waiter: CheckedContinuation<Void, Never>?
+    private var laterHandler: (@Sendable () -> Void)?
+
+    var onLaterTermination: (@Sendable () -> Void)? {
+        get { queue.sync { laterHandler } }
+        set { queue.sync { laterHandler = newValue } }
+    }
+
+    init(onReload: @escaping @Sendable () -> Void) {
+        for sig in [SIGHUP, SIGTERM, SIGINT] {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
-            source.setEventHandler {
-                if resumed.withLockedValue({ done in defer { done = true }; return !done }) { continuation.resume() }
+            source.setEventHandler { [unowned self] in
+                if sig == SIGHUP { return onReload() }
+                if terminated { return laterHandler?() ?? () }
+                terminated = true
+                waiter?.resume()
+                waiter = nil
             }
             source.resume()
-            SignalSources.keepAlive.append(source)
+            sources.append(source)
         }
     }
-    reload.cancel()
-}
 
-enum SignalSources {
-    nonisolated(unsafe) static var keepAlive: [DispatchSourceSignal] = []
+    func firstTermination() async {
+        await withCheckedContinuation { continuation in
+            queue.async {
+                if self.terminated { continuation.resume() } else { self.waiter = continuation }
+            }
+        }
+    }
 }
 
 /// glibc hands buffers above 128 KiB out as fresh mmaps and returns freed heap to the kernel

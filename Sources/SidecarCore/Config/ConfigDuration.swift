@@ -29,3 +29,8 @@ enum ConfigDuration {
         return total >= 1 && total < 1e18 ? Int64(total) : nil
     }
 }
+
+/// The same duration syntax for command-line flags.
+public enum ConfigDurationFlag {
+    public static func nanoseconds(_ text: String) -> Int64? { ConfigDuration.parse(text) }
+}

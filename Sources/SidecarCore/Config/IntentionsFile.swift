@@ -75,6 +75,9 @@ public enum IntentionsFile {
         guard let action = IntentionAction(rawValue: actionText.lowercased()) else {
             throw node.error("action \"\(actionText)\" is not \"allow\" or \"deny\"", at: "action")
         }
+        // Newer Consul conditions we do not evaluate yet. Each narrows what a permission matches,
+        // so ignoring one would widen an allow (or weaken a deny): refuse instead.
+        if try node.field("jwt") != nil { throw node.error("JWT requirements in permissions are not supported", at: "jwt") }
         let http = try node.require("http")
         let exact = try http.optionalString("path_exact"), prefix = try http.optionalString("path_prefix")
         let regex = try http.optionalString("path_regex")
@@ -108,6 +111,10 @@ public enum IntentionsFile {
     static func decodeHeaderRule(_ node: ConfigNode) throws -> HTTPPermissionMatch.HeaderRule {
         let name = try node.require("name").string()
         guard !name.isEmpty else { throw node.error("must not be empty", at: "name") }
+        if try node.field("contains") != nil { throw node.error("header rule Contains is not supported", at: "contains") }
+        if let ignoreCase = try node.field("ignore_case"), ignoreCase.value == .bool(true) {
+            throw node.error("header rule IgnoreCase is not supported", at: "ignore_case")
+        }
         var conditions: [HTTPPermissionMatch.HeaderRule.Condition] = []
         if let present = try node.field("present") {
             guard case .bool(let flag) = present.value else { throw present.error("expected true or false") }

@@ -30,6 +30,11 @@ public struct ProxyConfig: Equatable, Sendable {
     public var `protocol`: String = "tcp"
     /// Inbound connections older than this are cut (nil: no limit). Nanoseconds.
     public var maxConnectionLifetimeNs: Int64?
+    /// Open connections per listener before accepting pauses.
+    public var maxConnections: Int = 4096
+    /// Connections with no byte in either direction for this long are closed. Backups can
+    /// sit quiet while the agent reads a slow disk, hence a generous default. Nanoseconds.
+    public var idleTimeoutNs: Int64? = 3600 * 1_000_000_000
 }
 
 public struct Upstream: Equatable, Sendable {
@@ -94,7 +99,16 @@ extension ProxyDefinition {
     }
 
     private static func decodeProxyRegistration(_ node: ConfigNode) throws -> ProxyDefinition {
-        let name = try node.require("name").string()
+        // Definitions say "name"; the agent API answers with the name in "Service" (a string
+        // there, and authoritative when present).
+        let name: String
+        if let service = try node.field("service"), case .string(let value) = service.value {
+            name = value
+        } else if let named = try node.field("name") {
+            name = try named.string()
+        } else {
+            throw node.error("required field is missing", at: "name")
+        }
         let proxy = try node.require("proxy")
         let destination = try proxy.require("destination_service_name").string()
         guard !destination.isEmpty else { throw proxy.error("must not be empty", at: "destination_service_name") }
@@ -142,19 +156,9 @@ extension ProxyDefinition {
         config.bindPort = try node.field("bind_port")?.port()
         if let timeout = try node.field("local_connect_timeout_ms") { config.localConnectTimeoutMs = try positive(timeout) }
         if let timeout = try node.field("handshake_timeout_ms") { config.handshakeTimeoutMs = try positive(timeout) }
-        if let lifetime = try node.field("max_connection_lifetime") {
-            let text: String
-            switch lifetime.value {
-            case .string(let value): text = value
-            case .integer(let value): text = String(value)
-            case .number(let value): text = String(value)
-            default: throw lifetime.error("expected a duration such as \"12h\" or a number of seconds")
-            }
-            guard let nanoseconds = ConfigDuration.parse(text) else {
-                throw lifetime.error("\"\(text)\" is not a positive duration (e.g. \"12h\", \"90m\", or seconds)")
-            }
-            config.maxConnectionLifetimeNs = nanoseconds
-        }
+        if let lifetime = try node.field("max_connection_lifetime") { config.maxConnectionLifetimeNs = try duration(lifetime) }
+        if let idle = try node.field("idle_timeout") { config.idleTimeoutNs = try duration(idle) }
+        if let limit = try node.field("max_connections") { config.maxConnections = try positive(limit) }
         if let proto = try node.optionalString("protocol") {
             let normalized = proto.lowercased()
             guard ["tcp", "http", "http2", "grpc"].contains(normalized) else {
@@ -193,6 +197,21 @@ extension ProxyDefinition {
             seen[upstream.listenerKey] = name
             return upstream
         }
+    }
+
+    /// A Go duration string or a number of seconds.
+    static func duration(_ node: ConfigNode) throws -> Int64 {
+        let text: String
+        switch node.value {
+        case .string(let value): text = value
+        case .integer(let value): text = String(value)
+        case .number(let value): text = String(value)
+        default: throw node.error("expected a duration such as \"12h\" or a number of seconds")
+        }
+        guard let nanoseconds = ConfigDuration.parse(text) else {
+            throw node.error("\"\(text)\" is not a positive duration (e.g. \"12h\", \"90m\", or seconds)")
+        }
+        return nanoseconds
     }
 
     private static func positive(_ node: ConfigNode) throws -> Int {

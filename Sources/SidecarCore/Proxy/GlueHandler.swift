@@ -2,6 +2,25 @@ import NIOCore
 import Glibc
 import SidecarTLS
 
+/// Closes a joined connection once neither side has read a byte for `timeout`. Checked a few
+/// times per timeout on the connection's own event loop; a graceful close, since nothing is in
+/// flight on an idle connection.
+enum IdleTimeout {
+    static func arm(_ timeout: TimeAmount?, stats: ConnectionStats, mesh: Channel, local: Channel,
+                    onIdle: @escaping @Sendable () -> Void) {
+        guard let timeout else { return }
+        let period = TimeAmount.nanoseconds(max(timeout.nanoseconds / 4, 1_000_000))
+        let task = mesh.eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { task in
+            guard NIODeadline.now() - stats.lastActivity >= timeout else { return }
+            task.cancel()
+            onIdle()
+            mesh.close(promise: nil)
+            local.close(promise: nil)
+        }
+        mesh.closeFuture.and(local.closeFuture).whenComplete { _ in task.cancel() }
+    }
+}
+
 /// Outbound user event for a joined connection: abort both of its channels (policy revoked it).
 struct ConnectionAbortRequest: Sendable {}
 
@@ -12,6 +31,8 @@ final class ConnectionStats {
     /// Read from the local side, written to the mesh peer.
     var bytesToMesh = 0
     let started = NIODeadline.now()
+    /// Last read on either side, for the idle timeout.
+    var lastActivity = NIODeadline.now()
 
     var durationMs: Int { Int((NIODeadline.now() - started).nanoseconds / 1_000_000) }
 }
@@ -69,6 +90,7 @@ final class GlueHandler<In, Out>: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let message = unwrapInboundIn(data)
         let bytes = payloadSize(message)
+        stats.lastActivity = .now()
         switch side {
         case .mesh: stats.bytesFromMesh += bytes
         case .local: stats.bytesToMesh += bytes

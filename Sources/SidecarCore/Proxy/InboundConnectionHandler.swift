@@ -10,6 +10,7 @@ struct InboundRoute: Sendable {
     var localPort: Int
     var localConnectTimeout: TimeAmount
     var maxConnectionLifetime: TimeAmount?
+    var idleTimeout: TimeAmount?
     /// The local service speaks HTTP/1.1 (proxy config `protocol: http`): requests are
     /// decided one by one with the intentions' L7 permissions.
     var l7: Bool
@@ -108,6 +109,10 @@ final class InboundConnectionHandler: StagingHandler {
                         state = .joined
                         recordClose(mesh: meshChannel, local: local, peer: peer, route: route, stats: stats)
                         track(mesh: meshChannel, local: local, peer: peer, route: route)
+                        let logger = self.logger, source = peer.identity
+                        IdleTimeout.arm(route.idleTimeout, stats: stats, mesh: meshChannel, local: local) {
+                            logger.info("closing idle connection", metadata: ["source": "\(source)"])
+                        }
                     } catch {
                         local.close(promise: nil)
                         meshChannel.close(promise: nil)

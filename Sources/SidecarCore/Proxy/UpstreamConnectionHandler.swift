@@ -56,6 +56,7 @@ struct UpstreamRoute: Sendable {
     var endpoints: EndpointRotation
     var tlsContext: @Sendable () -> TLSContext
     var handshakeTimeout: TimeAmount
+    var idleTimeout: TimeAmount?
 }
 
 /// On a plaintext connection accepted from the local app: dials the destination's sidecar with
@@ -142,6 +143,10 @@ final class UpstreamConnectionHandler: StagingHandler {
                                             source: nil, destination: peer.identity.uri, decision: "allow",
                                             reason: "\(endpoint) serial \(peer.certificateSerial) \(peer.protocolVersion)"))
                     recordClose(mesh: remote, local: local, peer: peer, endpoint: endpoint, stats: stats)
+                    let logger = self.logger, upstream = route.upstream.destinationName
+                    IdleTimeout.arm(route.idleTimeout, stats: stats, mesh: remote, local: local) {
+                        logger.info("closing idle upstream connection", metadata: ["upstream": "\(upstream)"])
+                    }
                 case .failure(let error):
                     logger.info("upstream instance failed", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
                     if localGone { return }
@@ -197,5 +202,15 @@ final class HandshakeWaiter: StagingHandler {
             promise.fail(TLSError.handshakeFailed("connection closed during handshake"))
         }
         context.fireChannelInactive()
+    }
+
+    /// A dial that fails (refused, timed out) tears the pipeline down without the channel ever
+    /// becoming active or inactive: the promise must not be left dangling.
+    override func handlerRemoved(context: ChannelHandlerContext) {
+        super.handlerRemoved(context: context)
+        if !completed {
+            completed = true
+            promise.fail(TLSError.handshakeFailed("connection closed before the handshake completed"))
+        }
     }
 }

@@ -26,13 +26,14 @@ struct MeshFixture {
                       agentCertificate: String = "backup-agent", agentRoots: String = "ca.pem",
                       intentions: [Intention] = allowBackupAgent, defaultAction: IntentionAction = .deny,
                       handshakeTimeoutMs: Int = 10000, maxConnectionLifetimeNs: Int64? = nil,
-                      protocol proto: String = "tcp") async throws -> MeshFixture {
+                      protocol proto: String = "tcp",
+                      storageConfig: (inout ProxyConfig) -> Void = { _ in }) async throws -> MeshFixture {
         let backend = try await TestBackend(behaviour, group: testGroup)
         let storage = try await startStorage(backendPort: backend.port,
                                              credentials: try TestCertificates.credentials(storageCertificate, key: storageKey, roots: storageRoots),
                                              intentions: intentions, defaultAction: defaultAction,
                                              handshakeTimeoutMs: handshakeTimeoutMs, maxConnectionLifetimeNs: maxConnectionLifetimeNs,
-                                             protocol: proto)
+                                             protocol: proto, configure: storageConfig)
         let (agent, agentAudit) = try await startAgent(certificate: agentCertificate, roots: agentRoots,
                                                        storagePort: storage.0.boundAddress(of: Sidecar.publicListenerName)!.port!)
         return MeshFixture(backend: backend, storage: storage.0, agent: agent, storageAudit: storage.1, agentAudit: agentAudit)
@@ -58,12 +59,14 @@ struct MeshFixture {
 
     static func startStorage(backendPort: Int, credentials: TLSCredentials, intentions: [Intention],
                              defaultAction: IntentionAction = .deny, handshakeTimeoutMs: Int = 10000,
-                             maxConnectionLifetimeNs: Int64? = nil, protocol proto: String = "tcp") async throws -> (Sidecar, MemoryAuditSink) {
+                             maxConnectionLifetimeNs: Int64? = nil, protocol proto: String = "tcp",
+                             configure: (inout ProxyConfig) -> Void = { _ in }) async throws -> (Sidecar, MemoryAuditSink) {
         let audit = MemoryAuditSink()
         var config = ProxyConfig()
         config.handshakeTimeoutMs = handshakeTimeoutMs
         config.maxConnectionLifetimeNs = maxConnectionLifetimeNs
         config.protocol = proto
+        configure(&config)
         let definition = ProxyDefinition(
             id: "storage-sidecar-proxy", name: "storage-sidecar-proxy", address: "127.0.0.1", port: 0,
             destinationServiceName: "storage", destinationServiceID: nil, localServiceAddress: "127.0.0.1",

@@ -1,0 +1,229 @@
+import Foundation
+
+// Decoders for Consul's service-related responses: the proxy's own registration, the healthy
+// instances of an upstream, and the intentions for our destination. Rules as in
+// ConsulAPIModels.swift.
+
+// MARK: - GET /v1/agent/service/:id
+
+/// `GET /v1/agent/service/:id` (hash-blocking) for our connect-proxy registration.
+public struct ConsulAgentService: Equatable, Sendable {
+    /// Always "connect-proxy": other kinds are refused.
+    public var kind: String
+    public var id: String
+    /// The service name (the API's "Service" field; "Name" only exists in definitions).
+    public var service: String
+    /// The hash to send back as `?hash=` (the same value as the X-Consul-ContentHash header).
+    public var contentHash: String?
+    /// The registration read by the same rules as a service definition file.
+    public var proxy: ProxyDefinition
+
+    public init(kind: String, id: String, service: String, contentHash: String?, proxy: ProxyDefinition) {
+        self.kind = kind
+        self.id = id
+        self.service = service
+        self.contentHash = contentHash
+        self.proxy = proxy
+    }
+
+    public static func decode(_ data: Data, source: String) throws -> ConsulAgentService {
+        let root = try ConsulResponseBody.root(data, source: source)
+        let kind = try root.optionalString("Kind") ?? ""
+        let id = try root.consulRequiredString("ID")
+        let service = try root.consulRequiredString("Service")
+        guard kind == "connect-proxy" else {
+            let shown = kind.isEmpty ? "a plain service (no Kind)" : "kind \"\(kind)\""
+            throw root.error("service \"\(id)\" is \(shown), not a connect-proxy registration", at: "Kind")
+        }
+        return ConsulAgentService(
+            kind: kind,
+            id: id,
+            service: service,
+            contentHash: try root.consulOptionalNonEmptyString("ContentHash"),
+            proxy: try ProxyDefinition.decode(service: root)
+        )
+    }
+}
+
+// MARK: - GET /v1/health/connect/:service
+
+/// One entry of `GET /v1/health/connect/:service?passing=1` (index-blocking): a proxy (or
+/// connect-native instance) in front of the service we want to reach.
+public struct ConsulServiceInstance: Equatable, Sendable {
+    public struct Node: Equatable, Sendable {
+        /// Node UUID; "" for nodes registered without one.
+        public var id: String
+        /// Node name.
+        public var node: String
+        public var address: String
+        /// The `dc` segment of the identity the instance must present.
+        public var datacenter: String
+
+        public init(id: String = "", node: String, address: String, datacenter: String) {
+            self.id = id
+            self.node = node
+            self.address = address
+            self.datacenter = datacenter
+        }
+    }
+
+    public struct Service: Equatable, Sendable {
+        public var id: String
+        /// The registered name (for a sidecar: `<dest>-sidecar-proxy`).
+        public var service: String
+        /// "connect-proxy" for sidecars, "" for connect-native services.
+        public var kind: String
+        /// Often "": the instance listens on the node's address.
+        public var address: String
+        public var port: Int
+        /// `Proxy.DestinationServiceName` when non-empty (sidecars only).
+        public var proxyDestinationName: String?
+
+        public init(id: String, service: String, kind: String = "", address: String = "", port: Int,
+                    proxyDestinationName: String? = nil) {
+            self.id = id
+            self.service = service
+            self.kind = kind
+            self.address = address
+            self.port = port
+            self.proxyDestinationName = proxyDestinationName
+        }
+    }
+
+    public struct Check: Equatable, Sendable {
+        public var checkID: String
+        /// "passing", "warning", "critical" or "maintenance".
+        public var status: String
+
+        public init(checkID: String, status: String) {
+            self.checkID = checkID
+            self.status = status
+        }
+    }
+
+    public var node: Node
+    public var service: Service
+    public var checks: [Check]
+
+    public init(node: Node, service: Service, checks: [Check]) {
+        self.node = node
+        self.service = service
+        self.checks = checks
+    }
+
+    /// Where to connect: the service address, or the node's when the service has none
+    /// (registrations without an address are common; see Consul issue #7505). Dial it with
+    /// `service.port`.
+    public var dialAddress: String { service.address.isEmpty ? node.address : service.address }
+
+    /// Every check passing (an instance without checks counts as passing, as in Consul's own
+    /// `?passing` filter). `?passing=1` already filters server-side; this re-checks locally.
+    public var isPassing: Bool { checks.allSatisfy { $0.status == "passing" } }
+
+    public static func decode(_ data: Data, source: String) throws -> [ConsulServiceInstance] {
+        let root = try ConsulResponseBody.root(data, source: source)
+        return try root.array().map(decodeEntry)
+    }
+
+    private static func decodeEntry(_ entry: ConfigNode) throws -> ConsulServiceInstance {
+        _ = try entry.object()
+        let nodeNode = try entry.require("Node")
+        _ = try nodeNode.object()
+        let serviceNode = try entry.require("Service")
+        _ = try serviceNode.object()
+        let portNode = try serviceNode.require("Port")
+        let port = try portNode.integer()
+        guard (0...65535).contains(port) else { throw portNode.error("port \(port) is outside 0-65535") }
+        return ConsulServiceInstance(
+            node: Node(
+                id: try nodeNode.optionalString("ID") ?? "",
+                node: try nodeNode.consulRequiredString("Node"),
+                address: try nodeNode.require("Address").string(),
+                datacenter: try nodeNode.consulRequiredString("Datacenter")
+            ),
+            service: Service(
+                id: try serviceNode.consulRequiredString("ID"),
+                service: try serviceNode.consulRequiredString("Service"),
+                kind: try serviceNode.optionalString("Kind") ?? "",
+                address: try serviceNode.optionalString("Address") ?? "",
+                port: port,
+                proxyDestinationName: try serviceNode.field("Proxy")?.consulOptionalNonEmptyString("DestinationServiceName")
+            ),
+            checks: try entry.field("Checks")?.array().map { check in
+                _ = try check.object()
+                return Check(checkID: try check.consulRequiredString("CheckID"), status: try check.consulRequiredString("Status"))
+            } ?? []
+        )
+    }
+}
+
+// MARK: - GET /v1/connect/intentions/match
+
+/// `GET /v1/connect/intentions/match?by=destination&name=X` (index-blocking): for each
+/// requested name, the intentions that apply to it, highest precedence first.
+public struct ConsulIntentionMatch: Equatable, Sendable {
+    /// Keyed by the names as requested (Consul preserves their spelling).
+    public var intentionsByName: [String: [Intention]]
+
+    public init(intentionsByName: [String: [Intention]]) {
+        self.intentionsByName = intentionsByName
+    }
+
+    /// The intentions for `name` (exact key), nil when the response has no entry for it.
+    public func intentions(for name: String) -> [Intention]? { intentionsByName[name] }
+
+    public static func decode(_ data: Data, source: String) throws -> ConsulIntentionMatch {
+        let root = try ConsulResponseBody.root(data, source: source)
+        var result: [String: [Intention]] = [:]
+        // Keys are service names, compared exactly: ConfigNode's relaxed field matching would
+        // conflate "backup-db" and "backupdb".
+        for (name, value) in try root.object().sorted(by: { $0.key < $1.key }) {
+            let list = ConfigNode(value: value, path: name, source: source)
+            // Consul answers `null` for a name with no intentions.
+            result[name] = value == .null ? [] : try list.array().map(decodeIntention)
+        }
+        return ConsulIntentionMatch(intentionsByName: result)
+    }
+
+    /// The intentions for `destination`; a response without that key is an error (we asked
+    /// for it, so its absence means the answer is not for us).
+    public static func decode(_ data: Data, source: String, destination: String) throws -> [Intention] {
+        let match = try decode(data, source: source)
+        guard let intentions = match.intentions(for: destination) else {
+            let found = match.intentionsByName.keys.sorted().map { "\"\($0)\"" }.joined(separator: ", ")
+            throw ConfigError(source: source, path: "",
+                              message: "no entry for \"\(destination)\" (found: \(found.isEmpty ? "none" : found))")
+        }
+        return intentions
+    }
+
+    /// One Consul `Intention`. L7 intentions come with `"Action": ""` and `Permissions`;
+    /// namespaces and partitions default to "default" when missing or empty.
+    static func decodeIntention(_ node: ConfigNode) throws -> Intention {
+        _ = try node.object()
+        let action = try node.consulOptionalNonEmptyString("Action").map { text -> IntentionAction in
+            guard let action = IntentionAction(rawValue: text.lowercased()) else {
+                throw node.error("action \"\(text)\" is not \"allow\" or \"deny\"", at: "Action")
+            }
+            return action
+        }
+        let permissions = try node.field("Permissions")?.array().map(IntentionsFile.decodePermission) ?? []
+        switch (action, permissions.isEmpty) {
+        case (nil, true): throw node.error("an intention needs either Action or Permissions")
+        case (.some, false): throw node.error("an intention has either Action or Permissions, not both")
+        default: break
+        }
+        return Intention(
+            destinationName: try node.consulRequiredString("DestinationName"),
+            destinationNamespace: try node.consulOptionalNonEmptyString("DestinationNS") ?? "default",
+            sourceName: try node.consulRequiredString("SourceName"),
+            sourceNamespace: try node.consulOptionalNonEmptyString("SourceNS") ?? "default",
+            sourcePartition: try node.consulOptionalNonEmptyString("SourcePartition") ?? "default",
+            sourcePeer: try node.optionalString("SourcePeer") ?? "",
+            action: action,
+            permissions: permissions,
+            description: try node.optionalString("Description") ?? ""
+        )
+    }
+
+}

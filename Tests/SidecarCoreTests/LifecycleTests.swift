@@ -1,0 +1,179 @@
+import Foundation
+import Glibc
+import Testing
+@testable import SidecarCore
+import SidecarTLS
+
+/// Draining, connection limits and idle connections.
+@Suite("Lifecycle and limits", .serialized)
+struct LifecycleTests {
+    /// Sends `chunks` x 256 KiB with a pause between them, then reads the echo back.
+    static func pacedRoundTrip(_ socket: BlockingSocket, chunks: Int, pauseMs: UInt32) -> (sent: String, received: String, count: Int, clean: Bool) {
+        let digest = SHA256Digest()
+        let reader = LockedResultBox()
+        let thread = Thread { let r = socket.receiveAll(); reader.set(r.sha256, r.count, r.cleanEOF) }
+        thread.start()
+        for _ in 0..<chunks {
+            let chunk = secureRandomBytes(256 << 10)
+            digest.update(chunk)
+            socket.send(chunk)
+            usleep(pauseMs * 1000)
+        }
+        socket.shutdownWrite()
+        while !reader.done { usleep(5000) }
+        return (digest.finalizeHex(), reader.sha, reader.count, reader.clean)
+    }
+
+    @Test("Drain: in-flight transfers finish, new connections are refused, nothing is aborted")
+    func drainLetsTransfersFinish() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo)
+        defer { Task { await mesh.stop() } }
+        let socket = try BlockingSocket(port: mesh.upstreamPort)
+        socket.setReceiveTimeout(seconds: 20)
+        let transfer = Task { await onThread { Self.pacedRoundTrip(socket, chunks: 24, pauseMs: 40) } }
+        #expect(await eventually { mesh.storage.openConnections(on: Sidecar.publicListenerName) == 1 })
+        let drain = Task { await mesh.storage.drain(timeout: .seconds(20)) }
+        #expect(await eventually { mesh.storage.isDraining })
+        try await Task.sleep(for: .milliseconds(100))
+
+        // New connections are refused while the old one finishes.
+        let late = try BlockingSocket(port: mesh.upstreamPort)
+        late.setReceiveTimeout(seconds: 5)
+        late.send(Array("late\n".utf8))
+        #expect(await onThread { late.receiveAll() }.count == 0)
+
+        let result = await transfer.value
+        #expect(result.count == 24 * (256 << 10))
+        #expect(result.sent == result.received)
+        #expect(result.clean)
+        #expect(await drain.value == 0, "nothing had to be aborted")
+    }
+
+    @Test("Drain timeout: connections still open at the deadline are aborted with an audit line")
+    func drainTimeout() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo)
+        defer { Task { await mesh.stop() } }
+        let socket = try BlockingSocket(port: mesh.upstreamPort)
+        socket.setReceiveTimeout(seconds: 5)
+        #expect(await onThread { ReauthorizationTests.ping(socket, "long-lived\n") })
+        let aborted = await mesh.storage.drain(timeout: .milliseconds(300))
+        #expect(aborted == 1)
+        #expect(!(await onThread { socket.receiveAll() }).cleanEOF)
+        #expect(mesh.storageAudit.events.contains { $0.kind == .connectionRevoked && $0.reason == "drain timeout reached at shutdown" })
+    }
+
+    @Test("Max connections: the next connection waits in the backlog and proceeds when one closes")
+    func maxConnections() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo, storageConfig: { $0.maxConnections = 2 })
+        defer { Task { await mesh.stop() } }
+        let first = try BlockingSocket(port: mesh.upstreamPort)
+        let second = try BlockingSocket(port: mesh.upstreamPort)
+        for socket in [first, second] {
+            socket.setReceiveTimeout(seconds: 5)
+            #expect(await onThread { ReauthorizationTests.ping(socket, "hold\n") })
+        }
+        #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) == 2)
+
+        let third = try BlockingSocket(port: mesh.upstreamPort)
+        third.setReceiveTimeout(seconds: 10)
+        let answered = LockedInstant()
+        let waiting = Task { await onThread { () -> Bool in
+            let ok = ReauthorizationTests.ping(third, "waiting\n")
+            answered.set()
+            return ok
+        } }
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(answered.value == nil, "the third connection was served beyond the limit")
+        #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) == 2)
+
+        first.shutdownWrite()
+        _ = await onThread { first.receiveAll() }
+        #expect(await waiting.value, "the waiting connection proceeds once a slot frees")
+        #expect(mesh.backend.connections == 3)
+    }
+
+    @Test("Idle connections are closed after idle_timeout; busy ones are not")
+    func idleTimeout() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo, storageConfig: { $0.idleTimeoutNs = 400_000_000 })
+        defer { Task { await mesh.stop() } }
+        let idle = try BlockingSocket(port: mesh.upstreamPort)
+        let busy = try BlockingSocket(port: mesh.upstreamPort)
+        for socket in [idle, busy] {
+            socket.setReceiveTimeout(seconds: 5)
+            #expect(await onThread { ReauthorizationTests.ping(socket, "hello\n") })
+        }
+        // Keep `busy` talking every 100 ms for 1.2 s while `idle` says nothing.
+        let busyOK = await onThread { () -> Bool in
+            for index in 0..<12 {
+                guard ReauthorizationTests.ping(busy, "tick \(index)\n") else { return false }
+                usleep(100_000)
+            }
+            return true
+        }
+        #expect(busyOK)
+        let idleEnd = await onThread { idle.receiveAll() }
+        #expect(idleEnd.count == 0)
+        #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) == 1)
+    }
+
+    @Test("SIGTERM to the real binary during a transfer: the transfer completes and the process exits 0")
+    func sigtermDrains() async throws {
+        let backend = try await TestBackend(.echo, group: testGroup)
+        defer { Task { await backend.stop() } }
+        let port = try Self.freePort()
+        let service = CommandLineTests.write("drain.json", """
+            {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
+              "proxy": {"destination_service_name": "storage", "local_service_port": \(backend.port)}}}
+            """)
+        let intentions = CommandLineTests.write("drain-intentions.json",
+            #"[{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Action":"allow"}]}]"#)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
+        process.arguments = ["run", "--service-file", service, "--intentions-file", intentions,
+                             "--audit-log", "\(CommandLineTests.scratch)/drain-audit.jsonl"] + CommandLineTests.certs()
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
+
+        let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: port)
+        defer { Task { await agent.stop() } }
+        let socket = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
+        socket.setReceiveTimeout(seconds: 20)
+        let transfer = Task { await onThread { Self.pacedRoundTrip(socket, chunks: 16, pauseMs: 50) } }
+        try await Task.sleep(for: .milliseconds(200))
+        kill(process.processIdentifier, SIGTERM)
+        let result = await transfer.value
+        #expect(result.count == 16 * (256 << 10))
+        #expect(result.sent == result.received)
+        let exited = await onThread { () -> Int32 in
+            process.waitUntilExit()
+            return process.terminationStatus
+        }
+        #expect(exited == 0)
+        #expect((try? BlockingSocket(port: port)) == nil, "the listener is closed")
+    }
+
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
+
+final class LockedResultBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: (String, Int, Bool)?
+    func set(_ sha: String, _ count: Int, _ clean: Bool) { lock.lock(); value = (sha, count, clean); lock.unlock() }
+    var done: Bool { lock.lock(); defer { lock.unlock() }; return value != nil }
+    var sha: String { lock.lock(); defer { lock.unlock() }; return value?.0 ?? "" }
+    var count: Int { lock.lock(); defer { lock.unlock() }; return value?.1 ?? 0 }
+    var clean: Bool { lock.lock(); defer { lock.unlock() }; return value?.2 ?? false }
+}
