@@ -242,6 +242,7 @@ public final class Sidecar: Sendable {
                                  localConnectTimeout: .milliseconds(Int64(definition.config.localConnectTimeoutMs)),
                                  maxConnectionLifetime: definition.config.maxConnectionLifetimeNs.map { .nanoseconds($0) },
                                  idleTimeout: definition.config.idleTimeoutNs.map { .nanoseconds($0) },
+                                 proxyProtocol: definition.config.proxyProtocol,
                                  l7: enforcesL7)
         let handshakeTimeout = TimeAmount.milliseconds(Int64(definition.config.handshakeTimeoutMs))
         let contexts = self.contexts, intentions = self.intentions, registry = self.registry

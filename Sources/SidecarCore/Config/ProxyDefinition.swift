@@ -30,6 +30,8 @@ public struct ProxyConfig: Equatable, Sendable {
     public var `protocol`: String = "tcp"
     /// Inbound connections older than this are cut (nil: no limit). Nanoseconds.
     public var maxConnectionLifetimeNs: Int64?
+    /// Send a PROXY protocol v2 header (peer address, SPIFFE ID) to the local service.
+    public var proxyProtocol = false
     /// Open connections per listener before accepting pauses.
     public var maxConnections: Int = 4096
     /// Connections with no byte in either direction for this long are closed. Backups can
@@ -159,6 +161,12 @@ extension ProxyDefinition {
         if let lifetime = try node.field("max_connection_lifetime") { config.maxConnectionLifetimeNs = try duration(lifetime) }
         if let idle = try node.field("idle_timeout") { config.idleTimeoutNs = try duration(idle) }
         if let limit = try node.field("max_connections") { config.maxConnections = try positive(limit) }
+        if let proxyProtocol = try node.optionalString("proxy_protocol") {
+            guard proxyProtocol.lowercased() == "v2" else {
+                throw node.error("\"\(proxyProtocol)\" is not supported; only \"v2\"", at: "proxy_protocol")
+            }
+            config.proxyProtocol = true
+        }
         if let proto = try node.optionalString("protocol") {
             let normalized = proto.lowercased()
             guard ["tcp", "http", "http2", "grpc"].contains(normalized) else {

@@ -11,6 +11,7 @@ struct InboundRoute: Sendable {
     var localConnectTimeout: TimeAmount
     var maxConnectionLifetime: TimeAmount?
     var idleTimeout: TimeAmount?
+    var proxyProtocol: Bool
     /// The local service speaks HTTP/1.1 (proxy config `protocol: http`): requests are
     /// decided one by one with the intentions' L7 permissions.
     var l7: Bool
@@ -99,6 +100,11 @@ final class InboundConnectionHandler: StagingHandler {
                 case (.success(let local), .connectingLocal):
                     let stats = ConnectionStats()
                     do {
+                        if route.proxyProtocol {
+                            let header = ProxyProtocolV2.header(source: meshChannel.remoteAddress, destination: meshChannel.localAddress,
+                                                                spiffeID: peer.identity.uri, tlsVersion: peer.protocolVersion)
+                            try local.pipeline.syncOperations.addHandler(ProxyProtocolHeaderHandler(header: header))
+                        }
                         if route.l7 {
                             try ConnectionJoiner.joinHTTP(mesh: meshChannel, meshStaging: self, local: local,
                                                           filter: requestFilter(peer: peer, route: route), stats: stats)

@@ -19,6 +19,8 @@ final class TestBackend: Sendable {
         case slowSink(bytesPerTick: Int, tick: TimeAmount)
         /// Streams `bytes` random bytes to each client as fast as it can take them (a restore).
         case source(bytes: Int)
+        /// Expects a PROXY v2 header, answers "src=<ip:port> spiffe=<id> tls=<version>\n", then echoes.
+        case proxyProtocolEcho
         /// A backup repository over HTTP/1.1 (NIOHTTP1): answers every request 200 with
         /// "METHOD path bytes sha256" of the body it received, and logs what reached it.
         case repository
@@ -67,6 +69,7 @@ final class TestBackend: Sendable {
                 case .slowSink(_, let tick): handler = SlowSinkHandler(tick: tick, bytes: bytes)
                 case .source(let total): handler = SourceHandler(total: total)
                 case .repository: preconditionFailure("configured above")
+                case .proxyProtocolEcho: handler = ProxyProtocolEchoHandler(bytes: bytes)
                 }
                 try channel.pipeline.syncOperations.addHandler(handler)
             }
@@ -278,6 +281,57 @@ private final class RepositoryHandler: ChannelInboundHandler {
                 if !keepAlive { channel.close(promise: nil) }
             }
         }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
+
+/// Parses the PROXY v2 header independently of the sidecar's encoder.
+private final class ProxyProtocolEchoHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let bytes: NIOLockedValueBox<Int>
+    var pending = ByteBuffer()
+    var parsed = false
+    init(bytes: NIOLockedValueBox<Int>) { self.bytes = bytes }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        bytes.withLockedValue { $0 += buffer.readableBytes }
+        if parsed { context.writeAndFlush(wrapOutboundOut(buffer), promise: nil); return }
+        pending.writeBuffer(&buffer)
+        guard pending.readableBytes >= 16, let length = pending.getInteger(at: pending.readerIndex + 14, as: UInt16.self),
+              pending.readableBytes >= 16 + Int(length) else { return }
+        let signature = pending.readBytes(length: 12)!
+        let versionCommand = pending.readInteger(as: UInt8.self)!
+        let family = pending.readInteger(as: UInt8.self)!
+        _ = pending.readInteger(as: UInt16.self)
+        var body = pending.readSlice(length: Int(length))!
+        var summary = signature == [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A] && versionCommand == 0x21
+            ? "" : "bad-signature "
+        if family == 0x11 {
+            let src = body.readBytes(length: 4)!, _ = body.readBytes(length: 4)!
+            let srcPort = body.readInteger(as: UInt16.self)!, _ = body.readInteger(as: UInt16.self)!
+            summary += "src=\(src.map(String.init).joined(separator: ".")):\(srcPort)"
+        }
+        while let type = body.readInteger(as: UInt8.self), let size = body.readInteger(as: UInt16.self),
+              var value = body.readSlice(length: Int(size)) {
+            if type == 0xE0 { summary += " spiffe=\(value.readString(length: value.readableBytes)!)" }
+            if type == 0x20 {
+                _ = value.readBytes(length: 5)
+                if value.readInteger(as: UInt8.self) == 0x21, let versionLength = value.readInteger(as: UInt16.self) {
+                    summary += " tls=\(value.readString(length: Int(versionLength))!)"
+                }
+            }
+        }
+        parsed = true
+        context.write(wrapOutboundOut(ByteBuffer(string: summary + "\n")), promise: nil)
+        if pending.readableBytes > 0 { context.write(wrapOutboundOut(pending), promise: nil) }
+        context.flush()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed { context.close(promise: nil) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
