@@ -352,7 +352,7 @@ EOF
   cat >"$d/intentions.json" <<'EOF'
 [{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Action":"allow"}]}]
 EOF
-  start_bg "$d/server.log" "$SIDECAR_BIN" run --service-file "$d/server-service.json" \
+  start_bg "$d/server.log" "$SIDECAR_BIN" run --admin-bind off --service-file "$d/server-service.json" \
     --cert "$CERTS/storage.pem" --key "$CERTS/storage.key" --ca "$CERTS/ca.pem" \
     --intentions-file "$d/intentions.json" "${SIDECAR_EXTRA[@]}"
   SERVER_PID=$LAST_PID
@@ -365,7 +365,7 @@ start_sidecar_client() {
   cat >"$d/client-service.json" <<EOF
 {"service":{"kind":"connect-proxy","name":"backup-agent-sidecar-proxy","port":$agent_public,"address":"127.0.0.1","proxy":{"destination_service_name":"backup-agent","local_service_port":$agent_local,"upstreams":[{"destination_name":"storage","local_bind_address":"127.0.0.1","local_bind_port":$LOCAL_PORT}]}}}
 EOF
-  start_bg "$d/client.log" "$SIDECAR_BIN" run --service-file "$d/client-service.json" \
+  start_bg "$d/client.log" "$SIDECAR_BIN" run --admin-bind off --service-file "$d/client-service.json" \
     --cert "$CERTS/backup-agent.pem" --key "$CERTS/backup-agent.key" --ca "$CERTS/ca.pem" \
     --upstream-endpoint "storage=127.0.0.1:$PUBLIC_PORT" "${SIDECAR_EXTRA[@]}"
   CLIENT_PID=$LAST_PID

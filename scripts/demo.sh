@@ -39,7 +39,7 @@ echo "== dev CA in Consul's shape (certs-dev/gen.sh)"
 certs-dev/gen.sh "$work/certs" >/dev/null
 echo "   trust domain: $(cat "$work/certs/trust-domain.txt")"
 
-backend=$(free_port); public=$(free_port); upstream=$(free_port)
+backend=$(free_port); public=$(free_port); upstream=$(free_port); admin_storage=$(free_port); admin_agent=$(free_port)
 
 # The storage service: nginx with WebDAV PUT, a stand-in for a backup repository.
 mkdir -p "$work/storage/snapshots" "$work/nginx-body"
@@ -75,11 +75,11 @@ cat > "$work/backup-agent-sidecar.json" <<JSON
 JSON
 cp deploy/intentions.json "$work/intentions.json"
 
-"$bin" run --service-file "$work/storage-sidecar.json" --intentions-file "$work/intentions.json" \
+"$bin" run --admin-bind "127.0.0.1:$admin_storage" --service-file "$work/storage-sidecar.json" --intentions-file "$work/intentions.json" \
   --cert "$work/certs/storage.pem" --key "$work/certs/storage.key" --ca "$work/certs/ca.pem" \
   >"$work/storage-audit.jsonl" 2>"$work/storage-sidecar.log" &
 pids+=($!)
-"$bin" run --service-file "$work/backup-agent-sidecar.json" --upstream-endpoint "storage=127.0.0.1:$public" \
+"$bin" run --admin-bind "127.0.0.1:$admin_agent" --service-file "$work/backup-agent-sidecar.json" --upstream-endpoint "storage=127.0.0.1:$public" \
   --cert "$work/certs/backup-agent.pem" --key "$work/certs/backup-agent.key" --ca "$work/certs/ca.pem" \
   >"$work/agent-audit.jsonl" 2>"$work/agent-sidecar.log" &
 pids+=($!)
@@ -115,6 +115,8 @@ fi
 sleep 0.2
 echo "   refused: $(audit_field "$work/storage-audit.jsonl" handshake_rejected reason)"
 
+echo "== storage sidecar metrics (http://127.0.0.1:$admin_storage/metrics)"
+curl -sS "http://127.0.0.1:$admin_storage/metrics" | grep -E '^backup_sidecar_(connections_total|intention_decisions_total|bytes_total)' | sed 's/^/   /'
 echo "== audit logs and sidecar logs: $work"
 if [ "$code" = "201" ] && [ "$sent" = "$stored" ] && [ "$sent" = "$restored" ]; then
   echo "RESULT: round trip verified, sha256 equal at both ends"

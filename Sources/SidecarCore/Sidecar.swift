@@ -17,10 +17,12 @@ public struct SidecarSettings: Sendable {
     public var datacenter: String
     public var audit: any AuditSink
     public var logger: Logger
+    /// Also fed every audit event (the caller puts it in `audit` too); read at scrape time.
+    public var metrics: SidecarMetrics?
 
     public init(definition: ProxyDefinition, credentials: TLSCredentials, intentions: IntentionSet?,
                 upstreamEndpoints: [String: [Endpoint]] = [:], datacenter: String = "dc1",
-                audit: any AuditSink, logger: Logger) {
+                audit: any AuditSink, logger: Logger, metrics: SidecarMetrics? = nil) {
         self.definition = definition
         self.credentials = credentials
         self.intentions = intentions
@@ -28,6 +30,7 @@ public struct SidecarSettings: Sendable {
         self.datacenter = datacenter
         self.audit = audit
         self.logger = logger
+        self.metrics = metrics
     }
 }
 
@@ -62,12 +65,13 @@ final class TLSContextStore: Sendable {
 
 /// One running sidecar: the public (inbound) listener and one listener per upstream.
 public final class Sidecar: Sendable {
-    private let settings: SidecarSettings
+    let settings: SidecarSettings
     private let group: EventLoopGroup
     private let contexts: TLSContextStore
     private let intentions: NIOLockedValueBox<IntentionSet?>
     private let listeners = NIOLockedValueBox<[String: Channel]>([:])
     private let registry = ConnectionRegistry()
+    private let upstreamInstances = NIOLockedValueBox<[String: EndpointRotation]>([:])
     private let tracker = ConnectionTracker()
     private let draining = NIOLockedValueBox(false)
     private let expiryWarnedSerial = NIOLockedValueBox<String?>(nil)
@@ -129,6 +133,7 @@ public final class Sidecar: Sendable {
     /// connection they no longer allow is cut, with an audit line naming what revoked it.
     public func updateIntentions(_ set: IntentionSet) {
         intentions.withLockedValue { $0 = set }
+        settings.metrics?.intentionsReloaded()
         var revoked = 0
         for entry in registry.entries {
             let decision = set.decide(source: entry.source, destination: entry.destination, l7: enforcesL7)
@@ -152,6 +157,7 @@ public final class Sidecar: Sendable {
             throw TLSMaterialError("new certificates are for trust domain \(credentials.trustDomain), not \(old.trustDomain)")
         }
         try contexts.replace(with: credentials)
+        settings.metrics?.certificateRotated()
         settings.logger.notice("certificates rotated", metadata: [
             "old_serial": "\(old.leaf.serialNumber)", "serial": "\(credentials.leaf.serialNumber)",
             "not_after": "\(credentials.leaf.notAfter)", "roots": "\(credentials.trustedRoots.count)",
@@ -195,6 +201,33 @@ public final class Sidecar: Sendable {
 
     /// True once a drain started: not ready for new work (the admin API's /ready).
     public var isDraining: Bool { draining.withLockedValue { $0 } }
+
+    var currentIntentions: IntentionSet? { intentions.withLockedValue { $0 } }
+
+    /// Ready for traffic: certificates and intentions loaded, listeners bound, not draining.
+    public var readiness: (ready: Bool, reason: String) {
+        if isDraining { return (false, "draining") }
+        if intentions.withLockedValue({ $0 }) == nil { return (false, "intentions not loaded") }
+        if listeners.withLockedValue({ $0.isEmpty }) { return (false, "no listener bound") }
+        if contexts.credentials.leaf.notAfter <= Date() { return (false, "leaf certificate expired") }
+        return (true, "ready")
+    }
+
+    /// Updates the state gauges (called when /metrics is scraped).
+    public func refreshMetrics() {
+        guard let metrics = settings.metrics else { return }
+        let listenerNames = [Self.publicListenerName] + settings.definition.upstreams.map { "upstream:\($0.destinationName)" }
+        for name in listenerNames {
+            metrics.setGauge("backup_sidecar_connections_active", Double(tracker.count(name)), [("listener", name)])
+        }
+        let leaf = contexts.credentials.leaf
+        metrics.setGauge("backup_sidecar_leaf_expiry_seconds", leaf.notAfter.timeIntervalSinceNow)
+        metrics.setGauge("backup_sidecar_trusted_roots", Double(contexts.credentials.trustedRoots.count))
+        for (name, rotation) in upstreamInstances.withLockedValue({ $0 }) {
+            metrics.setGauge("backup_sidecar_upstream_instances", Double(rotation.count), [("upstream", name)])
+        }
+        metrics.setGauge("backup_sidecar_ready", readiness.ready ? 1 : 0)
+    }
 
     /// Open connections on a listener ("public" or "upstream:<name>").
     public func openConnections(on listener: String) -> Int { tracker.count(listener) }
@@ -293,8 +326,10 @@ public final class Sidecar: Sendable {
                                 namespace: upstream.destinationNamespace,
                                 datacenter: upstream.datacenter ?? settings.datacenter, service: upstream.destinationName)
         let contexts = self.contexts
+        let rotation = EndpointRotation(settings.upstreamEndpoints[upstream.destinationName] ?? [])
+        upstreamInstances.withLockedValue { $0[upstream.destinationName] = rotation }
         let route = UpstreamRoute(upstream: upstream, expectedIdentity: expected,
-                                  endpoints: EndpointRotation(settings.upstreamEndpoints[upstream.destinationName] ?? []),
+                                  endpoints: rotation,
                                   tlsContext: { contexts.client },
                                   handshakeTimeout: .milliseconds(Int64(settings.definition.config.handshakeTimeoutMs)),
                                   idleTimeout: settings.definition.config.idleTimeoutNs.map { .nanoseconds($0) })

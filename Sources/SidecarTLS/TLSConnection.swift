@@ -8,6 +8,8 @@ public struct TLSPeer: Sendable {
     public let protocolVersion: String
     public let cipherSuite: String
     public let applicationProtocol: String?
+    /// From the first handshake byte to a verified peer.
+    public internal(set) var handshakeDuration: TimeAmount = .zero
 }
 
 /// One SSL object and its BIO. Knows OpenSSL's return-code conventions; knows nothing of NIO

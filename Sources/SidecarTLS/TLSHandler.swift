@@ -73,6 +73,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var pendingWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
     private var flushPending = false
     private var handshakeTimer: Scheduled<Void>?
+    private var handshakeStarted = NIODeadline.now()
 
     /// - Parameter expectedPeer: client role: the identity the server must present.
     public init(context: TLSContext, expectedPeer: SPIFFEID? = nil,
@@ -207,6 +208,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func startHandshake(context: ChannelHandlerContext) {
         state = .handshaking
+        handshakeStarted = .now()
         if let timeout = configuration.handshakeTimeout {
             handshakeTimer = context.eventLoop.scheduleTask(in: timeout) { [weak self] in
                 guard let self, case .handshaking = self.state else { return }
@@ -228,7 +230,8 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             switch connection.verifiedPeer() {
             case .failure(let reason):
                 fail(context: context, TLSError.peerRejected(reason))
-            case .success(let peer):
+            case .success(var peer):
+                peer.handshakeDuration = .now() - handshakeStarted
                 state = .open(inputOpen: true, outputOpen: true)
                 context.fireUserInboundEventTriggered(TLSEvent.handshakeCompleted(peer))
                 if flushPending {

@@ -61,6 +61,12 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @Option(name: .customLong("log-format"), help: "text (for terminals) or json (one object per line, for log shippers).")
+    var logFormat: String = "text"
+
+    @Option(name: .customLong("admin-bind"), help: "Admin listener for /metrics /ready /live /certs /config, HOST:PORT or off.")
+    var adminBind: String = "127.0.0.1:19000"
+
     @Option(help: "Event-loop threads (default: one per core, at most 4).")
     var threads: Int?
 
@@ -78,7 +84,20 @@ struct Run: AsyncParsableCommand {
         guard let level = Logger.Level(rawValue: logLevel) else {
             fail("invalid --log-level \"\(logLevel)\"", status: ExitStatus.configuration)
         }
+        guard ["text", "json"].contains(logFormat) else {
+            fail("--log-format must be text or json, not \"\(logFormat)\"", status: ExitStatus.configuration)
+        }
+        let adminEndpoint: Endpoint?
+        if adminBind == "off" {
+            adminEndpoint = nil
+        } else if let endpoint = Endpoint(parsing: adminBind) ?? (adminBind.hasSuffix(":0") ? Endpoint(host: String(adminBind.dropLast(2)), port: 0) : nil) {
+            adminEndpoint = endpoint
+        } else {
+            fail("--admin-bind must be HOST:PORT or off, not \"\(adminBind)\"", status: ExitStatus.configuration)
+        }
+        let json = logFormat == "json"
         LoggingSystem.bootstrap { label in
+            if json { return JSONLogHandler(label: label, level: level) }
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
@@ -110,6 +129,15 @@ struct Run: AsyncParsableCommand {
             fail("\(error)", status: ExitStatus.listener)
         }
         runningSidecar.withLockedValue { $0 = sidecar }
+        if let adminEndpoint, let metrics = settings.metrics {
+            do {
+                let admin = try await AdminServer.start(host: adminEndpoint.host, port: adminEndpoint.port, sidecar: sidecar,
+                                                        metrics: metrics, group: group)
+                logger.info("admin listener", metadata: ["address": "\(admin.localAddress.map { "\($0)" } ?? "?")"])
+            } catch {
+                fail("\(error)", status: ExitStatus.listener)
+            }
+        }
         logger.info("sidecar running", metadata: [
             "identity": "\(settings.credentials.identity)", "serial": "\(settings.credentials.leaf.serialNumber)",
         ])
@@ -173,9 +201,11 @@ struct Run: AsyncParsableCommand {
             }
             endpoints[parts[0], default: []].append(endpoint)
         }
-        let audit: any AuditSink = auditLog == "-" ? JSONLinesAuditSink() : try JSONLinesAuditSink.file(at: auditLog)
+        let auditLines: any AuditSink = auditLog == "-" ? JSONLinesAuditSink() : try JSONLinesAuditSink.file(at: auditLog)
+        let metrics = SidecarMetrics()
         let settings = SidecarSettings(definition: definition, credentials: credentials, intentions: intentions,
-                                       upstreamEndpoints: endpoints, datacenter: datacenter, audit: audit, logger: logger)
+                                       upstreamEndpoints: endpoints, datacenter: datacenter,
+                                       audit: AuditFanOut([auditLines, metrics]), logger: logger, metrics: metrics)
         return (settings, source)
     }
 }

@@ -15,7 +15,7 @@ struct DeployFilesTests {
         #expect(agent.localServicePort == 9100)
         #expect(agent.port == 21000)
         #expect(agent.upstreams.map(\.destinationName) == ["storage"])
-        #expect(agent.upstreams.first?.localBindPort == 19000)
+        #expect(agent.upstreams.first?.localBindPort == 19100)
         #expect(agent.upstreams.first?.connectTimeoutMs == 5000)
 
         let storage = try ProxyDefinition.load(path: Self.path("consul/storage.json"))

@@ -129,7 +129,7 @@ struct LifecycleTests {
             #"[{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Action":"allow"}]}]"#)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
-        process.arguments = ["run", "--service-file", service, "--intentions-file", intentions,
+        process.arguments = ["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", intentions,
                              "--audit-log", "\(CommandLineTests.scratch)/drain-audit.jsonl"] + CommandLineTests.certs()
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice

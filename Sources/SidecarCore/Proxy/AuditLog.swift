@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import NIOConcurrencyHelpers
 
 /// One audit record: every handshake decision and every connection close. Field names are part
@@ -36,6 +37,8 @@ public struct AuditEvent: Sendable, Equatable {
     public var durationMs: Int?
     public var method: String?
     public var path: String?
+    /// Handshake time, on `authorization` and `upstream_connected`.
+    public var handshakeMs: Double?
 
     public init(kind: Kind, listener: String, peerAddress: String? = nil, source: String? = nil,
                 sourceSerial: String? = nil, destination: String? = nil, decision: String? = nil,
@@ -56,6 +59,12 @@ public struct AuditEvent: Sendable, Equatable {
         self.path = path
     }
 
+    func with(handshake duration: TimeAmount) -> AuditEvent {
+        var copy = self
+        copy.handshakeMs = Double(duration.nanoseconds) / 1e6
+        return copy
+    }
+
     /// One JSON object, fields in a fixed order, absent fields omitted.
     public var jsonLine: String {
         var fields: [(String, String)] = [
@@ -74,6 +83,7 @@ public struct AuditEvent: Sendable, Equatable {
         add("bytes_in", bytesIn)
         add("bytes_out", bytesOut)
         add("duration_ms", durationMs)
+        if let handshakeMs { fields.append(("handshake_ms", String(format: "%.3f", handshakeMs))) }
         return "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
     }
 

@@ -67,7 +67,7 @@ final class InboundConnectionHandler: StagingHandler {
         audit.record(AuditEvent(kind: .authorization, listener: listenerName, peerAddress: peerAddress,
                                 source: peer.identity.uri, sourceSerial: peer.certificateSerial,
                                 destination: route.destinationService, decision: decision.allowed ? "allow" : "deny",
-                                reason: decision.reasonText))
+                                reason: decision.reasonText).with(handshake: peer.handshakeDuration))
         guard decision.allowed else {
             logger.info("inbound connection denied", metadata: [
                 "source": "\(peer.identity)", "peer": "\(peerAddress)", "reason": "\(decision.reasonText)",

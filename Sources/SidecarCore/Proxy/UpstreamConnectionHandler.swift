@@ -39,6 +39,8 @@ final class EndpointRotation: Sendable {
 
     func replace(_ endpoints: [Endpoint]) { state.withLockedValue { $0.endpoints = endpoints } }
 
+    var count: Int { state.withLockedValue { $0.endpoints.count } }
+
     func attemptOrder() -> [Endpoint] {
         state.withLockedValue { value in
             guard !value.endpoints.isEmpty else { return [] }
@@ -141,7 +143,8 @@ final class UpstreamConnectionHandler: StagingHandler {
                     }
                     audit.record(AuditEvent(kind: .upstreamConnected, listener: listenerName, peerAddress: callerAddress,
                                             source: nil, destination: peer.identity.uri, decision: "allow",
-                                            reason: "\(endpoint) serial \(peer.certificateSerial) \(peer.protocolVersion)"))
+                                            reason: "\(endpoint) serial \(peer.certificateSerial) \(peer.protocolVersion)")
+                        .with(handshake: peer.handshakeDuration))
                     recordClose(mesh: remote, local: local, peer: peer, endpoint: endpoint, stats: stats)
                     let logger = self.logger, upstream = route.upstream.destinationName
                     IdleTimeout.arm(route.idleTimeout, stats: stats, mesh: remote, local: local) {

@@ -71,9 +71,11 @@ struct MeshFixture {
             id: "storage-sidecar-proxy", name: "storage-sidecar-proxy", address: "127.0.0.1", port: 0,
             destinationServiceName: "storage", destinationServiceID: nil, localServiceAddress: "127.0.0.1",
             localServicePort: backendPort, config: config, upstreams: [])
+        let metrics = SidecarMetrics()
         let sidecar = try Sidecar(settings: SidecarSettings(
             definition: definition, credentials: credentials,
-            intentions: IntentionSet(intentions, defaultAction: defaultAction), audit: audit, logger: quietLogger),
+            intentions: IntentionSet(intentions, defaultAction: defaultAction), audit: AuditFanOut([audit, metrics]),
+            logger: quietLogger, metrics: metrics),
             group: testGroup)
         try await sidecar.start()
         return (sidecar, audit)

@@ -1,0 +1,131 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import SidecarTLS
+
+/// The admin listener (default 127.0.0.1:19000): `/metrics` (Prometheus), `/ready`, `/live`,
+/// `/certs` and `/config` (JSON, no secrets). GET only; meant for loopback.
+public enum AdminServer {
+    public static func start(host: String, port: Int, sidecar: Sidecar, metrics: SidecarMetrics,
+                             group: EventLoopGroup) async throws -> Channel {
+        do {
+            return try await ServerBootstrap(group: group)
+                .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+                .childChannelInitializer { channel in
+                    channel.pipeline.configureHTTPServerPipeline().flatMap {
+                        channel.pipeline.addHandler(AdminHandler(sidecar: sidecar, metrics: metrics))
+                    }
+                }
+                .bind(host: host, port: port).get()
+        } catch {
+            throw SidecarError.bindFailed(listener: "admin", address: "\(host):\(port)", reason: "\(error)")
+        }
+    }
+}
+
+final class AdminHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let sidecar: Sidecar
+    private let metrics: SidecarMetrics
+    private var request: HTTPRequestHead?
+
+    init(sidecar: Sidecar, metrics: SidecarMetrics) {
+        self.sidecar = sidecar
+        self.metrics = metrics
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head): request = head
+        case .body: break
+        case .end:
+            guard let head = request else { return }
+            request = nil
+            let (status, contentType, body) = respond(to: head)
+            var headers = HTTPHeaders([("content-type", contentType), ("content-length", "\(body.utf8.count)")])
+            if !head.isKeepAlive { headers.add(name: "connection", value: "close") }
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
+            let keepAlive = head.isKeepAlive, channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+                if !keepAlive { channel.close(promise: nil) }
+            }
+        }
+    }
+
+    private func respond(to head: HTTPRequestHead) -> (HTTPResponseStatus, String, String) {
+        guard head.method == .GET || head.method == .HEAD else { return (.methodNotAllowed, "text/plain", "GET only\n") }
+        switch head.uri.split(separator: "?").first.map(String.init) ?? "" {
+        case "/metrics":
+            sidecar.refreshMetrics()
+            return (.ok, "text/plain; version=0.0.4", metrics.exposition())
+        case "/live":
+            return (.ok, "text/plain", "live\n")
+        case "/ready":
+            let (ready, reason) = sidecar.readiness
+            return (ready ? .ok : .serviceUnavailable, "text/plain", reason + "\n")
+        case "/certs":
+            return (.ok, "application/json", Self.json(sidecar.certificateReport()))
+        case "/config":
+            return (.ok, "application/json", Self.json(sidecar.configurationReport()))
+        default:
+            return (.notFound, "text/plain", "not found; try /metrics /ready /live /certs /config\n")
+        }
+    }
+
+    static func json(_ value: Any) -> String {
+        let data = (try? JSONSerialization.data(withJSONObject: value, options: [.prettyPrinted, .sortedKeys])) ?? Data("{}".utf8)
+        return String(decoding: data, as: UTF8.self) + "\n"
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
+
+extension Sidecar {
+    /// `/certs`: what new handshakes present and trust. Public material only.
+    func certificateReport() -> [String: Any] {
+        let credentials = currentCredentials
+        func describe(_ certificate: Certificate) -> [String: Any] {
+            ["serial": certificate.serialNumber, "uris": certificate.uriSANs,
+             "not_before": AuditEvent.timestamp(certificate.notBefore), "not_after": AuditEvent.timestamp(certificate.notAfter)]
+        }
+        var leaf = describe(credentials.leaf)
+        leaf["spiffe_id"] = credentials.identity.uri
+        leaf["seconds_to_expiry"] = Int(credentials.leaf.notAfter.timeIntervalSinceNow)
+        return ["trust_domain": credentials.trustDomain, "leaf": leaf,
+                "intermediates": credentials.chain.dropFirst().map(describe),
+                "roots": credentials.trustedRoots.map(describe)]
+    }
+
+    /// `/config`: the effective configuration. No keys, no tokens.
+    func configurationReport() -> [String: Any] {
+        let definition = settings.definition
+        let config = definition.config
+        var limits: [String: Any] = [
+            "handshake_timeout_ms": config.handshakeTimeoutMs, "local_connect_timeout_ms": config.localConnectTimeoutMs,
+            "max_connections": config.maxConnections,
+        ]
+        if let idle = config.idleTimeoutNs { limits["idle_timeout_s"] = Double(idle) / 1e9 }
+        if let lifetime = config.maxConnectionLifetimeNs { limits["max_connection_lifetime_s"] = Double(lifetime) / 1e9 }
+        let set = currentIntentions
+        return [
+            "proxy": ["id": definition.id, "name": definition.name, "destination_service": definition.destinationServiceName,
+                      "public_listener": definition.publicBindPort.map { "\(definition.publicBindAddress):\($0)" } ?? NSNull(),
+                      "local_service": definition.localServicePort.map { "\(definition.localServiceAddress):\($0)" } ?? NSNull(),
+                      "protocol": config.protocol, "proxy_protocol": config.proxyProtocol ? "v2" : "off"],
+            "limits": limits,
+            "datacenter": settings.datacenter,
+            "upstreams": definition.upstreams.map { upstream -> [String: Any] in
+                ["destination": upstream.destinationName, "namespace": upstream.destinationNamespace,
+                 "partition": upstream.destinationPartition, "datacenter": upstream.datacenter ?? settings.datacenter,
+                 "local_bind": upstream.listenerKey, "connect_timeout_ms": upstream.connectTimeoutMs,
+                 "instances": (settings.upstreamEndpoints[upstream.destinationName] ?? []).map(\.description)]
+            },
+            "intentions": ["loaded": set != nil, "count": set?.intentions.count ?? 0,
+                           "default": set?.defaultAction.rawValue ?? "deny"],
+        ]
+    }
+}

@@ -1,0 +1,40 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+
+/// One JSON object per log line on stderr, for log shippers (Azure Monitor, Splunk):
+/// `{"ts", "level", "logger", "message", ...metadata}`.
+struct JSONLogHandler: LogHandler {
+    var logLevel: Logger.Level
+    var metadata: Logger.Metadata = [:]
+    let label: String
+    private static let lock = NIOLock()
+
+    init(label: String, level: Logger.Level) {
+        self.label = label
+        self.logLevel = level
+    }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?,
+             source: String, file: String, function: String, line: UInt) {
+        var object: [String: String] = [:]
+        for (key, value) in metadata.merging(explicit ?? [:], uniquingKeysWith: { $1 }) { object[key] = "\(value)" }
+        object["ts"] = Self.timestamp()
+        object["level"] = level.rawValue
+        object["logger"] = label
+        object["message"] = message.description
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
+        Self.lock.withLock { FileHandle.standardError.write(data + Data("\n".utf8)) }
+    }
+
+    private static func timestamp() -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter.string(from: Date())
+    }
+}

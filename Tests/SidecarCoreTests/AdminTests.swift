@@ -1,0 +1,131 @@
+import Foundation
+import Glibc
+import Testing
+@testable import SidecarCore
+import SidecarTLS
+
+/// The admin listener, scraped with curl.
+@Suite("Admin API and metrics", .serialized)
+struct AdminTests {
+    /// One line of the Prometheus text exposition format (comment or sample).
+    static let sampleLine = try! NSRegularExpression(pattern:
+        #"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? -?([0-9.e+-]+|NaN|\+Inf|-Inf)$"#)
+    static let commentLine = try! NSRegularExpression(pattern: #"^# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]*( .*)?$"#)
+
+    static func matches(_ regex: NSRegularExpression, _ line: String) -> Bool {
+        regex.firstMatch(in: line, range: NSRange(line.startIndex..., in: line)) != nil
+    }
+
+    static func value(_ metrics: String, _ prefix: String) -> Double? {
+        metrics.split(separator: "\n").first { $0.hasPrefix(prefix + " ") }.flatMap { Double($0.split(separator: " ").last!) }
+    }
+
+    static func get(_ port: Int, _ path: String) async throws -> (status: String, body: String) {
+        let run = try await ProcessRunner.run(["curl", "-sS", "-w", "\n%{http_code}", "http://127.0.0.1:\(port)\(path)"], timeout: 10)
+        var lines = run.output.split(separator: "\n", omittingEmptySubsequences: false)
+        let status = String(lines.removeLast())
+        return (status, lines.joined(separator: "\n").trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    @Test("/metrics during traffic: counters move and every line is valid exposition format")
+    func metrics() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo)
+        defer { Task { await mesh.stop() } }
+        let metrics = try #require(mesh.storage.settings.metrics)
+        let admin = try await AdminServer.start(host: "127.0.0.1", port: 0, sidecar: mesh.storage, metrics: metrics, group: testGroup)
+        defer { Task { try? await admin.close() } }
+        let port = admin.localAddress!.port!
+
+        let open = try BlockingSocket(port: mesh.upstreamPort)
+        open.setReceiveTimeout(seconds: 5)
+        #expect(await onThread { ReauthorizationTests.ping(open, "measured\n") })
+        let during = try await Self.get(port, "/metrics")
+        #expect(during.status == "200")
+        #expect(Self.value(during.body, #"backup_sidecar_connections_active{listener="public"}"#) == 1)
+        #expect(Self.value(during.body, #"backup_sidecar_connections_total{listener="public",outcome="allowed"}"#) == 1)
+        #expect(Self.value(during.body, #"backup_sidecar_intention_decisions_total{layer="l4",result="allow"}"#) == 1)
+        #expect(during.body.contains("backup_sidecar_handshake_duration_seconds_bucket"))
+        #expect((Self.value(during.body, "backup_sidecar_leaf_expiry_seconds") ?? 0) > 86_400)
+
+        // A refused peer and a finished connection move their counters too.
+        _ = try await ProcessRunner.run(["openssl", "s_client", "-connect", "127.0.0.1:\(mesh.publicPort)", "-quiet",
+                                         "-cert", TestCertificates.path("other-backup-agent.pem"),
+                                         "-key", TestCertificates.path("other-backup-agent.key")], input: Data(), timeout: 10)
+        open.shutdownWrite()
+        _ = await onThread { open.receiveAll() }
+        #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .connectionClosed } })
+        let after = try await Self.get(port, "/metrics")
+        #expect(Self.value(after.body, #"backup_sidecar_connections_total{listener="public",outcome="rejected"}"#) == 1)
+        #expect(Self.value(after.body, #"backup_sidecar_handshake_failures_total{listener="public",reason="untrusted_certificate"}"#) == 1)
+        #expect(Self.value(after.body, #"backup_sidecar_bytes_total{direction="from_mesh",listener="public"}"#) == 9
+                || Self.value(after.body, #"backup_sidecar_bytes_total{listener="public",direction="from_mesh"}"#) == 9, "\(after.body)")
+        #expect(Self.value(after.body, #"backup_sidecar_connections_active{listener="public"}"#) == 0)
+
+        let lines = after.body.split(separator: "\n").map(String.init).filter { !$0.isEmpty }
+        #expect(lines.count > 10)
+        for line in lines {
+            #expect(Self.matches(Self.commentLine, line) || Self.matches(Self.sampleLine, line), "not exposition format: \(line)")
+        }
+    }
+
+    @Test("/ready, /live, /certs and /config")
+    func endpoints() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo)
+        defer { Task { await mesh.stop() } }
+        let admin = try await AdminServer.start(host: "127.0.0.1", port: 0, sidecar: mesh.storage,
+                                                metrics: mesh.storage.settings.metrics!, group: testGroup)
+        defer { Task { try? await admin.close() } }
+        let port = admin.localAddress!.port!
+
+        #expect(try await Self.get(port, "/live").status == "200")
+        #expect(try await Self.get(port, "/ready") == ("200", "ready"))
+
+        let certs = try await Self.get(port, "/certs")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(certs.body.utf8)) as? [String: Any])
+        let leaf = try #require(report["leaf"] as? [String: Any])
+        #expect(leaf["serial"] as? String == mesh.storage.currentCredentials.leaf.serialNumber)
+        #expect((leaf["spiffe_id"] as? String)?.hasSuffix("/svc/storage") == true)
+        #expect((report["roots"] as? [Any])?.count == 1)
+        #expect(!certs.body.contains("PRIVATE"))
+
+        let config = try await Self.get(port, "/config")
+        let effective = try #require(try JSONSerialization.jsonObject(with: Data(config.body.utf8)) as? [String: Any])
+        #expect((effective["proxy"] as? [String: Any])?["destination_service"] as? String == "storage")
+        #expect((effective["intentions"] as? [String: Any])?["count"] as? Int == 1)
+        #expect(!config.body.contains("PRIVATE") && !config.body.contains("BEGIN"))
+
+        _ = await mesh.storage.drain(timeout: .milliseconds(100))
+        #expect(try await Self.get(port, "/ready") == ("503", "draining"))
+        #expect(try await Self.get(port, "/nope").status == "404")
+    }
+
+    @Test("--log-format json: every log line is a JSON object")
+    func jsonLogs() async throws {
+        let port = try LifecycleTests.freePort()
+        let service = CommandLineTests.write("jsonlog.json", """
+            {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
+              "proxy": {"destination_service_name": "storage", "local_service_port": 9}}}
+            """)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
+        process.arguments = ["run", "--admin-bind", "off", "--log-format", "json", "--service-file", service] + CommandLineTests.certs()
+        let stderr = Pipe()
+        process.standardError = stderr
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
+        kill(process.processIdentifier, SIGTERM)
+        let output = await onThread { () -> String in
+            let data = stderr.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return String(decoding: data, as: UTF8.self)
+        }
+        let lines = output.split(separator: "\n")
+        #expect(lines.count >= 3, "\(output)")
+        for line in lines {
+            let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            #expect(object?["message"] != nil && object?["level"] != nil && object?["ts"] != nil, "not a JSON log line: \(line)")
+        }
+        #expect(output.contains("\"message\":\"sidecar running\""))
+    }
+}
