@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import Glibc
 import Testing
 @testable import SidecarCore
@@ -28,16 +29,16 @@ struct FileRotationTests {
                 try FileManager.default.copyItem(atPath: TestCertificates.path(from), toPath: "\(directory)/\(to)")
             }
             let backend = try await TestBackend(.echo, group: testGroup)
-            let box = SidecarBox()
+            let box = NIOLockedValueBox<Sidecar?>(nil)
             let source = CertificateFileSource(certificatePath: "\(directory)/storage.pem", keyPath: "\(directory)/storage.key",
                                                rootsPath: "\(directory)/roots.pem", trustDomain: nil, logger: quietLogger) {
-                try box.sidecar?.updateCredentials($0)
+                try box.withLockedValue { $0 }?.updateCredentials($0)
             }
             let credentials = try source.start(interval: .milliseconds(100))
             let (sidecar, audit) = try await MeshFixture.startStorage(
                 backendPort: backend.port, credentials: credentials,
                 intentions: MeshFixture.allowBackupAgent + [Intention(destinationName: "storage", sourceName: "restore-agent", action: .allow)])
-            box.sidecar = sidecar
+            box.withLockedValue { $0 = sidecar }
             return WatchedStorage(directory: directory, sidecar: sidecar, source: source, audit: audit, backend: backend)
         }
 
@@ -159,14 +160,5 @@ struct FileRotationTests {
         #expect(rejected.reason?.contains("refusing to present it") == true, "\(rejected.reason ?? "")")
         #expect(backend.connections == 0)
         #expect(await eventually { agentAudit.events.contains { $0.kind == .upstreamFailed } })
-    }
-}
-
-final class SidecarBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Sidecar?
-    var sidecar: Sidecar? {
-        get { lock.lock(); defer { lock.unlock() }; return value }
-        set { lock.lock(); value = newValue; lock.unlock() }
     }
 }

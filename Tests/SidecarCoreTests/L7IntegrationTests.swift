@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import Testing
 @testable import SidecarCore
 import SidecarTLS
@@ -137,10 +138,11 @@ struct L7IntegrationTests {
         let expected = digest.finalizeHex()
 
         let baseline = residentMemoryBytes()
-        let peak = LockedPeak()
+        let peak = NIOLockedValueBox(0)
         let sampler = Task {
             while !Task.isCancelled {
-                peak.record(residentMemoryBytes() - baseline)
+                let growth = residentMemoryBytes() - baseline
+                peak.withLockedValue { $0 = max($0, growth) }
                 try? await Task.sleep(for: .milliseconds(50))
             }
         }
@@ -150,7 +152,8 @@ struct L7IntegrationTests {
         sampler.cancel()
         #expect(lines.first?.status == "200", "\(lines)")
         #expect(lines.first?.body == "PUT /repository/big.bin \(100 << 20) \(expected)", "\(lines)")
-        #expect(peak.value < 64 << 20, "RSS grew by \(peak.value >> 20) MiB during a 100 MiB upload")
+        let grown = peak.withLockedValue { $0 }
+        #expect(grown < 64 << 20, "RSS grew by \(grown >> 20) MiB during a 100 MiB upload")
     }
 
     @Test("HTTP/2 with prior knowledge is refused on an L7 listener, with an audit line")
@@ -213,11 +216,4 @@ struct L7IntegrationTests {
         let decision = try #require(mesh.storageAudit.events.first { $0.kind == .httpRequest })
         #expect(decision.reason?.contains("default/default/backup-agent -> default/storage") == true)
     }
-}
-
-final class LockedPeak: @unchecked Sendable {
-    private let lock = NSLock()
-    private var peak = 0
-    func record(_ value: Int) { lock.lock(); peak = max(peak, value); lock.unlock() }
-    var value: Int { lock.lock(); defer { lock.unlock() }; return peak }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import Glibc
 import Testing
 @testable import SidecarCore
@@ -10,8 +11,11 @@ struct LifecycleTests {
     /// Sends `chunks` x 256 KiB with a pause between them, then reads the echo back.
     static func pacedRoundTrip(_ socket: BlockingSocket, chunks: Int, pauseMs: UInt32) -> (sent: String, received: String, count: Int, clean: Bool) {
         let digest = SHA256Digest()
-        let reader = LockedResultBox()
-        let thread = Thread { let r = socket.receiveAll(); reader.set(r.sha256, r.count, r.cleanEOF) }
+        let reader = NIOLockedValueBox<(sha: String, count: Int, clean: Bool)?>(nil)
+        let thread = Thread {
+            let r = socket.receiveAll()
+            reader.withLockedValue { $0 = (r.sha256, r.count, r.cleanEOF) }
+        }
         thread.start()
         for _ in 0..<chunks {
             let chunk = secureRandomBytes(256 << 10)
@@ -20,8 +24,9 @@ struct LifecycleTests {
             usleep(pauseMs * 1000)
         }
         socket.shutdownWrite()
-        while !reader.done { usleep(5000) }
-        return (digest.finalizeHex(), reader.sha, reader.count, reader.clean)
+        while reader.withLockedValue({ $0 }) == nil { usleep(5000) }
+        let received = reader.withLockedValue { $0 }!
+        return (digest.finalizeHex(), received.sha, received.count, received.clean)
     }
 
     @Test("Drain: in-flight transfers finish, new connections are refused, nothing is aborted")
@@ -76,14 +81,14 @@ struct LifecycleTests {
 
         let third = try BlockingSocket(port: mesh.upstreamPort)
         third.setReceiveTimeout(seconds: 10)
-        let answered = LockedInstant()
+        let answered = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
         let waiting = Task { await onThread { () -> Bool in
             let ok = ReauthorizationTests.ping(third, "waiting\n")
-            answered.set()
+            answered.withLockedValue { $0 = $0 ?? .now }
             return ok
         } }
         try await Task.sleep(for: .milliseconds(600))
-        #expect(answered.value == nil, "the third connection was served beyond the limit")
+        #expect(answered.withLockedValue { $0 } == nil, "the third connection was served beyond the limit")
         #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) == 2)
 
         first.shutdownWrite()
@@ -166,14 +171,4 @@ struct LifecycleTests {
         _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
         return Int(UInt16(bigEndian: address.sin_port))
     }
-}
-
-final class LockedResultBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: (String, Int, Bool)?
-    func set(_ sha: String, _ count: Int, _ clean: Bool) { lock.lock(); value = (sha, count, clean); lock.unlock() }
-    var done: Bool { lock.lock(); defer { lock.unlock() }; return value != nil }
-    var sha: String { lock.lock(); defer { lock.unlock() }; return value?.0 ?? "" }
-    var count: Int { lock.lock(); defer { lock.unlock() }; return value?.1 ?? 0 }
-    var clean: Bool { lock.lock(); defer { lock.unlock() }; return value?.2 ?? false }
 }

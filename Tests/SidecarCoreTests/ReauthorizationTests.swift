@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import Glibc
 import Logging
 import Testing
@@ -46,10 +47,10 @@ struct ReauthorizationTests {
         // (reset or clean EOF) is exactly what recv reports.
         let backup = try BlockingSocket(port: mesh.upstreamPort)
         backup.setReceiveTimeout(seconds: 10)
-        let ended = LockedInstant()
+        let ended = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
         let reader = Task { await onThread { () -> (count: Int, sha256: String, prefix: [UInt8], cleanEOF: Bool) in
             let result = backup.receiveAll()
-            ended.set()
+            ended.withLockedValue { $0 = $0 ?? .now }
             return result
         } }
         #expect(await eventually { mesh.storage.openInboundConnections == 2 })
@@ -62,7 +63,7 @@ struct ReauthorizationTests {
         let flipped = ContinuousClock.now
         mesh.storage.updateIntentions(IntentionSet(denyBackup, defaultAction: .deny))
         let cut = await reader.value
-        let elapsed = try #require(ended.value) - flipped
+        let elapsed = try #require(ended.withLockedValue { $0 }) - flipped
         #expect(elapsed < .seconds(1), "cut after \(elapsed)")
         #expect(cut.count > 0 && cut.count < 1 << 30, "cut mid-transfer (\(cut.count) bytes)")
         #expect(!cut.cleanEOF, "a revoked transfer must end in a reset, never a clean EOF")
@@ -121,27 +122,27 @@ struct ReauthorizationTests {
                 """.utf8))
         }
         write("allow")
-        let applied = NIOLockedBox()
-        let source = IntentionsFileSource(path: path, defaultAction: .deny, logger: quietLogger) { applied.append($0) }
+        let applied = NIOLockedValueBox<[IntentionSet]>([])
+        let source = IntentionsFileSource(path: path, defaultAction: .deny, logger: quietLogger) { set in applied.withLockedValue { $0.append(set) } }
         let initial = try source.start(interval: .milliseconds(50))
         defer { source.stop() }
         let agent = SPIFFEID(trustDomain: "td.consul", datacenter: "dc1", service: "backup-agent")
         #expect(initial.decide(source: agent, destination: "storage").allowed)
 
         write("deny")
-        #expect(await eventually { applied.count == 1 })
-        #expect(applied.last?.decide(source: agent, destination: "storage").allowed == false)
+        #expect(await eventually { applied.withLockedValue(\.count) == 1 })
+        #expect(applied.withLockedValue(\.last)?.decide(source: agent, destination: "storage").allowed == false)
 
         FileManager.default.createFile(atPath: path, contents: Data("[{\"Kind\": \"service-intentions\", ".utf8))
         try await Task.sleep(for: .milliseconds(300))
-        #expect(applied.count == 1, "a broken file is not applied")
+        #expect(applied.withLockedValue(\.count) == 1, "a broken file is not applied")
 
         write("allow")
-        #expect(await eventually { applied.count == 2 })
-        #expect(applied.last?.decide(source: agent, destination: "storage").allowed == true)
+        #expect(await eventually { applied.withLockedValue(\.count) == 2 })
+        #expect(applied.withLockedValue(\.last)?.decide(source: agent, destination: "storage").allowed == true)
 
         source.reload()
-        #expect(await eventually { applied.count == 3 }, "reload (SIGHUP) re-applies even without a change")
+        #expect(await eventually { applied.withLockedValue(\.count) == 3 }, "reload (SIGHUP) re-applies even without a change")
     }
 
     @Test("Durations in proxy config", arguments: [
@@ -175,19 +176,4 @@ struct ReauthorizationTests {
             #expect(error.path == "service.proxy.config.max_connection_lifetime")
         }
     }
-}
-
-final class LockedInstant: @unchecked Sendable {
-    private let lock = NSLock()
-    private var instant: ContinuousClock.Instant?
-    func set() { lock.lock(); if instant == nil { instant = .now }; lock.unlock() }
-    var value: ContinuousClock.Instant? { lock.lock(); defer { lock.unlock() }; return instant }
-}
-
-final class NIOLockedBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var sets: [IntentionSet] = []
-    func append(_ set: IntentionSet) { lock.lock(); sets.append(set); lock.unlock() }
-    var count: Int { lock.lock(); defer { lock.unlock() }; return sets.count }
-    var last: IntentionSet? { lock.lock(); defer { lock.unlock() }; return sets.last }
 }

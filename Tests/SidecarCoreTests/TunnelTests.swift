@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import Testing
 @testable import SidecarCore
 import SidecarTLS
@@ -82,11 +83,11 @@ struct TunnelTests {
         let socket = try BlockingSocket(port: mesh.upstreamPort)
         let baseline = residentMemoryBytes()
         let offered = 1 << 30
-        let stop = LockedFlag()
+        let stop = NIOLockedValueBox(false)
         let sender = Thread {
             let chunk = secureRandomBytes(1 << 20)
             var sent = 0
-            while sent < offered && !stop.isSet {
+            while sent < offered && !stop.withLockedValue({ $0 }) {
                 guard socket.send(chunk) else { break }
                 sent += chunk.count
             }
@@ -97,18 +98,11 @@ struct TunnelTests {
             try await Task.sleep(for: .milliseconds(100))
             peakGrowth = max(peakGrowth, residentMemoryBytes() - baseline)
         }
-        stop.set()
+        stop.withLockedValue { $0 = true }
         shutdown(socket.fd, Int32(SHUT_RDWR))
         let consumed = mesh.backend.bytesReceived
         #expect(consumed > 1 << 20, "the slow reader did receive data")
         #expect(consumed < 64 << 20, "the reader really was slow")
         #expect(peakGrowth < 64 << 20, "RSS grew by \(peakGrowth >> 20) MiB while 1 GiB was offered")
     }
-}
-
-final class LockedFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = false
-    func set() { lock.lock(); value = true; lock.unlock() }
-    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
 }

@@ -63,10 +63,7 @@ final class HTTPRequestFilter: ChannelDuplexHandler {
             return
         }
         let decision = info.decide(facts)
-        info.audit.record(AuditEvent(kind: .httpRequest, listener: info.listenerName, peerAddress: info.peerAddress,
-                                     source: info.peer.identity.uri, sourceSerial: info.peer.certificateSerial,
-                                     destination: info.destination, decision: decision.allowed ? "allow" : "deny",
-                                     reason: decision.reasonText, method: facts.method, path: facts.path))
+        audit(allowed: decision.allowed, reason: decision.reasonText, request: facts)
         if decision.allowed {
             state = .forwarding
             context.fireChannelRead(wrapInboundOut(.head(head)))
@@ -90,13 +87,17 @@ final class HTTPRequestFilter: ChannelDuplexHandler {
         }
     }
 
-    /// L7 rules cannot be applied to HTTP/2 yet: refuse rather than pass it unchecked.
-    private func refuseHTTP2(context: ChannelHandlerContext, facts: HTTPRequestFacts) {
-        let reason = "HTTP/2 is not supported on a listener with L7 intentions (protocol http); refused"
+    private func audit(allowed: Bool, reason: String, request: HTTPRequestFacts?) {
         info.audit.record(AuditEvent(kind: .httpRequest, listener: info.listenerName, peerAddress: info.peerAddress,
                                      source: info.peer.identity.uri, sourceSerial: info.peer.certificateSerial,
-                                     destination: info.destination, decision: "deny", reason: reason,
-                                     method: facts.method, path: facts.path))
+                                     destination: info.destination, decision: allowed ? "allow" : "deny", reason: reason,
+                                     method: request?.method, path: request?.path))
+    }
+
+    /// L7 rules cannot be applied to HTTP/2 yet: refuse rather than pass it unchecked.
+    private func refuseHTTP2(context: ChannelHandlerContext, facts: HTTPRequestFacts) {
+        audit(allowed: false, reason: "HTTP/2 is not supported on a listener with L7 intentions (protocol http); refused",
+              request: facts)
         info.logger.warning("HTTP/2 refused on an L7 listener", metadata: ["source": "\(info.peer.identity)"])
         context.close(promise: nil)
     }
@@ -106,33 +107,17 @@ final class HTTPRequestFilter: ChannelDuplexHandler {
             info.logger.info("malformed HTTP request refused", metadata: [
                 "source": "\(info.peer.identity)", "error": "\(error)",
             ])
-            info.audit.record(AuditEvent(kind: .httpRequest, listener: info.listenerName, peerAddress: info.peerAddress,
-                                         source: info.peer.identity.uri, sourceSerial: info.peer.certificateSerial,
-                                         destination: info.destination, decision: "deny",
-                                         reason: "malformed HTTP request: \(error)"))
+            audit(allowed: false, reason: "malformed HTTP request: \(error)", request: nil)
         }
         context.fireErrorCaught(error)
     }
 }
 
-/// Local side: request parts read from the mesh become client request parts for the encoder.
-final class RequestPartsToClient: ChannelOutboundHandler {
-    typealias OutboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPClientRequestPart
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch unwrapOutboundIn(data) {
-        case .head(let head): context.write(wrapOutboundOut(.head(head)), promise: promise)
-        case .body(let body): context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: promise)
-        case .end(let trailers): context.write(wrapOutboundOut(.end(trailers)), promise: promise)
-        }
-    }
-}
-
-/// Mesh side: response parts read from the local service become server response parts.
-final class ResponsePartsToServer: ChannelOutboundHandler {
-    typealias OutboundIn = HTTPClientResponsePart
-    typealias OutboundOut = HTTPServerResponsePart
+/// Passes HTTP parts between the two codecs: decoders produce `ByteBuffer` bodies, encoders take
+/// `IOData` ones. Used for requests (mesh to local) and responses (local to mesh).
+final class HTTPBodyToIOData<Head: Equatable & Sendable>: ChannelOutboundHandler {
+    typealias OutboundIn = HTTPPart<Head, ByteBuffer>
+    typealias OutboundOut = HTTPPart<Head, IOData>
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch unwrapOutboundIn(data) {
@@ -158,14 +143,14 @@ extension ConnectionJoiner {
                 HTTPServerPipelineHandler(),
                 HTTPServerProtocolErrorHandler(),
                 filter,
-                ResponsePartsToServer(),
+                HTTPBodyToIOData<HTTPResponseHead>(),
                 glue.mesh,
             ]),
             local: JoinSide(channel: local, staging: nil, handlers: [
                 HTTPRequestEncoder(),
                 // Observes the requests written through it, so HEAD responses parse correctly.
                 ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)),
-                RequestPartsToClient(),
+                HTTPBodyToIOData<HTTPRequestHead>(),
                 glue.local,
             ])
         )

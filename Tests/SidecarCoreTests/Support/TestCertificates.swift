@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import SidecarTLS
 
 /// The dev CA and every negative certificate, made once per test run by certs-dev/gen.sh
@@ -31,9 +32,12 @@ enum TestCertificates {
 enum ProcessRunner {
     /// The async form: the blocking wait happens on its own thread.
     static func run(_ arguments: [String], input: Data? = nil, timeout: TimeInterval = 30) async throws -> Result {
-        let box = LockedResult()
-        await onThread { box.set(Swift.Result(catching: { try runBlocking(arguments, input: input, timeout: timeout) })) }
-        return try box.value!.get()
+        let box = NIOLockedValueBox<Swift.Result<Result, Error>?>(nil)
+        await onThread {
+            let outcome = Swift.Result { try runBlocking(arguments, input: input, timeout: timeout) }
+            box.withLockedValue { $0 = outcome }
+        }
+        return try box.withLockedValue { $0 }!.get()
     }
 
     struct Result {
@@ -55,29 +59,14 @@ enum ProcessRunner {
         try process.run()
         if let input { stdin.fileHandleForWriting.write(input) }
         try? stdin.fileHandleForWriting.close()
-        let collected = LockedData()
+        let collected = NIOLockedValueBox<Data?>(nil)
         let reader = Thread {
             let data = output.fileHandleForReading.readDataToEndOfFile()
-            collected.set(data)
+            collected.withLockedValue { $0 = data }
         }
         reader.start()
         process.waitUntilExit()
-        while !collected.isSet { usleep(1_000) }
-        return Result(status: process.terminationStatus, output: String(decoding: collected.data, as: UTF8.self))
+        while collected.withLockedValue({ $0 }) == nil { usleep(1_000) }
+        return Result(status: process.terminationStatus, output: String(decoding: collected.withLockedValue { $0 }!, as: UTF8.self))
     }
-}
-
-final class LockedData: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Data?
-    func set(_ data: Data) { lock.lock(); value = data; lock.unlock() }
-    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value != nil }
-    var data: Data { lock.lock(); defer { lock.unlock() }; return value ?? Data() }
-}
-
-final class LockedResult: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: Swift.Result<ProcessRunner.Result, Error>?
-    func set(_ value: Swift.Result<ProcessRunner.Result, Error>) { lock.lock(); stored = value; lock.unlock() }
-    var value: Swift.Result<ProcessRunner.Result, Error>? { lock.lock(); defer { lock.unlock() }; return stored }
 }
