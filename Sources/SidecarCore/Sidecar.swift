@@ -19,6 +19,8 @@ public struct SidecarSettings: Sendable {
     public var logger: Logger
     /// Also fed every audit event (the caller puts it in `audit` too); read at scrape time.
     public var metrics: SidecarMetrics?
+    /// Upstream listeners may bind non-loopback addresses (off: they lend our identity).
+    public var allowNonLoopbackUpstreams = false
 
     public init(definition: ProxyDefinition, credentials: TLSCredentials, intentions: IntentionSet?,
                 upstreamEndpoints: [String: [Endpoint]] = [:], datacenter: String = "dc1",
@@ -78,6 +80,7 @@ public final class Sidecar: Sendable {
     private let expiryCheck = NIOLockedValueBox<RepeatedTask?>(nil)
 
     public init(settings: SidecarSettings, group: EventLoopGroup) throws {
+        try settings.definition.validateUpstreamBinds(allowNonLoopback: settings.allowNonLoopbackUpstreams)
         self.settings = settings
         self.group = group
         self.contexts = try TLSContextStore(credentials: settings.credentials)

@@ -61,6 +61,9 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @Flag(name: .customLong("allow-remote-upstreams"), help: "Let upstream listeners bind non-loopback addresses (they lend this sidecar's identity to whoever connects).")
+    var allowRemoteUpstreams = false
+
     @Option(name: .customLong("log-format"), help: "text (for terminals) or json (one object per line, for log shippers).")
     var logFormat: String = "text"
 
@@ -177,6 +180,7 @@ struct Run: AsyncParsableCommand {
             }
             definition.config.idleTimeoutNs = nanoseconds
         }
+        try definition.validateUpstreamBinds(allowNonLoopback: allowRemoteUpstreams)
         guard ConfigDurationFlag.nanoseconds(drainTimeout) != nil else {
             throw ValidationError("--drain-timeout \"\(drainTimeout)\" is not a duration such as 10m")
         }
@@ -203,9 +207,10 @@ struct Run: AsyncParsableCommand {
         }
         let auditLines: any AuditSink = auditLog == "-" ? JSONLinesAuditSink() : try JSONLinesAuditSink.file(at: auditLog)
         let metrics = SidecarMetrics()
-        let settings = SidecarSettings(definition: definition, credentials: credentials, intentions: intentions,
+        var settings = SidecarSettings(definition: definition, credentials: credentials, intentions: intentions,
                                        upstreamEndpoints: endpoints, datacenter: datacenter,
                                        audit: AuditFanOut([auditLines, metrics]), logger: logger, metrics: metrics)
+        settings.allowNonLoopbackUpstreams = allowRemoteUpstreams
         return (settings, source)
     }
 }

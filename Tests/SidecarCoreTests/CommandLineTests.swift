@@ -66,6 +66,9 @@ struct CommandLineTests {
         }, status: 2, messageContains: ["junk.pem", "PEM"]),
         Case(name: "bad --upstream-endpoint", arguments: { ["--service-file", goodService, "--upstream-endpoint", "storage:8080"] + certs() },
              status: 2, messageContains: ["--upstream-endpoint", "NAME=HOST:PORT"]),
+        Case(name: "upstream on a non-loopback address", arguments: {
+            ["--service-file", write("remote-upstream.json", #"{"service":{"kind":"connect-proxy","name":"a","proxy":{"destination_service_name":"a","upstreams":[{"destination_name":"storage","local_bind_address":"0.0.0.0","local_bind_port":19100}]}}}"#)] + certs()
+        }, status: 2, messageContains: ["storage", "0.0.0.0", "not loopback", "--allow-remote-upstreams"]),
         Case(name: "bad --default-intention", arguments: { ["--service-file", goodService, "--default-intention", "maybe"] + certs() },
              status: 2, messageContains: ["--default-intention"]),
     ]

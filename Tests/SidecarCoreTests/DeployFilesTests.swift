@@ -38,3 +38,29 @@ struct DeployFilesTests {
         }
     }
 }
+
+@Suite("Upstream bind addresses")
+struct UpstreamBindTests {
+    static func upstream(_ address: String) -> Upstream {
+        Upstream(destinationName: "storage", destinationNamespace: "default", destinationPartition: "default", datacenter: nil,
+                 localBindAddress: address, localBindPort: 19100, connectTimeoutMs: 1000)
+    }
+
+    @Test("Loopback only by default", arguments: [
+        ("127.0.0.1", true), ("127.1.2.3", true), ("localhost", true), ("LOCALHOST", true), ("::1", true), ("[::1]", true),
+        ("0.0.0.0", false), ("10.0.0.5", false), ("::", false), ("127.0.0", false), ("127.0.0.256", false), ("1.2.3.127", false),
+        ("backup-host", false), ("", false),
+    ])
+    func loopback(_ address: String, _ loopback: Bool) {
+        #expect(Self.upstream(address).bindsLoopbackOnly == loopback)
+    }
+
+    @Test("A non-loopback upstream is refused unless explicitly allowed")
+    func refusal() throws {
+        var definition = try ProxyDefinition.load(path: DeployFilesTests.path("consul/backup-agent.json"))
+        try definition.validateUpstreamBinds(allowNonLoopback: false)
+        definition.upstreams[0].localBindAddress = "0.0.0.0"
+        #expect(throws: ConfigError.self) { try definition.validateUpstreamBinds(allowNonLoopback: false) }
+        try definition.validateUpstreamBinds(allowNonLoopback: true)
+    }
+}

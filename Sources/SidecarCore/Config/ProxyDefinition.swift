@@ -51,6 +51,26 @@ public struct Upstream: Equatable, Sendable {
 
     /// Listener identity: a change of any of these means a new listener.
     public var listenerKey: String { "\(localBindAddress):\(localBindPort)" }
+
+    /// An upstream listener lends our mesh identity to whoever connects, so by default it may
+    /// only listen on loopback (127.0.0.0/8, ::1, localhost).
+    public var bindsLoopbackOnly: Bool {
+        let address = localBindAddress.lowercased()
+        if address == "localhost" || address == "::1" || address == "[::1]" { return true }
+        let octets = address.split(separator: ".", omittingEmptySubsequences: false)
+        return octets.count == 4 && octets[0] == "127" && octets.allSatisfy { UInt8($0) != nil }
+    }
+}
+
+extension ProxyDefinition {
+    /// Refuses upstream listeners on non-loopback addresses unless explicitly allowed.
+    public func validateUpstreamBinds(allowNonLoopback: Bool) throws {
+        guard !allowNonLoopback else { return }
+        for (index, upstream) in upstreams.enumerated() where !upstream.bindsLoopbackOnly {
+            throw ConfigError(source: "upstreams[\(index)]", path: "local_bind_address",
+                              message: "upstream \"\(upstream.destinationName)\" would listen on \(upstream.localBindAddress), which is not loopback: any host that can reach it would use this sidecar's identity. Use 127.0.0.1, or pass --allow-remote-upstreams")
+        }
+    }
 }
 
 extension ProxyDefinition {
