@@ -33,6 +33,9 @@ static inline long bs_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) {
 static inline long bs_SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode) {
     return SSL_CTX_set_session_cache_mode(ctx, mode);
 }
+static inline long bs_SSL_CTX_set_max_cert_list(SSL_CTX *ctx, long bytes) {
+    return SSL_CTX_set_max_cert_list(ctx, bytes);
+}
 static inline void bs_SSL_CTX_set_read_ahead(SSL_CTX *ctx, int yes) {
     SSL_CTX_set_read_ahead(ctx, yes);
 }

@@ -45,6 +45,9 @@ public final class TLSContext: @unchecked Sendable {
         // with thousands of open snapshot sessions.
         _ = bs_SSL_CTX_set_mode(context, Int(SSL_MODE_RELEASE_BUFFERS))
         bs_SSL_CTX_set_read_ahead(context, 1)
+        // A peer's certificate list above 100 KB is refused before any parsing or signature
+        // work (Consul chains are a few KB); explicit rather than relying on the default.
+        _ = bs_SSL_CTX_set_max_cert_list(context, 100 * 1024)
 
         try check(SSL_CTX_use_certificate(context, credentials.leaf.pointer) == 1, "leaf certificate")
         for intermediate in credentials.chain.dropFirst() {

@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import Testing
 @testable import SidecarCore
 import SidecarTLS
@@ -48,6 +49,63 @@ struct RefusalTests {
         #expect(!mesh.storageAudit.events.contains { $0.kind == .authorization })
         #expect(mesh.backend.connections == 0)
         #expect(mesh.backend.bytesReceived == 0)
+    }
+
+    @Test("An oversized client certificate chain (> 100 KB) is refused before any verification work")
+    func oversizedChain() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo)
+        defer { Task { await mesh.stop() } }
+        // One self-signed certificate padded past 100 KB with a comment extension: no chain
+        // deduplication on the client side can shrink it.
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("big-chain-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let chain = "\(directory)/big.pem"
+        let generated = try await ProcessRunner.run([
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+            "-subj", "/CN=padding", "-keyout", "\(directory)/big.key", "-out", chain,
+            "-addext", "nsComment=" + String(repeating: "A", count: 110_000),
+        ], timeout: 20)
+        #expect(generated.status == 0, "\(generated.output)")
+        #expect((try FileManager.default.attributesOfItem(atPath: chain)[.size] as? Int ?? 0) > 100_000)
+        let run = try await ProcessRunner.run([
+            "openssl", "s_client", "-connect", "127.0.0.1:\(mesh.publicPort)", "-quiet",
+            "-cert", TestCertificates.path("backup-agent.pem"), "-key", TestCertificates.path("backup-agent.key"),
+            "-cert_chain", chain,
+        ], input: Data("x\n".utf8), timeout: 5)
+        _ = run
+        #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .handshakeRejected } })
+        let reason = mesh.storageAudit.events.first { $0.kind == .handshakeRejected }?.reason ?? ""
+        #expect(reason.contains("excessive message size") || reason.contains("too long"), "reason: \(reason)")
+        #expect(mesh.backend.connections == 0)
+    }
+
+    @Test("A slowloris client dribbling its ClientHello is cut at the handshake timeout")
+    func slowloris() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo, handshakeTimeoutMs: 500)
+        defer { Task { await mesh.stop() } }
+        let socket = try BlockingSocket(port: mesh.publicPort)
+        socket.setReceiveTimeout(seconds: 5)
+        let started = ContinuousClock.now
+        // A TLS record header announcing a large ClientHello, then one byte every 100 ms.
+        let cut = await onThread { () -> Bool in
+            guard socket.send([0x16, 0x03, 0x01, 0x02, 0x00]) else { return true }
+            for _ in 0..<40 {
+                usleep(100_000)
+                if !socket.send([0x01]) { return true }
+                var probe = [UInt8](repeating: 0, count: 16)
+                let flags = Int32(MSG_DONTWAIT)
+                let count = probe.withUnsafeMutableBytes { recv(socket.fd, $0.baseAddress, $0.count, flags) }
+                if count == 0 || (count < 0 && errno != EAGAIN) { return true }
+            }
+            return false
+        }
+        let elapsed = ContinuousClock.now - started
+        #expect(cut, "the connection was still open after 4 s")
+        #expect(elapsed < .seconds(2), "cut after \(elapsed)")
+        let rejected = try #require(mesh.storageAudit.events.first { $0.kind == .handshakeRejected })
+        #expect(rejected.reason == "handshake timed out")
+        #expect(mesh.backend.connections == 0)
     }
 
     @Test("Plaintext bytes to the TLS port are refused", arguments: ["GET / HTTP/1.1\r\nHost: x\r\n\r\n", "\u{0}\u{1}garbage\u{ff}\r\n\r\n"])
