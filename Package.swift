@@ -41,6 +41,7 @@ let package = Package(
             name: "SidecarCore",
             dependencies: [
                 "SidecarTLS",
+                "CSystemExtras",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -96,8 +97,9 @@ public final class Sidecar: Sendable {
     /// Binds every listener. Throws (naming the address) if any cannot be bound.
     public func start() async throws {
         let definition = settings.definition
-        if let localPort = definition.localServicePort, let port = definition.publicBindPort {
-            let channel = try await bindPublicListener(host: definition.publicBindAddress, port: port, localPort: localPort)
+        if definition.localServicePort != nil || definition.localServiceSocketPath != nil, let port = definition.publicBindPort {
+            let channel = try await bindPublicListener(host: definition.publicBindAddress, port: port,
+                                                       localPort: definition.localServicePort ?? 0)
             listeners.withLockedValue { $0[Self.publicListenerName] = channel }
         } else {
             settings.logger.notice("no public listener: the registration has no port or no local_service_port", metadata: [
@@ -275,6 +277,7 @@ public final class Sidecar: Sendable {
         let definition = settings.definition
         let route = InboundRoute(destinationService: definition.destinationServiceName,
                                  localHost: definition.localServiceAddress, localPort: localPort,
+                                 localSocketPath: definition.localServiceSocketPath,
                                  localConnectTimeout: .milliseconds(Int64(definition.config.localConnectTimeoutMs)),
                                  maxConnectionLifetime: definition.config.maxConnectionLifetimeNs.map { .nanoseconds($0) },
                                  idleTimeout: definition.config.idleTimeoutNs.map { .nanoseconds($0) },
@@ -335,7 +338,8 @@ public final class Sidecar: Sendable {
                                   endpoints: rotation,
                                   tlsContext: { contexts.client },
                                   handshakeTimeout: .milliseconds(Int64(settings.definition.config.handshakeTimeoutMs)),
-                                  idleTimeout: settings.definition.config.idleTimeoutNs.map { .nanoseconds($0) })
+                                  idleTimeout: settings.definition.config.idleTimeoutNs.map { .nanoseconds($0) },
+                                  callers: try CallerPolicy.resolve(users: upstream.allowedUsers, groups: upstream.allowedGroups))
         if settings.upstreamEndpoints[upstream.destinationName, default: []].isEmpty {
             settings.logger.warning("upstream has no known instance; connections to it will fail", metadata: [
                 "upstream": "\(upstream.destinationName)",
@@ -351,17 +355,50 @@ public final class Sidecar: Sendable {
                     OrderedHalfCloseHandler(), UpstreamConnectionHandler(route: route, audit: audit, logger: logger))
             }
         }
-        return try await bind(bootstrap, host: upstream.localBindAddress, port: upstream.localBindPort,
-                              what: "upstream:\(upstream.destinationName)")
+        guard let socketPath = upstream.localBindSocketPath else {
+            return try await bind(bootstrap, host: upstream.localBindAddress, port: upstream.localBindPort, what: listenerName)
+        }
+        return try await bindUnixSocket(bootstrap, path: socketPath, mode: upstream.localBindSocketMode, what: listenerName)
+    }
+
+    /// Binds a unix socket: a stale socket file left by a crashed sidecar is replaced, but a
+    /// live one (someone answers) or a file that is not a socket is an error. The file gets
+    /// `mode` and is removed when the listener closes.
+    private func bindUnixSocket(_ bootstrap: ServerBootstrap, path: String, mode: UInt16?, what: String) async throws -> Channel {
+        var info = stat()
+        if lstat(path, &info) == 0 {
+            guard info.st_mode & S_IFMT == S_IFSOCK else {
+                throw SidecarError.socketPathInUse("\(path) exists and is not a socket; refusing to replace it")
+            }
+            if (try? await ClientBootstrap(group: group).connect(unixDomainSocketPath: path).get())?.close(promise: nil) != nil {
+                throw SidecarError.socketPathInUse("\(path) is in use by another process")
+            }
+            unlink(path)
+        }
+        let channel: Channel
+        do {
+            channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
+        } catch {
+            throw SidecarError.bindFailed(listener: what, address: path, reason: "\(error)")
+        }
+        if let mode { chmod(path, mode_t(mode)) }
+        channel.closeFuture.whenComplete { _ in unlink(path) }
+        settings.logger.info("listening", metadata: ["listener": "\(what)", "address": "unix:\(path)",
+                                                     "mode": "\(mode.map { String($0, radix: 8) } ?? "umask")"])
+        return channel
     }
 }
 
 public enum SidecarError: Error, CustomStringConvertible {
     case bindFailed(listener: String, address: String, reason: String)
+    case unknownAccount(String)
+    case socketPathInUse(String)
 
     public var description: String {
         switch self {
         case .bindFailed(let listener, let address, let reason): return "cannot bind \(listener) listener on \(address): \(reason)"
+        case .unknownAccount(let what): return "allowed_uids/allowed_gids: no such \(what)"
+        case .socketPathInUse(let detail): return detail
         }
     }
 }

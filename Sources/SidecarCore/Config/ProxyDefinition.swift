@@ -12,6 +12,8 @@ public struct ProxyDefinition: Equatable, Sendable {
     public var destinationServiceID: String?
     public var localServiceAddress: String
     public var localServicePort: Int?
+    /// The local app listens on a unix socket instead of a TCP port.
+    public var localServiceSocketPath: String? = nil
     public var config: ProxyConfig
     public var upstreams: [Upstream]
 
@@ -48,13 +50,21 @@ public struct Upstream: Equatable, Sendable {
     public var localBindAddress: String
     public var localBindPort: Int
     public var connectTimeoutMs: Int
+    /// Listen on this unix socket instead of TCP (Consul's LocalBindSocketPath).
+    public var localBindSocketPath: String? = nil
+    /// Permission bits for the socket file (Consul's LocalBindSocketMode, octal text).
+    public var localBindSocketMode: UInt16? = nil
+    /// Callers allowed to use this upstream (numbers or names); empty lists: anyone local.
+    public var allowedUsers: [String] = []
+    public var allowedGroups: [String] = []
 
     /// Listener identity: a change of any of these means a new listener.
-    public var listenerKey: String { "\(localBindAddress):\(localBindPort)" }
+    public var listenerKey: String { localBindSocketPath.map { "unix:\($0)" } ?? "\(localBindAddress):\(localBindPort)" }
 
     /// An upstream listener lends our mesh identity to whoever connects, so by default it may
     /// only listen on loopback (127.0.0.0/8, ::1, localhost).
     public var bindsLoopbackOnly: Bool {
+        if localBindSocketPath != nil { return true }
         let address = localBindAddress.lowercased()
         if address == "localhost" || address == "::1" || address == "[::1]" { return true }
         let octets = address.split(separator: ".", omittingEmptySubsequences: false)
@@ -144,6 +154,7 @@ extension ProxyDefinition {
             localServiceAddress: try proxy.optionalString("local_service_address").flatMap { $0.isEmpty ? nil : $0 }
                 ?? "127.0.0.1",
             localServicePort: try proxy.field("local_service_port")?.port(),
+            localServiceSocketPath: try proxy.optionalString("local_service_socket_path").flatMap { $0.isEmpty ? nil : $0 },
             config: try decodeConfig(proxy.field("config")),
             upstreams: try decodeUpstreams(proxy.field("upstreams"))
         )
@@ -206,24 +217,46 @@ extension ProxyDefinition {
             }
             let name = try item.require("destination_name").string()
             guard !name.isEmpty else { throw item.error("must not be empty", at: "destination_name") }
-            if try item.field("local_bind_socket_path") != nil, try item.field("local_bind_port") == nil {
-                throw item.error("unix-socket upstreams are not supported yet; set local_bind_port", at: "local_bind_socket_path")
-            }
+            let socketPath = try item.optionalString("local_bind_socket_path").flatMap { $0.isEmpty ? nil : $0 }
             let config = try item.field("config")
-            let upstream = Upstream(
+            var upstream = Upstream(
                 destinationName: name,
                 destinationNamespace: try item.optionalString("destination_namespace").flatMap { $0.isEmpty ? nil : $0 } ?? "default",
                 destinationPartition: try item.optionalString("destination_partition").flatMap { $0.isEmpty ? nil : $0 } ?? "default",
                 datacenter: try item.optionalString("datacenter").flatMap { $0.isEmpty ? nil : $0 },
                 localBindAddress: try item.optionalString("local_bind_address").flatMap { $0.isEmpty ? nil : $0 } ?? "127.0.0.1",
-                localBindPort: try item.require("local_bind_port").port(),
+                localBindPort: socketPath == nil ? try item.require("local_bind_port").port() : 0,
                 connectTimeoutMs: try config?.field("connect_timeout_ms").map(positive) ?? 10000
             )
+            if let socketPath {
+                guard socketPath.hasPrefix("/") else { throw item.error("must be an absolute path", at: "local_bind_socket_path") }
+                upstream.localBindSocketPath = socketPath
+                if let mode = try item.optionalString("local_bind_socket_mode") {
+                    guard let bits = UInt16(mode, radix: 8), bits <= 0o777 else {
+                        throw item.error("\"\(mode)\" is not an octal file mode such as \"0660\"", at: "local_bind_socket_mode")
+                    }
+                    upstream.localBindSocketMode = bits
+                }
+            }
+            upstream.allowedUsers = try config.map { try callerList($0, "allowed_uids") } ?? []
+            upstream.allowedGroups = try config.map { try callerList($0, "allowed_gids") } ?? []
             if let other = seen[upstream.listenerKey] {
                 throw item.error("local bind \(upstream.listenerKey) is already used by upstream \"\(other)\"", at: "local_bind_port")
             }
             seen[upstream.listenerKey] = name
             return upstream
+        }
+    }
+
+    /// `allowed_uids` / `allowed_gids`: numbers or names (resolved when the listener starts).
+    private static func callerList(_ config: ConfigNode, _ name: String) throws -> [String] {
+        guard let list = try config.field(name) else { return [] }
+        return try list.array().map { item in
+            switch item.value {
+            case .integer(let number) where number >= 0 && number <= Int64(UInt32.max): return String(number)
+            case .string(let text) where !text.isEmpty: return text
+            default: throw item.error("expected a user or group name or number")
+            }
         }
     }
 

@@ -35,7 +35,7 @@ public final class SidecarMetrics: AuditSink, Sendable {
         case .upstreamConnected:
             count("backup_sidecar_connections_total", ("listener", listener), ("outcome", "allowed"))
             handshake(event)
-        case .upstreamFailed, .localConnectFailed:
+        case .upstreamFailed, .localConnectFailed, .callerRefused:
             count("backup_sidecar_connections_total", ("listener", listener), ("outcome", "failed"))
         case .connectionRevoked:
             count("backup_sidecar_connections_revoked_total", ("listener", listener))

@@ -21,6 +21,8 @@ public struct AuditEvent: Sendable, Equatable {
         case connectionRevoked = "connection_revoked"
         /// L7: one HTTP request decided by intention permissions.
         case httpRequest = "http_request"
+        /// Upstream: the local process is not on the upstream's allow-list; nothing was dialed.
+        case callerRefused = "caller_refused"
     }
 
     public var time = Date()
@@ -39,6 +41,8 @@ public struct AuditEvent: Sendable, Equatable {
     public var path: String?
     /// Handshake time, on `authorization` and `upstream_connected`.
     public var handshakeMs: Double?
+    /// Upstream: the local process using our identity (uid, gid, pid, executable).
+    var caller: LocalCaller?
 
     public init(kind: Kind, listener: String, peerAddress: String? = nil, source: String? = nil,
                 sourceSerial: String? = nil, destination: String? = nil, decision: String? = nil,
@@ -57,6 +61,12 @@ public struct AuditEvent: Sendable, Equatable {
         self.durationMs = durationMs
         self.method = method
         self.path = path
+    }
+
+    func with(caller: LocalCaller?) -> AuditEvent {
+        var copy = self
+        copy.caller = caller
+        return copy
     }
 
     func with(handshake duration: TimeAmount) -> AuditEvent {
@@ -84,6 +94,12 @@ public struct AuditEvent: Sendable, Equatable {
         add("bytes_out", bytesOut)
         add("duration_ms", durationMs)
         if let handshakeMs { fields.append(("handshake_ms", String(format: "%.3f", handshakeMs))) }
+        if let caller {
+            add("caller_uid", Int(caller.uid))
+            add("caller_gid", Int(caller.gid))
+            add("caller_pid", Int(caller.pid))
+            add("caller_exe", caller.executable)
+        }
         return "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
     }
 

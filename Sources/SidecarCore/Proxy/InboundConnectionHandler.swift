@@ -8,6 +8,8 @@ struct InboundRoute: Sendable {
     var destinationService: String
     var localHost: String
     var localPort: Int
+    /// The local app listens on a unix socket (LocalServiceSocketPath) instead of host:port.
+    var localSocketPath: String?
     var localConnectTimeout: TimeAmount
     var maxConnectionLifetime: TimeAmount?
     var idleTimeout: TimeAmount?
@@ -93,7 +95,7 @@ final class InboundConnectionHandler: StagingHandler {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(OrderedHalfCloseHandler()) }
             }
-            .connect(toHost: route.localHost, port: route.localPort)
+            .connect(route: route)
             .hop(to: context.eventLoop)
             .whenComplete { [self] result in
                 switch (result, state) {
@@ -129,7 +131,7 @@ final class InboundConnectionHandler: StagingHandler {
                     audit.record(AuditEvent(kind: .localConnectFailed, listener: listenerName, peerAddress: peerAddress,
                                             source: peer.identity.uri, sourceSerial: peer.certificateSerial,
                                             destination: route.destinationService,
-                                            reason: "local service \(route.localHost):\(route.localPort) unreachable: \(error)"))
+                                            reason: "local service \(route.localSocketPath ?? "\(route.localHost):\(route.localPort)") unreachable: \(error)"))
                     logger.warning("local service unreachable", metadata: [
                         "target": "\(route.localHost):\(route.localPort)", "error": "\(error)",
                     ])
@@ -194,6 +196,13 @@ final class InboundConnectionHandler: StagingHandler {
     override func channelInactive(context: ChannelHandlerContext) {
         if case .joined = state {} else { state = .closed }
         context.fireChannelInactive()
+    }
+}
+
+extension ClientBootstrap {
+    fileprivate func connect(route: InboundRoute) -> EventLoopFuture<Channel> {
+        if let path = route.localSocketPath { return connect(unixDomainSocketPath: path) }
+        return connect(toHost: route.localHost, port: route.localPort)
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Dispatch
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -59,6 +60,8 @@ struct UpstreamRoute: Sendable {
     var tlsContext: @Sendable () -> TLSContext
     var handshakeTimeout: TimeAmount
     var idleTimeout: TimeAmount?
+    /// Who may use this upstream; checked before anything is dialed.
+    var callers: CallerPolicy
 }
 
 /// On a plaintext connection accepted from the local app: dials the destination's sidecar with
@@ -70,6 +73,7 @@ final class UpstreamConnectionHandler: StagingHandler {
     private let logger: Logger
     private var localGone = false
     private var callerAddress = "unknown"
+    private var caller: LocalCaller?
     private var listenerName: String { "upstream:\(route.upstream.destinationName)" }
 
     init(route: UpstreamRoute, audit: any AuditSink, logger: Logger) {
@@ -83,7 +87,34 @@ final class UpstreamConnectionHandler: StagingHandler {
     override func channelActive(context: ChannelHandlerContext) {
         callerAddress = context.channel.remoteAddress.auditDescription
         context.fireChannelActive()
-        attempt(context: context, remaining: route.endpoints.attemptOrder()[...], failures: [])
+        identifyCaller(context.channel).hop(to: context.eventLoop).whenComplete { [self] result in
+            guard !localGone else { return }
+            caller = try? result.get()
+            guard route.callers.allows(caller) else {
+                let reason = caller.map { "caller \($0) is not allowed to use upstream \(route.upstream.destinationName)" }
+                    ?? "caller could not be identified; upstream \(route.upstream.destinationName) allows only listed users and groups"
+                audit.record(AuditEvent(kind: .callerRefused, listener: listenerName, peerAddress: callerAddress,
+                                        destination: route.expectedIdentity.uri, decision: "deny", reason: reason).with(caller: caller))
+                logger.warning("local caller refused", metadata: ["upstream": "\(route.upstream.destinationName)", "reason": "\(reason)"])
+                ConnectionAbort.abort(context.channel)
+                return
+            }
+            attempt(context: context, remaining: route.endpoints.attemptOrder()[...], failures: [])
+        }
+    }
+
+    /// Unix sockets: SO_PEERCRED, always (cheap, exact). TCP loopback: the /proc lookup, only
+    /// when an allow-list needs it (it scans processes), on a thread of its own.
+    private func identifyCaller(_ channel: Channel) -> EventLoopFuture<LocalCaller?> {
+        if case .unixDomainSocket = channel.localAddress { return LocalCaller.fromPeerCredentials(channel) }
+        guard route.callers.isRestricted, let listenerPort = channel.localAddress?.port, let callerPort = channel.remoteAddress?.port else {
+            return channel.eventLoop.makeSucceededFuture(nil)
+        }
+        let promise = channel.eventLoop.makePromise(of: LocalCaller?.self)
+        DispatchQueue.global().async {
+            promise.succeed(LocalCaller.fromLoopbackTCP(callerPort: callerPort, listenerPort: listenerPort))
+        }
+        return promise.futureResult
     }
 
     override func channelInactive(context: ChannelHandlerContext) {
@@ -144,7 +175,7 @@ final class UpstreamConnectionHandler: StagingHandler {
                     audit.record(AuditEvent(kind: .upstreamConnected, listener: listenerName, peerAddress: callerAddress,
                                             source: nil, destination: peer.identity.uri, decision: "allow",
                                             reason: "\(endpoint) serial \(peer.certificateSerial) \(peer.protocolVersion)")
-                        .with(handshake: peer.handshakeDuration))
+                        .with(handshake: peer.handshakeDuration).with(caller: caller))
                     recordClose(mesh: remote, local: local, peer: peer, endpoint: endpoint, stats: stats)
                     let logger = self.logger, upstream = route.upstream.destinationName
                     IdleTimeout.arm(route.idleTimeout, stats: stats, mesh: remote, local: local) {
@@ -159,11 +190,11 @@ final class UpstreamConnectionHandler: StagingHandler {
     }
 
     private func recordClose(mesh: Channel, local: Channel, peer: TLSPeer, endpoint: Endpoint, stats: ConnectionStats) {
-        let listenerName = self.listenerName, callerAddress = self.callerAddress, audit = self.audit
+        let listenerName = self.listenerName, callerAddress = self.callerAddress, audit = self.audit, caller = self.caller
         mesh.closeFuture.and(local.closeFuture).whenComplete { _ in
             audit.record(AuditEvent(kind: .connectionClosed, listener: listenerName, peerAddress: callerAddress,
                                     destination: peer.identity.uri, bytesIn: stats.bytesFromMesh,
-                                    bytesOut: stats.bytesToMesh, durationMs: stats.durationMs))
+                                    bytesOut: stats.bytesToMesh, durationMs: stats.durationMs).with(caller: caller))
         }
     }
 }

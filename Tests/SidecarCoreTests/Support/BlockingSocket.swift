@@ -23,6 +23,9 @@ final class BlockingSocket: @unchecked Sendable {
         }
     }
 
+    /// Wraps an already connected socket (e.g. a unix socket).
+    init(adopting fd: Int32) { self.fd = fd }
+
     deinit { close(fd) }
 
     func setReceiveTimeout(seconds: Int) {

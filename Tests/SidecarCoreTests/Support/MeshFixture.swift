@@ -40,14 +40,19 @@ struct MeshFixture {
     }
 
     /// A backup-agent-style sidecar with one upstream, `storage`, on an ephemeral local port.
-    static func startAgent(certificate: String, roots: String = "ca.pem", storagePort: Int) async throws -> (Sidecar, MemoryAuditSink) {
+    static func startAgent(certificate: String, roots: String = "ca.pem", storagePort: Int,
+                           configureUpstream: (inout Upstream) -> Void = { _ in }) async throws -> (Sidecar, MemoryAuditSink) {
         let agentAudit = MemoryAuditSink()
         let agentDefinition = ProxyDefinition(
             id: "backup-agent-sidecar-proxy", name: "backup-agent-sidecar-proxy", address: "127.0.0.1", port: nil,
             destinationServiceName: "backup-agent", destinationServiceID: nil, localServiceAddress: "127.0.0.1",
             localServicePort: nil, config: ProxyConfig(),
-            upstreams: [Upstream(destinationName: "storage", destinationNamespace: "default", destinationPartition: "default",
-                                 datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 0, connectTimeoutMs: 2000)])
+            upstreams: [{
+                var upstream = Upstream(destinationName: "storage", destinationNamespace: "default", destinationPartition: "default",
+                                        datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 0, connectTimeoutMs: 2000)
+                configureUpstream(&upstream)
+                return upstream
+            }()])
         let agent = try Sidecar(settings: SidecarSettings(
             definition: agentDefinition, credentials: try TestCertificates.credentials(certificate, roots: roots),
             intentions: IntentionSet([], defaultAction: .deny),

@@ -34,13 +34,14 @@ final class TestBackend: Sendable {
     /// For `.repository`: "METHOD path" of every request that reached the backend.
     var requests: [String] { requestLog.withLockedValue { $0 } }
 
-    var port: Int { channel.localAddress!.port! }
+    var port: Int { channel.localAddress?.port ?? 0 }
     var connections: Int { connectionsBox.withLockedValue { $0 } }
     var bytesReceived: Int { bytesBox.withLockedValue { $0 } }
     /// For `.replyAfterEOF`: sha256 of each reply payload sent.
     var sentReplyDigests: [String] { replyDigests.withLockedValue { $0 } }
 
-    init(_ behaviour: Behaviour, group: EventLoopGroup) async throws {
+    /// - Parameter unixSocketPath: listen on this unix socket instead of 127.0.0.1:0.
+    init(_ behaviour: Behaviour, group: EventLoopGroup, unixSocketPath: String? = nil) async throws {
         let connections = connectionsBox, bytes = bytesBox, digests = replyDigests
         var bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
@@ -73,7 +74,9 @@ final class TestBackend: Sendable {
                 }
                 try channel.pipeline.syncOperations.addHandler(handler)
             }
-        }.bind(host: "127.0.0.1", port: 0).get()
+        }
+        .bind(to: try unixSocketPath.map { try SocketAddress(unixDomainSocketPath: $0) } ?? SocketAddress(ipAddress: "127.0.0.1", port: 0))
+        .get()
     }
 
     func stop() async { try? await channel.close() }
