@@ -363,7 +363,7 @@ public final class Sidecar: Sendable {
 
     /// Binds a unix socket: a stale socket file left by a crashed sidecar is replaced, but a
     /// live one (someone answers) or a file that is not a socket is an error. The file gets
-    /// `mode` and is removed when the listener closes.
+    /// `mode` (0600 when unset: owner only) and is removed when the listener closes.
     private func bindUnixSocket(_ bootstrap: ServerBootstrap, path: String, mode: UInt16?, what: String) async throws -> Channel {
         var info = stat()
         if lstat(path, &info) == 0 {
@@ -375,16 +375,31 @@ public final class Sidecar: Sendable {
             }
             unlink(path)
         }
+        // Bind inside a private directory, set the mode, then rename into place: the socket
+        // is never reachable at `path` with anything but its final permissions.
+        let parent = (path as NSString).deletingLastPathComponent
+        var template = Array("\(parent)/.backup-sidecar-XXXXXX".utf8CString)
+        guard let privateDirectory = mkdtemp(&template).map({ String(cString: $0) }) else {
+            throw SidecarError.bindFailed(listener: what, address: path, reason: "cannot create a private directory in \(parent)")
+        }
+        defer { rmdir(privateDirectory) }
+        let staging = "\(privateDirectory)/socket"
         let channel: Channel
         do {
-            channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
+            channel = try await bootstrap.bind(unixDomainSocketPath: staging).get()
         } catch {
             throw SidecarError.bindFailed(listener: what, address: path, reason: "\(error)")
         }
-        if let mode { chmod(path, mode_t(mode)) }
+        chmod(staging, mode_t(mode ?? 0o600))
+        guard rename(staging, path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(staging)
+            try? await channel.close()
+            throw SidecarError.bindFailed(listener: what, address: path, reason: reason)
+        }
         channel.closeFuture.whenComplete { _ in unlink(path) }
         settings.logger.info("listening", metadata: ["listener": "\(what)", "address": "unix:\(path)",
-                                                     "mode": "\(mode.map { String($0, radix: 8) } ?? "umask")"])
+                                                     "mode": "\(String(mode ?? 0o600, radix: 8))"])
         return channel
     }
 }

@@ -26,8 +26,9 @@ struct LocalCallerTests {
     static let unixClient = """
         import socket, sys
         s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(5)
-        s.sendall(b"delete all snapshots\\n")
-        try: print("received", len(s.recv(100)))
+        try:
+            s.sendall(b"delete all snapshots\\n")
+            print("received", len(s.recv(100)))
         except Exception as e: print("error", type(e).__name__)
         """
 
@@ -67,6 +68,8 @@ struct LocalCallerTests {
         var info = stat()
         #expect(lstat(path, &info) == 0)
         #expect(info.st_mode & 0o777 == 0o660)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory) == ["storage.sock"],
+                "the private directory used to set the mode before exposure is gone")
 
         let fd = try Self.unixSocket(path)
         let client = try BlockingSocket(adopting: fd)
@@ -140,8 +143,9 @@ struct LocalCallerTests {
         let refused = try await Self.asNobody("""
             import socket, sys
             s = socket.create_connection(("127.0.0.1", int(sys.argv[1]))); s.settimeout(5)
-            s.sendall(b"hello\\n")
-            try: print("received", len(s.recv(100)))
+            try:
+                s.sendall(b"hello\\n")
+                print("received", len(s.recv(100)))
             except Exception as e: print("error", type(e).__name__)
             """, String(port))
         #expect(refused.output.contains("received 0") || refused.output.contains("error"), "\(refused.output)")
