@@ -84,11 +84,14 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         MemoryTuning.apply()
+        // Before anything binds: a SIGTERM during startup must take the drain path, not the
+        // default action.
+        let signals = SignalHandling()
         guard let level = Logger.Level(rawValue: logLevel) else {
-            fail("invalid --log-level \"\(logLevel)\"", status: ExitStatus.configuration)
+            throw failure("invalid --log-level \"\(logLevel)\"", status: ExitStatus.configuration)
         }
         guard ["text", "json"].contains(logFormat) else {
-            fail("--log-format must be text or json, not \"\(logFormat)\"", status: ExitStatus.configuration)
+            throw failure("--log-format must be text or json, not \"\(logFormat)\"", status: ExitStatus.configuration)
         }
         let adminEndpoint: Endpoint?
         if adminBind == "off" {
@@ -96,7 +99,7 @@ struct Run: AsyncParsableCommand {
         } else if let endpoint = Endpoint(parsing: adminBind) ?? (adminBind.hasSuffix(":0") ? Endpoint(host: String(adminBind.dropLast(2)), port: 0) : nil) {
             adminEndpoint = endpoint
         } else {
-            fail("--admin-bind must be HOST:PORT or off, not \"\(adminBind)\"", status: ExitStatus.configuration)
+            throw failure("--admin-bind must be HOST:PORT or off, not \"\(adminBind)\"", status: ExitStatus.configuration)
         }
         let json = logFormat == "json"
         LoggingSystem.bootstrap { label in
@@ -115,40 +118,43 @@ struct Run: AsyncParsableCommand {
                                                       trustDomain: trustDomain, logger: logger) { credentials in
                 try runningSidecar.withLockedValue { $0 }?.updateCredentials(credentials)
             }
-            (settings, intentionsSource) = try loadSettings(logger: logger, credentials: try certificateSource.start()) { set in
+            (settings, intentionsSource) = try loadSettings(logger: logger, credentials: try certificateSource.load()) { set in
                 runningSidecar.withLockedValue { $0 }?.updateIntentions(set)
             }
         } catch {
-            fail("\(error)", status: ExitStatus.configuration)
+            throw failure("\(error)", status: ExitStatus.configuration)
         }
         let threadCount = threads ?? min(System.coreCount, 4)
-        guard (1...64).contains(threadCount) else { fail("--threads must be between 1 and 64", status: ExitStatus.configuration) }
+        guard (1...64).contains(threadCount) else { throw failure("--threads must be between 1 and 64", status: ExitStatus.configuration) }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threadCount)
         let sidecar: Sidecar
         do {
             sidecar = try Sidecar(settings: settings, group: group)
             try await sidecar.start()
         } catch {
-            fail("\(error)", status: ExitStatus.listener)
+            throw failure("\(error)", status: ExitStatus.listener)
         }
         runningSidecar.withLockedValue { $0 = sidecar }
+        // Only now, with everything valid and listening, start polling the files.
+        certificateSource.watch()
+        intentionsSource?.watch()
         if let adminEndpoint, let metrics = settings.metrics {
             do {
                 let admin = try await AdminServer.start(host: adminEndpoint.host, port: adminEndpoint.port, sidecar: sidecar,
                                                         metrics: metrics, group: group)
                 logger.info("admin listener", metadata: ["address": "\(admin.localAddress.map { "\($0)" } ?? "?")"])
             } catch {
-                fail("\(error)", status: ExitStatus.listener)
+                throw failure("\(error)", status: ExitStatus.listener)
             }
         }
         logger.info("sidecar running", metadata: [
             "identity": "\(settings.credentials.identity)", "serial": "\(settings.credentials.leaf.serialNumber)",
         ])
-        let signals = SignalHandling(onReload: {
+        signals.onReload = {
             logger.info("SIGHUP: reloading certificate and intentions files")
             certificateSource.reload()
             intentionsSource?.reload()
-        })
+        }
         await signals.firstTermination()
         certificateSource.stop()
         intentionsSource?.stop()
@@ -190,7 +196,7 @@ struct Run: AsyncParsableCommand {
         let source = intentionsFile.map {
             IntentionsFileSource(path: $0, defaultAction: defaultAction, logger: logger, apply: onIntentionsChange)
         }
-        let intentions = try source?.start() ?? IntentionSet([], defaultAction: defaultAction)
+        let intentions = try source?.load() ?? IntentionSet([], defaultAction: defaultAction)
         if intentions.intentions.isEmpty && defaultAction == .deny && definition.localServicePort != nil {
             logger.warning("no intentions loaded and default deny: every inbound connection will be refused")
         }
@@ -215,13 +221,15 @@ struct Run: AsyncParsableCommand {
     }
 }
 
-func fail(_ message: String, status: Int32) -> Never {
+/// Prints the startup error and returns the exit code to throw: unwinding (rather than
+/// exit() from inside async code) lets everything be released.
+func failure(_ message: String, status: Int32) -> ExitCode {
     FileHandle.standardError.write(Data("backup-sidecar: error: \(message)\n".utf8))
-    exit(status)
+    return ExitCode(status)
 }
 
-/// SIGHUP reloads; the first SIGTERM/SIGINT ends `firstTermination()`; later ones call
-/// `onLaterTermination`.
+/// SIGHUP calls `onReload`; the first SIGTERM/SIGINT ends `firstTermination()` (also when it
+/// arrived before anyone waited); later ones call `onLaterTermination`.
 final class SignalHandling: @unchecked Sendable {
     private let queue = DispatchQueue(label: "backup-sidecar.signals")
     private var sources: [DispatchSourceSignal] = []
@@ -229,18 +237,24 @@ final class SignalHandling: @unchecked Sendable {
     private var terminated = false
     private var waiter: CheckedContinuation<Void, Never>?
     private var laterHandler: (@Sendable () -> Void)?
+    private var reloadHandler: (@Sendable () -> Void)?
 
     var onLaterTermination: (@Sendable () -> Void)? {
         get { queue.sync { laterHandler } }
         set { queue.sync { laterHandler = newValue } }
     }
 
-    init(onReload: @escaping @Sendable () -> Void) {
+    var onReload: (@Sendable () -> Void)? {
+        get { queue.sync { reloadHandler } }
+        set { queue.sync { reloadHandler = newValue } }
+    }
+
+    init() {
         for sig in [SIGHUP, SIGTERM, SIGINT] {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
             source.setEventHandler { [unowned self] in
-                if sig == SIGHUP { return onReload() }
+                if sig == SIGHUP { return reloadHandler?() ?? () }
                 if terminated { return laterHandler?() ?? () }
                 terminated = true
                 waiter?.resume()

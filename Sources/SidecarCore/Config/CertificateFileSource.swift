@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import SidecarTLS
 
 /// File mode's certificate source: re-reads `--cert`, `--key` and `--ca` when any of them
@@ -12,6 +13,7 @@ public final class CertificateFileSource: Sendable {
     private let paths: (certificate: String, key: String, roots: String)
     private let trustDomain: String?
     private let watcher: FileContentWatcher
+    private let loaded = NIOLockedValueBox<[Data]?>(nil)
 
     public init(certificatePath: String, keyPath: String, rootsPath: String, trustDomain: String?, logger: Logger,
                 apply: @escaping @Sendable (TLSCredentials) throws -> Void) {
@@ -29,11 +31,24 @@ public final class CertificateFileSource: Sendable {
         }
     }
 
-    /// Loads the three files now (a bad set is a startup error), then watches them.
-    public func start(interval: DispatchTimeInterval = .seconds(1)) throws -> TLSCredentials {
+    /// Loads the three files now; a bad set is a startup error.
+    public func load() throws -> TLSCredentials {
         let contents = try FileContentWatcher.read([paths.certificate, paths.key, paths.roots])
         let credentials = try Self.parse(contents, paths: paths, trustDomain: trustDomain)
-        watcher.start(initial: contents, interval: interval)
+        loaded.withLockedValue { $0 = contents }
+        return credentials
+    }
+
+    /// Starts watching for changes after what `load()` read (start once the sidecar runs, so
+    /// nothing polls in the background while startup can still fail).
+    public func watch(interval: DispatchTimeInterval = .seconds(1)) {
+        watcher.start(initial: loaded.withLockedValue { $0 } ?? [], interval: interval)
+    }
+
+    /// `load()` then `watch()`.
+    public func start(interval: DispatchTimeInterval = .seconds(1)) throws -> TLSCredentials {
+        let credentials = try load()
+        watch(interval: interval)
         return credentials
     }
 

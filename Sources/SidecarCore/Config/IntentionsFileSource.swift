@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 
 /// File mode's intentions source: re-reads the intentions file when its content changes
 /// (checked every `interval`) or on demand (SIGHUP), and hands each new set to `apply`.
@@ -10,6 +11,7 @@ public final class IntentionsFileSource: Sendable {
     private let defaultAction: IntentionAction
     private let logger: Logger
     private let watcher: FileContentWatcher
+    private let loaded = NIOLockedValueBox<[Data]?>(nil)
 
     public init(path: String, defaultAction: IntentionAction, logger: Logger,
                 apply: @escaping @Sendable (IntentionSet) -> Void) {
@@ -25,12 +27,23 @@ public final class IntentionsFileSource: Sendable {
         }
     }
 
-    /// Loads the file now (throwing on a bad file: at startup that is a configuration error),
-    /// then watches it.
-    public func start(interval: DispatchTimeInterval = .seconds(1)) throws -> IntentionSet {
+    /// Loads the file now; a bad file is a startup error.
+    public func load() throws -> IntentionSet {
         let contents = try FileContentWatcher.read([path])
         let set = IntentionSet(try IntentionsFile.decode(contents[0], source: path), defaultAction: defaultAction)
-        watcher.start(initial: contents, interval: interval)
+        loaded.withLockedValue { $0 = contents }
+        return set
+    }
+
+    /// Starts watching for changes after what `load()` read.
+    public func watch(interval: DispatchTimeInterval = .seconds(1)) {
+        watcher.start(initial: loaded.withLockedValue { $0 } ?? [], interval: interval)
+    }
+
+    /// `load()` then `watch()`.
+    public func start(interval: DispatchTimeInterval = .seconds(1)) throws -> IntentionSet {
+        let set = try load()
+        watch(interval: interval)
         return set
     }
 
