@@ -96,12 +96,7 @@ private final class EchoHandler: ChannelInboundHandler {
     func channelReadComplete(context: ChannelHandlerContext) { context.flush() }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? ChannelEvent, event == .inputClosed {
-            let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
-                channel.close(promise: nil)
-            }
-        }
+        if let event = event as? ChannelEvent, event == .inputClosed { context.closeAfterPendingWrites() }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
@@ -142,10 +137,7 @@ private final class ReplyAfterEOFHandler: ChannelInboundHandler {
         }
         let sent = replyDigest.finalizeHex()
         digests.withLockedValue { $0.append(sent) }
-        let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
-            channel.close(promise: nil)
-        }
+        context.closeAfterPendingWrites()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
@@ -234,10 +226,7 @@ private final class SourceHandler: ChannelInboundHandler {
         }
         context.flush()
         if remaining == 0 {
-            let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
-                channel.close(promise: nil)
-            }
+            context.closeAfterPendingWrites()
             remaining = -1
         }
     }
@@ -338,4 +327,12 @@ private final class ProxyProtocolEchoHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
+
+extension ChannelHandlerContext {
+    /// Closes once everything written so far is on the wire (a plain close drops pending writes).
+    func closeAfterPendingWrites() {
+        let channel = self.channel
+        writeAndFlush(NIOAny(channel.allocator.buffer(capacity: 0))).whenComplete { _ in channel.close(promise: nil) }
+    }
 }
