@@ -160,7 +160,7 @@ struct Run: AsyncParsableCommand {
         intentionsSource?.stop()
         // Drain; a second SIGTERM/SIGINT cuts it short (what is left is aborted, not closed
         // cleanly, so no peer mistakes it for a finished transfer).
-        let drainNs = ConfigDurationFlag.nanoseconds(drainTimeout) ?? 600_000_000_000
+        let drainNs = ConfigDuration.parse(drainTimeout) ?? 600_000_000_000
         let drain = Task { await sidecar.drain(timeout: .nanoseconds(drainNs)) }
         signals.onLaterTermination = {
             logger.warning("second signal: not waiting for the drain")
@@ -181,13 +181,13 @@ struct Run: AsyncParsableCommand {
             definition.config.maxConnections = maxConnections
         }
         if let idleTimeout {
-            guard let nanoseconds = ConfigDurationFlag.nanoseconds(idleTimeout) else {
+            guard let nanoseconds = ConfigDuration.parse(idleTimeout) else {
                 throw ValidationError("--idle-timeout \"\(idleTimeout)\" is not a duration such as 30m")
             }
             definition.config.idleTimeoutNs = nanoseconds
         }
         try definition.validateUpstreamBinds(allowNonLoopback: allowRemoteUpstreams)
-        guard ConfigDurationFlag.nanoseconds(drainTimeout) != nil else {
+        guard ConfigDuration.parse(drainTimeout) != nil else {
             throw ValidationError("--drain-timeout \"\(drainTimeout)\" is not a duration such as 10m")
         }
         guard let defaultAction = IntentionAction(rawValue: defaultIntention.lowercased()) else {

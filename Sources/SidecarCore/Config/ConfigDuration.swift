@@ -2,13 +2,14 @@
 /// "1h30m", "1.5h", "250ms") or a plain number of seconds.
 import Foundation
 
-enum ConfigDuration {
+public enum ConfigDuration {
+    /// Longest suffix first, so "ms" is not read as "m" followed by garbage.
     private static let units: [(suffix: String, nanoseconds: Double)] = [
         ("ns", 1), ("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9),
-    ]
+    ].sorted { $0.0.count > $1.0.count }
 
     /// Nanoseconds, or nil when the text is not a positive duration.
-    static func parse(_ text: String) -> Int64? {
+    public static func parse(_ text: String) -> Int64? {
         let trimmed = text.trimmingCharacters(in: .whitespaces)
         if let seconds = Double(trimmed) {
             return seconds > 0 && seconds < 1e9 ? Int64(seconds * 1e9) : nil
@@ -20,9 +21,7 @@ enum ConfigDuration {
             let number = rest.prefix { $0.isNumber || $0 == "." }
             guard !number.isEmpty, let value = Double(number) else { return nil }
             rest = rest.dropFirst(number.count)
-            // Longest suffix first so "ms" is not read as "m" followed by garbage.
-            guard let unit = units.sorted(by: { $0.suffix.count > $1.suffix.count }).first(where: { rest.hasPrefix($0.suffix) })
-            else { return nil }
+            guard let unit = units.first(where: { rest.hasPrefix($0.suffix) }) else { return nil }
             rest = rest.dropFirst(unit.suffix.count)
             total += value * unit.nanoseconds
         }
@@ -30,7 +29,3 @@ enum ConfigDuration {
     }
 }
 
-/// The same duration syntax for command-line flags.
-public enum ConfigDurationFlag {
-    public static func nanoseconds(_ text: String) -> Int64? { ConfigDuration.parse(text) }
-}

@@ -132,3 +132,43 @@ struct ConfigNode {
 
     func optionalString(_ name: String) throws -> String? { try field(name)?.string() }
 }
+
+/// Typed readers shared by the config-file and Consul API decoders.
+extension ConfigNode {
+    func bool() throws -> Bool {
+        guard case .bool(let flag) = value else { throw error("expected true or false, found \(value.typeName)") }
+        return flag
+    }
+
+    /// A JSON number holding a Go `uint64`. `JSONValue` keeps integers as `Int64`; values above
+    /// `Int64.max` arrive as a `Double`, so they are exact only up to 2^53 and are rounded
+    /// beyond (e.g. Consul's `ConsulCARoot.serialNumber`).
+    func uint64() throws -> UInt64 {
+        switch value {
+        case .integer(let number):
+            guard number >= 0 else { throw error("expected a non-negative integer, found \(number)") }
+            return UInt64(number)
+        case .number(let number) where number >= 0 && number.rounded() == number && number <= 18_446_744_073_709_551_616.0:
+            // 2^64 itself is what UInt64.max rounds to as a Double.
+            return number >= 18_446_744_073_709_551_616.0 ? .max : UInt64(number)
+        default:
+            throw error("expected a non-negative integer, found \(value.typeName)")
+        }
+    }
+
+    func nonEmptyString() throws -> String {
+        let text = try string()
+        guard !text.isEmpty else { throw error("must not be empty") }
+        return text
+    }
+
+    /// An optional string where "" means the same as absent (Go's zero value).
+    func optionalNonEmptyString(_ name: String) throws -> String? {
+        try optionalString(name).flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    /// A required field that must be a non-empty string.
+    func requiredNonEmptyString(_ name: String) throws -> String {
+        try require(name).nonEmptyString()
+    }
+}

@@ -22,9 +22,8 @@ public enum IntentionsFile {
         guard kind == "service-intentions" else {
             throw entry.error("kind \"\(kind)\" is not \"service-intentions\"", at: "kind")
         }
-        let destination = try entry.require("name").string()
-        guard !destination.isEmpty else { throw entry.error("must not be empty", at: "name") }
-        let destinationNamespace = try entry.optionalString("namespace").flatMap { $0.isEmpty ? nil : $0 } ?? "default"
+        let destination = try entry.requiredNonEmptyString("name")
+        let destinationNamespace = try entry.optionalNonEmptyString("namespace") ?? "default"
         // Consul: a wildcard namespace only goes with a wildcard name.
         if destinationNamespace == "*" && destination != "*" {
             throw entry.error("a wildcard namespace requires the wildcard name \"*\"", at: "namespace")
@@ -32,8 +31,7 @@ public enum IntentionsFile {
         let sources = try entry.field("sources")?.array() ?? []
         var seen = Set<String>()
         return try sources.map { source in
-            let name = try source.require("name").string()
-            guard !name.isEmpty else { throw source.error("must not be empty", at: "name") }
+            let name = try source.requiredNonEmptyString("name")
             let action = try source.optionalString("action").map { text -> IntentionAction in
                 guard let action = IntentionAction(rawValue: text.lowercased()) else {
                     throw source.error("action \"\(text)\" is not \"allow\" or \"deny\"", at: "action")
@@ -46,7 +44,7 @@ public enum IntentionsFile {
             case (.some, false): throw source.error("a source has either action or permissions, not both")
             default: break
             }
-            let sourceNamespace = try source.optionalString("namespace").flatMap { $0.isEmpty ? nil : $0 } ?? "default"
+            let sourceNamespace = try source.optionalNonEmptyString("namespace") ?? "default"
             if sourceNamespace == "*" && name != "*" {
                 throw source.error("a wildcard namespace requires the wildcard name \"*\"", at: "namespace")
             }
@@ -55,7 +53,7 @@ public enum IntentionsFile {
                 destinationNamespace: destinationNamespace,
                 sourceName: name,
                 sourceNamespace: sourceNamespace,
-                sourcePartition: try source.optionalString("partition").flatMap { $0.isEmpty ? nil : $0 } ?? "default",
+                sourcePartition: try source.optionalNonEmptyString("partition") ?? "default",
                 sourcePeer: try source.optionalString("peer") ?? "",
                 action: action,
                 permissions: try permissions.map(decodePermission),
@@ -109,17 +107,13 @@ public enum IntentionsFile {
     }
 
     static func decodeHeaderRule(_ node: ConfigNode) throws -> HTTPPermissionMatch.HeaderRule {
-        let name = try node.require("name").string()
-        guard !name.isEmpty else { throw node.error("must not be empty", at: "name") }
+        let name = try node.requiredNonEmptyString("name")
         if try node.field("contains") != nil { throw node.error("header rule Contains is not supported", at: "contains") }
         if let ignoreCase = try node.field("ignore_case"), ignoreCase.value == .bool(true) {
             throw node.error("header rule IgnoreCase is not supported", at: "ignore_case")
         }
         var conditions: [HTTPPermissionMatch.HeaderRule.Condition] = []
-        if let present = try node.field("present") {
-            guard case .bool(let flag) = present.value else { throw present.error("expected true or false") }
-            if flag { conditions.append(.present) }
-        }
+        if try node.field("present")?.bool() == true { conditions.append(.present) }
         if let value = try node.optionalString("exact") { conditions.append(.exact(value)) }
         if let value = try node.optionalString("prefix") { conditions.append(.prefix(value)) }
         if let value = try node.optionalString("suffix") { conditions.append(.suffix(value)) }
@@ -127,11 +121,7 @@ public enum IntentionsFile {
         guard conditions.count == 1 else {
             throw node.error("a header rule needs exactly one of Present, Exact, Prefix, Suffix, Regex (found \(conditions.count))")
         }
-        var invert = false
-        if let flag = try node.field("invert") {
-            guard case .bool(let value) = flag.value else { throw flag.error("expected true or false") }
-            invert = value
-        }
+        let invert = try node.field("invert")?.bool() ?? false
         return HTTPPermissionMatch.HeaderRule(name: name, condition: conditions[0], invert: invert)
     }
 

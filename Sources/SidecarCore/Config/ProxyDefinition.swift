@@ -142,19 +142,18 @@ extension ProxyDefinition {
             throw node.error("required field is missing", at: "name")
         }
         let proxy = try node.require("proxy")
-        let destination = try proxy.require("destination_service_name").string()
-        guard !destination.isEmpty else { throw proxy.error("must not be empty", at: "destination_service_name") }
+        let destination = try proxy.requiredNonEmptyString("destination_service_name")
         return ProxyDefinition(
             id: try node.optionalString("id") ?? name,
             name: name,
-            address: try node.optionalString("address").flatMap { $0.isEmpty ? nil : $0 } ?? "0.0.0.0",
+            address: try node.optionalNonEmptyString("address") ?? "0.0.0.0",
             port: try node.field("port")?.port(),
             destinationServiceName: destination,
             destinationServiceID: try proxy.optionalString("destination_service_id"),
-            localServiceAddress: try proxy.optionalString("local_service_address").flatMap { $0.isEmpty ? nil : $0 }
+            localServiceAddress: try proxy.optionalNonEmptyString("local_service_address")
                 ?? "127.0.0.1",
             localServicePort: try proxy.field("local_service_port")?.port(),
-            localServiceSocketPath: try proxy.optionalString("local_service_socket_path").flatMap { $0.isEmpty ? nil : $0 },
+            localServiceSocketPath: try proxy.optionalNonEmptyString("local_service_socket_path"),
             config: try decodeConfig(proxy.field("config")),
             upstreams: try decodeUpstreams(proxy.field("upstreams"))
         )
@@ -170,11 +169,11 @@ extension ProxyDefinition {
         return ProxyDefinition(
             id: try sidecar.optionalString("id") ?? "\(parentID)-sidecar-proxy",
             name: name,
-            address: try sidecar.optionalString("address").flatMap { $0.isEmpty ? nil : $0 } ?? "0.0.0.0",
+            address: try sidecar.optionalNonEmptyString("address") ?? "0.0.0.0",
             port: try sidecar.field("port")?.port(),
             destinationServiceName: parentName,
             destinationServiceID: parentID,
-            localServiceAddress: try proxy?.optionalString("local_service_address").flatMap { $0.isEmpty ? nil : $0 }
+            localServiceAddress: try proxy?.optionalNonEmptyString("local_service_address")
                 ?? "127.0.0.1",
             localServicePort: try proxy?.field("local_service_port")?.port() ?? parent.field("port")?.port(),
             config: try decodeConfig(proxy?.field("config")),
@@ -215,16 +214,15 @@ extension ProxyDefinition {
             if let type = try item.optionalString("destination_type"), !type.isEmpty, type != "service" {
                 throw item.error("destination_type \"\(type)\" is not supported; only \"service\"", at: "destination_type")
             }
-            let name = try item.require("destination_name").string()
-            guard !name.isEmpty else { throw item.error("must not be empty", at: "destination_name") }
-            let socketPath = try item.optionalString("local_bind_socket_path").flatMap { $0.isEmpty ? nil : $0 }
+            let name = try item.requiredNonEmptyString("destination_name")
+            let socketPath = try item.optionalNonEmptyString("local_bind_socket_path")
             let config = try item.field("config")
             var upstream = Upstream(
                 destinationName: name,
-                destinationNamespace: try item.optionalString("destination_namespace").flatMap { $0.isEmpty ? nil : $0 } ?? "default",
-                destinationPartition: try item.optionalString("destination_partition").flatMap { $0.isEmpty ? nil : $0 } ?? "default",
-                datacenter: try item.optionalString("datacenter").flatMap { $0.isEmpty ? nil : $0 },
-                localBindAddress: try item.optionalString("local_bind_address").flatMap { $0.isEmpty ? nil : $0 } ?? "127.0.0.1",
+                destinationNamespace: try item.optionalNonEmptyString("destination_namespace") ?? "default",
+                destinationPartition: try item.optionalNonEmptyString("destination_partition") ?? "default",
+                datacenter: try item.optionalNonEmptyString("datacenter"),
+                localBindAddress: try item.optionalNonEmptyString("local_bind_address") ?? "127.0.0.1",
                 localBindPort: socketPath == nil ? try item.require("local_bind_port").port() : 0,
                 connectTimeoutMs: try config?.field("connect_timeout_ms").map(positive) ?? 10000
             )

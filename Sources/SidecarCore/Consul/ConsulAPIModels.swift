@@ -38,45 +38,6 @@ enum ConsulResponseBody {
     }
 }
 
-extension ConfigNode {
-    func consulBool() throws -> Bool {
-        guard case .bool(let flag) = value else { throw error("expected true or false, found \(value.typeName)") }
-        return flag
-    }
-
-    /// A JSON number holding a Go `uint64`. `JSONValue` keeps integers as `Int64`; values above
-    /// `Int64.max` arrive as a `Double`, so they are exact only up to 2^53 and are rounded
-    /// beyond (see `ConsulCARoot.serialNumber`).
-    func consulUInt64() throws -> UInt64 {
-        switch value {
-        case .integer(let number):
-            guard number >= 0 else { throw error("expected a non-negative integer, found \(number)") }
-            return UInt64(number)
-        case .number(let number) where number >= 0 && number.rounded() == number && number <= 18_446_744_073_709_551_616.0:
-            // 2^64 itself is what UInt64.max rounds to as a Double.
-            return number >= 18_446_744_073_709_551_616.0 ? .max : UInt64(number)
-        default:
-            throw error("expected a non-negative integer, found \(value.typeName)")
-        }
-    }
-
-    func consulNonEmptyString() throws -> String {
-        let text = try string()
-        guard !text.isEmpty else { throw error("must not be empty") }
-        return text
-    }
-
-    /// An optional string where "" means the same as absent (Go's zero value).
-    func consulOptionalNonEmptyString(_ name: String) throws -> String? {
-        try optionalString(name).flatMap { $0.isEmpty ? nil : $0 }
-    }
-
-    /// A required field that must be a non-empty string.
-    func consulRequiredString(_ name: String) throws -> String {
-        try require(name).consulNonEmptyString()
-    }
-}
-
 /// Joins PEM blocks so each starts on its own line.
 private func joinPEM(_ blocks: [String]) -> String {
     blocks.filter { !$0.isEmpty }.map { $0.hasSuffix("\n") ? $0 : $0 + "\n" }.joined()
@@ -158,7 +119,7 @@ public struct ConsulCARoots: Equatable, Sendable {
         _ = try root.object()
         return ConsulCARoots(
             activeRootID: try root.require("ActiveRootID").string(),
-            trustDomain: try root.consulRequiredString("TrustDomain"),
+            trustDomain: try root.requiredNonEmptyString("TrustDomain"),
             roots: try root.field("Roots")?.array().map(decodeRoot) ?? []
         )
     }
@@ -166,15 +127,15 @@ public struct ConsulCARoots: Equatable, Sendable {
     private static func decodeRoot(_ node: ConfigNode) throws -> ConsulCARoot {
         _ = try node.object()
         return ConsulCARoot(
-            id: try node.consulRequiredString("ID"),
+            id: try node.requiredNonEmptyString("ID"),
             name: try node.optionalString("Name") ?? "",
-            serialNumber: try node.field("SerialNumber")?.consulUInt64() ?? 0,
+            serialNumber: try node.field("SerialNumber")?.uint64() ?? 0,
             signingKeyID: try node.optionalString("SigningKeyID") ?? "",
-            notBefore: try node.consulOptionalNonEmptyString("NotBefore"),
-            notAfter: try node.consulOptionalNonEmptyString("NotAfter"),
-            rootCertPEM: try node.consulRequiredString("RootCert"),
-            intermediateCertPEMs: try node.field("IntermediateCerts")?.array().map { try $0.consulNonEmptyString() } ?? [],
-            active: try node.field("Active")?.consulBool() ?? false
+            notBefore: try node.optionalNonEmptyString("NotBefore"),
+            notAfter: try node.optionalNonEmptyString("NotAfter"),
+            rootCertPEM: try node.requiredNonEmptyString("RootCert"),
+            intermediateCertPEMs: try node.field("IntermediateCerts")?.array().map { try $0.nonEmptyString() } ?? [],
+            active: try node.field("Active")?.bool() ?? false
         )
     }
 }
@@ -220,15 +181,15 @@ public struct ConsulLeafCertificate: Equatable, Sendable, CustomStringConvertibl
         let root = try ConsulResponseBody.root(data, source: source)
         _ = try root.object()
         return ConsulLeafCertificate(
-            serialNumber: try root.consulRequiredString("SerialNumber"),
-            certPEM: try root.consulRequiredString("CertPEM"),
-            privateKeyPEM: try root.consulRequiredString("PrivateKeyPEM"),
-            service: try root.consulRequiredString("Service"),
-            serviceURI: try root.consulRequiredString("ServiceURI"),
-            validAfter: try root.consulRequiredString("ValidAfter"),
-            validBefore: try root.consulRequiredString("ValidBefore"),
-            createIndex: try root.field("CreateIndex")?.consulUInt64() ?? 0,
-            modifyIndex: try root.field("ModifyIndex")?.consulUInt64() ?? 0
+            serialNumber: try root.requiredNonEmptyString("SerialNumber"),
+            certPEM: try root.requiredNonEmptyString("CertPEM"),
+            privateKeyPEM: try root.requiredNonEmptyString("PrivateKeyPEM"),
+            service: try root.requiredNonEmptyString("Service"),
+            serviceURI: try root.requiredNonEmptyString("ServiceURI"),
+            validAfter: try root.requiredNonEmptyString("ValidAfter"),
+            validBefore: try root.requiredNonEmptyString("ValidBefore"),
+            createIndex: try root.field("CreateIndex")?.uint64() ?? 0,
+            modifyIndex: try root.field("ModifyIndex")?.uint64() ?? 0
         )
     }
 }
@@ -256,13 +217,13 @@ public struct ConsulAgentSelf: Equatable, Sendable {
         var policy: IntentionAction?
         if let debug = try root.field("DebugConfig") {
             _ = try debug.object()
-            if let text = try debug.consulOptionalNonEmptyString("DefaultIntentionPolicy") {
+            if let text = try debug.optionalNonEmptyString("DefaultIntentionPolicy") {
                 guard let action = IntentionAction(rawValue: text.lowercased()) else {
                     throw debug.error("\"\(text)\" is not \"allow\" or \"deny\"", at: "DefaultIntentionPolicy")
                 }
                 policy = action
             }
         }
-        return ConsulAgentSelf(datacenter: try config.consulRequiredString("Datacenter"), defaultIntentionPolicy: policy)
+        return ConsulAgentSelf(datacenter: try config.requiredNonEmptyString("Datacenter"), defaultIntentionPolicy: policy)
     }
 }

@@ -29,8 +29,8 @@ public struct ConsulAgentService: Equatable, Sendable {
     public static func decode(_ data: Data, source: String) throws -> ConsulAgentService {
         let root = try ConsulResponseBody.root(data, source: source)
         let kind = try root.optionalString("Kind") ?? ""
-        let id = try root.consulRequiredString("ID")
-        let service = try root.consulRequiredString("Service")
+        let id = try root.requiredNonEmptyString("ID")
+        let service = try root.requiredNonEmptyString("Service")
         guard kind == "connect-proxy" else {
             let shown = kind.isEmpty ? "a plain service (no Kind)" : "kind \"\(kind)\""
             throw root.error("service \"\(id)\" is \(shown), not a connect-proxy registration", at: "Kind")
@@ -39,7 +39,7 @@ public struct ConsulAgentService: Equatable, Sendable {
             kind: kind,
             id: id,
             service: service,
-            contentHash: try root.consulOptionalNonEmptyString("ContentHash"),
+            contentHash: try root.optionalNonEmptyString("ContentHash"),
             proxy: try ProxyDefinition.decode(service: root)
         )
     }
@@ -137,21 +137,21 @@ public struct ConsulServiceInstance: Equatable, Sendable {
         return ConsulServiceInstance(
             node: Node(
                 id: try nodeNode.optionalString("ID") ?? "",
-                node: try nodeNode.consulRequiredString("Node"),
+                node: try nodeNode.requiredNonEmptyString("Node"),
                 address: try nodeNode.require("Address").string(),
-                datacenter: try nodeNode.consulRequiredString("Datacenter")
+                datacenter: try nodeNode.requiredNonEmptyString("Datacenter")
             ),
             service: Service(
-                id: try serviceNode.consulRequiredString("ID"),
-                service: try serviceNode.consulRequiredString("Service"),
+                id: try serviceNode.requiredNonEmptyString("ID"),
+                service: try serviceNode.requiredNonEmptyString("Service"),
                 kind: try serviceNode.optionalString("Kind") ?? "",
                 address: try serviceNode.optionalString("Address") ?? "",
                 port: port,
-                proxyDestinationName: try serviceNode.field("Proxy")?.consulOptionalNonEmptyString("DestinationServiceName")
+                proxyDestinationName: try serviceNode.field("Proxy")?.optionalNonEmptyString("DestinationServiceName")
             ),
             checks: try entry.field("Checks")?.array().map { check in
                 _ = try check.object()
-                return Check(checkID: try check.consulRequiredString("CheckID"), status: try check.consulRequiredString("Status"))
+                return Check(checkID: try check.requiredNonEmptyString("CheckID"), status: try check.requiredNonEmptyString("Status"))
             } ?? []
         )
     }
@@ -201,7 +201,7 @@ public struct ConsulIntentionMatch: Equatable, Sendable {
     /// namespaces and partitions default to "default" when missing or empty.
     static func decodeIntention(_ node: ConfigNode) throws -> Intention {
         _ = try node.object()
-        let action = try node.consulOptionalNonEmptyString("Action").map { text -> IntentionAction in
+        let action = try node.optionalNonEmptyString("Action").map { text -> IntentionAction in
             guard let action = IntentionAction(rawValue: text.lowercased()) else {
                 throw node.error("action \"\(text)\" is not \"allow\" or \"deny\"", at: "Action")
             }
@@ -214,11 +214,11 @@ public struct ConsulIntentionMatch: Equatable, Sendable {
         default: break
         }
         return Intention(
-            destinationName: try node.consulRequiredString("DestinationName"),
-            destinationNamespace: try node.consulOptionalNonEmptyString("DestinationNS") ?? "default",
-            sourceName: try node.consulRequiredString("SourceName"),
-            sourceNamespace: try node.consulOptionalNonEmptyString("SourceNS") ?? "default",
-            sourcePartition: try node.consulOptionalNonEmptyString("SourcePartition") ?? "default",
+            destinationName: try node.requiredNonEmptyString("DestinationName"),
+            destinationNamespace: try node.optionalNonEmptyString("DestinationNS") ?? "default",
+            sourceName: try node.requiredNonEmptyString("SourceName"),
+            sourceNamespace: try node.optionalNonEmptyString("SourceNS") ?? "default",
+            sourcePartition: try node.optionalNonEmptyString("SourcePartition") ?? "default",
             sourcePeer: try node.optionalString("SourcePeer") ?? "",
             action: action,
             permissions: permissions,
