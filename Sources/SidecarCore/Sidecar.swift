@@ -18,7 +18,7 @@ public struct SidecarSettings: Sendable {
     public var datacenter: String
     public var audit: any AuditSink
     public var logger: Logger
-    /// Also fed every audit event (the caller puts it in `audit` too); read at scrape time.
+    /// Fed every audit event by the Sidecar (no need to add it to `audit`); read at scrape time.
     public var metrics: SidecarMetrics?
     /// Upstream listeners may bind non-loopback addresses (off: they lend our identity).
     public var allowNonLoopbackUpstreams = false
@@ -82,6 +82,8 @@ public final class Sidecar: Sendable {
 
     public init(settings: SidecarSettings, group: EventLoopGroup) throws {
         try settings.definition.validateUpstreamBinds(allowNonLoopback: settings.allowNonLoopbackUpstreams)
+        var settings = settings
+        if let metrics = settings.metrics { settings.audit = AuditFanOut([settings.audit, metrics]) }
         self.settings = settings
         self.group = group
         self.contexts = try TLSContextStore(credentials: settings.credentials)
@@ -108,7 +110,7 @@ public final class Sidecar: Sendable {
         }
         for upstream in definition.upstreams {
             let channel = try await bindUpstreamListener(upstream)
-            listeners.withLockedValue { $0["upstream:\(upstream.destinationName)"] = channel }
+            listeners.withLockedValue { $0[upstream.listenerName] = channel }
         }
         let task = group.next().scheduleRepeatedTask(initialDelay: .zero, delay: .seconds(30)) { [weak self] _ in
             self?.warnIfExpiring()
@@ -209,19 +211,28 @@ public final class Sidecar: Sendable {
 
     var currentIntentions: IntentionSet? { intentions.withLockedValue { $0 } }
 
+    /// Every decision before intentions have loaded is a refusal.
+    private static func decide(with intentions: NIOLockedValueBox<IntentionSet?>,
+                               _ decision: (IntentionSet) -> IntentionDecision) -> IntentionDecision {
+        guard let set = intentions.withLockedValue({ $0 }) else {
+            return IntentionDecision(allowed: false, reason: .intentionsNotLoaded)
+        }
+        return decision(set)
+    }
+
     /// Ready for traffic: certificates and intentions loaded, listeners bound, not draining.
     public var readiness: (ready: Bool, reason: String) {
         if isDraining { return (false, "draining") }
-        if intentions.withLockedValue({ $0 }) == nil { return (false, "intentions not loaded") }
+        if currentIntentions == nil { return (false, "intentions not loaded") }
         if listeners.withLockedValue({ $0.isEmpty }) { return (false, "no listener bound") }
-        if contexts.credentials.leaf.notAfter <= Date() { return (false, "leaf certificate expired") }
+        if contexts.credentials.expiredLeafReason() != nil { return (false, "leaf certificate expired") }
         return (true, "ready")
     }
 
     /// Updates the state gauges (called when /metrics is scraped).
     public func refreshMetrics() {
         guard let metrics = settings.metrics else { return }
-        let listenerNames = [Self.publicListenerName] + settings.definition.upstreams.map { "upstream:\($0.destinationName)" }
+        let listenerNames = [Self.publicListenerName] + settings.definition.upstreams.map(\.listenerName)
         for name in listenerNames {
             metrics.setGauge("backup_sidecar_connections_active", Double(tracker.count(name)), [("listener", name)])
         }
@@ -292,25 +303,19 @@ public final class Sidecar: Sendable {
             logger.warning("L7 permissions are not enforced for protocol \(definition.config.protocol) yet: sources whose intentions carry permissions are refused")
         }
         let authorize: @Sendable (SPIFFEID, String) -> IntentionDecision = { source, destination in
-            guard let set = intentions.withLockedValue({ $0 }) else {
-                return IntentionDecision(allowed: false, reason: .intentionsNotLoaded)
-            }
-            return set.decide(source: source, destination: destination, l7: l7)
+            Self.decide(with: intentions) { $0.decide(source: source, destination: destination, l7: l7) }
         }
         let authorizeRequest: @Sendable (HTTPRequestFacts, SPIFFEID, String) -> IntentionDecision = { request, source, destination in
-            guard let set = intentions.withLockedValue({ $0 }) else {
-                return IntentionDecision(allowed: false, reason: .intentionsNotLoaded)
-            }
-            return set.decide(request: request, source: source, destination: destination)
+            Self.decide(with: intentions) { $0.decide(request: request, source: source, destination: destination) }
         }
         let bootstrap = serverBootstrap().childChannelInitializer { channel in
             tracker.track(channel, listener: Self.publicListenerName, limit: limit)
             let server = contexts.server
             // Never present an expired leaf: refuse the handshake instead (and say why).
-            if server.credentials.leaf.notAfter <= Date() {
+            if let expired = server.credentials.expiredLeafReason() {
                 audit.record(AuditEvent(kind: .handshakeRejected, listener: Self.publicListenerName,
                                         peerAddress: channel.remoteAddress.auditDescription, decision: "deny",
-                                        reason: "our leaf certificate (serial \(server.credentials.leaf.serialNumber)) expired at \(server.credentials.leaf.notAfter); refusing to present it"))
+                                        reason: expired + "; refusing to present it"))
                 logger.error("leaf certificate expired and not renewed: refusing handshakes")
                 return channel.close()
             }
@@ -347,7 +352,7 @@ public final class Sidecar: Sendable {
         }
         let audit = settings.audit, logger = settings.logger
         let tracker = self.tracker, limit = settings.definition.config.maxConnections
-        let listenerName = "upstream:\(upstream.destinationName)"
+        let listenerName = upstream.listenerName
         let bootstrap = serverBootstrap().childChannelInitializer { channel in
             tracker.track(channel, listener: listenerName, limit: limit)
             return channel.eventLoop.makeCompletedFuture {

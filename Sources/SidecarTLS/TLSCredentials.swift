@@ -84,6 +84,13 @@ public struct TLSCredentials: Sendable {
         )
     }
 
+    /// "our leaf certificate (serial …) expired at …" once the leaf has expired, else nil:
+    /// one wording for every place that must not present it (audit reasons, readiness).
+    public func expiredLeafReason(now: Date = Date()) -> String? {
+        guard leaf.notAfter <= now else { return nil }
+        return "our leaf certificate (serial \(leaf.serialNumber)) expired at \(leaf.notAfter)"
+    }
+
     /// Fraction of the leaf's validity period still ahead (0 when expired).
     public func remainingLifetimeFraction(now: Date = Date()) -> Double {
         let total = leaf.notAfter.timeIntervalSince(leaf.notBefore)

@@ -215,7 +215,7 @@ struct Run: AsyncParsableCommand {
         let metrics = SidecarMetrics()
         var settings = SidecarSettings(definition: definition, credentials: credentials, intentions: intentions,
                                        upstreamEndpoints: endpoints, datacenter: datacenter,
-                                       audit: AuditFanOut([auditLines, metrics]), logger: logger, metrics: metrics)
+                                       audit: auditLines, logger: logger, metrics: metrics)
         settings.allowNonLoopbackUpstreams = allowRemoteUpstreams
         return (settings, source)
     }

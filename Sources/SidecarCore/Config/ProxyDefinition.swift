@@ -58,6 +58,9 @@ public struct Upstream: Equatable, Sendable {
     public var allowedUsers: [String] = []
     public var allowedGroups: [String] = []
 
+    /// The name of this upstream's listener in logs, audit lines, metrics and the admin API.
+    public var listenerName: String { "upstream:\(destinationName)" }
+
     /// Listener identity: a change of any of these means a new listener.
     public var listenerKey: String { localBindSocketPath.map { "unix:\($0)" } ?? "\(localBindAddress):\(localBindPort)" }
 

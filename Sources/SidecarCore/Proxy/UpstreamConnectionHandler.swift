@@ -74,7 +74,7 @@ final class UpstreamConnectionHandler: StagingHandler {
     private var localGone = false
     private var callerAddress = "unknown"
     private var caller: LocalCaller?
-    private var listenerName: String { "upstream:\(route.upstream.destinationName)" }
+    private var listenerName: String { route.upstream.listenerName }
 
     init(route: UpstreamRoute, audit: any AuditSink, logger: Logger) {
         self.route = route
@@ -133,12 +133,9 @@ final class UpstreamConnectionHandler: StagingHandler {
         }
         let local = context.channel
         let tlsContext = route.tlsContext()
-        guard tlsContext.credentials.leaf.notAfter > Date() else {
+        if let expired = tlsContext.credentials.expiredLeafReason() {
             // Presenting an expired leaf only earns a refusal from the peer; say what is wrong here.
-            let leaf = tlsContext.credentials.leaf
-            attempt(context: context, remaining: [], failures: [
-                "our leaf certificate (serial \(leaf.serialNumber)) expired at \(leaf.notAfter) and was not renewed",
-            ])
+            attempt(context: context, remaining: [], failures: [expired + " and was not renewed"])
             return
         }
         let waiter = HandshakeWaiter(promise: context.eventLoop.makePromise())

@@ -79,7 +79,7 @@ struct MeshFixture {
         let metrics = SidecarMetrics()
         let sidecar = try Sidecar(settings: SidecarSettings(
             definition: definition, credentials: credentials,
-            intentions: IntentionSet(intentions, defaultAction: defaultAction), audit: AuditFanOut([audit, metrics]),
+            intentions: IntentionSet(intentions, defaultAction: defaultAction), audit: audit,
             logger: quietLogger, metrics: metrics),
             group: testGroup)
         try await sidecar.start()
