@@ -96,10 +96,13 @@ struct Run: AsyncParsableCommand {
         let adminEndpoint: Endpoint?
         if adminBind == "off" {
             adminEndpoint = nil
-        } else if let endpoint = Endpoint(parsing: adminBind) ?? (adminBind.hasSuffix(":0") ? Endpoint(host: String(adminBind.dropLast(2)), port: 0) : nil) {
+        } else if let endpoint = Endpoint(parsing: adminBind, allowingPortZero: true) {
             adminEndpoint = endpoint
         } else {
             throw failure("--admin-bind must be HOST:PORT or off, not \"\(adminBind)\"", status: ExitStatus.configuration)
+        }
+        guard let drainNs = ConfigDuration.parse(drainTimeout) else {
+            throw failure("--drain-timeout \"\(drainTimeout)\" is not a duration such as 10m", status: ExitStatus.configuration)
         }
         let json = logFormat == "json"
         LoggingSystem.bootstrap { label in
@@ -160,7 +163,6 @@ struct Run: AsyncParsableCommand {
         intentionsSource?.stop()
         // Drain; a second SIGTERM/SIGINT cuts it short (what is left is aborted, not closed
         // cleanly, so no peer mistakes it for a finished transfer).
-        let drainNs = ConfigDuration.parse(drainTimeout) ?? 600_000_000_000
         let drain = Task { await sidecar.drain(timeout: .nanoseconds(drainNs)) }
         signals.onLaterTermination = {
             logger.warning("second signal: not waiting for the drain")
@@ -187,9 +189,6 @@ struct Run: AsyncParsableCommand {
             definition.config.idleTimeoutNs = nanoseconds
         }
         try definition.validateUpstreamBinds(allowNonLoopback: allowRemoteUpstreams)
-        guard ConfigDuration.parse(drainTimeout) != nil else {
-            throw ValidationError("--drain-timeout \"\(drainTimeout)\" is not a duration such as 10m")
-        }
         guard let defaultAction = IntentionAction(rawValue: defaultIntention.lowercased()) else {
             throw ValidationError("--default-intention must be allow or deny, not \"\(defaultIntention)\"")
         }

@@ -15,11 +15,12 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// "HOST:PORT" or "[v6]:PORT"; anything else (stray brackets, signs, bare v6) is nil.
-    public init?(parsing text: String) {
+    /// Port 0 ("let the kernel pick") only where a listener address is meant.
+    public init?(parsing text: String, allowingPortZero: Bool = false) {
         guard let colon = text.lastIndex(of: ":") else { return nil }
         let portText = text[text.index(after: colon)...]
         guard !portText.isEmpty, portText.allSatisfy({ $0 >= "0" && $0 <= "9" }), let port = Int(portText),
-              (1...65535).contains(port) else { return nil }
+              ((allowingPortZero ? 0 : 1)...65535).contains(port) else { return nil }
         var host = text[..<colon]
         let bracketed = host.hasPrefix("[") && host.hasSuffix("]") && host.count > 2
         if bracketed { host = host.dropFirst().dropLast() }
