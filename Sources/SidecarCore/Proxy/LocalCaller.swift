@@ -21,9 +21,12 @@ struct LocalCaller: Sendable, Equatable, CustomStringConvertible {
         executable = Self.executable(of: pid)
     }
 
-    static func executable(of pid: Int32) -> String? {
+    static func executable(of pid: Int32) -> String? { linkTarget("/proc/\(pid)/exe") }
+
+    /// readlink(2) as a String; nil when the link cannot be read.
+    private static func linkTarget(_ path: String) -> String? {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let length = readlink("/proc/\(pid)/exe", &buffer, buffer.count - 1)
+        let length = readlink(path, &buffer, buffer.count - 1)
         guard length > 0 else { return nil }
         return String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
@@ -76,14 +79,9 @@ struct LocalCaller: Sendable, Equatable, CustomStringConvertible {
     private static func owner(ofSocketInode inode: UInt64) -> Int32? {
         let target = "socket:[\(inode)]"
         guard let processes = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return nil }
-        var buffer = [CChar](repeating: 0, count: 64)
         for entry in processes {
             guard let pid = Int32(entry), let fds = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(entry)/fd") else { continue }
-            for fd in fds {
-                let length = readlink("/proc/\(entry)/fd/\(fd)", &buffer, buffer.count - 1)
-                guard length > 0 else { continue }
-                if String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self) == target { return pid }
-            }
+            if fds.contains(where: { linkTarget("/proc/\(entry)/fd/\($0)") == target }) { return pid }
         }
         return nil
     }
