@@ -13,6 +13,12 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        // Already in the graph through async-http-client; the dev agent's CA mints with them.
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        // Only for the HTTPS client toward the Consul agent (CONSUL_CACERT etc.); the mesh uses OpenSSL.
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: [
         // System OpenSSL 3. The shim header holds only `static inline` wrappers for
@@ -43,6 +49,7 @@ let package = Package(
                 "SidecarTLS",
                 "CSystemExtras",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -50,10 +57,43 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
+        // Consul mode: the HTTP API client, blocking-query watches and what they feed the Sidecar.
+        .target(
+            name: "ConsulAgent",
+            dependencies: [
+                "SidecarCore",
+                "SidecarTLS",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The embedded dev control plane (`backup-sidecar dev-agent`): Consul's HTTP API and CA,
+        // for development, the demo and tests. Production talks to a real Consul agent.
+        .target(
+            name: "DevAgent",
+            dependencies: [
+                "SidecarCore",
+                "SidecarTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         .executableTarget(
             name: "backup-sidecar",
             dependencies: [
                 "CSystemExtras",
+                "ConsulAgent",
+                "DevAgent",
                 "SidecarCore",
                 "SidecarTLS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -76,8 +116,21 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "DevAgentTests",
+            dependencies: [
+                "DevAgent",
+                "SidecarCore",
+                "SidecarTLS",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
             name: "SidecarCoreTests",
             dependencies: [
+                "ConsulAgent",
+                "DevAgent",
                 "SidecarCore",
                 "SidecarTLS",
                 .product(name: "NIOCore", package: "swift-nio"),

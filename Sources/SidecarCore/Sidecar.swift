@@ -22,6 +22,8 @@ public struct SidecarSettings: Sendable {
     public var metrics: SidecarMetrics?
     /// Upstream listeners may bind non-loopback addresses (off: they lend our identity).
     public var allowNonLoopbackUpstreams = false
+    /// Instances arrive from Consul after start (no "no known instance" warning at bind).
+    public var consulDiscovery = false
 
     public init(definition: ProxyDefinition, credentials: TLSCredentials, intentions: IntentionSet?,
                 upstreamEndpoints: [String: [Endpoint]] = [:], datacenter: String = "dc1",
@@ -73,6 +75,13 @@ public final class Sidecar: Sendable {
     private let contexts: TLSContextStore
     private let intentions: NIOLockedValueBox<IntentionSet?>
     private let listeners = NIOLockedValueBox<[String: Channel]>([:])
+    /// The registration in force: the public listener reads it per connection (local target,
+    /// timeouts, protocol), so a retarget needs no rebind. Replaced by `apply(_:)`.
+    private let definitionBox: NIOLockedValueBox<ProxyDefinition>
+    /// What each bound upstream listener was bound with, to tell what changed on `apply(_:)`.
+    private let boundUpstreams = NIOLockedValueBox<[String: Upstream]>([:])
+    /// The public listener's bind address as bound.
+    private let boundPublic = NIOLockedValueBox<String?>(nil)
     private let registry = ConnectionRegistry()
     private let upstreamInstances = NIOLockedValueBox<[String: EndpointRotation]>([:])
     private let tracker = ConnectionTracker()
@@ -88,34 +97,115 @@ public final class Sidecar: Sendable {
         self.group = group
         self.contexts = try TLSContextStore(credentials: settings.credentials)
         self.intentions = NIOLockedValueBox(settings.intentions)
+        self.definitionBox = NIOLockedValueBox(settings.definition)
+        for (name, endpoints) in settings.upstreamEndpoints {
+            upstreamInstances.withLockedValue { $0[name] = EndpointRotation(endpoints) }
+        }
     }
+
+    /// The registration in force (it changes in Consul mode).
+    public var definition: ProxyDefinition { definitionBox.withLockedValue { $0 } }
 
     public static let publicListenerName = "public"
 
     /// HTTP/1.1 services get per-request L7 enforcement. For http2/grpc it is not built yet:
     /// sources whose intentions carry permissions are refused (never passed unchecked).
-    private var enforcesL7: Bool { settings.definition.config.protocol == "http" }
+    private static func enforcesL7(_ definition: ProxyDefinition) -> Bool { definition.config.protocol == "http" }
+    private var enforcesL7: Bool { Self.enforcesL7(definition) }
 
     /// Binds every listener. Throws (naming the address) if any cannot be bound.
     public func start() async throws {
-        let definition = settings.definition
-        if definition.localServicePort != nil || definition.localServiceSocketPath != nil, let port = definition.publicBindPort {
-            let channel = try await bindPublicListener(host: definition.publicBindAddress, port: port,
-                                                       localPort: definition.localServicePort ?? 0)
-            listeners.withLockedValue { $0[Self.publicListenerName] = channel }
-        } else {
-            settings.logger.notice("no public listener: the registration has no port or no local_service_port", metadata: [
-                "service": "\(definition.name)",
-            ])
-        }
+        let definition = self.definition
+        try await reconcilePublicListener(definition)
         for upstream in definition.upstreams {
-            let channel = try await bindUpstreamListener(upstream)
-            listeners.withLockedValue { $0[upstream.listenerName] = channel }
+            try await bindUpstream(upstream)
         }
         let task = group.next().scheduleRepeatedTask(initialDelay: .zero, delay: .seconds(30)) { [weak self] _ in
             self?.warnIfExpiring()
         }
         expiryCheck.withLockedValue { $0 = task }
+    }
+
+    /// Applies a changed registration live (Consul mode): upstream listeners that appeared are
+    /// bound, those that disappeared are closed, changed ones are rebound; the public listener
+    /// is rebound only if its address moved. Live connections are never touched: a closed
+    /// listener's accepted connections run on. The local target, timeouts and protocol take
+    /// effect for the next connection. Throws if a listener cannot be bound (the rest applied).
+    public func apply(_ newDefinition: ProxyDefinition) async throws {
+        try newDefinition.validateUpstreamBinds(allowNonLoopback: settings.allowNonLoopbackUpstreams)
+        let old = definitionBox.withLockedValue { value in
+            defer { value = newDefinition }
+            return value
+        }
+        guard !isDraining else { return }
+        var failures: [String] = []
+        do { try await reconcilePublicListener(newDefinition) } catch { failures.append("\(error)") }
+        let wanted = Dictionary(newDefinition.upstreams.map { ($0.listenerName, $0) }, uniquingKeysWith: { first, _ in first })
+        for (name, upstream) in boundUpstreams.withLockedValue({ $0 }) where wanted[name] != upstream {
+            await closeListener(name)
+            settings.logger.notice("upstream listener closed", metadata: ["listener": "\(name)", "address": "\(upstream.listenerKey)"])
+        }
+        for upstream in newDefinition.upstreams where boundUpstreams.withLockedValue({ $0[upstream.listenerName] }) == nil {
+            do { try await bindUpstream(upstream) } catch { failures.append("\(error)") }
+        }
+        if old.localServiceAddress != newDefinition.localServiceAddress || old.localServicePort != newDefinition.localServicePort
+            || old.localServiceSocketPath != newDefinition.localServiceSocketPath {
+            settings.logger.notice("local service retargeted for new connections", metadata: [
+                "local_service": "\(newDefinition.localServiceSocketPath.map { "unix:\($0)" } ?? "\(newDefinition.localServiceAddress):\(newDefinition.localServicePort ?? 0)")",
+            ])
+        }
+        if !failures.isEmpty { throw SidecarError.reconfigurationFailed(failures) }
+    }
+
+    /// Replaces the known instances of an upstream destination (Consul's health/connect).
+    public func updateInstances(_ endpoints: [Endpoint], for destination: String) {
+        let rotation = upstreamInstances.withLockedValue { value in
+            if let existing = value[destination] { return existing }
+            let created = EndpointRotation([])
+            value[destination] = created
+            return created
+        }
+        rotation.replace(endpoints)
+    }
+
+    /// Instances currently known per upstream destination.
+    public var upstreamInstanceList: [String: [Endpoint]] {
+        upstreamInstances.withLockedValue { $0.mapValues(\.endpoints) }
+    }
+
+    /// Binds, moves or closes the public listener to match `definition`.
+    private func reconcilePublicListener(_ definition: ProxyDefinition) async throws {
+        let hasTarget = definition.localServicePort != nil || definition.localServiceSocketPath != nil
+        let address = definition.publicBindPort.flatMap { hasTarget ? "\(definition.publicBindAddress):\($0)" : nil }
+        let bound = boundPublic.withLockedValue { $0 }
+        guard address != bound else { return }
+        if bound != nil { await closeListener(Self.publicListenerName) }
+        guard let port = definition.publicBindPort, hasTarget else {
+            settings.logger.notice("no public listener: the registration has no port or no local_service_port", metadata: [
+                "service": "\(definition.name)",
+            ])
+            return
+        }
+        let channel = try await bindPublicListener(host: definition.publicBindAddress, port: port)
+        listeners.withLockedValue { $0[Self.publicListenerName] = channel }
+        boundPublic.withLockedValue { $0 = address }
+    }
+
+    private func bindUpstream(_ upstream: Upstream) async throws {
+        let channel = try await bindUpstreamListener(upstream)
+        listeners.withLockedValue { $0[upstream.listenerName] = channel }
+        boundUpstreams.withLockedValue { $0[upstream.listenerName] = upstream }
+    }
+
+    /// Closes a listener; it disappears from `boundAddress(of:)` only once its port is closed.
+    private func closeListener(_ name: String) async {
+        let channel = listeners.withLockedValue { $0[name] }
+        try? await channel?.close()
+        listeners.withLockedValue { value in
+            if let channel, value[name] === channel { value[name] = nil }
+        }
+        boundUpstreams.withLockedValue { $0[name] = nil }
+        if name == Self.publicListenerName { boundPublic.withLockedValue { $0 = nil } }
     }
 
     /// Warns (once per certificate) when less than 10% of the leaf's lifetime remains and no
@@ -232,7 +322,7 @@ public final class Sidecar: Sendable {
     /// Updates the state gauges (called when /metrics is scraped).
     public func refreshMetrics() {
         guard let metrics = settings.metrics else { return }
-        let listenerNames = [Self.publicListenerName] + settings.definition.upstreams.map(\.listenerName)
+        let listenerNames = [Self.publicListenerName] + definition.upstreams.map(\.listenerName)
         for name in listenerNames {
             metrics.setGauge("backup_sidecar_connections_active", Double(tracker.count(name)), [("listener", name)])
         }
@@ -254,6 +344,8 @@ public final class Sidecar: Sendable {
             defer { value.removeAll() }
             return Array(value.values)
         }
+        boundUpstreams.withLockedValue { $0.removeAll() }
+        boundPublic.withLockedValue { $0 = nil }
         for channel in channels { try? await channel.close() }
     }
 
@@ -284,32 +376,36 @@ public final class Sidecar: Sendable {
         }
     }
 
-    private func bindPublicListener(host: String, port: Int, localPort: Int) async throws -> Channel {
-        let definition = settings.definition
-        let route = InboundRoute(destinationService: definition.destinationServiceName,
-                                 localHost: definition.localServiceAddress, localPort: localPort,
-                                 localSocketPath: definition.localServiceSocketPath,
-                                 localConnectTimeout: .milliseconds(Int64(definition.config.localConnectTimeoutMs)),
-                                 maxConnectionLifetime: definition.config.maxConnectionLifetimeNs.map { .nanoseconds($0) },
-                                 idleTimeout: definition.config.idleTimeoutNs.map { .nanoseconds($0) },
-                                 proxyProtocol: definition.config.proxyProtocol,
-                                 l7: enforcesL7)
-        let handshakeTimeout = TimeAmount.milliseconds(Int64(definition.config.handshakeTimeoutMs))
+    /// Where an accepted connection goes, from the registration in force when it arrives.
+    private static func inboundRoute(_ definition: ProxyDefinition) -> InboundRoute {
+        InboundRoute(destinationService: definition.destinationServiceName,
+                     localHost: definition.localServiceAddress, localPort: definition.localServicePort ?? 0,
+                     localSocketPath: definition.localServiceSocketPath,
+                     localConnectTimeout: .milliseconds(Int64(definition.config.localConnectTimeoutMs)),
+                     maxConnectionLifetime: definition.config.maxConnectionLifetimeNs.map { .nanoseconds($0) },
+                     idleTimeout: definition.config.idleTimeoutNs.map { .nanoseconds($0) },
+                     proxyProtocol: definition.config.proxyProtocol,
+                     l7: enforcesL7(definition))
+    }
+
+    private func bindPublicListener(host: String, port: Int) async throws -> Channel {
         let contexts = self.contexts, intentions = self.intentions, registry = self.registry
-        let tracker = self.tracker, limit = definition.config.maxConnections
+        let tracker = self.tracker, definitionBox = self.definitionBox
         let audit = settings.audit, logger = settings.logger
-        let l7 = enforcesL7
-        if ["http2", "grpc"].contains(definition.config.protocol) {
-            logger.warning("L7 permissions are not enforced for protocol \(definition.config.protocol) yet: sources whose intentions carry permissions are refused")
+        let protocolName = definition.config.protocol
+        if ["http2", "grpc"].contains(protocolName) {
+            logger.warning("L7 permissions are not enforced for protocol \(protocolName) yet: sources whose intentions carry permissions are refused")
         }
         let authorize: @Sendable (SPIFFEID, String) -> IntentionDecision = { source, destination in
-            Self.decide(with: intentions) { $0.decide(source: source, destination: destination, l7: l7) }
+            let l7 = Self.enforcesL7(definitionBox.withLockedValue { $0 })
+            return Self.decide(with: intentions) { $0.decide(source: source, destination: destination, l7: l7) }
         }
         let authorizeRequest: @Sendable (HTTPRequestFacts, SPIFFEID, String) -> IntentionDecision = { request, source, destination in
             Self.decide(with: intentions) { $0.decide(request: request, source: source, destination: destination) }
         }
         let bootstrap = serverBootstrap().childChannelInitializer { channel in
-            tracker.track(channel, listener: Self.publicListenerName, limit: limit)
+            let definition = definitionBox.withLockedValue { $0 }
+            tracker.track(channel, listener: Self.publicListenerName, limit: definition.config.maxConnections)
             let server = contexts.server
             // Never present an expired leaf: refuse the handshake instead (and say why).
             if let expired = server.credentials.expiredLeafReason() {
@@ -319,6 +415,8 @@ public final class Sidecar: Sendable {
                 logger.error("leaf certificate expired and not renewed: refusing handshakes")
                 return channel.close()
             }
+            let route = Self.inboundRoute(definition)
+            let handshakeTimeout = TimeAmount.milliseconds(Int64(definition.config.handshakeTimeoutMs))
             return channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandlers(
                     TLSHandler(context: server,
@@ -333,25 +431,31 @@ public final class Sidecar: Sendable {
     }
 
     private func bindUpstreamListener(_ upstream: Upstream) async throws -> Channel {
-        let expected = SPIFFEID(trustDomain: settings.credentials.trustDomain, partition: upstream.destinationPartition,
+        let expected = SPIFFEID(trustDomain: contexts.credentials.trustDomain, partition: upstream.destinationPartition,
                                 namespace: upstream.destinationNamespace,
                                 datacenter: upstream.datacenter ?? settings.datacenter, service: upstream.destinationName)
         let contexts = self.contexts
-        let rotation = EndpointRotation(settings.upstreamEndpoints[upstream.destinationName] ?? [])
-        upstreamInstances.withLockedValue { $0[upstream.destinationName] = rotation }
+        // Instances outlive a rebind: they belong to the destination, not to the listener.
+        let rotation = upstreamInstances.withLockedValue { value in
+            if let existing = value[upstream.destinationName] { return existing }
+            let created = EndpointRotation([])
+            value[upstream.destinationName] = created
+            return created
+        }
+        let config = definition.config
         let route = UpstreamRoute(upstream: upstream, expectedIdentity: expected,
                                   endpoints: rotation,
                                   tlsContext: { contexts.client },
-                                  handshakeTimeout: .milliseconds(Int64(settings.definition.config.handshakeTimeoutMs)),
-                                  idleTimeout: settings.definition.config.idleTimeoutNs.map { .nanoseconds($0) },
+                                  handshakeTimeout: .milliseconds(Int64(config.handshakeTimeoutMs)),
+                                  idleTimeout: config.idleTimeoutNs.map { .nanoseconds($0) },
                                   callers: try CallerPolicy.resolve(users: upstream.allowedUsers, groups: upstream.allowedGroups))
-        if settings.upstreamEndpoints[upstream.destinationName, default: []].isEmpty {
+        if rotation.count == 0 && settings.consulDiscovery == false {
             settings.logger.warning("upstream has no known instance; connections to it will fail", metadata: [
                 "upstream": "\(upstream.destinationName)",
             ])
         }
         let audit = settings.audit, logger = settings.logger
-        let tracker = self.tracker, limit = settings.definition.config.maxConnections
+        let tracker = self.tracker, limit = config.maxConnections
         let listenerName = upstream.listenerName
         let bootstrap = serverBootstrap().childChannelInitializer { channel in
             tracker.track(channel, listener: listenerName, limit: limit)
@@ -413,12 +517,14 @@ public enum SidecarError: Error, CustomStringConvertible {
     case bindFailed(listener: String, address: String, reason: String)
     case unknownAccount(String)
     case socketPathInUse(String)
+    case reconfigurationFailed([String])
 
     public var description: String {
         switch self {
         case .bindFailed(let listener, let address, let reason): return "cannot bind \(listener) listener on \(address): \(reason)"
         case .unknownAccount(let what): return "allowed_uids/allowed_gids: no such \(what)"
         case .socketPathInUse(let detail): return detail
+        case .reconfigurationFailed(let failures): return "reconfiguration incomplete: " + failures.joined(separator: "; ")
         }
     }
 }

@@ -101,7 +101,7 @@ struct AdminTests {
 
     @Test("--log-format json: every log line is a JSON object")
     func jsonLogs() async throws {
-        let port = try LifecycleTests.freePort()
+        let port = freeLocalPort()
         let service = CommandLineTests.write("jsonlog.json", """
             {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
               "proxy": {"destination_service_name": "storage", "local_service_port": 9}}}

@@ -125,7 +125,7 @@ struct LifecycleTests {
     func sigtermDrains() async throws {
         let backend = try await TestBackend(.echo, group: testGroup)
         defer { Task { await backend.stop() } }
-        let port = try Self.freePort()
+        let port = freeLocalPort()
         let service = CommandLineTests.write("drain.json", """
             {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
               "proxy": {"destination_service_name": "storage", "local_service_port": \(backend.port)}}}
@@ -158,17 +158,5 @@ struct LifecycleTests {
         }
         #expect(exited == 0)
         #expect((try? BlockingSocket(port: port)) == nil, "the listener is closed")
-    }
-
-    static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 }

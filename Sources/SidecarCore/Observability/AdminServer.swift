@@ -102,8 +102,9 @@ extension Sidecar {
 
     /// `/config`: the effective configuration. No keys, no tokens.
     func configurationReport() -> [String: Any] {
-        let definition = settings.definition
+        let definition = self.definition
         let config = definition.config
+        let instances = upstreamInstanceList
         var limits: [String: Any] = [
             "handshake_timeout_ms": config.handshakeTimeoutMs, "local_connect_timeout_ms": config.localConnectTimeoutMs,
             "max_connections": config.maxConnections,
@@ -122,7 +123,7 @@ extension Sidecar {
                 ["destination": upstream.destinationName, "namespace": upstream.destinationNamespace,
                  "partition": upstream.destinationPartition, "datacenter": upstream.datacenter ?? settings.datacenter,
                  "local_bind": upstream.listenerKey, "connect_timeout_ms": upstream.connectTimeoutMs,
-                 "instances": (settings.upstreamEndpoints[upstream.destinationName] ?? []).map(\.description)]
+                 "instances": (instances[upstream.destinationName] ?? []).map(\.description)]
             },
             "intentions": ["loaded": set != nil, "count": set?.intentions.count ?? 0,
                            "default": set?.defaultAction.rawValue ?? "deny"],

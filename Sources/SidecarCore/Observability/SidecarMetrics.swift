@@ -50,6 +50,16 @@ public final class SidecarMetrics: AuditSink, Sendable {
     func certificateRotated() { count("backup_sidecar_certificate_rotations_total") }
     func intentionsReloaded() { count("backup_sidecar_intentions_reloads_total") }
 
+    /// A Consul watch answered and its answer was usable.
+    public func consulWatchSucceeded(_ watch: String) {
+        setGauge("backup_sidecar_consul_watch_last_success_timestamp_seconds", Date().timeIntervalSince1970, [("watch", watch)])
+    }
+
+    /// A Consul watch failed (`reason`: unreachable, http_NNN, malformed); the last good state stays.
+    public func consulWatchFailed(_ watch: String, reason: String) {
+        count("backup_sidecar_consul_watch_errors_total", ("watch", watch), ("reason", reason))
+    }
+
     func setGauge(_ name: String, _ value: Double, _ dimensions: [(String, String)] = []) {
         Gauge(label: name, dimensions: dimensions, factory: factory).record(value)
     }

@@ -83,7 +83,10 @@ public struct IntentionDecision: Sendable, Equatable {
         switch reason {
         case .intention(let id, let precedence): return "intention \(id) (precedence \(precedence))"
         case .defaultPolicy: return "default policy"
-        case .requiresL7(let id, let precedence): return "intention \(id) (precedence \(precedence)) has L7 permissions; L4 treated as deny"
+        case .requiresL7(let id, let precedence):
+            // On an HTTP listener the connection is let in and every request decided on its own.
+            return "intention \(id) (precedence \(precedence)) has L7 permissions; "
+                + (allowed ? "each request is decided by them" : "L4 treated as deny")
         case .intentionsNotLoaded: return "intentions not loaded"
         case .permission(let id, let precedence, let index):
             return "intention \(id) (precedence \(precedence)) permission #\(index + 1)"

@@ -9,9 +9,14 @@ import SidecarTLS
 public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     public var host: String
     public var port: Int
-    public init(host: String, port: Int) {
+    /// For a discovered instance: its datacenter, which the identity it presents must name.
+    /// nil: the upstream's (static instances).
+    public var datacenter: String?
+
+    public init(host: String, port: Int, datacenter: String? = nil) {
         self.host = host
         self.port = port
+        self.datacenter = datacenter
     }
 
     /// "HOST:PORT" or "[v6]:PORT"; anything else (stray brackets, signs, bare v6) is nil.
@@ -41,6 +46,8 @@ final class EndpointRotation: Sendable {
 
     func replace(_ endpoints: [Endpoint]) { state.withLockedValue { $0.endpoints = endpoints } }
 
+    var endpoints: [Endpoint] { state.withLockedValue { $0.endpoints } }
+
     var count: Int { state.withLockedValue { $0.endpoints.count } }
 
     func attemptOrder() -> [Endpoint] {
@@ -58,6 +65,13 @@ struct UpstreamRoute: Sendable {
     var upstream: Upstream
     var expectedIdentity: SPIFFEID
     var endpoints: EndpointRotation
+
+    /// The identity `endpoint` must present: the upstream's, in the instance's datacenter.
+    func expectedIdentity(for endpoint: Endpoint) -> SPIFFEID {
+        guard let datacenter = endpoint.datacenter, datacenter != expectedIdentity.datacenter else { return expectedIdentity }
+        return SPIFFEID(trustDomain: expectedIdentity.trustDomain, partition: expectedIdentity.partition,
+                        namespace: expectedIdentity.namespace, datacenter: datacenter, service: expectedIdentity.service)
+    }
     var tlsContext: @Sendable () -> TLSContext
     var handshakeTimeout: TimeAmount
     var idleTimeout: TimeAmount?
@@ -140,7 +154,7 @@ final class UpstreamConnectionHandler: StagingHandler {
             return
         }
         let waiter = HandshakeWaiter(promise: context.eventLoop.makePromise())
-        let tls = TLSHandler(context: tlsContext, expectedPeer: route.expectedIdentity,
+        let tls = TLSHandler(context: tlsContext, expectedPeer: route.expectedIdentity(for: endpoint),
                              configuration: TLSHandlerConfiguration(handshakeTimeout: route.handshakeTimeout))
         ClientBootstrap(group: context.eventLoop)
             .connectTimeout(.milliseconds(Int64(route.upstream.connectTimeoutMs)))

@@ -1,0 +1,154 @@
+import Foundation
+
+/// How to reach the Consul agent, resolved from flags first and then the environment every
+/// Consul tool honours (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...). Pure: no file or network I/O
+/// except `readToken`, so the precedence rules are unit-tested.
+public struct ConsulConnectionSettings: Equatable, Sendable {
+    public enum Transport: Equatable, Sendable {
+        case tcp(host: String, port: Int)
+        case unix(path: String)
+    }
+
+    public var transport: Transport
+    public var useTLS: Bool
+    /// An explicit token (flag or CONSUL_HTTP_TOKEN); wins over `tokenFile`.
+    public var token: String?
+    /// Re-read before each request so a rotated token file takes effect without a restart.
+    public var tokenFile: String?
+    public var caFile: String?
+    public var clientCertFile: String?
+    public var clientKeyFile: String?
+    /// The name to verify the agent's certificate against, when it differs from the address.
+    public var tlsServerName: String?
+
+    public init(transport: Transport = .tcp(host: "127.0.0.1", port: 8500), useTLS: Bool = false,
+                token: String? = nil, tokenFile: String? = nil, caFile: String? = nil,
+                clientCertFile: String? = nil, clientKeyFile: String? = nil, tlsServerName: String? = nil) {
+        self.transport = transport
+        self.useTLS = useTLS
+        self.token = token
+        self.tokenFile = tokenFile
+        self.caFile = caFile
+        self.clientCertFile = clientCertFile
+        self.clientKeyFile = clientKeyFile
+        self.tlsServerName = tlsServerName
+    }
+
+    /// Flags beat the environment; within each, an explicit token beats a token file.
+    public static func resolve(httpAddr: String?, token: String?, tokenFile: String?,
+                               environment: [String: String]) throws -> ConsulConnectionSettings {
+        func env(_ name: String) -> String? {
+            guard let value = environment[name]?.trimmingCharacters(in: .whitespaces), !value.isEmpty else { return nil }
+            return value
+        }
+        var settings = ConsulConnectionSettings()
+        var sslFromEnv = false
+        if let text = env("CONSUL_HTTP_SSL") {
+            guard let flag = parseBool(text) else {
+                throw ConsulSettingsError("CONSUL_HTTP_SSL=\(text) is not a boolean (true/false/1/0)")
+            }
+            sslFromEnv = flag
+        }
+        let address = httpAddr ?? env("CONSUL_HTTP_ADDR") ?? "127.0.0.1:8500"
+        (settings.transport, settings.useTLS) = try parseAddress(address, defaultTLS: sslFromEnv)
+        if let token, !token.isEmpty {
+            settings.token = token
+        } else if let tokenFile, !tokenFile.isEmpty {
+            settings.tokenFile = tokenFile
+        } else if let token = env("CONSUL_HTTP_TOKEN") {
+            settings.token = token
+        } else {
+            settings.tokenFile = env("CONSUL_HTTP_TOKEN_FILE")
+        }
+        settings.caFile = env("CONSUL_CACERT")
+        settings.clientCertFile = env("CONSUL_CLIENT_CERT")
+        settings.clientKeyFile = env("CONSUL_CLIENT_KEY")
+        settings.tlsServerName = env("CONSUL_TLS_SERVER_NAME")
+        guard (settings.clientCertFile == nil) == (settings.clientKeyFile == nil) else {
+            throw ConsulSettingsError("CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY must be set together")
+        }
+        return settings
+    }
+
+    /// `host:port`, `http://host[:port]`, `https://host[:port]` or `unix:///path`, as Consul's
+    /// own clients accept. Without a scheme, `defaultTLS` (CONSUL_HTTP_SSL) picks https.
+    public static func parseAddress(_ text: String, defaultTLS: Bool = false) throws -> (Transport, useTLS: Bool) {
+        if text.hasPrefix("unix://") {
+            let path = String(text.dropFirst("unix://".count))
+            guard path.hasPrefix("/") else { throw ConsulSettingsError("\(text): a unix socket address needs an absolute path (unix:///path)") }
+            return (.unix(path: path), false)
+        }
+        var rest = Substring(text)
+        var tls = defaultTLS
+        var explicitScheme = false
+        if let range = rest.range(of: "://") {
+            switch rest[..<range.lowerBound].lowercased() {
+            case "http": tls = false
+            case "https": tls = true
+            default: throw ConsulSettingsError("\(text): unsupported scheme (use http://, https:// or unix://)")
+            }
+            explicitScheme = true
+            rest = rest[range.upperBound...]
+        }
+        if rest.hasSuffix("/") { rest = rest.dropLast() }
+        guard !rest.isEmpty, !rest.contains("/") else { throw ConsulSettingsError("\(text): expected HOST:PORT") }
+        if let endpoint = parseHostPort(String(rest)) {
+            return (.tcp(host: endpoint.host, port: endpoint.port), tls)
+        }
+        // A bare host: with a scheme, its default port (as Consul's Go client); without, 8500.
+        guard !rest.contains(":") || (rest.hasPrefix("[") && rest.hasSuffix("]")) else {
+            throw ConsulSettingsError("\(text): expected HOST:PORT")
+        }
+        let host = rest.hasPrefix("[") ? String(rest.dropFirst().dropLast()) : String(rest)
+        return (.tcp(host: host, port: explicitScheme ? (tls ? 443 : 80) : 8500), tls)
+    }
+
+    private static func parseHostPort(_ text: String) -> (host: String, port: Int)? {
+        guard let colon = text.lastIndex(of: ":") else { return nil }
+        let portText = text[text.index(after: colon)...]
+        guard !portText.isEmpty, portText.allSatisfy(\.isNumber), let port = Int(portText), (1...65535).contains(port) else { return nil }
+        var host = text[..<colon]
+        if host.hasPrefix("["), host.hasSuffix("]") { host = host.dropFirst().dropLast() }
+        guard !host.isEmpty, !host.contains("[") else { return nil }
+        return (String(host), port)
+    }
+
+    static func parseBool(_ text: String) -> Bool? {
+        switch text.lowercased() {
+        case "1", "t", "true": return true
+        case "0", "f", "false": return false
+        default: return nil
+        }
+    }
+
+    /// The token to send now: the explicit one, else the token file's first line (trimmed).
+    public func readToken() throws -> String? {
+        if let token { return token }
+        guard let tokenFile else { return nil }
+        let text: String
+        do {
+            text = try String(contentsOfFile: tokenFile, encoding: .utf8)
+        } catch {
+            throw ConsulSettingsError("cannot read token file \(tokenFile): \(error.localizedDescription)")
+        }
+        let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !token.isEmpty else { throw ConsulSettingsError("token file \(tokenFile) is empty") }
+        return token
+    }
+
+    /// For logs: never the token itself.
+    public var summary: String {
+        let address: String
+        switch transport {
+        case .tcp(let host, let port): address = "\(useTLS ? "https" : "http")://\(host.contains(":") ? "[\(host)]" : host):\(port)"
+        case .unix(let path): address = "unix://\(path)"
+        }
+        let auth = token != nil ? "token" : tokenFile.map { "token file \($0)" } ?? "no token"
+        return "\(address) (\(auth))"
+    }
+}
+
+public struct ConsulSettingsError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,296 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import SidecarCore
+import SidecarTLS
+
+/// What to run as, and how patient to be.
+public struct ConsulProxyOptions: Sendable {
+    public enum Target: Sendable, Equatable {
+        /// `-sidecar-for SERVICE_ID`: the connect-proxy registered as that service's sidecar.
+        case sidecarFor(String)
+        /// `-proxy-id ID`: that connect-proxy registration.
+        case proxyID(String)
+    }
+
+    public var target: Target
+    /// The decision when no intention matches and the agent reports no DefaultIntentionPolicy.
+    public var defaultIntention: IntentionAction = .deny
+    public var timing = WatchTiming()
+    /// How long to wait for the registration, leaf and roots before giving up at startup.
+    public var startupTimeout: TimeAmount = .seconds(60)
+    /// Operator overrides applied to every registration read (e.g. --max-connections).
+    public var adjustDefinition: @Sendable (ProxyDefinition) -> ProxyDefinition = { $0 }
+    public var allowNonLoopbackUpstreams = false
+
+    public init(target: Target) {
+        self.target = target
+    }
+}
+
+public struct ConsulProxyError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// A native Consul Connect proxy: configured by its registration, certificates from the
+/// agent's CA, intentions and upstream instances from blocking watches. Every answer is
+/// applied live to one `Sidecar`; an unusable answer or an unreachable agent leaves the last
+/// good state serving (fail static).
+public final class ConsulProxy: Sendable {
+    private let client: ConsulClient
+    private let options: ConsulProxyOptions
+    private let audit: any AuditSink
+    private let metrics: SidecarMetrics?
+    private let logger: Logger
+    private let group: any EventLoopGroup
+    private let material = NIOLockedValueBox<(leaf: ConsulLeafCertificate?, roots: ConsulCARoots?)>((nil, nil))
+    private let watches = NIOLockedValueBox<[String: Task<Void, Never>]>([:])
+
+    public init(client: ConsulClient, options: ConsulProxyOptions, audit: any AuditSink, metrics: SidecarMetrics?,
+                logger: Logger, group: any EventLoopGroup) {
+        self.client = client
+        self.options = options
+        self.audit = audit
+        self.metrics = metrics
+        self.logger = logger
+        self.group = group
+    }
+
+    /// Resolves the registration, waits for leaf and roots, binds every listener and starts
+    /// the watches. Throws when the agent never delivered within the startup timeout, or when
+    /// the registration names a sidecar that does not exist (after retrying).
+    public func start() async throws -> Sidecar {
+        let deadline = NIODeadline.now() + options.startupTimeout
+        let proxyID = try await retrying("find the proxy registration", until: deadline) { try await self.resolveProxyID() }
+        let agent = try await retrying("read /v1/agent/self", until: deadline) {
+            try ConsulAgentSelf.decode(try await self.client.get("/v1/agent/self").body, source: "/v1/agent/self")
+        }
+        let registration = try await retrying("read the proxy registration", until: deadline) {
+            try await self.readRegistration(proxyID)
+        }
+        let service = registration.proxy.destinationServiceName
+        let leafPath = "/v1/agent/connect/ca/leaf/\(ConsulClient.segment(service))"
+        let leaf = try await retrying("fetch the leaf certificate", until: deadline) {
+            try ConsulLeafCertificate.decode(try await self.client.get(leafPath).body, source: leafPath)
+        }
+        let roots = try await retrying("fetch the CA roots", until: deadline) {
+            try ConsulCARoots.decode(try await self.client.get("/v1/agent/connect/ca/roots").body, source: "/v1/agent/connect/ca/roots")
+        }
+        material.withLockedValue { $0 = (leaf, roots) }
+        let credentials = try Self.credentials(leaf: leaf, roots: roots)
+        var settings = SidecarSettings(definition: options.adjustDefinition(registration.proxy), credentials: credentials,
+                                       intentions: nil, datacenter: agent.datacenter, audit: audit, logger: logger,
+                                       metrics: metrics)
+        settings.allowNonLoopbackUpstreams = options.allowNonLoopbackUpstreams
+        settings.consulDiscovery = true
+        let sidecar = try Sidecar(settings: settings, group: group)
+        try await sidecar.start()
+        let defaultAction = agent.defaultIntentionPolicy ?? options.defaultIntention
+        logger.notice("Consul proxy started", metadata: [
+            "proxy_id": "\(proxyID)", "service": "\(service)", "datacenter": "\(agent.datacenter)",
+            "serial": "\(leaf.serialNumber)", "default_intention": "\(defaultAction.rawValue)",
+            "agent": "\(client.settings.summary)",
+        ])
+        startWatches(sidecar: sidecar, proxyID: proxyID, service: service, defaultAction: defaultAction)
+        reconcileInstanceWatches(sidecar: sidecar, definition: sidecar.definition)
+        return sidecar
+    }
+
+    /// Stops every watch and releases the HTTP client (the sidecar keeps serving what it has).
+    /// Call it also when `start()` failed.
+    public func stop() async {
+        let tasks = watches.withLockedValue { value in
+            defer { value.removeAll() }
+            return Array(value.values)
+        }
+        for task in tasks { task.cancel() }
+        for task in tasks { await task.value }
+        await client.shutdown()
+    }
+
+    // MARK: - Startup
+
+    private func resolveProxyID() async throws -> String {
+        switch options.target {
+        case .proxyID(let id):
+            return id
+        case .sidecarFor(let serviceID):
+            let body = try await client.get("/v1/agent/services").body
+            let candidates = try Self.sidecarProxyIDs(in: body, for: serviceID)
+            guard let first = candidates.first else {
+                throw ConsulProxyError("no sidecar proxy registered for service \"\(serviceID)\"")
+            }
+            guard candidates.count == 1 else {
+                throw ConsulProxyError("more than one sidecar proxy registered for \"\(serviceID)\"; start with -proxy-id and one of: \(candidates.joined(separator: ", "))")
+            }
+            return first
+        }
+    }
+
+    /// IDs of connect-proxy registrations whose DestinationServiceID is `serviceID`.
+    static func sidecarProxyIDs(in body: Data, for serviceID: String) throws -> [String] {
+        guard let services = try JSONSerialization.jsonObject(with: body) as? [String: Any] else {
+            throw ConsulProxyError("/v1/agent/services: expected a JSON object")
+        }
+        return services.compactMap { id, value -> String? in
+            guard let service = value as? [String: Any], service["Kind"] as? String == "connect-proxy",
+                  let proxy = service["Proxy"] as? [String: Any], proxy["DestinationServiceID"] as? String == serviceID
+            else { return nil }
+            return id
+        }.sorted()
+    }
+
+    private func readRegistration(_ proxyID: String) async throws -> ConsulAgentService {
+        let path = "/v1/agent/service/\(ConsulClient.segment(proxyID))"
+        return try ConsulAgentService.decode(try await client.get(path).body, source: path)
+    }
+
+    private func retrying<T: Sendable>(_ what: String, until deadline: NIODeadline,
+                                       _ attempt: @Sendable () async throws -> T) async throws -> T {
+        var backoff = RetryBackoff(base: 0.2, cap: 5)
+        while true {
+            do {
+                return try await attempt()
+            } catch {
+                guard NIODeadline.now() < deadline, !Task.isCancelled else {
+                    throw ConsulProxyError("could not \(what) from the Consul agent at \(client.settings.summary): \(error)")
+                }
+                logger.warning("waiting for the Consul agent", metadata: ["step": "\(what)", "error": "\(error)"])
+                try? await Task.sleep(for: .seconds(backoff.nextDelay(randomUnit: Double.random(in: 0...1))))
+            }
+        }
+    }
+
+    // MARK: - Watches
+
+    private func startWatches(sidecar: Sidecar, proxyID: String, service: String, defaultAction: IntentionAction) {
+        let servicePath = "/v1/agent/service/\(ConsulClient.segment(proxyID))"
+        let registrationWatch = BlockingWatch(name: "service", path: servicePath, mode: .contentHash, client: client,
+                                              timing: options.timing, logger: logger, metrics: metrics) { response in
+            try ConsulAgentService.decode(response.body, source: servicePath)
+        }
+        let adjust = options.adjustDefinition
+        launch("service") { [self] in
+            await registrationWatch.run { registration in
+                let definition = adjust(registration.proxy)
+                guard definition != sidecar.definition else { return }
+                do {
+                    try await sidecar.apply(definition)
+                    self.logger.notice("registration change applied", metadata: ["proxy_id": "\(proxyID)"])
+                } catch {
+                    self.logger.error("registration change only partly applied", metadata: ["error": "\(error)"])
+                }
+                self.reconcileInstanceWatches(sidecar: sidecar, definition: sidecar.definition)
+            }
+        }
+
+        let leafPath = "/v1/agent/connect/ca/leaf/\(ConsulClient.segment(service))"
+        let leafWatch = BlockingWatch(name: "leaf", path: leafPath, client: client, timing: options.timing,
+                                      logger: logger, metrics: metrics) { response in
+            try ConsulLeafCertificate.decode(response.body, source: leafPath)
+        }
+        launch("leaf") { [self] in
+            await leafWatch.run { leaf in
+                self.install(sidecar: sidecar, leaf: leaf, roots: nil)
+            }
+        }
+
+        let rootsPath = "/v1/agent/connect/ca/roots"
+        let rootsWatch = BlockingWatch(name: "roots", path: rootsPath, client: client, timing: options.timing,
+                                       logger: logger, metrics: metrics) { response in
+            try ConsulCARoots.decode(response.body, source: rootsPath)
+        }
+        launch("roots") { [self] in
+            await rootsWatch.run { roots in
+                self.install(sidecar: sidecar, leaf: nil, roots: roots)
+            }
+        }
+
+        let matchPath = "/v1/connect/intentions/match"
+        let intentionsWatch = BlockingWatch(name: "intentions", path: matchPath,
+                                            query: [("by", "destination"), ("name", service)], client: client,
+                                            timing: options.timing, logger: logger, metrics: metrics) { response in
+            try ConsulIntentionMatch.decode(response.body, source: matchPath, destination: service)
+        }
+        launch("intentions") {
+            await intentionsWatch.run { intentions in
+                sidecar.updateIntentions(IntentionSet(intentions, defaultAction: defaultAction))
+            }
+        }
+    }
+
+    /// Applies a new leaf or new roots: the credentials are rebuilt from the newest of both. A
+    /// combination that does not load (key mismatch, expired, trust domain change) is refused
+    /// and the sidecar keeps what it has.
+    private func install(sidecar: Sidecar, leaf: ConsulLeafCertificate?, roots: ConsulCARoots?) {
+        let (currentLeaf, currentRoots) = material.withLockedValue { value in
+            if let leaf { value.leaf = leaf }
+            if let roots { value.roots = roots }
+            return value
+        }
+        guard let currentLeaf, let currentRoots else { return }
+        do {
+            let credentials = try Self.credentials(leaf: currentLeaf, roots: currentRoots)
+            let current = sidecar.currentCredentials
+            // A watch's first answer repeats what startup fetched: nothing to swap.
+            if credentials.leaf.serialNumber == current.leaf.serialNumber,
+               credentials.trustedRoots.map(\.serialNumber) == current.trustedRoots.map(\.serialNumber) {
+                return
+            }
+            try sidecar.updateCredentials(credentials)
+        } catch {
+            logger.error("certificates from Consul refused; keeping the current ones", metadata: ["error": "\(error)"])
+        }
+    }
+
+    static func credentials(leaf: ConsulLeafCertificate, roots: ConsulCARoots) throws -> TLSCredentials {
+        // Trust every listed root: during a CA rotation peers still hold leaves from the old one.
+        try TLSCredentials.parse(certificatePEM: Array(leaf.certPEM.utf8), keyPEM: Array(leaf.privateKeyPEM.utf8),
+                                 rootsPEM: Array(roots.trustedRootsPEM.utf8),
+                                 names: (certificate: "Consul leaf for \(leaf.service)", key: "Consul leaf key",
+                                         roots: "Consul CA roots"),
+                                 trustDomain: roots.trustDomain.isEmpty ? nil : roots.trustDomain)
+    }
+
+    /// One health watch per upstream destination (and datacenter) in the registration.
+    private func reconcileInstanceWatches(sidecar: Sidecar, definition: ProxyDefinition) {
+        var wanted: [String: Upstream] = [:]
+        for upstream in definition.upstreams {
+            wanted["upstream:\(upstream.destinationName)@\(upstream.datacenter ?? "")"] = upstream
+        }
+        let stale = watches.withLockedValue { value -> [Task<Void, Never>] in
+            let keys = value.keys.filter { $0.hasPrefix("upstream:") && wanted[$0] == nil }
+            return keys.compactMap { value.removeValue(forKey: $0) }
+        }
+        for task in stale { task.cancel() }
+        for (key, upstream) in wanted where watches.withLockedValue({ $0[key] }) == nil {
+            let destination = upstream.destinationName
+            let path = "/v1/health/connect/\(ConsulClient.segment(destination))"
+            var query = [("passing", "1")]
+            if let datacenter = upstream.datacenter { query.append(("dc", datacenter)) }
+            let watch = BlockingWatch(name: "upstream:\(destination)", path: path, query: query, client: client,
+                                      timing: options.timing, logger: logger, metrics: metrics) { response in
+                try ConsulServiceInstance.decode(response.body, source: path)
+            }
+            let logger = self.logger
+            launch(key) {
+                await watch.run { instances in
+                    let endpoints = instances.filter(\.isPassing).map {
+                        Endpoint(host: $0.dialAddress, port: $0.service.port, datacenter: $0.node.datacenter)
+                    }
+                    sidecar.updateInstances(endpoints, for: destination)
+                    logger.info("upstream instances", metadata: [
+                        "upstream": "\(destination)", "instances": "\(endpoints.map(\.description).joined(separator: ","))",
+                    ])
+                }
+            }
+        }
+    }
+
+    private func launch(_ key: String, _ body: @escaping @Sendable () async -> Void) {
+        let task = Task { await body() }
+        watches.withLockedValue { $0[key] = task }
+    }
+}

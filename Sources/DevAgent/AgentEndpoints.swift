@@ -1,0 +1,121 @@
+import Foundation
+import NIOHTTP1
+import SidecarCore
+
+/// `/v1/agent/*` (services, checks, self), `/v1/health/*` and `/v1/catalog/services`.
+struct AgentEndpoints {
+    let engine: AgentEngine
+    var rendering: ServiceRendering { engine.rendering }
+
+    func handle(_ route: Route) async throws -> HTTPResponse? {
+        let request = route.request
+        if route.matches("agent", "self") {
+            try route.require(.GET)
+            return .json(agentSelf())
+        }
+        if route.matches("agent", "services") {
+            try route.require(.GET)
+            let services = engine.store.read { state in
+                state.services.values.sorted { $0.id < $1.id }.map { ($0.id, rendering.agentService($0)) }
+            }
+            return .json(.object(services))
+        }
+        if route.matches("agent", "service", "register") {
+            try route.require(.PUT)
+            try engine.register(try Fields.parse(request.body, what: "the service definition"))
+            return .text(.ok, "")
+        }
+        if let id = route.parameter(after: "agent", "service", "deregister") {
+            try route.require(.PUT)
+            try engine.deregister(id)
+            return .text(.ok, "")
+        }
+        // After register: "register" is not a service ID.
+        if let id = route.parameter(after: "agent", "service") {
+            try route.require(.GET)
+            return try await service(id, route: route)
+        }
+        for (verb, status) in [("pass", "passing"), ("warn", "warning"), ("fail", "critical")] {
+            if let id = route.parameter(after: "agent", "check", verb) {
+                try route.require(.PUT)
+                try engine.updateCheck(id, status: status, output: request.queryValue("note") ?? "")
+                return .text(.ok, "")
+            }
+        }
+        if route.matches("agent", "checks") {
+            try route.require(.GET)
+            let checks = engine.store.read { state in
+                state.checks.values.sorted { $0.id < $1.id }.map { ($0.id, rendering.check($0, status: state.status(of: $0))) }
+            }
+            return .json(.object(checks))
+        }
+        for (kind, connect) in [("service", false), ("connect", true)] {
+            if let name = route.parameter(after: "health", kind) {
+                try route.require(.GET)
+                let blocking = try route.blocking()
+                let passing = request.hasQuery("passing") && request.queryValue("passing") != "false"
+                let (index, body) = try await engine.store.blockingRead(minIndex: blocking.index, wait: blocking.wait) { state in
+                    (max(state.servicesIndex, state.checksIndex),
+                     rendering.healthEntries(state, connect: connect, name: name, passingOnly: passing))
+                }
+                return .json(body, index: index)
+            }
+        }
+        if route.matches("catalog", "services") {
+            try route.require(.GET)
+            let blocking = try route.blocking()
+            let (index, body) = try await engine.store.blockingRead(minIndex: blocking.index, wait: blocking.wait) { state in
+                var tags: [String: Set<String>] = [:]
+                for service in state.services.values { tags[service.name, default: []].formUnion(service.tags) }
+                return (state.servicesIndex, JSON.object(tags.sorted { $0.key < $1.key }.map { ($0.key, .array($0.value.sorted().map(JSON.string))) }))
+            }
+            return .json(body, index: index)
+        }
+        return nil
+    }
+
+    /// `/v1/agent/service/:id`, blocking on the registration's content hash.
+    private func service(_ id: String, route: Route) async throws -> HTTPResponse {
+        let wantedHash = route.request.queryValue("hash")
+        let wait = try route.waitDuration()
+        let deadline = ContinuousClock.now + wait
+        while true {
+            let (global, service) = engine.store.read { state in (state.index, state.services[id].map(state.resolvingCentralConfig)) }
+            guard let service else { throw HTTPError.notFound("unknown service ID: \(id)") }
+            let hash = ServiceRendering.contentHash(of: service)
+            if wantedHash == nil || wantedHash != hash || ContinuousClock.now >= deadline || Task.isCancelled {
+                return .json(rendering.agentService(service, contentHash: true),
+                             extraHeaders: [("X-Consul-ContentHash", hash)])
+            }
+            await engine.store.waitForWrite(after: global, until: deadline)
+        }
+    }
+
+    private func agentSelf() -> JSON {
+        let configuration = engine.configuration
+        return .object([
+            ("Config", .object([
+                ("Datacenter", .string(configuration.datacenter)),
+                ("PrimaryDatacenter", .string(configuration.datacenter)),
+                ("NodeName", .string(configuration.nodeName)),
+                ("NodeID", .string(rendering.nodeID)),
+                ("Server", .bool(true)),
+                ("Revision", .string("dev-agent")),
+                ("Version", .string("1.20.0-dev-agent")),
+            ])),
+            ("DebugConfig", .object([
+                ("Datacenter", .string(configuration.datacenter)),
+                ("DefaultIntentionPolicy", .string(engine.defaultIntentionAction.rawValue)),
+                ("ACLsEnabled", .bool(configuration.aclToken != nil)),
+                ("ConnectEnabled", .bool(true)),
+            ])),
+            ("Member", .object([
+                ("Name", .string(configuration.nodeName)),
+                ("Addr", .string("127.0.0.1")),
+                ("Port", .int(8301)),
+                ("Tags", .object([("dc", .string(configuration.datacenter)), ("role", .string("consul"))])),
+                ("Status", .int(1)),
+            ])),
+        ])
+    }
+}

@@ -1,0 +1,184 @@
+import Crypto
+import Foundation
+import Logging
+import SidecarCore
+
+/// The agent's behaviour behind both the HTTP API and the Swift helpers: writes to the store
+/// plus the timers real Consul runs (TTL expiry, leaf renewal, root pruning).
+final class AgentEngine: Sendable {
+    let store: AgentStore
+    let configuration: DevAgentConfiguration
+    let rendering: ServiceRendering
+    let defaultIntentionAction: IntentionAction
+
+    init(configuration: DevAgentConfiguration) throws {
+        guard let policy = IntentionAction(rawValue: configuration.defaultIntentionPolicy.lowercased()) else {
+            throw DevAgentError("defaultIntentionPolicy \"\(configuration.defaultIntentionPolicy)\" is not \"allow\" or \"deny\"")
+        }
+        guard configuration.leafTTL > 0 else { throw DevAgentError("leafTTL must be positive") }
+        self.configuration = configuration
+        self.defaultIntentionAction = policy
+        let trustDomain = configuration.trustDomain ?? "\(UUID().uuidString.lowercased()).consul"
+        var ca = CAState(trustDomain: trustDomain, leafTTL: configuration.leafTTL)
+        ca.roots = [try CAState.makeRecord(try CertificateMinting.makeRoot(trustDomain: trustDomain), active: true, index: 1)]
+        store = AgentStore(AgentState(ca: ca))
+        // A node ID stable for this agent, derived from the trust domain.
+        let nodeID = IntentionRendering.stableID("node/" + trustDomain)
+        rendering = ServiceRendering(datacenter: configuration.datacenter, nodeName: configuration.nodeName, nodeID: nodeID)
+    }
+
+    var logger: Logger { configuration.logger }
+
+    // MARK: Services and checks
+
+    func register(_ body: Fields) throws {
+        let ttlChecks = try store.write { state -> [CheckRecord] in
+            let definition = try ServiceDefinition.parse(body) { id in
+                state.services[id].map(\.port) ?? state.freeSidecarPort(excluding: id)
+            }
+            state.register(definition.service, checks: definition.checks)
+            var registered = definition.checks
+            if let sidecar = definition.sidecar {
+                state.register(sidecar.service, checks: sidecar.checks)
+                registered += sidecar.checks
+            }
+            return registered.compactMap { state.checks[$0.id] }.filter { $0.ttl != nil }
+        }
+        ttlChecks.forEach(scheduleTTLExpiry)
+    }
+
+    func deregister(_ id: String) throws {
+        let removed = store.write { $0.deregister(id) }
+        guard !removed.isEmpty else { throw HTTPError.notFound("Unknown service ID \"\(id)\". Ensure that the service ID is passed, not the service name.") }
+    }
+
+    func updateCheck(_ id: String, status: String, output: String) throws {
+        guard CheckStatus.all.contains(status) else { throw HTTPError.badRequest("Invalid check status: \"\(status)\"") }
+        guard let check = store.write({ $0.updateCheck(id, status: status, output: output) }) else {
+            throw HTTPError.notFound("unknown check ID \"\(id)\"")
+        }
+        if check.ttl != nil { scheduleTTLExpiry(check) }
+    }
+
+    /// A TTL check not refreshed within its TTL goes critical (Consul's CheckTTL timer).
+    private func scheduleTTLExpiry(_ check: CheckRecord) {
+        guard let ttl = check.ttl else { return }
+        let generation = check.generation
+        Task { [weak self] in
+            try? await Task.sleep(for: .seconds(ttl))
+            guard let self else { return }
+            self.store.write { state in
+                guard let current = state.checks[check.id], current.generation == generation else { return }
+                _ = state.updateCheck(check.id, status: "critical", output: "TTL expired")
+            }
+        }
+    }
+
+    // MARK: CA
+
+    /// The cached leaf for `service`, minted on first use.
+    func leaf(for service: String) throws -> LeafRecord {
+        if let leaf = store.read({ $0.leaves[service] }) { return leaf }
+        let (leaf, minted) = try store.write { state -> (LeafRecord, Bool) in
+            if let leaf = state.leaves[service] { return (leaf, false) }
+            return (try state.mintLeaf(service: service, datacenter: configuration.datacenter), true)
+        }
+        if minted { scheduleRenewal(leaf, after: renewalDelay(leaf)) }
+        return leaf
+    }
+
+    /// Consul renews at a random point between 60% and 90% of the leaf's lifetime.
+    private func renewalDelay(_ leaf: LeafRecord) -> TimeInterval {
+        let lifetime = leaf.validBefore.timeIntervalSince(leaf.validAfter) - CertificateMinting.clockSkew
+        let renewAt = leaf.validAfter + CertificateMinting.clockSkew + lifetime * Double.random(in: 0.6...0.9)
+        return max(0, renewAt.timeIntervalSinceNow)
+    }
+
+    private func scheduleRenewal(_ leaf: LeafRecord, after delay: TimeInterval) {
+        let generation = leaf.generation
+        Task { [weak self] in
+            try? await Task.sleep(for: .seconds(delay))
+            self?.remint(leaf.service, ifGeneration: generation)
+        }
+    }
+
+    private func remint(_ service: String, ifGeneration generation: Int) {
+        do {
+            let leaf = try store.write { state -> LeafRecord? in
+                guard state.leaves[service]?.generation == generation else { return nil }
+                return try state.mintLeaf(service: service, datacenter: configuration.datacenter)
+            }
+            if let leaf {
+                logger.debug("dev agent: renewed leaf", metadata: ["service": "\(service)", "serial": "\(leaf.serialNumber)"])
+                scheduleRenewal(leaf, after: renewalDelay(leaf))
+            }
+        } catch {
+            logger.error("dev agent: leaf renewal failed", metadata: ["service": "\(service)", "error": "\(error)"])
+        }
+    }
+
+    /// A new active root; leaves follow within `rootRenewJitter`, the old root is pruned
+    /// after twice the leaf TTL.
+    func rotateCA(key: P256.Signing.PrivateKey? = nil) throws {
+        let leaves = try store.write { state -> [LeafRecord] in
+            try state.rotateCA(key: key)
+            return Array(state.leaves.values)
+        }
+        logger.info("dev agent: CA rotated", metadata: ["activeRootID": "\(store.read { $0.ca.activeRoot.id })"])
+        for leaf in leaves {
+            let jitter = configuration.rootRenewJitter
+            scheduleRenewal(leaf, after: Double.random(in: jitter.lowerBound...max(jitter.lowerBound, jitter.upperBound)))
+        }
+        let retention = 2 * store.read { $0.ca.leafTTL }
+        Task { [weak self] in
+            try? await Task.sleep(for: .seconds(retention + 0.05))
+            self?.store.write { _ = $0.pruneRoots(deactivatedBefore: Date() - retention) }
+        }
+    }
+
+    /// `PUT /v1/connect/ca/configuration` for the built-in provider.
+    func updateCAConfiguration(_ body: Fields) throws {
+        if let provider = try body.string("Provider"), !provider.isEmpty, provider != "consul" {
+            throw HTTPError.badRequest("the dev agent only supports the \"consul\" CA provider")
+        }
+        let config = body.field("Config")
+        var rotateKey: P256.Signing.PrivateKey?
+        var rotate = false
+        if let pem = try config?.string("PrivateKey"), !pem.isEmpty {
+            guard let key = try? P256.Signing.PrivateKey(pemRepresentation: pem) else {
+                throw HTTPError.badRequest("Config.PrivateKey is not an EC P-256 private key in PEM")
+            }
+            if key.rawRepresentation != store.read({ $0.ca.activeRoot.root.key.rawRepresentation }) {
+                rotateKey = key
+                rotate = true
+            }
+        }
+        // Dev-agent extension: `"GenerateNewKey": true` rotates to a freshly generated key.
+        if try config?.bool("GenerateNewKey") == true { rotate = true }
+        if let ttlText = try config?.string("LeafCertTTL") {
+            guard let nanoseconds = ConfigDuration.parse(ttlText) else {
+                throw HTTPError.badRequest("Config.LeafCertTTL \"\(ttlText)\" is not a duration")
+            }
+            store.write { state in
+                state.ca.leafTTL = Double(nanoseconds) / 1e9
+                state.ca.configModifyIndex = state.nextIndex()
+            }
+        }
+        if rotate { try rotateCA(key: rotateKey) }
+    }
+
+    // MARK: Config entries
+
+    func writeConfigEntry(_ value: JSONValue, source: String) throws {
+        let entry = try ConfigEntryRecord.parse(value, source: source)
+        store.write { $0.writeConfigEntry(entry) }
+    }
+
+    // MARK: ACL
+
+    func isValidToken(_ token: String?) -> Bool {
+        guard let required = configuration.aclToken else { return true }
+        guard let token, !token.isEmpty else { return false }
+        return token == required || store.read { $0.loginTokens[token] != nil }
+    }
+}

@@ -1,0 +1,106 @@
+import Crypto
+import Foundation
+import X509
+
+/// One CA root as listed by `/v1/agent/connect/ca/roots`.
+struct CARootRecord: Sendable {
+    var root: CertificateMinting.Root
+    var id: String
+    var pem: String
+    /// For the active root after a rotation: its certificate cross-signed by the previous root.
+    var intermediatePEMs: [String] = []
+    var active: Bool
+    var deactivatedAt: Date?
+    var createIndex: UInt64
+    var modifyIndex: UInt64
+}
+
+struct CAState: Sendable {
+    var trustDomain: String
+    var roots: [CARootRecord] = []
+    var leafTTL: TimeInterval
+    var rootsIndex: UInt64 = 1
+    var configCreateIndex: UInt64 = 1
+    var configModifyIndex: UInt64 = 1
+
+    var activeRoot: CARootRecord { roots.first(where: \.active) ?? roots[0] }
+
+    static func makeRecord(_ root: CertificateMinting.Root, active: Bool, index: UInt64) throws -> CARootRecord {
+        CARootRecord(root: root, id: try CertificateMinting.fingerprint(root.certificate),
+                     pem: try CertificateMinting.pem(root.certificate), active: active, createIndex: index, modifyIndex: index)
+    }
+}
+
+/// A cached leaf certificate for one service name.
+struct LeafRecord: Sendable {
+    var service: String
+    var serialNumber: String
+    /// The leaf followed by the active root's intermediates.
+    var certPEM: String
+    var privateKeyPEM: String
+    var serviceURI: String
+    var validAfter: Date
+    var validBefore: Date
+    var createIndex: UInt64
+    var modifyIndex: UInt64
+    /// Identifies the mint, so a renewal timer scheduled for an older one does nothing.
+    var generation: Int
+}
+
+extension AgentState {
+    func serviceURI(for service: String, datacenter: String) -> String {
+        let escaped = service.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? service
+        return "spiffe://\(ca.trustDomain)/ns/default/dc/\(datacenter)/svc/\(escaped)"
+    }
+
+    /// Mints (or re-mints) the leaf for `service` with the active root and the current TTL.
+    mutating func mintLeaf(service: String, datacenter: String) throws -> LeafRecord {
+        let active = ca.activeRoot
+        let uri = serviceURI(for: service, datacenter: datacenter)
+        let minted = try CertificateMinting.makeLeaf(serviceURI: uri, commonName: service, ttl: ca.leafTTL, root: active.root)
+        let index = nextIndex()
+        let previous = leaves[service]
+        let leaf = LeafRecord(
+            service: service,
+            serialNumber: Format.colonHex(minted.serialBytes),
+            certPEM: try CertificateMinting.pem(minted.certificate) + active.intermediatePEMs.joined(),
+            privateKeyPEM: CertificateMinting.sec1PEM(minted.key),
+            serviceURI: uri,
+            validAfter: minted.certificate.notValidBefore,
+            validBefore: minted.certificate.notValidAfter,
+            createIndex: previous?.createIndex ?? index,
+            modifyIndex: index,
+            generation: (previous?.generation ?? 0) + 1
+        )
+        leaves[service] = leaf
+        return leaf
+    }
+
+    /// A new active root (with `key`, or a fresh one), cross-signed by the current one, which
+    /// stays listed as inactive until pruned.
+    mutating func rotateCA(key: P256.Signing.PrivateKey?) throws {
+        let old = ca.activeRoot
+        let newRoot = try CertificateMinting.makeRoot(trustDomain: ca.trustDomain, key: key ?? .init())
+        let cross = try CertificateMinting.crossSign(newRoot, by: old.root, trustDomain: ca.trustDomain)
+        let index = nextIndex()
+        var record = try CAState.makeRecord(newRoot, active: true, index: index)
+        record.intermediatePEMs = [try CertificateMinting.pem(cross)]
+        for position in ca.roots.indices where ca.roots[position].active {
+            ca.roots[position].active = false
+            ca.roots[position].deactivatedAt = Date()
+            ca.roots[position].modifyIndex = index
+        }
+        ca.roots.append(record)
+        ca.rootsIndex = index
+        ca.configModifyIndex = index
+    }
+
+    /// Drops inactive roots deactivated before `cutoff`; true when any went.
+    mutating func pruneRoots(deactivatedBefore cutoff: Date) -> Bool {
+        let kept = ca.roots.filter { $0.active || ($0.deactivatedAt ?? .distantFuture) > cutoff }
+        guard kept.count != ca.roots.count else { return false }
+        ca.roots = kept
+        ca.rootsIndex = nextIndex()
+        return true
+    }
+}

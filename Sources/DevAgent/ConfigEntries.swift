@@ -1,0 +1,167 @@
+import Crypto
+import Foundation
+import SidecarCore
+import SidecarTLS
+
+struct ConfigEntryKey: Hashable, Sendable {
+    var kind: String
+    var name: String
+}
+
+/// A stored config entry: its PascalCase rendering and, for `service-intentions`, the
+/// intentions it defines (one per source, in source order, with the source's rendering).
+struct ConfigEntryRecord: Sendable {
+    var kind: String
+    var name: String
+    var body: JSON
+    var intentions: [(intention: Intention, source: JSON)] = []
+    var createdAt: Date
+    var updatedAt: Date
+    var createIndex: UInt64 = 0
+    var modifyIndex: UInt64 = 0
+
+    static let supportedKinds: Set<String> = ["service-intentions", "proxy-defaults", "service-defaults"]
+
+    /// Validates one entry (PascalCase or snake_case) the way `PUT /v1/config` would.
+    static func parse(_ value: JSONValue, source: String) throws -> ConfigEntryRecord {
+        let fields = Fields(value)
+        guard fields.isObject else { throw HTTPError.badRequest("Request decode failed: a config entry must be a JSON object") }
+        guard let kind = try fields.string("Kind"), !kind.isEmpty else { throw HTTPError.badRequest("Request decode failed: missing Kind") }
+        guard supportedKinds.contains(kind) else { throw HTTPError.badRequest("invalid config entry kind: \(kind)") }
+        guard let name = try fields.string("Name"), !name.isEmpty else { throw HTTPError.badRequest("Request decode failed: missing Name") }
+        if kind == "proxy-defaults" && name != "global" {
+            throw HTTPError.badRequest("invalid name (\"\(name)\"), only \"global\" is supported")
+        }
+        var bodyFields: [(String, JSON)] = []
+        if case .object(let converted) = PascalCase.convert(value) {
+            bodyFields = converted.filter { !["Kind", "Name", "CreateIndex", "ModifyIndex"].contains($0.0) }
+        }
+        var record = ConfigEntryRecord(kind: kind, name: name,
+                                       body: .object([("Kind", .string(kind)), ("Name", .string(name))] + bodyFields),
+                                       createdAt: Date(), updatedAt: Date())
+        if kind == "service-intentions" {
+            let intentions: [Intention]
+            do {
+                intentions = try IntentionsFile.decode(value.data, source: source)
+            } catch let error as ConfigError {
+                throw HTTPError.badRequest("Invalid config entry: \(error.path.isEmpty ? "" : error.path + ": ")\(error.message)")
+            }
+            let sources: [JSON]
+            if case .array(let items)? = bodyFields.first(where: { $0.0 == "Sources" })?.1 { sources = items } else { sources = [] }
+            record.intentions = zip(intentions, sources).map { ($0, $1) }
+        }
+        return record
+    }
+
+    func rendered() -> JSON {
+        guard case .object(let fields) = body else { return body }
+        return .object(fields + [("CreateIndex", .uint(createIndex)), ("ModifyIndex", .uint(modifyIndex))])
+    }
+}
+
+extension AgentState {
+    mutating func writeConfigEntry(_ entry: ConfigEntryRecord) {
+        let index = nextIndex()
+        let key = ConfigEntryKey(kind: entry.kind, name: entry.name)
+        var entry = entry
+        if let existing = configEntries[key] {
+            entry.createIndex = existing.createIndex
+            entry.createdAt = existing.createdAt
+        } else {
+            entry.createIndex = index
+        }
+        entry.modifyIndex = index
+        configEntries[key] = entry
+        configIndex = index
+    }
+
+    mutating func deleteConfigEntry(kind: String, name: String) {
+        let index = nextIndex()
+        configEntries[ConfigEntryKey(kind: kind, name: name)] = nil
+        configIndex = index
+    }
+
+    /// The intentions that apply to destination `name` (exact, then `*`), in Consul's
+    /// evaluation order, with the entry each came from.
+    func intentions(forDestination name: String) -> [(Intention, JSON, ConfigEntryRecord)] {
+        let entries = [name, "*"].compactMap { configEntries[ConfigEntryKey(kind: "service-intentions", name: $0)] }
+        var byIdentifier: [String: (JSON, ConfigEntryRecord)] = [:]
+        for entry in entries { for item in entry.intentions { byIdentifier[item.intention.identifier] = (item.source, entry) } }
+        // Consul's IntentionPrecedenceSorter: precedence, then the names lexicographically.
+        let ordered = entries.flatMap { $0.intentions.map(\.intention) }.sorted { lhs, rhs in
+            if lhs.precedence != rhs.precedence { return lhs.precedence > rhs.precedence }
+            return (lhs.sourceNamespace, lhs.sourceName, lhs.destinationNamespace, lhs.destinationName)
+                < (rhs.sourceNamespace, rhs.sourceName, rhs.destinationNamespace, rhs.destinationName)
+        }
+        return ordered.compactMap { intention in byIdentifier[intention.identifier].map { (intention, $0.0, $0.1) } }
+    }
+}
+
+/// Consul's `structs.Intention` for intentions defined by config entries.
+enum IntentionRendering {
+    static func render(_ intention: Intention, source: JSON, entry: ConfigEntryRecord) -> JSON {
+        var permissions = JSON.null
+        if case .object(let fields) = source, let given = fields.first(where: { $0.0 == "Permissions" }) { permissions = given.1 }
+        var meta = JSON.object([])
+        if case .object(let fields) = entry.body, let given = fields.first(where: { $0.0 == "Meta" }) { meta = given.1 }
+        return .object([
+            ("ID", .string(stableID(intention.identifier))),
+            ("Description", .string(intention.description)),
+            ("SourcePeer", .string(intention.sourcePeer)),
+            ("SourceNS", .string(intention.sourceNamespace)),
+            ("SourceName", .string(intention.sourceName)),
+            ("DestinationNS", .string(intention.destinationNamespace)),
+            ("DestinationName", .string(intention.destinationName)),
+            ("SourcePartition", .string(intention.sourcePartition)),
+            ("DestinationPartition", .string("default")),
+            ("SourceType", .string("consul")),
+            ("Action", .string(intention.action?.rawValue ?? "")),
+            ("Permissions", intention.hasPermissions ? permissions : .null),
+            ("Meta", meta),
+            ("Precedence", .int(intention.precedence)),
+            ("CreatedAt", .string(Format.rfc3339(entry.createdAt))),
+            ("UpdatedAt", .string(Format.rfc3339(entry.updatedAt))),
+            ("Hash", .string(Data(SHA256.hash(data: Data((intention.identifier + source.serialized()).utf8))).base64EncodedString())),
+            ("CreateIndex", .uint(entry.createIndex)),
+            ("ModifyIndex", .uint(entry.modifyIndex)),
+        ])
+    }
+
+    /// A UUID derived from the intention's identity: stable across restarts and re-writes.
+    static func stableID(_ identifier: String) -> String {
+        var bytes = Array(SHA256.hash(data: Data(identifier.utf8)).prefix(16))
+        bytes[6] = bytes[6] & 0x0f | 0x50
+        bytes[8] = bytes[8] & 0x3f | 0x80
+        let hex = Format.hex(bytes)
+        let parts = [0..<8, 8..<12, 12..<16, 16..<20, 20..<32].map { range -> String in
+            let start = hex.index(hex.startIndex, offsetBy: range.lowerBound)
+            return String(hex[start..<hex.index(start, offsetBy: range.count)])
+        }
+        return parts.joined(separator: "-")
+    }
+
+    /// `POST /v1/agent/connect/authorize`.
+    static func authorize(_ state: AgentState, target: String, clientCertURI: String,
+                          defaultAction: IntentionAction) throws -> JSON {
+        let source: SPIFFEID
+        do {
+            source = try SPIFFEID.parse(clientCertURI)
+        } catch {
+            throw HTTPError.badRequest("ClientCertURI not a valid Connect identifier")
+        }
+        guard source.trustDomain.lowercased() == state.ca.trustDomain.lowercased() else {
+            return .object([("Authorized", .bool(false)),
+                            ("Reason", .string("Client certificate trust domain \(source.trustDomain) is not trusted"))])
+        }
+        let set = IntentionSet(state.intentions(forDestination: target).map(\.0), defaultAction: defaultAction)
+        let decision = set.decide(source: source, destination: target)
+        let reason: String
+        switch decision.reason {
+        case .defaultPolicy: reason = "Default behavior configured by DefaultIntentionPolicy"
+        case .intention(let id, _): reason = "Matched L4 intention: \(id)"
+        case .requiresL7(let id, _): reason = "Matched intention \(id) has L7 permissions; an L4 connection is denied"
+        default: reason = decision.reasonText
+        }
+        return .object([("Authorized", .bool(decision.allowed)), ("Reason", .string(reason))])
+    }
+}

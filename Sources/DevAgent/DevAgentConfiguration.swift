@@ -1,0 +1,42 @@
+import Foundation
+import Logging
+
+/// Settings of the embedded dev agent (`consul agent -dev` for the sidecar's API subset).
+public struct DevAgentConfiguration: Sendable {
+    public var httpHost: String = "127.0.0.1"
+    /// 0 picks a free port (kept across stop()/start()).
+    public var httpPort: Int = 8500
+    public var datacenter: String = "dc1"
+    public var nodeName: String = "dev-node"
+    /// Default "<random uuid>.consul", fixed for the agent's life.
+    public var trustDomain: String? = nil
+    public var leafTTL: TimeInterval = 72 * 3600
+    /// Seconds to wait before re-minting leaves after a root change (Consul: 0-30 s).
+    public var rootRenewJitter: ClosedRange<Double> = 0...1
+    /// "allow" or "deny"; a backup mesh runs default deny.
+    public var defaultIntentionPolicy: String = "deny"
+    /// `*.json` service definitions and config entries loaded at init.
+    public var configDirectory: String? = nil
+    /// When set, ACLs are enforced: every request needs this token or one minted by
+    /// `/v1/acl/login`, else 403 "ACL not found".
+    public var aclToken: String? = nil
+    /// Bearer token -> service name accepted by `POST /v1/acl/login` (any AuthMethod). A real
+    /// `jwt` auth method (JWKS, bound audiences, claim mappings) is a follow-up.
+    public var loginTokens: [String: String] = [:]
+    public var logger: Logger
+
+    public init(logger: Logger) {
+        self.logger = logger
+    }
+}
+
+/// Errors of the agent's Swift API (HTTP clients get status codes instead).
+public struct DevAgentError: Error, CustomStringConvertible, Equatable {
+    public let message: String
+
+    public init(_ message: String) {
+        self.message = message
+    }
+
+    public var description: String { message }
+}

@@ -1,0 +1,178 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+struct HTTPRequest: Sendable {
+    var method: HTTPMethod
+    /// Decoded path segments after the leading "/" (so an ID with "%2F" stays one segment).
+    var segments: [String]
+    var query: [String: [String]]
+    var headers: HTTPHeaders
+    var body: Data
+
+    func queryValue(_ name: String) -> String? { query[name]?.last }
+    func hasQuery(_ name: String) -> Bool { query[name] != nil }
+}
+
+struct HTTPResponse: Sendable {
+    var status: HTTPResponseStatus
+    var headers: [(String, String)] = []
+    var body: Data
+
+    static func json(_ value: JSON, index: UInt64? = nil, extraHeaders: [(String, String)] = []) -> HTTPResponse {
+        var headers = [("Content-Type", "application/json")] + extraHeaders
+        if let index { headers.append(("X-Consul-Index", String(index))) }
+        return HTTPResponse(status: .ok, headers: headers, body: value.data)
+    }
+
+    static func text(_ status: HTTPResponseStatus, _ text: String) -> HTTPResponse {
+        HTTPResponse(status: status, headers: [("Content-Type", "text/plain; charset=utf-8")], body: Data(text.utf8))
+    }
+}
+
+/// A plain HTTP/1.1 server whose handler is async: each request runs in its own Task (a
+/// blocking query may wait minutes) and its response is written back on the channel's loop.
+final class HTTPServer: Sendable {
+    typealias Handler = @Sendable (HTTPRequest) async -> HTTPResponse
+
+    private struct Running {
+        var listener: Channel?
+        var connections: [ObjectIdentifier: Channel] = [:]
+    }
+
+    private let handler: Handler
+    private let maxBodyBytes: Int
+    private let running = NIOLockedValueBox(Running())
+
+    init(maxBodyBytes: Int = 8 << 20, handler: @escaping Handler) {
+        self.handler = handler
+        self.maxBodyBytes = maxBodyBytes
+    }
+
+    /// Binds and returns the port.
+    func start(host: String, port: Int) async throws -> Int {
+        let handler = self.handler, maxBodyBytes = self.maxBodyBytes
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { [weak self] channel in
+                self?.track(channel)
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(RequestHandler(handler: handler, maxBodyBytes: maxBodyBytes))
+                }
+            }
+            .bind(host: host, port: port).get()
+        running.withLockedValue { $0.listener = channel }
+        return channel.localAddress?.port ?? port
+    }
+
+    private func track(_ channel: Channel) {
+        let id = ObjectIdentifier(channel)
+        running.withLockedValue { $0.connections[id] = channel }
+        channel.closeFuture.whenComplete { [weak self] _ in
+            self?.running.withLockedValue { _ = $0.connections.removeValue(forKey: id) }
+        }
+    }
+
+    /// Closes the listener and every open connection; their pending requests are dropped.
+    func stop() async {
+        let (listener, connections) = running.withLockedValue { running -> (Channel?, [Channel]) in
+            defer { running.listener = nil }
+            return (running.listener, Array(running.connections.values))
+        }
+        try? await listener?.close()
+        for connection in connections { try? await connection.close() }
+    }
+}
+
+/// Collects one request (head + body) and hands it to the async handler. NIO's pipelining
+/// handler delivers the next request only after this response's end, so responses stay in
+/// order on keep-alive connections.
+private final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let handler: HTTPServer.Handler
+    private let maxBodyBytes: Int
+    private var head: HTTPRequestHead?
+    private var body = ByteBuffer()
+    private var tooLarge = false
+    private var inFlight: Task<Void, Never>?
+
+    init(handler: @escaping HTTPServer.Handler, maxBodyBytes: Int) {
+        self.handler = handler
+        self.maxBodyBytes = maxBodyBytes
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+            body.clear()
+            tooLarge = false
+        case .body(var chunk):
+            if body.readableBytes + chunk.readableBytes > maxBodyBytes { tooLarge = true } else { body.writeBuffer(&chunk) }
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            let keepAlive = head.isKeepAlive
+            if tooLarge {
+                write(.text(.payloadTooLarge, "Request body too large"), keepAlive: false, context: context)
+                return
+            }
+            let request = Self.makeRequest(head, body: Data(body.readableBytesView))
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            let handler = self.handler
+            let eventLoop = context.eventLoop
+            inFlight = Task {
+                let response = await handler(request)
+                eventLoop.execute {
+                    let (this, context) = bound.value
+                    this.inFlight = nil
+                    this.write(response, keepAlive: keepAlive, context: context)
+                }
+            }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        // Drops a pending blocking query when its client goes away (or stop() closes it).
+        inFlight?.cancel()
+        inFlight = nil
+        context.fireChannelInactive()
+    }
+
+    private func write(_ response: HTTPResponse, keepAlive: Bool, context: ChannelHandlerContext) {
+        guard context.channel.isActive else { return }
+        var headers = HTTPHeaders(response.headers)
+        headers.replaceOrAdd(name: "Content-Length", value: String(response.body.count))
+        if !keepAlive { headers.replaceOrAdd(name: "Connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: response.status, headers: headers))),
+                      promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: response.body)))), promise: nil)
+        let done = context.writeAndFlushPromise()
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: done)
+        if !keepAlive {
+            let channel = context.channel
+            done.futureResult.whenComplete { _ in channel.close(promise: nil) }
+        }
+    }
+
+    static func makeRequest(_ head: HTTPRequestHead, body: Data) -> HTTPRequest {
+        let components = URLComponents(string: head.uri)
+        var query: [String: [String]] = [:]
+        for item in components?.queryItems ?? [] { query[item.name, default: []].append(item.value ?? "") }
+        let encodedPath = components?.percentEncodedPath ?? head.uri
+        let segments = encodedPath.split(separator: "/", omittingEmptySubsequences: true)
+            .map { String($0).removingPercentEncoding ?? String($0) }
+        return HTTPRequest(method: head.method, segments: segments, query: query, headers: head.headers, body: body)
+    }
+}
+
+private extension ChannelHandlerContext {
+    func writeAndFlushPromise() -> EventLoopPromise<Void> { eventLoop.makePromise() }
+}

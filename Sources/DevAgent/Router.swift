@@ -1,0 +1,87 @@
+import Foundation
+import NIOHTTP1
+import SidecarCore
+
+/// Dispatches Consul API paths to the endpoint handlers and turns errors into Consul's
+/// plain-text error responses.
+struct Router: Sendable {
+    let engine: AgentEngine
+
+    func handle(_ request: HTTPRequest) async -> HTTPResponse {
+        do {
+            guard request.segments.first == "v1" else { throw HTTPError.notFound("404 page not found") }
+            let route = Route(request: request, segments: Array(request.segments.dropFirst()))
+            if !route.matches("acl", "login") && !engine.isValidToken(Self.token(of: request)) { throw HTTPError.aclNotFound }
+            if let response = try await AgentEndpoints(engine: engine).handle(route) { return response }
+            if let response = try await ConnectEndpoints(engine: engine).handle(route) { return response }
+            if let response = try await ConfigEndpoints(engine: engine).handle(route) { return response }
+            throw HTTPError.notFound("404 page not found")
+        } catch let error as HTTPError {
+            return .text(HTTPResponseStatus(statusCode: error.status), error.message)
+        } catch {
+            engine.logger.error("dev agent: request failed", metadata: ["error": "\(error)"])
+            return .text(.internalServerError, "\(error)")
+        }
+    }
+
+    /// `?token=`, else `X-Consul-Token`, else `Authorization: Bearer`.
+    static func token(of request: HTTPRequest) -> String? {
+        if let token = request.queryValue("token"), !token.isEmpty { return token }
+        if let token = request.headers.first(name: "X-Consul-Token"), !token.isEmpty { return token }
+        if let authorization = request.headers.first(name: "Authorization"),
+           authorization.lowercased().hasPrefix("bearer ") {
+            return String(authorization.dropFirst("bearer ".count)).trimmingCharacters(in: .whitespaces)
+        }
+        return nil
+    }
+}
+
+/// One request being matched against path patterns.
+struct Route: Sendable {
+    let request: HTTPRequest
+    let segments: [String]
+
+    func matches(_ pattern: String...) -> Bool {
+        pattern == segments
+    }
+
+    /// The segment after `prefix` when the path is exactly `prefix` plus one non-empty segment.
+    func parameter(after prefix: String...) -> String? {
+        guard segments.count == prefix.count + 1, Array(segments.prefix(prefix.count)) == prefix else { return nil }
+        return segments.last
+    }
+
+    /// 405 for a known path with the wrong method.
+    func require(_ methods: HTTPMethod...) throws {
+        guard methods.contains(request.method) else {
+            throw HTTPError(status: 405, message: "method \(request.method.rawValue) not allowed")
+        }
+    }
+
+    /// `?index=N&wait=D` as Consul parses them: wait defaults to 5 min, is capped at 10 min
+    /// and gets up to wait/16 of jitter.
+    func blocking() throws -> (index: UInt64, wait: Duration) {
+        var index: UInt64 = 0
+        if let text = request.queryValue("index") {
+            guard let value = UInt64(text) else { throw HTTPError.badRequest("Invalid index") }
+            index = value
+        }
+        return (index, try waitDuration())
+    }
+
+    func waitDuration() throws -> Duration {
+        var seconds = 300.0
+        if let text = request.queryValue("wait") {
+            if text == "0" || text == "0s" {
+                seconds = 300
+            } else {
+                guard Double(text) == nil, let nanoseconds = ConfigDuration.parse(text) else {
+                    throw HTTPError.badRequest("Invalid wait time")
+                }
+                seconds = min(Double(nanoseconds) / 1e9, 600)
+            }
+        }
+        seconds += Double.random(in: 0...(seconds / 16))
+        return .milliseconds(Int64(seconds * 1000))
+    }
+}

@@ -1,0 +1,132 @@
+import Crypto
+import Foundation
+import SidecarCore
+
+/// Consul's response shapes for services and checks.
+struct ServiceRendering {
+    let datacenter: String
+    let nodeName: String
+    let nodeID: String
+
+    /// Consul's `api.AgentService`; `Kind` is omitted for plain services as Go's omitempty does.
+    func agentService(_ service: ServiceRecord, contentHash: Bool = false, indexes: Bool = false) -> JSON {
+        var fields: [(String, JSON)] = []
+        if !service.kind.isEmpty { fields.append(("Kind", .string(service.kind))) }
+        fields += [
+            ("ID", .string(service.id)),
+            ("Service", .string(service.name)),
+            ("Tags", .array(service.tags.map(JSON.string))),
+            ("Meta", JSON(service.meta)),
+            ("Port", .int(service.port)),
+            ("Address", .string(service.address)),
+            ("TaggedAddresses", JSON(service.taggedAddresses)),
+            ("Weights", .object([("Passing", .int(service.weights.passing)), ("Warning", .int(service.weights.warning))])),
+            ("EnableTagOverride", .bool(service.enableTagOverride)),
+        ]
+        if let proxy = service.proxy { fields.append(("Proxy", self.proxy(proxy))) }
+        if service.connectNative { fields.append(("Connect", .object([("Native", .bool(true))]))) }
+        if indexes {
+            fields += [("CreateIndex", .uint(service.createIndex)), ("ModifyIndex", .uint(service.modifyIndex))]
+        }
+        fields += [("Datacenter", .string(datacenter)), ("Namespace", .string("default")), ("Partition", .string("default"))]
+        if contentHash { fields.append(("ContentHash", .string(Self.contentHash(of: service)))) }
+        return .object(fields)
+    }
+
+    func proxy(_ proxy: ProxyRecord) -> JSON {
+        var fields: [(String, JSON)] = [
+            ("DestinationServiceName", .string(proxy.destinationServiceName)),
+            ("DestinationServiceID", .string(proxy.destinationServiceID)),
+            ("LocalServiceAddress", .string(proxy.localServiceAddress)),
+            ("LocalServicePort", .int(proxy.localServicePort)),
+        ]
+        if let path = proxy.localServiceSocketPath { fields.append(("LocalServiceSocketPath", .string(path))) }
+        fields += [
+            ("Mode", .string(proxy.mode)),
+            ("Config", JSON(proxy.config)),
+            ("Upstreams", .array(proxy.upstreams.map(upstream))),
+            ("MeshGateway", JSON(proxy.meshGateway)),
+            ("Expose", JSON(proxy.expose)),
+        ]
+        return .object(fields)
+    }
+
+    private func upstream(_ upstream: UpstreamRecord) -> JSON {
+        var fields: [(String, JSON)] = [
+            ("DestinationType", .string(upstream.destinationType)),
+            ("DestinationNamespace", .string(upstream.destinationNamespace)),
+            ("DestinationPartition", .string(upstream.destinationPartition)),
+            ("DestinationName", .string(upstream.destinationName)),
+            ("Datacenter", .string(upstream.datacenter)),
+            ("LocalBindAddress", .string(upstream.localBindAddress)),
+            ("LocalBindPort", .int(upstream.localBindPort)),
+        ]
+        if let path = upstream.localBindSocketPath { fields.append(("LocalBindSocketPath", .string(path))) }
+        fields.append(("Config", JSON(upstream.config)))
+        return .object(fields)
+    }
+
+    /// A hash of what was registered (not of indexes), hex like Consul's 16-digit hash:
+    /// any change a proxy must react to (upstreams, ports, config) changes it.
+    static func contentHash(of service: ServiceRecord) -> String {
+        let rendering = ServiceRendering(datacenter: "", nodeName: "", nodeID: "")
+        let text = rendering.agentService(service).serialized()
+        return Format.hex(SHA256.hash(data: Data(text.utf8)).prefix(8))
+    }
+
+    func check(_ check: CheckRecord, status: String) -> JSON {
+        .object([
+            ("Node", .string(nodeName)),
+            ("CheckID", .string(check.id)),
+            ("Name", .string(check.name)),
+            ("Status", .string(status)),
+            ("Notes", .string(check.notes)),
+            ("Output", .string(check.output)),
+            ("ServiceID", .string(check.serviceID)),
+            ("ServiceName", .string(check.serviceName)),
+            ("ServiceTags", .array([])),
+            ("Type", .string(check.type)),
+            ("Interval", .string("")),
+            ("Timeout", .string("")),
+            ("ExposedPort", .int(0)),
+            ("Definition", .object([])),
+            ("Namespace", .string("default")),
+            ("Partition", .string("default")),
+            ("CreateIndex", .uint(check.createIndex)),
+            ("ModifyIndex", .uint(check.modifyIndex)),
+        ])
+    }
+
+    func node(index: UInt64) -> JSON {
+        .object([
+            ("ID", .string(nodeID)),
+            ("Node", .string(nodeName)),
+            ("Address", .string("127.0.0.1")),
+            ("Datacenter", .string(datacenter)),
+            ("TaggedAddresses", .object([("lan", .string("127.0.0.1")), ("wan", .string("127.0.0.1"))])),
+            ("Meta", .object([("consul-network-segment", .string(""))])),
+            ("CreateIndex", .int(1)),
+            ("ModifyIndex", .int(1)),
+        ])
+    }
+
+    /// `/v1/health/service/:name` and `/v1/health/connect/:name` entries.
+    func healthEntries(_ state: AgentState, connect: Bool, name: String, passingOnly: Bool) -> JSON {
+        let matching = state.services.values.filter { service in
+            connect
+                ? (service.kind == "connect-proxy" && service.proxy?.destinationServiceName == name)
+                    || (service.connectNative && service.name == name)
+                : service.name == name
+        }.sorted { $0.id < $1.id }
+        let entries = matching.compactMap { service -> JSON? in
+            let checks = state.checks(ofService: service.id).map { ($0, state.status(of: $0)) }
+            if passingOnly && !checks.allSatisfy({ $0.1 == "passing" }) { return nil }
+            return .object([
+                ("Node", node(index: 1)),
+                ("Service", agentService(service, indexes: true)),
+                ("Checks", .array(checks.map { check($0.0, status: $0.1) })),
+            ])
+        }
+        return .array(entries)
+    }
+}

@@ -1,0 +1,310 @@
+import Foundation
+import NIOConcurrencyHelpers
+import Testing
+@testable import ConsulAgent
+import DevAgent
+@testable import SidecarCore
+import SidecarTLS
+
+/// Sidecars configured only through the dev agent (like `-sidecar-for`), on real sockets.
+@Suite("Consul mode against the dev agent", .serialized)
+struct ConsulModeTests {
+    @Test("-sidecar-for carries traffic; an upstream added at runtime listens within 2 s, a removed one closes; a new local port retargets only new connections")
+    func registrationDrivesListeners() async throws {
+        let mesh = try await ConsulMesh.start()
+        let backendA = try await TestBackend(.echo, group: testGroup)
+        let backendB = try await TestBackend(.echo, group: testGroup)
+        let storagePublic = freeLocalPort(), agentPublic = freeLocalPort(), upstreamPort = freeLocalPort()
+        try mesh.registerService(id: "storage", name: "storage", port: backendA.port, sidecarPort: storagePublic)
+        let agentApp = freeLocalPort()
+        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: agentApp, sidecarPort: agentPublic,
+                                 upstreams: [("storage", upstreamPort)])
+        try mesh.allow("backup-agent", to: "storage")
+        let (storageProxy, storage) = try await mesh.sidecar(for: "storage")
+        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent")
+        defer {
+            Task {
+                await storageProxy.stop(); await agentProxy.stop()
+                await agent.stop(); await storage.stop(); await backendA.stop(); await backendB.stop(); await mesh.stop()
+            }
+        }
+        #expect(storage.currentCredentials.identity.uri == "spiffe://\(mesh.agent.trustDomain)/ns/default/dc/dc1/svc/storage")
+        #expect(agent.currentCredentials.identity.service == "backup-agent")
+        #expect(await eventually { storage.readiness.ready }, "ready once intentions arrived")
+        #expect(await eventually { agent.upstreamInstanceList["storage"] == [Endpoint(host: "127.0.0.1", port: storagePublic, datacenter: "dc1")] })
+        #expect(await echoRoundTrip(port: upstreamPort))
+
+        // A connection that must outlive every change below.
+        let live = try BlockingSocket(port: upstreamPort)
+        live.setReceiveTimeout(seconds: 10)
+        #expect(live.echoes("before the changes"))
+
+        let catalogPort = freeLocalPort()
+        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: agentApp, sidecarPort: agentPublic,
+                                 upstreams: [("storage", upstreamPort), ("catalog", catalogPort)])
+        #expect(await eventually(timeout: 2) { agent.boundAddress(of: "upstream:catalog")?.port == catalogPort },
+                "a new upstream listens within 2 s")
+        #expect((try? BlockingSocket(port: catalogPort)) != nil)
+
+        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: agentApp, sidecarPort: agentPublic,
+                                 upstreams: [("storage", upstreamPort)])
+        #expect(await eventually(timeout: 2) { agent.boundAddress(of: "upstream:catalog") == nil })
+        #expect((try? BlockingSocket(port: catalogPort)) == nil, "the removed upstream's port is closed")
+        #expect(agent.boundAddress(of: "upstream:storage")?.port == upstreamPort, "the unaffected listener stayed")
+
+        // The storage app moves: new connections go to B, the live one stays on A.
+        try mesh.registerService(id: "storage", name: "storage", port: backendB.port, sidecarPort: storagePublic)
+        #expect(await eventually { storage.definition.localServicePort == backendB.port })
+        #expect(await echoRoundTrip(port: upstreamPort))
+        #expect(backendB.connections == 1)
+        #expect(backendA.connections == 2)
+        #expect(live.echoes("after the changes"), "the live connection was not disturbed")
+        #expect(storage.boundAddress(of: Sidecar.publicListenerName)?.port == storagePublic)
+    }
+
+    @Test("Leaf TTL of 3 s: new connections present new serials after renewals; a connection opened before keeps flowing")
+    func leafRenewal() async throws {
+        let mesh = try await ConsulMesh.start(leafTTL: 3)
+        let backend = try await TestBackend(.echo, group: testGroup)
+        let storagePublic = freeLocalPort(), upstreamPort = freeLocalPort()
+        try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: storagePublic)
+        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
+                                 upstreams: [("storage", upstreamPort)])
+        try mesh.allow("backup-agent", to: "storage")
+        let agentAudit = MemoryAuditSink()
+        let (storageProxy, storage) = try await mesh.sidecar(for: "storage")
+        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", audit: agentAudit)
+        defer {
+            Task {
+                await storageProxy.stop(); await agentProxy.stop()
+                await agent.stop(); await storage.stop(); await backend.stop(); await mesh.stop()
+            }
+        }
+        #expect(await eventually { storage.readiness.ready && agent.upstreamInstanceList["storage"]?.count == 1 })
+        let firstSerial = storage.currentCredentials.leaf.serialNumber
+        let live = try BlockingSocket(port: upstreamPort)
+        live.setReceiveTimeout(seconds: 10)
+        #expect(live.echoes("opened before any renewal"))
+
+        var failures = 0
+        var liveFailures = 0
+        let deadline = ContinuousClock.now + .seconds(8)
+        var round = 0
+        while ContinuousClock.now < deadline {
+            if !(await echoRoundTrip(port: upstreamPort, bytes: 16 << 10)) { failures += 1 }
+            let message = "round \(round) on the old connection"
+            if !(await onThread { live.echoes(message) }) { liveFailures += 1 }
+            round += 1
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        let serials = agentAudit.events.filter { $0.kind == .upstreamConnected }.compactMap { event -> String? in
+            guard let reason = event.reason, let range = reason.range(of: "serial ") else { return nil }
+            return reason[range.upperBound...].split(separator: " ").first.map(String.init)
+        }
+        var distinct: [String] = []
+        for serial in serials where distinct.last != serial { distinct.append(serial) }
+        print("leaf serials seen by new connections, in order: \(distinct.joined(separator: " -> "))")
+        #expect(failures == 0)
+        #expect(liveFailures == 0, "the connection from before the renewals kept flowing")
+        #expect(Set(serials).count >= 3, "at least two renewals seen by new connections (saw \(Set(serials).count))")
+        #expect(storage.currentCredentials.leaf.serialNumber != firstSerial)
+    }
+
+    @Test("Two storage instances: a failing check takes one out of rotation; with one sidecar killed every new connection still succeeds")
+    func instanceHealthAndFailover() async throws {
+        let mesh = try await ConsulMesh.start()
+        let backend1 = try await TestBackend(.echo, group: testGroup)
+        let backend2 = try await TestBackend(.echo, group: testGroup)
+        try mesh.registerService(id: "storage-1", name: "storage", port: backend1.port, sidecarPort: freeLocalPort(), check: "storage-1-alive")
+        try mesh.registerService(id: "storage-2", name: "storage", port: backend2.port, sidecarPort: freeLocalPort(), check: "storage-2-alive")
+        let upstreamPort = freeLocalPort()
+        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
+                                 upstreams: [("storage", upstreamPort)])
+        try mesh.allow("backup-agent", to: "storage")
+        let (proxy1, storage1) = try await mesh.sidecar(for: "storage-1")
+        let (proxy2, storage2) = try await mesh.sidecar(for: "storage-2")
+        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent")
+        defer {
+            Task {
+                await proxy1.stop(); await proxy2.stop(); await agentProxy.stop()
+                await agent.stop(); await storage1.stop(); await storage2.stop()
+                await backend1.stop(); await backend2.stop(); await mesh.stop()
+            }
+        }
+        #expect(await eventually { storage1.readiness.ready && storage2.readiness.ready })
+        #expect(await eventually { agent.upstreamInstanceList["storage"]?.count == 2 })
+
+        func roundTrips(_ count: Int) async -> Int {
+            var succeeded = 0
+            for _ in 0..<count where await echoRoundTrip(port: upstreamPort, bytes: 4 << 10) { succeeded += 1 }
+            return succeeded
+        }
+        #expect(await roundTrips(10) == 10)
+        #expect(backend1.connections == 5 && backend2.connections == 5, "spread in turn, not at random")
+
+        try mesh.agent.setCheck("storage-1-alive", status: "critical")
+        #expect(await eventually { agent.upstreamInstanceList["storage"]?.count == 1 })
+        #expect(await roundTrips(10) == 10)
+        #expect(backend1.connections == 5, "a failing instance gets no new connections")
+        #expect(backend2.connections == 15)
+
+        try mesh.agent.setCheck("storage-1-alive", status: "passing")
+        #expect(await eventually { agent.upstreamInstanceList["storage"]?.count == 2 })
+        // storage-2's sidecar dies while Consul still lists it as passing.
+        await storage2.stop()
+        #expect(await roundTrips(10) == 10, "a dead instance is skipped for the next one")
+        #expect(backend1.connections == 15)
+    }
+
+    @Test("Agent stopped for 10 s while traffic flows: no connection fails; after it returns, a changed intention applies")
+    func agentOutage() async throws {
+        let mesh = try await ConsulMesh.start()
+        let backend = try await TestBackend(.echo, group: testGroup)
+        let upstreamPort = freeLocalPort()
+        try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: freeLocalPort())
+        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
+                                 upstreams: [("storage", upstreamPort)])
+        try mesh.allow("backup-agent", to: "storage")
+        let logs = RecordingLogHandler()
+        let (storageProxy, storage) = try await mesh.sidecar(for: "storage", logger: logs.logger)
+        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent")
+        defer {
+            Task {
+                await storageProxy.stop(); await agentProxy.stop()
+                await agent.stop(); await storage.stop(); await backend.stop(); await mesh.stop()
+            }
+        }
+        #expect(await eventually { storage.readiness.ready && agent.upstreamInstanceList["storage"]?.count == 1 })
+        let live = try BlockingSocket(port: upstreamPort)
+        live.setReceiveTimeout(seconds: 10)
+        #expect(live.echoes("before the outage"))
+
+        await mesh.agent.stop()
+        var failures = 0, attempts = 0
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+            if !(await echoRoundTrip(port: upstreamPort, bytes: 16 << 10)) { failures += 1 }
+            if !(await onThread { live.echoes("during the outage") }) { failures += 1 }
+            attempts += 1
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        #expect(attempts > 20)
+        #expect(failures == 0, "fail static: last good config, certificates and instances keep serving")
+        #expect(storage.readiness.ready)
+        #expect(logs.messages.contains { $0.contains("Consul watch failed") })
+
+        _ = try await mesh.agent.start()
+        try mesh.deny("backup-agent", to: "storage")
+        #expect(await eventually(timeout: 10) { storage.currentIntentions?.intentions.first?.action == .deny },
+                "watches resync after the agent returns")
+        #expect(await echoRoundTrip(port: upstreamPort) == false, "the new deny applies to new connections")
+        #expect(await onThread { live.echoes("after the deny") } == false, "and cuts the live one (re-authorization)")
+    }
+
+    @Test("The real binary: run -sidecar-for storage -http-addr … -token-file … against an agent enforcing ACLs carries traffic; a wrong token is refused; SIGTERM exits 0")
+    func binaryWithACLToken() async throws {
+        let token = "d8a3f0c1-backup-token"
+        let mesh = try await ConsulMesh.start(aclToken: token)
+        let backend = try await TestBackend(.echo, group: testGroup)
+        let storagePublic = freeLocalPort(), upstreamPort = freeLocalPort()
+        try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: storagePublic)
+        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
+                                 upstreams: [("storage", upstreamPort)])
+        try mesh.allow("backup-agent", to: "storage")
+        let tokenFile = CommandLineTests.write("consul-token", token + "\n")
+        let logFile = "\(CommandLineTests.scratch)/consul-mode.log"
+        FileManager.default.createFile(atPath: logFile, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
+        process.arguments = ["run", "-sidecar-for", "storage", "-http-addr", "127.0.0.1:\(mesh.port)", "-token-file", tokenFile,
+                             "--admin-bind", "off", "--audit-log", "\(CommandLineTests.scratch)/consul-mode-audit.jsonl"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle(forWritingAtPath: logFile)
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+
+        // Without the token the agent answers 403 and an in-process sidecar never starts.
+        await #expect(throws: (any Error).self) {
+            _ = try await mesh.sidecar(for: "backup-agent", token: "wrong-token", startupTimeout: .milliseconds(500))
+        }
+        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", token: token)
+        defer { Task { await agentProxy.stop(); await agent.stop(); await backend.stop(); await mesh.stop() } }
+        #expect(await eventually(timeout: 15) { backend.connections == 0 && (try? BlockingSocket(port: storagePublic)) != nil })
+        var delivered = false
+        for _ in 0..<50 where !delivered {
+            delivered = await echoRoundTrip(port: upstreamPort)
+            if !delivered { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(delivered, "traffic through the binary configured only by the agent")
+        kill(process.processIdentifier, SIGTERM)
+        let status = await onThread { () -> Int32 in
+            process.waitUntilExit()
+            return process.terminationStatus
+        }
+        let log = (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? ""
+        #expect(status == 0, "log: \(log)")
+        #expect(log.contains("Consul proxy started"), "log: \(log)")
+        #expect(!log.contains(token), "the ACL token never reaches the logs")
+    }
+
+    @Test("deploy/'s files loaded by the agent: service-defaults protocol http reaches the storage sidecar and the append-only intentions refuse DELETE with 403")
+    func centralConfigDrivesL7() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("consul-config-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let deploy = TestCertificates.repositoryRoot.appendingPathComponent("deploy")
+        for (source, name) in [("consul/proxy-defaults.json", "proxy-defaults.json"),
+                               ("consul/service-defaults-storage.json", "service-defaults-storage.json"),
+                               ("intentions-l7.json", "intentions-l7.json")] {
+            try FileManager.default.copyItem(at: deploy.appendingPathComponent(source), to: directory.appendingPathComponent(name))
+        }
+        let mesh = try await ConsulMesh.start(configDirectory: directory.path)
+        let backend = try await TestBackend(.repository, group: testGroup)
+        let upstreamPort = freeLocalPort()
+        try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: freeLocalPort())
+        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
+                                 upstreams: [("storage", upstreamPort)])
+        let (storageProxy, storage) = try await mesh.sidecar(for: "storage")
+        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent")
+        defer {
+            Task {
+                await storageProxy.stop(); await agentProxy.stop()
+                await agent.stop(); await storage.stop(); await backend.stop(); await mesh.stop()
+            }
+        }
+        #expect(storage.definition.config.protocol == "http", "the agent merged service-defaults into the registration")
+        #expect(agent.definition.config.protocol == "tcp", "proxy-defaults for everyone else")
+        #expect(await eventually { storage.readiness.ready && agent.upstreamInstanceList["storage"]?.count == 1 })
+        let responses = try await L7IntegrationTests.curl(upstreamPort, [
+            ["-X", "PUT", "--data-binary", "snapshot-1", "URL/repository/snap-1"],
+            ["URL/repository/snap-1"],
+            ["-X", "DELETE", "URL/repository/snap-1"],
+        ])
+        #expect(responses.map(\.status) == ["200", "200", "403"], "\(responses)")
+        #expect(backend.requests == ["PUT /repository/snap-1", "GET /repository/snap-1"], "the DELETE never reached the repository")
+    }
+
+    @Test("The agent's DefaultIntentionPolicy wins over the proxy's own default: allow with no intentions lets traffic in")
+    func agentDefaultPolicy() async throws {
+        let mesh = try await ConsulMesh.start(defaultIntentionPolicy: "allow")
+        let backend = try await TestBackend(.echo, group: testGroup)
+        let upstreamPort = freeLocalPort()
+        try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: freeLocalPort())
+        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
+                                 upstreams: [("storage", upstreamPort)])
+        let (storageProxy, storage) = try await mesh.sidecar(for: "storage")
+        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent")
+        defer {
+            Task {
+                await storageProxy.stop(); await agentProxy.stop()
+                await agent.stop(); await storage.stop(); await backend.stop(); await mesh.stop()
+            }
+        }
+        #expect(await eventually { storage.currentIntentions != nil && agent.upstreamInstanceList["storage"]?.count == 1 })
+        #expect(storage.currentIntentions?.defaultAction == .allow)
+        #expect(await echoRoundTrip(port: upstreamPort))
+        try mesh.deny("backup-agent", to: "storage")
+        #expect(await eventually { storage.currentIntentions?.intentions.count == 1 })
+        #expect(await echoRoundTrip(port: upstreamPort) == false)
+    }
+}
