@@ -1,4 +1,5 @@
 import ArgumentParser
+import ConsulAgent
 import CSystemExtras
 import Foundation
 import Logging
@@ -13,7 +14,7 @@ struct BackupSidecar: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backup-sidecar",
         abstract: "Consul Connect mTLS sidecar for backup traffic.",
-        subcommands: [Run.self]
+        subcommands: [Run.self, DevAgentCommand.self]
     )
 }
 
@@ -28,22 +29,48 @@ struct Run: AsyncParsableCommand {
         abstract: "Run both sidecar roles: the public mTLS listener and the upstream listeners."
     )
 
-    @Option(name: .customLong("service-file"), help: "Consul service definition (connect-proxy registration or a service with connect.sidecar_service).")
-    var serviceFile: String
+    // Consul mode (like `consul connect proxy`; Consul's single-dash spellings accepted too).
+    @Option(name: [.customLong("sidecar-for"), .customLong("sidecar-for", withSingleDash: true)],
+            help: "Consul mode: run as the sidecar proxy registered for this service ID.")
+    var sidecarFor: String?
 
-    @Option(help: "Leaf certificate PEM; intermediates may follow the leaf and are sent to peers.")
-    var cert: String
+    @Option(name: [.customLong("proxy-id"), .customLong("proxy-id", withSingleDash: true)],
+            help: "Consul mode: run as this connect-proxy registration.")
+    var proxyID: String?
 
-    @Option(help: "Private key PEM for the leaf.")
-    var key: String
+    @Option(name: [.customLong("http-addr"), .customLong("http-addr", withSingleDash: true)],
+            help: "Consul agent address (default: CONSUL_HTTP_ADDR, else 127.0.0.1:8500): HOST:PORT, http://, https://, unix:///path.")
+    var httpAddr: String?
 
-    @Option(help: "Trusted root certificates PEM (several allowed, e.g. during CA rotation).")
-    var ca: String
+    @Option(name: [.customLong("token"), .customLong("token", withSingleDash: true)],
+            help: "Consul ACL token (default: CONSUL_HTTP_TOKEN). Prefer -token-file: arguments are visible to other users.")
+    var token: String?
+
+    @Option(name: [.customLong("token-file"), .customLong("token-file", withSingleDash: true)],
+            help: "File holding the Consul ACL token, re-read before each request (default: CONSUL_HTTP_TOKEN_FILE).")
+    var tokenFile: String?
+
+    @Option(name: .customLong("startup-timeout"),
+            help: "Consul mode: how long to wait for the agent, the registration and the first certificates at startup (Go duration).")
+    var startupTimeout: String = "60s"
+
+    // File mode.
+    @Option(name: .customLong("service-file"), help: "File mode: Consul service definition (connect-proxy registration or a service with connect.sidecar_service).")
+    var serviceFile: String?
+
+    @Option(help: "File mode: leaf certificate PEM; intermediates may follow the leaf and are sent to peers.")
+    var cert: String?
+
+    @Option(help: "File mode: private key PEM for the leaf.")
+    var key: String?
+
+    @Option(help: "File mode: trusted root certificates PEM (several allowed, e.g. during CA rotation).")
+    var ca: String?
 
     @Option(name: .customLong("intentions-file"), help: "JSON array of Consul service-intentions config entries.")
     var intentionsFile: String?
 
-    @Option(name: .customLong("default-intention"), help: "Decision when no intention matches: allow or deny.")
+    @Option(name: .customLong("default-intention"), help: "Decision when no intention matches: allow or deny (Consul mode: the agent's DefaultIntentionPolicy wins when it reports one).")
     var defaultIntention: String = "deny"
 
     @Option(name: .customLong("upstream-endpoint"), help: "Static instance for an upstream: NAME=HOST:PORT (repeatable; several per NAME are used in turn).")
@@ -87,12 +114,7 @@ struct Run: AsyncParsableCommand {
         // Before anything binds: a SIGTERM during startup must take the drain path, not the
         // default action.
         let signals = SignalHandling()
-        guard let level = Logger.Level(rawValue: logLevel) else {
-            throw failure("invalid --log-level \"\(logLevel)\"", status: ExitStatus.configuration)
-        }
-        guard ["text", "json"].contains(logFormat) else {
-            throw failure("--log-format must be text or json, not \"\(logFormat)\"", status: ExitStatus.configuration)
-        }
+        try bootstrapLogging(level: logLevel, format: logFormat)
         let adminEndpoint: Endpoint?
         if adminBind == "off" {
             adminEndpoint = nil
@@ -104,14 +126,70 @@ struct Run: AsyncParsableCommand {
         guard let drainNs = ConfigDuration.parse(drainTimeout) else {
             throw failure("--drain-timeout \"\(drainTimeout)\" is not a duration such as 10m", status: ExitStatus.configuration)
         }
-        let json = logFormat == "json"
-        LoggingSystem.bootstrap { label in
-            if json { return JSONLogHandler(label: label, level: level) }
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
         let logger = Logger(label: "backup-sidecar")
+        let threadCount = threads ?? min(System.coreCount, 4)
+        guard (1...64).contains(threadCount) else { throw failure("--threads must be between 1 and 64", status: ExitStatus.configuration) }
+        guard let defaultAction = IntentionAction(rawValue: defaultIntention.lowercased()) else {
+            throw failure("--default-intention must be allow or deny, not \"\(defaultIntention)\"", status: ExitStatus.configuration)
+        }
+        let audit: any AuditSink
+        do {
+            audit = auditLog == "-" ? JSONLinesAuditSink() : try JSONLinesAuditSink.file(at: auditLog)
+        } catch {
+            throw failure("\(error)", status: ExitStatus.configuration)
+        }
+        let metrics = SidecarMetrics()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threadCount)
+        let running: RunningSidecar
+        if sidecarFor != nil || proxyID != nil {
+            running = try await startConsulMode(defaultAction: defaultAction, audit: audit, metrics: metrics,
+                                                logger: logger, group: group)
+        } else {
+            running = try await startFileMode(defaultAction: defaultAction, audit: audit, metrics: metrics,
+                                              logger: logger, group: group)
+        }
+        let sidecar = running.sidecar
+        if let adminEndpoint {
+            do {
+                let admin = try await AdminServer.start(host: adminEndpoint.host, port: adminEndpoint.port, sidecar: sidecar,
+                                                        metrics: metrics, group: group)
+                logger.info("admin listener", metadata: ["address": "\(admin.localAddress.map { "\($0)" } ?? "?")"])
+            } catch {
+                await running.stopSources()
+                throw failure("\(error)", status: ExitStatus.listener)
+            }
+        }
+        let credentials = sidecar.currentCredentials
+        logger.info("sidecar running", metadata: [
+            "identity": "\(credentials.identity)", "serial": "\(credentials.leaf.serialNumber)",
+        ])
+        signals.onReload = running.reload
+        await signals.firstTermination()
+        await running.stopSources()
+        // Drain; a second SIGTERM/SIGINT cuts it short (what is left is aborted, not closed
+        // cleanly, so no peer mistakes it for a finished transfer).
+        let drain = Task { await sidecar.drain(timeout: .nanoseconds(drainNs)) }
+        signals.onLaterTermination = {
+            logger.warning("second signal: not waiting for the drain")
+            drain.cancel()
+        }
+        _ = await drain.value
+        try? await group.shutdownGracefully()
+    }
+
+    /// A started sidecar and whatever feeds it (files or the Consul agent).
+    struct RunningSidecar {
+        var sidecar: Sidecar
+        var reload: @Sendable () -> Void
+        var stopSources: @Sendable () async -> Void
+    }
+
+    private func startFileMode(defaultAction: IntentionAction, audit: any AuditSink, metrics: SidecarMetrics,
+                               logger: Logger, group: EventLoopGroup) async throws -> RunningSidecar {
+        guard let serviceFile, let cert, let key, let ca else {
+            throw failure("give either -sidecar-for/-proxy-id (Consul mode) or --service-file, --cert, --key and --ca (file mode)",
+                          status: ExitStatus.configuration)
+        }
         let settings: SidecarSettings
         let intentionsSource: IntentionsFileSource?
         let certificateSource: CertificateFileSource
@@ -121,15 +199,14 @@ struct Run: AsyncParsableCommand {
                                                       trustDomain: trustDomain, logger: logger) { credentials in
                 try runningSidecar.withLockedValue { $0 }?.updateCredentials(credentials)
             }
-            (settings, intentionsSource) = try loadSettings(logger: logger, credentials: try certificateSource.load()) { set in
+            (settings, intentionsSource) = try loadSettings(serviceFile: serviceFile, credentials: try certificateSource.load(),
+                                                            defaultAction: defaultAction, audit: audit, metrics: metrics,
+                                                            logger: logger) { set in
                 runningSidecar.withLockedValue { $0 }?.updateIntentions(set)
             }
         } catch {
             throw failure("\(error)", status: ExitStatus.configuration)
         }
-        let threadCount = threads ?? min(System.coreCount, 4)
-        guard (1...64).contains(threadCount) else { throw failure("--threads must be between 1 and 64", status: ExitStatus.configuration) }
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: threadCount)
         let sidecar: Sidecar
         do {
             sidecar = try Sidecar(settings: settings, group: group)
@@ -141,57 +218,90 @@ struct Run: AsyncParsableCommand {
         // Only now, with everything valid and listening, start polling the files.
         certificateSource.watch()
         intentionsSource?.watch()
-        if let adminEndpoint, let metrics = settings.metrics {
-            do {
-                let admin = try await AdminServer.start(host: adminEndpoint.host, port: adminEndpoint.port, sidecar: sidecar,
-                                                        metrics: metrics, group: group)
-                logger.info("admin listener", metadata: ["address": "\(admin.localAddress.map { "\($0)" } ?? "?")"])
-            } catch {
-                throw failure("\(error)", status: ExitStatus.listener)
-            }
-        }
-        logger.info("sidecar running", metadata: [
-            "identity": "\(settings.credentials.identity)", "serial": "\(settings.credentials.leaf.serialNumber)",
-        ])
-        signals.onReload = {
+        return RunningSidecar(sidecar: sidecar, reload: {
             logger.info("SIGHUP: reloading certificate and intentions files")
             certificateSource.reload()
             intentionsSource?.reload()
-        }
-        await signals.firstTermination()
-        certificateSource.stop()
-        intentionsSource?.stop()
-        // Drain; a second SIGTERM/SIGINT cuts it short (what is left is aborted, not closed
-        // cleanly, so no peer mistakes it for a finished transfer).
-        let drain = Task { await sidecar.drain(timeout: .nanoseconds(drainNs)) }
-        signals.onLaterTermination = {
-            logger.warning("second signal: not waiting for the drain")
-            drain.cancel()
-        }
-        await drain.value
-        try? await group.shutdownGracefully()
+        }, stopSources: {
+            certificateSource.stop()
+            intentionsSource?.stop()
+        })
     }
 
-    /// Loads and validates everything; the intentions file is watched from here on, its
-    /// changes going to `onIntentionsChange`.
-    private func loadSettings(logger: Logger, credentials: TLSCredentials,
-                              onIntentionsChange: @escaping @Sendable (IntentionSet) -> Void) throws
-        -> (SidecarSettings, IntentionsFileSource?) {
-        var definition = try ProxyDefinition.load(path: serviceFile)
-        if let maxConnections {
-            guard maxConnections > 0 else { throw ValidationError("--max-connections must be greater than 0") }
-            definition.config.maxConnections = maxConnections
+    private func startConsulMode(defaultAction: IntentionAction, audit: any AuditSink, metrics: SidecarMetrics,
+                                 logger: Logger, group: EventLoopGroup) async throws -> RunningSidecar {
+        let fileModeOnly = [("--service-file", serviceFile), ("--cert", cert), ("--key", key), ("--ca", ca),
+                            ("--intentions-file", intentionsFile), ("--trust-domain", trustDomain)]
+            .compactMap { $0.1 == nil ? nil : $0.0 } + (upstreamEndpoints.isEmpty ? [] : ["--upstream-endpoint"])
+        guard fileModeOnly.isEmpty else {
+            throw failure("\(fileModeOnly.joined(separator: ", ")) cannot be combined with Consul mode: the agent provides them",
+                          status: ExitStatus.configuration)
         }
+        guard (sidecarFor == nil) != (proxyID == nil) else {
+            throw failure("give -sidecar-for or -proxy-id, not both", status: ExitStatus.configuration)
+        }
+        var options = ConsulProxyOptions(target: sidecarFor.map { .sidecarFor($0) } ?? .proxyID(proxyID ?? ""))
+        guard let startupNs = ConfigDuration.parse(startupTimeout) else {
+            throw failure("--startup-timeout \"\(startupTimeout)\" is not a duration such as 60s", status: ExitStatus.configuration)
+        }
+        options.startupTimeout = .nanoseconds(startupNs)
+        options.defaultIntention = defaultAction
+        options.allowNonLoopbackUpstreams = allowRemoteUpstreams
+        let client: ConsulClient
+        do {
+            options.adjustDefinition = try definitionOverrides()
+            let connection = try ConsulConnectionSettings.resolve(httpAddr: httpAddr, token: token, tokenFile: tokenFile,
+                                                                  environment: ProcessInfo.processInfo.environment)
+            _ = try connection.readToken()
+            // Last: from here on the client must be shut down on every path (proxy.stop()).
+            client = try ConsulClient(settings: connection, eventLoopGroup: group)
+        } catch {
+            throw failure("\(error)", status: ExitStatus.configuration)
+        }
+        let proxy = ConsulProxy(client: client, options: options, audit: audit, metrics: metrics, logger: logger, group: group)
+        let sidecar: Sidecar
+        do {
+            sidecar = try await proxy.start()
+        } catch {
+            await proxy.stop()
+            throw failure("\(error)", status: error is SidecarError ? ExitStatus.listener : ExitStatus.configuration)
+        }
+        return RunningSidecar(sidecar: sidecar, reload: {
+            logger.info("SIGHUP: nothing to reload in Consul mode (the agent's watches apply changes as they happen)")
+        }, stopSources: {
+            await proxy.stop()
+        })
+    }
+
+    /// The operator's flag overrides of proxy config, applied to every registration read.
+    private func definitionOverrides() throws -> @Sendable (ProxyDefinition) -> ProxyDefinition {
+        if let maxConnections, maxConnections <= 0 {
+            throw ValidationError("--max-connections must be greater than 0")
+        }
+        var idleNs: Int64?
         if let idleTimeout {
             guard let nanoseconds = ConfigDuration.parse(idleTimeout) else {
                 throw ValidationError("--idle-timeout \"\(idleTimeout)\" is not a duration such as 30m")
             }
-            definition.config.idleTimeoutNs = nanoseconds
+            idleNs = nanoseconds
         }
+        let maxConnections = self.maxConnections, idleTimeoutNs = idleNs
+        return { definition in
+            var definition = definition
+            if let maxConnections { definition.config.maxConnections = maxConnections }
+            if let idleTimeoutNs { definition.config.idleTimeoutNs = idleTimeoutNs }
+            return definition
+        }
+    }
+
+    /// Loads and validates everything; the intentions file is watched from here on, its
+    /// changes going to `onIntentionsChange`.
+    private func loadSettings(serviceFile: String, credentials: TLSCredentials, defaultAction: IntentionAction,
+                              audit: any AuditSink, metrics: SidecarMetrics, logger: Logger,
+                              onIntentionsChange: @escaping @Sendable (IntentionSet) -> Void) throws
+        -> (SidecarSettings, IntentionsFileSource?) {
+        let definition = try definitionOverrides()(try ProxyDefinition.load(path: serviceFile))
         try definition.validateUpstreamBinds(allowNonLoopback: allowRemoteUpstreams)
-        guard let defaultAction = IntentionAction(rawValue: defaultIntention.lowercased()) else {
-            throw ValidationError("--default-intention must be allow or deny, not \"\(defaultIntention)\"")
-        }
         let source = intentionsFile.map {
             IntentionsFileSource(path: $0, defaultAction: defaultAction, logger: logger, apply: onIntentionsChange)
         }
@@ -210,13 +320,28 @@ struct Run: AsyncParsableCommand {
             }
             endpoints[parts[0], default: []].append(endpoint)
         }
-        let auditLines: any AuditSink = auditLog == "-" ? JSONLinesAuditSink() : try JSONLinesAuditSink.file(at: auditLog)
-        let metrics = SidecarMetrics()
         var settings = SidecarSettings(definition: definition, credentials: credentials, intentions: intentions,
                                        upstreamEndpoints: endpoints, datacenter: datacenter,
-                                       audit: auditLines, logger: logger, metrics: metrics)
+                                       audit: audit, logger: logger, metrics: metrics)
         settings.allowNonLoopbackUpstreams = allowRemoteUpstreams
         return (settings, source)
+    }
+}
+
+/// One logging setup for every subcommand: text for terminals, JSON lines for shippers.
+func bootstrapLogging(level text: String, format: String) throws {
+    guard let level = Logger.Level(rawValue: text) else {
+        throw failure("invalid --log-level \"\(text)\"", status: ExitStatus.configuration)
+    }
+    guard ["text", "json"].contains(format) else {
+        throw failure("--log-format must be text or json, not \"\(format)\"", status: ExitStatus.configuration)
+    }
+    let json = format == "json"
+    LoggingSystem.bootstrap { label in
+        if json { return JSONLogHandler(label: label, level: level) }
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = level
+        return handler
     }
 }
 

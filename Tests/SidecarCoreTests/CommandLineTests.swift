@@ -69,6 +69,19 @@ struct CommandLineTests {
         Case(name: "upstream on a non-loopback address", arguments: {
             ["--service-file", write("remote-upstream.json", #"{"service":{"kind":"connect-proxy","name":"a","proxy":{"destination_service_name":"a","upstreams":[{"destination_name":"storage","local_bind_address":"0.0.0.0","local_bind_port":19100}]}}}"#)] + certs()
         }, status: 2, messageContains: ["storage", "0.0.0.0", "not loopback", "--allow-remote-upstreams"]),
+        Case(name: "neither Consul mode nor file mode", arguments: { [] },
+             status: 2, messageContains: ["-sidecar-for", "--service-file"]),
+        Case(name: "Consul mode combined with file-mode certificates", arguments: { ["-sidecar-for", "storage"] + certs() },
+             status: 2, messageContains: ["--cert", "cannot be combined with Consul mode"]),
+        Case(name: "both -sidecar-for and -proxy-id", arguments: { ["-sidecar-for", "storage", "-proxy-id", "storage-sidecar-proxy"] },
+             status: 2, messageContains: ["not both"]),
+        Case(name: "unsupported agent address scheme", arguments: { ["-sidecar-for", "storage", "-http-addr", "ftp://agent:21"] },
+             status: 2, messageContains: ["ftp://agent:21", "unsupported scheme"]),
+        Case(name: "unreadable token file", arguments: { ["-sidecar-for", "storage", "-token-file", "/nonexistent/token"] },
+             status: 2, messageContains: ["/nonexistent/token"]),
+        Case(name: "agent unreachable past the startup timeout", arguments: {
+            ["-sidecar-for", "storage", "-http-addr", "127.0.0.1:\(freeLocalPort())", "--startup-timeout", "1s"]
+        }, status: 2, messageContains: ["could not find the proxy registration", "Consul agent"]),
         Case(name: "bad --default-intention", arguments: { ["--service-file", goodService, "--default-intention", "maybe"] + certs() },
              status: 2, messageContains: ["--default-intention"]),
     ]
