@@ -21,16 +21,22 @@ final class ScriptedHTTPServer: Sendable {
     /// "METHOD uri" of every request, and the X-Consul-Token each carried.
     var requests: [String] { requestLog.withLockedValue { $0 } }
 
-    init(group: EventLoopGroup, respond: @escaping @Sendable (_ method: HTTPMethod, _ uri: String) -> Reply) async throws {
+    /// On 127.0.0.1:0, or on a unix socket at `unixSocketPath`.
+    init(group: EventLoopGroup, unixSocketPath: String? = nil,
+         respond: @escaping @Sendable (_ method: HTTPMethod, _ uri: String) -> Reply) async throws {
         let log = requestLog
-        channel = try await ServerBootstrap(group: group)
+        let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.pipeline.configureHTTPServerPipeline().flatMap {
                     channel.pipeline.addHandler(ScriptedHandler(respond: respond, log: log))
                 }
             }
-            .bind(host: "127.0.0.1", port: 0).get()
+        if let unixSocketPath {
+            channel = try await bootstrap.bind(unixDomainSocketPath: unixSocketPath, cleanupExistingSocketFile: true).get()
+        } else {
+            channel = try await bootstrap.bind(host: "127.0.0.1", port: 0).get()
+        }
     }
 
     func stop() async { try? await channel.close() }

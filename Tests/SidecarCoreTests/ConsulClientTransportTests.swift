@@ -1,0 +1,111 @@
+import Foundation
+import Testing
+@testable import ConsulAgent
+
+/// The agent reached the ways CONSUL_HTTP_ADDR allows: a unix socket, and HTTPS with
+/// CONSUL_CACERT / CONSUL_CLIENT_CERT / CONSUL_TLS_SERVER_NAME against a real `openssl s_server`.
+@Suite("Consul client transports", .serialized)
+struct ConsulClientTransportTests {
+    static func scratchDirectory() throws -> String {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("consul-transport-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        return directory
+    }
+
+    @Test("unix:///path: requests (with the token) go over the agent's unix socket")
+    func unixSocket() async throws {
+        let directory = try Self.scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = "\(directory)/consul.sock"
+        let server = try await ScriptedHTTPServer(group: testGroup, unixSocketPath: path) { _, _ in
+            .init(body: #"{"Config": {"Datacenter": "dc-unix"}}"#)
+        }
+        defer { Task { await server.stop() } }
+        let settings = try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil,
+                                                            environment: ["CONSUL_HTTP_ADDR": "unix://\(path)", "CONSUL_HTTP_TOKEN": "unix-token"])
+        let client = try ConsulClient(settings: settings, eventLoopGroup: testGroup)
+        let response = try await client.get("/v1/agent/self")
+        await client.shutdown()
+        #expect(String(decoding: response.body, as: UTF8.self).contains("dc-unix"))
+        #expect(server.requests == ["GET /v1/agent/self token=unix-token"])
+    }
+
+    /// `openssl s_server -WWW` serving `v1/agent/self` from a directory, over TLS with a server
+    /// certificate for consul.test; with `requireClientCert` it demands one signed by the test CA.
+    static func startTLSAgent(in directory: String, requireClientCert: Bool) async throws -> (Process, Int) {
+        let make = try await ProcessRunner.run([
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "\(directory)/server.key", "-out", "\(directory)/server.pem", "-days", "1",
+            "-subj", "/CN=consul.test", "-addext", "subjectAltName=DNS:consul.test",
+        ])
+        #expect(make.status == 0, "\(make.output)")
+        try FileManager.default.createDirectory(atPath: "\(directory)/v1/agent", withIntermediateDirectories: true)
+        try #"{"Config": {"Datacenter": "dc-tls"}}"#.write(toFile: "\(directory)/v1/agent/self", atomically: true, encoding: .utf8)
+        let port = freeLocalPort()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        process.currentDirectoryURL = URL(fileURLWithPath: directory)
+        process.arguments = ["s_server", "-accept", "127.0.0.1:\(port)", "-cert", "server.pem", "-key", "server.key", "-WWW", "-quiet"]
+            + (requireClientCert ? ["-Verify", "2", "-CAfile", TestCertificates.path("ca.pem")] : [])
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
+        return (process, port)
+    }
+
+    static func fetch(_ environment: [String: String]) async -> Result<String, any Error> {
+        do {
+            let settings = try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil, environment: environment)
+            let client = try ConsulClient(settings: settings, eventLoopGroup: testGroup)
+            defer { Task { await client.shutdown() } }
+            // A refused TLS handshake is retried by the client until the deadline: keep it short.
+            let response = try await client.get("/v1/agent/self", timeout: .seconds(3))
+            return .success(String(decoding: response.body, as: UTF8.self))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    @Test("HTTPS: CONSUL_CACERT + CONSUL_TLS_SERVER_NAME verify the agent; a wrong name or CA is refused")
+    func httpsServerVerification() async throws {
+        let directory = try Self.scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let (server, port) = try await Self.startTLSAgent(in: directory, requireClientCert: false)
+        defer { server.terminate() }
+        let base = ["CONSUL_HTTP_ADDR": "https://127.0.0.1:\(port)", "CONSUL_CACERT": "\(directory)/server.pem"]
+
+        var good = base
+        good["CONSUL_TLS_SERVER_NAME"] = "consul.test"
+        let answer = await Self.fetch(good)
+        #expect((try? answer.get())?.contains("dc-tls") == true, "\(answer)")
+
+        let noName = await Self.fetch(base)
+        #expect((try? noName.get()) == nil, "the certificate is for consul.test, not 127.0.0.1")
+
+        var wrongCA = good
+        wrongCA["CONSUL_CACERT"] = TestCertificates.path("ca.pem")
+        #expect((try? await Self.fetch(wrongCA).get()) == nil, "an agent certificate from another CA is refused")
+
+        var ssl = good
+        ssl["CONSUL_HTTP_ADDR"] = "127.0.0.1:\(port)"
+        ssl["CONSUL_HTTP_SSL"] = "true"
+        #expect((try? await Self.fetch(ssl).get())?.contains("dc-tls") == true, "CONSUL_HTTP_SSL=true with a bare address")
+    }
+
+    @Test("HTTPS with a client certificate: CONSUL_CLIENT_CERT/KEY are presented; without them the agent refuses")
+    func httpsClientCertificate() async throws {
+        let directory = try Self.scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let (server, port) = try await Self.startTLSAgent(in: directory, requireClientCert: true)
+        defer { server.terminate() }
+        let base = ["CONSUL_HTTP_ADDR": "https://127.0.0.1:\(port)", "CONSUL_CACERT": "\(directory)/server.pem",
+                    "CONSUL_TLS_SERVER_NAME": "consul.test"]
+        var withCert = base
+        withCert["CONSUL_CLIENT_CERT"] = TestCertificates.path("backup-agent.pem")
+        withCert["CONSUL_CLIENT_KEY"] = TestCertificates.path("backup-agent.key")
+        let answer = await Self.fetch(withCert)
+        #expect((try? answer.get())?.contains("dc-tls") == true, "\(answer)")
+        #expect((try? await Self.fetch(base).get()) == nil, "no client certificate, no answer")
+    }
+}
