@@ -394,7 +394,7 @@ CAfile = $CERTS/ca.pem
 verifyChain = yes
 requireCert = yes
 sslVersionMin = TLSv1.2
-sessionResume = no
+sessionResume = yes
 EOF
   cat >"$d/client.conf" <<EOF
 $common
@@ -410,7 +410,7 @@ key = $CERTS/backup-agent.key
 CAfile = $CERTS/ca.pem
 verifyChain = yes
 sslVersionMin = TLSv1.2
-sessionResume = no
+sessionResume = yes
 EOF
   start_bg "$d/server.log" stunnel4 "$d/server.conf"
   SERVER_PID=$LAST_PID
@@ -440,7 +440,8 @@ frontend storage_inbound
 backend storage_local
     server storage 127.0.0.1:$backend
 EOF
-  # no-ssl-reuse: every upstream connection does a full handshake (no session resumption).
+  # HAProxy reuses TLS sessions toward the server by default, like backup-sidecar and stunnel
+  # (sessionResume = yes): the "new connections" row compares resumed handshakes for all three.
   cat >"$d/client.cfg" <<EOF
 $global
 
@@ -449,7 +450,7 @@ frontend storage_upstream
     default_backend storage_remote
 
 backend storage_remote
-    server storage 127.0.0.1:$PUBLIC_PORT ssl crt $WORK/backup-agent-combined.pem ca-file $CERTS/ca.pem verify required no-ssl-reuse
+    server storage 127.0.0.1:$PUBLIC_PORT ssl crt $WORK/backup-agent-combined.pem ca-file $CERTS/ca.pem verify required
 EOF
   start_bg "$d/server.log" haproxy -db -f "$d/server.cfg"
   SERVER_PID=$LAST_PID

@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 import Glibc
 import Logging
@@ -42,10 +43,11 @@ public struct SidecarSettings: Sendable {
 /// The TLS contexts in use. New handshakes read the current pair; replacing it never touches
 /// live connections (each keeps the SSL object it started with).
 final class TLSContextStore: Sendable {
-    private let current: NIOLockedValueBox<(server: TLSContext, client: TLSContext)>
+    private let current: NIOLockedValueBox<(server: TLSContext, client: TLSContext, generation: Int)>
 
     init(credentials: TLSCredentials) throws {
-        current = NIOLockedValueBox(try Self.build(credentials))
+        let built = try Self.build(credentials)
+        current = NIOLockedValueBox((built.server, built.client, 0))
     }
 
     var server: TLSContext { current.withLockedValue { $0.server } }
@@ -58,8 +60,18 @@ final class TLSContextStore: Sendable {
     func replace(with credentials: TLSCredentials) throws -> TLSCredentials {
         let contexts = try Self.build(credentials)
         return current.withLockedValue { value in
-            defer { value = contexts }
+            defer { value = (contexts.server, contexts.client, value.generation + 1) }
             return value.server.credentials
+        }
+    }
+
+    /// Fresh contexts for the same credentials: new session-ticket keys (earlier tickets stop
+    /// working) and an empty client session cache. Skipped if new credentials landed meanwhile.
+    func rotateSessionKeys() throws {
+        let (credentials, generation) = current.withLockedValue { ($0.server.credentials, $0.generation) }
+        let contexts = try Self.build(credentials)
+        current.withLockedValue { value in
+            if value.generation == generation { value = (contexts.server, contexts.client, generation + 1) }
         }
     }
 
@@ -87,7 +99,7 @@ public final class Sidecar: Sendable {
     private let tracker = ConnectionTracker()
     private let draining = NIOLockedValueBox(false)
     private let expiryWarnedSerial = NIOLockedValueBox<String?>(nil)
-    private let expiryCheck = NIOLockedValueBox<RepeatedTask?>(nil)
+    private let timers = NIOLockedValueBox<[RepeatedTask]>([])
 
     public init(settings: SidecarSettings, group: EventLoopGroup) throws {
         try settings.definition.validateUpstreamBinds(allowNonLoopback: settings.allowNonLoopbackUpstreams)
@@ -120,10 +132,21 @@ public final class Sidecar: Sendable {
         for upstream in definition.upstreams {
             try await bindUpstream(upstream)
         }
-        let task = group.next().scheduleRepeatedTask(initialDelay: .zero, delay: .seconds(30)) { [weak self] _ in
+        let expiryCheck = group.next().scheduleRepeatedTask(initialDelay: .zero, delay: .seconds(30)) { [weak self] _ in
             self?.warnIfExpiring()
         }
-        expiryCheck.withLockedValue { $0 = task }
+        // Session-ticket keys live in the SSL_CTX: replacing the contexts (off the event loop)
+        // bounds how long any ticket can be used.
+        let ticketLifetime = TimeAmount.seconds(Int64(TLSContext.sessionLifetimeSeconds))
+        let contexts = self.contexts, logger = settings.logger
+        let keyRotation = group.next().scheduleRepeatedTask(initialDelay: ticketLifetime, delay: ticketLifetime) { _ in
+            DispatchQueue.global().async {
+                do { try contexts.rotateSessionKeys() } catch {
+                    logger.error("session ticket key rotation failed", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+        timers.withLockedValue { $0 = [expiryCheck, keyRotation] }
     }
 
     /// Applies a changed registration live (Consul mode): upstream listeners that appeared are
@@ -245,6 +268,9 @@ public final class Sidecar: Sendable {
         ])
     }
 
+    /// New session-ticket keys now (tests; normally every `TLSContext.sessionLifetimeSeconds`).
+    func rotateSessionKeys() throws { try contexts.rotateSessionKeys() }
+
     /// Swaps in new certificates for every new handshake; open connections keep theirs.
     /// Material that is expired, not yet valid, or whose key does not match was already refused
     /// by `TLSCredentials`; a different trust domain is refused here.
@@ -339,7 +365,7 @@ public final class Sidecar: Sendable {
     public func openConnections(on listener: String) -> Int { tracker.count(listener) }
 
     private func closeListeners() async {
-        expiryCheck.withLockedValue { $0?.cancel() }
+        timers.withLockedValue { $0.forEach { $0.cancel() } }
         let channels = listeners.withLockedValue { value in
             defer { value.removeAll() }
             return Array(value.values)

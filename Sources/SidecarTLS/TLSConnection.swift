@@ -1,4 +1,5 @@
 import COpenSSL
+import Foundation
 import NIOCore
 
 /// The peer as established by a completed, verified handshake.
@@ -10,6 +11,9 @@ public struct TLSPeer: Sendable {
     public let applicationProtocol: String?
     /// From the first handshake byte to a verified peer.
     public internal(set) var handshakeDuration: TimeAmount = .zero
+    /// An abbreviated handshake resumed an earlier session (its peer re-checked, not re-verified
+    /// against the chain: the ticket could only come from a context with the same trust).
+    public internal(set) var resumed = false
 }
 
 /// One SSL object and its BIO. Knows OpenSSL's return-code conventions; knows nothing of NIO
@@ -27,15 +31,19 @@ final class TLSConnection {
     let context: TLSContext
     private let verification: PeerVerificationState
 
-    init(context: TLSContext, expectedPeer: SPIFFEID?, allocator: ByteBufferAllocator) throws {
+    /// - Parameter sessionKey: client role: resume (and cache) sessions under this key, e.g.
+    ///   the instance address and expected identity; nil: always a full handshake.
+    init(context: TLSContext, expectedPeer: SPIFFEID?, sessionKey: String? = nil, allocator: ByteBufferAllocator) throws {
         guard let ssl = SSL_new(context.pointer) else {
             throw TLSMaterialError("SSL_new failed: \(OpenSSLErrorQueue.summary(or: "unknown"))")
         }
         self.ssl = ssl
         self.context = context
         self.bio = ByteBufferBIO(allocator: allocator)
-        self.verification = PeerVerificationState(policy: PeerIdentityPolicy(
-            role: context.role, trustDomain: context.credentials.trustDomain, expectedPeer: expectedPeer))
+        let cachesSessions = context.role == .client && sessionKey != nil
+        self.verification = PeerVerificationState(
+            policy: PeerIdentityPolicy(role: context.role, trustDomain: context.credentials.trustDomain, expectedPeer: expectedPeer),
+            sessionCache: cachesSessions ? context.sessionCache : nil, sessionKey: cachesSessions ? sessionKey : nil)
         SSL_set_bio(ssl, bio.bio, bio.bio) // SSL owns the BIO from here on.
         _ = bs_SSL_set_app_data(ssl, Unmanaged.passUnretained(verification).toOpaque())
         switch context.role {
@@ -45,6 +53,7 @@ final class TLSConnection {
             SSL_set_connect_state(ssl)
             let alpn = context.alpnWireFormat
             if !alpn.isEmpty { _ = SSL_set_alpn_protos(ssl, alpn, UInt32(alpn.count)) }
+            if cachesSessions, let sessionKey { context.sessionCache.apply(to: ssl, key: sessionKey) }
         }
     }
 
@@ -60,6 +69,8 @@ final class TLSConnection {
     /// The verified peer; nil (with a reason) if verification did not positively succeed.
     func verifiedPeer() -> Result<TLSPeer, PeerVerificationError> {
         if let failure = verification.failure { return .failure(failure) }
+        let resumed = SSL_session_reused(ssl) == 1
+        if resumed, verification.identity == nil, let failure = recheckResumedPeer() { return .failure(failure) }
         guard let identity = verification.identity,
               let certificate = SSL_get1_peer_certificate(ssl)
         else { return .failure(.noCertificate) }
@@ -77,8 +88,28 @@ final class TLSConnection {
             certificateSerial: peerCertificate.serialNumber,
             protocolVersion: String(cString: SSL_get_version(ssl)),
             cipherSuite: String(cString: SSL_CIPHER_get_name(SSL_get_current_cipher(ssl))),
-            applicationProtocol: alpn
+            applicationProtocol: alpn,
+            resumed: resumed
         ))
+    }
+
+    /// A resumed session skips the verify callback. Its chain was verified when the session
+    /// was made, under this same context's roots; the leaf's dates and identity are checked
+    /// again now (a session must not outlive its certificate).
+    private func recheckResumedPeer() -> PeerVerificationError? {
+        guard let raw = SSL_get1_peer_certificate(ssl) else { return .noCertificate }
+        let certificate = Certificate(taking: raw)
+        let now = Date()
+        guard certificate.notBefore <= now, now < certificate.notAfter else {
+            return .chain("certificate of the resumed session is no longer valid")
+        }
+        switch verification.policy.evaluate(certificate.leafFacts) {
+        case .success(let identity):
+            verification.identity = identity
+            return nil
+        case .failure(let error):
+            return error
+        }
     }
 
     /// Why the handshake failed, preferring our own verification reason over OpenSSL's text.

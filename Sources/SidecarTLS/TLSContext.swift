@@ -9,6 +9,10 @@ public final class TLSContext: @unchecked Sendable {
     public let credentials: TLSCredentials
     /// ALPN protocol ids we offer (client) or accept (server), in preference order.
     public let applicationProtocols: [String]
+    /// Client role: sessions to resume, per destination.
+    let sessionCache = TLSSessionCache()
+    /// How long a ticket may be used (the server also replaces its keys at least this often).
+    public static let sessionLifetimeSeconds = 3600
 
     // TLS 1.3 suites are all AEAD; for TLS 1.2 only ECDHE with AES-GCM or ChaCha20-Poly1305.
     static let tls13CipherSuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
@@ -34,13 +38,24 @@ public final class TLSContext: @unchecked Sendable {
         try check(SSL_CTX_set_ciphersuites(context, Self.tls13CipherSuites) == 1, "TLS 1.3 cipher suites")
         try check(SSL_CTX_set_cipher_list(context, Self.tls12CipherList) == 1, "TLS 1.2 cipher list")
         try check(bs_SSL_CTX_set1_groups_list(context, "X25519:P-256:P-384") == 1, "key exchange groups")
-        let options = bs_SSL_OP_NO_RENEGOTIATION() | bs_SSL_OP_NO_COMPRESSION()
-            | bs_SSL_OP_CIPHER_SERVER_PREFERENCE() | bs_SSL_OP_NO_TICKET()
+        let options = bs_SSL_OP_NO_RENEGOTIATION() | bs_SSL_OP_NO_COMPRESSION() | bs_SSL_OP_CIPHER_SERVER_PREFERENCE()
         SSL_CTX_set_options(context, options)
-        // Session resumption would skip peer verification; it arrives with its own
-        // authorization story in the rotation work, so it is off for now.
-        _ = bs_SSL_CTX_set_session_cache_mode(context, Int(SSL_SESS_CACHE_OFF))
-        SSL_CTX_set_num_tickets(context, 0)
+        // Session resumption (TLS 1.3 tickets). The server keeps no session state: tickets are
+        // sealed with keys this SSL_CTX generated, so a new context (new leaf, new roots, or the
+        // periodic key rotation) makes every earlier ticket unusable. A resumed peer is still
+        // re-checked (`verifiedPeer`) and authorized against the current intentions.
+        switch role {
+        case .server:
+            _ = bs_SSL_CTX_set_session_cache_mode(context, Int(SSL_SESS_CACHE_OFF))
+            SSL_CTX_set_num_tickets(context, 1)
+            SSL_CTX_set_timeout(context, Self.sessionLifetimeSeconds)
+            let sessionContext = Array("backup-sidecar".utf8)
+            try check(SSL_CTX_set_session_id_context(context, sessionContext, UInt32(sessionContext.count)) == 1,
+                      "session id context")
+        case .client:
+            _ = bs_SSL_CTX_set_session_cache_mode(context, Int(SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE))
+            SSL_CTX_sess_set_new_cb(context, newClientSessionCallback)
+        }
         // Idle connections return their 16 KB record buffers: memory per idle connection matters
         // with thousands of open snapshot sessions.
         _ = bs_SSL_CTX_set_mode(context, Int(SSL_MODE_RELEASE_BUFFERS))
@@ -138,6 +153,13 @@ final class PeerVerificationState {
     let policy: PeerIdentityPolicy
     var identity: SPIFFEID?
     var failure: PeerVerificationError?
+    /// Client role: where this connection's session is cached for resumption.
+    let sessionCache: TLSSessionCache?
+    let sessionKey: String?
 
-    init(policy: PeerIdentityPolicy) { self.policy = policy }
+    init(policy: PeerIdentityPolicy, sessionCache: TLSSessionCache? = nil, sessionKey: String? = nil) {
+        self.policy = policy
+        self.sessionCache = sessionCache
+        self.sessionKey = sessionKey
+    }
 }

@@ -67,6 +67,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private let tlsContext: TLSContext
     private let expectedPeer: SPIFFEID?
+    private let sessionKey: String?
     private let configuration: TLSHandlerConfiguration
     private var connection: TLSConnection?
     private(set) var state: State = .idle
@@ -76,16 +77,19 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var handshakeStarted = NIODeadline.now()
 
     /// - Parameter expectedPeer: client role: the identity the server must present.
-    public init(context: TLSContext, expectedPeer: SPIFFEID? = nil,
+    /// - Parameter sessionKey: client role: resume sessions cached under this key (see
+    ///   `TLSConnection`); nil for a full handshake every time.
+    public init(context: TLSContext, expectedPeer: SPIFFEID? = nil, sessionKey: String? = nil,
                 configuration: TLSHandlerConfiguration = TLSHandlerConfiguration()) {
         self.tlsContext = context
         self.expectedPeer = expectedPeer
+        self.sessionKey = sessionKey
         self.configuration = configuration
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
         do {
-            connection = try TLSConnection(context: tlsContext, expectedPeer: expectedPeer,
+            connection = try TLSConnection(context: tlsContext, expectedPeer: expectedPeer, sessionKey: sessionKey,
                                            allocator: context.channel.allocator)
         } catch {
             state = .closed

@@ -1,4 +1,5 @@
 import Foundation
+import SidecarTLS
 import NIOCore
 import NIOConcurrencyHelpers
 
@@ -41,6 +42,8 @@ public struct AuditEvent: Sendable, Equatable {
     public var path: String?
     /// Handshake time, on `authorization` and `upstream_connected`.
     public var handshakeMs: Double?
+    /// The handshake resumed an earlier TLS session (same events); nil: a full handshake.
+    public var tlsResumed: Bool?
     /// Upstream: the local process using our identity (uid, gid, pid, executable).
     var caller: LocalCaller?
 
@@ -69,9 +72,10 @@ public struct AuditEvent: Sendable, Equatable {
         return copy
     }
 
-    func with(handshake duration: TimeAmount) -> AuditEvent {
+    func with(handshakeOf peer: TLSPeer) -> AuditEvent {
         var copy = self
-        copy.handshakeMs = Double(duration.nanoseconds) / 1e6
+        copy.handshakeMs = Double(peer.handshakeDuration.nanoseconds) / 1e6
+        copy.tlsResumed = peer.resumed ? true : nil
         return copy
     }
 
@@ -94,6 +98,7 @@ public struct AuditEvent: Sendable, Equatable {
         add("bytes_out", bytesOut)
         add("duration_ms", durationMs)
         if let handshakeMs { fields.append(("handshake_ms", String(format: "%.3f", handshakeMs))) }
+        if tlsResumed == true { fields.append(("tls_resumed", "true")) }
         if let caller {
             add("caller_uid", Int(caller.uid))
             add("caller_gid", Int(caller.gid))

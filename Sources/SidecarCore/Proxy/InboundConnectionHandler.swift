@@ -69,7 +69,7 @@ final class InboundConnectionHandler: StagingHandler {
         audit.record(AuditEvent(kind: .authorization, listener: listenerName, peerAddress: peerAddress,
                                 source: peer.identity.uri, sourceSerial: peer.certificateSerial,
                                 destination: route.destinationService, decision: decision.allowed ? "allow" : "deny",
-                                reason: decision.reasonText).with(handshake: peer.handshakeDuration))
+                                reason: decision.reasonText).with(handshakeOf: peer))
         guard decision.allowed else {
             logger.info("inbound connection denied", metadata: [
                 "source": "\(peer.identity)", "peer": "\(peerAddress)", "reason": "\(decision.reasonText)",

@@ -154,7 +154,8 @@ final class UpstreamConnectionHandler: StagingHandler {
             return
         }
         let waiter = HandshakeWaiter(promise: context.eventLoop.makePromise())
-        let tls = TLSHandler(context: tlsContext, expectedPeer: route.expectedIdentity(for: endpoint),
+        let expected = route.expectedIdentity(for: endpoint)
+        let tls = TLSHandler(context: tlsContext, expectedPeer: expected, sessionKey: "\(endpoint)|\(expected.uri)",
                              configuration: TLSHandlerConfiguration(handshakeTimeout: route.handshakeTimeout))
         ClientBootstrap(group: context.eventLoop)
             .connectTimeout(.milliseconds(Int64(route.upstream.connectTimeoutMs)))
@@ -187,7 +188,7 @@ final class UpstreamConnectionHandler: StagingHandler {
                     audit.record(AuditEvent(kind: .upstreamConnected, listener: listenerName, peerAddress: callerAddress,
                                             source: nil, destination: peer.identity.uri, decision: "allow",
                                             reason: "\(endpoint) serial \(peer.certificateSerial) \(peer.protocolVersion)")
-                        .with(handshake: peer.handshakeDuration).with(caller: caller))
+                        .with(handshakeOf: peer).with(caller: caller))
                     recordClose(mesh: remote, local: local, peer: peer, endpoint: endpoint, stats: stats)
                     let logger = self.logger, upstream = route.upstream.destinationName
                     IdleTimeout.arm(route.idleTimeout, stats: stats, mesh: remote, local: local) {
