@@ -102,6 +102,16 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // bench/rotation.sh: echo backend and bulk + short-connection load with sha256 checks.
+        .executableTarget(
+            name: "mesh-load",
+            dependencies: [
+                "SidecarTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
         // bench/intentions.sh: decisions per second with 1,000 intentions.
         .executableTarget(
             name: "intentions-microbench",
