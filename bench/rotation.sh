@@ -60,6 +60,12 @@ for _ in $(seq 200); do
   sleep 0.1
 done
 
+storage_pid=${pids[2]}; agent_pid=${pids[3]}
+# Soak check: both sidecars' resident memory every 10 s (flat memory = no leak under churn).
+(while sleep 10; do
+   echo "$(date +%s) $(awk '/VmRSS/ {print $2}' /proc/$storage_pid/status 2>/dev/null || echo 0) $(awk '/VmRSS/ {print $2}' /proc/$agent_pid/status 2>/dev/null || echo 0)"
+ done) >"$work/rss.log" & pids+=($!)
+
 {
   echo "# bench/rotation.sh, $(date -u +%FT%TZ): $STREAMS streams x $BYTES bytes repeated for ${DURATION}s,"
   echo "# leaf TTL $LEAF_TTL, CA rotation at ${ROTATE_AT}s; $(nproc) cores"
@@ -79,6 +85,15 @@ PY
 )
   echo "storage leaf serials seen by new connections, in order of change: $serials"
   echo "certificate rotations applied: storage $(grep -c 'certificates rotated' "$work/storage.log" || true), backup-agent $(grep -c 'certificates rotated' "$work/agent.log" || true)"
+  python3 - "$work/rss.log" <<'PY'
+import sys
+rows = [list(map(int, l.split())) for l in open(sys.argv[1]) if len(l.split()) == 3]
+if len(rows) >= 3:
+    for name, column in (("storage", 1), ("backup-agent", 2)):
+        values = [r[column] / 1024 for r in rows]
+        third = max(1, len(values) // 3)
+        print(f"RSS {name} sidecar (MiB): first {values[0]:.1f}, after 1/3 {values[third]:.1f}, last {values[-1]:.1f}, max {max(values):.1f}")
+PY
   echo "result: $([ "$status" = 0 ] && echo PASS || echo FAIL)"
   exit "$status"
 } 2>&1 | tee "$result"
