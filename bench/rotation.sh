@@ -10,7 +10,11 @@
 #
 # Usage: bench/rotation.sh            (8 streams x 2 GiB, repeated for 10 minutes)
 # Environment: STREAMS (8), BYTES (2147483648), DURATION (600 s), ROTATE_AT (DURATION/2),
-#              LEAF_TTL (5s: renewal every 3-4.5 s), BIN_DIR (default: release build)
+#              LEAF_TTL (5s: renewal every 3-4.5 s), BIN_DIR (default: release build),
+#              AGENT_OUTAGE_AT / AGENT_OUTAGE_FOR (seconds; the dev agent is frozen with SIGSTOP
+#              for that long: unreachable, state kept, as a real agent restarting from disk).
+#              For the outage run give the leaf a TTL longer than the outage, e.g.
+#              LEAF_TTL=10m AGENT_OUTAGE_AT=60 AGENT_OUTAGE_FOR=60 ROTATE_AT=999999 DURATION=180
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -60,7 +64,11 @@ for _ in $(seq 200); do
   sleep 0.1
 done
 
-storage_pid=${pids[2]}; agent_pid=${pids[3]}
+agent_process=${pids[0]}; storage_pid=${pids[2]}; agent_pid=${pids[3]}
+if [ -n "${AGENT_OUTAGE_AT:-}" ]; then
+  (sleep "$AGENT_OUTAGE_AT"; kill -STOP "$agent_process"; echo "dev agent frozen at ${AGENT_OUTAGE_AT}s"
+   sleep "${AGENT_OUTAGE_FOR:-60}"; kill -CONT "$agent_process"; echo "dev agent back after ${AGENT_OUTAGE_FOR:-60}s") & pids+=($!)
+fi
 # Soak check: both sidecars' resident memory every 10 s (flat memory = no leak under churn).
 (while sleep 10; do
    echo "$(date +%s) $(awk '/VmRSS/ {print $2}' /proc/$storage_pid/status 2>/dev/null || echo 0) $(awk '/VmRSS/ {print $2}' /proc/$agent_pid/status 2>/dev/null || echo 0)"
