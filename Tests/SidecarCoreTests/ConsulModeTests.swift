@@ -64,23 +64,10 @@ struct ConsulModeTests {
 
     @Test("Leaf TTL of 3 s: new connections present new serials after renewals; a connection opened before keeps flowing")
     func leafRenewal() async throws {
-        let mesh = try await ConsulMesh.start(leafTTL: 3)
-        let backend = try await TestBackend(.echo, group: testGroup)
-        let storagePublic = freeLocalPort(), upstreamPort = freeLocalPort()
-        try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: storagePublic)
-        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
-                                 upstreams: [("storage", upstreamPort)])
-        try mesh.allow("backup-agent", to: "storage")
-        let agentAudit = MemoryAuditSink()
-        let (storageProxy, storage) = try await mesh.sidecar(for: "storage")
-        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", audit: agentAudit)
-        defer {
-            Task {
-                await storageProxy.stop(); await agentProxy.stop()
-                await agent.stop(); await storage.stop(); await backend.stop(); await mesh.stop()
-            }
-        }
-        #expect(await eventually { storage.readiness.ready && agent.upstreamInstanceList["storage"]?.count == 1 })
+        let pair = try await ConsulPair.start(try await ConsulMesh.start(leafTTL: 3))
+        defer { Task { await pair.stop() } }
+        let storage = pair.storage, upstreamPort = pair.upstreamPort
+        #expect(await pair.ready())
         let firstSerial = storage.currentCredentials.leaf.serialNumber
         let live = try BlockingSocket(port: upstreamPort)
         live.setReceiveTimeout(seconds: 10)
@@ -97,13 +84,8 @@ struct ConsulModeTests {
             round += 1
             try await Task.sleep(for: .milliseconds(200))
         }
-        let serials = agentAudit.events.filter { $0.kind == .upstreamConnected }.compactMap { event -> String? in
-            guard let reason = event.reason, let range = reason.range(of: "serial ") else { return nil }
-            return reason[range.upperBound...].split(separator: " ").first.map(String.init)
-        }
-        var distinct: [String] = []
-        for serial in serials where distinct.last != serial { distinct.append(serial) }
-        print("leaf serials seen by new connections, in order: \(distinct.joined(separator: " -> "))")
+        let serials = pair.serialsSeen
+        print("leaf serials seen by new connections, in order: \(pair.serialChanges.joined(separator: " -> "))")
         #expect(failures == 0)
         #expect(liveFailures == 0, "the connection from before the renewals kept flowing")
         #expect(Set(serials).count >= 3, "at least two renewals seen by new connections (saw \(Set(serials).count))")
@@ -112,27 +94,11 @@ struct ConsulModeTests {
 
     @Test("Two storage instances: a failing check takes one out of rotation; with one sidecar killed every new connection still succeeds")
     func instanceHealthAndFailover() async throws {
-        let mesh = try await ConsulMesh.start()
-        let backend1 = try await TestBackend(.echo, group: testGroup)
-        let backend2 = try await TestBackend(.echo, group: testGroup)
-        try mesh.registerService(id: "storage-1", name: "storage", port: backend1.port, sidecarPort: freeLocalPort(), check: "storage-1-alive")
-        try mesh.registerService(id: "storage-2", name: "storage", port: backend2.port, sidecarPort: freeLocalPort(), check: "storage-2-alive")
-        let upstreamPort = freeLocalPort()
-        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
-                                 upstreams: [("storage", upstreamPort)])
-        try mesh.allow("backup-agent", to: "storage")
-        let (proxy1, storage1) = try await mesh.sidecar(for: "storage-1")
-        let (proxy2, storage2) = try await mesh.sidecar(for: "storage-2")
-        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent")
-        defer {
-            Task {
-                await proxy1.stop(); await proxy2.stop(); await agentProxy.stop()
-                await agent.stop(); await storage1.stop(); await storage2.stop()
-                await backend1.stop(); await backend2.stop(); await mesh.stop()
-            }
-        }
-        #expect(await eventually { storage1.readiness.ready && storage2.readiness.ready })
-        #expect(await eventually { agent.upstreamInstanceList["storage"]?.count == 2 })
+        let setup = try await ConsulTwoInstances.start(try await ConsulMesh.start())
+        defer { Task { await setup.stop() } }
+        let mesh = setup.mesh, agent = setup.agent, upstreamPort = setup.upstreamPort
+        let backend1 = setup.backends[0], backend2 = setup.backends[1], storage2 = setup.storages[1]
+        #expect(await setup.ready())
 
         func roundTrips(_ count: Int) async -> Int {
             var succeeded = 0
@@ -158,23 +124,11 @@ struct ConsulModeTests {
 
     @Test("Agent stopped for 10 s while traffic flows: no connection fails; after it returns, a changed intention applies")
     func agentOutage() async throws {
-        let mesh = try await ConsulMesh.start()
-        let backend = try await TestBackend(.echo, group: testGroup)
-        let upstreamPort = freeLocalPort()
-        try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: freeLocalPort())
-        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
-                                 upstreams: [("storage", upstreamPort)])
-        try mesh.allow("backup-agent", to: "storage")
         let logs = RecordingLogHandler()
-        let (storageProxy, storage) = try await mesh.sidecar(for: "storage", logger: logs.logger)
-        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent")
-        defer {
-            Task {
-                await storageProxy.stop(); await agentProxy.stop()
-                await agent.stop(); await storage.stop(); await backend.stop(); await mesh.stop()
-            }
-        }
-        #expect(await eventually { storage.readiness.ready && agent.upstreamInstanceList["storage"]?.count == 1 })
+        let pair = try await ConsulPair.start(try await ConsulMesh.start(), storageLogger: logs.logger)
+        defer { Task { await pair.stop() } }
+        let mesh = pair.mesh, storage = pair.storage, upstreamPort = pair.upstreamPort
+        #expect(await pair.ready())
         let live = try BlockingSocket(port: upstreamPort)
         live.setReceiveTimeout(seconds: 10)
         #expect(live.echoes("before the outage"))
@@ -258,52 +212,31 @@ struct ConsulModeTests {
                                ("intentions-l7.json", "intentions-l7.json")] {
             try FileManager.default.copyItem(at: deploy.appendingPathComponent(source), to: directory.appendingPathComponent(name))
         }
-        let mesh = try await ConsulMesh.start(configDirectory: directory.path)
-        let backend = try await TestBackend(.repository, group: testGroup)
-        let upstreamPort = freeLocalPort()
-        try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: freeLocalPort())
-        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
-                                 upstreams: [("storage", upstreamPort)])
-        let (storageProxy, storage) = try await mesh.sidecar(for: "storage")
-        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent")
-        defer {
-            Task {
-                await storageProxy.stop(); await agentProxy.stop()
-                await agent.stop(); await storage.stop(); await backend.stop(); await mesh.stop()
-            }
-        }
+        let pair = try await ConsulPair.start(try await ConsulMesh.start(configDirectory: directory.path), backend: .repository,
+                                              allow: false)
+        defer { Task { await pair.stop() } }
+        let storage = pair.storage, agent = pair.agent
         #expect(storage.definition.config.protocol == "http", "the agent merged service-defaults into the registration")
         #expect(agent.definition.config.protocol == "tcp", "proxy-defaults for everyone else")
-        #expect(await eventually { storage.readiness.ready && agent.upstreamInstanceList["storage"]?.count == 1 })
-        let responses = try await L7IntegrationTests.curl(upstreamPort, [
+        #expect(await pair.ready())
+        let responses = try await L7IntegrationTests.curl(pair.upstreamPort, [
             ["-X", "PUT", "--data-binary", "snapshot-1", "URL/repository/snap-1"],
             ["URL/repository/snap-1"],
             ["-X", "DELETE", "URL/repository/snap-1"],
         ])
         #expect(responses.map(\.status) == ["200", "200", "403"], "\(responses)")
-        #expect(backend.requests == ["PUT /repository/snap-1", "GET /repository/snap-1"], "the DELETE never reached the repository")
+        #expect(pair.backend.requests == ["PUT /repository/snap-1", "GET /repository/snap-1"], "the DELETE never reached the repository")
     }
 
     @Test("The agent's DefaultIntentionPolicy wins over the proxy's own default: allow with no intentions lets traffic in")
     func agentDefaultPolicy() async throws {
-        let mesh = try await ConsulMesh.start(defaultIntentionPolicy: "allow")
-        let backend = try await TestBackend(.echo, group: testGroup)
-        let upstreamPort = freeLocalPort()
-        try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: freeLocalPort())
-        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
-                                 upstreams: [("storage", upstreamPort)])
-        let (storageProxy, storage) = try await mesh.sidecar(for: "storage")
-        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent")
-        defer {
-            Task {
-                await storageProxy.stop(); await agentProxy.stop()
-                await agent.stop(); await storage.stop(); await backend.stop(); await mesh.stop()
-            }
-        }
-        #expect(await eventually { storage.currentIntentions != nil && agent.upstreamInstanceList["storage"]?.count == 1 })
+        let pair = try await ConsulPair.start(try await ConsulMesh.start(defaultIntentionPolicy: "allow"), allow: false)
+        defer { Task { await pair.stop() } }
+        let storage = pair.storage, upstreamPort = pair.upstreamPort
+        #expect(await pair.ready())
         #expect(storage.currentIntentions?.defaultAction == .allow)
         #expect(await echoRoundTrip(port: upstreamPort))
-        try mesh.deny("backup-agent", to: "storage")
+        try pair.mesh.deny("backup-agent", to: "storage")
         #expect(await eventually { storage.currentIntentions?.intentions.count == 1 })
         #expect(await echoRoundTrip(port: upstreamPort) == false)
     }

@@ -36,23 +36,10 @@ struct ConsulRotationTests {
 
     @Test("Leaf TTL 3 s plus a CA rotation mid-run: 8 × 256 MiB streams and a steady stream of new connections, zero failures, sha256 equal, serials change")
     func rotationUnderLoad() async throws {
-        let mesh = try await ConsulMesh.start(leafTTL: 3)
-        let backend = try await TestBackend(.echo, group: testGroup)
-        let upstreamPort = freeLocalPort()
-        try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: freeLocalPort())
-        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
-                                 upstreams: [("storage", upstreamPort)])
-        try mesh.allow("backup-agent", to: "storage")
-        let agentAudit = MemoryAuditSink()
-        let (storageProxy, storage) = try await mesh.sidecar(for: "storage")
-        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", audit: agentAudit)
-        defer {
-            Task {
-                await storageProxy.stop(); await agentProxy.stop()
-                await agent.stop(); await storage.stop(); await backend.stop(); await mesh.stop()
-            }
-        }
-        #expect(await eventually { storage.readiness.ready && agent.upstreamInstanceList["storage"]?.count == 1 })
+        let pair = try await ConsulPair.start(try await ConsulMesh.start(leafTTL: 3))
+        defer { Task { await pair.stop() } }
+        let storage = pair.storage, upstreamPort = pair.upstreamPort, mesh = pair.mesh
+        #expect(await pair.ready())
         let firstRoots = storage.currentCredentials.trustedRoots.map(\.serialNumber)
 
         let streamBytes = 256 << 20
@@ -85,14 +72,9 @@ struct ConsulRotationTests {
         let results = await bulk.value
         let elapsed = ContinuousClock.now - started
 
-        let serials = agentAudit.events.filter { $0.kind == .upstreamConnected }.compactMap { event -> String? in
-            guard let reason = event.reason, let range = reason.range(of: "serial ") else { return nil }
-            return reason[range.upperBound...].split(separator: " ").first.map(String.init)
-        }
-        var distinct: [String] = []
-        for serial in serials where distinct.last != serial { distinct.append(serial) }
+        let serials = pair.serialsSeen
         print("rotation proof: \(results.count) x \(streamBytes >> 20) MiB streams and \(shortConnections) short connections in \(elapsed); "
-              + "storage serials seen by new connections: \(distinct.joined(separator: " -> "))")
+              + "storage serials seen by new connections: \(pair.serialChanges.joined(separator: " -> "))")
 
         #expect(rotated, "the CA rotation happened while the streams ran")
         #expect(results.count == 8)

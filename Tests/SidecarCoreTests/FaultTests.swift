@@ -40,26 +40,10 @@ struct FaultTests {
 
     @Test("One of two storage instances dies mid-run: only its streams fail, the other's finish intact, new connections go to the survivor")
     func instanceKilledMidRun() async throws {
-        let mesh = try await ConsulMesh.start()
-        let backend1 = try await TestBackend(.echo, group: testGroup)
-        let backend2 = try await TestBackend(.echo, group: testGroup)
-        try mesh.registerService(id: "storage-1", name: "storage", port: backend1.port, sidecarPort: freeLocalPort())
-        try mesh.registerService(id: "storage-2", name: "storage", port: backend2.port, sidecarPort: freeLocalPort())
-        let upstreamPort = freeLocalPort()
-        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
-                                 upstreams: [("storage", upstreamPort)])
-        try mesh.allow("backup-agent", to: "storage")
-        let (proxy1, storage1) = try await mesh.sidecar(for: "storage-1")
-        let (proxy2, storage2) = try await mesh.sidecar(for: "storage-2")
-        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent")
-        defer {
-            Task {
-                await proxy1.stop(); await proxy2.stop(); await agentProxy.stop()
-                await agent.stop(); await storage1.stop(); await storage2.stop()
-                await backend1.stop(); await backend2.stop(); await mesh.stop()
-            }
-        }
-        #expect(await eventually { storage1.readiness.ready && storage2.readiness.ready && agent.upstreamInstanceList["storage"]?.count == 2 })
+        let setup = try await ConsulTwoInstances.start(try await ConsulMesh.start())
+        defer { Task { await setup.stop() } }
+        let upstreamPort = setup.upstreamPort, backend1 = setup.backends[0], backend2 = setup.backends[1]
+        #expect(await setup.ready())
 
         // Four paced transfers, spread over both instances in turn.
         let chunks = 40, pauseMs: UInt32 = 50
@@ -72,7 +56,7 @@ struct FaultTests {
         #expect(await eventually { backend1.connections == 2 && backend2.connections == 2 })
         try await Task.sleep(for: .milliseconds(500))
         // storage-1 dies: listener gone, its connections cut (drain with no grace).
-        await storage1.drain(timeout: .zero)
+        await setup.storages[0].drain(timeout: .zero)
         var newConnections = 0
         for _ in 0..<6 where await echoRoundTrip(port: upstreamPort, bytes: 4 << 10) { newConnections += 1 }
         let results = await withTaskGroup(of: (sent: String, received: String, count: Int, clean: Bool).self) { group in

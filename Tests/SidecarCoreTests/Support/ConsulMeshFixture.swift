@@ -128,3 +128,104 @@ extension BlockingSocket {
         send(Array(text.utf8)) && receiveExactly(text.utf8.count) == Array(text.utf8)
     }
 }
+
+/// The usual Consul-mode setup: a storage service with its sidecar and a backup-agent sidecar
+/// with a `storage` upstream, all registered with the agent and started with `-sidecar-for`.
+struct ConsulPair {
+    let mesh: ConsulMesh
+    let backend: TestBackend
+    let upstreamPort: Int
+    let storage: Sidecar
+    let storageProxy: ConsulProxy
+    let agent: Sidecar
+    let agentProxy: ConsulProxy
+    let agentAudit: MemoryAuditSink
+
+    /// - Parameter allow: write an intention letting backup-agent reach storage.
+    static func start(_ mesh: ConsulMesh, backend behaviour: TestBackend.Behaviour = .echo, allow: Bool = true,
+                      storageLogger: Logger = quietLogger) async throws -> ConsulPair {
+        let backend = try await TestBackend(behaviour, group: testGroup)
+        let upstreamPort = freeLocalPort()
+        try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: freeLocalPort())
+        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
+                                 upstreams: [("storage", upstreamPort)])
+        if allow { try mesh.allow("backup-agent", to: "storage") }
+        let agentAudit = MemoryAuditSink()
+        let (storageProxy, storage) = try await mesh.sidecar(for: "storage", logger: storageLogger)
+        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", audit: agentAudit)
+        return ConsulPair(mesh: mesh, backend: backend, upstreamPort: upstreamPort, storage: storage, storageProxy: storageProxy,
+                          agent: agent, agentProxy: agentProxy, agentAudit: agentAudit)
+    }
+
+    /// Both sidecars ready for traffic (intentions and the storage instance arrived).
+    func ready() async -> Bool {
+        await eventually { storage.readiness.ready && agent.upstreamInstanceList["storage"]?.count == 1 }
+    }
+
+    /// Storage leaf serials as the backup-agent sidecar saw them, one per new connection.
+    var serialsSeen: [String] {
+        agentAudit.events.filter { $0.kind == .upstreamConnected }.compactMap { event -> String? in
+            guard let reason = event.reason, let range = reason.range(of: "serial ") else { return nil }
+            return reason[range.upperBound...].split(separator: " ").first.map(String.init)
+        }
+    }
+
+    /// `serialsSeen` with repeats collapsed: the order in which renewals showed up.
+    var serialChanges: [String] {
+        serialsSeen.reduce(into: []) { changes, serial in if changes.last != serial { changes.append(serial) } }
+    }
+
+    func stop() async {
+        await storageProxy.stop()
+        await agentProxy.stop()
+        await agent.stop()
+        await storage.stop()
+        await backend.stop()
+        await mesh.stop()
+    }
+}
+
+/// Two storage instances (service IDs storage-1 and storage-2, TTL checks `storage-N-alive`,
+/// each with its own backend and sidecar) and a backup-agent sidecar with a `storage` upstream.
+struct ConsulTwoInstances {
+    let mesh: ConsulMesh
+    let backends: [TestBackend]
+    let storages: [Sidecar]
+    let agent: Sidecar
+    let upstreamPort: Int
+    private let proxies: [ConsulProxy]
+
+    static func start(_ mesh: ConsulMesh) async throws -> ConsulTwoInstances {
+        var backends: [TestBackend] = [], storages: [Sidecar] = [], proxies: [ConsulProxy] = []
+        for index in 1...2 {
+            let backend = try await TestBackend(.echo, group: testGroup)
+            try mesh.registerService(id: "storage-\(index)", name: "storage", port: backend.port, sidecarPort: freeLocalPort(),
+                                     check: "storage-\(index)-alive")
+            backends.append(backend)
+        }
+        let upstreamPort = freeLocalPort()
+        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
+                                 upstreams: [("storage", upstreamPort)])
+        try mesh.allow("backup-agent", to: "storage")
+        for index in 1...2 {
+            let (proxy, storage) = try await mesh.sidecar(for: "storage-\(index)")
+            proxies.append(proxy)
+            storages.append(storage)
+        }
+        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent")
+        return ConsulTwoInstances(mesh: mesh, backends: backends, storages: storages, agent: agent, upstreamPort: upstreamPort,
+                                  proxies: proxies + [agentProxy])
+    }
+
+    func ready() async -> Bool {
+        await eventually { storages.allSatisfy(\.readiness.ready) && agent.upstreamInstanceList["storage"]?.count == 2 }
+    }
+
+    func stop() async {
+        for proxy in proxies { await proxy.stop() }
+        await agent.stop()
+        for storage in storages { await storage.stop() }
+        for backend in backends { await backend.stop() }
+        await mesh.stop()
+    }
+}
