@@ -10,30 +10,6 @@ import SidecarTLS
 /// bulk and connection-rate load at the same time (bench/ has the longer version).
 @Suite("Rotation under load (Consul mode)", .serialized)
 struct ConsulRotationTests {
-    struct StreamResult: Sendable {
-        var sent: Int
-        var sentDigest: String
-        var received: Int
-        var receivedDigest: String
-        var clean: Bool
-        var ok: Bool { clean && sent == received && sentDigest == receivedDigest }
-    }
-
-    static func stream(port: Int, bytes: Int) async -> StreamResult {
-        guard let socket = try? BlockingSocket(port: port) else {
-            return StreamResult(sent: 0, sentDigest: "", received: 0, receivedDigest: "", clean: false)
-        }
-        socket.setReceiveTimeout(seconds: 60)
-        async let received = onThread { socket.receiveAll() }
-        let sent = await onThread { () -> (sent: Int, sha256: String) in
-            let result = RandomStream.send(socket, bytes: bytes)
-            socket.shutdownWrite()
-            return result
-        }
-        let echo = await received
-        return StreamResult(sent: sent.sent, sentDigest: sent.sha256, received: echo.count, receivedDigest: echo.sha256, clean: echo.cleanEOF)
-    }
-
     @Test("Leaf TTL 3 s plus a CA rotation mid-run: 8 × 256 MiB streams and a steady stream of new connections, zero failures, sha256 equal, serials change")
     func rotationUnderLoad() async throws {
         let pair = try await ConsulPair.start(try await ConsulMesh.start(leafTTL: 3))
@@ -45,9 +21,9 @@ struct ConsulRotationTests {
         let streamBytes = 256 << 20
         let bulkDone = NIOLockedValueBox(false)
         let bulk = Task {
-            let results = await withTaskGroup(of: StreamResult.self) { group in
-                for _ in 0..<8 { group.addTask { await Self.stream(port: upstreamPort, bytes: streamBytes) } }
-                return await group.reduce(into: [StreamResult]()) { $0.append($1) }
+            let results = await withTaskGroup(of: EchoResult.self) { group in
+                for _ in 0..<8 { group.addTask { await echoStream(port: upstreamPort, bytes: streamBytes, receiveTimeout: 60) } }
+                return await group.reduce(into: [EchoResult]()) { $0.append($1) }
             }
             bulkDone.withLockedValue { $0 = true }
             return results

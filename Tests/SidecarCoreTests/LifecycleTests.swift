@@ -99,7 +99,8 @@ struct LifecycleTests {
 
     @Test("Idle connections are closed after idle_timeout; busy ones are not")
     func idleTimeout() async throws {
-        let mesh = try await MeshFixture.start(backend: .echo, storageConfig: { $0.idleTimeoutNs = 400_000_000 })
+        // 1 s: long enough that a loaded machine's scheduling delays never look like idleness.
+        let mesh = try await MeshFixture.start(backend: .echo, storageConfig: { $0.idleTimeoutNs = 1_000_000_000 })
         defer { Task { await mesh.stop() } }
         let idle = try BlockingSocket(port: mesh.upstreamPort)
         let busy = try BlockingSocket(port: mesh.upstreamPort)
@@ -107,11 +108,11 @@ struct LifecycleTests {
             socket.setReceiveTimeout(seconds: 5)
             #expect(await onThread { ReauthorizationTests.ping(socket, "hello\n") })
         }
-        // Keep `busy` talking every 100 ms for 1.2 s while `idle` says nothing.
+        // Keep `busy` talking every 200 ms for 2.4 s while `idle` says nothing.
         let busyOK = await onThread { () -> Bool in
             for index in 0..<12 {
                 guard ReauthorizationTests.ping(busy, "tick \(index)\n") else { return false }
-                usleep(100_000)
+                usleep(200_000)
             }
             return true
         }
@@ -147,7 +148,8 @@ struct LifecycleTests {
         let socket = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
         socket.setReceiveTimeout(seconds: 20)
         let transfer = Task { await onThread { Self.pacedRoundTrip(socket, chunks: 16, pauseMs: 50) } }
-        try await Task.sleep(for: .milliseconds(200))
+        // The transfer is in flight once it reached the app through the binary.
+        #expect(await eventually { backend.bytesReceived > 0 })
         kill(process.processIdentifier, SIGTERM)
         let result = await transfer.value
         #expect(result.count == 16 * (256 << 10))

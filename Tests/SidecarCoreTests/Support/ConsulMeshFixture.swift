@@ -96,10 +96,23 @@ struct ConsulMesh {
     func stop() async { await agent.stop() }
 }
 
-/// One echo round trip of `bytes` random bytes through `port`; true when every byte came back.
-func echoRoundTrip(port: Int, bytes: Int = 64 << 10) async -> Bool {
-    guard let socket = try? BlockingSocket(port: port) else { return false }
-    socket.setReceiveTimeout(seconds: 10)
+/// One echoed stream: what was sent and what came back.
+struct EchoResult: Sendable {
+    var sent: Int
+    var sentDigest: String
+    var received: Int
+    var receivedDigest: String
+    var clean: Bool
+    /// Every byte came back, in order, and the stream ended cleanly.
+    var ok: Bool { clean && sent == received && sentDigest == receivedDigest }
+}
+
+/// Sends `bytes` random bytes through `port`, half-closes, and reads the echo to the end.
+func echoStream(port: Int, bytes: Int, receiveTimeout: Int = 10) async -> EchoResult {
+    guard let socket = try? BlockingSocket(port: port) else {
+        return EchoResult(sent: 0, sentDigest: "", received: 0, receivedDigest: "", clean: false)
+    }
+    socket.setReceiveTimeout(seconds: receiveTimeout)
     async let received = onThread { socket.receiveAll() }
     let sent = await onThread { () -> (sent: Int, sha256: String) in
         let result = RandomStream.send(socket, bytes: bytes)
@@ -107,7 +120,12 @@ func echoRoundTrip(port: Int, bytes: Int = 64 << 10) async -> Bool {
         return result
     }
     let echo = await received
-    return echo.cleanEOF && echo.count == bytes && echo.sha256 == sent.sha256
+    return EchoResult(sent: sent.sent, sentDigest: sent.sha256, received: echo.count, receivedDigest: echo.sha256, clean: echo.cleanEOF)
+}
+
+/// One echo round trip of `bytes` random bytes through `port`; true when every byte came back.
+func echoRoundTrip(port: Int, bytes: Int = 64 << 10) async -> Bool {
+    await echoStream(port: port, bytes: bytes).ok
 }
 
 extension BlockingSocket {
