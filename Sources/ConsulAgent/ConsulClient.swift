@@ -20,13 +20,17 @@ public enum ConsulRequestError: Error, CustomStringConvertible {
     case status(code: Int, path: String, body: String)
     /// No answer: refused, reset, timed out, TLS failure.
     case transport(path: String, reason: String)
+    /// No ACL token to send: the login-backed token source has not logged in.
+    case notLoggedIn(path: String, reason: String)
 
     public var description: String {
         switch self {
         case .status(let code, let path, let body):
-            return "GET \(path): HTTP \(code)\(body.isEmpty ? "" : ": \(body)")"
+            return "\(path): HTTP \(code)\(body.isEmpty ? "" : ": \(body)")"
         case .transport(let path, let reason):
             return "\(path): \(reason)"
+        case .notLoggedIn(let path, let reason):
+            return "\(path): no ACL token (login failed: \(reason))"
         }
     }
 
@@ -35,20 +39,41 @@ public enum ConsulRequestError: Error, CustomStringConvertible {
         switch self {
         case .status(let code, _, _): return "http_\(code)"
         case .transport: return "unreachable"
+        case .notLoggedIn: return "acl_login"
         }
     }
+
+    /// Consul's answer for an unknown, revoked or expired token.
+    var isACLNotFound: Bool {
+        if case .status(403, _, let body) = self { return body.contains("ACL not found") }
+        return false
+    }
+}
+
+/// Which token a request carries.
+public enum ConsulRequestToken: Sendable {
+    /// The client's token source (every ordinary call).
+    case fromSource
+    /// None (`/v1/acl/login`).
+    case none
+    /// This one (`/v1/acl/logout` of a given token).
+    case explicit(String)
 }
 
 /// The Consul HTTP API over async-http-client: the ACL token on every call, TLS per CONSUL_*
 /// settings, unix sockets. Callers pass paths; this type knows nothing of the endpoints.
 public final class ConsulClient: Sendable {
     public let settings: ConsulConnectionSettings
+    public let tokenSource: any ConsulTokenSource
     private let http: HTTPClient
     /// Bodies beyond this are refused (a roots or intentions answer is a few hundred KB at most).
     private static let maxBodyBytes = 16 << 20
 
-    public init(settings: ConsulConnectionSettings, eventLoopGroup: any EventLoopGroup) throws {
+    /// `tokenSource` nil: the settings' token or token file.
+    public init(settings: ConsulConnectionSettings, eventLoopGroup: any EventLoopGroup,
+                tokenSource: (any ConsulTokenSource)? = nil) throws {
         self.settings = settings
+        self.tokenSource = tokenSource ?? SettingsTokenSource(settings: settings)
         var configuration = HTTPClient.Configuration()
         configuration.timeout = .init(connect: .seconds(5), read: nil)
         configuration.redirectConfiguration = .disallow
@@ -75,9 +100,14 @@ public final class ConsulClient: Sendable {
         http = HTTPClient(eventLoopGroupProvider: .shared(eventLoopGroup), configuration: configuration)
     }
 
+    /// Ends the token source (a login session logs out) and releases the connections.
     public func shutdown() async {
+        await tokenSource.shutdown(self)
         try? await http.shutdown()
     }
+
+    /// For logs: the address and how requests authenticate, never a token.
+    public var summary: String { "\(settings.addressSummary) (\(tokenSource.summary))" }
 
     /// GET `path` (already percent-encoded) with `query`; `timeout` bounds the whole call
     /// (a blocking query's wait plus Consul's jitter plus slack).
@@ -89,15 +119,34 @@ public final class ConsulClient: Sendable {
         try await send(.PUT, path, query: [], body: body, timeout: timeout)
     }
 
-    public func post(_ path: String, body: Data?, timeout: TimeAmount = .seconds(30)) async throws -> ConsulResponse {
-        try await send(.POST, path, query: [], body: body, timeout: timeout)
+    public func post(_ path: String, body: Data?, token: ConsulRequestToken = .fromSource,
+                     timeout: TimeAmount = .seconds(30)) async throws -> ConsulResponse {
+        try await send(.POST, path, query: [], body: body, token: token, timeout: timeout)
     }
 
     private func send(_ method: HTTPMethod, _ path: String, query: [(String, String)], body: Data?,
-                      timeout: TimeAmount) async throws -> ConsulResponse {
+                      token choice: ConsulRequestToken = .fromSource, timeout: TimeAmount) async throws -> ConsulResponse {
+        let token: String?
+        switch choice {
+        case .fromSource: token = try await tokenSource.token(for: self)
+        case .none: token = nil
+        case .explicit(let explicit): token = explicit
+        }
+        do {
+            return try await sendOnce(method, path, query: query, body: body, token: token, timeout: timeout)
+        } catch let error as ConsulRequestError where error.isACLNotFound {
+            // A revoked or expired login token: once more with a fresh one, when the source has one.
+            guard case .fromSource = choice, let token, await tokenSource.rejected(token, by: self) else { throw error }
+            let fresh = try await tokenSource.token(for: self)
+            return try await sendOnce(method, path, query: query, body: body, token: fresh, timeout: timeout)
+        }
+    }
+
+    private func sendOnce(_ method: HTTPMethod, _ path: String, query: [(String, String)], body: Data?, token: String?,
+                          timeout: TimeAmount) async throws -> ConsulResponse {
         var request = HTTPClientRequest(url: url(path: path, query: query))
         request.method = method
-        if let token = try settings.readToken() {
+        if let token {
             request.headers.add(name: "X-Consul-Token", value: token)
         }
         if let body {
@@ -115,7 +164,7 @@ public final class ConsulClient: Sendable {
         let data = Data(bytes.readableBytesView)
         guard (200..<300).contains(Int(response.status.code)) else {
             let text = String(decoding: data.prefix(300), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            throw ConsulRequestError.status(code: Int(response.status.code), path: path, body: text)
+            throw ConsulRequestError.status(code: Int(response.status.code), path: "\(method.rawValue) \(path)", body: text)
         }
         return ConsulResponse(status: Int(response.status.code),
                               index: response.headers.first(name: "X-Consul-Index").flatMap(BlockingIndex.parseHeader),

@@ -137,14 +137,17 @@ public struct ConsulConnectionSettings: Equatable, Sendable {
     }
 
     /// For logs: never the token itself.
-    public var summary: String {
-        let address: String
+    public var summary: String { "\(addressSummary) (\(authSummary))" }
+
+    public var addressSummary: String {
         switch transport {
-        case .tcp(let host, let port): address = "\(useTLS ? "https" : "http")://\(host.contains(":") ? "[\(host)]" : host):\(port)"
-        case .unix(let path): address = "unix://\(path)"
+        case .tcp(let host, let port): return "\(useTLS ? "https" : "http")://\(host.contains(":") ? "[\(host)]" : host):\(port)"
+        case .unix(let path): return "unix://\(path)"
         }
-        let auth = token != nil ? "token" : tokenFile.map { "token file \($0)" } ?? "no token"
-        return "\(address) (\(auth))"
+    }
+
+    public var authSummary: String {
+        token != nil ? "token" : tokenFile.map { "token file \($0)" } ?? "no token"
     }
 }
 

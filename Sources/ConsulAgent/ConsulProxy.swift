@@ -91,7 +91,7 @@ public final class ConsulProxy: Sendable {
         logger.notice("Consul proxy started", metadata: [
             "proxy_id": "\(proxyID)", "service": "\(service)", "datacenter": "\(agent.datacenter)",
             "serial": "\(leaf.serialNumber)", "default_intention": "\(defaultAction.rawValue)",
-            "agent": "\(client.settings.summary)",
+            "agent": "\(client.summary)",
         ])
         startWatches(sidecar: sidecar, proxyID: proxyID, service: service, defaultAction: defaultAction)
         reconcileInstanceWatches(sidecar: sidecar, definition: sidecar.definition)
@@ -155,7 +155,7 @@ public final class ConsulProxy: Sendable {
                 return try await attempt()
             } catch {
                 guard NIODeadline.now() < deadline, !Task.isCancelled else {
-                    throw ConsulProxyError("could not \(what) from the Consul agent at \(client.settings.summary): \(error)")
+                    throw ConsulProxyError("could not \(what) from the Consul agent at \(client.summary): \(error)")
                 }
                 logger.warning("waiting for the Consul agent", metadata: ["step": "\(what)", "error": "\(error)"])
                 try? await Task.sleep(for: .seconds(backoff.nextDelay(randomUnit: Double.random(in: 0...1))))

@@ -21,7 +21,9 @@ final class AgentEngine: Sendable {
         let trustDomain = configuration.trustDomain ?? "\(UUID().uuidString.lowercased()).consul"
         var ca = CAState(trustDomain: trustDomain, leafTTL: configuration.leafTTL)
         ca.roots = [try CAState.makeRecord(try CertificateMinting.makeRoot(trustDomain: trustDomain), active: true, index: 1)]
-        store = AgentStore(AgentState(ca: ca))
+        var state = AgentState(ca: ca)
+        for method in configuration.authMethods { state.authMethods[method.name] = try RegisteredAuthMethod(method) }
+        store = AgentStore(state)
         // A node ID stable for this agent, derived from the trust domain.
         let nodeID = IntentionRendering.stableID("node/" + trustDomain)
         rendering = ServiceRendering(datacenter: configuration.datacenter, nodeName: configuration.nodeName, nodeID: nodeID)
@@ -179,6 +181,7 @@ final class AgentEngine: Sendable {
     func isValidToken(_ token: String?) -> Bool {
         guard let required = configuration.aclToken else { return true }
         guard let token, !token.isEmpty else { return false }
-        return token == required || store.read { $0.loginTokens[token] != nil }
+        let now = Date()
+        return token == required || store.read { $0.loginTokens[token]?.isValid(at: now) ?? false }
     }
 }

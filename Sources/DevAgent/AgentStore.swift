@@ -16,6 +16,9 @@ struct AgentState {
     var leaves: [String: LeafRecord] = [:]
     /// ACL tokens minted by /v1/acl/login: SecretID -> token.
     var loginTokens: [String: LoginToken] = [:]
+    /// Auth methods for /v1/acl/login, by name.
+    var authMethods: [String: RegisteredAuthMethod] = [:]
+    var loginCount = 0
 
     /// Takes the next index for a write.
     mutating func nextIndex() -> UInt64 {

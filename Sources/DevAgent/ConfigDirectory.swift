@@ -2,7 +2,8 @@ import Foundation
 import SidecarCore
 
 /// Loads an agent config directory: every `*.json` file is a service definition (`service`
-/// object or `services` array), a config entry (`Kind`), or an array of config entries.
+/// object or `services` array), a config entry (`Kind`), an array of config entries, or a jwt
+/// auth method (`AuthMethod` / `AuthMethods`, see `DevAgentAuthMethod.load`).
 enum ConfigDirectory {
     static func load(_ directory: String, into engine: AgentEngine) throws {
         let names: [String]
@@ -22,6 +23,7 @@ enum ConfigDirectory {
                     switch item {
                     case .service(let definition): services.append((path, definition))
                     case .configEntry(let value): try engine.writeConfigEntry(value, source: path)
+                    case .authMethods(let methods): try methods.forEach(engine.addAuthMethod)
                     }
                 }
             } catch {
@@ -36,6 +38,7 @@ enum ConfigDirectory {
     private enum Item {
         case service(Fields)
         case configEntry(JSONValue)
+        case authMethods([DevAgentAuthMethod])
     }
 
     private static func classify(_ root: Fields) throws -> [Item] {
@@ -49,7 +52,10 @@ enum ConfigDirectory {
         if let service = root.field("Service"), service.isObject { return [.service(service)] }
         if let services = try root.array("Services") { return services.map { .service($0) } }
         if root.field("Kind") != nil { return [.configEntry(root.value)] }
-        throw DevAgentError("neither a service definition (\"service\"/\"services\") nor a config entry (\"Kind\")")
+        if root.field("AuthMethod") != nil || root.field("AuthMethods") != nil {
+            return [.authMethods(try DevAgentAuthMethod.parseAll(root))]
+        }
+        throw DevAgentError("neither a service definition (\"service\"/\"services\"), a config entry (\"Kind\") nor an auth method (\"AuthMethod\")")
     }
 
     private static func describe(_ error: Error) -> String {

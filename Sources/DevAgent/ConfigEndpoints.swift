@@ -2,7 +2,7 @@ import Foundation
 import NIOHTTP1
 import SidecarCore
 
-/// `/v1/config` (config entries) and `/v1/acl/login|logout`.
+/// `/v1/config` (config entries).
 struct ConfigEndpoints {
     let engine: AgentEngine
 
@@ -39,57 +39,10 @@ struct ConfigEndpoints {
             guard let entry else { throw HTTPError.notFound("Config entry not found for \"\(kind)\" / \"\(name)\"") }
             return .json(entry.rendered(), index: index)
         }
-        if route.matches("acl", "login") {
-            try route.require(.POST, .PUT)
-            return .json(try login(try Fields.parse(route.request.body, what: "the login request")))
-        }
-        if route.matches("acl", "logout") {
-            try route.require(.POST, .PUT)
-            guard let token = Router.token(of: route.request),
-                  engine.store.write({ $0.loginTokens.removeValue(forKey: token) }) != nil else {
-                throw HTTPError.permissionDenied
-            }
-            return .text(.ok, "")
-        }
         return nil
     }
 
     private static func checkKind(_ kind: String) throws {
         guard ConfigEntryRecord.supportedKinds.contains(kind) else { throw HTTPError.badRequest("invalid config entry kind: \(kind)") }
     }
-
-    /// Exchanges a bearer token from `loginTokens` for a new ACL token of that service.
-    private func login(_ body: Fields) throws -> JSON {
-        guard let method = try body.string("AuthMethod"), !method.isEmpty else { throw HTTPError.badRequest("Missing auth method name") }
-        guard let bearer = try body.string("BearerToken"), !bearer.isEmpty else { throw HTTPError.badRequest("Missing bearer token") }
-        guard let service = engine.configuration.loginTokens[bearer] else { throw HTTPError.permissionDenied }
-        let token = engine.store.write { state -> LoginToken in
-            let index = state.nextIndex()
-            let token = LoginToken(accessorID: UUID().uuidString.lowercased(), secretID: UUID().uuidString.lowercased(),
-                                   service: service, authMethod: method, index: index)
-            state.loginTokens[token.secretID] = token
-            return token
-        }
-        return .object([
-            ("AccessorID", .string(token.accessorID)),
-            ("SecretID", .string(token.secretID)),
-            ("Description", .string("token created via login: {\"service\":\"\(service)\"}")),
-            ("ServiceIdentities", .array([.object([("ServiceName", .string(service))])])),
-            ("Local", .bool(true)),
-            ("AuthMethod", .string(method)),
-            ("CreateTime", .string(Format.rfc3339(Date()))),
-            ("Hash", .string("")),
-            ("CreateIndex", .uint(token.index)),
-            ("ModifyIndex", .uint(token.index)),
-        ])
-    }
-}
-
-/// An ACL token minted by `/v1/acl/login`.
-struct LoginToken: Sendable {
-    var accessorID: String
-    var secretID: String
-    var service: String
-    var authMethod: String
-    var index: UInt64
 }

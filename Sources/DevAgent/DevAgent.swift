@@ -62,6 +62,22 @@ public final class DevAgent: Sendable {
         try Self.bridge { try engine.updateCheck(checkID, status: status, output: "") }
     }
 
+    /// Adds (or replaces) a `jwt` auth method for `/v1/acl/login`.
+    public func addAuthMethod(_ method: DevAgentAuthMethod) throws {
+        try engine.addAuthMethod(method)
+    }
+
+    /// Whether `token` passes ACL enforcement now (the root token or an unexpired login token).
+    public func accepts(token: String) -> Bool {
+        engine.isValidToken(token)
+    }
+
+    /// SecretIDs of login tokens not logged out (expired ones included until the next login).
+    public var loginTokenSecretIDs: Set<String> { engine.store.read { Set($0.loginTokens.keys) } }
+
+    /// Successful logins since start.
+    public var loginCount: Int { engine.store.read { $0.loginCount } }
+
     /// A new root key, cross-signed by the old one; leaves follow within `rootRenewJitter`.
     public func rotateCA() throws {
         try Self.bridge { try engine.rotateCA() }

@@ -17,12 +17,11 @@ public struct DevAgentConfiguration: Sendable {
     public var defaultIntentionPolicy: String = "deny"
     /// `*.json` service definitions and config entries loaded at init.
     public var configDirectory: String? = nil
-    /// When set, ACLs are enforced: every request needs this token or one minted by
-    /// `/v1/acl/login`, else 403 "ACL not found".
+    /// When set, ACLs are enforced: every request needs this token or an unexpired one minted
+    /// by `/v1/acl/login`, else 403 "ACL not found".
     public var aclToken: String? = nil
-    /// Bearer token -> service name accepted by `POST /v1/acl/login` (any AuthMethod). A real
-    /// `jwt` auth method (JWKS, bound audiences, claim mappings) is a follow-up.
-    public var loginTokens: [String: String] = [:]
+    /// `jwt` auth methods for `POST /v1/acl/login` (more come from `configDirectory`).
+    public var authMethods: [DevAgentAuthMethod] = []
     public var logger: Logger
 
     public init(logger: Logger) {

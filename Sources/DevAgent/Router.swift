@@ -15,6 +15,7 @@ struct Router: Sendable {
             if let response = try await AgentEndpoints(engine: engine).handle(route) { return response }
             if let response = try await ConnectEndpoints(engine: engine).handle(route) { return response }
             if let response = try await ConfigEndpoints(engine: engine).handle(route) { return response }
+            if let response = try await ACLEndpoints(engine: engine).handle(route) { return response }
             throw HTTPError.notFound("404 page not found")
         } catch let error as HTTPError {
             return .text(HTTPResponseStatus(statusCode: error.status), error.message)

@@ -50,6 +50,8 @@ struct Run: AsyncParsableCommand {
             help: "File holding the Consul ACL token, re-read before each request (default: CONSUL_HTTP_TOKEN_FILE).")
     var tokenFile: String?
 
+    @OptionGroup var login: LoginOptions
+
     @Option(name: .customLong("startup-timeout"),
             help: "Consul mode: how long to wait for the agent, the registration and the first certificates at startup (Go duration).")
     var startupTimeout: String = "60s"
@@ -252,9 +254,10 @@ struct Run: AsyncParsableCommand {
             options.adjustDefinition = try definitionOverrides()
             let connection = try ConsulConnectionSettings.resolve(httpAddr: httpAddr, token: token, tokenFile: tokenFile,
                                                                   environment: ProcessInfo.processInfo.environment)
-            _ = try connection.readToken()
+            let session = try login.makeSession(staticToken: token != nil || tokenFile != nil, logger: logger, metrics: metrics)
+            if session == nil { _ = try connection.readToken() }
             // Last: from here on the client must be shut down on every path (proxy.stop()).
-            client = try ConsulClient(settings: connection, eventLoopGroup: group)
+            client = try ConsulClient(settings: connection, eventLoopGroup: group, tokenSource: session)
         } catch {
             throw failure("\(error)", status: ExitStatus.configuration)
         }

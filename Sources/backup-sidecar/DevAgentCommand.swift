@@ -35,6 +35,10 @@ struct DevAgentCommand: AsyncParsableCommand {
             help: "Enforce ACLs: every request must carry the token in this file (or one minted by /v1/acl/login).")
     var aclTokenFile: String?
 
+    @Option(name: .customLong("auth-method-file"),
+            help: "A jwt auth method for /v1/acl/login: {\"AuthMethod\": {\"Name\", \"Type\": \"jwt\", \"MaxTokenTTL\", \"Config\": {\"JWTValidationPubKeys\", \"BoundAudiences\", \"BoundIssuer\", \"ClaimMappings\"}}} (repeatable).")
+    var authMethodFiles: [String] = []
+
     @Option(name: .customLong("log-level"))
     var logLevel: String = "info"
 
@@ -67,6 +71,16 @@ struct DevAgentCommand: AsyncParsableCommand {
                 throw failure("cannot read a token from \(aclTokenFile)", status: ExitStatus.configuration)
             }
             configuration.aclToken = token
+        }
+        for file in authMethodFiles {
+            guard let data = FileManager.default.contents(atPath: file) else {
+                throw failure("cannot read --auth-method-file \(file)", status: ExitStatus.configuration)
+            }
+            do {
+                configuration.authMethods += try DevAgentAuthMethod.load(json: data, source: file)
+            } catch {
+                throw failure("\(error)", status: ExitStatus.configuration)
+            }
         }
         let agent: DevAgent
         do {

@@ -46,9 +46,10 @@ struct AgentLifecycleTests {
     }
 
     @Test func aclEnforcementAndLogin() async throws {
+        let issuer = try DevJWTIssuer(.es256)
         let agent = try await TestAgent.start {
             $0.aclToken = "root-token"
-            $0.loginTokens = ["jwt-for-backup": "backup-agent"]
+            $0.authMethods = [DevAgentAuthMethod(name: "jwt", jwtValidationPubKeys: [issuer.publicKeyPEM])]
         }
         let denied = try await agent.get("/v1/agent/services")
         #expect(denied.status == 403 && denied.text == "ACL not found")
@@ -58,8 +59,9 @@ struct AgentLifecycleTests {
         #expect(try await agent.get("/v1/agent/services", headers: ["Authorization": "Bearer root-token"]).status == 200)
 
         let badLogin = try await agent.post("/v1/acl/login", #"{"AuthMethod": "jwt", "BearerToken": "nope"}"#)
-        #expect(badLogin.status == 403 && badLogin.text == "Permission denied")
-        let login = try await agent.post("/v1/acl/login", #"{"AuthMethod": "jwt", "BearerToken": "jwt-for-backup", "Meta": {}}"#).object()
+        #expect(badLogin.status == 403 && badLogin.text.hasPrefix("Permission denied"))
+        let jwt = try issuer.sign(DevJWTIssuer.claims(subject: "backup-agent", audience: "a", issuer: "i"))
+        let login = try await agent.post("/v1/acl/login", #"{"AuthMethod": "jwt", "BearerToken": "\#(jwt)", "Meta": {}}"#).object()
         let secret = try #require(login["SecretID"] as? String)
         #expect((login["ServiceIdentities"] as? [[String: Any]])?.first?["ServiceName"] as? String == "backup-agent")
         #expect(try await agent.get("/v1/agent/connect/ca/roots", headers: ["X-Consul-Token": secret]).status == 200)

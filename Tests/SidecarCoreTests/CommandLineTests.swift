@@ -82,6 +82,14 @@ struct CommandLineTests {
         Case(name: "agent unreachable past the startup timeout", arguments: {
             ["-sidecar-for", "storage", "-http-addr", "127.0.0.1:\(freeLocalPort())", "--startup-timeout", "1s"]
         }, status: 2, messageContains: ["could not find the proxy registration", "Consul agent"]),
+        Case(name: "--login-method with -token", arguments: { ["-sidecar-for", "storage", "-token", "t", "--login-method", "azure-msi",
+                                                               "--azure-managed-identity"] },
+             status: 2, messageContains: ["--login-method cannot be combined with -token"]),
+        Case(name: "--login-method without a bearer source", arguments: { ["-sidecar-for", "storage", "--login-method", "azure-msi"] },
+             status: 2, messageContains: ["exactly one of --login-bearer-token-file and --azure-managed-identity"]),
+        Case(name: "bad --login-meta", arguments: { ["-sidecar-for", "storage", "--login-method", "m", "--login-bearer-token-file", "/x",
+                                                     "--login-meta", "novalue"] },
+             status: 2, messageContains: ["--login-meta must be KEY=VALUE"]),
         Case(name: "bad --default-intention", arguments: { ["--service-file", goodService, "--default-intention", "maybe"] + certs() },
              status: 2, messageContains: ["--default-intention"]),
     ]

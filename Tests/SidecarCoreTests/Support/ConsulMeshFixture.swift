@@ -28,7 +28,7 @@ struct ConsulMesh {
     let port: Int
 
     static func start(leafTTL: TimeInterval = 72 * 3600, aclToken: String? = nil, defaultIntentionPolicy: String = "deny",
-                      configDirectory: String? = nil) async throws -> ConsulMesh {
+                      configDirectory: String? = nil, authMethods: [DevAgentAuthMethod] = []) async throws -> ConsulMesh {
         var configuration = DevAgentConfiguration(logger: quietLogger)
         configuration.defaultIntentionPolicy = defaultIntentionPolicy
         configuration.configDirectory = configDirectory
@@ -36,6 +36,7 @@ struct ConsulMesh {
         configuration.leafTTL = leafTTL
         configuration.rootRenewJitter = 0...0.2
         configuration.aclToken = aclToken
+        configuration.authMethods = authMethods
         let agent = try DevAgent(configuration: configuration)
         let port = try await agent.start()
         return ConsulMesh(agent: agent, port: port)
@@ -52,9 +53,10 @@ struct ConsulMesh {
 
     /// A sidecar started the way `backup-sidecar run -sidecar-for SERVICE_ID` starts one.
     func sidecar(for serviceID: String, audit: MemoryAuditSink = MemoryAuditSink(), token: String? = nil,
-                 startupTimeout: TimeAmount = .seconds(10), logger: Logger = quietLogger) async throws -> (ConsulProxy, Sidecar) {
+                 tokenSource: (any ConsulTokenSource)? = nil, startupTimeout: TimeAmount = .seconds(10),
+                 logger: Logger = quietLogger) async throws -> (ConsulProxy, Sidecar) {
         let client = try ConsulClient(settings: ConsulConnectionSettings(transport: .tcp(host: "127.0.0.1", port: port), token: token),
-                                      eventLoopGroup: testGroup)
+                                      eventLoopGroup: testGroup, tokenSource: tokenSource)
         var options = ConsulProxyOptions(target: .sidecarFor(serviceID))
         options.timing = Self.testTiming
         options.startupTimeout = startupTimeout

@@ -18,7 +18,7 @@ final class ScriptedHTTPServer: Sendable {
     let channel: Channel
     private let requestLog = NIOLockedValueBox<[String]>([])
     var port: Int { channel.localAddress?.port ?? 0 }
-    /// "METHOD uri" of every request, and the X-Consul-Token each carried.
+    /// "METHOD uri" of every request, the X-Consul-Token each carried, and any Metadata header.
     var requests: [String] { requestLog.withLockedValue { $0 } }
 
     /// On 127.0.0.1:0, or on a unix socket at `unixSocketPath`.
@@ -60,7 +60,9 @@ private final class ScriptedHandler: ChannelInboundHandler, @unchecked Sendable 
         case .body: break
         case .end:
             guard let head else { return }
-            log.withLockedValue { $0.append("\(head.method) \(head.uri) token=\(head.headers.first(name: "X-Consul-Token") ?? "-")") }
+            // The Metadata header only when present (IMDS requests), so Consul-call lines stay as they were.
+            let metadata = head.headers.first(name: "Metadata").map { " metadata=\($0)" } ?? ""
+            log.withLockedValue { $0.append("\(head.method) \(head.uri) token=\(head.headers.first(name: "X-Consul-Token") ?? "-")\(metadata)") }
             let reply = respond(head.method, head.uri)
             let context = NIOLoopBound(context, eventLoop: context.eventLoop)
             context.value.eventLoop.scheduleTask(in: reply.delay) { [self] in

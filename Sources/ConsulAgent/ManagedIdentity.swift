@@ -1,0 +1,124 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+
+/// A JWT to present to `/v1/acl/login`, and when it stops being valid (for renewal timing).
+public struct BearerToken: Sendable {
+    public var jwt: String
+    public var expiresAt: Date?
+
+    public init(jwt: String, expiresAt: Date?) {
+        self.jwt = jwt
+        self.expiresAt = expiresAt
+    }
+}
+
+/// Where login JWTs come from; asked again before every login.
+public protocol BearerTokenProvider: Sendable {
+    func fetch() async throws -> BearerToken
+    /// For logs.
+    var summary: String { get }
+}
+
+public struct BearerTokenError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// `--login-bearer-token-file`: a JWT in a file (e.g. a projected service-account token),
+/// re-read on each login. Its `exp` claim is read, unverified, only to time the renewal.
+public struct BearerTokenFile: BearerTokenProvider {
+    public let path: String
+
+    public init(path: String) {
+        self.path = path
+    }
+
+    public func fetch() async throws -> BearerToken {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw BearerTokenError("cannot read the bearer token file \(path): \(error.localizedDescription)")
+        }
+        let jwt = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !jwt.isEmpty else { throw BearerTokenError("the bearer token file \(path) is empty") }
+        return BearerToken(jwt: jwt, expiresAt: Self.unverifiedExpiry(of: jwt))
+    }
+
+    public var summary: String { "bearer token file \(path)" }
+
+    /// The `exp` claim of a compact JWS, without checking anything (Consul does that).
+    static func unverifiedExpiry(of jwt: String) -> Date? {
+        let parts = jwt.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3 else { return nil }
+        var base64 = parts[1].replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        base64 += String(repeating: "=", count: (4 - base64.count % 4) % 4)
+        guard let data = Data(base64Encoded: base64),
+              let claims = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let exp = claims["exp"] as? NSNumber else { return nil }
+        return Date(timeIntervalSince1970: exp.doubleValue)
+    }
+}
+
+/// `--azure-managed-identity`: the VM's managed-identity token from the Azure Instance
+/// Metadata Service (`GET <imds>?api-version=2018-02-01&resource=<aud>`, `Metadata: true`).
+public struct AzureManagedIdentity: BearerTokenProvider {
+    public static let defaultIMDSURL = "http://169.254.169.254/metadata/identity/oauth2/token"
+    public static let defaultResource = "https://management.azure.com/"
+
+    public let imdsURL: String
+    public let resource: String
+
+    public init(imdsURL: String = Self.defaultIMDSURL, resource: String = Self.defaultResource) {
+        self.imdsURL = imdsURL
+        self.resource = resource
+    }
+
+    public var summary: String { "Azure managed identity (resource \(resource))" }
+
+    public func fetch() async throws -> BearerToken {
+        guard var components = URLComponents(string: imdsURL) else { throw BearerTokenError("--azure-imds-url \(imdsURL) is not a URL") }
+        components.queryItems = (components.queryItems ?? []) + [URLQueryItem(name: "api-version", value: "2018-02-01"),
+                                                                 URLQueryItem(name: "resource", value: resource)]
+        // URLComponents leaves ':' and '/' in query values; IMDS wants the resource encoded.
+        components.percentEncodedQuery = components.percentEncodedQuery?
+            .replacingOccurrences(of: ":", with: "%3A").replacingOccurrences(of: "/", with: "%2F")
+        var request = HTTPClientRequest(url: components.string ?? imdsURL)
+        request.headers.add(name: "Metadata", value: "true")
+        let status: UInt
+        let body: Data
+        do {
+            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+            status = response.status.code
+            body = Data(try await response.body.collect(upTo: 1 << 20).readableBytesView)
+        } catch {
+            throw BearerTokenError("managed identity token from \(imdsURL): \(error)")
+        }
+        guard status == 200 else {
+            // IMDS error bodies are `{"error", "error_description"}`: no secret in them.
+            let text = String(decoding: body.prefix(300), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            throw BearerTokenError("managed identity token from \(imdsURL): HTTP \(status): \(text)")
+        }
+        return try Self.decode(body, source: imdsURL)
+    }
+
+    /// `{"access_token", "expires_on", ...}`; expires_on is unix seconds, a string in the
+    /// 2018-02-01 API and a number in some SDK stand-ins, so both are read. Errors never quote
+    /// the body (it holds the token).
+    static func decode(_ body: Data, source: String) throws -> BearerToken {
+        guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
+            throw BearerTokenError("managed identity token from \(source): the answer is not a JSON object")
+        }
+        guard let jwt = object["access_token"] as? String, !jwt.isEmpty else {
+            throw BearerTokenError("managed identity token from \(source): no access_token in the answer")
+        }
+        var expiresAt: Date?
+        if let text = object["expires_on"] as? String, let seconds = Double(text) {
+            expiresAt = Date(timeIntervalSince1970: seconds)
+        } else if let number = object["expires_on"] as? NSNumber {
+            expiresAt = Date(timeIntervalSince1970: number.doubleValue)
+        }
+        return BearerToken(jwt: jwt, expiresAt: expiresAt ?? BearerTokenFile.unverifiedExpiry(of: jwt))
+    }
+}

@@ -1,0 +1,105 @@
+import Crypto
+import CryptoExtras
+import Foundation
+
+/// A public key a `jwt` auth method accepts signatures from (`JWTValidationPubKeys`).
+enum JWTPublicKey: @unchecked Sendable {
+    case ecP256(P256.Signing.PublicKey)
+    case rsa(_RSA.Signing.PublicKey)
+
+    /// A PEM `PUBLIC KEY` (SubjectPublicKeyInfo), EC P-256 or RSA (2048 bits or more).
+    init(pem: String) throws {
+        if let key = try? P256.Signing.PublicKey(pemRepresentation: pem) {
+            self = .ecP256(key)
+        } else if let key = try? _RSA.Signing.PublicKey(pemRepresentation: pem) {
+            self = .rsa(key)
+        } else {
+            throw DevAgentError("not a PEM EC P-256 or RSA (>= 2048 bits) public key")
+        }
+    }
+
+    /// JWS `alg` this key verifies; a token's header must name it (no algorithm confusion).
+    var algorithm: String {
+        switch self {
+        case .ecP256: return "ES256"
+        case .rsa: return "RS256"
+        }
+    }
+
+    func verifies(_ signature: Data, over input: Data) -> Bool {
+        switch self {
+        case .ecP256(let key):
+            // JWS ES256 signatures are raw r||s (RFC 7518 3.4), not DER.
+            guard signature.count == 64, let parsed = try? P256.Signing.ECDSASignature(rawRepresentation: signature) else { return false }
+            return key.isValidSignature(parsed, for: SHA256.hash(data: input))
+        case .rsa(let key):
+            return key.isValidSignature(_RSA.Signing.RSASignature(rawRepresentation: signature), for: SHA256.hash(data: input),
+                                        padding: .insecurePKCS1v1_5)
+        }
+    }
+}
+
+/// Why a bearer token was refused; the text goes to the agent's log and the 403 body.
+struct JWTRejection: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Checks a compact JWS the way Consul's `jwt` auth method does with static keys: signature
+/// (RS256/ES256 only), `exp`/`nbf` with leeway, `aud` against the bound audiences, `iss`
+/// against the bound issuer. Returns the verified claims.
+struct JWTValidator {
+    var keys: [JWTPublicKey]
+    var boundAudiences: [String]
+    var boundIssuer: String?
+    var leeway: TimeInterval
+
+    func validate(_ token: String, now: Date = Date()) throws -> [String: Any] {
+        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3, let headerData = Self.base64URL(parts[0]), let payloadData = Self.base64URL(parts[1]),
+              let signature = Self.base64URL(parts[2]) else {
+            throw JWTRejection("bearer token is not a compact JWS (header.payload.signature)")
+        }
+        guard let header = try? JSONSerialization.jsonObject(with: headerData) as? [String: Any],
+              let claims = try? JSONSerialization.jsonObject(with: payloadData) as? [String: Any] else {
+            throw JWTRejection("bearer token header or claims are not JSON objects")
+        }
+        let algorithm = header["alg"] as? String ?? ""
+        guard algorithm == "RS256" || algorithm == "ES256" else {
+            throw JWTRejection("unsupported signing algorithm \"\(algorithm)\" (RS256 and ES256 are accepted)")
+        }
+        let signingInput = Data("\(parts[0]).\(parts[1])".utf8)
+        guard keys.contains(where: { $0.algorithm == algorithm && $0.verifies(signature, over: signingInput) }) else {
+            throw JWTRejection("no configured public key validates the token signature")
+        }
+        let time = now.timeIntervalSince1970
+        if let exp = Self.number(claims["exp"]), time > exp + leeway {
+            throw JWTRejection("token is expired (exp \(Int(exp)), now \(Int(time)))")
+        }
+        if let nbf = Self.number(claims["nbf"]), time + leeway < nbf {
+            throw JWTRejection("token is not valid yet (nbf \(Int(nbf)), now \(Int(time)))")
+        }
+        if !boundAudiences.isEmpty {
+            let audiences = (claims["aud"] as? [String]) ?? (claims["aud"] as? String).map { [$0] } ?? []
+            guard audiences.contains(where: boundAudiences.contains) else {
+                throw JWTRejection("audience \(audiences) matches none of the bound audiences \(boundAudiences)")
+            }
+        }
+        if let boundIssuer, claims["iss"] as? String != boundIssuer {
+            throw JWTRejection("issuer \"\(claims["iss"] as? String ?? "")\" is not the bound issuer \"\(boundIssuer)\"")
+        }
+        return claims
+    }
+
+    static func number(_ value: Any?) -> Double? {
+        if let number = value as? NSNumber, !(value is Bool) { return number.doubleValue }
+        return nil
+    }
+
+    static func base64URL<S: StringProtocol>(_ text: S) -> Data? {
+        var base64 = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        guard !base64.contains("=") else { return nil }
+        base64 += String(repeating: "=", count: (4 - base64.count % 4) % 4)
+        return Data(base64Encoded: base64)
+    }
+}
