@@ -6,12 +6,19 @@
 #   driver (N connections) -> client-side proxy =mTLS=> server-side proxy -> echo backend
 #
 # Usage: bench/scale.sh [N]   (default 10000). Needs root or a hard fd limit >= 4N.
-# Environment: SIDECAR_BIN (default: release build), TRANSFER_CONCURRENCY (default 500).
+# Environment: SIDECAR_BIN (default: release build), TRANSFER_CONCURRENCY (default 500),
+#              ONLY=backup-sidecar|haproxy (measure one side only, for experiments).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 N=${1:-10000}
-ulimit -n $((N * 4 + 1024)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-echo "fd limit: $(ulimit -n)"
+# Each proxy process holds two descriptors per connection (its two sides).
+ulimit -n $((N * 2 + 1024)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" -lt $((N * 2 + 1024)) ]; then
+  capped=$(( ($(ulimit -n) - 1024) / 2 ))
+  echo "fd limit $(ulimit -n) (raising it needs CAP_SYS_RESOURCE): N lowered from $N to $capped"
+  N=$capped
+fi
+echo "fd limit: $(ulimit -n), N = $N"
 command -v haproxy >/dev/null || scripts/install-deps.sh haproxy
 if [ -z "${SIDECAR_BIN:-}" ]; then
   swift build -c release --scratch-path .build-release >/tmp/scale-build.log 2>&1 || { cat /tmp/scale-build.log; exit 1; }
@@ -58,12 +65,12 @@ JSON
 start_haproxy_pair() { # PUBLIC LOCAL
   local global="global
     nbthread 2
-    maxconn $((N * 2 + 100))
+    maxconn $((N + 100))
     ssl-default-bind-options ssl-min-ver TLSv1.2
     ssl-default-server-options ssl-min-ver TLSv1.2
 defaults
     mode tcp
-    maxconn $((N * 2 + 100))
+    maxconn $((N + 100))
     timeout connect 5s
     timeout client 10m
     timeout server 10m"
@@ -113,6 +120,8 @@ async def main():
     print(f"{name}: {len(connections)} idle mTLS connections open ({failed_open} failed) in {time.time() - start:.1f}s; "
           f"RSS server-side {before_server/1024:.1f} -> {server_kib/1024:.1f} MiB, client-side {before_client/1024:.1f} -> {client_kib/1024:.1f} MiB; "
           f"{per_conn/1024:.1f} KiB per connection per proxy", flush=True)
+    if os.environ.get("HOLD_SECONDS"):  # experiments: inspect the proxies with everything idle
+        await asyncio.sleep(float(os.environ["HOLD_SECONDS"]))
     transfer = asyncio.Semaphore(concurrency)
     async def move(index, pair):
         reader, writer = pair
@@ -135,7 +144,7 @@ PY
 
 {
   echo "# bench/scale.sh $N, $(date -u +%FT%TZ), $(nproc) cores; backup-sidecar $(git rev-parse --short HEAD), $(haproxy -v 2>&1 | head -1)"
-  measure backup-sidecar sidecar
-  measure haproxy haproxy
+  [ "${ONLY:-haproxy}" = haproxy ] && [ -n "${ONLY:-}" ] || measure backup-sidecar sidecar
+  [ "${ONLY:-backup-sidecar}" = backup-sidecar ] && [ -n "${ONLY:-}" ] || measure haproxy haproxy
 } 2>&1 | tee "$result"
 grep -q "RESULT backup-sidecar .*intact=$N opened=$N" "$result"
