@@ -119,6 +119,19 @@ let package = Package(
             name: "intentions-microbench",
             dependencies: ["SidecarCore", "SidecarTLS"]
         ),
+        // Fuzz targets (bench/fuzz.sh builds them with -sanitize=fuzzer -DFUZZING). In a normal
+        // build each one replays the input files named on its command line.
+        .systemLibrary(name: "CLibFuzzer", path: "Sources/Fuzz/CLibFuzzer"),
+        .target(name: "FuzzSupport", dependencies: ["CLibFuzzer"], path: "Sources/Fuzz/FuzzSupport"),
+        .executableTarget(name: "SPIFFEIDFuzz", dependencies: ["FuzzSupport", "SidecarTLS"],
+                          path: "Sources/Fuzz/SPIFFEIDFuzz"),
+        .executableTarget(name: "ConfigDecodeFuzz", dependencies: ["FuzzSupport", "SidecarCore"],
+                          path: "Sources/Fuzz/ConfigDecodeFuzz"),
+        .executableTarget(name: "IntentionsFuzz", dependencies: ["FuzzSupport", "SidecarCore", "SidecarTLS"],
+                          path: "Sources/Fuzz/IntentionsFuzz"),
+        .executableTarget(name: "ProxyProtocolFuzz",
+                          dependencies: ["FuzzSupport", "SidecarCore", .product(name: "NIOCore", package: "swift-nio")],
+                          path: "Sources/Fuzz/ProxyProtocolFuzz"),
         .testTarget(
             name: "SidecarTLSTests",
             dependencies: [

@@ -100,7 +100,12 @@ extension SPIFFEID {
         let afterScheme = uri.dropFirst(scheme.count)
         guard !afterScheme.contains("?"), !afterScheme.contains("#") else { throw SPIFFEIDError.queryOrFragment }
         let slash = afterScheme.firstIndex(of: "/") ?? afterScheme.endIndex
-        let trustDomain = afterScheme[..<slash].lowercased()
+        let rawTrustDomain = afterScheme[..<slash]
+        // ASCII before lowercasing: Unicode case mapping turns the Kelvin sign (U+212A) into "k".
+        guard rawTrustDomain.utf8.allSatisfy({ $0 < 0x80 }) else {
+            throw SPIFFEIDError.invalidTrustDomain(String(rawTrustDomain))
+        }
+        let trustDomain = rawTrustDomain.lowercased()
         try validateTrustDomain(trustDomain)
         return (trustDomain, String(afterScheme[slash...]))
     }

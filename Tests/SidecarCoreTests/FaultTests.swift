@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import NIOConcurrencyHelpers
 import Testing
 @testable import ConsulAgent
@@ -11,31 +12,61 @@ import SidecarTLS
 struct FaultTests {
     @Test("Local app down: each client is closed with one local_connect_failed line and metric (no retries); app back: traffic flows again")
     func localAppDown() async throws {
-        let mesh = try await MeshFixture.start(backend: .echo)
-        defer { Task { await mesh.stop() } }
-        let appPort = mesh.backend.port
-        #expect(await echoRoundTrip(port: mesh.upstreamPort))
-        await mesh.backend.stop()
+        // The app's port stays ours the whole time (bound, not listening: connections are
+        // refused), so no test running in parallel can pick it up while the app is "down".
+        let app = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(app) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(app, $0, length) } }
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(app, $0, &length) } }
+        let appPort = Int(UInt16(bigEndian: address.sin_port))
+        let (storage, storageAudit) = try await MeshFixture.startStorage(
+            backendPort: appPort, credentials: try TestCertificates.credentials("storage"), intentions: MeshFixture.allowBackupAgent)
+        let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent",
+                                                          storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!)
+        defer { Task { await agent.stop(); await storage.stop() } }
+        let upstreamPort = agent.boundAddress(of: "upstream:storage")!.port!
+
         for _ in 0..<5 {
-            let socket = try BlockingSocket(port: mesh.upstreamPort)
+            let socket = try BlockingSocket(port: upstreamPort)
             socket.setReceiveTimeout(seconds: 10)
             socket.send(Array("lost".utf8))
             let reply = await onThread { socket.receiveAll() }
             #expect(reply.count == 0, "nothing comes back from an app that is down")
         }
-        #expect(await eventually { mesh.storageAudit.events.filter { $0.kind == .localConnectFailed }.count == 5 })
+        #expect(await eventually { storageAudit.events.filter { $0.kind == .localConnectFailed }.count == 5 })
         try await Task.sleep(for: .milliseconds(300))
-        #expect(mesh.storageAudit.events.filter { $0.kind == .localConnectFailed }.count == 5, "one attempt per client, no retry storm")
-        let line = try #require(mesh.storageAudit.events.first { $0.kind == .localConnectFailed })
+        #expect(storageAudit.events.filter { $0.kind == .localConnectFailed }.count == 5, "one attempt per client, no retry storm")
+        let line = try #require(storageAudit.events.first { $0.kind == .localConnectFailed })
         #expect(line.source?.hasSuffix("/svc/backup-agent") == true)
         #expect(line.reason?.contains("\(appPort)") == true, "\(line.reason ?? "")")
-        let exposition = try #require(mesh.storage.settings.metrics).exposition()
+        let exposition = try #require(storage.settings.metrics).exposition()
         #expect(exposition.contains(#"backup_sidecar_connections_total{listener="public",outcome="failed"} 5"#), "\(exposition)")
 
-        let revived = try await TestBackend(.echo, group: testGroup, port: appPort)
-        defer { Task { await revived.stop() } }
-        #expect(await echoRoundTrip(port: mesh.upstreamPort))
-        #expect(revived.connections == 1)
+        // The app comes back on the same port: accept one connection and echo it.
+        #expect(listen(app, 16) == 0)
+        let served = Task {
+            await onThread { () -> Bool in
+                let connection = accept(app, nil, nil)
+                guard connection >= 0 else { return false }
+                let peer = BlockingSocket(adopting: connection)
+                var received: [UInt8] = []
+                var buffer = [UInt8](repeating: 0, count: 65536)
+                while true {
+                    let count = buffer.withUnsafeMutableBytes { recv(connection, $0.baseAddress, $0.count, 0) }
+                    if count <= 0 { break }
+                    received += buffer[0..<count]
+                }
+                let sent = peer.send(received)
+                peer.shutdownWrite()
+                return sent
+            }
+        }
+        #expect(await echoRoundTrip(port: upstreamPort))
+        #expect(await served.value)
     }
 
     @Test("One of two storage instances dies mid-run: only its streams fail, the other's finish intact, new connections go to the survivor")

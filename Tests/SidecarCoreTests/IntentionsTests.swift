@@ -440,6 +440,14 @@ struct IntentionsTests {
         FileErrorCase(note: "duplicate source via explicit default namespace",
                       json: #"[{"Kind":"service-intentions","Name":"a","Sources":[{"Name":"y","Action":"allow"},{"Name":"z","Action":"allow"},{"Name":"y","Namespace":"default","Partition":"default","Action":"allow"}]}]"#,
                       path: "[0].sources[2]", messageContains: ["duplicate"]),
+        // Found by IntentionsFuzz's order invariant: two entries for one destination made the
+        // decision depend on which came first.
+        FileErrorCase(note: "two entries for the same destination",
+                      json: #"[{"Kind":"service-intentions","Name":"a","Sources":[{"Name":"y","Action":"allow"}]},{"Kind":"service-intentions","Name":"a","Sources":[{"Name":"y","Action":"deny"}]}]"#,
+                      path: "[1]", messageContains: ["second service-intentions entry", "default/a", "merge"]),
+        FileErrorCase(note: "two entries for the same destination, namespace spelled out",
+                      json: #"[{"Kind":"service-intentions","Name":"a","Sources":[{"Name":"y","Action":"allow"}]},{"Kind":"service-intentions","Name":"a","Namespace":"default","Sources":[{"Name":"z","Action":"allow"}]}]"#,
+                      path: "[1]", messageContains: ["second service-intentions entry"]),
     ]
 
     @Test("refused intention files name the field path", arguments: fileErrors)

@@ -209,6 +209,10 @@ struct SPIFFEIDTests {
         .init("spiffe://td..consul\(svcPath)", .invalidTrustDomain("td..consul"), "double dot"),
         .init("spiffe://.\(svcPath)", .invalidTrustDomain("."), "only a dot"),
         .init("spiffe://tüd.consul\(svcPath)", .invalidTrustDomain("tüd.consul"), "non-ASCII"),
+        // Found by bench/fuzz.sh (SPIFFEIDFuzz): the Kelvin sign lowercases to ASCII "k", so
+        // lowercasing before the character check used to accept it as "k.consul".
+        .init("spiffe://\u{212A}.consul\(svcPath)", .invalidTrustDomain("\u{212A}.consul"), "Kelvin sign"),
+        .init("spiffe://td.\u{212A}onsul\(svcPath)", .invalidTrustDomain("td.\u{212A}onsul"), "Kelvin sign inside"),
         .init("spiffe://[::1]\(svcPath)", .invalidTrustDomain("[::1]"), "IPv6 literal"),
         .init("spiffe://td\\consul\(svcPath)", .invalidTrustDomain("td\\consul"), "backslash"),
         .init("spiffe://" + String(repeating: "a", count: 256) + svcPath,
@@ -370,6 +374,7 @@ struct SPIFFEIDTests {
         InvalidSPIFFECase("spiffe://\(uuidTD):8500", .invalidTrustDomain("\(uuidTD):8500"), "port"),
         InvalidSPIFFECase("spiffe:///", .invalidTrustDomain(""), "empty trust domain"),
         InvalidSPIFFECase("spiffe://a..b", .invalidTrustDomain("a..b"), "double dot"),
+        InvalidSPIFFECase("spiffe://\u{212A}.consul", .invalidTrustDomain("\u{212A}.consul"), "Kelvin sign"),
         InvalidSPIFFECase("spiffe://" + String(repeating: "a", count: 2050), .tooLong, "too long"),
     ])
     func trustDomainURIInvalid(_ testCase: InvalidSPIFFECase) {

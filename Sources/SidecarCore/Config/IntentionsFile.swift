@@ -14,7 +14,24 @@ public enum IntentionsFile {
         let root = ConfigNode(value: try JSONValue.parse(data, source: source), path: "", source: source)
         let entries: [ConfigNode]
         if case .object = root.value { entries = [root] } else { entries = try root.array() }
-        return try entries.flatMap(decodeEntry)
+        // Consul keeps one service-intentions entry per destination; two in one file would
+        // make the outcome depend on their order (a later write replaces the earlier one).
+        var destinations = Set<String>()
+        return try entries.flatMap { entry -> [Intention] in
+            let intentions = try decodeEntry(entry)
+            let key = "\(try entry.optionalNonEmptyString("namespace") ?? "default")/\(try entry.requiredNonEmptyString("name"))"
+            guard destinations.insert(key).inserted else {
+                throw entry.error("a second service-intentions entry for \(key); Consul keeps one per destination, so merge their sources")
+            }
+            return intentions
+        }
+    }
+
+    /// Consul: a wildcard namespace only goes with a wildcard name.
+    private static func checkWildcardNamespace(_ namespace: String, name: String, in node: ConfigNode) throws {
+        if namespace == "*" && name != "*" {
+            throw node.error("a wildcard namespace requires the wildcard name \"*\"", at: "namespace")
+        }
     }
 
     static func decodeEntry(_ entry: ConfigNode) throws -> [Intention] {
@@ -24,10 +41,7 @@ public enum IntentionsFile {
         }
         let destination = try entry.requiredNonEmptyString("name")
         let destinationNamespace = try entry.optionalNonEmptyString("namespace") ?? "default"
-        // Consul: a wildcard namespace only goes with a wildcard name.
-        if destinationNamespace == "*" && destination != "*" {
-            throw entry.error("a wildcard namespace requires the wildcard name \"*\"", at: "namespace")
-        }
+        try checkWildcardNamespace(destinationNamespace, name: destination, in: entry)
         let sources = try entry.field("sources")?.array() ?? []
         var seen = Set<String>()
         return try sources.map { source in
@@ -45,9 +59,7 @@ public enum IntentionsFile {
             default: break
             }
             let sourceNamespace = try source.optionalNonEmptyString("namespace") ?? "default"
-            if sourceNamespace == "*" && name != "*" {
-                throw source.error("a wildcard namespace requires the wildcard name \"*\"", at: "namespace")
-            }
+            try checkWildcardNamespace(sourceNamespace, name: name, in: source)
             let intention = Intention(
                 destinationName: destination,
                 destinationNamespace: destinationNamespace,

@@ -6,16 +6,16 @@ import NIOCore
 ///
 /// TLVs: PP2_TYPE_SSL (0x20) with client flags SSL|CERT_CONN|CERT_SESS, verify 0 (success) and
 /// PP2_SUBTYPE_SSL_VERSION; and a custom TLV 0xE0 (the spec's custom range) holding the client's
-/// SPIFFE ID as UTF-8.
-enum ProxyProtocolV2 {
-    static let signature: [UInt8] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A]
+/// SPIFFE ID as UTF-8. `package` so the PROXY protocol fuzz target can check it.
+package enum ProxyProtocolV2 {
+    package static let signature: [UInt8] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A]
     static let spiffeIDType: UInt8 = 0xE0
     static let sslType: UInt8 = 0x20
     static let sslVersionSubtype: UInt8 = 0x21
 
     /// The header for a connection from `source` to `destination` (our public listener). When
     /// the two are not both IPv4 or both IPv6, the address block is omitted (AF_UNSPEC).
-    static func header(source: SocketAddress?, destination: SocketAddress?, spiffeID: String, tlsVersion: String) -> [UInt8] {
+    package static func header(source: SocketAddress?, destination: SocketAddress?, spiffeID: String, tlsVersion: String) -> [UInt8] {
         var body: [UInt8] = []
         var family: UInt8 = 0x00
         switch (source, destination) {

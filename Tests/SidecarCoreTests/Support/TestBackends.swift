@@ -40,9 +40,8 @@ final class TestBackend: Sendable {
     /// For `.replyAfterEOF`: sha256 of each reply payload sent.
     var sentReplyDigests: [String] { replyDigests.withLockedValue { $0 } }
 
-    /// - Parameter unixSocketPath: listen on this unix socket instead of 127.0.0.1:`port`.
-    /// - Parameter port: 0 lets the kernel pick; a fixed one brings a stopped backend back.
-    init(_ behaviour: Behaviour, group: EventLoopGroup, unixSocketPath: String? = nil, port: Int = 0) async throws {
+    /// - Parameter unixSocketPath: listen on this unix socket instead of 127.0.0.1:0.
+    init(_ behaviour: Behaviour, group: EventLoopGroup, unixSocketPath: String? = nil) async throws {
         let connections = connectionsBox, bytes = bytesBox, digests = replyDigests
         var bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
@@ -76,7 +75,7 @@ final class TestBackend: Sendable {
                 try channel.pipeline.syncOperations.addHandler(handler)
             }
         }
-        .bind(to: try unixSocketPath.map { try SocketAddress(unixDomainSocketPath: $0) } ?? SocketAddress(ipAddress: "127.0.0.1", port: port))
+        .bind(to: try unixSocketPath.map { try SocketAddress(unixDomainSocketPath: $0) } ?? SocketAddress(ipAddress: "127.0.0.1", port: 0))
         .get()
     }
 
