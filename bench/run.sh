@@ -706,7 +706,7 @@ rows = [
     ("status", "Status", None),
     ("iperf_p1", "iperf3 throughput, 1 stream (MB/s, higher is better)", "hi"),
     ("iperf_p4", "iperf3 throughput, 4 streams (MB/s, higher is better)", "hi"),
-    ("conn_rate", "New connections/s, full mTLS handshake each (wrk -c16, Connection: close; higher is better)", "hi"),
+    ("conn_rate", "New connections/s, an mTLS handshake each, resumed where the proxy can (wrk -c16, Connection: close; higher is better)", "hi"),
     ("ka_rps", "Keep-alive requests/s (wrk -c16; higher is better)", "hi"),
     ("lat_p99", "p99 latency, 1 keep-alive connection (ms, lower is better)", "lo"),
     ("rss_client", "Peak RSS client-side proxy (MiB, lower is better)", "lo"),

@@ -9,7 +9,7 @@ import SidecarTLS
 /// Sidecars configured only through the dev agent (like `-sidecar-for`), on real sockets.
 @Suite("Consul mode against the dev agent", .serialized)
 struct ConsulModeTests {
-    @Test("-sidecar-for carries traffic; an upstream added at runtime listens within 2 s, a removed one closes; a new local port retargets only new connections")
+    @Test("-sidecar-for carries traffic; an upstream added at runtime listens within 2 s, a removed one closes, a moved one rebinds; a new local port retargets only new connections")
     func registrationDrivesListeners() async throws {
         let mesh = try await ConsulMesh.start()
         let backendA = try await TestBackend(.echo, group: testGroup)
@@ -60,6 +60,16 @@ struct ConsulModeTests {
         #expect(backendA.connections == 2)
         #expect(live.echoes("after the changes"), "the live connection was not disturbed")
         #expect(storage.boundAddress(of: Sidecar.publicListenerName)?.port == storagePublic)
+
+        // The storage upstream moves to another local port: rebound there, the old port closed,
+        // and the connection accepted on the old port still flows.
+        let movedPort = freeLocalPort()
+        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: agentApp, sidecarPort: agentPublic,
+                                 upstreams: [("storage", movedPort)])
+        #expect(await eventually(timeout: 2) { agent.boundAddress(of: "upstream:storage")?.port == movedPort })
+        #expect((try? BlockingSocket(port: upstreamPort)) == nil, "the old local port is closed")
+        #expect(await echoRoundTrip(port: movedPort))
+        #expect(live.echoes("after the rebind"), "the live connection survived its listener's rebind")
     }
 
     @Test("Leaf TTL of 3 s: new connections present new serials after renewals; a connection opened before keeps flowing")
