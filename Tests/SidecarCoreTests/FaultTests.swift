@@ -96,7 +96,9 @@ struct FaultTests {
         }
         let intact = results.filter { $0.clean && $0.sent == $0.received && $0.count == chunks * (256 << 10) }
         #expect(intact.count == 2, "storage-2's two transfers finish intact: \(results.map { ($0.count, $0.clean) })")
-        #expect(results.filter { !$0.clean }.count == 2, "storage-1's two are cut (reset, never a clean end)")
+        // (Whether the client saw the reset on send or on receive depends on timing, so the
+        // check is on the bytes: a cut transfer never delivers everything.)
+        #expect(results.filter { $0.count < chunks * (256 << 10) }.count == 2, "storage-1's two are cut short")
         #expect(newConnections == 6, "every new connection succeeds on the survivor")
         #expect(backend2.connections == 2 + 6)
     }
