@@ -166,59 +166,43 @@ public final class ConsulProxy: Sendable {
     // MARK: - Watches
 
     private func startWatches(sidecar: Sidecar, proxyID: String, service: String, defaultAction: IntentionAction) {
-        let servicePath = "/v1/agent/service/\(ConsulClient.segment(proxyID))"
-        let registrationWatch = BlockingWatch(name: "service", path: servicePath, mode: .contentHash, client: client,
-                                              timing: options.timing, logger: logger, metrics: metrics) { response in
-            try ConsulAgentService.decode(response.body, source: servicePath)
-        }
         let adjust = options.adjustDefinition
-        launch("service") { [self] in
-            await registrationWatch.run { registration in
-                let definition = adjust(registration.proxy)
-                guard definition != sidecar.definition else { return }
-                do {
-                    try await sidecar.apply(definition)
-                    self.logger.notice("registration change applied", metadata: ["proxy_id": "\(proxyID)"])
-                } catch {
-                    self.logger.error("registration change only partly applied", metadata: ["error": "\(error)"])
-                }
-                self.reconcileInstanceWatches(sidecar: sidecar, definition: sidecar.definition)
+        watch("service", path: "/v1/agent/service/\(ConsulClient.segment(proxyID))", mode: .contentHash,
+              decode: ConsulAgentService.decode) { [self] registration in
+            let definition = adjust(registration.proxy)
+            guard definition != sidecar.definition else { return }
+            do {
+                try await sidecar.apply(definition)
+                logger.notice("registration change applied", metadata: ["proxy_id": "\(proxyID)"])
+            } catch {
+                logger.error("registration change only partly applied", metadata: ["error": "\(error)"])
             }
+            reconcileInstanceWatches(sidecar: sidecar, definition: sidecar.definition)
         }
+        watch("leaf", path: "/v1/agent/connect/ca/leaf/\(ConsulClient.segment(service))",
+              decode: ConsulLeafCertificate.decode) { [self] leaf in
+            install(sidecar: sidecar, leaf: leaf, roots: nil)
+        }
+        watch("roots", path: "/v1/agent/connect/ca/roots", decode: ConsulCARoots.decode) { [self] roots in
+            install(sidecar: sidecar, leaf: nil, roots: roots)
+        }
+        watch("intentions", path: "/v1/connect/intentions/match", query: [("by", "destination"), ("name", service)],
+              decode: { try ConsulIntentionMatch.decode($0, source: $1, destination: service) }) { intentions in
+            sidecar.updateIntentions(IntentionSet(intentions, defaultAction: defaultAction))
+        }
+    }
 
-        let leafPath = "/v1/agent/connect/ca/leaf/\(ConsulClient.segment(service))"
-        let leafWatch = BlockingWatch(name: "leaf", path: leafPath, client: client, timing: options.timing,
-                                      logger: logger, metrics: metrics) { response in
-            try ConsulLeafCertificate.decode(response.body, source: leafPath)
+    /// Starts one blocking watch under `key` (also its name in logs and metrics); answers that
+    /// decode are handed to `apply`, others are logged and counted by the watch.
+    private func watch<Value: Sendable>(_ key: String, name: String? = nil, path: String, query: [(String, String)] = [],
+                                        mode: BlockingWatch<Value>.Mode = .index,
+                                        decode: @escaping @Sendable (Data, String) throws -> Value,
+                                        apply: @escaping @Sendable (Value) async -> Void) {
+        let watch = BlockingWatch(name: name ?? key, path: path, query: query, mode: mode, client: client, timing: options.timing,
+                                  logger: logger, metrics: metrics) { response in
+            try decode(response.body, path)
         }
-        launch("leaf") { [self] in
-            await leafWatch.run { leaf in
-                self.install(sidecar: sidecar, leaf: leaf, roots: nil)
-            }
-        }
-
-        let rootsPath = "/v1/agent/connect/ca/roots"
-        let rootsWatch = BlockingWatch(name: "roots", path: rootsPath, client: client, timing: options.timing,
-                                       logger: logger, metrics: metrics) { response in
-            try ConsulCARoots.decode(response.body, source: rootsPath)
-        }
-        launch("roots") { [self] in
-            await rootsWatch.run { roots in
-                self.install(sidecar: sidecar, leaf: nil, roots: roots)
-            }
-        }
-
-        let matchPath = "/v1/connect/intentions/match"
-        let intentionsWatch = BlockingWatch(name: "intentions", path: matchPath,
-                                            query: [("by", "destination"), ("name", service)], client: client,
-                                            timing: options.timing, logger: logger, metrics: metrics) { response in
-            try ConsulIntentionMatch.decode(response.body, source: matchPath, destination: service)
-        }
-        launch("intentions") {
-            await intentionsWatch.run { intentions in
-                sidecar.updateIntentions(IntentionSet(intentions, defaultAction: defaultAction))
-            }
-        }
+        launch(key) { await watch.run(onChange: apply) }
     }
 
     /// Applies a new leaf or new roots: the credentials are rebuilt from the newest of both. A
@@ -270,21 +254,16 @@ public final class ConsulProxy: Sendable {
             let path = "/v1/health/connect/\(ConsulClient.segment(destination))"
             var query = [("passing", "1")]
             if let datacenter = upstream.datacenter { query.append(("dc", datacenter)) }
-            let watch = BlockingWatch(name: "upstream:\(destination)", path: path, query: query, client: client,
-                                      timing: options.timing, logger: logger, metrics: metrics) { response in
-                try ConsulServiceInstance.decode(response.body, source: path)
-            }
             let logger = self.logger
-            launch(key) {
-                await watch.run { instances in
-                    let endpoints = instances.filter(\.isPassing).map {
-                        Endpoint(host: $0.dialAddress, port: $0.service.port, datacenter: $0.node.datacenter)
-                    }
-                    sidecar.updateInstances(endpoints, for: destination)
-                    logger.info("upstream instances", metadata: [
-                        "upstream": "\(destination)", "instances": "\(endpoints.map(\.description).joined(separator: ","))",
-                    ])
+            watch(key, name: "upstream:\(destination)", path: path, query: query,
+                  decode: ConsulServiceInstance.decode) { instances in
+                let endpoints = instances.filter(\.isPassing).map {
+                    Endpoint(host: $0.dialAddress, port: $0.service.port, datacenter: $0.node.datacenter)
                 }
+                sidecar.updateInstances(endpoints, for: destination)
+                logger.info("upstream instances", metadata: [
+                    "upstream": "\(destination)", "instances": "\(endpoints.map(\.description).joined(separator: ","))",
+                ])
             }
         }
     }

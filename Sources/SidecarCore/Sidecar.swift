@@ -365,7 +365,17 @@ public final class Sidecar: Sendable {
     public func openConnections(on listener: String) -> Int { tracker.count(listener) }
 
     private func closeListeners() async {
-        timers.withLockedValue { $0.forEach { $0.cancel() } }
+        // Wait until each timer is really cancelled (a run in flight reschedules itself), so
+        // nothing is scheduled on the event loops after the caller shuts them down.
+        let pending = timers.withLockedValue { value in
+            defer { value.removeAll() }
+            return value
+        }
+        for timer in pending {
+            let cancelled = group.next().makePromise(of: Void.self)
+            timer.cancel(promise: cancelled)
+            try? await cancelled.futureResult.get()
+        }
         let channels = listeners.withLockedValue { value in
             defer { value.removeAll() }
             return Array(value.values)
