@@ -32,10 +32,7 @@ fi
 work=$(mktemp -d /tmp/backup-sidecar-rotation.XXXXXX)
 mkdir -p bench/results
 result="bench/results/rotation-$(date -u +%Y%m%dT%H%M%SZ).txt"
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/lib.sh
 agent=$(free_port); echo_port=$(free_port); public=$(free_port); upstream=$(free_port)
 admin_storage=$(free_port); admin_agent=$(free_port)
 
@@ -54,15 +51,12 @@ JSON
 "$BIN_DIR/backup-sidecar" dev-agent -http-addr "127.0.0.1:$agent" -config-dir "$work/consul" -leaf-ttl "$LEAF_TTL" \
   2>"$work/dev-agent.log" & pids+=($!)
 "$BIN_DIR/mesh-load" echo "$echo_port" >"$work/echo.log" 2>&1 & pids+=($!)
-sleep 0.5
+wait_port "$echo_port"
 "$BIN_DIR/backup-sidecar" run -sidecar-for storage -http-addr "127.0.0.1:$agent" --admin-bind "127.0.0.1:$admin_storage" \
   --audit-log "$work/storage-audit.jsonl" 2>"$work/storage.log" & pids+=($!)
 "$BIN_DIR/backup-sidecar" run -sidecar-for backup-agent -http-addr "127.0.0.1:$agent" --admin-bind "127.0.0.1:$admin_agent" \
   --audit-log "$work/agent-audit.jsonl" 2>"$work/agent.log" & pids+=($!)
-for _ in $(seq 200); do
-  curl -sf "http://127.0.0.1:$admin_storage/ready" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$admin_agent/ready" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+wait_ready "$admin_storage" "$admin_agent"
 
 agent_process=${pids[0]}; storage_pid=${pids[2]}; agent_pid=${pids[3]}
 if [ -n "${AGENT_OUTAGE_AT:-}" ]; then

@@ -31,11 +31,7 @@ fi
 work=$(mktemp -d /tmp/backup-sidecar-scale.XXXXXX)
 mkdir -p bench/results
 result="bench/results/scale-$(date -u +%Y%m%dT%H%M%SZ).txt"
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+. scripts/lib.sh
 
 certs-dev/gen.sh "$work/certs" >/dev/null
 cat "$work/certs/storage.pem" "$work/certs/storage.key" > "$work/storage-combined.pem"

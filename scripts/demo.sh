@@ -17,18 +17,7 @@ bin="$(swift build --show-bin-path)/backup-sidecar"
 
 work=$(mktemp -d /tmp/backup-sidecar-demo.XXXXXX)
 chmod 755 "$work"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-  echo "port $1 did not open; logs in $work" >&2; exit 1
-}
+. scripts/lib.sh
 audit_field() { # FILE EVENT FIELD: the field of the last audit line of that event
   python3 - "$@" <<'PY'
 import json, sys
@@ -99,12 +88,7 @@ pids+=($!)
   >"$work/agent-audit.jsonl" 2>"$work/agent-sidecar.log" &
 pids+=($!)
 wait_port "$backend"
-# /ready: registration, certificates and intentions arrived from the agent, listeners bound.
-for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$admin_storage/ready" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$admin_agent/ready" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -sf "http://127.0.0.1:$admin_storage/ready" >/dev/null && curl -sf "http://127.0.0.1:$admin_agent/ready" >/dev/null || { echo "sidecars not ready; logs in $work" >&2; exit 1; }
+wait_ready "$admin_storage" "$admin_agent"
 echo "== mesh up"
 echo "   backup agent -> 127.0.0.1:$upstream [backup-agent sidecar] =mTLS=> 127.0.0.1:$public [storage sidecar] -> nginx 127.0.0.1:$backend"
 for side in storage:$admin_storage backup-agent:$admin_agent; do

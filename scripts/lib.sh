@@ -1,0 +1,28 @@
+# Shared by scripts/demo.sh and bench/*.sh that start background processes on 127.0.0.1.
+# Source it; append every background PID to `pids` and they are stopped on exit.
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# A port the kernel just handed out and released.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# wait_port PORT: up to 10 s for 127.0.0.1:PORT to accept TCP; exits the script if it never does.
+wait_port() {
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "port $1 never opened${work:+; logs in $work}" >&2; exit 1
+}
+
+# wait_ready ADMIN_PORT...: up to 20 s for every sidecar's /ready (registration, certificates
+# and intentions loaded, listeners bound); exits the script if one never gets there.
+wait_ready() {
+  local port
+  for port in "$@"; do
+    for _ in $(seq 200); do curl -sf "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break; sleep 0.1; done
+    curl -sf "http://127.0.0.1:$port/ready" >/dev/null 2>&1 || { echo "sidecar with admin port $port not ready${work:+; logs in $work}" >&2; exit 1; }
+  done
+}
