@@ -1,4 +1,5 @@
 import Foundation
+import SidecarCore
 
 /// How to reach the Consul agent, resolved from flags first and then the environment every
 /// Consul tool honours (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...). Pure: no file or network I/O
@@ -92,7 +93,7 @@ public struct ConsulConnectionSettings: Equatable, Sendable {
         }
         if rest.hasSuffix("/") { rest = rest.dropLast() }
         guard !rest.isEmpty, !rest.contains("/") else { throw ConsulSettingsError("\(text): expected HOST:PORT") }
-        if let endpoint = parseHostPort(String(rest)) {
+        if let endpoint = Endpoint(parsing: String(rest)) {
             return (.tcp(host: endpoint.host, port: endpoint.port), tls)
         }
         // A bare host: with a scheme, its default port (as Consul's Go client); without, 8500.
@@ -101,16 +102,6 @@ public struct ConsulConnectionSettings: Equatable, Sendable {
         }
         let host = rest.hasPrefix("[") ? String(rest.dropFirst().dropLast()) : String(rest)
         return (.tcp(host: host, port: explicitScheme ? (tls ? 443 : 80) : 8500), tls)
-    }
-
-    private static func parseHostPort(_ text: String) -> (host: String, port: Int)? {
-        guard let colon = text.lastIndex(of: ":") else { return nil }
-        let portText = text[text.index(after: colon)...]
-        guard !portText.isEmpty, portText.allSatisfy(\.isNumber), let port = Int(portText), (1...65535).contains(port) else { return nil }
-        var host = text[..<colon]
-        if host.hasPrefix("["), host.hasSuffix("]") { host = host.dropFirst().dropLast() }
-        guard !host.isEmpty, !host.contains("[") else { return nil }
-        return (String(host), port)
     }
 
     static func parseBool(_ text: String) -> Bool? {

@@ -110,9 +110,7 @@ public final class Sidecar: Sendable {
         self.contexts = try TLSContextStore(credentials: settings.credentials)
         self.intentions = NIOLockedValueBox(settings.intentions)
         self.definitionBox = NIOLockedValueBox(settings.definition)
-        for (name, endpoints) in settings.upstreamEndpoints {
-            upstreamInstances.withLockedValue { $0[name] = EndpointRotation(endpoints) }
-        }
+        for (name, endpoints) in settings.upstreamEndpoints { updateInstances(endpoints, for: name) }
     }
 
     /// The registration in force (it changes in Consul mode).
@@ -182,13 +180,18 @@ public final class Sidecar: Sendable {
 
     /// Replaces the known instances of an upstream destination (Consul's health/connect).
     public func updateInstances(_ endpoints: [Endpoint], for destination: String) {
-        let rotation = upstreamInstances.withLockedValue { value in
+        instances(of: destination).replace(endpoints)
+    }
+
+    /// The instances of a destination, kept across listener rebinds: they belong to the
+    /// destination, not to the listener.
+    private func instances(of destination: String) -> EndpointRotation {
+        upstreamInstances.withLockedValue { value in
             if let existing = value[destination] { return existing }
             let created = EndpointRotation([])
             value[destination] = created
             return created
         }
-        rotation.replace(endpoints)
     }
 
     /// Instances currently known per upstream destination.
@@ -471,13 +474,7 @@ public final class Sidecar: Sendable {
                                 namespace: upstream.destinationNamespace,
                                 datacenter: upstream.datacenter ?? settings.datacenter, service: upstream.destinationName)
         let contexts = self.contexts
-        // Instances outlive a rebind: they belong to the destination, not to the listener.
-        let rotation = upstreamInstances.withLockedValue { value in
-            if let existing = value[upstream.destinationName] { return existing }
-            let created = EndpointRotation([])
-            value[upstream.destinationName] = created
-            return created
-        }
+        let rotation = instances(of: upstream.destinationName)
         let config = definition.config
         let route = UpstreamRoute(upstream: upstream, expectedIdentity: expected,
                                   endpoints: rotation,
