@@ -148,31 +148,15 @@ struct ACLLoginTests {
     func binaryWithManagedIdentity() async throws {
         let setup = try await LoginMesh.start(tokenTTL: 600)
         defer { Task { await setup.stop() } }
-        let logFile = "\(CommandLineTests.scratch)/acl-login.log"
-        FileManager.default.createFile(atPath: logFile, contents: nil)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
-        process.arguments = ["run", "-sidecar-for", "backup-agent", "-http-addr", "127.0.0.1:\(setup.mesh.port)",
-                             "--login-method", "azure-msi", "--azure-managed-identity", "--azure-imds-url", setup.imds.url,
-                             "--login-meta", "host=vm-1", "--admin-bind", "off", "--audit-log", "\(CommandLineTests.scratch)/acl-login-audit.jsonl"]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle(forWritingAtPath: logFile)
-        try process.run()
-        defer { if process.isRunning { process.terminate() } }
-        var delivered = false
-        for _ in 0..<100 where !delivered {
-            delivered = await echoRoundTrip(port: setup.upstreamPort)
-            if !delivered { try await Task.sleep(for: .milliseconds(100)) }
-        }
-        #expect(delivered, "traffic through the binary logged in with its managed identity")
+        let sidecar = try SidecarProcess(
+            ["run", "-sidecar-for", "backup-agent", "-http-addr", "127.0.0.1:\(setup.mesh.port)",
+             "--login-method", "azure-msi", "--azure-managed-identity", "--azure-imds-url", setup.imds.url,
+             "--login-meta", "host=vm-1", "--admin-bind", "off", "--audit-log", "\(CommandLineTests.scratch)/acl-login-audit.jsonl"],
+            logName: "acl-login.log")
+        #expect(await eventuallyEchoes(port: setup.upstreamPort, attempts: 100), "traffic through the binary logged in with its managed identity")
         let secrets = setup.mesh.agent.loginTokenSecretIDs
         #expect(secrets.count == 1 && setup.mesh.agent.loginCount == 1)
-        kill(process.processIdentifier, SIGTERM)
-        let status = await onThread { () -> Int32 in
-            process.waitUntilExit()
-            return process.terminationStatus
-        }
-        let log = (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? ""
+        let (status, log) = await sidecar.terminate()
         #expect(status == 0, "log: \(log)")
         #expect(log.contains("logged in to Consul") && log.contains("why=shutdown"), "log: \(log)")
         #expect(setup.mesh.agent.loginTokenSecretIDs.isEmpty, "logged out on SIGTERM")

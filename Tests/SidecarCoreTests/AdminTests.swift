@@ -106,20 +106,10 @@ struct AdminTests {
             {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
               "proxy": {"destination_service_name": "storage", "local_service_port": 9}}}
             """)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
-        process.arguments = ["run", "--admin-bind", "off", "--log-format", "json", "--service-file", service] + CommandLineTests.certs()
-        let stderr = Pipe()
-        process.standardError = stderr
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
+        let sidecar = try SidecarProcess(["run", "--admin-bind", "off", "--log-format", "json", "--service-file", service]
+                                         + CommandLineTests.certs(), logName: "jsonlog.log")
         #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
-        kill(process.processIdentifier, SIGTERM)
-        let output = await onThread { () -> String in
-            let data = stderr.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return String(decoding: data, as: UTF8.self)
-        }
+        let output = await sidecar.terminate().log
         let lines = output.split(separator: "\n")
         #expect(lines.count >= 3, "\(output)")
         for line in lines {

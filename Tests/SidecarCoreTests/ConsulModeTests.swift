@@ -176,16 +176,9 @@ struct ConsulModeTests {
                                  upstreams: [("storage", upstreamPort)])
         try mesh.allow("backup-agent", to: "storage")
         let tokenFile = CommandLineTests.write("consul-token", token + "\n")
-        let logFile = "\(CommandLineTests.scratch)/consul-mode.log"
-        FileManager.default.createFile(atPath: logFile, contents: nil)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
-        process.arguments = ["run", "-sidecar-for", "storage", "-http-addr", "127.0.0.1:\(mesh.port)", "-token-file", tokenFile,
-                             "--admin-bind", "off", "--audit-log", "\(CommandLineTests.scratch)/consul-mode-audit.jsonl"]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle(forWritingAtPath: logFile)
-        try process.run()
-        defer { if process.isRunning { process.terminate() } }
+        let sidecar = try SidecarProcess(["run", "-sidecar-for", "storage", "-http-addr", "127.0.0.1:\(mesh.port)", "-token-file", tokenFile,
+                                          "--admin-bind", "off", "--audit-log", "\(CommandLineTests.scratch)/consul-mode-audit.jsonl"],
+                                         logName: "consul-mode.log")
 
         // Without the token the agent answers 403 and an in-process sidecar never starts.
         await #expect(throws: (any Error).self) {
@@ -194,18 +187,8 @@ struct ConsulModeTests {
         let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", token: token)
         defer { Task { await agentProxy.stop(); await agent.stop(); await backend.stop(); await mesh.stop() } }
         #expect(await eventually(timeout: 15) { backend.connections == 0 && (try? BlockingSocket(port: storagePublic)) != nil })
-        var delivered = false
-        for _ in 0..<50 where !delivered {
-            delivered = await echoRoundTrip(port: upstreamPort)
-            if !delivered { try await Task.sleep(for: .milliseconds(100)) }
-        }
-        #expect(delivered, "traffic through the binary configured only by the agent")
-        kill(process.processIdentifier, SIGTERM)
-        let status = await onThread { () -> Int32 in
-            process.waitUntilExit()
-            return process.terminationStatus
-        }
-        let log = (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? ""
+        #expect(await eventuallyEchoes(port: upstreamPort, attempts: 50), "traffic through the binary configured only by the agent")
+        let (status, log) = await sidecar.terminate()
         #expect(status == 0, "log: \(log)")
         #expect(log.contains("Consul proxy started"), "log: \(log)")
         #expect(!log.contains(token), "the ACL token never reaches the logs")

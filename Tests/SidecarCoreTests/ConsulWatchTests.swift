@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import Testing
@@ -56,47 +57,67 @@ struct ConsulWatchTests {
         }
     }
 
+    /// A leaf watch running against a scripted agent that plays `state`.
+    struct LeafWatch {
+        let server: ScriptedHTTPServer
+        let client: ConsulClient
+        let task: Task<Void, Never>
+        let serials: NIOLockedValueBox<[String]>
+
+        /// The serials the watch handed on, in order.
+        var delivered: [String] { serials.withLockedValue { $0 } }
+
+        static func start(state: NIOLockedValueBox<AgentState>, token: String?, timing: WatchTiming, logger: Logger,
+                          metrics: SidecarMetrics?) async throws -> LeafWatch {
+            let server = try await ScriptedHTTPServer(group: testGroup) { _, uri in
+                ConsulWatchTests.reply(state.withLockedValue { $0 }, uri: uri)
+            }
+            let client = try ConsulClient(settings: ConsulConnectionSettings(transport: .tcp(host: "127.0.0.1", port: server.port),
+                                                                             token: token),
+                                          eventLoopGroup: testGroup)
+            let watch = BlockingWatch(name: "leaf", path: "/v1/agent/connect/ca/leaf/storage", client: client, timing: timing,
+                                      logger: logger, metrics: metrics) { response in
+                try ConsulLeafCertificate.decode(response.body, source: "leaf")
+            }
+            let serials = NIOLockedValueBox<[String]>([])
+            let task = Task { await watch.run { leaf in serials.withLockedValue { $0.append(leaf.serialNumber) } } }
+            return LeafWatch(server: server, client: client, task: task, serials: serials)
+        }
+
+        func stop() async {
+            task.cancel()
+            await client.shutdown()
+            await server.stop()
+        }
+    }
+
     @Test("Truncated JSON, wrong types, HTTP 500 and 403: last good value kept, each logged and counted; the next good answer applies")
     func faultsKeepLastGoodState() async throws {
         let state = NIOLockedValueBox(AgentState())
-        let server = try await ScriptedHTTPServer(group: testGroup) { _, uri in
-            Self.reply(state.withLockedValue { $0 }, uri: uri)
-        }
-        let client = try ConsulClient(settings: ConsulConnectionSettings(transport: .tcp(host: "127.0.0.1", port: server.port),
-                                                                         token: "test-token"),
-                                      eventLoopGroup: testGroup)
         let metrics = SidecarMetrics()
         let logs = RecordingLogHandler()
         var timing = WatchTiming()
         timing.wait = .seconds(1)
         timing.retryBase = 0.05
         timing.retryCap = 0.2
-        let watch = BlockingWatch(name: "leaf", path: "/v1/agent/connect/ca/leaf/storage", client: client, timing: timing,
-                                  logger: logs.logger, metrics: metrics) { response in
-            try ConsulLeafCertificate.decode(response.body, source: "leaf")
-        }
-        let applied = NIOLockedValueBox<[String]>([])
-        let task = Task { await watch.run { leaf in applied.withLockedValue { $0.append(leaf.serialNumber) } } }
-        defer {
-            task.cancel()
-            Task { await client.shutdown(); await server.stop() }
-        }
-
-        #expect(await eventually { applied.withLockedValue { $0 } == ["aa:01"] })
+        let watch = try await LeafWatch.start(state: state, token: "test-token", timing: timing, logger: logs.logger, metrics: metrics)
+        defer { Task { await watch.stop() } }
+        let server = watch.server
+        #expect(await eventually { watch.delivered == ["aa:01"] })
         for fault in Fault.allCases {
             state.withLockedValue { $0.fault = fault }
             let counted = await eventually {
                 metrics.exposition().contains("backup_sidecar_consul_watch_errors_total{watch=\"leaf\",reason=\"\(fault.reason)\"}")
             }
             #expect(counted, "\(fault) counted as \(fault.reason)")
-            #expect(applied.withLockedValue { $0 } == ["aa:01"], "\(fault) must not replace the last good leaf")
+            #expect(watch.delivered == ["aa:01"], "\(fault) must not replace the last good leaf")
         }
         #expect(logs.messages.contains { $0.contains("Consul watch failed") && $0.contains("HTTP 403") && $0.contains("ACL not found") })
         #expect(logs.messages.contains { $0.contains("Consul watch failed") && $0.contains("HTTP 500") })
         #expect(logs.messages.contains { $0.contains("Consul watch failed") && $0.contains("unusable answer") })
 
         state.withLockedValue { $0 = AgentState(fault: nil, serial: "aa:02", index: 9) }
-        #expect(await eventually { applied.withLockedValue { $0 } == ["aa:01", "aa:02"] })
+        #expect(await eventually { watch.delivered == ["aa:01", "aa:02"] })
         #expect(await eventually { logs.messages.contains { $0.contains("Consul watch recovered") } })
         #expect(metrics.exposition().contains("backup_sidecar_consul_watch_last_success_timestamp_seconds{watch=\"leaf\"}"))
         #expect(server.requests.allSatisfy { $0.hasSuffix("token=test-token") }, "the ACL token goes with every call")
@@ -107,31 +128,19 @@ struct ConsulWatchTests {
     @Test("An index that goes backwards resets to a non-blocking read, and the new state applies")
     func indexReset() async throws {
         let state = NIOLockedValueBox(AgentState(serial: "bb:01", index: 100))
-        let server = try await ScriptedHTTPServer(group: testGroup) { _, uri in
-            Self.reply(state.withLockedValue { $0 }, uri: uri)
-        }
-        let client = try ConsulClient(settings: ConsulConnectionSettings(transport: .tcp(host: "127.0.0.1", port: server.port)),
-                                      eventLoopGroup: testGroup)
         var timing = WatchTiming()
         timing.wait = .seconds(1)
-        let watch = BlockingWatch(name: "leaf", path: "/v1/agent/connect/ca/leaf/storage", client: client, timing: timing,
-                                  logger: quietLogger, metrics: nil) { response in
-            try ConsulLeafCertificate.decode(response.body, source: "leaf")
-        }
-        let applied = NIOLockedValueBox<[String]>([])
-        let task = Task { await watch.run { leaf in applied.withLockedValue { $0.append(leaf.serialNumber) } } }
-        defer {
-            task.cancel()
-            Task { await client.shutdown(); await server.stop() }
-        }
-        #expect(await eventually { applied.withLockedValue { $0 } == ["bb:01"] })
+        let watch = try await LeafWatch.start(state: state, token: nil, timing: timing, logger: quietLogger, metrics: nil)
+        defer { Task { await watch.stop() } }
+        let server = watch.server
+        #expect(await eventually { watch.delivered == ["bb:01"] })
         // A snapshot restore: the agent's index drops to 3 with new content.
         state.withLockedValue { $0 = AgentState(serial: "bb:02", index: 3) }
-        #expect(await eventually { applied.withLockedValue { $0 } == ["bb:01", "bb:02"] })
+        #expect(await eventually { watch.delivered == ["bb:01", "bb:02"] })
         #expect(await eventually { server.requests.filter { !$0.contains("index=") }.count == 2 },
                 "the first read and the one after the reset do not block")
         try await Task.sleep(for: .milliseconds(300))
         #expect(server.requests.filter { !$0.contains("index=") }.count == 2, "every other read blocks")
-        #expect(applied.withLockedValue { $0 } == ["bb:01", "bb:02"], "the re-read after the reset is not delivered twice")
+        #expect(watch.delivered == ["bb:01", "bb:02"], "the re-read after the reset is not delivered twice")
     }
 }

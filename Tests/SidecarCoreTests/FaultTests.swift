@@ -14,15 +14,8 @@ struct FaultTests {
     func localAppDown() async throws {
         // The app's port stays ours the whole time (bound, not listening: connections are
         // refused), so no test running in parallel can pick it up while the app is "down".
-        let app = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (app, appPort) = reservedLoopbackPort()
         defer { close(app) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(app, $0, length) } }
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(app, $0, &length) } }
-        let appPort = Int(UInt16(bigEndian: address.sin_port))
         let (storage, storageAudit) = try await MeshFixture.startStorage(
             backendPort: appPort, credentials: try TestCertificates.credentials("storage"), intentions: MeshFixture.allowBackupAgent)
         let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent",

@@ -133,14 +133,9 @@ struct LifecycleTests {
             """)
         let intentions = CommandLineTests.write("drain-intentions.json",
             #"[{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Action":"allow"}]}]"#)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
-        process.arguments = ["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", intentions,
-                             "--audit-log", "\(CommandLineTests.scratch)/drain-audit.jsonl"] + CommandLineTests.certs()
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        defer { if process.isRunning { process.terminate() } }
+        let sidecar = try SidecarProcess(["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", intentions,
+                                          "--audit-log", "\(CommandLineTests.scratch)/drain-audit.jsonl"] + CommandLineTests.certs(),
+                                         logName: "drain.log")
         #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
 
         let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: port)
@@ -150,14 +145,11 @@ struct LifecycleTests {
         let transfer = Task { await onThread { Self.pacedRoundTrip(socket, chunks: 16, pauseMs: 50) } }
         // The transfer is in flight once it reached the app through the binary.
         #expect(await eventually { backend.bytesReceived > 0 })
-        kill(process.processIdentifier, SIGTERM)
+        sidecar.sendTerminate()
         let result = await transfer.value
         #expect(result.count == 16 * (256 << 10))
         #expect(result.sent == result.received)
-        let exited = await onThread { () -> Int32 in
-            process.waitUntilExit()
-            return process.terminationStatus
-        }
+        let exited = await sidecar.exit().status
         #expect(exited == 0)
         #expect((try? BlockingSocket(port: port)) == nil, "the listener is closed")
     }

@@ -7,11 +7,10 @@ import DevAgent
 @testable import SidecarCore
 import SidecarTLS
 
-/// A port the kernel just handed out and released (for registrations, which need a port
-/// number before anything binds it).
-func freeLocalPort() -> Int {
+/// A TCP socket bound (not listening) to a port the kernel picked on 127.0.0.1: connections to
+/// it are refused, and no one else can take the port while the caller keeps `fd` open.
+func reservedLoopbackPort() -> (fd: Int32, port: Int) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_port = 0
@@ -19,7 +18,15 @@ func freeLocalPort() -> Int {
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
     _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
     _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
-    return Int(UInt16(bigEndian: address.sin_port))
+    return (fd, Int(UInt16(bigEndian: address.sin_port)))
+}
+
+/// A port the kernel just handed out and released (for registrations, which need a port
+/// number before anything binds it).
+func freeLocalPort() -> Int {
+    let (fd, port) = reservedLoopbackPort()
+    close(fd)
+    return port
 }
 
 /// The dev agent plus sidecars configured only through it, all in-process on 127.0.0.1.

@@ -1,0 +1,50 @@
+import Foundation
+import Glibc
+
+/// The real `backup-sidecar` binary running in the background, its stderr in a file under
+/// CommandLineTests.scratch. Killed on deinit if a test ends early.
+final class SidecarProcess: @unchecked Sendable {
+    let process = Process()
+    let logFile: String
+
+    init(_ arguments: [String], logName: String) throws {
+        logFile = "\(CommandLineTests.scratch)/\(logName)"
+        FileManager.default.createFile(atPath: logFile, contents: nil)
+        process.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
+        process.arguments = arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle(forWritingAtPath: logFile)
+        try process.run()
+    }
+
+    deinit { if process.isRunning { process.terminate() } }
+
+    /// Sends SIGTERM, then waits for the exit: the status and everything the process logged.
+    func terminate() async -> (status: Int32, log: String) {
+        sendTerminate()
+        return await exit()
+    }
+
+    /// SIGTERM now (the drain starts); `exit()` waits for its end.
+    func sendTerminate() { kill(process.processIdentifier, SIGTERM) }
+
+    /// Waits for the process to end: the status and everything it logged.
+    func exit() async -> (status: Int32, log: String) {
+        let process = self.process
+        let status = await onThread { () -> Int32 in
+            process.waitUntilExit()
+            return process.terminationStatus
+        }
+        return (status, (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "")
+    }
+}
+
+/// Echo round trips through `port` until one succeeds, 100 ms apart (a sidecar still
+/// starting, or still waiting for its instances, refuses the first ones).
+func eventuallyEchoes(port: Int, attempts: Int) async -> Bool {
+    for _ in 0..<attempts {
+        if await echoRoundTrip(port: port) { return true }
+        try? await Task.sleep(for: .milliseconds(100))
+    }
+    return false
+}
