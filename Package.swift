@@ -28,7 +28,7 @@ let package = Package(
             pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]
         ),
-        // Declared now for the HTTP/2 multiplexed transport (issue 6).
+        // libnghttp2: the multiplexed transport between sidecars and HTTP/2 L7.
         .systemLibrary(
             name: "CNGHTTP2",
             pkgConfig: "libnghttp2",
@@ -43,10 +43,21 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        // HTTP/2 (nghttp2) carrying one tunnel per CONNECT stream, each stream a NIO Channel.
+        .target(
+            name: "SidecarMux",
+            dependencies: [
+                "CNGHTTP2",
+                "SidecarTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
         .target(
             name: "SidecarCore",
             dependencies: [
                 "SidecarTLS",
+                "SidecarMux",
                 "CSystemExtras",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -97,6 +108,7 @@ let package = Package(
                 "ConsulAgent",
                 "DevAgent",
                 "SidecarCore",
+                "SidecarMux",
                 "SidecarTLS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -157,6 +169,7 @@ let package = Package(
                 "ConsulAgent",
                 "DevAgent",
                 "SidecarCore",
+                "SidecarMux",
                 "SidecarTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
