@@ -37,8 +37,8 @@ protocol MuxStreamOwner: AnyObject {
 final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStreamIdentifying, @unchecked Sendable {
     private enum Lifecycle { case idle, active, closed }
 
-    static let highWater = 128 * 1024
-    static let lowWater = 32 * 1024
+    static let highWater = 512 * 1024
+    static let lowWater = 128 * 1024
 
     let eventLoop: EventLoop
     let parent: Channel?
@@ -147,13 +147,10 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         }
         inboundBytes += data.readableBytes
         inbound.append(data)
-        deliverInbound()
     }
 
-    func receivedEnd() {
-        inputEnded = true
-        deliverInbound()
-    }
+    /// END_STREAM arrived; delivered (as EOF) after the data before it.
+    func receivedEnd() { inputEnded = true }
 
     /// The session removed the stream. Graceful (code 0): what is buffered is still delivered,
     /// then EOF, then the channel closes. A reset drops the rest and reports an error.
@@ -211,7 +208,9 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         if lifecycle == .active { pipeline.syncOperations.fireChannelReadComplete() }
     }
 
-    private func deliverInbound() {
+    /// Passes queued data on if a read is pending (the connection calls this once per batch
+    /// of input, so a 64 KB TLS record's worth of frames is one read and one flush downstream).
+    func deliverInbound() {
         guard lifecycle == .active else { return }
         if readPending && !inbound.isEmpty {
             readPending = false

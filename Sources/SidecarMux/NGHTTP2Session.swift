@@ -46,6 +46,9 @@ final class NGHTTP2Session {
     /// Filled by `send`; stops taking frames once it exceeds `sendLimit`.
     private var outbound: ByteBuffer
     private var sendLimit = 0
+    /// During `receive`: the input and where its readable bytes start, so DATA payloads (which
+    /// nghttp2 hands out as pointers into the input) become slices of it instead of copies.
+    private var input: (buffer: ByteBuffer, base: UnsafeRawPointer)?
 
     init(role: Role, settings: Settings, allocator: ByteBufferAllocator) throws {
         self.role = role
@@ -90,6 +93,8 @@ final class NGHTTP2Session {
     func receive(_ bytes: ByteBuffer) throws {
         let consumed = bytes.withUnsafeReadableBytes { raw -> Int in
             guard let base = raw.baseAddress else { return 0 }
+            input = (bytes, base)
+            defer { input = nil }
             return nghttp2_session_mem_recv(session, base.assumingMemoryBound(to: UInt8.self), raw.count)
         }
         if consumed < 0 { throw MuxError.protocolViolation(Self.describe(Int32(consumed))) }
@@ -122,7 +127,8 @@ final class NGHTTP2Session {
 
     /// Serializes pending frames, up to about `limit` bytes (a DATA frame is never split).
     func send(limit: Int) throws -> ByteBuffer? {
-        outbound = allocator.buffer(capacity: min(limit, 64 * 1024))
+        // Room for the limit plus one more full DATA frame: no regrowth while filling.
+        outbound = allocator.buffer(capacity: limit + 16 * 1024 + 64)
         sendLimit = limit
         let rc = nghttp2_session_send(session)
         if rc != 0 { throw MuxError.protocolViolation(Self.describe(rc)) }
@@ -252,9 +258,17 @@ final class NGHTTP2Session {
     }
 
     fileprivate func dataChunk(streamID: Int32, _ bytes: UnsafeRawBufferPointer) {
-        var buffer = allocator.buffer(capacity: bytes.count)
-        buffer.writeBytes(bytes)
-        events.append(.data(streamID: streamID, buffer))
+        if let (buffer, base) = input, let start = bytes.baseAddress {
+            let offset = start - base
+            if offset >= 0, offset + bytes.count <= buffer.readableBytes,
+               let slice = buffer.getSlice(at: buffer.readerIndex + offset, length: bytes.count) {
+                events.append(.data(streamID: streamID, slice))
+                return
+            }
+        }
+        var copy = allocator.buffer(capacity: bytes.count)
+        copy.writeBytes(bytes)
+        events.append(.data(streamID: streamID, copy))
     }
 
     fileprivate func streamClosed(streamID: Int32, errorCode: UInt32) {

@@ -60,6 +60,27 @@ struct MuxTests {
         #expect(upstream.count == 1008 && upstream.allSatisfy { $0.muxStream != nil })
     }
 
+    @Test("The destination's stream limit is kept, and the next pooled connection is dialed before the current one is full")
+    func streamLimitAndDialAhead() async throws {
+        // The storage sidecar allows 4 streams per connection; the agent learns it from SETTINGS.
+        let mesh = try await MeshFixture.start(backend: .echo, storageConfig: { $0.muxMaxStreams = 4 })
+        defer { Task { await mesh.stop() } }
+        var open: [BlockingSocket] = []
+        for index in 0..<10 {
+            let socket = try BlockingSocket(port: mesh.upstreamPort)
+            socket.setReceiveTimeout(seconds: 5)
+            #expect(await onThread { socket.echoes("tunnel \(index)\n") }, "tunnel \(index) was served without waiting")
+            open.append(socket)
+        }
+        let counts = await mesh.agent.muxPoolCounts()
+        #expect(counts.streams == 10)
+        // 10 tunnels at 4 per connection need at least 3 connections; 75% use triggers one more
+        // ahead of need on each event loop.
+        #expect(counts.connections >= 4, "pooled connections: \(counts.connections)")
+        #expect(Self.lines(mesh.storageAudit, .muxConnected).count == counts.connections)
+        withExtendedLifetime(open) {}
+    }
+
     @Test("Toward a sidecar with --mux off: plain mTLS connections, each with its own handshake, no failure")
     func fallsBackToRawSidecar() async throws {
         let backend = try await TestBackend(.echo, group: testGroup)
@@ -124,7 +145,9 @@ struct MuxTests {
         #expect(!Self.lines(mesh.storageAudit, .muxConnected).isEmpty)
         // The stalled tunnel is still open, not cut to make room.
         #expect(mesh.storage.openInboundConnections >= 1)
-        stalled.abort()
+        // Unblock the sender before the socket goes away: closing an fd another thread still
+        // writes to would let it write into whatever reuses the number.
+        shutdown(stalled.fd, Int32(SHUT_RDWR))
         _ = await sender.value
     }
 

@@ -48,6 +48,7 @@ final class BlockingSocket: @unchecked Sendable {
     func shutdownWrite() { shutdown(fd, Int32(SHUT_WR)) }
 
     /// Ends the connection with a reset (SO_LINGER 0): what a crashed or killed client does.
+    /// Only when no other thread is using the socket (the fd is closed here).
     func abort() {
         var option = linger(l_onoff: 1, l_linger: 0)
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &option, socklen_t(MemoryLayout<linger>.size))
