@@ -28,7 +28,7 @@ let package = Package(
             pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]
         ),
-        // Declared now for the HTTP/2 multiplexed transport (issue 6).
+        // HTTP/2 (issue 6): HPACK for the http2/grpc L7 filter, and the multiplexed transport.
         .systemLibrary(
             name: "CNGHTTP2",
             pkgConfig: "libnghttp2",
@@ -48,6 +48,7 @@ let package = Package(
             dependencies: [
                 "SidecarTLS",
                 "CSystemExtras",
+                "CNGHTTP2",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -162,6 +163,7 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                "CNGHTTP2",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
