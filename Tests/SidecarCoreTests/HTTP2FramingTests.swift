@@ -132,6 +132,13 @@ struct HTTP2ResponseSplicerTests {
         bytes.withUnsafeBytes { materialize(splicer.pass($0).pieces, input: bytes) }
     }
 
+    /// A splicer that has passed the service's SETTINGS (its connection preface).
+    private func started() -> HTTP2ResponseSplicer {
+        var splicer = HTTP2ResponseSplicer()
+        _ = run(&splicer, TestH2Client.settings())
+        return splicer
+    }
+
     @Test("The service's bytes pass unchanged, however they are cut", arguments: [[1], [3, 11], [9], [100000]])
     func passThrough(_ sizes: [Int]) {
         var splicer = HTTP2ResponseSplicer()
@@ -141,7 +148,7 @@ struct HTTP2ResponseSplicerTests {
 
     @Test("Between frames our frame goes out at once; inside one it waits for the frame's end")
     func spliceTiming() {
-        var splicer = HTTP2ResponseSplicer()
+        var splicer = started()
         let ours = HTTP2Frames.rstStream(streamID: 3, error: .noError)
         #expect(splicer.splice(ours) == ours)
         let data = TestH2Client.data(1, Array(repeating: 7, count: 100))
@@ -157,7 +164,7 @@ struct HTTP2ResponseSplicerTests {
         HTTP2FrameType.headers, HTTP2FrameType.pushPromise,
     ])
     func notInsideHeaderBlock(_ type: UInt8) {
-        var splicer = HTTP2ResponseSplicer()
+        var splicer = started()
         let first = HTTP2Frames.frame(type: type, streamID: 1, payload: [1, 2, 3, 4])
         let middle = HTTP2Frames.frame(type: HTTP2FrameType.continuation, streamID: 1, payload: [5])
         let last = HTTP2Frames.frame(type: HTTP2FrameType.continuation, flags: HTTP2Flag.endHeaders, streamID: 1, payload: [6])
@@ -172,13 +179,41 @@ struct HTTP2ResponseSplicerTests {
 
     @Test("Several queued frames go out in order at the first boundary")
     func queuedOrder() {
-        var splicer = HTTP2ResponseSplicer()
+        var splicer = started()
         let data = TestH2Client.data(1, [1, 2, 3])
         var out = run(&splicer, Array(data[..<4]))
         let frames = (1...3).map { HTTP2Frames.rstStream(streamID: UInt32($0 * 2 + 1), error: .noError) }
         for frame in frames { #expect(splicer.splice(frame) == nil) }
         out += run(&splicer, Array(data[4...]) + data)
         #expect(out == data + frames.flatMap { $0 } + data)
+    }
+
+    @Test("Nothing of ours before the service's SETTINGS has passed whole", arguments: [0, 5, 9, 14])
+    func notBeforeServicePreface(_ cut: Int) {
+        var splicer = HTTP2ResponseSplicer()
+        let settings = TestH2Client.settings([(3, 100)])
+        var out = run(&splicer, Array(settings[..<cut]))
+        let ours = HTTP2Frames.rstStream(streamID: 1, error: .noError)
+        #expect(splicer.splice(ours) == nil)
+        out += run(&splicer, Array(settings[cut...]))
+        #expect(out == settings + ours)
+    }
+
+    @Test("The last frame: after an empty SETTINGS if the service sent nothing, at a boundary, or not at all mid-frame")
+    func lastFrame() {
+        let goaway = HTTP2Frames.goaway(lastStreamID: 1, error: .protocolError, debug: "x")
+        var fresh = HTTP2ResponseSplicer()
+        #expect(fresh.spliceLast(goaway) == HTTP2Frames.frame(type: HTTP2FrameType.settings, streamID: 0) + goaway)
+        #expect(fresh.closed)
+        #expect(run(&fresh, TestH2Client.settings()).isEmpty, "nothing of the service passes after it")
+
+        var between = started()
+        #expect(between.spliceLast(goaway) == goaway)
+
+        var midFrame = started()
+        _ = run(&midFrame, Array(TestH2Client.data(1, [1, 2, 3])[..<10]))
+        #expect(midFrame.spliceLast(goaway) == nil)
+        #expect(midFrame.closed)
     }
 
     @Test("What the request side must know: HEADER_TABLE_SIZE and resets")

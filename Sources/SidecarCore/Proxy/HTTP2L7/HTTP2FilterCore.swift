@@ -20,10 +20,16 @@ final class HTTP2FilterCore {
     /// Our frames still waiting for the service to finish one of its own.
     var queuedForClient: Int { splicer.queuedBytes }
 
+    /// After a failure: the service's bytes no longer reach the client.
+    var closed: Bool { splicer.closed }
+
     func clientBytes(_ input: UnsafeRawBufferPointer) -> ClientStep {
-        let out = gate.receive(input)
-        return ClientStep(toService: out.toService, toClient: out.toClient.compactMap { splicer.splice($0) },
-                          decisions: out.decisions, failure: out.failure)
+        var out = gate.receive(input)
+        // On failure the gate's last frame is the GOAWAY.
+        let last = out.failure == nil ? nil : out.toClient.popLast()
+        var toClient = out.toClient.compactMap { splicer.splice($0) }
+        if let last, let now = splicer.spliceLast(last) { toClient.append(now) }
+        return ClientStep(toService: out.toService, toClient: toClient, decisions: out.decisions, failure: out.failure)
     }
 
     func serviceBytes(_ input: UnsafeRawBufferPointer) -> [HTTP2Piece] {

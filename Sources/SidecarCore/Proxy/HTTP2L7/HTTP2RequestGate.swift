@@ -23,7 +23,10 @@ struct HTTP2Failure: Error, Equatable {
 /// - each request header block is decoded (client's HPACK context), decided, and, if allowed,
 ///   re-encoded without HPACK state so the service's decoder never depends on a block it did
 ///   not see; a denied request is answered with a header-only 403 (or gRPC PERMISSION_DENIED)
-///   plus RST_STREAM(NO_ERROR) when its body has not ended, and the service never learns of it;
+///   plus RST_STREAM(NO_ERROR) when its body has not ended (RFC 9113 §8.1), and the service
+///   never learns of it. Draining the body instead is no option: clients may stop sending on
+///   an error status and then wait for the stream to end (curl 7.88 does, and then reports
+///   the NO_ERROR reset as a failed transfer, a client bug we cannot work around);
 /// - DATA of allowed streams passes unchanged (streamed, not buffered); DATA the service must
 ///   not see is dropped and its flow-control credit returned to the client at once;
 /// - connection frames (SETTINGS, PING, GOAWAY, WINDOW_UPDATE on stream 0) pass unchanged;
