@@ -19,6 +19,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
         // Only for the HTTPS client toward the Consul agent (CONSUL_CACERT etc.); the mesh uses OpenSSL.
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        // Tests only: an HTTP/2 service built on a second, independent HTTP/2 implementation
+        // (already in the graph through async-http-client) for the http2/grpc L7 tests.
+        .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
     ],
     targets: [
         // System OpenSSL 3. The shim header holds only `static inline` wrappers for
@@ -163,6 +166,7 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
                 "CNGHTTP2",
                 .product(name: "Logging", package: "swift-log"),
             ]

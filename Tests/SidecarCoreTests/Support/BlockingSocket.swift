@@ -47,6 +47,13 @@ final class BlockingSocket: @unchecked Sendable {
 
     func shutdownWrite() { shutdown(fd, Int32(SHUT_WR)) }
 
+    /// One read: what arrived, or nothing at EOF, error or timeout.
+    func receiveSome(max: Int = 1 << 16) -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: max)
+        let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        return count > 0 ? Array(buffer[..<count]) : []
+    }
+
     /// Reads until EOF (or error/timeout): total bytes and their sha256, plus whether it ended
     /// with a clean EOF (false: reset or timeout).
     func receiveAll(keepingPrefix prefixLength: Int = 0) -> (count: Int, sha256: String, prefix: [UInt8], cleanEOF: Bool) {
