@@ -33,6 +33,12 @@ struct HTTP2Failure: Error, Equatable {
 ///   frames for streams the service never saw are dropped; unknown frame types are dropped.
 /// Anything malformed ends the connection (a stream error may always be treated as a
 /// connection error, RFC 9113 §5.4.1), before any byte of it reaches the service.
+///
+/// Limits, by design: only prior-knowledge h2c (an HTTP/1.1 `Upgrade: h2c` or TLS inside the
+/// tunnel is refused as "no preface"); the 403 has no body (see HTTP2Denial); paths are
+/// matched as sent, without normalisation, as the HTTP/1.1 filter does; header blocks over
+/// 64 KiB end the connection; the service's frames are trusted for framing only (a service
+/// that never finishes a frame delays our answers, it cannot make us pass client bytes).
 final class HTTP2RequestGate {
     /// Limit for one frame we must hold whole (all but DATA) and for a whole header block.
     static let maxBufferedFrame = 64 * 1024
