@@ -27,6 +27,13 @@ struct HTTP2L7IntegrationTests {
         mesh.storageAudit.events.filter { $0.kind == .httpRequest && $0.decision == decision }
     }
 
+    /// A file of `bytes` for curl -T or h2load -d; the caller removes it.
+    static func temporaryFile(_ name: String, _ bytes: [UInt8]) -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(getpid()).bin").path
+        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        return path
+    }
+
     static func sha256(_ bytes: [UInt8]) -> String {
         let digest = SHA256Digest()
         digest.update(bytes)
@@ -83,9 +90,8 @@ struct HTTP2L7IntegrationTests {
     func largeUploads() async throws {
         let mesh = try await Self.start()
         defer { Task { await mesh.stop() } }
-        let file = FileManager.default.temporaryDirectory.appendingPathComponent("h2-upload-\(getpid()).bin").path
         let data = secureRandomBytes(12 << 20)
-        FileManager.default.createFile(atPath: file, contents: Data(data))
+        let file = Self.temporaryFile("h2-upload", data)
         defer { try? FileManager.default.removeItem(atPath: file) }
 
         let allowed = try await Self.curl(mesh.upstreamPort, ["-T", file, "URL/repository/big.bin"])
@@ -142,9 +148,8 @@ struct HTTP2L7IntegrationTests {
     func concurrentUploads() async throws {
         let mesh = try await Self.start()
         defer { Task { await mesh.stop() } }
-        let file = FileManager.default.temporaryDirectory.appendingPathComponent("h2-load-\(getpid()).bin").path
         let data = secureRandomBytes(256 << 10)
-        FileManager.default.createFile(atPath: file, contents: Data(data))
+        let file = Self.temporaryFile("h2-load", data)
         defer { try? FileManager.default.removeItem(atPath: file) }
         let base = "http://127.0.0.1:\(mesh.upstreamPort)"
         // -d makes every request a POST with the file as its body: allowed under /repository/.
