@@ -383,3 +383,73 @@ struct HTTP2FilterCoreTests {
         #expect(step.toClient == [HTTP2Frames.windowUpdate(streamID: 0, increment: 4)])
     }
 }
+
+/// SplitMix64: a reproducible source for the mutation test below.
+private struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9e37_79b9_7f4a_7c15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
+    }
+}
+
+@Suite("HTTP/2 request gate under mutated input")
+struct HTTP2RequestGateMutationTests {
+    /// A conversation with every kind of frame the gate handles.
+    static let base: [UInt8] = {
+        let client = TestH2Client()
+        // Blocks are encoded in wire order: each may refer to entries the ones before it added.
+        var bytes = TestH2Client.start + client.request(1, "PUT", "/repository/a", endStream: false)
+            + TestH2Client.data(1, Array(repeating: 1, count: 300))
+            + client.request(3, "DELETE", "/repository/a", [("x-a", "1")], endStream: false) + TestH2Client.data(3, [2, 2, 2])
+            + TestH2Client.data(1, [3], endStream: true) + HTTP2Frames.windowUpdate(streamID: 0, increment: 1000)
+        let block = client.block([(":method", "GET"), (":scheme", "http"), (":path", "/repository/c"), ("x-pad", String(repeating: "p", count: 40))])
+        bytes += HTTP2Frames.frame(type: HTTP2FrameType.headers, flags: HTTP2Flag.padded, streamID: 5, payload: [4] + block.prefix(20) + [0, 0, 0, 0])
+            + HTTP2Frames.frame(type: HTTP2FrameType.continuation, flags: HTTP2Flag.endHeaders, streamID: 5, payload: Array(block.dropFirst(20)))
+            + TestH2Client.data(5, [5, 5], endStream: true) + HTTP2Frames.frame(type: HTTP2FrameType.ping, streamID: 0, payload: Array(repeating: 7, count: 8))
+        bytes += client.request(7, "GET", "/admin/x")
+        bytes += client.headers(9, [(":method", "POST"), (":scheme", "http"), (":path", "/repository/t")], endStream: false)
+        bytes += client.headers(9, [("x-trailer", "t")], endStream: true) + TestH2Client.settingsAck
+        return bytes
+    }()
+
+    @Test("The conversation mutated below is valid as it is")
+    func baseIsValid() throws {
+        let result = run(Self.base, chunk: 7)
+        #expect(result.failure == nil)
+        #expect(result.decided == ["1 PUT allow", "3 DELETE deny", "5 GET allow", "7 GET deny", "9 POST allow"])
+        #expect(try headerBlocks(result.serviceFrames).map(\.stream) == [1, 5, 9, 9])
+    }
+
+    @Test("Mutated conversations never crash the gate; the service only ever gets whole, stateless, allowed requests", arguments: 0..<8)
+    func mutations(_ batch: Int) throws {
+        var random = SeededGenerator(state: UInt64(batch) &* 7919)
+        for _ in 0..<60 {
+            var bytes = Self.base
+            for _ in 0..<Int.random(in: 1...4, using: &random) {
+                let at = Int.random(in: 0..<bytes.count, using: &random)
+                switch Int.random(in: 0..<4, using: &random) {
+                case 0: bytes[at] ^= UInt8.random(in: 1...255, using: &random)
+                case 1: bytes.removeSubrange(at..<min(bytes.count, at + Int.random(in: 1...9, using: &random)))
+                case 2: bytes.insert(contentsOf: (0..<Int.random(in: 1...9, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) }, at: at)
+                default: bytes = Array(bytes[..<max(at, HTTP2Frames.clientPreface.count)])
+                }
+            }
+            let result = run(bytes, chunk: Int.random(in: 1...64, using: &random))
+            let allowed = Set(result.decisions.filter(\.decision.allowed).map(\.streamID))
+            let toService = Array(result.toService.dropFirst(HTTP2Frames.clientPreface.count))
+            let frames = TestFrame.split(toService, partial: true) // a DATA frame may be cut by a failure
+            for frame in frames where frame.header.type == HTTP2FrameType.headers || frame.header.type == HTTP2FrameType.data {
+                #expect(allowed.contains(frame.header.streamID), "stream \(frame.header.streamID) reached the service undecided or denied")
+            }
+            // Every forwarded block decodes on its own: no HPACK state is shared with the client.
+            for frame in frames where frame.header.type == HTTP2FrameType.headers && frame.header.has(HTTP2Flag.endHeaders) {
+                let block = frame.header.has(HTTP2Flag.priority) ? Array(frame.payload.dropFirst(5)) : frame.payload
+                #expect(throws: Never.self) { try HeaderBlockDecoder().decode(block) }
+            }
+        }
+    }
+}
