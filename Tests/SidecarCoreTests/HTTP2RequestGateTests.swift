@@ -453,3 +453,14 @@ struct HTTP2RequestGateMutationTests {
         }
     }
 }
+
+@Suite("L7 protocol of a service")
+struct L7ProtocolTests {
+    @Test("Proxy config protocol to L7 handling", arguments: [
+        ("tcp", nil), ("http", L7Protocol.http), ("http2", .http2), ("grpc", .grpc), ("", nil), ("HTTP2", nil),
+    ] as [(String, L7Protocol?)])
+    func mapping(_ configProtocol: String, _ expected: L7Protocol?) {
+        // Config decoding lowercases the protocol; anything else is not L7.
+        #expect(L7Protocol(configProtocol: configProtocol) == expected)
+    }
+}
