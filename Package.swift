@@ -31,7 +31,7 @@ let package = Package(
             pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]
         ),
-        // HTTP/2 (issue 6): HPACK for the http2/grpc L7 filter, and the multiplexed transport.
+        // libnghttp2: the multiplexed transport between sidecars and HTTP/2 L7.
         .systemLibrary(
             name: "CNGHTTP2",
             pkgConfig: "libnghttp2",
@@ -46,10 +46,21 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        // HTTP/2 (nghttp2) carrying one tunnel per CONNECT stream, each stream a NIO Channel.
+        .target(
+            name: "SidecarMux",
+            dependencies: [
+                "CNGHTTP2",
+                "SidecarTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
         .target(
             name: "SidecarCore",
             dependencies: [
                 "SidecarTLS",
+                "SidecarMux",
                 "CSystemExtras",
                 "CNGHTTP2",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -101,6 +112,7 @@ let package = Package(
                 "ConsulAgent",
                 "DevAgent",
                 "SidecarCore",
+                "SidecarMux",
                 "SidecarTLS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -161,6 +173,7 @@ let package = Package(
                 "ConsulAgent",
                 "DevAgent",
                 "SidecarCore",
+                "SidecarMux",
                 "SidecarTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

@@ -11,7 +11,8 @@
 # See bench/README.md for the meaning of each number and for fairness notes.
 #
 # Usage: bench/run.sh [--quick] [--only NAME[,NAME...]] [--no-build] [--help]
-#   NAME: backup-sidecar (alias: sidecar, ours), stunnel, haproxy, baseline (no proxy)
+#   NAME: backup-sidecar (alias: sidecar, ours; the mux on, the default), backup-sidecar-raw
+#         (--mux off: one mTLS connection per tunnel), stunnel, haproxy, baseline (no proxy)
 # Environment:
 #   SIDECAR_BIN          path to the backup-sidecar binary (default .build/release/backup-sidecar;
 #                        when set, no build is attempted)
@@ -44,7 +45,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-ALL_IMPLS=(backup-sidecar stunnel haproxy)
+ALL_IMPLS=(backup-sidecar backup-sidecar-raw stunnel haproxy)
 IMPLS=()
 RUN_BASELINE=1
 if [ -n "$ONLY" ]; then
@@ -53,10 +54,11 @@ if [ -n "$ONLY" ]; then
   for n in "${only_list[@]}"; do
     case "$n" in
       backup-sidecar|sidecar|ours) IMPLS+=(backup-sidecar) ;;
+      backup-sidecar-raw|raw) IMPLS+=(backup-sidecar-raw) ;;
       stunnel|stunnel4) IMPLS+=(stunnel) ;;
       haproxy) IMPLS+=(haproxy) ;;
       baseline|none|direct) RUN_BASELINE=1 ;;
-      *) echo "unknown implementation for --only: $n (backup-sidecar|stunnel|haproxy|baseline)" >&2; exit 2 ;;
+      *) echo "unknown implementation for --only: $n (backup-sidecar|backup-sidecar-raw|stunnel|haproxy|baseline)" >&2; exit 2 ;;
     esac
   done
 else
@@ -317,8 +319,10 @@ start_pair() {
   CLIENT_PID=""; SERVER_PID=""; FAIL_REASON=""; FAIL_LOG=""
   alloc_port LOCAL_PORT
   alloc_port PUBLIC_PORT
+  # Ours runs twice: with the mux (default) and pinned to one mTLS connection per tunnel.
+  SIDECAR_MODE=(); [ "$impl" = backup-sidecar-raw ] && SIDECAR_MODE=(--mux off)
   case "$impl" in
-    backup-sidecar) start_sidecar_pair "$d" "$backend" ;;
+    backup-sidecar|backup-sidecar-raw) start_sidecar_pair "$d" "$backend" ;;
     stunnel) start_stunnel_pair "$d" "$backend" ;;
     haproxy) start_haproxy_pair "$d" "$backend" ;;
   esac
@@ -327,7 +331,7 @@ start_pair() {
     stop_pair; return 1
   fi
   case "$impl" in
-    backup-sidecar) start_sidecar_client "$d" ;;
+    backup-sidecar|backup-sidecar-raw) start_sidecar_client "$d" ;;
     stunnel) start_bg "$d/client.log" stunnel4 "$d/client.conf"; CLIENT_PID=$LAST_PID ;;
     haproxy) start_bg "$d/client.log" haproxy -db -f "$d/client.cfg"; CLIENT_PID=$LAST_PID ;;
   esac
@@ -354,7 +358,7 @@ EOF
 EOF
   start_bg "$d/server.log" "$SIDECAR_BIN" run --admin-bind off --service-file "$d/server-service.json" \
     --cert "$CERTS/storage.pem" --key "$CERTS/storage.key" --ca "$CERTS/ca.pem" \
-    --intentions-file "$d/intentions.json" "${SIDECAR_EXTRA[@]}"
+    --intentions-file "$d/intentions.json" "${SIDECAR_MODE[@]}" "${SIDECAR_EXTRA[@]}"
   SERVER_PID=$LAST_PID
 }
 
@@ -367,7 +371,7 @@ start_sidecar_client() {
 EOF
   start_bg "$d/client.log" "$SIDECAR_BIN" run --admin-bind off --service-file "$d/client-service.json" \
     --cert "$CERTS/backup-agent.pem" --key "$CERTS/backup-agent.key" --ca "$CERTS/ca.pem" \
-    --upstream-endpoint "storage=127.0.0.1:$PUBLIC_PORT" "${SIDECAR_EXTRA[@]}"
+    --upstream-endpoint "storage=127.0.0.1:$PUBLIC_PORT" "${SIDECAR_MODE[@]}" "${SIDECAR_EXTRA[@]}"
   CLIENT_PID=$LAST_PID
 }
 
@@ -581,7 +585,7 @@ bench_impl() {
   local impl=$1
   mkdir -p "$WORK/$impl"
   log "=== $impl ==="
-  if [ "$impl" = backup-sidecar ] && [ ! -x "$SIDECAR_BIN" ]; then
+  if [[ "$impl" = backup-sidecar* ]] && [ ! -x "$SIDECAR_BIN" ]; then
     record "$impl" status "n/a: binary not found"
     record "$impl" note "binary not found: $SIDECAR_BIN$([ "$BUILD_FAILED" = 1 ] && echo " (swift build failed, see $WORK/build.log)")"
     log "$impl: n/a, binary not found: $SIDECAR_BIN"
@@ -642,7 +646,7 @@ bench_baseline() {
 
 build_sidecar() {
   local want=0 i
-  for i in "${IMPLS[@]}"; do [ "$i" = backup-sidecar ] && want=1; done
+  for i in "${IMPLS[@]}"; do [[ "$i" = backup-sidecar* ]] && want=1; done
   [ "$want" = 1 ] || return 0
   if [ "$SIDECAR_BIN_SET" = 1 ] || [ "$NO_BUILD" = 1 ]; then return 0; fi
   if ! command -v swift >/dev/null 2>&1; then
@@ -684,7 +688,7 @@ for line in open(sys.argv[1]):
             res[parts[0]][parts[1]] = parts[2]
 ran = set(sys.argv[2].split())
 baseline = sys.argv[3] == "1"
-impls = ["backup-sidecar", "stunnel", "haproxy"]
+impls = ["backup-sidecar", "backup-sidecar-raw", "stunnel", "haproxy"]
 
 def num(v):
     try:
@@ -727,22 +731,24 @@ def cell(impl, key):
         return "n/a"
     return v if v not in (None, "") else "n/a"
 
-cols = ["Metric", "backup-sidecar", "stunnel", "haproxy", "ratio ours/best-of-others"]
+cols = ["Metric", "backup-sidecar (mux)", "backup-sidecar --mux off", "stunnel", "haproxy", "ratio ours (mux)/best-of-others", "mux/raw"]
 if baseline:
     cols.append("no proxy (reference)")
 out = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"]
 for key, label, better in rows:
     vals = [cell(i, key) for i in impls]
-    ratio = "—"
+    ratio = mux_raw = "—"
     if better:
         ours = num(vals[0])
-        others = [num(v) for v in vals[1:] if num(v) is not None]
+        others = [num(v) for v in vals[2:] if num(v) is not None]
         if ours is not None and others:
             best = max(others) if better == "hi" else min(others)
             ratio = f"{ours / best:.2f}" if best > 0 else "n/a"
         else:
             ratio = "n/a"
-    line = [label] + vals + [ratio]
+        raw = num(vals[1])
+        mux_raw = f"{ours / raw:.2f}" if ours is not None and raw else "n/a"
+    line = [label] + vals + [ratio, mux_raw]
     if baseline:
         b = res["baseline"].get(key)
         if key.startswith("rss") or key == "mtls":

@@ -23,6 +23,7 @@ public struct ConsulProxyOptions: Sendable {
     /// Operator overrides applied to every registration read (e.g. --max-connections).
     public var adjustDefinition: @Sendable (ProxyDefinition) -> ProxyDefinition = { $0 }
     public var allowNonLoopbackUpstreams = false
+    public var mux = MuxMode.prefer
 
     public init(target: Target) {
         self.target = target
@@ -84,6 +85,7 @@ public final class ConsulProxy: Sendable {
                                        intentions: nil, datacenter: agent.datacenter, audit: audit, logger: logger,
                                        metrics: metrics)
         settings.allowNonLoopbackUpstreams = options.allowNonLoopbackUpstreams
+        settings.mux = options.mux
         settings.consulDiscovery = true
         let sidecar = try Sidecar(settings: settings, group: group)
         try await sidecar.start()

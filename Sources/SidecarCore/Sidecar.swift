@@ -5,7 +5,16 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import SidecarMux
 import SidecarTLS
+
+/// Whether sidecars multiplex tunnels over pooled HTTP/2 connections (`--mux`).
+public enum MuxMode: String, Sendable, CaseIterable {
+    /// Never offer or accept the mux: one mTLS connection per tunnel, as Consul's own proxies.
+    case off
+    /// Offer it to destinations and accept it from sources; peers that do not speak it get raw.
+    case prefer
+}
 
 /// Everything one sidecar process runs with, already loaded and validated.
 public struct SidecarSettings: Sendable {
@@ -25,6 +34,7 @@ public struct SidecarSettings: Sendable {
     public var allowNonLoopbackUpstreams = false
     /// Instances arrive from Consul after start (no "no known instance" warning at bind).
     public var consulDiscovery = false
+    public var mux = MuxMode.prefer
 
     public init(definition: ProxyDefinition, credentials: TLSCredentials, intentions: IntentionSet?,
                 upstreamEndpoints: [String: [Endpoint]] = [:], datacenter: String = "dc1",
@@ -44,9 +54,12 @@ public struct SidecarSettings: Sendable {
 /// live connections (each keeps the SSL object it started with).
 final class TLSContextStore: Sendable {
     private let current: NIOLockedValueBox<(server: TLSContext, client: TLSContext, generation: Int)>
+    /// ALPN ids offered (client) and accepted (server): the mux's, or none.
+    private let applicationProtocols: [String]
 
-    init(credentials: TLSCredentials) throws {
-        let built = try Self.build(credentials)
+    init(credentials: TLSCredentials, applicationProtocols: [String]) throws {
+        self.applicationProtocols = applicationProtocols
+        let built = try Self.build(credentials, applicationProtocols)
         current = NIOLockedValueBox((built.server, built.client, 0))
     }
 
@@ -58,7 +71,7 @@ final class TLSContextStore: Sendable {
     /// loop's), then swaps them in one step. Returns the credentials replaced.
     @discardableResult
     func replace(with credentials: TLSCredentials) throws -> TLSCredentials {
-        let contexts = try Self.build(credentials)
+        let contexts = try Self.build(credentials, applicationProtocols)
         return current.withLockedValue { value in
             defer { value = (contexts.server, contexts.client, value.generation + 1) }
             return value.server.credentials
@@ -69,14 +82,15 @@ final class TLSContextStore: Sendable {
     /// working) and an empty client session cache. Skipped if new credentials landed meanwhile.
     func rotateSessionKeys() throws {
         let (credentials, generation) = current.withLockedValue { ($0.server.credentials, $0.generation) }
-        let contexts = try Self.build(credentials)
+        let contexts = try Self.build(credentials, applicationProtocols)
         current.withLockedValue { value in
             if value.generation == generation { value = (contexts.server, contexts.client, generation + 1) }
         }
     }
 
-    private static func build(_ credentials: TLSCredentials) throws -> (server: TLSContext, client: TLSContext) {
-        (try TLSContext(role: .server, credentials: credentials), try TLSContext(role: .client, credentials: credentials))
+    private static func build(_ credentials: TLSCredentials, _ alpn: [String]) throws -> (server: TLSContext, client: TLSContext) {
+        (try TLSContext(role: .server, credentials: credentials, applicationProtocols: alpn),
+         try TLSContext(role: .client, credentials: credentials, applicationProtocols: alpn))
     }
 }
 
@@ -100,6 +114,8 @@ public final class Sidecar: Sendable {
     private let draining = NIOLockedValueBox(false)
     private let expiryWarnedSerial = NIOLockedValueBox<String?>(nil)
     private let timers = NIOLockedValueBox<[RepeatedTask]>([])
+    /// Upstream side of the mux; nil when it is off.
+    private let muxPool: MuxPool?
 
     public init(settings: SidecarSettings, group: EventLoopGroup) throws {
         try settings.definition.validateUpstreamBinds(allowNonLoopback: settings.allowNonLoopbackUpstreams)
@@ -107,7 +123,12 @@ public final class Sidecar: Sendable {
         if let metrics = settings.metrics { settings.audit = AuditFanOut([settings.audit, metrics]) }
         self.settings = settings
         self.group = group
-        self.contexts = try TLSContextStore(credentials: settings.credentials)
+        self.contexts = try TLSContextStore(credentials: settings.credentials,
+                                            applicationProtocols: settings.mux == .prefer ? [MuxProtocol.alpn] : [])
+        self.muxPool = settings.mux == .prefer
+            ? MuxPool(settings: MuxSettings(maxConcurrentStreams: settings.definition.config.muxMaxStreams),
+                      audit: settings.audit, logger: settings.logger)
+            : nil
         self.intentions = NIOLockedValueBox(settings.intentions)
         self.definitionBox = NIOLockedValueBox(settings.definition)
         for (name, endpoints) in settings.upstreamEndpoints { updateInstances(endpoints, for: name) }
@@ -284,12 +305,25 @@ public final class Sidecar: Sendable {
             throw TLSMaterialError("new certificates are for trust domain \(credentials.trustDomain), not \(old.trustDomain)")
         }
         try contexts.replace(with: credentials)
+        // Tunnels on inbound mux connections were authenticated with the old material: let
+        // them finish, and have new ones arrive on a connection with a fresh handshake.
+        retireInboundMuxConnections()
         settings.metrics?.certificateRotated()
         settings.logger.notice("certificates rotated", metadata: [
             "old_serial": "\(old.leaf.serialNumber)", "serial": "\(credentials.leaf.serialNumber)",
             "not_after": "\(credentials.leaf.notAfter)", "roots": "\(credentials.trustedRoots.count)",
         ])
     }
+
+    /// GOAWAY on every inbound mux connection (plain connections ignore the event).
+    private func retireInboundMuxConnections() {
+        for (listener, channel) in tracker.channels where listener == Self.publicListenerName {
+            channel.triggerUserOutboundEvent(MuxGracefulShutdown(), promise: nil)
+        }
+    }
+
+    /// Pooled mux connections toward destinations and the tunnels on them (tests, admin).
+    public func muxPoolCounts() async -> (connections: Int, streams: Int) { await muxPool?.counts() ?? (0, 0) }
 
     /// The credentials new handshakes use.
     public var currentCredentials: TLSCredentials { contexts.credentials }
@@ -308,6 +342,10 @@ public final class Sidecar: Sendable {
     @discardableResult
     public func drain(timeout: TimeAmount) async -> Int {
         draining.withLockedValue { $0 = true }
+        // Mux connections first: tunnels must stop arriving on them as soon as the listener
+        // stops accepting, not once it has finished closing.
+        muxPool?.drain()
+        retireInboundMuxConnections()
         await closeListeners()
         settings.logger.notice("draining", metadata: ["open_connections": "\(tracker.total)", "timeout_s": "\(timeout.nanoseconds / 1_000_000_000)"])
         let deadline = NIODeadline.now() + timeout
@@ -389,8 +427,11 @@ public final class Sidecar: Sendable {
         for channel in channels { try? await channel.close() }
     }
 
-    /// Immediate stop: listeners close; open connections are left to their peers (tests).
+    /// Immediate stop: listeners close; open connections are left to their peers (tests), but
+    /// mux connections take no new tunnels.
     public func stop() async {
+        muxPool?.drain()
+        retireInboundMuxConnections()
         await closeListeners()
     }
 
@@ -417,7 +458,7 @@ public final class Sidecar: Sendable {
     }
 
     /// Where an accepted connection goes, from the registration in force when it arrives.
-    private static func inboundRoute(_ definition: ProxyDefinition) -> InboundRoute {
+    private static func inboundRoute(_ definition: ProxyDefinition, mux: MuxMode) -> InboundRoute {
         InboundRoute(destinationService: definition.destinationServiceName,
                      localHost: definition.localServiceAddress, localPort: definition.localServicePort ?? 0,
                      localSocketPath: definition.localServiceSocketPath,
@@ -425,13 +466,15 @@ public final class Sidecar: Sendable {
                      maxConnectionLifetime: definition.config.maxConnectionLifetimeNs.map { .nanoseconds($0) },
                      idleTimeout: definition.config.idleTimeoutNs.map { .nanoseconds($0) },
                      proxyProtocol: definition.config.proxyProtocol,
-                     l7Protocol: l7Protocol(definition))
+                     l7Protocol: l7Protocol(definition),
+                     mux: mux == .prefer ? MuxSettings(maxConcurrentStreams: definition.config.muxMaxStreams) : nil)
     }
 
     private func bindPublicListener(host: String, port: Int) async throws -> Channel {
         let contexts = self.contexts, intentions = self.intentions, registry = self.registry
         let tracker = self.tracker, definitionBox = self.definitionBox
         let audit = settings.audit, logger = settings.logger
+        let muxMode = settings.mux
         let authorize: @Sendable (SPIFFEID, String) -> IntentionDecision = { source, destination in
             let l7 = Self.enforcesL7(definitionBox.withLockedValue { $0 })
             return Self.decide(with: intentions) { $0.decide(source: source, destination: destination, l7: l7) }
@@ -451,13 +494,15 @@ public final class Sidecar: Sendable {
                 logger.error("leaf certificate expired and not renewed: refusing handshakes")
                 return channel.close()
             }
-            let route = Self.inboundRoute(definition)
+            // Read per connection and, on a mux connection, per stream: a retarget applies to
+            // the next tunnel, whichever connection it arrives on.
+            let route = { Self.inboundRoute(definitionBox.withLockedValue { $0 }, mux: muxMode) }
             let handshakeTimeout = TimeAmount.milliseconds(Int64(definition.config.handshakeTimeoutMs))
             return channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandlers(
                     TLSHandler(context: server,
                                configuration: TLSHandlerConfiguration(handshakeTimeout: handshakeTimeout)),
-                    InboundConnectionHandler(listenerName: Self.publicListenerName, route: { route },
+                    InboundConnectionHandler(listenerName: Self.publicListenerName, route: route,
                                              authorize: authorize, authorizeRequest: authorizeRequest,
                                              registry: registry, audit: audit, logger: logger)
                 )
@@ -478,7 +523,8 @@ public final class Sidecar: Sendable {
                                   tlsContext: { contexts.client },
                                   handshakeTimeout: .milliseconds(Int64(config.handshakeTimeoutMs)),
                                   idleTimeout: config.idleTimeoutNs.map { .nanoseconds($0) },
-                                  callers: try CallerPolicy.resolve(users: upstream.allowedUsers, groups: upstream.allowedGroups))
+                                  callers: try CallerPolicy.resolve(users: upstream.allowedUsers, groups: upstream.allowedGroups),
+                                  muxPool: muxPool)
         if rotation.count == 0 && settings.consulDiscovery == false {
             settings.logger.warning("upstream has no known instance; connections to it will fail", metadata: [
                 "upstream": "\(upstream.destinationName)",

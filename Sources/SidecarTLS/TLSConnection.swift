@@ -9,6 +9,8 @@ public struct TLSPeer: Sendable {
     public let protocolVersion: String
     public let cipherSuite: String
     public let applicationProtocol: String?
+    /// When the peer's leaf expires: a pooled connection must not carry new work past it.
+    public let certificateNotAfter: Date
     /// From the first handshake byte to a verified peer.
     public internal(set) var handshakeDuration: TimeAmount = .zero
     /// An abbreviated handshake resumed an earlier session (its peer re-checked, not re-verified
@@ -89,6 +91,7 @@ final class TLSConnection {
             protocolVersion: String(cString: SSL_get_version(ssl)),
             cipherSuite: String(cString: SSL_CIPHER_get_name(SSL_get_current_cipher(ssl))),
             applicationProtocol: alpn,
+            certificateNotAfter: peerCertificate.notAfter,
             resumed: resumed
         ))
     }

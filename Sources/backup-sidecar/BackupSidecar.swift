@@ -7,6 +7,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import SidecarCore
+import SidecarMux
 import SidecarTLS
 
 @main
@@ -110,6 +111,9 @@ struct Run: AsyncParsableCommand {
 
     @Option(name: .customLong("idle-timeout"), help: "Close connections idle this long (overrides proxy config idle_timeout; default 1h).")
     var idleTimeout: String?
+
+    @Option(help: "Tunnels to other backup-sidecars: prefer (HTTP/2 streams on pooled mTLS connections, ALPN \(MuxProtocol.alpn); peers without it get plain connections) or off (one mTLS connection per tunnel, never offered or accepted).")
+    var mux: MuxMode = .prefer
 
     func run() async throws {
         MemoryTuning.apply()
@@ -249,6 +253,7 @@ struct Run: AsyncParsableCommand {
         options.startupTimeout = .nanoseconds(startupNs)
         options.defaultIntention = defaultAction
         options.allowNonLoopbackUpstreams = allowRemoteUpstreams
+        options.mux = mux
         let client: ConsulClient
         do {
             options.adjustDefinition = try definitionOverrides()
@@ -327,6 +332,7 @@ struct Run: AsyncParsableCommand {
                                        upstreamEndpoints: endpoints, datacenter: datacenter,
                                        audit: audit, logger: logger, metrics: metrics)
         settings.allowNonLoopbackUpstreams = allowRemoteUpstreams
+        settings.mux = mux
         return (settings, source)
     }
 }
@@ -411,3 +417,5 @@ enum MemoryTuning {
         _ = mallopt(M_ARENA_MAX, 4)
     }
 }
+
+extension MuxMode: ExpressibleByArgument {}

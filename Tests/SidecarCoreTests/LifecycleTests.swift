@@ -69,7 +69,8 @@ struct LifecycleTests {
 
     @Test("Max connections: the next connection waits in the backlog and proceeds when one closes")
     func maxConnections() async throws {
-        let mesh = try await MeshFixture.start(backend: .echo, storageConfig: { $0.maxConnections = 2 })
+        // Raw mode: max_connections counts TLS connections (a mux connection carries mux_max_streams).
+        let mesh = try await MeshFixture.start(backend: .echo, mux: .off, storageConfig: { $0.maxConnections = 2 })
         defer { Task { await mesh.stop() } }
         let first = try BlockingSocket(port: mesh.upstreamPort)
         let second = try BlockingSocket(port: mesh.upstreamPort)
@@ -100,7 +101,8 @@ struct LifecycleTests {
     @Test("Idle connections are closed after idle_timeout; busy ones are not")
     func idleTimeout() async throws {
         // 1 s: long enough that a loaded machine's scheduling delays never look like idleness.
-        let mesh = try await MeshFixture.start(backend: .echo, storageConfig: { $0.idleTimeoutNs = 1_000_000_000 })
+        // Raw mode: the count below is of TLS connections.
+        let mesh = try await MeshFixture.start(backend: .echo, mux: .off, storageConfig: { $0.idleTimeoutNs = 1_000_000_000 })
         defer { Task { await mesh.stop() } }
         let idle = try BlockingSocket(port: mesh.upstreamPort)
         let busy = try BlockingSocket(port: mesh.upstreamPort)

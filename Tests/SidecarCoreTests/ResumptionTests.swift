@@ -4,7 +4,8 @@ import Testing
 import SidecarTLS
 
 /// TLS 1.3 session resumption between our sidecars: faster reconnects that never bypass
-/// identity checks or intentions, and never survive new keys or new trust.
+/// identity checks or intentions, and never survive new keys or new trust. Raw mode: with the
+/// mux, these connections would all ride one pooled handshake.
 @Suite("TLS session resumption", .serialized)
 struct ResumptionTests {
     /// The storage sidecar's authorization lines: (decision, resumed) in order.
@@ -14,7 +15,7 @@ struct ResumptionTests {
 
     @Test("The second connection to an instance resumes; both sides log it; the peer is still the verified identity")
     func resumes() async throws {
-        let mesh = try await MeshFixture.start(backend: .echo)
+        let mesh = try await MeshFixture.start(backend: .echo, mux: .off)
         defer { Task { await mesh.stop() } }
         #expect(await echoRoundTrip(port: mesh.upstreamPort))
         #expect(await echoRoundTrip(port: mesh.upstreamPort))
@@ -30,7 +31,7 @@ struct ResumptionTests {
 
     @Test("A resumed session is authorized against the current intentions")
     func resumedSessionIsReauthorized() async throws {
-        let mesh = try await MeshFixture.start(backend: .echo)
+        let mesh = try await MeshFixture.start(backend: .echo, mux: .off)
         defer { Task { await mesh.stop() } }
         #expect(await echoRoundTrip(port: mesh.upstreamPort))
         mesh.storage.updateIntentions(IntentionSet([Intention(destinationName: "storage", sourceName: "backup-agent", action: .deny)],
@@ -44,7 +45,7 @@ struct ResumptionTests {
 
     @Test("New ticket keys, new certificates or a changed root set: earlier sessions are not resumed")
     func newContextsEndResumption() async throws {
-        let mesh = try await MeshFixture.start(backend: .echo)
+        let mesh = try await MeshFixture.start(backend: .echo, mux: .off)
         defer { Task { await mesh.stop() } }
         #expect(await echoRoundTrip(port: mesh.upstreamPort))
         #expect(await echoRoundTrip(port: mesh.upstreamPort))
@@ -61,7 +62,7 @@ struct ResumptionTests {
 
     @Test("openssl s_client -sess_out / -sess_in: the real client resumes too (TLS 1.3), and is authorized again")
     func opensslResumes() async throws {
-        let mesh = try await MeshFixture.start(backend: .echo)
+        let mesh = try await MeshFixture.start(backend: .echo, mux: .off)
         defer { Task { await mesh.stop() } }
         let session = FileManager.default.temporaryDirectory.appendingPathComponent("session-\(UUID().uuidString).pem").path
         defer { try? FileManager.default.removeItem(atPath: session) }

@@ -39,6 +39,8 @@ public struct ProxyConfig: Equatable, Sendable {
     /// Connections with no byte in either direction for this long are closed. Backups can
     /// sit quiet while the agent reads a slow disk, hence a generous default. Nanoseconds.
     public var idleTimeoutNs: Int64? = 3600 * 1_000_000_000
+    /// Multiplexed transport: streams per pooled connection (both directions).
+    public var muxMaxStreams: Int = 100
 }
 
 public struct Upstream: Equatable, Sendable {
@@ -194,6 +196,7 @@ extension ProxyDefinition {
         if let lifetime = try node.field("max_connection_lifetime") { config.maxConnectionLifetimeNs = try duration(lifetime) }
         if let idle = try node.field("idle_timeout") { config.idleTimeoutNs = try duration(idle) }
         if let limit = try node.field("max_connections") { config.maxConnections = try positive(limit) }
+        if let limit = try node.field("mux_max_streams") { config.muxMaxStreams = try positive(limit) }
         if let proxyProtocol = try node.optionalString("proxy_protocol") {
             guard proxyProtocol.lowercased() == "v2" else {
                 throw node.error("\"\(proxyProtocol)\" is not supported; only \"v2\"", at: "proxy_protocol")

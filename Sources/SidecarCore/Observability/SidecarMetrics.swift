@@ -37,6 +37,9 @@ public final class SidecarMetrics: AuditSink, Sendable {
             handshake(event)
         case .upstreamFailed, .localConnectFailed, .callerRefused:
             count("backup_sidecar_connections_total", ("listener", listener), ("outcome", "failed"))
+        case .muxConnected:
+            count("backup_sidecar_mux_connections_total", ("listener", listener))
+            handshake(event)
         case .connectionRevoked:
             count("backup_sidecar_connections_revoked_total", ("listener", listener))
         case .connectionClosed:

@@ -24,6 +24,9 @@ public struct AuditEvent: Sendable, Equatable {
         case httpRequest = "http_request"
         /// Upstream: the local process is not on the upstream's allow-list; nothing was dialed.
         case callerRefused = "caller_refused"
+        /// Either side: an mTLS connection carrying the multiplexed transport was established
+        /// (one handshake; each tunnel on it then gets its own lines with `mux_stream`).
+        case muxConnected = "mux_connected"
     }
 
     public var time = Date()
@@ -44,6 +47,8 @@ public struct AuditEvent: Sendable, Equatable {
     public var handshakeMs: Double?
     /// The handshake resumed an earlier TLS session (same events); nil: a full handshake.
     public var tlsResumed: Bool?
+    /// The tunnel is this HTTP/2 stream of a mux connection; nil: a connection of its own.
+    public var muxStream: Int?
     /// Upstream: the local process using our identity (uid, gid, pid, executable).
     var caller: LocalCaller?
 
@@ -97,6 +102,7 @@ public struct AuditEvent: Sendable, Equatable {
         add("bytes_in", bytesIn)
         add("bytes_out", bytesOut)
         add("duration_ms", durationMs)
+        add("mux_stream", muxStream)
         if let handshakeMs { fields.append(("handshake_ms", String(format: "%.3f", handshakeMs))) }
         if tlsResumed == true { fields.append(("tls_resumed", "true")) }
         if let caller {

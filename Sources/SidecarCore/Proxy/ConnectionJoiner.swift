@@ -52,6 +52,15 @@ class StagingHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
+    /// Installs `handlers` right after this one, passes them what was staged, and leaves the
+    /// pipeline (a connection that turned out to carry the mux, not a single tunnel).
+    func handOver(to handlers: [ChannelHandler]) throws {
+        guard let context else { throw ChannelError.ioOnClosedChannel }
+        try context.pipeline.syncOperations.addHandlers(handlers, position: .after(self))
+        release()
+        context.pipeline.syncOperations.removeHandler(self, promise: nil)
+    }
+
     /// Stops staging and passes everything held on to the handlers installed after us, in
     /// order: the bytes, then a staged EOF, then the withheld read. It must start here: fired
     /// from the pipeline head, an EOF would pass the TLS handler, which already reported it.

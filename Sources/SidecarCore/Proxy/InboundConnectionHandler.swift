@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import SidecarMux
 import SidecarTLS
 
 /// Everything an inbound (public listener) connection needs to decide and forward.
@@ -18,11 +19,17 @@ struct InboundRoute: Sendable {
     /// are decided one by one with the intentions' L7 permissions. nil: tcp.
     var l7Protocol: L7Protocol?
     var l7: Bool { l7Protocol != nil }
+    /// Accept the multiplexed transport (peers that negotiated its ALPN id) with these limits.
+    var mux: MuxSettings?
 }
 
 /// Sits after the TLS handler on an accepted public-listener connection. Waits for a verified
 /// peer, asks the intentions, and only if allowed dials the local service. Until then the
 /// local service sees nothing: no connection, no byte.
+///
+/// A peer that negotiated the mux gets a `MuxConnectionHandler` instead, and every CONNECT
+/// stream on it gets an `InboundConnectionHandler` of its own: decided, audited, registered
+/// for re-authorization and joined exactly like a connection, and answered with a status.
 final class InboundConnectionHandler: StagingHandler {
     private enum State {
         case handshaking
@@ -40,11 +47,13 @@ final class InboundConnectionHandler: StagingHandler {
     private let logger: Logger
     private let registry: ConnectionRegistry
     private var peerAddress = "unknown"
+    /// Set when this handler serves one stream of a mux connection.
+    private let muxStream: Int32?
 
     init(listenerName: String, route: @escaping () -> InboundRoute,
          authorize: @escaping (SPIFFEID, String) -> IntentionDecision,
          authorizeRequest: @escaping (HTTPRequestFacts, SPIFFEID, String) -> IntentionDecision,
-         registry: ConnectionRegistry, audit: any AuditSink, logger: Logger) {
+         registry: ConnectionRegistry, audit: any AuditSink, logger: Logger, muxStream: Int32? = nil) {
         self.listenerName = listenerName
         self.route = route
         self.authorize = authorize
@@ -52,6 +61,20 @@ final class InboundConnectionHandler: StagingHandler {
         self.registry = registry
         self.audit = audit
         self.logger = logger
+        self.muxStream = muxStream
+    }
+
+    /// The same decisions for one stream of a mux connection.
+    private func forStream(_ streamID: Int32) -> InboundConnectionHandler {
+        InboundConnectionHandler(listenerName: listenerName, route: route, authorize: authorize,
+                                 authorizeRequest: authorizeRequest, registry: registry, audit: audit, logger: logger,
+                                 muxStream: streamID)
+    }
+
+    /// Mux streams learn the outcome as an HTTP status; a plain connection just closes.
+    private func answer(_ context: ChannelHandlerContext, status: Int) {
+        guard muxStream != nil else { return }
+        context.triggerUserOutboundEvent(MuxStreamResponse(status: status), promise: nil)
     }
 
     override func handlerAdded(context: ChannelHandlerContext) {
@@ -66,22 +89,68 @@ final class InboundConnectionHandler: StagingHandler {
             return
         }
         let route = self.route()
+        if muxStream == nil, let mux = route.mux, peer.applicationProtocol == MuxProtocol.alpn {
+            acceptMux(context: context, peer: peer, settings: mux)
+            return
+        }
         let decision = authorize(peer.identity, route.destinationService)
-        audit.record(AuditEvent(kind: .authorization, listener: listenerName, peerAddress: peerAddress,
-                                source: peer.identity.uri, sourceSerial: peer.certificateSerial,
-                                destination: route.destinationService, decision: decision.allowed ? "allow" : "deny",
-                                reason: decision.reasonText).with(handshakeOf: peer))
+        var event = AuditEvent(kind: .authorization, listener: listenerName, peerAddress: peerAddress,
+                               source: peer.identity.uri, sourceSerial: peer.certificateSerial,
+                               destination: route.destinationService, decision: decision.allowed ? "allow" : "deny",
+                               reason: decision.reasonText)
+        if let muxStream { event.muxStream = Int(muxStream) } else { event = event.with(handshakeOf: peer) }
+        audit.record(event)
         guard decision.allowed else {
             logger.info("inbound connection denied", metadata: [
                 "source": "\(peer.identity)", "peer": "\(peerAddress)", "reason": "\(decision.reasonText)",
             ])
             state = .closed
+            answer(context, status: 403)
             context.close(promise: nil)
             return
         }
         state = .connectingLocal(peer)
         holding = true
         connectLocal(context: context, route: route, peer: peer)
+    }
+
+    /// The connection carries the mux: one handshake, many tunnels, each decided on its own.
+    private func acceptMux(context: ChannelHandlerContext, peer: TLSPeer, settings: MuxSettings) {
+        state = .joined
+        audit.record(AuditEvent(kind: .muxConnected, listener: listenerName, peerAddress: peerAddress,
+                                source: peer.identity.uri, sourceSerial: peer.certificateSerial, decision: "allow",
+                                reason: "\(peer.protocolVersion) \(MuxProtocol.alpn)").with(handshakeOf: peer))
+        let logger = self.logger, peerAddress = self.peerAddress
+        let handler = MuxConnectionHandler(role: .server(initializer: { [self] stream, request in
+            let streamHandler = forStream(request.streamID)
+            do {
+                try stream.pipeline.syncOperations.addHandler(streamHandler)
+            } catch {
+                stream.close(promise: nil)
+                return
+            }
+            let destination = route().destinationService
+            guard request.authority.lowercased() == destination.lowercased() else {
+                logger.warning("mux stream for another service refused", metadata: [
+                    "peer": "\(peerAddress)", "asked": "\(request.authority)", "serving": "\(destination)",
+                ])
+                stream.triggerUserOutboundEvent(MuxStreamResponse(status: 421), promise: nil)
+                stream.close(promise: nil)
+                return
+            }
+            stream.pipeline.fireUserInboundEventTriggered(TLSEvent.handshakeCompleted(peer))
+        }), settings: settings)
+        let source = peer.identity
+        handler.onProtocolError = { error in
+            logger.warning("mux connection ended: protocol error", metadata: [
+                "source": "\(source)", "peer": "\(peerAddress)", "error": "\(error)",
+            ])
+        }
+        do {
+            try handOver(to: [handler])
+        } catch {
+            context.close(promise: nil)
+        }
     }
 
     private func connectLocal(context: ChannelHandlerContext, route: InboundRoute, peer: TLSPeer) {
@@ -102,6 +171,7 @@ final class InboundConnectionHandler: StagingHandler {
                 switch (result, state) {
                 case (.success(let local), .connectingLocal):
                     let stats = ConnectionStats()
+                    answer(context, status: 200)
                     do {
                         if route.proxyProtocol {
                             let header = ProxyProtocolV2.header(source: meshChannel.remoteAddress, destination: meshChannel.localAddress,
@@ -144,6 +214,7 @@ final class InboundConnectionHandler: StagingHandler {
                         "target": "\(route.localHost):\(route.localPort)", "error": "\(error)",
                     ])
                     state = .closed
+                    answer(context, status: 502)
                     meshChannel.close(promise: nil)
                 }
             }
@@ -181,12 +252,14 @@ final class InboundConnectionHandler: StagingHandler {
     }
 
     private func recordClose(mesh: Channel, local: Channel, peer: TLSPeer, route: InboundRoute, stats: ConnectionStats) {
-        let listenerName = self.listenerName, peerAddress = self.peerAddress, audit = self.audit
+        let listenerName = self.listenerName, peerAddress = self.peerAddress, audit = self.audit, muxStream = self.muxStream
         mesh.closeFuture.and(local.closeFuture).whenComplete { _ in
-            audit.record(AuditEvent(kind: .connectionClosed, listener: listenerName, peerAddress: peerAddress,
-                                    source: peer.identity.uri, sourceSerial: peer.certificateSerial,
-                                    destination: route.destinationService, bytesIn: stats.bytesFromMesh,
-                                    bytesOut: stats.bytesToMesh, durationMs: stats.durationMs))
+            var event = AuditEvent(kind: .connectionClosed, listener: listenerName, peerAddress: peerAddress,
+                                   source: peer.identity.uri, sourceSerial: peer.certificateSerial,
+                                   destination: route.destinationService, bytesIn: stats.bytesFromMesh,
+                                   bytesOut: stats.bytesToMesh, durationMs: stats.durationMs)
+            event.muxStream = muxStream.map(Int.init)
+            audit.record(event)
         }
     }
 

@@ -77,6 +77,59 @@ struct UpstreamRoute: Sendable {
     var idleTimeout: TimeAmount?
     /// Who may use this upstream; checked before anything is dialed.
     var callers: CallerPolicy
+    /// Pooled mux connections; nil: every local connection gets its own mTLS connection.
+    var muxPool: MuxPool?
+
+    /// Dials one mTLS connection to `endpoint` and verifies its identity.
+    func dialer(for endpoint: Endpoint, tlsContext: TLSContext, eventLoop: EventLoop) -> MeshDial {
+        let expected = expectedIdentity(for: endpoint)
+        let handshakeTimeout = self.handshakeTimeout, connectTimeout = TimeAmount.milliseconds(Int64(upstream.connectTimeoutMs))
+        return {
+            let waiter = HandshakeWaiter(promise: eventLoop.makePromise())
+            let tls = TLSHandler(context: tlsContext, expectedPeer: expected, sessionKey: "\(endpoint)|\(expected.uri)",
+                                 configuration: TLSHandlerConfiguration(handshakeTimeout: handshakeTimeout))
+            return ClientBootstrap(group: eventLoop)
+                .connectTimeout(connectTimeout)
+                .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+                .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+                .channelOption(ChannelOptions.recvAllocator, value: ProxyChannelOptions.receiveAllocator)
+                .channelOption(ChannelOptions.writeBufferWaterMark, value: ProxyChannelOptions.writeWatermark)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandlers(tls, waiter) }
+                }
+                .connect(toHost: endpoint.host, port: endpoint.port)
+                .flatMap { remote in waiter.handshake.map { DialedMeshConnection(channel: remote, waiter: waiter, peer: $0) } }
+        }
+    }
+}
+
+/// A verified mTLS connection to a destination instance; application bytes that came with the
+/// handshake wait in `waiter`.
+struct DialedMeshConnection {
+    let channel: Channel
+    let waiter: HandshakeWaiter
+    let peer: TLSPeer
+}
+
+typealias MeshDial = () -> EventLoopFuture<DialedMeshConnection>
+
+/// How a local connection reaches its destination.
+enum MeshLink {
+    /// A stream on a pooled mux connection (already answered 200).
+    case stream(Channel, TLSPeer, streamID: Int32)
+    /// An mTLS connection of its own.
+    case raw(Channel, HandshakeWaiter, TLSPeer)
+    /// The instance does not speak the mux: dial it the plain way.
+    case rawPreferred
+
+    /// The channel to join with, what it staged, and the verified peer.
+    var parts: (Channel, StagingHandler?, TLSPeer)? {
+        switch self {
+        case .stream(let channel, let peer, _): return (channel, nil, peer)
+        case .raw(let channel, let waiter, let peer): return (channel, waiter, peer)
+        case .rawPreferred: return nil
+        }
+    }
 }
 
 /// On a plaintext connection accepted from the local app: dials the destination's sidecar with
@@ -146,60 +199,70 @@ final class UpstreamConnectionHandler: StagingHandler {
             ConnectionAbort.abort(context.channel)
             return
         }
-        let local = context.channel
         let tlsContext = route.tlsContext()
         if let expired = tlsContext.credentials.expiredLeafReason() {
             // Presenting an expired leaf only earns a refusal from the peer; say what is wrong here.
             attempt(context: context, remaining: [], failures: [expired + " and was not renewed"])
             return
         }
-        let waiter = HandshakeWaiter(promise: context.eventLoop.makePromise())
-        let expected = route.expectedIdentity(for: endpoint)
-        let tls = TLSHandler(context: tlsContext, expectedPeer: expected, sessionKey: "\(endpoint)|\(expected.uri)",
-                             configuration: TLSHandlerConfiguration(handshakeTimeout: route.handshakeTimeout))
-        ClientBootstrap(group: context.eventLoop)
-            .connectTimeout(.milliseconds(Int64(route.upstream.connectTimeoutMs)))
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-            .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-            .channelOption(ChannelOptions.recvAllocator, value: ProxyChannelOptions.receiveAllocator)
-            .channelOption(ChannelOptions.writeBufferWaterMark, value: ProxyChannelOptions.writeWatermark)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandlers(tls, waiter) }
-            }
-            .connect(toHost: endpoint.host, port: endpoint.port)
-            .flatMap { remote in waiter.handshake.map { (remote, $0) } }
-            .hop(to: context.eventLoop)
-            .whenComplete { [self] result in
-                switch result {
-                case .success(let (remote, peer)):
-                    guard !localGone else {
-                        remote.close(promise: nil)
-                        return
-                    }
-                    let stats = ConnectionStats()
-                    do {
-                        try ConnectionJoiner.joinBytes(mesh: remote, meshStaging: waiter, local: local, localStaging: self,
-                                                       stats: stats)
-                    } catch {
-                        remote.close(promise: nil)
-                        local.close(promise: nil)
-                        return
-                    }
-                    audit.record(AuditEvent(kind: .upstreamConnected, listener: listenerName, peerAddress: callerAddress,
-                                            source: nil, destination: peer.identity.uri, decision: "allow",
-                                            reason: "\(endpoint) serial \(peer.certificateSerial) \(peer.protocolVersion)")
-                        .with(handshakeOf: peer).with(caller: caller))
-                    recordClose(mesh: remote, local: local, peer: peer, endpoint: endpoint, stats: stats)
-                    let logger = self.logger, upstream = route.upstream.destinationName
-                    IdleTimeout.arm(route.idleTimeout, stats: stats, mesh: remote, local: local) {
-                        logger.info("closing idle upstream connection", metadata: ["upstream": "\(upstream)"])
-                    }
-                case .failure(let error):
-                    logger.info("upstream instance failed", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
-                    if localGone { return }
-                    attempt(context: context, remaining: remaining.dropFirst(), failures: failures + ["\(endpoint): \(error)"])
+        let dial = route.dialer(for: endpoint, tlsContext: tlsContext, eventLoop: context.eventLoop)
+        let link: EventLoopFuture<MeshLink>
+        if let pool = route.muxPool {
+            link = pool.link(on: context.eventLoop, to: endpoint, expected: route.expectedIdentity(for: endpoint),
+                             tlsContext: tlsContext, authority: route.upstream.destinationName, dial: dial)
+        } else {
+            link = dial().map { .raw($0.channel, $0.waiter, $0.peer) }
+        }
+        link.hop(to: context.eventLoop).whenComplete { [self] result in
+            switch result {
+            case .success(.rawPreferred):
+                // This instance does not speak the mux: a connection of its own, as before.
+                dial().map { MeshLink.raw($0.channel, $0.waiter, $0.peer) }.hop(to: context.eventLoop).whenComplete { [self] result in
+                    linked(result, context: context, endpoint: endpoint, remaining: remaining, failures: failures)
                 }
+            default:
+                linked(result, context: context, endpoint: endpoint, remaining: remaining, failures: failures)
             }
+        }
+    }
+
+    private func linked(_ result: Result<MeshLink, Error>, context: ChannelHandlerContext, endpoint: Endpoint,
+                        remaining: ArraySlice<Endpoint>, failures: [String]) {
+        let local = context.channel
+        switch result {
+        case .success(let link):
+            guard let (remote, staging, peer) = link.parts else { return }
+            guard !localGone else {
+                remote.close(promise: nil)
+                return
+            }
+            let stats = ConnectionStats()
+            do {
+                try ConnectionJoiner.joinBytes(mesh: remote, meshStaging: staging, local: local, localStaging: self, stats: stats)
+            } catch {
+                remote.close(promise: nil)
+                local.close(promise: nil)
+                return
+            }
+            var event = AuditEvent(kind: .upstreamConnected, listener: listenerName, peerAddress: callerAddress,
+                                   source: nil, destination: peer.identity.uri, decision: "allow",
+                                   reason: "\(endpoint) serial \(peer.certificateSerial) \(peer.protocolVersion)")
+            if case .stream(_, _, let streamID) = link {
+                event.muxStream = Int(streamID)
+            } else {
+                event = event.with(handshakeOf: peer)
+            }
+            audit.record(event.with(caller: caller))
+            recordClose(mesh: remote, local: local, peer: peer, endpoint: endpoint, stats: stats)
+            let logger = self.logger, upstream = route.upstream.destinationName
+            IdleTimeout.arm(route.idleTimeout, stats: stats, mesh: remote, local: local) {
+                logger.info("closing idle upstream connection", metadata: ["upstream": "\(upstream)"])
+            }
+        case .failure(let error):
+            logger.info("upstream instance failed", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
+            if localGone { return }
+            attempt(context: context, remaining: remaining.dropFirst(), failures: failures + ["\(endpoint): \(error)"])
+        }
     }
 
     private func recordClose(mesh: Channel, local: Channel, peer: TLSPeer, endpoint: Endpoint, stats: ConnectionStats) {

@@ -5,7 +5,7 @@ import SidecarTLS
 /// A plain blocking TCP client, so tests drive the sidecars the way a backup agent would,
 /// with no NIO on the client side.
 final class BlockingSocket: @unchecked Sendable {
-    let fd: Int32
+    private(set) var fd: Int32
 
     init(port: Int, host: String = "127.0.0.1") throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -26,7 +26,7 @@ final class BlockingSocket: @unchecked Sendable {
     /// Wraps an already connected socket (e.g. a unix socket).
     init(adopting fd: Int32) { self.fd = fd }
 
-    deinit { close(fd) }
+    deinit { if fd >= 0 { close(fd) } }
 
     func setReceiveTimeout(seconds: Int) {
         var timeout = timeval(tv_sec: seconds, tv_usec: 0)
@@ -52,6 +52,14 @@ final class BlockingSocket: @unchecked Sendable {
         var buffer = [UInt8](repeating: 0, count: max)
         let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
         return count > 0 ? Array(buffer[..<count]) : []
+    }
+
+    /// Ends the connection with a reset (SO_LINGER 0): what a crashed or killed client does.
+    func abort() {
+        var option = linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &option, socklen_t(MemoryLayout<linger>.size))
+        close(fd)
+        fd = -1
     }
 
     /// Reads until EOF (or error/timeout): total bytes and their sha256, plus whether it ended

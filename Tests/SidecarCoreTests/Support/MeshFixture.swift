@@ -26,21 +26,22 @@ struct MeshFixture {
                       agentCertificate: String = "backup-agent", agentRoots: String = "ca.pem",
                       intentions: [Intention] = allowBackupAgent, defaultAction: IntentionAction = .deny,
                       handshakeTimeoutMs: Int = 10000, maxConnectionLifetimeNs: Int64? = nil,
-                      protocol proto: String = "tcp",
+                      protocol proto: String = "tcp", mux: MuxMode = .prefer,
                       storageConfig: (inout ProxyConfig) -> Void = { _ in }) async throws -> MeshFixture {
         let backend = try await TestBackend(behaviour, group: testGroup)
         let storage = try await startStorage(backendPort: backend.port,
                                              credentials: try TestCertificates.credentials(storageCertificate, key: storageKey, roots: storageRoots),
                                              intentions: intentions, defaultAction: defaultAction,
                                              handshakeTimeoutMs: handshakeTimeoutMs, maxConnectionLifetimeNs: maxConnectionLifetimeNs,
-                                             protocol: proto, configure: storageConfig)
+                                             protocol: proto, mux: mux, configure: storageConfig)
         let (agent, agentAudit) = try await startAgent(certificate: agentCertificate, roots: agentRoots,
-                                                       storagePort: storage.0.boundAddress(of: Sidecar.publicListenerName)!.port!)
+                                                       storagePort: storage.0.boundAddress(of: Sidecar.publicListenerName)!.port!,
+                                                       mux: mux)
         return MeshFixture(backend: backend, storage: storage.0, agent: agent, storageAudit: storage.1, agentAudit: agentAudit)
     }
 
     /// A backup-agent-style sidecar with one upstream, `storage`, on an ephemeral local port.
-    static func startAgent(certificate: String, roots: String = "ca.pem", storagePort: Int,
+    static func startAgent(certificate: String, roots: String = "ca.pem", storagePort: Int, mux: MuxMode = .prefer,
                            configureUpstream: (inout Upstream) -> Void = { _ in }) async throws -> (Sidecar, MemoryAuditSink) {
         let agentAudit = MemoryAuditSink()
         let agentDefinition = ProxyDefinition(
@@ -53,18 +54,20 @@ struct MeshFixture {
                 configureUpstream(&upstream)
                 return upstream
             }()])
-        let agent = try Sidecar(settings: SidecarSettings(
+        var settings = SidecarSettings(
             definition: agentDefinition, credentials: try TestCertificates.credentials(certificate, roots: roots),
             intentions: IntentionSet([], defaultAction: .deny),
             upstreamEndpoints: ["storage": [Endpoint(host: "127.0.0.1", port: storagePort)]],
-            audit: agentAudit, logger: quietLogger), group: testGroup)
+            audit: agentAudit, logger: quietLogger)
+        settings.mux = mux
+        let agent = try Sidecar(settings: settings, group: testGroup)
         try await agent.start()
         return (agent, agentAudit)
     }
 
     static func startStorage(backendPort: Int, credentials: TLSCredentials, intentions: [Intention],
                              defaultAction: IntentionAction = .deny, handshakeTimeoutMs: Int = 10000,
-                             maxConnectionLifetimeNs: Int64? = nil, protocol proto: String = "tcp",
+                             maxConnectionLifetimeNs: Int64? = nil, protocol proto: String = "tcp", mux: MuxMode = .prefer,
                              configure: (inout ProxyConfig) -> Void = { _ in }) async throws -> (Sidecar, MemoryAuditSink) {
         let audit = MemoryAuditSink()
         var config = ProxyConfig()
@@ -77,11 +80,12 @@ struct MeshFixture {
             destinationServiceName: "storage", destinationServiceID: nil, localServiceAddress: "127.0.0.1",
             localServicePort: backendPort, config: config, upstreams: [])
         let metrics = SidecarMetrics()
-        let sidecar = try Sidecar(settings: SidecarSettings(
+        var settings = SidecarSettings(
             definition: definition, credentials: credentials,
             intentions: IntentionSet(intentions, defaultAction: defaultAction), audit: audit,
-            logger: quietLogger, metrics: metrics),
-            group: testGroup)
+            logger: quietLogger, metrics: metrics)
+        settings.mux = mux
+        let sidecar = try Sidecar(settings: settings, group: testGroup)
         try await sidecar.start()
         return (sidecar, audit)
     }

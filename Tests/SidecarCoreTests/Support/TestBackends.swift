@@ -20,6 +20,8 @@ final class TestBackend: Sendable {
         case slowSink(bytesPerTick: Int, tick: TimeAmount)
         /// Streams `bytes` random bytes to each client as fast as it can take them (a restore).
         case source(bytes: Int)
+        /// Like `source`, then resets the connection instead of closing it (a crashed server).
+        case abortAfter(bytes: Int)
         /// Expects a PROXY v2 header, answers "src=<ip:port> spiffe=<id> tls=<version>\n", then echoes.
         case proxyProtocolEcho
         /// A backup repository over HTTP/1.1 (NIOHTTP1): answers every request 200 with
@@ -81,6 +83,7 @@ final class TestBackend: Sendable {
                 case .http: handler = TinyHTTPHandler(bytes: bytes)
                 case .slowSink(_, let tick): handler = SlowSinkHandler(tick: tick, bytes: bytes)
                 case .source(let total): handler = SourceHandler(total: total)
+                case .abortAfter(let total): handler = SourceHandler(total: total, abortAtEnd: true)
                 case .repository, .repositoryHTTP2: preconditionFailure("configured above")
                 case .proxyProtocolEcho: handler = ProxyProtocolEchoHandler(bytes: bytes)
                 }
@@ -220,7 +223,11 @@ private final class SourceHandler: ChannelInboundHandler {
     typealias OutboundOut = ByteBuffer
     let chunk = ByteBuffer(bytes: secureRandomBytes(1 << 20))
     var remaining: Int
-    init(total: Int) { remaining = total }
+    let abortAtEnd: Bool
+    init(total: Int, abortAtEnd: Bool = false) {
+        remaining = total
+        self.abortAtEnd = abortAtEnd
+    }
 
     func channelActive(context: ChannelHandlerContext) {
         pump(context: context)
@@ -237,7 +244,15 @@ private final class SourceHandler: ChannelInboundHandler {
             context.write(wrapOutboundOut(slice), promise: nil)
         }
         context.flush()
-        if remaining == 0 {
+        if remaining == 0 && abortAtEnd {
+            remaining = -1
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
+                (channel as? SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in
+                    channel.close(promise: nil)
+                }
+            }
+        } else if remaining == 0 {
             context.closeAfterPendingWrites()
             remaining = -1
         }

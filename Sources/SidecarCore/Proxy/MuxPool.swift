@@ -1,0 +1,260 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import SidecarMux
+import SidecarTLS
+
+/// Upstream side of the multiplexed transport: pooled mTLS connections per destination instance
+/// (and per event loop, so a stream and its local connection share a thread), each carrying up
+/// to `maxStreams` tunnels as HTTP/2 CONNECT streams.
+///
+/// A connection stops taking new streams (and closes once its last stream ends) when our
+/// certificates or trust change, when the peer's certificate expires, or on GOAWAY; new work
+/// then goes to a fresh connection with a fresh handshake. Live streams are never cut for that.
+/// An instance that does not negotiate the mux gets raw connections for a while, and the
+/// connection that found out is used raw rather than wasted.
+final class MuxPool: Sendable {
+    let settings: MuxSettings
+    private let audit: any AuditSink
+    private let logger: Logger
+    private let loops = NIOLockedValueBox<[ObjectIdentifier: LoopMuxPool]>([:])
+    private let draining = NIOLockedValueBox(false)
+
+    /// How long an instance that answered without the mux is dialed raw before asking again.
+    static let rawRetryInterval = TimeAmount.seconds(60)
+    /// Pooled connections with no stream for this long are closed.
+    static let idleTimeout = TimeAmount.seconds(90)
+
+    init(settings: MuxSettings, audit: any AuditSink, logger: Logger) {
+        self.settings = settings
+        self.audit = audit
+        self.logger = logger
+    }
+
+    /// A tunnel to `endpoint` for a local connection on `eventLoop`.
+    func link(on eventLoop: EventLoop, to endpoint: Endpoint, expected: SPIFFEID, tlsContext: TLSContext,
+              authority: String, dial: @escaping MeshDial) -> EventLoopFuture<MeshLink> {
+        if draining.withLockedValue({ $0 }) { return eventLoop.makeSucceededFuture(.rawPreferred) }
+        let pool = loopPool(eventLoop)
+        return eventLoop.flatSubmit {
+            pool.link(to: LoopMuxPool.Key(endpoint: endpoint, expected: expected.uri), tlsContext: tlsContext,
+                      authority: authority, dial: dial, retries: 1)
+        }
+    }
+
+    /// Shutdown: no new streams; each pooled connection closes once its streams are done.
+    func drain() {
+        draining.withLockedValue { $0 = true }
+        for pool in loops.withLockedValue({ Array($0.values) }) {
+            pool.eventLoop.execute { pool.drain() }
+        }
+    }
+
+    /// Open pooled connections and the streams they carry (admin/tests).
+    func counts() async -> (connections: Int, streams: Int) {
+        var total = (connections: 0, streams: 0)
+        for pool in loops.withLockedValue({ Array($0.values) }) {
+            let counts = try? await pool.eventLoop.submit { pool.counts }.get()
+            total.connections += counts?.connections ?? 0
+            total.streams += counts?.streams ?? 0
+        }
+        return total
+    }
+
+    private func loopPool(_ eventLoop: EventLoop) -> LoopMuxPool {
+        loops.withLockedValue { pools in
+            if let pool = pools[ObjectIdentifier(eventLoop)] { return pool }
+            let pool = LoopMuxPool(eventLoop: eventLoop, settings: settings, audit: audit, logger: logger)
+            pools[ObjectIdentifier(eventLoop)] = pool
+            return pool
+        }
+    }
+}
+
+/// The pool of one event loop; touched only on that loop.
+final class LoopMuxPool: @unchecked Sendable {
+    struct Key: Hashable {
+        let endpoint: Endpoint
+        let expected: String
+    }
+
+    final class Pooled {
+        let channel: Channel
+        let handler: MuxConnectionHandler
+        let peer: TLSPeer
+        let tlsContext: TLSContext
+        var idleClose: Scheduled<Void>?
+
+        init(channel: Channel, handler: MuxConnectionHandler, peer: TLSPeer, tlsContext: TLSContext) {
+            self.channel = channel
+            self.handler = handler
+            self.peer = peer
+            self.tlsContext = tlsContext
+        }
+    }
+
+    enum DialOutcome {
+        case mux(Pooled)
+        /// The instance answered without the mux; the connection is usable raw.
+        case raw(DialedMeshConnection)
+    }
+
+    final class Destination {
+        var connections: [Pooled] = []
+        var dialing: EventLoopFuture<Void>?
+        /// Streams promised to waiters of the dial in progress.
+        var reserved = 0
+        var rawUntil: NIODeadline?
+    }
+
+    let eventLoop: EventLoop
+    private let settings: MuxSettings
+    private let audit: any AuditSink
+    private let logger: Logger
+    private var destinations: [Key: Destination] = [:]
+    private var draining = false
+
+    init(eventLoop: EventLoop, settings: MuxSettings, audit: any AuditSink, logger: Logger) {
+        self.eventLoop = eventLoop
+        self.settings = settings
+        self.audit = audit
+        self.logger = logger
+    }
+
+    var counts: (connections: Int, streams: Int) {
+        let all = destinations.values.flatMap(\.connections)
+        return (all.count, all.reduce(0) { $0 + $1.handler.openStreams })
+    }
+
+    func link(to key: Key, tlsContext: TLSContext, authority: String, dial: @escaping MeshDial, retries: Int) -> EventLoopFuture<MeshLink> {
+        let destination = destinations[key] ?? {
+            let created = Destination()
+            destinations[key] = created
+            return created
+        }()
+        if draining { return eventLoop.makeSucceededFuture(.rawPreferred) }
+        if let until = destination.rawUntil {
+            if NIODeadline.now() < until { return eventLoop.makeSucceededFuture(.rawPreferred) }
+            destination.rawUntil = nil
+        }
+        retireStale(destination, current: tlsContext)
+        if let pooled = destination.connections.first(where: { $0.handler.acceptsNewStreams }) {
+            let opened = open(on: pooled, authority: authority)
+            dialAheadIfNeeded(key, destination, tlsContext: tlsContext, dial: dial)
+            guard retries > 0 else { return opened }
+            // A stream refused before it was processed (GOAWAY race, connection lost) has carried
+            // nothing yet: try once more, on whatever the pool has by then. A destination that
+            // answered (403, 502...) is not asked again.
+            return opened.flatMapError { error in
+                switch error as? MuxError {
+                case .streamRefused, .connectionClosed:
+                    return self.link(to: key, tlsContext: tlsContext, authority: authority, dial: dial, retries: retries - 1)
+                default:
+                    return self.eventLoop.makeFailedFuture(error)
+                }
+            }
+        }
+        if let dialing = destination.dialing, destination.reserved < settings.maxConcurrentStreams {
+            destination.reserved += 1
+            return dialing.flatMap {
+                self.link(to: key, tlsContext: tlsContext, authority: authority, dial: dial, retries: retries)
+            }
+        }
+        return startDial(key, destination, tlsContext: tlsContext, dial: dial).flatMap { outcome in
+            switch outcome {
+            case .mux(let pooled): return self.open(on: pooled, authority: authority)
+            case .raw(let dialed): return self.eventLoop.makeSucceededFuture(.raw(dialed.channel, dialed.waiter, dialed.peer))
+            }
+        }
+    }
+
+    private func open(on pooled: Pooled, authority: String) -> EventLoopFuture<MeshLink> {
+        pooled.idleClose?.cancel()
+        pooled.idleClose = nil
+        return pooled.handler.openStream(authority: authority).map { stream in
+            .stream(stream, pooled.peer, streamID: (stream as? MuxStreamIdentifying)?.muxStreamID ?? 0)
+        }
+    }
+
+    /// Opens the next connection before the current ones are full, so a burst of new local
+    /// connections does not wait for a handshake.
+    private func dialAheadIfNeeded(_ key: Key, _ destination: Destination, tlsContext: TLSContext, dial: @escaping MeshDial) {
+        guard destination.dialing == nil else { return }
+        let usable = destination.connections.filter { !$0.handler.isRetired }
+        let capacity = usable.reduce(0) { $0 + $1.handler.streamLimit }
+        let used = usable.reduce(0) { $0 + $1.handler.openStreams }
+        guard used * 4 >= capacity * 3 else { return }
+        startDial(key, destination, tlsContext: tlsContext, dial: dial).whenSuccess { outcome in
+            // Found out in the background that the instance speaks raw only: nobody needs this one.
+            if case .raw(let dialed) = outcome { dialed.channel.close(promise: nil) }
+        }
+    }
+
+    private func startDial(_ key: Key, _ destination: Destination, tlsContext: TLSContext,
+                           dial: @escaping MeshDial) -> EventLoopFuture<DialOutcome> {
+        let outcome = dial().hop(to: eventLoop).flatMapThrowing { dialed -> DialOutcome in
+            guard dialed.peer.applicationProtocol == MuxProtocol.alpn else {
+                destination.rawUntil = .now() + MuxPool.rawRetryInterval
+                return .raw(dialed)
+            }
+            return .mux(try self.adopt(dialed, key: key, destination: destination, tlsContext: tlsContext))
+        }
+        destination.dialing = outcome.map { _ in }
+        outcome.whenComplete { _ in
+            destination.dialing = nil
+            destination.reserved = 0
+        }
+        return outcome
+    }
+
+    /// Puts the mux on a freshly verified connection and adds it to the pool.
+    private func adopt(_ dialed: DialedMeshConnection, key: Key, destination: Destination,
+                       tlsContext: TLSContext) throws -> Pooled {
+        let handler = MuxConnectionHandler(role: .client, settings: settings)
+        try dialed.waiter.handOver(to: [handler])
+        let pooled = Pooled(channel: dialed.channel, handler: handler, peer: dialed.peer, tlsContext: tlsContext)
+        destination.connections.append(pooled)
+        handler.onCapacityChange = { [weak self, weak pooled, weak destination] in
+            guard let self, let pooled, let destination else { return }
+            self.capacityChanged(pooled, in: destination)
+        }
+        dialed.channel.closeFuture.whenComplete { [weak self, weak destination] _ in
+            self?.eventLoop.execute { destination?.connections.removeAll { $0 === pooled } }
+        }
+        audit.record(AuditEvent(kind: .muxConnected, listener: "upstream:\(key.endpoint)",
+                                peerAddress: dialed.channel.remoteAddress.auditDescription,
+                                destination: dialed.peer.identity.uri, decision: "allow",
+                                reason: "\(key.endpoint) serial \(dialed.peer.certificateSerial) \(dialed.peer.protocolVersion)")
+            .with(handshakeOf: dialed.peer))
+        return pooled
+    }
+
+    private func capacityChanged(_ pooled: Pooled, in destination: Destination) {
+        guard pooled.handler.openStreams == 0, pooled.channel.isActive else { return }
+        if pooled.handler.isRetired {
+            pooled.channel.close(promise: nil)
+            return
+        }
+        guard pooled.idleClose == nil else { return }
+        pooled.idleClose = eventLoop.scheduleTask(in: MuxPool.idleTimeout) { [weak pooled] in
+            guard let pooled, pooled.handler.openStreams == 0 else { return }
+            pooled.handler.beginDraining()
+        }
+    }
+
+    /// New certificates or trust, or an expired peer: finish what runs there, start nothing new.
+    private func retireStale(_ destination: Destination, current: TLSContext) {
+        let now = Date()
+        for pooled in destination.connections where !pooled.handler.isRetired {
+            if pooled.tlsContext !== current || pooled.peer.certificateNotAfter <= now {
+                pooled.handler.beginDraining()
+            }
+        }
+    }
+
+    func drain() {
+        draining = true
+        for connection in destinations.values.flatMap(\.connections) { connection.handler.beginDraining() }
+    }
+}

@@ -1,0 +1,408 @@
+import CNGHTTP2
+import NIOCore
+
+/// The ALPN id of the multiplexed transport between our sidecars: HTTP/2 whose streams are
+/// CONNECT tunnels. Deliberately not "h2": an L4 tunnel must never claim to speak plain HTTP/2
+/// to whatever else is on the port (Consul #4466).
+public enum MuxProtocol {
+    public static let alpn = "backup-sidecar-mux/1"
+}
+
+public struct MuxSettings: Sendable {
+    /// Streams per connection, in each direction.
+    public var maxConcurrentStreams: Int
+    /// Per-stream receive window: the most one stream buffers for a slow local reader.
+    public var streamWindow: Int32
+    public var connectionWindow: Int32
+
+    public init(maxConcurrentStreams: Int = 100, streamWindow: Int32 = 256 << 10, connectionWindow: Int32 = 64 << 20) {
+        self.maxConcurrentStreams = maxConcurrentStreams
+        self.streamWindow = streamWindow
+        self.connectionWindow = connectionWindow
+    }
+}
+
+/// A CONNECT request that opened a stream on the server side.
+public struct MuxStreamRequest: Sendable {
+    public let streamID: Int32
+    /// What the client asked to reach (the destination service).
+    public let authority: String
+}
+
+/// Outbound user event on a mux connection: GOAWAY, finish the open streams, then close.
+public struct MuxGracefulShutdown: Sendable {
+    public init() {}
+}
+
+/// HTTP/2 over an established (TLS) channel, carrying one tunnel per stream.
+///
+/// Client role: `openStream` sends a CONNECT and resolves with the stream's channel once the
+/// destination answers 200. Server role: every CONNECT becomes a stream channel handed to
+/// `initializer`, which answers it (`MuxStreamResponse`) once it has decided.
+/// Everything runs on the connection's event loop.
+public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
+    public typealias InboundIn = ByteBuffer
+    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
+
+    public enum Role {
+        case client
+        /// Installs the stream's handlers (synchronously, on the event loop).
+        case server(initializer: (Channel, MuxStreamRequest) -> Void)
+    }
+
+    /// Frames handed to the channel per write while the socket keeps up.
+    static let sendChunk = 256 * 1024
+
+    private let role: Role
+    private let settings: MuxSettings
+    private var session: NGHTTP2Session?
+    private var context: ChannelHandlerContext?
+    private var eventLoop: EventLoop?
+    private var streams: [Int32: MuxStreamChannel] = [:]
+    private var opening: [Int32: EventLoopPromise<Channel>] = [:]
+    private var touchedDuringSend: [MuxStreamChannel] = []
+    private var pumping = false
+    private var pumpAgain = false
+    private var processingInput = false
+    private var goawayReceived = false
+    private var draining = false
+    /// Server: the final GOAWAY (naming the last stream processed) is out; before it, streams
+    /// already on their way may still arrive.
+    private var finalGoawaySent = false
+    private var closed = false
+    /// Called when capacity changes (a stream ended, GOAWAY, connection closed): pools listen.
+    public var onCapacityChange: (() -> Void)?
+    /// Called when the peer broke the protocol and the connection ends for it (for logs/audit).
+    public var onProtocolError: ((Error) -> Void)?
+
+    public init(role: Role, settings: MuxSettings) {
+        self.role = role
+        self.settings = settings
+    }
+
+    /// Streams currently open (including CONNECTs awaiting their answer).
+    public var openStreams: Int { streams.count }
+
+    /// The most streams this connection may carry at once: ours and the peer's limit.
+    public var streamLimit: Int {
+        min(settings.maxConcurrentStreams, session?.remoteMaxConcurrentStreams ?? settings.maxConcurrentStreams)
+    }
+
+    /// Whether a new stream may be opened here now.
+    public var acceptsNewStreams: Bool {
+        !closed && !draining && !goawayReceived && session != nil && streams.count < streamLimit
+    }
+
+    /// Whether the connection is finished with for new work (it may still carry streams).
+    public var isRetired: Bool { closed || draining || goawayReceived }
+
+    // MARK: Handler lifecycle
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.eventLoop = context.eventLoop
+        do {
+            let sessionSettings = NGHTTP2Session.Settings(maxConcurrentStreams: settings.maxConcurrentStreams,
+                                                          streamWindow: settings.streamWindow,
+                                                          connectionWindow: settings.connectionWindow)
+            session = try NGHTTP2Session(role: role.isClient ? .client : .server, settings: sessionSettings,
+                                         allocator: context.channel.allocator)
+        } catch {
+            context.fireErrorCaught(error)
+            context.close(promise: nil)
+            return
+        }
+        if context.channel.isActive { pump() }
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        connectionEnded()
+        self.context = nil
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        pump()
+        context.fireChannelActive()
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        connectionEnded()
+        context.fireChannelInactive()
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let session, !closed else { return }
+        // Nothing is sent (and the connection is not judged finished) until every event of
+        // this input has been handled: a stream's data must reach it before its close does.
+        processingInput = true
+        var failure: Error?
+        do {
+            try session.receive(unwrapInboundIn(data))
+        } catch {
+            failure = error
+        }
+        handle(session.takeEvents())
+        processingInput = false
+        pump() // Also sends the GOAWAY nghttp2 queued for a violation.
+        if let failure {
+            onProtocolError?(failure)
+            context.fireErrorCaught(failure)
+            context.close(promise: nil)
+        }
+    }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        pump()
+        context.fireChannelReadComplete()
+    }
+
+    public func channelWritabilityChanged(context: ChannelHandlerContext) {
+        let writable = context.channel.isWritable
+        for stream in streams.values { stream.parentWritabilityChanged(writable) }
+        if writable { pump() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            // The peer ended the TLS stream: no stream can receive anything more.
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.fireErrorCaught(error)
+        context.close(promise: nil)
+    }
+
+    public func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        guard event is MuxGracefulShutdown else {
+            context.triggerUserOutboundEvent(event, promise: promise)
+            return
+        }
+        beginDraining()
+        promise?.succeed()
+    }
+
+    // MARK: Streams
+
+    /// Client: a new tunnel to `authority`, resolved once the destination answered 200.
+    public func openStream(authority: String) -> EventLoopFuture<Channel> {
+        guard let eventLoop else { preconditionFailure("openStream before the mux handler joined a pipeline") }
+        let promise = eventLoop.makePromise(of: Channel.self)
+        guard let context, let session, acceptsNewStreams else {
+            promise.fail(MuxError.streamRefused("connection is not accepting new streams"))
+            return promise.futureResult
+        }
+        let stream = MuxStreamChannel(parent: context.channel, owner: self, autoRead: false)
+        stream.register()
+        do {
+            let id = try session.submitConnect(authority: authority, source: stream)
+            stream.assign(streamID: id)
+            streams[id] = stream
+            opening[id] = promise
+        } catch {
+            promise.fail(error)
+            return promise.futureResult
+        }
+        pump()
+        return promise.futureResult
+    }
+
+    /// GOAWAY; the connection closes by itself once its last stream is done. A server first
+    /// announces it (streams already on their way are still served), then names the last stream
+    /// it processed a second later; a client refusing anything new is the whole story.
+    public func beginDraining() {
+        guard !draining, !closed, let context else { return }
+        draining = true
+        if role.isClient {
+            session?.goAway()
+            finalGoawaySent = true
+        } else {
+            session?.announceShutdown()
+            context.eventLoop.scheduleTask(in: .seconds(1)) { [weak self] in
+                guard let self, !self.closed else { return }
+                self.session?.goAway()
+                self.finalGoawaySent = true
+                self.pump()
+                self.closeIfFinished()
+            }
+        }
+        pump()
+        closeIfFinished()
+        onCapacityChange?()
+    }
+
+    /// A connection told to go away (either way) closes once its last stream is done.
+    private func closeIfFinished() {
+        guard let context, streams.isEmpty, !closed else { return }
+        if (draining && finalGoawaySent) || goawayReceived {
+            context.close(promise: nil)
+        }
+    }
+
+    private func handle(_ events: [NGHTTP2Session.Event]) {
+        guard let context else { return }
+        for event in events {
+            switch event {
+            case .request(let id, let headers):
+                accept(streamID: id, headers: headers, context: context)
+            case .response(let id, let status):
+                guard let promise = opening.removeValue(forKey: id), let stream = streams[id] else { continue }
+                if status == 200 {
+                    stream.parentWritabilityChanged(context.channel.isWritable)
+                    stream.activate()
+                    promise.succeed(stream)
+                } else {
+                    promise.fail(MuxError.connectRejected(status: status))
+                    stream.close(promise: nil)
+                }
+            case .data(let id, let bytes):
+                if let stream = streams[id] {
+                    stream.received(bytes)
+                } else {
+                    session?.consumed(bytes.readableBytes, on: id)
+                }
+            case .endOfInput(let id):
+                streams[id]?.receivedEnd()
+            case .closed(let id, let errorCode):
+                guard let stream = streams.removeValue(forKey: id) else { continue }
+                if let promise = opening.removeValue(forKey: id) {
+                    // Never processed by the peer (REFUSED_STREAM, GOAWAY): safe to try elsewhere.
+                    promise.fail(errorCode == NGHTTP2_REFUSED_STREAM.rawValue
+                                 ? MuxError.streamRefused("refused by the destination") : MuxError.streamReset(errorCode: errorCode))
+                    stream.connectionLost()
+                } else {
+                    stream.sessionClosed(errorCode: errorCode)
+                }
+                onCapacityChange?()
+            case .goaway:
+                goawayReceived = true
+                onCapacityChange?()
+            }
+        }
+        closeIfFinished()
+    }
+
+    private func accept(streamID: Int32, headers: [(name: String, value: String)], context: ChannelHandlerContext) {
+        guard case .server(let initializer) = role, let session else { return }
+        let method = headers.first { $0.name == ":method" }?.value
+        guard method == "CONNECT", let authority = headers.first(where: { $0.name == ":authority" })?.value else {
+            // Only tunnels ride this connection.
+            session.submitResponse(streamID: streamID, status: 405, source: nil)
+            return
+        }
+        let stream = MuxStreamChannel(parent: context.channel, owner: self, autoRead: true)
+        streams[streamID] = stream
+        stream.assign(streamID: streamID)
+        stream.register()
+        stream.parentWritabilityChanged(context.channel.isWritable)
+        initializer(stream, MuxStreamRequest(streamID: streamID, authority: authority))
+        stream.activate()
+    }
+
+    private func connectionEnded() {
+        guard !closed else { return }
+        closed = true
+        let lost = streams
+        streams.removeAll()
+        let pending = opening
+        opening.removeAll()
+        pending.values.forEach { $0.fail(MuxError.connectionClosed) }
+        lost.values.forEach { $0.connectionLost() }
+        onCapacityChange?()
+    }
+
+    // MARK: Output
+
+    /// Writes what nghttp2 has to send, in chunks, while the channel is writable. While input
+    /// is being handled, frames still go out at once (a reply written before an abort must
+    /// precede its RST_STREAM, as on a TLS connection), but events are left for the input's
+    /// handling to finish first.
+    private func pump() {
+        guard let context, let session, !closed else { return }
+        guard !pumping else {
+            pumpAgain = true
+            return
+        }
+        pumping = true
+        defer { pumping = false }
+        var wrote = false
+        repeat {
+            pumpAgain = false
+            if !processingInput {
+                let events = session.takeEvents()
+                if !events.isEmpty { handle(events) }
+            }
+            while context.channel.isWritable && session.wantsToWrite {
+                let chunk: ByteBuffer?
+                do {
+                    chunk = try session.send(limit: Self.sendChunk)
+                } catch {
+                    context.fireErrorCaught(error)
+                    context.close(promise: nil)
+                    return
+                }
+                let touched = touchedDuringSend
+                touchedDuringSend.removeAll(keepingCapacity: true)
+                if let chunk {
+                    context.write(wrapOutboundOut(chunk), promise: nil)
+                    wrote = true
+                }
+                // Sending can end streams too (our END_STREAM after theirs).
+                if !processingInput {
+                    let events = session.takeEvents()
+                    if !events.isEmpty { handle(events) }
+                }
+                touched.forEach { $0.afterSend() }
+                if chunk == nil { break }
+            }
+        } while pumpAgain
+        if wrote { context.flush() }
+        if !processingInput && !session.isAlive {
+            // nghttp2 ended the session itself (a GOAWAY it sent for a violation), not a drain.
+            if !draining && !goawayReceived { onProtocolError?(MuxError.protocolViolation("session terminated by nghttp2")) }
+            context.close(promise: nil)
+        }
+    }
+
+    // MARK: MuxStreamOwner
+
+    func streamHasOutput(_ stream: MuxStreamChannel) {
+        session?.resume(streamID: stream.streamID)
+        pump()
+    }
+
+    func streamConsumed(_ count: Int, on streamID: Int32) {
+        session?.consumed(count, on: streamID)
+        if count > 0 { pump() }
+    }
+
+    func streamReset(_ streamID: Int32, errorCode: UInt32) {
+        session?.reset(streamID: streamID, errorCode: errorCode)
+        pump()
+    }
+
+    func streamRespond(_ stream: MuxStreamChannel, status: Int) {
+        guard case .server = role, streams[stream.streamID] === stream else { return }
+        if status == 200 {
+            session?.submitResponse(streamID: stream.streamID, status: 200, source: stream)
+        } else {
+            stream.answeredWithRefusal()
+            session?.submitResponse(streamID: stream.streamID, status: status, source: nil)
+        }
+        pump()
+    }
+
+    func streamTouchedDuringSend(_ stream: MuxStreamChannel) {
+        touchedDuringSend.append(stream)
+    }
+}
+
+extension MuxConnectionHandler.Role {
+    var isClient: Bool { if case .client = self { return true }; return false }
+}
+

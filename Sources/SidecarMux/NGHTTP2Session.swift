@@ -1,0 +1,367 @@
+import CNGHTTP2
+import NIOCore
+
+/// What a stream offers nghttp2 to send: the DATA frames' payload is copied straight from here
+/// into the outbound buffer (NO_COPY), never staged in nghttp2's own buffers.
+protocol MuxOutboundSource: AnyObject {
+    /// Bytes queued and whether the stream's output ends after them.
+    var outboundState: (queued: Int, ended: Bool) { get }
+    /// Moves exactly `count` queued bytes into `buffer`.
+    func takeOutbound(_ count: Int, into buffer: inout ByteBuffer)
+}
+
+/// One nghttp2 session, either role, as a plain object: bytes in, events out; frames out into a
+/// ByteBuffer. It knows nothing of channels. Callbacks only record events; the owner handles
+/// them after `receive` returns, so nothing re-enters nghttp2 from inside a callback.
+final class NGHTTP2Session {
+    enum Role { case client, server }
+
+    enum Event {
+        /// Server: a complete request header block on a new stream.
+        case request(streamID: Int32, headers: [(name: String, value: String)])
+        /// Client: the response status (or a trailer-less final header block) on a stream.
+        case response(streamID: Int32, status: Int)
+        case data(streamID: Int32, ByteBuffer)
+        /// The peer ended its side of the stream (END_STREAM).
+        case endOfInput(streamID: Int32)
+        /// The stream is gone from the session: both ends done (code 0) or reset.
+        case closed(streamID: Int32, errorCode: UInt32)
+        case goaway(lastStreamID: Int32, errorCode: UInt32)
+    }
+
+    struct Settings {
+        /// Streams the peer may open toward us at once (server role).
+        var maxConcurrentStreams: Int
+        /// What the peer may send on one stream before we consume it: the per-stream memory bound.
+        var streamWindow: Int32
+        /// Across all streams of the connection.
+        var connectionWindow: Int32
+    }
+
+    let role: Role
+    private let session: OpaquePointer
+    private let allocator: ByteBufferAllocator
+    private(set) var events: [Event] = []
+    private var pendingHeaders: [Int32: [(name: String, value: String)]] = [:]
+    /// Filled by `send`; stops taking frames once it exceeds `sendLimit`.
+    private var outbound: ByteBuffer
+    private var sendLimit = 0
+
+    init(role: Role, settings: Settings, allocator: ByteBufferAllocator) throws {
+        self.role = role
+        self.allocator = allocator
+        self.outbound = allocator.buffer(capacity: 0)
+        var option: OpaquePointer?
+        guard nghttp2_option_new(&option) == 0, let option else { throw MuxError.sessionSetup("nghttp2_option_new") }
+        defer { nghttp2_option_del(option) }
+        // Window updates follow what the local side actually consumed, so a slow reader holds
+        // back only its own stream.
+        nghttp2_option_set_no_auto_window_update(option, 1)
+        nghttp2_option_set_peer_max_concurrent_streams(option, 100)
+        var created: OpaquePointer?
+        // No callback runs during creation; the user data (self) is set right after.
+        let rc = role == .client
+            ? nghttp2_session_client_new2(&created, NGHTTP2Callbacks.shared, nil, option)
+            : nghttp2_session_server_new2(&created, NGHTTP2Callbacks.shared, nil, option)
+        guard rc == 0, let created else { throw MuxError.sessionSetup("nghttp2 session: \(Self.describe(rc))") }
+        session = created
+        nghttp2_session_set_user_data(session, Unmanaged.passUnretained(self).toOpaque())
+
+        var entries = [
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: UInt32(settings.streamWindow)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0),
+        ]
+        if role == .server {
+            entries.append(nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue),
+                                                  value: UInt32(settings.maxConcurrentStreams)))
+        }
+        let submitted = nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), entries, entries.count)
+        guard submitted == 0 else { throw MuxError.sessionSetup("SETTINGS: \(Self.describe(submitted))") }
+        let window = nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, settings.connectionWindow)
+        guard window == 0 else { throw MuxError.sessionSetup("connection window: \(Self.describe(window))") }
+    }
+
+    deinit { nghttp2_session_del(session) }
+
+    // MARK: Input
+
+    /// Feeds received bytes; the events they produced are in `events` until `takeEvents()`.
+    /// Throws on a connection-level protocol error (nghttp2 has queued a GOAWAY: send it).
+    func receive(_ bytes: ByteBuffer) throws {
+        let consumed = bytes.withUnsafeReadableBytes { raw -> Int in
+            guard let base = raw.baseAddress else { return 0 }
+            return nghttp2_session_mem_recv(session, base.assumingMemoryBound(to: UInt8.self), raw.count)
+        }
+        if consumed < 0 { throw MuxError.protocolViolation(Self.describe(Int32(consumed))) }
+    }
+
+    func takeEvents() -> [Event] {
+        defer { events.removeAll(keepingCapacity: true) }
+        return events
+    }
+
+    /// The application has taken `count` bytes of a stream's data: the peer may send that much more.
+    func consumed(_ count: Int, on streamID: Int32) {
+        guard count > 0 else { return }
+        if nghttp2_session_consume(session, streamID, count) != 0 {
+            // The stream is already closed: only the connection window is still owed.
+            _ = nghttp2_session_consume_connection(session, count)
+        }
+    }
+
+    /// Data that arrived for a stream nobody reads any more still counts against the connection.
+    func discarded(_ count: Int) {
+        if count > 0 { _ = nghttp2_session_consume_connection(session, count) }
+    }
+
+    // MARK: Output
+
+    var wantsToWrite: Bool { nghttp2_session_want_write(session) != 0 }
+    /// Both false: the session has ended (GOAWAY exchanged and no stream left).
+    var isAlive: Bool { nghttp2_session_want_read(session) != 0 || nghttp2_session_want_write(session) != 0 }
+
+    /// Serializes pending frames, up to about `limit` bytes (a DATA frame is never split).
+    func send(limit: Int) throws -> ByteBuffer? {
+        outbound = allocator.buffer(capacity: min(limit, 64 * 1024))
+        sendLimit = limit
+        let rc = nghttp2_session_send(session)
+        if rc != 0 { throw MuxError.protocolViolation(Self.describe(rc)) }
+        defer { outbound = allocator.buffer(capacity: 0) }
+        return outbound.readableBytes > 0 ? outbound : nil
+    }
+
+    /// Client: opens a CONNECT stream to `authority`. Its DATA comes from `source`.
+    func submitConnect(authority: String, source: MuxOutboundSource) throws -> Int32 {
+        let id = withHeaderBlock([(":method", "CONNECT"), (":authority", authority)]) { block in
+            var provider = Self.dataProvider(source)
+            return nghttp2_submit_request(session, nil, block.baseAddress, block.count, &provider, nil)
+        }
+        guard id > 0 else { throw MuxError.streamRefused(Self.describe(id)) }
+        return id
+    }
+
+    /// Server: answers a stream. With `source`, DATA follows; without, the response ends the stream.
+    func submitResponse(streamID: Int32, status: Int, extraHeaders: [(String, String)] = [], source: MuxOutboundSource?) {
+        _ = withHeaderBlock([(":status", String(status))] + extraHeaders) { block in
+            if let source {
+                var provider = Self.dataProvider(source)
+                return nghttp2_submit_response(session, streamID, block.baseAddress, block.count, &provider)
+            }
+            return nghttp2_submit_response(session, streamID, block.baseAddress, block.count, nil)
+        }
+    }
+
+    /// More data (or the end) was queued on a deferred stream.
+    func resume(streamID: Int32) { _ = nghttp2_session_resume_data(session, streamID) }
+
+    func reset(streamID: Int32, errorCode: UInt32) {
+        _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, errorCode)
+    }
+
+    /// Server: "stop opening streams" without refusing any yet (GOAWAY with the maximum id).
+    func announceShutdown() { _ = nghttp2_submit_shutdown_notice(session) }
+
+    /// Graceful: streams up to the last one processed finish; later ones are refused.
+    func goAway() {
+        _ = nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue),
+                                  nghttp2_session_get_last_proc_stream_id(session), NGHTTP2_NO_ERROR.rawValue, nil, 0)
+    }
+
+    /// The peer's limit on streams we may have open at once.
+    var remoteMaxConcurrentStreams: Int {
+        Int(nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS))
+    }
+
+    // MARK: Helpers
+
+    private static func dataProvider(_ source: MuxOutboundSource) -> nghttp2_data_provider {
+        nghttp2_data_provider(source: nghttp2_data_source(ptr: Unmanaged.passUnretained(source as AnyObject).toOpaque()),
+                              read_callback: NGHTTP2Callbacks.readData)
+    }
+
+    private func withHeaderBlock<R>(_ headers: [(String, String)], _ body: (UnsafeMutableBufferPointer<nghttp2_nv>) -> R) -> R {
+        // nghttp2 copies names and values at submit time, so the bytes only need to live this long.
+        var storage = headers.map { (Array($0.0.utf8), Array($0.1.utf8)) }
+        return storage.withUnsafeMutableBufferPointer { pairs -> R in
+            var block: [nghttp2_nv] = []
+            block.reserveCapacity(pairs.count)
+            for index in pairs.indices {
+                let name = pairs[index].0.withUnsafeMutableBufferPointer { $0.baseAddress! }
+                let value = pairs[index].1.withUnsafeMutableBufferPointer { $0.baseAddress! }
+                block.append(nghttp2_nv(name: name, value: value, namelen: pairs[index].0.count,
+                                        valuelen: pairs[index].1.count, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+            }
+            return block.withUnsafeMutableBufferPointer { body($0) }
+        }
+    }
+
+    static func describe(_ code: Int32) -> String { String(cString: nghttp2_strerror(code)) }
+
+    fileprivate static func from(_ userData: UnsafeMutableRawPointer?) -> NGHTTP2Session? {
+        guard let userData else { return nil }
+        return Unmanaged<NGHTTP2Session>.fromOpaque(userData).takeUnretainedValue()
+    }
+
+    // MARK: Callback bodies
+
+    fileprivate func append(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard outbound.readableBytes < sendLimit else { return false }
+        outbound.writeBytes(bytes)
+        return true
+    }
+
+    fileprivate func appendData(frameHeader: UnsafeRawBufferPointer, length: Int, padding: Int,
+                                source: MuxOutboundSource) -> Bool {
+        guard outbound.readableBytes < sendLimit else { return false }
+        outbound.writeBytes(frameHeader)
+        if padding > 0 { outbound.writeInteger(UInt8(padding - 1)) }
+        source.takeOutbound(length, into: &outbound)
+        if padding > 1 { outbound.writeRepeatingByte(0, count: padding - 1) }
+        return true
+    }
+
+    fileprivate func beginHeaders(streamID: Int32) { pendingHeaders[streamID] = [] }
+
+    fileprivate func header(streamID: Int32, name: String, value: String) {
+        pendingHeaders[streamID, default: []].append((name, value))
+    }
+
+    fileprivate func frameReceived(type: UInt8, flags: UInt8, streamID: Int32, category: nghttp2_headers_category?,
+                                   goaway: (Int32, UInt32)?) {
+        let endStream = flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
+        switch UInt32(type) {
+        case NGHTTP2_HEADERS.rawValue:
+            let headers = pendingHeaders.removeValue(forKey: streamID) ?? []
+            switch (role, category) {
+            case (.server, NGHTTP2_HCAT_REQUEST):
+                events.append(.request(streamID: streamID, headers: headers))
+            case (.client, NGHTTP2_HCAT_RESPONSE):
+                let status = headers.first { $0.name == ":status" }.flatMap { Int($0.value) } ?? 0
+                events.append(.response(streamID: streamID, status: status))
+            default:
+                break // Trailers or informational responses carry nothing a tunnel needs.
+            }
+            if endStream { events.append(.endOfInput(streamID: streamID)) }
+        case NGHTTP2_DATA.rawValue:
+            if endStream { events.append(.endOfInput(streamID: streamID)) }
+        case NGHTTP2_GOAWAY.rawValue:
+            if let goaway { events.append(.goaway(lastStreamID: goaway.0, errorCode: goaway.1)) }
+        default:
+            break
+        }
+    }
+
+    fileprivate func dataChunk(streamID: Int32, _ bytes: UnsafeRawBufferPointer) {
+        var buffer = allocator.buffer(capacity: bytes.count)
+        buffer.writeBytes(bytes)
+        events.append(.data(streamID: streamID, buffer))
+    }
+
+    fileprivate func streamClosed(streamID: Int32, errorCode: UInt32) {
+        pendingHeaders[streamID] = nil
+        events.append(.closed(streamID: streamID, errorCode: errorCode))
+    }
+}
+
+/// The C callbacks, set up once; each forwards to the session named by its user data.
+private enum NGHTTP2Callbacks {
+    nonisolated(unsafe) static let shared: OpaquePointer = {
+        var callbacks: OpaquePointer?
+        precondition(nghttp2_session_callbacks_new(&callbacks) == 0, "nghttp2_session_callbacks_new")
+        nghttp2_session_callbacks_set_send_callback(callbacks, send)
+        nghttp2_session_callbacks_set_send_data_callback(callbacks, sendData)
+        nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, beginHeaders)
+        nghttp2_session_callbacks_set_on_header_callback(callbacks, header)
+        nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, frameReceived)
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, dataChunk)
+        nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, streamClosed)
+        return callbacks!
+    }()
+
+    static let wouldBlock = Int(NGHTTP2_ERR_WOULDBLOCK.rawValue)
+
+    static let send: nghttp2_send_callback = { _, data, length, _, userData in
+        guard let session = NGHTTP2Session.from(userData), let data else { return Int(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
+        return session.append(UnsafeRawBufferPointer(start: data, count: length)) ? length : wouldBlock
+    }
+
+    static let sendData: nghttp2_send_data_callback = { _, frame, frameHeader, length, source, userData in
+        guard let session = NGHTTP2Session.from(userData), let frame, let frameHeader, let pointer = source?.pointee.ptr else {
+            return NGHTTP2_ERR_CALLBACK_FAILURE.rawValue
+        }
+        let stream = Unmanaged<AnyObject>.fromOpaque(pointer).takeUnretainedValue() as! MuxOutboundSource
+        let sent = session.appendData(frameHeader: UnsafeRawBufferPointer(start: frameHeader, count: 9), length: length,
+                                      padding: Int(frame.pointee.data.padlen), source: stream)
+        return sent ? 0 : NGHTTP2_ERR_WOULDBLOCK.rawValue
+    }
+
+    static let readData: nghttp2_data_source_read_callback = { _, _, _, length, flags, source, _ in
+        guard let pointer = source?.pointee.ptr, let flags else { return Int(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
+        let stream = Unmanaged<AnyObject>.fromOpaque(pointer).takeUnretainedValue() as! MuxOutboundSource
+        let (queued, ended) = stream.outboundState
+        if queued == 0 && !ended { return Int(NGHTTP2_ERR_DEFERRED.rawValue) }
+        let count = min(queued, length)
+        flags.pointee |= NGHTTP2_DATA_FLAG_NO_COPY.rawValue
+        if ended && count == queued { flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue }
+        return count
+    }
+
+    static let beginHeaders: nghttp2_on_begin_headers_callback = { _, frame, userData in
+        guard let session = NGHTTP2Session.from(userData), let frame else { return 0 }
+        session.beginHeaders(streamID: frame.pointee.hd.stream_id)
+        return 0
+    }
+
+    static let header: nghttp2_on_header_callback = { _, frame, name, nameLength, value, valueLength, _, userData in
+        guard let session = NGHTTP2Session.from(userData), let frame, let name, let value else { return 0 }
+        session.header(streamID: frame.pointee.hd.stream_id,
+                       name: String(decoding: UnsafeBufferPointer(start: name, count: nameLength), as: UTF8.self),
+                       value: String(decoding: UnsafeBufferPointer(start: value, count: valueLength), as: UTF8.self))
+        return 0
+    }
+
+    static let frameReceived: nghttp2_on_frame_recv_callback = { _, frame, userData in
+        guard let session = NGHTTP2Session.from(userData), let frame else { return 0 }
+        let hd = frame.pointee.hd
+        let category = UInt32(hd.type) == NGHTTP2_HEADERS.rawValue ? frame.pointee.headers.cat : nil
+        let goaway = UInt32(hd.type) == NGHTTP2_GOAWAY.rawValue
+            ? (frame.pointee.goaway.last_stream_id, frame.pointee.goaway.error_code) : nil
+        session.frameReceived(type: hd.type, flags: hd.flags, streamID: hd.stream_id, category: category, goaway: goaway)
+        return 0
+    }
+
+    static let dataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, streamID, data, length, userData in
+        guard let session = NGHTTP2Session.from(userData), let data else { return 0 }
+        session.dataChunk(streamID: streamID, UnsafeRawBufferPointer(start: data, count: length))
+        return 0
+    }
+
+    static let streamClosed: nghttp2_on_stream_close_callback = { _, streamID, errorCode, userData in
+        NGHTTP2Session.from(userData)?.streamClosed(streamID: streamID, errorCode: errorCode)
+        return 0
+    }
+}
+
+public enum MuxError: Error, CustomStringConvertible, Equatable {
+    case sessionSetup(String)
+    /// The peer broke HTTP/2 (or our framing): the whole connection ends.
+    case protocolViolation(String)
+    /// The stream could not be opened, or was refused before it was processed (safe to retry).
+    case streamRefused(String)
+    /// The destination answered the CONNECT with a status other than 200.
+    case connectRejected(status: Int)
+    /// The stream was reset by the peer (or the connection under it ended) mid-transfer.
+    case streamReset(errorCode: UInt32)
+    case connectionClosed
+
+    public var description: String {
+        switch self {
+        case .sessionSetup(let what): return "mux session setup failed: \(what)"
+        case .protocolViolation(let what): return "mux protocol error: \(what)"
+        case .streamRefused(let what): return "mux stream refused: \(what)"
+        case .connectRejected(let status): return "destination answered \(status) to the mux CONNECT"
+        case .streamReset(let code): return "mux stream reset (HTTP/2 error \(code))"
+        case .connectionClosed: return "mux connection closed"
+        }
+    }
+}

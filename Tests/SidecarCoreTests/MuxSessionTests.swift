@@ -1,0 +1,125 @@
+import NIOCore
+import Testing
+@testable import SidecarMux
+
+/// The nghttp2 session wrapper on its own: two sessions wired back to back in memory.
+@Suite("Mux session (nghttp2)")
+struct MuxSessionTests {
+    final class Queue: MuxOutboundSource {
+        var chunks: [ByteBuffer] = []
+        var ended = false
+        var outboundState: (queued: Int, ended: Bool) { (chunks.reduce(0) { $0 + $1.readableBytes }, ended) }
+        func takeOutbound(_ count: Int, into buffer: inout ByteBuffer) {
+            var remaining = count
+            while remaining > 0 {
+                var first = chunks.removeFirst()
+                var slice = first.readSlice(length: min(remaining, first.readableBytes))!
+                remaining -= slice.readableBytes
+                buffer.writeBuffer(&slice)
+                if first.readableBytes > 0 { chunks.insert(first, at: 0) }
+            }
+        }
+    }
+
+    static let settings = NGHTTP2Session.Settings(maxConcurrentStreams: 10, streamWindow: 65535, connectionWindow: 1 << 20)
+
+    /// Moves bytes both ways until neither side has anything to send; returns each side's events.
+    static func exchange(_ client: NGHTTP2Session, _ server: NGHTTP2Session) throws -> (client: [NGHTTP2Session.Event], server: [NGHTTP2Session.Event]) {
+        var clientEvents: [NGHTTP2Session.Event] = [], serverEvents: [NGHTTP2Session.Event] = []
+        for _ in 0..<50 {
+            var moved = false
+            if let bytes = try client.send(limit: 1 << 20) { try server.receive(bytes); moved = true }
+            if let bytes = try server.send(limit: 1 << 20) { try client.receive(bytes); moved = true }
+            clientEvents += client.takeEvents()
+            serverEvents += server.takeEvents()
+            if !moved { break }
+        }
+        return (clientEvents, serverEvents)
+    }
+
+    @Test("CONNECT opens a stream with its authority; 200, data both ways and END_STREAM close it cleanly")
+    func connectRoundTrip() throws {
+        let allocator = ByteBufferAllocator()
+        let client = try NGHTTP2Session(role: .client, settings: Self.settings, allocator: allocator)
+        let server = try NGHTTP2Session(role: .server, settings: Self.settings, allocator: allocator)
+        let upload = Queue(), download = Queue()
+        let id = try client.submitConnect(authority: "storage", source: upload)
+        var (_, serverEvents) = try Self.exchange(client, server)
+        guard case .request(let requestID, let headers) = serverEvents.first else {
+            Issue.record("no request: \(serverEvents)")
+            return
+        }
+        #expect(requestID == id)
+        #expect(headers.contains { $0.name == ":method" && $0.value == "CONNECT" })
+        #expect(headers.contains { $0.name == ":authority" && $0.value == "storage" })
+
+        server.submitResponse(streamID: id, status: 200, source: download)
+        upload.chunks = [ByteBuffer(string: "snapshot bytes")]
+        upload.ended = true
+        client.resume(streamID: id)
+        download.chunks = [ByteBuffer(string: "restore bytes")]
+        download.ended = true
+        server.resume(streamID: id)
+        let events = try Self.exchange(client, server)
+        serverEvents = events.server
+        let serverData = serverEvents.compactMap { event -> String? in
+            if case .data(_, let bytes) = event { return String(buffer: bytes) }
+            return nil
+        }.joined()
+        let clientData = events.client.compactMap { event -> String? in
+            if case .data(_, let bytes) = event { return String(buffer: bytes) }
+            return nil
+        }.joined()
+        #expect(serverData == "snapshot bytes")
+        #expect(clientData == "restore bytes")
+        #expect(events.client.contains { if case .response(id, 200) = $0 { return true }; return false })
+        #expect(events.client.contains { if case .closed(id, 0) = $0 { return true }; return false })
+        #expect(serverEvents.contains { if case .closed(id, 0) = $0 { return true }; return false })
+    }
+
+    @Test("A reset reaches the other side with its error code")
+    func resetCarriesCode() throws {
+        let allocator = ByteBufferAllocator()
+        let client = try NGHTTP2Session(role: .client, settings: Self.settings, allocator: allocator)
+        let server = try NGHTTP2Session(role: .server, settings: Self.settings, allocator: allocator)
+        // The sessions only borrow their sources: the owner keeps them alive.
+        let upload = Queue(), download = Queue()
+        let id = try client.submitConnect(authority: "storage", source: upload)
+        _ = try Self.exchange(client, server)
+        server.submitResponse(streamID: id, status: 200, source: download)
+        _ = try Self.exchange(client, server)
+        client.reset(streamID: id, errorCode: 8) // CANCEL
+        let events = try Self.exchange(client, server)
+        #expect(events.server.contains { if case .closed(id, 8) = $0 { return true }; return false })
+        withExtendedLifetime((upload, download)) {}
+    }
+
+    static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+    static let emptySettings: [UInt8] = [0, 0, 0, 4, 0, 0, 0, 0, 0]
+
+    @Test("Bytes that are not HTTP/2 end the session (an error, or a GOAWAY after which it is done), never a crash", arguments: [
+        Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8),
+        [UInt8](repeating: 0xff, count: 64),
+        // DATA on stream 0.
+        preface + emptySettings + [0, 0, 1, 0, 0, 0, 0, 0, 0, 0x41],
+        // A SETTINGS frame whose length is not a multiple of 6.
+        preface + [0, 0, 5, 4, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5],
+        // HEADERS with a header block that is not HPACK.
+        preface + emptySettings + [0, 0, 4, 1, 5, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff],
+    ])
+    func garbageIsRefused(_ input: [UInt8]) throws {
+        let server = try NGHTTP2Session(role: .server, settings: Self.settings, allocator: ByteBufferAllocator())
+        let refused = (try? server.receive(ByteBuffer(bytes: input))) == nil
+        let reply = try? server.send(limit: 1 << 20)
+        #expect(refused || (reply != nil && !server.isAlive), "the session must end on \(input)")
+    }
+
+    @Test("The server announces its stream limit; the client learns it")
+    func streamLimit() throws {
+        let allocator = ByteBufferAllocator()
+        let client = try NGHTTP2Session(role: .client, settings: Self.settings, allocator: allocator)
+        let server = try NGHTTP2Session(role: .server, settings: Self.settings, allocator: allocator)
+        _ = try Self.exchange(client, server)
+        #expect(client.remoteMaxConcurrentStreams == 10)
+    }
+}

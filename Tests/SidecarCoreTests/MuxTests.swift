@@ -1,0 +1,163 @@
+import Foundation
+import NIOConcurrencyHelpers
+import Testing
+@testable import SidecarCore
+import SidecarMux
+import SidecarTLS
+
+/// The multiplexed transport between two sidecars: tunnels as HTTP/2 CONNECT streams on pooled
+/// mTLS connections (issue 6). The rest of the suite runs through the mux too (it is the
+/// default); these tests check what only the mux has.
+@Suite("Mux transport", .serialized)
+struct MuxTests {
+    static func lines(_ audit: MemoryAuditSink, _ kind: AuditEvent.Kind) -> [AuditEvent] {
+        audit.events.filter { $0.kind == kind }
+    }
+
+    @Test("1,000 short connections and 8 bulk streams at once: every byte sha256-correct, one handshake per pooled connection")
+    func manyTunnelsFewHandshakes() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo)
+        defer { Task { await mesh.stop() } }
+        let port = mesh.upstreamPort
+        let bulk = Task {
+            await withTaskGroup(of: EchoResult.self) { group in
+                for _ in 0..<8 { group.addTask { await echoStream(port: port, bytes: 32 << 20, receiveTimeout: 60) } }
+                return await group.reduce(into: [EchoResult]()) { $0.append($1) }
+            }
+        }
+        // 1,000 short connections, 40 at a time.
+        let shortOK = await withTaskGroup(of: Bool.self) { group in
+            var started = 0, succeeded = 0
+            while started < 40 {
+                group.addTask { await echoRoundTrip(port: port, bytes: 4 << 10) }
+                started += 1
+            }
+            for await ok in group {
+                if ok { succeeded += 1 }
+                if started < 1000 {
+                    group.addTask { await echoRoundTrip(port: port, bytes: 4 << 10) }
+                    started += 1
+                }
+            }
+            return succeeded
+        }
+        let bulkResults = await bulk.value
+        #expect(shortOK == 1000)
+        #expect(bulkResults.count == 8 && bulkResults.allSatisfy { $0.ok }, "\(bulkResults.filter { !$0.ok })")
+
+        // Every tunnel was decided on its own, as a stream; none needed a handshake of its own.
+        #expect(await eventually { Self.lines(mesh.storageAudit, .connectionClosed).count == 1008 })
+        let decisions = Self.lines(mesh.storageAudit, .authorization)
+        #expect(decisions.count == 1008)
+        #expect(decisions.allSatisfy { $0.muxStream != nil && $0.decision == "allow" && $0.handshakeMs == nil })
+        let serverHandshakes = Self.lines(mesh.storageAudit, .muxConnected)
+        let clientHandshakes = Self.lines(mesh.agentAudit, .muxConnected)
+        #expect(serverHandshakes.count == clientHandshakes.count, "each pooled connection is one handshake, seen by both sides")
+        #expect(!serverHandshakes.isEmpty && serverHandshakes.count <= 8,
+                "a few pooled connections (2 event loops, 100 streams each), not one per tunnel: \(serverHandshakes.count)")
+        #expect(serverHandshakes.allSatisfy { $0.handshakeMs != nil })
+        let upstream = Self.lines(mesh.agentAudit, .upstreamConnected)
+        #expect(upstream.count == 1008 && upstream.allSatisfy { $0.muxStream != nil })
+    }
+
+    @Test("Toward a sidecar with --mux off: plain mTLS connections, each with its own handshake, no failure")
+    func fallsBackToRawSidecar() async throws {
+        let backend = try await TestBackend(.echo, group: testGroup)
+        let (storage, storageAudit) = try await MeshFixture.startStorage(
+            backendPort: backend.port, credentials: try TestCertificates.credentials("storage"),
+            intentions: MeshFixture.allowBackupAgent, mux: .off)
+        let (agent, agentAudit) = try await MeshFixture.startAgent(
+            certificate: "backup-agent", storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!, mux: .prefer)
+        defer { Task { await agent.stop(); await storage.stop(); await backend.stop() } }
+        let port = agent.boundAddress(of: "upstream:storage")!.port!
+        for _ in 0..<5 { #expect(await echoRoundTrip(port: port, bytes: 64 << 10)) }
+        #expect(await echoStream(port: port, bytes: 8 << 20).ok)
+        #expect(Self.lines(agentAudit, .muxConnected).isEmpty)
+        #expect(Self.lines(storageAudit, .muxConnected).isEmpty)
+        let decisions = Self.lines(storageAudit, .authorization)
+        #expect(decisions.count == 6 && decisions.allSatisfy { $0.muxStream == nil && $0.handshakeMs != nil })
+        #expect(Self.lines(agentAudit, .upstreamConnected).allSatisfy { $0.muxStream == nil })
+    }
+
+    @Test("Toward openssl s_server with client auth (no ALPN): the tunnel works raw")
+    func fallsBackToOpenSSLServer() async throws {
+        let port = freeLocalPort()
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        server.arguments = ["s_server", "-accept", "127.0.0.1:\(port)", "-cert", TestCertificates.path("storage.pem"),
+                            "-key", TestCertificates.path("storage.key"), "-Verify", "2", "-CAfile", TestCertificates.path("ca.pem"),
+                            "-rev", "-quiet"]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        defer { server.terminate() }
+        #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
+        let (agent, agentAudit) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: port, mux: .prefer)
+        defer { Task { await agent.stop() } }
+        let socket = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
+        socket.setReceiveTimeout(seconds: 10)
+        #expect(socket.send(Array("backup-sidecar\n".utf8)))
+        // s_server -rev answers each line reversed.
+        let reply = await onThread { socket.receiveExactly(15) }
+        #expect(reply.map { String(decoding: $0, as: UTF8.self) } == "racedis-pukcab\n")
+        let connected = Self.lines(agentAudit, .upstreamConnected)
+        #expect(connected.count == 1 && connected[0].muxStream == nil)
+        #expect(Self.lines(agentAudit, .muxConnected).isEmpty)
+    }
+
+    @Test("A stalled reader holds back only its own stream: other tunnels on the same connection keep full speed")
+    func slowReaderDoesNotStallOthers() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo)
+        defer { Task { await mesh.stop() } }
+        let port = mesh.upstreamPort
+        // The stalled client sends 16 MiB and reads nothing: the echo backs up into its stream.
+        let stalled = try BlockingSocket(port: port)
+        let sender = Task { await onThread { RandomStream.send(stalled, bytes: 16 << 20) } }
+        try await Task.sleep(for: .milliseconds(500))
+        // Connections are spread over the two event loops in turn, so at least one of these
+        // shares the stalled tunnel's pooled connection.
+        let others = await withTaskGroup(of: EchoResult.self) { group in
+            for _ in 0..<3 { group.addTask { await echoStream(port: port, bytes: 32 << 20, receiveTimeout: 20) } }
+            return await group.reduce(into: [EchoResult]()) { $0.append($1) }
+        }
+        #expect(others.allSatisfy { $0.ok }, "\(others.filter { !$0.ok })")
+        #expect(!Self.lines(mesh.storageAudit, .muxConnected).isEmpty)
+        // The stalled tunnel is still open, not cut to make room.
+        #expect(mesh.storage.openInboundConnections >= 1)
+        stalled.abort()
+        _ = await sender.value
+    }
+
+    @Test("An abort crosses the mux as a reset both ways; a half-close as END_STREAM")
+    func resetsAndHalfClose() async throws {
+        // Client aborts: the backend sees a reset, never a clean end of stream.
+        let mesh = try await MeshFixture.start(backend: .replyAfterEOF(replyBytes: 1 << 20))
+        defer { Task { await mesh.stop() } }
+        let aborting = try BlockingSocket(port: mesh.upstreamPort)
+        #expect(aborting.send(secureRandomBytes(256 << 10)))
+        try await Task.sleep(for: .milliseconds(200))
+        aborting.abort()
+        #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .connectionClosed } })
+        #expect(mesh.backend.sentReplyDigests.isEmpty, "an aborted upload never looks complete to the app")
+
+        // Half-close: the reply still arrives in full after the client's END_STREAM.
+        let socket = try BlockingSocket(port: mesh.upstreamPort)
+        socket.setReceiveTimeout(seconds: 10)
+        #expect(socket.send(secureRandomBytes(64 << 10)))
+        socket.shutdownWrite()
+        let reply = await onThread { socket.receiveAll(keepingPrefix: 64) }
+        #expect(reply.cleanEOF)
+        #expect(reply.count == 64 + (1 << 20))
+        #expect(!Self.lines(mesh.storageAudit, .muxConnected).isEmpty)
+
+        // Backend aborts: the client sees a reset, not a clean EOF.
+        let source = try await MeshFixture.start(backend: .abortAfter(bytes: 1 << 20))
+        defer { Task { await source.stop() } }
+        let reader = try BlockingSocket(port: source.upstreamPort)
+        reader.setReceiveTimeout(seconds: 10)
+        #expect(reader.send(Array("go\n".utf8)))
+        let cut = await onThread { reader.receiveAll() }
+        #expect(!cut.cleanEOF, "a transfer cut at the source must not look complete")
+        #expect(cut.count <= 1 << 20)
+    }
+}
