@@ -7,9 +7,14 @@ import SidecarTLS
 /// speaking cleartext HTTP/2 with prior knowledge to an HTTP/2 backup repository (NIOHTTP2).
 @Suite("HTTP/2 L7 enforcement", .serialized)
 struct HTTP2L7IntegrationTests {
-    static func start(protocol proto: String = "http2", intentions: [Intention] = L7IntegrationTests.backupPolicy)
-        async throws -> MeshFixture {
-        try await MeshFixture.start(backend: .repositoryHTTP2, intentions: intentions, protocol: proto)
+    static func start(protocol proto: String = "http2", intentions: [Intention] = L7IntegrationTests.backupPolicy,
+                      mux: MuxMode = .prefer) async throws -> MeshFixture {
+        try await MeshFixture.start(backend: .repositoryHTTP2, intentions: intentions, protocol: proto, mux: mux)
+    }
+
+    /// The filter sits on whatever carries the tunnel: a raw mTLS connection or a mux stream.
+    static func expectTransport(_ mesh: MeshFixture, _ mux: MuxMode) {
+        #expect(mesh.storageAudit.events.contains { $0.kind == .muxConnected } == (mux == .prefer))
     }
 
     /// One curl run with HTTP/2 prior knowledge per request: curl 7.88 cannot reuse an h2c
@@ -40,9 +45,10 @@ struct HTTP2L7IntegrationTests {
         return digest.finalizeHex()
     }
 
-    @Test("Append-only on one HTTP/2 connection: PUT and GET pass with their bodies, DELETE gets 403, the connection keeps serving")
-    func appendOnly() async throws {
-        let mesh = try await Self.start()
+    @Test("Append-only on one HTTP/2 connection: PUT and GET pass with their bodies, DELETE gets 403, the connection keeps serving",
+          arguments: [MuxMode.prefer, .off])
+    func appendOnly(_ mux: MuxMode) async throws {
+        let mesh = try await Self.start(mux: mux)
         defer { Task { await mesh.stop() } }
         let connection = try TestH2Connection(port: mesh.upstreamPort)
         let responses = try await onThread {
@@ -71,6 +77,7 @@ struct HTTP2L7IntegrationTests {
         let metrics = mesh.storage.settings.metrics?.exposition() ?? ""
         #expect(metrics.contains(#"backup_sidecar_intention_decisions_total{layer="l7",result="deny"} 1"#), "\(metrics)")
         #expect(metrics.contains(#"backup_sidecar_intention_decisions_total{layer="l7",result="allow"} 4"#), "\(metrics)")
+        Self.expectTransport(mesh, mux)
     }
 
     @Test("curl: PUT and GET pass with their bodies, DELETE gets 403")
@@ -124,9 +131,9 @@ struct HTTP2L7IntegrationTests {
         #expect(mesh.backend.bytesReceived == 0)
     }
 
-    @Test("Many concurrent streams on few connections, half of them denied (h2load)")
-    func concurrentStreams() async throws {
-        let mesh = try await Self.start()
+    @Test("Many concurrent streams on few connections, half of them denied (h2load)", arguments: [MuxMode.prefer, .off])
+    func concurrentStreams(_ mux: MuxMode) async throws {
+        let mesh = try await Self.start(mux: mux)
         defer { Task { await mesh.stop() } }
         let base = "http://127.0.0.1:\(mesh.upstreamPort)"
         // URIs are used in turn: /repository/ is readable, /admin/ matches no permission.
@@ -142,6 +149,7 @@ struct HTTP2L7IntegrationTests {
         #expect(Self.decisions(mesh, "allow").count == 200)
         #expect(Self.decisions(mesh, "deny").count == 200)
         #expect(Self.decisions(mesh, "deny").allSatisfy { $0.path == "/admin/purge" && $0.reason?.contains("no permission matched") == true })
+        Self.expectTransport(mesh, mux)
     }
 
     @Test("Concurrent uploads, half of them denied mid-body, on shared connections (h2load)")
