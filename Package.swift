@@ -19,6 +19,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
         // Only for the HTTPS client toward the Consul agent (CONSUL_CACERT etc.); the mesh uses OpenSSL.
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        // Tests only: an HTTP/2 service built on a second, independent HTTP/2 implementation
+        // (already in the graph through async-http-client) for the http2/grpc L7 tests.
+        .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
     ],
     targets: [
         // System OpenSSL 3. The shim header holds only `static inline` wrappers for
@@ -59,6 +62,7 @@ let package = Package(
                 "SidecarTLS",
                 "SidecarMux",
                 "CSystemExtras",
+                "CNGHTTP2",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -175,6 +179,8 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                "CNGHTTP2",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -3,7 +3,7 @@
 # Usage: scripts/install-deps.sh [extra packages...]
 set -euo pipefail
 
-packages=(libssl-dev libnghttp2-dev pkg-config openssl curl python3 "$@")
+packages=(libssl-dev libnghttp2-dev pkg-config openssl curl nghttp2-client python3 "$@")
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -139,9 +139,10 @@ public final class Sidecar: Sendable {
 
     public static let publicListenerName = "public"
 
-    /// HTTP/1.1 services get per-request L7 enforcement. For http2/grpc it is not built yet:
-    /// sources whose intentions carry permissions are refused (never passed unchecked).
-    private static func enforcesL7(_ definition: ProxyDefinition) -> Bool { definition.config.protocol == "http" }
+    /// http, http2 and grpc services get per-request L7 enforcement (HTTPRequestFilter,
+    /// HTTP2RequestFilter); tcp services are decided per connection.
+    private static func l7Protocol(_ definition: ProxyDefinition) -> L7Protocol? { L7Protocol(configProtocol: definition.config.protocol) }
+    private static func enforcesL7(_ definition: ProxyDefinition) -> Bool { l7Protocol(definition) != nil }
     private var enforcesL7: Bool { Self.enforcesL7(definition) }
 
     /// Binds every listener. Throws (naming the address) if any cannot be bound.
@@ -465,7 +466,7 @@ public final class Sidecar: Sendable {
                      maxConnectionLifetime: definition.config.maxConnectionLifetimeNs.map { .nanoseconds($0) },
                      idleTimeout: definition.config.idleTimeoutNs.map { .nanoseconds($0) },
                      proxyProtocol: definition.config.proxyProtocol,
-                     l7: enforcesL7(definition),
+                     l7Protocol: l7Protocol(definition),
                      mux: mux == .prefer ? MuxSettings(maxConcurrentStreams: definition.config.muxMaxStreams) : nil)
     }
 
@@ -473,11 +474,7 @@ public final class Sidecar: Sendable {
         let contexts = self.contexts, intentions = self.intentions, registry = self.registry
         let tracker = self.tracker, definitionBox = self.definitionBox
         let audit = settings.audit, logger = settings.logger
-        let protocolName = definition.config.protocol
         let muxMode = settings.mux
-        if ["http2", "grpc"].contains(protocolName) {
-            logger.warning("L7 permissions are not enforced for protocol \(protocolName) yet: sources whose intentions carry permissions are refused")
-        }
         let authorize: @Sendable (SPIFFEID, String) -> IntentionDecision = { source, destination in
             let l7 = Self.enforcesL7(definitionBox.withLockedValue { $0 })
             return Self.decide(with: intentions) { $0.decide(source: source, destination: destination, l7: l7) }

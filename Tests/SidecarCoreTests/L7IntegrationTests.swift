@@ -20,7 +20,9 @@ struct L7IntegrationTests {
         let status: String
         /// New connections curl opened for this request (0: the previous one was reused).
         let connects: String
-        var description: String { "\(status)/\(connects): \(body)" }
+        /// HTTP version curl used ("1.1", "2").
+        let version: String
+        var description: String { "\(status)/\(connects)/h\(version): \(body)" }
     }
 
     /// One curl process, one keep-alive connection: requests separated with --next.
@@ -28,7 +30,7 @@ struct L7IntegrationTests {
         var arguments = ["curl", "-sS", "--max-time", "20"]
         for (index, request) in requests.enumerated() {
             if index > 0 { arguments.append("--next") }
-            arguments += ["-o", "-", "-w", "\n@@%{http_code} %{num_connects}\n"] + request.map {
+            arguments += ["-o", "-", "-w", "\n@@%{http_code} %{num_connects} %{http_version}\n"] + request.map {
                 $0.replacingOccurrences(of: "URL", with: "http://127.0.0.1:\(port)")
             }
         }
@@ -40,7 +42,7 @@ struct L7IntegrationTests {
             if line.hasPrefix("@@") {
                 let fields = line.dropFirst(2).split(separator: " ")
                 responses.append(Response(body: body.joined(separator: "\n").trimmingCharacters(in: .whitespacesAndNewlines),
-                                          status: String(fields[0]), connects: String(fields[1])))
+                                          status: String(fields[0]), connects: String(fields[1]), version: String(fields[2])))
                 body = []
             } else {
                 body.append(line)

@@ -63,7 +63,7 @@ final class HTTPRequestFilter: ChannelDuplexHandler {
             return
         }
         let decision = info.decide(facts)
-        audit(allowed: decision.allowed, reason: decision.reasonText, request: facts)
+        info.recordDecision(allowed: decision.allowed, reason: decision.reasonText, request: facts)
         if decision.allowed {
             state = .forwarding
             context.fireChannelRead(wrapInboundOut(.head(head)))
@@ -87,17 +87,10 @@ final class HTTPRequestFilter: ChannelDuplexHandler {
         }
     }
 
-    private func audit(allowed: Bool, reason: String, request: HTTPRequestFacts?) {
-        info.audit.record(AuditEvent(kind: .httpRequest, listener: info.listenerName, peerAddress: info.peerAddress,
-                                     source: info.peer.identity.uri, sourceSerial: info.peer.certificateSerial,
-                                     destination: info.destination, decision: allowed ? "allow" : "deny", reason: reason,
-                                     method: request?.method, path: request?.path))
-    }
-
-    /// L7 rules cannot be applied to HTTP/2 yet: refuse rather than pass it unchecked.
+    /// A protocol http listener reads HTTP/1.1 only: refuse HTTP/2 rather than pass it unchecked.
     private func refuseHTTP2(context: ChannelHandlerContext, facts: HTTPRequestFacts) {
-        audit(allowed: false, reason: "HTTP/2 is not supported on a listener with L7 intentions (protocol http); refused",
-              request: facts)
+        info.recordDecision(allowed: false, reason: "HTTP/2 is not supported on a listener with L7 intentions (protocol http); refused",
+                            request: facts)
         info.logger.warning("HTTP/2 refused on an L7 listener", metadata: ["source": "\(info.peer.identity)"])
         context.close(promise: nil)
     }
@@ -107,9 +100,19 @@ final class HTTPRequestFilter: ChannelDuplexHandler {
             info.logger.info("malformed HTTP request refused", metadata: [
                 "source": "\(info.peer.identity)", "error": "\(error)",
             ])
-            audit(allowed: false, reason: "malformed HTTP request: \(error)", request: nil)
+            info.recordDecision(allowed: false, reason: "malformed HTTP request: \(error)", request: nil)
         }
         context.fireErrorCaught(error)
+    }
+}
+
+extension HTTPRequestFilter.Context {
+    /// One `http_request` audit line (a decided request, or a refused malformed one).
+    func recordDecision(allowed: Bool, reason: String, request: HTTPRequestFacts?) {
+        audit.record(AuditEvent(kind: .httpRequest, listener: listenerName, peerAddress: peerAddress,
+                                source: peer.identity.uri, sourceSerial: peer.certificateSerial,
+                                destination: destination, decision: allowed ? "allow" : "deny", reason: reason,
+                                method: request?.method, path: request?.path))
     }
 }
 

@@ -15,9 +15,10 @@ struct InboundRoute: Sendable {
     var maxConnectionLifetime: TimeAmount?
     var idleTimeout: TimeAmount?
     var proxyProtocol: Bool
-    /// The local service speaks HTTP/1.1 (proxy config `protocol: http`): requests are
-    /// decided one by one with the intentions' L7 permissions.
-    var l7: Bool
+    /// The local service speaks HTTP (proxy config `protocol` http, http2 or grpc): requests
+    /// are decided one by one with the intentions' L7 permissions. nil: tcp.
+    var l7Protocol: L7Protocol?
+    var l7: Bool { l7Protocol != nil }
     /// Accept the multiplexed transport (peers that negotiated its ALPN id) with these limits.
     var mux: MuxSettings?
 }
@@ -177,10 +178,17 @@ final class InboundConnectionHandler: StagingHandler {
                                                                 spiffeID: peer.identity.uri, tlsVersion: peer.protocolVersion)
                             try local.pipeline.syncOperations.addHandler(ProxyProtocolHeaderHandler(header: header))
                         }
-                        if route.l7 {
+                        switch route.l7Protocol {
+                        case .http:
                             try ConnectionJoiner.joinHTTP(mesh: meshChannel, meshStaging: self, local: local,
-                                                          filter: requestFilter(peer: peer, route: route), stats: stats)
-                        } else {
+                                                          filter: HTTPRequestFilter(requestContext(peer: peer, route: route)),
+                                                          stats: stats)
+                        case .http2, .grpc:
+                            let filter = HTTP2RequestFilter(requestContext(peer: peer, route: route),
+                                                            grpcService: route.l7Protocol == .grpc)
+                            try ConnectionJoiner.joinHTTP2(mesh: meshChannel, meshStaging: self, local: local,
+                                                           filter: filter, stats: stats)
+                        case nil:
                             try ConnectionJoiner.joinBytes(mesh: meshChannel, meshStaging: self, local: local,
                                                            localStaging: nil, stats: stats)
                         }
@@ -212,11 +220,12 @@ final class InboundConnectionHandler: StagingHandler {
             }
     }
 
-    private func requestFilter(peer: TLSPeer, route: InboundRoute) -> HTTPRequestFilter {
+    /// What an L7 request filter (HTTP/1.1 or HTTP/2) needs to decide and audit requests.
+    private func requestContext(peer: TLSPeer, route: InboundRoute) -> HTTPRequestFilter.Context {
         let authorizeRequest = self.authorizeRequest
-        return HTTPRequestFilter(HTTPRequestFilter.Context(
+        return HTTPRequestFilter.Context(
             listenerName: listenerName, peer: peer, peerAddress: peerAddress, destination: route.destinationService,
-            decide: { authorizeRequest($0, peer.identity, route.destinationService) }, audit: audit, logger: logger))
+            decide: { authorizeRequest($0, peer.identity, route.destinationService) }, audit: audit, logger: logger)
     }
 
     /// Registers the joined connection for re-authorization and arms its lifetime limit.

@@ -47,6 +47,13 @@ final class BlockingSocket: @unchecked Sendable {
 
     func shutdownWrite() { shutdown(fd, Int32(SHUT_WR)) }
 
+    /// One read: what arrived, or nothing at EOF, error or timeout.
+    func receiveSome(max: Int = 1 << 16) -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: max)
+        let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        return count > 0 ? Array(buffer[..<count]) : []
+    }
+
     /// Ends the connection with a reset (SO_LINGER 0): what a crashed or killed client does.
     /// Only when no other thread is using the socket (the fd is closed here).
     func abort() {

@@ -2,6 +2,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOHTTP1
+import NIOHTTP2
 import SidecarTLS
 
 /// A plaintext "local service" on 127.0.0.1:0 with a pluggable behaviour. Counts what reaches it,
@@ -26,6 +27,9 @@ final class TestBackend: Sendable {
         /// A backup repository over HTTP/1.1 (NIOHTTP1): answers every request 200 with
         /// "METHOD path bytes sha256" of the body it received, and logs what reached it.
         case repository
+        /// The same repository over cleartext HTTP/2 with prior knowledge (NIOHTTP2, an HTTP/2
+        /// implementation independent of the sidecar's nghttp2), one stream per request.
+        case repositoryHTTP2
     }
 
     let channel: Channel
@@ -63,6 +67,14 @@ final class TestBackend: Sendable {
                     channel.pipeline.addHandler(RepositoryHandler(requests: requests, bytes: bytes))
                 }
             }
+            if case .repositoryHTTP2 = behaviour {
+                return channel.configureHTTP2Pipeline(mode: .server) { stream in
+                    stream.eventLoop.makeCompletedFuture {
+                        try stream.pipeline.syncOperations.addHandlers(HTTP2FramePayloadToHTTP1ServerCodec(),
+                                                                       RepositoryHandler(requests: requests, bytes: bytes))
+                    }
+                }.map { _ in }
+            }
             return channel.eventLoop.makeCompletedFuture {
                 let handler: ChannelHandler
                 switch behaviour {
@@ -72,7 +84,7 @@ final class TestBackend: Sendable {
                 case .slowSink(_, let tick): handler = SlowSinkHandler(tick: tick, bytes: bytes)
                 case .source(let total): handler = SourceHandler(total: total)
                 case .abortAfter(let total): handler = SourceHandler(total: total, abortAtEnd: true)
-                case .repository: preconditionFailure("configured above")
+                case .repository, .repositoryHTTP2: preconditionFailure("configured above")
                 case .proxyProtocolEcho: handler = ProxyProtocolEchoHandler(bytes: bytes)
                 }
                 try channel.pipeline.syncOperations.addHandler(handler)
