@@ -124,7 +124,7 @@ echo "   storage sidecar answered HTTP $delete_code: $(audit_field "$work/storag
 [ -f "$work/storage/repository/demo-1.bin" ] && echo "   the snapshot is still there"
 
 echo "== storage sidecar metrics (http://127.0.0.1:$admin_storage/metrics)"
-curl -sS "http://127.0.0.1:$admin_storage/metrics" | grep -E '^backup_sidecar_(connections_total|intention_decisions_total|bytes_total)' | sed 's/^/   /'
+curl -sS "http://127.0.0.1:$admin_storage/metrics" | grep -E '^backup_sidecar_(connections_total|mux_connections_total|intention_decisions_total|bytes_total)' | sed 's/^/   /'
 echo "== audit logs and sidecar logs: $work"
 if [ "$code" = "201" ] && [ "$sent" = "$stored" ] && [ "$sent" = "$restored" ] && [ "$delete_code" = "403" ] \
    && [ -f "$work/storage/repository/demo-1.bin" ]; then
