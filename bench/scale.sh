@@ -7,7 +7,9 @@
 #
 # Usage: bench/scale.sh [N]   (default 10000). Needs root or a hard fd limit >= 4N.
 # Environment: SIDECAR_BIN (default: release build), TRANSFER_CONCURRENCY (default 500),
-#              ONLY=backup-sidecar|haproxy (measure one side only, for experiments).
+#              ONLY=backup-sidecar|haproxy (measure one side only, for experiments),
+#              SIDECAR_MUX=prefer|off (default prefer: the tunnels ride pooled mux connections;
+#              off: one mTLS connection per tunnel, the comparison that costs handshakes).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 N=${1:-10000}
@@ -52,10 +54,10 @@ JSON
   echo '[{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Action":"allow"}]}]' > "$work/intentions.json"
   "$SIDECAR_BIN" run --admin-bind off --audit-log /dev/null --max-connections $((N + 100)) --service-file "$work/server.json" \
     --intentions-file "$work/intentions.json" --cert "$work/certs/storage.pem" --key "$work/certs/storage.key" \
-    --ca "$work/certs/ca.pem" 2>"$work/sidecar-server.log" & SERVER_PID=$!
+    --ca "$work/certs/ca.pem" --mux "${SIDECAR_MUX:-prefer}" 2>"$work/sidecar-server.log" & SERVER_PID=$!
   "$SIDECAR_BIN" run --admin-bind off --audit-log /dev/null --max-connections $((N + 100)) --service-file "$work/client.json" \
     --upstream-endpoint "storage=127.0.0.1:$1" --cert "$work/certs/backup-agent.pem" --key "$work/certs/backup-agent.key" \
-    --ca "$work/certs/ca.pem" 2>"$work/sidecar-client.log" & CLIENT_PID=$!
+    --ca "$work/certs/ca.pem" --mux "${SIDECAR_MUX:-prefer}" 2>"$work/sidecar-client.log" & CLIENT_PID=$!
 }
 
 start_haproxy_pair() { # PUBLIC LOCAL
@@ -139,7 +141,7 @@ PY
 }
 
 {
-  echo "# bench/scale.sh $N, $(date -u +%FT%TZ), $(nproc) cores; backup-sidecar $(git rev-parse --short HEAD), $(haproxy -v 2>&1 | head -1)"
+  echo "# bench/scale.sh $N, $(date -u +%FT%TZ), $(nproc) cores; backup-sidecar $(git rev-parse --short HEAD) --mux ${SIDECAR_MUX:-prefer}, $(haproxy -v 2>&1 | head -1)"
   [ "${ONLY:-haproxy}" = haproxy ] && [ -n "${ONLY:-}" ] || measure backup-sidecar sidecar
   [ "${ONLY:-backup-sidecar}" = backup-sidecar ] && [ -n "${ONLY:-}" ] || measure haproxy haproxy
 } 2>&1 | tee "$result"
