@@ -54,6 +54,9 @@ func runEcho(port: Int) throws -> Never {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let channel = try ServerBootstrap(group: group)
         .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+        // bench/scale.sh: with the mux, thousands of tunnels reach the backend within a second
+        // (no handshake pacing them); a short backlog drops SYNs and a 1 s retransmit follows.
+        .serverChannelOption(ChannelOptions.backlog, value: 4096)
         .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
         .childChannelInitializer { $0.pipeline.addHandler(EchoHandler()) }
         .bind(host: "127.0.0.1", port: port).wait()
