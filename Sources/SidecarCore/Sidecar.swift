@@ -467,7 +467,9 @@ public final class Sidecar: Sendable {
                      idleTimeout: definition.config.idleTimeoutNs.map { .nanoseconds($0) },
                      proxyProtocol: definition.config.proxyProtocol,
                      l7Protocol: l7Protocol(definition),
-                     mux: mux == .prefer ? MuxSettings(maxConcurrentStreams: definition.config.muxMaxStreams) : nil)
+                     // An inbound mux connection left without tunnels closes after idle_timeout too.
+                     mux: mux == .prefer ? MuxSettings(maxConcurrentStreams: definition.config.muxMaxStreams,
+                                                       idleTimeout: definition.config.idleTimeoutNs.map { .nanoseconds($0) }) : nil)
     }
 
     private func bindPublicListener(host: String, port: Int) async throws -> Channel {

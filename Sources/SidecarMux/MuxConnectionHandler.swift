@@ -16,11 +16,15 @@ public struct MuxSettings: Sendable {
     /// (256 KiB: 40% slower); idle streams hold none of it.
     public var streamWindow: Int32
     public var connectionWindow: Int32
+    /// A connection without streams for this long goes away (GOAWAY, then close); nil: never.
+    public var idleTimeout: TimeAmount?
 
-    public init(maxConcurrentStreams: Int = 100, streamWindow: Int32 = 2 << 20, connectionWindow: Int32 = 64 << 20) {
+    public init(maxConcurrentStreams: Int = 100, streamWindow: Int32 = 2 << 20, connectionWindow: Int32 = 64 << 20,
+                idleTimeout: TimeAmount? = nil) {
         self.maxConcurrentStreams = maxConcurrentStreams
         self.streamWindow = streamWindow
         self.connectionWindow = connectionWindow
+        self.idleTimeout = idleTimeout
     }
 }
 
@@ -73,8 +77,7 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
     /// already on their way may still arrive.
     private var finalGoawaySent = false
     private var closed = false
-    /// Called when capacity changes (a stream ended, GOAWAY, connection closed): pools listen.
-    public var onCapacityChange: (() -> Void)?
+    private var idleClose: Scheduled<Void>?
     /// Called when the peer broke the protocol and the connection ends for it (for logs/audit).
     public var onProtocolError: ((Error) -> Void)?
 
@@ -116,6 +119,7 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
             return
         }
         if context.channel.isActive { pump() }
+        armIdleClose()
     }
 
     public func handlerRemoved(context: ChannelHandlerContext) {
@@ -206,6 +210,7 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
             stream.assign(streamID: id)
             streams[id] = stream
             opening[id] = promise
+            disarmIdleClose()
         } catch {
             promise.fail(error)
             return promise.futureResult
@@ -235,7 +240,6 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
         }
         pump()
         closeIfFinished()
-        onCapacityChange?()
     }
 
     /// A connection told to go away (either way) closes once its last stream is done.
@@ -281,6 +285,7 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
                 }
             case .closed(let id, let errorCode):
                 guard let stream = streams.removeValue(forKey: id) else { continue }
+                defer { armIdleClose() }
                 if let promise = opening.removeValue(forKey: id) {
                     // Never processed by the peer (REFUSED_STREAM, GOAWAY): safe to try elsewhere.
                     promise.fail(errorCode == NGHTTP2_REFUSED_STREAM.rawValue
@@ -289,10 +294,8 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
                 } else {
                     stream.sessionClosed(errorCode: errorCode)
                 }
-                onCapacityChange?()
             case .goaway:
                 goawayReceived = true
-                onCapacityChange?()
             }
         }
         closeIfFinished()
@@ -308,6 +311,7 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
         }
         let stream = MuxStreamChannel(parent: context.channel, owner: self, autoRead: true)
         streams[streamID] = stream
+        disarmIdleClose()
         stream.assign(streamID: streamID)
         stream.register()
         stream.parentWritabilityChanged(context.channel.isWritable)
@@ -315,8 +319,24 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
         stream.activate()
     }
 
+    /// Streams come and go; a connection left without any for `idleTimeout` is retired.
+    private func armIdleClose() {
+        guard let idleTimeout = settings.idleTimeout, let eventLoop, streams.isEmpty, idleClose == nil, !closed else { return }
+        idleClose = eventLoop.scheduleTask(in: idleTimeout) { [weak self] in
+            guard let self else { return }
+            self.idleClose = nil
+            if self.streams.isEmpty { self.beginDraining() }
+        }
+    }
+
+    private func disarmIdleClose() {
+        idleClose?.cancel()
+        idleClose = nil
+    }
+
     private func connectionEnded() {
         guard !closed else { return }
+        disarmIdleClose()
         closed = true
         let lost = streams
         streams.removeAll()
@@ -324,7 +344,6 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
         opening.removeAll()
         pending.values.forEach { $0.fail(MuxError.connectionClosed) }
         lost.values.forEach { $0.connectionLost() }
-        onCapacityChange?()
     }
 
     // MARK: Output

@@ -72,7 +72,7 @@ struct ConsulClientTransportTests {
         let directory = try Self.scratchDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let (server, port) = try await Self.startTLSAgent(in: directory, requireClientCert: false)
-        defer { server.terminate() }
+        defer { server.forceStop() }
         let base = ["CONSUL_HTTP_ADDR": "https://127.0.0.1:\(port)", "CONSUL_CACERT": "\(directory)/server.pem"]
 
         var good = base
@@ -98,7 +98,7 @@ struct ConsulClientTransportTests {
         let directory = try Self.scratchDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let (server, port) = try await Self.startTLSAgent(in: directory, requireClientCert: true)
-        defer { server.terminate() }
+        defer { server.forceStop() }
         let base = ["CONSUL_HTTP_ADDR": "https://127.0.0.1:\(port)", "CONSUL_CACERT": "\(directory)/server.pem",
                     "CONSUL_TLS_SERVER_NAME": "consul.test"]
         var withCert = base

@@ -81,6 +81,18 @@ struct MuxTests {
         withExtendedLifetime(open) {}
     }
 
+    @Test("A mux connection left without tunnels for idle_timeout goes away on both sides")
+    func idleMuxConnectionCloses() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo, storageConfig: { $0.idleTimeoutNs = 1_000_000_000 })
+        defer { Task { await mesh.stop() } }
+        #expect(await echoRoundTrip(port: mesh.upstreamPort))
+        #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) >= 1)
+        #expect(await eventually(timeout: 6) { mesh.storage.openConnections(on: Sidecar.publicListenerName) == 0 })
+        #expect(await mesh.agent.muxPoolCounts().connections == 0)
+        // The next tunnel simply gets a fresh connection.
+        #expect(await echoRoundTrip(port: mesh.upstreamPort))
+    }
+
     @Test("Toward a sidecar with --mux off: plain mTLS connections, each with its own handshake, no failure")
     func fallsBackToRawSidecar() async throws {
         let backend = try await TestBackend(.echo, group: testGroup)
@@ -100,6 +112,45 @@ struct MuxTests {
         #expect(Self.lines(agentAudit, .upstreamConnected).allSatisfy { $0.muxStream == nil })
     }
 
+    @Test("A mux-enabled public listener serves plain Connect TLS too (a --mux off sidecar)")
+    func acceptsRawPeers() async throws {
+        let backend = try await TestBackend(.echo, group: testGroup)
+        let (storage, storageAudit) = try await MeshFixture.startStorage(
+            backendPort: backend.port, credentials: try TestCertificates.credentials("storage"),
+            intentions: MeshFixture.allowBackupAgent, mux: .prefer)
+        let (agent, agentAudit) = try await MeshFixture.startAgent(
+            certificate: "backup-agent", storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!, mux: .off)
+        defer { Task { await agent.stop(); await storage.stop(); await backend.stop() } }
+        let port = agent.boundAddress(of: "upstream:storage")!.port!
+        for _ in 0..<3 { #expect(await echoRoundTrip(port: port, bytes: 64 << 10)) }
+        #expect(Self.lines(storageAudit, .muxConnected).isEmpty && Self.lines(agentAudit, .muxConnected).isEmpty)
+        #expect(Self.lines(storageAudit, .authorization).count == 3)
+    }
+
+    /// The ALPN protocol the public listener selects for a client offering `offer`.
+    static func negotiated(_ offer: String, port: Int) async throws -> String {
+        let run = try await ProcessRunner.run([
+            "openssl", "s_client", "-connect", "127.0.0.1:\(port)", "-alpn", offer,
+            "-cert", TestCertificates.path("backup-agent.pem"), "-key", TestCertificates.path("backup-agent.key"),
+            "-CAfile", TestCertificates.path("ca.pem"),
+        ], input: Data(), timeout: 10)
+        if run.output.contains("No ALPN negotiated") { return "none" }
+        let line = run.output.split(separator: "\n").first { $0.hasPrefix("ALPN protocol:") }
+        return line.map { String($0.dropFirst("ALPN protocol:".count)).trimmingCharacters(in: .whitespaces) } ?? "?"
+    }
+
+    @Test("The listener selects only the mux's ALPN id: never h2 (Consul #4466), and nothing with --mux off")
+    func alpnSelection() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo)
+        defer { Task { await mesh.stop() } }
+        #expect(try await Self.negotiated("h2", port: mesh.publicPort) == "none")
+        #expect(try await Self.negotiated("h2,http/1.1", port: mesh.publicPort) == "none")
+        #expect(try await Self.negotiated("h2,\(MuxProtocol.alpn)", port: mesh.publicPort) == MuxProtocol.alpn)
+        let raw = try await MeshFixture.start(backend: .echo, mux: .off)
+        defer { Task { await raw.stop() } }
+        #expect(try await Self.negotiated(MuxProtocol.alpn, port: raw.publicPort) == "none")
+    }
+
     @Test("Toward openssl s_server with client auth (no ALPN): the tunnel works raw")
     func fallsBackToOpenSSLServer() async throws {
         let port = freeLocalPort()
@@ -111,7 +162,7 @@ struct MuxTests {
         server.standardOutput = FileHandle.nullDevice
         server.standardError = FileHandle.nullDevice
         try server.run()
-        defer { server.terminate() }
+        defer { server.forceStop() }
         #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
         let (agent, agentAudit) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: port, mux: .prefer)
         defer { Task { await agent.stop() } }

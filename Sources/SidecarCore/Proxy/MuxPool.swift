@@ -27,6 +27,8 @@ final class MuxPool: Sendable {
     static let idleTimeout = TimeAmount.seconds(90)
 
     init(settings: MuxSettings, audit: any AuditSink, logger: Logger) {
+        var settings = settings
+        settings.idleTimeout = settings.idleTimeout ?? Self.idleTimeout
         self.settings = settings
         self.audit = audit
         self.logger = logger
@@ -84,7 +86,6 @@ final class LoopMuxPool: @unchecked Sendable {
         let handler: MuxConnectionHandler
         let peer: TLSPeer
         let tlsContext: TLSContext
-        var idleClose: Scheduled<Void>?
 
         init(channel: Channel, handler: MuxConnectionHandler, peer: TLSPeer, tlsContext: TLSContext) {
             self.channel = channel
@@ -170,9 +171,7 @@ final class LoopMuxPool: @unchecked Sendable {
     }
 
     private func open(on pooled: Pooled, authority: String) -> EventLoopFuture<MeshLink> {
-        pooled.idleClose?.cancel()
-        pooled.idleClose = nil
-        return pooled.handler.openStream(authority: authority).map { stream in
+        pooled.handler.openStream(authority: authority).map { stream in
             .stream(stream, pooled.peer, streamID: (stream as? MuxStreamIdentifying)?.muxStreamID ?? 0)
         }
     }
@@ -215,10 +214,6 @@ final class LoopMuxPool: @unchecked Sendable {
         try dialed.waiter.handOver(to: [handler])
         let pooled = Pooled(channel: dialed.channel, handler: handler, peer: dialed.peer, tlsContext: tlsContext)
         destination.connections.append(pooled)
-        handler.onCapacityChange = { [weak self, weak pooled, weak destination] in
-            guard let self, let pooled, let destination else { return }
-            self.capacityChanged(pooled, in: destination)
-        }
         dialed.channel.closeFuture.whenComplete { [weak self, weak destination] _ in
             self?.eventLoop.execute { destination?.connections.removeAll { $0 === pooled } }
         }
@@ -228,19 +223,6 @@ final class LoopMuxPool: @unchecked Sendable {
                                 reason: "\(key.endpoint) serial \(dialed.peer.certificateSerial) \(dialed.peer.protocolVersion)")
             .with(handshakeOf: dialed.peer))
         return pooled
-    }
-
-    private func capacityChanged(_ pooled: Pooled, in destination: Destination) {
-        guard pooled.handler.openStreams == 0, pooled.channel.isActive else { return }
-        if pooled.handler.isRetired {
-            pooled.channel.close(promise: nil)
-            return
-        }
-        guard pooled.idleClose == nil else { return }
-        pooled.idleClose = eventLoop.scheduleTask(in: MuxPool.idleTimeout) { [weak pooled] in
-            guard let pooled, pooled.handler.openStreams == 0 else { return }
-            pooled.handler.beginDraining()
-        }
     }
 
     /// New certificates or trust, or an expired peer: finish what runs there, start nothing new.

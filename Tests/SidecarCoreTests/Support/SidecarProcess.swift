@@ -17,7 +17,7 @@ final class SidecarProcess: @unchecked Sendable {
         try process.run()
     }
 
-    deinit { if process.isRunning { process.terminate() } }
+    deinit { process.forceStop() }
 
     /// Sends SIGTERM, then waits for the exit: the status and everything the process logged.
     func terminate() async -> (status: Int32, log: String) {
@@ -47,4 +47,14 @@ func eventuallyEchoes(port: Int, attempts: Int) async -> Bool {
         try? await Task.sleep(for: .milliseconds(100))
     }
     return false
+}
+
+extension Process {
+    /// SIGKILL and reap. Not `terminate()`: the test process ignores SIGTERM once a signal test
+    /// has installed its handlers, and children inherit that, so SIGTERM would leave them running.
+    func forceStop() {
+        guard isRunning else { return }
+        kill(processIdentifier, SIGKILL)
+        waitUntilExit()
+    }
 }
