@@ -170,7 +170,7 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
             if lifecycle == .active {
                 // Like a TLS stream cut after some records: what arrived before the reset is
                 // passed on, then the error (the glue turns it into an abort).
-                deliverRemainingInbound()
+                deliverQueued()
                 pipeline.syncOperations.fireErrorCaught(MuxError.streamReset(errorCode: errorCode))
             }
             finishClose(error: MuxError.streamReset(errorCode: errorCode))
@@ -196,7 +196,9 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
 
     // MARK: Inbound delivery
 
-    private func deliverRemainingInbound() {
+    /// Everything queued goes down the pipeline now, one read-complete after it; the peer's
+    /// window is credited for what was delivered.
+    private func deliverQueued() {
         guard !inbound.isEmpty else { return }
         var delivered = 0
         while lifecycle == .active, let chunk = inbound.popFirst() {
@@ -214,15 +216,7 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         guard lifecycle == .active else { return }
         if readPending && !inbound.isEmpty {
             readPending = false
-            var delivered = 0
-            while lifecycle == .active, let chunk = inbound.popFirst() {
-                delivered += chunk.readableBytes
-                inboundBytes -= chunk.readableBytes
-                pipeline.syncOperations.fireChannelRead(NIOAny(chunk))
-            }
-            owner?.streamConsumed(delivered, on: streamID)
-            guard lifecycle == .active else { return }
-            pipeline.syncOperations.fireChannelReadComplete()
+            deliverQueued()
             if autoRead && lifecycle == .active { pipeline.read() }
         }
         if lifecycle == .active && inbound.isEmpty && inputEnded && !inputClosedDelivered {

@@ -23,6 +23,12 @@ struct MuxSessionTests {
 
     static let settings = NGHTTP2Session.Settings(maxConcurrentStreams: 10, streamWindow: 65535, connectionWindow: 1 << 20)
 
+    static func sessions() throws -> (client: NGHTTP2Session, server: NGHTTP2Session) {
+        let allocator = ByteBufferAllocator()
+        return (try NGHTTP2Session(role: .client, settings: settings, allocator: allocator),
+                try NGHTTP2Session(role: .server, settings: settings, allocator: allocator))
+    }
+
     /// Moves bytes both ways until neither side has anything to send; returns each side's events.
     static func exchange(_ client: NGHTTP2Session, _ server: NGHTTP2Session) throws -> (client: [NGHTTP2Session.Event], server: [NGHTTP2Session.Event]) {
         var clientEvents: [NGHTTP2Session.Event] = [], serverEvents: [NGHTTP2Session.Event] = []
@@ -39,9 +45,7 @@ struct MuxSessionTests {
 
     @Test("CONNECT opens a stream with its authority; 200, data both ways and END_STREAM close it cleanly")
     func connectRoundTrip() throws {
-        let allocator = ByteBufferAllocator()
-        let client = try NGHTTP2Session(role: .client, settings: Self.settings, allocator: allocator)
-        let server = try NGHTTP2Session(role: .server, settings: Self.settings, allocator: allocator)
+        let (client, server) = try Self.sessions()
         let upload = Queue(), download = Queue()
         let id = try client.submitConnect(authority: "storage", source: upload)
         var (_, serverEvents) = try Self.exchange(client, server)
@@ -79,9 +83,7 @@ struct MuxSessionTests {
 
     @Test("A reset reaches the other side with its error code")
     func resetCarriesCode() throws {
-        let allocator = ByteBufferAllocator()
-        let client = try NGHTTP2Session(role: .client, settings: Self.settings, allocator: allocator)
-        let server = try NGHTTP2Session(role: .server, settings: Self.settings, allocator: allocator)
+        let (client, server) = try Self.sessions()
         // The sessions only borrow their sources: the owner keeps them alive.
         let upload = Queue(), download = Queue()
         let id = try client.submitConnect(authority: "storage", source: upload)
@@ -116,9 +118,7 @@ struct MuxSessionTests {
 
     @Test("The server announces its stream limit; the client learns it")
     func streamLimit() throws {
-        let allocator = ByteBufferAllocator()
-        let client = try NGHTTP2Session(role: .client, settings: Self.settings, allocator: allocator)
-        let server = try NGHTTP2Session(role: .server, settings: Self.settings, allocator: allocator)
+        let (client, server) = try Self.sessions()
         _ = try Self.exchange(client, server)
         #expect(client.remoteMaxConcurrentStreams == 10)
     }

@@ -14,6 +14,29 @@ struct MuxTests {
         audit.events.filter { $0.kind == kind }
     }
 
+    /// A storage and a backup-agent sidecar whose mux settings differ.
+    struct MixedPair {
+        let backend: TestBackend
+        let storage: Sidecar, storageAudit: MemoryAuditSink
+        let agent: Sidecar, agentAudit: MemoryAuditSink
+        var port: Int { agent.boundAddress(of: "upstream:storage")!.port! }
+        func stop() async {
+            await agent.stop()
+            await storage.stop()
+            await backend.stop()
+        }
+    }
+
+    static func mixedPair(storage storageMux: MuxMode, agent agentMux: MuxMode) async throws -> MixedPair {
+        let backend = try await TestBackend(.echo, group: testGroup)
+        let (storage, storageAudit) = try await MeshFixture.startStorage(
+            backendPort: backend.port, credentials: try TestCertificates.credentials("storage"),
+            intentions: MeshFixture.allowBackupAgent, mux: storageMux)
+        let (agent, agentAudit) = try await MeshFixture.startAgent(
+            certificate: "backup-agent", storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!, mux: agentMux)
+        return MixedPair(backend: backend, storage: storage, storageAudit: storageAudit, agent: agent, agentAudit: agentAudit)
+    }
+
     @Test("1,000 short connections and 8 bulk streams at once: every byte sha256-correct, one handshake per pooled connection")
     func manyTunnelsFewHandshakes() async throws {
         let mesh = try await MeshFixture.start(backend: .echo)
@@ -95,14 +118,9 @@ struct MuxTests {
 
     @Test("Toward a sidecar with --mux off: plain mTLS connections, each with its own handshake, no failure")
     func fallsBackToRawSidecar() async throws {
-        let backend = try await TestBackend(.echo, group: testGroup)
-        let (storage, storageAudit) = try await MeshFixture.startStorage(
-            backendPort: backend.port, credentials: try TestCertificates.credentials("storage"),
-            intentions: MeshFixture.allowBackupAgent, mux: .off)
-        let (agent, agentAudit) = try await MeshFixture.startAgent(
-            certificate: "backup-agent", storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!, mux: .prefer)
-        defer { Task { await agent.stop(); await storage.stop(); await backend.stop() } }
-        let port = agent.boundAddress(of: "upstream:storage")!.port!
+        let pair = try await Self.mixedPair(storage: .off, agent: .prefer)
+        defer { Task { await pair.stop() } }
+        let (port, storageAudit, agentAudit) = (pair.port, pair.storageAudit, pair.agentAudit)
         for _ in 0..<5 { #expect(await echoRoundTrip(port: port, bytes: 64 << 10)) }
         #expect(await echoStream(port: port, bytes: 8 << 20).ok)
         #expect(Self.lines(agentAudit, .muxConnected).isEmpty)
@@ -114,14 +132,9 @@ struct MuxTests {
 
     @Test("A mux-enabled public listener serves plain Connect TLS too (a --mux off sidecar)")
     func acceptsRawPeers() async throws {
-        let backend = try await TestBackend(.echo, group: testGroup)
-        let (storage, storageAudit) = try await MeshFixture.startStorage(
-            backendPort: backend.port, credentials: try TestCertificates.credentials("storage"),
-            intentions: MeshFixture.allowBackupAgent, mux: .prefer)
-        let (agent, agentAudit) = try await MeshFixture.startAgent(
-            certificate: "backup-agent", storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!, mux: .off)
-        defer { Task { await agent.stop(); await storage.stop(); await backend.stop() } }
-        let port = agent.boundAddress(of: "upstream:storage")!.port!
+        let pair = try await Self.mixedPair(storage: .prefer, agent: .off)
+        defer { Task { await pair.stop() } }
+        let (port, storageAudit, agentAudit) = (pair.port, pair.storageAudit, pair.agentAudit)
         for _ in 0..<3 { #expect(await echoRoundTrip(port: port, bytes: 64 << 10)) }
         #expect(Self.lines(storageAudit, .muxConnected).isEmpty && Self.lines(agentAudit, .muxConnected).isEmpty)
         #expect(Self.lines(storageAudit, .authorization).count == 3)
