@@ -76,6 +76,7 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
     /// Server: the final GOAWAY (naming the last stream processed) is out; before it, streams
     /// already on their way may still arrive.
     private var finalGoawaySent = false
+    private var closingGracefully = false
     private var closed = false
     private var idleClose: Scheduled<Void>?
     /// Called when the peer broke the protocol and the connection ends for it (for logs/audit).
@@ -172,8 +173,9 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
-            // The peer ended the TLS stream: no stream can receive anything more.
-            context.close(promise: nil)
+            // The peer ended the TLS stream. Without streams that is its graceful close; with
+            // streams still open they can receive nothing more: cut them.
+            if streams.isEmpty { closeGracefully() } else { context.close(promise: nil) }
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -245,9 +247,18 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
     /// A connection told to go away (either way) closes once its last stream is done.
     private func closeIfFinished() {
         guard let context, streams.isEmpty, !closed else { return }
-        if (draining && finalGoawaySent) || goawayReceived {
-            context.close(promise: nil)
-        }
+        if (draining && finalGoawaySent) || goawayReceived { closeGracefully() }
+    }
+
+    /// Ends the connection after everything already written has reached the socket: the last
+    /// DATA and END_STREAM frames may still be queued when the last stream closes, and a full
+    /// close would drop them (the peer would see a truncated stream). close_notify follows
+    /// them; the TLS handler closes fully once the peer's arrives (or 10 s later regardless).
+    private func closeGracefully() {
+        guard let context, !closingGracefully else { return }
+        closingGracefully = true
+        context.close(mode: .output, promise: nil)
+        context.eventLoop.scheduleTask(in: .seconds(10)) { [weak self] in self?.context?.close(promise: nil) }
     }
 
     private func handle(_ events: [NGHTTP2Session.Event]) {
@@ -395,7 +406,7 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
         if !processingInput && !session.isAlive {
             // nghttp2 ended the session itself (a GOAWAY it sent for a violation), not a drain.
             if !draining && !goawayReceived { onProtocolError?(MuxError.protocolViolation("session terminated by nghttp2")) }
-            context.close(promise: nil)
+            closeGracefully()
         }
     }
 

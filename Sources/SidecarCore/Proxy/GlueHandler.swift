@@ -62,6 +62,9 @@ final class GlueHandler<In, Out>: ChannelDuplexHandler {
     /// Once either side aborts, every further ending of this pair is an abort too: a graceful
     /// close after an abort would hand the other peer a clean end of stream.
     private var aborted = false
+    /// We ended our channel's output (the partner's EOF passed on). A channel that goes
+    /// inactive before that did not end gracefully, whatever its input saw.
+    private var outputEnded = false
 
     private init(side: GlueSide, stats: ConnectionStats, payloadSize: @escaping (In) -> Int) {
         self.side = side
@@ -124,11 +127,14 @@ final class GlueHandler<In, Out>: ChannelDuplexHandler {
         abortPair()
     }
 
-    /// Our side ended cleanly (aborts arrive through errorCaught first). NIO may go straight
-    /// to inactive without an inputClosed event (EOF after our own write shutdown), so the
-    /// partner still gets the graceful path: flush what is queued, then end its output.
+    /// Our side closed. After we had ended its output (and its input ended or ends with it:
+    /// NIO may go straight to inactive without an inputClosed event then), the partner gets
+    /// the graceful path: flush what is queued, then end its output. Any other close is not a
+    /// clean end, even if an EOF was seen first: a write into a reset socket makes NIO drain
+    /// the input (reporting EOF) and close without an error, and a cut must never reach the
+    /// other side as a complete stream.
     func channelInactive(context: ChannelHandlerContext) {
-        if aborted {
+        if aborted || !outputEnded {
             abortPair()
         } else {
             partner?.partnerCloseOutput()
@@ -178,6 +184,7 @@ final class GlueHandler<In, Out>: ChannelDuplexHandler {
     /// OrderedHalfCloseHandler make the shutdown wait for pending writes).
     private func partnerCloseOutput() {
         guard let channel = context?.channel else { return }
+        outputEnded = true
         channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
     }
 

@@ -21,12 +21,23 @@ func reservedLoopbackPort() -> (fd: Int32, port: Int) {
     return (fd, Int(UInt16(bigEndian: address.sin_port)))
 }
 
-/// A port the kernel just handed out and released (for registrations, which need a port
-/// number before anything binds it).
+/// A free port for registrations, which need a number before anything binds it. Chosen
+/// below the kernel's ephemeral range (32768-60999): a port handed out from that range and
+/// released could be taken by any outgoing connection of a parallel test before our bind.
 func freeLocalPort() -> Int {
-    let (fd, port) = reservedLoopbackPort()
-    close(fd)
-    return port
+    while true {
+        let port = Int.random(in: 10_000..<32_000)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        close(fd)
+        if bound == 0 { return port }
+    }
 }
 
 /// The dev agent plus sidecars configured only through it, all in-process on 127.0.0.1.
