@@ -474,7 +474,7 @@ public final class Sidecar: Sendable {
 
     private func bindPublicListener(host: String, port: Int) async throws -> Channel {
         let contexts = self.contexts, intentions = self.intentions, registry = self.registry
-        let tracker = self.tracker, definitionBox = self.definitionBox
+        let tracker = self.tracker, definitionBox = self.definitionBox, draining = self.draining
         let audit = settings.audit, logger = settings.logger
         let muxMode = settings.mux
         let authorize: @Sendable (SPIFFEID, String) -> IntentionDecision = { source, destination in
@@ -498,7 +498,11 @@ public final class Sidecar: Sendable {
             }
             // Read per connection and, on a mux connection, per stream: a retarget applies to
             // the next tunnel, whichever connection it arrives on.
-            let route = { Self.inboundRoute(definitionBox.withLockedValue { $0 }, mux: muxMode) }
+            let route = {
+                var route = Self.inboundRoute(definitionBox.withLockedValue { $0 }, mux: muxMode)
+                route.draining = draining.withLockedValue { $0 }
+                return route
+            }
             let handshakeTimeout = TimeAmount.milliseconds(Int64(definition.config.handshakeTimeoutMs))
             return channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandlers(

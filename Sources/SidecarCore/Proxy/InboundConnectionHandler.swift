@@ -21,6 +21,9 @@ struct InboundRoute: Sendable {
     var l7: Bool { l7Protocol != nil }
     /// Accept the multiplexed transport (peers that negotiated its ALPN id) with these limits.
     var mux: MuxSettings?
+    /// The sidecar is draining: a mux connection whose handshake completes now (it missed the
+    /// drain's GOAWAY) takes no tunnels and goes away.
+    var draining = false
 }
 
 /// Sits after the TLS handler on an accepted public-listener connection. Waits for a verified
@@ -90,7 +93,7 @@ final class InboundConnectionHandler: StagingHandler {
         }
         let route = self.route()
         if muxStream == nil, let mux = route.mux, peer.applicationProtocol == MuxProtocol.alpn {
-            acceptMux(context: context, peer: peer, settings: mux)
+            acceptMux(context: context, peer: peer, settings: mux, draining: route.draining)
             return
         }
         let decision = authorize(peer.identity, route.destinationService)
@@ -115,7 +118,7 @@ final class InboundConnectionHandler: StagingHandler {
     }
 
     /// The connection carries the mux: one handshake, many tunnels, each decided on its own.
-    private func acceptMux(context: ChannelHandlerContext, peer: TLSPeer, settings: MuxSettings) {
+    private func acceptMux(context: ChannelHandlerContext, peer: TLSPeer, settings: MuxSettings, draining: Bool) {
         state = .joined
         audit.record(AuditEvent(kind: .muxConnected, listener: listenerName, peerAddress: peerAddress,
                                 source: peer.identity.uri, sourceSerial: peer.certificateSerial, decision: "allow",
@@ -148,6 +151,7 @@ final class InboundConnectionHandler: StagingHandler {
         }
         do {
             try handOver(to: [handler])
+            if draining { handler.beginDraining(immediately: true) }
         } catch {
             context.close(promise: nil)
         }
