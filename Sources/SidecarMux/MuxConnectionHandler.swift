@@ -224,12 +224,10 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
     /// GOAWAY; the connection closes by itself once its last stream is done. A server first
     /// announces it (streams already on their way are still served), then names the last stream
     /// it processed a second later; a client refusing anything new is the whole story.
-    /// - Parameter immediately: server: no grace for streams on their way (refuse them all; the
-    ///   connection only just opened, so nothing can be on its way legitimately).
-    public func beginDraining(immediately: Bool = false) {
+    public func beginDraining() {
         guard !draining, !closed, let context else { return }
         draining = true
-        if role.isClient || immediately {
+        if role.isClient {
             session?.goAway()
             finalGoawaySent = true
         } else {

@@ -21,8 +21,9 @@ struct InboundRoute: Sendable {
     var l7: Bool { l7Protocol != nil }
     /// Accept the multiplexed transport (peers that negotiated its ALPN id) with these limits.
     var mux: MuxSettings?
-    /// The sidecar is draining: a mux connection whose handshake completes now (it missed the
-    /// drain's GOAWAY) takes no tunnels and goes away.
+    /// The sidecar is draining: a mux connection whose handshake completes now (accepted before
+    /// the drain, it missed the drain's GOAWAY) serves what its peer sends at once, like any
+    /// in-flight connection, and goes away once that is done.
     var draining = false
 }
 
@@ -151,7 +152,7 @@ final class InboundConnectionHandler: StagingHandler {
         }
         do {
             try handOver(to: [handler])
-            if draining { handler.beginDraining(immediately: true) }
+            if draining { handler.beginDraining() }
         } catch {
             context.close(promise: nil)
         }

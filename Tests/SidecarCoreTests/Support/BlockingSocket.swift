@@ -18,8 +18,12 @@ final class BlockingSocket: @unchecked Sendable {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         guard result == 0 else {
+            let error = POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
             close(fd)
-            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+            // deinit still runs for an initializer that throws after every property is set: it
+            // must not close the number again (by then it may be another thread's socket).
+            fd = -1
+            throw error
         }
     }
 

@@ -10,13 +10,10 @@ import SidecarTLS
 /// A TCP socket bound (not listening) to a port the kernel picked on 127.0.0.1: connections to
 /// it are refused, and no one else can take the port while the caller keeps `fd` open.
 func reservedLoopbackPort() -> (fd: Int32, port: Int) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let (fd, bound) = boundLoopbackSocket(port: 0)
+    precondition(bound, "binding 127.0.0.1:0 failed")
     var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = 0
-    inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
     _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
     return (fd, Int(UInt16(bigEndian: address.sin_port)))
 }
@@ -27,17 +24,23 @@ func reservedLoopbackPort() -> (fd: Int32, port: Int) {
 func freeLocalPort() -> Int {
     while true {
         let port = Int.random(in: 10_000..<32_000)
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
+        let (fd, bound) = boundLoopbackSocket(port: port)
         close(fd)
-        if bound == 0 { return port }
+        if bound { return port }
     }
+}
+
+/// A TCP socket bound (not listening) to 127.0.0.1:`port`, and whether the bind worked.
+private func boundLoopbackSocket(port: Int) -> (fd: Int32, bound: Bool) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
+    let result = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    return (fd, result == 0)
 }
 
 /// The dev agent plus sidecars configured only through it, all in-process on 127.0.0.1.
