@@ -127,7 +127,7 @@ public final class Sidecar: Sendable {
                                             applicationProtocols: settings.mux == .prefer ? [MuxProtocol.alpn] : [])
         self.muxPool = settings.mux == .prefer
             ? MuxPool(settings: MuxSettings(maxConcurrentStreams: settings.definition.config.muxMaxStreams),
-                      audit: settings.audit, logger: settings.logger)
+                      audit: settings.audit)
             : nil
         self.intentions = NIOLockedValueBox(settings.intentions)
         self.definitionBox = NIOLockedValueBox(settings.definition)

@@ -12,12 +12,11 @@ import SidecarTLS
 /// A connection stops taking new streams (and closes once its last stream ends) when our
 /// certificates or trust change, when the peer's certificate expires, or on GOAWAY; new work
 /// then goes to a fresh connection with a fresh handshake. Live streams are never cut for that.
-/// An instance that does not negotiate the mux gets raw connections for a while, and the
-/// connection that found out is used raw rather than wasted.
+/// An instance that does not negotiate the mux gets raw connections (dialed here) for a while,
+/// and the connection that found out is used raw rather than wasted.
 final class MuxPool: Sendable {
     let settings: MuxSettings
     private let audit: any AuditSink
-    private let logger: Logger
     private let loops = NIOLockedValueBox<[ObjectIdentifier: LoopMuxPool]>([:])
     private let draining = NIOLockedValueBox(false)
 
@@ -26,23 +25,22 @@ final class MuxPool: Sendable {
     /// Pooled connections with no stream for this long are closed.
     static let idleTimeout = TimeAmount.seconds(90)
 
-    init(settings: MuxSettings, audit: any AuditSink, logger: Logger) {
+    init(settings: MuxSettings, audit: any AuditSink) {
         var settings = settings
         settings.idleTimeout = settings.idleTimeout ?? Self.idleTimeout
         self.settings = settings
         self.audit = audit
-        self.logger = logger
     }
 
-    /// A tunnel to `endpoint` for a local connection on `eventLoop`.
+    /// A tunnel to `endpoint` for a local connection on `eventLoop`, accepted by `listener`
+    /// (named in the audit line of a connection dialed for it).
     func link(on eventLoop: EventLoop, to endpoint: Endpoint, expected: SPIFFEID, tlsContext: TLSContext,
-              authority: String, dial: @escaping MeshDial) -> EventLoopFuture<MeshLink> {
-        if draining.withLockedValue({ $0 }) { return eventLoop.makeSucceededFuture(.rawPreferred) }
+              authority: String, listener: String, dial: @escaping MeshDial) -> EventLoopFuture<MeshLink> {
+        if draining.withLockedValue({ $0 }) { return dial().map(MeshLink.raw) }
         let pool = loopPool(eventLoop)
-        return eventLoop.flatSubmit {
-            pool.link(to: LoopMuxPool.Key(endpoint: endpoint, expected: expected.uri), tlsContext: tlsContext,
-                      authority: authority, dial: dial, retries: 1)
-        }
+        let request = LoopMuxPool.Request(key: LoopMuxPool.Key(endpoint: endpoint, expected: expected.uri),
+                                          tlsContext: tlsContext, authority: authority, listener: listener, dial: dial)
+        return eventLoop.flatSubmit { pool.link(request, retries: 1) }
     }
 
     /// Shutdown: no new streams; each pooled connection closes once its streams are done.
@@ -67,7 +65,7 @@ final class MuxPool: Sendable {
     private func loopPool(_ eventLoop: EventLoop) -> LoopMuxPool {
         loops.withLockedValue { pools in
             if let pool = pools[ObjectIdentifier(eventLoop)] { return pool }
-            let pool = LoopMuxPool(eventLoop: eventLoop, settings: settings, audit: audit, logger: logger)
+            let pool = LoopMuxPool(eventLoop: eventLoop, settings: settings, audit: audit)
             pools[ObjectIdentifier(eventLoop)] = pool
             return pool
         }
@@ -79,6 +77,15 @@ final class LoopMuxPool: @unchecked Sendable {
     struct Key: Hashable {
         let endpoint: Endpoint
         let expected: String
+    }
+
+    /// One local connection's ask for a tunnel.
+    struct Request {
+        let key: Key
+        let tlsContext: TLSContext
+        let authority: String
+        let listener: String
+        let dial: MeshDial
     }
 
     final class Pooled {
@@ -112,15 +119,13 @@ final class LoopMuxPool: @unchecked Sendable {
     let eventLoop: EventLoop
     private let settings: MuxSettings
     private let audit: any AuditSink
-    private let logger: Logger
     private var destinations: [Key: Destination] = [:]
     private var draining = false
 
-    init(eventLoop: EventLoop, settings: MuxSettings, audit: any AuditSink, logger: Logger) {
+    init(eventLoop: EventLoop, settings: MuxSettings, audit: any AuditSink) {
         self.eventLoop = eventLoop
         self.settings = settings
         self.audit = audit
-        self.logger = logger
     }
 
     var counts: (connections: Int, streams: Int) {
@@ -128,21 +133,21 @@ final class LoopMuxPool: @unchecked Sendable {
         return (all.count, all.reduce(0) { $0 + $1.handler.openStreams })
     }
 
-    func link(to key: Key, tlsContext: TLSContext, authority: String, dial: @escaping MeshDial, retries: Int) -> EventLoopFuture<MeshLink> {
-        let destination = destinations[key] ?? {
+    func link(_ request: Request, retries: Int) -> EventLoopFuture<MeshLink> {
+        let destination = destinations[request.key] ?? {
             let created = Destination()
-            destinations[key] = created
+            destinations[request.key] = created
             return created
         }()
-        if draining { return eventLoop.makeSucceededFuture(.rawPreferred) }
+        if draining { return request.dial().map(MeshLink.raw) }
         if let until = destination.rawUntil {
-            if NIODeadline.now() < until { return eventLoop.makeSucceededFuture(.rawPreferred) }
+            if NIODeadline.now() < until { return request.dial().map(MeshLink.raw) }
             destination.rawUntil = nil
         }
-        retireStale(destination, current: tlsContext)
+        retireStale(destination, current: request.tlsContext)
         if let pooled = destination.connections.first(where: { $0.handler.acceptsNewStreams }) {
-            let opened = open(on: pooled, authority: authority)
-            dialAheadIfNeeded(key, destination, tlsContext: tlsContext, dial: dial)
+            let opened = open(on: pooled, authority: request.authority)
+            dialAheadIfNeeded(request, destination)
             guard retries > 0 else { return opened }
             // A stream refused before it was processed (GOAWAY race, connection lost) has carried
             // nothing yet: try once more, on whatever the pool has by then. A destination that
@@ -150,7 +155,7 @@ final class LoopMuxPool: @unchecked Sendable {
             return opened.flatMapError { error in
                 switch error as? MuxError {
                 case .streamRefused, .connectionClosed:
-                    return self.link(to: key, tlsContext: tlsContext, authority: authority, dial: dial, retries: retries - 1)
+                    return self.link(request, retries: retries - 1)
                 default:
                     return self.eventLoop.makeFailedFuture(error)
                 }
@@ -158,14 +163,12 @@ final class LoopMuxPool: @unchecked Sendable {
         }
         if let dialing = destination.dialing, destination.reserved < settings.maxConcurrentStreams {
             destination.reserved += 1
-            return dialing.flatMap {
-                self.link(to: key, tlsContext: tlsContext, authority: authority, dial: dial, retries: retries)
-            }
+            return dialing.flatMap { self.link(request, retries: retries) }
         }
-        return startDial(key, destination, tlsContext: tlsContext, dial: dial).flatMap { outcome in
+        return startDial(request, destination).flatMap { outcome in
             switch outcome {
-            case .mux(let pooled): return self.open(on: pooled, authority: authority)
-            case .raw(let dialed): return self.eventLoop.makeSucceededFuture(.raw(dialed.channel, dialed.waiter, dialed.peer))
+            case .mux(let pooled): return self.open(on: pooled, authority: request.authority)
+            case .raw(let dialed): return self.eventLoop.makeSucceededFuture(.raw(dialed))
             }
         }
     }
@@ -178,26 +181,25 @@ final class LoopMuxPool: @unchecked Sendable {
 
     /// Opens the next connection before the current ones are full, so a burst of new local
     /// connections does not wait for a handshake.
-    private func dialAheadIfNeeded(_ key: Key, _ destination: Destination, tlsContext: TLSContext, dial: @escaping MeshDial) {
+    private func dialAheadIfNeeded(_ request: Request, _ destination: Destination) {
         guard destination.dialing == nil else { return }
         let usable = destination.connections.filter { !$0.handler.isRetired }
         let capacity = usable.reduce(0) { $0 + $1.handler.streamLimit }
         let used = usable.reduce(0) { $0 + $1.handler.openStreams }
         guard used * 4 >= capacity * 3 else { return }
-        startDial(key, destination, tlsContext: tlsContext, dial: dial).whenSuccess { outcome in
+        startDial(request, destination).whenSuccess { outcome in
             // Found out in the background that the instance speaks raw only: nobody needs this one.
             if case .raw(let dialed) = outcome { dialed.channel.close(promise: nil) }
         }
     }
 
-    private func startDial(_ key: Key, _ destination: Destination, tlsContext: TLSContext,
-                           dial: @escaping MeshDial) -> EventLoopFuture<DialOutcome> {
-        let outcome = dial().hop(to: eventLoop).flatMapThrowing { dialed -> DialOutcome in
+    private func startDial(_ request: Request, _ destination: Destination) -> EventLoopFuture<DialOutcome> {
+        let outcome = request.dial().hop(to: eventLoop).flatMapThrowing { dialed -> DialOutcome in
             guard dialed.peer.applicationProtocol == MuxProtocol.alpn else {
                 destination.rawUntil = .now() + MuxPool.rawRetryInterval
                 return .raw(dialed)
             }
-            return .mux(try self.adopt(dialed, key: key, destination: destination, tlsContext: tlsContext))
+            return .mux(try self.adopt(dialed, for: request, destination: destination))
         }
         destination.dialing = outcome.map { _ in }
         outcome.whenComplete { _ in
@@ -208,19 +210,18 @@ final class LoopMuxPool: @unchecked Sendable {
     }
 
     /// Puts the mux on a freshly verified connection and adds it to the pool.
-    private func adopt(_ dialed: DialedMeshConnection, key: Key, destination: Destination,
-                       tlsContext: TLSContext) throws -> Pooled {
+    private func adopt(_ dialed: DialedMeshConnection, for request: Request, destination: Destination) throws -> Pooled {
         let handler = MuxConnectionHandler(role: .client, settings: settings)
         try dialed.waiter.handOver(to: [handler])
-        let pooled = Pooled(channel: dialed.channel, handler: handler, peer: dialed.peer, tlsContext: tlsContext)
+        let pooled = Pooled(channel: dialed.channel, handler: handler, peer: dialed.peer, tlsContext: request.tlsContext)
         destination.connections.append(pooled)
         dialed.channel.closeFuture.whenComplete { [weak self, weak destination] _ in
             self?.eventLoop.execute { destination?.connections.removeAll { $0 === pooled } }
         }
-        audit.record(AuditEvent(kind: .muxConnected, listener: "upstream:\(key.endpoint)",
+        audit.record(AuditEvent(kind: .muxConnected, listener: request.listener,
                                 peerAddress: dialed.channel.remoteAddress.auditDescription,
                                 destination: dialed.peer.identity.uri, decision: "allow",
-                                reason: "\(key.endpoint) serial \(dialed.peer.certificateSerial) \(dialed.peer.protocolVersion)")
+                                reason: "\(request.key.endpoint) serial \(dialed.peer.certificateSerial) \(dialed.peer.protocolVersion)")
             .with(handshakeOf: dialed.peer))
         return pooled
     }

@@ -118,16 +118,13 @@ enum MeshLink {
     /// A stream on a pooled mux connection (already answered 200).
     case stream(Channel, TLSPeer, streamID: Int32)
     /// An mTLS connection of its own.
-    case raw(Channel, HandshakeWaiter, TLSPeer)
-    /// The instance does not speak the mux: dial it the plain way.
-    case rawPreferred
+    case raw(DialedMeshConnection)
 
     /// The channel to join with, what it staged, and the verified peer.
-    var parts: (Channel, StagingHandler?, TLSPeer)? {
+    var parts: (Channel, StagingHandler?, TLSPeer) {
         switch self {
         case .stream(let channel, let peer, _): return (channel, nil, peer)
-        case .raw(let channel, let waiter, let peer): return (channel, waiter, peer)
-        case .rawPreferred: return nil
+        case .raw(let dialed): return (dialed.channel, dialed.waiter, dialed.peer)
         }
     }
 }
@@ -206,23 +203,12 @@ final class UpstreamConnectionHandler: StagingHandler {
             return
         }
         let dial = route.dialer(for: endpoint, tlsContext: tlsContext, eventLoop: context.eventLoop)
-        let link: EventLoopFuture<MeshLink>
-        if let pool = route.muxPool {
-            link = pool.link(on: context.eventLoop, to: endpoint, expected: route.expectedIdentity(for: endpoint),
-                             tlsContext: tlsContext, authority: route.upstream.destinationName, dial: dial)
-        } else {
-            link = dial().map { .raw($0.channel, $0.waiter, $0.peer) }
-        }
+        let link = route.muxPool?.link(on: context.eventLoop, to: endpoint, expected: route.expectedIdentity(for: endpoint),
+                                        tlsContext: tlsContext, authority: route.upstream.destinationName,
+                                        listener: listenerName, dial: dial)
+            ?? dial().map(MeshLink.raw)
         link.hop(to: context.eventLoop).whenComplete { [self] result in
-            switch result {
-            case .success(.rawPreferred):
-                // This instance does not speak the mux: a connection of its own, as before.
-                dial().map { MeshLink.raw($0.channel, $0.waiter, $0.peer) }.hop(to: context.eventLoop).whenComplete { [self] result in
-                    linked(result, context: context, endpoint: endpoint, remaining: remaining, failures: failures)
-                }
-            default:
-                linked(result, context: context, endpoint: endpoint, remaining: remaining, failures: failures)
-            }
+            linked(result, context: context, endpoint: endpoint, remaining: remaining, failures: failures)
         }
     }
 
@@ -231,7 +217,7 @@ final class UpstreamConnectionHandler: StagingHandler {
         let local = context.channel
         switch result {
         case .success(let link):
-            guard let (remote, staging, peer) = link.parts else { return }
+            let (remote, staging, peer) = link.parts
             guard !localGone else {
                 remote.close(promise: nil)
                 return
