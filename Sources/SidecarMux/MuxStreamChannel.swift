@@ -155,38 +155,40 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
     /// The session removed the stream. Graceful (code 0): what is buffered is still delivered,
     /// then EOF, then the channel closes. A reset drops the rest and reports an error.
     func sessionClosed(errorCode: UInt32) {
-        sessionClosed = true
-        if flushingAfterClose {
-            flushingAfterClose = false
-            failOutbound(MuxError.streamReset(errorCode: errorCode))
+        guard errorCode == NGHTTP2_NO_ERROR.rawValue else {
+            // Like a TLS stream cut after some records: what arrived before the reset is passed
+            // on, then the error (the glue turns it into an abort).
+            cut(MuxError.streamReset(errorCode: errorCode), deliveringQueued: true)
+            return
         }
+        sessionEnded(MuxError.streamReset(errorCode: errorCode))
         guard lifecycle != .closed else { return }
-        if errorCode == NGHTTP2_NO_ERROR.rawValue {
-            inputEnded = true
-            failOutbound(MuxError.streamReset(errorCode: errorCode))
-            deliverInbound()
-            if lifecycle == .idle { finishClose(error: MuxError.connectionClosed) }
-        } else {
-            if lifecycle == .active {
-                // Like a TLS stream cut after some records: what arrived before the reset is
-                // passed on, then the error (the glue turns it into an abort).
-                deliverQueued()
-                pipeline.syncOperations.fireErrorCaught(MuxError.streamReset(errorCode: errorCode))
-            }
-            finishClose(error: MuxError.streamReset(errorCode: errorCode))
-        }
+        inputEnded = true
+        failOutbound(MuxError.streamReset(errorCode: errorCode))
+        deliverInbound()
+        if lifecycle == .idle { finishClose(error: MuxError.connectionClosed) }
     }
 
     /// The connection under the stream ended: everything on it is cut.
-    func connectionLost() {
+    func connectionLost() { cut(MuxError.connectionClosed, deliveringQueued: false) }
+
+    private func cut(_ error: MuxError, deliveringQueued: Bool) {
+        sessionEnded(error)
+        guard lifecycle != .closed else { return }
+        if lifecycle == .active {
+            if deliveringQueued { deliverQueued() }
+            pipeline.syncOperations.fireErrorCaught(error)
+        }
+        finishClose(error: error)
+    }
+
+    /// The session has no stream any more: output still flushing after a close can't go out.
+    private func sessionEnded(_ error: MuxError) {
         sessionClosed = true
         if flushingAfterClose {
             flushingAfterClose = false
-            failOutbound(MuxError.connectionClosed)
+            failOutbound(error)
         }
-        guard lifecycle != .closed else { return }
-        if lifecycle == .active { pipeline.syncOperations.fireErrorCaught(MuxError.connectionClosed) }
-        finishClose(error: MuxError.connectionClosed)
     }
 
     func parentWritabilityChanged(_ writable: Bool) {
