@@ -186,16 +186,19 @@ final class NGHTTP2Session {
     }
 
     private func withHeaderBlock<R>(_ headers: [(String, String)], _ body: (UnsafeMutableBufferPointer<nghttp2_nv>) -> R) -> R {
-        // nghttp2 copies names and values at submit time, so the bytes only need to live this long.
-        var storage = headers.map { (Array($0.0.utf8), Array($0.1.utf8)) }
-        return storage.withUnsafeMutableBufferPointer { pairs -> R in
+        // All names and values in one buffer, pointed into only while it is borrowed here:
+        // nghttp2 copies them at submit time.
+        var bytes = headers.flatMap { Array($0.0.utf8) + Array($0.1.utf8) }
+        return bytes.withUnsafeMutableBufferPointer { storage -> R in
             var block: [nghttp2_nv] = []
-            block.reserveCapacity(pairs.count)
-            for index in pairs.indices {
-                let name = pairs[index].0.withUnsafeMutableBufferPointer { $0.baseAddress! }
-                let value = pairs[index].1.withUnsafeMutableBufferPointer { $0.baseAddress! }
-                block.append(nghttp2_nv(name: name, value: value, namelen: pairs[index].0.count,
-                                        valuelen: pairs[index].1.count, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+            block.reserveCapacity(headers.count)
+            var offset = 0
+            for (name, value) in headers {
+                let nameLength = name.utf8.count, valueLength = value.utf8.count
+                let start = storage.baseAddress! + offset
+                block.append(nghttp2_nv(name: start, value: start + nameLength, namelen: nameLength,
+                                        valuelen: valueLength, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+                offset += nameLength + valueLength
             }
             return block.withUnsafeMutableBufferPointer { body($0) }
         }
