@@ -37,10 +37,11 @@ final class MuxPool: Sendable {
     func link(on eventLoop: EventLoop, to endpoint: Endpoint, expected: SPIFFEID, tlsContext: TLSContext,
               authority: String, listener: String, dial: @escaping MeshDial) -> EventLoopFuture<MeshLink> {
         if draining.withLockedValue({ $0 }) { return dial().map(MeshLink.raw) }
-        let pool = loopPool(eventLoop)
+        // Called on the local connection's own loop, which is the loop pool's: no hop needed.
+        eventLoop.preconditionInEventLoop()
         let request = LoopMuxPool.Request(key: LoopMuxPool.Key(endpoint: endpoint, expected: expected.uri),
                                           tlsContext: tlsContext, authority: authority, listener: listener, dial: dial)
-        return eventLoop.flatSubmit { pool.link(request, retries: 1) }
+        return loopPool(eventLoop).link(request, retries: 1)
     }
 
     /// Shutdown: no new streams; each pooled connection closes once its streams are done.
