@@ -63,9 +63,11 @@ if [ -n "${AGENT_OUTAGE_AT:-}" ]; then
   (sleep "$AGENT_OUTAGE_AT"; kill -STOP "$agent_process"; echo "dev agent frozen at ${AGENT_OUTAGE_AT}s"
    sleep "${AGENT_OUTAGE_FOR:-60}"; kill -CONT "$agent_process"; echo "dev agent back after ${AGENT_OUTAGE_FOR:-60}s") & pids+=($!)
 fi
-# Soak check: both sidecars' resident memory every 10 s (flat memory = no leak under churn).
+# Soak check every 10 s: both sidecars' resident memory and the allocator's bytes in use by
+# live objects (flat in-use memory = no leak under churn; RSS also holds glibc's free cache).
+heap_kib() { curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null | awk '/^backup_sidecar_heap_in_use_bytes/ {printf "%d", $2 / 1024}' || echo 0; }
 (while sleep 10; do
-   echo "$(date +%s) $(awk '/VmRSS/ {print $2}' /proc/$storage_pid/status 2>/dev/null || echo 0) $(awk '/VmRSS/ {print $2}' /proc/$agent_pid/status 2>/dev/null || echo 0)"
+   echo "$(date +%s) $(awk '/VmRSS/ {print $2}' /proc/$storage_pid/status 2>/dev/null || echo 0) $(awk '/VmRSS/ {print $2}' /proc/$agent_pid/status 2>/dev/null || echo 0) $(heap_kib "$admin_storage") $(heap_kib "$admin_agent")"
  done) >"$work/rss.log" & pids+=($!)
 
 {
@@ -89,12 +91,16 @@ PY
   echo "certificate rotations applied: storage $(grep -c 'certificates rotated' "$work/storage.log" || true), backup-agent $(grep -c 'certificates rotated' "$work/agent.log" || true)"
   python3 - "$work/rss.log" <<'PY'
 import sys
-rows = [list(map(int, l.split())) for l in open(sys.argv[1]) if len(l.split()) == 3]
+rows = [list(map(int, l.split())) for l in open(sys.argv[1]) if len(l.split()) == 5]
 if len(rows) >= 3:
-    for name, column in (("storage", 1), ("backup-agent", 2)):
-        values = [r[column] / 1024 for r in rows]
-        third = max(1, len(values) // 3)
-        print(f"RSS {name} sidecar (MiB): first {values[0]:.1f}, after 1/3 {values[third]:.1f}, last {values[-1]:.1f}, max {max(values):.1f}")
+    third = max(1, len(rows) // 3)
+    for what, offset in (("RSS", 1), ("heap in use", 3)):
+        for name, column in (("storage", offset), ("backup-agent", offset + 1)):
+            values = [r[column] / 1024 for r in rows]
+            # Growth over the last two thirds (after warm-up): a leak keeps climbing there.
+            later = values[third:]
+            print(f"{what} {name} sidecar (MiB): first {values[0]:.1f}, after 1/3 {values[third]:.1f}, "
+                  f"last {values[-1]:.1f}, max {max(values):.1f}, min/max after 1/3 {min(later):.1f}/{max(later):.1f}")
 PY
   echo "result: $([ "$status" = 0 ] && echo PASS || echo FAIL)"
   exit "$status"

@@ -1,3 +1,4 @@
+import CSystemExtras
 import Dispatch
 import Foundation
 import Glibc
@@ -317,8 +318,8 @@ public final class Sidecar: Sendable {
 
     /// GOAWAY on every inbound mux connection (plain connections ignore the event).
     private func retireInboundMuxConnections() {
-        for (listener, channel) in tracker.channels where listener == Self.publicListenerName {
-            channel.triggerUserOutboundEvent(MuxGracefulShutdown(), promise: nil)
+        for tracked in tracker.channels where tracked.listener == Self.publicListenerName && !tracked.isStream {
+            tracked.channel.triggerUserOutboundEvent(MuxGracefulShutdown(), promise: nil)
         }
     }
 
@@ -353,15 +354,24 @@ public final class Sidecar: Sendable {
         while tracker.total > 0 && NIODeadline.now() < deadline && !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(100))
         }
+        // Tunnels are what gets aborted and audited: plain connections and mux streams. A mux
+        // connection still carrying streams goes with them, without a line of its own.
         let leftovers = tracker.channels
-        for (listener, channel) in leftovers {
-            settings.audit.record(AuditEvent(kind: .connectionRevoked, listener: listener,
-                                             peerAddress: channel.remoteAddress.auditDescription,
-                                             decision: "deny", reason: "drain timeout reached at shutdown"))
+        let carriers = Set(leftovers.filter(\.isStream).compactMap { $0.channel.parent.map(ObjectIdentifier.init) })
+        let tunnels = leftovers.filter { !carriers.contains(ObjectIdentifier($0.channel)) }
+        for tunnel in tunnels {
+            var event = AuditEvent(kind: .connectionRevoked, listener: tunnel.listener,
+                                   peerAddress: tunnel.channel.remoteAddress.auditDescription,
+                                   decision: "deny", reason: "drain timeout reached at shutdown")
+            event.muxStream = (tunnel.channel as? MuxStreamIdentifying).map { Int($0.muxStreamID) }
+            settings.audit.record(event)
+        }
+        for tracked in tunnels + leftovers.filter({ carriers.contains(ObjectIdentifier($0.channel)) }) {
+            let channel = tracked.channel
             channel.triggerUserOutboundEvent(ConnectionAbortRequest()).whenFailure { _ in ConnectionAbort.abort(channel) }
         }
-        settings.logger.notice("drained", metadata: ["aborted": "\(leftovers.count)"])
-        return leftovers.count
+        settings.logger.notice("drained", metadata: ["aborted": "\(tunnels.count)"])
+        return tunnels.count
     }
 
     /// True once a drain started: not ready for new work (the admin API's /ready).
@@ -401,6 +411,11 @@ public final class Sidecar: Sendable {
             metrics.setGauge("backup_sidecar_upstream_instances", Double(rotation.count), [("upstream", name)])
         }
         metrics.setGauge("backup_sidecar_ready", readiness.ready ? 1 : 0)
+        // The allocator's view beside RSS: memory in use by live objects versus freed memory
+        // glibc keeps for reuse. RSS growing while in-use stays flat is caching, not a leak.
+        let heap = mallinfo2()
+        metrics.setGauge("backup_sidecar_heap_in_use_bytes", Double(heap.uordblks + heap.hblkhd))
+        metrics.setGauge("backup_sidecar_heap_free_retained_bytes", Double(heap.fordblks))
     }
 
     /// Open connections on a listener ("public" or "upstream:<name>").
@@ -499,8 +514,11 @@ public final class Sidecar: Sendable {
             // Read per connection and, on a mux connection, per stream: a retarget applies to
             // the next tunnel, whichever connection it arrives on.
             let route = {
-                var route = Self.inboundRoute(definitionBox.withLockedValue { $0 }, mux: muxMode)
+                let definition = definitionBox.withLockedValue { $0 }
+                var route = Self.inboundRoute(definition, mux: muxMode)
                 route.draining = draining.withLockedValue { $0 }
+                route.maxConnections = definition.config.maxConnections
+                route.admitStream = { tracker.admit($0, listener: Self.publicListenerName, limit: definition.config.maxConnections) }
                 return route
             }
             let handshakeTimeout = TimeAmount.milliseconds(Int64(definition.config.handshakeTimeoutMs))

@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import NIOPosix
 import Testing
 @testable import SidecarCore
 import SidecarMux
@@ -102,6 +103,51 @@ struct MuxTests {
         #expect(counts.connections >= 4, "pooled connections: \(counts.connections)")
         #expect(Self.lines(mesh.storageAudit, .muxConnected).count == counts.connections)
         withExtendedLifetime(open) {}
+    }
+
+    @Test("Mux streams count toward max_connections: one past the limit is refused (503, audited) and the next slot serves again")
+    func streamsCountTowardMaxConnections() async throws {
+        // One event loop on the agent: exactly one pooled connection, so the count is exact:
+        // with max_connections 3 the mux connection and two tunnels fill the listener.
+        let agentLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let backend = try await TestBackend(.echo, group: testGroup)
+        let (storage, storageAudit) = try await MeshFixture.startStorage(
+            backendPort: backend.port, credentials: try TestCertificates.credentials("storage"),
+            intentions: MeshFixture.allowBackupAgent, configure: { $0.maxConnections = 3 })
+        let (agent, agentAudit) = try await MeshFixture.startAgent(
+            certificate: "backup-agent", storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!, group: agentLoop)
+        let port = agent.boundAddress(of: "upstream:storage")!.port!
+        defer { Task { await agent.stop(); await storage.stop(); await backend.stop(); try? await agentLoop.shutdownGracefully() } }
+
+        var served: [BlockingSocket] = []
+        for index in 0..<2 {
+            let socket = try BlockingSocket(port: port)
+            socket.setReceiveTimeout(seconds: 5)
+            #expect(await onThread { socket.echoes("tunnel \(index)\n") })
+            served.append(socket)
+        }
+        #expect(storage.openConnections(on: Sidecar.publicListenerName) == 3)
+
+        let refused = try BlockingSocket(port: port)
+        refused.setReceiveTimeout(seconds: 5)
+        _ = refused.send(Array("over the limit\n".utf8))
+        #expect(await onThread { refused.receiveAll() }.count == 0, "a tunnel past max_connections was served")
+        let refusal = try #require(Self.lines(storageAudit, .tunnelRefused).first)
+        #expect(refusal.reason == "max_connections (3) reached" && refusal.muxStream != nil && refusal.decision == "deny")
+        #expect(refusal.source?.hasSuffix("/svc/backup-agent") == true)
+        #expect(await eventually { Self.lines(agentAudit, .upstreamFailed).count == 1 })
+        #expect(backend.connections == 2, "the refused tunnel reached the local app")
+
+        // A slot frees when a tunnel ends; the next tunnel on the same connection is served.
+        let first = served[0]
+        first.shutdownWrite()
+        _ = await onThread { first.receiveAll() }
+        #expect(await eventually { storage.openConnections(on: Sidecar.publicListenerName) == 2 })
+        let next = try BlockingSocket(port: port)
+        next.setReceiveTimeout(seconds: 5)
+        #expect(await onThread { next.echoes("next\n") })
+        #expect(Self.lines(storageAudit, .muxConnected).count == 1)
+        withExtendedLifetime(served) {}
     }
 
     @Test("A mux connection left without tunnels for idle_timeout goes away on both sides")

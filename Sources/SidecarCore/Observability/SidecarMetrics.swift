@@ -40,6 +40,8 @@ public final class SidecarMetrics: AuditSink, Sendable {
         case .muxConnected:
             count("backup_sidecar_mux_connections_total", ("listener", listener))
             handshake(event)
+        case .tunnelRefused:
+            count("backup_sidecar_connections_total", ("listener", listener), ("outcome", "over_limit"))
         case .connectionRevoked:
             count("backup_sidecar_connections_revoked_total", ("listener", listener))
         case .connectionClosed:

@@ -27,6 +27,9 @@ public struct AuditEvent: Sendable, Equatable {
         /// Either side: an mTLS connection carrying the multiplexed transport was established
         /// (one handshake; each tunnel on it then gets its own lines with `mux_stream`).
         case muxConnected = "mux_connected"
+        /// Inbound: a stream on a mux connection refused before it was decided, because the
+        /// listener is at max_connections (streams count toward it like connections).
+        case tunnelRefused = "tunnel_refused"
     }
 
     public var time = Date()

@@ -25,6 +25,9 @@ struct InboundRoute: Sendable {
     /// the drain, it missed the drain's GOAWAY) serves what its peer sends at once, like any
     /// in-flight connection, and goes away once that is done.
     var draining = false
+    /// Counts a mux stream toward the listener's max_connections; false: the limit is reached.
+    var admitStream: @Sendable (Channel) -> Bool = { _ in true }
+    var maxConnections = Int.max
 }
 
 /// Sits after the TLS handler on an accepted public-listener connection. Waits for a verified
@@ -133,12 +136,28 @@ final class InboundConnectionHandler: StagingHandler {
                 stream.close(promise: nil)
                 return
             }
-            let destination = route().destinationService
+            let current = route(), destination = current.destinationService
             guard request.authority.lowercased() == destination.lowercased() else {
                 logger.warning("mux stream for another service refused", metadata: [
                     "peer": "\(peerAddress)", "asked": "\(request.authority)", "serving": "\(destination)",
                 ])
                 stream.triggerUserOutboundEvent(MuxStreamResponse(status: 421), promise: nil)
+                stream.close(promise: nil)
+                return
+            }
+            // A stream is a tunnel like a connection, and counts toward max_connections; with
+            // no backlog to wait in, one past the limit is refused (503) before anything else.
+            guard current.admitStream(stream) else {
+                var event = AuditEvent(kind: .tunnelRefused, listener: listenerName, peerAddress: peerAddress,
+                                       source: peer.identity.uri, sourceSerial: peer.certificateSerial,
+                                       destination: destination, decision: "deny",
+                                       reason: "max_connections (\(current.maxConnections)) reached")
+                event.muxStream = Int(request.streamID)
+                audit.record(event)
+                logger.warning("mux stream refused: max_connections reached", metadata: [
+                    "source": "\(peer.identity)", "peer": "\(peerAddress)", "max_connections": "\(current.maxConnections)",
+                ])
+                stream.triggerUserOutboundEvent(MuxStreamResponse(status: 503), promise: nil)
                 stream.close(promise: nil)
                 return
             }

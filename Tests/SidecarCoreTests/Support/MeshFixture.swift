@@ -42,6 +42,7 @@ struct MeshFixture {
 
     /// A backup-agent-style sidecar with one upstream, `storage`, on an ephemeral local port.
     static func startAgent(certificate: String, roots: String = "ca.pem", storagePort: Int, mux: MuxMode = .prefer,
+                           group: EventLoopGroup = testGroup,
                            configureUpstream: (inout Upstream) -> Void = { _ in }) async throws -> (Sidecar, MemoryAuditSink) {
         let agentAudit = MemoryAuditSink()
         let agentDefinition = ProxyDefinition(
@@ -60,7 +61,7 @@ struct MeshFixture {
             upstreamEndpoints: ["storage": [Endpoint(host: "127.0.0.1", port: storagePort)]],
             audit: agentAudit, logger: quietLogger)
         settings.mux = mux
-        let agent = try Sidecar(settings: settings, group: testGroup)
+        let agent = try Sidecar(settings: settings, group: group)
         try await agent.start()
         return (agent, agentAudit)
     }
