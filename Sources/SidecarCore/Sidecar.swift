@@ -324,7 +324,10 @@ public final class Sidecar: Sendable {
     }
 
     /// Pooled mux connections toward destinations and the tunnels on them (tests, admin).
-    public func muxPoolCounts() async -> (connections: Int, streams: Int) { await muxPool?.counts() ?? (0, 0) }
+    public func muxPoolCounts() async -> (connections: Int, streams: Int) {
+        guard let muxPool else { return (0, 0) }
+        return (try? await muxPool.counts(on: group.next()).get()) ?? (0, 0)
+    }
 
     /// The credentials new handshakes use.
     public var currentCredentials: TLSCredentials { contexts.credentials }
@@ -398,8 +401,19 @@ public final class Sidecar: Sendable {
     }
 
     /// Updates the state gauges (called when /metrics is scraped).
-    public func refreshMetrics() {
-        guard let metrics = settings.metrics else { return }
+    public func refreshMetrics(on eventLoop: EventLoop) -> EventLoopFuture<Void> {
+        guard let metrics = settings.metrics else { return eventLoop.makeSucceededVoidFuture() }
+        refreshStateGauges(metrics)
+        let inboundStreams = tracker.channels.filter(\.isStream).count
+        let pooled = muxPool?.counts(on: eventLoop) ?? eventLoop.makeSucceededFuture((connections: 0, streams: 0))
+        return pooled.map { pooled in
+            metrics.setGauge("backup_sidecar_mux_connections_active", Double(pooled.connections), [("side", "upstream")])
+            metrics.setGauge("backup_sidecar_mux_streams_active", Double(pooled.streams), [("side", "upstream")])
+            metrics.setGauge("backup_sidecar_mux_streams_active", Double(inboundStreams), [("side", "inbound")])
+        }
+    }
+
+    private func refreshStateGauges(_ metrics: SidecarMetrics) {
         let listenerNames = [Self.publicListenerName] + definition.upstreams.map(\.listenerName)
         for name in listenerNames {
             metrics.setGauge("backup_sidecar_connections_active", Double(tracker.count(name)), [("listener", name)])

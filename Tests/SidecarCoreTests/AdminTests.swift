@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import NIOCore
 import Testing
 @testable import SidecarCore
 import SidecarTLS
@@ -67,6 +68,44 @@ struct AdminTests {
         for line in lines {
             #expect(Self.matches(Self.commentLine, line) || Self.matches(Self.sampleLine, line), "not exposition format: \(line)")
         }
+    }
+
+    @Test("/metrics with the mux: pooled connections and streams on each side, and the allocator's heap gauges")
+    func muxAndHeapGauges() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo)
+        defer { Task { await mesh.stop() } }
+        var admins: [Channel] = []
+        for sidecar in [mesh.storage, mesh.agent] {
+            admins.append(try await AdminServer.start(host: "127.0.0.1", port: 0, sidecar: sidecar,
+                                                      metrics: try #require(sidecar.settings.metrics), group: testGroup))
+        }
+        defer { for admin in admins { Task { try? await admin.close() } } }
+        let tunnels = try (0..<3).map { _ in try BlockingSocket(port: mesh.upstreamPort) }
+        for tunnel in tunnels {
+            tunnel.setReceiveTimeout(seconds: 5)
+            #expect(await onThread { ReauthorizationTests.ping(tunnel, "gauged\n") })
+        }
+        let storage = try await Self.get(admins[0].localAddress!.port!, "/metrics").body
+        let agent = try await Self.get(admins[1].localAddress!.port!, "/metrics").body
+        #expect(Self.value(storage, #"backup_sidecar_mux_streams_active{side="inbound"}"#) == 3)
+        #expect(Self.value(agent, #"backup_sidecar_mux_streams_active{side="upstream"}"#) == 3)
+        let pooled = try #require(Self.value(agent, #"backup_sidecar_mux_connections_active{side="upstream"}"#))
+        #expect(pooled >= 1 && pooled <= 3)
+        #expect(Self.value(storage, #"backup_sidecar_mux_streams_active{side="upstream"}"#) == 0)
+        // Live objects: at least the 3 tunnels' TLS state and buffers, and less than RSS could hold.
+        let heap = try #require(Self.value(storage, "backup_sidecar_heap_in_use_bytes"))
+        #expect(heap > 1_000_000 && heap < 4_000_000_000)
+        #expect((Self.value(storage, "backup_sidecar_heap_free_retained_bytes") ?? -1) >= 0)
+
+        // Pipelined requests are answered in order (/metrics waits for the pools' counts).
+        let pipelined = try BlockingSocket(port: admins[1].localAddress!.port!)
+        pipelined.setReceiveTimeout(seconds: 5)
+        _ = pipelined.send(Array("GET /metrics HTTP/1.1\r\nHost: a\r\n\r\nGET /live HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".utf8))
+        let answer = String(decoding: await onThread { pipelined.receiveAll(keepingPrefix: 1 << 20).prefix }, as: UTF8.self)
+        let metricsAt = try #require(answer.range(of: "backup_sidecar_ready"))
+        let liveAt = try #require(answer.range(of: "live\n"))
+        #expect(metricsAt.lowerBound < liveAt.lowerBound)
+        withExtendedLifetime(tunnels) {}
     }
 
     @Test("/ready, /live, /certs and /config")

@@ -31,6 +31,7 @@ final class AdminHandler: ChannelInboundHandler {
     private let sidecar: Sidecar
     private let metrics: SidecarMetrics
     private var request: HTTPRequestHead?
+    private var lastResponse: EventLoopFuture<Void>?
 
     init(sidecar: Sidecar, metrics: SidecarMetrics) {
         self.sidecar = sidecar
@@ -44,24 +45,37 @@ final class AdminHandler: ChannelInboundHandler {
         case .end:
             guard let head = request else { return }
             request = nil
-            let (status, contentType, body) = respond(to: head)
-            var headers = HTTPHeaders([("content-type", contentType), ("content-length", "\(body.utf8.count)")])
-            if !head.isKeepAlive { headers.add(name: "connection", value: "close") }
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
-            let keepAlive = head.isKeepAlive, channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
-                if !keepAlive { channel.close(promise: nil) }
-            }
+            // Answers go out in request order even when one (/metrics) is not ready at once.
+            let response = respond(to: head, on: context.eventLoop)
+            let previous = lastResponse ?? context.eventLoop.makeSucceededVoidFuture()
+            lastResponse = previous.flatMap { response }.map { [self] in send($0, to: head, context: context) }
         }
+    }
+
+    private func send(_ response: (HTTPResponseStatus, String, String), to head: HTTPRequestHead, context: ChannelHandlerContext) {
+        let (status, contentType, body) = response
+        var headers = HTTPHeaders([("content-type", contentType), ("content-length", "\(body.utf8.count)")])
+        if !head.isKeepAlive { headers.add(name: "connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
+        let keepAlive = head.isKeepAlive, channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+            if !keepAlive { channel.close(promise: nil) }
+        }
+    }
+
+    private func respond(to head: HTTPRequestHead, on eventLoop: EventLoop) -> EventLoopFuture<(HTTPResponseStatus, String, String)> {
+        guard head.path == "/metrics", head.method == .GET || head.method == .HEAD else {
+            return eventLoop.makeSucceededFuture(respond(to: head))
+        }
+        // State gauges are read first; the mux pools' counts live on their own event loops.
+        let metrics = self.metrics
+        return sidecar.refreshMetrics(on: eventLoop).map { (.ok, "text/plain; version=0.0.4", metrics.exposition()) }
     }
 
     private func respond(to head: HTTPRequestHead) -> (HTTPResponseStatus, String, String) {
         guard head.method == .GET || head.method == .HEAD else { return (.methodNotAllowed, "text/plain", "GET only\n") }
-        switch head.uri.split(separator: "?").first.map(String.init) ?? "" {
-        case "/metrics":
-            sidecar.refreshMetrics()
-            return (.ok, "text/plain; version=0.0.4", metrics.exposition())
+        switch head.path {
         case "/live":
             return (.ok, "text/plain", "live\n")
         case "/ready":
@@ -82,6 +96,11 @@ final class AdminHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
+
+extension HTTPRequestHead {
+    /// The URI without its query.
+    fileprivate var path: String { uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? "" }
 }
 
 extension Sidecar {

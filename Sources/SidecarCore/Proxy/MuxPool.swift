@@ -53,14 +53,11 @@ final class MuxPool: Sendable {
     }
 
     /// Open pooled connections and the streams they carry (admin/tests).
-    func counts() async -> (connections: Int, streams: Int) {
-        var total = (connections: 0, streams: 0)
-        for pool in loops.withLockedValue({ Array($0.values) }) {
-            let counts = try? await pool.eventLoop.submit { pool.counts }.get()
-            total.connections += counts?.connections ?? 0
-            total.streams += counts?.streams ?? 0
+    func counts(on eventLoop: EventLoop) -> EventLoopFuture<(connections: Int, streams: Int)> {
+        let perLoop = loops.withLockedValue { Array($0.values) }.map { pool in pool.eventLoop.submit { pool.counts } }
+        return EventLoopFuture.reduce((connections: 0, streams: 0), perLoop, on: eventLoop) { total, counts in
+            (total.connections + counts.connections, total.streams + counts.streams)
         }
-        return total
     }
 
     private func loopPool(_ eventLoop: EventLoop) -> LoopMuxPool {

@@ -59,7 +59,7 @@ struct MeshFixture {
             definition: agentDefinition, credentials: try TestCertificates.credentials(certificate, roots: roots),
             intentions: IntentionSet([], defaultAction: .deny),
             upstreamEndpoints: ["storage": [Endpoint(host: "127.0.0.1", port: storagePort)]],
-            audit: agentAudit, logger: quietLogger)
+            audit: agentAudit, logger: quietLogger, metrics: SidecarMetrics())
         settings.mux = mux
         let agent = try Sidecar(settings: settings, group: group)
         try await agent.start()
