@@ -128,7 +128,7 @@ public final class Sidecar: Sendable {
                                             applicationProtocols: settings.mux == .prefer ? [MuxProtocol.alpn] : [])
         self.muxPool = settings.mux == .prefer
             ? MuxPool(settings: MuxSettings(maxConcurrentStreams: settings.definition.config.muxMaxStreams),
-                      audit: settings.audit)
+                      audit: settings.audit, logger: settings.logger)
             : nil
         self.intentions = NIOLockedValueBox(settings.intentions)
         self.definitionBox = NIOLockedValueBox(settings.definition)

@@ -18,13 +18,19 @@ public struct MuxSettings: Sendable {
     public var connectionWindow: Int32
     /// A connection without streams for this long goes away (GOAWAY, then close); nil: never.
     public var idleTimeout: TimeAmount?
+    /// A connection that has received nothing for this long is sent a PING; one still silent
+    /// a whole interval after its PING is taken for dead (a host gone without a FIN or RST)
+    /// and closed, cutting its streams, rather than leaving them to hang until TCP gives up.
+    /// nil: no keepalive.
+    public var keepaliveInterval: TimeAmount?
 
     public init(maxConcurrentStreams: Int = 100, streamWindow: Int32 = 2 << 20, connectionWindow: Int32 = 64 << 20,
-                idleTimeout: TimeAmount? = nil) {
+                idleTimeout: TimeAmount? = nil, keepaliveInterval: TimeAmount? = .seconds(30)) {
         self.maxConcurrentStreams = maxConcurrentStreams
         self.streamWindow = streamWindow
         self.connectionWindow = connectionWindow
         self.idleTimeout = idleTimeout
+        self.keepaliveInterval = keepaliveInterval
     }
 }
 
@@ -79,8 +85,15 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
     private var closingGracefully = false
     private var closed = false
     private var idleClose: Scheduled<Void>?
+    private var keepalive: RepeatedTask?
+    private var lastInput = NIODeadline.uptimeNanoseconds(0)
+    /// When our unanswered keepalive PING went out.
+    private var pingSent: NIODeadline?
     /// Called when the peer broke the protocol and the connection ends for it (for logs/audit).
     public var onProtocolError: ((Error) -> Void)?
+    /// Called before a connection whose peer went silent (no answer to a keepalive PING) is
+    /// closed, with the seconds since anything arrived.
+    public var onUnresponsivePeer: ((Double) -> Void)?
 
     public init(role: Role, settings: MuxSettings) {
         self.role = role
@@ -120,7 +133,9 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
             return
         }
         if context.channel.isActive { pump() }
+        lastInput = context.eventLoop.now
         armIdleClose()
+        armKeepalive()
     }
 
     public func handlerRemoved(context: ChannelHandlerContext) {
@@ -140,6 +155,7 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let session, !closed else { return }
+        lastInput = context.eventLoop.now
         // Nothing is sent (and the connection is not judged finished) until every event of
         // this input has been handled: a stream's data must reach it before its close does.
         processingInput = true
@@ -345,9 +361,40 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
         idleClose = nil
     }
 
+    private func armKeepalive() {
+        guard let interval = settings.keepaliveInterval, let eventLoop, keepalive == nil, !closed else { return }
+        keepalive = eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [weak self] _ in
+            self?.checkPeerAlive(interval: interval)
+        }
+    }
+
+    /// Any input answers a PING (its ACK, or anything else the peer sent meanwhile).
+    private func checkPeerAlive(interval: TimeAmount) {
+        guard let context, let session, !closed else { return }
+        let now = context.eventLoop.now
+        if let sent = pingSent {
+            guard lastInput < sent else {
+                pingSent = nil
+                return
+            }
+            if now - sent >= interval {
+                let silence = Double((now - lastInput).nanoseconds) / 1e9
+                onUnresponsivePeer?(silence)
+                context.close(promise: nil)
+            }
+            return
+        }
+        guard now - lastInput >= interval else { return }
+        session.ping()
+        pingSent = now
+        pump()
+    }
+
     private func connectionEnded() {
         guard !closed else { return }
         disarmIdleClose()
+        keepalive?.cancel()
+        keepalive = nil
         closed = true
         let lost = streams
         streams.removeAll()

@@ -164,6 +164,9 @@ final class NGHTTP2Session {
         _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, errorCode)
     }
 
+    /// A PING (keepalive); the peer's nghttp2 answers it with an ACK.
+    func ping() { _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil) }
+
     /// Server: "stop opening streams" without refusing any yet (GOAWAY with the maximum id).
     func announceShutdown() { _ = nghttp2_submit_shutdown_notice(session) }
 

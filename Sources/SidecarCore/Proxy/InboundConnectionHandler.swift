@@ -164,6 +164,11 @@ final class InboundConnectionHandler: StagingHandler {
             stream.pipeline.fireUserInboundEventTriggered(TLSEvent.handshakeCompleted(peer))
         }), settings: settings)
         let source = peer.identity
+        handler.onUnresponsivePeer = { silence in
+            logger.warning("mux connection closed: peer unresponsive to keepalive", metadata: [
+                "source": "\(source)", "peer": "\(peerAddress)", "silent_s": "\(Int(silence))",
+            ])
+        }
         handler.onProtocolError = { error in
             logger.warning("mux connection ended: protocol error", metadata: [
                 "source": "\(source)", "peer": "\(peerAddress)", "error": "\(error)",

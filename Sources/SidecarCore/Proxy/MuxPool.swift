@@ -17,6 +17,7 @@ import SidecarTLS
 final class MuxPool: Sendable {
     let settings: MuxSettings
     private let audit: any AuditSink
+    private let logger: Logger
     private let loops = NIOLockedValueBox<[ObjectIdentifier: LoopMuxPool]>([:])
     private let draining = NIOLockedValueBox(false)
 
@@ -25,11 +26,12 @@ final class MuxPool: Sendable {
     /// Pooled connections with no stream for this long are closed.
     static let idleTimeout = TimeAmount.seconds(90)
 
-    init(settings: MuxSettings, audit: any AuditSink) {
+    init(settings: MuxSettings, audit: any AuditSink, logger: Logger) {
         var settings = settings
         settings.idleTimeout = settings.idleTimeout ?? Self.idleTimeout
         self.settings = settings
         self.audit = audit
+        self.logger = logger
     }
 
     /// A tunnel to `endpoint` for a local connection on `eventLoop`, accepted by `listener`
@@ -63,7 +65,7 @@ final class MuxPool: Sendable {
     private func loopPool(_ eventLoop: EventLoop) -> LoopMuxPool {
         loops.withLockedValue { pools in
             if let pool = pools[ObjectIdentifier(eventLoop)] { return pool }
-            let pool = LoopMuxPool(eventLoop: eventLoop, settings: settings, audit: audit)
+            let pool = LoopMuxPool(eventLoop: eventLoop, settings: settings, audit: audit, logger: logger)
             pools[ObjectIdentifier(eventLoop)] = pool
             return pool
         }
@@ -117,13 +119,15 @@ final class LoopMuxPool: @unchecked Sendable {
     let eventLoop: EventLoop
     private let settings: MuxSettings
     private let audit: any AuditSink
+    private let logger: Logger
     private var destinations: [Key: Destination] = [:]
     private var draining = false
 
-    init(eventLoop: EventLoop, settings: MuxSettings, audit: any AuditSink) {
+    init(eventLoop: EventLoop, settings: MuxSettings, audit: any AuditSink, logger: Logger) {
         self.eventLoop = eventLoop
         self.settings = settings
         self.audit = audit
+        self.logger = logger
     }
 
     var counts: (connections: Int, streams: Int) {
@@ -210,6 +214,12 @@ final class LoopMuxPool: @unchecked Sendable {
     /// Puts the mux on a freshly verified connection and adds it to the pool.
     private func adopt(_ dialed: DialedMeshConnection, for request: Request, destination: Destination) throws -> Pooled {
         let handler = MuxConnectionHandler(role: .client, settings: settings)
+        let logger = self.logger, endpoint = request.key.endpoint
+        handler.onUnresponsivePeer = { silence in
+            logger.warning("mux connection closed: peer unresponsive to keepalive", metadata: [
+                "endpoint": "\(endpoint)", "silent_s": "\(Int(silence))",
+            ])
+        }
         try dialed.waiter.handOver(to: [handler])
         let pooled = Pooled(channel: dialed.channel, handler: handler, peer: dialed.peer, tlsContext: request.tlsContext)
         destination.connections.append(pooled)
