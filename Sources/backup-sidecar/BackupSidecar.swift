@@ -144,6 +144,8 @@ struct Run: AsyncParsableCommand {
         } catch {
             throw failure("\(error)", status: ExitStatus.configuration)
         }
+        // Audit lines are written in the background: every one recorded goes out before exit.
+        defer { audit.flush() }
         let metrics = SidecarMetrics()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threadCount)
         let running: RunningSidecar

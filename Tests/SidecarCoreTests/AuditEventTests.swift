@@ -171,8 +171,11 @@ struct AuditEventTests {
         let sink = try JSONLinesAuditSink.file(at: path)
         sink.record(AuditEvent(kind: .authorization, listener: "one", reason: "multi\nline"))
         sink.record(AuditEvent(kind: .connectionClosed, listener: "two", bytesIn: 5))
+        sink.flush()
         // Reopening appends rather than truncating.
-        try JSONLinesAuditSink.file(at: path).record(AuditEvent(kind: .upstreamFailed, listener: "three"))
+        let reopened = try JSONLinesAuditSink.file(at: path)
+        reopened.record(AuditEvent(kind: .upstreamFailed, listener: "three"))
+        reopened.flush()
         let text = try String(contentsOfFile: path, encoding: .utf8)
         #expect(text.hasSuffix("\n"))
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false).dropLast()
@@ -181,5 +184,44 @@ struct AuditEventTests {
         #expect(listeners == ["one", "two", "three"])
         let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? NSNumber
         #expect(mode?.intValue == 0o640)
+    }
+
+    @Test("handshake_ms has exactly three decimals, rounded", arguments: [
+        (1.5, "1.500"), (0.0004, "0.000"), (0.0005, "0.001"), (12.3456, "12.346"), (999.9996, "1000.000"), (0, "0.000"),
+    ])
+    func handshakeMilliseconds(value: Double, expected: String) throws {
+        var event = AuditEvent(kind: .authorization, listener: "public")
+        event.handshakeMs = value
+        #expect(event.jsonLine.hasSuffix(",\"handshake_ms\":\(expected)}"))
+        #expect(String(format: "%.3f", value) == expected || value == 0.0005, "matches what printf would print")
+    }
+
+    @Test("the file sink keeps every line whole under concurrent writers, each writer's lines in order, and flush waits for them")
+    func fileSinkConcurrent() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("audit-\(UUID().uuidString).log").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let sink = try JSONLinesAuditSink.file(at: path)
+        let writers = 8, perWriter = 5_000
+        await withTaskGroup(of: Void.self) { group in
+            for writer in 0..<writers {
+                group.addTask {
+                    for index in 0..<perWriter {
+                        sink.record(AuditEvent(kind: .connectionClosed, listener: "w\(writer)", reason: String(repeating: "x", count: index % 300),
+                                               bytesIn: index))
+                    }
+                }
+            }
+        }
+        sink.flush()
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == writers * perWriter)
+        var next = [String: Int]()
+        for line in lines {
+            let object = try parseLine(String(line))
+            let writer = try #require(object["listener"] as? String)
+            let index = try #require((object["bytes_in"] as? NSNumber)?.intValue)
+            #expect(index == next[writer, default: 0], "writer \(writer) out of order")
+            next[writer] = index + 1
+        }
     }
 }
