@@ -201,6 +201,7 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
     private var writtenBytes = 0
     private var failureReported = false
     static let maxPending = 16 << 20
+    static let batchDelayMicroseconds: UInt32 = 2000
 
     public init(handle: FileHandle = .standardOutput) {
         self.handle = handle
@@ -227,9 +228,11 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
         line += "\n"
         condition.lock()
         while pending.count >= Self.maxPending { condition.wait() }
+        let wasEmpty = pending.isEmpty
         pending.append(contentsOf: line.utf8)
         queuedBytes += line.utf8.count
-        condition.broadcast()
+        // Only the first line of a batch wakes the writer; the rest ride along.
+        if wasEmpty { condition.broadcast() }
         condition.unlock()
     }
 
@@ -246,6 +249,11 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
         while true {
             condition.lock()
             while pending.isEmpty { condition.wait() }
+            condition.unlock()
+            // Let a burst gather: at most ~500 wakeups a second however busy the sidecar is,
+            // and an audit line reaches the file within a few milliseconds.
+            usleep(Self.batchDelayMicroseconds)
+            condition.lock()
             swap(&batch, &pending)
             condition.broadcast() // Callers held back by a full queue may go on.
             condition.unlock()
