@@ -50,6 +50,9 @@ final class NGHTTP2Session {
     /// nghttp2 hands out as pointers into the input) become slices of it instead of copies.
     private var input: (buffer: ByteBuffer, base: UnsafeRawPointer)?
 
+    /// The largest DATA payload we send and accept (HTTP/2's default is 16 KiB).
+    static let maxDataFrame = 64 * 1024
+
     init(role: Role, settings: Settings, allocator: ByteBufferAllocator) throws {
         self.role = role
         self.allocator = allocator
@@ -73,6 +76,8 @@ final class NGHTTP2Session {
         var entries = [
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: UInt32(settings.streamWindow)),
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0),
+            // Bulk tunnels move in fewer, larger DATA frames (when the peer allows them too).
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_FRAME_SIZE.rawValue), value: UInt32(Self.maxDataFrame)),
         ]
         if role == .server {
             entries.append(nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue),
@@ -128,7 +133,7 @@ final class NGHTTP2Session {
     /// Serializes pending frames, up to about `limit` bytes (a DATA frame is never split).
     func send(limit: Int) throws -> ByteBuffer? {
         // Room for the limit plus one more full DATA frame: no regrowth while filling.
-        outbound = allocator.buffer(capacity: limit + 16 * 1024 + 64)
+        outbound = allocator.buffer(capacity: limit + Self.maxDataFrame + 64)
         sendLimit = limit
         let rc = nghttp2_session_send(session)
         if rc != 0 { throw MuxError.protocolViolation(Self.describe(rc)) }
@@ -290,6 +295,7 @@ private enum NGHTTP2Callbacks {
         precondition(nghttp2_session_callbacks_new(&callbacks) == 0, "nghttp2_session_callbacks_new")
         nghttp2_session_callbacks_set_send_callback(callbacks, send)
         nghttp2_session_callbacks_set_send_data_callback(callbacks, sendData)
+        nghttp2_session_callbacks_set_data_source_read_length_callback(callbacks, dataLength)
         nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, beginHeaders)
         nghttp2_session_callbacks_set_on_header_callback(callbacks, header)
         nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, frameReceived)
@@ -313,6 +319,11 @@ private enum NGHTTP2Callbacks {
         let sent = session.appendData(frameHeader: UnsafeRawBufferPointer(start: frameHeader, count: 9), length: length,
                                       padding: Int(frame.pointee.data.padlen), source: stream)
         return sent ? 0 : NGHTTP2_ERR_WOULDBLOCK.rawValue
+    }
+
+    /// Up to what the peer's SETTINGS allow, not nghttp2's fixed 16 KiB.
+    static let dataLength: nghttp2_data_source_read_length_callback = { _, _, _, connectionWindow, streamWindow, peerMaxFrame, _ in
+        min(Int(connectionWindow), Int(streamWindow), Int(peerMaxFrame), NGHTTP2Session.maxDataFrame)
     }
 
     static let readData: nghttp2_data_source_read_callback = { _, _, _, length, flags, source, _ in

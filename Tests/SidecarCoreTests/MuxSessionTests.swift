@@ -122,4 +122,45 @@ struct MuxSessionTests {
         _ = try Self.exchange(client, server)
         #expect(client.remoteMaxConcurrentStreams == 10)
     }
+
+    /// DATA payload lengths in serialized frames (the client preface skipped).
+    static func dataFrameLengths(_ bytes: ByteBuffer) -> [Int] {
+        var bytes = bytes, lengths: [Int] = []
+        if bytes.readableBytesView.starts(with: Array("PRI * HTTP/2.0".utf8)) { bytes.moveReaderIndex(forwardBy: 24) }
+        while bytes.readableBytes >= 9 {
+            let length = Int(bytes.readInteger(as: UInt8.self)!) << 16 | Int(bytes.readInteger(as: UInt16.self)!)
+            let type = bytes.readInteger(as: UInt8.self)!
+            bytes.moveReaderIndex(forwardBy: 5)
+            if type == 0 { lengths.append(length) }
+            bytes.moveReaderIndex(forwardBy: min(length, bytes.readableBytes))
+        }
+        return lengths
+    }
+
+    @Test("Between two of our sessions DATA frames carry up to 64 KiB (both advertise it); toward a default peer, 16 KiB")
+    func largeDataFrames() throws {
+        let roomy = NGHTTP2Session.Settings(maxConcurrentStreams: 10, streamWindow: 1 << 20, connectionWindow: 1 << 22)
+        let client = try NGHTTP2Session(role: .client, settings: roomy, allocator: ByteBufferAllocator())
+        let server = try NGHTTP2Session(role: .server, settings: roomy, allocator: ByteBufferAllocator())
+        _ = try Self.exchange(client, server)
+        let upload = Queue()
+        upload.chunks = [ByteBuffer(repeating: 7, count: 300_000)]
+        _ = try client.submitConnect(authority: "storage", source: upload)
+        let sent = try #require(try client.send(limit: 1 << 20))
+        let lengths = Self.dataFrameLengths(sent)
+        #expect(lengths.reduce(0, +) == 300_000)
+        #expect(lengths.max() == NGHTTP2Session.maxDataFrame)
+        try server.receive(sent)
+        #expect(server.takeEvents().contains { if case .data = $0 { return true } else { return false } })
+
+        // A peer that never raised SETTINGS_MAX_FRAME_SIZE (a bare nghttp2 or any other
+        // HTTP/2 stack) gets frames of the default size. Its settings are only ours minus that
+        // one entry, so emulate it: our client, before it has seen any SETTINGS from the server.
+        let fresh = try NGHTTP2Session(role: .client, settings: roomy, allocator: ByteBufferAllocator())
+        let early = Queue()
+        early.chunks = [ByteBuffer(repeating: 9, count: 50_000)]
+        _ = try fresh.submitConnect(authority: "storage", source: early)
+        let defaultSized = Self.dataFrameLengths(try #require(try fresh.send(limit: 1 << 20)))
+        #expect(!defaultSized.isEmpty && defaultSized.allSatisfy { $0 <= 16_384 })
+    }
 }
