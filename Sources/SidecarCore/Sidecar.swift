@@ -360,8 +360,7 @@ public final class Sidecar: Sendable {
         // Tunnels are what gets aborted and audited: plain connections and mux streams. A mux
         // connection still carrying streams goes with them, without a line of its own.
         let leftovers = tracker.channels
-        let carriers = Set(leftovers.filter(\.isStream).compactMap { $0.channel.parent.map(ObjectIdentifier.init) })
-        let tunnels = leftovers.filter { !carriers.contains(ObjectIdentifier($0.channel)) }
+        let tunnels = leftovers.filter { !$0.isMuxCarrier }
         for tunnel in tunnels {
             var event = AuditEvent(kind: .connectionRevoked, listener: tunnel.listener,
                                    peerAddress: tunnel.channel.remoteAddress.auditDescription,
@@ -369,7 +368,7 @@ public final class Sidecar: Sendable {
             event.muxStream = (tunnel.channel as? MuxStreamIdentifying).map { Int($0.muxStreamID) }
             settings.audit.record(event)
         }
-        for tracked in tunnels + leftovers.filter({ carriers.contains(ObjectIdentifier($0.channel)) }) {
+        for tracked in tunnels + leftovers.filter(\.isMuxCarrier) {
             let channel = tracked.channel
             channel.triggerUserOutboundEvent(ConnectionAbortRequest()).whenFailure { _ in ConnectionAbort.abort(channel) }
         }
@@ -533,6 +532,7 @@ public final class Sidecar: Sendable {
                 route.draining = draining.withLockedValue { $0 }
                 route.maxConnections = definition.config.maxConnections
                 route.admitStream = { tracker.admit($0, listener: Self.publicListenerName, limit: definition.config.maxConnections) }
+                route.carriesMux = { tracker.markMuxCarrier($0) }
                 return route
             }
             let handshakeTimeout = TimeAmount.milliseconds(Int64(definition.config.handshakeTimeoutMs))

@@ -107,13 +107,13 @@ struct MuxTests {
 
     @Test("Mux streams count toward max_connections: one past the limit is refused (503, audited) and the next slot serves again")
     func streamsCountTowardMaxConnections() async throws {
-        // One event loop on the agent: exactly one pooled connection, so the count is exact:
-        // with max_connections 3 the mux connection and two tunnels fill the listener.
+        // One event loop on the agent: exactly one pooled connection. max_connections 2 admits
+        // two tunnels; the mux connection carrying them is transport and not one of them.
         let agentLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let backend = try await TestBackend(.echo, group: testGroup)
         let (storage, storageAudit) = try await MeshFixture.startStorage(
             backendPort: backend.port, credentials: try TestCertificates.credentials("storage"),
-            intentions: MeshFixture.allowBackupAgent, configure: { $0.maxConnections = 3 })
+            intentions: MeshFixture.allowBackupAgent, configure: { $0.maxConnections = 2 })
         let (agent, agentAudit) = try await MeshFixture.startAgent(
             certificate: "backup-agent", storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!, group: agentLoop)
         let port = agent.boundAddress(of: "upstream:storage")!.port!
@@ -126,14 +126,14 @@ struct MuxTests {
             #expect(await onThread { socket.echoes("tunnel \(index)\n") })
             served.append(socket)
         }
-        #expect(storage.openConnections(on: Sidecar.publicListenerName) == 3)
+        #expect(storage.openConnections(on: Sidecar.publicListenerName) == 3, "two streams and their connection")
 
         let refused = try BlockingSocket(port: port)
         refused.setReceiveTimeout(seconds: 5)
         _ = refused.send(Array("over the limit\n".utf8))
         #expect(await onThread { refused.receiveAll() }.count == 0, "a tunnel past max_connections was served")
         let refusal = try #require(Self.lines(storageAudit, .tunnelRefused).first)
-        #expect(refusal.reason == "max_connections (3) reached" && refusal.muxStream != nil && refusal.decision == "deny")
+        #expect(refusal.reason == "max_connections (2) reached" && refusal.muxStream != nil && refusal.decision == "deny")
         #expect(refusal.source?.hasSuffix("/svc/backup-agent") == true)
         #expect(await eventually { Self.lines(agentAudit, .upstreamFailed).count == 1 })
         #expect(backend.connections == 2, "the refused tunnel reached the local app")

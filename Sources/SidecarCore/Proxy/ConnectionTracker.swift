@@ -5,19 +5,23 @@ import NIOCore
 /// Every tunnel, per listener, from accept to close: for connection limits (accepting pauses
 /// at the limit instead of accepting and dropping), for draining on shutdown, and for the admin
 /// API's counts. A tunnel is an accepted connection or a stream on an accepted mux connection;
-/// both count toward the listener's `max_connections` (so does the mux connection itself).
+/// both count toward the listener's `max_connections`.
 final class ConnectionTracker: Sendable {
     struct Tracked {
         var listener: String
         var channel: Channel
         /// A stream on a mux connection (whose channel is its `parent`).
         var isStream: Bool
+        /// An accepted connection that turned out to carry the mux: transport, not a tunnel.
+        var isMuxCarrier = false
     }
 
     private struct State {
         var nextID: UInt64 = 1
         var open: [UInt64: Tracked] = [:]
         var counts: [String: Int] = [:]
+        /// Of those, mux connections (streams are admitted against the count without them).
+        var carriers: [String: Int] = [:]
         /// Each listener's server channel, paused while the listener is at its limit.
         var acceptors: [String: Channel] = [:]
     }
@@ -32,17 +36,29 @@ final class ConnectionTracker: Sendable {
         _ = add(channel, listener: listener, limit: limit, acceptor: channel.parent, refuseAtLimit: false)
     }
 
-    /// Registers a stream opened on an accepted mux connection, unless the listener is at its
-    /// limit (false: there is no backlog to leave a stream waiting in; the caller refuses it).
+    /// Registers a stream opened on an accepted mux connection, unless the listener already
+    /// has `limit` tunnels (false: there is no backlog to leave a stream waiting in; the caller
+    /// refuses it). Mux connections do not count here: `limit` streams fit however many
+    /// connections carry them.
     func admit(_ stream: Channel, listener: String, limit: Int) -> Bool {
         add(stream, listener: listener, limit: limit, acceptor: nil, refuseAtLimit: true)
+    }
+
+    /// An accepted connection negotiated the mux. It still counts toward pausing accepts (it
+    /// holds a socket and TLS state), but not toward the tunnels streams are admitted against.
+    func markMuxCarrier(_ channel: Channel) {
+        state.withLockedValue { state in
+            guard let id = state.open.first(where: { $0.value.channel === channel && !$0.value.isMuxCarrier })?.key else { return }
+            state.open[id]!.isMuxCarrier = true
+            state.carriers[state.open[id]!.listener, default: 0] += 1
+        }
     }
 
     private func add(_ channel: Channel, listener: String, limit: Int, acceptor: Channel?, refuseAtLimit: Bool) -> Bool {
         let admitted = state.withLockedValue { state -> (id: UInt64, count: Int, acceptor: Channel?)? in
             if let acceptor { state.acceptors[listener] = acceptor }
             let count = state.counts[listener] ?? 0
-            if refuseAtLimit && count >= limit { return nil }
+            if refuseAtLimit && count - (state.carriers[listener] ?? 0) >= limit { return nil }
             let id = state.nextID
             state.nextID += 1
             state.open[id] = Tracked(listener: listener, channel: channel, isStream: refuseAtLimit)
@@ -54,7 +70,7 @@ final class ConnectionTracker: Sendable {
         channel.closeFuture.whenComplete { [weak self] _ in
             guard let self else { return }
             let remaining = self.state.withLockedValue { state -> Int in
-                state.open.removeValue(forKey: id)
+                if state.open.removeValue(forKey: id)?.isMuxCarrier == true { state.carriers[listener, default: 1] -= 1 }
                 state.counts[listener, default: 1] -= 1
                 return state.counts[listener]!
             }

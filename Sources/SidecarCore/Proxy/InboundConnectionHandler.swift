@@ -27,6 +27,8 @@ struct InboundRoute: Sendable {
     var draining = false
     /// Counts a mux stream toward the listener's max_connections; false: the limit is reached.
     var admitStream: @Sendable (Channel) -> Bool = { _ in true }
+    /// The connection negotiated the mux: from now on it is transport, its streams the tunnels.
+    var carriesMux: @Sendable (Channel) -> Void = { _ in }
     var maxConnections = Int.max
 }
 
@@ -97,6 +99,7 @@ final class InboundConnectionHandler: StagingHandler {
         }
         let route = self.route()
         if muxStream == nil, let mux = route.mux, peer.applicationProtocol == MuxProtocol.alpn {
+            route.carriesMux(context.channel)
             acceptMux(context: context, peer: peer, settings: mux, draining: route.draining)
             return
         }
