@@ -127,7 +127,8 @@ public final class Sidecar: Sendable {
         self.contexts = try TLSContextStore(credentials: settings.credentials,
                                             applicationProtocols: settings.mux == .prefer ? [MuxProtocol.alpn] : [])
         self.muxPool = settings.mux == .prefer
-            ? MuxPool(settings: MuxSettings(maxConcurrentStreams: settings.definition.config.muxMaxStreams),
+            ? MuxPool(settings: MuxSettings(maxConcurrentStreams: settings.definition.config.muxMaxStreams,
+                                            keepaliveInterval: .nanoseconds(settings.definition.config.muxKeepaliveNs)),
                       audit: settings.audit, logger: settings.logger)
             : nil
         self.intentions = NIOLockedValueBox(settings.intentions)
@@ -497,7 +498,8 @@ public final class Sidecar: Sendable {
                      l7Protocol: l7Protocol(definition),
                      // An inbound mux connection left without tunnels closes after idle_timeout too.
                      mux: mux == .prefer ? MuxSettings(maxConcurrentStreams: definition.config.muxMaxStreams,
-                                                       idleTimeout: definition.config.idleTimeoutNs.map { .nanoseconds($0) }) : nil)
+                                                       idleTimeout: definition.config.idleTimeoutNs.map { .nanoseconds($0) },
+                                                       keepaliveInterval: .nanoseconds(definition.config.muxKeepaliveNs)) : nil)
     }
 
     private func bindPublicListener(host: String, port: Int) async throws -> Channel {

@@ -176,4 +176,25 @@ struct ReauthorizationTests {
             #expect(error.path == "service.proxy.config.max_connection_lifetime")
         }
     }
+
+    @Test("mux_keepalive_interval is read from proxy config (default 30 s), with a clear error when malformed")
+    func keepaliveConfig() throws {
+        func decode(_ config: String) throws -> ProxyDefinition {
+            try ProxyDefinition.decode(Data("""
+                {"service": {"kind": "connect-proxy", "name": "p", "port": 21000,
+                  "proxy": {"destination_service_name": "storage", "local_service_port": 8080, "config": {\(config)}}}}
+                """.utf8), source: "svc.json")
+        }
+        #expect(try decode("").config.muxKeepaliveNs == 30_000_000_000)
+        #expect(try decode(#""mux_keepalive_interval": "2m""#).config.muxKeepaliveNs == 120_000_000_000)
+        #expect(try decode(#""mux_keepalive_interval": 15"#).config.muxKeepaliveNs == 15_000_000_000)
+        for bad in [#""never""#, "-5", "0", "true"] {
+            #expect(throws: ConfigError.self, "\(bad)") { try decode(#""mux_keepalive_interval": "# + bad) }
+            do {
+                _ = try decode(#""mux_keepalive_interval": "# + bad)
+            } catch let error as ConfigError {
+                #expect(error.path == "service.proxy.config.mux_keepalive_interval")
+            }
+        }
+    }
 }

@@ -41,6 +41,9 @@ public struct ProxyConfig: Equatable, Sendable {
     public var idleTimeoutNs: Int64? = 3600 * 1_000_000_000
     /// Multiplexed transport: streams per pooled connection (both directions).
     public var muxMaxStreams: Int = 100
+    /// Multiplexed transport: a connection silent this long is sent a PING, and closed as dead
+    /// if it stays silent as long again. Nanoseconds.
+    public var muxKeepaliveNs: Int64 = 30 * 1_000_000_000
 }
 
 public struct Upstream: Equatable, Sendable {
@@ -197,6 +200,7 @@ extension ProxyDefinition {
         if let idle = try node.field("idle_timeout") { config.idleTimeoutNs = try duration(idle) }
         if let limit = try node.field("max_connections") { config.maxConnections = try positive(limit) }
         if let limit = try node.field("mux_max_streams") { config.muxMaxStreams = try positive(limit) }
+        if let interval = try node.field("mux_keepalive_interval") { config.muxKeepaliveNs = try duration(interval) }
         if let proxyProtocol = try node.optionalString("proxy_protocol") {
             guard proxyProtocol.lowercased() == "v2" else {
                 throw node.error("\"\(proxyProtocol)\" is not supported; only \"v2\"", at: "proxy_protocol")

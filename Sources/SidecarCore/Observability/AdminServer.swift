@@ -126,7 +126,8 @@ extension Sidecar {
         let instances = upstreamInstanceList
         var limits: [String: Any] = [
             "handshake_timeout_ms": config.handshakeTimeoutMs, "local_connect_timeout_ms": config.localConnectTimeoutMs,
-            "max_connections": config.maxConnections,
+            "max_connections": config.maxConnections, "mux_max_streams": config.muxMaxStreams,
+            "mux_keepalive_interval_s": Double(config.muxKeepaliveNs) / 1e9,
         ]
         if let idle = config.idleTimeoutNs { limits["idle_timeout_s"] = Double(idle) / 1e9 }
         if let lifetime = config.maxConnectionLifetimeNs { limits["max_connection_lifetime_s"] = Double(lifetime) / 1e9 }
