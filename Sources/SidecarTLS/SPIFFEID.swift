@@ -9,6 +9,10 @@ public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible {
     public let namespace: String
     public let datacenter: String
     public let service: String
+    /// The canonical URI: lowercase trust domain, `/ap/` only for a non-default partition,
+    /// segments percent-encoded where needed. Built once: every audit line of a connection
+    /// names it.
+    public let uri: String
 
     public init(trustDomain: String, partition: String = "default", namespace: String = "default",
                 datacenter: String, service: String) {
@@ -17,17 +21,12 @@ public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible {
         self.namespace = namespace
         self.datacenter = datacenter
         self.service = service
-    }
-
-    /// The canonical URI: lowercase trust domain, `/ap/` only for a non-default partition,
-    /// segments percent-encoded where needed.
-    public var uri: String {
         var path = ""
         if partition != "default" { path += "/ap/" + SPIFFEPercentCoding.encode(partition) }
         path += "/ns/" + SPIFFEPercentCoding.encode(namespace)
         path += "/dc/" + SPIFFEPercentCoding.encode(datacenter)
         path += "/svc/" + SPIFFEPercentCoding.encode(service)
-        return "spiffe://" + trustDomain + path
+        uri = "spiffe://" + self.trustDomain + path
     }
 
     public var description: String { uri }
