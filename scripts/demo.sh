@@ -20,10 +20,15 @@ chmod 755 "$work"
 . scripts/lib.sh
 audit_field() { # FILE EVENT FIELD: the field of the last audit line of that event
   python3 - "$@" <<'PY'
-import json, sys
+import json, sys, time
 path, event, field = sys.argv[1:4]
-lines = [json.loads(l) for l in open(path) if l.startswith("{")]
-match = [l for l in lines if l.get("event") == event]
+# The sidecar writes audit lines in batches a few milliseconds apart: allow it a moment.
+for attempt in range(50):
+    lines = [json.loads(l) for l in open(path) if l.startswith("{") and l.endswith("}\n")]
+    match = [l for l in lines if l.get("event") == event]
+    if match:
+        break
+    time.sleep(0.02)
 print(match[-1].get(field, "") if match else "(none)")
 PY
 }
