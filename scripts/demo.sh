@@ -22,13 +22,10 @@ audit_field() { # FILE EVENT FIELD: the field of the last audit line of that eve
   python3 - "$@" <<'PY'
 import json, sys, time
 path, event, field = sys.argv[1:4]
-# The sidecar writes audit lines in batches a few milliseconds apart: allow it a moment.
-for attempt in range(50):
-    lines = [json.loads(l) for l in open(path) if l.startswith("{") and l.endswith("}\n")]
-    match = [l for l in lines if l.get("event") == event]
-    if match:
-        break
-    time.sleep(0.02)
+# The sidecar writes audit lines in batches a few milliseconds apart: let the latest land.
+time.sleep(0.05)
+lines = [json.loads(l) for l in open(path) if l.startswith("{") and l.endswith("}\n")]
+match = [l for l in lines if l.get("event") == event]
 print(match[-1].get(field, "") if match else "(none)")
 PY
 }
