@@ -93,8 +93,10 @@ struct AdminTests {
         #expect(pooled >= 1 && pooled <= 3)
         #expect(Self.value(storage, #"backup_sidecar_mux_streams_active{side="upstream"}"#) == 0)
         // Live objects: at least the 3 tunnels' TLS state and buffers, and less than RSS could hold.
+        // (Under ASan/TSan malloc is the sanitizer's, and glibc's own counters stay near zero.)
         let heap = try #require(Self.value(storage, "backup_sidecar_heap_in_use_bytes"))
-        #expect(heap > 1_000_000 && heap < 4_000_000_000)
+        let sanitizerMalloc = dlsym(nil, "__tsan_init") != nil || dlsym(nil, "__asan_init") != nil
+        #expect((heap > 1_000_000 || sanitizerMalloc) && heap < 4_000_000_000)
         #expect((Self.value(storage, "backup_sidecar_heap_free_retained_bytes") ?? -1) >= 0)
 
         // Pipelined requests are answered in order (/metrics waits for the pools' counts).
