@@ -640,8 +640,32 @@ bench_baseline() {
     run_iperf "$impl" "$IPERF_PORT" 4
   fi
   stop_iperf_server
+  bench_tcp_pair_ceiling
   record "$impl" errors "${ERRS[$impl]:-n/a}"
   record "$impl" status ok
+}
+
+# The ceiling for new connections/s through any proxy pair on this machine: HAProxy as two
+# plain-TCP hops (no TLS at all) in front of the same nginx. Reported in the reference column.
+bench_tcp_pair_ceiling() {
+  local d="$WORK/tcp-pair" hop
+  mkdir -p "$d"
+  alloc_port LOCAL_PORT
+  alloc_port PUBLIC_PORT
+  for hop in client server; do
+    local listen=$LOCAL_PORT target=$PUBLIC_PORT
+    [ "$hop" = server ] && { listen=$PUBLIC_PORT; target=$HTTP_PORT; }
+    printf 'global\n    nbthread 2\n    maxconn 4096\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1m\n    timeout server 1m\nfrontend hop\n    bind 127.0.0.1:%s\n    default_backend next\nbackend next\n    server next 127.0.0.1:%s\n' \
+      "$listen" "$target" >"$d/$hop.cfg"
+  done
+  start_bg "$d/server.log" haproxy -db -f "$d/server.cfg"; SERVER_PID=$LAST_PID
+  start_bg "$d/client.log" haproxy -db -f "$d/client.cfg"; CLIENT_PID=$LAST_PID
+  if wait_port "$PUBLIC_PORT" "$SERVER_PID" 20 && wait_port "$LOCAL_PORT" "$CLIENT_PID" 20; then
+    run_wrk baseline "$LOCAL_PORT" tcp_pair_conn_rate -t2 -c16 -H 'Connection: close'
+  else
+    record baseline note "plain-TCP HAProxy pair did not start, see $d/"
+  fi
+  stop_pair
 }
 
 build_sidecar() {
@@ -711,6 +735,7 @@ rows = [
     ("iperf_p1", "iperf3 throughput, 1 stream (MB/s, higher is better)", "hi"),
     ("iperf_p4", "iperf3 throughput, 4 streams (MB/s, higher is better)", "hi"),
     ("conn_rate", "New connections/s, an mTLS handshake each, resumed where the proxy can (wrk -c16, Connection: close; higher is better)", "hi"),
+    ("tcp_pair_conn_rate", "New connections/s through HAProxy as two plain-TCP hops, no TLS: the ceiling for any proxy pair here (reference column only)", None),
     ("ka_rps", "Keep-alive requests/s (wrk -c16; higher is better)", "hi"),
     ("lat_p99", "p99 latency, 1 keep-alive connection (ms, lower is better)", "lo"),
     ("rss_client", "Peak RSS client-side proxy (MiB, lower is better)", "lo"),
@@ -721,6 +746,8 @@ rows = [
 ]
 
 def cell(impl, key):
+    if key == "tcp_pair_conn_rate":
+        return "—"
     if impl not in ran and impl != "baseline":
         return "not run"
     st = res[impl].get("status", "")
