@@ -262,7 +262,7 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
 
     /// A connection told to go away (either way) closes once its last stream is done.
     private func closeIfFinished() {
-        guard let context, streams.isEmpty, !closed else { return }
+        guard context != nil, streams.isEmpty, !closed else { return }
         if (draining && finalGoawaySent) || goawayReceived { closeGracefully() }
     }
 

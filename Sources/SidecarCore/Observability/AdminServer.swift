@@ -135,7 +135,7 @@ extension Sidecar {
         return [
             "proxy": ["id": definition.id, "name": definition.name, "destination_service": definition.destinationServiceName,
                       "public_listener": definition.publicBindPort.map { "\(definition.publicBindAddress):\($0)" } ?? NSNull(),
-                      "local_service": definition.localServicePort.map { "\(definition.localServiceAddress):\($0)" } ?? NSNull(),
+                      "local_service": definition.localServicePort.map { "\(definition.localServiceAddress):\($0)" as Any } ?? NSNull(),
                       "protocol": config.protocol, "proxy_protocol": config.proxyProtocol ? "v2" : "off"],
             "limits": limits,
             "datacenter": settings.datacenter,
