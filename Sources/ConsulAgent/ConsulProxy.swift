@@ -170,7 +170,7 @@ public final class ConsulProxy: Sendable {
     private func startWatches(sidecar: Sidecar, proxyID: String, service: String, defaultAction: IntentionAction) {
         let adjust = options.adjustDefinition
         watch("service", path: "/v1/agent/service/\(ConsulClient.segment(proxyID))", mode: .contentHash,
-              decode: ConsulAgentService.decode) { [self] registration in
+              decode: { try ConsulAgentService.decode($0, source: $1) }) { [self] registration in
             let definition = adjust(registration.proxy)
             guard definition != sidecar.definition else { return }
             do {
@@ -182,10 +182,10 @@ public final class ConsulProxy: Sendable {
             reconcileInstanceWatches(sidecar: sidecar, definition: sidecar.definition)
         }
         watch("leaf", path: "/v1/agent/connect/ca/leaf/\(ConsulClient.segment(service))",
-              decode: ConsulLeafCertificate.decode) { [self] leaf in
+              decode: { try ConsulLeafCertificate.decode($0, source: $1) }) { [self] leaf in
             install(sidecar: sidecar, leaf: leaf, roots: nil)
         }
-        watch("roots", path: "/v1/agent/connect/ca/roots", decode: ConsulCARoots.decode) { [self] roots in
+        watch("roots", path: "/v1/agent/connect/ca/roots", decode: { try ConsulCARoots.decode($0, source: $1) }) { [self] roots in
             install(sidecar: sidecar, leaf: nil, roots: roots)
         }
         watch("intentions", path: "/v1/connect/intentions/match", query: [("by", "destination"), ("name", service)],
@@ -258,7 +258,7 @@ public final class ConsulProxy: Sendable {
             if let datacenter = upstream.datacenter { query.append(("dc", datacenter)) }
             let logger = self.logger
             watch(key, name: "upstream:\(destination)", path: path, query: query,
-                  decode: ConsulServiceInstance.decode) { instances in
+                  decode: { try ConsulServiceInstance.decode($0, source: $1) }) { instances in
                 let endpoints = instances.filter(\.isPassing).map {
                     Endpoint(host: $0.dialAddress, port: $0.service.port, datacenter: $0.node.datacenter)
                 }
