@@ -116,6 +116,9 @@ struct Run: AsyncParsableCommand {
     var mux: MuxMode = .prefer
 
     func run() async throws {
+        // A closed stdout/stderr pipe (a log shipper that went away) must be an EPIPE the
+        // writers shrug off, not a signal that kills the proxy and every transfer through it.
+        signal(SIGPIPE, SIG_IGN)
         MemoryTuning.apply()
         // Before anything binds: a SIGTERM during startup must take the drain path, not the
         // default action.
@@ -359,7 +362,7 @@ func bootstrapLogging(level text: String, format: String) throws {
 /// Prints the startup error and returns the exit code to throw: unwinding (rather than
 /// exit() from inside async code) lets everything be released.
 func failure(_ message: String, status: Int32) -> ExitCode {
-    FileHandle.standardError.write(Data("backup-sidecar: error: \(message)\n".utf8))
+    StandardError.write("backup-sidecar: error: \(message)\n")
     return ExitCode(status)
 }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import SidecarCore
 
 /// One JSON object per log line on stderr, for log shippers (Azure Monitor, Splunk):
 /// `{"ts", "level", "logger", "message", ...metadata}`.
@@ -29,7 +30,9 @@ struct JSONLogHandler: LogHandler {
         object["logger"] = label
         object["message"] = message.description
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
-        Self.lock.withLock { FileHandle.standardError.write(data + Data("\n".utf8)) }
+        let line = String(decoding: data, as: UTF8.self) + "\n"
+        // One write per line under the lock: lines from different threads never interleave.
+        Self.lock.withLock { StandardError.write(line) }
     }
 
     private static func timestamp() -> String {

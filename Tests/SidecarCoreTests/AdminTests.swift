@@ -160,4 +160,38 @@ struct AdminTests {
         }
         #expect(output.contains("\"message\":\"sidecar running\""))
     }
+
+    @Test("Stdout and stderr whose reader went away (a log shipper that died): the sidecar keeps running and serving")
+    func brokenOutputPipes() async throws {
+        let port = freeLocalPort()
+        let service = CommandLineTests.write("brokenpipe.json", """
+            {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
+              "proxy": {"destination_service_name": "storage", "local_service_port": 9}}}
+            """)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
+        process.arguments = ["run", "--admin-bind", "off", "--log-format", "json", "--audit-log", "-", "--service-file", service]
+            + CommandLineTests.certs()
+        let stdout = Pipe(), stderr = Pipe()
+        process.standardOutput = stdout
+        process.standardError = stderr
+        try process.run()
+        defer { process.forceStop() }
+        // The reader goes away at once: every write after this gets EPIPE.
+        try stdout.fileHandleForReading.close()
+        try stderr.fileHandleForReading.close()
+        try stdout.fileHandleForWriting.close()
+        try stderr.fileHandleForWriting.close()
+        #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
+        // Each refused handshake writes an audit line (stdout) and a log line (stderr); SIGHUP one more.
+        for _ in 0..<3 {
+            _ = try await ProcessRunner.run(["openssl", "s_client", "-connect", "127.0.0.1:\(port)", "-quiet",
+                                             "-cert", TestCertificates.path("other-backup-agent.pem"),
+                                             "-key", TestCertificates.path("other-backup-agent.key")], input: Data(), timeout: 10)
+        }
+        kill(process.processIdentifier, SIGHUP)
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(process.isRunning, "the sidecar died writing to a closed pipe")
+        #expect((try? BlockingSocket(port: port)) != nil)
+    }
 }

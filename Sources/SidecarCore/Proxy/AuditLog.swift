@@ -266,7 +266,7 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
             condition.unlock()
             if report, let failure {
                 // Nowhere else to say it: the audit log itself is what failed.
-                FileHandle.standardError.write(Data("backup-sidecar: audit log write failed (\(failure)); audit lines are being lost\n".utf8))
+                StandardError.write("backup-sidecar: audit log write failed (\(failure)); audit lines are being lost\n")
             }
             batch.removeAll(keepingCapacity: batch.capacity <= 1 << 20)
         }
