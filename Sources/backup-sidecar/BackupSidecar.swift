@@ -116,9 +116,7 @@ struct Run: AsyncParsableCommand {
     var mux: MuxMode = .prefer
 
     func run() async throws {
-        // A closed stdout/stderr pipe (a log shipper that went away) must be an EPIPE the
-        // writers shrug off, not a signal that kills the proxy and every transfer through it.
-        signal(SIGPIPE, SIG_IGN)
+        BrokenPipes.ignore()
         MemoryTuning.apply()
         // Before anything binds: a SIGTERM during startup must take the drain path, not the
         // default action.
@@ -410,6 +408,13 @@ final class SignalHandling: @unchecked Sendable {
             }
         }
     }
+}
+
+/// A closed stdout/stderr pipe (a log shipper that went away) must be an EPIPE the writers
+/// shrug off, not a signal that kills the process and every transfer through it. Set first
+/// thing: startup logs come before NIO ignores SIGPIPE itself.
+enum BrokenPipes {
+    static func ignore() { signal(SIGPIPE, SIG_IGN) }
 }
 
 /// glibc hands buffers above 128 KiB out as fresh mmaps and returns freed heap to the kernel

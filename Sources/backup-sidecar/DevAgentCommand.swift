@@ -46,6 +46,7 @@ struct DevAgentCommand: AsyncParsableCommand {
     var logFormat: String = "text"
 
     func run() async throws {
+        BrokenPipes.ignore()
         let signals = SignalHandling()
         try bootstrapLogging(level: logLevel, format: logFormat)
         guard let endpoint = Endpoint(parsing: httpAddr, allowingPortZero: true) else {
