@@ -21,14 +21,14 @@ struct JSONLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?,
-             source: String, file: String, function: String, line: UInt) {
+    func log(event: LogEvent) {
         var object: [String: String] = [:]
-        for (key, value) in metadata.merging(explicit ?? [:], uniquingKeysWith: { $1 }) { object[key] = "\(value)" }
+        for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) { object[key] = "\(value)" }
+        if let error = event.error { object["error"] = "\(error)" }
         object["ts"] = Self.timestamp()
-        object["level"] = level.rawValue
+        object["level"] = event.level.rawValue
         object["logger"] = label
-        object["message"] = message.description
+        object["message"] = event.message.description
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
         let line = String(decoding: data, as: UTF8.self) + "\n"
         // One write per line under the lock: lines from different threads never interleave.
