@@ -141,13 +141,19 @@ struct AdminTests {
         #expect(try await Self.get(port, "/nope").status == "404")
     }
 
-    @Test("--log-format json: every log line is a JSON object")
-    func jsonLogs() async throws {
+    /// A service file for the binary: a public listener on a free port, nothing behind it.
+    static func publicListenerOnly(_ fileName: String) -> (port: Int, path: String) {
         let port = freeLocalPort()
-        let service = CommandLineTests.write("jsonlog.json", """
+        let path = CommandLineTests.write(fileName, """
             {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
               "proxy": {"destination_service_name": "storage", "local_service_port": 9}}}
             """)
+        return (port, path)
+    }
+
+    @Test("--log-format json: every log line is a JSON object")
+    func jsonLogs() async throws {
+        let (port, service) = Self.publicListenerOnly("jsonlog.json")
         let sidecar = try SidecarProcess(["run", "--admin-bind", "off", "--log-format", "json", "--service-file", service]
                                          + CommandLineTests.certs(), logName: "jsonlog.log")
         #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
@@ -163,11 +169,7 @@ struct AdminTests {
 
     @Test("Stdout and stderr whose reader went away (a log shipper that died): the sidecar keeps running and serving")
     func brokenOutputPipes() async throws {
-        let port = freeLocalPort()
-        let service = CommandLineTests.write("brokenpipe.json", """
-            {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
-              "proxy": {"destination_service_name": "storage", "local_service_port": 9}}}
-            """)
+        let (port, service) = Self.publicListenerOnly("brokenpipe.json")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
         process.arguments = ["run", "--admin-bind", "off", "--log-format", "json", "--audit-log", "-", "--service-file", service]
