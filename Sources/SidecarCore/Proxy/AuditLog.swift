@@ -272,21 +272,11 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
         }
     }
 
+    /// A full stdout pipe is waited out: audit lines are held back, never dropped.
     private func writeAll(_ bytes: [UInt8]) -> String? {
         let fd = handle.fileDescriptor
-        return bytes.withUnsafeBytes { buffer -> String? in
-            var offset = 0
-            while offset < buffer.count {
-                let written = Glibc.write(fd, buffer.baseAddress! + offset, buffer.count - offset)
-                if written < 0 {
-                    if errno == EINTR { continue }
-                    if errno == EAGAIN { usleep(1000); continue } // A non-blocking stdout pipe is full.
-                    return String(cString: strerror(errno))
-                }
-                offset += written
-            }
-            return nil
-        }
+        let failure = bytes.withUnsafeBytes { DescriptorWriter.writeAll(fd, $0, waitWhenFull: true) }
+        return failure.map { String(cString: strerror($0)) }
     }
 }
 
