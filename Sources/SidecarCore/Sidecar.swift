@@ -499,7 +499,8 @@ public final class Sidecar: Sendable {
                      // An inbound mux connection left without tunnels closes after idle_timeout too.
                      mux: mux == .prefer ? MuxSettings(maxConcurrentStreams: definition.config.muxMaxStreams,
                                                        idleTimeout: definition.config.idleTimeoutNs.map { .nanoseconds($0) },
-                                                       keepaliveInterval: .nanoseconds(definition.config.muxKeepaliveNs)) : nil)
+                                                       keepaliveInterval: .nanoseconds(definition.config.muxKeepaliveNs)) : nil,
+                     maxConnections: definition.config.maxConnections)
     }
 
     private func bindPublicListener(host: String, port: Int) async throws -> Channel {
@@ -529,12 +530,8 @@ public final class Sidecar: Sendable {
             // Read per connection and, on a mux connection, per stream: a retarget applies to
             // the next tunnel, whichever connection it arrives on.
             let route = {
-                let definition = definitionBox.withLockedValue { $0 }
-                var route = Self.inboundRoute(definition, mux: muxMode)
+                var route = Self.inboundRoute(definitionBox.withLockedValue { $0 }, mux: muxMode)
                 route.draining = draining.withLockedValue { $0 }
-                route.maxConnections = definition.config.maxConnections
-                route.admitStream = { tracker.admit($0, listener: Self.publicListenerName, limit: definition.config.maxConnections) }
-                route.carriesMux = { tracker.markMuxCarrier($0) }
                 return route
             }
             let handshakeTimeout = TimeAmount.milliseconds(Int64(definition.config.handshakeTimeoutMs))
@@ -544,7 +541,7 @@ public final class Sidecar: Sendable {
                                configuration: TLSHandlerConfiguration(handshakeTimeout: handshakeTimeout)),
                     InboundConnectionHandler(listenerName: Self.publicListenerName, route: route,
                                              authorize: authorize, authorizeRequest: authorizeRequest,
-                                             registry: registry, audit: audit, logger: logger)
+                                             registry: registry, tracker: tracker, audit: audit, logger: logger)
                 )
             }
         }

@@ -17,8 +17,8 @@ final class ConnectionTracker: Sendable {
     }
 
     private struct State {
-        var nextID: UInt64 = 1
-        var open: [UInt64: Tracked] = [:]
+        /// Keyed by the channel, which the entry keeps alive until its close removes it.
+        var open: [ObjectIdentifier: Tracked] = [:]
         var counts: [String: Int] = [:]
         /// Of those, mux connections (streams are admitted against the count without them).
         var carriers: [String: Int] = [:]
@@ -48,24 +48,24 @@ final class ConnectionTracker: Sendable {
     /// holds a socket and TLS state), but not toward the tunnels streams are admitted against.
     func markMuxCarrier(_ channel: Channel) {
         state.withLockedValue { state in
-            guard let id = state.open.first(where: { $0.value.channel === channel && !$0.value.isMuxCarrier })?.key else { return }
+            let id = ObjectIdentifier(channel)
+            guard let tracked = state.open[id], !tracked.isMuxCarrier else { return }
             state.open[id]!.isMuxCarrier = true
-            state.carriers[state.open[id]!.listener, default: 0] += 1
+            state.carriers[tracked.listener, default: 0] += 1
         }
     }
 
     private func add(_ channel: Channel, listener: String, limit: Int, acceptor: Channel?, refuseAtLimit: Bool) -> Bool {
-        let admitted = state.withLockedValue { state -> (id: UInt64, count: Int, acceptor: Channel?)? in
+        let id = ObjectIdentifier(channel)
+        let admitted = state.withLockedValue { state -> (count: Int, acceptor: Channel?)? in
             if let acceptor { state.acceptors[listener] = acceptor }
             let count = state.counts[listener] ?? 0
             if refuseAtLimit && count - (state.carriers[listener] ?? 0) >= limit { return nil }
-            let id = state.nextID
-            state.nextID += 1
             state.open[id] = Tracked(listener: listener, channel: channel, isStream: refuseAtLimit)
             state.counts[listener] = count + 1
-            return (id, count + 1, state.acceptors[listener])
+            return (count + 1, state.acceptors[listener])
         }
-        guard let (id, count, acceptor) = admitted else { return false }
+        guard let (count, acceptor) = admitted else { return false }
         if count == limit { _ = acceptor?.setOption(ChannelOptions.autoRead, value: false) }
         channel.closeFuture.whenComplete { [weak self] _ in
             guard let self else { return }

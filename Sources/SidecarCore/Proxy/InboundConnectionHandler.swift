@@ -25,11 +25,8 @@ struct InboundRoute: Sendable {
     /// the drain, it missed the drain's GOAWAY) serves what its peer sends at once, like any
     /// in-flight connection, and goes away once that is done.
     var draining = false
-    /// Counts a mux stream toward the listener's max_connections; false: the limit is reached.
-    var admitStream: @Sendable (Channel) -> Bool = { _ in true }
-    /// The connection negotiated the mux: from now on it is transport, its streams the tunnels.
-    var carriesMux: @Sendable (Channel) -> Void = { _ in }
-    var maxConnections = Int.max
+    /// Tunnels (plain connections and mux streams) the listener takes at once.
+    var maxConnections: Int
 }
 
 /// Sits after the TLS handler on an accepted public-listener connection. Waits for a verified
@@ -55,6 +52,8 @@ final class InboundConnectionHandler: StagingHandler {
     private let audit: any AuditSink
     private let logger: Logger
     private let registry: ConnectionRegistry
+    /// The listener's tunnels: a mux connection's streams are admitted here.
+    private let tracker: ConnectionTracker
     private var peerAddress = "unknown"
     /// Set when this handler serves one stream of a mux connection.
     private let muxStream: Int32?
@@ -62,12 +61,14 @@ final class InboundConnectionHandler: StagingHandler {
     init(listenerName: String, route: @escaping () -> InboundRoute,
          authorize: @escaping (SPIFFEID, String) -> IntentionDecision,
          authorizeRequest: @escaping (HTTPRequestFacts, SPIFFEID, String) -> IntentionDecision,
-         registry: ConnectionRegistry, audit: any AuditSink, logger: Logger, muxStream: Int32? = nil) {
+         registry: ConnectionRegistry, tracker: ConnectionTracker, audit: any AuditSink, logger: Logger,
+         muxStream: Int32? = nil) {
         self.listenerName = listenerName
         self.route = route
         self.authorize = authorize
         self.authorizeRequest = authorizeRequest
         self.registry = registry
+        self.tracker = tracker
         self.audit = audit
         self.logger = logger
         self.muxStream = muxStream
@@ -76,8 +77,8 @@ final class InboundConnectionHandler: StagingHandler {
     /// The same decisions for one stream of a mux connection.
     private func forStream(_ streamID: Int32) -> InboundConnectionHandler {
         InboundConnectionHandler(listenerName: listenerName, route: route, authorize: authorize,
-                                 authorizeRequest: authorizeRequest, registry: registry, audit: audit, logger: logger,
-                                 muxStream: streamID)
+                                 authorizeRequest: authorizeRequest, registry: registry, tracker: tracker, audit: audit,
+                                 logger: logger, muxStream: streamID)
     }
 
     /// Mux streams learn the outcome as an HTTP status; a plain connection just closes.
@@ -99,7 +100,8 @@ final class InboundConnectionHandler: StagingHandler {
         }
         let route = self.route()
         if muxStream == nil, let mux = route.mux, peer.applicationProtocol == MuxProtocol.alpn {
-            route.carriesMux(context.channel)
+            // From now on the connection is transport; its streams are the tunnels.
+            tracker.markMuxCarrier(context.channel)
             acceptMux(context: context, peer: peer, settings: mux, draining: route.draining)
             return
         }
@@ -150,7 +152,7 @@ final class InboundConnectionHandler: StagingHandler {
             }
             // A stream is a tunnel like a connection, and counts toward max_connections; with
             // no backlog to wait in, one past the limit is refused (503) before anything else.
-            guard current.admitStream(stream) else {
+            guard tracker.admit(stream, listener: listenerName, limit: current.maxConnections) else {
                 var event = AuditEvent(kind: .tunnelRefused, listener: listenerName, peerAddress: peerAddress,
                                        source: peer.identity.uri, sourceSerial: peer.certificateSerial,
                                        destination: destination, decision: "deny",
