@@ -109,6 +109,7 @@ struct MuxTests {
     func streamsCountTowardMaxConnections() async throws {
         // One event loop on the agent: exactly one pooled connection. max_connections 2 admits
         // two tunnels; the mux connection carrying them is transport and not one of them.
+        // (storage's handshake timeout is 10 s: the half-open connection below outlives the test.)
         let agentLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let backend = try await TestBackend(.echo, group: testGroup)
         let (storage, storageAudit) = try await MeshFixture.startStorage(
@@ -119,6 +120,11 @@ struct MuxTests {
         let port = agent.boundAddress(of: "upstream:storage")!.port!
         defer { Task { await agent.stop(); await storage.stop(); await backend.stop(); try? await agentLoop.shutdownGracefully() } }
 
+        // A connection stuck before its handshake (one of a half-open flood) is no tunnel: it
+        // must not take a legitimate stream's place.
+        let halfOpen = try BlockingSocket(port: storage.boundAddress(of: Sidecar.publicListenerName)!.port!)
+        #expect(await eventually { storage.openConnections(on: Sidecar.publicListenerName) == 1 })
+
         var served: [BlockingSocket] = []
         for index in 0..<2 {
             let socket = try BlockingSocket(port: port)
@@ -126,7 +132,7 @@ struct MuxTests {
             #expect(await onThread { socket.echoes("tunnel \(index)\n") })
             served.append(socket)
         }
-        #expect(storage.openConnections(on: Sidecar.publicListenerName) == 3, "two streams and their connection")
+        #expect(storage.openConnections(on: Sidecar.publicListenerName) == 4, "two streams, their connection, the half-open one")
 
         let refused = try BlockingSocket(port: port)
         refused.setReceiveTimeout(seconds: 5)
@@ -142,12 +148,12 @@ struct MuxTests {
         let first = served[0]
         first.shutdownWrite()
         _ = await onThread { first.receiveAll() }
-        #expect(await eventually { storage.openConnections(on: Sidecar.publicListenerName) == 2 })
+        #expect(await eventually { storage.openConnections(on: Sidecar.publicListenerName) == 3 })
         let next = try BlockingSocket(port: port)
         next.setReceiveTimeout(seconds: 5)
         #expect(await onThread { next.echoes("next\n") })
         #expect(Self.lines(storageAudit, .muxConnected).count == 1)
-        withExtendedLifetime(served) {}
+        withExtendedLifetime((served, halfOpen)) {}
     }
 
     @Test("A mux connection left without tunnels for idle_timeout goes away on both sides")

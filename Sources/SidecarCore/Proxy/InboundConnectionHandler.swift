@@ -101,7 +101,7 @@ final class InboundConnectionHandler: StagingHandler {
         let route = self.route()
         if muxStream == nil, let mux = route.mux, peer.applicationProtocol == MuxProtocol.alpn {
             // From now on the connection is transport; its streams are the tunnels.
-            tracker.markMuxCarrier(context.channel)
+            tracker.classify(context.channel, as: .muxCarrier)
             acceptMux(context: context, peer: peer, settings: mux, draining: route.draining)
             return
         }
@@ -121,6 +121,7 @@ final class InboundConnectionHandler: StagingHandler {
             context.close(promise: nil)
             return
         }
+        if muxStream == nil { tracker.classify(context.channel, as: .tunnel) }
         state = .connectingLocal(peer)
         holding = true
         connectLocal(context: context, route: route, peer: peer)
