@@ -39,6 +39,12 @@ let package = Package(
         ),
         // libc extras Glibc does not export (malloc tuning); header only, nothing to link.
         .systemLibrary(name: "CSystemExtras"),
+        // RE2 (system libre2) behind a small C face: PathRegex and header Regex run in linear
+        // time with RE2 semantics, as Consul's Envoy evaluates them.
+        .target(
+            name: "CRE2",
+            linkerSettings: [.linkedLibrary("re2")]
+        ),
         .target(
             name: "SidecarTLS",
             dependencies: [
@@ -63,6 +69,7 @@ let package = Package(
                 "SidecarMux",
                 "CSystemExtras",
                 "CNGHTTP2",
+                "CRE2",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -185,5 +192,6 @@ let package = Package(
             ]
         ),
     ],
-    swiftLanguageModes: [.v5]
+    swiftLanguageModes: [.v5],
+    cxxLanguageStandard: .cxx17
 )

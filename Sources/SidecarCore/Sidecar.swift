@@ -496,6 +496,8 @@ public final class Sidecar: Sendable {
                      idleTimeout: definition.config.idleTimeoutNs.map { .nanoseconds($0) },
                      proxyProtocol: definition.config.proxyProtocol,
                      l7Protocol: l7Protocol(definition),
+                     requestOptions: HTTPRequestOptions(paths: definition.config.pathNormalization,
+                                                        underscores: definition.config.underscoreHeaders),
                      // An inbound mux connection left without tunnels closes after idle_timeout too.
                      mux: mux == .prefer ? MuxSettings(maxConcurrentStreams: definition.config.muxMaxStreams,
                                                        idleTimeout: definition.config.idleTimeoutNs.map { .nanoseconds($0) },

@@ -26,7 +26,7 @@ let set = IntentionSet(intentions, defaultAction: .deny)
 
 let sources = (0..<4096).map { SPIFFEID(trustDomain: "td.consul", datacenter: "dc1", service: "client-\($0 % (intentionCount + 50))") }
 let destinations = (0..<4096).map { "svc-\($0 % 100)" }
-let request = HTTPRequestFacts(method: "PUT", target: "/repository/snap-1?part=3", headers: [("host", "storage")])
+let request = HTTPRequestFacts(method: "PUT", path: "/repository/snap-1", headers: [("host", "storage"), (":path", "/repository/snap-1?part=3")])
 
 func measure(_ name: String, _ decide: (Int) -> Bool) {
     var decisions = 0

@@ -33,9 +33,9 @@ struct BadInputTests {
         try ("X-Padding: " + String(repeating: "a", count: 200_000) + "\n").write(toFile: headers, atomically: true, encoding: .utf8)
         let run = try await ProcessRunner.run(["curl", "-sS", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}",
                                                "-H", "@\(headers)", "http://127.0.0.1:\(mesh.upstreamPort)/repository/x"])
-        #expect(run.output.hasPrefix("400"), "curl: \(run.output.prefix(200))")
+        #expect(run.output.hasPrefix("431"), "curl: \(run.output.prefix(200))")
         #expect(await eventually { mesh.storageAudit.events.contains {
-            $0.kind == .httpRequest && $0.decision == "deny" && $0.reason?.contains("too many header bytes") == true
+            $0.kind == .httpRequest && $0.decision == "deny" && $0.reason?.contains("request head larger than 65536 bytes") == true
         } }, "an audit line says why")
         #expect(mesh.backend.requests.isEmpty, "the oversized request never reached the repository")
         let ok = try await L7IntegrationTests.curl(mesh.upstreamPort, [["URL/repository/after"]])

@@ -895,10 +895,6 @@ struct ConsulAPIIntentionMatchTests {
         (#"{"Action": "allow", "HTTP": {"PathPrefix": "/"}, "JWT": {"Providers": [{"Name": "okta"}]}}"#,
          "storage[0].Permissions[0].jwt", "JWT"),
         (#"{"Action": "allow", "JWT": {"Providers": [{"Name": "okta"}]}}"#, "storage[0].Permissions[0].jwt", "JWT"),
-        (#"{"Action": "deny", "HTTP": {"Header": [{"Name": "X-Role", "Contains": "admin"}]}}"#,
-         "storage[0].Permissions[0].http.header[0].contains", "Contains"),
-        (#"{"Action": "deny", "HTTP": {"Header": [{"Name": "X-Role", "Exact": "admin", "IgnoreCase": true}]}}"#,
-         "storage[0].Permissions[0].http.header[0].ignore_case", "IgnoreCase"),
     ])
     func unsupportedPermissionFields(permission: String, path: String, words: String) throws {
         let json = match(#"{"SourceName": "web", "DestinationName": "storage", "Permissions": [\#(permission)]}"#)
@@ -906,6 +902,14 @@ struct ConsulAPIIntentionMatchTests {
         #expect(error.path == path)
         #expect(error.message.contains(words))
         #expect(error.message.contains("not supported"))
+    }
+
+    @Test("Contains and IgnoreCase (Consul 1.20.1) decode")
+    func containsAndIgnoreCase() throws {
+        let json = match(#"{"SourceName": "web", "DestinationName": "storage", "Permissions": [{"Action": "deny", "HTTP": {"Header": [{"Name": "X-Role", "Contains": "admin", "IgnoreCase": true}]}}]}"#)
+        let intention = try ConsulIntentionMatch.decode(data(json), source: matchSource, destination: "storage")[0]
+        #expect(intention.permissions == [IntentionPermission(action: .deny, http: HTTPPermissionMatch(
+            headers: [HTTPPermissionMatch.HeaderRule(name: "x-role", condition: .contains("admin"), ignoreCase: true)]))])
     }
 
     @Test("IgnoreCase false is the default and accepted")

@@ -12,9 +12,11 @@ private func l7Identity(_ service: String, namespace: String = "default") -> SPI
     SPIFFEID(trustDomain: l7TrustDomain, namespace: namespace, datacenter: "dc1", service: service)
 }
 
+/// Facts for a request whose (already normalised) target is `target`: the path is what comes
+/// before any `?` or `#`.
 private func l7Request(_ method: String, _ target: String,
                        _ headers: [(name: String, value: String)] = []) -> HTTPRequestFacts {
-    HTTPRequestFacts(method: method, target: target, headers: headers)
+    HTTPRequestFacts(method: method, path: String(target.prefix { $0 != "?" && $0 != "#" }), headers: headers)
 }
 
 private func l7Regex(_ pattern: String) -> FullMatchRegex {
@@ -49,28 +51,11 @@ struct L7PermissionTests {
 
     @Suite("HTTP request facts")
     struct RequestFacts {
-        @Test("method is upper-cased", arguments: [
-            ("get", "GET"), ("Get", "GET"), ("GET", "GET"), ("pOsT", "POST"), ("delete", "DELETE"), ("patch", "PATCH"),
-        ])
-        func methodUppercased(_ input: String, _ expected: String) {
-            #expect(l7Request(input, "/").method == expected)
-        }
-
-        @Test("path excludes the query string and fragment", arguments: [
-            ("/a?b=1", "/a"),
-            ("/a", "/a"),
-            ("/a#frag", "/a"),
-            ("/a?b=1#frag", "/a"),
-            ("/a#frag?b=1", "/a"),
-            ("/a/b/?x=1&y=2", "/a/b/"),
-            ("/", "/"),
-            ("/?", "/"),
-            ("/repository/data?", "/repository/data"),
-            ("/a%3Fb", "/a%3Fb"),
-            ("?only=query", ""),
-        ])
-        func pathWithoutQuery(_ target: String, _ expected: String) {
-            #expect(l7Request("GET", target).path == expected)
+        @Test("method and path are kept as given: methods are case-sensitive, normalising is the request reader's job")
+        func methodAndPathAsGiven() {
+            let facts = HTTPRequestFacts(method: "delete", path: "/a/../b", headers: [])
+            #expect(facts.method == "delete")
+            #expect(facts.path == "/a/../b")
         }
 
         @Test("header names are lowercased, values kept as is")
@@ -101,7 +86,8 @@ struct L7PermissionTests {
 
         @Test("equality compares method, path and ordered headers")
         func equality() {
-            let a = l7Request("get", "/x?1", l7Headers([("A", "1"), ("B", "2")]))
+            let a = l7Request("GET", "/x?1", l7Headers([("A", "1"), ("B", "2")]))
+            #expect(a != l7Request("get", "/x?1", l7Headers([("A", "1"), ("B", "2")])))
             #expect(a == l7Request("GET", "/x?2", l7Headers([("a", "1"), ("b", "2")])))
             #expect(a != l7Request("GET", "/x", l7Headers([("b", "2"), ("a", "1")])))
             #expect(a != l7Request("PUT", "/x", l7Headers([("a", "1"), ("b", "2")])))
@@ -191,6 +177,26 @@ struct L7PermissionTests {
         #expect(throws: (any Error).self) { try FullMatchRegex(pattern) }
     }
 
+    @Test("RE2 semantics: lookaround and backreferences are refused, as Consul's Envoy refuses them", arguments: [
+        "(?=a)b", "(?!a)b", "(?<=a)b", "(a)\\1", "a++", "[0-9a-f]{1001}",
+    ])
+    func re2Only(_ pattern: String) {
+        #expect(throws: (any Error).self) { try FullMatchRegex(pattern) }
+    }
+
+    /// A pattern that backtracking engines (ICU, PCRE) take exponential time on: RE2 answers in
+    /// time linear in the input, so a crafted path cannot stall an event loop. The time limit
+    /// is a hang guard, not a measurement (seconds against centuries).
+    @Test("catastrophic-backtracking patterns run in linear time", .timeLimit(.minutes(1)), arguments: [
+        "(a+)+b", "(a|a)*b", "(a|aa)+b", "(.*a){20}b",
+    ])
+    func noBacktracking(_ pattern: String) {
+        let regex = l7Regex(pattern)
+        let text = String(repeating: "a", count: 60_000)
+        for _ in 0..<10 { #expect(!regex.matches(text)) }
+        #expect(regex.matches(String(repeating: "a", count: 20) + "b"))
+    }
+
     @Test("an unbalanced pattern cannot widen a permission beyond a full match", arguments: [
         ("/admin)|(.*", "/repository/data/x"),
         ("/admin)|(.*", "/admin/users"),
@@ -225,13 +231,15 @@ struct L7PermissionTests {
         MethodCase(methods: [], method: "PATCH", matches: true),
         MethodCase(methods: [], method: "PROPFIND", matches: true),
         MethodCase(methods: ["get", "Post"], method: "GET", matches: true),
-        MethodCase(methods: ["get", "Post"], method: "get", matches: true),
+        // Rule methods are upper-cased on load; request methods are case-sensitive (lower-case
+        // ones never get this far: the request rules refuse them).
+        MethodCase(methods: ["get", "Post"], method: "get", matches: false),
         MethodCase(methods: ["get", "Post"], method: "POST", matches: true),
-        MethodCase(methods: ["get", "Post"], method: "post", matches: true),
+        MethodCase(methods: ["get", "Post"], method: "post", matches: false),
         MethodCase(methods: ["get", "Post"], method: "PUT", matches: false),
         MethodCase(methods: ["get", "Post"], method: "DELETE", matches: false),
         MethodCase(methods: ["GET"], method: "HEAD", matches: false),
-        MethodCase(methods: ["DELETE"], method: "delete", matches: true),
+        MethodCase(methods: ["DELETE"], method: "delete", matches: false),
         MethodCase(methods: ["DELETE"], method: "GET", matches: false),
     ]
 
@@ -270,6 +278,7 @@ struct L7PermissionTests {
         add("present, header absent", Rule(name: "x-token", condition: .present), [("Other", "1")], false)
         add("present inverted, header there", Rule(name: "x-token", condition: .present, invert: true), [("X-Token", "abc")], false)
         add("present inverted, header absent", Rule(name: "x-token", condition: .present, invert: true), [], true)
+        // Envoy: every condition other than Present fails on an absent header, inverted or not.
         // exact
         add("exact equal", Rule(name: "x-version", condition: .exact("v1")), [("X-Version", "v1")], true)
         add("exact longer value", Rule(name: "x-version", condition: .exact("v1")), [("X-Version", "v12")], false)
@@ -277,7 +286,7 @@ struct L7PermissionTests {
         add("exact, header absent", Rule(name: "x-version", condition: .exact("v1")), [], false)
         add("exact inverted, equal", Rule(name: "x-version", condition: .exact("v1"), invert: true), [("X-Version", "v1")], false)
         add("exact inverted, different", Rule(name: "x-version", condition: .exact("v1"), invert: true), [("X-Version", "v2")], true)
-        add("exact inverted, header absent", Rule(name: "x-version", condition: .exact("v1"), invert: true), [], true)
+        add("exact inverted, header absent", Rule(name: "x-version", condition: .exact("v1"), invert: true), [], false)
         add("exact empty string, header absent", Rule(name: "x-version", condition: .exact("")), [], false)
         add("exact empty string, empty value", Rule(name: "x-version", condition: .exact("")), [("x-version", "")], true)
         // prefix
@@ -286,14 +295,14 @@ struct L7PermissionTests {
         add("prefix, header absent", Rule(name: "authorization", condition: .prefix("Bearer ")), [], false)
         add("prefix inverted, matches", Rule(name: "authorization", condition: .prefix("Bearer "), invert: true), [("Authorization", "Bearer abc")], false)
         add("prefix inverted, no match", Rule(name: "authorization", condition: .prefix("Bearer "), invert: true), [("Authorization", "Basic abc")], true)
-        add("prefix inverted, header absent", Rule(name: "authorization", condition: .prefix("Bearer "), invert: true), [], true)
+        add("prefix inverted, header absent", Rule(name: "authorization", condition: .prefix("Bearer "), invert: true), [], false)
         // suffix
         add("suffix matches", Rule(name: "host", condition: .suffix(".example.com")), [("Host", "api.example.com")], true)
         add("suffix no match", Rule(name: "host", condition: .suffix(".example.com")), [("Host", "example.com")], false)
         add("suffix, header absent", Rule(name: "host", condition: .suffix(".example.com")), [], false)
         add("suffix inverted, matches", Rule(name: "host", condition: .suffix(".example.com"), invert: true), [("Host", "api.example.com")], false)
         add("suffix inverted, no match", Rule(name: "host", condition: .suffix(".example.com"), invert: true), [("Host", "evil.org")], true)
-        add("suffix inverted, header absent", Rule(name: "host", condition: .suffix(".example.com"), invert: true), [], true)
+        add("suffix inverted, header absent", Rule(name: "host", condition: .suffix(".example.com"), invert: true), [], false)
         // regex: full match
         add("regex full match", Rule(name: "x-version", condition: .regex(version)), [("X-Version", "v12")], true)
         add("regex partial is not a match", Rule(name: "x-version", condition: .regex(version)), [("X-Version", "v12-beta")], false)
@@ -301,7 +310,23 @@ struct L7PermissionTests {
         add("regex, header absent", Rule(name: "x-version", condition: .regex(version)), [], false)
         add("regex inverted, matches", Rule(name: "x-version", condition: .regex(version), invert: true), [("X-Version", "v3")], false)
         add("regex inverted, partial", Rule(name: "x-version", condition: .regex(version), invert: true), [("X-Version", "v3-rc")], true)
-        add("regex inverted, header absent", Rule(name: "x-version", condition: .regex(version), invert: true), [], true)
+        add("regex inverted, header absent", Rule(name: "x-version", condition: .regex(version), invert: true), [], false)
+        // contains (Consul 1.20.1)
+        add("contains matches", Rule(name: "user-agent", condition: .contains("restic")), [("User-Agent", "restic/0.14.0")], true)
+        add("contains no match", Rule(name: "user-agent", condition: .contains("restic")), [("User-Agent", "curl/7.88")], false)
+        add("contains is case-sensitive", Rule(name: "user-agent", condition: .contains("restic")), [("User-Agent", "Restic/1")], false)
+        add("contains, header absent", Rule(name: "user-agent", condition: .contains("restic")), [], false)
+        add("contains inverted", Rule(name: "user-agent", condition: .contains("restic"), invert: true), [("User-Agent", "curl")], true)
+        add("contains on joined repeated values", Rule(name: "x-role", condition: .contains("a,b")), [("X-Role", "a"), ("X-Role", "b")], true)
+        // ignore case: exact, prefix, suffix, contains fold ASCII; regex never does
+        add("exact ignoring case", Rule(name: "x-env", condition: .exact("Prod"), ignoreCase: true), [("X-Env", "pROD")], true)
+        add("prefix ignoring case", Rule(name: "authorization", condition: .prefix("bearer "), ignoreCase: true), [("Authorization", "BEARER x")], true)
+        add("suffix ignoring case", Rule(name: "host", condition: .suffix(".EXAMPLE.com"), ignoreCase: true), [("Host", "a.example.COM")], true)
+        add("contains ignoring case", Rule(name: "user-agent", condition: .contains("RESTIC"), ignoreCase: true), [("User-Agent", "restic/0.14")], true)
+        add("ignoring case still compares the text", Rule(name: "x-env", condition: .exact("prod"), ignoreCase: true), [("X-Env", "prod2")], false)
+        add("regex ignores IgnoreCase", Rule(name: "x-version", condition: .regex(version), ignoreCase: true), [("X-Version", "V12")], false)
+        add("ignoring case folds ASCII only", Rule(name: "x-name", condition: .exact("STRASSE"), ignoreCase: true), [("X-Name", "straße")], false)
+        add("exact inverted ignoring case", Rule(name: "x-env", condition: .exact("PROD"), invert: true, ignoreCase: true), [("X-Env", "prod")], false)
         // repeated headers are joined with ","
         add("exact on joined repeated values", Rule(name: "x-role", condition: .exact("a,b")), [("X-Role", "a"), ("x-role", "b")], true)
         add("exact on one of repeated values", Rule(name: "x-role", condition: .exact("a")), [("X-Role", "a"), ("x-role", "b")], false)
@@ -322,6 +347,36 @@ struct L7PermissionTests {
         let request = l7Request("GET", "/", row.headers)
         #expect(row.rule.matches(request) == row.matches)
         #expect(HTTPPermissionMatch(headers: [row.rule]).matches(request) == row.matches)
+    }
+
+    @Test("in a deny permission an inverted rule also matches a request without the header; Present inverted is unchanged",
+          arguments: [HTTPPermissionMatch.HeaderRule.Condition.exact("v1"), .prefix("v"), .suffix("1"), .contains("v"),
+                      .regex(l7Regex("v[0-9]+"))])
+    func invertedRuleInDeny(_ condition: HTTPPermissionMatch.HeaderRule.Condition) {
+        let rule = HTTPPermissionMatch.HeaderRule(name: "x-version", condition: condition, invert: true)
+        let absent = l7Request("GET", "/")
+        #expect(rule.matches(absent, inDeny: true))
+        #expect(!rule.matches(absent, inDeny: false))
+        #expect(!HTTPPermissionMatch.HeaderRule(name: "x-version", condition: condition).matches(absent, inDeny: true))
+        let present = l7Request("GET", "/", l7Headers([("X-Version", "v1")]))
+        #expect(rule.matches(present, inDeny: true) == rule.matches(present, inDeny: false))
+        let presentRule = HTTPPermissionMatch.HeaderRule(name: "x-version", condition: .present, invert: true)
+        #expect(presentRule.matches(absent, inDeny: true) && presentRule.matches(absent, inDeny: false))
+    }
+
+    @Test("a deny with an inverted header rule cannot be skipped by leaving the header out")
+    func denyInvertedNotBypassed() throws {
+        let intentions = try IntentionsFile.decode(l7FileWrapping(permission: """
+            {"Action": "deny", "HTTP": {"PathPrefix": "/", "Header": [{"Name": "X-Job", "Exact": "nightly", "Invert": true}]}},
+            {"Action": "allow", "HTTP": {"PathPrefix": "/"}}
+            """), source: l7Source)
+        let set = IntentionSet(intentions, defaultAction: .deny)
+        func allowed(_ headers: [(String, String)]) -> Bool {
+            set.decide(request: l7Request("GET", "/x", l7Headers(headers)), source: l7Identity("backup-agent"), destination: "storage").allowed
+        }
+        #expect(allowed([("X-Job", "nightly")]))
+        #expect(!allowed([("X-Job", "manual")]))
+        #expect(!allowed([]))
     }
 
     @Test("the header rule initializer lowercases the name")
@@ -351,7 +406,7 @@ struct L7PermissionTests {
 
     static let combinationCases: [CombinationCase] = [
         CombinationCase(label: "all conditions hold", method: "GET", target: "/api/x", headers: l7Headers([("X-Env", "prod")]), matches: true),
-        CombinationCase(label: "all hold, other method in list", method: "head", target: "/api/x?y=1", headers: l7Headers([("x-env", "prod")]), matches: true),
+        CombinationCase(label: "all hold, other method in list", method: "HEAD", target: "/api/x?y=1", headers: l7Headers([("x-env", "prod")]), matches: true),
         CombinationCase(label: "wrong path", method: "GET", target: "/web/x", headers: l7Headers([("X-Env", "prod")]), matches: false),
         CombinationCase(label: "wrong method", method: "POST", target: "/api/x", headers: l7Headers([("X-Env", "prod")]), matches: false),
         CombinationCase(label: "wrong header value", method: "GET", target: "/api/x", headers: l7Headers([("X-Env", "dev")]), matches: false),
@@ -607,7 +662,7 @@ struct L7PermissionTests {
             Case(service: "backup-agent", method: "POST", target: "/repository/locks", allowed: true, expected: .permission(backupID, 1)),
             Case(service: "backup-agent", method: "GET", target: "/repository/config", allowed: true, expected: .permission(backupID, 1)),
             Case(service: "backup-agent", method: "HEAD", target: "/repository/keys/k1", allowed: true, expected: .permission(backupID, 1)),
-            Case(service: "backup-agent", method: "put", target: "/repository/snapshots/s1", allowed: true, expected: .permission(backupID, 1)),
+            Case(service: "backup-agent", method: "PUT", target: "/repository/snapshots/s1", allowed: true, expected: .permission(backupID, 1)),
             Case(service: "backup-agent", method: "PUT", target: "/repository/", allowed: true, expected: .permission(backupID, 1)),
             Case(service: "backup-agent", method: "POST", target: "/repository/data?upload=1", allowed: true, expected: .permission(backupID, 1)),
             // backup-agent: DELETE anywhere is denied by permission #1
@@ -615,7 +670,7 @@ struct L7PermissionTests {
             Case(service: "backup-agent", method: "DELETE", target: "/repository/", allowed: false, expected: .permission(backupID, 0)),
             Case(service: "backup-agent", method: "DELETE", target: "/", allowed: false, expected: .permission(backupID, 0)),
             Case(service: "backup-agent", method: "DELETE", target: "/somewhere/else", allowed: false, expected: .permission(backupID, 0)),
-            Case(service: "backup-agent", method: "delete", target: "/repository/locks?force=1", allowed: false, expected: .permission(backupID, 0)),
+            Case(service: "backup-agent", method: "DELETE", target: "/repository/locks?force=1", allowed: false, expected: .permission(backupID, 0)),
             // backup-agent: other methods and other paths fall through to default deny
             Case(service: "backup-agent", method: "PATCH", target: "/repository/config", allowed: false, expected: .fellThrough(backupID)),
             Case(service: "backup-agent", method: "OPTIONS", target: "/repository/", allowed: false, expected: .fellThrough(backupID)),
@@ -628,7 +683,7 @@ struct L7PermissionTests {
             // restore-agent: read-only
             Case(service: "restore-agent", method: "GET", target: "/repository/data/ab/abcdef", allowed: true, expected: .permission(restoreID, 0)),
             Case(service: "restore-agent", method: "HEAD", target: "/repository/", allowed: true, expected: .permission(restoreID, 0)),
-            Case(service: "restore-agent", method: "get", target: "/repository/config?x=1", allowed: true, expected: .permission(restoreID, 0)),
+            Case(service: "restore-agent", method: "GET", target: "/repository/config?x=1", allowed: true, expected: .permission(restoreID, 0)),
             Case(service: "restore-agent", method: "PUT", target: "/repository/data/ab/abcdef", allowed: false, expected: .fellThrough(restoreID)),
             Case(service: "restore-agent", method: "POST", target: "/repository/locks", allowed: false, expected: .fellThrough(restoreID)),
             Case(service: "restore-agent", method: "DELETE", target: "/repository/locks/l1", allowed: false, expected: .fellThrough(restoreID)),
@@ -773,7 +828,7 @@ struct L7PermissionTests {
                       permission: #"{"Action":"allow","HTTP":{"PathRegex":"/admin)|(.*"}}"#,
                       path: "\(p).http.path_regex", message: "invalid regular expression"),
             ErrorCase(label: "header rule with two conditions", permission: #"{"Action":"allow","HTTP":{"Header":[{"Name":"x","Exact":"a","Prefix":"b"}]}}"#,
-                      path: "\(p).http.header[0]", message: "exactly one of Present, Exact, Prefix, Suffix, Regex (found 2)"),
+                      path: "\(p).http.header[0]", message: "exactly one of Present, Exact, Prefix, Suffix, Contains, Regex (found 2)"),
             ErrorCase(label: "header rule with Present and Regex", permission: #"{"Action":"allow","HTTP":{"Header":[{"Name":"x","Present":true,"Regex":"a"}]}}"#,
                       path: "\(p).http.header[0]", message: "(found 2)"),
             ErrorCase(label: "header rule with no condition", permission: #"{"Action":"allow","HTTP":{"Header":[{"Name":"x"}]}}"#,

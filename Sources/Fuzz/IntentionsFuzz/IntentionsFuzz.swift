@@ -5,7 +5,7 @@ import SidecarTLS
 
 /// Intentions files and the L4/L7 decisions made from them. Input: the JSON document, a NUL,
 /// then NUL-separated request facts (flags, destination pick, source service and namespace,
-/// method, target, header name/value pairs).
+/// method, path, header name/value pairs).
 @_cdecl("LLVMFuzzerTestOneInput")
 public func intentionsFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     var input = FuzzInput(data, size)
@@ -28,8 +28,7 @@ public func intentionsFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let method = input.field(), requestTarget = input.field()
     var headers: [(name: String, value: String)] = []
     while !input.isEmpty { headers.append((input.field(), input.field())) }
-    let request = HTTPRequestFacts(method: method, target: requestTarget, headers: headers)
-    invariant(!request.path.contains("?") && !request.path.contains("#"), "query left in path \(request.path)")
+    let request = HTTPRequestFacts(method: method, path: requestTarget, headers: headers)
 
     let set = IntentionSet(intentions, defaultAction: flags & 1 == 0 ? .deny : .allow)
     let l4 = set.decide(source: source, destination: destination, destinationNamespace: namespace)

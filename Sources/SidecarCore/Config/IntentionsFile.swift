@@ -118,30 +118,32 @@ public enum IntentionsFile {
         return IntentionPermission(action: action, http: match)
     }
 
+    /// Exactly one of Present, Exact, Prefix, Suffix, Contains, Regex (Consul 1.20.1 added
+    /// Contains and IgnoreCase); IgnoreCase folds the value for all but Regex and Present.
     static func decodeHeaderRule(_ node: ConfigNode) throws -> HTTPPermissionMatch.HeaderRule {
         let name = try node.requiredNonEmptyString("name")
-        if try node.field("contains") != nil { throw node.error("header rule Contains is not supported", at: "contains") }
-        if let ignoreCase = try node.field("ignore_case"), ignoreCase.value == .bool(true) {
-            throw node.error("header rule IgnoreCase is not supported", at: "ignore_case")
-        }
         var conditions: [HTTPPermissionMatch.HeaderRule.Condition] = []
         if try node.field("present")?.bool() == true { conditions.append(.present) }
-        if let value = try node.optionalString("exact") { conditions.append(.exact(value)) }
-        if let value = try node.optionalString("prefix") { conditions.append(.prefix(value)) }
-        if let value = try node.optionalString("suffix") { conditions.append(.suffix(value)) }
-        if let value = try node.optionalString("regex") { conditions.append(.regex(try compile(value, node: node, field: "regex"))) }
+        if let value = try node.optionalNonEmptyString("exact") { conditions.append(.exact(value)) }
+        if let value = try node.optionalNonEmptyString("prefix") { conditions.append(.prefix(value)) }
+        if let value = try node.optionalNonEmptyString("suffix") { conditions.append(.suffix(value)) }
+        if let value = try node.optionalNonEmptyString("contains") { conditions.append(.contains(value)) }
+        if let value = try node.optionalNonEmptyString("regex") {
+            conditions.append(.regex(try compile(value, node: node, field: "regex")))
+        }
         guard conditions.count == 1 else {
-            throw node.error("a header rule needs exactly one of Present, Exact, Prefix, Suffix, Regex (found \(conditions.count))")
+            throw node.error("a header rule needs exactly one of Present, Exact, Prefix, Suffix, Contains, Regex (found \(conditions.count))")
         }
         let invert = try node.field("invert")?.bool() ?? false
-        return HTTPPermissionMatch.HeaderRule(name: name, condition: conditions[0], invert: invert)
+        let ignoreCase = try node.field("ignore_case")?.bool() ?? false
+        return HTTPPermissionMatch.HeaderRule(name: name, condition: conditions[0], invert: invert, ignoreCase: ignoreCase)
     }
 
     private static func compile(_ pattern: String, node: ConfigNode, field: String) throws -> FullMatchRegex {
         do {
             return try FullMatchRegex(pattern)
         } catch {
-            throw node.error("invalid regular expression \"\(pattern)\"", at: field)
+            throw node.error("invalid regular expression \"\(pattern)\" (RE2 syntax): \(error)", at: field)
         }
     }
 }

@@ -44,6 +44,10 @@ public struct ProxyConfig: Equatable, Sendable {
     /// Multiplexed transport: a connection silent this long is sent a PING, and closed as dead
     /// if it stays silent as long again. Nanoseconds.
     public var muxKeepaliveNs: Int64 = 30 * 1_000_000_000
+    /// L7: how request paths are normalised (`merge_slashes`, `path_with_escaped_slashes_action`).
+    package var pathNormalization = PathNormalization()
+    /// L7: header names with `_` (`headers_with_underscores_action`).
+    package var underscoreHeaders = UnderscoreHeaders.allow
 }
 
 public struct Upstream: Equatable, Sendable {
@@ -207,6 +211,7 @@ extension ProxyDefinition {
             }
             config.proxyProtocol = true
         }
+        try decodeRequestNormalization(node, into: &config)
         if let proto = try node.optionalString("protocol") {
             let normalized = proto.lowercased()
             guard ["tcp", "http", "http2", "grpc"].contains(normalized) else {
@@ -215,6 +220,32 @@ extension ProxyDefinition {
             config.protocol = normalized
         }
         return config
+    }
+
+    /// The keys of Consul's mesh `HTTP.Incoming.RequestNormalization`, with its value names.
+    /// Path normalisation itself cannot be turned off (InsecureDisablePathNormalization).
+    private static func decodeRequestNormalization(_ node: ConfigNode, into config: inout ProxyConfig) throws {
+        if let merge = try node.field("merge_slashes") { config.pathNormalization.mergeSlashes = try merge.bool() }
+        if let action = try node.optionalString("path_with_escaped_slashes_action") {
+            switch action.uppercased() {
+            case "REJECT_REQUEST", "IMPLEMENTATION_SPECIFIC_DEFAULT", "": config.pathNormalization.escapedSlashes = .reject
+            case "KEEP_UNCHANGED": config.pathNormalization.escapedSlashes = .keep
+            case "UNESCAPE_AND_FORWARD": config.pathNormalization.escapedSlashes = .unescape
+            default:
+                throw node.error("\"\(action)\" is not supported; expected REJECT_REQUEST (default), KEEP_UNCHANGED or UNESCAPE_AND_FORWARD",
+                                 at: "path_with_escaped_slashes_action")
+            }
+        }
+        if let action = try node.optionalString("headers_with_underscores_action") {
+            switch action.uppercased() {
+            case "ALLOW", "": config.underscoreHeaders = .allow
+            case "REJECT_REQUEST": config.underscoreHeaders = .reject
+            case "DROP_HEADER": config.underscoreHeaders = .drop
+            default:
+                throw node.error("\"\(action)\" is not supported; expected ALLOW, REJECT_REQUEST or DROP_HEADER",
+                                 at: "headers_with_underscores_action")
+            }
+        }
     }
 
     private static func decodeUpstreams(_ node: ConfigNode?) throws -> [Upstream] {

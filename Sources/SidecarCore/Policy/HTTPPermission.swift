@@ -1,16 +1,18 @@
-import Foundation
+import CRE2
 
 /// What an L7 permission looks at in one HTTP request.
 public struct HTTPRequestFacts: Sendable, Equatable {
+    /// As sent: methods are case-sensitive (the request rules refuse lower-case ones).
     public var method: String
-    /// The request-target's path, without the query string (as Consul/Envoy match it).
+    /// The normalised path, without the query string (as Consul/Envoy match it).
     public var path: String
-    /// Header names lowercased; repeated headers keep every value.
+    /// Header names lowercased; repeated headers keep every value. Pseudo-headers (`:method`,
+    /// `:path` with its query, `:authority`, `:scheme`) are among them on both protocols.
     public var headers: [(name: String, value: String)]
 
-    public init(method: String, target: String, headers: [(name: String, value: String)]) {
-        self.method = method.uppercased()
-        self.path = String(target.prefix { $0 != "?" && $0 != "#" })
+    public init(method: String, path: String, headers: [(name: String, value: String)]) {
+        self.method = method
+        self.path = path
         self.headers = headers.map { ($0.name.lowercased(), $0.value) }
     }
 
@@ -26,33 +28,27 @@ public struct HTTPRequestFacts: Sendable, Equatable {
     }
 }
 
-/// A full-match regular expression (Consul's PathRegex/Regex are RE2 full matches; we use
-/// ICU syntax, which agrees for the patterns permissions are written with). Anchored with
-/// \A...\z, so not even a trailing newline is left outside the match.
+/// A full-match regular expression with RE2 semantics (Consul's PathRegex and header Regex
+/// become Envoy `safe_regex`, which is RE2): matched in time linear in the input, so no
+/// pattern can make a request stall an event loop; backreferences and lookaround, which RE2
+/// refuses, are refused at load as Consul would.
 public struct FullMatchRegex: Sendable, Equatable, CustomStringConvertible {
+    /// Bounds the compiled program (and so memory and time per input byte). Envoy's default is
+    /// 100, which already refuses `[0-9a-f]{64}`; ours is more generous.
+    static let maxProgramSize = 10_000
+
     public let pattern: String
-    private let compiled: UncheckedRegex
+    private let compiled: CompiledRE2
 
     public init(_ pattern: String) throws {
-        // The pattern must be a complete expression by itself: otherwise "a)|(b" would close
-        // our anchoring group early and turn a full match into a substring match.
-        _ = try NSRegularExpression(pattern: pattern)
         self.pattern = pattern
-        compiled = UncheckedRegex(try NSRegularExpression(pattern: "\\A(?:\(pattern))\\z"))
+        compiled = try CompiledRE2(pattern, maxProgramSize: Self.maxProgramSize)
     }
 
-    public func matches(_ text: String) -> Bool {
-        compiled.regex.firstMatch(in: text, range: NSRange(text.startIndex..., in: text)) != nil
-    }
+    public func matches(_ text: String) -> Bool { compiled.fullMatch(text) }
 
     public var description: String { pattern }
     public static func == (lhs: FullMatchRegex, rhs: FullMatchRegex) -> Bool { lhs.pattern == rhs.pattern }
-
-    /// NSRegularExpression is immutable and documented thread-safe.
-    private struct UncheckedRegex: @unchecked Sendable {
-        let regex: NSRegularExpression
-        init(_ regex: NSRegularExpression) { self.regex = regex }
-    }
 }
 
 /// The `HTTP` block of a Consul intention permission.
@@ -70,28 +66,57 @@ public struct HTTPPermissionMatch: Sendable, Equatable {
             case exact(String)
             case prefix(String)
             case suffix(String)
+            case contains(String)
             case regex(FullMatchRegex)
         }
 
         public var name: String
         public var condition: Condition
         public var invert: Bool
+        /// ASCII case folding of the value for exact, prefix, suffix and contains (Consul's
+        /// IgnoreCase; like Envoy, never for regex).
+        public var ignoreCase: Bool
 
-        public init(name: String, condition: Condition, invert: Bool = false) {
+        public init(name: String, condition: Condition, invert: Bool = false, ignoreCase: Bool = false) {
             self.name = name.lowercased()
             self.condition = condition
             self.invert = invert
+            self.ignoreCase = ignoreCase
         }
 
-        func matches(_ request: HTTPRequestFacts) -> Bool {
-            let value = request.header(name)
+        /// Envoy's header matching, which Consul's rules compile to: repeated fields are joined
+        /// with "," into one value; an absent header matches only `Present` with `Invert`
+        /// (every other condition fails on it, inverted or not); a present one matches when its
+        /// condition holds, or does not with `Invert`.
+        ///
+        /// `inDeny`: the rule belongs to a deny permission, where a reading that matches more is
+        /// the safe one, so two more readings also match: each repeated field on its own (a
+        /// second `x-check` field must not hide `x-check: bad`, which a service reading one of
+        /// them would see), and an inverted rule on an absent header (leaving the header out
+        /// must not get a request past "X-Job is not exactly nightly"). In an allow permission
+        /// Envoy's reading is the narrower one and is kept.
+        func matches(_ request: HTTPRequestFacts, inDeny: Bool = false) -> Bool {
+            let values = request.headers.filter { $0.name == name }.map(\.value)
+            guard !values.isEmpty else {
+                if case .present = condition { return invert }
+                return invert && inDeny
+            }
+            let joined = values.joined(separator: ",")
+            if holds(for: joined) { return true }
+            return inDeny && values.count > 1 && values.contains(where: holds)
+        }
+
+        /// The condition, inverted if asked, on one value.
+        private func holds(for value: String) -> Bool {
+            let fold: (String) -> String = ignoreCase ? { $0.asciiLowercased } : { $0 }
             let matched: Bool
             switch condition {
-            case .present: matched = value != nil
-            case .exact(let wanted): matched = value == wanted
-            case .prefix(let prefix): matched = value?.hasPrefix(prefix) ?? false
-            case .suffix(let suffix): matched = value?.hasSuffix(suffix) ?? false
-            case .regex(let regex): matched = value.map(regex.matches) ?? false
+            case .present: matched = true
+            case .exact(let wanted): matched = fold(value) == fold(wanted)
+            case .prefix(let prefix): matched = fold(value).hasPrefix(fold(prefix))
+            case .suffix(let suffix): matched = fold(value).hasSuffix(fold(suffix))
+            case .contains(let part): matched = fold(value).contains(fold(part))
+            case .regex(let regex): matched = regex.matches(value)
             }
             return matched != invert
         }
@@ -104,12 +129,13 @@ public struct HTTPPermissionMatch: Sendable, Equatable {
 
     public init(path: PathRule = .any, methods: [String] = [], headers: [HeaderRule] = []) {
         self.path = path
+        // Consul upper-cases the methods it is given; requests are matched as sent.
         self.methods = methods.map { $0.uppercased() }
         self.headers = headers
     }
 
-    /// Every stated condition must hold.
-    public func matches(_ request: HTTPRequestFacts) -> Bool {
+    /// Every stated condition must hold. `inDeny`: see `HeaderRule.matches`.
+    public func matches(_ request: HTTPRequestFacts, inDeny: Bool = false) -> Bool {
         switch path {
         case .any: break
         case .exact(let exact): guard request.path == exact else { return false }
@@ -117,7 +143,7 @@ public struct HTTPPermissionMatch: Sendable, Equatable {
         case .regex(let regex): guard regex.matches(request.path) else { return false }
         }
         if !methods.isEmpty && !methods.contains(request.method) { return false }
-        return headers.allSatisfy { $0.matches(request) }
+        return headers.allSatisfy { $0.matches(request, inDeny: inDeny) }
     }
 }
 
@@ -129,5 +155,12 @@ public struct IntentionPermission: Sendable, Equatable {
     public init(action: IntentionAction, http: HTTPPermissionMatch) {
         self.action = action
         self.http = http
+    }
+}
+
+extension String {
+    /// A-Z to a-z only: HTTP's case-insensitivity, unaffected by locale or Unicode rules.
+    var asciiLowercased: String {
+        String(decoding: utf8.map { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") ? $0 + 32 : $0 }, as: UTF8.self)
     }
 }

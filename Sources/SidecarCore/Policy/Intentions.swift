@@ -74,6 +74,9 @@ public struct IntentionDecision: Sendable, Equatable {
         case permission(identifier: String, precedence: Int, index: Int)
         /// L7: the intention has permissions but none matched; the default policy decided.
         case noPermissionMatched(identifier: String, precedence: Int)
+        /// L7: refused before any intention was asked (malformed, ambiguous or unsupported
+        /// request); `status` is what the client was answered.
+        case requestRefused(status: Int, reason: String)
     }
 
     public var allowed: Bool
@@ -92,6 +95,8 @@ public struct IntentionDecision: Sendable, Equatable {
             return "intention \(id) (precedence \(precedence)) permission #\(index + 1)"
         case .noPermissionMatched(let id, let precedence):
             return "intention \(id) (precedence \(precedence)): no permission matched, default policy"
+        case .requestRefused(let status, let reason):
+            return "request refused (\(status)): \(reason)"
         }
     }
 }
@@ -151,7 +156,7 @@ public struct IntentionSet: Sendable {
             return IntentionDecision(allowed: intention.action == .allow,
                                      reason: .intention(identifier: intention.identifier, precedence: intention.precedence))
         }
-        if let index = intention.permissions.firstIndex(where: { $0.http.matches(request) }) {
+        if let index = intention.permissions.firstIndex(where: { $0.http.matches(request, inDeny: $0.action == .deny) }) {
             return IntentionDecision(allowed: intention.permissions[index].action == .allow,
                                      reason: .permission(identifier: intention.identifier, precedence: intention.precedence,
                                                          index: index))

@@ -46,7 +46,11 @@ public struct AuditEvent: Sendable, Equatable {
     public var bytesOut: Int?
     public var durationMs: Int?
     public var method: String?
+    /// L7: the normalised path the request was decided on (and forwarded with).
     public var path: String?
+    /// L7: the request target as the client sent it, when normalisation changed it or the
+    /// request was refused before it had a path.
+    public var requestTarget: String?
     /// Handshake time, on `authorization` and `upstream_connected`.
     public var handshakeMs: Double?
     /// The handshake resumed an earlier TLS session (same events); nil: a full handshake.
@@ -114,6 +118,7 @@ public struct AuditEvent: Sendable, Equatable {
         add("destination", destination)
         add("method", method)
         add("path", path)
+        add("request_target", requestTarget)
         add("decision", decision)
         add("reason", reason)
         add("bytes_in", bytesIn)

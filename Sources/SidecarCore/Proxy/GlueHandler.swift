@@ -21,6 +21,23 @@ enum IdleTimeout {
     }
 }
 
+/// First handler after staging on an L7 connection's mesh side: every byte read counts as
+/// activity for the idle timeout, also those a filter consumes without passing them on (a
+/// denied request's body, a head still arriving), which the glue never sees.
+final class ActivityStamp: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    private let stats: ConnectionStats
+
+    init(_ stats: ConnectionStats) { self.stats = stats }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        stats.lastActivity = .now()
+        context.fireChannelRead(data)
+    }
+}
+
 /// Outbound user event for a joined connection: abort both of its channels (policy revoked it).
 struct ConnectionAbortRequest: Sendable {}
 

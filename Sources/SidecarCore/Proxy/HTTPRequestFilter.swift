@@ -4,10 +4,13 @@ import NIOHTTP1
 import SidecarTLS
 
 /// Mesh side of an L7 (HTTP/1.1) connection: every request head is decided by the intentions
-/// before any of it reaches the local service. Allowed requests stream through (bodies are
-/// never buffered whole); a denied one is answered `403` here, its body discarded, and the
-/// connection stays usable. HTTPServerPipelineHandler in front of us serializes pipelined
-/// requests, so a 403 can never overtake the response to an earlier request.
+/// before any of it reaches the local service. Requests come from `HTTP1RequestDecoder`
+/// (strict, normalised, canonical framing); allowed ones stream through (bodies are never
+/// buffered whole); a denied one is answered `403` here, its body discarded, and the
+/// connection stays usable. A request the decoder refused is answered with its status and
+/// the connection closed: after a framing error, nothing more on it can be trusted.
+/// HTTPServerPipelineHandler in front of us serializes pipelined requests, so a 403 can
+/// never overtake the response to an earlier request.
 final class HTTPRequestFilter: ChannelDuplexHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -19,6 +22,8 @@ final class HTTPRequestFilter: ChannelDuplexHandler {
         case forwarding
         /// Discarding a denied request's body; the 403 is already queued.
         case rejecting
+        /// A refused stream, or a denial that ends the connection: nothing more is read or answered.
+        case closing
     }
 
     struct Context {
@@ -32,14 +37,23 @@ final class HTTPRequestFilter: ChannelDuplexHandler {
     }
 
     private var state = State.idle
+    /// A response (the service's or ours) has started and not ended.
+    private var responding = false
     private let info: Context
+    private let log: HTTP1RequestLog
 
-    init(_ info: Context) { self.info = info }
+    init(_ info: Context, log: HTTP1RequestLog) {
+        self.info = info
+        self.log = log
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch (unwrapInboundIn(data), state) {
-        case (.head(let head), .idle):
-            decide(head, context: context)
+        case (_, .closing):
+            break
+        case (.head, .idle):
+            guard let request = log.requests.popFirst() else { return context.close(promise: nil) }
+            decide(request, context: context)
         case (.body, .forwarding):
             context.fireChannelRead(data)
         case (.end, .forwarding):
@@ -55,64 +69,88 @@ final class HTTPRequestFilter: ChannelDuplexHandler {
         }
     }
 
-    private func decide(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
-        let facts = HTTPRequestFacts(method: head.method.rawValue, target: head.uri,
-                                     headers: head.headers.map { ($0.name, $0.value) })
-        if head.version.major >= 2 || head.method.rawValue == "PRI" {
-            refuseHTTP2(context: context, facts: facts)
-            return
-        }
+    private func decide(_ request: HTTP1Request, context: ChannelHandlerContext) {
+        let facts = request.facts
         let decision = info.decide(facts)
-        info.recordDecision(allowed: decision.allowed, reason: decision.reasonText, request: facts)
+        info.recordDecision(allowed: decision.allowed, reason: decision.reasonText, request: facts,
+                            rawTarget: request.rawTarget == request.target.target ? nil : request.rawTarget)
         if decision.allowed {
             state = .forwarding
-            context.fireChannelRead(wrapInboundOut(.head(head)))
+            context.fireChannelRead(wrapInboundOut(.head(request.nioHead)))
             return
         }
-        state = .rejecting
         // With Expect: 100-continue the client will not send the body it announced, so the
         // request stream cannot be resynchronised: answer and close. Same if it asked to close.
-        let expectsContinue = head.headers[canonicalForm: "expect"].contains { $0.lowercased() == "100-continue" }
-        let closeAfter = expectsContinue || !head.isKeepAlive
-        let body = ByteBuffer(string: "denied by intention: \(decision.reasonText)\n")
+        let closeAfter = request.expectsContinue || !request.keepAlive
+        state = closeAfter ? .closing : .rejecting
+        respond(context: context, version: HTTPVersion(major: 1, minor: request.minorVersion), status: .forbidden,
+                text: "denied by intention: \(decision.reasonText)\n", close: closeAfter)
+    }
+
+    private func respond(context: ChannelHandlerContext, version: HTTPVersion, status: HTTPResponseStatus, text: String,
+                         close: Bool) {
+        let body = ByteBuffer(string: text)
         var headers = HTTPHeaders([("content-type", "text/plain; charset=utf-8"), ("content-length", "\(body.readableBytes)")])
-        if closeAfter { headers.add(name: "connection", value: "close") }
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .forbidden, headers: headers))),
-                      promise: nil)
+        if close { headers.add(name: "connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        if closeAfter {
+        if close {
             let channel = context.channel
             written.whenComplete { _ in channel.close(promise: nil) }
         }
     }
 
-    /// A protocol http listener reads HTTP/1.1 only: refuse HTTP/2 rather than pass it unchecked.
-    private func refuseHTTP2(context: ChannelHandlerContext, facts: HTTPRequestFacts) {
-        info.recordDecision(allowed: false, reason: "HTTP/2 is not supported on a listener with L7 intentions (protocol http); refused",
-                            request: facts)
-        info.logger.warning("HTTP/2 refused on an L7 listener", metadata: ["source": "\(info.peer.identity)"])
-        context.close(promise: nil)
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(let head) where head.status.code >= 200: responding = true
+        case .end: responding = false
+        default: break
+        }
+        context.write(data, promise: promise)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if error is HTTPParserError {
-            info.logger.info("malformed HTTP request refused", metadata: [
-                "source": "\(info.peer.identity)", "error": "\(error)",
-            ])
-            info.recordDecision(allowed: false, reason: "malformed HTTP request: \(error)", request: nil)
+        guard error is HTTPParserError || error is ByteToMessageDecoderError else {
+            context.fireErrorCaught(error)
+            return
         }
-        context.fireErrorCaught(error)
+        guard state != .closing else { return }
+        let refused = log.refusal ?? (HTTP1Refusal(400, "malformed request"), nil, nil)
+        info.logger.info("HTTP request refused", metadata: [
+            "source": "\(info.peer.identity)", "status": "\(refused.refusal.status)", "reason": "\(refused.refusal.reason)",
+        ])
+        var event = info.decisionEvent(allowed: false, reason: "request refused (\(refused.refusal.status)): \(refused.refusal.reason)",
+                                       request: nil, rawTarget: refused.target)
+        event.method = refused.method
+        info.audit.record(event)
+        // Answer only between requests; mid-request (ours or the service's response under
+        // way, or a body being forwarded) the connection just ends, which the service sees as
+        // a cut request and the client as a cut response.
+        let between = state == .idle && !responding
+        state = .closing
+        if between {
+            respond(context: context, version: .http1_1, status: HTTPResponseStatus(statusCode: refused.refusal.status),
+                    text: "\(refused.refusal.reason)\n", close: true)
+        } else {
+            context.close(promise: nil)
+        }
     }
 }
 
 extension HTTPRequestFilter.Context {
     /// One `http_request` audit line (a decided request, or a refused malformed one).
-    func recordDecision(allowed: Bool, reason: String, request: HTTPRequestFacts?) {
-        audit.record(AuditEvent(kind: .httpRequest, listener: listenerName, peerAddress: peerAddress,
-                                source: peer.identity.uri, sourceSerial: peer.certificateSerial,
-                                destination: destination, decision: allowed ? "allow" : "deny", reason: reason,
-                                method: request?.method, path: request?.path))
+    func recordDecision(allowed: Bool, reason: String, request: HTTPRequestFacts?, rawTarget: String? = nil) {
+        audit.record(decisionEvent(allowed: allowed, reason: reason, request: request, rawTarget: rawTarget))
+    }
+
+    func decisionEvent(allowed: Bool, reason: String, request: HTTPRequestFacts?, rawTarget: String?) -> AuditEvent {
+        var event = AuditEvent(kind: .httpRequest, listener: listenerName, peerAddress: peerAddress,
+                               source: peer.identity.uri, sourceSerial: peer.certificateSerial,
+                               destination: destination, decision: allowed ? "allow" : "deny", reason: reason,
+                               method: request?.method, path: request?.path)
+        event.requestTarget = rawTarget.map { String($0.prefix(1024)) }
+        return event
     }
 }
 
@@ -132,25 +170,27 @@ final class HTTPBodyToIOData<Head: Equatable & Sendable>: ChannelOutboundHandler
 }
 
 extension ConnectionJoiner {
-    /// The L7 join: HTTP/1.1 codecs on both sides, the request filter on the mesh side.
-    static func joinHTTP(mesh: Channel, meshStaging: StagingHandler, local: Channel, filter: HTTPRequestFilter,
-                         stats: ConnectionStats) throws {
+    /// The L7 join: our strict request decoder and writer, NIO's response codec, the request
+    /// filter on the mesh side.
+    static func joinHTTP(mesh: Channel, meshStaging: StagingHandler, local: Channel, context: HTTPRequestFilter.Context,
+                         options: HTTPRequestOptions, stats: ConnectionStats) throws {
         func payload(_ part: HTTPServerRequestPart) -> Int { if case .body(let b) = part { return b.readableBytes }; return 0 }
         func payload(_ part: HTTPClientResponsePart) -> Int { if case .body(let b) = part { return b.readableBytes }; return 0 }
         let glue = GlueHandler<HTTPServerRequestPart, HTTPClientResponsePart>.pair(
             stats: stats, meshPayload: payload, localPayload: payload)
+        let log = HTTP1RequestLog()
         try join(
             mesh: JoinSide(channel: mesh, staging: meshStaging, handlers: [
+                ActivityStamp(stats),
                 HTTPResponseEncoder(),
-                ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)),
+                ByteToMessageHandler(HTTP1RequestDecoder(log: log, paths: options.paths, underscores: options.underscores)),
                 HTTPServerPipelineHandler(),
-                HTTPServerProtocolErrorHandler(),
-                filter,
+                HTTPRequestFilter(context, log: log),
                 HTTPBodyToIOData<HTTPResponseHead>(),
                 glue.mesh,
             ]),
             local: JoinSide(channel: local, staging: nil, handlers: [
-                HTTPRequestEncoder(),
+                HTTP1RequestWriter(),
                 // Observes the requests written through it, so HEAD responses parse correctly.
                 ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)),
                 HTTPBodyToIOData<HTTPRequestHead>(),

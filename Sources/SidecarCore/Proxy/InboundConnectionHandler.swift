@@ -19,6 +19,7 @@ struct InboundRoute: Sendable {
     /// are decided one by one with the intentions' L7 permissions. nil: tcp.
     var l7Protocol: L7Protocol?
     var l7: Bool { l7Protocol != nil }
+    var requestOptions = HTTPRequestOptions()
     /// Accept the multiplexed transport (peers that negotiated its ALPN id) with these limits.
     var mux: MuxSettings?
     /// The sidecar is draining: a mux connection whose handshake completes now (accepted before
@@ -216,11 +217,11 @@ final class InboundConnectionHandler: StagingHandler {
                         switch route.l7Protocol {
                         case .http:
                             try ConnectionJoiner.joinHTTP(mesh: meshChannel, meshStaging: self, local: local,
-                                                          filter: HTTPRequestFilter(requestContext(peer: peer, route: route)),
-                                                          stats: stats)
+                                                          context: requestContext(peer: peer, route: route),
+                                                          options: route.requestOptions, stats: stats)
                         case .http2, .grpc:
                             let filter = HTTP2RequestFilter(requestContext(peer: peer, route: route),
-                                                            grpcService: route.l7Protocol == .grpc)
+                                                            grpcService: route.l7Protocol == .grpc, options: route.requestOptions)
                             try ConnectionJoiner.joinHTTP2(mesh: meshChannel, meshStaging: self, local: local,
                                                            filter: filter, stats: stats)
                         case nil:

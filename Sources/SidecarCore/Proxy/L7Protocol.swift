@@ -17,3 +17,9 @@ enum L7Protocol: Sendable, Equatable {
         }
     }
 }
+
+/// How L7 listeners read requests before deciding them (proxy config, see ProxyConfig).
+struct HTTPRequestOptions: Sendable, Equatable {
+    var paths = PathNormalization()
+    var underscores = UnderscoreHeaders.allow
+}

@@ -13,8 +13,9 @@ final class HTTP2FilterCore {
     private let gate: HTTP2RequestGate
     private var splicer = HTTP2ResponseSplicer()
 
-    init(grpcService: Bool, decide: @escaping (HTTPRequestFacts) -> IntentionDecision) {
-        gate = HTTP2RequestGate(grpcService: grpcService, encoder: StatelessHeaderEncoder(), decide: decide)
+    init(grpcService: Bool, options: HTTPRequestOptions = HTTPRequestOptions(),
+         decide: @escaping (HTTPRequestFacts) -> IntentionDecision) {
+        gate = HTTP2RequestGate(grpcService: grpcService, options: options, encoder: StatelessHeaderEncoder(), decide: decide)
     }
 
     /// Our frames still waiting for the service to finish one of its own.

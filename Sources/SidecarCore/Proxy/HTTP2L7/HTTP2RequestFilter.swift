@@ -23,9 +23,9 @@ final class HTTP2RequestFilter: ChannelDuplexHandler {
     private var ownBytesInFlight = 0
     private var readHeld = false
 
-    init(_ info: HTTPRequestFilter.Context, grpcService: Bool) {
+    init(_ info: HTTPRequestFilter.Context, grpcService: Bool, options: HTTPRequestOptions) {
         self.info = info
-        core = HTTP2FilterCore(grpcService: grpcService, decide: info.decide)
+        core = HTTP2FilterCore(grpcService: grpcService, options: options, decide: info.decide)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -33,7 +33,10 @@ final class HTTP2RequestFilter: ChannelDuplexHandler {
         let buffer = unwrapInboundIn(data)
         let step = buffer.withUnsafeReadableBytes { core.clientBytes($0) }
         for decided in step.decisions {
-            info.recordDecision(allowed: decided.decision.allowed, reason: decided.decision.reasonText, request: decided.request)
+            var event = info.decisionEvent(allowed: decided.decision.allowed, reason: decided.decision.reasonText,
+                                           request: decided.request, rawTarget: decided.rawTarget)
+            if let method = decided.refusedMethod { event.method = method }
+            info.audit.record(event)
         }
         for piece in step.toService {
             context.fireChannelRead(wrapInboundOut(Self.buffer(piece, of: buffer, allocator: context.channel.allocator)))
@@ -126,7 +129,7 @@ extension ConnectionJoiner {
     /// staging handler (so staged bytes pass through it) and the glue.
     static func joinHTTP2(mesh: Channel, meshStaging: StagingHandler, local: Channel, filter: HTTP2RequestFilter,
                           stats: ConnectionStats) throws {
-        try mesh.pipeline.syncOperations.addHandler(filter, position: .after(meshStaging))
+        try mesh.pipeline.syncOperations.addHandlers([ActivityStamp(stats), filter], position: .after(meshStaging))
         try joinBytes(mesh: mesh, meshStaging: meshStaging, local: local, localStaging: nil, stats: stats)
     }
 }

@@ -5,11 +5,15 @@ enum HTTP2Piece: Equatable {
     case bytes([UInt8])
 }
 
-/// One request decided by the intentions.
+/// One request decided by the intentions, or refused before them (`request` nil then).
 struct HTTP2RequestDecision {
     let streamID: UInt32
-    let request: HTTPRequestFacts
+    let request: HTTPRequestFacts?
     let decision: IntentionDecision
+    /// What the client sent, when it differs from the path decided (audit only).
+    var rawTarget: String? = nil
+    /// The method of a refused request (audit only).
+    var refusedMethod: String? = nil
 }
 
 /// Why the connection is being ended, and the GOAWAY code that says so to the client.
@@ -35,8 +39,8 @@ struct HTTP2Failure: Error, Equatable {
 /// connection error, RFC 9113 §5.4.1), before any byte of it reaches the service.
 ///
 /// Limits, by design: only prior-knowledge h2c (an HTTP/1.1 `Upgrade: h2c` or TLS inside the
-/// tunnel is refused as "no preface"); the 403 has no body (see HTTP2Denial); paths are
-/// matched as sent, without normalisation, as the HTTP/1.1 filter does; header blocks over
+/// tunnel is refused as "no preface"); the 403 has no body (see HTTP2Denial); `:path` is
+/// normalised like an HTTP/1.1 target (RequestPathNormalizer) and forwarded so; header blocks over
 /// 64 KiB end the connection; the service's frames are trusted for framing only (a service
 /// that never finishes a frame delays our answers, it cannot make us pass client bytes).
 final class HTTP2RequestGate {
@@ -68,6 +72,7 @@ final class HTTP2RequestGate {
     }
 
     private let grpcService: Bool
+    private let options: HTTPRequestOptions
     private let decide: (HTTPRequestFacts) -> IntentionDecision
     private let decoder = HeaderBlockDecoder()
     private let encoder: StatelessHeaderEncoder
@@ -88,8 +93,10 @@ final class HTTP2RequestGate {
     /// decoder when the client acknowledges that SETTINGS, as the client's encoder applies it.
     private var unacknowledgedTableSizes: [Int?] = []
 
-    init(grpcService: Bool, encoder: StatelessHeaderEncoder, decide: @escaping (HTTPRequestFacts) -> IntentionDecision) {
+    init(grpcService: Bool, options: HTTPRequestOptions = HTTPRequestOptions(), encoder: StatelessHeaderEncoder,
+         decide: @escaping (HTTPRequestFacts) -> IntentionDecision) {
         self.grpcService = grpcService
+        self.options = options
         self.encoder = encoder
         self.decide = decide
     }
@@ -294,24 +301,41 @@ final class HTTP2RequestGate {
     }
 
     private func request(_ block: OpenBlock, _ fields: [HTTP2HeaderField], _ out: inout Output) throws(HTTP2Malformed) {
-        let facts = try HTTP2RequestHeaders.facts(fields)
-        let decision = decide(facts)
-        out.decisions.append(HTTP2RequestDecision(streamID: block.streamID, request: facts, decision: decision))
-        if decision.allowed {
-            if !block.endStream {
-                guard sending.count < Self.maxOpenStreams else {
-                    return fail(&out, .enhanceYourCalm, "more than \(Self.maxOpenStreams) open streams")
+        switch try HTTP2RequestHeaders.read(fields, paths: options.paths, underscores: options.underscores) {
+        case .refused(let status, let reason, let method, let target):
+            let decision = IntentionDecision(allowed: false, reason: .requestRefused(status: status, reason: reason))
+            out.decisions.append(HTTP2RequestDecision(streamID: block.streamID, request: nil, decision: decision,
+                                                      rawTarget: target, refusedMethod: method))
+            answerLocally(block, status: status, reason: reason,
+                          grpc: grpcService || fields.contains { $0.name == "content-type" && $0.value.lowercased().hasPrefix("application/grpc") },
+                          &out)
+        case .request(let facts, let forwardFields):
+            let decision = decide(facts)
+            let raw = fields.first { $0.name == ":path" }?.value
+            let forwardedPath = forwardFields.first { $0.name == ":path" }?.value
+            out.decisions.append(HTTP2RequestDecision(streamID: block.streamID, request: facts, decision: decision,
+                                                      rawTarget: raw == forwardedPath ? nil : raw))
+            if decision.allowed {
+                if !block.endStream {
+                    guard sending.count < Self.maxOpenStreams else {
+                        return fail(&out, .enhanceYourCalm, "more than \(Self.maxOpenStreams) open streams")
+                    }
+                    sending.insert(block.streamID)
                 }
-                sending.insert(block.streamID)
+                lastForwardedStream = block.streamID
+                forward(block, forwardFields, &out)
+                return
             }
-            lastForwardedStream = block.streamID
-            forward(block, fields, &out)
-            return
+            answerLocally(block, status: 403, reason: decision.reasonText,
+                          grpc: grpcService || HTTP2RequestHeaders.isGRPC(facts), &out)
         }
-        let grpc = grpcService || HTTP2RequestHeaders.isGRPC(facts)
+    }
+
+    /// A header-only answer of ours; the service never learns of the stream.
+    private func answerLocally(_ block: OpenBlock, status: Int, reason: String, grpc: Bool, _ out: inout Output) {
         out.toClient.append(HTTP2Frames.headerBlock(
             streamID: block.streamID, endStream: true, priority: nil,
-            block: encoder.encode(HTTP2Denial.responseFields(grpc: grpc, reason: decision.reasonText))))
+            block: encoder.encode(HTTP2Denial.responseFields(grpc: grpc, status: status, reason: reason))))
         if !block.endStream {
             // The response is complete: ask the client to stop sending the body (§8.1).
             out.toClient.append(HTTP2Frames.rstStream(streamID: block.streamID, error: .noError))

@@ -9,9 +9,22 @@ enum HTTP2RequestHeaders {
     /// Connection-specific fields, forbidden in HTTP/2 (§8.2.2).
     static let connectionSpecific: Set<String> = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"]
 
-    /// The request facts, pseudo-headers included among the headers as Envoy exposes them to
-    /// header rules (`:authority`, `:path` with its query, ...). Throws the reason it is malformed.
-    static func facts(_ fields: [HTTP2HeaderField]) throws(HTTP2Malformed) -> HTTPRequestFacts {
+    /// What a request header block turned out to be.
+    enum Reading: Equatable {
+        /// A request to decide: its facts (pseudo-headers included among the headers, as Envoy
+        /// exposes them to header rules: `:authority`, `:path` with its query, ...) and the
+        /// fields to forward if allowed (`:path` normalised, as decided).
+        case request(HTTPRequestFacts, forward: [HTTP2HeaderField])
+        /// Well-formed HTTP/2 that we refuse on this stream (answered `status`, never decided).
+        case refused(status: Int, reason: String, method: String?, target: String?)
+    }
+
+    /// Reads a decoded request header block. Throws the reason it is malformed (a connection
+    /// error); a well-formed request the L7 rules cannot accept is `.refused`: CONNECT (also
+    /// extended, `:protocol`), a method with lower-case letters, a header name with `_` under
+    /// `UnderscoreHeaders.reject`, a path the normaliser refuses.
+    static func read(_ fields: [HTTP2HeaderField], paths: PathNormalization,
+                     underscores: UnderscoreHeaders = .allow) throws(HTTP2Malformed) -> Reading {
         var pseudo: [String: String] = [:]
         var sawRegular = false
         for field in fields {
@@ -45,8 +58,31 @@ enum HTTP2RequestHeaders {
                 throw HTTP2Malformed("host header \(host.value) differs from :authority \(authority)")
             }
         }
-        return HTTPRequestFacts(method: method, target: pseudo[":path"] ?? "",
-                                headers: fields.map { ($0.name, $0.value) })
+        let target = pseudo[":path"]
+        func refuse(_ status: Int, _ reason: String) -> Reading {
+            .refused(status: status, reason: reason, method: method, target: target)
+        }
+        if method == "CONNECT" { return refuse(405, "CONNECT is not supported on an L7 listener") }
+        if method.utf8.contains(where: { $0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z") }) {
+            return refuse(400, "method \(method) is not upper case")
+        }
+        var forward = fields
+        if fields.contains(where: { $0.name.utf8.contains(UInt8(ascii: "_")) }) {
+            switch underscores {
+            case .allow: break
+            case .reject: return refuse(400, "header field name with an underscore")
+            case .drop: forward.removeAll { $0.name.utf8.contains(UInt8(ascii: "_")) }
+            }
+        }
+        switch RequestPathNormalizer.normalize(target ?? "", paths) {
+        case .failure(let refusal):
+            return refuse(400, refusal.reason)
+        case .success(let normalized):
+            let index = forward.firstIndex { $0.name == ":path" }!
+            forward[index].value = normalized.target
+            return .request(HTTPRequestFacts(method: method, path: normalized.path, headers: forward.map { ($0.name, $0.value) }),
+                            forward: forward)
+        }
     }
 
     /// Trailers carry no pseudo-headers and the same field rules as the head (§8.1).
@@ -78,12 +114,15 @@ struct HTTP2Malformed: Error, Equatable, CustomStringConvertible {
 /// own account of that window and would overrun it), so the reason travels in the audit log
 /// and, for gRPC, in grpc-message.
 enum HTTP2Denial {
-    static func responseFields(grpc: Bool, reason: String) -> [HTTP2HeaderField] {
-        guard grpc else { return [HTTP2HeaderField(":status", "403"), HTTP2HeaderField("content-length", "0")] }
-        // Trailers-only response (gRPC over HTTP/2): status 7 is PERMISSION_DENIED.
+    /// `status` 403 for a denial by intention; 400/405 for a refused request (gRPC: status 3,
+    /// INVALID_ARGUMENT, rather than 7, PERMISSION_DENIED).
+    static func responseFields(grpc: Bool, status: Int = 403, reason: String) -> [HTTP2HeaderField] {
+        guard grpc else { return [HTTP2HeaderField(":status", "\(status)"), HTTP2HeaderField("content-length", "0")] }
+        // Trailers-only response (gRPC over HTTP/2).
+        let denied = status == 403
         return [HTTP2HeaderField(":status", "200"), HTTP2HeaderField("content-type", "application/grpc"),
-                HTTP2HeaderField("grpc-status", "7"),
-                HTTP2HeaderField("grpc-message", grpcPercentEncoded("denied by intention: " + reason))]
+                HTTP2HeaderField("grpc-status", denied ? "7" : "3"),
+                HTTP2HeaderField("grpc-message", grpcPercentEncoded((denied ? "denied by intention: " : "") + reason))]
     }
 
     /// grpc-message encoding: printable ASCII except `%` as is, every other UTF-8 byte as %XX.
