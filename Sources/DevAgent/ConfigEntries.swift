@@ -103,8 +103,13 @@ enum IntentionRendering {
         var permissions = JSON.null
         if case .object(let fields) = source, let given = fields.first(where: { $0.0 == "Permissions" }) { permissions = given.1 }
         var meta = JSON.object([])
-        if case .object(let fields) = entry.body, let given = fields.first(where: { $0.0 == "Meta" }) { meta = given.1 }
-        return .object([
+        var jwt: JSON?
+        if case .object(let fields) = entry.body {
+            if let given = fields.first(where: { $0.0 == "Meta" }) { meta = given.1 }
+            // Consul copies the entry's JWT requirement onto each of its intentions.
+            jwt = fields.first(where: { $0.0 == "JWT" })?.1
+        }
+        var rendered: [(String, JSON)] = [
             ("ID", .string(stableID(intention.identifier))),
             ("Description", .string(intention.description)),
             ("SourcePeer", .string(intention.sourcePeer)),
@@ -113,7 +118,7 @@ enum IntentionRendering {
             ("DestinationNS", .string(intention.destinationNamespace)),
             ("DestinationName", .string(intention.destinationName)),
             ("SourcePartition", .string(intention.sourcePartition)),
-            ("DestinationPartition", .string("default")),
+            ("DestinationPartition", .string(intention.destinationPartition)),
             ("SourceType", .string("consul")),
             ("Action", .string(intention.action?.rawValue ?? "")),
             ("Permissions", intention.hasPermissions ? permissions : .null),
@@ -124,7 +129,10 @@ enum IntentionRendering {
             ("Hash", .string(Data(SHA256.hash(data: Data((intention.identifier + source.serialized()).utf8))).base64EncodedString())),
             ("CreateIndex", .uint(entry.createIndex)),
             ("ModifyIndex", .uint(entry.modifyIndex)),
-        ])
+        ]
+        if !intention.sourceSamenessGroup.isEmpty { rendered.append(("SourceSamenessGroup", .string(intention.sourceSamenessGroup))) }
+        if let jwt, jwt != .null { rendered.append(("JWT", jwt)) }
+        return .object(rendered)
     }
 
     /// A UUID derived from the intention's identity: stable across restarts and re-writes.

@@ -133,6 +133,7 @@ public final class Sidecar: Sendable {
             : nil
         self.intentions = NIOLockedValueBox(settings.intentions)
         self.definitionBox = NIOLockedValueBox(settings.definition)
+        if let intentions = settings.intentions { Self.warnUnevaluable(intentions, logger: settings.logger) }
         for (name, endpoints) in settings.upstreamEndpoints { updateInstances(endpoints, for: name) }
     }
 
@@ -280,6 +281,7 @@ public final class Sidecar: Sendable {
     /// connection they no longer allow is cut, with an audit line naming what revoked it.
     public func updateIntentions(_ set: IntentionSet) {
         intentions.withLockedValue { $0 = set }
+        Self.warnUnevaluable(set, logger: settings.logger)
         settings.metrics?.intentionsReloaded()
         var revoked = 0
         for entry in registry.entries {
@@ -293,6 +295,16 @@ public final class Sidecar: Sendable {
             "intentions": "\(set.intentions.count)", "default": "\(set.defaultAction.rawValue)",
             "revoked_connections": "\(revoked)",
         ])
+    }
+
+    /// Conditions Consul would check and we cannot (a JWT, a sameness group) decide deny; say
+    /// so whenever such intentions load, so the refusals they cause are no surprise.
+    private static func warnUnevaluable(_ set: IntentionSet, logger: Logger) {
+        for condition in set.unevaluableConditions {
+            logger.warning("intention condition cannot be evaluated; requests it governs are denied", metadata: [
+                "condition": "\(condition)",
+            ])
+        }
     }
 
     /// New session-ticket keys now (tests; normally every `TLSContext.sessionLifetimeSeconds`).

@@ -891,17 +891,14 @@ struct ConsulAPIIntentionMatchTests {
         }
     }
 
-    @Test("newer permission conditions that would be silently dropped are refused", arguments: [
-        (#"{"Action": "allow", "HTTP": {"PathPrefix": "/"}, "JWT": {"Providers": [{"Name": "okta"}]}}"#,
-         "storage[0].Permissions[0].jwt", "JWT"),
-        (#"{"Action": "allow", "JWT": {"Providers": [{"Name": "okta"}]}}"#, "storage[0].Permissions[0].jwt", "JWT"),
+    @Test("a permission's JWT requirement is kept (it decides deny) rather than dropped or refusing the answer", arguments: [
+        #"{"Action": "allow", "HTTP": {"PathPrefix": "/"}, "JWT": {"Providers": [{"Name": "okta"}]}}"#,
+        #"{"Action": "allow", "JWT": {"Providers": [{"Name": "okta"}]}}"#,
     ])
-    func unsupportedPermissionFields(permission: String, path: String, words: String) throws {
+    func permissionJWTKept(permission: String) throws {
         let json = match(#"{"SourceName": "web", "DestinationName": "storage", "Permissions": [\#(permission)]}"#)
-        let error = try #require(configError { try ConsulIntentionMatch.decode(data(json), source: matchSource) })
-        #expect(error.path == path)
-        #expect(error.message.contains(words))
-        #expect(error.message.contains("not supported"))
+        let intention = try ConsulIntentionMatch.decode(data(json), source: matchSource, destination: "storage")[0]
+        #expect(intention.permissions.first?.requiresJWT == true)
     }
 
     @Test("Contains and IgnoreCase (Consul 1.20.1) decode")

@@ -48,6 +48,11 @@ public func intentionsFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
 
 /// The L4 decision, with and without HTTP, and the L7 decision tell one story.
 private func checkConsistency(l4: IntentionDecision, l4http: IntentionDecision, l7: IntentionDecision, set: IntentionSet) {
+    // What cannot be evaluated (a JWT, a sameness group) denies on an HTTP listener, always.
+    if case .unevaluable = l4http.reason {
+        invariant(!l4http.allowed && !l7.allowed && l7.reason == l4http.reason, "unevaluable intention let something in: \(l7)")
+        return
+    }
     invariant(l4.reason == l4http.reason, "l7 flag changed the deciding rule: \(l4) vs \(l4http)")
     let defaultAllows = set.defaultAction == .allow
     switch l4.reason {
@@ -66,6 +71,9 @@ private func checkConsistency(l4: IntentionDecision, l4http: IntentionDecision, 
                           && l7.allowed == (intention.permissions[index].action == .allow), "bad permission \(index)")
         case .noPermissionMatched(identifier, precedence):
             invariant(l7.allowed == defaultAllows, "fall-through did not use the default policy")
+        case .permissionRequiresJWT(identifier, precedence, let index):
+            invariant(intention.permissions.indices.contains(index) && intention.permissions[index].requiresJWT && !l7.allowed,
+                      "a JWT permission allowed or was not one")
         default:
             invariant(false, "L7 decided by \(l7.reason) after L4 \(l4.reason)")
         }

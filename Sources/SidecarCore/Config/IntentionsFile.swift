@@ -41,7 +41,9 @@ public enum IntentionsFile {
         }
         let destination = try entry.requiredNonEmptyString("name")
         let destinationNamespace = try entry.optionalNonEmptyString("namespace") ?? "default"
+        let destinationPartition = try entry.optionalNonEmptyString("partition") ?? "default"
         try checkWildcardNamespace(destinationNamespace, name: destination, in: entry)
+        let entryRequiresJWT = try requiresJWT(entry)
         let sources = try entry.field("sources")?.array() ?? []
         var seen = Set<String>()
         return try sources.map { source in
@@ -60,17 +62,27 @@ public enum IntentionsFile {
             }
             let sourceNamespace = try source.optionalNonEmptyString("namespace") ?? "default"
             try checkWildcardNamespace(sourceNamespace, name: name, in: source)
-            let intention = Intention(
+            let peer = try source.optionalString("peer") ?? ""
+            let partition = try source.optionalNonEmptyString("partition")
+            let samenessGroup = try source.optionalNonEmptyString("sameness_group") ?? ""
+            // Consul: a source names at most one of a peer, a partition, a sameness group.
+            if [!peer.isEmpty, partition != nil, !samenessGroup.isEmpty].filter({ $0 }).count > 1 {
+                throw source.error("a source names at most one of Peer, Partition and SamenessGroup")
+            }
+            var intention = Intention(
                 destinationName: destination,
                 destinationNamespace: destinationNamespace,
                 sourceName: name,
                 sourceNamespace: sourceNamespace,
-                sourcePartition: try source.optionalNonEmptyString("partition") ?? "default",
-                sourcePeer: try source.optionalString("peer") ?? "",
+                sourcePartition: partition ?? "default",
+                sourcePeer: peer,
                 action: action,
                 permissions: try permissions.map(decodePermission),
                 description: try source.optionalString("description") ?? ""
             )
+            intention.destinationPartition = destinationPartition
+            intention.requiresJWT = entryRequiresJWT
+            intention.sourceSamenessGroup = samenessGroup
             guard seen.insert(intention.identifier).inserted else {
                 throw source.error("duplicate source \(intention.identifier)")
             }
@@ -85,10 +97,13 @@ public enum IntentionsFile {
         guard let action = IntentionAction(rawValue: actionText.lowercased()) else {
             throw node.error("action \"\(actionText)\" is not \"allow\" or \"deny\"", at: "action")
         }
-        // Newer Consul conditions we do not evaluate yet. Each narrows what a permission matches,
-        // so ignoring one would widen an allow (or weaken a deny): refuse instead.
-        if try node.field("jwt") != nil { throw node.error("JWT requirements in permissions are not supported", at: "jwt") }
-        let http = try node.require("http")
+        // A JWT requirement narrows what the permission matches and cannot be verified here:
+        // kept, and the permission then denies (see IntentionSet.decide(request:)).
+        let needsJWT = try requiresJWT(node)
+        guard let http = try node.field("http") else {
+            guard needsJWT else { throw node.error("required field is missing", at: "http") }
+            return IntentionPermission(action: action, http: HTTPPermissionMatch(), requiresJWT: true)
+        }
         let exact = try http.optionalString("path_exact"), prefix = try http.optionalString("path_prefix")
         let regex = try http.optionalString("path_regex")
         let path: HTTPPermissionMatch.PathRule
@@ -115,7 +130,17 @@ public enum IntentionsFile {
         if case .any = path, methods.isEmpty, headers.isEmpty {
             throw http.error("an HTTP permission needs a path, methods or header rule")
         }
-        return IntentionPermission(action: action, http: match)
+        return IntentionPermission(action: action, http: match, requiresJWT: needsJWT)
+    }
+
+    /// A `JWT` block with at least one provider (`{"Providers": [{"Name": ...}]}`): Consul would
+    /// require a valid token from one of them. Null or empty: no requirement.
+    static func requiresJWT(_ node: ConfigNode) throws -> Bool {
+        guard let jwt = try node.field("jwt") else { return false }
+        _ = try jwt.object()
+        let providers = try jwt.field("providers")?.array() ?? []
+        for provider in providers { _ = try provider.requiredNonEmptyString("name") }
+        return !providers.isEmpty
     }
 
     /// Exactly one of Present, Exact, Prefix, Suffix, Contains, Regex (Consul 1.20.1 added
@@ -136,6 +161,12 @@ public enum IntentionsFile {
         }
         let invert = try node.field("invert")?.bool() ?? false
         let ignoreCase = try node.field("ignore_case")?.bool() ?? false
+        if ignoreCase {
+            switch conditions[0] {
+            case .present, .regex: throw node.error("IgnoreCase applies only to Exact, Prefix, Suffix and Contains", at: "ignore_case")
+            default: break
+            }
+        }
         return HTTPPermissionMatch.HeaderRule(name: name, condition: conditions[0], invert: invert, ignoreCase: ignoreCase)
     }
 

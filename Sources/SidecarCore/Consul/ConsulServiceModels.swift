@@ -213,7 +213,7 @@ public struct ConsulIntentionMatch: Equatable, Sendable {
         case (.some, false): throw node.error("an intention has either Action or Permissions, not both")
         default: break
         }
-        return Intention(
+        var intention = Intention(
             destinationName: try node.requiredNonEmptyString("DestinationName"),
             destinationNamespace: try node.optionalNonEmptyString("DestinationNS") ?? "default",
             sourceName: try node.requiredNonEmptyString("SourceName"),
@@ -224,6 +224,12 @@ public struct ConsulIntentionMatch: Equatable, Sendable {
             permissions: permissions,
             description: try node.optionalString("Description") ?? ""
         )
+        // Conditions that narrow and that we cannot evaluate are kept, to decide deny: the
+        // entry's JWT (Consul copies it onto each of the entry's intentions) and a sameness group.
+        intention.destinationPartition = try node.optionalNonEmptyString("DestinationPartition") ?? "default"
+        intention.requiresJWT = try IntentionsFile.requiresJWT(node)
+        intention.sourceSamenessGroup = try node.optionalNonEmptyString("SourceSamenessGroup") ?? ""
+        return intention
     }
 
 }

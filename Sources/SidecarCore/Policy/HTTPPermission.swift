@@ -151,10 +151,14 @@ public struct HTTPPermissionMatch: Sendable, Equatable {
 public struct IntentionPermission: Sendable, Equatable {
     public var action: IntentionAction
     public var http: HTTPPermissionMatch
+    /// The permission's `JWT`: Consul would also require a valid token, which this sidecar
+    /// cannot verify; the permission then denies whatever its action.
+    public var requiresJWT: Bool
 
-    public init(action: IntentionAction, http: HTTPPermissionMatch) {
+    public init(action: IntentionAction, http: HTTPPermissionMatch, requiresJWT: Bool = false) {
         self.action = action
         self.http = http
+        self.requiresJWT = requiresJWT
     }
 }
 

@@ -19,6 +19,15 @@ public struct Intention: Sendable, Equatable {
     /// L7 rules, evaluated in order, when the destination speaks HTTP.
     public var permissions: [IntentionPermission]
     public var description: String
+    /// The destination's partition (Consul Enterprise); only "default" is ours.
+    public var destinationPartition = "default"
+    /// The entry's `JWT`: Consul would also require a valid token from its providers on every
+    /// HTTP request, which this sidecar cannot verify. Such an intention decides deny on L7
+    /// listeners (TCP ones ignore it, as Consul does).
+    public var requiresJWT = false
+    /// Non-empty: the source is a sameness group (Consul Enterprise), whose members cannot be
+    /// told here. Such an intention matches its name in any partition and decides deny.
+    public var sourceSamenessGroup = ""
 
     public var hasPermissions: Bool { !permissions.isEmpty }
 
@@ -48,17 +57,29 @@ public struct Intention: Sendable, Equatable {
 
     /// Human-readable and stable, used as the intention's ID in audit lines.
     public var identifier: String {
-        let peer = sourcePeer.isEmpty ? "" : "peer:\(sourcePeer)/"
-        return "\(peer)\(sourcePartition)/\(sourceNamespace)/\(sourceName) -> \(destinationNamespace)/\(destinationName)"
+        let origin = !sourcePeer.isEmpty ? "peer:\(sourcePeer)/" : !sourceSamenessGroup.isEmpty ? "sameness-group:\(sourceSamenessGroup)/" : ""
+        let destination = destinationPartition == "default" ? "" : "\(destinationPartition)/"
+        return "\(origin)\(sourcePartition)/\(sourceNamespace)/\(sourceName) -> \(destination)\(destinationNamespace)/\(destinationName)"
     }
 
-    func matches(source: SPIFFEID, destination: String, destinationNamespace namespace: String) -> Bool {
+    /// What about this intention the sidecar cannot evaluate (it then decides deny), if anything.
+    func unevaluable(l7: Bool) -> String? {
+        if !sourceSamenessGroup.isEmpty { return "its source is sameness group \(sourceSamenessGroup), which this sidecar cannot resolve" }
+        if requiresJWT && l7 { return "it requires a JWT, which this sidecar cannot verify" }
+        return nil
+    }
+
+    func matches(source: SPIFFEID, destination: String, destinationNamespace namespace: String,
+                 destinationPartition partition: String) -> Bool {
         guard sourcePeer.isEmpty else { return false }
-        return (destinationName == "*" || destinationName == destination)
+        // A sameness group may hold any partition; fail closed by matching them all.
+        let partitionMatches = !sourceSamenessGroup.isEmpty || sourcePartition == "*" || sourcePartition == source.partition
+        return destinationPartition == partition
+            && (destinationName == "*" || destinationName == destination)
             && (destinationNamespace == "*" || destinationNamespace == namespace)
             && (sourceName == "*" || sourceName == source.service)
             && (sourceNamespace == "*" || sourceNamespace == source.namespace)
-            && (sourcePartition == "*" || sourcePartition == source.partition)
+            && partitionMatches
     }
 }
 
@@ -77,6 +98,10 @@ public struct IntentionDecision: Sendable, Equatable {
         /// L7: refused before any intention was asked (malformed, ambiguous or unsupported
         /// request); `status` is what the client was answered.
         case requestRefused(status: Int, reason: String)
+        /// The matching intention has a condition this sidecar cannot evaluate: denied.
+        case unevaluable(identifier: String, precedence: Int, what: String)
+        /// L7: the matching permission requires a JWT, which this sidecar cannot verify: denied.
+        case permissionRequiresJWT(identifier: String, precedence: Int, index: Int)
     }
 
     public var allowed: Bool
@@ -97,6 +122,10 @@ public struct IntentionDecision: Sendable, Equatable {
             return "intention \(id) (precedence \(precedence)): no permission matched, default policy"
         case .requestRefused(let status, let reason):
             return "request refused (\(status)): \(reason)"
+        case .unevaluable(let id, let precedence, let what):
+            return "intention \(id) (precedence \(precedence)) denied: \(what)"
+        case .permissionRequiresJWT(let id, let precedence, let index):
+            return "intention \(id) (precedence \(precedence)) permission #\(index + 1) denied: it requires a JWT, which this sidecar cannot verify"
         }
     }
 }
@@ -123,18 +152,40 @@ public struct IntentionSet: Sendable {
             < (rhs.sourcePartition, rhs.sourceNamespace, rhs.sourceName, rhs.destinationNamespace, rhs.destinationName)
     }
 
-    /// The first intention that applies, in evaluation order.
+    /// The first intention that applies, in evaluation order. Intentions for another
+    /// destination partition never do (only "default" is served here).
     func firstMatch(source: SPIFFEID, destination: String, destinationNamespace: String) -> Intention? {
-        ordered.first { $0.matches(source: source, destination: destination, destinationNamespace: destinationNamespace) }
+        ordered.first {
+            $0.matches(source: source, destination: destination, destinationNamespace: destinationNamespace,
+                       destinationPartition: "default")
+        }
+    }
+
+    /// What in these intentions cannot be evaluated here, one line each (logged on load; each
+    /// such condition decides deny).
+    public var unevaluableConditions: [String] {
+        ordered.flatMap { intention -> [String] in
+            var found: [String] = []
+            if let what = intention.unevaluable(l7: true) { found.append("intention \(intention.identifier): \(what)") }
+            for (index, permission) in intention.permissions.enumerated() where permission.requiresJWT {
+                found.append("intention \(intention.identifier) permission #\(index + 1): it requires a JWT, which this sidecar cannot verify")
+            }
+            return found
+        }
     }
 
     /// The L4 decision for a connection from `source` to `destination`. With `l7` (the
     /// destination speaks HTTP), an intention with permissions lets the connection in: each
     /// request is then decided by `decide(request:...)`. Without it such an intention denies.
+    /// An intention with a condition we cannot evaluate denies.
     public func decide(source: SPIFFEID, destination: String, destinationNamespace: String = "default",
                        l7: Bool = false) -> IntentionDecision {
         guard let intention = firstMatch(source: source, destination: destination, destinationNamespace: destinationNamespace) else {
             return IntentionDecision(allowed: defaultAction == .allow, reason: .defaultPolicy)
+        }
+        if let what = intention.unevaluable(l7: l7) {
+            return IntentionDecision(allowed: false, reason: .unevaluable(identifier: intention.identifier,
+                                                                           precedence: intention.precedence, what: what))
         }
         if intention.hasPermissions || intention.action == nil {
             return IntentionDecision(allowed: l7, reason: .requiresL7(identifier: intention.identifier,
@@ -146,22 +197,32 @@ public struct IntentionSet: Sendable {
 
     /// The L7 decision for one HTTP request: the first matching intention; if it carries
     /// permissions, the first permission whose HTTP match holds decides, and when none does
-    /// the default policy decides (Consul's fall-through).
+    /// the default policy decides (Consul's fall-through). A permission requiring a JWT denies
+    /// whatever its action (Consul would deny a request without a valid token there too, and
+    /// would not look further); its HTTP match is read the wide way, as a deny's.
     public func decide(request: HTTPRequestFacts, source: SPIFFEID, destination: String,
                        destinationNamespace: String = "default") -> IntentionDecision {
         guard let intention = firstMatch(source: source, destination: destination, destinationNamespace: destinationNamespace) else {
             return IntentionDecision(allowed: defaultAction == .allow, reason: .defaultPolicy)
         }
+        let identifier = intention.identifier, precedence = intention.precedence
+        if let what = intention.unevaluable(l7: true) {
+            return IntentionDecision(allowed: false, reason: .unevaluable(identifier: identifier, precedence: precedence, what: what))
+        }
         guard intention.hasPermissions else {
-            return IntentionDecision(allowed: intention.action == .allow,
-                                     reason: .intention(identifier: intention.identifier, precedence: intention.precedence))
+            return IntentionDecision(allowed: intention.action == .allow, reason: .intention(identifier: identifier, precedence: precedence))
         }
-        if let index = intention.permissions.firstIndex(where: { $0.http.matches(request, inDeny: $0.action == .deny) }) {
-            return IntentionDecision(allowed: intention.permissions[index].action == .allow,
-                                     reason: .permission(identifier: intention.identifier, precedence: intention.precedence,
-                                                         index: index))
+        let matched = intention.permissions.firstIndex {
+            $0.http.matches(request, inDeny: $0.action == .deny || $0.requiresJWT)
         }
-        return IntentionDecision(allowed: defaultAction == .allow,
-                                 reason: .noPermissionMatched(identifier: intention.identifier, precedence: intention.precedence))
+        guard let index = matched else {
+            return IntentionDecision(allowed: defaultAction == .allow,
+                                     reason: .noPermissionMatched(identifier: identifier, precedence: precedence))
+        }
+        if intention.permissions[index].requiresJWT {
+            return IntentionDecision(allowed: false, reason: .permissionRequiresJWT(identifier: identifier, precedence: precedence, index: index))
+        }
+        return IntentionDecision(allowed: intention.permissions[index].action == .allow,
+                                 reason: .permission(identifier: identifier, precedence: precedence, index: index))
     }
 }
