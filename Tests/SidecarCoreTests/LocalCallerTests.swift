@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import NIOCore
 import Testing
 @testable import SidecarCore
 import SidecarTLS
@@ -152,6 +153,79 @@ struct LocalCallerTests {
         let denial = try #require(agentAudit.events.first { $0.kind == .callerRefused })
         #expect(denial.caller?.uid == 65534)
         #expect(mesh.backend.connections == 1, "only the allowed caller reached the storage side")
+    }
+
+    /// Issue 16, finding 8: the caller's row was matched by ports only, so a process bound to
+    /// 127.0.0.2 with the port number of an allowed caller's connection could be taken for it.
+    @Test("TCP allow-list: a caller spoofing an allowed caller's port from 127.0.0.2 is identified as itself and refused")
+    func tcpPortSpoofing() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo)
+        defer { Task { await mesh.stop() } }
+        let (agent, agentAudit) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: mesh.publicPort) {
+            $0.allowedUsers = ["0"]
+        }
+        defer { Task { await agent.stop() } }
+        let port = agent.boundAddress(of: "upstream:storage")!.port!
+        // The victim: root's connection, kept open while the impostor calls.
+        let victim = try BlockingSocket(port: port)
+        victim.setReceiveTimeout(seconds: 5)
+        #expect(await onThread { ReauthorizationTests.ping(victim, "root's backup\n") })
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(victim.fd, $0, &length) }
+        }
+        let victimPort = Int(UInt16(bigEndian: address.sin_port))
+        let impostor = try await Self.asNobody("""
+            import socket, sys
+            s = socket.socket(); s.bind(("127.0.0.2", int(sys.argv[1].split(":")[0])))
+            s.connect(("127.0.0.1", int(sys.argv[1].split(":")[1]))); s.settimeout(5)
+            try:
+                s.sendall(b"hello\\n")
+                print("received", len(s.recv(100)))
+            except Exception as e: print("error", type(e).__name__)
+            """, "\(victimPort):\(port)")
+        #expect(impostor.output.contains("received 0") || impostor.output.contains("error"), "\(impostor.output)")
+        let denial = try #require(agentAudit.events.first { $0.kind == .callerRefused }, "\(impostor.output)")
+        #expect(denial.caller?.uid == 65534, "identified as \(String(describing: denial.caller))")
+        #expect(denial.peerAddress == "127.0.0.2:\(victimPort)")
+        #expect(mesh.backend.connections == 1, "only the victim's connection reached the storage side")
+    }
+
+    @Test("/proc/net/tcp rows: addresses in the kernel's word order, the whole 4-tuple, state and inode")
+    func procNetTCPRows() throws {
+        let text = """
+              sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+               0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1111 1 0 100 0 0 10 0
+               1: 0200007F:C350 0100007F:1F90 01 00000000:00000000 00:00000000 00000000 65534        0 2222 1 0 20 4 30 10 -1
+               2: 0100007F:C350 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 3333 1 0 20 4 30 10 -1
+               3: 0100007F:C351 0100007F:1F90 06 00000000:00000000 03:00000000 00000000     0        0 0 3 0 0 0 0 0 0
+            """
+        let rows = ProcNetTCP.rows(text)
+        #expect(rows.count == 4)
+        let loopback = ProcNetTCP.Endpoint(address: [127, 0, 0, 1], port: 8080)
+        #expect(rows[0].local == loopback && rows[0].state == 0x0A && rows[0].inode == 1111)
+        #expect(rows[1].local == ProcNetTCP.Endpoint(address: [127, 0, 0, 2], port: 50000) && rows[1].remote == loopback)
+        #expect(rows[1].uid == 65534 && rows[1].state == ProcNetTCP.established)
+        #expect(rows[2].local == ProcNetTCP.Endpoint(address: [127, 0, 0, 1], port: 50000) && rows[2].uid == 0)
+        let socketAddress = try SocketAddress(ipAddress: "127.0.0.2", port: 50000)
+        #expect(ProcNetTCP.Endpoint(socketAddress) == rows[1].local)
+        let v6 = ProcNetTCP.Endpoint(proc: "00000000000000000000000001000000:1F90")
+        #expect(v6 == ProcNetTCP.Endpoint(try SocketAddress(ipAddress: "::1", port: 8080)))
+        #expect(ProcNetTCP.Endpoint(proc: "0100007F") == nil && ProcNetTCP.Endpoint(proc: "XYZ:1") == nil)
+    }
+
+    @Test("An allow-list by group refuses a caller whose group is unknown; unknown is never 0 (root)")
+    func unknownGroup() {
+        let byGroup = CallerPolicy(uids: [], gids: [0])
+        #expect(!byGroup.allows(LocalCaller(uid: 1000, gid: nil, pid: nil)))
+        #expect(byGroup.allows(LocalCaller(uid: 1000, gid: 0, pid: nil)))
+        #expect(!byGroup.allows(nil))
+        #expect(CallerPolicy(uids: [1000], gids: []).allows(LocalCaller(uid: 1000, gid: nil, pid: nil)))
+        let unknown = LocalCaller(uid: 1000, gid: nil, pid: nil)
+        #expect(unknown.description == "uid 1000 gid unknown pid unknown exe ?")
+        let line = AuditEvent(kind: .callerRefused, listener: "upstream:storage").with(caller: unknown).jsonLine
+        #expect(line.contains("\"caller_uid\":1000") && !line.contains("caller_gid") && !line.contains("caller_pid"))
     }
 
     @Test("The inbound side reaches a local app listening on a unix socket (LocalServiceSocketPath)")

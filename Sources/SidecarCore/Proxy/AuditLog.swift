@@ -134,8 +134,8 @@ public struct AuditEvent: Sendable, Equatable {
         if tlsResumed == true { line += ",\"tls_resumed\":true" }
         if let caller {
             add("caller_uid", Int(caller.uid))
-            add("caller_gid", Int(caller.gid))
-            add("caller_pid", Int(caller.pid))
+            add("caller_gid", caller.gid.map(Int.init))
+            add("caller_pid", caller.pid.map(Int.init))
             add("caller_exe", caller.executable)
         }
         line += "}"

@@ -5,20 +5,23 @@ import NIOCore
 
 /// The local process on the other end of an upstream connection: who is using this sidecar's
 /// mesh identity. Goes into the audit log, and is checked against the upstream's allow-list.
+/// What cannot be learned stays unknown (nil), never a default such as 0, which is root.
 struct LocalCaller: Sendable, Equatable, CustomStringConvertible {
     let uid: UInt32
-    let gid: UInt32
-    let pid: Int32
+    let gid: UInt32?
+    let pid: Int32?
     /// /proc/PID/exe; nil when it cannot be read (process gone, no permission).
     let executable: String?
 
-    var description: String { "uid \(uid) gid \(gid) pid \(pid) exe \(executable ?? "?")" }
+    var description: String {
+        "uid \(uid) gid \(gid.map(String.init) ?? "unknown") pid \(pid.map(String.init) ?? "unknown") exe \(executable ?? "?")"
+    }
 
-    init(uid: UInt32, gid: UInt32, pid: Int32) {
+    init(uid: UInt32, gid: UInt32?, pid: Int32?) {
         self.uid = uid
         self.gid = gid
         self.pid = pid
-        executable = Self.executable(of: pid)
+        executable = pid.flatMap(Self.executable(of:))
     }
 
     static func executable(of pid: Int32) -> String? { linkTarget("/proc/\(pid)/exe") }
@@ -41,24 +44,21 @@ struct LocalCaller: Sendable, Equatable, CustomStringConvertible {
         }.recover { _ in nil }
     }
 
-    /// TCP over loopback, best effort: finds the socket's inode for the caller's port in
-    /// /proc/net/tcp[6], then the process holding it. Processes we may not inspect, or a
-    /// connection gone meanwhile, give nil. Reads /proc: call off the event loop.
-    static func fromLoopbackTCP(callerPort: Int, listenerPort: Int) -> LocalCaller? {
-        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            guard let text = readProcFile(table) else { continue }
-            for line in text.split(separator: "\n").dropFirst() {
-                let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-                guard fields.count > 9,
-                      let local = fields[1].split(separator: ":").last.flatMap({ Int($0, radix: 16) }),
-                      let remote = fields[2].split(separator: ":").last.flatMap({ Int($0, radix: 16) }),
-                      local == callerPort, remote == listenerPort,
-                      let uid = UInt32(fields[7]), let inode = UInt64(fields[9]), inode != 0 else { continue }
-                let pid = owner(ofSocketInode: inode) ?? 0
-                return LocalCaller(uid: uid, gid: pid > 0 ? primaryGID(of: pid) ?? 0 : 0, pid: pid)
-            }
-        }
-        return nil
+    /// TCP over loopback, best effort: the caller's socket is the /proc/net/tcp[6] row whose
+    /// local address is the caller's address *and* port and whose remote one is our
+    /// listener's (the whole 4-tuple: a caller bound to 127.0.0.2 with a victim's port number
+    /// is not the victim), in state ESTABLISHED; its uid is the caller's, its inode leads to
+    /// the process holding it. A row that cannot be found gives nil; a process that cannot be
+    /// found leaves pid and gid unknown. Reads /proc: call off the event loop.
+    static func fromLoopbackTCP(caller: SocketAddress, listener: SocketAddress) -> LocalCaller? {
+        guard let callerKey = ProcNetTCP.Endpoint(caller), let listenerKey = ProcNetTCP.Endpoint(listener) else { return nil }
+        let table = callerKey.isIPv6 ? "/proc/net/tcp6" : "/proc/net/tcp"
+        guard let text = readProcFile(table),
+              let row = ProcNetTCP.rows(text).first(where: {
+                  $0.local == callerKey && $0.remote == listenerKey && $0.state == ProcNetTCP.established && $0.inode != 0
+              }) else { return nil }
+        let pid = owner(ofSocketInode: row.inode)
+        return LocalCaller(uid: row.uid, gid: pid.flatMap(primaryGID(of:)), pid: pid)
     }
 
     /// /proc files report size 0, so read until EOF rather than by size.
@@ -103,7 +103,8 @@ struct CallerPolicy: Sendable, Equatable {
     func allows(_ caller: LocalCaller?) -> Bool {
         guard isRestricted else { return true }
         guard let caller else { return false } // Unknown caller: fail closed.
-        return uids.contains(caller.uid) || gids.contains(caller.gid)
+        // An unknown gid matches no group.
+        return uids.contains(caller.uid) || caller.gid.map(gids.contains) == true
     }
 
     /// Resolves names through the system's user and group databases (at listener start).
@@ -119,5 +120,70 @@ struct CallerPolicy: Sendable, Equatable {
             return entry.pointee.gr_gid
         }
         return CallerPolicy(uids: Set(uids), gids: Set(gids))
+    }
+}
+
+/// The rows of /proc/net/tcp and /proc/net/tcp6 (pure parsing, tested on fixed text).
+enum ProcNetTCP {
+    static let established: UInt8 = 0x01
+
+    /// An address and port as the kernel prints them: the address's bytes as 32-bit words in
+    /// host order, in hex.
+    struct Endpoint: Equatable {
+        let address: [UInt8]
+        let port: UInt16
+        var isIPv6: Bool { address.count == 16 }
+
+        init(address: [UInt8], port: UInt16) {
+            self.address = address
+            self.port = port
+        }
+
+        init?(_ socketAddress: SocketAddress) {
+            guard let port = socketAddress.port else { return nil }
+            switch socketAddress {
+            case .v4(let v4):
+                address = withUnsafeBytes(of: v4.address.sin_addr) { Array($0) } // network order
+            case .v6(let v6):
+                address = withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }
+            default:
+                return nil
+            }
+            self.port = UInt16(port)
+        }
+
+        /// "0100007F:1F90" (IPv4) or 32 hex digits and a port (IPv6).
+        init?(proc text: Substring) {
+            let parts = text.split(separator: ":")
+            guard parts.count == 2, parts[0].count == 8 || parts[0].count == 32, let port = UInt16(parts[1], radix: 16) else { return nil }
+            var bytes: [UInt8] = []
+            var index = parts[0].startIndex
+            // Each 32-bit word is printed as a host-order (little-endian) integer.
+            while index < parts[0].endIndex {
+                let end = parts[0].index(index, offsetBy: 8)
+                guard let word = UInt32(parts[0][index..<end], radix: 16) else { return nil }
+                bytes += withUnsafeBytes(of: word.bigEndian) { Array($0) }.reversed()
+                index = end
+            }
+            address = bytes
+            self.port = port
+        }
+    }
+
+    struct Row: Equatable {
+        let local: Endpoint
+        let remote: Endpoint
+        let state: UInt8
+        let uid: UInt32
+        let inode: UInt64
+    }
+
+    static func rows(_ text: String) -> [Row] {
+        text.split(separator: "\n").dropFirst().compactMap { line in
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count > 9, let local = Endpoint(proc: fields[1]), let remote = Endpoint(proc: fields[2]),
+                  let state = UInt8(fields[3], radix: 16), let uid = UInt32(fields[7]), let inode = UInt64(fields[9]) else { return nil }
+            return Row(local: local, remote: remote, state: state, uid: uid, inode: inode)
+        }
     }
 }

@@ -172,12 +172,12 @@ final class UpstreamConnectionHandler: StagingHandler {
     /// when an allow-list needs it (it scans processes), on a thread of its own.
     private func identifyCaller(_ channel: Channel) -> EventLoopFuture<LocalCaller?> {
         if case .unixDomainSocket = channel.localAddress { return LocalCaller.fromPeerCredentials(channel) }
-        guard route.callers.isRestricted, let listenerPort = channel.localAddress?.port, let callerPort = channel.remoteAddress?.port else {
+        guard route.callers.isRestricted, let listener = channel.localAddress, let caller = channel.remoteAddress else {
             return channel.eventLoop.makeSucceededFuture(nil)
         }
         let promise = channel.eventLoop.makePromise(of: LocalCaller?.self)
         DispatchQueue.global().async {
-            promise.succeed(LocalCaller.fromLoopbackTCP(callerPort: callerPort, listenerPort: listenerPort))
+            promise.succeed(LocalCaller.fromLoopbackTCP(caller: caller, listener: listener))
         }
         return promise.futureResult
     }
