@@ -2,6 +2,10 @@
 # Generate a throw-away Consul-Connect-shaped PKI for local development and tests.
 #
 # Usage: certs-dev/gen.sh OUTDIR
+#        certs-dev/gen.sh --leaf OUTDIR NAME SERVICE SECONDS
+#   The second form adds one leaf NAME.pem/NAME.key for SERVICE to a set made by the
+#   first, signed by its ca, valid from a minute ago until SECONDS from now (tests of
+#   certificate expiry).
 #
 # Everything is EC P-256 / SHA-256. Certificates mirror what Consul's built-in
 # CA issues: a root with a `spiffe://<uuid>.consul` URI SAN and service leaves
@@ -11,7 +15,13 @@ set -Eeuo pipefail
 
 die() { echo "gen.sh: error: $*" >&2; exit 1; }
 
-[[ $# -eq 1 && -n "$1" ]] || die "usage: $0 OUTDIR"
+MODE=set
+if [[ ${1:-} == --leaf ]]; then
+    [[ $# -eq 5 && $5 =~ ^[0-9]+$ ]] || die "usage: $0 --leaf OUTDIR NAME SERVICE SECONDS"
+    MODE=leaf LEAF_NAME=$3 LEAF_SERVICE=$4 LEAF_SECONDS=$5
+    set -- "$2"
+fi
+[[ $# -eq 1 && -n "$1" ]] || die "usage: $0 OUTDIR | --leaf OUTDIR NAME SERVICE SECONDS"
 command -v openssl >/dev/null 2>&1 || die "openssl not found in PATH"
 
 OUTDIR=$1
@@ -155,6 +165,19 @@ EOF
         -extfile "tmp/$out.ext" -extensions leaf \
         -in "tmp/$out.csr" -out "$out.pem" 2>tmp/stderr
 }
+
+if [[ $MODE == leaf ]]; then
+    cp -- "$OUTDIR/ca.pem" "$OUTDIR/ca.key" .
+    TD=$(cat "$OUTDIR/trust-domain.txt")
+    utc() { date -u -d "@$1" +%Y%m%d%H%M%SZ; }
+    now=$(date +%s)
+    mkleaf_dated "$LEAF_NAME" ca "$LEAF_SERVICE" "$(spiffe_svc "$TD" "$LEAF_SERVICE")" \
+        "$(utc $((now - 60)))" "$(utc $((now + LEAF_SECONDS)))"
+    openssl verify -CAfile ca.pem "$LEAF_NAME.pem" >/dev/null 2>&1 || die "self-check failed: $LEAF_NAME.pem does not verify"
+    cp -f -- "$LEAF_NAME.pem" "$LEAF_NAME.key" "$OUTDIR/"
+    chmod 600 "$OUTDIR/$LEAF_NAME.key"
+    exit 0
+fi
 
 # Good leaves
 mkleaf backup-agent     ca       backup-agent  "$(spiffe_svc "$TD" backup-agent)"

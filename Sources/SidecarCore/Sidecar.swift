@@ -146,7 +146,6 @@ public final class Sidecar: Sendable {
     /// HTTP2RequestFilter); tcp services are decided per connection.
     private static func l7Protocol(_ definition: ProxyDefinition) -> L7Protocol? { L7Protocol(configProtocol: definition.config.protocol) }
     private static func enforcesL7(_ definition: ProxyDefinition) -> Bool { l7Protocol(definition) != nil }
-    private var enforcesL7: Bool { Self.enforcesL7(definition) }
 
     /// Binds every listener. Throws (naming the address) if any cannot be bound.
     public func start() async throws {
@@ -283,18 +282,26 @@ public final class Sidecar: Sendable {
         intentions.withLockedValue { $0 = set }
         Self.warnUnevaluable(set, logger: settings.logger)
         settings.metrics?.intentionsReloaded()
+        let revoked = reauthorize(with: set)
+        settings.logger.info("intentions updated", metadata: [
+            "intentions": "\(set.intentions.count)", "default": "\(set.defaultAction.rawValue)",
+            "revoked_connections": "\(revoked)",
+        ])
+    }
+
+    /// Checks every open inbound tunnel against `set` the way it was joined (a raw tunnel as
+    /// L4, a filtered one as L7) and cuts those now denied. Returns how many were cut.
+    @discardableResult
+    private func reauthorize(with set: IntentionSet) -> Int {
         var revoked = 0
         for entry in registry.entries {
-            let decision = set.decide(source: entry.source, destination: entry.destination, l7: enforcesL7)
+            let decision = set.decide(source: entry.source, destination: entry.destination, l7: entry.joinedAs == .filtered)
             guard !decision.allowed else { continue }
             Revocation.revoke(entry, registry: registry, listener: Self.publicListenerName,
                               reason: "revoked by intentions update: \(decision.reasonText)", audit: settings.audit)
             revoked += 1
         }
-        settings.logger.info("intentions updated", metadata: [
-            "intentions": "\(set.intentions.count)", "default": "\(set.defaultAction.rawValue)",
-            "revoked_connections": "\(revoked)",
-        ])
+        return revoked
     }
 
     /// Conditions Consul would check and we cannot (a JWT, a sameness group) decide deny; say
@@ -529,9 +536,15 @@ public final class Sidecar: Sendable {
         let authorizeRequest: @Sendable (HTTPRequestFacts, SPIFFEID, String) -> IntentionDecision = { request, source, destination in
             Self.decide(with: intentions) { $0.decide(request: request, source: source, destination: destination) }
         }
+        let evictions = HandshakeEvictionReport(audit: audit, logger: logger, metrics: settings.metrics)
         let bootstrap = serverBootstrap().childChannelInitializer { channel in
             let definition = definitionBox.withLockedValue { $0 }
-            tracker.track(channel, listener: Self.publicListenerName, limit: definition.config.maxConnections)
+            let budget = definition.config.maxPendingHandshakes
+            if let evicted = tracker.trackHandshaking(channel, listener: Self.publicListenerName, handshakeBudget: budget,
+                                                      limit: definition.config.maxConnections) {
+                evicted.close(promise: nil)
+                evictions.evicted(listener: Self.publicListenerName, budget: budget, on: channel.eventLoop)
+            }
             let server = contexts.server
             // Never present an expired leaf: refuse the handshake instead (and say why).
             if let expired = server.credentials.expiredLeafReason() {
@@ -548,11 +561,11 @@ public final class Sidecar: Sendable {
                 route.draining = draining.withLockedValue { $0 }
                 return route
             }
-            let handshakeTimeout = TimeAmount.milliseconds(Int64(definition.config.handshakeTimeoutMs))
+            let timeouts = TLSHandlerConfiguration(handshakeTimeout: .milliseconds(Int64(definition.config.handshakeTimeoutMs)),
+                                                   firstByteTimeout: .milliseconds(Int64(definition.config.firstByteTimeoutMs)))
             return channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandlers(
-                    TLSHandler(context: server,
-                               configuration: TLSHandlerConfiguration(handshakeTimeout: handshakeTimeout)),
+                    TLSHandler(context: server, configuration: timeouts),
                     InboundConnectionHandler(listenerName: Self.publicListenerName, route: route,
                                              authorize: authorize, authorizeRequest: authorizeRequest,
                                              registry: registry, tracker: tracker, audit: audit, logger: logger)
@@ -585,7 +598,7 @@ public final class Sidecar: Sendable {
         let tracker = self.tracker, limit = config.maxConnections
         let listenerName = upstream.listenerName
         let bootstrap = serverBootstrap().childChannelInitializer { channel in
-            tracker.track(channel, listener: listenerName, limit: limit)
+            tracker.trackTunnel(channel, listener: listenerName, limit: limit)
             return channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandlers(
                     OrderedHalfCloseHandler(), UpstreamConnectionHandler(route: route, audit: audit, logger: logger))
@@ -637,6 +650,42 @@ public final class Sidecar: Sendable {
         settings.logger.info("listening", metadata: ["listener": "\(what)", "address": "unix:\(path)",
                                                      "mode": "\(String(mode ?? 0o600, radix: 8))"])
         return channel
+    }
+}
+
+/// Connections closed in their handshake to make room (a full `max_pending_handshakes`):
+/// counted each, audited as one line per second at most, so a flood cannot flood the log.
+final class HandshakeEvictionReport: Sendable {
+    private let audit: any AuditSink
+    private let logger: Logger
+    private let metrics: SidecarMetrics?
+    /// Evictions not yet audited, and whether a line is scheduled for them.
+    private let state = NIOLockedValueBox<(unreported: Int, scheduled: Bool)>((0, false))
+
+    init(audit: any AuditSink, logger: Logger, metrics: SidecarMetrics?) {
+        self.audit = audit
+        self.logger = logger
+        self.metrics = metrics
+    }
+
+    func evicted(listener: String, budget: Int, on eventLoop: EventLoop) {
+        metrics?.handshakeEvicted(listener: listener)
+        let schedule = state.withLockedValue { state -> Bool in
+            state.unreported += 1
+            defer { state.scheduled = true }
+            return !state.scheduled
+        }
+        guard schedule else { return }
+        // The first one is reported within a second, with all that follow it meanwhile.
+        eventLoop.scheduleTask(in: .seconds(1)) { [self] in
+            let count = state.withLockedValue { state -> Int in
+                defer { state = (0, false) }
+                return state.unreported
+            }
+            let reason = "\(count) connection(s) closed in their handshake to make room: more than \(budget) handshakes pending (max_pending_handshakes)"
+            audit.record(AuditEvent(kind: .handshakeRejected, listener: listener, decision: "deny", reason: reason))
+            logger.warning("handshake budget full: oldest handshakes closed", metadata: ["listener": "\(listener)", "closed": "\(count)"])
+        }
     }
 }
 

@@ -10,6 +10,13 @@ public struct MuxStreamResponse: Sendable {
     public init(status: Int) { self.status = status }
 }
 
+/// Outbound user event on a server-side stream not yet answered: refuse it with
+/// RST_STREAM(REFUSED_STREAM), which tells the client nothing was processed and the stream may
+/// be retried on another connection (a connection being retired, a draining sidecar).
+public struct MuxStreamRefusal: Sendable {
+    public init() {}
+}
+
 /// Channels that are streams of a mux connection say which.
 public protocol MuxStreamIdentifying {
     var muxStreamID: Int32 { get }
@@ -313,6 +320,22 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
     func flush0() {
         guard lifecycle != .closed, !unflushed.isEmpty else { return }
         for (buffer, promise) in unflushed {
+            guard buffer.readableBytes > 0 else {
+                // nghttp2 never asks for zero bytes: an empty write is done once what was queued
+                // before it is (NIO's HTTP encoders end a message with one).
+                if let promise {
+                    if let last = outbound.last {
+                        if let earlier = last.1 {
+                            earlier.futureResult.cascade(to: promise)
+                        } else {
+                            outbound[outbound.index(before: outbound.endIndex)].1 = promise
+                        }
+                    } else {
+                        promise.succeed()
+                    }
+                }
+                continue
+            }
             outboundBytes += buffer.readableBytes
             outbound.append((buffer, promise))
         }
@@ -375,6 +398,11 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         case let response as MuxStreamResponse:
             owner?.streamRespond(self, status: response.status)
             promise?.succeed()
+        case is MuxStreamRefusal:
+            if !sessionClosed && streamID != 0 { owner?.streamReset(streamID, errorCode: NGHTTP2_REFUSED_STREAM.rawValue) }
+            suppressReset = true
+            promise?.succeed()
+            close0(error: ChannelError.ioOnClosedChannel, mode: .all, promise: nil)
         default:
             promise?.fail(ChannelError.operationUnsupported)
         }

@@ -11,6 +11,9 @@ public enum TLSError: Error, CustomStringConvertible, Equatable {
     /// The handshake failed for a protocol reason (bad version, no shared cipher, garbage...).
     case handshakeFailed(String)
     case handshakeTimeout
+    /// Server: the peer sent nothing at all within `firstByteTimeout` (a silent connection
+    /// holding a slot).
+    case firstByteTimeout
     /// TCP closed without close_notify: the stream may be truncated, never treat it as a clean end.
     case uncleanShutdown
     case protocolError(String)
@@ -20,6 +23,7 @@ public enum TLSError: Error, CustomStringConvertible, Equatable {
         case .peerRejected(let reason): return "peer rejected: \(reason)"
         case .handshakeFailed(let reason): return "handshake failed: \(reason)"
         case .handshakeTimeout: return "handshake timed out"
+        case .firstByteTimeout: return "handshake timed out: the peer sent nothing"
         case .uncleanShutdown: return "connection closed without TLS close_notify (possible truncation)"
         case .protocolError(let reason): return "TLS protocol error: \(reason)"
         }
@@ -34,12 +38,17 @@ public struct TLSAbortRequest: Sendable {
 
 public struct TLSHandlerConfiguration: Sendable {
     public var handshakeTimeout: TimeAmount?
+    /// Until the peer's first byte (its ClientHello): much shorter than the handshake timeout,
+    /// because a peer that says nothing is not slow, it is holding a slot. nil: no such limit.
+    public var firstByteTimeout: TimeAmount?
     /// Plaintext is delivered in buffers of up to this size: big enough that bulk transfers
     /// cross the pipeline a few records at a time.
     public var plaintextChunkSize: Int
 
-    public init(handshakeTimeout: TimeAmount? = .seconds(10), plaintextChunkSize: Int = 64 * 1024) {
+    public init(handshakeTimeout: TimeAmount? = .seconds(10), firstByteTimeout: TimeAmount? = nil,
+                plaintextChunkSize: Int = 64 * 1024) {
         self.handshakeTimeout = handshakeTimeout
+        self.firstByteTimeout = firstByteTimeout
         self.plaintextChunkSize = plaintextChunkSize
     }
 }
@@ -74,6 +83,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var pendingWrites: [(ByteBuffer, EventLoopPromise<Void>?)] = []
     private var flushPending = false
     private var handshakeTimer: Scheduled<Void>?
+    private var firstByteTimer: Scheduled<Void>?
     private var handshakeStarted = NIODeadline.now()
 
     /// - Parameter expectedPeer: client role: the identity the server must present.
@@ -102,6 +112,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     public func handlerRemoved(context: ChannelHandlerContext) {
         handshakeTimer?.cancel()
+        firstByteTimer?.cancel()
         failPendingWrites(ChannelError.ioOnClosedChannel)
     }
 
@@ -128,6 +139,8 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard let connection else { return }
         switch state {
         case .handshaking:
+            firstByteTimer?.cancel()
+            firstByteTimer = nil
             connection.bio.receive(&ciphertext)
             runHandshake(context: context)
         case .open(inputOpen: true, _):
@@ -219,6 +232,13 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 self.fail(context: context, TLSError.handshakeTimeout)
             }
         }
+        if let timeout = configuration.firstByteTimeout, let handshakeTimeout = configuration.handshakeTimeout,
+           timeout < handshakeTimeout {
+            firstByteTimer = context.eventLoop.scheduleTask(in: timeout) { [weak self] in
+                guard let self, case .handshaking = self.state else { return }
+                self.fail(context: context, TLSError.firstByteTimeout)
+            }
+        }
         runHandshake(context: context)
     }
 
@@ -231,6 +251,8 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             writeCiphertext(context: context)
             handshakeTimer?.cancel()
             handshakeTimer = nil
+            firstByteTimer?.cancel()
+            firstByteTimer = nil
             switch connection.verifiedPeer() {
             case .failure(let reason):
                 fail(context: context, TLSError.peerRejected(reason))
@@ -374,6 +396,8 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         state = .closed
         handshakeTimer?.cancel()
         handshakeTimer = nil
+        firstByteTimer?.cancel()
+        firstByteTimer = nil
         failPendingWrites(ChannelError.ioOnClosedChannel)
     }
 

@@ -7,7 +7,7 @@ import SidecarTLS
 /// Floods and oversized input: refused, bounded, and the service stays usable for real peers.
 @Suite("Bad input", .serialized)
 struct BadInputTests {
-    @Test("A flood of half-open connections past max_connections: the handshake timeout frees the slots and a real peer gets through")
+    @Test("A flood of half-open connections past max_connections: a real peer gets through at once; the flood is cut at the handshake timeout")
     func halfOpenFlood() async throws {
         let mesh = try await MeshFixture.start(backend: .echo, handshakeTimeoutMs: 1000) { $0.maxConnections = 16 }
         defer { Task { await mesh.stop() } }
@@ -18,8 +18,11 @@ struct BadInputTests {
         let waited = ContinuousClock.now - started
         #expect(waited < .seconds(8), "served after \(waited)")
         #expect(mesh.backend.connections == 1, "nothing from the flood reached the app")
-        let timedOut = mesh.storageAudit.events.filter { $0.kind == .handshakeRejected && $0.reason == "handshake timed out" }
-        #expect(timedOut.count >= 16, "flood connections were cut at the handshake timeout (\(timedOut.count))")
+        // Handshaking connections no longer hold max_connections slots; they are still cut at
+        // the handshake timeout.
+        #expect(await eventually(timeout: 60) {
+            mesh.storageAudit.events.filter { $0.kind == .handshakeRejected && $0.reason?.hasPrefix("handshake timed out") == true }.count >= 48
+        }, "every flood connection is cut at the handshake timeout")
         _ = flood
     }
 

@@ -34,8 +34,12 @@ public struct ProxyConfig: Equatable, Sendable {
     public var maxConnectionLifetimeNs: Int64?
     /// Send a PROXY protocol v2 header (peer address, SPIFFE ID) to the local service.
     public var proxyProtocol = false
-    /// Open connections per listener before accepting pauses.
+    /// Established connections (and mux streams) per listener before accepting pauses.
     public var maxConnections: Int = 4096
+    /// Public listener: connections still in their TLS handshake; past it the oldest is closed.
+    public var maxPendingHandshakes: Int = 256
+    /// Public listener: a connection that sends nothing for this long is closed.
+    public var firstByteTimeoutMs: Int = 5000
     /// Connections with no byte in either direction for this long are closed. Backups can
     /// sit quiet while the agent reads a slow disk, hence a generous default. Nanoseconds.
     public var idleTimeoutNs: Int64? = 3600 * 1_000_000_000
@@ -203,6 +207,8 @@ extension ProxyDefinition {
         if let lifetime = try node.field("max_connection_lifetime") { config.maxConnectionLifetimeNs = try duration(lifetime) }
         if let idle = try node.field("idle_timeout") { config.idleTimeoutNs = try duration(idle) }
         if let limit = try node.field("max_connections") { config.maxConnections = try positive(limit) }
+        if let limit = try node.field("max_pending_handshakes") { config.maxPendingHandshakes = try positive(limit) }
+        if let timeout = try node.field("first_byte_timeout_ms") { config.firstByteTimeoutMs = try positive(timeout) }
         if let limit = try node.field("mux_max_streams") { config.muxMaxStreams = try positive(limit) }
         if let interval = try node.field("mux_keepalive_interval") { config.muxKeepaliveNs = try duration(interval) }
         if let proxyProtocol = try node.optionalString("proxy_protocol") {

@@ -53,6 +53,8 @@ public final class SidecarMetrics: AuditSink, Sendable {
     }
 
     func certificateRotated() { count("backup_sidecar_certificate_rotations_total") }
+    /// A connection closed in its handshake because max_pending_handshakes were pending.
+    func handshakeEvicted(listener: String) { count("backup_sidecar_handshakes_evicted_total", ("listener", listener)) }
     func intentionsReloaded() { count("backup_sidecar_intentions_reloads_total") }
 
     /// A Consul watch answered and its answer was usable.
@@ -88,6 +90,7 @@ public final class SidecarMetrics: AuditSink, Sendable {
         if reason.hasPrefix("peer rejected: certificate chain rejected") { return "untrusted_certificate" }
         if reason.hasPrefix("peer rejected") { return "identity" }
         if reason.hasPrefix("handshake timed out") { return "timeout" }
+        if reason.contains("max_pending_handshakes") { return "handshake_budget" }
         if reason.hasPrefix("our leaf certificate") { return "own_certificate_expired" }
         if reason.contains("version") || reason.contains("protocol") { return "protocol_version" }
         return "handshake_error"

@@ -5,12 +5,22 @@ import SidecarTLS
 /// Open inbound connections, so they can be re-checked when intentions change (Consul's own
 /// proxies only check at connect time, #5277) and cut when a lifetime limit is reached.
 final class ConnectionRegistry: Sendable {
+    /// How a connection was joined, which decides how it is re-checked: a raw tunnel carries
+    /// bytes no rule reads, so an intention that needs L7 now denies it, whatever the service's
+    /// protocol has become since.
+    enum JoinKind: Sendable {
+        case raw
+        /// Every request decided (HTTP/1.1 filter or HTTP/2 gate).
+        case filtered
+    }
+
     struct Entry: Sendable {
         let id: UInt64
         let source: SPIFFEID
         let sourceSerial: String
         let destination: String
         let peerAddress: String
+        let joinedAs: JoinKind
         let mesh: Channel
         let local: Channel
     }
@@ -19,10 +29,10 @@ final class ConnectionRegistry: Sendable {
 
     /// Registers a joined connection; it leaves the registry by itself when both halves close.
     func register(source: SPIFFEID, sourceSerial: String, destination: String, peerAddress: String,
-                  mesh: Channel, local: Channel) -> Entry {
+                  joinedAs: JoinKind, mesh: Channel, local: Channel) -> Entry {
         let entry = state.withLockedValue { value -> Entry in
             let entry = Entry(id: value.nextID, source: source, sourceSerial: sourceSerial, destination: destination,
-                              peerAddress: peerAddress, mesh: mesh, local: local)
+                              peerAddress: peerAddress, joinedAs: joinedAs, mesh: mesh, local: local)
             value.nextID += 1
             value.entries[entry.id] = entry
             return entry

@@ -101,6 +101,13 @@ final class HTTPRequestFilter: ChannelDuplexHandler {
         }
     }
 
+    /// Once closing, the peer is not read any more: what it still sends waits in its own buffers
+    /// (and flow control) instead of being read here to be dropped.
+    func read(context: ChannelHandlerContext) {
+        guard state != .closing else { return }
+        context.read()
+    }
+
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch unwrapOutboundIn(data) {
         case .head(let head) where head.status.code >= 200: responding = true

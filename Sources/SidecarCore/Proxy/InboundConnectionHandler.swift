@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
@@ -58,12 +59,14 @@ final class InboundConnectionHandler: StagingHandler {
     private var peerAddress = "unknown"
     /// Set when this handler serves one stream of a mux connection.
     private let muxStream: Int32?
+    /// The mux connection carrying this stream.
+    private let carrier: InboundMuxCarrier?
 
     init(listenerName: String, route: @escaping () -> InboundRoute,
          authorize: @escaping (SPIFFEID, String) -> IntentionDecision,
          authorizeRequest: @escaping (HTTPRequestFacts, SPIFFEID, String) -> IntentionDecision,
          registry: ConnectionRegistry, tracker: ConnectionTracker, audit: any AuditSink, logger: Logger,
-         muxStream: Int32? = nil) {
+         muxStream: Int32? = nil, carrier: InboundMuxCarrier? = nil) {
         self.listenerName = listenerName
         self.route = route
         self.authorize = authorize
@@ -73,13 +76,14 @@ final class InboundConnectionHandler: StagingHandler {
         self.audit = audit
         self.logger = logger
         self.muxStream = muxStream
+        self.carrier = carrier
     }
 
     /// The same decisions for one stream of a mux connection.
-    private func forStream(_ streamID: Int32) -> InboundConnectionHandler {
+    private func forStream(_ streamID: Int32, carrier: InboundMuxCarrier) -> InboundConnectionHandler {
         InboundConnectionHandler(listenerName: listenerName, route: route, authorize: authorize,
                                  authorizeRequest: authorizeRequest, registry: registry, tracker: tracker, audit: audit,
-                                 logger: logger, muxStream: streamID)
+                                 logger: logger, muxStream: streamID, carrier: carrier)
     }
 
     /// Mux streams learn the outcome as an HTTP status; a plain connection just closes.
@@ -102,8 +106,8 @@ final class InboundConnectionHandler: StagingHandler {
         let route = self.route()
         if muxStream == nil, let mux = route.mux, peer.applicationProtocol == MuxProtocol.alpn {
             // From now on the connection is transport; its streams are the tunnels.
-            tracker.classify(context.channel, as: .muxCarrier)
-            acceptMux(context: context, peer: peer, settings: mux, draining: route.draining)
+            tracker.classify(context.channel, as: .muxCarrier, limit: route.maxConnections)
+            acceptMux(context: context, peer: peer, route: route, settings: mux)
             return
         }
         let decision = authorize(peer.identity, route.destinationService)
@@ -120,37 +124,66 @@ final class InboundConnectionHandler: StagingHandler {
             state = .closed
             answer(context, status: 403)
             context.close(promise: nil)
+            carrier?.streamDenied()
             return
         }
-        if muxStream == nil { tracker.classify(context.channel, as: .tunnel) }
+        if muxStream == nil { tracker.classify(context.channel, as: .tunnel, limit: route.maxConnections) }
         state = .connectingLocal(peer)
         holding = true
         connectLocal(context: context, route: route, peer: peer)
     }
 
     /// The connection carries the mux: one handshake, many tunnels, each decided on its own.
-    private func acceptMux(context: ChannelHandlerContext, peer: TLSPeer, settings: MuxSettings, draining: Bool) {
-        state = .joined
+    /// The carrier itself is decided once at L4: a source denied outright gets none. It takes
+    /// no new stream once the peer's leaf expires (in Connect, expiry is revocation), once it
+    /// reaches max_connection_lifetime, or after `InboundMuxCarrier.maxDeniedStreams` denied
+    /// streams; its running streams finish undisturbed.
+    private func acceptMux(context: ChannelHandlerContext, peer: TLSPeer, route: InboundRoute, settings: MuxSettings) {
+        let decision = authorize(peer.identity, route.destinationService)
+        guard decision.allowed else {
+            // Audited like a refused plain connection: the peer's one decision.
+            audit.record(AuditEvent(kind: .authorization, listener: listenerName, peerAddress: peerAddress,
+                                    source: peer.identity.uri, sourceSerial: peer.certificateSerial,
+                                    destination: route.destinationService, decision: "deny",
+                                    reason: decision.reasonText).with(handshakeOf: peer))
+            logger.info("mux connection denied", metadata: [
+                "source": "\(peer.identity)", "peer": "\(peerAddress)", "reason": "\(decision.reasonText)",
+            ])
+            state = .closed
+            context.close(promise: nil)
+            return
+        }
         audit.record(AuditEvent(kind: .muxConnected, listener: listenerName, peerAddress: peerAddress,
                                 source: peer.identity.uri, sourceSerial: peer.certificateSerial, decision: "allow",
                                 reason: "\(peer.protocolVersion) \(MuxProtocol.alpn)").with(handshakeOf: peer))
-        let logger = self.logger, peerAddress = self.peerAddress
+        state = .joined
+        let logger = self.logger, peerAddress = self.peerAddress, audit = self.audit, listenerName = self.listenerName
+        let carrier = InboundMuxCarrier(peer: peer, listener: listenerName, peerAddress: peerAddress, audit: audit, logger: logger)
         let handler = MuxConnectionHandler(role: .server(initializer: { [self] stream, request in
-            let streamHandler = forStream(request.streamID)
+            let streamHandler = forStream(request.streamID, carrier: carrier)
             do {
                 try stream.pipeline.syncOperations.addHandler(streamHandler)
             } catch {
                 stream.close(promise: nil)
                 return
             }
-            let current = route(), destination = current.destinationService
+            let current = self.route(), destination = current.destinationService
+            func refuse(_ status: Int) {
+                stream.triggerUserOutboundEvent(MuxStreamResponse(status: status), promise: nil)
+                stream.close(promise: nil)
+            }
+            if Date() >= peer.certificateNotAfter { carrier.retire(because: "the peer's certificate expired") }
+            if carrier.isRetired || current.draining {
+                // Sent before the peer read our GOAWAY, or to a draining sidecar, which takes no
+                // new tunnel at all: refused unprocessed, so the peer retries elsewhere.
+                stream.triggerUserOutboundEvent(MuxStreamRefusal(), promise: nil)
+                return
+            }
             guard request.authority.lowercased() == destination.lowercased() else {
                 logger.warning("mux stream for another service refused", metadata: [
                     "peer": "\(peerAddress)", "asked": "\(request.authority)", "serving": "\(destination)",
                 ])
-                stream.triggerUserOutboundEvent(MuxStreamResponse(status: 421), promise: nil)
-                stream.close(promise: nil)
-                return
+                return refuse(421)
             }
             // A stream is a tunnel like a connection, and counts toward max_connections; with
             // no backlog to wait in, one past the limit is refused (503) before anything else.
@@ -164,12 +197,11 @@ final class InboundConnectionHandler: StagingHandler {
                 logger.warning("mux stream refused: max_connections reached", metadata: [
                     "source": "\(peer.identity)", "peer": "\(peerAddress)", "max_connections": "\(current.maxConnections)",
                 ])
-                stream.triggerUserOutboundEvent(MuxStreamResponse(status: 503), promise: nil)
-                stream.close(promise: nil)
-                return
+                return refuse(503)
             }
             stream.pipeline.fireUserInboundEventTriggered(TLSEvent.handshakeCompleted(peer))
         }), settings: settings)
+        carrier.handler = handler
         let source = peer.identity
         handler.onUnresponsivePeer = { silence in
             logger.warning("mux connection closed: peer unresponsive to keepalive", metadata: [
@@ -183,10 +215,12 @@ final class InboundConnectionHandler: StagingHandler {
         }
         do {
             try handOver(to: [handler])
-            if draining { handler.beginDraining() }
+            if route.draining { handler.beginDraining() }
         } catch {
             context.close(promise: nil)
+            return
         }
+        carrier.armLimits(on: context.channel, lifetime: route.maxConnectionLifetime)
     }
 
     private func connectLocal(context: ChannelHandlerContext, route: InboundRoute, peer: TLSPeer) {
@@ -207,6 +241,14 @@ final class InboundConnectionHandler: StagingHandler {
                 switch (result, state) {
                 case (.success(let local), .connectingLocal):
                     let stats = ConnectionStats()
+                    // Registered for re-authorization and checked against the intentions in
+                    // force now, before a single staged byte reaches the app: a revocation
+                    // that landed while we dialed is not missed.
+                    guard let entry = admit(mesh: meshChannel, local: local, peer: peer, route: route) else {
+                        state = .closed
+                        answer(context, status: 403)
+                        return
+                    }
                     answer(context, status: 200)
                     do {
                         if route.proxyProtocol {
@@ -230,7 +272,7 @@ final class InboundConnectionHandler: StagingHandler {
                         }
                         state = .joined
                         recordClose(mesh: meshChannel, local: local, peer: peer, route: route, stats: stats)
-                        track(mesh: meshChannel, local: local, peer: peer, route: route)
+                        armLifetime(entry, mesh: meshChannel, route: route)
                         let logger = self.logger, source = peer.identity
                         IdleTimeout.arm(route.idleTimeout, stats: stats, mesh: meshChannel, local: local) {
                             logger.info("closing idle connection", metadata: ["source": "\(source)"])
@@ -264,21 +306,27 @@ final class InboundConnectionHandler: StagingHandler {
             decide: { authorizeRequest($0, peer.identity, route.destinationService) }, audit: audit, logger: logger)
     }
 
-    /// Registers the joined connection for re-authorization and arms its lifetime limit.
-    private func track(mesh: Channel, local: Channel, peer: TLSPeer, route: InboundRoute) {
+    /// Registers a connection about to be joined for re-authorization (as raw or filtered,
+    /// which decides how it is re-checked) and checks it once more against the intentions in
+    /// force: they may have changed while the local service was being dialed, after the
+    /// update's sweep over registered connections. nil: now denied, both halves revoked.
+    private func admit(mesh: Channel, local: Channel, peer: TLSPeer, route: InboundRoute) -> ConnectionRegistry.Entry? {
         let entry = registry.register(source: peer.identity, sourceSerial: peer.certificateSerial,
                                       destination: route.destinationService, peerAddress: peerAddress,
-                                      mesh: mesh, local: local)
-        let registry = self.registry, audit = self.audit, listenerName = self.listenerName
-        // Intentions may have changed while the local service was being dialed, after the
-        // update's sweep over registered connections: check once more now that we are in it.
+                                      joinedAs: route.l7 ? .filtered : .raw, mesh: mesh, local: local)
         let current = authorize(peer.identity, route.destinationService)
-        if !current.allowed {
+        guard current.allowed else {
             Revocation.revoke(entry, registry: registry, listener: listenerName,
                               reason: "revoked by intentions update: \(current.reasonText)", audit: audit)
-            return
+            return nil
         }
+        return entry
+    }
+
+    /// Cuts the tunnel at max_connection_lifetime.
+    private func armLifetime(_ entry: ConnectionRegistry.Entry, mesh: Channel, route: InboundRoute) {
         guard let lifetime = route.maxConnectionLifetime else { return }
+        let registry = self.registry, audit = self.audit, listenerName = self.listenerName
         let seconds = Double(lifetime.nanoseconds) / 1e9
         let timer = mesh.eventLoop.scheduleTask(in: lifetime) {
             Revocation.revoke(entry, registry: registry, listener: listenerName,
@@ -333,4 +381,64 @@ enum ProxyChannelOptions {
     /// the maximum within a few full reads (4-stream MB/s unchanged).
     static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 1024, maximum: 256 * 1024)
     static let writeWatermark = ChannelOptions.Types.WriteBufferWaterMark(low: 128 * 1024, high: 512 * 1024)
+}
+
+/// One accepted mux connection, as its streams see it (event loop bound): whether it still
+/// takes new streams, and why not.
+final class InboundMuxCarrier {
+    /// Denied streams a connection may open before it is retired: an admitted peer whose every
+    /// stream is denied (intentions changed since) must not be able to fill the audit log.
+    static let maxDeniedStreams = 64
+
+    weak var handler: MuxConnectionHandler?
+    private let peer: TLSPeer
+    private let listener: String
+    private let peerAddress: String
+    private let audit: any AuditSink
+    private let logger: Logger
+    private var deniedStreams = 0
+    private(set) var retiredBecause: String?
+
+    init(peer: TLSPeer, listener: String, peerAddress: String, audit: any AuditSink, logger: Logger) {
+        self.peer = peer
+        self.listener = listener
+        self.peerAddress = peerAddress
+        self.audit = audit
+        self.logger = logger
+    }
+
+    var isRetired: Bool { retiredBecause != nil }
+
+    /// GOAWAY at the peer leaf's NotAfter and at max_connection_lifetime.
+    func armLimits(on channel: Channel, lifetime: TimeAmount?) {
+        let untilExpiry = TimeAmount.nanoseconds(Int64(max(0, peer.certificateNotAfter.timeIntervalSinceNow) * 1e9))
+        let expiry = channel.eventLoop.scheduleTask(in: untilExpiry) { [weak self] in
+            self?.retire(because: "the peer's certificate expired")
+        }
+        let aged = lifetime.map { lifetime in
+            channel.eventLoop.scheduleTask(in: lifetime) { [weak self] in
+                self?.retire(because: "max_connection_lifetime (\(Double(lifetime.nanoseconds) / 1e9) s) reached")
+            }
+        }
+        channel.closeFuture.whenComplete { _ in
+            expiry.cancel()
+            aged?.cancel()
+        }
+    }
+
+    func streamDenied() {
+        deniedStreams += 1
+        if deniedStreams == Self.maxDeniedStreams { retire(because: "\(Self.maxDeniedStreams) denied streams") }
+    }
+
+    /// No new streams from now on (GOAWAY); the running ones finish. Audited once.
+    func retire(because reason: String) {
+        guard retiredBecause == nil else { return }
+        retiredBecause = reason
+        audit.record(AuditEvent(kind: .connectionRevoked, listener: listener, peerAddress: peerAddress,
+                                source: peer.identity.uri, sourceSerial: peer.certificateSerial, decision: "deny",
+                                reason: "mux connection takes no new streams: \(reason)"))
+        logger.info("mux connection retired", metadata: ["source": "\(peer.identity)", "reason": "\(reason)"])
+        handler?.beginDraining()
+    }
 }

@@ -1,0 +1,334 @@
+import Foundation
+import Glibc
+import NIOCore
+import Testing
+@testable import SidecarCore
+import SidecarMux
+import SidecarTLS
+
+/// End-to-end regressions of issue 16's findings that are not covered elsewhere (smuggling and
+/// path tricks: HTTP1SmugglingTests and NginxBoundaryTests; regex: L7PermissionTests; local
+/// callers: LocalCallerTests). Each failed against the code before the fix.
+@Suite("Security boundary regressions", .serialized)
+struct BoundaryRegressionTests {
+    static func intentions(_ json: String) throws -> [Intention] {
+        try IntentionsFile.decode(Data(json.utf8), source: "test.json")
+    }
+
+    // MARK: Finding 3: CONNECT and Upgrade could make the L7 listener buffer without bound
+
+    /// The storage sidecar is the real binary here, so its memory is its own.
+    @Test("512 MiB pushed after a CONNECT or an Upgrade: refused at once, the sidecar's RSS stays within 48 MiB of its start",
+          arguments: ["CONNECT storage:443 HTTP/1.1\r\nHost: storage\r\n\r\n",
+                      "GET /repository/ HTTP/1.1\r\nHost: storage\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"])
+    func noBufferingAfterProtocolSwitch(_ head: String) async throws {
+        let backend = try await TestBackend(.repository, group: testGroup)
+        defer { Task { await backend.stop() } }
+        let port = freeLocalPort()
+        let service = CommandLineTests.write("switch-\(port).json", """
+            {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
+              "proxy": {"destination_service_name": "storage", "local_service_port": \(backend.port), "config": {"protocol": "http"}}}}
+            """)
+        let intentions = CommandLineTests.write("switch-intentions-\(port).json",
+            #"[{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Action":"allow"}]}]"#)
+        let auditPath = "\(CommandLineTests.scratch)/switch-audit-\(port).jsonl"
+        // The repository backend keeps a half-closed connection open: don't wait for it on exit.
+        let sidecar = try SidecarProcess(["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", intentions,
+                                          "--audit-log", auditPath, "--drain-timeout", "1s"] + CommandLineTests.certs(),
+                                         logName: "switch-\(port).log")
+        defer { _ = sidecar }
+        #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
+        let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: port)
+        defer { Task { await agent.stop() } }
+        let upstream = agent.boundAddress(of: "upstream:storage")!.port!
+        #expect(await eventuallyEchoes(http: upstream), "the sidecar serves")
+        let before = processResidentBytes(sidecar.process.processIdentifier)
+
+        let pushed = await onThread { () -> Int in
+            guard let socket = try? BlockingSocket(port: upstream) else { return -1 }
+            var sent = 0
+            guard socket.send(Array(head.utf8)) else { return 0 }
+            let chunk = [UInt8](repeating: 0x41, count: 1 << 20)
+            while sent < 512 << 20, socket.send(chunk) { sent += chunk.count }
+            return sent
+        }
+        let after = processResidentBytes(sidecar.process.processIdentifier)
+        #expect(pushed >= 0 && pushed < 512 << 20, "the connection was ended, not read on (\(pushed) bytes taken)")
+        #expect(after - before < 48 << 20, "RSS grew by \((after - before) >> 20) MiB")
+        #expect(backend.requests.allSatisfy { $0 == "GET /repository/ping" }, "nothing but the probes reached the service: \(backend.requests)")
+        let audit = (try? String(contentsOfFile: auditPath, encoding: .utf8)) ?? ""
+        #expect(audit.contains("request refused (40"), "an audit line names the refusal")
+        #expect(await sidecar.terminate().status == 0)
+    }
+
+    /// A denied upload's body is read and dropped; those bytes count as activity.
+    @Test("A long denied upload is not cut by idle_timeout while its body is discarded; the connection then serves the next request")
+    func discardedBodyIsActivity() async throws {
+        let policy = try Self.intentions("""
+            [{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Permissions":[
+              {"Action":"allow","HTTP":{"PathPrefix":"/repository/"}}]}]}]
+            """)
+        let mesh = try await MeshFixture.start(backend: .repository, intentions: policy, protocol: "http") {
+            $0.idleTimeoutNs = 3_000_000_000
+        }
+        defer { Task { await mesh.stop() } }
+        let reply = await onThread { () -> String in
+            guard let socket = try? BlockingSocket(port: mesh.upstreamPort) else { return "" }
+            socket.setReceiveTimeout(seconds: 30)
+            let chunks = 100, chunk = [UInt8](repeating: 0x42, count: 1024)
+            socket.send(Array("PUT /admin/x HTTP/1.1\r\nHost: storage\r\nContent-Length: \(chunks * chunk.count)\r\n\r\n".utf8))
+            for _ in 0..<chunks {
+                socket.send(chunk)
+                usleep(50_000) // 5 s of body in all, far past the 3 s idle timeout, never 3 s silent
+            }
+            socket.send(Array("GET /repository/after HTTP/1.1\r\nHost: storage\r\nConnection: close\r\n\r\n".utf8))
+            var response: [UInt8] = []
+            while case let part = socket.receiveSome(), !part.isEmpty { response += part }
+            return String(decoding: response, as: UTF8.self)
+        }
+        #expect(reply.hasPrefix("HTTP/1.1 403"), "\(reply.prefix(80))")
+        #expect(reply.contains("HTTP/1.1 200") && reply.contains("GET /repository/after"), "the connection survived: \(reply.suffix(200))")
+        #expect(mesh.backend.requests == ["GET /repository/after"])
+    }
+
+    // MARK: Finding 4: HTTP/1.1 header rules saw no pseudo-headers
+
+    @Test("HTTP/1.1 header rules see :authority and :path (with its query), as HTTP/2 ones do")
+    func pseudoHeadersOnHTTP1() async throws {
+        let policy = try Self.intentions("""
+            [{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Permissions":[
+              {"Action":"deny","HTTP":{"Header":[{"Name":":authority","Suffix":".untrusted.example"}]}},
+              {"Action":"deny","HTTP":{"Header":[{"Name":":path","Contains":"purge=1"}]}},
+              {"Action":"deny","HTTP":{"Header":[{"Name":":method","Exact":"POST"}]}},
+              {"Action":"allow","HTTP":{"PathPrefix":"/repository/"}}]}]}]
+            """)
+        let mesh = try await MeshFixture.start(backend: .repository, intentions: policy, protocol: "http")
+        defer { Task { await mesh.stop() } }
+        let lines = try await L7IntegrationTests.curl(mesh.upstreamPort, [
+            ["-H", "Host: a.untrusted.example", "URL/repository/x"],
+            ["URL/repository/x?purge=1"],
+            ["-X", "POST", "--data-binary", "x", "URL/repository/x"],
+            ["URL/repository/x?keep=1"],
+        ])
+        #expect(lines.map(\.status) == ["403", "403", "403", "200"], "\(lines)")
+        #expect(mesh.backend.requests == ["GET /repository/x?keep=1"])
+    }
+
+    // MARK: Finding 5: a mux connection kept taking streams after the peer's leaf expired
+
+    @Test("An inbound mux connection takes no new stream once the peer's leaf expired (GOAWAY at its NotAfter)")
+    func muxStopsAtPeerExpiry() async throws {
+        let name = "short-agent-\(UInt32.random(in: 0..<UInt32.max))"
+        let minted = try await ProcessRunner.run(["bash", TestCertificates.repositoryRoot.appendingPathComponent("certs-dev/gen.sh").path,
+                                                  "--leaf", TestCertificates.directory, name, "backup-agent", "4"])
+        try #require(minted.status == 0, "\(minted.output)")
+        let mesh = try await MeshFixture.start(backend: .echo)
+        defer { Task { await mesh.stop() } }
+        let client = try await HostileMuxClient.connect(port: mesh.publicPort, credentials: try TestCertificates.credentials(name))
+        defer { Task { await client.close() } }
+        guard case .success = await client.open() else { Issue.record("the first stream, before expiry, must open"); return }
+        #expect(await eventually(timeout: 30) {
+            mesh.storageAudit.events.contains { $0.kind == .connectionRevoked && $0.reason?.contains("the peer's certificate expired") == true }
+        }, "the carrier is retired at the peer's NotAfter")
+        if case .success = await client.open() { Issue.record("a stream opened after the peer's leaf expired") }
+        #expect(mesh.storageAudit.events.filter { $0.kind == .authorization }.count == 1, "only the stream before expiry was decided")
+    }
+
+    // MARK: Finding 12: a denied peer got a carrier and could open unlimited denied streams
+
+    @Test("A source denied outright gets no mux connection: one authorization line, no stream")
+    func deniedPeerGetsNoCarrier() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo)
+        defer { Task { await mesh.stop() } }
+        // The connection may already be gone when the client sets up its session.
+        if let client = try? await HostileMuxClient.connect(port: mesh.publicPort,
+                                                            credentials: try TestCertificates.credentials("storage-impostor")) {
+            if case .success = await client.open() { Issue.record("a denied source opened a stream") }
+            await client.close()
+        }
+        #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .authorization } })
+        let decisions = mesh.storageAudit.events.filter { $0.kind == .authorization }
+        #expect(decisions.count == 1 && decisions[0].decision == "deny" && decisions[0].muxStream == nil, "\(decisions)")
+        #expect(!mesh.storageAudit.events.contains { $0.kind == .muxConnected })
+        #expect(mesh.backend.connections == 0)
+    }
+
+    @Test("A mux connection whose streams keep being denied is retired after 64 of them")
+    func deniedStreamsCapped() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo)
+        defer { Task { await mesh.stop() } }
+        let client = try await HostileMuxClient.connect(port: mesh.publicPort, credentials: try TestCertificates.credentials("backup-agent"))
+        defer { Task { await client.close() } }
+        // Admitted (the server decides once it has the client's Finished, after the client is
+        // done), then the intentions turn against it (a revocation the peer ignores).
+        #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .muxConnected } })
+        mesh.storage.updateIntentions(IntentionSet([], defaultAction: .deny))
+        var opened = 0
+        for _ in 0..<80 { if case .success = await client.open() { opened += 1 } }
+        #expect(opened == 0)
+        let denied = mesh.storageAudit.events.filter { $0.kind == .authorization && $0.decision == "deny" && $0.muxStream != nil }
+        #expect(denied.count == InboundMuxCarrier.maxDeniedStreams, "\(denied.count) streams decided")
+        #expect(mesh.storageAudit.events.contains { $0.kind == .connectionRevoked && $0.reason?.contains("64 denied streams") == true })
+    }
+
+    // MARK: Finding 6: re-authorization used the current protocol, not how a tunnel was joined
+
+    @Test("After tcp becomes http with L7 permissions, a raw tunnel opened before is revoked; filtered ones stay")
+    func rawTunnelRevokedWhenIntentionNeedsL7() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo)
+        defer { Task { await mesh.stop() } }
+        let raw = try BlockingSocket(port: mesh.upstreamPort)
+        raw.setReceiveTimeout(seconds: 10)
+        #expect(await onThread { ReauthorizationTests.ping(raw, "raw bytes no rule reads\n") })
+        var definition = mesh.storage.definition
+        definition.config.protocol = "http"
+        try await mesh.storage.apply(definition)
+        mesh.storage.updateIntentions(IntentionSet(try Self.intentions("""
+            [{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Permissions":[
+              {"Action":"allow","HTTP":{"PathPrefix":"/repository/","Methods":["GET"]}}]}]}]
+            """), defaultAction: .deny))
+        let end = await onThread { raw.receiveAll() }
+        #expect(!end.cleanEOF, "the raw tunnel is cut with a reset")
+        let revoked = mesh.storageAudit.events.filter { $0.kind == .connectionRevoked }
+        #expect(revoked.count == 1 && revoked.first?.reason?.contains("has L7 permissions") == true, "\(revoked.map(\.reason))")
+    }
+
+    // MARK: Finding 7: an intention condition we cannot evaluate was ignored
+
+    @Test("An intention entry requiring a JWT: every request through the mesh is denied, with the reason")
+    func entryJWTDenied() async throws {
+        let policy = try Self.intentions("""
+            [{"Kind":"service-intentions","Name":"storage","JWT":{"Providers":[{"Name":"okta"}]},
+              "Sources":[{"Name":"backup-agent","Action":"allow"}]}]
+            """)
+        let mesh = try await MeshFixture.start(backend: .repository, intentions: policy, defaultAction: .allow, protocol: "http")
+        defer { Task { await mesh.stop() } }
+        let refused = try await ProcessRunner.run(["curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}",
+                                                   "http://127.0.0.1:\(mesh.upstreamPort)/repository/x"])
+        #expect(refused.output != "200", "\(refused.output)")
+        #expect(mesh.backend.requests.isEmpty)
+        #expect(mesh.storageAudit.events.contains { $0.decision == "deny" && $0.reason?.contains("requires a JWT") == true })
+    }
+
+    // MARK: Finding 9: handshaking connections took every slot
+
+    @Test("300 silent connections on a listener limited to 64: a verified peer is served before any of them times out")
+    func silentFloodDoesNotLockOut() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo, handshakeTimeoutMs: 60_000) {
+            $0.maxConnections = 64
+            $0.firstByteTimeoutMs = 60_000
+        }
+        defer { Task { await mesh.stop() } }
+        let flood = try (0..<300).map { _ in try BlockingSocket(port: mesh.publicPort) }
+        #expect(await echoRoundTrip(port: mesh.upstreamPort), "a legitimate peer gets its transfer through")
+        #expect(!mesh.storageAudit.events.contains { $0.reason?.hasPrefix("handshake timed out") == true },
+                "served without waiting for the flood to time out")
+        #expect(await eventually { mesh.storageAudit.events.contains { $0.reason?.contains("max_pending_handshakes") == true } },
+                "the closed handshakes are audited")
+        #expect(mesh.backend.connections == 1)
+        _ = flood
+    }
+
+    @Test("A connection that sends nothing is closed at first_byte_timeout, well before the handshake timeout")
+    func firstByteTimeout() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo, handshakeTimeoutMs: 120_000) { $0.firstByteTimeoutMs = 500 }
+        defer { Task { await mesh.stop() } }
+        let silent = try BlockingSocket(port: mesh.publicPort)
+        silent.setReceiveTimeout(seconds: 60)
+        let end = await onThread { silent.receiveAll() }
+        #expect(end.count == 0)
+        #expect(mesh.storageAudit.events.contains { $0.reason == "handshake timed out: the peer sent nothing" })
+    }
+
+    // MARK: Finding 11: staged bytes reached the app before the tunnel was registered
+
+    /// The local dial is held open by a full accept queue (the kernel drops the SYN and retries
+    /// a second later); the intentions change meanwhile. The tunnel must then never be joined.
+    @Test("Intentions revoked while the local service is being dialed: the app never receives the staged bytes")
+    func revokedDuringLocalDial() async throws {
+        let app = try StalledListener()
+        defer { app.close() }
+        let (storage, audit) = try await MeshFixture.startStorage(backendPort: app.port, credentials: try TestCertificates.credentials("storage"),
+                                                                  intentions: MeshFixture.allowBackupAgent) {
+            $0.localConnectTimeoutMs = 30_000
+        }
+        defer { Task { await storage.stop() } }
+        let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent",
+                                                          storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!)
+        defer { Task { await agent.stop() } }
+        let client = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
+        client.setReceiveTimeout(seconds: 30)
+        client.send(Array("secret snapshot bytes\n".utf8))
+        #expect(await eventually { audit.events.contains { $0.kind == .authorization && $0.decision == "allow" } })
+        storage.updateIntentions(IntentionSet([], defaultAction: .deny))
+        let received = await onThread { app.acceptAll(until: .now() + .seconds(20), expecting: 2) }
+        #expect(received.allSatisfy { $0.isEmpty }, "the app received \(received)")
+        #expect(audit.events.contains { $0.kind == .connectionRevoked }, "the tunnel is revoked, with a line")
+        _ = client
+    }
+}
+
+/// HTTP/1.1 through `port` answers (the repository backend) within a few attempts.
+func eventuallyEchoes(http port: Int) async -> Bool {
+    for _ in 0..<50 {
+        let run = try? await ProcessRunner.run(["curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}",
+                                                "http://127.0.0.1:\(port)/repository/ping"])
+        if run?.output == "200" { return true }
+        try? await Task.sleep(for: .milliseconds(100))
+    }
+    return false
+}
+
+/// Resident memory of another process (its VmRSS).
+func processResidentBytes(_ pid: Int32) -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
+    return (line.split(separator: " ").compactMap { Int($0) }.first ?? 0) * 1024
+}
+
+/// A local "service" whose accept queue is full: a connection to it stays in SYN until the
+/// queue is drained (the kernel drops the SYN and the client retries), so a dial to it is
+/// held open for as long as the test wants.
+final class StalledListener: @unchecked Sendable {
+    let port: Int
+    private let fd: Int32
+    private let filler: BlockingSocket
+
+    init() throws {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        listen(listener, 0) // room for one pending connection: the filler below takes it
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) }
+        }
+        fd = listener
+        port = Int(UInt16(bigEndian: address.sin_port))
+        filler = try BlockingSocket(port: port)
+    }
+
+    /// Accepts up to `count` connections until `deadline`, reading what each sends until it
+    /// ends (reset or EOF). The filler's connection is the first.
+    func acceptAll(until deadline: NIODeadline, expecting count: Int) -> [[UInt8]] {
+        var received: [[UInt8]] = []
+        var timeout = timeval(tv_sec: 1, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        filler.shutdownWrite()
+        while received.count < count && NIODeadline.now() < deadline {
+            let connection = accept(fd, nil, nil)
+            guard connection >= 0 else { continue }
+            let socket = BlockingSocket(adopting: connection)
+            socket.setReceiveTimeout(seconds: 10)
+            var bytes: [UInt8] = []
+            while case let part = socket.receiveSome(), !part.isEmpty { bytes += part }
+            received.append(bytes)
+        }
+        return received
+    }
+
+    func close() { Glibc.close(fd) }
+}

@@ -1,0 +1,44 @@
+import NIOCore
+import NIOPosix
+@testable import SidecarCore
+import SidecarMux
+import SidecarTLS
+
+/// A peer speaking the mux directly to a storage sidecar's public listener, with whatever
+/// certificate a test gives it, and opening streams whenever the test says: it does not
+/// behave (it keeps opening streams after GOAWAY, after its leaf expired, after denials).
+struct HostileMuxClient {
+    let channel: Channel
+    let handler: MuxConnectionHandler
+
+    static func connect(port: Int, credentials: TLSCredentials) async throws -> HostileMuxClient {
+        let loop = testGroup.next()
+        let context = try TLSContext(role: .client, credentials: credentials, applicationProtocols: [MuxProtocol.alpn])
+        let expected = SPIFFEID(trustDomain: TestCertificates.trustDomain, datacenter: "dc1", service: "storage")
+        let waiter = HandshakeWaiter(promise: loop.makePromise())
+        let channel = try await ClientBootstrap(group: loop)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers(TLSHandler(context: context, expectedPeer: expected), waiter)
+                }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        let peer = try await waiter.handshake.get()
+        guard peer.applicationProtocol == MuxProtocol.alpn else { throw MuxError.streamRefused("no mux") }
+        let handler = MuxConnectionHandler(role: .client, settings: MuxSettings())
+        try await loop.submit { try waiter.handOver(to: [handler]) }.get()
+        return HostileMuxClient(channel: channel, handler: handler)
+    }
+
+    /// Opens a stream to `storage`; the stream's channel once answered 200, else the error.
+    func open() async -> Result<Channel, Error> {
+        let handler = self.handler
+        do {
+            return .success(try await channel.eventLoop.flatSubmit { handler.openStream(authority: "storage") }.get())
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    func close() async { try? await channel.close() }
+}
