@@ -9,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(SPIFFEIDFuzz ConfigDecodeFuzz IntentionsFuzz ProxyProtocolFuzz)
+[ ${#targets[@]} -gt 0 ] || targets=(SPIFFEIDFuzz ConfigDecodeFuzz IntentionsFuzz ProxyProtocolFuzz PathNormalizerFuzz HTTPRequestFuzz)
 
 # Own scratch path: the instrumented build must not mix with the normal .build.
 flags=(--scratch-path .build-fuzz -c debug -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING)

@@ -31,7 +31,9 @@ struct DeployFilesTests {
         let l4 = try IntentionsFile.load(path: Self.path("intentions.json"))
         #expect(l4.count == 3)
         let l7 = try IntentionsFile.load(path: Self.path("intentions-l7.json"))
-        #expect(l7.first { $0.sourceName == "backup-agent" }?.permissions.count == 2)
+        #expect(l7.first { $0.sourceName == "backup-agent" }?.permissions.count == 3)
+        let restic = try IntentionsFile.load(path: Self.path("intentions-restic.json"))
+        #expect(restic.first { $0.sourceName == "backup-agent" }?.permissions.count == 4)
         for (file, kind) in [("consul/proxy-defaults.json", "proxy-defaults"), ("consul/service-defaults-storage.json", "service-defaults")] {
             let value = try JSONValue.parse(FileManager.default.contents(atPath: Self.path(file))!, source: file)
             #expect(try ConfigNode(value: value, path: "", source: file).require("kind").string() == kind)

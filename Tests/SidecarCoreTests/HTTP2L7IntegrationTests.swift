@@ -148,7 +148,7 @@ struct HTTP2L7IntegrationTests {
         #expect(mesh.backend.connections == 4)
         #expect(Self.decisions(mesh, "allow").count == 200)
         #expect(Self.decisions(mesh, "deny").count == 200)
-        #expect(Self.decisions(mesh, "deny").allSatisfy { $0.path == "/admin/purge" && $0.reason?.contains("no permission matched") == true })
+        #expect(Self.decisions(mesh, "deny").allSatisfy { $0.path == "/admin/purge" && $0.reason?.contains("permission #3") == true })
         Self.expectTransport(mesh, mux)
     }
 

@@ -140,7 +140,7 @@ final class HTTP1RequestDecoder: ByteToMessageDecoder {
 
 extension HTTP1Request {
     /// NIO's request head for what is forwarded: normalised target, the framing we write.
-    var nioHead: HTTPRequestHead {
+    package var nioHead: HTTPRequestHead {
         var headers = HTTPHeaders(fields.map { ($0.name, $0.value) })
         switch framing {
         case .none: break
@@ -156,20 +156,24 @@ extension HTTP1Request {
 /// framing the decoder chose (its `content-length` or `transfer-encoding: chunked` field, the
 /// only framing field left in the head), chunking the body itself. Unlike NIO's general
 /// encoder it never infers framing from the method or passes a client's framing through.
-final class HTTP1RequestWriter: ChannelOutboundHandler {
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = ByteBuffer
+package final class HTTP1RequestWriter: ChannelOutboundHandler {
+    package typealias OutboundIn = HTTPClientRequestPart
+    package typealias OutboundOut = ByteBuffer
 
     private var chunked = false
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+    /// A head exactly as written to the service (pure).
+    package static func headText(_ head: HTTPRequestHead) -> String {
+        var text = "\(head.method.rawValue) \(head.uri) HTTP/\(head.version.major).\(head.version.minor)\r\n"
+        for (name, value) in head.headers { text += "\(name): \(value)\r\n" }
+        return text + "\r\n"
+    }
+
+    package func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch unwrapOutboundIn(data) {
         case .head(let head):
             chunked = head.headers.contains(name: "transfer-encoding")
-            var text = "\(head.method.rawValue) \(head.uri) HTTP/\(head.version.major).\(head.version.minor)\r\n"
-            for (name, value) in head.headers { text += "\(name): \(value)\r\n" }
-            text += "\r\n"
-            context.write(wrapOutboundOut(context.channel.allocator.buffer(string: text)), promise: promise)
+            context.write(wrapOutboundOut(context.channel.allocator.buffer(string: Self.headText(head))), promise: promise)
         case .body(let body):
             guard chunked else {
                 context.write(wrapOutboundOut(body.byteBuffer), promise: promise)

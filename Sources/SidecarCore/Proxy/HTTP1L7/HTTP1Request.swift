@@ -8,7 +8,7 @@ package enum HTTP1BodyFraming: Equatable, Sendable {
 }
 
 /// A request head whose meaning has been checked: what intentions decide on, and (through
-/// `forwardedHead`) exactly what the service receives.
+/// `nioHead`, written by HTTP1RequestWriter) exactly what the service receives.
 package struct HTTP1Request: Equatable, Sendable {
     package var method: String
     package var target: NormalizedTarget
@@ -33,19 +33,6 @@ package struct HTTP1Request: Equatable, Sendable {
         if let authority { headers.append((":authority", authority)) }
         headers += fields.map { ($0.name, $0.value) }
         return HTTPRequestFacts(method: method, path: target.path, headers: headers)
-    }
-
-    /// The head the service is sent: normalised target, the client's fields, our framing.
-    package var forwardedHead: [UInt8] {
-        var text = "\(method) \(target.target) HTTP/1.\(minorVersion)\r\n"
-        for field in fields { text += "\(field.name): \(field.value)\r\n" }
-        switch framing {
-        case .none: break
-        case .length(let length): text += "content-length: \(length)\r\n"
-        case .chunked: text += "transfer-encoding: chunked\r\n"
-        }
-        text += "\r\n"
-        return Array(text.utf8)
     }
 }
 
