@@ -85,6 +85,7 @@ final class HTTP2RequestGate {
     private var openBlock: OpenBlock?
     /// Allowed streams whose request has not ended (the service expects more DATA or trailers).
     private var sending: Set<UInt32> = []
+    private var declaredLengths = HTTP2DeclaredLengths()
     private var denied: [UInt32] = []
     private var lastClientStream: UInt32 = 0
     /// The highest stream the service has seen a request on.
@@ -106,7 +107,10 @@ final class HTTP2RequestGate {
     func serviceSentSettings(headerTableSize: Int?) { unacknowledgedTableSizes.append(headerTableSize) }
 
     /// The service reset a stream: the client's late frames on it go nowhere.
-    func serviceReset(streamID: UInt32) { sending.remove(streamID) }
+    func serviceReset(streamID: UInt32) {
+        sending.remove(streamID)
+        declaredLengths.forget(streamID)
+    }
 
     // MARK: What the client sends
 
@@ -171,9 +175,20 @@ final class HTTP2RequestGate {
                 return fail(&out, .protocolError, "DATA on idle stream \(header.streamID)")
             }
             if sending.contains(header.streamID) {
+                if header.has(HTTP2Flag.padded) {
+                    // Its data length is known once the pad length byte is in: held whole.
+                    guard header.length <= Self.maxBufferedFrame else {
+                        return fail(&out, .enhanceYourCalm, "padded DATA frame larger than \(Self.maxBufferedFrame) bytes")
+                    }
+                    return
+                }
+                let endStream = header.has(HTTP2Flag.endStream)
+                if let problem = declaredLengths.received(header.length, endStream: endStream, on: header.streamID) {
+                    return fail(&out, .protocolError, "malformed request: \(problem)")
+                }
                 handling = .pass
                 out.toService.append(.bytes(header.bytes))
-                if header.has(HTTP2Flag.endStream) { sending.remove(header.streamID) }
+                if endStream { sending.remove(header.streamID) }
             } else {
                 handling = .skip
                 // The service never sees these bytes, so it never returns their credit.
@@ -212,6 +227,7 @@ final class HTTP2RequestGate {
         guard let header = frame, handling == .hold else { return }
         frame = nil
         switch header.type {
+        case HTTP2FrameType.data: paddedData(header, &out)
         case HTTP2FrameType.headers: headers(header, &out)
         case HTTP2FrameType.continuation:
             guard var block = openBlock else { return }
@@ -237,9 +253,26 @@ final class HTTP2RequestGate {
             guard header.streamID % 2 == 0 || header.streamID <= lastClientStream else {
                 return fail(&out, .protocolError, "frame type \(header.type) on idle stream \(header.streamID)")
             }
-            if header.type == HTTP2FrameType.rstStream { sending.remove(header.streamID) }
+            if header.type == HTTP2FrameType.rstStream {
+                sending.remove(header.streamID)
+                declaredLengths.forget(header.streamID)
+            }
             streamFrame(header, &out)
         }
+    }
+
+    /// A padded DATA frame of an allowed stream, held whole: its data (without padding) counts
+    /// against the declared length before the frame is passed on.
+    private func paddedData(_ header: HTTP2FrameHeader, _ out: inout Output) {
+        guard let padLength = held.first, Int(padLength) < header.length else {
+            return fail(&out, .protocolError, "DATA padding longer than its payload")
+        }
+        let endStream = header.has(HTTP2Flag.endStream)
+        if let problem = declaredLengths.received(header.length - 1 - Int(padLength), endStream: endStream, on: header.streamID) {
+            return fail(&out, .protocolError, "malformed request: \(problem)")
+        }
+        out.toService.append(.bytes(header.bytes + held))
+        if endStream { sending.remove(header.streamID) }
     }
 
     /// PRIORITY, RST_STREAM or WINDOW_UPDATE on a stream: only for streams the service knows
@@ -292,6 +325,7 @@ final class HTTP2RequestGate {
             } else if sending.contains(block.streamID) {
                 guard block.endStream else { throw HTTP2Malformed("second HEADERS without END_STREAM on stream \(block.streamID)") }
                 try HTTP2RequestHeaders.checkTrailers(fields)
+                if let problem = declaredLengths.ended(block.streamID) { throw HTTP2Malformed(problem) }
                 sending.remove(block.streamID)
                 forward(block, fields, &out)
             }
@@ -310,6 +344,10 @@ final class HTTP2RequestGate {
                           grpc: grpcService || fields.contains { $0.name == "content-type" && $0.value.lowercased().hasPrefix("application/grpc") },
                           &out)
         case .request(let facts, let forwardFields):
+            let declared = try HTTP2DeclaredLengths.declared(in: forwardFields)
+            if block.endStream, let declared, declared != 0 {
+                throw HTTP2Malformed("content-length \(declared) on a request without a body")
+            }
             let decision = decide(facts)
             let raw = fields.first { $0.name == ":path" }?.value
             let forwardedPath = forwardFields.first { $0.name == ":path" }?.value
@@ -321,6 +359,7 @@ final class HTTP2RequestGate {
                         return fail(&out, .enhanceYourCalm, "more than \(Self.maxOpenStreams) open streams")
                     }
                     sending.insert(block.streamID)
+                    declaredLengths.expect(declared, on: block.streamID)
                 }
                 lastForwardedStream = block.streamID
                 forward(block, forwardFields, &out)
