@@ -33,6 +33,20 @@ struct LocalCallerTests {
         except Exception as e: print("error", type(e).__name__)
         """
 
+    /// argv[1] "SOURCEPORT:PORT": connects to 127.0.0.1:PORT, from 127.0.0.2:SOURCEPORT unless
+    /// SOURCEPORT is 0, and reports what came back.
+    static let tcpClient = """
+        import socket, sys
+        source, port = (int(part) for part in sys.argv[1].split(":"))
+        s = socket.socket()
+        if source: s.bind(("127.0.0.2", source))
+        s.connect(("127.0.0.1", port)); s.settimeout(5)
+        try:
+            s.sendall(b"hello\\n")
+            print("received", len(s.recv(100)))
+        except Exception as e: print("error", type(e).__name__)
+        """
+
     static func unixSocket(_ path: String) throws -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_un()
@@ -141,14 +155,7 @@ struct LocalCallerTests {
         #expect(connected.caller?.uid == 0)
         #expect(connected.caller?.pid == getpid())
 
-        let refused = try await Self.asNobody("""
-            import socket, sys
-            s = socket.create_connection(("127.0.0.1", int(sys.argv[1]))); s.settimeout(5)
-            try:
-                s.sendall(b"hello\\n")
-                print("received", len(s.recv(100)))
-            except Exception as e: print("error", type(e).__name__)
-            """, String(port))
+        let refused = try await Self.asNobody(Self.tcpClient, "0:\(port)")
         #expect(refused.output.contains("received 0") || refused.output.contains("error"), "\(refused.output)")
         let denial = try #require(agentAudit.events.first { $0.kind == .callerRefused })
         #expect(denial.caller?.uid == 65534)
@@ -176,15 +183,7 @@ struct LocalCallerTests {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(victim.fd, $0, &length) }
         }
         let victimPort = Int(UInt16(bigEndian: address.sin_port))
-        let impostor = try await Self.asNobody("""
-            import socket, sys
-            s = socket.socket(); s.bind(("127.0.0.2", int(sys.argv[1].split(":")[0])))
-            s.connect(("127.0.0.1", int(sys.argv[1].split(":")[1]))); s.settimeout(5)
-            try:
-                s.sendall(b"hello\\n")
-                print("received", len(s.recv(100)))
-            except Exception as e: print("error", type(e).__name__)
-            """, "\(victimPort):\(port)")
+        let impostor = try await Self.asNobody(Self.tcpClient, "\(victimPort):\(port)")
         #expect(impostor.output.contains("received 0") || impostor.output.contains("error"), "\(impostor.output)")
         let denial = try #require(agentAudit.events.first { $0.kind == .callerRefused }, "\(impostor.output)")
         #expect(denial.caller?.uid == 65534, "identified as \(String(describing: denial.caller))")

@@ -142,7 +142,8 @@ package enum RequestPathNormalizer {
         return rest.count >= 3 && rest.prefix(3).elementsEqual(Array("%3B".utf8)) || rest.prefix(3).elementsEqual(Array("%3b".utf8))
     }
 
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
+    /// One hex digit's value (any case); nil for anything else.
+    static func hexValue(_ byte: UInt8) -> UInt8? {
         switch byte {
         case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
         case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10

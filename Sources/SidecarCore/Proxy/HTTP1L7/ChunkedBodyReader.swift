@@ -121,12 +121,5 @@ package struct ChunkedBodyReader: Sendable {
 
     private static let cr = UInt8(ascii: "\r"), lf = UInt8(ascii: "\n")
 
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
-        default: return nil
-        }
-    }
+    private static func hexValue(_ byte: UInt8) -> UInt8? { RequestPathNormalizer.hexValue(byte) }
 }
