@@ -81,7 +81,8 @@ extension AgentEngine {
 
     /// Validates `bearerToken` with the named method and mints a token for the service its
     /// claim names. Refusals are 403 with the reason (never the token) and logged.
-    func login(method name: String, bearerToken: String, meta: JSONValue?, now: Date = Date()) throws -> LoginToken {
+    func login(method name: String, bearerToken: String, meta: JSONValue?) throws -> LoginToken {
+        let now = configuration.clock()
         guard let registered = store.read({ $0.authMethods[name] }) else {
             logger.warning("dev agent: login refused", metadata: ["auth_method": "\(name)", "reason": "no such auth method"])
             throw HTTPError(status: 403, message: "Permission denied: auth method \"\(name)\" not found")

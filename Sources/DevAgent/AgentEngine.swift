@@ -181,7 +181,7 @@ final class AgentEngine: Sendable {
     func isValidToken(_ token: String?) -> Bool {
         guard let required = configuration.aclToken else { return true }
         guard let token, !token.isEmpty else { return false }
-        let now = Date()
+        let now = configuration.clock()
         return token == required || store.read { $0.loginTokens[token]?.isValid(at: now) ?? false }
     }
 }

@@ -22,6 +22,9 @@ public struct DevAgentConfiguration: Sendable {
     public var aclToken: String? = nil
     /// `jwt` auth methods for `POST /v1/acl/login` (more come from `configDirectory`).
     public var authMethods: [DevAgentAuthMethod] = []
+    /// The time login tokens are minted and checked against; tests step it instead of sleeping
+    /// past a token's TTL (a sleep races the agent on a loaded machine).
+    public var clock: @Sendable () -> Date = { Date() }
     public var logger: Logger
 
     public init(logger: Logger) {

@@ -1,5 +1,6 @@
 import DevAgent
 import Foundation
+import NIOConcurrencyHelpers
 import Testing
 
 private let audience = "https://management.azure.com/"
@@ -7,7 +8,8 @@ private let issuerURL = "https://sts.windows.net/tenant-1/"
 
 @Suite("Dev agent: jwt auth method for /v1/acl/login")
 struct JWTAuthMethodTests {
-    static func agent(_ issuers: [DevJWTIssuer], tokenTTL: TimeInterval? = nil) async throws -> TestAgent {
+    static func agent(_ issuers: [DevJWTIssuer], tokenTTL: TimeInterval? = nil,
+                      clock: @escaping @Sendable () -> Date = { Date() }) async throws -> TestAgent {
         var method = DevAgentAuthMethod(name: "azure-msi", jwtValidationPubKeys: issuers.map(\.publicKeyPEM))
         method.boundAudiences = [audience]
         method.boundIssuer = issuerURL
@@ -15,6 +17,7 @@ struct JWTAuthMethodTests {
         return try await TestAgent.start {
             $0.aclToken = "root-token"
             $0.authMethods = [method]
+            $0.clock = clock
         }
     }
 
@@ -84,7 +87,10 @@ struct JWTAuthMethodTests {
     @Test("Logout revokes the token; a token past MaxTokenTTL gets 403 ACL not found")
     func logoutAndExpiry() async throws {
         let issuer = try DevJWTIssuer(.es256)
-        let agent = try await Self.agent([issuer], tokenTTL: 1)
+        // The agent's clock is stepped, not slept past: on a loaded machine a real 1 s TTL
+        // could lapse between login and the first use.
+        let skew = NIOLockedValueBox<TimeInterval>(0)
+        let agent = try await Self.agent([issuer], tokenTTL: 600, clock: { Date() + skew.withLockedValue { $0 } })
         defer { Task { await agent.agent.stop() } }
         let jwt = try issuer.sign(DevJWTIssuer.claims(subject: "storage", audience: audience, issuer: issuerURL))
         let first = try #require(try await Self.login(agent, jwt).object()["SecretID"] as? String)
@@ -100,7 +106,10 @@ struct JWTAuthMethodTests {
         #expect(!agent.agent.accepts(token: first))
 
         #expect(try await agent.get("/v1/agent/services", headers: ["X-Consul-Token": secret]).status == 200)
-        try await Task.sleep(for: .milliseconds(1300))
+        skew.withLockedValue { $0 = 300 }
+        #expect(try await agent.get("/v1/agent/services", headers: ["X-Consul-Token": secret]).status == 200,
+                "still inside MaxTokenTTL")
+        skew.withLockedValue { $0 = 700 }
         let expired = try await agent.get("/v1/agent/services", headers: ["X-Consul-Token": secret])
         #expect(expired.status == 403 && expired.text == "ACL not found")
     }

@@ -27,14 +27,15 @@ struct L7IntegrationTests {
 
     /// One curl process, one keep-alive connection: requests separated with --next.
     static func curl(_ port: Int, _ requests: [[String]]) async throws -> [Response] {
-        var arguments = ["curl", "-sS", "--max-time", "20"]
+        // A hang guard, not a measurement: wide enough for a loaded 2-core machine.
+        var arguments = ["curl", "-sS", "--max-time", "120"]
         for (index, request) in requests.enumerated() {
             if index > 0 { arguments.append("--next") }
             arguments += ["-o", "-", "-w", "\n@@%{http_code} %{num_connects} %{http_version}\n"] + request.map {
                 $0.replacingOccurrences(of: "URL", with: "http://127.0.0.1:\(port)")
             }
         }
-        let run = try await ProcessRunner.run(arguments, timeout: 60)
+        let run = try await ProcessRunner.run(arguments, timeout: 180)
         #expect(run.status == 0, "curl: \(run.output)")
         var responses: [Response] = []
         var body: [Substring] = []

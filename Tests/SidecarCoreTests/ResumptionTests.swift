@@ -69,10 +69,11 @@ struct ResumptionTests {
         let base = ["openssl", "s_client", "-connect", "127.0.0.1:\(mesh.publicPort)", "-tls1_3",
                     "-cert", TestCertificates.path("backup-agent.pem"), "-key", TestCertificates.path("backup-agent.key"),
                     "-CAfile", TestCertificates.path("ca.pem")]
-        // stdin stays open half a second: the TLS 1.3 ticket arrives after the handshake, and
-        // s_client writes -sess_out only once it has it.
+        // The TLS 1.3 ticket arrives after the handshake and s_client writes -sess_out only once
+        // it has it: stdin stays open until the session file has content (at most 30 s).
         func client(_ extra: [String]) async throws -> ProcessRunner.Result {
-            try await ProcessRunner.run(["sh", "-c", "(echo hello; sleep 0.5) | \"$@\"", "sh"] + base + extra, timeout: 10)
+            let script = "(echo hello; n=0; while [ ! -s \"$0\" ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done) | \"$@\""
+            return try await ProcessRunner.run(["sh", "-c", script, session] + base + extra, timeout: 60)
         }
         let first = try await client(["-sess_out", session])
         #expect(first.output.contains("New, TLSv1.3"), "\(first.output)")

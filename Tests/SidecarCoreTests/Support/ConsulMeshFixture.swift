@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 @testable import ConsulAgent
 import DevAgent
@@ -21,14 +22,19 @@ func reservedLoopbackPort() -> (fd: Int32, port: Int) {
 /// A free port for registrations, which need a number before anything binds it. Chosen
 /// below the kernel's ephemeral range (32768-60999): a port handed out from that range and
 /// released could be taken by any outgoing connection of a parallel test before our bind.
+/// Never the same port twice in one run: a test that closes a port and checks it refuses
+/// connections must not see another test's listener arrive there.
 func freeLocalPort() -> Int {
     while true {
         let port = Int.random(in: 10_000..<32_000)
+        guard handedOutPorts.withLockedValue({ $0.insert(port).inserted }) else { continue }
         let (fd, bound) = boundLoopbackSocket(port: port)
         close(fd)
         if bound { return port }
     }
 }
+
+private let handedOutPorts = NIOLockedValueBox<Set<Int>>([])
 
 /// A TCP socket bound (not listening) to 127.0.0.1:`port`, and whether the bind worked.
 private func boundLoopbackSocket(port: Int) -> (fd: Int32, bound: Bool) {
