@@ -190,6 +190,8 @@ mkleaf other-backup-agent other-ca backup-agent "$(spiffe_svc "$OTHER_TD" backup
 mkleaf wrong-td         ca backup-agent "$(spiffe_svc "$OTHER_TD" backup-agent)"
 mkleaf_dated expired       ca backup-agent "$(spiffe_svc "$TD" backup-agent)" 20200101000000Z 20210101000000Z
 mkleaf_dated not-yet-valid ca backup-agent "$(spiffe_svc "$TD" backup-agent)" 20990101000000Z 21000101000000Z
+# RFC 5280's "no well-defined expiration date": valid, and past what a timer can hold.
+mkleaf_dated no-expiry     ca backup-agent "$(spiffe_svc "$TD" backup-agent)" "$(date -u -d '-1 day' +%Y%m%d%H%M%SZ)" 99991231235959Z
 mkleaf no-client-auth   ca backup-agent "$(spiffe_svc "$TD" backup-agent)" "serverAuth"
 mkleaf no-server-auth   ca storage      "$(spiffe_svc "$TD" storage)"      "clientAuth"
 mkleaf two-uris         ca backup-agent "$(spiffe_svc "$TD" backup-agent), $(spiffe_svc "$TD" restore-agent)"

@@ -111,7 +111,7 @@ public final class Sidecar: Sendable {
     private let boundPublic = NIOLockedValueBox<String?>(nil)
     private let registry = ConnectionRegistry()
     private let upstreamInstances = NIOLockedValueBox<[String: EndpointRotation]>([:])
-    private let tracker = ConnectionTracker()
+    let tracker = ConnectionTracker()
     private let draining = NIOLockedValueBox(false)
     private let expiryWarnedSerial = NIOLockedValueBox<String?>(nil)
     private let timers = NIOLockedValueBox<[RepeatedTask]>([])
@@ -145,7 +145,6 @@ public final class Sidecar: Sendable {
     /// http, http2 and grpc services get per-request L7 enforcement (HTTPRequestFilter,
     /// HTTP2RequestFilter); tcp services are decided per connection.
     private static func l7Protocol(_ definition: ProxyDefinition) -> L7Protocol? { L7Protocol(configProtocol: definition.config.protocol) }
-    private static func enforcesL7(_ definition: ProxyDefinition) -> Bool { l7Protocol(definition) != nil }
 
     /// Binds every listener. Throws (naming the address) if any cannot be bound.
     public func start() async throws {
@@ -183,6 +182,13 @@ public final class Sidecar: Sendable {
             return value
         }
         guard !isDraining else { return }
+        // Limits apply to the listeners already bound too, at once (a lowered or raised
+        // max_connections re-decides whether each accepts).
+        tracker.configure(Self.publicListenerName, maxConnections: newDefinition.config.maxConnections,
+                          handshakeBudget: newDefinition.config.maxPendingHandshakes)
+        for upstream in newDefinition.upstreams {
+            tracker.configure(upstream.listenerName, maxConnections: newDefinition.config.maxConnections)
+        }
         var failures: [String] = []
         do { try await reconcilePublicListener(newDefinition) } catch { failures.append("\(error)") }
         let wanted = Dictionary(newDefinition.upstreams.map { ($0.listenerName, $0) }, uniquingKeysWith: { first, _ in first })
@@ -529,9 +535,10 @@ public final class Sidecar: Sendable {
         let tracker = self.tracker, definitionBox = self.definitionBox, draining = self.draining
         let audit = settings.audit, logger = settings.logger
         let muxMode = settings.mux
-        let authorize: @Sendable (SPIFFEID, String) -> IntentionDecision = { source, destination in
-            let l7 = Self.enforcesL7(definitionBox.withLockedValue { $0 })
-            return Self.decide(with: intentions) { $0.decide(source: source, destination: destination, l7: l7) }
+        // `l7` is how the connection is (to be) joined, not the protocol in force now: a tunnel
+        // joined raw must be decided as raw even if the service became http meanwhile.
+        let authorize: @Sendable (SPIFFEID, String, Bool) -> IntentionDecision = { source, destination, l7 in
+            Self.decide(with: intentions) { $0.decide(source: source, destination: destination, l7: l7) }
         }
         let authorizeRequest: @Sendable (HTTPRequestFacts, SPIFFEID, String) -> IntentionDecision = { request, source, destination in
             Self.decide(with: intentions) { $0.decide(request: request, source: source, destination: destination) }
@@ -539,11 +546,10 @@ public final class Sidecar: Sendable {
         let evictions = HandshakeEvictionReport(audit: audit, logger: logger, metrics: settings.metrics)
         let bootstrap = serverBootstrap().childChannelInitializer { channel in
             let definition = definitionBox.withLockedValue { $0 }
-            let budget = definition.config.maxPendingHandshakes
-            if let evicted = tracker.trackHandshaking(channel, listener: Self.publicListenerName, handshakeBudget: budget,
-                                                      limit: definition.config.maxConnections) {
+            if let evicted = tracker.trackHandshaking(channel, listener: Self.publicListenerName) {
                 evicted.close(promise: nil)
-                evictions.evicted(listener: Self.publicListenerName, budget: budget, on: channel.eventLoop)
+                evictions.evicted(listener: Self.publicListenerName, budget: definition.config.maxPendingHandshakes,
+                                  on: channel.eventLoop)
             }
             let server = contexts.server
             // Never present an expired leaf: refuse the handshake instead (and say why).
@@ -565,6 +571,7 @@ public final class Sidecar: Sendable {
                                                    firstByteTimeout: .milliseconds(Int64(definition.config.firstByteTimeoutMs)))
             return channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandlers(
+                    HandshakeProgressHandler(tracker: tracker),
                     TLSHandler(context: server, configuration: timeouts),
                     InboundConnectionHandler(listenerName: Self.publicListenerName, route: route,
                                              authorize: authorize, authorizeRequest: authorizeRequest,
@@ -572,6 +579,9 @@ public final class Sidecar: Sendable {
                 )
             }
         }
+        let definition = definitionBox.withLockedValue { $0 }
+        tracker.configure(Self.publicListenerName, maxConnections: definition.config.maxConnections,
+                          handshakeBudget: definition.config.maxPendingHandshakes)
         return try await bind(bootstrap, host: host, port: port, what: Self.publicListenerName)
     }
 
@@ -595,10 +605,11 @@ public final class Sidecar: Sendable {
             ])
         }
         let audit = settings.audit, logger = settings.logger
-        let tracker = self.tracker, limit = config.maxConnections
+        let tracker = self.tracker
         let listenerName = upstream.listenerName
+        tracker.configure(listenerName, maxConnections: config.maxConnections)
         let bootstrap = serverBootstrap().childChannelInitializer { channel in
-            tracker.trackTunnel(channel, listener: listenerName, limit: limit)
+            tracker.trackTunnel(channel, listener: listenerName)
             return channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandlers(
                     OrderedHalfCloseHandler(), UpstreamConnectionHandler(route: route, audit: audit, logger: logger))

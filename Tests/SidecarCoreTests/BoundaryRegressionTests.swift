@@ -134,6 +134,17 @@ struct BoundaryRegressionTests {
         #expect(mesh.storageAudit.events.filter { $0.kind == .authorization }.count == 1, "only the stream before expiry was decided")
     }
 
+    /// The expiry timer of a leaf valid until 9999-12-31 does not fit a TimeAmount; arming it
+    /// once trapped the whole process on the first mux connection.
+    @Test("A peer leaf valid until 9999-12-31 gets mux streams like any other (no expiry timer overflow)")
+    func noExpiryLeaf() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo, agentCertificate: "no-expiry")
+        defer { Task { await mesh.stop() } }
+        #expect(await echoRoundTrip(port: mesh.upstreamPort))
+        #expect(await echoRoundTrip(port: mesh.upstreamPort), "a second stream on the same carrier")
+        #expect(mesh.storageAudit.events.contains { $0.kind == .authorization && $0.decision == "allow" && $0.muxStream != nil })
+    }
+
     // MARK: Finding 12: a denied peer got a carrier and could open unlimited denied streams
 
     @Test("A source denied outright gets no mux connection: one authorization line, no stream")
@@ -167,8 +178,22 @@ struct BoundaryRegressionTests {
         for _ in 0..<80 { if case .success = await client.open() { opened += 1 } }
         #expect(opened == 0)
         let denied = mesh.storageAudit.events.filter { $0.kind == .authorization && $0.decision == "deny" && $0.muxStream != nil }
-        #expect(denied.count == InboundMuxCarrier.maxDeniedStreams, "\(denied.count) streams decided")
-        #expect(mesh.storageAudit.events.contains { $0.kind == .connectionRevoked && $0.reason?.contains("64 denied streams") == true })
+        #expect(denied.count == InboundMuxCarrier.maxRefusedStreams, "\(denied.count) streams decided")
+        #expect(mesh.storageAudit.events.contains { $0.kind == .connectionRevoked && $0.reason?.contains("64 refused streams") == true })
+    }
+
+    @Test("Streams refused for asking another service (421) also count: the carrier is retired after 64")
+    func misdirectedStreamsCapped() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo)
+        defer { Task { await mesh.stop() } }
+        let client = try await HostileMuxClient.connect(port: mesh.publicPort, credentials: try TestCertificates.credentials("backup-agent"))
+        defer { Task { await client.close() } }
+        var opened = 0
+        for _ in 0..<80 { if case .success = await client.open(authority: "billing") { opened += 1 } }
+        #expect(opened == 0)
+        #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .connectionRevoked && $0.reason?.contains("64 refused streams") == true } })
+        if case .success = await client.open() { Issue.record("a retired carrier took a stream for the right service") }
+        #expect(mesh.backend.connections == 0)
     }
 
     // MARK: Finding 6: re-authorization used the current protocol, not how a tunnel was joined

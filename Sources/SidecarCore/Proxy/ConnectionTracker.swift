@@ -6,16 +6,34 @@ import NIOCore
 /// connection limits, for draining on shutdown, and for the admin API's counts.
 ///
 /// Two budgets per listener, so unauthenticated connections can never lock out verified ones:
-/// - connections still in their handshake have a small budget of their own
-///   (`max_pending_handshakes`). When it is full, the oldest of them is closed to make room:
-///   a legitimate peer finishes its handshake in milliseconds, so the oldest is almost always
-///   one that holds a slot without speaking (a half-open flood), and a new peer is never
-///   turned away for it.
+/// - connections still in their handshake have a budget of their own
+///   (`max_pending_handshakes`). When it is full, a new connection takes the slot of one that
+///   has sent nothing for `silentGrace`, or of one that has been handshaking for
+///   `staleHandshake` (a legitimate peer finishes in milliseconds). When every pending
+///   handshake is young and progressing (a reconnect storm), accepting pauses instead: peers
+///   wait in the kernel's backlog rather than having work already spent on them thrown away.
 /// - established ones (verified plain connections, mux connections and their streams) pause
-///   accepting at `max_connections`, so clients wait in the kernel's backlog instead of being
-///   accepted and dropped. Mux streams are admitted against the tunnels among them (plain
-///   connections and streams): there is no backlog to leave a stream waiting in.
+///   accepting at `max_connections`, so clients wait in the backlog instead of being accepted
+///   and dropped. Mux streams are admitted against the tunnels among them (plain connections
+///   and streams): there is no backlog to leave a stream waiting in.
+///
+/// Pausing is level-triggered: whatever changed (a close, a limit lowered or raised at
+/// runtime), the acceptor's own event loop compares the counts with the limits in force and
+/// sets autoRead to match, so no ordering of events can leave a listener paused below its
+/// limits. NIO may accept up to maxMessagesPerRead (4) in the burst that reaches a limit.
 final class ConnectionTracker: Sendable {
+    /// A pending handshake older than this may lose its slot to a new connection (a
+    /// legitimate peer finishes in milliseconds).
+    let staleHandshake: TimeAmount
+
+    /// A pending handshake that has sent nothing for this long may lose its slot first.
+    let silentGrace: TimeAmount
+
+    init(staleHandshake: TimeAmount = .seconds(1), silentGrace: TimeAmount = .milliseconds(250)) {
+        self.staleHandshake = staleHandshake
+        self.silentGrace = silentGrace
+    }
+
     struct Tracked {
         enum Kind {
             /// Accepted on a public listener, handshake not yet complete.
@@ -31,6 +49,9 @@ final class ConnectionTracker: Sendable {
         var listener: String
         var channel: Channel
         var kind: Kind
+        var accepted = NIODeadline.now()
+        /// Handshaking: the peer has sent at least one byte.
+        var spoke = false
         var isStream: Bool { kind == .stream }
         var isMuxCarrier: Bool { kind == .muxCarrier }
     }
@@ -41,8 +62,13 @@ final class ConnectionTracker: Sendable {
         var established = 0
         /// Of the established, the tunnels.
         var tunnels = 0
-        /// The server channel, paused while `established` is at the limit.
+        var maxConnections = Int.max
+        var handshakeBudget = Int.max
+        /// The server channel; `paused` is what it was last told (autoRead off).
         var acceptor: Channel?
+        var paused = false
+        var reconcileQueued = false
+        var recheckArmed = false
     }
 
     private struct State {
@@ -53,101 +79,225 @@ final class ConnectionTracker: Sendable {
 
     private let state = NIOLockedValueBox(State())
 
-    /// Registers a connection accepted on a listener whose connections start with a TLS
-    /// handshake. Returns the connection closed to make room when `handshakeBudget` was full
-    /// (the caller closes it and reports it).
-    func trackHandshaking(_ channel: Channel, listener: String, handshakeBudget: Int, limit: Int) -> Channel? {
-        let id = ObjectIdentifier(channel)
-        let evicted = state.withLockedValue { state -> Channel? in
-            state.open[id] = Tracked(listener: listener, channel: channel, kind: .handshaking)
-            state.listeners[listener, default: Listener()].acceptor = channel.parent
-            state.listeners[listener]!.handshaking.append(id)
-            guard state.listeners[listener]!.handshaking.count > handshakeBudget else { return nil }
-            let oldest = state.listeners[listener]!.handshaking.removeFirst()
-            return state.open[oldest]?.channel
+    /// Sets a listener's limits (at bind and whenever the configuration changes).
+    func configure(_ listener: String, maxConnections: Int, handshakeBudget: Int = .max) {
+        let acceptor = state.withLockedValue { state -> Channel? in
+            state.listeners[listener, default: Listener()].maxConnections = maxConnections
+            state.listeners[listener]!.handshakeBudget = handshakeBudget
+            return reconcileNeeded(&state, listener)
         }
-        watchClose(channel, listener: listener, limit: limit)
+        queueReconcile(acceptor, listener)
+    }
+
+    /// Registers a connection accepted on a listener whose connections start with a TLS
+    /// handshake. Returns the connection closed to make room when the handshake budget was
+    /// full (the caller closes it and reports it).
+    func trackHandshaking(_ channel: Channel, listener: String) -> Channel? {
+        let id = ObjectIdentifier(channel)
+        let (evicted, acceptor) = state.withLockedValue { state -> (Channel?, Channel?) in
+            state.open[id] = Tracked(listener: listener, channel: channel, kind: .handshaking)
+            adopt(&state, listener, acceptor: channel.parent)
+            state.listeners[listener]!.handshaking.append(id)
+            var evicted: Channel?
+            let entry = state.listeners[listener]!
+            // Never the newcomer itself: with nothing else evictable the budget overshoots by
+            // the accept burst and the listener pauses, so a legitimate peer is served late
+            // rather than reset.
+            if entry.handshaking.count > entry.handshakeBudget, let victim = evictable(state, entry, now: .now(), sparing: id) {
+                state.listeners[listener]!.handshaking.removeAll { $0 == victim }
+                evicted = state.open[victim]?.channel
+            }
+            return (evicted, reconcileNeeded(&state, listener))
+        }
+        queueReconcile(acceptor, listener)
+        watchClose(channel, listener: listener)
         return evicted
     }
 
+    /// A handshaking connection's peer sent its first bytes (which can leave nothing to
+    /// evict, and so pause the listener).
+    func spoke(_ channel: Channel) {
+        var listener = ""
+        let acceptor = state.withLockedValue { state -> Channel? in
+            let id = ObjectIdentifier(channel)
+            guard let tracked = state.open[id], tracked.kind == .handshaking else { return nil }
+            listener = tracked.listener
+            state.open[id]!.spoke = true
+            return reconcileNeeded(&state, tracked.listener)
+        }
+        queueReconcile(acceptor, listener)
+    }
+
     /// Registers a connection that is a tunnel from the start (an upstream listener's local
-    /// caller). At `limit` the listener stops accepting until something closes. (NIO may
-    /// accept up to maxMessagesPerRead, 4, in the burst that reaches the limit.)
-    func trackTunnel(_ channel: Channel, listener: String, limit: Int) {
+    /// caller).
+    func trackTunnel(_ channel: Channel, listener: String) {
         let id = ObjectIdentifier(channel)
         let acceptor = state.withLockedValue { state -> Channel? in
             state.open[id] = Tracked(listener: listener, channel: channel, kind: .tunnel)
-            state.listeners[listener, default: Listener()].acceptor = channel.parent
-            return establish(&state, listener: listener, tunnel: true, limit: limit)
+            adopt(&state, listener, acceptor: channel.parent)
+            establish(&state, listener: listener, tunnel: true)
+            return reconcileNeeded(&state, listener)
         }
-        pause(acceptor)
-        watchClose(channel, listener: listener, limit: limit)
+        queueReconcile(acceptor, listener)
+        watchClose(channel, listener: listener)
     }
 
     /// Registers a stream opened on an accepted mux connection, unless the listener already
-    /// has `limit` tunnels (false: there is no backlog to leave a stream waiting in; the caller
-    /// refuses it).
-    func admit(_ stream: Channel, listener: String, limit: Int) -> Bool {
+    /// has max_connections tunnels (false: there is no backlog to leave a stream waiting in;
+    /// the caller refuses it).
+    func admit(_ stream: Channel, listener: String) -> Bool {
         let id = ObjectIdentifier(stream)
-        let admitted = state.withLockedValue { state -> (admitted: Bool, pause: Channel?) in
-            guard state.listeners[listener, default: Listener()].tunnels < limit else { return (false, nil) }
+        let admitted = state.withLockedValue { state -> (admitted: Bool, acceptor: Channel?) in
+            let entry = state.listeners[listener, default: Listener()]
+            guard entry.tunnels < entry.maxConnections else { return (false, nil) }
             state.open[id] = Tracked(listener: listener, channel: stream, kind: .stream)
-            return (true, establish(&state, listener: listener, tunnel: true, limit: limit))
+            establish(&state, listener: listener, tunnel: true)
+            return (true, reconcileNeeded(&state, listener))
         }
         guard admitted.admitted else { return false }
-        pause(admitted.pause)
-        watchClose(stream, listener: listener, limit: limit)
+        queueReconcile(admitted.acceptor, listener)
+        watchClose(stream, listener: listener)
         return true
     }
 
     /// A handshaking connection was verified: a plain connection becomes a tunnel, a mux
     /// connection transport (it counts toward pausing accepts, not toward tunnels).
-    func classify(_ channel: Channel, as kind: Tracked.Kind, limit: Int) {
+    func classify(_ channel: Channel, as kind: Tracked.Kind) {
         precondition(kind == .tunnel || kind == .muxCarrier, "only handshaking connections are classified")
+        var listener = ""
         let acceptor = state.withLockedValue { state -> Channel? in
             let id = ObjectIdentifier(channel)
             guard let tracked = state.open[id], tracked.kind == .handshaking else { return nil }
+            listener = tracked.listener
             state.open[id]!.kind = kind
             state.listeners[tracked.listener]!.handshaking.removeAll { $0 == id }
-            return establish(&state, listener: tracked.listener, tunnel: kind == .tunnel, limit: limit)
+            establish(&state, listener: tracked.listener, tunnel: kind == .tunnel)
+            return reconcileNeeded(&state, tracked.listener)
         }
-        pause(acceptor)
+        queueReconcile(acceptor, listener)
     }
 
-    /// Counts one more established connection; returns the acceptor to pause if that reached the limit.
-    private func establish(_ state: inout State, listener: String, tunnel: Bool, limit: Int) -> Channel? {
+    private func adopt(_ state: inout State, _ listener: String, acceptor: Channel?) {
+        guard let acceptor, state.listeners[listener, default: Listener()].acceptor !== acceptor else { return }
+        // A rebound listener: its new server channel starts out accepting.
+        state.listeners[listener]!.acceptor = acceptor
+        state.listeners[listener]!.paused = false
+    }
+
+    private func establish(_ state: inout State, listener: String, tunnel: Bool) {
         state.listeners[listener]!.established += 1
         if tunnel { state.listeners[listener]!.tunnels += 1 }
-        return state.listeners[listener]!.established == limit ? state.listeners[listener]!.acceptor : nil
     }
 
-    private func pause(_ acceptor: Channel?) {
-        _ = acceptor?.setOption(ChannelOptions.autoRead, value: false)
+    /// The pending handshake a new connection may take the slot of: the oldest that has not
+    /// spoken within `silentGrace` (a client sends its hello as soon as it connects, but a
+    /// burst of accepts is registered before any of them is read), else the oldest older than
+    /// `staleHandshake`.
+    private func evictable(_ state: State, _ listener: Listener, now: NIODeadline, sparing: ObjectIdentifier? = nil) -> ObjectIdentifier? {
+        let pending = listener.handshaking.filter { $0 != sparing }.compactMap { id in state.open[id].map { (id, $0) } }
+        if let silent = pending.first(where: { !$0.1.spoke && now - $0.1.accepted >= silentGrace }) { return silent.0 }
+        return pending.first { now - $0.1.accepted >= staleHandshake }?.0
     }
 
-    private func watchClose(_ channel: Channel, listener: String, limit: Int) {
+    /// When a pending handshake will next become evictable.
+    private func nextEvictable(_ state: State, _ listener: Listener) -> NIODeadline? {
+        listener.handshaking.compactMap { state.open[$0] }
+            .map { $0.accepted + ($0.spoke ? staleHandshake : silentGrace) }
+            .min()
+    }
+
+    /// Whether the listener should be paused now, and when to look again if only the age of
+    /// its pending handshakes can change that.
+    private func wantsPause(_ state: State, _ listener: Listener, now: NIODeadline) -> (pause: Bool, recheck: NIODeadline?) {
+        if listener.established >= listener.maxConnections { return (true, nil) }
+        guard listener.handshaking.count >= listener.handshakeBudget else { return (false, nil) }
+        if evictable(state, listener, now: now) != nil { return (false, nil) }
+        return (true, nextEvictable(state, listener) ?? now + staleHandshake)
+    }
+
+    /// The acceptor to reconcile when the listener's pause state should change (once queued,
+    /// further changes wait for that reconcile, which reads the state afresh).
+    private func reconcileNeeded(_ state: inout State, _ listener: String) -> Channel? {
+        guard let entry = state.listeners[listener], let acceptor = entry.acceptor, !entry.reconcileQueued,
+              wantsPause(state, entry, now: .now()).pause != entry.paused else { return nil }
+        state.listeners[listener]!.reconcileQueued = true
+        return acceptor
+    }
+
+    private func queueReconcile(_ acceptor: Channel?, _ listener: String) {
+        acceptor?.eventLoop.execute { self.reconcile(listener) }
+    }
+
+    /// On the acceptor's event loop, so the autoRead changes it makes apply in order.
+    private func reconcile(_ listener: String) {
+        let now = NIODeadline.now()
+        let decided = state.withLockedValue { state -> (acceptor: Channel, pause: Bool?, recheck: NIODeadline?)? in
+            guard var entry = state.listeners[listener], let acceptor = entry.acceptor else { return nil }
+            let wanted = wantsPause(state, entry, now: now)
+            let change = wanted.pause != entry.paused ? wanted.pause : nil
+            entry.reconcileQueued = false
+            entry.paused = wanted.pause
+            var recheck: NIODeadline?
+            if let at = wanted.recheck, !entry.recheckArmed {
+                entry.recheckArmed = true
+                recheck = at
+            }
+            state.listeners[listener] = entry
+            return (acceptor, change, recheck)
+        }
+        guard let decided else { return }
+        if let pause = decided.pause { _ = decided.acceptor.setOption(ChannelOptions.autoRead, value: !pause) }
+        if let recheck = decided.recheck {
+            decided.acceptor.eventLoop.scheduleTask(deadline: recheck) {
+                self.state.withLockedValue { _ = $0.listeners[listener]?.recheckArmed = false }
+                self.reconcile(listener)
+            }
+        }
+    }
+
+    private func watchClose(_ channel: Channel, listener: String) {
         let id = ObjectIdentifier(channel)
         channel.closeFuture.whenComplete { [weak self] _ in
             guard let self else { return }
-            let resume = self.state.withLockedValue { state -> Channel? in
+            let acceptor = self.state.withLockedValue { state -> Channel? in
                 guard let closed = state.open.removeValue(forKey: id) else { return nil }
                 switch closed.kind {
                 case .handshaking:
                     state.listeners[listener]!.handshaking.removeAll { $0 == id }
-                    return nil
                 case .tunnel, .stream, .muxCarrier:
                     state.listeners[listener]!.established -= 1
                     if closed.kind != .muxCarrier { state.listeners[listener]!.tunnels -= 1 }
-                    return state.listeners[listener]!.established == limit - 1 ? state.listeners[listener]!.acceptor : nil
                 }
+                return self.reconcileNeeded(&state, listener)
             }
-            _ = resume?.setOption(ChannelOptions.autoRead, value: true)
+            self.queueReconcile(acceptor, listener)
         }
     }
 
     /// Everything open on a listener, handshaking connections included.
     func count(_ listener: String) -> Int { state.withLockedValue { $0.open.values.filter { $0.listener == listener }.count } }
     func handshaking(_ listener: String) -> Int { state.withLockedValue { $0.listeners[listener]?.handshaking.count ?? 0 } }
+    /// Whether the listener has stopped accepting (for tests and the admin API).
+    func isPaused(_ listener: String) -> Bool { state.withLockedValue { $0.listeners[listener]?.paused ?? false } }
     var total: Int { state.withLockedValue { $0.open.count } }
     var channels: [Tracked] { state.withLockedValue { Array($0.open.values) } }
+}
+
+/// First in an accepted public connection's pipeline until the peer's first bytes arrive:
+/// tells the tracker the handshake is progressing (so it is not the one evicted for a silent
+/// connection's sake), then steps aside.
+final class HandshakeProgressHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+
+    private let tracker: ConnectionTracker
+
+    init(tracker: ConnectionTracker) {
+        self.tracker = tracker
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        tracker.spoke(context.channel)
+        context.fireChannelRead(data)
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
 }

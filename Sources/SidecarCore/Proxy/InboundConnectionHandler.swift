@@ -24,8 +24,8 @@ struct InboundRoute: Sendable {
     /// Accept the multiplexed transport (peers that negotiated its ALPN id) with these limits.
     var mux: MuxSettings?
     /// The sidecar is draining: a mux connection whose handshake completes now (accepted before
-    /// the drain, it missed the drain's GOAWAY) serves what its peer sends at once, like any
-    /// in-flight connection, and goes away once that is done.
+    /// the drain, it missed the drain's GOAWAY) is told GOAWAY at once and refuses every stream
+    /// with REFUSED_STREAM, so its peer retries them elsewhere.
     var draining = false
     /// Tunnels (plain connections and mux streams) the listener takes at once.
     var maxConnections: Int
@@ -49,7 +49,7 @@ final class InboundConnectionHandler: StagingHandler {
     private var state = State.handshaking
     private let listenerName: String
     private let route: () -> InboundRoute
-    private let authorize: (SPIFFEID, String) -> IntentionDecision
+    private let authorize: (SPIFFEID, String, Bool) -> IntentionDecision
     private let authorizeRequest: (HTTPRequestFacts, SPIFFEID, String) -> IntentionDecision
     private let audit: any AuditSink
     private let logger: Logger
@@ -63,7 +63,7 @@ final class InboundConnectionHandler: StagingHandler {
     private let carrier: InboundMuxCarrier?
 
     init(listenerName: String, route: @escaping () -> InboundRoute,
-         authorize: @escaping (SPIFFEID, String) -> IntentionDecision,
+         authorize: @escaping (SPIFFEID, String, Bool) -> IntentionDecision,
          authorizeRequest: @escaping (HTTPRequestFacts, SPIFFEID, String) -> IntentionDecision,
          registry: ConnectionRegistry, tracker: ConnectionTracker, audit: any AuditSink, logger: Logger,
          muxStream: Int32? = nil, carrier: InboundMuxCarrier? = nil) {
@@ -106,11 +106,11 @@ final class InboundConnectionHandler: StagingHandler {
         let route = self.route()
         if muxStream == nil, let mux = route.mux, peer.applicationProtocol == MuxProtocol.alpn {
             // From now on the connection is transport; its streams are the tunnels.
-            tracker.classify(context.channel, as: .muxCarrier, limit: route.maxConnections)
+            tracker.classify(context.channel, as: .muxCarrier)
             acceptMux(context: context, peer: peer, route: route, settings: mux)
             return
         }
-        let decision = authorize(peer.identity, route.destinationService)
+        let decision = authorize(peer.identity, route.destinationService, route.l7)
         var event = AuditEvent(kind: .authorization, listener: listenerName, peerAddress: peerAddress,
                                source: peer.identity.uri, sourceSerial: peer.certificateSerial,
                                destination: route.destinationService, decision: decision.allowed ? "allow" : "deny",
@@ -124,10 +124,10 @@ final class InboundConnectionHandler: StagingHandler {
             state = .closed
             answer(context, status: 403)
             context.close(promise: nil)
-            carrier?.streamDenied()
+            carrier?.streamRefused()
             return
         }
-        if muxStream == nil { tracker.classify(context.channel, as: .tunnel, limit: route.maxConnections) }
+        if muxStream == nil { tracker.classify(context.channel, as: .tunnel) }
         state = .connectingLocal(peer)
         holding = true
         connectLocal(context: context, route: route, peer: peer)
@@ -136,10 +136,10 @@ final class InboundConnectionHandler: StagingHandler {
     /// The connection carries the mux: one handshake, many tunnels, each decided on its own.
     /// The carrier itself is decided once at L4: a source denied outright gets none. It takes
     /// no new stream once the peer's leaf expires (in Connect, expiry is revocation), once it
-    /// reaches max_connection_lifetime, or after `InboundMuxCarrier.maxDeniedStreams` denied
+    /// reaches max_connection_lifetime, or after `InboundMuxCarrier.maxRefusedStreams` refused
     /// streams; its running streams finish undisturbed.
     private func acceptMux(context: ChannelHandlerContext, peer: TLSPeer, route: InboundRoute, settings: MuxSettings) {
-        let decision = authorize(peer.identity, route.destinationService)
+        let decision = authorize(peer.identity, route.destinationService, route.l7)
         guard decision.allowed else {
             // Audited like a refused plain connection: the peer's one decision.
             audit.record(AuditEvent(kind: .authorization, listener: listenerName, peerAddress: peerAddress,
@@ -183,11 +183,12 @@ final class InboundConnectionHandler: StagingHandler {
                 logger.warning("mux stream for another service refused", metadata: [
                     "peer": "\(peerAddress)", "asked": "\(request.authority)", "serving": "\(destination)",
                 ])
+                carrier.streamRefused()
                 return refuse(421)
             }
             // A stream is a tunnel like a connection, and counts toward max_connections; with
             // no backlog to wait in, one past the limit is refused (503) before anything else.
-            guard tracker.admit(stream, listener: listenerName, limit: current.maxConnections) else {
+            guard tracker.admit(stream, listener: listenerName) else {
                 var event = AuditEvent(kind: .tunnelRefused, listener: listenerName, peerAddress: peerAddress,
                                        source: peer.identity.uri, sourceSerial: peer.certificateSerial,
                                        destination: destination, decision: "deny",
@@ -197,6 +198,7 @@ final class InboundConnectionHandler: StagingHandler {
                 logger.warning("mux stream refused: max_connections reached", metadata: [
                     "source": "\(peer.identity)", "peer": "\(peerAddress)", "max_connections": "\(current.maxConnections)",
                 ])
+                carrier.streamRefused()
                 return refuse(503)
             }
             stream.pipeline.fireUserInboundEventTriggered(TLSEvent.handshakeCompleted(peer))
@@ -244,9 +246,15 @@ final class InboundConnectionHandler: StagingHandler {
                     // Registered for re-authorization and checked against the intentions in
                     // force now, before a single staged byte reaches the app: a revocation
                     // that landed while we dialed is not missed.
-                    guard let entry = admit(mesh: meshChannel, local: local, peer: peer, route: route) else {
+                    let entry = register(mesh: meshChannel, local: local, peer: peer, route: route)
+                    let current = authorize(peer.identity, route.destinationService, route.l7)
+                    guard current.allowed else {
+                        // Answered before the abort, so a stream's peer can learn why.
                         state = .closed
                         answer(context, status: 403)
+                        carrier?.streamRefused()
+                        Revocation.revoke(entry, registry: registry, listener: listenerName,
+                                          reason: "revoked by intentions update: \(current.reasonText)", audit: audit)
                         return
                     }
                     answer(context, status: 200)
@@ -307,20 +315,13 @@ final class InboundConnectionHandler: StagingHandler {
     }
 
     /// Registers a connection about to be joined for re-authorization (as raw or filtered,
-    /// which decides how it is re-checked) and checks it once more against the intentions in
-    /// force: they may have changed while the local service was being dialed, after the
-    /// update's sweep over registered connections. nil: now denied, both halves revoked.
-    private func admit(mesh: Channel, local: Channel, peer: TLSPeer, route: InboundRoute) -> ConnectionRegistry.Entry? {
-        let entry = registry.register(source: peer.identity, sourceSerial: peer.certificateSerial,
-                                      destination: route.destinationService, peerAddress: peerAddress,
-                                      joinedAs: route.l7 ? .filtered : .raw, mesh: mesh, local: local)
-        let current = authorize(peer.identity, route.destinationService)
-        guard current.allowed else {
-            Revocation.revoke(entry, registry: registry, listener: listenerName,
-                              reason: "revoked by intentions update: \(current.reasonText)", audit: audit)
-            return nil
-        }
-        return entry
+    /// which decides how it is re-checked). The caller then checks it once more against the
+    /// intentions in force: they may have changed while the local service was being dialed,
+    /// after the update's sweep over registered connections.
+    private func register(mesh: Channel, local: Channel, peer: TLSPeer, route: InboundRoute) -> ConnectionRegistry.Entry {
+        registry.register(source: peer.identity, sourceSerial: peer.certificateSerial,
+                          destination: route.destinationService, peerAddress: peerAddress,
+                          joinedAs: route.l7 ? .filtered : .raw, mesh: mesh, local: local)
     }
 
     /// Cuts the tunnel at max_connection_lifetime.
@@ -386,9 +387,10 @@ enum ProxyChannelOptions {
 /// One accepted mux connection, as its streams see it (event loop bound): whether it still
 /// takes new streams, and why not.
 final class InboundMuxCarrier {
-    /// Denied streams a connection may open before it is retired: an admitted peer whose every
-    /// stream is denied (intentions changed since) must not be able to fill the audit log.
-    static let maxDeniedStreams = 64
+    /// Refused streams (denied, for another service, over max_connections) a connection may
+    /// open before it is retired: an admitted peer whose every stream is refused must not be
+    /// able to fill the audit log.
+    static let maxRefusedStreams = 64
 
     weak var handler: MuxConnectionHandler?
     private let peer: TLSPeer
@@ -396,7 +398,7 @@ final class InboundMuxCarrier {
     private let peerAddress: String
     private let audit: any AuditSink
     private let logger: Logger
-    private var deniedStreams = 0
+    private var refusedStreams = 0
     private(set) var retiredBecause: String?
 
     init(peer: TLSPeer, listener: String, peerAddress: String, audit: any AuditSink, logger: Logger) {
@@ -409,11 +411,18 @@ final class InboundMuxCarrier {
 
     var isRetired: Bool { retiredBecause != nil }
 
+    /// Timers further out than this are not armed (a NotAfter of 9999-12-31, RFC 5280's "no
+    /// expiry", is past what a TimeAmount can hold); the per-stream date check still applies.
+    static let longestTimer: TimeInterval = 10 * 365 * 86_400
+
     /// GOAWAY at the peer leaf's NotAfter and at max_connection_lifetime.
     func armLimits(on channel: Channel, lifetime: TimeAmount?) {
-        let untilExpiry = TimeAmount.nanoseconds(Int64(max(0, peer.certificateNotAfter.timeIntervalSinceNow) * 1e9))
-        let expiry = channel.eventLoop.scheduleTask(in: untilExpiry) { [weak self] in
-            self?.retire(because: "the peer's certificate expired")
+        let seconds = peer.certificateNotAfter.timeIntervalSinceNow
+        let untilExpiry = seconds.isFinite && seconds < Self.longestTimer ? TimeAmount.nanoseconds(Int64(max(0, seconds) * 1e9)) : nil
+        let expiry = untilExpiry.map { delay in
+            channel.eventLoop.scheduleTask(in: delay) { [weak self] in
+                self?.retire(because: "the peer's certificate expired")
+            }
         }
         let aged = lifetime.map { lifetime in
             channel.eventLoop.scheduleTask(in: lifetime) { [weak self] in
@@ -421,14 +430,14 @@ final class InboundMuxCarrier {
             }
         }
         channel.closeFuture.whenComplete { _ in
-            expiry.cancel()
+            expiry?.cancel()
             aged?.cancel()
         }
     }
 
-    func streamDenied() {
-        deniedStreams += 1
-        if deniedStreams == Self.maxDeniedStreams { retire(because: "\(Self.maxDeniedStreams) denied streams") }
+    func streamRefused() {
+        refusedStreams += 1
+        if refusedStreams == Self.maxRefusedStreams { retire(because: "\(Self.maxRefusedStreams) refused streams") }
     }
 
     /// No new streams from now on (GOAWAY); the running ones finish. Audited once.

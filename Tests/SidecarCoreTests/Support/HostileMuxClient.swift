@@ -30,11 +30,11 @@ struct HostileMuxClient {
         return HostileMuxClient(channel: channel, handler: handler)
     }
 
-    /// Opens a stream to `storage`; the stream's channel once answered 200, else the error.
-    func open() async -> Result<Channel, Error> {
+    /// Opens a stream to `authority`; the stream's channel once answered 200, else the error.
+    func open(authority: String = "storage") async -> Result<Channel, Error> {
         let handler = self.handler
         do {
-            return .success(try await channel.eventLoop.flatSubmit { handler.openStream(authority: "storage") }.get())
+            return .success(try await channel.eventLoop.flatSubmit { handler.openStream(authority: authority) }.get())
         } catch {
             return .failure(error)
         }
