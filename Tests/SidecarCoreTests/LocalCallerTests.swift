@@ -1,6 +1,8 @@
 import Foundation
 import Glibc
+import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 import Testing
 @testable import SidecarCore
 import SidecarTLS
@@ -212,6 +214,70 @@ struct LocalCallerTests {
         let v6 = ProcNetTCP.Endpoint(proc: "00000000000000000000000001000000:1F90")
         #expect(v6 == ProcNetTCP.Endpoint(try SocketAddress(ipAddress: "::1", port: 8080)))
         #expect(ProcNetTCP.Endpoint(proc: "0100007F") == nil && ProcNetTCP.Endpoint(proc: "XYZ:1") == nil)
+    }
+
+    @Test("The caller's row: a half-closed caller is still found, TIME_WAIT and other 4-tuples are not, v4-mapped looks in tcp")
+    func callerRowSelection() throws {
+        let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+        func row(_ local: String, _ remote: String, state: String, uid: Int, inode: Int) -> String {
+            "   0: \(local) \(remote) \(state) 00000000:00000000 00:00000000 00000000 \(uid)        0 \(inode) 1 0 20 4 30 10 -1\n"
+        }
+        let listener = ProcNetTCP.Endpoint(address: [127, 0, 0, 1], port: 0x1F90)
+        let caller = ProcNetTCP.Endpoint(address: [127, 0, 0, 1], port: 0xC350)
+        func find(_ tcp: String, _ tcp6: String = header, caller: ProcNetTCP.Endpoint = caller,
+                  listener: ProcNetTCP.Endpoint = listener) -> ProcNetTCP.Row? {
+            ProcNetTCP.callerRow(caller: caller, listener: listener) { $0 == "/proc/net/tcp" ? header + tcp : $0 == "/proc/net/tcp6" ? tcp6 : nil }
+        }
+        for (state, found) in [("01", true), ("04", true), ("05", true), ("08", true), ("09", true), ("0B", true),
+                               ("02", false), ("03", false), ("06", false), ("07", false), ("0A", false)] {
+            let hit = find(row("0100007F:C350", "0100007F:1F90", state: state, uid: 1000, inode: 42))
+            #expect((hit?.uid == 1000) == found, "state \(state)")
+        }
+        #expect(find(row("0100007F:C350", "0100007F:1F90", state: "01", uid: 0, inode: 0)) == nil, "no owner (inode 0)")
+        #expect(find(row("0100007F:C350", "0200007F:1F90", state: "01", uid: 0, inode: 7)) == nil, "other listener address")
+        #expect(find(row("0200007F:C350", "0100007F:1F90", state: "01", uid: 0, inode: 7)) == nil, "other caller address")
+        #expect(find(row("0100007F:C351", "0100007F:1F90", state: "01", uid: 0, inode: 7)) == nil, "other caller port")
+
+        let mapped = ProcNetTCP.Endpoint(address: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 127, 0, 0, 1], port: 0xC350)
+        let mappedListener = ProcNetTCP.Endpoint(address: mapped.address, port: 0x1F90)
+        #expect(mapped.unmappedIPv4 == caller && ProcNetTCP.Endpoint(address: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 127, 0, 0, 1], port: 1).unmappedIPv4 == nil)
+        let ipv4Socket = find(row("0100007F:C350", "0100007F:1F90", state: "01", uid: 34, inode: 9), caller: mapped, listener: mappedListener)
+        #expect(ipv4Socket?.uid == 34, "an IPv4 caller on a dual-stack listener is in tcp")
+        let ipv6Socket = find(header, header + row("0000000000000000FFFF00000100007F:C350", "0000000000000000FFFF00000100007F:1F90",
+                                                    state: "01", uid: 35, inode: 9), caller: mapped, listener: mappedListener)
+        #expect(ipv6Socket?.uid == 35, "an IPv6 socket talking to a mapped address is in tcp6")
+    }
+
+    /// Finding 8's follow-up: a caller that half-closes (FIN_WAIT2 on its side) before we look it
+    /// up, on a dual-stack listener that sees it as ::ffff:127.0.0.1, is still identified.
+    @Test("A real IPv4 caller on a dual-stack listener, half-closed before the lookup, is found with its uid and pid")
+    func dualStackHalfClosedCaller() async throws {
+        let accepted = NIOLockedValueBox<Channel?>(nil)
+        let server = try await ServerBootstrap(group: testGroup)
+            .childChannelOption(.allowRemoteHalfClosure, value: true) // the caller's FIN must not close ours
+            .childChannelInitializer { channel in
+                accepted.withLockedValue { $0 = channel }
+                return channel.eventLoop.makeSucceededVoidFuture()
+            }
+            .bind(host: "::", port: 0).get()
+        defer { server.close(promise: nil) }
+        let client = try BlockingSocket(port: server.localAddress!.port!)
+        client.shutdownWrite()
+        #expect(await eventually(timeout: 30) { accepted.withLockedValue { $0 } != nil })
+        let channel = try #require(accepted.withLockedValue { $0 })
+        let remote = try #require(channel.remoteAddress), local = try #require(channel.localAddress)
+        #expect(remote.ipAddress == "::ffff:127.0.0.1", "the kernel reports the caller as mapped: \(remote)")
+        // Look only once the caller's row has left ESTABLISHED for FIN_WAIT2 (our side
+        // acknowledged its FIN), so the lookup sees a half-closed caller.
+        let callerPort = UInt16(remote.port!)
+        let halfClosed = await eventually(timeout: 30) {
+            let text = (try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8)) ?? ""
+            return ProcNetTCP.rows(text).contains { $0.local == ProcNetTCP.Endpoint(address: [127, 0, 0, 1], port: callerPort) && $0.state == 0x05 }
+        }
+        #expect(halfClosed)
+        let caller = await onThread { LocalCaller.fromLoopbackTCP(caller: remote, listener: local) }
+        #expect(caller?.uid == getuid() && caller?.pid == getpid(), "\(String(describing: caller))")
+        _ = client
     }
 
     @Test("An allow-list by group refuses a caller whose group is unknown; unknown is never 0 (root)")

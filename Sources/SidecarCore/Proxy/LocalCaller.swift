@@ -47,16 +47,12 @@ struct LocalCaller: Sendable, Equatable, CustomStringConvertible {
     /// TCP over loopback, best effort: the caller's socket is the /proc/net/tcp[6] row whose
     /// local address is the caller's address *and* port and whose remote one is our
     /// listener's (the whole 4-tuple: a caller bound to 127.0.0.2 with a victim's port number
-    /// is not the victim), in state ESTABLISHED; its uid is the caller's, its inode leads to
-    /// the process holding it. A row that cannot be found gives nil; a process that cannot be
+    /// is not the victim), still connected; its uid is the caller's, its inode leads to the
+    /// process holding it. A row that cannot be found gives nil; a process that cannot be
     /// found leaves pid and gid unknown. Reads /proc: call off the event loop.
     static func fromLoopbackTCP(caller: SocketAddress, listener: SocketAddress) -> LocalCaller? {
-        guard let callerKey = ProcNetTCP.Endpoint(caller), let listenerKey = ProcNetTCP.Endpoint(listener) else { return nil }
-        let table = callerKey.isIPv6 ? "/proc/net/tcp6" : "/proc/net/tcp"
-        guard let text = readProcFile(table),
-              let row = ProcNetTCP.rows(text).first(where: {
-                  $0.local == callerKey && $0.remote == listenerKey && $0.state == ProcNetTCP.established && $0.inode != 0
-              }) else { return nil }
+        guard let callerKey = ProcNetTCP.Endpoint(caller), let listenerKey = ProcNetTCP.Endpoint(listener),
+              let row = ProcNetTCP.callerRow(caller: callerKey, listener: listenerKey, table: readProcFile) else { return nil }
         let pid = owner(ofSocketInode: row.inode)
         return LocalCaller(uid: row.uid, gid: pid.flatMap(primaryGID(of:)), pid: pid)
     }
@@ -126,6 +122,28 @@ struct CallerPolicy: Sendable, Equatable {
 /// The rows of /proc/net/tcp and /proc/net/tcp6 (pure parsing, tested on fixed text).
 enum ProcNetTCP {
     static let established: UInt8 = 0x01
+    /// States in which a socket still holds its connection (and an inode): a caller that
+    /// already half-closed (FIN_WAIT) is still the caller. TIME_WAIT rows have no owner.
+    static let connected: Set<UInt8> = [established, 0x04 /* FIN_WAIT1 */, 0x05 /* FIN_WAIT2 */,
+                                        0x08 /* CLOSE_WAIT */, 0x09 /* LAST_ACK */, 0x0B /* CLOSING */]
+
+    /// The caller's own row for a connection accepted from `caller` on `listener`. An IPv4
+    /// caller accepted on a dual-stack listener appears to us as `::ffff:a.b.c.d`, but its
+    /// socket is in /proc/net/tcp with plain IPv4 addresses (an IPv6 socket talking to a
+    /// mapped address is in tcp6 as mapped): both are looked up.
+    static func callerRow(caller: Endpoint, listener: Endpoint, table: (String) -> String?) -> Row? {
+        var lookups = [(caller.isIPv6 ? "/proc/net/tcp6" : "/proc/net/tcp", caller, listener)]
+        if let caller4 = caller.unmappedIPv4, let listener4 = listener.unmappedIPv4 {
+            lookups.append(("/proc/net/tcp", caller4, listener4))
+        }
+        for (path, caller, listener) in lookups {
+            guard let text = table(path) else { continue }
+            if let row = rows(text).first(where: {
+                $0.local == caller && $0.remote == listener && connected.contains($0.state) && $0.inode != 0
+            }) { return row }
+        }
+        return nil
+    }
 
     /// An address and port as the kernel prints them: the address's bytes as 32-bit words in
     /// host order, in hex.
@@ -133,6 +151,12 @@ enum ProcNetTCP {
         let address: [UInt8]
         let port: UInt16
         var isIPv6: Bool { address.count == 16 }
+
+        /// `::ffff:a.b.c.d` as the IPv4 endpoint it stands for.
+        var unmappedIPv4: Endpoint? {
+            guard isIPv6, address[0..<10].allSatisfy({ $0 == 0 }), address[10] == 0xFF, address[11] == 0xFF else { return nil }
+            return Endpoint(address: Array(address[12...]), port: port)
+        }
 
         init(address: [UInt8], port: UInt16) {
             self.address = address
@@ -158,11 +182,12 @@ enum ProcNetTCP {
             guard parts.count == 2, parts[0].count == 8 || parts[0].count == 32, let port = UInt16(parts[1], radix: 16) else { return nil }
             var bytes: [UInt8] = []
             var index = parts[0].startIndex
-            // Each 32-bit word is printed as a host-order (little-endian) integer.
+            // Each 32-bit word of the address, as it lies in memory, is printed as a host-order
+            // integer: its bytes in host order are the address's bytes.
             while index < parts[0].endIndex {
                 let end = parts[0].index(index, offsetBy: 8)
                 guard let word = UInt32(parts[0][index..<end], radix: 16) else { return nil }
-                bytes += withUnsafeBytes(of: word.bigEndian) { Array($0) }.reversed()
+                bytes += withUnsafeBytes(of: word) { Array($0) }
                 index = end
             }
             address = bytes
