@@ -271,7 +271,8 @@ struct LocalCallerTests {
         // acknowledged its FIN), so the lookup sees a half-closed caller.
         let callerPort = UInt16(remote.port!)
         let halfClosed = await eventually(timeout: 30) {
-            let text = (try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8)) ?? ""
+            // Read to EOF: String(contentsOfFile:) stops after the first 4 KiB page of a /proc file.
+            let text = FileHandle(forReadingAtPath: "/proc/net/tcp").map { String(decoding: $0.readDataToEndOfFile(), as: UTF8.self) } ?? ""
             return ProcNetTCP.rows(text).contains { $0.local == ProcNetTCP.Endpoint(address: [127, 0, 0, 1], port: callerPort) && $0.state == 0x05 }
         }
         #expect(halfClosed)
