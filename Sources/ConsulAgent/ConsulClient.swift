@@ -12,6 +12,9 @@ public struct ConsulResponse: Sendable {
     public var index: UInt64?
     /// `X-Consul-ContentHash` (hash-blocking endpoints).
     public var contentHash: String?
+    /// `X-Consul-Default-ACL-Policy` (on every answer; "allow" while ACLs are off): what no
+    /// matching intention decides when the agent sets no DefaultIntentionPolicy.
+    public var defaultACLPolicy: IntentionAction?
     public var body: Data
 }
 
@@ -169,6 +172,8 @@ public final class ConsulClient: Sendable {
         return ConsulResponse(status: Int(response.status.code),
                               index: response.headers.first(name: "X-Consul-Index").flatMap(BlockingIndex.parseHeader),
                               contentHash: response.headers.first(name: "X-Consul-ContentHash"),
+                              defaultACLPolicy: response.headers.first(name: "X-Consul-Default-ACL-Policy")
+                                  .flatMap { IntentionAction(rawValue: $0.lowercased()) },
                               body: data)
     }
 

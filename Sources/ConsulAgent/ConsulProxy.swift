@@ -65,9 +65,6 @@ public final class ConsulProxy: Sendable {
     public func start() async throws -> Sidecar {
         let deadline = NIODeadline.now() + options.startupTimeout
         let proxyID = try await retrying("find the proxy registration", until: deadline) { try await self.resolveProxyID() }
-        let agent = try await retrying("read /v1/agent/self", until: deadline) {
-            try ConsulAgentSelf.decode(try await self.client.get("/v1/agent/self").body, source: "/v1/agent/self")
-        }
         let registration = try await retrying("read the proxy registration", until: deadline) {
             try await self.readRegistration(proxyID)
         }
@@ -79,21 +76,22 @@ public final class ConsulProxy: Sendable {
         let roots = try await retrying("fetch the CA roots", until: deadline) {
             try ConsulCARoots.decode(try await self.client.get("/v1/agent/connect/ca/roots").body, source: "/v1/agent/connect/ca/roots")
         }
+        let agent = await readAgentSelf()
+        let datacenter = try Self.datacenter(registration: registration, leaf: leaf, agent: agent)
         material.withLockedValue { $0 = (leaf, roots) }
         let credentials = try Self.credentials(leaf: leaf, roots: roots)
         var settings = SidecarSettings(definition: options.adjustDefinition(registration.proxy), credentials: credentials,
-                                       intentions: nil, datacenter: agent.datacenter, audit: audit, logger: logger,
+                                       intentions: nil, datacenter: datacenter, audit: audit, logger: logger,
                                        metrics: metrics)
         settings.allowNonLoopbackUpstreams = options.allowNonLoopbackUpstreams
         settings.mux = options.mux
         settings.consulDiscovery = true
         let sidecar = try Sidecar(settings: settings, group: group)
         try await sidecar.start()
-        let defaultAction = agent.defaultIntentionPolicy ?? options.defaultIntention
+        let defaultAction = DefaultIntention(agentPolicy: agent?.defaultIntentionPolicy, fallback: options.defaultIntention)
         logger.notice("Consul proxy started", metadata: [
-            "proxy_id": "\(proxyID)", "service": "\(service)", "datacenter": "\(agent.datacenter)",
-            "serial": "\(leaf.serialNumber)", "default_intention": "\(defaultAction.rawValue)",
-            "agent": "\(client.summary)",
+            "proxy_id": "\(proxyID)", "service": "\(service)", "datacenter": "\(datacenter)",
+            "serial": "\(leaf.serialNumber)", "agent": "\(client.summary)",
         ])
         startWatches(sidecar: sidecar, proxyID: proxyID, service: service, defaultAction: defaultAction)
         reconcileInstanceWatches(sidecar: sidecar, definition: sidecar.definition)
@@ -113,6 +111,28 @@ public final class ConsulProxy: Sendable {
     }
 
     // MARK: - Startup
+
+    /// `/v1/agent/self` needs `agent:read`, which a service identity (what `acl login` and
+    /// `-bind-type service` give) does not have: it is read once, for the agent's
+    /// DefaultIntentionPolicy, and not needed.
+    private func readAgentSelf() async -> ConsulAgentSelf? {
+        do {
+            return try ConsulAgentSelf.decode(try await client.get("/v1/agent/self").body, source: "/v1/agent/self")
+        } catch {
+            logger.notice("/v1/agent/self not read (it needs agent:read); the default intention comes from X-Consul-Default-ACL-Policy",
+                          metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// The datacenter of our SPIFFE IDs: the registration's, else the leaf's ServiceURI, else
+    /// the agent's own.
+    static func datacenter(registration: ConsulAgentService, leaf: ConsulLeafCertificate, agent: ConsulAgentSelf?) throws -> String {
+        if let datacenter = registration.datacenter { return datacenter }
+        if let uri = try? SPIFFEID.parse(leaf.serviceURI), !uri.datacenter.isEmpty { return uri.datacenter }
+        if let agent { return agent.datacenter }
+        throw ConsulProxyError("no datacenter: the registration has no Datacenter, the leaf's ServiceURI \"\(leaf.serviceURI)\" names none, and /v1/agent/self is not readable")
+    }
 
     private func resolveProxyID() async throws -> String {
         switch options.target {
@@ -167,7 +187,7 @@ public final class ConsulProxy: Sendable {
 
     // MARK: - Watches
 
-    private func startWatches(sidecar: Sidecar, proxyID: String, service: String, defaultAction: IntentionAction) {
+    private func startWatches(sidecar: Sidecar, proxyID: String, service: String, defaultAction: DefaultIntention) {
         let adjust = options.adjustDefinition
         watch("service", path: "/v1/agent/service/\(ConsulClient.segment(proxyID))", mode: .contentHash,
               decode: { try ConsulAgentService.decode($0, source: $1) }) { [self] registration in
@@ -188,9 +208,16 @@ public final class ConsulProxy: Sendable {
         watch("roots", path: "/v1/agent/connect/ca/roots", decode: { try ConsulCARoots.decode($0, source: $1) }) { [self] roots in
             install(sidecar: sidecar, leaf: nil, roots: roots)
         }
+        let log = self.logger
         watch("intentions", path: "/v1/connect/intentions/match", query: [("by", "destination"), ("name", service)],
-              decode: { try ConsulIntentionMatch.decode($0, source: $1, destination: service) }) { intentions in
-            sidecar.updateIntentions(IntentionSet(intentions, defaultAction: defaultAction))
+              decodeResponse: { response, source in
+                  (try ConsulIntentionMatch.decode(response.body, source: source, destination: service), response.defaultACLPolicy)
+              }) { intentions, aclPolicy in
+            let (action, changed) = defaultAction.update(aclPolicy: aclPolicy)
+            if changed {
+                log.notice("default intention", metadata: ["action": "\(action.rawValue)", "from": "\(defaultAction.source)"])
+            }
+            sidecar.updateIntentions(IntentionSet(intentions, defaultAction: action))
         }
     }
 
@@ -200,9 +227,16 @@ public final class ConsulProxy: Sendable {
                                         mode: BlockingWatch<Value>.Mode = .index,
                                         decode: @escaping @Sendable (Data, String) throws -> Value,
                                         apply: @escaping @Sendable (Value) async -> Void) {
+        watch(key, name: name, path: path, query: query, mode: mode, decodeResponse: { try decode($0.body, $1) }, apply: apply)
+    }
+
+    private func watch<Value: Sendable>(_ key: String, name: String? = nil, path: String, query: [(String, String)] = [],
+                                        mode: BlockingWatch<Value>.Mode = .index,
+                                        decodeResponse: @escaping @Sendable (ConsulResponse, String) throws -> Value,
+                                        apply: @escaping @Sendable (Value) async -> Void) {
         let watch = BlockingWatch(name: name ?? key, path: path, query: query, mode: mode, client: client, timing: options.timing,
                                   logger: logger, metrics: metrics) { response in
-            try decode(response.body, path)
+            try decodeResponse(response, path)
         }
         launch(key) { await watch.run(onChange: apply) }
     }
@@ -273,5 +307,39 @@ public final class ConsulProxy: Sendable {
     private func launch(_ key: String, _ body: @escaping @Sendable () async -> Void) {
         let task = Task { await body() }
         watches.withLockedValue { $0[key] = task }
+    }
+}
+
+/// What no matching intention decides, as Consul: the agent's DefaultIntentionPolicy when it
+/// could be read and is set, else the ACL default policy every answer reports in
+/// X-Consul-Default-ACL-Policy, else (an agent that sends neither) the operator's
+/// --default-intention.
+final class DefaultIntention: Sendable {
+    private let agentPolicy: IntentionAction?
+    private let fallback: IntentionAction
+    private let aclPolicy = NIOLockedValueBox<IntentionAction?>(nil)
+    private let announced = NIOLockedValueBox<IntentionAction?>(nil)
+
+    init(agentPolicy: IntentionAction?, fallback: IntentionAction) {
+        self.agentPolicy = agentPolicy
+        self.fallback = fallback
+    }
+
+    var current: IntentionAction { agentPolicy ?? aclPolicy.withLockedValue { $0 } ?? fallback }
+
+    var source: String {
+        if agentPolicy != nil { return "DefaultIntentionPolicy" }
+        return aclPolicy.withLockedValue { $0 } != nil ? "X-Consul-Default-ACL-Policy" : "--default-intention"
+    }
+
+    /// Takes the header of a new answer: the decision, and whether it is new (to log it).
+    func update(aclPolicy header: IntentionAction?) -> (IntentionAction, changed: Bool) {
+        if let header { aclPolicy.withLockedValue { $0 = header } }
+        let now = current
+        let changed = announced.withLockedValue { value in
+            defer { value = now }
+            return value != now
+        }
+        return (now, changed)
     }
 }

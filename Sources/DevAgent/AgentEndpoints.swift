@@ -9,25 +9,29 @@ struct AgentEndpoints {
 
     func handle(_ route: Route) async throws -> HTTPResponse? {
         let request = route.request
+        let access = route.access
         if route.matches("agent", "self") {
             try route.require(.GET)
+            try access.require(.agentRead)
             return .json(agentSelf())
         }
         if route.matches("agent", "services") {
             try route.require(.GET)
+            // Filtered, like Consul: what the token cannot read is left out, not refused.
             let services = engine.store.read { state in
-                state.services.values.sorted { $0.id < $1.id }.map { ($0.id, rendering.agentService($0)) }
+                state.services.values.filter { access.allows(.serviceRead($0.name)) }
+                    .sorted { $0.id < $1.id }.map { ($0.id, rendering.agentService($0)) }
             }
             return .json(.object(services))
         }
         if route.matches("agent", "service", "register") {
             try route.require(.PUT)
-            try engine.register(try Fields.parse(request.body, what: "the service definition"))
+            try engine.register(try Fields.parse(request.body, what: "the service definition"), access: access)
             return .text(.ok, "")
         }
         if let id = route.parameter(after: "agent", "service", "deregister") {
             try route.require(.PUT)
-            try engine.deregister(id)
+            try engine.deregister(id, access: access)
             return .text(.ok, "")
         }
         // After register: "register" is not a service ID.
@@ -38,14 +42,15 @@ struct AgentEndpoints {
         for (verb, status) in [("pass", "passing"), ("warn", "warning"), ("fail", "critical")] {
             if let id = route.parameter(after: "agent", "check", verb) {
                 try route.require(.PUT)
-                try engine.updateCheck(id, status: status, output: request.queryValue("note") ?? "")
+                try engine.updateCheck(id, status: status, output: request.queryValue("note") ?? "", access: access)
                 return .text(.ok, "")
             }
         }
         if route.matches("agent", "checks") {
             try route.require(.GET)
             let checks = engine.store.read { state in
-                state.checks.values.sorted { $0.id < $1.id }.map { ($0.id, rendering.check($0, status: state.status(of: $0))) }
+                state.checks.values.filter { $0.serviceName.isEmpty ? access.grant == .management : access.allows(.serviceRead($0.serviceName)) }
+                    .sorted { $0.id < $1.id }.map { ($0.id, rendering.check($0, status: state.status(of: $0))) }
             }
             return .json(.object(checks))
         }
@@ -54,11 +59,14 @@ struct AgentEndpoints {
                 try route.require(.GET)
                 let blocking = try route.blocking()
                 let passing = request.hasQuery("passing") && request.queryValue("passing") != "false"
+                // A token that may not read the service gets an empty list, not a 403 (Consul
+                // filters and says so in a header).
+                let readable = access.allows(.serviceRead(name))
                 let (index, body) = try await engine.store.blockingRead(minIndex: blocking.index, wait: blocking.wait) { state in
                     (max(state.servicesIndex, state.checksIndex),
-                     rendering.healthEntries(state, connect: connect, name: name, passingOnly: passing))
+                     readable ? rendering.healthEntries(state, connect: connect, name: name, passingOnly: passing) : JSON.array([]))
                 }
-                return .json(body, index: index)
+                return .json(body, index: index, extraHeaders: readable ? [] : [("X-Consul-Results-Filtered-By-ACLs", "true")])
             }
         }
         if route.matches("catalog", "services") {
@@ -66,7 +74,9 @@ struct AgentEndpoints {
             let blocking = try route.blocking()
             let (index, body) = try await engine.store.blockingRead(minIndex: blocking.index, wait: blocking.wait) { state in
                 var tags: [String: Set<String>] = [:]
-                for service in state.services.values { tags[service.name, default: []].formUnion(service.tags) }
+                for service in state.services.values where access.allows(.serviceRead(service.name)) {
+                    tags[service.name, default: []].formUnion(service.tags)
+                }
                 return (state.servicesIndex, JSON.object(tags.sorted { $0.key < $1.key }.map { ($0.key, .array($0.value.sorted().map(JSON.string))) }))
             }
             return .json(body, index: index)
@@ -82,6 +92,7 @@ struct AgentEndpoints {
         while true {
             let (global, service) = engine.store.read { state in (state.index, state.services[id].map(state.resolvingCentralConfig)) }
             guard let service else { throw HTTPError.notFound("unknown service ID: \(id)") }
+            try route.access.require(.serviceRead(service.name))
             let hash = ServiceRendering.contentHash(of: service)
             if wantedHash == nil || wantedHash != hash || ContinuousClock.now >= deadline || Task.isCancelled {
                 return .json(rendering.agentService(service, contentHash: true),
@@ -105,7 +116,8 @@ struct AgentEndpoints {
             ])),
             ("DebugConfig", .object([
                 ("Datacenter", .string(configuration.datacenter)),
-                ("DefaultIntentionPolicy", .string(engine.defaultIntentionAction.rawValue)),
+                // As configured: "" means the ACL default policy decides.
+                ("DefaultIntentionPolicy", .string(configuration.defaultIntentionPolicy.lowercased())),
                 ("ACLsEnabled", .bool(configuration.aclToken != nil)),
                 ("ConnectEnabled", .bool(true)),
             ])),

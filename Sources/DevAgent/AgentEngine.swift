@@ -9,12 +9,23 @@ final class AgentEngine: Sendable {
     let store: AgentStore
     let configuration: DevAgentConfiguration
     let rendering: ServiceRendering
+    /// What no matching intention decides: DefaultIntentionPolicy when set, else the ACL
+    /// default policy (as Consul).
     let defaultIntentionAction: IntentionAction
+    /// `acl.default_policy`, reported on every response as X-Consul-Default-ACL-Policy
+    /// ("allow" while ACLs are off, as Consul).
+    let aclDefaultAction: IntentionAction
 
     init(configuration: DevAgentConfiguration) throws {
-        guard let policy = IntentionAction(rawValue: configuration.defaultIntentionPolicy.lowercased()) else {
-            throw DevAgentError("defaultIntentionPolicy \"\(configuration.defaultIntentionPolicy)\" is not \"allow\" or \"deny\"")
+        guard let aclPolicy = IntentionAction(rawValue: configuration.aclDefaultPolicy.lowercased()) else {
+            throw DevAgentError("aclDefaultPolicy \"\(configuration.aclDefaultPolicy)\" is not \"allow\" or \"deny\"")
         }
+        let aclDefault: IntentionAction = configuration.aclToken == nil ? .allow : aclPolicy
+        let intentionPolicy = configuration.defaultIntentionPolicy.lowercased()
+        guard let policy = intentionPolicy.isEmpty ? aclDefault : IntentionAction(rawValue: intentionPolicy) else {
+            throw DevAgentError("defaultIntentionPolicy \"\(configuration.defaultIntentionPolicy)\" is not \"allow\", \"deny\" or empty")
+        }
+        self.aclDefaultAction = aclDefault
         guard configuration.leafTTL > 0 else { throw DevAgentError("leafTTL must be positive") }
         self.configuration = configuration
         self.defaultIntentionAction = policy
@@ -33,10 +44,16 @@ final class AgentEngine: Sendable {
 
     // MARK: Services and checks
 
-    func register(_ body: Fields) throws {
+    /// Consul's vetServiceRegister: service:write on the service, its sidecar and, for a
+    /// proxy, on the service it stands for.
+    func register(_ body: Fields, access: ACLAccess = .management) throws {
         let ttlChecks = try store.write { state -> [CheckRecord] in
             let definition = try ServiceDefinition.parse(body) { id in
                 state.services[id].map(\.port) ?? state.freeSidecarPort(excluding: id)
+            }
+            for service in [definition.service] + (definition.sidecar.map { [$0.service] } ?? []) {
+                try access.require(.serviceWrite(service.name))
+                if let destination = service.proxy?.destinationServiceName { try access.require(.serviceWrite(destination)) }
             }
             state.register(definition.service, checks: definition.checks)
             var registered = definition.checks
@@ -49,13 +66,25 @@ final class AgentEngine: Sendable {
         ttlChecks.forEach(scheduleTTLExpiry)
     }
 
-    func deregister(_ id: String) throws {
+    func deregister(_ id: String, access: ACLAccess = .management) throws {
+        if let name = store.read({ $0.services[id]?.name }) { try access.require(.serviceWrite(name)) }
         let removed = store.write { $0.deregister(id) }
         guard !removed.isEmpty else { throw HTTPError.notFound("Unknown service ID \"\(id)\". Ensure that the service ID is passed, not the service name.") }
     }
 
-    func updateCheck(_ id: String, status: String, output: String) throws {
+    /// Service checks need service:write on their service; node checks node:write, which no
+    /// grant but management has here.
+    func updateCheck(_ id: String, status: String, output: String, access: ACLAccess = .management) throws {
         guard CheckStatus.all.contains(status) else { throw HTTPError.badRequest("Invalid check status: \"\(status)\"") }
+        if let check = store.read({ $0.checks[id] }) {
+            if check.serviceName.isEmpty {
+                guard access.grant == .management else {
+                    throw HTTPError(status: 403, message: "Permission denied: token with AccessorID '\(access.accessorID)' lacks permission 'node:write' on \"\(access.node)\"")
+                }
+            } else {
+                try access.require(.serviceWrite(check.serviceName))
+            }
+        }
         guard let check = store.write({ $0.updateCheck(id, status: status, output: output) }) else {
             throw HTTPError.notFound("unknown check ID \"\(id)\"")
         }
@@ -171,17 +200,30 @@ final class AgentEngine: Sendable {
 
     // MARK: Config entries
 
-    func writeConfigEntry(_ value: JSONValue, source: String) throws {
+    func writeConfigEntry(_ value: JSONValue, source: String, access: ACLAccess = .management) throws {
         let entry = try ConfigEntryRecord.parse(value, source: source)
+        try access.require(ConfigEndpoints.write(entry.kind, entry.name))
         store.write { $0.writeConfigEntry(entry) }
     }
 
     // MARK: ACL
 
     func isValidToken(_ token: String?) -> Bool {
-        guard let required = configuration.aclToken else { return true }
-        guard let token, !token.isEmpty else { return false }
+        guard let token, !token.isEmpty else { return configuration.aclToken == nil }
+        return (try? access(for: token)) != nil
+    }
+
+    /// The grant a request's token carries. No token is the anonymous token; an unknown,
+    /// logged-out or expired one is Consul's 403 "ACL not found".
+    func access(for token: String?) throws -> ACLAccess {
+        let node = configuration.nodeName
+        guard let root = configuration.aclToken else { return ACLAccess(grant: .management, accessorID: "", node: node) }
+        guard let token, !token.isEmpty else {
+            return ACLAccess(grant: .anonymous(defaultAllow: aclDefaultAction == .allow), accessorID: ACLAccess.anonymousAccessorID, node: node)
+        }
+        if token == root { return ACLAccess(grant: .management, accessorID: "root", node: node) }
         let now = configuration.clock()
-        return token == required || store.read { $0.loginTokens[token]?.isValid(at: now) ?? false }
+        guard let login = store.read({ $0.loginTokens[token] }), login.isValid(at: now) else { throw HTTPError.aclNotFound }
+        return ACLAccess(grant: .serviceIdentity(login.service, defaultAllow: aclDefaultAction == .allow), accessorID: login.accessorID, node: node)
     }
 }

@@ -10,7 +10,7 @@ struct ConfigEndpoints {
         if route.matches("config") {
             try route.require(.PUT)
             let body = try Fields.parse(route.request.body, what: "the config entry")
-            try engine.writeConfigEntry(body.value, source: "PUT /v1/config")
+            try engine.writeConfigEntry(body.value, source: "PUT /v1/config", access: route.access)
             return .json(.bool(true))
         }
         if let kind = route.parameter(after: "config") {
@@ -18,7 +18,7 @@ struct ConfigEndpoints {
             try Self.checkKind(kind)
             let blocking = try route.blocking()
             let (index, body) = try await engine.store.blockingRead(minIndex: blocking.index, wait: blocking.wait) { state in
-                (state.configIndex, JSON.array(state.configEntries.values.filter { $0.kind == kind }
+                (state.configIndex, JSON.array(state.configEntries.values.filter { $0.kind == kind && route.access.allows(Self.read(kind, $0.name)) }
                     .sorted { $0.name < $1.name }.map { $0.rendered() }))
             }
             return .json(body, index: index)
@@ -27,6 +27,7 @@ struct ConfigEndpoints {
             let (kind, name) = (route.segments[1], route.segments[2])
             try route.require(.GET, .DELETE)
             try Self.checkKind(kind)
+            try route.access.require(route.request.method == .DELETE ? Self.write(kind, name) : Self.read(kind, name))
             if route.request.method == .DELETE {
                 engine.store.write { $0.deleteConfigEntry(kind: kind, name: name) }
                 return .json(.bool(true))
@@ -40,6 +41,24 @@ struct ConfigEndpoints {
             return .json(entry.rendered(), index: index)
         }
         return nil
+    }
+
+    /// Each kind's CanRead in Consul: proxy-defaults are readable by anyone.
+    static func read(_ kind: String, _ name: String) -> ACLPermission? {
+        switch kind {
+        case "service-defaults": return .serviceRead(name)
+        case "service-intentions": return .intentionRead(name)
+        default: return nil
+        }
+    }
+
+    /// Each kind's CanWrite in Consul.
+    static func write(_ kind: String, _ name: String) -> ACLPermission {
+        switch kind {
+        case "service-defaults": return .serviceWrite(name)
+        case "service-intentions": return .intentionWrite(name)
+        default: return .meshWrite
+        }
     }
 
     private static func checkKind(_ kind: String) throws {

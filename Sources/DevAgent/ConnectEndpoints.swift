@@ -17,6 +17,7 @@ struct ConnectEndpoints {
         }
         if let service = route.parameter(after: "agent", "connect", "ca", "leaf") {
             try route.require(.GET)
+            try route.access.require(.serviceWrite(service))
             let blocking = try route.blocking()
             _ = try engine.leaf(for: service)
             let (index, body) = try await engine.store.blockingRead(minIndex: blocking.index, wait: blocking.wait) { state in
@@ -27,6 +28,7 @@ struct ConnectEndpoints {
         }
         if route.matches("connect", "ca", "configuration") {
             try route.require(.GET, .PUT)
+            try route.access.require(route.request.method == .PUT ? .operatorWrite : .operatorRead)
             if route.request.method == .PUT {
                 try engine.updateCAConfiguration(try Fields.parse(route.request.body, what: "the CA configuration"))
                 return .text(.ok, "")
@@ -39,9 +41,10 @@ struct ConnectEndpoints {
             return try await intentionMatch(route)
         }
         if route.matches("agent", "connect", "authorize") {
-            try route.require(.POST, .PUT)
+            try route.require(.POST)
             let body = try Fields.parse(route.request.body, what: "the authorize request")
             guard let target = try body.string("Target"), !target.isEmpty else { throw HTTPError.badRequest("Target service must be specified") }
+            try route.access.require(.serviceWrite(target))
             guard let uri = try body.string("ClientCertURI"), !uri.isEmpty else { throw HTTPError.badRequest("ClientCertURI must be specified") }
             let answer = try engine.store.read { state in
                 try IntentionRendering.authorize(state, target: target, clientCertURI: uri, defaultAction: engine.defaultIntentionAction)
@@ -57,6 +60,7 @@ struct ConnectEndpoints {
         guard by == "destination" else { throw HTTPError.badRequest("the dev agent only matches by=destination") }
         let names = route.request.query["name"] ?? []
         guard !names.isEmpty else { throw HTTPError.badRequest("required query parameter 'name' not set") }
+        for name in names { try route.access.require(.intentionRead(name)) }
         let blocking = try route.blocking()
         let (index, body) = try await engine.store.blockingRead(minIndex: blocking.index, wait: blocking.wait) { state in
             (state.configIndex, JSON.object(names.map { name in

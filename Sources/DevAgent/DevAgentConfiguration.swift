@@ -13,12 +13,17 @@ public struct DevAgentConfiguration: Sendable {
     public var leafTTL: TimeInterval = 72 * 3600
     /// Seconds to wait before re-minting leaves after a root change (Consul: 0-30 s).
     public var rootRenewJitter: ClosedRange<Double> = 0...1
-    /// "allow" or "deny"; a backup mesh runs default deny.
+    /// "allow" or "deny"; a backup mesh runs default deny. Empty: the ACL default policy
+    /// decides (Consul's `default_intention_policy` unset).
     public var defaultIntentionPolicy: String = "deny"
+    /// `acl.default_policy` while ACLs are on ("allow" or "deny"): what the anonymous token
+    /// may do, and the X-Consul-Default-ACL-Policy header.
+    public var aclDefaultPolicy: String = "deny"
     /// `*.json` service definitions and config entries loaded at init.
     public var configDirectory: String? = nil
-    /// When set, ACLs are enforced: every request needs this token or an unexpired one minted
-    /// by `/v1/acl/login`, else 403 "ACL not found".
+    /// When set, ACLs are enforced per endpoint with Consul's rules: this token may do
+    /// anything; one minted by `/v1/acl/login` is a service identity; no token is the
+    /// anonymous token; any other is 403 "ACL not found".
     public var aclToken: String? = nil
     /// `jwt` auth methods for `POST /v1/acl/login` (more come from `configDirectory`).
     public var authMethods: [DevAgentAuthMethod] = []

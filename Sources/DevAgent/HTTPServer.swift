@@ -12,7 +12,8 @@ struct HTTPRequest: Sendable {
     var headers: HTTPHeaders
     var body: Data
 
-    func queryValue(_ name: String) -> String? { query[name]?.last }
+    /// The first value, as Go's `url.Values.Get`.
+    func queryValue(_ name: String) -> String? { query[name]?.first }
     func hasQuery(_ name: String) -> Bool { query[name] != nil }
 }
 
@@ -162,10 +163,22 @@ private final class RequestHandler: ChannelInboundHandler, RemovableChannelHandl
         }
     }
 
+    /// A query string as Go's `url.ParseQuery` reads it (what Consul sees): `+` is a space,
+    /// `%XX` is decoded, a pair that does not decode is dropped.
+    static func parseQuery(_ text: String) -> [String: [String]] {
+        var query: [String: [String]] = [:]
+        for pair in text.split(separator: "&", omittingEmptySubsequences: true) {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let decode = { (raw: Substring) in raw.replacingOccurrences(of: "+", with: " ").removingPercentEncoding }
+            guard let name = decode(parts[0]), let value = parts.count > 1 ? decode(parts[1]) : "" else { continue }
+            query[name, default: []].append(value)
+        }
+        return query
+    }
+
     static func makeRequest(_ head: HTTPRequestHead, body: Data) -> HTTPRequest {
         let components = URLComponents(string: head.uri)
-        var query: [String: [String]] = [:]
-        for item in components?.queryItems ?? [] { query[item.name, default: []].append(item.value ?? "") }
+        let query = parseQuery(components?.percentEncodedQuery ?? "")
         let encodedPath = components?.percentEncodedPath ?? head.uri
         let segments = encodedPath.split(separator: "/", omittingEmptySubsequences: true)
             .map { String($0).removingPercentEncoding ?? String($0) }

@@ -7,11 +7,22 @@ import SidecarCore
 struct Router: Sendable {
     let engine: AgentEngine
 
+    /// Every answer carries the ACL default policy, as Consul's do.
     func handle(_ request: HTTPRequest) async -> HTTPResponse {
+        var response = await dispatch(request)
+        response.headers.append(("X-Consul-Default-ACL-Policy", engine.aclDefaultAction.rawValue))
+        return response
+    }
+
+    private func dispatch(_ request: HTTPRequest) async -> HTTPResponse {
         do {
             guard request.segments.first == "v1" else { throw HTTPError.notFound("404 page not found") }
-            let route = Route(request: request, segments: Array(request.segments.dropFirst()))
-            if !route.matches("acl", "login") && !engine.isValidToken(Self.token(of: request)) { throw HTTPError.aclNotFound }
+            let segments = Array(request.segments.dropFirst())
+            // Login needs no token (it is how one gets one); anything else resolves its token first.
+            let access = segments == ["acl", "login"]
+                ? ACLAccess(grant: .management, accessorID: "", node: engine.configuration.nodeName)
+                : try engine.access(for: Self.token(of: request))
+            let route = Route(request: request, segments: segments, access: access)
             if let response = try await AgentEndpoints(engine: engine).handle(route) { return response }
             if let response = try await ConnectEndpoints(engine: engine).handle(route) { return response }
             if let response = try await ConfigEndpoints(engine: engine).handle(route) { return response }
@@ -41,6 +52,8 @@ struct Router: Sendable {
 struct Route: Sendable {
     let request: HTTPRequest
     let segments: [String]
+    /// What the request's token may do; endpoints check it as Consul's do.
+    let access: ACLAccess
 
     func matches(_ pattern: String...) -> Bool {
         pattern == segments

@@ -51,9 +51,13 @@ struct AgentLifecycleTests {
             $0.aclToken = "root-token"
             $0.authMethods = [DevAgentAuthMethod(name: "jwt", jwtValidationPubKeys: [issuer.publicKeyPEM])]
         }
-        let denied = try await agent.get("/v1/agent/services")
-        #expect(denied.status == 403 && denied.text == "ACL not found")
-        #expect(try await agent.get("/v1/agent/services", headers: ["X-Consul-Token": "wrong"]).status == 403)
+        // No token is the anonymous token (default deny): lists are filtered, reads refused.
+        let anonymous = try await agent.get("/v1/agent/services")
+        #expect(anonymous.status == 200 && anonymous.text == "{}")
+        let denied = try await agent.get("/v1/agent/self")
+        #expect(denied.status == 403 && denied.text.hasPrefix("Permission denied: anonymous token lacks permission 'agent:read' on \"dev-node\""))
+        let unknown = try await agent.get("/v1/agent/services", headers: ["X-Consul-Token": "wrong"])
+        #expect(unknown.status == 403 && unknown.text == "ACL not found")
         #expect(try await agent.get("/v1/agent/services", headers: ["X-Consul-Token": "root-token"]).status == 200)
         #expect(try await agent.get("/v1/agent/services?token=root-token").status == 200)
         #expect(try await agent.get("/v1/agent/services", headers: ["Authorization": "Bearer root-token"]).status == 200)

@@ -17,13 +17,16 @@ public struct ConsulAgentService: Equatable, Sendable {
     public var contentHash: String?
     /// The registration read by the same rules as a service definition file.
     public var proxy: ProxyDefinition
+    /// The agent's datacenter (`omitempty`; absent from agents before 1.10).
+    public var datacenter: String?
 
-    public init(kind: String, id: String, service: String, contentHash: String?, proxy: ProxyDefinition) {
+    public init(kind: String, id: String, service: String, contentHash: String?, proxy: ProxyDefinition, datacenter: String? = nil) {
         self.kind = kind
         self.id = id
         self.service = service
         self.contentHash = contentHash
         self.proxy = proxy
+        self.datacenter = datacenter
     }
 
     public static func decode(_ data: Data, source: String) throws -> ConsulAgentService {
@@ -40,7 +43,8 @@ public struct ConsulAgentService: Equatable, Sendable {
             id: id,
             service: service,
             contentHash: try root.optionalNonEmptyString("ContentHash"),
-            proxy: try ProxyDefinition.decode(service: root)
+            proxy: try ProxyDefinition.decode(service: root),
+            datacenter: try root.optionalNonEmptyString("Datacenter")
         )
     }
 }
