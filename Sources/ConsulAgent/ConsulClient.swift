@@ -85,7 +85,10 @@ public final class ConsulClient: Sendable {
             tls.minimumTLSVersion = .tlsv12
             if let caFile = settings.caFile {
                 tls.trustRoots = .file(caFile)
+            } else if let caPath = settings.caPath {
+                tls.trustRoots = .certificates(try Self.certificates(inDirectory: caPath))
             }
+            if !settings.verifyTLS { tls.certificateVerification = .none }
             if let certFile = settings.clientCertFile, let keyFile = settings.clientKeyFile {
                 do {
                     tls.certificateChain = try NIOSSLCertificate.fromPEMFile(certFile).map { .certificate($0) }
@@ -101,6 +104,26 @@ public final class ConsulClient: Sendable {
             }
         }
         http = HTTPClient(eventLoopGroupProvider: .shared(eventLoopGroup), configuration: configuration)
+    }
+
+    /// CONSUL_CAPATH as go-rootcerts reads it: every file under the directory holds PEM
+    /// certificates; one that does not is an error naming it.
+    static func certificates(inDirectory path: String) throws -> [NIOSSLCertificate] {
+        guard let walker = FileManager.default.enumerator(atPath: path) else {
+            throw ConsulSettingsError("CONSUL_CAPATH \(path): not a readable directory")
+        }
+        var certificates: [NIOSSLCertificate] = []
+        for case let name as String in walker {
+            let file = (path as NSString).appendingPathComponent(name)
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: file, isDirectory: &isDirectory), !isDirectory.boolValue else { continue }
+            guard let found = try? NIOSSLCertificate.fromPEMFile(file), !found.isEmpty else {
+                throw ConsulSettingsError("CONSUL_CAPATH: no PEM certificate in \(file)")
+            }
+            certificates += found
+        }
+        guard !certificates.isEmpty else { throw ConsulSettingsError("CONSUL_CAPATH \(path): no certificates") }
+        return certificates
     }
 
     /// Ends the token source (a login session logs out) and releases the connections.
@@ -151,6 +174,9 @@ public final class ConsulClient: Sendable {
         request.method = method
         if let token {
             request.headers.add(name: "X-Consul-Token", value: token)
+        }
+        if let authorization = settings.basicAuthorization {
+            request.headers.add(name: "Authorization", value: authorization)
         }
         if let body {
             request.headers.add(name: "Content-Type", value: "application/json")

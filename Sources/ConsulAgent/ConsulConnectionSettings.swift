@@ -12,11 +12,19 @@ public struct ConsulConnectionSettings: Equatable, Sendable {
 
     public var transport: Transport
     public var useTLS: Bool
-    /// An explicit token (flag or CONSUL_HTTP_TOKEN); wins over `tokenFile`.
+    /// The token to send, when it is not read from `tokenFile`.
     public var token: String?
-    /// Re-read before each request so a rotated token file takes effect without a restart.
+    /// Re-read before each request so a rotated token file takes effect without a restart;
+    /// when set, it is what is sent (`resolve` keeps only the source Consul would use).
     public var tokenFile: String?
+    /// CONSUL_CACERT; wins over `caPath` (as go-rootcerts).
     public var caFile: String?
+    /// CONSUL_CAPATH: every PEM certificate in the directory is trusted.
+    public var caPath: String?
+    /// CONSUL_HTTP_SSL_VERIFY=false: the agent's certificate is not verified.
+    public var verifyTLS = true
+    /// CONSUL_HTTP_AUTH: HTTP basic auth (`user` or `user:password`) on every call.
+    public var httpAuth: String?
     public var clientCertFile: String?
     public var clientKeyFile: String?
     /// The name to verify the agent's certificate against, when it differs from the address.
@@ -35,40 +43,54 @@ public struct ConsulConnectionSettings: Equatable, Sendable {
         self.tlsServerName = tlsServerName
     }
 
-    /// Flags beat the environment; within each, an explicit token beats a token file.
+    /// Flags beat the environment, as in Consul's Go client. The token, in Consul's order:
+    /// `-token-file`, `-token`, CONSUL_HTTP_TOKEN_FILE, CONSUL_HTTP_TOKEN (a file beats a
+    /// token from the same place). CONSUL_HTTP_SSL=true makes even an explicit `http://`
+    /// address HTTPS ("never revert to http if TLS was explicitly requested").
     public static func resolve(httpAddr: String?, token: String?, tokenFile: String?,
                                environment: [String: String]) throws -> ConsulConnectionSettings {
         func env(_ name: String) -> String? {
             guard let value = environment[name]?.trimmingCharacters(in: .whitespaces), !value.isEmpty else { return nil }
             return value
         }
-        var settings = ConsulConnectionSettings()
-        var sslFromEnv = false
-        if let text = env("CONSUL_HTTP_SSL") {
-            guard let flag = parseBool(text) else {
-                throw ConsulSettingsError("CONSUL_HTTP_SSL=\(text) is not a boolean (true/false/1/0)")
-            }
-            sslFromEnv = flag
+        func bool(_ name: String) throws -> Bool? {
+            guard let text = env(name) else { return nil }
+            guard let flag = parseBool(text) else { throw ConsulSettingsError("\(name)=\(text) is not a boolean (true/false/1/0)") }
+            return flag
         }
+        var settings = ConsulConnectionSettings()
+        let sslFromEnv = try bool("CONSUL_HTTP_SSL") ?? false
         let address = httpAddr ?? env("CONSUL_HTTP_ADDR") ?? "127.0.0.1:8500"
         (settings.transport, settings.useTLS) = try parseAddress(address, defaultTLS: sslFromEnv)
-        if let token, !token.isEmpty {
+        if sslFromEnv, case .tcp = settings.transport { settings.useTLS = true }
+        let nonEmpty = { (text: String?) in text.flatMap { $0.isEmpty ? nil : $0 } }
+        if let file = nonEmpty(tokenFile) {
+            settings.tokenFile = file
+        } else if let token = nonEmpty(token) {
             settings.token = token
-        } else if let tokenFile, !tokenFile.isEmpty {
-            settings.tokenFile = tokenFile
-        } else if let token = env("CONSUL_HTTP_TOKEN") {
-            settings.token = token
+        } else if let file = env("CONSUL_HTTP_TOKEN_FILE") {
+            settings.tokenFile = file
         } else {
-            settings.tokenFile = env("CONSUL_HTTP_TOKEN_FILE")
+            settings.token = env("CONSUL_HTTP_TOKEN")
         }
         settings.caFile = env("CONSUL_CACERT")
+        settings.caPath = env("CONSUL_CAPATH")
         settings.clientCertFile = env("CONSUL_CLIENT_CERT")
         settings.clientKeyFile = env("CONSUL_CLIENT_KEY")
         settings.tlsServerName = env("CONSUL_TLS_SERVER_NAME")
+        settings.verifyTLS = try bool("CONSUL_HTTP_SSL_VERIFY") ?? true
+        settings.httpAuth = env("CONSUL_HTTP_AUTH")
         guard (settings.clientCertFile == nil) == (settings.clientKeyFile == nil) else {
             throw ConsulSettingsError("CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY must be set together")
         }
         return settings
+    }
+
+    /// The `Authorization` header value for `httpAuth` (`user` alone: an empty password).
+    public var basicAuthorization: String? {
+        guard let httpAuth else { return nil }
+        let pair = httpAuth.contains(":") ? httpAuth : httpAuth + ":"
+        return "Basic " + Data(pair.utf8).base64EncodedString()
     }
 
     /// `host:port`, `http://host[:port]`, `https://host[:port]` or `unix:///path`, as Consul's
@@ -104,18 +126,18 @@ public struct ConsulConnectionSettings: Equatable, Sendable {
         return (.tcp(host: host, port: explicitScheme ? (tls ? 443 : 80) : 8500), tls)
     }
 
+    /// Go's strconv.ParseBool, which Consul's client uses for its environment.
     static func parseBool(_ text: String) -> Bool? {
-        switch text.lowercased() {
-        case "1", "t", "true": return true
-        case "0", "f", "false": return false
+        switch text {
+        case "1", "t", "T", "true", "TRUE", "True": return true
+        case "0", "f", "F", "false", "FALSE", "False": return false
         default: return nil
         }
     }
 
-    /// The token to send now: the explicit one, else the token file's first line (trimmed).
+    /// The token to send now: the token file's content (trimmed), else the token.
     public func readToken() throws -> String? {
-        if let token { return token }
-        guard let tokenFile else { return nil }
+        guard let tokenFile else { return token }
         let text: String
         do {
             text = try String(contentsOfFile: tokenFile, encoding: .utf8)
@@ -138,7 +160,10 @@ public struct ConsulConnectionSettings: Equatable, Sendable {
     }
 
     public var authSummary: String {
-        token != nil ? "token" : tokenFile.map { "token file \($0)" } ?? "no token"
+        var parts = [tokenFile.map { "token file \($0)" } ?? (token != nil ? "token" : "no token")]
+        if httpAuth != nil { parts.append("basic auth") }
+        if useTLS && !verifyTLS { parts.append("TLS NOT VERIFIED") }
+        return parts.joined(separator: ", ")
     }
 }
 

@@ -151,14 +151,15 @@ public final class ConsulProxy: Sendable {
         }
     }
 
-    /// IDs of connect-proxy registrations whose DestinationServiceID is `serviceID`.
+    /// IDs of connect-proxy registrations whose DestinationServiceID is `serviceID`, compared
+    /// without regard to case (as `consul connect proxy -sidecar-for`).
     static func sidecarProxyIDs(in body: Data, for serviceID: String) throws -> [String] {
         guard let services = try JSONSerialization.jsonObject(with: body) as? [String: Any] else {
             throw ConsulProxyError("/v1/agent/services: expected a JSON object")
         }
         return services.compactMap { id, value -> String? in
             guard let service = value as? [String: Any], service["Kind"] as? String == "connect-proxy",
-                  let proxy = service["Proxy"] as? [String: Any], proxy["DestinationServiceID"] as? String == serviceID
+                  let proxy = service["Proxy"] as? [String: Any], (proxy["DestinationServiceID"] as? String)?.lowercased() == serviceID.lowercased()
             else { return nil }
             return id
         }.sorted()

@@ -32,11 +32,11 @@ struct Run: AsyncParsableCommand {
 
     // Consul mode (like `consul connect proxy`; Consul's single-dash spellings accepted too).
     @Option(name: [.customLong("sidecar-for"), .customLong("sidecar-for", withSingleDash: true)],
-            help: "Consul mode: run as the sidecar proxy registered for this service ID.")
+            help: "Consul mode: run as the sidecar proxy registered for this service ID (any letter case; env CONNECT_SIDECAR_FOR).")
     var sidecarFor: String?
 
     @Option(name: [.customLong("proxy-id"), .customLong("proxy-id", withSingleDash: true)],
-            help: "Consul mode: run as this connect-proxy registration.")
+            help: "Consul mode: run as this connect-proxy registration (env CONNECT_PROXY_ID).")
     var proxyID: String?
 
     @Option(name: [.customLong("http-addr"), .customLong("http-addr", withSingleDash: true)],
@@ -114,6 +114,18 @@ struct Run: AsyncParsableCommand {
 
     @Option(help: "Tunnels to other backup-sidecars: prefer (HTTP/2 streams on pooled mTLS connections, ALPN \(MuxProtocol.alpn); peers without it get plain connections) or off (one mTLS connection per tunnel, never offered or accepted).")
     var mux: MuxMode = .prefer
+
+    /// CONNECT_PROXY_ID / CONNECT_SIDECAR_FOR stand in for the flags, as for `consul connect
+    /// proxy` (the proxy ID first), unless a mode was chosen on the command line.
+    mutating func validate() throws {
+        let environment = ProcessInfo.processInfo.environment
+        guard sidecarFor == nil, proxyID == nil, serviceFile == nil else { return }
+        if let id = environment["CONNECT_PROXY_ID"], !id.isEmpty {
+            proxyID = id
+        } else if let service = environment["CONNECT_SIDECAR_FOR"], !service.isEmpty {
+            sidecarFor = service
+        }
+    }
 
     func run() async throws {
         BrokenPipes.ignore()

@@ -106,6 +106,24 @@ struct CommandLineTests {
         #expect(!result.output.contains("Fatal error"), "crashed: \(result.output)")
     }
 
+    @Test("CONNECT_PROXY_ID / CONNECT_SIDECAR_FOR choose Consul mode like the flags (the proxy ID first); a flag or file mode wins")
+    func connectEnvironment() async throws {
+        let port = freeLocalPort()
+        func run(_ environment: [String], _ arguments: [String] = []) async throws -> ProcessRunner.Result {
+            try await ProcessRunner.run(["env"] + environment + ["CONSUL_HTTP_ADDR=127.0.0.1:\(port)", Self.binary, "run",
+                                                                  "--startup-timeout", "1s"] + arguments, timeout: 20)
+        }
+        let sidecarFor = try await run(["CONNECT_SIDECAR_FOR=storage"])
+        #expect(sidecarFor.status == 2 && sidecarFor.output.contains("could not find the proxy registration"), "\(sidecarFor.output)")
+        #expect(sidecarFor.output.contains("127.0.0.1:\(port)"), "\(sidecarFor.output)")
+        let proxyID = try await run(["CONNECT_SIDECAR_FOR=storage", "CONNECT_PROXY_ID=storage-sidecar-proxy"])
+        #expect(proxyID.status == 2 && proxyID.output.contains("could not read the proxy registration"), "\(proxyID.output)")
+        let flagWins = try await run(["CONNECT_PROXY_ID=storage-sidecar-proxy"], ["-sidecar-for", "storage"])
+        #expect(flagWins.output.contains("could not find the proxy registration"), "\(flagWins.output)")
+        let fileMode = try await run(["CONNECT_SIDECAR_FOR=storage"], ["--service-file", "/nonexistent/storage.json"] + Self.certs())
+        #expect(fileMode.output.contains("/nonexistent/storage.json"), "file mode is not switched to Consul mode: \(fileMode.output)")
+    }
+
     @Test("A listener address already in use is a clear startup error (exit 3)")
     func portInUse() async throws {
         let holder = try await TestBackend(.echo, group: testGroup)

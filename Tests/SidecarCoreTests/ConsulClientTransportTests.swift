@@ -30,6 +30,25 @@ struct ConsulClientTransportTests {
         #expect(server.requests == ["GET /v1/agent/self token=unix-token"])
     }
 
+    @Test("CONSUL_HTTP_AUTH sends HTTP basic auth on every call, next to the token")
+    func basicAuth() async throws {
+        let directory = try Self.scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = "\(directory)/consul.sock"
+        let server = try await ScriptedHTTPServer(group: testGroup, unixSocketPath: path) { _, _ in .init(body: "{}") }
+        defer { Task { await server.stop() } }
+        for (auth, expected) in [("backup:s3cret", "YmFja3VwOnMzY3JldA=="), ("backup", "YmFja3VwOg==")] {
+            let settings = try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil, environment: [
+                "CONSUL_HTTP_ADDR": "unix://\(path)", "CONSUL_HTTP_TOKEN": "t", "CONSUL_HTTP_AUTH": auth,
+            ])
+            let client = try ConsulClient(settings: settings, eventLoopGroup: testGroup)
+            _ = try await client.get("/v1/agent/self")
+            await client.shutdown()
+            #expect(server.requests.last == "GET /v1/agent/self token=t authorization=Basic \(expected)")
+            #expect(!settings.summary.contains("s3cret"))
+        }
+    }
+
     /// `openssl s_server -WWW` serving `v1/agent/self` from a directory, over TLS with a server
     /// certificate for consul.test; with `requireClientCert` it demands one signed by the test CA.
     static func startTLSAgent(in directory: String, requireClientCert: Bool) async throws -> (Process, Int) {
@@ -91,6 +110,30 @@ struct ConsulClientTransportTests {
         ssl["CONSUL_HTTP_ADDR"] = "127.0.0.1:\(port)"
         ssl["CONSUL_HTTP_SSL"] = "true"
         #expect((try? await Self.fetch(ssl).get())?.contains("dc-tls") == true, "CONSUL_HTTP_SSL=true with a bare address")
+        ssl["CONSUL_HTTP_ADDR"] = "http://127.0.0.1:\(port)"
+        #expect((try? await Self.fetch(ssl).get())?.contains("dc-tls") == true, "CONSUL_HTTP_SSL=true: even http:// stays HTTPS")
+
+        // CONSUL_CAPATH: a directory of PEM files instead of one file.
+        let caDirectory = "\(directory)/ca.d"
+        try FileManager.default.createDirectory(atPath: caDirectory, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: TestCertificates.path("ca.pem"), toPath: "\(caDirectory)/other.pem")
+        try FileManager.default.copyItem(atPath: "\(directory)/server.pem", toPath: "\(caDirectory)/agent.pem")
+        var capath = good
+        capath["CONSUL_CACERT"] = nil
+        capath["CONSUL_CAPATH"] = caDirectory
+        let viaPath = await Self.fetch(capath)
+        #expect((try? viaPath.get())?.contains("dc-tls") == true, "\(viaPath)")
+        try "not a certificate".write(toFile: "\(caDirectory)/README", atomically: true, encoding: .utf8)
+        let unreadable = await Self.fetch(capath)
+        #expect("\(unreadable)".contains("no PEM certificate in \(caDirectory)/README"), "\(unreadable)")
+
+        // CONSUL_HTTP_SSL_VERIFY=false: name and CA go unchecked (and the summary says so).
+        var unverified = wrongCA
+        unverified["CONSUL_TLS_SERVER_NAME"] = nil
+        unverified["CONSUL_HTTP_SSL_VERIFY"] = "false"
+        #expect((try? await Self.fetch(unverified).get())?.contains("dc-tls") == true)
+        let summary = try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil, environment: unverified).summary
+        #expect(summary.contains("TLS NOT VERIFIED"), "\(summary)")
     }
 
     @Test("HTTPS with a client certificate: CONSUL_CLIENT_CERT/KEY are presented; without them the agent refuses")

@@ -33,15 +33,58 @@ struct ConsulConnectionSettingsTests {
         #expect(throws: ConsulSettingsError.self) { try ConsulConnectionSettings.parseAddress(text) }
     }
 
-    @Test("CONSUL_HTTP_SSL turns a scheme-less address into https; an explicit scheme wins")
+    @Test("CONSUL_HTTP_SSL=true makes any TCP address https, an explicit http:// too (Consul never reverts to http)")
     func sslFlag() throws {
         let env = ["CONSUL_HTTP_ADDR": "agent:8501", "CONSUL_HTTP_SSL": "true"]
         #expect(try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil, environment: env).useTLS)
         let explicit = try ConsulConnectionSettings.resolve(httpAddr: "http://agent:8500", token: nil, tokenFile: nil, environment: env)
-        #expect(!explicit.useTLS)
-        #expect(throws: ConsulSettingsError.self) {
-            try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil, environment: ["CONSUL_HTTP_SSL": "yes please"])
+        #expect(explicit.useTLS && explicit.transport == .tcp(host: "agent", port: 8500))
+        let off = try ConsulConnectionSettings.resolve(httpAddr: "https://agent:8501", token: nil, tokenFile: nil,
+                                                       environment: ["CONSUL_HTTP_SSL": "false"])
+        #expect(off.useTLS, "https:// stays https")
+        for bad in ["yes please", "tRuE", "yes", "on"] {
+            #expect(throws: ConsulSettingsError.self) {
+                try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil, environment: ["CONSUL_HTTP_SSL": bad])
+            }
         }
+        for good in ["1", "t", "T", "true", "TRUE", "True"] {
+            #expect(try ConsulConnectionSettings.resolve(httpAddr: "a:1", token: nil, tokenFile: nil, environment: ["CONSUL_HTTP_SSL": good]).useTLS)
+        }
+    }
+
+    @Test("The token in Consul's order: -token-file, -token, CONSUL_HTTP_TOKEN_FILE, CONSUL_HTTP_TOKEN")
+    func tokenPrecedence() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("consul-order-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let flagFile = directory.appendingPathComponent("flag").path, envFile = directory.appendingPathComponent("env").path
+        try "from-flag-file".write(toFile: flagFile, atomically: true, encoding: .utf8)
+        try "from-env-file".write(toFile: envFile, atomically: true, encoding: .utf8)
+        let env = ["CONSUL_HTTP_TOKEN": "from-env", "CONSUL_HTTP_TOKEN_FILE": envFile]
+        func token(_ flag: String?, _ file: String?, _ environment: [String: String]) throws -> String? {
+            try ConsulConnectionSettings.resolve(httpAddr: nil, token: flag, tokenFile: file, environment: environment).readToken()
+        }
+        #expect(try token("from-flag", flagFile, env) == "from-flag-file")
+        #expect(try token("from-flag", nil, env) == "from-flag")
+        #expect(try token(nil, nil, env) == "from-env-file")
+        #expect(try token(nil, nil, ["CONSUL_HTTP_TOKEN": "from-env"]) == "from-env")
+        #expect(try token("", "", env) == "from-env-file", "empty flags count as not given")
+    }
+
+    @Test("CONSUL_CAPATH, CONSUL_HTTP_SSL_VERIFY and CONSUL_HTTP_AUTH are read; the summary never shows a secret")
+    func moreEnvironment() throws {
+        let settings = try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil, environment: [
+            "CONSUL_HTTP_ADDR": "https://agent:8501", "CONSUL_CAPATH": "/etc/consul/ca.d", "CONSUL_HTTP_SSL_VERIFY": "0",
+            "CONSUL_HTTP_AUTH": "backup:pa:ss", "CONSUL_HTTP_TOKEN": "secret",
+        ])
+        #expect(settings.caPath == "/etc/consul/ca.d" && !settings.verifyTLS && settings.httpAuth == "backup:pa:ss")
+        #expect(settings.basicAuthorization == "Basic " + Data("backup:pa:ss".utf8).base64EncodedString(), "split at the first colon")
+        #expect(settings.summary == "https://agent:8501 (token, basic auth, TLS NOT VERIFIED)")
+        #expect(throws: ConsulSettingsError.self) {
+            try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil, environment: ["CONSUL_HTTP_SSL_VERIFY": "nope"])
+        }
+        let verified = try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil, environment: [:])
+        #expect(verified.verifyTLS && verified.httpAuth == nil && verified.basicAuthorization == nil)
     }
 
     @Test("Flags beat the environment; the default is 127.0.0.1:8500 over http")
@@ -114,6 +157,7 @@ struct ConsulConnectionSettingsTests {
         #expect(try ConsulProxy.sidecarProxyIDs(in: body, for: "storage-1") == ["storage-1-sidecar-proxy"])
         #expect(try ConsulProxy.sidecarProxyIDs(in: body, for: "storage-2") == ["extra-proxy", "storage-2-sidecar-proxy"])
         #expect(try ConsulProxy.sidecarProxyIDs(in: body, for: "storage") == [], "a service name is not a service ID")
+        #expect(try ConsulProxy.sidecarProxyIDs(in: body, for: "Storage-1") == ["storage-1-sidecar-proxy"], "any letter case")
         #expect(throws: (any Error).self) { try ConsulProxy.sidecarProxyIDs(in: Data("[1,2]".utf8), for: "x") }
     }
 }

@@ -62,6 +62,7 @@ private final class ScriptedHandler: ChannelInboundHandler, @unchecked Sendable 
             guard let head else { return }
             // The Metadata header only when present (IMDS requests), so Consul-call lines stay as they were.
             let metadata = head.headers.first(name: "Metadata").map { " metadata=\($0)" } ?? ""
+                + (head.headers.first(name: "Authorization").map { " authorization=\($0)" } ?? "")
             log.withLockedValue { $0.append("\(head.method) \(head.uri) token=\(head.headers.first(name: "X-Consul-Token") ?? "-")\(metadata)") }
             let reply = respond(head.method, head.uri)
             let context = NIOLoopBound(context, eventLoop: context.eventLoop)
