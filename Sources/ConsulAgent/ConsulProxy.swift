@@ -278,28 +278,33 @@ public final class ConsulProxy: Sendable {
     /// One health watch per upstream destination (and datacenter) in the registration.
     private func reconcileInstanceWatches(sidecar: Sidecar, definition: ProxyDefinition) {
         var wanted: [String: Upstream] = [:]
-        for upstream in definition.upstreams {
-            wanted["upstream:\(upstream.destinationName)@\(upstream.datacenter ?? "")"] = upstream
-        }
+        for upstream in definition.upstreams { wanted["upstream:\(upstream.instanceKey)"] = upstream }
         let stale = watches.withLockedValue { value -> [Task<Void, Never>] in
             let keys = value.keys.filter { $0.hasPrefix("upstream:") && wanted[$0] == nil }
             return keys.compactMap { value.removeValue(forKey: $0) }
         }
         for task in stale { task.cancel() }
+        let localDatacenter = sidecar.datacenter
         for (key, upstream) in wanted where watches.withLockedValue({ $0[key] }) == nil {
-            let destination = upstream.destinationName
+            let destination = upstream.destinationName, instanceKey = upstream.instanceKey
             let path = "/v1/health/connect/\(ConsulClient.segment(destination))"
             var query = [("passing", "1")]
             if let datacenter = upstream.datacenter { query.append(("dc", datacenter)) }
+            // Another datacenter is reached on the WAN tagged addresses, as Consul does.
+            let wan = upstream.datacenter.map { $0 != localDatacenter } ?? false
             let logger = self.logger
-            watch(key, name: "upstream:\(destination)", path: path, query: query,
-                  decode: { try ConsulServiceInstance.decode($0, source: $1) }) { instances in
-                let endpoints = instances.filter(\.isPassing).map {
-                    Endpoint(host: $0.dialAddress, port: $0.service.port, datacenter: $0.node.datacenter)
+            watch(key, name: "upstream:\(instanceKey)", path: path, query: query,
+                  decode: { try ConsulServiceInstance.decodeUsable($0, source: $1) }) { answer in
+                for line in answer.skipped {
+                    logger.warning("upstream instance skipped", metadata: ["upstream": "\(instanceKey)", "reason": "\(line)"])
                 }
-                sidecar.updateInstances(endpoints, for: destination)
+                let endpoints = answer.instances.filter(\.isPassing).map { instance in
+                    let (host, port) = instance.bestAddress(wan: wan)
+                    return Endpoint(host: host, port: port, datacenter: instance.node.datacenter)
+                }
+                sidecar.updateInstances(endpoints, for: instanceKey)
                 logger.info("upstream instances", metadata: [
-                    "upstream": "\(destination)", "instances": "\(endpoints.map(\.description).joined(separator: ","))",
+                    "upstream": "\(instanceKey)", "instances": "\(endpoints.map(\.description).joined(separator: ","))",
                 ])
             }
         }

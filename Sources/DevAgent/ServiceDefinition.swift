@@ -115,6 +115,7 @@ struct ServiceDefinition {
         upstream.destinationNamespace = try body.string("DestinationNamespace").flatMap { $0.isEmpty ? nil : $0 } ?? "default"
         upstream.destinationPartition = try body.string("DestinationPartition").flatMap { $0.isEmpty ? nil : $0 } ?? "default"
         upstream.datacenter = try body.string("Datacenter") ?? ""
+        upstream.destinationPeer = try body.string("DestinationPeer") ?? ""
         upstream.localBindAddress = try body.string("LocalBindAddress").flatMap { $0.isEmpty ? nil : $0 } ?? "127.0.0.1"
         upstream.localBindPort = try body.int("LocalBindPort") ?? 0
         upstream.localBindSocketPath = try body.string("LocalBindSocketPath")

@@ -40,6 +40,8 @@ struct UpstreamRecord: Sendable {
     var destinationNamespace = "default"
     var destinationPartition = "default"
     var destinationName: String
+    /// Cluster peering: the peer the destination is imported from ("" for none).
+    var destinationPeer = ""
     var datacenter = ""
     var localBindAddress = "127.0.0.1"
     var localBindPort = 0

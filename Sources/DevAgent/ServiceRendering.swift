@@ -59,8 +59,10 @@ struct ServiceRendering {
             ("DestinationName", .string(upstream.destinationName)),
             ("Datacenter", .string(upstream.datacenter)),
             ("LocalBindAddress", .string(upstream.localBindAddress)),
-            ("LocalBindPort", .int(upstream.localBindPort)),
         ]
+        // omitempty, as Consul: transparent-proxy and peered upstreams often have neither.
+        if !upstream.destinationPeer.isEmpty { fields.insert(("DestinationPeer", .string(upstream.destinationPeer)), at: 3) }
+        if upstream.localBindPort != 0 { fields.append(("LocalBindPort", .int(upstream.localBindPort))) }
         if let path = upstream.localBindSocketPath { fields.append(("LocalBindSocketPath", .string(path))) }
         fields.append(("Config", JSON(upstream.config)))
         return .object(fields)

@@ -134,7 +134,13 @@ public final class Sidecar: Sendable {
         self.intentions = NIOLockedValueBox(settings.intentions)
         self.definitionBox = NIOLockedValueBox(settings.definition)
         if let intentions = settings.intentions { Self.warnUnevaluable(intentions, logger: settings.logger) }
-        for (name, endpoints) in settings.upstreamEndpoints { updateInstances(endpoints, for: name) }
+        // Static endpoints are given by destination name; each upstream of that name uses them.
+        for (name, endpoints) in settings.upstreamEndpoints {
+            updateInstances(endpoints, for: name)
+            for upstream in settings.definition.upstreams where upstream.destinationName == name && upstream.instanceKey != name {
+                updateInstances(endpoints, for: upstream.instanceKey)
+            }
+        }
     }
 
     /// The registration in force (it changes in Consul mode).
@@ -146,9 +152,15 @@ public final class Sidecar: Sendable {
     /// HTTP2RequestFilter); tcp services are decided per connection.
     private static func l7Protocol(_ definition: ProxyDefinition) -> L7Protocol? { L7Protocol(configProtocol: definition.config.protocol) }
 
+    /// One warning per upstream of the registration that gets no listener, with why.
+    private func reportSkippedUpstreams(_ skipped: [String]) {
+        for line in skipped { settings.logger.warning("upstream skipped", metadata: ["reason": "\(line)"]) }
+    }
+
     /// Binds every listener. Throws (naming the address) if any cannot be bound.
     public func start() async throws {
         let definition = self.definition
+        reportSkippedUpstreams(definition.skippedUpstreams)
         try await reconcilePublicListener(definition)
         for upstream in definition.upstreams {
             try await bindUpstream(upstream)
@@ -182,6 +194,7 @@ public final class Sidecar: Sendable {
             return value
         }
         guard !isDraining else { return }
+        if newDefinition.skippedUpstreams != old.skippedUpstreams { reportSkippedUpstreams(newDefinition.skippedUpstreams) }
         // Limits apply to the listeners already bound too, at once (a lowered or raised
         // max_connections re-decides whether each accepts).
         tracker.configure(Self.publicListenerName, maxConnections: newDefinition.config.maxConnections,
@@ -208,7 +221,8 @@ public final class Sidecar: Sendable {
         if !failures.isEmpty { throw SidecarError.reconfigurationFailed(failures) }
     }
 
-    /// Replaces the known instances of an upstream destination (Consul's health/connect).
+    /// Replaces the known instances of an upstream destination (Consul's health/connect),
+    /// keyed by `Upstream.instanceKey`.
     public func updateInstances(_ endpoints: [Endpoint], for destination: String) {
         instances(of: destination).replace(endpoints)
     }
@@ -223,6 +237,9 @@ public final class Sidecar: Sendable {
             return created
         }
     }
+
+    /// Our datacenter (the `dc` of our SPIFFE IDs).
+    public var datacenter: String { settings.datacenter }
 
     /// Instances currently known per upstream destination.
     public var upstreamInstanceList: [String: [Endpoint]] {
@@ -590,7 +607,7 @@ public final class Sidecar: Sendable {
                                 namespace: upstream.destinationNamespace,
                                 datacenter: upstream.datacenter ?? settings.datacenter, service: upstream.destinationName)
         let contexts = self.contexts
-        let rotation = instances(of: upstream.destinationName)
+        let rotation = instances(of: upstream.instanceKey)
         let config = definition.config
         let route = UpstreamRoute(upstream: upstream, expectedIdentity: expected,
                                   endpoints: rotation,

@@ -324,6 +324,11 @@ struct Run: AsyncParsableCommand {
                               onIntentionsChange: @escaping @Sendable (IntentionSet) -> Void) throws
         -> (SidecarSettings, IntentionsFileSource?) {
         let definition = try definitionOverrides()(try ProxyDefinition.load(path: serviceFile))
+        // In Consul mode an upstream we cannot serve is skipped with a warning (the registration
+        // may come from central config); a file the operator wrote is wrong, and says so.
+        if !definition.skippedUpstreams.isEmpty {
+            throw ConfigError(source: serviceFile, path: "", message: definition.skippedUpstreams.joined(separator: "; "))
+        }
         try definition.validateUpstreamBinds(allowNonLoopback: allowRemoteUpstreams)
         let source = intentionsFile.map {
             IntentionsFileSource(path: $0, defaultAction: defaultAction, logger: logger, apply: onIntentionsChange)

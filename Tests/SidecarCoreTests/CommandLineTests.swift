@@ -69,6 +69,9 @@ struct CommandLineTests {
         Case(name: "upstream on a non-loopback address", arguments: {
             ["--service-file", write("remote-upstream.json", #"{"service":{"kind":"connect-proxy","name":"a","proxy":{"destination_service_name":"a","upstreams":[{"destination_name":"storage","local_bind_address":"0.0.0.0","local_bind_port":19100}]}}}"#)] + certs()
         }, status: 2, messageContains: ["storage", "0.0.0.0", "not loopback", "--allow-remote-upstreams"]),
+        Case(name: "file mode: an upstream with no local bind", arguments: {
+            ["--service-file", write("tproxy-upstream.json", #"{"service":{"kind":"connect-proxy","name":"a","proxy":{"destination_service_name":"a","upstreams":[{"destination_name":"storage"}]}}}"#)] + certs()
+        }, status: 2, messageContains: ["tproxy-upstream.json", "upstream \"storage\" skipped", "local_bind_port"]),
         Case(name: "neither Consul mode nor file mode", arguments: { [] },
              status: 2, messageContains: ["-sidecar-for", "--service-file"]),
         Case(name: "Consul mode combined with file-mode certificates", arguments: { ["-sidecar-for", "storage"] + certs() },

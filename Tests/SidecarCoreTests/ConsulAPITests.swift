@@ -593,9 +593,10 @@ struct ConsulAPIAgentServiceTests {
         #expect(proxy.upstreams == [
             Upstream(destinationName: "metadata-db", destinationNamespace: "default", destinationPartition: "default",
                      datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 9191, connectTimeoutMs: 2500),
-            Upstream(destinationName: "object-store", destinationNamespace: "backups", destinationPartition: "default",
-                     datacenter: nil, localBindAddress: "127.0.0.2", localBindPort: 9192, connectTimeoutMs: 10000),
         ])
+        // Namespaces are Consul Enterprise: that upstream is skipped, not dialled in default.
+        #expect(proxy.skippedUpstreams.count == 1 && proxy.skippedUpstreams[0].hasPrefix("upstream \"object-store\" skipped"),
+                "\(proxy.skippedUpstreams)")
     }
 
     @Test("Upstreams null, empty or missing: no upstreams")
@@ -662,10 +663,8 @@ struct ConsulAPIAgentServiceTests {
             (#"{"Kind": "connect-proxy", "ID": "p1", "Service": "p", "Port": 21000, "Proxy": {}}"#, "proxy.destination_service_name"),
             (#"{"Kind": "connect-proxy", "ID": "p1", "Service": "p", "Port": "x", "Proxy": {"DestinationServiceName": "web"}}"#, "port"),
             (#"{"Kind": "connect-proxy", "ID": "p1", "Service": "p", "Port": 21000}"#, "proxy"),
-            (#"{"Kind": "connect-proxy", "ID": "p1", "Service": "p", "Port": 21000, "Proxy": {"DestinationServiceName": "web", "Upstreams": [{"DestinationType": "prepared_query", "DestinationName": "q", "LocalBindPort": 9000}]}}"#,
-             "proxy.upstreams[0].destination_type"),
-            (#"{"Kind": "connect-proxy", "ID": "p1", "Service": "p", "Port": 21000, "Proxy": {"DestinationServiceName": "web", "Upstreams": [{"DestinationName": "db"}]}}"#,
-             "proxy.upstreams[0].local_bind_port"),
+            (#"{"Kind": "connect-proxy", "ID": "p1", "Service": "p", "Port": 21000, "Proxy": {"DestinationServiceName": "web", "Upstreams": {}}}"#,
+             "proxy.upstreams"),
         ]
         for (json, path) in cases {
             let error = try #require(configError { try ConsulAgentService.decode(data(json), source: serviceSource) }, "\(json)")
@@ -696,7 +695,8 @@ struct ConsulAPIHealthTests {
         let instances = try ConsulServiceInstance.decode(data(healthResponse), source: healthSource)
         #expect(instances.count == 2)
         let a = instances[0], b = instances[1]
-        #expect(a.node == .init(id: "40e4a748-2192-161a-0510-9bf59fe950b5", node: "backup-node-a", address: "10.0.4.21", datacenter: "dc1"))
+        #expect(a.node == .init(id: "40e4a748-2192-161a-0510-9bf59fe950b5", node: "backup-node-a", address: "10.0.4.21", datacenter: "dc1",
+                               wanAddress: "10.0.4.21"))
         #expect(a.service == .init(id: "storage-sidecar-proxy", service: "storage-sidecar-proxy", kind: "connect-proxy",
                                    address: "", port: 21000, proxyDestinationName: "storage"))
         #expect(a.checks.map(\.checkID) == ["serfHealth", "service:storage-sidecar-proxy:1"])
@@ -743,9 +743,10 @@ struct ConsulAPIHealthTests {
         let cases: [(String, String, String)] = [
             (healthEntry(node: ""), "[0].Node", "required field is missing"),
             (healthEntry(service: ""), "[0].Service", "required field is missing"),
-            (healthEntry(service: #""Service": {"ID": "s1", "Service": "s"}"#), "[0].Service.Port", "required field is missing"),
+            (healthEntry(service: #""Service": {"ID": "s1", "Service": "s"}"#), "[0].Service.Port", "unix socket"),
+            (healthEntry(service: #""Service": {"ID": "s1", "Service": "s", "Port": 0}"#), "[0].Service.Port", "outside 1-65535"),
             (healthEntry(service: #""Service": {"ID": "s1", "Service": "s", "Port": "21000"}"#), "[0].Service.Port", "expected an integer"),
-            (healthEntry(service: #""Service": {"ID": "s1", "Service": "s", "Port": 70000}"#), "[0].Service.Port", "outside 0-65535"),
+            (healthEntry(service: #""Service": {"ID": "s1", "Service": "s", "Port": 70000}"#), "[0].Service.Port", "outside 1-65535"),
             (healthEntry(service: #""Service": {"ID": "s1", "Port": 21000}"#), "[0].Service.Service", "required field is missing"),
             (healthEntry(service: #""Service": {"ID": "s1", "Service": "s", "Port": 1, "Address": 5}"#), "[0].Service.Address", "expected a string"),
             (healthEntry(service: #""Service": {"ID": "s1", "Service": "s", "Port": 1, "Proxy": []}"#), "[0].Service.Proxy", "expected an object"),
@@ -763,6 +764,38 @@ struct ConsulAPIHealthTests {
             #expect(error.path == path, "\(json)")
             #expect(error.message.contains(words), "\(json): \(error.message)")
         }
+    }
+
+    @Test("One entry that cannot be dialled (no Port: a socket-path instance) is skipped with its reason; the others stay")
+    func usableEntries() throws {
+        let socketInstance = #"{"Node": {"Node": "n3", "Address": "10.0.0.3", "Datacenter": "dc1"}, "Service": {"ID": "s3", "Service": "storage-sidecar-proxy", "SocketPath": "/run/s.sock"}, "Checks": []}"#
+        let list = healthResponse.trimmingCharacters(in: .whitespacesAndNewlines)
+        let mixed = String(list.dropLast()) + ", \(socketInstance)]"
+        let answer = try ConsulServiceInstance.decodeUsable(data(mixed), source: healthSource)
+        #expect(answer.instances.count == 2)
+        #expect(answer.skipped.count == 1 && answer.skipped[0].hasPrefix("[2].Service.Port:"), "\(answer.skipped)")
+        #expect(throws: ConfigError.self) { try ConsulServiceInstance.decodeUsable(data("{}"), source: healthSource) }
+        #expect(throws: ConfigError.self, "strict decode still names the entry") { try ConsulServiceInstance.decode(data(mixed), source: healthSource) }
+    }
+
+    @Test("Best address as Consul's: WAN tagged addresses from another datacenter, service before node")
+    func bestAddress() throws {
+        func instance(_ service: String, _ node: String) throws -> ConsulServiceInstance {
+            let json = healthEntry(node: #""Node": {"Node": "n1", "Address": "10.0.0.1", "Datacenter": "dc2"\#(node)}"#,
+                                   service: #""Service": {"ID": "s1", "Service": "s", "Port": 21000\#(service)}"#)
+            return try #require(try ConsulServiceInstance.decode(data(json), source: healthSource).first)
+        }
+        let plain = try instance("", "")
+        #expect(plain.bestAddress(wan: false) == ("10.0.0.1", 21000) && plain.bestAddress(wan: true) == ("10.0.0.1", 21000))
+        let nodeWAN = try instance("", #", "TaggedAddresses": {"lan": "10.0.0.1", "wan": "198.51.100.1"}"#)
+        #expect(nodeWAN.bestAddress(wan: true) == ("198.51.100.1", 21000) && nodeWAN.bestAddress(wan: false) == ("10.0.0.1", 21000))
+        let serviceAddress = try instance(#", "Address": "10.9.9.9""#, #", "TaggedAddresses": {"wan": "198.51.100.1"}"#)
+        #expect(serviceAddress.bestAddress(wan: true) == ("10.9.9.9", 21000), "a service address beats the node's WAN address")
+        let serviceWAN = try instance(#", "Address": "10.9.9.9", "TaggedAddresses": {"wan": {"Address": "203.0.113.7", "Port": 8443}, "lan": {"Address": "10.9.9.9", "Port": 21000}}"#,
+                                      #", "TaggedAddresses": {"wan": "198.51.100.1"}"#)
+        #expect(serviceWAN.bestAddress(wan: true) == ("203.0.113.7", 8443) && serviceWAN.bestAddress(wan: false) == ("10.9.9.9", 21000))
+        let wanNoPort = try instance(#", "TaggedAddresses": {"wan": {"Address": "203.0.113.7", "Port": 0}}"#, "")
+        #expect(wanNoPort.bestAddress(wan: true) == ("203.0.113.7", 21000), "a WAN port of 0 keeps the service port")
     }
 
     @Test("the second entry's error carries index 1")

@@ -92,4 +92,60 @@ struct ConsulLeastPrivilegeTests {
         #expect(try ConsulProxy.datacenter(registration: registration(nil), leaf: leaf("not a uri"), agent: agent) == "from-agent")
         #expect(throws: ConsulProxyError.self) { try ConsulProxy.datacenter(registration: registration(nil), leaf: leaf("x"), agent: nil) }
     }
+
+    @Test("Upstreams without a local bind, peered or in another namespace are skipped with a warning; the others serve")
+    func registrationShapes() async throws {
+        let mesh = try await ConsulMesh.start()
+        defer { Task { await mesh.stop() } }
+        let backend = try await TestBackend(.echo, group: testGroup)
+        defer { Task { await backend.stop() } }
+        try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: freeLocalPort())
+        try mesh.allow("backup-agent", to: "storage")
+        let upstreamPort = freeLocalPort()
+        try mesh.agent.registerService(json: """
+            {"id": "backup-agent", "name": "backup-agent", "port": \(freeLocalPort()), "address": "127.0.0.1",
+             "connect": {"sidecar_service": {"port": \(freeLocalPort()), "proxy": {"upstreams": [
+               {"destination_name": "metadata-db"},
+               {"destination_name": "storage", "destination_peer": "dc-west", "local_bind_port": \(freeLocalPort())},
+               {"destination_name": "storage", "destination_namespace": "ops", "local_bind_port": \(freeLocalPort())},
+               {"destination_name": "storage", "local_bind_port": \(upstreamPort), "config": {"connect_timeout_ms": 2000}}]}}}}
+            """)
+        let (storageProxy, storage) = try await mesh.sidecar(for: "storage")
+        defer { Task { await storageProxy.stop(); await storage.stop() } }
+        let log = RecordingLogHandler()
+        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", logger: log.logger)
+        defer { Task { await agentProxy.stop(); await agent.stop() } }
+        #expect(agent.definition.upstreams.map(\.listenerName) == ["upstream:storage"])
+        #expect(await eventually(timeout: 30) { storage.readiness.ready && agent.upstreamInstanceList["storage"]?.count == 1 })
+        #expect(await echoRoundTrip(port: upstreamPort))
+        let skipped = log.messages.filter { $0.contains("upstream skipped") }
+        #expect(skipped.count == 3, "\(skipped)")
+        #expect(skipped.contains { $0.contains("metadata-db") && $0.contains("transparent-proxy") })
+        #expect(skipped.contains { $0.contains("peering") && $0.contains("dc-west") })
+        #expect(skipped.contains { $0.contains("\"ops\"") })
+    }
+
+    @Test("The same upstream name in two datacenters: two listeners, two instance lists, two expected identities")
+    func sameNameTwoDatacenters() async throws {
+        func upstream(_ datacenter: String?) -> Upstream {
+            Upstream(destinationName: "storage", destinationNamespace: "default", destinationPartition: "default",
+                     datacenter: datacenter, localBindAddress: "127.0.0.1", localBindPort: freeLocalPort(), connectTimeoutMs: 2000)
+        }
+        let definition = ProxyDefinition(id: "backup-agent-sidecar-proxy", name: "backup-agent-sidecar-proxy", address: "127.0.0.1",
+                                         port: nil, destinationServiceName: "backup-agent", destinationServiceID: nil,
+                                         localServiceAddress: "127.0.0.1", localServicePort: nil, config: ProxyConfig(),
+                                         upstreams: [upstream(nil), upstream("dc2")])
+        let local = Endpoint(host: "127.0.0.1", port: 1, datacenter: "dc1")
+        let settings = SidecarSettings(definition: definition, credentials: try TestCertificates.credentials("backup-agent"),
+                                       intentions: IntentionSet([], defaultAction: .deny), upstreamEndpoints: ["storage": [local]],
+                                       audit: MemoryAuditSink(), logger: quietLogger, metrics: SidecarMetrics())
+        let sidecar = try Sidecar(settings: settings, group: testGroup)
+        try await sidecar.start()
+        defer { Task { await sidecar.stop() } }
+        #expect(sidecar.boundAddress(of: "upstream:storage") != nil && sidecar.boundAddress(of: "upstream:storage@dc2") != nil)
+        let remote = Endpoint(host: "127.0.0.2", port: 2, datacenter: "dc2")
+        sidecar.updateInstances([remote], for: "storage@dc2")
+        #expect(sidecar.upstreamInstanceList["storage"] == [local], "the dc2 answer does not replace the local list")
+        #expect(sidecar.upstreamInstanceList["storage@dc2"] == [remote])
+    }
 }

@@ -63,8 +63,8 @@ struct ProxyDefinitionTests {
                 {
                   "destination_type": "service",
                   "destination_name": "storage",
-                  "destination_namespace": "ops",
-                  "destination_partition": "part1",
+                  "destination_namespace": "default",
+                  "destination_partition": "default",
                   "datacenter": "dc2",
                   "local_bind_address": "127.0.0.3",
                   "local_bind_port": 9191,
@@ -84,7 +84,7 @@ struct ProxyDefinitionTests {
             config: ProxyConfig(bindAddress: "0.0.0.0", bindPort: 21001, localConnectTimeoutMs: 500,
                                 handshakeTimeoutMs: 3000, protocol: "http"),
             upstreams: [
-                Upstream(destinationName: "storage", destinationNamespace: "ops", destinationPartition: "part1",
+                Upstream(destinationName: "storage", destinationNamespace: "default", destinationPartition: "default",
                          datacenter: "dc2", localBindAddress: "127.0.0.3", localBindPort: 9191, connectTimeoutMs: 2500),
                 Upstream(destinationName: "metrics", destinationNamespace: "default", destinationPartition: "default",
                          datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 9192, connectTimeoutMs: 10000),
@@ -125,14 +125,14 @@ struct ProxyDefinitionTests {
 
     @Test("PascalCase and snake_case spellings decode to the same definition")
     func spellingsAgree() throws {
-        let snake = #"{"kind":"connect-proxy","name":"p","port":21000,"proxy":{"destination_service_name":"web","local_service_port":80,"config":{"bind_port":21001,"handshake_timeout_ms":5},"upstreams":[{"destination_name":"db","destination_namespace":"ops","local_bind_port":9000}]}}"#
-        let pascal = #"{"Kind":"connect-proxy","Name":"p","Port":21000,"Proxy":{"DestinationServiceName":"web","LocalServicePort":80,"Config":{"BindPort":21001,"HandshakeTimeoutMs":5},"Upstreams":[{"DestinationName":"db","DestinationNamespace":"ops","LocalBindPort":9000}]}}"#
-        let kebab = #"{"kind":"connect-proxy","name":"p","port":21000,"proxy":{"destination-service-name":"web","local-service-port":80,"config":{"bind-port":21001,"handshake-timeout-ms":5},"upstreams":[{"destination-name":"db","destination-namespace":"ops","local-bind-port":9000}]}}"#
+        let snake = #"{"kind":"connect-proxy","name":"p","port":21000,"proxy":{"destination_service_name":"web","local_service_port":80,"config":{"bind_port":21001,"handshake_timeout_ms":5},"upstreams":[{"destination_name":"db","datacenter":"dc2","local_bind_port":9000}]}}"#
+        let pascal = #"{"Kind":"connect-proxy","Name":"p","Port":21000,"Proxy":{"DestinationServiceName":"web","LocalServicePort":80,"Config":{"BindPort":21001,"HandshakeTimeoutMs":5},"Upstreams":[{"DestinationName":"db","Datacenter":"dc2","LocalBindPort":9000}]}}"#
+        let kebab = #"{"kind":"connect-proxy","name":"p","port":21000,"proxy":{"destination-service-name":"web","local-service-port":80,"config":{"bind-port":21001,"handshake-timeout-ms":5},"upstreams":[{"destination-name":"db","datacenter":"dc2","local-bind-port":9000}]}}"#
         let a = try decode(snake)
         #expect(try decode(pascal) == a)
         #expect(try decode(kebab) == a)
         #expect(a.config.handshakeTimeoutMs == 5)
-        #expect(a.upstreams.first?.destinationNamespace == "ops")
+        #expect(a.upstreams.first?.datacenter == "dc2")
     }
 
     @Test("{\"services\": [...]} with exactly one definition")
@@ -404,14 +404,31 @@ struct ProxyDefinitionTests {
               path: "service.connect.sidecar_service.port", "1-65535"),
         .init("upstreams is not an array", proxyFile(#""upstreams":{"destination_name":"db"}"#),
               path: "service.proxy.upstreams", "expected an array", "object"),
+        .init("unknown protocol", proxyFile(#""config":{"protocol":"udp"}"#), path: "service.proxy.config.protocol", "udp"),
+        .init("protocol not a string", proxyFile(#""config":{"protocol":7}"#), path: "service.proxy.config.protocol", "expected a string"),
+        .init("negative local_connect_timeout_ms", proxyFile(#""config":{"local_connect_timeout_ms":-5}"#),
+              path: "service.proxy.config.local_connect_timeout_ms", "greater than 0"),
+        .init("zero handshake_timeout_ms", proxyFile(#""config":{"handshake_timeout_ms":0}"#),
+              path: "service.proxy.config.handshake_timeout_ms", "greater than 0"),
+        .init("non-numeric timeout string", proxyFile(#""config":{"handshake_timeout_ms":"soon"}"#),
+              path: "service.proxy.config.handshake_timeout_ms", "\"soon\""),
+        .init("bind_port out of range", proxyFile(#""config":{"bind_port":"70000"}"#),
+              path: "service.proxy.config.bind_port", "70000"),
+        .init("config is not an object", proxyFile(#""config":"x""#), path: "service.proxy.config", "expected an object"),
+        .init("services is not an array", #"{"services":{"name":"x"}}"#, path: "services", "expected an array"),
+        .init("error inside services[0]", #"{"services":[{"kind":"connect-proxy","proxy":{"destination_service_name":"w"}}]}"#,
+              path: "services[0].name", "required"),
+    ]
+
+    /// One upstream the sidecar cannot serve is skipped with its reason; the registration and
+    /// its other upstreams stand (issue 17: never fail the whole proxy for one upstream).
+    static let skippedUpstreamCases: [ProxyConfigErrorCase] = [
         .init("upstream missing destination_name",
               proxyFile(#""upstreams":[{"destination_name":"a","local_bind_port":9000},{"local_bind_port":9001}]"#),
               path: "service.proxy.upstreams[1].destination_name", "required"),
         .init("upstream empty destination_name", proxyFile(#""upstreams":[{"destination_name":"","local_bind_port":9000}]"#),
               path: "service.proxy.upstreams[0].destination_name", "empty"),
-        .init("upstream missing local_bind_port", proxyFile(#""upstreams":[{"destination_name":"db"}]"#),
-              path: "service.proxy.upstreams[0].local_bind_port", "required"),
-        .init("upstream local_bind_port out of range", proxyFile(#""upstreams":[{"destination_name":"db","local_bind_port":0}]"#),
+        .init("upstream local_bind_port out of range", proxyFile(#""upstreams":[{"destination_name":"db","local_bind_port":70000}]"#),
               path: "service.proxy.upstreams[0].local_bind_port", "1-65535"),
         .init("upstream unix socket, relative path", proxyFile(#""upstreams":[{"destination_name":"db","local_bind_socket_path":"db.sock"}]"#),
               path: "service.proxy.upstreams[0].local_bind_socket_path", "absolute"),
@@ -428,24 +445,52 @@ struct ProxyDefinitionTests {
         .init("prepared query upstream",
               proxyFile(#""upstreams":[{"destination_type":"prepared_query","destination_name":"q","local_bind_port":9000}]"#),
               path: "service.proxy.upstreams[0].destination_type", "prepared_query"),
-        .init("unknown protocol", proxyFile(#""config":{"protocol":"udp"}"#), path: "service.proxy.config.protocol", "udp"),
-        .init("protocol not a string", proxyFile(#""config":{"protocol":7}"#), path: "service.proxy.config.protocol", "expected a string"),
-        .init("negative local_connect_timeout_ms", proxyFile(#""config":{"local_connect_timeout_ms":-5}"#),
-              path: "service.proxy.config.local_connect_timeout_ms", "greater than 0"),
-        .init("zero handshake_timeout_ms", proxyFile(#""config":{"handshake_timeout_ms":0}"#),
-              path: "service.proxy.config.handshake_timeout_ms", "greater than 0"),
-        .init("non-numeric timeout string", proxyFile(#""config":{"handshake_timeout_ms":"soon"}"#),
-              path: "service.proxy.config.handshake_timeout_ms", "\"soon\""),
         .init("negative upstream connect_timeout_ms",
               proxyFile(#""upstreams":[{"destination_name":"db","local_bind_port":9000,"config":{"connect_timeout_ms":-1}}]"#),
               path: "service.proxy.upstreams[0].config.connect_timeout_ms", "greater than 0"),
-        .init("bind_port out of range", proxyFile(#""config":{"bind_port":"70000"}"#),
-              path: "service.proxy.config.bind_port", "70000"),
-        .init("config is not an object", proxyFile(#""config":"x""#), path: "service.proxy.config", "expected an object"),
-        .init("services is not an array", #"{"services":{"name":"x"}}"#, path: "services", "expected an array"),
-        .init("error inside services[0]", #"{"services":[{"kind":"connect-proxy","proxy":{"destination_service_name":"w"}}]}"#,
-              path: "services[0].name", "required"),
+        .init("upstream with LocalBindPort 0 (Go's zero value: none)", proxyFile(#""upstreams":[{"destination_name":"db","local_bind_port":0}]"#),
+              path: "service.proxy.upstreams[0].local_bind_port", "transparent-proxy"),
+        .init("upstream without a local bind (transparent proxy)", proxyFile(#""upstreams":[{"destination_name":"db"},{"destination_name":"ok","local_bind_port":9000}]"#),
+              path: "service.proxy.upstreams[0].local_bind_port", "transparent-proxy"),
+        .init("peered upstream", proxyFile(#""upstreams":[{"destination_name":"db","destination_peer":"dc-west","local_bind_port":9000}]"#),
+              path: "service.proxy.upstreams[0].destination_peer", "dc-west", "peering"),
+        .init("upstream in another namespace", proxyFile(#""upstreams":[{"destination_name":"db","destination_namespace":"ops","local_bind_port":9000}]"#),
+              path: "service.proxy.upstreams[0].destination_namespace", "\"ops\"", "Enterprise"),
+        .init("upstream in another partition", proxyFile(#""upstreams":[{"destination_name":"db","destination_partition":"p1","local_bind_port":9000}]"#),
+              path: "service.proxy.upstreams[0].destination_partition", "\"p1\""),
     ]
+
+    @Test("an upstream that cannot be served is skipped with its field path; the rest of the registration stands",
+          arguments: skippedUpstreamCases)
+    func skippedUpstream(_ testCase: ProxyConfigErrorCase) throws {
+        let definition = try decode(testCase.json)
+        #expect(definition.skippedUpstreams.count == 1, "\(definition.skippedUpstreams)")
+        let line = definition.skippedUpstreams.first ?? ""
+        #expect(line.contains("skipped: \(testCase.path):"), "\(line)")
+        for needle in testCase.messageContains {
+            #expect(line.contains(needle), "\"\(line)\" lacks \"\(needle)\"")
+        }
+        #expect(!definition.upstreams.contains { line.contains("upstream \"\($0.destinationName)\" skipped") }, "the skipped one has no listener")
+    }
+
+    @Test("A registration in a namespace or partition other than default is refused whole (fail closed)")
+    func nonDefaultTenancy() {
+        for (field, value) in [("Namespace", "team-a"), ("Partition", "p1")] {
+            let json = #"{"Kind":"connect-proxy","Service":"p","ID":"p","Port":21000,"\#(field)":"\#(value)","Proxy":{"DestinationServiceName":"web"}}"#
+            let error = #expect(throws: ConfigError.self) { try decode(json) }
+            #expect(error?.message.contains("not supported") == true, "\(String(describing: error))")
+        }
+        #expect(throws: Never.self) { try decode(#"{"Kind":"connect-proxy","Service":"p","ID":"p","Port":1,"Namespace":"default","Partition":"","Proxy":{"DestinationServiceName":"web"}}"#) }
+    }
+
+    @Test("Opaque config maps: a key in two spellings after a central-config merge takes the documented one")
+    func duplicateConfigKeys() throws {
+        let merged = try decode(proxyFile(#""config":{"protocol":"http","Protocol":"tcp"},"upstreams":[{"destination_name":"db","local_bind_port":9000,"config":{"connect_timeout_ms":2500,"ConnectTimeoutMs":10}}]"#))
+        #expect(merged.config.protocol == "http" && merged.upstreams.first?.connectTimeoutMs == 2500)
+        let error = #expect(throws: ConfigError.self) { try decode(proxyFile(#""config":{"Protocol":"http","PROTOCOL":"tcp"}"#)) }
+        #expect(error?.message.contains("more than once") == true, "neither spelled as documented: still ambiguous")
+        #expect(throws: ConfigError.self) { try decode(#"{"service":{"kind":"connect-proxy","name":"p","Name":"q","proxy":{"destination_service_name":"web"}}}"#) }
+    }
 
     @Test("refused documents name the field path", arguments: errorCases)
     func refused(_ testCase: ProxyConfigErrorCase) {

@@ -57,6 +57,12 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
     public let path: String
     public let message: String
 
+    public init(source: String, path: String, message: String) {
+        self.source = source
+        self.path = path
+        self.message = message
+    }
+
     public var description: String {
         path.isEmpty ? "\(source): \(message)" : "\(source): \(path): \(message)"
     }
@@ -68,6 +74,16 @@ struct ConfigNode {
     let value: JSONValue
     let path: String
     let source: String
+    /// An opaque map (proxy or upstream `Config`): of two spellings of a key, the one spelled
+    /// exactly as asked wins, as Consul's mapstructure decoding does; elsewhere two spellings
+    /// are an error.
+    var prefersExactKey = false
+
+    func asOpaqueMap() -> ConfigNode {
+        var node = self
+        node.prefersExactKey = true
+        return node
+    }
 
     /// Consul accepts `local_bind_port` in files and `LocalBindPort` from the API: compare field
     /// names without case and underscores.
@@ -88,7 +104,8 @@ struct ConfigNode {
     /// Two spellings of one field (`"name"` and `"Name"`) are an error, not a coin toss.
     func field(_ name: String) throws -> ConfigNode? {
         let wanted = Self.normalize(name)
-        let matches = try object().filter { Self.normalize($0.key) == wanted }
+        var matches = try object().filter { Self.normalize($0.key) == wanted }
+        if matches.count > 1, prefersExactKey, let exact = matches[name] { matches = [name: exact] }
         if matches.count > 1 {
             throw error("field given more than once (\(matches.keys.sorted().joined(separator: ", ")))", at: name)
         }

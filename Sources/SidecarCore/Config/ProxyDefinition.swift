@@ -16,6 +16,9 @@ public struct ProxyDefinition: Equatable, Sendable {
     public var localServiceSocketPath: String? = nil
     public var config: ProxyConfig
     public var upstreams: [Upstream]
+    /// Upstreams in the registration that get no listener, each with why (logged as a
+    /// warning): one upstream this sidecar cannot serve must not take the others down.
+    public var skippedUpstreams: [String] = []
 
     /// Where the public (inbound) listener binds: proxy config overrides the registration.
     public var publicBindAddress: String { config.bindAddress ?? address }
@@ -52,40 +55,6 @@ public struct ProxyConfig: Equatable, Sendable {
     package var pathNormalization = PathNormalization()
     /// L7: header names with `_` (`headers_with_underscores_action`).
     package var underscoreHeaders = UnderscoreHeaders.allow
-}
-
-public struct Upstream: Equatable, Sendable {
-    public var destinationName: String
-    public var destinationNamespace: String
-    public var destinationPartition: String
-    /// nil: the proxy's own datacenter.
-    public var datacenter: String?
-    public var localBindAddress: String
-    public var localBindPort: Int
-    public var connectTimeoutMs: Int
-    /// Listen on this unix socket instead of TCP (Consul's LocalBindSocketPath).
-    public var localBindSocketPath: String? = nil
-    /// Permission bits for the socket file (Consul's LocalBindSocketMode, octal text).
-    public var localBindSocketMode: UInt16? = nil
-    /// Callers allowed to use this upstream (numbers or names); empty lists: anyone local.
-    public var allowedUsers: [String] = []
-    public var allowedGroups: [String] = []
-
-    /// The name of this upstream's listener in logs, audit lines, metrics and the admin API.
-    public var listenerName: String { "upstream:\(destinationName)" }
-
-    /// Listener identity: a change of any of these means a new listener.
-    public var listenerKey: String { localBindSocketPath.map { "unix:\($0)" } ?? "\(localBindAddress):\(localBindPort)" }
-
-    /// An upstream listener lends our mesh identity to whoever connects, so by default it may
-    /// only listen on loopback (127.0.0.0/8, ::1, localhost).
-    public var bindsLoopbackOnly: Bool {
-        if localBindSocketPath != nil { return true }
-        let address = localBindAddress.lowercased()
-        if address == "localhost" || address == "::1" || address == "[::1]" { return true }
-        let octets = address.split(separator: ".", omittingEmptySubsequences: false)
-        return octets.count == 4 && octets[0] == "127" && octets.allSatisfy { UInt8($0) != nil }
-    }
 }
 
 extension ProxyDefinition {
@@ -159,6 +128,8 @@ extension ProxyDefinition {
         }
         let proxy = try node.require("proxy")
         let destination = try proxy.requiredNonEmptyString("destination_service_name")
+        try requireDefaultTenancy(node)
+        let upstreams = try decodeUpstreams(proxy.field("upstreams"))
         return ProxyDefinition(
             id: try node.optionalString("id") ?? name,
             name: name,
@@ -171,7 +142,8 @@ extension ProxyDefinition {
             localServicePort: try proxy.field("local_service_port")?.port(),
             localServiceSocketPath: try proxy.optionalNonEmptyString("local_service_socket_path"),
             config: try decodeConfig(proxy.field("config")),
-            upstreams: try decodeUpstreams(proxy.field("upstreams"))
+            upstreams: upstreams.served,
+            skippedUpstreams: upstreams.skipped
         )
     }
 
@@ -182,6 +154,8 @@ extension ProxyDefinition {
         let parentID = try parent.optionalString("id") ?? parentName
         let proxy = try sidecar.field("proxy")
         let name = try sidecar.optionalString("name") ?? "\(parentName)-sidecar-proxy"
+        try requireDefaultTenancy(parent)
+        let upstreams = try decodeUpstreams(proxy?.field("upstreams"))
         return ProxyDefinition(
             id: try sidecar.optionalString("id") ?? "\(parentID)-sidecar-proxy",
             name: name,
@@ -193,13 +167,28 @@ extension ProxyDefinition {
                 ?? "127.0.0.1",
             localServicePort: try proxy?.field("local_service_port")?.port() ?? parent.field("port")?.port(),
             config: try decodeConfig(proxy?.field("config")),
-            upstreams: try decodeUpstreams(proxy?.field("upstreams"))
+            upstreams: upstreams.served,
+            skippedUpstreams: upstreams.skipped
         )
+    }
+
+    /// Namespaces and partitions are Consul Enterprise; this sidecar evaluates intentions and
+    /// asks for certificates in `default` only, so a registration elsewhere is refused rather
+    /// than served under the wrong name.
+    private static func requireDefaultTenancy(_ node: ConfigNode) throws {
+        for field in ["namespace", "partition"] {
+            if let value = try node.optionalNonEmptyString(field), value != "default" {
+                throw node.error("\(field) \"\(value)\" is not supported (Consul Enterprise); this sidecar serves the default \(field) only",
+                                 at: field)
+            }
+        }
     }
 
     private static func decodeConfig(_ node: ConfigNode?) throws -> ProxyConfig {
         var config = ProxyConfig()
-        guard let node else { return config }
+        // An opaque map (Consul passes it through): after a central-config merge a key may be
+        // there in two spellings; the documented one wins, as mapstructure picks it.
+        guard let node = node?.asOpaqueMap() else { return config }
         config.bindAddress = try node.optionalString("bind_address")
         config.bindPort = try node.field("bind_port")?.port()
         if let timeout = try node.field("local_connect_timeout_ms") { config.localConnectTimeoutMs = try positive(timeout) }
@@ -254,57 +243,6 @@ extension ProxyDefinition {
         }
     }
 
-    private static func decodeUpstreams(_ node: ConfigNode?) throws -> [Upstream] {
-        guard let node else { return [] }
-        var seen: [String: String] = [:]
-        return try node.array().map { item in
-            if let type = try item.optionalString("destination_type"), !type.isEmpty, type != "service" {
-                throw item.error("destination_type \"\(type)\" is not supported; only \"service\"", at: "destination_type")
-            }
-            let name = try item.requiredNonEmptyString("destination_name")
-            let socketPath = try item.optionalNonEmptyString("local_bind_socket_path")
-            let config = try item.field("config")
-            var upstream = Upstream(
-                destinationName: name,
-                destinationNamespace: try item.optionalNonEmptyString("destination_namespace") ?? "default",
-                destinationPartition: try item.optionalNonEmptyString("destination_partition") ?? "default",
-                datacenter: try item.optionalNonEmptyString("datacenter"),
-                localBindAddress: try item.optionalNonEmptyString("local_bind_address") ?? "127.0.0.1",
-                localBindPort: socketPath == nil ? try item.require("local_bind_port").port() : 0,
-                connectTimeoutMs: try config?.field("connect_timeout_ms").map(positive) ?? 10000
-            )
-            if let socketPath {
-                guard socketPath.hasPrefix("/") else { throw item.error("must be an absolute path", at: "local_bind_socket_path") }
-                upstream.localBindSocketPath = socketPath
-                if let mode = try item.optionalString("local_bind_socket_mode") {
-                    guard let bits = UInt16(mode, radix: 8), bits <= 0o777 else {
-                        throw item.error("\"\(mode)\" is not an octal file mode such as \"0660\"", at: "local_bind_socket_mode")
-                    }
-                    upstream.localBindSocketMode = bits
-                }
-            }
-            upstream.allowedUsers = try config.map { try callerList($0, "allowed_uids") } ?? []
-            upstream.allowedGroups = try config.map { try callerList($0, "allowed_gids") } ?? []
-            if let other = seen[upstream.listenerKey] {
-                throw item.error("local bind \(upstream.listenerKey) is already used by upstream \"\(other)\"", at: "local_bind_port")
-            }
-            seen[upstream.listenerKey] = name
-            return upstream
-        }
-    }
-
-    /// `allowed_uids` / `allowed_gids`: numbers or names (resolved when the listener starts).
-    private static func callerList(_ config: ConfigNode, _ name: String) throws -> [String] {
-        guard let list = try config.field(name) else { return [] }
-        return try list.array().map { item in
-            switch item.value {
-            case .integer(let number) where number >= 0 && number <= Int64(UInt32.max): return String(number)
-            case .string(let text) where !text.isEmpty: return text
-            default: throw item.error("expected a user or group name or number")
-            }
-        }
-    }
-
     /// A Go duration string or a number of seconds.
     static func duration(_ node: ConfigNode) throws -> Int64 {
         let text: String
@@ -320,7 +258,7 @@ extension ProxyDefinition {
         return nanoseconds
     }
 
-    private static func positive(_ node: ConfigNode) throws -> Int {
+    static func positive(_ node: ConfigNode) throws -> Int {
         let value = try node.integer(weak: true)
         guard value > 0 else { throw node.error("must be greater than 0") }
         return value

@@ -62,12 +62,15 @@ public struct ConsulServiceInstance: Equatable, Sendable {
         public var address: String
         /// The `dc` segment of the identity the instance must present.
         public var datacenter: String
+        /// `TaggedAddresses.wan`: the node's address as other datacenters reach it.
+        public var wanAddress: String?
 
-        public init(id: String = "", node: String, address: String, datacenter: String) {
+        public init(id: String = "", node: String, address: String, datacenter: String, wanAddress: String? = nil) {
             self.id = id
             self.node = node
             self.address = address
             self.datacenter = datacenter
+            self.wanAddress = wanAddress
         }
     }
 
@@ -82,15 +85,20 @@ public struct ConsulServiceInstance: Equatable, Sendable {
         public var port: Int
         /// `Proxy.DestinationServiceName` when non-empty (sidecars only).
         public var proxyDestinationName: String?
+        /// `TaggedAddresses.wan` (address, and port when not 0).
+        public var wanAddress: String?
+        public var wanPort: Int?
 
         public init(id: String, service: String, kind: String = "", address: String = "", port: Int,
-                    proxyDestinationName: String? = nil) {
+                    proxyDestinationName: String? = nil, wanAddress: String? = nil, wanPort: Int? = nil) {
             self.id = id
             self.service = service
             self.kind = kind
             self.address = address
             self.port = port
             self.proxyDestinationName = proxyDestinationName
+            self.wanAddress = wanAddress
+            self.wanPort = wanPort
         }
     }
 
@@ -120,13 +128,46 @@ public struct ConsulServiceInstance: Equatable, Sendable {
     /// `service.port`.
     public var dialAddress: String { service.address.isEmpty ? node.address : service.address }
 
+    /// Where to connect, as Consul's CheckServiceNode.BestAddress: from another datacenter
+    /// (`wan`) the service's WAN tagged address (and port), else its address, else the node's
+    /// WAN tagged address, else the node's address; locally the service's address, else the
+    /// node's.
+    public func bestAddress(wan: Bool) -> (host: String, port: Int) {
+        var host = service.address
+        var port = service.port
+        if wan, let address = service.wanAddress {
+            host = address
+            if let wanPort = service.wanPort { port = wanPort }
+        }
+        if host.isEmpty { host = wan ? (node.wanAddress ?? node.address) : node.address }
+        return (host, port)
+    }
+
     /// Every check passing (an instance without checks counts as passing, as in Consul's own
     /// `?passing` filter). `?passing=1` already filters server-side; this re-checks locally.
     public var isPassing: Bool { checks.allSatisfy { $0.status == "passing" } }
 
+    /// Every entry, or the first problem (strict: for tests and one-shot reads).
     public static func decode(_ data: Data, source: String) throws -> [ConsulServiceInstance] {
         let root = try ConsulResponseBody.root(data, source: source)
         return try root.array().map(decodeEntry)
+    }
+
+    /// The entries that can be dialled, and a line for each that cannot (an instance on a
+    /// unix socket has no `Port`; one odd entry must not take the others away). Only an
+    /// answer that is not a list at all is an error.
+    public static func decodeUsable(_ data: Data, source: String) throws -> (instances: [ConsulServiceInstance], skipped: [String]) {
+        let root = try ConsulResponseBody.root(data, source: source)
+        var instances: [ConsulServiceInstance] = []
+        var skipped: [String] = []
+        for entry in try root.array() {
+            do {
+                instances.append(try decodeEntry(entry))
+            } catch let error as ConfigError {
+                skipped.append("\(error.path): \(error.message)")
+            }
+        }
+        return (instances, skipped)
     }
 
     private static func decodeEntry(_ entry: ConfigNode) throws -> ConsulServiceInstance {
@@ -135,15 +176,24 @@ public struct ConsulServiceInstance: Equatable, Sendable {
         _ = try nodeNode.object()
         let serviceNode = try entry.require("Service")
         _ = try serviceNode.object()
-        let portNode = try serviceNode.require("Port")
+        // `omitempty`: an instance registered with a socket path has no port to dial.
+        guard let portNode = try serviceNode.field("Port") else {
+            throw serviceNode.error("no port (an instance on a unix socket cannot be dialled from another host)", at: "Port")
+        }
         let port = try portNode.integer()
-        guard (0...65535).contains(port) else { throw portNode.error("port \(port) is outside 0-65535") }
+        guard (1...65535).contains(port) else { throw portNode.error("port \(port) is outside 1-65535") }
+        let serviceWAN = try serviceNode.field("TaggedAddresses")?.field("wan")
+        let wanPort = try serviceWAN?.field("Port")?.integer()
+        guard wanPort.map({ (0...65535).contains($0) }) ?? true else {
+            throw serviceNode.error("port \(wanPort ?? 0) is outside 0-65535", at: "TaggedAddresses.wan.Port")
+        }
         return ConsulServiceInstance(
             node: Node(
                 id: try nodeNode.optionalString("ID") ?? "",
                 node: try nodeNode.requiredNonEmptyString("Node"),
                 address: try nodeNode.require("Address").string(),
-                datacenter: try nodeNode.requiredNonEmptyString("Datacenter")
+                datacenter: try nodeNode.requiredNonEmptyString("Datacenter"),
+                wanAddress: try nodeNode.field("TaggedAddresses")?.optionalNonEmptyString("wan")
             ),
             service: Service(
                 id: try serviceNode.requiredNonEmptyString("ID"),
@@ -151,7 +201,9 @@ public struct ConsulServiceInstance: Equatable, Sendable {
                 kind: try serviceNode.optionalString("Kind") ?? "",
                 address: try serviceNode.optionalString("Address") ?? "",
                 port: port,
-                proxyDestinationName: try serviceNode.field("Proxy")?.optionalNonEmptyString("DestinationServiceName")
+                proxyDestinationName: try serviceNode.field("Proxy")?.optionalNonEmptyString("DestinationServiceName"),
+                wanAddress: try serviceWAN?.optionalNonEmptyString("Address"),
+                wanPort: wanPort.flatMap { $0 == 0 ? nil : $0 }
             ),
             checks: try entry.field("Checks")?.array().map { check in
                 _ = try check.object()
