@@ -10,6 +10,11 @@ public struct WatchTiming: Sendable {
     /// Error backoff: exponential from `retryBase` up to `retryCap`, jittered.
     public var retryBase: Double = 1
     public var retryCap: Double = 60
+    /// At least this long between the starts of two requests of one watch, even when every
+    /// answer comes back at once (an index that keeps moving, an agent answering without
+    /// blocking): Consul asks clients to rate-limit blocking loops. A change is still applied
+    /// the moment it arrives; only the next request waits.
+    public var minInterval: TimeAmount = .seconds(1)
 
     public init() {}
 
@@ -52,7 +57,13 @@ struct BlockingWatch<Value: Sendable>: Sendable {
         var deliveredIndex: UInt64?
         var backoff = RetryBackoff(base: timing.retryBase, cap: timing.retryCap)
         var failing = false
+        var lastStart: ContinuousClock.Instant?
         while !Task.isCancelled {
+            if let lastStart {
+                let next = lastStart + .nanoseconds(timing.minInterval.nanoseconds)
+                if next > .now { try? await Task.sleep(until: next, clock: .continuous) }
+            }
+            lastStart = .now
             do {
                 let response = try await client.get(path, query: query + blockingParameters(index: index, hash: hash),
                                                     timeout: timing.requestTimeout)

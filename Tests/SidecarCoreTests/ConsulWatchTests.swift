@@ -91,6 +91,36 @@ struct ConsulWatchTests {
         }
     }
 
+    @Test("An agent whose index moves on every answer does not make the watch spin: requests are spaced by minInterval")
+    func rateLimited() async throws {
+        let answered = NIOLockedValueBox(0)
+        let server = try await ScriptedHTTPServer(group: testGroup) { _, _ in
+            let index = answered.withLockedValue { value -> Int in
+                value += 1
+                return value
+            }
+            return .init(headers: [("X-Consul-Index", "\(index)")], body: ConsulWatchTests.leafJSON(serial: "aa:\(index)", index: index))
+        }
+        defer { Task { await server.stop() } }
+        let client = try ConsulClient(settings: ConsulConnectionSettings(transport: .tcp(host: "127.0.0.1", port: server.port)),
+                                      eventLoopGroup: testGroup)
+        defer { Task { await client.shutdown() } }
+        var timing = WatchTiming()
+        timing.minInterval = .milliseconds(200)
+        let watch = BlockingWatch(name: "leaf", path: "/v1/agent/connect/ca/leaf/storage", client: client, timing: timing,
+                                  logger: quietLogger, metrics: nil) { try ConsulLeafCertificate.decode($0.body, source: "leaf") }
+        let delivered = NIOLockedValueBox(0)
+        let started = ContinuousClock.now
+        let task = Task { await watch.run { _ in delivered.withLockedValue { $0 += 1 } } }
+        #expect(await eventually(timeout: 30) { delivered.withLockedValue { $0 } >= 4 }, "every change is still delivered")
+        task.cancel()
+        let elapsed = ContinuousClock.now - started
+        let requests = answered.withLockedValue { $0 }
+        // Spaced by 200 ms: at most one request per 200 ms of the elapsed time (plus the first).
+        let allowed = Int(elapsed / .milliseconds(200)) + 2
+        #expect(requests <= allowed, "\(requests) requests in \(elapsed)")
+    }
+
     @Test("Truncated JSON, wrong types, HTTP 500 and 403: last good value kept, each logged and counted; the next good answer applies")
     func faultsKeepLastGoodState() async throws {
         let state = NIOLockedValueBox(AgentState())

@@ -75,6 +75,7 @@ struct ConsulMesh {
         timing.wait = .seconds(3)
         timing.retryBase = 0.1
         timing.retryCap = 0.5
+        timing.minInterval = .milliseconds(20)
         return timing
     }
 
