@@ -80,6 +80,13 @@ public struct ConsulConnectionSettings: Equatable, Sendable {
         settings.tlsServerName = env("CONSUL_TLS_SERVER_NAME")
         settings.verifyTLS = try bool("CONSUL_HTTP_SSL_VERIFY") ?? true
         settings.httpAuth = env("CONSUL_HTTP_AUTH")
+        // Consul Enterprise tenancy: this sidecar asks for and decides in `default` only, so any
+        // other is refused at startup rather than served under the wrong name.
+        for name in ["CONSUL_NAMESPACE", "CONSUL_PARTITION"] {
+            if let value = env(name), value != "default" {
+                throw ConsulSettingsError("\(name)=\(value): namespaces and partitions other than default (Consul Enterprise) are not supported")
+            }
+        }
         guard (settings.clientCertFile == nil) == (settings.clientKeyFile == nil) else {
             throw ConsulSettingsError("CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY must be set together")
         }

@@ -237,6 +237,25 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
         return promise.futureResult
     }
 
+    /// When anything last arrived from the peer.
+    public var lastInputAt: NIODeadline { lastInput }
+
+    /// Client: a stream open went unanswered, so the peer may be gone without a word (link
+    /// down, no RST). A PING goes out now; unless anything arrives from the peer within
+    /// `within`, the connection is closed, which fails every stream on it at once instead of
+    /// leaving their local connections to hang until the keepalive gives up.
+    public func probePeer(within: TimeAmount) {
+        guard let context, let session, !closed else { return }
+        let sent = context.eventLoop.now
+        session.ping()
+        pump()
+        context.eventLoop.scheduleTask(in: within) { [weak self] in
+            guard let self, !self.closed, let context = self.context, self.lastInput < sent else { return }
+            self.onUnresponsivePeer?(Double((context.eventLoop.now - self.lastInput).nanoseconds) / 1e9)
+            context.close(promise: nil)
+        }
+    }
+
     /// GOAWAY; the connection closes by itself once its last stream is done. A server first
     /// announces it (streams already on their way are still served), then names the last stream
     /// it processed a second later; a client refusing anything new is the whole story.

@@ -36,7 +36,9 @@ struct LifecycleTests {
         let socket = try BlockingSocket(port: mesh.upstreamPort)
         socket.setReceiveTimeout(seconds: 20)
         let transfer = Task { await onThread { Self.pacedRoundTrip(socket, chunks: 24, pauseMs: 40) } }
-        #expect(await eventually { mesh.storage.openConnections(on: Sidecar.publicListenerName) == 1 })
+        // In flight means joined to the app: the mux connection alone (counted as soon as its
+        // handshake is done) may still be waiting for the stream, which a drain would refuse.
+        #expect(await eventually(timeout: 30) { mesh.backend.connections == 1 })
         let drain = Task { await mesh.storage.drain(timeout: .seconds(20)) }
         #expect(await eventually { mesh.storage.isDraining })
         try await Task.sleep(for: .milliseconds(100))

@@ -36,13 +36,16 @@ final class MuxPool: Sendable {
 
     /// A tunnel to `endpoint` for a local connection on `eventLoop`, accepted by `listener`
     /// (named in the audit line of a connection dialed for it).
+    /// `openTimeout` bounds a stream open on a pooled connection (the upstream's connect
+    /// timeout): a carrier that does not answer in time is written off and probed.
     func link(on eventLoop: EventLoop, to endpoint: Endpoint, expected: SPIFFEID, tlsContext: TLSContext,
-              authority: String, listener: String, dial: @escaping MeshDial) -> EventLoopFuture<MeshLink> {
+              authority: String, listener: String, openTimeout: TimeAmount, dial: @escaping MeshDial) -> EventLoopFuture<MeshLink> {
         if draining.withLockedValue({ $0 }) { return dial().map(MeshLink.raw) }
         // Called on the local connection's own loop, which is the loop pool's: no hop needed.
         eventLoop.preconditionInEventLoop()
         let request = LoopMuxPool.Request(key: LoopMuxPool.Key(endpoint: endpoint, expected: expected.uri),
-                                          tlsContext: tlsContext, authority: authority, listener: listener, dial: dial)
+                                          tlsContext: tlsContext, authority: authority, listener: listener,
+                                          openTimeout: openTimeout, dial: dial)
         return loopPool(eventLoop).link(request, retries: 1)
     }
 
@@ -72,6 +75,13 @@ final class MuxPool: Sendable {
     }
 }
 
+/// A stream open on a pooled connection got no answer within the upstream's connect timeout.
+struct StreamOpenTimedOut: Error, CustomStringConvertible {
+    let endpoint: Endpoint
+    let timeout: TimeAmount
+    var description: String { "no answer to a mux stream open within \(timeout.nanoseconds / 1_000_000) ms" }
+}
+
 /// The pool of one event loop; touched only on that loop.
 final class LoopMuxPool: @unchecked Sendable {
     struct Key: Hashable {
@@ -85,6 +95,7 @@ final class LoopMuxPool: @unchecked Sendable {
         let tlsContext: TLSContext
         let authority: String
         let listener: String
+        let openTimeout: TimeAmount
         let dial: MeshDial
     }
 
@@ -148,7 +159,7 @@ final class LoopMuxPool: @unchecked Sendable {
         }
         retireStale(destination, current: request.tlsContext)
         if let pooled = destination.connections.first(where: { $0.handler.acceptsNewStreams }) {
-            let opened = open(on: pooled, authority: request.authority)
+            let opened = open(on: pooled, request)
             dialAheadIfNeeded(request, destination)
             guard retries > 0 else { return opened }
             // A stream refused before it was processed (GOAWAY race, connection lost) has carried
@@ -169,17 +180,50 @@ final class LoopMuxPool: @unchecked Sendable {
         }
         return startDial(request, destination).flatMap { outcome in
             switch outcome {
-            case .mux(let pooled): return self.open(on: pooled, authority: request.authority)
+            case .mux(let pooled): return self.open(on: pooled, request)
             case .raw(let dialed): return self.eventLoop.makeSucceededFuture(.raw(dialed))
             }
         }
     }
 
-    private func open(on pooled: Pooled, authority: String) -> EventLoopFuture<MeshLink> {
-        pooled.handler.openStream(authority: authority).map { stream in
-            .stream(stream, pooled.peer, streamID: (stream as? MuxStreamIdentifying)?.muxStreamID ?? 0)
+    /// A stream on `pooled`, or `StreamOpenTimedOut` when the request's open timeout passes
+    /// and nothing at all has arrived on the connection since the open went out: then the peer
+    /// is taken for gone (link down, no RST), the connection takes no new stream and is probed
+    /// (closed unless it answers within `probeWindow`), and a stream that opens late is closed
+    /// unused. A connection that is still talking is busy, not dead: the open waits on.
+    private func open(on pooled: Pooled, _ request: Request) -> EventLoopFuture<MeshLink> {
+        let promise = eventLoop.makePromise(of: MeshLink.self)
+        var settled = false
+        let timeout = request.openTimeout, sent = eventLoop.now
+        let timer = eventLoop.scheduleTask(in: timeout) { [logger] in
+            guard !settled, pooled.handler.lastInputAt < sent else { return }
+            settled = true
+            logger.warning("mux stream open unanswered on a silent connection: written off and probed", metadata: [
+                "endpoint": "\(request.key.endpoint)", "timeout_ms": "\(timeout.nanoseconds / 1_000_000)",
+            ])
+            pooled.handler.beginDraining()
+            pooled.handler.probePeer(within: max(timeout, Self.probeWindow))
+            promise.fail(StreamOpenTimedOut(endpoint: request.key.endpoint, timeout: timeout))
         }
+        pooled.handler.openStream(authority: request.authority).whenComplete { result in
+            timer.cancel()
+            guard !settled else {
+                if case .success(let late) = result { late.close(promise: nil) }
+                return
+            }
+            settled = true
+            switch result {
+            case .success(let stream):
+                promise.succeed(.stream(stream, pooled.peer, streamID: (stream as? MuxStreamIdentifying)?.muxStreamID ?? 0))
+            case .failure(let error):
+                promise.fail(error)
+            }
+        }
+        return promise.futureResult
     }
+
+    /// How long a written-off connection's peer has to answer the probe PING.
+    static let probeWindow = TimeAmount.seconds(5)
 
     /// Opens the next connection before the current ones are full, so a burst of new local
     /// connections does not wait for a handshake.

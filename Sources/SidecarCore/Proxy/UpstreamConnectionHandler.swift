@@ -4,6 +4,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import SidecarMux
 import SidecarTLS
 
 public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
@@ -40,23 +41,69 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
 /// Spreads new connections over the instances of one destination in turn (not at random), and
 /// gives each connection the full list in that order so a failed dial falls through to the next.
 final class EndpointRotation: Sendable {
-    private let state: NIOLockedValueBox<(endpoints: [Endpoint], next: Int)>
+    /// An instance that failed is tried after the others for this long, times the number of
+    /// failures in a row (at most `maxEjection`), as Envoy's outlier detection: later tunnels
+    /// do not pay its timeout again. Any success clears it.
+    static let baseEjection = TimeAmount.seconds(10)
+    static let maxEjection = TimeAmount.seconds(300)
 
-    init(_ endpoints: [Endpoint]) { state = NIOLockedValueBox((endpoints, 0)) }
+    private struct Ejection {
+        var until: NIODeadline
+        var failures: Int
+    }
 
-    func replace(_ endpoints: [Endpoint]) { state.withLockedValue { $0.endpoints = endpoints } }
+    private struct State {
+        var endpoints: [Endpoint]
+        var next = 0
+        var ejected: [Endpoint: Ejection] = [:]
+    }
+
+    private let state: NIOLockedValueBox<State>
+
+    init(_ endpoints: [Endpoint]) { state = NIOLockedValueBox(State(endpoints: endpoints)) }
+
+    func replace(_ endpoints: [Endpoint]) {
+        state.withLockedValue { value in
+            value.endpoints = endpoints
+            value.ejected = value.ejected.filter { endpoints.contains($0.key) }
+        }
+    }
 
     var endpoints: [Endpoint] { state.withLockedValue { $0.endpoints } }
 
     var count: Int { state.withLockedValue { $0.endpoints.count } }
 
-    func attemptOrder() -> [Endpoint] {
+    /// Round robin over the instances not ejected, then the ejected ones (soonest back
+    /// first): never an empty list while instances are known.
+    func attemptOrder(now: NIODeadline = .now()) -> [Endpoint] {
         state.withLockedValue { value in
             guard !value.endpoints.isEmpty else { return [] }
             let start = value.next % value.endpoints.count
             value.next &+= 1
-            return Array(value.endpoints[start...] + value.endpoints[..<start])
+            let rotated = Array(value.endpoints[start...] + value.endpoints[..<start])
+            let out = value.ejected.filter { $0.value.until > now }.mapValues(\.until)
+            let ejected = rotated.filter { out[$0] != nil }.sorted { out[$0]! < out[$1]! }
+            return rotated.filter { out[$0] == nil } + ejected
         }
+    }
+
+    /// The instance failed to give a tunnel (no connection, no handshake, a silent carrier).
+    func failed(_ endpoint: Endpoint, now: NIODeadline = .now()) {
+        state.withLockedValue { value in
+            guard value.endpoints.contains(endpoint) else { return }
+            let failures = (value.ejected[endpoint]?.failures ?? 0) + 1
+            let length = min(Self.baseEjection.nanoseconds * Int64(failures), Self.maxEjection.nanoseconds)
+            value.ejected[endpoint] = Ejection(until: now + .nanoseconds(length), failures: failures)
+        }
+    }
+
+    func succeeded(_ endpoint: Endpoint) {
+        state.withLockedValue { _ = $0.ejected.removeValue(forKey: endpoint) }
+    }
+
+    /// Instances tried last for now (admin/tests).
+    func ejected(now: NIODeadline = .now()) -> [Endpoint] {
+        state.withLockedValue { value in value.ejected.filter { $0.value.until > now }.map(\.key) }
     }
 }
 
@@ -204,8 +251,8 @@ final class UpstreamConnectionHandler: StagingHandler {
         }
         let dial = route.dialer(for: endpoint, tlsContext: tlsContext, eventLoop: context.eventLoop)
         let link = route.muxPool?.link(on: context.eventLoop, to: endpoint, expected: route.expectedIdentity(for: endpoint),
-                                        tlsContext: tlsContext, authority: route.upstream.destinationName,
-                                        listener: listenerName, dial: dial)
+                                        tlsContext: tlsContext, authority: route.upstream.destinationName, listener: listenerName,
+                                        openTimeout: .milliseconds(Int64(route.upstream.connectTimeoutMs)), dial: dial)
             ?? dial().map(MeshLink.raw)
         link.hop(to: context.eventLoop).whenComplete { [self] result in
             linked(result, context: context, endpoint: endpoint, remaining: remaining, failures: failures)
@@ -217,6 +264,7 @@ final class UpstreamConnectionHandler: StagingHandler {
         let local = context.channel
         switch result {
         case .success(let link):
+            route.endpoints.succeeded(endpoint)
             let (remote, staging, peer) = link.parts
             guard !localGone else {
                 remote.close(promise: nil)
@@ -245,6 +293,9 @@ final class UpstreamConnectionHandler: StagingHandler {
                 logger.info("closing idle upstream connection", metadata: ["upstream": "\(upstream)"])
             }
         case .failure(let error):
+            // An instance that answered (a CONNECT refused with a status) is alive; anything
+            // else (no connection, no handshake, a silent carrier) sends it to the back.
+            if case .connectRejected = error as? MuxError {} else { route.endpoints.failed(endpoint) }
             logger.info("upstream instance failed", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
             if localGone { return }
             attempt(context: context, remaining: remaining.dropFirst(), failures: failures + ["\(endpoint): \(error)"])

@@ -1,0 +1,108 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+@testable import SidecarCore
+import Testing
+
+/// Issue 17, point 10: a storage host that goes dark (no RST, no FIN) must cost new tunnels at
+/// most one connect timeout, once; its silent carrier must be found within seconds.
+@Suite("A storage instance that goes dark")
+struct DarkHostTests {
+    static let a = Endpoint(host: "10.0.0.1", port: 1, datacenter: "dc1")
+    static let b = Endpoint(host: "10.0.0.2", port: 2, datacenter: "dc1")
+    static let c = Endpoint(host: "10.0.0.3", port: 3, datacenter: "dc1")
+
+    @Test("Ejected instances are tried last, for 10 s times their failures in a row (at most 300 s); success clears")
+    func ejectionOrder() {
+        let rotation = EndpointRotation([Self.a, Self.b, Self.c])
+        let now = NIODeadline.now()
+        #expect(rotation.attemptOrder(now: now) == [Self.a, Self.b, Self.c])
+        #expect(rotation.attemptOrder(now: now) == [Self.b, Self.c, Self.a], "round robin")
+        rotation.failed(Self.b, now: now)
+        #expect(rotation.attemptOrder(now: now) == [Self.c, Self.a, Self.b], "b to the back")
+        #expect(rotation.attemptOrder(now: now) == [Self.a, Self.c, Self.b])
+        #expect(rotation.ejected(now: now + .seconds(9)) == [Self.b])
+        #expect(rotation.ejected(now: now + .seconds(10)).isEmpty, "back after 10 s")
+        rotation.failed(Self.b, now: now + .seconds(10))
+        #expect(rotation.ejected(now: now + .seconds(29)) == [Self.b], "second failure in a row: 20 s")
+        #expect(rotation.ejected(now: now + .seconds(30)).isEmpty)
+        rotation.failed(Self.a, now: now + .seconds(10))
+        #expect(rotation.attemptOrder(now: now + .seconds(12)).suffix(2) == [Self.a, Self.b], "sooner back first")
+        rotation.succeeded(Self.b)
+        #expect(rotation.ejected(now: now + .seconds(12)) == [Self.a])
+        for _ in 0..<100 { rotation.failed(Self.c, now: now) }
+        #expect(rotation.ejected(now: now + .seconds(299)).contains(Self.c))
+        #expect(!rotation.ejected(now: now + .seconds(300)).contains(Self.c), "capped at 300 s")
+        for endpoint in [Self.a, Self.b, Self.c] { rotation.failed(endpoint, now: now) }
+        #expect(Set(rotation.attemptOrder(now: now)) == [Self.a, Self.b, Self.c], "all ejected: all still tried")
+        rotation.replace([Self.b])
+        #expect(rotation.ejected(now: now) == [Self.b], "a replaced list forgets instances no longer in it")
+        #expect(EndpointRotation([]).attemptOrder().isEmpty)
+    }
+
+    @Test("Carrier to one of two instances goes silent: 10 new tunnels all succeed, at most two pay the timeout, the carrier is closed within seconds")
+    func silentCarrierFailsOver() async throws {
+        let backend = try await TestBackend(.echo, group: testGroup)
+        defer { Task { await backend.stop() } }
+        let credentials = try TestCertificates.credentials("storage")
+        let (first, _) = try await MeshFixture.startStorage(backendPort: backend.port, credentials: credentials,
+                                                            intentions: MeshFixture.allowBackupAgent)
+        defer { Task { await first.stop() } }
+        let (second, _) = try await MeshFixture.startStorage(backendPort: backend.port, credentials: credentials,
+                                                             intentions: MeshFixture.allowBackupAgent)
+        defer { Task { await second.stop() } }
+        let relay = try await FreezableRelay(to: first.boundAddress(of: Sidecar.publicListenerName)!.port!, group: testGroup)
+        defer { Task { await relay.stop() } }
+        let dark = Endpoint(host: "127.0.0.1", port: relay.port, datacenter: nil)
+        let alive = Endpoint(host: "127.0.0.1", port: second.boundAddress(of: Sidecar.publicListenerName)!.port!, datacenter: nil)
+
+        let log = RecordingLogHandler()
+        // One event loop, so one pool: the tunnels below find the carriers the first two made.
+        let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let (agent, agentAudit) = try await Self.startAgent(endpoints: [dark, alive], logger: log.logger, group: loop)
+        defer { Task { await agent.stop(); try? await loop.shutdownGracefully() } }
+        let port = agent.boundAddress(of: "upstream:storage")!.port!
+        // A tunnel held open on each instance's carrier (the rotation alternates).
+        let held = try (0..<2).map { _ in try BlockingSocket(port: port) }
+        for socket in held {
+            socket.setReceiveTimeout(seconds: 60)
+            #expect(await onThread { ReauthorizationTests.ping(socket, "held\n") })
+        }
+        await relay.freeze()
+
+        var results: [EchoResult] = []
+        for _ in 0..<10 { results.append(await echoStream(port: port, bytes: 1024, receiveTimeout: 60)) }
+        let failed = results.filter { !$0.ok }
+        #expect(failed.isEmpty, "\(failed.count) of 10 tunnels failed")
+        let paid = log.messages.filter { $0.contains("upstream instance failed") && $0.contains("\(relay.port)") }
+        #expect(paid.count <= 2, "the dark instance is ejected after it failed once: \(paid)")
+        #expect(log.messages.contains { $0.contains("mux stream open unanswered") }, "\(log.messages)")
+        #expect(await eventually(timeout: 20) { log.messages.contains { $0.contains("peer unresponsive") } },
+                "the silent carrier is probed and closed, long before the 60 s keepalive would")
+        // The tunnel held on the dark carrier ends instead of hanging; the other one still works.
+        let cut = await onThread { held[0].receiveAll() }
+        #expect(cut.count == 0, "the tunnel on the dark instance was ended")
+        #expect(await onThread { ReauthorizationTests.ping(held[1], "still here\n") })
+    }
+
+    /// A backup-agent sidecar with 2 s connect and handshake timeouts, its `storage` upstream
+    /// fed `endpoints`.
+    static func startAgent(endpoints: [Endpoint], logger: Logger, group: EventLoopGroup) async throws -> (Sidecar, MemoryAuditSink) {
+        let audit = MemoryAuditSink()
+        var config = ProxyConfig()
+        config.handshakeTimeoutMs = 2000
+        let definition = ProxyDefinition(
+            id: "backup-agent-sidecar-proxy", name: "backup-agent-sidecar-proxy", address: "127.0.0.1", port: nil,
+            destinationServiceName: "backup-agent", destinationServiceID: nil, localServiceAddress: "127.0.0.1",
+            localServicePort: nil, config: config,
+            upstreams: [Upstream(destinationName: "storage", destinationNamespace: "default", destinationPartition: "default",
+                                 datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 0, connectTimeoutMs: 2000)])
+        let settings = SidecarSettings(definition: definition, credentials: try TestCertificates.credentials("backup-agent"),
+                                       intentions: IntentionSet([], defaultAction: .deny), upstreamEndpoints: ["storage": endpoints],
+                                       audit: audit, logger: logger, metrics: SidecarMetrics())
+        let sidecar = try Sidecar(settings: settings, group: group)
+        try await sidecar.start()
+        return (sidecar, audit)
+    }
+}
