@@ -32,7 +32,7 @@ struct DevAgentCommand: AsyncParsableCommand {
     var defaultIntentionPolicy: String = "deny"
 
     @Option(name: .customLong("acl-token-file"),
-            help: "Enforce ACLs: every request must carry the token in this file (or one minted by /v1/acl/login).")
+            help: "Enforce ACLs per endpoint as Consul does: the token in this file may do anything; a token from /v1/acl/login is a service identity; no token is the anonymous token.")
     var aclTokenFile: String?
 
     @Option(name: .customLong("auth-method-file"),

@@ -143,7 +143,7 @@ extension Sidecar {
                 ["destination": upstream.destinationName, "namespace": upstream.destinationNamespace,
                  "partition": upstream.destinationPartition, "datacenter": upstream.datacenter ?? settings.datacenter,
                  "local_bind": upstream.listenerKey, "connect_timeout_ms": upstream.connectTimeoutMs,
-                 "instances": (instances[upstream.destinationName] ?? []).map(\.description)]
+                 "instances": (instances[upstream.instanceKey] ?? []).map(\.description)]
             },
             "intentions": ["loaded": set != nil, "count": set?.intentions.count ?? 0,
                            "default": set?.defaultAction.rawValue ?? "deny"],

@@ -180,6 +180,10 @@ enum MeshLink {
 /// mTLS, requires the expected identity, and only then forwards. Bytes the app sends early are
 /// staged (reads withheld meanwhile).
 final class UpstreamConnectionHandler: StagingHandler {
+    /// A failure quicker than this was not a timeout: worth one more try.
+    static let fastFailure = TimeAmount.milliseconds(500)
+    private var fastFailures: [Endpoint] = []
+    private var retriedFastFailures = false
     private let route: UpstreamRoute
     private let audit: any AuditSink
     private let logger: Logger
@@ -236,6 +240,18 @@ final class UpstreamConnectionHandler: StagingHandler {
 
     private func attempt(context: ChannelHandlerContext, remaining: ArraySlice<Endpoint>, failures: [String]) {
         guard let endpoint = remaining.first else {
+            // One more pass over the instances that failed at once (refused, unreachable: seen
+            // transiently in the kernel while a neighbour went dark), as HAProxy's `retries`;
+            // not over those that cost a timeout.
+            if !retriedFastFailures, !fastFailures.isEmpty, !localGone {
+                retriedFastFailures = true
+                let again = fastFailures
+                fastFailures = []
+                context.eventLoop.scheduleTask(in: .milliseconds(100)) { [self] in
+                    if !localGone { attempt(context: context, remaining: again[...], failures: failures) }
+                }
+                return
+            }
             let reason = failures.isEmpty ? "no known instance of \(route.upstream.destinationName)" : failures.joined(separator: "; ")
             audit.record(AuditEvent(kind: .upstreamFailed, listener: listenerName, peerAddress: callerAddress,
                                     destination: route.expectedIdentity.uri, reason: reason))
@@ -254,7 +270,12 @@ final class UpstreamConnectionHandler: StagingHandler {
                                         tlsContext: tlsContext, authority: route.upstream.destinationName, listener: listenerName,
                                         openTimeout: .milliseconds(Int64(route.upstream.connectTimeoutMs)), dial: dial)
             ?? dial().map(MeshLink.raw)
+        let started = NIODeadline.now()
         link.hop(to: context.eventLoop).whenComplete { [self] result in
+            if case .failure(let error) = result, .now() - started < Self.fastFailure,
+               (error as? MuxError).map({ if case .connectRejected = $0 { return false } else { return true } }) ?? true {
+                fastFailures.append(endpoint)
+            }
             linked(result, context: context, endpoint: endpoint, remaining: remaining, failures: failures)
         }
     }
