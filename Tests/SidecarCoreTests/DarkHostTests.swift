@@ -105,4 +105,19 @@ struct DarkHostTests {
         try await sidecar.start()
         return (sidecar, audit)
     }
+
+    @Test("An instance that refused at once gets one more try (after 100 ms); the tunnel fails only after both")
+    func fastFailureRetriedOnce() async throws {
+        let (fd, refusing) = reservedLoopbackPort()
+        defer { close(fd) }
+        let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let (agent, audit) = try await Self.startAgent(endpoints: [Endpoint(host: "127.0.0.1", port: refusing, datacenter: nil)],
+                                                       logger: quietLogger, group: loop)
+        defer { Task { await agent.stop(); try? await loop.shutdownGracefully() } }
+        let result = await echoStream(port: agent.boundAddress(of: "upstream:storage")!.port!, bytes: 16, receiveTimeout: 30)
+        #expect(!result.ok)
+        #expect(await eventually(timeout: 30) { audit.events.contains { $0.kind == .upstreamFailed } })
+        let reason = audit.events.first { $0.kind == .upstreamFailed }?.reason ?? ""
+        #expect(reason.components(separatedBy: "127.0.0.1:\(refusing):").count - 1 == 2, "tried twice: \(reason)")
+    }
 }
