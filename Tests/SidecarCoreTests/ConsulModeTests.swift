@@ -160,7 +160,7 @@ struct ConsulModeTests {
 
         _ = try await mesh.agent.start()
         try mesh.deny("backup-agent", to: "storage")
-        #expect(await eventually(timeout: 10) { storage.currentIntentions?.intentions.first?.action == .deny },
+        #expect(await eventually(timeout: 30) { storage.currentIntentions?.intentions.first?.action == .deny },
                 "watches resync after the agent returns")
         #expect(await echoRoundTrip(port: upstreamPort) == false, "the new deny applies to new connections")
         #expect(await onThread { live.echoes("after the deny") } == false, "and cuts the live one (re-authorization)")
