@@ -20,8 +20,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Python packages the tests use as independent peers (h11: a strict HTTP/1.1 parser; h2: HTTP/2).
-python_packages=(h11==0.16.0 h2==4.4.1)
+# Python packages the tests use as independent peers (h11: a strict HTTP/1.1 parser; h2: HTTP/2; py-consul: a Consul client).
+python_packages=(h11==0.16.0 h2==4.4.1 py-consul==1.8.0)
 missing_python=()
 for package in "${python_packages[@]}"; do
   python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('${package%%==*}') != '${package##*==}')" 2>/dev/null \
