@@ -36,7 +36,9 @@ struct ConnectionTrackerTests {
         var accepted: Int { tracker.count(name) }
         var paused: Bool { tracker.isPaused(name) }
         var spokenCount: Int { tracker.channels.filter { $0.spoke }.count }
-        var channelIDs: Set<ObjectIdentifier> { Set(tracker.channels.map { ObjectIdentifier($0.channel) }) }
+        /// The accepted connections by client port (an ObjectIdentifier can be reused by the
+        /// next channel once a closed one is freed).
+        var channelIDs: Set<Int> { Set(tracker.channels.compactMap { $0.channel.remoteAddress?.port }) }
 
         func connect() throws -> BlockingSocket {
             let socket = try BlockingSocket(port: port)
@@ -73,7 +75,7 @@ struct ConnectionTrackerTests {
         let before = listener.channelIDs
         first.abort()
         #expect(await eventually(timeout: 30) { listener.accepted == 2 && listener.channelIDs != before && listener.paused },
-                "the waiting connection was accepted in the freed slot")
+                "the waiting connection was accepted in the freed slot: accepted \(listener.accepted), changed \(listener.channelIDs != before), paused \(listener.paused)")
         _ = (second, third)
         await listener.close()
     }
