@@ -102,19 +102,22 @@ struct LifecycleTests {
 
     @Test("Idle connections are closed after idle_timeout; busy ones are not")
     func idleTimeout() async throws {
-        // 1 s: long enough that a loaded machine's scheduling delays never look like idleness.
+        // 2 s: long enough that a loaded machine's scheduling delays never look like idleness.
         // Raw mode: the count below is of TLS connections.
-        let mesh = try await MeshFixture.start(backend: .echo, mux: .off, storageConfig: { $0.idleTimeoutNs = 1_000_000_000 })
+        let mesh = try await MeshFixture.start(backend: .echo, mux: .off, storageConfig: { $0.idleTimeoutNs = 2_000_000_000 })
         defer { Task { await mesh.stop() } }
-        let idle = try BlockingSocket(port: mesh.upstreamPort)
-        let busy = try BlockingSocket(port: mesh.upstreamPort)
-        for socket in [idle, busy] {
-            socket.setReceiveTimeout(seconds: 5)
+        // Each connection speaks as soon as it is made (its idle clock starts at once).
+        var sockets: [BlockingSocket] = []
+        for _ in 0..<2 {
+            let socket = try BlockingSocket(port: mesh.upstreamPort)
+            socket.setReceiveTimeout(seconds: 10)
             #expect(await onThread { ReauthorizationTests.ping(socket, "hello\n") })
+            sockets.append(socket)
         }
-        // Keep `busy` talking every 200 ms for 2.4 s while `idle` says nothing.
+        let idle = sockets[0], busy = sockets[1]
+        // Keep `busy` talking every 200 ms for 4.8 s while `idle` says nothing.
         let busyOK = await onThread { () -> Bool in
-            for index in 0..<12 {
+            for index in 0..<24 {
                 guard ReauthorizationTests.ping(busy, "tick \(index)\n") else { return false }
                 usleep(200_000)
             }
