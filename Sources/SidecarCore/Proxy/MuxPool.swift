@@ -46,7 +46,7 @@ final class MuxPool: Sendable {
         let request = LoopMuxPool.Request(key: LoopMuxPool.Key(endpoint: endpoint, expected: expected.uri),
                                           tlsContext: tlsContext, authority: authority, listener: listener,
                                           openTimeout: openTimeout, dial: dial)
-        return loopPool(eventLoop).link(request, retries: 1)
+        return loopPool(eventLoop).link(request, retries: 3)
     }
 
     /// Shutdown: no new streams; each pooled connection closes once its streams are done.
@@ -163,8 +163,9 @@ final class LoopMuxPool: @unchecked Sendable {
             dialAheadIfNeeded(request, destination)
             guard retries > 0 else { return opened }
             // A stream refused before it was processed (GOAWAY race, connection lost) has carried
-            // nothing yet: try once more, on whatever the pool has by then. A destination that
-            // answered (403, 502...) is not asked again.
+            // nothing yet: try again (up to 3 times: a CA rotation retires every connection at
+            // once), on whatever the pool has by then. A destination that answered (403, 502...)
+            // is not asked again.
             return opened.flatMapError { error in
                 switch error as? MuxError {
                 case .streamRefused, .connectionClosed:
