@@ -465,7 +465,11 @@ public final class Sidecar: Sendable {
         metrics.setGauge("backup_sidecar_trusted_roots", Double(contexts.credentials.trustedRoots.count))
         for (name, rotation) in upstreamInstances.withLockedValue({ $0 }) {
             metrics.setGauge("backup_sidecar_upstream_instances", Double(rotation.count), [("upstream", name)])
+            // Instances tried last for now after failing (outlier ejection).
+            metrics.setGauge("backup_sidecar_upstream_instances_ejected", Double(rotation.ejected().count), [("upstream", name)])
         }
+        // Upstreams in the registration that got no listener (each logged with its reason).
+        metrics.setGauge("backup_sidecar_upstreams_skipped", Double(definition.skippedUpstreams.count))
         metrics.setGauge("backup_sidecar_ready", readiness.ready ? 1 : 0)
         // The allocator's view beside RSS: memory in use by live objects versus freed memory
         // glibc keeps for reuse. RSS growing while in-use stays flat is caching, not a leak.

@@ -123,6 +123,9 @@ struct ConsulLeastPrivilegeTests {
         #expect(skipped.contains { $0.contains("metadata-db") && $0.contains("transparent-proxy") })
         #expect(skipped.contains { $0.contains("peering") && $0.contains("dc-west") })
         #expect(skipped.contains { $0.contains("\"ops\"") })
+        try await agent.refreshMetrics(on: testGroup.next()).get()
+        let exposition = try #require(agent.settings.metrics).exposition()
+        #expect(exposition.contains("backup_sidecar_upstreams_skipped 3"), "\(exposition)")
     }
 
     @Test("The same upstream name in two datacenters: two listeners, two instance lists, two expected identities")

@@ -119,5 +119,9 @@ struct DarkHostTests {
         #expect(await eventually(timeout: 30) { audit.events.contains { $0.kind == .upstreamFailed } })
         let reason = audit.events.first { $0.kind == .upstreamFailed }?.reason ?? ""
         #expect(reason.components(separatedBy: "127.0.0.1:\(refusing):").count - 1 == 2, "tried twice: \(reason)")
+        // Two failures in a row: ejected for 20 s, which the gauge shows.
+        try await agent.refreshMetrics(on: loop.next()).get()
+        let exposition = try #require(agent.settings.metrics).exposition()
+        #expect(exposition.contains(#"backup_sidecar_upstream_instances_ejected{upstream="storage"} 1"#), "\(exposition)")
     }
 }
