@@ -204,6 +204,10 @@ public final class ConsulClient: Sendable {
     }
 
     private func url(path: String, query: [(String, String)]) -> String {
+        var query = query
+        for (name, value) in [("ns", settings.namespace), ("partition", settings.partition)] {
+            if let value, !query.contains(where: { $0.0 == name }) { query.append((name, value)) }
+        }
         var components = URLComponents()
         components.percentEncodedPath = path
         if !query.isEmpty {

@@ -29,6 +29,10 @@ public struct ConsulConnectionSettings: Equatable, Sendable {
     public var clientKeyFile: String?
     /// The name to verify the agent's certificate against, when it differs from the address.
     public var tlsServerName: String?
+    /// CONSUL_NAMESPACE / CONSUL_PARTITION: `?ns=` / `?partition=` on every call that does not
+    /// name its own.
+    public var namespace: String?
+    public var partition: String?
 
     public init(transport: Transport = .tcp(host: "127.0.0.1", port: 8500), useTLS: Bool = false,
                 token: String? = nil, tokenFile: String? = nil, caFile: String? = nil,
@@ -80,13 +84,10 @@ public struct ConsulConnectionSettings: Equatable, Sendable {
         settings.tlsServerName = env("CONSUL_TLS_SERVER_NAME")
         settings.verifyTLS = try bool("CONSUL_HTTP_SSL_VERIFY") ?? true
         settings.httpAuth = env("CONSUL_HTTP_AUTH")
-        // Consul Enterprise tenancy: this sidecar asks for and decides in `default` only, so any
-        // other is refused at startup rather than served under the wrong name.
-        for name in ["CONSUL_NAMESPACE", "CONSUL_PARTITION"] {
-            if let value = env(name), value != "default" {
-                throw ConsulSettingsError("\(name)=\(value): namespaces and partitions other than default (Consul Enterprise) are not supported")
-            }
-        }
+        // Consul Enterprise tenancy, sent on every call as the Go client does (Consul CE
+        // answers 400 to any, which is what an operator who set it there should see).
+        settings.namespace = env("CONSUL_NAMESPACE")
+        settings.partition = env("CONSUL_PARTITION")
         guard (settings.clientCertFile == nil) == (settings.clientKeyFile == nil) else {
             throw ConsulSettingsError("CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY must be set together")
         }

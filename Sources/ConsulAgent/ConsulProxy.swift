@@ -69,9 +69,12 @@ public final class ConsulProxy: Sendable {
             try await self.readRegistration(proxyID)
         }
         let service = registration.proxy.destinationServiceName
+        // Consul Enterprise: the leaf and intentions of the namespace and partition we are
+        // registered in (CE states none, and refuses the parameters).
+        let tenancyQuery = registration.proxy.tenancy?.queryItems ?? []
         let leafPath = "/v1/agent/connect/ca/leaf/\(ConsulClient.segment(service))"
         let leaf = try await retrying("fetch the leaf certificate", until: deadline) {
-            try ConsulLeafCertificate.decode(try await self.client.get(leafPath).body, source: leafPath)
+            try ConsulLeafCertificate.decode(try await self.client.get(leafPath, query: tenancyQuery).body, source: leafPath)
         }
         let roots = try await retrying("fetch the CA roots", until: deadline) {
             try ConsulCARoots.decode(try await self.client.get("/v1/agent/connect/ca/roots").body, source: "/v1/agent/connect/ca/roots")
@@ -93,7 +96,7 @@ public final class ConsulProxy: Sendable {
             "proxy_id": "\(proxyID)", "service": "\(service)", "datacenter": "\(datacenter)",
             "serial": "\(leaf.serialNumber)", "agent": "\(client.summary)",
         ])
-        startWatches(sidecar: sidecar, proxyID: proxyID, service: service, defaultAction: defaultAction)
+        startWatches(sidecar: sidecar, proxyID: proxyID, service: service, tenancyQuery: tenancyQuery, defaultAction: defaultAction)
         reconcileInstanceWatches(sidecar: sidecar, definition: sidecar.definition)
         return sidecar
     }
@@ -188,7 +191,8 @@ public final class ConsulProxy: Sendable {
 
     // MARK: - Watches
 
-    private func startWatches(sidecar: Sidecar, proxyID: String, service: String, defaultAction: DefaultIntention) {
+    private func startWatches(sidecar: Sidecar, proxyID: String, service: String, tenancyQuery: [(String, String)],
+                              defaultAction: DefaultIntention) {
         let adjust = options.adjustDefinition
         watch("service", path: "/v1/agent/service/\(ConsulClient.segment(proxyID))", mode: .contentHash,
               decode: { try ConsulAgentService.decode($0, source: $1) }) { [self] registration in
@@ -202,7 +206,7 @@ public final class ConsulProxy: Sendable {
             }
             reconcileInstanceWatches(sidecar: sidecar, definition: sidecar.definition)
         }
-        watch("leaf", path: "/v1/agent/connect/ca/leaf/\(ConsulClient.segment(service))",
+        watch("leaf", path: "/v1/agent/connect/ca/leaf/\(ConsulClient.segment(service))", query: tenancyQuery,
               decode: { try ConsulLeafCertificate.decode($0, source: $1) }) { [self] leaf in
             install(sidecar: sidecar, leaf: leaf, roots: nil)
         }
@@ -210,7 +214,7 @@ public final class ConsulProxy: Sendable {
             install(sidecar: sidecar, leaf: nil, roots: roots)
         }
         let log = self.logger
-        watch("intentions", path: "/v1/connect/intentions/match", query: [("by", "destination"), ("name", service)],
+        watch("intentions", path: "/v1/connect/intentions/match", query: [("by", "destination"), ("name", service)] + tenancyQuery,
               decodeResponse: { response, source in
                   (try ConsulIntentionMatch.decode(response.body, source: source, destination: service), response.defaultACLPolicy)
               }) { intentions, aclPolicy in
@@ -290,6 +294,7 @@ public final class ConsulProxy: Sendable {
             let path = "/v1/health/connect/\(ConsulClient.segment(destination))"
             var query = [("passing", "1")]
             if let datacenter = upstream.datacenter { query.append(("dc", datacenter)) }
+            if upstream.tenancyStated { query += upstream.tenancy.queryItems }
             // Another datacenter is reached on the WAN tagged addresses, as Consul does.
             let wan = upstream.datacenter.map { $0 != localDatacenter } ?? false
             let logger = self.logger

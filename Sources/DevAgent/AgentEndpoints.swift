@@ -19,14 +19,14 @@ struct AgentEndpoints {
             try route.require(.GET)
             // Filtered, like Consul: what the token cannot read is left out, not refused.
             let services = engine.store.read { state in
-                state.services.values.filter { access.allows(.serviceRead($0.name)) }
+                state.services.values.filter { $0.tenancy == route.tenancy && access.allows(.serviceRead($0.name)) }
                     .sorted { $0.id < $1.id }.map { ($0.id, rendering.agentService($0)) }
             }
             return .json(.object(services))
         }
         if route.matches("agent", "service", "register") {
             try route.require(.PUT)
-            try engine.register(try Fields.parse(request.body, what: "the service definition"), access: access)
+            try engine.register(try Fields.parse(request.body, what: "the service definition"), tenancy: route.tenancy, access: access)
             return .text(.ok, "")
         }
         if let id = route.parameter(after: "agent", "service", "deregister") {
@@ -50,7 +50,7 @@ struct AgentEndpoints {
             try route.require(.GET)
             let checks = engine.store.read { state in
                 state.checks.values.filter { $0.serviceName.isEmpty ? access.grant == .management : access.allows(.serviceRead($0.serviceName)) }
-                    .sorted { $0.id < $1.id }.map { ($0.id, rendering.check($0, status: state.status(of: $0))) }
+                    .sorted { $0.id < $1.id }.map { ($0.id, rendering.check($0, status: state.status(of: $0), state: state)) }
             }
             return .json(.object(checks))
         }
@@ -64,7 +64,8 @@ struct AgentEndpoints {
                 let readable = access.allows(.serviceRead(name))
                 let (index, body) = try await engine.store.blockingRead(minIndex: blocking.index, wait: blocking.wait) { state in
                     (max(state.servicesIndex, state.checksIndex),
-                     readable ? rendering.healthEntries(state, connect: connect, name: name, passingOnly: passing) : JSON.array([]))
+                     readable ? rendering.healthEntries(state, connect: connect, name: name, tenancy: route.tenancy,
+                                                        passingOnly: passing) : JSON.array([]))
                 }
                 return .json(body, index: index, extraHeaders: readable ? [] : [("X-Consul-Results-Filtered-By-ACLs", "true")])
             }
@@ -90,7 +91,9 @@ struct AgentEndpoints {
         let wait = try route.waitDuration()
         let deadline = ContinuousClock.now + wait
         while true {
-            let (global, service) = engine.store.read { state in (state.index, state.services[id].map(state.resolvingCentralConfig)) }
+            let (global, service) = engine.store.read { state in
+                (state.index, state.services[id].flatMap { $0.tenancy == route.tenancy ? state.resolvingCentralConfig($0) : nil })
+            }
             guard let service else { throw HTTPError.notFound("unknown service ID: \(id)") }
             try route.access.require(.serviceRead(service.name))
             let hash = ServiceRendering.contentHash(of: service)

@@ -37,7 +37,8 @@ final class AgentEngine: Sendable {
         store = AgentStore(state)
         // A node ID stable for this agent, derived from the trust domain.
         let nodeID = IntentionRendering.stableID("node/" + trustDomain)
-        rendering = ServiceRendering(datacenter: configuration.datacenter, nodeName: configuration.nodeName, nodeID: nodeID)
+        rendering = ServiceRendering(datacenter: configuration.datacenter, nodeName: configuration.nodeName, nodeID: nodeID,
+                                     enterprise: configuration.enterprise)
     }
 
     var logger: Logger { configuration.logger }
@@ -46,9 +47,10 @@ final class AgentEngine: Sendable {
 
     /// Consul's vetServiceRegister: service:write on the service, its sidecar and, for a
     /// proxy, on the service it stands for.
-    func register(_ body: Fields, access: ACLAccess = .management) throws {
+    func register(_ body: Fields, tenancy: Tenancy = .default, access: ACLAccess = .management) throws {
+        let enterprise = configuration.enterprise
         let ttlChecks = try store.write { state -> [CheckRecord] in
-            let definition = try ServiceDefinition.parse(body) { id in
+            let definition = try ServiceDefinition.parse(body, tenancy: enterprise ? tenancy : nil) { id in
                 state.services[id].map(\.port) ?? state.freeSidecarPort(excluding: id)
             }
             for service in [definition.service] + (definition.sidecar.map { [$0.service] } ?? []) {
@@ -108,11 +110,12 @@ final class AgentEngine: Sendable {
     // MARK: CA
 
     /// The cached leaf for `service`, minted on first use.
-    func leaf(for service: String) throws -> LeafRecord {
-        if let leaf = store.read({ $0.leaves[service] }) { return leaf }
+    func leaf(for service: String, tenancy: Tenancy = .default) throws -> LeafRecord {
+        let key = LeafKey(service: service, tenancy: tenancy)
+        if let leaf = store.read({ $0.leaves[key] }) { return leaf }
         let (leaf, minted) = try store.write { state -> (LeafRecord, Bool) in
-            if let leaf = state.leaves[service] { return (leaf, false) }
-            return (try state.mintLeaf(service: service, datacenter: configuration.datacenter), true)
+            if let leaf = state.leaves[key] { return (leaf, false) }
+            return (try state.mintLeaf(key, datacenter: configuration.datacenter), true)
         }
         if minted { scheduleRenewal(leaf, after: renewalDelay(leaf)) }
         return leaf
@@ -129,15 +132,16 @@ final class AgentEngine: Sendable {
         let generation = leaf.generation
         Task { [weak self] in
             try? await Task.sleep(for: .seconds(delay))
-            self?.remint(leaf.service, ifGeneration: generation)
+            self?.remint(LeafKey(service: leaf.service, tenancy: leaf.tenancy), ifGeneration: generation)
         }
     }
 
-    private func remint(_ service: String, ifGeneration generation: Int) {
+    private func remint(_ key: LeafKey, ifGeneration generation: Int) {
+        let service = key.service
         do {
             let leaf = try store.write { state -> LeafRecord? in
-                guard state.leaves[service]?.generation == generation else { return nil }
-                return try state.mintLeaf(service: service, datacenter: configuration.datacenter)
+                guard state.leaves[key]?.generation == generation else { return nil }
+                return try state.mintLeaf(key, datacenter: configuration.datacenter)
             }
             if let leaf {
                 logger.debug("dev agent: renewed leaf", metadata: ["service": "\(service)", "serial": "\(leaf.serialNumber)"])
@@ -200,8 +204,8 @@ final class AgentEngine: Sendable {
 
     // MARK: Config entries
 
-    func writeConfigEntry(_ value: JSONValue, source: String, access: ACLAccess = .management) throws {
-        let entry = try ConfigEntryRecord.parse(value, source: source)
+    func writeConfigEntry(_ value: JSONValue, source: String, tenancy: Tenancy = .default, access: ACLAccess = .management) throws {
+        let entry = try ConfigEntryRecord.parse(value, source: source, tenancy: configuration.enterprise ? tenancy : nil)
         try access.require(ConfigEndpoints.write(entry.kind, entry.name))
         store.write { $0.writeConfigEntry(entry) }
     }

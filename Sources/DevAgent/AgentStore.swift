@@ -13,7 +13,7 @@ struct AgentState {
     var configEntries: [ConfigEntryKey: ConfigEntryRecord] = [:]
     var configIndex: UInt64 = 1
     var ca: CAState
-    var leaves: [String: LeafRecord] = [:]
+    var leaves: [LeafKey: LeafRecord] = [:]
     /// ACL tokens minted by /v1/acl/login: SecretID -> token.
     var loginTokens: [String: LoginToken] = [:]
     /// Auth methods for /v1/acl/login, by name.

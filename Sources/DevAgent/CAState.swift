@@ -1,5 +1,7 @@
 import Crypto
 import Foundation
+import SidecarCore
+import SidecarTLS
 import X509
 
 /// One CA root as listed by `/v1/agent/connect/ca/roots`.
@@ -31,9 +33,16 @@ struct CAState: Sendable {
     }
 }
 
+/// Leaves are cached per service name in a namespace and partition.
+struct LeafKey: Hashable, Sendable {
+    var service: String
+    var tenancy: Tenancy
+}
+
 /// A cached leaf certificate for one service name.
 struct LeafRecord: Sendable {
     var service: String
+    var tenancy: Tenancy
     var serialNumber: String
     /// The leaf followed by the active root's intermediates.
     var certPEM: String
@@ -48,20 +57,23 @@ struct LeafRecord: Sendable {
 }
 
 extension AgentState {
-    func serviceURI(for service: String, datacenter: String) -> String {
-        let escaped = service.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? service
-        return "spiffe://\(ca.trustDomain)/ns/default/dc/\(datacenter)/svc/\(escaped)"
+    /// Consul's service identity: `/ap/<partition>` only outside the default partition.
+    func serviceURI(for key: LeafKey, datacenter: String) -> String {
+        SPIFFEID(trustDomain: ca.trustDomain, partition: key.tenancy.partition, namespace: key.tenancy.namespace,
+                 datacenter: datacenter, service: key.service).uri
     }
 
-    /// Mints (or re-mints) the leaf for `service` with the active root and the current TTL.
-    mutating func mintLeaf(service: String, datacenter: String) throws -> LeafRecord {
+    /// Mints (or re-mints) the leaf for `key` with the active root and the current TTL.
+    mutating func mintLeaf(_ key: LeafKey, datacenter: String) throws -> LeafRecord {
+        let service = key.service
         let active = ca.activeRoot
-        let uri = serviceURI(for: service, datacenter: datacenter)
+        let uri = serviceURI(for: key, datacenter: datacenter)
         let minted = try CertificateMinting.makeLeaf(serviceURI: uri, commonName: service, ttl: ca.leafTTL, root: active.root)
         let index = nextIndex()
-        let previous = leaves[service]
+        let previous = leaves[key]
         let leaf = LeafRecord(
             service: service,
+            tenancy: key.tenancy,
             serialNumber: Format.colonHex(minted.serialBytes),
             certPEM: try CertificateMinting.pem(minted.certificate) + active.intermediatePEMs.joined(),
             privateKeyPEM: CertificateMinting.sec1PEM(minted.key),
@@ -72,7 +84,7 @@ extension AgentState {
             modifyIndex: index,
             generation: (previous?.generation ?? 0) + 1
         )
-        leaves[service] = leaf
+        leaves[key] = leaf
         return leaf
     }
 

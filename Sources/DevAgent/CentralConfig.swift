@@ -10,7 +10,7 @@ extension AgentState {
         var config: [String: JSONValue] = [:]
         if case .object(let given) = proxy.config { config = given }
         guard !config.keys.contains(where: { $0.lowercased() == "protocol" }),
-              let inherited = centralProtocol(for: proxy.destinationServiceName) else { return service }
+              let inherited = centralProtocol(for: proxy.destinationServiceName, tenancy: service.tenancy) else { return service }
         config["protocol"] = .string(inherited)
         proxy.config = .object(config)
         var resolved = service
@@ -18,12 +18,14 @@ extension AgentState {
         return resolved
     }
 
-    private func centralProtocol(for destination: String) -> String? {
-        if let entry = configEntries[ConfigEntryKey(kind: "service-defaults", name: destination)],
+    /// proxy-defaults live in a partition's default namespace.
+    private func centralProtocol(for destination: String, tenancy: Tenancy) -> String? {
+        if let entry = configEntries[ConfigEntryKey(kind: "service-defaults", name: destination, tenancy: tenancy)],
            let value = Self.protocolField(entry.body) {
             return value
         }
-        guard let global = configEntries[ConfigEntryKey(kind: "proxy-defaults", name: "global")],
+        guard let global = configEntries[ConfigEntryKey(kind: "proxy-defaults", name: "global",
+                                                        tenancy: Tenancy(namespace: "default", partition: tenancy.partition))],
               case .object(let fields) = global.body,
               let config = fields.first(where: { $0.0 == "Config" })?.1 else { return nil }
         return Self.protocolField(config)

@@ -10,7 +10,7 @@ struct ConfigEndpoints {
         if route.matches("config") {
             try route.require(.PUT)
             let body = try Fields.parse(route.request.body, what: "the config entry")
-            try engine.writeConfigEntry(body.value, source: "PUT /v1/config", access: route.access)
+            try engine.writeConfigEntry(body.value, source: "PUT /v1/config", tenancy: route.tenancy, access: route.access)
             return .json(.bool(true))
         }
         if let kind = route.parameter(after: "config") {
@@ -18,7 +18,9 @@ struct ConfigEndpoints {
             try Self.checkKind(kind)
             let blocking = try route.blocking()
             let (index, body) = try await engine.store.blockingRead(minIndex: blocking.index, wait: blocking.wait) { state in
-                (state.configIndex, JSON.array(state.configEntries.values.filter { $0.kind == kind && route.access.allows(Self.read(kind, $0.name)) }
+                (state.configIndex, JSON.array(state.configEntries.values.filter {
+                    $0.kind == kind && $0.tenancy == route.tenancy && route.access.allows(Self.read(kind, $0.name))
+                }
                     .sorted { $0.name < $1.name }.map { $0.rendered() }))
             }
             return .json(body, index: index)
@@ -29,12 +31,12 @@ struct ConfigEndpoints {
             try Self.checkKind(kind)
             try route.access.require(route.request.method == .DELETE ? Self.write(kind, name) : Self.read(kind, name))
             if route.request.method == .DELETE {
-                engine.store.write { $0.deleteConfigEntry(kind: kind, name: name) }
+                engine.store.write { $0.deleteConfigEntry(kind: kind, name: name, tenancy: route.tenancy) }
                 return .json(.bool(true))
             }
             let blocking = try route.blocking()
             let (index, entry) = try await engine.store.blockingRead(minIndex: blocking.index, wait: blocking.wait) { state in
-                let entry = state.configEntries[ConfigEntryKey(kind: kind, name: name)]
+                let entry = state.configEntries[ConfigEntryKey(kind: kind, name: name, tenancy: route.tenancy)]
                 return (entry?.modifyIndex ?? state.configIndex, entry)
             }
             guard let entry else { throw HTTPError.notFound("Config entry not found for \"\(kind)\" / \"\(name)\"") }

@@ -6,6 +6,7 @@ import SidecarTLS
 struct ConfigEntryKey: Hashable, Sendable {
     var kind: String
     var name: String
+    var tenancy = Tenancy.default
 }
 
 /// A stored config entry: its PascalCase rendering and, for `service-intentions`, the
@@ -13,6 +14,8 @@ struct ConfigEntryKey: Hashable, Sendable {
 struct ConfigEntryRecord: Sendable {
     var kind: String
     var name: String
+    /// The entry's namespace and partition (Consul Enterprise; default on CE).
+    var tenancy = Tenancy.default
     var body: JSON
     var intentions: [(intention: Intention, source: JSON)] = []
     var createdAt: Date
@@ -23,7 +26,8 @@ struct ConfigEntryRecord: Sendable {
     static let supportedKinds: Set<String> = ["service-intentions", "proxy-defaults", "service-defaults"]
 
     /// Validates one entry (PascalCase or snake_case) the way `PUT /v1/config` would.
-    static func parse(_ value: JSONValue, source: String) throws -> ConfigEntryRecord {
+    /// `tenancy`: the request's on Consul Enterprise (the entry's own fields win), nil on CE.
+    static func parse(_ value: JSONValue, source: String, tenancy requested: Tenancy? = nil) throws -> ConfigEntryRecord {
         let fields = Fields(value)
         guard fields.isObject else { throw HTTPError.badRequest("Request decode failed: a config entry must be a JSON object") }
         guard let kind = try fields.string("Kind"), !kind.isEmpty else { throw HTTPError.badRequest("Request decode failed: missing Kind") }
@@ -36,13 +40,36 @@ struct ConfigEntryRecord: Sendable {
         if case .object(let converted) = PascalCase.convert(value) {
             bodyFields = converted.filter { !["Kind", "Name", "CreateIndex", "ModifyIndex"].contains($0.0) }
         }
-        var record = ConfigEntryRecord(kind: kind, name: name,
+        let namespace = try fields.string("Namespace").flatMap { $0.isEmpty ? nil : $0 }
+        let partition = try fields.string("Partition").flatMap { $0.isEmpty ? nil : $0 }
+        var tenancy = Tenancy.default
+        if let requested {
+            tenancy = Tenancy(namespace: namespace ?? requested.namespace, partition: partition ?? requested.partition)
+            for name in [tenancy.namespace, tenancy.partition] where !Tenancy.isValidName(name) {
+                throw HTTPError.badRequest("Invalid config entry: namespace or partition \"\(name)\"")
+            }
+            bodyFields = bodyFields.filter { $0.0 != "Namespace" && $0.0 != "Partition" }
+                + [("Namespace", .string(tenancy.namespace)), ("Partition", .string(tenancy.partition))]
+        } else if namespace != nil {
+            throw HTTPError.badRequest("Request decode failed: json: unknown field \"Namespace\" - Namespaces are a Consul Enterprise feature")
+        } else if partition != nil {
+            throw HTTPError.badRequest("Request decode failed: json: unknown field \"Partition\"")
+        }
+        var record = ConfigEntryRecord(kind: kind, name: name, tenancy: tenancy,
                                        body: .object([("Kind", .string(kind)), ("Name", .string(name))] + bodyFields),
                                        createdAt: Date(), updatedAt: Date())
         if kind == "service-intentions" {
             let intentions: [Intention]
+            // The intentions read with the entry's tenancy filled in, as Consul normalises it.
+            var normalized = value
+            if requested != nil, case .object(var members) = value {
+                for key in members.keys where ["namespace", "partition"].contains(key.lowercased()) { members[key] = nil }
+                members["Namespace"] = .string(tenancy.namespace)
+                members["Partition"] = .string(tenancy.partition)
+                normalized = .object(members)
+            }
             do {
-                intentions = try IntentionsFile.decode(value.data, source: source)
+                intentions = try IntentionsFile.decode(normalized.data, source: source)
             } catch let error as ConfigError {
                 throw HTTPError.badRequest("Invalid config entry: \(error.path.isEmpty ? "" : error.path + ": ")\(error.message)")
             }
@@ -62,7 +89,7 @@ struct ConfigEntryRecord: Sendable {
 extension AgentState {
     mutating func writeConfigEntry(_ entry: ConfigEntryRecord) {
         let index = nextIndex()
-        let key = ConfigEntryKey(kind: entry.kind, name: entry.name)
+        let key = ConfigEntryKey(kind: entry.kind, name: entry.name, tenancy: entry.tenancy)
         var entry = entry
         if let existing = configEntries[key] {
             entry.createIndex = existing.createIndex
@@ -75,16 +102,16 @@ extension AgentState {
         configIndex = index
     }
 
-    mutating func deleteConfigEntry(kind: String, name: String) {
+    mutating func deleteConfigEntry(kind: String, name: String, tenancy: Tenancy = .default) {
         let index = nextIndex()
-        configEntries[ConfigEntryKey(kind: kind, name: name)] = nil
+        configEntries[ConfigEntryKey(kind: kind, name: name, tenancy: tenancy)] = nil
         configIndex = index
     }
 
     /// The intentions that apply to destination `name` (exact, then `*`), in Consul's
     /// evaluation order, with the entry each came from.
-    func intentions(forDestination name: String) -> [(Intention, JSON, ConfigEntryRecord)] {
-        let entries = [name, "*"].compactMap { configEntries[ConfigEntryKey(kind: "service-intentions", name: $0)] }
+    func intentions(forDestination name: String, tenancy: Tenancy = .default) -> [(Intention, JSON, ConfigEntryRecord)] {
+        let entries = [name, "*"].compactMap { configEntries[ConfigEntryKey(kind: "service-intentions", name: $0, tenancy: tenancy)] }
         var byIdentifier: [String: (JSON, ConfigEntryRecord)] = [:]
         for entry in entries { for item in entry.intentions { byIdentifier[item.intention.identifier] = (item.source, entry) } }
         // Consul's IntentionPrecedenceSorter: precedence, then the names lexicographically.
@@ -149,7 +176,7 @@ enum IntentionRendering {
     }
 
     /// `POST /v1/agent/connect/authorize`.
-    static func authorize(_ state: AgentState, target: String, clientCertURI: String,
+    static func authorize(_ state: AgentState, target: String, tenancy: Tenancy = .default, clientCertURI: String,
                           defaultAction: IntentionAction) throws -> JSON {
         let source: SPIFFEID
         do {
@@ -161,8 +188,9 @@ enum IntentionRendering {
             return .object([("Authorized", .bool(false)),
                             ("Reason", .string("Client certificate trust domain \(source.trustDomain) is not trusted"))])
         }
-        let set = IntentionSet(state.intentions(forDestination: target).map(\.0), defaultAction: defaultAction)
-        let decision = set.decide(source: source, destination: target)
+        let set = IntentionSet(state.intentions(forDestination: target, tenancy: tenancy).map(\.0), defaultAction: defaultAction)
+        let decision = set.decide(source: source, destination: target, destinationNamespace: tenancy.namespace,
+                                  destinationPartition: tenancy.partition)
         let reason: String
         switch decision.reason {
         case .defaultPolicy: reason = "Default behavior configured by DefaultIntentionPolicy"

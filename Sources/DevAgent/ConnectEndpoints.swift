@@ -19,10 +19,11 @@ struct ConnectEndpoints {
             try route.require(.GET)
             try route.access.require(.serviceWrite(service))
             let blocking = try route.blocking()
-            _ = try engine.leaf(for: service)
+            _ = try engine.leaf(for: service, tenancy: route.tenancy)
+            let key = LeafKey(service: service, tenancy: route.tenancy), enterprise = engine.configuration.enterprise
             let (index, body) = try await engine.store.blockingRead(minIndex: blocking.index, wait: blocking.wait) { state in
-                guard let leaf = state.leaves[service] else { throw HTTPError(status: 500, message: "leaf for \(service) vanished") }
-                return (leaf.modifyIndex, Self.leaf(leaf))
+                guard let leaf = state.leaves[key] else { throw HTTPError(status: 500, message: "leaf for \(service) vanished") }
+                return (leaf.modifyIndex, Self.leaf(leaf, enterprise: enterprise))
             }
             return .json(body, index: index)
         }
@@ -47,7 +48,8 @@ struct ConnectEndpoints {
             try route.access.require(.serviceWrite(target))
             guard let uri = try body.string("ClientCertURI"), !uri.isEmpty else { throw HTTPError.badRequest("ClientCertURI must be specified") }
             let answer = try engine.store.read { state in
-                try IntentionRendering.authorize(state, target: target, clientCertURI: uri, defaultAction: engine.defaultIntentionAction)
+                try IntentionRendering.authorize(state, target: target, tenancy: route.tenancy, clientCertURI: uri,
+                                                 defaultAction: engine.defaultIntentionAction)
             }
             return .json(answer)
         }
@@ -64,7 +66,7 @@ struct ConnectEndpoints {
         let blocking = try route.blocking()
         let (index, body) = try await engine.store.blockingRead(minIndex: blocking.index, wait: blocking.wait) { state in
             (state.configIndex, JSON.object(names.map { name in
-                (name, .array(state.intentions(forDestination: name).map { IntentionRendering.render($0.0, source: $0.1, entry: $0.2) }))
+                (name, .array(state.intentions(forDestination: name, tenancy: route.tenancy).map { IntentionRendering.render($0.0, source: $0.1, entry: $0.2) }))
             }))
         }
         return .json(body, index: index)
@@ -95,8 +97,8 @@ struct ConnectEndpoints {
         ])
     }
 
-    static func leaf(_ leaf: LeafRecord) -> JSON {
-        .object([
+    static func leaf(_ leaf: LeafRecord, enterprise: Bool) -> JSON {
+        var fields: [(String, JSON)] = [
             ("SerialNumber", .string(leaf.serialNumber)),
             ("CertPEM", .string(leaf.certPEM)),
             ("PrivateKeyPEM", .string(leaf.privateKeyPEM)),
@@ -104,9 +106,9 @@ struct ConnectEndpoints {
             ("ServiceURI", .string(leaf.serviceURI)),
             ("ValidAfter", .string(Format.rfc3339(leaf.validAfter))),
             ("ValidBefore", .string(Format.rfc3339(leaf.validBefore))),
-            ("CreateIndex", .uint(leaf.createIndex)),
-            ("ModifyIndex", .uint(leaf.modifyIndex)),
-        ])
+        ]
+        if enterprise { fields += [("Namespace", .string(leaf.tenancy.namespace)), ("Partition", .string(leaf.tenancy.partition))] }
+        return .object(fields + [("CreateIndex", .uint(leaf.createIndex)), ("ModifyIndex", .uint(leaf.modifyIndex))])
     }
 
     static func caConfiguration(_ ca: CAState) -> JSON {

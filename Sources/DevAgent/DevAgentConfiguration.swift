@@ -30,6 +30,10 @@ public struct DevAgentConfiguration: Sendable {
     /// The time login tokens are minted and checked against; tests step it instead of sleeping
     /// past a token's TTL (a sleep races the agent on a loaded machine).
     public var clock: @Sendable () -> Date = { Date() }
+    /// Consul Enterprise namespaces and admin partitions: `?ns=`/`?partition=` select them and
+    /// answers name them. Off (Consul CE): answers carry no Namespace/Partition and any
+    /// `?ns=`/`?partition=` is 400, as in CE.
+    public var enterprise = false
     public var logger: Logger
 
     public init(logger: Logger) {

@@ -22,7 +22,8 @@ struct Router: Sendable {
             let access = segments == ["acl", "login"]
                 ? ACLAccess(grant: .management, accessorID: "", node: engine.configuration.nodeName)
                 : try engine.access(for: Self.token(of: request))
-            let route = Route(request: request, segments: segments, access: access)
+            let route = Route(request: request, segments: segments, access: access,
+                              tenancy: try Route.tenancy(of: request, enterprise: engine.configuration.enterprise))
             if let response = try await AgentEndpoints(engine: engine).handle(route) { return response }
             if let response = try await ConnectEndpoints(engine: engine).handle(route) { return response }
             if let response = try await ConfigEndpoints(engine: engine).handle(route) { return response }
@@ -54,6 +55,38 @@ struct Route: Sendable {
     let segments: [String]
     /// What the request's token may do; endpoints check it as Consul's do.
     let access: ACLAccess
+    /// The namespace and partition asked for (always default on a CE agent).
+    let tenancy: Tenancy
+
+    /// `?ns=` / `?partition=` (or the X-Consul-Namespace/-Partition headers). Consul CE
+    /// refuses any of them, even "default", with these words; Enterprise takes a name and
+    /// defaults to "default".
+    static func tenancy(of request: HTTPRequest, enterprise: Bool) throws -> Tenancy {
+        let namespace = request.queryValue("ns").flatMap { $0.isEmpty ? nil : $0 }
+        let partition = request.queryValue("partition").flatMap { $0.isEmpty ? nil : $0 }
+        let namespaceHeader = request.headers.first(name: "X-Consul-Namespace").flatMap { $0.isEmpty ? nil : $0 }
+        let partitionHeader = request.headers.first(name: "X-Consul-Partition").flatMap { $0.isEmpty ? nil : $0 }
+        guard enterprise else {
+            if namespaceHeader != nil {
+                throw HTTPError.badRequest("Invalid header: \"X-Consul-Namespace\" - Namespaces are a Consul Enterprise feature")
+            }
+            if namespace != nil {
+                throw HTTPError.badRequest("Invalid query parameter: \"ns\" - Namespaces are a Consul Enterprise feature")
+            }
+            if partitionHeader != nil {
+                throw HTTPError.badRequest("Invalid header: \"X-Consul-Partition\" - Partitions are a Consul Enterprise feature")
+            }
+            if partition != nil {
+                throw HTTPError.badRequest("Invalid query parameter: \"partition\" - Partitions are a Consul Enterprise feature")
+            }
+            return .default
+        }
+        let tenancy = Tenancy(namespace: namespace ?? namespaceHeader ?? "default", partition: partition ?? partitionHeader ?? "default")
+        for name in [tenancy.namespace, tenancy.partition] where !Tenancy.isValidName(name) {
+            throw HTTPError.badRequest("Invalid namespace or partition \"\(name)\" (the dev agent has no wildcard listing)")
+        }
+        return tenancy
+    }
 
     func matches(_ pattern: String...) -> Bool {
         pattern == segments

@@ -10,10 +10,13 @@ struct ServiceDefinition {
     var sidecar: (service: ServiceRecord, checks: [CheckRecord])?
 
     /// `sidecarPort` picks the auto-assigned port for a sidecar without one (given its ID).
-    static func parse(_ body: Fields, sidecarPort: (String) -> Int?) throws -> ServiceDefinition {
+    /// `tenancy`: the request's on a Consul Enterprise agent (the body's Namespace/Partition
+    /// win), nil on CE, which knows no such fields.
+    static func parse(_ body: Fields, tenancy requested: Tenancy?, sidecarPort: (String) -> Int?) throws -> ServiceDefinition {
         guard body.isObject else { throw HTTPError.badRequest("Request decode failed: expected a JSON object") }
         guard let name = try body.string("Name"), !name.isEmpty else { throw HTTPError.badRequest("Missing service name") }
         var service = try parseCommon(body, name: name, id: try body.string("ID").flatMap { $0.isEmpty ? nil : $0 } ?? name)
+        service.tenancy = try parseTenancy(body, requested: requested)
         service.kind = try body.string("Kind") ?? ""
         guard service.kind == "" || service.kind == "connect-proxy" else {
             throw HTTPError.badRequest("Invalid service kind \"\(service.kind)\": the dev agent supports plain services and connect-proxy")
@@ -26,7 +29,7 @@ struct ServiceDefinition {
             guard service.port > 0 || proxy.localServiceSocketPath != nil else {
                 throw HTTPError.badRequest("Invalid service: Port must be set for a Connect proxy")
             }
-            service.proxy = proxy
+            service.proxy = inheritTenancy(proxy, from: service, enterprise: requested != nil)
         }
         let checks = try parseChecks(body, serviceID: service.id, serviceName: name)
         var definition = ServiceDefinition(service: service, checks: checks)
@@ -35,9 +38,44 @@ struct ServiceDefinition {
             definition.service.connectNative = try connect.bool("Native") ?? false
             if let sidecar = connect.field("SidecarService") {
                 definition.sidecar = try parseSidecar(sidecar, parent: service, sidecarPort: sidecarPort)
+                if var proxy = definition.sidecar?.service.proxy {
+                    proxy = inheritTenancy(proxy, from: service, enterprise: requested != nil)
+                    definition.sidecar?.service.proxy = proxy
+                }
             }
         }
         return definition
+    }
+
+    /// The body's Namespace/Partition: on CE an unknown field, as Consul CE words it; on
+    /// Enterprise they win over the query's.
+    private static func parseTenancy(_ body: Fields, requested: Tenancy?) throws -> Tenancy {
+        let namespace = try body.string("Namespace").flatMap { $0.isEmpty ? nil : $0 }
+        let partition = try body.string("Partition").flatMap { $0.isEmpty ? nil : $0 }
+        guard let requested else {
+            if namespace != nil {
+                throw HTTPError.badRequest("Request decode failed: json: unknown field \"Namespace\" - Namespaces are a Consul Enterprise feature")
+            }
+            if partition != nil { throw HTTPError.badRequest("Request decode failed: json: unknown field \"Partition\"") }
+            return .default
+        }
+        let tenancy = Tenancy(namespace: namespace ?? requested.namespace, partition: partition ?? requested.partition)
+        for name in [tenancy.namespace, tenancy.partition] where !Tenancy.isValidName(name) {
+            throw HTTPError.badRequest("Invalid namespace or partition \"\(name)\"")
+        }
+        return tenancy
+    }
+
+    /// Consul Enterprise fills an upstream's empty DestinationNamespace/Partition with the
+    /// proxy's own; CE leaves them empty (and its answers omit them).
+    private static func inheritTenancy(_ proxy: ProxyRecord, from service: ServiceRecord, enterprise: Bool) -> ProxyRecord {
+        guard enterprise else { return proxy }
+        var proxy = proxy
+        for index in proxy.upstreams.indices {
+            if proxy.upstreams[index].destinationNamespace.isEmpty { proxy.upstreams[index].destinationNamespace = service.tenancy.namespace }
+            if proxy.upstreams[index].destinationPartition.isEmpty { proxy.upstreams[index].destinationPartition = service.tenancy.partition }
+        }
+        return proxy
     }
 
     private static func parseCommon(_ body: Fields, name: String, id: String) throws -> ServiceRecord {
@@ -62,6 +100,7 @@ struct ServiceDefinition {
         let name = try body.string("Name").flatMap { $0.isEmpty ? nil : $0 } ?? "\(parent.name)-sidecar-proxy"
         let id = try body.string("ID").flatMap { $0.isEmpty ? nil : $0 } ?? "\(parent.id)-sidecar-proxy"
         var sidecar = try parseCommon(body, name: name, id: id)
+        sidecar.tenancy = parent.tenancy
         sidecar.kind = "connect-proxy"
         sidecar.sidecarParentID = parent.id
         if body.field("Address") == nil { sidecar.address = parent.address }
@@ -112,8 +151,8 @@ struct ServiceDefinition {
         }
         var upstream = UpstreamRecord(destinationName: name)
         upstream.destinationType = try body.string("DestinationType").flatMap { $0.isEmpty ? nil : $0 } ?? "service"
-        upstream.destinationNamespace = try body.string("DestinationNamespace").flatMap { $0.isEmpty ? nil : $0 } ?? "default"
-        upstream.destinationPartition = try body.string("DestinationPartition").flatMap { $0.isEmpty ? nil : $0 } ?? "default"
+        upstream.destinationNamespace = try body.string("DestinationNamespace") ?? ""
+        upstream.destinationPartition = try body.string("DestinationPartition") ?? ""
         upstream.datacenter = try body.string("Datacenter") ?? ""
         upstream.destinationPeer = try body.string("DestinationPeer") ?? ""
         upstream.localBindAddress = try body.string("LocalBindAddress").flatMap { $0.isEmpty ? nil : $0 } ?? "127.0.0.1"

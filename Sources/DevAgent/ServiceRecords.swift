@@ -6,6 +6,9 @@ struct ServiceRecord: Sendable {
     var kind = ""
     var id: String
     var name: String
+    /// Consul Enterprise namespace and partition (always default on a CE agent). Service IDs
+    /// stay unique across namespaces here (Enterprise allows one ID in two namespaces).
+    var tenancy = Tenancy.default
     var tags: [String] = []
     var meta: JSONValue = .emptyObject
     var port = 0
@@ -37,8 +40,9 @@ struct ProxyRecord: Sendable {
 
 struct UpstreamRecord: Sendable {
     var destinationType = "service"
-    var destinationNamespace = "default"
-    var destinationPartition = "default"
+    /// "" unless given; Enterprise fills in the proxy's own (CE leaves them out, omitempty).
+    var destinationNamespace = ""
+    var destinationPartition = ""
     var destinationName: String
     /// Cluster peering: the peer the destination is imported from ("" for none).
     var destinationPeer = ""

@@ -7,6 +7,8 @@ struct ServiceRendering {
     let datacenter: String
     let nodeName: String
     let nodeID: String
+    /// Consul Enterprise names every object's Namespace and Partition; CE's answers have none.
+    var enterprise = false
 
     /// Consul's `api.AgentService`; `Kind` is omitted for plain services as Go's omitempty does.
     func agentService(_ service: ServiceRecord, contentHash: Bool = false, indexes: Bool = false) -> JSON {
@@ -28,7 +30,8 @@ struct ServiceRendering {
         if indexes {
             fields += [("CreateIndex", .uint(service.createIndex)), ("ModifyIndex", .uint(service.modifyIndex))]
         }
-        fields += [("Datacenter", .string(datacenter)), ("Namespace", .string("default")), ("Partition", .string("default"))]
+        fields.append(("Datacenter", .string(datacenter)))
+        if enterprise { fields += [("Namespace", .string(service.tenancy.namespace)), ("Partition", .string(service.tenancy.partition))] }
         if contentHash { fields.append(("ContentHash", .string(Self.contentHash(of: service)))) }
         return .object(fields)
     }
@@ -52,16 +55,17 @@ struct ServiceRendering {
     }
 
     private func upstream(_ upstream: UpstreamRecord) -> JSON {
-        var fields: [(String, JSON)] = [
-            ("DestinationType", .string(upstream.destinationType)),
-            ("DestinationNamespace", .string(upstream.destinationNamespace)),
-            ("DestinationPartition", .string(upstream.destinationPartition)),
+        var fields: [(String, JSON)] = [("DestinationType", .string(upstream.destinationType))]
+        // omitempty, as Consul: CE leaves the tenancy out; transparent-proxy and peered
+        // upstreams often have no local bind.
+        if !upstream.destinationNamespace.isEmpty { fields.append(("DestinationNamespace", .string(upstream.destinationNamespace))) }
+        if !upstream.destinationPartition.isEmpty { fields.append(("DestinationPartition", .string(upstream.destinationPartition))) }
+        if !upstream.destinationPeer.isEmpty { fields.append(("DestinationPeer", .string(upstream.destinationPeer))) }
+        fields += [
             ("DestinationName", .string(upstream.destinationName)),
             ("Datacenter", .string(upstream.datacenter)),
             ("LocalBindAddress", .string(upstream.localBindAddress)),
         ]
-        // omitempty, as Consul: transparent-proxy and peered upstreams often have neither.
-        if !upstream.destinationPeer.isEmpty { fields.insert(("DestinationPeer", .string(upstream.destinationPeer)), at: 3) }
         if upstream.localBindPort != 0 { fields.append(("LocalBindPort", .int(upstream.localBindPort))) }
         if let path = upstream.localBindSocketPath { fields.append(("LocalBindSocketPath", .string(path))) }
         fields.append(("Config", JSON(upstream.config)))
@@ -76,7 +80,7 @@ struct ServiceRendering {
         return Format.hex(SHA256.hash(data: Data(text.utf8)).prefix(8))
     }
 
-    func check(_ check: CheckRecord, status: String) -> JSON {
+    func check(_ check: CheckRecord, status: String, state: AgentState? = nil) -> JSON {
         .object([
             ("Node", .string(nodeName)),
             ("CheckID", .string(check.id)),
@@ -92,11 +96,16 @@ struct ServiceRendering {
             ("Timeout", .string("")),
             ("ExposedPort", .int(0)),
             ("Definition", .object([])),
-            ("Namespace", .string("default")),
-            ("Partition", .string("default")),
+        ] + tenancyFields(of: check.serviceID, in: state) + [
             ("CreateIndex", .uint(check.createIndex)),
             ("ModifyIndex", .uint(check.modifyIndex)),
         ])
+    }
+
+    private func tenancyFields(of serviceID: String, in state: AgentState?) -> [(String, JSON)] {
+        guard enterprise else { return [] }
+        let tenancy = state?.services[serviceID]?.tenancy ?? .default
+        return [("Namespace", .string(tenancy.namespace)), ("Partition", .string(tenancy.partition))]
     }
 
     func node(index: UInt64) -> JSON {
@@ -113,12 +122,12 @@ struct ServiceRendering {
     }
 
     /// `/v1/health/service/:name` and `/v1/health/connect/:name` entries.
-    func healthEntries(_ state: AgentState, connect: Bool, name: String, passingOnly: Bool) -> JSON {
+    func healthEntries(_ state: AgentState, connect: Bool, name: String, tenancy: Tenancy, passingOnly: Bool) -> JSON {
         let matching = state.services.values.filter { service in
-            connect
+            service.tenancy == tenancy && (connect
                 ? (service.kind == "connect-proxy" && service.proxy?.destinationServiceName == name)
                     || (service.connectNative && service.name == name)
-                : service.name == name
+                : service.name == name)
         }.sorted { $0.id < $1.id }
         let entries = matching.compactMap { service -> JSON? in
             let checks = state.checks(ofService: service.id).map { ($0, state.status(of: $0)) }
@@ -126,7 +135,7 @@ struct ServiceRendering {
             return .object([
                 ("Node", node(index: 1)),
                 ("Service", agentService(service, indexes: true)),
-                ("Checks", .array(checks.map { check($0.0, status: $0.1) })),
+                ("Checks", .array(checks.map { check($0.0, status: $0.1, state: state) })),
             ])
         }
         return .array(entries)

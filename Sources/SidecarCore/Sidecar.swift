@@ -317,8 +317,10 @@ public final class Sidecar: Sendable {
     @discardableResult
     private func reauthorize(with set: IntentionSet) -> Int {
         var revoked = 0
+        let own = contexts.credentials.identity
         for entry in registry.entries {
-            let decision = set.decide(source: entry.source, destination: entry.destination, l7: entry.joinedAs == .filtered)
+            let decision = set.decide(source: entry.source, destination: entry.destination, destinationNamespace: own.namespace,
+                                      destinationPartition: own.partition, l7: entry.joinedAs == .filtered)
             guard !decision.allowed else { continue }
             Revocation.revoke(entry, registry: registry, listener: Self.publicListenerName,
                               reason: "revoked by intentions update: \(decision.reasonText)", audit: settings.audit)
@@ -558,11 +560,20 @@ public final class Sidecar: Sendable {
         let muxMode = settings.mux
         // `l7` is how the connection is (to be) joined, not the protocol in force now: a tunnel
         // joined raw must be decided as raw even if the service became http meanwhile.
+        // The destination's namespace and partition are those of our own leaf.
         let authorize: @Sendable (SPIFFEID, String, Bool) -> IntentionDecision = { source, destination, l7 in
-            Self.decide(with: intentions) { $0.decide(source: source, destination: destination, l7: l7) }
+            let own = contexts.credentials.identity
+            return Self.decide(with: intentions) {
+                $0.decide(source: source, destination: destination, destinationNamespace: own.namespace,
+                          destinationPartition: own.partition, l7: l7)
+            }
         }
         let authorizeRequest: @Sendable (HTTPRequestFacts, SPIFFEID, String) -> IntentionDecision = { request, source, destination in
-            Self.decide(with: intentions) { $0.decide(request: request, source: source, destination: destination) }
+            let own = contexts.credentials.identity
+            return Self.decide(with: intentions) {
+                $0.decide(request: request, source: source, destination: destination, destinationNamespace: own.namespace,
+                          destinationPartition: own.partition)
+            }
         }
         let evictions = HandshakeEvictionReport(audit: audit, logger: logger, metrics: settings.metrics)
         let bootstrap = serverBootstrap().childChannelInitializer { channel in

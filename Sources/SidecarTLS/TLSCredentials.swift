@@ -10,6 +10,9 @@ public struct TLSCredentials: Sendable {
     public let trustedRoots: [Certificate]
     /// Our SPIFFE trust domain; peers from any other are refused.
     public let trustDomain: String
+    /// Our own identity, from the leaf (its namespace and partition are where intentions for
+    /// us are evaluated).
+    public let identity: SPIFFEID
 
     public var leaf: Certificate { chain[0] }
 
@@ -41,12 +44,7 @@ public struct TLSCredentials: Sendable {
         self.privateKey = privateKey
         self.trustedRoots = trustedRoots
         self.trustDomain = resolvedTrustDomain
-    }
-
-    /// Our own identity, from the leaf.
-    public var identity: SPIFFEID {
-        // Validated in init.
-        try! SPIFFEID.parse(leaf.uriSANs[0])
+        self.identity = identity
     }
 
     /// Consul's CA puts `spiffe://<trust-domain>` in its root's URI SAN.

@@ -39,6 +39,10 @@ struct DevAgentCommand: AsyncParsableCommand {
             help: "A jwt auth method for /v1/acl/login: {\"AuthMethod\": {\"Name\", \"Type\": \"jwt\", \"MaxTokenTTL\", \"Config\": {\"JWTValidationPubKeys\", \"BoundAudiences\", \"BoundIssuer\", \"ClaimMappings\"}}} (repeatable).")
     var authMethodFiles: [String] = []
 
+    @Flag(name: .customLong("enterprise"),
+          help: "Act as Consul Enterprise: namespaces and admin partitions (?ns=, ?partition=). Default: Consul CE, which refuses them.")
+    var enterprise = false
+
     @Option(name: .customLong("log-level"))
     var logLevel: String = "info"
 
@@ -66,6 +70,7 @@ struct DevAgentCommand: AsyncParsableCommand {
         configuration.datacenter = datacenter
         configuration.defaultIntentionPolicy = defaultIntentionPolicy
         configuration.configDirectory = configDir
+        configuration.enterprise = enterprise
         if let aclTokenFile {
             guard let token = try? String(contentsOfFile: aclTokenFile, encoding: .utf8)
                 .trimmingCharacters(in: .whitespacesAndNewlines), !token.isEmpty else {

@@ -29,7 +29,8 @@ struct ServiceTests {
         let upstream = try #require((proxy["Upstreams"] as? [[String: Any]])?.first)
         #expect(upstream["DestinationType"] as? String == "service")
         #expect(upstream["LocalBindAddress"] as? String == "127.0.0.1")
-        #expect(upstream["DestinationNamespace"] as? String == "default")
+        // Consul CE: no tenancy anywhere (omitempty), so a proxy knows not to send ?ns=.
+        #expect(upstream["DestinationNamespace"] == nil && body["Namespace"] == nil && body["Partition"] == nil)
         // The sidecar's own decoder reads it.
         let decoded = try ConsulAgentService.decode(reply.body, source: "test")
         #expect(decoded.proxy.upstreams.first?.localBindPort == 19100)
@@ -102,7 +103,7 @@ struct ServiceTests {
         #expect(proxy["LocalServicePort"] as? Int == 9100)
         let upstream = try #require((proxy["Upstreams"] as? [[String: Any]])?.first)
         #expect(upstream["LocalBindAddress"] as? String == "127.0.0.1")
-        #expect(upstream["DestinationPartition"] as? String == "default")
+        #expect(upstream["DestinationPartition"] == nil)
         let dbSidecar = try await agent.get("/v1/agent/service/db-sidecar-proxy").object()
         #expect(dbSidecar["Port"] as? Int == 21001)
 

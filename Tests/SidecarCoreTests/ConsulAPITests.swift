@@ -590,13 +590,45 @@ struct ConsulAPIAgentServiceTests {
         #expect(proxy.localServicePort == 8080)
         #expect(proxy.config.protocol == "http")
         #expect(proxy.publicBindPort == 21001)
+        // The answer names a Namespace (Consul Enterprise): upstreams inherit it unless they
+        // name their own, and their queries will name it.
+        #expect(proxy.tenancy == Tenancy(namespace: "default", partition: "default"))
         #expect(proxy.upstreams == [
-            Upstream(destinationName: "metadata-db", destinationNamespace: "default", destinationPartition: "default",
+            Upstream(destinationName: "metadata-db", tenancy: .default, tenancyStated: true,
                      datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 9191, connectTimeoutMs: 2500),
+            Upstream(destinationName: "object-store", tenancy: Tenancy(namespace: "backups"), tenancyStated: true,
+                     datacenter: nil, localBindAddress: "127.0.0.2", localBindPort: 9192, connectTimeoutMs: 10000),
         ])
-        // Namespaces are Consul Enterprise: that upstream is skipped, not dialled in default.
-        #expect(proxy.skippedUpstreams.count == 1 && proxy.skippedUpstreams[0].hasPrefix("upstream \"object-store\" skipped"),
+        #expect(proxy.upstreams.map(\.instanceKey) == ["metadata-db", "backups/object-store"])
+        #expect(proxy.skippedUpstreams.isEmpty, "\(proxy.skippedUpstreams)")
+    }
+
+    @Test("Consul CE answers state no Namespace: an upstream naming another namespace or partition is skipped")
+    func ceRegistrationSkipsOtherTenancy() throws {
+        let ce = agentService().replacingOccurrences(of: "\"Namespace\": \"default\",\n", with: "")
+        let proxy = try ConsulAgentService.decode(data(ce), source: serviceSource).proxy
+        #expect(proxy.tenancy == nil)
+        #expect(proxy.upstreams.map(\.instanceKey) == ["metadata-db"])
+        #expect(proxy.upstreams.allSatisfy { !$0.tenancyStated })
+        #expect(proxy.skippedUpstreams.count == 1 && proxy.skippedUpstreams[0].contains("needs Consul Enterprise"),
                 "\(proxy.skippedUpstreams)")
+    }
+
+    @Test("Namespace and Partition of the registration are inherited; bad names are refused")
+    func tenancyInheritance() throws {
+        let enterprise = agentService(top: #""Partition": "eu","#).replacingOccurrences(of: "\"Namespace\": \"default\"", with: "\"Namespace\": \"team-a\"")
+        let proxy = try ConsulAgentService.decode(data(enterprise), source: serviceSource).proxy
+        #expect(proxy.tenancy == Tenancy(namespace: "team-a", partition: "eu"))
+        #expect(proxy.upstreams.map(\.tenancy) == [Tenancy(namespace: "team-a", partition: "eu"), Tenancy(namespace: "backups", partition: "eu")])
+        #expect(proxy.upstreams.map(\.instanceKey) == ["eu/team-a/metadata-db", "eu/backups/object-store"])
+        #expect(proxy.upstreams.map(\.listenerName) == ["upstream:eu/team-a/metadata-db", "upstream:eu/backups/object-store"])
+        for bad in ["*", "a/b", "", "x y", String(repeating: "n", count: 65)] where !bad.isEmpty {
+            let text = agentService().replacingOccurrences(of: "\"Namespace\": \"default\"", with: "\"Namespace\": \"\(bad)\"")
+            #expect(throws: ConfigError.self, "\(bad)") { try ConsulAgentService.decode(data(text), source: serviceSource) }
+        }
+        let badUpstream = agentService(upstreams: #"[{"DestinationName": "db", "DestinationNamespace": "*", "LocalBindPort": 9000}]"#)
+        let skipped = try ConsulAgentService.decode(data(badUpstream), source: serviceSource).proxy
+        #expect(skipped.upstreams.isEmpty && skipped.skippedUpstreams.count == 1, "\(skipped.skippedUpstreams)")
     }
 
     @Test("Upstreams null, empty or missing: no upstreams")

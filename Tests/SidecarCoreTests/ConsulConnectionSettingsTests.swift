@@ -83,14 +83,12 @@ struct ConsulConnectionSettingsTests {
         #expect(throws: ConsulSettingsError.self) {
             try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil, environment: ["CONSUL_HTTP_SSL_VERIFY": "nope"])
         }
-        for name in ["CONSUL_NAMESPACE", "CONSUL_PARTITION"] {
-            #expect(throws: ConsulSettingsError.self, "\(name) other than default is refused, not ignored") {
-                try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil, environment: [name: "team-a"])
-            }
-            #expect(throws: Never.self) { try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil, environment: [name: "default"]) }
-        }
+        let tenancy = try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil,
+                                                           environment: ["CONSUL_NAMESPACE": "team-a", "CONSUL_PARTITION": " eu "])
+        #expect(tenancy.namespace == "team-a" && tenancy.partition == "eu")
         let verified = try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil, environment: [:])
         #expect(verified.verifyTLS && verified.httpAuth == nil && verified.basicAuthorization == nil)
+        #expect(verified.namespace == nil && verified.partition == nil, "nothing named: no ?ns= (Consul CE refuses it)")
     }
 
     @Test("Flags beat the environment; the default is 127.0.0.1:8500 over http")

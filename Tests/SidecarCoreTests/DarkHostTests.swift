@@ -96,7 +96,7 @@ struct DarkHostTests {
             id: "backup-agent-sidecar-proxy", name: "backup-agent-sidecar-proxy", address: "127.0.0.1", port: nil,
             destinationServiceName: "backup-agent", destinationServiceID: nil, localServiceAddress: "127.0.0.1",
             localServicePort: nil, config: config,
-            upstreams: [Upstream(destinationName: "storage", destinationNamespace: "default", destinationPartition: "default",
+            upstreams: [Upstream(destinationName: "storage", tenancy: .default, tenancyStated: false,
                                  datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 0, connectTimeoutMs: 2000)])
         let settings = SidecarSettings(definition: definition, credentials: try TestCertificates.credentials("backup-agent"),
                                        intentions: IntentionSet([], defaultAction: .deny), upstreamEndpoints: ["storage": endpoints],

@@ -112,7 +112,12 @@ struct FailClosedIntentionTests {
         let decision = set.decide(source: Self.agent, destination: "storage")
         #expect(!decision.allowed)
         #expect(decision.reason == .defaultPolicy)
-        #expect(set.intentions.first?.identifier == "default/default/backup-agent -> eu/default/storage")
+        // A local source inherits the destination's partition, as Consul normalises it.
+        #expect(set.intentions.first?.identifier == "eu/default/backup-agent -> eu/default/storage")
+        let inEU = SPIFFEID(trustDomain: "td.consul", partition: "eu", namespace: "default", datacenter: "dc1", service: "backup-agent")
+        #expect(set.decide(source: inEU, destination: "storage", destinationPartition: "eu").allowed, "a sidecar in eu applies it")
+        #expect(!set.decide(source: Self.agent, destination: "storage", destinationPartition: "eu").allowed,
+                "default/backup-agent is not the source it names")
     }
 
     @Test("IgnoreCase with Regex or Present is refused at load, as Consul refuses it", arguments: [

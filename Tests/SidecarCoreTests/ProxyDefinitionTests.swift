@@ -84,9 +84,9 @@ struct ProxyDefinitionTests {
             config: ProxyConfig(bindAddress: "0.0.0.0", bindPort: 21001, localConnectTimeoutMs: 500,
                                 handshakeTimeoutMs: 3000, protocol: "http"),
             upstreams: [
-                Upstream(destinationName: "storage", destinationNamespace: "default", destinationPartition: "default",
+                Upstream(destinationName: "storage", tenancy: .default, tenancyStated: false,
                          datacenter: "dc2", localBindAddress: "127.0.0.3", localBindPort: 9191, connectTimeoutMs: 2500),
-                Upstream(destinationName: "metrics", destinationNamespace: "default", destinationPartition: "default",
+                Upstream(destinationName: "metrics", tenancy: .default, tenancyStated: false,
                          datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 9192, connectTimeoutMs: 10000),
             ]
         )
@@ -118,7 +118,7 @@ struct ProxyDefinitionTests {
         #expect(definition.destinationServiceID == nil)
         #expect(definition.localServicePort == 7000)
         #expect(definition.upstreams == [
-            Upstream(destinationName: "storage", destinationNamespace: "default", destinationPartition: "default",
+            Upstream(destinationName: "storage", tenancy: .default, tenancyStated: false,
                      datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 9000, connectTimeoutMs: 2500),
         ])
     }
@@ -255,7 +255,7 @@ struct ProxyDefinitionTests {
         ))
         #expect(upstream.config == ProxyConfig())
         #expect(upstream.upstreams == [
-            Upstream(destinationName: "db", destinationNamespace: "default", destinationPartition: "default",
+            Upstream(destinationName: "db", tenancy: .default, tenancyStated: false,
                      datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 9000, connectTimeoutMs: 10000),
         ])
     }
@@ -473,14 +473,19 @@ struct ProxyDefinitionTests {
         #expect(!definition.upstreams.contains { line.contains("upstream \"\($0.destinationName)\" skipped") }, "the skipped one has no listener")
     }
 
-    @Test("A registration in a namespace or partition other than default is refused whole (fail closed)")
-    func nonDefaultTenancy() {
-        for (field, value) in [("Namespace", "team-a"), ("Partition", "p1")] {
-            let json = #"{"Kind":"connect-proxy","Service":"p","ID":"p","Port":21000,"\#(field)":"\#(value)","Proxy":{"DestinationServiceName":"web"}}"#
-            let error = #expect(throws: ConfigError.self) { try decode(json) }
-            #expect(error?.message.contains("not supported") == true, "\(String(describing: error))")
+    @Test("A registration's Namespace and Partition are its tenancy; names that are not a tenancy are refused whole")
+    func nonDefaultTenancy() throws {
+        func json(_ field: String, _ value: String) -> String {
+            #"{"Kind":"connect-proxy","Service":"p","ID":"p","Port":21000,"\#(field)":"\#(value)","Proxy":{"DestinationServiceName":"web"}}"#
         }
-        #expect(throws: Never.self) { try decode(#"{"Kind":"connect-proxy","Service":"p","ID":"p","Port":1,"Namespace":"default","Partition":"","Proxy":{"DestinationServiceName":"web"}}"#) }
+        #expect(try decode(json("Namespace", "team-a")).tenancy == Tenancy(namespace: "team-a"))
+        #expect(try decode(json("Partition", "p1")).tenancy == Tenancy(partition: "p1"))
+        #expect(try decode(#"{"Kind":"connect-proxy","Service":"p","ID":"p","Port":1,"Namespace":"default","Partition":"","Proxy":{"DestinationServiceName":"web"}}"#).tenancy == .default)
+        #expect(try decode(#"{"Kind":"connect-proxy","Service":"p","ID":"p","Port":1,"Proxy":{"DestinationServiceName":"web"}}"#).tenancy == nil)
+        for (field, value) in [("Namespace", "*"), ("Partition", "a/b"), ("Namespace", "ns%2F"), ("Namespace", "x y")] {
+            let error = #expect(throws: ConfigError.self) { try decode(json(field, value)) }
+            #expect(error?.path == field.lowercased(), "\(String(describing: error))")
+        }
     }
 
     @Test("Opaque config maps: a key in two spellings after a central-config merge takes the documented one")

@@ -60,11 +60,16 @@ public enum IntentionsFile {
             case (.some, false): throw source.error("a source has either action or permissions, not both")
             default: break
             }
-            let sourceNamespace = try source.optionalNonEmptyString("namespace") ?? "default"
-            try checkWildcardNamespace(sourceNamespace, name: name, in: source)
             let peer = try source.optionalString("peer") ?? ""
             let partition = try source.optionalNonEmptyString("partition")
             let samenessGroup = try source.optionalNonEmptyString("sameness_group") ?? ""
+            // As Consul normalises: a local source inherits the destination's namespace and
+            // partition (never a wildcard); a peer's or sameness group's only defaults.
+            let local = peer.isEmpty && samenessGroup.isEmpty
+            let inherited = (namespace: local && destinationNamespace != "*" ? destinationNamespace : "default",
+                             partition: local && destinationPartition != "*" ? destinationPartition : "default")
+            let sourceNamespace = try source.optionalNonEmptyString("namespace") ?? inherited.namespace
+            try checkWildcardNamespace(sourceNamespace, name: name, in: source)
             // Consul: a source names at most one of a peer, a partition, a sameness group.
             if [!peer.isEmpty, partition != nil, !samenessGroup.isEmpty].filter({ $0 }).count > 1 {
                 throw source.error("a source names at most one of Peer, Partition and SamenessGroup")
@@ -74,7 +79,7 @@ public enum IntentionsFile {
                 destinationNamespace: destinationNamespace,
                 sourceName: name,
                 sourceNamespace: sourceNamespace,
-                sourcePartition: partition ?? "default",
+                sourcePartition: partition ?? inherited.partition,
                 sourcePeer: peer,
                 action: action,
                 permissions: try permissions.map(decodePermission),

@@ -19,6 +19,9 @@ public struct ProxyDefinition: Equatable, Sendable {
     /// Upstreams in the registration that get no listener, each with why (logged as a
     /// warning): one upstream this sidecar cannot serve must not take the others down.
     public var skippedUpstreams: [String] = []
+    /// Consul Enterprise tenancy of the registration (nil: not stated, as Consul CE answers).
+    /// Upstreams without their own inherit it, as Consul does.
+    public var tenancy: Tenancy? = nil
 
     /// Where the public (inbound) listener binds: proxy config overrides the registration.
     public var publicBindAddress: String { config.bindAddress ?? address }
@@ -128,9 +131,9 @@ extension ProxyDefinition {
         }
         let proxy = try node.require("proxy")
         let destination = try proxy.requiredNonEmptyString("destination_service_name")
-        try requireDefaultTenancy(node)
-        let upstreams = try decodeUpstreams(proxy.field("upstreams"))
-        return ProxyDefinition(
+        let tenancy = try Tenancy.decode(node)
+        let upstreams = try decodeUpstreams(proxy.field("upstreams"), proxyTenancy: tenancy)
+        var definition = ProxyDefinition(
             id: try node.optionalString("id") ?? name,
             name: name,
             address: try node.optionalNonEmptyString("address") ?? "0.0.0.0",
@@ -145,6 +148,8 @@ extension ProxyDefinition {
             upstreams: upstreams.served,
             skippedUpstreams: upstreams.skipped
         )
+        definition.tenancy = tenancy
+        return definition
     }
 
     /// Consul's defaults for `connect { sidecar_service {} }`: name `<svc>-sidecar-proxy`,
@@ -154,9 +159,9 @@ extension ProxyDefinition {
         let parentID = try parent.optionalString("id") ?? parentName
         let proxy = try sidecar.field("proxy")
         let name = try sidecar.optionalString("name") ?? "\(parentName)-sidecar-proxy"
-        try requireDefaultTenancy(parent)
-        let upstreams = try decodeUpstreams(proxy?.field("upstreams"))
-        return ProxyDefinition(
+        let tenancy = try Tenancy.decode(parent)
+        let upstreams = try decodeUpstreams(proxy?.field("upstreams"), proxyTenancy: tenancy)
+        var definition = ProxyDefinition(
             id: try sidecar.optionalString("id") ?? "\(parentID)-sidecar-proxy",
             name: name,
             address: try sidecar.optionalNonEmptyString("address") ?? "0.0.0.0",
@@ -170,18 +175,8 @@ extension ProxyDefinition {
             upstreams: upstreams.served,
             skippedUpstreams: upstreams.skipped
         )
-    }
-
-    /// Namespaces and partitions are Consul Enterprise; this sidecar evaluates intentions and
-    /// asks for certificates in `default` only, so a registration elsewhere is refused rather
-    /// than served under the wrong name.
-    private static func requireDefaultTenancy(_ node: ConfigNode) throws {
-        for field in ["namespace", "partition"] {
-            if let value = try node.optionalNonEmptyString(field), value != "default" {
-                throw node.error("\(field) \"\(value)\" is not supported (Consul Enterprise); this sidecar serves the default \(field) only",
-                                 at: field)
-            }
-        }
+        definition.tenancy = tenancy
+        return definition
     }
 
     private static func decodeConfig(_ node: ConfigNode?) throws -> ProxyConfig {

@@ -2,8 +2,13 @@ import Foundation
 
 public struct Upstream: Equatable, Sendable {
     public var destinationName: String
-    public var destinationNamespace: String
-    public var destinationPartition: String
+    /// The upstream's own DestinationNamespace/Partition, else the proxy's (as Consul).
+    public var tenancy: Tenancy
+    /// Whether to name the tenancy in queries: the registration came from Consul Enterprise
+    /// (it states one). Consul CE refuses any `?ns=`.
+    public var tenancyStated: Bool
+    public var destinationNamespace: String { tenancy.namespace }
+    public var destinationPartition: String { tenancy.partition }
     /// nil: the proxy's own datacenter.
     public var datacenter: String?
     public var localBindAddress: String
@@ -21,10 +26,14 @@ public struct Upstream: Equatable, Sendable {
     /// (`upstream:NAME`, or `upstream:NAME@DC` for an upstream pinned to a datacenter).
     public var listenerName: String { "upstream:\(instanceKey)" }
 
-    /// Whose instances this upstream dials: the same name in two datacenters is two services
-    /// with two instance lists (namespaces, partitions and peers other than the default are
-    /// refused when decoding, so the name and datacenter say it all).
-    public var instanceKey: String { datacenter.map { "\(destinationName)@\($0)" } ?? destinationName }
+    /// Whose instances this upstream dials: the same name in two datacenters, namespaces or
+    /// partitions is two services with two instance lists (`[partition/][namespace/]name[@dc]`,
+    /// non-default parts only; peers are refused when decoding).
+    public var instanceKey: String {
+        var key = destinationName
+        if tenancy != .default { key = "\(tenancy)/\(key)" }
+        return datacenter.map { "\(key)@\($0)" } ?? key
+    }
 
     /// Listener identity: a change of any of these means a new listener.
     public var listenerKey: String { localBindSocketPath.map { "unix:\($0)" } ?? "\(localBindAddress):\(localBindPort)" }
@@ -43,10 +52,10 @@ public struct Upstream: Equatable, Sendable {
 extension ProxyDefinition {
     /// The registration's upstreams: those this sidecar serves, and a line for each it skips.
     /// Skipped, never fatal for the rest: an upstream with no local bind (transparent proxy or
-    /// central config), a peered, prepared-query or non-default namespace/partition
-    /// destination (served as a same-named local service, it would be misrouted), one that
-    /// does not decode, or a second upstream on a bind already taken.
-    static func decodeUpstreams(_ node: ConfigNode?) throws -> (served: [Upstream], skipped: [String]) {
+    /// central config), a peered or prepared-query destination (served as a same-named local
+    /// service, it would be misrouted), one that does not decode, or a second upstream on a
+    /// bind already taken.
+    static func decodeUpstreams(_ node: ConfigNode?, proxyTenancy: Tenancy?) throws -> (served: [Upstream], skipped: [String]) {
         guard let node else { return ([], []) }
         var served: [Upstream] = []
         var skipped: [String] = []
@@ -55,7 +64,7 @@ extension ProxyDefinition {
             let label = (try? item.optionalNonEmptyString("destination_name")).flatMap { $0 }.map { "upstream \"\($0)\"" }
                 ?? "upstreams[\(index)]"
             do {
-                let upstream = try decodeUpstream(item)
+                let upstream = try decodeUpstream(item, proxyTenancy: proxyTenancy)
                 if let other = seen[upstream.listenerKey] {
                     throw item.error("local bind \(upstream.listenerKey) is already used by upstream \"\(other)\"", at: "local_bind_port")
                 }
@@ -68,7 +77,7 @@ extension ProxyDefinition {
         return (served, skipped)
     }
 
-    private static func decodeUpstream(_ item: ConfigNode) throws -> Upstream {
+    private static func decodeUpstream(_ item: ConfigNode, proxyTenancy: Tenancy?) throws -> Upstream {
         if let type = try item.optionalString("destination_type"), !type.isEmpty, type != "service" {
             throw item.error("destination_type \"\(type)\" is not supported; only \"service\"", at: "destination_type")
         }
@@ -77,11 +86,20 @@ extension ProxyDefinition {
             throw item.error("cluster peering (peer \"\(peer)\") is not supported; refused rather than dialling a local \"\(name)\"",
                              at: "destination_peer")
         }
-        let namespace = try item.optionalNonEmptyString("destination_namespace") ?? "default"
-        let partition = try item.optionalNonEmptyString("destination_partition") ?? "default"
-        for (field, value) in [("destination_namespace", namespace), ("destination_partition", partition)] where value != "default" {
-            throw item.error("\"\(value)\" is not supported (Consul Enterprise); refused rather than dialling \"\(name)\" in default",
-                             at: field)
+        let namespace = try item.optionalNonEmptyString("destination_namespace")
+        let partition = try item.optionalNonEmptyString("destination_partition")
+        try Tenancy.validate(namespace, field: "destination_namespace", in: item)
+        try Tenancy.validate(partition, field: "destination_partition", in: item)
+        let tenancy = Tenancy(namespace: namespace ?? proxyTenancy?.namespace ?? "default",
+                              partition: partition ?? proxyTenancy?.partition ?? "default")
+        // A registration from Consul CE states no tenancy; CE has no other namespace to ask in.
+        if proxyTenancy == nil {
+            for (field, value) in [("destination_namespace", namespace), ("destination_partition", partition)] {
+                if let value, value != "default" {
+                    throw item.error("\"\(value)\" needs Consul Enterprise, and the registration states no namespace or partition; refused rather than dialling \"\(name)\" in default",
+                                     at: field)
+                }
+            }
         }
         let socketPath = try item.optionalNonEmptyString("local_bind_socket_path")
         // Go's zero value: Consul sends no LocalBindPort (omitempty) or 0 for "none".
@@ -93,8 +111,8 @@ extension ProxyDefinition {
         let config = try item.field("config")?.asOpaqueMap()
         var upstream = Upstream(
             destinationName: name,
-            destinationNamespace: namespace,
-            destinationPartition: partition,
+            tenancy: tenancy,
+            tenancyStated: proxyTenancy != nil,
             datacenter: try item.optionalNonEmptyString("datacenter"),
             localBindAddress: try item.optionalNonEmptyString("local_bind_address") ?? "127.0.0.1",
             localBindPort: try socketPath == nil ? bindPort?.port() ?? 0 : 0,

@@ -152,12 +152,13 @@ public struct IntentionSet: Sendable {
             < (rhs.sourcePartition, rhs.sourceNamespace, rhs.sourceName, rhs.destinationNamespace, rhs.destinationName)
     }
 
-    /// The first intention that applies, in evaluation order. Intentions for another
-    /// destination partition never do (only "default" is served here).
-    func firstMatch(source: SPIFFEID, destination: String, destinationNamespace: String) -> Intention? {
+    /// The first intention that applies, in evaluation order. The destination's namespace and
+    /// partition are ours (from our leaf); intentions for another partition never apply.
+    func firstMatch(source: SPIFFEID, destination: String, destinationNamespace: String,
+                    destinationPartition: String) -> Intention? {
         ordered.first {
             $0.matches(source: source, destination: destination, destinationNamespace: destinationNamespace,
-                       destinationPartition: "default")
+                       destinationPartition: destinationPartition)
         }
     }
 
@@ -179,8 +180,9 @@ public struct IntentionSet: Sendable {
     /// request is then decided by `decide(request:...)`. Without it such an intention denies.
     /// An intention with a condition we cannot evaluate denies.
     public func decide(source: SPIFFEID, destination: String, destinationNamespace: String = "default",
-                       l7: Bool = false) -> IntentionDecision {
-        guard let intention = firstMatch(source: source, destination: destination, destinationNamespace: destinationNamespace) else {
+                       destinationPartition: String = "default", l7: Bool = false) -> IntentionDecision {
+        guard let intention = firstMatch(source: source, destination: destination, destinationNamespace: destinationNamespace,
+                                         destinationPartition: destinationPartition) else {
             return IntentionDecision(allowed: defaultAction == .allow, reason: .defaultPolicy)
         }
         if let what = intention.unevaluable(l7: l7) {
@@ -201,8 +203,9 @@ public struct IntentionSet: Sendable {
     /// whatever its action (Consul would deny a request without a valid token there too, and
     /// would not look further); its HTTP match is read the wide way, as a deny's.
     public func decide(request: HTTPRequestFacts, source: SPIFFEID, destination: String,
-                       destinationNamespace: String = "default") -> IntentionDecision {
-        guard let intention = firstMatch(source: source, destination: destination, destinationNamespace: destinationNamespace) else {
+                       destinationNamespace: String = "default", destinationPartition: String = "default") -> IntentionDecision {
+        guard let intention = firstMatch(source: source, destination: destination, destinationNamespace: destinationNamespace,
+                                         destinationPartition: destinationPartition) else {
             return IntentionDecision(allowed: defaultAction == .allow, reason: .defaultPolicy)
         }
         let identifier = intention.identifier, precedence = intention.precedence

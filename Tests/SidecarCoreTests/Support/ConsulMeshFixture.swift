@@ -55,8 +55,10 @@ struct ConsulMesh {
     let port: Int
 
     static func start(leafTTL: TimeInterval = 72 * 3600, aclToken: String? = nil, defaultIntentionPolicy: String = "deny",
-                      configDirectory: String? = nil, authMethods: [DevAgentAuthMethod] = []) async throws -> ConsulMesh {
+                      configDirectory: String? = nil, authMethods: [DevAgentAuthMethod] = [],
+                      enterprise: Bool = false) async throws -> ConsulMesh {
         var configuration = DevAgentConfiguration(logger: quietLogger)
+        configuration.enterprise = enterprise
         configuration.defaultIntentionPolicy = defaultIntentionPolicy
         configuration.configDirectory = configDirectory
         configuration.httpPort = 0
@@ -82,9 +84,10 @@ struct ConsulMesh {
     /// A sidecar started the way `backup-sidecar run -sidecar-for SERVICE_ID` starts one.
     func sidecar(for serviceID: String, audit: MemoryAuditSink = MemoryAuditSink(), token: String? = nil,
                  tokenSource: (any ConsulTokenSource)? = nil, startupTimeout: TimeAmount = .seconds(10),
-                 logger: Logger = quietLogger) async throws -> (ConsulProxy, Sidecar) {
-        let client = try ConsulClient(settings: ConsulConnectionSettings(transport: .tcp(host: "127.0.0.1", port: port), token: token),
-                                      eventLoopGroup: testGroup, tokenSource: tokenSource)
+                 namespace: String? = nil, logger: Logger = quietLogger) async throws -> (ConsulProxy, Sidecar) {
+        var settings = ConsulConnectionSettings(transport: .tcp(host: "127.0.0.1", port: port), token: token)
+        settings.namespace = namespace
+        let client = try ConsulClient(settings: settings, eventLoopGroup: testGroup, tokenSource: tokenSource)
         var options = ConsulProxyOptions(target: .sidecarFor(serviceID))
         options.timing = Self.testTiming
         options.startupTimeout = startupTimeout
