@@ -159,17 +159,23 @@ public actor ACLLogin: ConsulTokenSource {
         let request: [String: Any] = ["AuthMethod": options.authMethod, "BearerToken": jwt.jwt, "Meta": options.meta]
         let body = try JSONSerialization.data(withJSONObject: request)
         let response = try await client.post("/v1/acl/login", body: body, token: .none)
-        guard let object = try? JSONSerialization.jsonObject(with: response.body) as? [String: Any],
-              let secretID = object["SecretID"] as? String, !secretID.isEmpty else {
-            throw ConsulProxyError("/v1/acl/login: the answer has no SecretID")
-        }
+        let answer = try decodeAnswer(response.body)
         let issued = Date()
-        let aclExpiry = (object["ExpirationTime"] as? String).flatMap(RFC3339.parse)
-        let expiries = [aclExpiry, jwt.expiresAt].compactMap { $0 }
+        let expiries = [answer.expiry, jwt.expiresAt].compactMap { $0 }
         let renewAt = expiries.min().map { expiry in
             issued.addingTimeInterval(max(options.minimumRenewDelay, options.renewFraction * expiry.timeIntervalSince(issued)))
         }
-        return LoggedInToken(secretID: secretID, accessorID: object["AccessorID"] as? String ?? "", renewAt: renewAt)
+        return LoggedInToken(secretID: answer.secretID, accessorID: answer.accessorID, renewAt: renewAt)
+    }
+
+    /// The token in a login answer (`structs.ACLToken`): SecretID, AccessorID and, when the
+    /// auth method sets a MaxTokenTTL, ExpirationTime.
+    static func decodeAnswer(_ body: Data) throws -> (secretID: String, accessorID: String, expiry: Date?) {
+        guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any],
+              let secretID = object["SecretID"] as? String, !secretID.isEmpty else {
+            throw ConsulProxyError("/v1/acl/login: the answer has no SecretID")
+        }
+        return (secretID, object["AccessorID"] as? String ?? "", (object["ExpirationTime"] as? String).flatMap(RFC3339.parse))
     }
 
     private func logout(_ token: LoggedInToken, client: ConsulClient, why: String) async {

@@ -126,7 +126,8 @@ extension AgentState {
 
 /// Consul's `structs.Intention` for intentions defined by config entries.
 enum IntentionRendering {
-    static func render(_ intention: Intention, source: JSON, entry: ConfigEntryRecord) -> JSON {
+    /// Partitions are omitempty and empty on CE; namespaces are always named ("default").
+    static func render(_ intention: Intention, source: JSON, entry: ConfigEntryRecord, enterprise: Bool) -> JSON {
         var permissions = JSON.null
         if case .object(let fields) = source, let given = fields.first(where: { $0.0 == "Permissions" }) { permissions = given.1 }
         var meta = JSON.object([])
@@ -144,8 +145,12 @@ enum IntentionRendering {
             ("SourceName", .string(intention.sourceName)),
             ("DestinationNS", .string(intention.destinationNamespace)),
             ("DestinationName", .string(intention.destinationName)),
-            ("SourcePartition", .string(intention.sourcePartition)),
-            ("DestinationPartition", .string(intention.destinationPartition)),
+        ]
+        if enterprise {
+            rendered += [("SourcePartition", .string(intention.sourcePartition)),
+                         ("DestinationPartition", .string(intention.destinationPartition))]
+        }
+        rendered += [
             ("SourceType", .string("consul")),
             ("Action", .string(intention.action?.rawValue ?? "")),
             ("Permissions", intention.hasPermissions ? permissions : .null),

@@ -64,9 +64,10 @@ struct ConnectEndpoints {
         guard !names.isEmpty else { throw HTTPError.badRequest("required query parameter 'name' not set") }
         for name in names { try route.access.require(.intentionRead(name)) }
         let blocking = try route.blocking()
+        let enterprise = engine.configuration.enterprise
         let (index, body) = try await engine.store.blockingRead(minIndex: blocking.index, wait: blocking.wait) { state in
             (state.configIndex, JSON.object(names.map { name in
-                (name, .array(state.intentions(forDestination: name, tenancy: route.tenancy).map { IntentionRendering.render($0.0, source: $0.1, entry: $0.2) }))
+                (name, .array(state.intentions(forDestination: name, tenancy: route.tenancy).map { IntentionRendering.render($0.0, source: $0.1, entry: $0.2, enterprise: enterprise) }))
             }))
         }
         return .json(body, index: index)

@@ -155,7 +155,7 @@ struct ServiceDefinition {
         upstream.destinationPartition = try body.string("DestinationPartition") ?? ""
         upstream.datacenter = try body.string("Datacenter") ?? ""
         upstream.destinationPeer = try body.string("DestinationPeer") ?? ""
-        upstream.localBindAddress = try body.string("LocalBindAddress").flatMap { $0.isEmpty ? nil : $0 } ?? "127.0.0.1"
+        upstream.localBindAddress = try body.string("LocalBindAddress") ?? ""
         upstream.localBindPort = try body.int("LocalBindPort") ?? 0
         upstream.localBindSocketPath = try body.string("LocalBindSocketPath")
         upstream.config = try body.map("Config") ?? .emptyObject

@@ -47,7 +47,8 @@ struct UpstreamRecord: Sendable {
     /// Cluster peering: the peer the destination is imported from ("" for none).
     var destinationPeer = ""
     var datacenter = ""
-    var localBindAddress = "127.0.0.1"
+    /// "" unless given: the proxy picks 127.0.0.1 (Consul stores what was registered).
+    var localBindAddress = ""
     var localBindPort = 0
     var localBindSocketPath: String?
     var config: JSONValue = .emptyObject

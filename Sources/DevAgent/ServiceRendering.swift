@@ -36,21 +36,20 @@ struct ServiceRendering {
         return .object(fields)
     }
 
+    /// Consul's `api.AgentServiceConnectProxyConfig`: every field `omitempty` except the two
+    /// structs (MeshGateway, Expose), which Go always sends.
     func proxy(_ proxy: ProxyRecord) -> JSON {
-        var fields: [(String, JSON)] = [
-            ("DestinationServiceName", .string(proxy.destinationServiceName)),
-            ("DestinationServiceID", .string(proxy.destinationServiceID)),
-            ("LocalServiceAddress", .string(proxy.localServiceAddress)),
-            ("LocalServicePort", .int(proxy.localServicePort)),
-        ]
-        if let path = proxy.localServiceSocketPath { fields.append(("LocalServiceSocketPath", .string(path))) }
-        fields += [
-            ("Mode", .string(proxy.mode)),
-            ("Config", JSON(proxy.config)),
-            ("Upstreams", .array(proxy.upstreams.map(upstream))),
-            ("MeshGateway", JSON(proxy.meshGateway)),
-            ("Expose", JSON(proxy.expose)),
-        ]
+        var fields: [(String, JSON)] = []
+        func add(_ name: String, _ value: JSON, if present: Bool) { if present { fields.append((name, value)) } }
+        add("DestinationServiceName", .string(proxy.destinationServiceName), if: !proxy.destinationServiceName.isEmpty)
+        add("DestinationServiceID", .string(proxy.destinationServiceID), if: !proxy.destinationServiceID.isEmpty)
+        add("LocalServiceAddress", .string(proxy.localServiceAddress), if: !proxy.localServiceAddress.isEmpty)
+        add("LocalServicePort", .int(proxy.localServicePort), if: proxy.localServicePort != 0)
+        add("LocalServiceSocketPath", .string(proxy.localServiceSocketPath ?? ""), if: proxy.localServiceSocketPath != nil)
+        add("Mode", .string(proxy.mode), if: !proxy.mode.isEmpty)
+        add("Config", JSON(proxy.config), if: proxy.config != .emptyObject)
+        add("Upstreams", .array(proxy.upstreams.map(upstream)), if: !proxy.upstreams.isEmpty)
+        fields += [("MeshGateway", JSON(proxy.meshGateway)), ("Expose", JSON(proxy.expose))]
         return .object(fields)
     }
 
@@ -61,14 +60,14 @@ struct ServiceRendering {
         if !upstream.destinationNamespace.isEmpty { fields.append(("DestinationNamespace", .string(upstream.destinationNamespace))) }
         if !upstream.destinationPartition.isEmpty { fields.append(("DestinationPartition", .string(upstream.destinationPartition))) }
         if !upstream.destinationPeer.isEmpty { fields.append(("DestinationPeer", .string(upstream.destinationPeer))) }
-        fields += [
-            ("DestinationName", .string(upstream.destinationName)),
-            ("Datacenter", .string(upstream.datacenter)),
-            ("LocalBindAddress", .string(upstream.localBindAddress)),
-        ]
+        // `api.Upstream`: omitempty but for DestinationName and the MeshGateway struct.
+        fields.append(("DestinationName", .string(upstream.destinationName)))
+        if !upstream.datacenter.isEmpty { fields.append(("Datacenter", .string(upstream.datacenter))) }
+        if !upstream.localBindAddress.isEmpty { fields.append(("LocalBindAddress", .string(upstream.localBindAddress))) }
         if upstream.localBindPort != 0 { fields.append(("LocalBindPort", .int(upstream.localBindPort))) }
         if let path = upstream.localBindSocketPath { fields.append(("LocalBindSocketPath", .string(path))) }
-        fields.append(("Config", JSON(upstream.config)))
+        if upstream.config != .emptyObject { fields.append(("Config", JSON(upstream.config))) }
+        fields.append(("MeshGateway", .object([])))
         return .object(fields)
     }
 

@@ -28,7 +28,7 @@ struct ServiceTests {
         #expect(proxy["LocalServiceSocketPath"] == nil)
         let upstream = try #require((proxy["Upstreams"] as? [[String: Any]])?.first)
         #expect(upstream["DestinationType"] as? String == "service")
-        #expect(upstream["LocalBindAddress"] as? String == "127.0.0.1")
+        #expect(upstream["LocalBindAddress"] == nil, "omitempty: not registered, not sent (the proxy picks 127.0.0.1)")
         // Consul CE: no tenancy anywhere (omitempty), so a proxy knows not to send ?ns=.
         #expect(upstream["DestinationNamespace"] == nil && body["Namespace"] == nil && body["Partition"] == nil)
         // The sidecar's own decoder reads it.
@@ -102,7 +102,7 @@ struct ServiceTests {
         #expect(proxy["LocalServiceAddress"] as? String == "127.0.0.1")
         #expect(proxy["LocalServicePort"] as? Int == 9100)
         let upstream = try #require((proxy["Upstreams"] as? [[String: Any]])?.first)
-        #expect(upstream["LocalBindAddress"] as? String == "127.0.0.1")
+        #expect(upstream["LocalBindAddress"] == nil)
         #expect(upstream["DestinationPartition"] == nil)
         let dbSidecar = try await agent.get("/v1/agent/service/db-sidecar-proxy").object()
         #expect(dbSidecar["Port"] as? Int == 21001)

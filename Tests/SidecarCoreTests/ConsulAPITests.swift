@@ -474,8 +474,6 @@ struct ConsulAPIRootsTests {
     func requiredFields() throws {
         let cases: [(String, String)] = [
             (#"{"TrustDomain": "t.consul", "Roots": []}"#, "ActiveRootID"),
-            (#"{"ActiveRootID": "a", "Roots": []}"#, "TrustDomain"),
-            (#"{"ActiveRootID": "a", "TrustDomain": "", "Roots": []}"#, "TrustDomain"),
             (#"{"ActiveRootID": "a", "TrustDomain": "t", "Roots": [{"RootCert": "PEM"}]}"#, "Roots[0].ID"),
             (#"{"ActiveRootID": "a", "TrustDomain": "t", "Roots": [{"ID": "a"}]}"#, "Roots[0].RootCert"),
             (#"{"ActiveRootID": "a", "TrustDomain": "t", "Roots": [{"ID": "a", "RootCert": ""}]}"#, "Roots[0].RootCert"),

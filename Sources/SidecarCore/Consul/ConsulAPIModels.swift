@@ -119,7 +119,9 @@ public struct ConsulCARoots: Equatable, Sendable {
         _ = try root.object()
         return ConsulCARoots(
             activeRootID: try root.require("ActiveRootID").string(),
-            trustDomain: try root.requiredNonEmptyString("TrustDomain"),
+            // Agents before 1.2 (and the docs' sample) send none: the root certificate's
+            // SPIFFE URI SAN names it then (TLSCredentials reads it from there).
+            trustDomain: try root.optionalString("TrustDomain") ?? "",
             roots: try root.field("Roots")?.array().map(decodeRoot) ?? []
         )
     }
