@@ -294,7 +294,8 @@ public final class ConsulProxy: Sendable {
             let path = "/v1/health/connect/\(ConsulClient.segment(destination))"
             var query = [("passing", "1")]
             if let datacenter = upstream.datacenter { query.append(("dc", datacenter)) }
-            if upstream.tenancyStated { query += upstream.tenancy.queryItems }
+            // Only a registration from Consul Enterprise states a tenancy; CE refuses any `?ns=`.
+            if definition.tenancy != nil { query += upstream.tenancy.queryItems }
             // Another datacenter is reached on the WAN tagged addresses, as Consul does.
             let wan = upstream.datacenter.map { $0 != localDatacenter } ?? false
             let logger = self.logger

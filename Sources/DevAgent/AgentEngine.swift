@@ -132,7 +132,7 @@ final class AgentEngine: Sendable {
         let generation = leaf.generation
         Task { [weak self] in
             try? await Task.sleep(for: .seconds(delay))
-            self?.remint(LeafKey(service: leaf.service, tenancy: leaf.tenancy), ifGeneration: generation)
+            self?.remint(leaf.key, ifGeneration: generation)
         }
     }
 

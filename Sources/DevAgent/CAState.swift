@@ -43,6 +43,7 @@ struct LeafKey: Hashable, Sendable {
 struct LeafRecord: Sendable {
     var service: String
     var tenancy: Tenancy
+    var key: LeafKey { LeafKey(service: service, tenancy: tenancy) }
     var serialNumber: String
     /// The leaf followed by the active root's intermediates.
     var certPEM: String

@@ -40,20 +40,9 @@ struct ConfigEntryRecord: Sendable {
         if case .object(let converted) = PascalCase.convert(value) {
             bodyFields = converted.filter { !["Kind", "Name", "CreateIndex", "ModifyIndex"].contains($0.0) }
         }
-        let namespace = try fields.string("Namespace").flatMap { $0.isEmpty ? nil : $0 }
-        let partition = try fields.string("Partition").flatMap { $0.isEmpty ? nil : $0 }
-        var tenancy = Tenancy.default
-        if let requested {
-            tenancy = Tenancy(namespace: namespace ?? requested.namespace, partition: partition ?? requested.partition)
-            for name in [tenancy.namespace, tenancy.partition] where !Tenancy.isValidName(name) {
-                throw HTTPError.badRequest("Invalid config entry: namespace or partition \"\(name)\"")
-            }
-            bodyFields = bodyFields.filter { $0.0 != "Namespace" && $0.0 != "Partition" }
-                + [("Namespace", .string(tenancy.namespace)), ("Partition", .string(tenancy.partition))]
-        } else if namespace != nil {
-            throw HTTPError.badRequest("Request decode failed: json: unknown field \"Namespace\" - Namespaces are a Consul Enterprise feature")
-        } else if partition != nil {
-            throw HTTPError.badRequest("Request decode failed: json: unknown field \"Partition\"")
+        let tenancy = try fields.tenancy(requested: requested)
+        if requested != nil {
+            bodyFields = bodyFields.filter { $0.0 != "Namespace" && $0.0 != "Partition" } + tenancy.answerFields(enterprise: true)
         }
         var record = ConfigEntryRecord(kind: kind, name: name, tenancy: tenancy,
                                        body: .object([("Kind", .string(kind)), ("Name", .string(name))] + bodyFields),

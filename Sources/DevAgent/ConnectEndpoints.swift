@@ -99,7 +99,7 @@ struct ConnectEndpoints {
     }
 
     static func leaf(_ leaf: LeafRecord, enterprise: Bool) -> JSON {
-        var fields: [(String, JSON)] = [
+        let fields: [(String, JSON)] = [
             ("SerialNumber", .string(leaf.serialNumber)),
             ("CertPEM", .string(leaf.certPEM)),
             ("PrivateKeyPEM", .string(leaf.privateKeyPEM)),
@@ -108,8 +108,8 @@ struct ConnectEndpoints {
             ("ValidAfter", .string(Format.rfc3339(leaf.validAfter))),
             ("ValidBefore", .string(Format.rfc3339(leaf.validBefore))),
         ]
-        if enterprise { fields += [("Namespace", .string(leaf.tenancy.namespace)), ("Partition", .string(leaf.tenancy.partition))] }
-        return .object(fields + [("CreateIndex", .uint(leaf.createIndex)), ("ModifyIndex", .uint(leaf.modifyIndex))])
+        return .object(fields + leaf.tenancy.answerFields(enterprise: enterprise)
+                       + [("CreateIndex", .uint(leaf.createIndex)), ("ModifyIndex", .uint(leaf.modifyIndex))])
     }
 
     static func caConfiguration(_ ca: CAState) -> JSON {

@@ -81,11 +81,9 @@ struct Route: Sendable {
             }
             return .default
         }
-        let tenancy = Tenancy(namespace: namespace ?? namespaceHeader ?? "default", partition: partition ?? partitionHeader ?? "default")
-        for name in [tenancy.namespace, tenancy.partition] where !Tenancy.isValidName(name) {
-            throw HTTPError.badRequest("Invalid namespace or partition \"\(name)\" (the dev agent has no wildcard listing)")
-        }
-        return tenancy
+        // No wildcard: the dev agent does not list across namespaces.
+        return try Tenancy(namespace: namespace ?? namespaceHeader ?? "default",
+                           partition: partition ?? partitionHeader ?? "default").validated()
     }
 
     func matches(_ pattern: String...) -> Bool {

@@ -16,7 +16,7 @@ struct ServiceDefinition {
         guard body.isObject else { throw HTTPError.badRequest("Request decode failed: expected a JSON object") }
         guard let name = try body.string("Name"), !name.isEmpty else { throw HTTPError.badRequest("Missing service name") }
         var service = try parseCommon(body, name: name, id: try body.string("ID").flatMap { $0.isEmpty ? nil : $0 } ?? name)
-        service.tenancy = try parseTenancy(body, requested: requested)
+        service.tenancy = try body.tenancy(requested: requested)
         service.kind = try body.string("Kind") ?? ""
         guard service.kind == "" || service.kind == "connect-proxy" else {
             throw HTTPError.badRequest("Invalid service kind \"\(service.kind)\": the dev agent supports plain services and connect-proxy")
@@ -29,7 +29,7 @@ struct ServiceDefinition {
             guard service.port > 0 || proxy.localServiceSocketPath != nil else {
                 throw HTTPError.badRequest("Invalid service: Port must be set for a Connect proxy")
             }
-            service.proxy = inheritTenancy(proxy, from: service, enterprise: requested != nil)
+            service.proxy = inheritTenancy(proxy, from: service.tenancy, enterprise: requested != nil)
         }
         let checks = try parseChecks(body, serviceID: service.id, serviceName: name)
         var definition = ServiceDefinition(service: service, checks: checks)
@@ -37,43 +37,20 @@ struct ServiceDefinition {
         if let connect = body.field("Connect") {
             definition.service.connectNative = try connect.bool("Native") ?? false
             if let sidecar = connect.field("SidecarService") {
-                definition.sidecar = try parseSidecar(sidecar, parent: service, sidecarPort: sidecarPort)
-                if var proxy = definition.sidecar?.service.proxy {
-                    proxy = inheritTenancy(proxy, from: service, enterprise: requested != nil)
-                    definition.sidecar?.service.proxy = proxy
-                }
+                definition.sidecar = try parseSidecar(sidecar, parent: service, enterprise: requested != nil, sidecarPort: sidecarPort)
             }
         }
         return definition
     }
 
-    /// The body's Namespace/Partition: on CE an unknown field, as Consul CE words it; on
-    /// Enterprise they win over the query's.
-    private static func parseTenancy(_ body: Fields, requested: Tenancy?) throws -> Tenancy {
-        let namespace = try body.string("Namespace").flatMap { $0.isEmpty ? nil : $0 }
-        let partition = try body.string("Partition").flatMap { $0.isEmpty ? nil : $0 }
-        guard let requested else {
-            if namespace != nil {
-                throw HTTPError.badRequest("Request decode failed: json: unknown field \"Namespace\" - Namespaces are a Consul Enterprise feature")
-            }
-            if partition != nil { throw HTTPError.badRequest("Request decode failed: json: unknown field \"Partition\"") }
-            return .default
-        }
-        let tenancy = Tenancy(namespace: namespace ?? requested.namespace, partition: partition ?? requested.partition)
-        for name in [tenancy.namespace, tenancy.partition] where !Tenancy.isValidName(name) {
-            throw HTTPError.badRequest("Invalid namespace or partition \"\(name)\"")
-        }
-        return tenancy
-    }
-
     /// Consul Enterprise fills an upstream's empty DestinationNamespace/Partition with the
     /// proxy's own; CE leaves them empty (and its answers omit them).
-    private static func inheritTenancy(_ proxy: ProxyRecord, from service: ServiceRecord, enterprise: Bool) -> ProxyRecord {
+    private static func inheritTenancy(_ proxy: ProxyRecord, from tenancy: Tenancy, enterprise: Bool) -> ProxyRecord {
         guard enterprise else { return proxy }
         var proxy = proxy
         for index in proxy.upstreams.indices {
-            if proxy.upstreams[index].destinationNamespace.isEmpty { proxy.upstreams[index].destinationNamespace = service.tenancy.namespace }
-            if proxy.upstreams[index].destinationPartition.isEmpty { proxy.upstreams[index].destinationPartition = service.tenancy.partition }
+            if proxy.upstreams[index].destinationNamespace.isEmpty { proxy.upstreams[index].destinationNamespace = tenancy.namespace }
+            if proxy.upstreams[index].destinationPartition.isEmpty { proxy.upstreams[index].destinationPartition = tenancy.partition }
         }
         return proxy
     }
@@ -95,7 +72,7 @@ struct ServiceDefinition {
 
     /// Consul's sidecar defaults: name/ID suffixed `-sidecar-proxy`, the parent's address,
     /// tags and meta, a port from 21000-21255, and a proxy pointing at the parent.
-    private static func parseSidecar(_ body: Fields, parent: ServiceRecord,
+    private static func parseSidecar(_ body: Fields, parent: ServiceRecord, enterprise: Bool,
                                      sidecarPort: (String) -> Int?) throws -> (ServiceRecord, [CheckRecord]) {
         let name = try body.string("Name").flatMap { $0.isEmpty ? nil : $0 } ?? "\(parent.name)-sidecar-proxy"
         let id = try body.string("ID").flatMap { $0.isEmpty ? nil : $0 } ?? "\(parent.id)-sidecar-proxy"
@@ -117,7 +94,7 @@ struct ServiceDefinition {
         defaults.destinationServiceID = parent.id
         defaults.localServiceAddress = "127.0.0.1"
         defaults.localServicePort = parent.port
-        sidecar.proxy = try parseProxy(body.field("Proxy"), defaults: defaults)
+        sidecar.proxy = inheritTenancy(try parseProxy(body.field("Proxy"), defaults: defaults), from: parent.tenancy, enterprise: enterprise)
         var checks = try parseChecks(body, serviceID: id, serviceName: name)
         if checks.isEmpty {
             // Consul adds a TCP "listening" check and an alias of the parent; the alias (what

@@ -31,7 +31,7 @@ struct ServiceRendering {
             fields += [("CreateIndex", .uint(service.createIndex)), ("ModifyIndex", .uint(service.modifyIndex))]
         }
         fields.append(("Datacenter", .string(datacenter)))
-        if enterprise { fields += [("Namespace", .string(service.tenancy.namespace)), ("Partition", .string(service.tenancy.partition))] }
+        fields += service.tenancy.answerFields(enterprise: enterprise)
         if contentHash { fields.append(("ContentHash", .string(Self.contentHash(of: service)))) }
         return .object(fields)
     }
@@ -95,17 +95,12 @@ struct ServiceRendering {
             ("Timeout", .string("")),
             ("ExposedPort", .int(0)),
             ("Definition", .object([])),
-        ] + tenancyFields(of: check.serviceID, in: state) + [
+        ] + (state?.services[check.serviceID]?.tenancy ?? .default).answerFields(enterprise: enterprise) + [
             ("CreateIndex", .uint(check.createIndex)),
             ("ModifyIndex", .uint(check.modifyIndex)),
         ])
     }
 
-    private func tenancyFields(of serviceID: String, in state: AgentState?) -> [(String, JSON)] {
-        guard enterprise else { return [] }
-        let tenancy = state?.services[serviceID]?.tenancy ?? .default
-        return [("Namespace", .string(tenancy.namespace)), ("Partition", .string(tenancy.partition))]
-    }
 
     func node(index: UInt64) -> JSON {
         .object([

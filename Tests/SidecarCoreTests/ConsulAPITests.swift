@@ -592,9 +592,9 @@ struct ConsulAPIAgentServiceTests {
         // name their own, and their queries will name it.
         #expect(proxy.tenancy == Tenancy(namespace: "default", partition: "default"))
         #expect(proxy.upstreams == [
-            Upstream(destinationName: "metadata-db", tenancy: .default, tenancyStated: true,
+            Upstream(destinationName: "metadata-db", tenancy: .default,
                      datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 9191, connectTimeoutMs: 2500),
-            Upstream(destinationName: "object-store", tenancy: Tenancy(namespace: "backups"), tenancyStated: true,
+            Upstream(destinationName: "object-store", tenancy: Tenancy(namespace: "backups"),
                      datacenter: nil, localBindAddress: "127.0.0.2", localBindPort: 9192, connectTimeoutMs: 10000),
         ])
         #expect(proxy.upstreams.map(\.instanceKey) == ["metadata-db", "backups/object-store"])
@@ -607,7 +607,6 @@ struct ConsulAPIAgentServiceTests {
         let proxy = try ConsulAgentService.decode(data(ce), source: serviceSource).proxy
         #expect(proxy.tenancy == nil)
         #expect(proxy.upstreams.map(\.instanceKey) == ["metadata-db"])
-        #expect(proxy.upstreams.allSatisfy { !$0.tenancyStated })
         #expect(proxy.skippedUpstreams.count == 1 && proxy.skippedUpstreams[0].contains("needs Consul Enterprise"),
                 "\(proxy.skippedUpstreams)")
     }

@@ -131,7 +131,7 @@ struct ConsulLeastPrivilegeTests {
     @Test("The same upstream name in two datacenters: two listeners, two instance lists, two expected identities")
     func sameNameTwoDatacenters() async throws {
         func upstream(_ datacenter: String?) -> Upstream {
-            Upstream(destinationName: "storage", tenancy: .default, tenancyStated: false,
+            Upstream(destinationName: "storage", tenancy: .default,
                      datacenter: datacenter, localBindAddress: "127.0.0.1", localBindPort: freeLocalPort(), connectTimeoutMs: 2000)
         }
         let definition = ProxyDefinition(id: "backup-agent-sidecar-proxy", name: "backup-agent-sidecar-proxy", address: "127.0.0.1",

@@ -60,7 +60,7 @@ struct DarkHostTests {
         let log = RecordingLogHandler()
         // One event loop, so one pool: the tunnels below find the carriers the first two made.
         let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let (agent, agentAudit) = try await Self.startAgent(endpoints: [dark, alive], logger: log.logger, group: loop)
+        let (agent, _) = try await Self.startAgent(endpoints: [dark, alive], logger: log.logger, group: loop)
         defer { Task { await agent.stop(); try? await loop.shutdownGracefully() } }
         let port = agent.boundAddress(of: "upstream:storage")!.port!
         // A tunnel held open on each instance's carrier (the rotation alternates).
@@ -96,7 +96,7 @@ struct DarkHostTests {
             id: "backup-agent-sidecar-proxy", name: "backup-agent-sidecar-proxy", address: "127.0.0.1", port: nil,
             destinationServiceName: "backup-agent", destinationServiceID: nil, localServiceAddress: "127.0.0.1",
             localServicePort: nil, config: config,
-            upstreams: [Upstream(destinationName: "storage", tenancy: .default, tenancyStated: false,
+            upstreams: [Upstream(destinationName: "storage", tenancy: .default,
                                  datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 0, connectTimeoutMs: 2000)])
         let settings = SidecarSettings(definition: definition, credentials: try TestCertificates.credentials("backup-agent"),
                                        intentions: IntentionSet([], defaultAction: .deny), upstreamEndpoints: ["storage": endpoints],

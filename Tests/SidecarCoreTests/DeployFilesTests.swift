@@ -44,7 +44,7 @@ struct DeployFilesTests {
 @Suite("Upstream bind addresses")
 struct UpstreamBindTests {
     static func upstream(_ address: String) -> Upstream {
-        Upstream(destinationName: "storage", tenancy: .default, tenancyStated: false, datacenter: nil,
+        Upstream(destinationName: "storage", tenancy: .default, datacenter: nil,
                  localBindAddress: address, localBindPort: 19100, connectTimeoutMs: 1000)
     }
 

@@ -84,9 +84,9 @@ struct ProxyDefinitionTests {
             config: ProxyConfig(bindAddress: "0.0.0.0", bindPort: 21001, localConnectTimeoutMs: 500,
                                 handshakeTimeoutMs: 3000, protocol: "http"),
             upstreams: [
-                Upstream(destinationName: "storage", tenancy: .default, tenancyStated: false,
+                Upstream(destinationName: "storage", tenancy: .default,
                          datacenter: "dc2", localBindAddress: "127.0.0.3", localBindPort: 9191, connectTimeoutMs: 2500),
-                Upstream(destinationName: "metrics", tenancy: .default, tenancyStated: false,
+                Upstream(destinationName: "metrics", tenancy: .default,
                          datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 9192, connectTimeoutMs: 10000),
             ]
         )
@@ -118,7 +118,7 @@ struct ProxyDefinitionTests {
         #expect(definition.destinationServiceID == nil)
         #expect(definition.localServicePort == 7000)
         #expect(definition.upstreams == [
-            Upstream(destinationName: "storage", tenancy: .default, tenancyStated: false,
+            Upstream(destinationName: "storage", tenancy: .default,
                      datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 9000, connectTimeoutMs: 2500),
         ])
     }
@@ -255,7 +255,7 @@ struct ProxyDefinitionTests {
         ))
         #expect(upstream.config == ProxyConfig())
         #expect(upstream.upstreams == [
-            Upstream(destinationName: "db", tenancy: .default, tenancyStated: false,
+            Upstream(destinationName: "db", tenancy: .default,
                      datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 9000, connectTimeoutMs: 10000),
         ])
     }

@@ -4,9 +4,6 @@ public struct Upstream: Equatable, Sendable {
     public var destinationName: String
     /// The upstream's own DestinationNamespace/Partition, else the proxy's (as Consul).
     public var tenancy: Tenancy
-    /// Whether to name the tenancy in queries: the registration came from Consul Enterprise
-    /// (it states one). Consul CE refuses any `?ns=`.
-    public var tenancyStated: Bool
     public var destinationNamespace: String { tenancy.namespace }
     public var destinationPartition: String { tenancy.partition }
     /// nil: the proxy's own datacenter.
@@ -112,7 +109,6 @@ extension ProxyDefinition {
         var upstream = Upstream(
             destinationName: name,
             tenancy: tenancy,
-            tenancyStated: proxyTenancy != nil,
             datacenter: try item.optionalNonEmptyString("datacenter"),
             localBindAddress: try item.optionalNonEmptyString("local_bind_address") ?? "127.0.0.1",
             localBindPort: try socketPath == nil ? bindPort?.port() ?? 0 : 0,

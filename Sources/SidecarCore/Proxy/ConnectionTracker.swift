@@ -117,12 +117,18 @@ final class ConnectionTracker: Sendable {
     /// A handshaking connection's peer sent its first bytes (which can leave nothing to
     /// evict, and so pause the listener).
     func spoke(_ channel: Channel) {
+        updateHandshaking(channel) { state, id, _ in state.open[id]!.spoke = true }
+    }
+
+    /// Applies `change` to a connection still in its handshake (nothing when it is not), then
+    /// has its listener reconciled if the change calls for it.
+    private func updateHandshaking(_ channel: Channel, _ change: (inout State, ObjectIdentifier, Tracked) -> Void) {
         var listener = ""
         let acceptor = state.withLockedValue { state -> Channel? in
             let id = ObjectIdentifier(channel)
             guard let tracked = state.open[id], tracked.kind == .handshaking else { return nil }
             listener = tracked.listener
-            state.open[id]!.spoke = true
+            change(&state, id, tracked)
             return reconcileNeeded(&state, tracked.listener)
         }
         queueReconcile(acceptor, listener)
@@ -164,17 +170,11 @@ final class ConnectionTracker: Sendable {
     /// connection transport (it counts toward pausing accepts, not toward tunnels).
     func classify(_ channel: Channel, as kind: Tracked.Kind) {
         precondition(kind == .tunnel || kind == .muxCarrier, "only handshaking connections are classified")
-        var listener = ""
-        let acceptor = state.withLockedValue { state -> Channel? in
-            let id = ObjectIdentifier(channel)
-            guard let tracked = state.open[id], tracked.kind == .handshaking else { return nil }
-            listener = tracked.listener
+        updateHandshaking(channel) { state, id, tracked in
             state.open[id]!.kind = kind
             state.listeners[tracked.listener]!.handshaking.removeAll { $0 == id }
             establish(&state, listener: tracked.listener, tunnel: kind == .tunnel)
-            return reconcileNeeded(&state, tracked.listener)
         }
-        queueReconcile(acceptor, listener)
     }
 
     private func adopt(_ state: inout State, _ listener: String, acceptor: Channel?) {

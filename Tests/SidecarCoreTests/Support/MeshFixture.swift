@@ -50,7 +50,7 @@ struct MeshFixture {
             destinationServiceName: "backup-agent", destinationServiceID: nil, localServiceAddress: "127.0.0.1",
             localServicePort: nil, config: ProxyConfig(),
             upstreams: [{
-                var upstream = Upstream(destinationName: "storage", tenancy: .default, tenancyStated: false,
+                var upstream = Upstream(destinationName: "storage", tenancy: .default,
                                         datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 0, connectTimeoutMs: 2000)
                 configureUpstream(&upstream)
                 return upstream
