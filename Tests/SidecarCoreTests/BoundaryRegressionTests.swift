@@ -307,10 +307,23 @@ func eventuallyEchoes(http port: Int) async -> Bool {
     return false
 }
 
-/// Resident memory of another process (its VmRSS).
-func processResidentBytes(_ pid: Int32) -> Int {
+/// Resident memory of a process (its VmRSS).
+func processResidentBytes(_ pid: Int32) -> Int { procStatusBytes(pid, "VmRSS:") }
+
+/// The highest resident memory of a process since it started or since `resetPeakResidentBytes`.
+func processPeakResidentBytes(_ pid: Int32) -> Int { procStatusBytes(pid, "VmHWM:") }
+
+/// Starts a new peak (VmHWM) measurement: writes 5 to /proc/PID/clear_refs (Linux 4.0+).
+func resetPeakResidentBytes(_ pid: Int32) -> Bool {
+    guard let handle = FileHandle(forWritingAtPath: "/proc/\(pid)/clear_refs") else { return false }
+    defer { try? handle.close() }
+    return (try? handle.write(contentsOf: Data("5".utf8))) != nil
+}
+
+/// A `kB` line of /proc/PID/status, in bytes (0 when unreadable).
+private func procStatusBytes(_ pid: Int32, _ field: String) -> Int {
     guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix(field) }) else { return 0 }
     return (line.split(separator: " ").compactMap { Int($0) }.first ?? 0) * 1024
 }
 

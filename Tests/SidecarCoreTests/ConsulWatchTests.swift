@@ -142,9 +142,10 @@ struct ConsulWatchTests {
             #expect(counted, "\(fault) counted as \(fault.reason)")
             #expect(watch.delivered == ["aa:01"], "\(fault) must not replace the last good leaf")
         }
-        #expect(logs.messages.contains { $0.contains("Consul watch failed") && $0.contains("HTTP 403") && $0.contains("ACL not found") })
-        #expect(logs.messages.contains { $0.contains("Consul watch failed") && $0.contains("HTTP 500") })
-        #expect(logs.messages.contains { $0.contains("Consul watch failed") && $0.contains("unusable answer") })
+        // The count moves just before the line is logged: await the lines too.
+        #expect(await eventually { logs.messages.contains { $0.contains("Consul watch failed") && $0.contains("HTTP 403") && $0.contains("ACL not found") } })
+        #expect(await eventually { logs.messages.contains { $0.contains("Consul watch failed") && $0.contains("HTTP 500") } })
+        #expect(await eventually { logs.messages.contains { $0.contains("Consul watch failed") && $0.contains("unusable answer") } })
 
         state.withLockedValue { $0 = AgentState(fault: nil, serial: "aa:02", index: 9) }
         #expect(await eventually { watch.delivered == ["aa:01", "aa:02"] })

@@ -128,10 +128,26 @@ struct L7IntegrationTests {
         #expect(mesh.backend.requests == ["GET /repository/a"])
     }
 
+    /// The storage sidecar (where the L7 filter holds request bodies) is the real binary, so
+    /// its peak memory is its own: the suite's other tests run beside this one in-process.
     @Test("A 100 MiB chunked upload streams through with bounded memory")
     func chunkedUpload() async throws {
-        let mesh = try await MeshFixture.start(backend: .repository, intentions: Self.backupPolicy, protocol: "http")
-        defer { Task { await mesh.stop() } }
+        let backend = try await TestBackend(.repository, group: testGroup)
+        defer { Task { await backend.stop() } }
+        let port = freeLocalPort()
+        let service = CommandLineTests.write("chunked-\(port).json", """
+            {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
+              "proxy": {"destination_service_name": "storage", "local_service_port": \(backend.port), "config": {"protocol": "http"}}}}
+            """)
+        let intentions = TestCertificates.repositoryRoot.appendingPathComponent("deploy/intentions-l7.json").path
+        let storage = try SidecarProcess(["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", intentions,
+                                          "--drain-timeout", "1s"] + CommandLineTests.certs(), logName: "chunked-\(port).log")
+        defer { _ = storage }
+        #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
+        let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: port)
+        defer { Task { await agent.stop() } }
+        let upstreamPort = try #require(agent.boundAddress(of: "upstream:storage")?.port)
+        #expect(await eventuallyEchoes(http: upstreamPort), "the sidecar serves")
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("upload-\(getpid()).bin").path
         let data = Data(secureRandomBytes(100 << 20))
         FileManager.default.createFile(atPath: file, contents: data)
@@ -140,23 +156,17 @@ struct L7IntegrationTests {
         data.withUnsafeBytes { digest.update($0) }
         let expected = digest.finalizeHex()
 
-        let baseline = residentMemoryBytes()
-        let peak = NIOLockedValueBox(0)
-        let sampler = Task {
-            while !Task.isCancelled {
-                let growth = residentMemoryBytes() - baseline
-                peak.withLockedValue { $0 = max($0, growth) }
-                try? await Task.sleep(for: .milliseconds(50))
-            }
-        }
-        let lines = try await Self.curl(mesh.upstreamPort, [
+        let pid = storage.process.processIdentifier
+        let baseline = processResidentBytes(pid)
+        #expect(resetPeakResidentBytes(pid), "the kernel's peak RSS can be reset for our own child")
+        let lines = try await Self.curl(upstreamPort, [
             ["-H", "Transfer-Encoding: chunked", "-T", file, "URL/repository/big.bin"],
         ])
-        sampler.cancel()
+        let grown = processPeakResidentBytes(pid) - baseline
         #expect(lines.first?.status == "200", "\(lines)")
         #expect(lines.first?.body == "PUT /repository/big.bin \(100 << 20) \(expected)", "\(lines)")
-        let grown = peak.withLockedValue { $0 }
         #expect(grown < 64 << 20, "RSS grew by \(grown >> 20) MiB during a 100 MiB upload")
+        #expect(await storage.terminate().status == 0)
     }
 
     @Test("HTTP/2 with prior knowledge is refused on an L7 listener, with an audit line")

@@ -115,9 +115,4 @@ func onThread<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
 }
 
 /// Resident set size of this process in bytes (Linux).
-func residentMemoryBytes() -> Int {
-    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
-    let kilobytes = line.split(separator: " ").compactMap { Int($0) }.first ?? 0
-    return kilobytes * 1024
-}
+func residentMemoryBytes() -> Int { processResidentBytes(getpid()) }
