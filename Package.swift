@@ -13,14 +13,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
-        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
-        // Already in the graph through async-http-client; the dev agent's CA mints with them.
-        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
-        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
-        // Only for the HTTPS client toward the Consul agent (CONSUL_CACERT etc.); the mesh uses OpenSSL.
-        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         // Tests only: an HTTP/2 service built on a second, independent HTTP/2 implementation
-        // (already in the graph through async-http-client) for the http2/grpc L7 tests.
+        // for the http2/grpc L7 tests. It brings no TLS: every TLS connection and certificate
+        // the binary makes goes through system OpenSSL (SidecarTLS).
         .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
     ],
     targets: [
@@ -85,8 +80,6 @@ let package = Package(
             dependencies: [
                 "SidecarCore",
                 "SidecarTLS",
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -106,10 +99,6 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "X509", package: "swift-certificates"),
-                .product(name: "Crypto", package: "swift-crypto"),
-                // RSA for RS256 JWTs (the jwt auth method); `_CryptoExtras` re-exports it.
-                .product(name: "CryptoExtras", package: "swift-crypto"),
             ]
         ),
         .executableTarget(
@@ -174,7 +163,6 @@ let package = Package(
                 "DevAgent",
                 "SidecarCore",
                 "SidecarTLS",
-                .product(name: "X509", package: "swift-certificates"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -14,6 +14,8 @@
 #include <openssl/evp.h>
 #include <openssl/bn.h>
 #include <openssl/rand.h>
+#include <openssl/ec.h>
+#include <openssl/crypto.h>
 
 static inline long bs_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
     return SSL_CTX_set_min_proto_version(ctx, version);
@@ -86,5 +88,16 @@ static inline const unsigned char *bs_general_name_uri(const GENERAL_NAMES *name
 static inline void bs_general_names_free(GENERAL_NAMES *names) {
     GENERAL_NAMES_free(names);
 }
+
+// Building certificates (the dev agent's CA): stack and context macros.
+static inline GENERAL_NAMES *bs_general_names_new(void) { return sk_GENERAL_NAME_new_null(); }
+static inline int bs_general_names_push(GENERAL_NAMES *names, GENERAL_NAME *name) {
+    return sk_GENERAL_NAME_push(names, name);
+}
+static inline void bs_X509V3_set_ctx_nodb(X509V3_CTX *ctx) { X509V3_set_ctx_nodb(ctx); }
+static inline long bs_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
+    return SSL_set_tlsext_host_name(ssl, name);
+}
+static inline long bs_BIO_get_mem_data(BIO *bio, char **data) { return BIO_get_mem_data(bio, data); }
 
 #endif

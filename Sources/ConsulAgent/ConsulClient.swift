@@ -1,8 +1,7 @@
-import AsyncHTTPClient
 import Foundation
 import NIOCore
 import NIOHTTP1
-import NIOSSL
+import SidecarTLS
 import SidecarCore
 
 /// One answer from the agent: the body and the headers blocking queries need.
@@ -63,73 +62,44 @@ public enum ConsulRequestToken: Sendable {
     case explicit(String)
 }
 
-/// The Consul HTTP API over async-http-client: the ACL token on every call, TLS per CONSUL_*
-/// settings, unix sockets. Callers pass paths; this type knows nothing of the endpoints.
+/// The Consul HTTP API: the ACL token on every call, TLS per CONSUL_* settings (on system
+/// OpenSSL, like the mesh), unix sockets. Callers pass paths; this type knows nothing of the endpoints.
 public final class ConsulClient: Sendable {
     public let settings: ConsulConnectionSettings
     public let tokenSource: any ConsulTokenSource
-    private let http: HTTPClient
-    /// Bodies beyond this are refused (a roots or intentions answer is a few hundred KB at most).
-    private static let maxBodyBytes = 16 << 20
+    private let exchange: HTTPExchange
+    private let eventLoopGroup: any EventLoopGroup
 
     /// `tokenSource` nil: the settings' token or token file.
     public init(settings: ConsulConnectionSettings, eventLoopGroup: any EventLoopGroup,
                 tokenSource: (any ConsulTokenSource)? = nil) throws {
         self.settings = settings
         self.tokenSource = tokenSource ?? SettingsTokenSource(settings: settings)
-        var configuration = HTTPClient.Configuration()
-        configuration.timeout = .init(connect: .seconds(5), read: nil)
-        configuration.redirectConfiguration = .disallow
-        if settings.useTLS {
-            var tls = TLSConfiguration.makeClientConfiguration()
-            tls.minimumTLSVersion = .tlsv12
-            if let caFile = settings.caFile {
-                tls.trustRoots = .file(caFile)
-            } else if let caPath = settings.caPath {
-                tls.trustRoots = .certificates(try Self.certificates(inDirectory: caPath))
-            }
-            if !settings.verifyTLS { tls.certificateVerification = .none }
-            if let certFile = settings.clientCertFile, let keyFile = settings.clientKeyFile {
-                do {
-                    tls.certificateChain = try NIOSSLCertificate.fromPEMFile(certFile).map { .certificate($0) }
-                    tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: keyFile, format: .pem))
-                } catch {
-                    throw ConsulSettingsError("CONSUL_CLIENT_CERT/KEY (\(certFile), \(keyFile)): \(error)")
-                }
-            }
-            configuration.tlsConfiguration = tls
-            // Verify the certificate against CONSUL_TLS_SERVER_NAME while dialing the real address.
-            if let serverName = settings.tlsServerName, case .tcp(let host, _) = settings.transport {
-                configuration.dnsOverride = [serverName: host]
+        self.eventLoopGroup = eventLoopGroup
+        var exchange: HTTPExchange
+        switch settings.transport {
+        case .tcp(let host, let port): exchange = HTTPExchange(endpoint: .tcp(host: host, port: port))
+        case .unix(let path): exchange = HTTPExchange(endpoint: .unix(path: path))
+        }
+        // A roots or intentions answer is a few hundred KB at most.
+        exchange.maxBodyBytes = 16 << 20
+        if settings.useTLS, case .tcp(let host, _) = settings.transport {
+            let trust = HTTPSClientTrust(caFile: settings.caFile, caDirectory: settings.caFile == nil ? settings.caPath : nil,
+                                         verifyServer: settings.verifyTLS,
+                                         clientCertificateFile: settings.clientCertFile, clientKeyFile: settings.clientKeyFile)
+            do {
+                // The certificate must name CONSUL_TLS_SERVER_NAME when set, else the address's host.
+                exchange.tls = (try HTTPSClientContext(trust), settings.tlsServerName ?? host)
+            } catch {
+                throw ConsulSettingsError("Consul TLS settings (CONSUL_CACERT/CAPATH/CLIENT_CERT/CLIENT_KEY): \(error)")
             }
         }
-        http = HTTPClient(eventLoopGroupProvider: .shared(eventLoopGroup), configuration: configuration)
+        self.exchange = exchange
     }
 
-    /// CONSUL_CAPATH as go-rootcerts reads it: every file under the directory holds PEM
-    /// certificates; one that does not is an error naming it.
-    static func certificates(inDirectory path: String) throws -> [NIOSSLCertificate] {
-        guard let walker = FileManager.default.enumerator(atPath: path) else {
-            throw ConsulSettingsError("CONSUL_CAPATH \(path): not a readable directory")
-        }
-        var certificates: [NIOSSLCertificate] = []
-        for case let name as String in walker {
-            let file = (path as NSString).appendingPathComponent(name)
-            var isDirectory: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: file, isDirectory: &isDirectory), !isDirectory.boolValue else { continue }
-            guard let found = try? NIOSSLCertificate.fromPEMFile(file), !found.isEmpty else {
-                throw ConsulSettingsError("CONSUL_CAPATH: no PEM certificate in \(file)")
-            }
-            certificates += found
-        }
-        guard !certificates.isEmpty else { throw ConsulSettingsError("CONSUL_CAPATH \(path): no certificates") }
-        return certificates
-    }
-
-    /// Ends the token source (a login session logs out) and releases the connections.
+    /// Ends the token source (a login session logs out). Connections live one request each.
     public func shutdown() async {
         await tokenSource.shutdown(self)
-        try? await http.shutdown()
     }
 
     /// For logs: the address and how requests authenticate, never a token.
@@ -170,40 +140,33 @@ public final class ConsulClient: Sendable {
 
     private func sendOnce(_ method: HTTPMethod, _ path: String, query: [(String, String)], body: Data?, token: String?,
                           timeout: TimeAmount) async throws -> ConsulResponse {
-        var request = HTTPClientRequest(url: url(path: path, query: query))
-        request.method = method
-        if let token {
-            request.headers.add(name: "X-Consul-Token", value: token)
-        }
-        if let authorization = settings.basicAuthorization {
-            request.headers.add(name: "Authorization", value: authorization)
-        }
-        if let body {
-            request.headers.add(name: "Content-Type", value: "application/json")
-            request.body = .bytes(ByteBuffer(bytes: body))
-        }
-        let response: HTTPClientResponse
-        let bytes: ByteBuffer
+        var headers = HTTPHeaders()
+        if let token { headers.add(name: "X-Consul-Token", value: token) }
+        if let authorization = settings.basicAuthorization { headers.add(name: "Authorization", value: authorization) }
+        if body != nil { headers.add(name: "Content-Type", value: "application/json") }
+        let reply: HTTPExchange.Reply
         do {
-            response = try await http.execute(request, timeout: timeout)
-            bytes = try await response.body.collect(upTo: Self.maxBodyBytes)
+            reply = try await exchange.perform(method, target: target(path: path, query: query), headers: headers,
+                                               body: body.map(Array.init), timeout: timeout, on: eventLoopGroup)
         } catch {
             throw ConsulRequestError.transport(path: path, reason: "\(error)")
         }
-        let data = Data(bytes.readableBytesView)
-        guard (200..<300).contains(Int(response.status.code)) else {
+        let data = Data(reply.body.readableBytesView)
+        guard (200..<300).contains(reply.status) else {
             let text = String(decoding: data.prefix(300), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            throw ConsulRequestError.status(code: Int(response.status.code), path: "\(method.rawValue) \(path)", body: text)
+            throw ConsulRequestError.status(code: reply.status, path: "\(method.rawValue) \(path)", body: text)
         }
-        return ConsulResponse(status: Int(response.status.code),
-                              index: response.headers.first(name: "X-Consul-Index").flatMap(BlockingIndex.parseHeader),
-                              contentHash: response.headers.first(name: "X-Consul-ContentHash"),
-                              defaultACLPolicy: response.headers.first(name: "X-Consul-Default-ACL-Policy")
+        return ConsulResponse(status: reply.status,
+                              index: reply.headers.first(name: "X-Consul-Index").flatMap(BlockingIndex.parseHeader),
+                              contentHash: reply.headers.first(name: "X-Consul-ContentHash"),
+                              defaultACLPolicy: reply.headers.first(name: "X-Consul-Default-ACL-Policy")
                                   .flatMap { IntentionAction(rawValue: $0.lowercased()) },
                               body: data)
     }
 
-    private func url(path: String, query: [(String, String)]) -> String {
+    /// The request target: `path` (already percent-encoded) and its query, plus the
+    /// CONSUL_NAMESPACE/PARTITION defaults unless the query names its own.
+    func target(path: String, query: [(String, String)]) -> String {
         var query = query
         for (name, value) in [("ns", settings.namespace), ("partition", settings.partition)] {
             if let value, !query.contains(where: { $0.0 == name }) { query.append((name, value)) }
@@ -213,15 +176,7 @@ public final class ConsulClient: Sendable {
         if !query.isEmpty {
             components.queryItems = query.map { URLQueryItem(name: $0.0, value: $0.1) }
         }
-        let pathAndQuery = components.string ?? path
-        switch settings.transport {
-        case .unix(let socketPath):
-            return URL(httpURLWithSocketPath: socketPath, uri: pathAndQuery)?.absoluteString ?? "http+unix://invalid\(pathAndQuery)"
-        case .tcp(let host, let port):
-            let name = settings.useTLS ? (settings.tlsServerName ?? host) : host
-            let shownHost = name.contains(":") ? "[\(name)]" : name
-            return "\(settings.useTLS ? "https" : "http")://\(shownHost):\(port)\(pathAndQuery)"
-        }
+        return components.string ?? path
     }
 
     /// One percent-encoded path segment (service names, IDs).

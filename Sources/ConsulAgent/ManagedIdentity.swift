@@ -1,6 +1,8 @@
-import AsyncHTTPClient
 import Foundation
 import NIOCore
+import NIOHTTP1
+import NIOPosix
+import SidecarTLS
 
 /// A JWT to present to `/v1/acl/login`, and when it stops being valid (for renewal timing).
 public struct BearerToken: Sendable {
@@ -84,14 +86,24 @@ public struct AzureManagedIdentity: BearerTokenProvider {
         // URLComponents leaves ':' and '/' in query values; IMDS wants the resource encoded.
         components.percentEncodedQuery = components.percentEncodedQuery?
             .replacingOccurrences(of: ":", with: "%3A").replacingOccurrences(of: "/", with: "%2F")
-        var request = HTTPClientRequest(url: components.string ?? imdsURL)
-        request.headers.add(name: "Metadata", value: "true")
-        let status: UInt
+        guard let host = components.host, !host.isEmpty, ["http", "https"].contains(components.scheme ?? "") else {
+            throw BearerTokenError("--azure-imds-url \(imdsURL) is not an http:// or https:// URL")
+        }
+        let secure = components.scheme == "https"
+        var exchange = HTTPExchange(endpoint: .tcp(host: host, port: components.port ?? (secure ? 443 : 80)))
+        exchange.maxBodyBytes = 1 << 20
+        let status: Int
         let body: Data
         do {
-            let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
-            status = response.status.code
-            body = Data(try await response.body.collect(upTo: 1 << 20).readableBytesView)
+            if secure { exchange.tls = (try HTTPSClientContext(HTTPSClientTrust()), host) }
+            var headers = HTTPHeaders()
+            headers.add(name: "Metadata", value: "true")
+            let target = (components.percentEncodedPath.isEmpty ? "/" : components.percentEncodedPath)
+                + (components.percentEncodedQuery.map { "?" + $0 } ?? "")
+            let reply = try await exchange.perform(.GET, target: target, headers: headers, body: nil, timeout: .seconds(10),
+                                                   on: MultiThreadedEventLoopGroup.singleton)
+            status = reply.status
+            body = Data(reply.body.readableBytesView)
         } catch {
             throw BearerTokenError("managed identity token from \(imdsURL): \(error)")
         }

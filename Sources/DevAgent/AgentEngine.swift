@@ -1,7 +1,7 @@
-import Crypto
 import Foundation
 import Logging
 import SidecarCore
+import SidecarTLS
 
 /// The agent's behaviour behind both the HTTP API and the Swift helpers: writes to the store
 /// plus the timers real Consul runs (TTL expiry, leaf renewal, root pruning).
@@ -154,7 +154,7 @@ final class AgentEngine: Sendable {
 
     /// A new active root; leaves follow within `rootRenewJitter`, the old root is pruned
     /// after twice the leaf TTL.
-    func rotateCA(key: P256.Signing.PrivateKey? = nil) throws {
+    func rotateCA(key: PrivateKey? = nil) throws {
         let leaves = try store.write { state -> [LeafRecord] in
             try state.rotateCA(key: key)
             return Array(state.leaves.values)
@@ -177,13 +177,13 @@ final class AgentEngine: Sendable {
             throw HTTPError.badRequest("the dev agent only supports the \"consul\" CA provider")
         }
         let config = body.field("Config")
-        var rotateKey: P256.Signing.PrivateKey?
+        var rotateKey: PrivateKey?
         var rotate = false
         if let pem = try config?.string("PrivateKey"), !pem.isEmpty {
-            guard let key = try? P256.Signing.PrivateKey(pemRepresentation: pem) else {
+            guard let key = try? PrivateKey.parsePEM(Array(pem.utf8), source: "Config.PrivateKey"), key.algorithm == .ecP256 else {
                 throw HTTPError.badRequest("Config.PrivateKey is not an EC P-256 private key in PEM")
             }
-            if key.rawRepresentation != store.read({ $0.ca.activeRoot.root.key.rawRepresentation }) {
+            if !key.sameKey(as: store.read({ $0.ca.activeRoot.root.key })) {
                 rotateKey = key
                 rotate = true
             }

@@ -1,8 +1,6 @@
-import Crypto
 import Foundation
 import SidecarCore
 import SidecarTLS
-import X509
 
 /// One CA root as listed by `/v1/agent/connect/ca/roots`.
 struct CARootRecord: Sendable {
@@ -28,8 +26,8 @@ struct CAState: Sendable {
     var activeRoot: CARootRecord { roots.first(where: \.active) ?? roots[0] }
 
     static func makeRecord(_ root: CertificateMinting.Root, active: Bool, index: UInt64) throws -> CARootRecord {
-        CARootRecord(root: root, id: try CertificateMinting.fingerprint(root.certificate),
-                     pem: try CertificateMinting.pem(root.certificate), active: active, createIndex: index, modifyIndex: index)
+        CARootRecord(root: root, id: CertificateMinting.fingerprint(root.certificate),
+                     pem: CertificateMinting.pem(root.certificate), active: active, createIndex: index, modifyIndex: index)
     }
 }
 
@@ -76,11 +74,11 @@ extension AgentState {
             service: service,
             tenancy: key.tenancy,
             serialNumber: Format.colonHex(minted.serialBytes),
-            certPEM: try CertificateMinting.pem(minted.certificate) + active.intermediatePEMs.joined(),
-            privateKeyPEM: CertificateMinting.sec1PEM(minted.key),
+            certPEM: CertificateMinting.pem(minted.certificate) + active.intermediatePEMs.joined(),
+            privateKeyPEM: minted.key.traditionalPEM,
             serviceURI: uri,
-            validAfter: minted.certificate.notValidBefore,
-            validBefore: minted.certificate.notValidAfter,
+            validAfter: minted.certificate.notBefore,
+            validBefore: minted.certificate.notAfter,
             createIndex: previous?.createIndex ?? index,
             modifyIndex: index,
             generation: (previous?.generation ?? 0) + 1
@@ -91,13 +89,13 @@ extension AgentState {
 
     /// A new active root (with `key`, or a fresh one), cross-signed by the current one, which
     /// stays listed as inactive until pruned.
-    mutating func rotateCA(key: P256.Signing.PrivateKey?) throws {
+    mutating func rotateCA(key: PrivateKey?) throws {
         let old = ca.activeRoot
-        let newRoot = try CertificateMinting.makeRoot(trustDomain: ca.trustDomain, key: key ?? .init())
+        let newRoot = try CertificateMinting.makeRoot(trustDomain: ca.trustDomain, key: key)
         let cross = try CertificateMinting.crossSign(newRoot, by: old.root, trustDomain: ca.trustDomain)
         let index = nextIndex()
         var record = try CAState.makeRecord(newRoot, active: true, index: index)
-        record.intermediatePEMs = [try CertificateMinting.pem(cross)]
+        record.intermediatePEMs = [CertificateMinting.pem(cross)]
         for position in ca.roots.indices where ca.roots[position].active {
             ca.roots[position].active = false
             ca.roots[position].deactivatedAt = Date()

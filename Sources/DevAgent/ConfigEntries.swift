@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import SidecarCore
 import SidecarTLS
@@ -147,7 +146,7 @@ enum IntentionRendering {
             ("Precedence", .int(intention.precedence)),
             ("CreatedAt", .string(Format.rfc3339(entry.createdAt))),
             ("UpdatedAt", .string(Format.rfc3339(entry.updatedAt))),
-            ("Hash", .string(Data(SHA256.hash(data: Data((intention.identifier + source.serialized()).utf8))).base64EncodedString())),
+            ("Hash", .string(Data(Digest.sha256(Array((intention.identifier + source.serialized()).utf8))).base64EncodedString())),
             ("CreateIndex", .uint(entry.createIndex)),
             ("ModifyIndex", .uint(entry.modifyIndex)),
         ]
@@ -158,7 +157,7 @@ enum IntentionRendering {
 
     /// A UUID derived from the intention's identity: stable across restarts and re-writes.
     static func stableID(_ identifier: String) -> String {
-        var bytes = Array(SHA256.hash(data: Data(identifier.utf8)).prefix(16))
+        var bytes = Array(Digest.sha256(Array(identifier.utf8)).prefix(16))
         bytes[6] = bytes[6] & 0x0f | 0x50
         bytes[8] = bytes[8] & 0x3f | 0x80
         let hex = Format.hex(bytes)

@@ -1,6 +1,5 @@
-import Crypto
-import CryptoExtras
 import Foundation
+import SidecarTLS
 
 /// Development and tests only: an identity provider stand-in (Azure AD's role) that signs
 /// JWTs with a fresh key, whose public PEM goes into a `jwt` auth method's
@@ -12,21 +11,15 @@ public struct DevJWTIssuer: @unchecked Sendable {
     }
 
     public let algorithm: Algorithm
-    private let ecKey: P256.Signing.PrivateKey?
-    private let rsaKey: _RSA.Signing.PrivateKey?
+    private let key: PrivateKey
 
     public init(_ algorithm: Algorithm) throws {
         self.algorithm = algorithm
-        switch algorithm {
-        case .es256: (ecKey, rsaKey) = (P256.Signing.PrivateKey(), nil)
-        case .rs256: (ecKey, rsaKey) = (nil, try _RSA.Signing.PrivateKey(keySize: .bits2048))
-        }
+        key = try PrivateKey.generate(algorithm == .es256 ? .ecP256 : .rsa(bits: 2048))
     }
 
     /// The PEM `PUBLIC KEY` that verifies this issuer's tokens.
-    public var publicKeyPEM: String {
-        ecKey?.publicKey.pemRepresentation ?? rsaKey!.publicKey.pemRepresentation
-    }
+    public var publicKeyPEM: String { key.publicKeyPEM }
 
     /// A compact JWS of `claims` (JSON-serializable values). `alg` overrides the header's
     /// algorithm, e.g. "none" or "HS256", to test refusals.
@@ -34,13 +27,13 @@ public struct DevJWTIssuer: @unchecked Sendable {
         let header = try JSONSerialization.data(withJSONObject: ["alg": alg ?? algorithm.rawValue, "typ": "JWT"], options: [.sortedKeys])
         let payload = try JSONSerialization.data(withJSONObject: claims, options: [.sortedKeys])
         let input = "\(Self.base64URL(header)).\(Self.base64URL(payload))"
-        let signature: Data
-        if let ecKey {
-            signature = try ecKey.signature(for: SHA256.hash(data: Data(input.utf8))).rawRepresentation
-        } else {
-            signature = try rsaKey!.signature(for: SHA256.hash(data: Data(input.utf8)), padding: .insecurePKCS1v1_5).rawRepresentation
+        var signature = try key.signSHA256(Array(input.utf8))
+        if algorithm == .es256 {
+            // JWS ES256 is raw r||s (RFC 7518 3.4), not DER.
+            guard let raw = ECDSASignatureFormat.raw(fromDER: signature) else { throw TLSMaterialError("ES256 signature") }
+            signature = raw
         }
-        return "\(input).\(Self.base64URL(signature))"
+        return "\(input).\(Self.base64URL(Data(signature)))"
     }
 
     /// Claims shaped like an Azure managed-identity token, valid from now for `lifetime`.

@@ -1,40 +1,31 @@
-import Crypto
-import CryptoExtras
 import Foundation
+import SidecarTLS
 
 /// A public key a `jwt` auth method accepts signatures from (`JWTValidationPubKeys`).
-enum JWTPublicKey: @unchecked Sendable {
-    case ecP256(P256.Signing.PublicKey)
-    case rsa(_RSA.Signing.PublicKey)
+struct JWTPublicKey: Sendable {
+    let key: PublicKey
 
     /// A PEM `PUBLIC KEY` (SubjectPublicKeyInfo), EC P-256 or RSA (2048 bits or more).
     init(pem: String) throws {
-        if let key = try? P256.Signing.PublicKey(pemRepresentation: pem) {
-            self = .ecP256(key)
-        } else if let key = try? _RSA.Signing.PublicKey(pemRepresentation: pem) {
-            self = .rsa(key)
-        } else {
+        guard let key = try? PublicKey.parsePEM(pem) else {
             throw DevAgentError("not a PEM EC P-256 or RSA (>= 2048 bits) public key")
         }
+        self.key = key
     }
 
     /// JWS `alg` this key verifies; a token's header must name it (no algorithm confusion).
     var algorithm: String {
-        switch self {
-        case .ecP256: return "ES256"
-        case .rsa: return "RS256"
-        }
+        key.algorithm == .ecP256 ? "ES256" : "RS256"
     }
 
     func verifies(_ signature: Data, over input: Data) -> Bool {
-        switch self {
-        case .ecP256(let key):
+        switch key.algorithm {
+        case .ecP256:
             // JWS ES256 signatures are raw r||s (RFC 7518 3.4), not DER.
-            guard signature.count == 64, let parsed = try? P256.Signing.ECDSASignature(rawRepresentation: signature) else { return false }
-            return key.isValidSignature(parsed, for: SHA256.hash(data: input))
-        case .rsa(let key):
-            return key.isValidSignature(_RSA.Signing.RSASignature(rawRepresentation: signature), for: SHA256.hash(data: input),
-                                        padding: .insecurePKCS1v1_5)
+            guard signature.count == 64, let der = ECDSASignatureFormat.der(fromRaw: Array(signature)) else { return false }
+            return key.verifiesSHA256(der, over: Array(input))
+        case .rsa:
+            return key.verifiesSHA256(Array(signature), over: Array(input))
         }
     }
 }

@@ -1,6 +1,6 @@
-import Crypto
 import Foundation
 import SidecarCore
+import SidecarTLS
 
 /// Consul's response shapes for services and checks.
 struct ServiceRendering {
@@ -76,7 +76,7 @@ struct ServiceRendering {
     static func contentHash(of service: ServiceRecord) -> String {
         let rendering = ServiceRendering(datacenter: "", nodeName: "", nodeID: "")
         let text = rendering.agentService(service).serialized()
-        return Format.hex(SHA256.hash(data: Data(text.utf8)).prefix(8))
+        return Format.hex(Digest.sha256(Array(text.utf8)).prefix(8))
     }
 
     func check(_ check: CheckRecord, status: String, state: AgentState? = nil) -> JSON {

@@ -99,13 +99,7 @@ public final class Certificate: @unchecked Sendable, CustomStringConvertible {
     }
 
     public var pemEncoded: String {
-        guard let bio = BIO_new(BIO_s_mem()) else { return "" }
-        defer { BIO_free(bio) }
-        PEM_write_bio_X509(bio, pointer)
-        var data: UnsafeMutablePointer<CChar>?
-        let length = BIO_ctrl(bio, BIO_CTRL_INFO, 0, &data)
-        guard let data, length > 0 else { return "" }
-        return String(decoding: UnsafeRawBufferPointer(start: data, count: length), as: UTF8.self)
+        MemoryBIO.text { PEM_write_bio_X509($0, pointer) == 1 } ?? ""
     }
 
     public var description: String {
@@ -117,7 +111,7 @@ public final class Certificate: @unchecked Sendable, CustomStringConvertible {
 public final class PrivateKey: @unchecked Sendable {
     let pointer: OpaquePointer
 
-    private init(taking pointer: OpaquePointer) { self.pointer = pointer }
+    init(taking pointer: OpaquePointer) { self.pointer = pointer }
     deinit { EVP_PKEY_free(pointer) }
 
     /// Accepts PKCS#8 ("PRIVATE KEY") and SEC1 ("EC PRIVATE KEY", as Consul sends) PEM.

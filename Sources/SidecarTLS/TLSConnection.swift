@@ -28,9 +28,17 @@ final class TLSConnection {
         case failed(String)
     }
 
+    /// What a completed handshake established about the peer.
+    enum VerifiedPeer {
+        /// A mesh peer: its SPIFFE identity passed the identity policy.
+        case mesh(TLSPeer)
+        /// A web PKI server (the Consul agent's HTTPS API): chain and name checked by OpenSSL,
+        /// or nothing checked when verification was turned off.
+        case namedServer
+    }
+
     let ssl: OpaquePointer
     let bio: ByteBufferBIO
-    let context: TLSContext
     private let verification: PeerVerificationState
 
     /// - Parameter sessionKey: client role: resume (and cache) sessions under this key, e.g.
@@ -40,7 +48,6 @@ final class TLSConnection {
             throw TLSMaterialError("SSL_new failed: \(OpenSSLErrorQueue.summary(or: "unknown"))")
         }
         self.ssl = ssl
-        self.context = context
         self.bio = ByteBufferBIO(allocator: allocator)
         let cachesSessions = context.role == .client && sessionKey != nil
         self.verification = PeerVerificationState(
@@ -59,6 +66,33 @@ final class TLSConnection {
         }
     }
 
+    /// A client connection to an HTTPS server: SNI and the name (or IP address) the server's
+    /// certificate must carry, checked by OpenSSL against the context's trust store.
+    init(httpsContext: HTTPSClientContext, serverName: String, allocator: ByteBufferAllocator) throws {
+        guard let ssl = SSL_new(httpsContext.pointer) else {
+            throw TLSMaterialError("SSL_new failed: \(OpenSSLErrorQueue.summary(or: "unknown"))")
+        }
+        self.ssl = ssl
+        self.bio = ByteBufferBIO(allocator: allocator)
+        self.verification = PeerVerificationState(policy: nil)
+        SSL_set_bio(ssl, bio.bio, bio.bio)
+        _ = bs_SSL_set_app_data(ssl, Unmanaged.passUnretained(verification).toOpaque())
+        SSL_set_connect_state(ssl)
+        let isAddress = serverName.contains(":") || serverName.split(separator: ".").allSatisfy { UInt8($0) != nil }
+        if !isAddress { _ = bs_SSL_set_tlsext_host_name(ssl, serverName) }
+        if httpsContext.verifiesServer {
+            let parameters = SSL_get0_param(ssl)
+            // Like Go's crypto/tls (Consul's own clients): names come from the SAN only, never the CN.
+            X509_VERIFY_PARAM_set_hostflags(parameters, UInt32(X509_CHECK_FLAG_NEVER_CHECK_SUBJECT))
+            let named = isAddress ? X509_VERIFY_PARAM_set1_ip_asc(parameters, serverName)
+                                  : X509_VERIFY_PARAM_set1_host(parameters, serverName, 0)
+            guard named == 1 else {
+                SSL_free(ssl)
+                throw TLSMaterialError("server name \(serverName): \(OpenSSLErrorQueue.summary(or: "not usable"))")
+            }
+        }
+    }
+
     deinit { SSL_free(ssl) }
 
     func handshake() -> Outcome {
@@ -68,9 +102,17 @@ final class TLSConnection {
         return outcome(for: result)
     }
 
-    /// The verified peer; nil (with a reason) if verification did not positively succeed.
-    func verifiedPeer() -> Result<TLSPeer, PeerVerificationError> {
+    /// The verified peer, or why verification did not positively succeed.
+    func verifiedPeer() -> Result<VerifiedPeer, PeerVerificationError> {
         if let failure = verification.failure { return .failure(failure) }
+        guard verification.policy != nil else {
+            // Web PKI: OpenSSL's own chain and name checks ran; their verdict is final. With
+            // verification turned off (CONSUL_HTTP_SSL_VERIFY=false) there is no verdict to read.
+            if SSL_get_verify_mode(ssl) == SSL_VERIFY_NONE { return .success(.namedServer) }
+            let result = SSL_get_verify_result(ssl)
+            guard result == X509_V_OK else { return .failure(.chain(String(cString: X509_verify_cert_error_string(result)))) }
+            return .success(.namedServer)
+        }
         let resumed = SSL_session_reused(ssl) == 1
         if resumed, verification.identity == nil, let failure = recheckResumedPeer() { return .failure(failure) }
         guard let identity = verification.identity,
@@ -85,7 +127,7 @@ final class TLSConnection {
         var alpnLength: UInt32 = 0
         SSL_get0_alpn_selected(ssl, &alpnData, &alpnLength)
         let alpn = alpnData.map { String(decoding: UnsafeBufferPointer(start: $0, count: Int(alpnLength)), as: UTF8.self) }
-        return .success(TLSPeer(
+        return .success(.mesh(TLSPeer(
             identity: identity,
             certificateSerial: peerCertificate.serialNumber,
             protocolVersion: String(cString: SSL_get_version(ssl)),
@@ -93,7 +135,7 @@ final class TLSConnection {
             applicationProtocol: alpn,
             certificateNotAfter: peerCertificate.notAfter,
             resumed: resumed
-        ))
+        )))
     }
 
     /// A resumed session skips the verify callback. Its chain was verified when the session
@@ -106,7 +148,7 @@ final class TLSConnection {
         guard certificate.notBefore <= now, now < certificate.notAfter else {
             return .chain("certificate of the resumed session is no longer valid")
         }
-        switch verification.policy.evaluate(certificate.leafFacts) {
+        switch verification.policy?.evaluate(certificate.leafFacts) ?? .failure(.noCertificate) {
         case .success(let identity):
             verification.identity = identity
             return nil

@@ -111,7 +111,9 @@ private let peerVerifyCallback: @convention(c) (Int32, OpaquePointer?) -> Int32 
     guard X509_STORE_CTX_get_error_depth(store) == 0, let leaf = X509_STORE_CTX_get_current_cert(store) else {
         return 1
     }
-    switch state.policy.evaluate(Certificate(retaining: leaf).leafFacts) {
+    // Web PKI (no identity policy): the name was checked by OpenSSL with the chain.
+    guard let policy = state.policy else { return 1 }
+    switch policy.evaluate(Certificate(retaining: leaf).leafFacts) {
     case .success(let identity):
         state.identity = identity
         return 1
@@ -150,14 +152,15 @@ private let alpnSelectCallback: @convention(c) (
 
 /// Per-connection verification inputs and results, reachable from the C verify callback.
 final class PeerVerificationState {
-    let policy: PeerIdentityPolicy
+    /// nil: a web PKI server, checked by OpenSSL's chain and host name verification alone.
+    let policy: PeerIdentityPolicy?
     var identity: SPIFFEID?
     var failure: PeerVerificationError?
     /// Client role: where this connection's session is cached for resumption.
     let sessionCache: TLSSessionCache?
     let sessionKey: String?
 
-    init(policy: PeerIdentityPolicy, sessionCache: TLSSessionCache? = nil, sessionKey: String? = nil) {
+    init(policy: PeerIdentityPolicy?, sessionCache: TLSSessionCache? = nil, sessionKey: String? = nil) {
         self.policy = policy
         self.sessionCache = sessionCache
         self.sessionKey = sessionKey

@@ -3,6 +3,8 @@ import NIOCore
 /// Raised to handlers after the TLS handler once the peer is verified.
 public enum TLSEvent: Sendable {
     case handshakeCompleted(TLSPeer)
+    /// An HTTPS server passed chain and name verification (or verification is off).
+    case serverVerified
 }
 
 public enum TLSError: Error, CustomStringConvertible, Equatable {
@@ -74,9 +76,13 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     static let recordSize = 16 * 1024
 
-    private let tlsContext: TLSContext
-    private let expectedPeer: SPIFFEID?
-    private let sessionKey: String?
+    /// Who the peer must be and how to check it.
+    private enum Peer {
+        case mesh(TLSContext, expectedPeer: SPIFFEID?, sessionKey: String?)
+        case httpsServer(HTTPSClientContext, serverName: String)
+    }
+
+    private let peer: Peer
     private let configuration: TLSHandlerConfiguration
     private var connection: TLSConnection?
     private(set) var state: State = .idle
@@ -91,16 +97,28 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     ///   `TLSConnection`); nil for a full handshake every time.
     public init(context: TLSContext, expectedPeer: SPIFFEID? = nil, sessionKey: String? = nil,
                 configuration: TLSHandlerConfiguration = TLSHandlerConfiguration()) {
-        self.tlsContext = context
-        self.expectedPeer = expectedPeer
-        self.sessionKey = sessionKey
+        self.peer = .mesh(context, expectedPeer: expectedPeer, sessionKey: sessionKey)
+        self.configuration = configuration
+    }
+
+    /// Client of an HTTPS server (the Consul agent's API): verified against `context`'s trust
+    /// store under `serverName`.
+    public init(httpsClient context: HTTPSClientContext, serverName: String,
+                configuration: TLSHandlerConfiguration = TLSHandlerConfiguration()) {
+        self.peer = .httpsServer(context, serverName: serverName)
         self.configuration = configuration
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
         do {
-            connection = try TLSConnection(context: tlsContext, expectedPeer: expectedPeer, sessionKey: sessionKey,
-                                           allocator: context.channel.allocator)
+            switch peer {
+            case .mesh(let tlsContext, let expectedPeer, let sessionKey):
+                connection = try TLSConnection(context: tlsContext, expectedPeer: expectedPeer, sessionKey: sessionKey,
+                                               allocator: context.channel.allocator)
+            case .httpsServer(let httpsContext, let serverName):
+                connection = try TLSConnection(httpsContext: httpsContext, serverName: serverName,
+                                               allocator: context.channel.allocator)
+            }
         } catch {
             state = .closed
             context.fireErrorCaught(TLSError.handshakeFailed("\(error)"))
@@ -256,10 +274,15 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             switch connection.verifiedPeer() {
             case .failure(let reason):
                 fail(context: context, TLSError.peerRejected(reason))
-            case .success(var peer):
-                peer.handshakeDuration = .now() - handshakeStarted
+            case .success(let verified):
                 state = .open(inputOpen: true, outputOpen: true)
-                context.fireUserInboundEventTriggered(TLSEvent.handshakeCompleted(peer))
+                switch verified {
+                case .mesh(var peer):
+                    peer.handshakeDuration = .now() - handshakeStarted
+                    context.fireUserInboundEventTriggered(TLSEvent.handshakeCompleted(peer))
+                case .namedServer:
+                    context.fireUserInboundEventTriggered(TLSEvent.serverVerified)
+                }
                 if flushPending {
                     flushPending = false
                     encryptPendingWrites(context: context)

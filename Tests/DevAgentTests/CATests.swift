@@ -3,7 +3,6 @@ import Foundation
 import SidecarCore
 import SidecarTLS
 import Testing
-import X509
 
 @Suite("Dev agent: Connect CA")
 struct CATests {
@@ -19,9 +18,14 @@ struct CATests {
         let rawRoot = try #require((try rootsReply.object()["Roots"] as? [[String: Any]])?.first)
         #expect(rawRoot["PrivateKeyType"] as? String == "ec" && rawRoot["PrivateKeyBits"] as? Int == 256)
         #expect(try await agent.get("/v1/connect/ca/roots").status == 200)
-        let rootCertificate = try X509.Certificate(pemEncoded: root.rootCertPEM)
-        #expect(try rootCertificate.extensions.basicConstraints == .isCertificateAuthority(maxPathLength: nil))
-        #expect(try rootCertificate.extensions.subjectAlternativeNames?.first == .uniformResourceIdentifier("spiffe://\(roots.trustDomain)"))
+        // The openssl command line reads what we minted: an independent parser.
+        let rootCertificate = try await OpenSSLCertificateView.read(root.rootCertPEM)
+        #expect(rootCertificate.extensions["Basic Constraints"] == .init(critical: true, value: "CA:TRUE"))
+        #expect(rootCertificate.extensions["Key Usage"] == .init(critical: true, value: "Digital Signature, Certificate Sign, CRL Sign"))
+        #expect(rootCertificate.extensions["Subject Alternative Name"]?.value == "URI:spiffe://\(roots.trustDomain)")
+        #expect(rootCertificate.subject == rootCertificate.issuer && rootCertificate.subject.hasPrefix("CN=Consul CA "))
+        #expect(rootCertificate.extensions["Subject Key Identifier"]?.value.lowercased() == root.signingKeyID.lowercased())
+        #expect(rootCertificate.extensions["Authority Key Identifier"]?.value == rootCertificate.extensions["Subject Key Identifier"]?.value)
 
         let reply = try await agent.get("/v1/agent/connect/ca/leaf/storage")
         let leaf = try ConsulLeafCertificate.decode(reply.body, source: "leaf")
@@ -29,18 +33,18 @@ struct CATests {
         #expect(leaf.privateKeyPEM.hasPrefix("-----BEGIN EC PRIVATE KEY-----"))
         let expectedURI = "spiffe://\(roots.trustDomain)/ns/default/dc/dc1/svc/storage"
         #expect(leaf.serviceURI == expectedURI)
-        let certificate = try X509.Certificate(pemEncoded: leaf.certPEM)
-        let sans = try #require(try certificate.extensions.subjectAlternativeNames)
-        #expect(Array(sans) == [.uniformResourceIdentifier(expectedURI)])
-        #expect(try certificate.extensions.basicConstraints == .notCertificateAuthority)
-        let usage = try #require(try certificate.extensions.keyUsage)
-        #expect(usage.digitalSignature && usage.keyEncipherment && usage.dataEncipherment && usage.keyAgreement)
-        #expect(!usage.keyCertSign)
-        let eku = try #require(try certificate.extensions.extendedKeyUsage)
-        #expect(eku.contains(.serverAuth) && eku.contains(.clientAuth))
-        #expect(try certificate.extensions.authorityKeyIdentifier?.keyIdentifier
-                == rootCertificate.extensions.subjectKeyIdentifier?.keyIdentifier)
-        #expect(Format.colonHexSerial(certificate) == leaf.serialNumber)
+        let certificate = try await OpenSSLCertificateView.read(leaf.certPEM)
+        #expect(certificate.extensions["Subject Alternative Name"]?.value == "URI:\(expectedURI)")
+        #expect(certificate.extensions["Basic Constraints"] == .init(critical: true, value: "CA:FALSE"))
+        #expect(certificate.extensions["Key Usage"]
+                == .init(critical: true, value: "Digital Signature, Key Encipherment, Data Encipherment, Key Agreement"))
+        #expect(certificate.extensions["Extended Key Usage"]
+                == .init(critical: false, value: "TLS Web Server Authentication, TLS Web Client Authentication"))
+        #expect(certificate.extensions["Authority Key Identifier"]?.value == rootCertificate.extensions["Subject Key Identifier"]?.value)
+        #expect(certificate.extensions["Subject Key Identifier"] != nil)
+        #expect(certificate.subject == "CN=storage" && certificate.issuer == rootCertificate.subject)
+        #expect(certificate.serial == leaf.serialNumber)
+        #expect(certificate.publicKeyAlgorithm == "id-ecPublicKey" && certificate.signatureAlgorithm == "ecdsa-with-SHA256")
 
         // OpenSSL (what the sidecar uses) agrees: the key matches and the chain verifies.
         let key = try SidecarTLS.PrivateKey.parsePEM(Array(leaf.privateKeyPEM.utf8), source: "leaf key")
@@ -93,12 +97,17 @@ struct CATests {
         #expect(newRoot.id != oldRoot.id && newRoot.serialNumber != oldRoot.serialNumber)
         #expect(after.roots.first { $0.id == oldRoot.id }?.active == false)
         let cross = try #require(newRoot.intermediateCertPEMs.first)
-        let crossCertificate = try X509.Certificate(pemEncoded: cross)
-        let newCertificate = try X509.Certificate(pemEncoded: newRoot.rootCertPEM)
-        let oldCertificate = try X509.Certificate(pemEncoded: oldRoot.rootCertPEM)
-        #expect(crossCertificate.subject == newCertificate.subject && crossCertificate.publicKey == newCertificate.publicKey)
+        let crossCertificate = try await OpenSSLCertificateView.read(cross)
+        let newCertificate = try await OpenSSLCertificateView.read(newRoot.rootCertPEM)
+        let oldCertificate = try await OpenSSLCertificateView.read(oldRoot.rootCertPEM)
+        #expect(crossCertificate.subject == newCertificate.subject && crossCertificate.publicKeyPEM == newCertificate.publicKeyPEM)
         #expect(crossCertificate.issuer == oldCertificate.subject)
-        #expect(crossCertificate.notValidAfter <= oldCertificate.notValidAfter)
+        #expect(crossCertificate.extensions["Authority Key Identifier"]?.value == oldCertificate.extensions["Subject Key Identifier"]?.value)
+        #expect(crossCertificate.extensions["Subject Key Identifier"]?.value == newCertificate.extensions["Subject Key Identifier"]?.value)
+        #expect(crossCertificate.extensions["Basic Constraints"] == .init(critical: true, value: "CA:TRUE"))
+        let crossEnd = try #require(SidecarTLS.Certificate.parsePEMBundle(Array(cross.utf8), source: "cross").first).notAfter
+        let oldEnd = try #require(SidecarTLS.Certificate.parsePEMBundle(Array(oldRoot.rootCertPEM.utf8), source: "old").first).notAfter
+        #expect(crossEnd <= oldEnd)
         // CertPEM carries the cross-signed certificate after the leaf.
         #expect(try SidecarTLS.Certificate.parsePEMBundle(Array(leaf.certPEM.utf8), source: "leaf").count == 2)
 
@@ -149,9 +158,63 @@ struct CATests {
 }
 
 
-/// Colon-hex of a certificate serial, the way Consul prints it.
-enum Format {
-    static func colonHexSerial(_ certificate: X509.Certificate) -> String {
-        certificate.serialNumber.bytes.map { String(format: "%02x", $0) }.joined(separator: ":")
+/// A certificate as `openssl x509` prints it: an independent reading of what the dev CA minted.
+struct OpenSSLCertificateView {
+    struct Extension: Equatable {
+        var critical: Bool
+        var value: String
+    }
+
+    /// By name without the "X509v3 " prefix, e.g. "Basic Constraints".
+    var extensions: [String: Extension] = [:]
+    var subject = ""
+    var issuer = ""
+    /// Lowercase colon-hex, as Consul prints serials.
+    var serial = ""
+    var publicKeyPEM = ""
+    var publicKeyAlgorithm = ""
+    var signatureAlgorithm = ""
+
+    static func read(_ pem: String) async throws -> OpenSSLCertificateView {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let file = directory.appendingPathComponent("certificate.pem")
+        try pem.write(to: file, atomically: true, encoding: .utf8)
+        let text = try await runCommand("/usr/bin/openssl", ["x509", "-in", file.path, "-noout", "-text", "-nameopt", "RFC2253",
+                                                             "-subject", "-issuer", "-serial", "-pubkey"])
+        #expect(text.status == 0, "\(text.output)")
+        var view = OpenSSLCertificateView()
+        let lines = text.output.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        var index = 0
+        var inPublicKey = false
+        while index < lines.count {
+            let line = lines[index]
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            if trimmed.hasPrefix("X509v3 "), trimmed != "X509v3 extensions:", let colon = trimmed.firstIndex(of: ":") {
+                let name = String(trimmed[trimmed.index(trimmed.startIndex, offsetBy: 7)..<colon])
+                let critical = trimmed[colon...].contains("critical")
+                let value = index + 1 < lines.count ? lines[index + 1].trimmingCharacters(in: .whitespaces) : ""
+                view.extensions[name] = Extension(critical: critical, value: value)
+                index += 2
+                continue
+            }
+            if line.hasPrefix("subject=") { view.subject = String(line.dropFirst("subject=".count)) }
+            if line.hasPrefix("issuer=") { view.issuer = String(line.dropFirst("issuer=".count)) }
+            if line.hasPrefix("serial=") {
+                var digits = line.dropFirst("serial=".count).lowercased()
+                if digits.count % 2 == 1 { digits = "0" + digits }
+                view.serial = stride(from: 0, to: digits.count, by: 2).map { offset -> String in
+                    let start = digits.index(digits.startIndex, offsetBy: offset)
+                    return String(digits[start..<digits.index(start, offsetBy: 2)])
+                }.joined(separator: ":")
+            }
+            if trimmed.hasPrefix("Public Key Algorithm: ") { view.publicKeyAlgorithm = String(trimmed.dropFirst("Public Key Algorithm: ".count)) }
+            if trimmed.hasPrefix("Signature Algorithm: ") { view.signatureAlgorithm = String(trimmed.dropFirst("Signature Algorithm: ".count)) }
+            if line == "-----BEGIN PUBLIC KEY-----" { inPublicKey = true }
+            if inPublicKey { view.publicKeyPEM += line + "\n" }
+            if line == "-----END PUBLIC KEY-----" { inPublicKey = false }
+            index += 1
+        }
+        return view
     }
 }

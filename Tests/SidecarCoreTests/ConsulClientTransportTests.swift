@@ -1,4 +1,7 @@
 import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
 import Testing
 @testable import ConsulAgent
 
@@ -49,13 +52,38 @@ struct ConsulClientTransportTests {
         }
     }
 
+    @Test("Cancelling a caller mid blocking query closes its connection at once (a stopping watch does not wait out the query)",
+          .timeLimit(.minutes(1)))
+    func cancelledRequestCloses() async throws {
+        let accepted = NIOLockedValueBox(0), closed = NIOLockedValueBox(0)
+        // An agent that takes the request and never answers, as in a blocking query's wait.
+        let listener = try await ServerBootstrap(group: testGroup)
+            .childChannelInitializer { channel in
+                accepted.withLockedValue { $0 += 1 }
+                channel.closeFuture.whenComplete { _ in closed.withLockedValue { $0 += 1 } }
+                return channel.eventLoop.makeSucceededVoidFuture()
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        defer { listener.close(promise: nil) }
+        let port = listener.localAddress!.port!
+        let settings = try ConsulConnectionSettings.resolve(httpAddr: "127.0.0.1:\(port)", token: nil, tokenFile: nil, environment: [:])
+        let client = try ConsulClient(settings: settings, eventLoopGroup: testGroup)
+        let call = Task { try await client.get("/v1/health/service/storage", query: [("index", "7"), ("wait", "5m")], timeout: .minutes(6)) }
+        #expect(await eventually(timeout: 20) { accepted.withLockedValue { $0 } == 1 })
+        call.cancel()
+        await #expect(throws: (any Error).self) { _ = try await call.value }
+        #expect(await eventually(timeout: 20) { closed.withLockedValue { $0 } == 1 }, "the agent sees the connection end")
+        await client.shutdown()
+    }
+
     /// `openssl s_server -WWW` serving `v1/agent/self` from a directory, over TLS with a server
     /// certificate for consul.test; with `requireClientCert` it demands one signed by the test CA.
-    static func startTLSAgent(in directory: String, requireClientCert: Bool) async throws -> (Process, Int) {
+    static func startTLSAgent(in directory: String, requireClientCert: Bool,
+                              subjectAltName: String = "DNS:consul.test") async throws -> (Process, Int) {
         let make = try await ProcessRunner.run([
             "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
             "-keyout", "\(directory)/server.key", "-out", "\(directory)/server.pem", "-days", "1",
-            "-subj", "/CN=consul.test", "-addext", "subjectAltName=DNS:consul.test",
+            "-subj", "/CN=consul.test", "-addext", "subjectAltName=\(subjectAltName)",
         ])
         #expect(make.status == 0, "\(make.output)")
         try FileManager.default.createDirectory(atPath: "\(directory)/v1/agent", withIntermediateDirectories: true)
@@ -99,12 +127,20 @@ struct ConsulClientTransportTests {
         let answer = await Self.fetch(good)
         #expect((try? answer.get())?.contains("dc-tls") == true, "\(answer)")
 
+        // Refusals name OpenSSL's reason (the client is our OpenSSL layer, like the mesh).
         let noName = await Self.fetch(base)
         #expect((try? noName.get()) == nil, "the certificate is for consul.test, not 127.0.0.1")
+        #expect("\(noName)".lowercased().contains("ip address mismatch"), "\(noName)")
+        var otherName = good
+        otherName["CONSUL_TLS_SERVER_NAME"] = "consul.test.evil"
+        let wrongName = await Self.fetch(otherName)
+        #expect("\(wrongName)".lowercased().contains("hostname mismatch"), "\(wrongName)")
 
         var wrongCA = good
         wrongCA["CONSUL_CACERT"] = TestCertificates.path("ca.pem")
-        #expect((try? await Self.fetch(wrongCA).get()) == nil, "an agent certificate from another CA is refused")
+        let otherCA = await Self.fetch(wrongCA)
+        #expect((try? otherCA.get()) == nil, "an agent certificate from another CA is refused")
+        #expect("\(otherCA)".contains("certificate chain rejected"), "\(otherCA)")
 
         var ssl = good
         ssl["CONSUL_HTTP_ADDR"] = "127.0.0.1:\(port)"
@@ -150,5 +186,21 @@ struct ConsulClientTransportTests {
         let answer = await Self.fetch(withCert)
         #expect((try? answer.get())?.contains("dc-tls") == true, "\(answer)")
         #expect((try? await Self.fetch(base).get()) == nil, "no client certificate, no answer")
+    }
+
+    @Test("HTTPS to an IP address: the agent certificate's IP SAN is checked, with no CONSUL_TLS_SERVER_NAME")
+    func httpsIPAddressSAN() async throws {
+        let directory = try Self.scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let (server, port) = try await Self.startTLSAgent(in: directory, requireClientCert: false,
+                                                          subjectAltName: "IP:127.0.0.1")
+        defer { server.forceStop() }
+        let environment = ["CONSUL_HTTP_ADDR": "https://127.0.0.1:\(port)", "CONSUL_CACERT": "\(directory)/server.pem"]
+        let answer = await Self.fetch(environment)
+        #expect((try? answer.get())?.contains("dc-tls") == true, "\(answer)")
+        var byName = environment
+        byName["CONSUL_TLS_SERVER_NAME"] = "consul.test"
+        let refused = await Self.fetch(byName)
+        #expect("\(refused)".lowercased().contains("hostname mismatch"), "neither an IP SAN nor the CN stands for a DNS name: \(refused)")
     }
 }
