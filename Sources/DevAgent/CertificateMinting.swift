@@ -53,8 +53,10 @@ enum CertificateMinting {
         // 8 random bytes with the top bit clear: positive, "64-bit-ish" like Consul's serials.
         var serialBytes = (0..<8).map { _ in UInt8.random(in: 0...255) }
         serialBytes[0] = serialBytes[0] & 0x7f | 0x01
+        // X.509 times are whole seconds: round NotAfter up, or a 3 s test TTL loses up to a third.
+        let notAfter = Date(timeIntervalSince1970: (now + ttl).timeIntervalSince1970.rounded(.up))
         let template = CertificateTemplate(kind: .serviceLeaf, serial: serialBytes, subject: .commonName(commonName),
-                                           notBefore: now - clockSkew, notAfter: now + ttl, uriSAN: serviceURI)
+                                           notBefore: now - clockSkew, notAfter: notAfter, uriSAN: serviceURI)
         let certificate = try Certificate.issue(template, subjectKey: key, issuer: (root.certificate, root.key))
         return Leaf(certificate: certificate, key: key, serialBytes: serialBytes)
     }
