@@ -11,7 +11,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
-        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         // Tests only: an HTTP/2 service built on a second, independent HTTP/2 implementation
         // for the http2/grpc L7 tests. It brings no TLS: every TLS connection and certificate
@@ -70,7 +69,6 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
@@ -101,6 +99,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Records the git commit for `--version` and backup_sidecar_build_info.
+        .plugin(name: "BuildInfo", capability: .buildTool()),
         .executableTarget(
             name: "backup-sidecar",
             dependencies: [
@@ -114,7 +114,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-            ]
+            ],
+            plugins: ["BuildInfo"]
         ),
         // bench/rotation.sh: echo backend and bulk + short-connection load with sha256 checks.
         .executableTarget(

@@ -451,33 +451,33 @@ public final class Sidecar: Sendable {
         let inboundStreams = tracker.channels.filter(\.isStream).count
         let pooled = muxPool?.counts(on: eventLoop) ?? eventLoop.makeSucceededFuture((connections: 0, streams: 0))
         return pooled.map { pooled in
-            metrics.setGauge("backup_sidecar_mux_connections_active", Double(pooled.connections), [("side", "upstream")])
-            metrics.setGauge("backup_sidecar_mux_streams_active", Double(pooled.streams), [("side", "upstream")])
-            metrics.setGauge("backup_sidecar_mux_streams_active", Double(inboundStreams), [("side", "inbound")])
+            metrics.setGauge(.muxConnectionsActive, Double(pooled.connections), [("side", "upstream")])
+            metrics.setGauge(.muxStreamsActive, Double(pooled.streams), [("side", "upstream")])
+            metrics.setGauge(.muxStreamsActive, Double(inboundStreams), [("side", "inbound")])
         }
     }
 
     private func refreshStateGauges(_ metrics: SidecarMetrics) {
         let listenerNames = [Self.publicListenerName] + definition.upstreams.map(\.listenerName)
         for name in listenerNames {
-            metrics.setGauge("backup_sidecar_connections_active", Double(tracker.count(name)), [("listener", name)])
+            metrics.setGauge(.connectionsActive, Double(tracker.count(name)), [("listener", name)])
         }
         let leaf = contexts.credentials.leaf
-        metrics.setGauge("backup_sidecar_leaf_expiry_seconds", leaf.notAfter.timeIntervalSinceNow)
-        metrics.setGauge("backup_sidecar_trusted_roots", Double(contexts.credentials.trustedRoots.count))
+        metrics.setGauge(.leafExpiry, leaf.notAfter.timeIntervalSinceNow)
+        metrics.setGauge(.trustedRoots, Double(contexts.credentials.trustedRoots.count))
         for (name, rotation) in upstreamInstances.withLockedValue({ $0 }) {
-            metrics.setGauge("backup_sidecar_upstream_instances", Double(rotation.count), [("upstream", name)])
+            metrics.setGauge(.upstreamInstances, Double(rotation.count), [("upstream", name)])
             // Instances tried last for now after failing (outlier ejection).
-            metrics.setGauge("backup_sidecar_upstream_instances_ejected", Double(rotation.ejected().count), [("upstream", name)])
+            metrics.setGauge(.upstreamInstancesEjected, Double(rotation.ejected().count), [("upstream", name)])
         }
         // Upstreams in the registration that got no listener (each logged with its reason).
-        metrics.setGauge("backup_sidecar_upstreams_skipped", Double(definition.skippedUpstreams.count))
-        metrics.setGauge("backup_sidecar_ready", readiness.ready ? 1 : 0)
+        metrics.setGauge(.upstreamsSkipped, Double(definition.skippedUpstreams.count))
+        metrics.setGauge(.ready, readiness.ready ? 1 : 0)
         // The allocator's view beside RSS: memory in use by live objects versus freed memory
         // glibc keeps for reuse. RSS growing while in-use stays flat is caching, not a leak.
         let heap = mallinfo2()
-        metrics.setGauge("backup_sidecar_heap_in_use_bytes", Double(heap.uordblks + heap.hblkhd))
-        metrics.setGauge("backup_sidecar_heap_free_retained_bytes", Double(heap.fordblks))
+        metrics.setGauge(.heapInUse, Double(heap.uordblks + heap.hblkhd))
+        metrics.setGauge(.heapFreeRetained, Double(heap.fordblks))
     }
 
     /// Open connections on a listener ("public" or "upstream:<name>").

@@ -396,3 +396,11 @@ public enum MuxError: Error, CustomStringConvertible, Equatable {
         }
     }
 }
+
+/// The libnghttp2 this process loaded.
+public enum NGHTTP2Library {
+    public static var version: String {
+        guard let info = nghttp2_version(0) else { return "unknown" }
+        return String(cString: info.pointee.version_str)
+    }
+}

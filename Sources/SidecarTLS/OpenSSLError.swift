@@ -28,3 +28,8 @@ public struct TLSMaterialError: Error, CustomStringConvertible {
     public let description: String
     public init(_ description: String) { self.description = description }
 }
+
+/// The OpenSSL library this process loaded (not the headers it was built against).
+public enum OpenSSLLibrary {
+    public static var version: String { String(cString: OpenSSL_version(Int32(OPENSSL_VERSION))) }
+}

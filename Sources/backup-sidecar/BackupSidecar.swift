@@ -15,6 +15,7 @@ struct BackupSidecar: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backup-sidecar",
         abstract: "Consul Connect mTLS sidecar for backup traffic.",
+        version: BuildInfo.text,
         subcommands: [Run.self, DevAgentCommand.self]
     )
 }
@@ -160,6 +161,7 @@ struct Run: AsyncParsableCommand {
         // Audit lines are written in the background: every one recorded goes out before exit.
         defer { audit.flush() }
         let metrics = SidecarMetrics()
+        metrics.recordBuildInfo(BuildInfo.labels)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threadCount)
         let running: RunningSidecar
         if sidecarFor != nil || proxyID != nil {

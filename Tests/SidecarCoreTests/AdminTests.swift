@@ -48,6 +48,13 @@ struct AdminTests {
         #expect(Self.value(during.body, #"backup_sidecar_intention_decisions_total{layer="l4",result="allow"}"#) == 1)
         #expect(during.body.contains("backup_sidecar_handshake_duration_seconds_bucket"))
         #expect((Self.value(during.body, "backup_sidecar_leaf_expiry_seconds") ?? 0) > 86_400)
+        // Bytes count as they flow: a connection still open shows its bytes, and more after more.
+        let fromMesh = #"backup_sidecar_bytes_total{listener="public",direction="from_mesh"}"#
+        let toMesh = #"backup_sidecar_bytes_total{listener="public",direction="to_mesh"}"#
+        #expect(Self.value(during.body, fromMesh) == 9 && Self.value(during.body, toMesh) == 9, "\(during.body)")
+        #expect(await onThread { ReauthorizationTests.ping(open, "and more\n") })
+        let later = try await Self.get(port, "/metrics")
+        #expect(Self.value(later.body, fromMesh) == 18 && Self.value(later.body, toMesh) == 18, "\(later.body)")
 
         // A refused peer and a finished connection move their counters too.
         _ = try await ProcessRunner.run(["openssl", "s_client", "-connect", "127.0.0.1:\(mesh.publicPort)", "-quiet",
@@ -59,8 +66,7 @@ struct AdminTests {
         let after = try await Self.get(port, "/metrics")
         #expect(Self.value(after.body, #"backup_sidecar_connections_total{listener="public",outcome="rejected"}"#) == 1)
         #expect(Self.value(after.body, #"backup_sidecar_handshake_failures_total{listener="public",reason="untrusted_certificate"}"#) == 1)
-        #expect(Self.value(after.body, #"backup_sidecar_bytes_total{direction="from_mesh",listener="public"}"#) == 9
-                || Self.value(after.body, #"backup_sidecar_bytes_total{listener="public",direction="from_mesh"}"#) == 9, "\(after.body)")
+        #expect(Self.value(after.body, fromMesh) == 18, "closing adds nothing twice: \(after.body)")
         #expect(Self.value(after.body, #"backup_sidecar_connections_active{listener="public"}"#) == 0)
 
         let lines = after.body.split(separator: "\n").map(String.init).filter { !$0.isEmpty }
@@ -68,6 +74,21 @@ struct AdminTests {
         for line in lines {
             #expect(Self.matches(Self.commentLine, line) || Self.matches(Self.sampleLine, line), "not exposition format: \(line)")
         }
+        // Every family has HELP and TYPE, and Prometheus' own linter agrees.
+        let typed = Set(lines.filter { $0.hasPrefix("# TYPE ") }.map { $0.split(separator: " ")[2] })
+        let helped = Set(lines.filter { $0.hasPrefix("# HELP ") }.map { $0.split(separator: " ")[2] })
+        #expect(typed == helped && typed.count > 15, "\(typed.symmetricDifference(helped))")
+        let lint = try await ProcessRunner.run(["promtool", "check", "metrics"], input: Data((after.body + "\n").utf8), timeout: 30) // get() trimmed the final newline
+        #expect(lint.status == 0, "promtool: \(lint.output)")
+
+        // The standard process families, with values that can only be this process's.
+        let start = try #require(Self.value(after.body, "process_start_time_seconds"))
+        #expect(start <= Date().timeIntervalSince1970 && start > Date().timeIntervalSince1970 - 6 * 3600)
+        #expect((Self.value(after.body, "process_resident_memory_bytes") ?? 0) > 1_000_000)
+        let openFDs = try #require(Self.value(after.body, "process_open_fds"))
+        #expect(openFDs > 3 && openFDs <= (Self.value(after.body, "process_max_fds") ?? 0))
+        #expect((Self.value(after.body, "process_cpu_seconds_total") ?? 0) > 0)
+        #expect((Self.value(after.body, "process_threads") ?? 0) >= 2)
     }
 
     @Test("/metrics with the mux: pooled connections and streams on each side, and the allocator's heap gauges")
@@ -149,6 +170,31 @@ struct AdminTests {
               "proxy": {"destination_service_name": "storage", "local_service_port": 9}}}
             """)
         return (port, path)
+    }
+
+    @Test("--version names the version, the commit and the loaded OpenSSL and nghttp2; /metrics carries the same as backup_sidecar_build_info")
+    func versionAndBuildInfo() async throws {
+        let version = try await ProcessRunner.run([CommandLineTests.binary, "--version"], timeout: 30)
+        #expect(version.status == 0)
+        let lines = version.output.split(separator: "\n").map(String.init)
+        let first = try #require(lines.first)
+        let match = try #require(first.wholeMatch(of: #/backup-sidecar (\d+\.\d+\.\d+) \(commit ([0-9a-f]{12}(-dirty)?|unknown)\)/#))
+        let changelog = try String(contentsOf: TestCertificates.repositoryRoot.appendingPathComponent("CHANGELOG.md"), encoding: .utf8)
+        #expect(changelog.contains("## [\(match.1)]"), "CHANGELOG.md has a section for the version the binary reports")
+        let openssl = try await ProcessRunner.run(["openssl", "version"], timeout: 30).output
+        #expect(lines.count == 3 && lines[1].hasPrefix("OpenSSL 3.") && openssl.hasPrefix(lines[1]), "\(lines) vs \(openssl)")
+        #expect(lines[2].wholeMatch(of: #/nghttp2 1\.\d+\.\d+/#) != nil, "\(lines)")
+
+        let (port, service) = Self.publicListenerOnly("buildinfo.json")
+        let adminPort = freeLocalPort()
+        let sidecar = try SidecarProcess(["run", "--admin-bind", "127.0.0.1:\(adminPort)", "--service-file", service]
+                                         + CommandLineTests.certs(), logName: "buildinfo.log")
+        #expect(await eventually(timeout: 20) { (try? BlockingSocket(port: port)) != nil })
+        let metrics = try await Self.get(adminPort, "/metrics").body
+        let commit = String(match.2)
+        #expect(Self.value(metrics, #"backup_sidecar_build_info{version="\#(match.1)",commit="\#(commit)",openssl="\#(lines[1])",nghttp2="\#(lines[2].dropFirst(8))"}"#) == 1,
+                "\(metrics)")
+        #expect(await sidecar.terminate().status == 0)
     }
 
     @Test("--log-format json: every log line is a JSON object")

@@ -1,86 +1,105 @@
-import CoreMetrics
 import Foundation
-import Metrics
 import NIOConcurrencyHelpers
 import Prometheus
 
-/// Prometheus metrics (through swift-metrics). Traffic metrics are derived from the audit
-/// events, so every decision is counted exactly where it is audited; state (active
-/// connections, certificate expiry, instances) is read at scrape time.
+/// Prometheus metrics. Traffic metrics are derived from the audit events, so every decision
+/// is counted exactly where it is audited; bytes are counted as they flow (`TrafficMeter`);
+/// state (active connections, certificate expiry, instances, the process) is read at scrape
+/// time. Every family and its HELP text is in `MetricFamily`.
 public final class SidecarMetrics: AuditSink, Sendable {
     public let registry = PrometheusCollectorRegistry()
-    private let factory: PrometheusMetricsFactory
+    private let meters = NIOLockedValueBox<[String: TrafficMeter]>([:])
+    private static let handshakeBuckets: [Duration] = [
+        .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+        .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(5),
+    ]
 
-    public init() {
-        var factory = PrometheusMetricsFactory(registry: registry)
-        factory.defaultDurationHistogramBuckets = [
-            .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
-            .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(5),
-        ]
-        self.factory = factory
-    }
+    public init() {}
 
     public func record(_ event: AuditEvent) {
         let listener = event.listener
         switch event.kind {
         case .authorization:
-            count("backup_sidecar_connections_total", ("listener", listener), ("outcome", event.decision == "allow" ? "allowed" : "denied"))
-            count("backup_sidecar_intention_decisions_total", ("layer", "l4"), ("result", event.decision ?? "deny"))
+            count(.connections, ("listener", listener), ("outcome", event.decision == "allow" ? "allowed" : "denied"))
+            count(.intentionDecisions, ("layer", "l4"), ("result", event.decision ?? "deny"))
             handshake(event)
         case .httpRequest:
-            count("backup_sidecar_intention_decisions_total", ("layer", "l7"), ("result", event.decision ?? "deny"))
+            count(.intentionDecisions, ("layer", "l7"), ("result", event.decision ?? "deny"))
         case .handshakeRejected:
-            count("backup_sidecar_connections_total", ("listener", listener), ("outcome", "rejected"))
-            count("backup_sidecar_handshake_failures_total", ("listener", listener), ("reason", Self.failureCategory(event.reason)))
+            count(.connections, ("listener", listener), ("outcome", "rejected"))
+            count(.handshakeFailures, ("listener", listener), ("reason", Self.failureCategory(event.reason)))
         case .upstreamConnected:
-            count("backup_sidecar_connections_total", ("listener", listener), ("outcome", "allowed"))
+            count(.connections, ("listener", listener), ("outcome", "allowed"))
             handshake(event)
         case .upstreamFailed, .localConnectFailed, .callerRefused:
-            count("backup_sidecar_connections_total", ("listener", listener), ("outcome", "failed"))
+            count(.connections, ("listener", listener), ("outcome", "failed"))
         case .muxConnected:
-            count("backup_sidecar_mux_connections_total", ("listener", listener))
+            count(.muxConnections, ("listener", listener))
             handshake(event)
         case .tunnelRefused:
-            count("backup_sidecar_connections_total", ("listener", listener), ("outcome", "over_limit"))
+            count(.connections, ("listener", listener), ("outcome", "over_limit"))
         case .connectionRevoked:
-            count("backup_sidecar_connections_revoked_total", ("listener", listener))
+            count(.connectionsRevoked, ("listener", listener))
         case .connectionClosed:
-            Counter(label: "backup_sidecar_bytes_total", dimensions: [("listener", listener), ("direction", "from_mesh")], factory: factory)
-                .increment(by: event.bytesIn ?? 0)
-            Counter(label: "backup_sidecar_bytes_total", dimensions: [("listener", listener), ("direction", "to_mesh")], factory: factory)
-                .increment(by: event.bytesOut ?? 0)
+            break // Its bytes were counted as they flowed.
         }
     }
 
-    func certificateRotated() { count("backup_sidecar_certificate_rotations_total") }
+    /// The byte counters of one listener, which its connections add to on every read.
+    public func trafficMeter(listener: String) -> TrafficMeter? {
+        meters.withLockedValue { meters in
+            if let meter = meters[listener] { return meter }
+            let meter = TrafficMeter(
+                fromMesh: counter(.bytes, [("listener", listener), ("direction", "from_mesh")]),
+                toMesh: counter(.bytes, [("listener", listener), ("direction", "to_mesh")]))
+            meters[listener] = meter
+            return meter
+        }
+    }
+
+    func certificateRotated() { count(.certificateRotations) }
     /// A connection closed in its handshake because max_pending_handshakes were pending.
-    func handshakeEvicted(listener: String) { count("backup_sidecar_handshakes_evicted_total", ("listener", listener)) }
-    func intentionsReloaded() { count("backup_sidecar_intentions_reloads_total") }
+    func handshakeEvicted(listener: String) { count(.handshakesEvicted, ("listener", listener)) }
+    func intentionsReloaded() { count(.intentionsReloads) }
 
     /// A Consul watch answered and its answer was usable.
     public func consulWatchSucceeded(_ watch: String) {
-        setGauge("backup_sidecar_consul_watch_last_success_timestamp_seconds", Date().timeIntervalSince1970, [("watch", watch)])
+        setGauge(.consulWatchLastSuccess, Date().timeIntervalSince1970, [("watch", watch)])
     }
 
     /// A Consul watch failed (`reason`: unreachable, http_NNN, malformed); the last good state stays.
     public func consulWatchFailed(_ watch: String, reason: String) {
-        count("backup_sidecar_consul_watch_errors_total", ("watch", watch), ("reason", reason))
+        count(.consulWatchErrors, ("watch", watch), ("reason", reason))
     }
 
-    func setGauge(_ name: String, _ value: Double, _ dimensions: [(String, String)] = []) {
-        Gauge(label: name, dimensions: dimensions, factory: factory).record(value)
+    /// `backup_sidecar_build_info` with these labels (version, commit, library versions).
+    public func recordBuildInfo(_ labels: [(String, String)]) { setGauge(.buildInfo, 1, labels) }
+
+    func setGauge(_ family: MetricFamily, _ value: Double, _ labels: [(String, String)] = []) {
+        registry.makeGauge(descriptor: Self.descriptor(family), labels: labels).set(value)
     }
 
-    /// Prometheus text exposition format.
-    public func exposition() -> String { registry.emitToString() }
+    /// Prometheus text exposition format: our families, then the standard process_* ones.
+    public func exposition() -> String {
+        registry.emitToString() + (ProcessMetrics.current()?.exposition ?? "")
+    }
 
-    private func count(_ name: String, _ dimensions: (String, String)...) {
-        Counter(label: name, dimensions: dimensions, factory: factory).increment()
+    private func count(_ family: MetricFamily, _ labels: (String, String)...) {
+        counter(family, labels).increment()
+    }
+
+    private func counter(_ family: MetricFamily, _ labels: [(String, String)]) -> Counter {
+        registry.makeCounter(descriptor: Self.descriptor(family), labels: labels)
+    }
+
+    private static func descriptor(_ family: MetricFamily) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: family.rawValue, unitName: "", helpText: family.help)
     }
 
     private func handshake(_ event: AuditEvent) {
         guard let milliseconds = event.handshakeMs else { return }
-        Timer(label: "backup_sidecar_handshake_duration_seconds", dimensions: [("listener", event.listener)], factory: factory)
+        registry.makeDurationHistogram(descriptor: Self.descriptor(.handshakeDuration), labels: [("listener", event.listener)],
+                                       buckets: Self.handshakeBuckets)
             .recordNanoseconds(Int64(milliseconds * 1e6))
     }
 
@@ -95,4 +114,10 @@ public final class SidecarMetrics: AuditSink, Sendable {
         if reason.contains("version") || reason.contains("protocol") { return "protocol_version" }
         return "handshake_error"
     }
+}
+
+/// One listener's byte counters, shared by all its connections (atomic adds, any thread).
+public struct TrafficMeter: Sendable {
+    let fromMesh: Counter
+    let toMesh: Counter
 }

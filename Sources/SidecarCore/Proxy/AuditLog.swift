@@ -187,10 +187,14 @@ public protocol AuditSink: Sendable {
     func record(_ event: AuditEvent)
     /// Returns once every record made before the call has reached its destination.
     func flush()
+    /// Where a listener's connections count their bytes as they flow (the metrics sink has
+    /// them; the audit sinks do not: a line per read would be noise).
+    func trafficMeter(listener: String) -> TrafficMeter?
 }
 
 extension AuditSink {
     public func flush() {}
+    public func trafficMeter(listener: String) -> TrafficMeter? { nil }
 }
 
 /// JSON lines to a file descriptor (stdout by default). Lines are formatted by the caller and
@@ -299,6 +303,7 @@ public struct AuditFanOut: AuditSink {
     public init(_ sinks: [any AuditSink]) { self.sinks = sinks }
     public func record(_ event: AuditEvent) { sinks.forEach { $0.record(event) } }
     public func flush() { sinks.forEach { $0.flush() } }
+    public func trafficMeter(listener: String) -> TrafficMeter? { sinks.lazy.compactMap { $0.trafficMeter(listener: listener) }.first }
 }
 
 /// One JSON string literal writer for everything that hand-builds JSON (audit lines, the dev

@@ -41,8 +41,12 @@ final class ActivityStamp: ChannelInboundHandler {
 /// Outbound user event for a joined connection: abort both of its channels (policy revoked it).
 struct ConnectionAbortRequest: Sendable {}
 
-/// Byte counters for one proxied connection, shared by its two glue halves (same event loop).
+/// Byte counters for one proxied connection, shared by its two glue halves (same event loop),
+/// and added to the listener's meter as they move.
 final class ConnectionStats {
+    private let meter: TrafficMeter?
+    init(meter: TrafficMeter?) { self.meter = meter }
+
     /// Read from the mesh side (the TLS peer), written to the local side.
     var bytesFromMesh = 0
     /// Read from the local side, written to the mesh peer.
@@ -52,6 +56,18 @@ final class ConnectionStats {
     var lastActivity = NIODeadline.now()
 
     var durationMs: Int { Int((NIODeadline.now() - started).nanoseconds / 1_000_000) }
+
+    func count(_ bytes: Int, readFrom side: GlueSide) {
+        lastActivity = .now()
+        switch side {
+        case .mesh:
+            bytesFromMesh += bytes
+            meter?.fromMesh.increment(by: Int64(bytes))
+        case .local:
+            bytesToMesh += bytes
+            meter?.toMesh.increment(by: Int64(bytes))
+        }
+    }
 }
 
 enum GlueSide { case mesh, local }
@@ -109,12 +125,7 @@ final class GlueHandler<In, Out>: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let message = unwrapInboundIn(data)
-        let bytes = payloadSize(message)
-        stats.lastActivity = .now()
-        switch side {
-        case .mesh: stats.bytesFromMesh += bytes
-        case .local: stats.bytesToMesh += bytes
-        }
+        stats.count(payloadSize(message), readFrom: side)
         partner?.partnerWrite(message)
     }
 

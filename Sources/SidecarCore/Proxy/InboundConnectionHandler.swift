@@ -242,7 +242,7 @@ final class InboundConnectionHandler: StagingHandler {
             .whenComplete { [self] result in
                 switch (result, state) {
                 case (.success(let local), .connectingLocal):
-                    let stats = ConnectionStats()
+                    let stats = ConnectionStats(meter: audit.trafficMeter(listener: listenerName))
                     // Registered for re-authorization and checked against the intentions in
                     // force now, before a single staged byte reaches the app: a revocation
                     // that landed while we dialed is not missed.

@@ -291,7 +291,7 @@ final class UpstreamConnectionHandler: StagingHandler {
                 remote.close(promise: nil)
                 return
             }
-            let stats = ConnectionStats()
+            let stats = ConnectionStats(meter: audit.trafficMeter(listener: listenerName))
             do {
                 try ConnectionJoiner.joinBytes(mesh: remote, meshStaging: staging, local: local, localStaging: self, stats: stats)
             } catch {
