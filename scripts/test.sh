@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-scripts/install-deps.sh nginx restic rclone socat bc iproute2
+scripts/install-deps.sh nginx restic rclone socat bc iproute2 prometheus
 swift build --build-tests
 swift test "$@"

@@ -187,7 +187,11 @@ struct Run: AsyncParsableCommand {
             "identity": "\(credentials.identity)", "serial": "\(credentials.leaf.serialNumber)",
         ])
         signals.onReload = running.reload
+        // Type=notify: systemd starts dependent units (the backup agent) only now.
+        let systemd = SystemdNotifier(environment: ProcessInfo.processInfo.environment)
+        systemd.ready(status: "serving as \(credentials.identity)")
         await signals.firstTermination()
+        systemd.stopping(status: "draining in-flight transfers (up to \(drainTimeout))")
         await running.stopSources()
         // Drain; a second SIGTERM/SIGINT cuts it short (what is left is aborted, not closed
         // cleanly, so no peer mistakes it for a finished transfer).

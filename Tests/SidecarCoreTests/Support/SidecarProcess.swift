@@ -7,11 +7,12 @@ final class SidecarProcess: @unchecked Sendable {
     let process = Process()
     let logFile: String
 
-    init(_ arguments: [String], logName: String) throws {
+    init(_ arguments: [String], logName: String, environment extra: [String: String] = [:]) throws {
         logFile = "\(CommandLineTests.scratch)/\(logName)"
         FileManager.default.createFile(atPath: logFile, contents: nil)
         process.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
         process.arguments = arguments
+        if !extra.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(extra) { $1 } }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle(forWritingAtPath: logFile)
         try process.run()
