@@ -162,7 +162,9 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
     /// The session removed the stream. Graceful (code 0): what is buffered is still delivered,
     /// then EOF, then the channel closes. A reset drops the rest and reports an error.
     func sessionClosed(errorCode: UInt32) {
-        guard errorCode == NGHTTP2_NO_ERROR.rawValue else {
+        // RST_STREAM(NO_ERROR) before END_STREAM did not finish the stream: the peer's data
+        // may be cut short, so it is a reset like any other, never an EOF.
+        guard errorCode == NGHTTP2_NO_ERROR.rawValue, inputEnded else {
             // Like a TLS stream cut after some records: what arrived before the reset is passed
             // on, then the error (the glue turns it into an abort).
             cut(MuxError.streamReset(errorCode: errorCode), deliveringQueued: true)

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 @testable import SidecarCore
+import SidecarTLS
 import Testing
 
 /// Issue 17, point 10: a storage host that goes dark (no RST, no FIN) must cost new tunnels at
@@ -39,6 +40,48 @@ struct DarkHostTests {
         rotation.replace([Self.b])
         #expect(rotation.ejected(now: now) == [Self.b], "a replaced list forgets instances no longer in it")
         #expect(EndpointRotation([]).attemptOrder().isEmpty)
+    }
+
+    /// The caller resets its connection while the tunnel is still opening (the CONNECT's answer
+    /// delayed by a slow link): the app must see an abort, never a clean end of an upload that
+    /// was cut. (Found as a rare MuxTests failure under load; this makes the timing certain.)
+    @Test("A caller that resets while its tunnel opens: the app sees a reset, never a clean end of stream")
+    func callerResetWhileOpening() async throws {
+        let backend = try await TestBackend(.replyAfterEOF(replyBytes: 4096), group: testGroup)
+        defer { Task { await backend.stop() } }
+        let (storage, storageAudit) = try await MeshFixture.startStorage(backendPort: backend.port,
+                                                                         credentials: try TestCertificates.credentials("storage"),
+                                                                         intentions: MeshFixture.allowBackupAgent)
+        defer { Task { await storage.stop() } }
+        let relay = try await FreezableRelay(to: storage.boundAddress(of: Sidecar.publicListenerName)!.port!, group: testGroup)
+        defer { Task { await relay.stop() } }
+        let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let (agent, _) = try await Self.startAgent(endpoints: [Endpoint(host: "127.0.0.1", port: relay.port, datacenter: nil)],
+                                                   logger: quietLogger, group: loop)
+        defer { Task { await agent.stop(); try? await loop.shutdownGracefully() } }
+        let port = agent.boundAddress(of: "upstream:storage")!.port!
+
+        // A complete upload first: the carrier exists, and the backend answers a clean end.
+        let complete = try BlockingSocket(port: port)
+        complete.setReceiveTimeout(seconds: 30)
+        #expect(complete.send(secureRandomBytes(64 << 10)))
+        complete.shutdownWrite()
+        #expect(await onThread { complete.receiveAll() }.cleanEOF)
+        #expect(backend.sentReplyDigests.count == 1)
+
+        relay.hold()
+        let cut = try BlockingSocket(port: port)
+        #expect(cut.send(secureRandomBytes(256 << 10)))
+        #expect(await eventually(timeout: 30) { agent.openConnections(on: "upstream:storage") == 1 })
+        cut.abort()
+        #expect(await eventually(timeout: 30) { agent.openConnections(on: "upstream:storage") == 0 }, "the agent saw the reset")
+        await relay.release()
+        // The CONNECT goes through now; the storage side dials the app, then the tunnel ends.
+        #expect(await eventually(timeout: 30) {
+            storageAudit.events.filter { $0.kind == .connectionClosed || $0.kind == .connectionRevoked }.count >= 2
+        })
+        #expect(await eventually(timeout: 30) { backend.connections == 2 && backend.closedConnections == 2 }, "the app saw it end")
+        #expect(backend.sentReplyDigests.count == 1, "the cut upload never looked complete to the app")
     }
 
     @Test("Carrier to one of two instances goes silent: 10 new tunnels all succeed, at most two pay the timeout, the carrier is closed within seconds")

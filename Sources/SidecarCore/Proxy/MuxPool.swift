@@ -209,7 +209,8 @@ final class LoopMuxPool: @unchecked Sendable {
         pooled.handler.openStream(authority: request.authority).whenComplete { result in
             timer.cancel()
             guard !settled else {
-                if case .success(let late) = result { late.close(promise: nil) }
+                // Opened after its caller gave up: never joined, so it ends as a reset.
+                if case .success(let late) = result { ConnectionAbort.abort(late) }
                 return
             }
             settled = true

@@ -287,16 +287,20 @@ final class UpstreamConnectionHandler: StagingHandler {
         case .success(let link):
             route.endpoints.succeeded(endpoint)
             let (remote, staging, peer) = link.parts
+            // The caller went away while we dialed (only an abort makes the local channel
+            // inactive; a half-close is staged and replayed). Nothing it sent was forwarded, so
+            // the tunnel must end as an abort: a graceful close would hand the app a clean
+            // END_STREAM, and an aborted upload would look complete.
             guard !localGone else {
-                remote.close(promise: nil)
+                ConnectionAbort.abort(remote)
                 return
             }
             let stats = ConnectionStats(meter: audit.trafficMeter(listener: listenerName))
             do {
                 try ConnectionJoiner.joinBytes(mesh: remote, meshStaging: staging, local: local, localStaging: self, stats: stats)
             } catch {
-                remote.close(promise: nil)
-                local.close(promise: nil)
+                ConnectionAbort.abort(remote)
+                ConnectionAbort.abort(local)
                 return
             }
             var event = AuditEvent(kind: .upstreamConnected, listener: listenerName, peerAddress: callerAddress,

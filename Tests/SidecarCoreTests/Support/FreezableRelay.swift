@@ -4,26 +4,30 @@ import NIOPosix
 
 /// A TCP relay in front of a real server that can go dark the way a host whose link went down
 /// does: after `freeze()` nothing is forwarded either way and nothing is closed or reset, and
-/// new connections wait in the backlog unanswered.
+/// new connections wait in the backlog unanswered. `hold()` / `release()` delay instead: what
+/// arrives while held is kept and forwarded, in order, on release (a slow link).
 final class FreezableRelay: Sendable {
     private let server: Channel
     private let relayed = NIOLockedValueBox<[Channel]>([])
     private let frozen = NIOLockedValueBox(false)
+    private let held = NIOLockedValueBox(false)
+    private let halves = NIOLockedValueBox<[RelayHalf]>([])
 
     var port: Int { server.localAddress!.port! }
 
     init(to targetPort: Int, group: EventLoopGroup) async throws {
-        let relayed = self.relayed, frozen = self.frozen
+        let relayed = self.relayed, frozen = self.frozen, held = self.held, halves = self.halves
         server = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { inbound in
                 ClientBootstrap(group: inbound.eventLoop)
                     .connect(host: "127.0.0.1", port: targetPort)
                     .flatMap { outbound in
-                        let a = RelayHalf(frozen: frozen), b = RelayHalf(frozen: frozen)
+                        let a = RelayHalf(frozen: frozen, held: held), b = RelayHalf(frozen: frozen, held: held)
                         a.partner = outbound
                         b.partner = inbound
                         relayed.withLockedValue { $0 += [inbound, outbound] }
+                        halves.withLockedValue { $0 += [a, b] }
                         return inbound.pipeline.addHandler(a).and(outbound.pipeline.addHandler(b)).map { _ in }
                     }
             }
@@ -39,6 +43,15 @@ final class FreezableRelay: Sendable {
         }
     }
 
+    /// Keeps everything that arrives, both ways, until `release()`.
+    func hold() { held.withLockedValue { $0 = true } }
+
+    /// Forwards what was kept, then everything as it comes.
+    func release() async {
+        held.withLockedValue { $0 = false }
+        for half in halves.withLockedValue({ $0 }) { try? await half.releaseKept() }
+    }
+
     func stop() async {
         for channel in relayed.withLockedValue({ $0 }) { try? await channel.close() }
         try? await server.close()
@@ -50,16 +63,36 @@ private final class RelayHalf: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     var partner: Channel?
     private let frozen: NIOLockedValueBox<Bool>
+    private let held: NIOLockedValueBox<Bool>
+    private var kept: [ByteBuffer] = []
+    private var eventLoop: EventLoop?
 
-    init(frozen: NIOLockedValueBox<Bool>) {
+    init(frozen: NIOLockedValueBox<Bool>, held: NIOLockedValueBox<Bool>) {
         self.frozen = frozen
+        self.held = held
     }
+
+    func handlerAdded(context: ChannelHandlerContext) { eventLoop = context.eventLoop }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         // Frozen: nothing more is read (the kernel buffers fill, as with a peer that is gone);
         // what was already read is dropped.
         guard !frozen.withLockedValue({ $0 }) else { return }
+        if held.withLockedValue({ $0 }) || !kept.isEmpty {
+            kept.append(unwrapInboundIn(data))
+            return
+        }
         partner?.writeAndFlush(data, promise: nil)
+    }
+
+    /// On this half's event loop: forwards what was kept while held.
+    func releaseKept() async throws {
+        guard let eventLoop else { return }
+        try await eventLoop.submit {
+            for buffer in self.kept { self.partner?.write(NIOAny(buffer), promise: nil) }
+            self.kept.removeAll()
+            self.partner?.flush()
+        }.get()
     }
 
     func channelInactive(context: ChannelHandlerContext) {

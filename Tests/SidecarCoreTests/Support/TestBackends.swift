@@ -34,6 +34,7 @@ final class TestBackend: Sendable {
 
     let channel: Channel
     private let connectionsBox = NIOLockedValueBox(0)
+    private let closedBox = NIOLockedValueBox(0)
     private let bytesBox = NIOLockedValueBox(0)
     private let replyDigests = NIOLockedValueBox<[String]>([])
     private let requestLog = NIOLockedValueBox<[String]>([])
@@ -41,14 +42,17 @@ final class TestBackend: Sendable {
     var requests: [String] { requestLog.withLockedValue { $0 } }
 
     var port: Int { channel.localAddress?.port ?? 0 }
+    /// Connections accepted, in all.
     var connections: Int { connectionsBox.withLockedValue { $0 } }
+    /// Connections that have ended, in all (after their handler saw the end).
+    var closedConnections: Int { closedBox.withLockedValue { $0 } }
     var bytesReceived: Int { bytesBox.withLockedValue { $0 } }
     /// For `.replyAfterEOF`: sha256 of each reply payload sent.
     var sentReplyDigests: [String] { replyDigests.withLockedValue { $0 } }
 
     /// - Parameter unixSocketPath: listen on this unix socket instead of 127.0.0.1:0.
     init(_ behaviour: Behaviour, group: EventLoopGroup, unixSocketPath: String? = nil) async throws {
-        let connections = connectionsBox, bytes = bytesBox, digests = replyDigests
+        let connections = connectionsBox, closed = closedBox, bytes = bytesBox, digests = replyDigests
         var bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
@@ -62,6 +66,7 @@ final class TestBackend: Sendable {
         let requests = requestLog
         channel = try await bootstrap.childChannelInitializer { channel in
             connections.withLockedValue { $0 += 1 }
+            channel.closeFuture.whenComplete { _ in closed.withLockedValue { $0 += 1 } }
             if case .repository = behaviour {
                 return channel.pipeline.configureHTTPServerPipeline().flatMap {
                     channel.pipeline.addHandler(RepositoryHandler(requests: requests, bytes: bytes))
