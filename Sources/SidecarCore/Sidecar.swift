@@ -396,6 +396,10 @@ public final class Sidecar: Sendable {
         muxPool?.drain()
         retireInboundMuxConnections()
         await closeListeners()
+        // A connection accepted just before the close may still be crossing from the
+        // listener's loop to its own (three hops in NIO) before we track it: let every loop
+        // run what is queued, so it is counted below instead of outliving the event loops.
+        await settleEventLoops()
         settings.logger.notice("draining", metadata: ["open_connections": "\(tracker.total)", "timeout_s": "\(timeout.nanoseconds / 1_000_000_000)"])
         let deadline = NIODeadline.now() + timeout
         // Cancellation (a second signal) ends the wait early: what is left is aborted below.
@@ -417,8 +421,27 @@ public final class Sidecar: Sendable {
             let channel = tracked.channel
             channel.triggerUserOutboundEvent(ConnectionAbortRequest()).whenFailure { _ in ConnectionAbort.abort(channel) }
         }
+        // The aborts and the callbacks they queue on other loops finish before we return (the
+        // caller shuts the loops down next).
+        if !leftovers.isEmpty {
+            let loop = group.next()
+            let finished = loop.makePromise(of: Void.self)
+            EventLoopFuture.andAllComplete(leftovers.map(\.channel.closeFuture), on: loop).cascade(to: finished)
+            let bound = loop.scheduleTask(in: .seconds(5)) { finished.succeed() } // never hang an exit on one channel
+            try? await finished.futureResult.get()
+            bound.cancel()
+        }
+        await settleEventLoops()
         settings.logger.notice("drained", metadata: ["aborted": "\(tunnels.count)"])
         return tunnels.count
+    }
+
+    /// Runs an empty task on every event loop, a few times over: whatever they had queued
+    /// (and what that queued on another loop) has run when it returns.
+    private func settleEventLoops() async {
+        for _ in 0..<3 {
+            for loop in group.makeIterator() { try? await loop.submit {}.get() }
+        }
     }
 
     /// True once a drain started: not ready for new work (the admin API's /ready).
