@@ -69,18 +69,21 @@ struct FaultTests {
         let upstreamPort = setup.upstreamPort, backend1 = setup.backends[0], backend2 = setup.backends[1]
         #expect(await setup.ready())
 
-        // Four paced transfers, spread over both instances in turn.
+        // Four paced transfers, spread over both instances in turn; each stops halfway until
+        // storage-1 has died, so none can finish first on a slow machine.
         let chunks = 40, pauseMs: UInt32 = 50
+        let halfway = DispatchSemaphore(value: 0)
         var transfers: [Task<(sent: String, received: String, count: Int, clean: Bool), Never>] = []
         for _ in 0..<4 {
             let socket = try BlockingSocket(port: upstreamPort)
             socket.setReceiveTimeout(seconds: 20)
-            transfers.append(Task { await onThread { LifecycleTests.pacedRoundTrip(socket, chunks: chunks, pauseMs: pauseMs) } })
+            transfers.append(Task { await onThread { LifecycleTests.pacedRoundTrip(socket, chunks: chunks, pauseMs: pauseMs, gate: halfway) } })
         }
-        #expect(await eventually { backend1.connections == 2 && backend2.connections == 2 })
-        try await Task.sleep(for: .milliseconds(500))
+        #expect(await eventually(timeout: 30) { backend1.connections == 2 && backend2.connections == 2 })
+        #expect(await eventually(timeout: 30) { backend1.bytesReceived > 0 && backend2.bytesReceived > 0 })
         // storage-1 dies: listener gone, its connections cut (drain with no grace).
         await setup.storages[0].drain(timeout: .zero)
+        for _ in 0..<4 { halfway.signal() }
         var newConnections = 0
         for _ in 0..<6 where await echoRoundTrip(port: upstreamPort, bytes: 4 << 10) { newConnections += 1 }
         let results = await withTaskGroup(of: (sent: String, received: String, count: Int, clean: Bool).self) { group in

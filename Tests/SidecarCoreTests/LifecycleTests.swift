@@ -9,7 +9,10 @@ import SidecarTLS
 @Suite("Lifecycle and limits", .serialized)
 struct LifecycleTests {
     /// Sends `chunks` x 256 KiB with a pause between them, then reads the echo back.
-    static func pacedRoundTrip(_ socket: BlockingSocket, chunks: Int, pauseMs: UInt32) -> (sent: String, received: String, count: Int, clean: Bool) {
+    /// `gate`: after `chunks / 2` chunks the sender waits for it (the test acts mid-transfer
+    /// then, however slow the machine is).
+    static func pacedRoundTrip(_ socket: BlockingSocket, chunks: Int, pauseMs: UInt32,
+                               gate: DispatchSemaphore? = nil) -> (sent: String, received: String, count: Int, clean: Bool) {
         let digest = SHA256Digest()
         let reader = NIOLockedValueBox<(sha: String, count: Int, clean: Bool)?>(nil)
         let thread = Thread {
@@ -17,7 +20,8 @@ struct LifecycleTests {
             reader.withLockedValue { $0 = (r.sha256, r.count, r.cleanEOF) }
         }
         thread.start()
-        for _ in 0..<chunks {
+        for index in 0..<chunks {
+            if index == chunks / 2 { gate?.wait() }
             let chunk = secureRandomBytes(256 << 10)
             digest.update(chunk)
             socket.send(chunk)

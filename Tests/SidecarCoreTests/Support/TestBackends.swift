@@ -299,12 +299,25 @@ private final class RepositoryHandler: ChannelInboundHandler {
             if !head.isKeepAlive { headers.add(name: "connection", value: "close") }
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
             if head.method != .HEAD { context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: text)))), promise: nil) }
-            let keepAlive = head.isKeepAlive
+            let keepAlive = head.isKeepAlive && !clientEnded
             let channel = context.channel
+            self.head = nil
             context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
                 if !keepAlive { channel.close(promise: nil) }
             }
         }
+    }
+
+    /// Like nginx or rclone: a client that ends its side gets the answer in progress, then
+    /// the connection closes (a half-closed keep-alive connection would otherwise stay open).
+    private var clientEnded = false
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .some(.inputClosed) = event as? ChannelEvent {
+            clientEnded = true
+            if head == nil { context.close(promise: nil) }
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }

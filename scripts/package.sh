@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Builds the Debian package: backup-sidecar_<version>_<arch>.deb in OUTDIR (default dist/).
+# Usage: scripts/package.sh [OUTDIR]
+#
+# The binary is a static-Swift-runtime release build (no Swift toolchain on the backup host);
+# Depends: comes from what it really links (dpkg-shlibdeps), so it is never stale.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+out=$(mkdir -p "${1:-dist}" && cd "${1:-dist}" && pwd)
+
+scripts/install-deps.sh dpkg-dev help2man >/dev/null
+# Static runtime; no $ORIGIN run path (a packaged binary loads nothing from beside itself).
+# Full RELRO and immediate binding, as Debian's hardening defaults ask of network daemons.
+build_flags=(-c release --product backup-sidecar --static-swift-stdlib --disable-local-rpath --scratch-path .build-static
+             -Xlinker -z -Xlinker relro -Xlinker -z -Xlinker now)
+echo "building: swift build ${build_flags[*]}" >&2
+swift build "${build_flags[@]}" >&2
+binary="$(swift build "${build_flags[@]}" --show-bin-path)/backup-sidecar"
+
+version=$("$binary" --version | head -n 1 | awk '{print $2}')
+arch=$(dpkg --print-architecture)
+[[ "$version" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || { echo "unexpected version from --version: $version" >&2; exit 1; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+root="$work/root"
+doc="$root/usr/share/doc/backup-sidecar"
+install -d -m 0755 "$root/DEBIAN" "$root/usr/bin" "$root/lib/systemd/system" "$doc/examples/consul" "$root/usr/share/man/man1"
+install -m 0755 "$binary" "$root/usr/bin/backup-sidecar"
+strip --strip-unneeded --remove-section=.comment --remove-section=.note "$root/usr/bin/backup-sidecar"
+install -m 0644 deploy/systemd/*.service "$root/lib/systemd/system/"
+install -m 0644 deploy/*.json "$doc/examples/"
+install -m 0644 deploy/consul/*.json "$doc/examples/consul/"
+install -m 0644 deploy/README.md "$doc/README.deploy.md"
+install -m 0644 README.md "$doc/README.md"
+
+# The manual page, from the binary's own --help (and `help run`), so it cannot drift.
+{
+  echo "[RUN OPTIONS]"
+  echo ".nf"
+  "$binary" help run | sed -e 's/\\/\\e/g' -e "s/^\([.']\)/\\\\\&\1/"
+  echo ".fi"
+  echo "[SEE ALSO]"
+  echo "/usr/share/doc/backup-sidecar/README.md, /usr/share/doc/backup-sidecar/README.deploy.md"
+} > "$work/run.h2m"
+help2man --no-info --no-discard-stderr --name "Consul Connect mTLS sidecar for backup traffic" \
+  --version-string "$version" --include "$work/run.h2m" --output "$work/backup-sidecar.1" "$root/usr/bin/backup-sidecar"
+gzip -9n -c "$work/backup-sidecar.1" > "$root/usr/share/man/man1/backup-sidecar.1.gz"
+chmod 0644 "$root/usr/share/man/man1/backup-sidecar.1.gz"
+
+# Debian policy: the copyright file, and the changelogs compressed.
+cat > "$doc/copyright" <<EOF
+Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: backup-sidecar
+Source: https://github.com/backup-sidecar/backup-sidecar
+
+Files: *
+Copyright: 2026 The backup-sidecar authors
+License: Apache-2.0
+
+License: Apache-2.0
+ On Debian systems, the full text of the Apache License 2.0 can be found in
+ /usr/share/common-licenses/Apache-2.0.
+EOF
+gzip -9n -c CHANGELOG.md > "$doc/changelog.gz"
+{
+  echo "backup-sidecar ($version) unstable; urgency=medium"
+  echo
+  echo "  * Release $version; see /usr/share/doc/backup-sidecar/changelog.gz."
+  echo
+  echo " -- backup-sidecar maintainers <maintainers@backup-sidecar.invalid>  $(date -R -u -d "@$(git log -1 --format=%ct 2>/dev/null || date +%s)")"
+} | gzip -9n > "$doc/changelog.Debian.gz"
+
+# Depends from the binary's real needs.
+mkdir -p "$work/debian"
+printf 'Source: backup-sidecar\n\nPackage: backup-sidecar\nArchitecture: any\n' > "$work/debian/control"
+depends=$(cd "$work" && dpkg-shlibdeps -O -e"root/usr/bin/backup-sidecar" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
+[ -n "$depends" ] || { echo "dpkg-shlibdeps found no dependencies" >&2; exit 1; }
+rm -rf "$work/debian"
+
+(cd "$root" && find . -type f ! -path './DEBIAN/*' -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) > "$root/DEBIAN/md5sums"
+chmod 0644 "$root/DEBIAN/md5sums"
+installed_size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
+cat > "$root/DEBIAN/control" <<EOF
+Package: backup-sidecar
+Version: $version
+Architecture: $arch
+Maintainer: backup-sidecar maintainers <maintainers@backup-sidecar.invalid>
+Installed-Size: $installed_size
+Depends: $depends
+Section: net
+Priority: optional
+Homepage: https://github.com/backup-sidecar/backup-sidecar
+Description: mutually authenticated sidecar proxy for backup traffic
+ A Consul Connect native sidecar proxy for backup agents and storage nodes:
+ every snapshot and restore connection is mTLS with SPIFFE identities and
+ checked against Consul intentions (L4 and HTTP L7) before it reaches the
+ local service. Certificates rotate without dropping long transfers; every
+ handshake and decision is written to an audit log.
+ .
+ Includes systemd units for file mode and Consul mode.
+EOF
+
+deb="$out/backup-sidecar_${version}_${arch}.deb"
+dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >&2
+echo "$deb"
