@@ -157,7 +157,7 @@ public actor ACLLogin: ConsulTokenSource {
                                      client: ConsulClient) async throws -> LoggedInToken {
         let jwt = try await bearer.fetch()
         let request: [String: Any] = ["AuthMethod": options.authMethod, "BearerToken": jwt.jwt, "Meta": options.meta]
-        let body = try JSONSerialization.data(withJSONObject: request)
+        let body = try JSONSerialization.data(withJSONObject: request, options: [.withoutEscapingSlashes])
         let response = try await client.post("/v1/acl/login", body: body, token: .none)
         let answer = try decodeAnswer(response.body)
         let issued = Date()

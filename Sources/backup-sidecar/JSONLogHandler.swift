@@ -29,7 +29,7 @@ struct JSONLogHandler: LogHandler {
         object["level"] = event.level.rawValue
         object["logger"] = label
         object["message"] = event.message.description
-        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
         let line = String(decoding: data, as: UTF8.self) + "\n"
         // One write per line under the lock: lines from different threads never interleave.
         Self.lock.withLock { StandardError.write(line) }

@@ -150,6 +150,7 @@ struct AdminTests {
         #expect((leaf["spiffe_id"] as? String)?.hasSuffix("/svc/storage") == true)
         #expect((report["roots"] as? [Any])?.count == 1)
         #expect(!certs.body.contains("PRIVATE"))
+        #expect(certs.body.contains("\"spiffe://") && !certs.body.contains("\\/"), "JSON does not escape /: \(certs.body)")
 
         let config = try await Self.get(port, "/config")
         let effective = try #require(try JSONSerialization.jsonObject(with: Data(config.body.utf8)) as? [String: Any])
@@ -211,6 +212,7 @@ struct AdminTests {
             #expect(object?["message"] != nil && object?["level"] != nil && object?["ts"] != nil, "not a JSON log line: \(line)")
         }
         #expect(output.contains("\"message\":\"sidecar running\""))
+        #expect(output.contains("spiffe://") && !output.contains("\\/"), "JSON does not escape /")
     }
 
     @Test("Stdout and stderr whose reader went away (a log shipper that died): the sidecar keeps running and serving")
