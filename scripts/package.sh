@@ -31,6 +31,9 @@ strip --strip-unneeded --remove-section=.comment --remove-section=.note "$root/u
 install -m 0644 deploy/systemd/*.service "$root/lib/systemd/system/"
 install -m 0644 deploy/*.json "$doc/examples/"
 install -m 0644 deploy/consul/*.json "$doc/examples/consul/"
+install -d -m 0755 "$doc/examples/prometheus" "$doc/examples/grafana"
+install -m 0644 deploy/prometheus/*.yml "$doc/examples/prometheus/"
+install -m 0644 deploy/grafana/*.json "$doc/examples/grafana/"
 install -m 0644 deploy/README.md "$doc/README.deploy.md"
 install -m 0644 README.md "$doc/README.md"
 

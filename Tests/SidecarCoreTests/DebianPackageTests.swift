@@ -54,7 +54,9 @@ struct DebianPackageTests {
                      "./lib/systemd/system/backup-sidecar-consul@.service", "./usr/share/doc/backup-sidecar/copyright",
                      "./usr/share/doc/backup-sidecar/changelog.gz", "./usr/share/man/man1/backup-sidecar.1.gz",
                      "./usr/share/doc/backup-sidecar/examples/intentions.json",
-                     "./usr/share/doc/backup-sidecar/examples/consul/storage.json"] {
+                     "./usr/share/doc/backup-sidecar/examples/consul/storage.json",
+                     "./usr/share/doc/backup-sidecar/examples/prometheus/alerts.yml",
+                     "./usr/share/doc/backup-sidecar/examples/grafana/backup-sidecar.json"] {
             #expect(contents.contains(" \(path)\n"), "missing \(path)")
         }
         #expect(contents.contains("-rwxr-xr-x root/root") && !contents.contains("/opt/swift"))
