@@ -16,7 +16,7 @@ struct BackupSidecar: AsyncParsableCommand {
         commandName: "backup-sidecar",
         abstract: "Consul Connect mTLS sidecar for backup traffic.",
         version: BuildInfo.text,
-        subcommands: [Run.self, DevAgentCommand.self]
+        subcommands: [Run.self, ValidateCommand.self, IntentionCommand.self, DevAgentCommand.self]
     )
 }
 

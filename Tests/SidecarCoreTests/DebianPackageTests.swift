@@ -102,7 +102,9 @@ struct DebianPackageTests {
         }
         let version = try await Self.run(["env", "-i", binary, "--version"])
         #expect(version.status == 0)
-        #expect(version.output.split(separator: "\n").map(String.init) == (try await Self.builtVersion()), "same build as the suite's")
+        let built = try await Self.builtVersion()
+        #expect(version.output.split(separator: "\n").map(String.init) == built,
+                "the package is from another build than the suite's (\(built.first ?? "?")): run scripts/package.sh .build/test-dist, as scripts/test.sh does")
     }
 
     @Test("Extracted: a file-mode round trip with the packaged example files (ports moved to free ones)")

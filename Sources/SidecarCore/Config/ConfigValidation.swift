@@ -1,0 +1,74 @@
+import Foundation
+import SidecarTLS
+
+/// `backup-sidecar validate`: the checks file mode makes at startup, run offline and all of
+/// them (startup stops at the first problem; an operator fixing files wants the whole list).
+public enum ConfigValidation {
+    public struct Finding: Equatable, Sendable {
+        public var isError: Bool
+        public var source: String
+        public var message: String
+        public var line: String { "\(isError ? "error" : "warning"): \(source): \(message)" }
+    }
+
+    public static func run(serviceFile: String?, intentionsFile: String?, certificates: (cert: String?, key: String?, ca: String?),
+                           trustDomain: String?, allowRemoteUpstreams: Bool, now: Date = Date()) -> [Finding] {
+        var findings: [Finding] = []
+        func error(_ source: String, _ message: String) { findings.append(Finding(isError: true, source: source, message: message)) }
+        func warning(_ source: String, _ message: String) { findings.append(Finding(isError: false, source: source, message: message)) }
+        let certificatePaths = [certificates.cert, certificates.key, certificates.ca]
+        if serviceFile == nil && intentionsFile == nil && certificatePaths.allSatisfy({ $0 == nil }) {
+            error("command line", "nothing to validate: give --service-file, --intentions-file and/or --cert, --key and --ca")
+        }
+        if let serviceFile {
+            do {
+                let definition = try ProxyDefinition.load(path: serviceFile)
+                for skipped in definition.skippedUpstreams { error(serviceFile, skipped) }
+                do {
+                    try definition.validateUpstreamBinds(allowNonLoopback: allowRemoteUpstreams)
+                } catch let problem {
+                    error(serviceFile, describe(problem, source: serviceFile))
+                }
+            } catch let problem {
+                error(serviceFile, describe(problem, source: serviceFile))
+            }
+        }
+        if let intentionsFile {
+            do {
+                let set = IntentionSet(try IntentionsFile.load(path: intentionsFile), defaultAction: .deny)
+                for condition in set.unevaluableConditions { warning(intentionsFile, "\(condition) (decides deny)") }
+            } catch let problem {
+                error(intentionsFile, describe(problem, source: intentionsFile))
+            }
+        }
+        if certificatePaths.contains(where: { $0 != nil }) {
+            if let cert = certificates.cert, let key = certificates.key, let ca = certificates.ca {
+                do {
+                    let files = try [cert, key, ca].map { path -> [UInt8] in
+                        guard let data = FileManager.default.contents(atPath: path) else {
+                            throw ConfigError(source: path, path: "", message: "cannot read file")
+                        }
+                        return Array(data)
+                    }
+                    let credentials = try TLSCredentials.parse(certificatePEM: files[0], keyPEM: files[1], rootsPEM: files[2],
+                                                               names: (cert, key, ca), trustDomain: trustDomain)
+                    let left = credentials.leaf.notAfter.timeIntervalSince(now)
+                    if left < 86_400 {
+                        warning(cert, "the leaf expires in \(Int(left / 60)) minutes (\(credentials.leaf.notAfter))")
+                    }
+                } catch let problem {
+                    error(cert, describe(problem, source: cert))
+                }
+            } else {
+                error("command line", "give --cert, --key and --ca together")
+            }
+        }
+        return findings
+    }
+
+    /// The message without repeating the file name the finding already carries.
+    static func describe(_ error: any Error, source: String) -> String {
+        let text = "\(error)"
+        return text.hasPrefix(source + ": ") ? String(text.dropFirst(source.count + 2)) : text
+    }
+}

@@ -1,0 +1,77 @@
+import ArgumentParser
+import Foundation
+import SidecarCore
+import SidecarTLS
+
+/// `backup-sidecar intention check`: the decision for one source, destination and optionally
+/// one request, against an intentions file, without running anything.
+struct IntentionCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "intention",
+        abstract: "Offline intention tools.",
+        subcommands: [Check.self]
+    )
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print whether SRC may reach DST (and make METHOD PATH), and which intention or permission decides.",
+            discussion: "Exit status as `consul intention check`: 0 allowed, 2 denied, 1 bad input. Names are NAME or NAMESPACE/NAME."
+        )
+
+        @Argument(help: "Source service.") var source: String
+        @Argument(help: "Destination service.") var destination: String
+        @Argument(help: "HTTP method (with PATH: decide one request by L7 permissions).") var method: String?
+        @Argument(help: "Request path, as sent.") var path: String?
+
+        @Option(name: .customLong("intentions-file"), help: "Intentions: a JSON array of service-intentions config entries.")
+        var intentionsFile: String
+
+        @Option(name: .customLong("default-intention"), help: "When no intention matches: allow or deny.")
+        var defaultIntention: String = "deny"
+
+        func run() throws {
+            guard (method == nil) == (path == nil) else { throw failure("give both METHOD and PATH, or neither", status: 1) }
+            guard let defaultAction = IntentionAction(rawValue: defaultIntention.lowercased()) else {
+                throw failure("--default-intention must be allow or deny, not \"\(defaultIntention)\"", status: 1)
+            }
+            let outcome: IntentionCheck.Outcome
+            do {
+                let set = IntentionSet(try IntentionsFile.load(path: intentionsFile), defaultAction: defaultAction)
+                outcome = try IntentionCheck.check(set, source: source, destination: destination, method: method, path: path)
+            } catch {
+                throw failure("\(error)", status: 1)
+            }
+            print(outcome.allowed ? "Allowed" : "Denied")
+            print("decided by: \(outcome.explanation)")
+            if !outcome.allowed { throw ExitCode(2) }
+        }
+    }
+}
+
+/// `backup-sidecar validate`: every problem in a service definition, intentions file and
+/// certificates, found offline, each explained; exit 2 when there is one.
+struct ValidateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "validate",
+        abstract: "Check a service definition, an intentions file and certificates offline; explain each problem (exit 2).",
+        discussion: "Give any of them. Warnings (conditions this sidecar cannot evaluate, which deny) do not fail the check."
+    )
+
+    @Option(name: .customLong("service-file"), help: "Service definition (Consul's JSON format).") var serviceFile: String?
+    @Option(name: .customLong("intentions-file"), help: "Intentions file.") var intentionsFile: String?
+    @Option(name: .customLong("cert"), help: "Leaf certificate (PEM, intermediates after it).") var cert: String?
+    @Option(name: .customLong("key"), help: "The leaf's private key (PEM).") var key: String?
+    @Option(name: .customLong("ca"), help: "Trusted roots (PEM).") var ca: String?
+    @Option(name: .customLong("trust-domain"), help: "Expected trust domain of the leaf's SPIFFE ID.") var trustDomain: String?
+    @Flag(name: .customLong("allow-remote-upstreams"), help: "Upstream listeners may bind non-loopback addresses.")
+    var allowRemoteUpstreams = false
+
+    func run() throws {
+        let findings = ConfigValidation.run(serviceFile: serviceFile, intentionsFile: intentionsFile,
+                                            certificates: (cert, key, ca), trustDomain: trustDomain,
+                                            allowRemoteUpstreams: allowRemoteUpstreams)
+        for finding in findings { print(finding.line) }
+        if findings.contains(where: \.isError) { throw ExitCode(ExitStatus.configuration) }
+        print(findings.isEmpty ? "OK" : "OK (with warnings)")
+    }
+}
