@@ -186,7 +186,12 @@ struct Run: AsyncParsableCommand {
         logger.info("sidecar running", metadata: [
             "identity": "\(credentials.identity)", "serial": "\(credentials.leaf.serialNumber)",
         ])
-        signals.onReload = running.reload
+        // SIGHUP also reopens the audit log by its path (logrotate's `create` mode).
+        let auditFile = auditLog == "-" ? nil : audit as? JSONLinesAuditSink
+        signals.onReload = {
+            running.reload()
+            auditFile?.reopen()
+        }
         // Type=notify: systemd starts dependent units (the backup agent) only now.
         let systemd = SystemdNotifier(environment: ProcessInfo.processInfo.environment)
         systemd.ready(status: "serving as \(credentials.identity)")

@@ -202,34 +202,58 @@ extension AuditSink {
 /// short connections costs one write(2) per batch rather than one per line. A disk slower than
 /// the traffic holds callers back once 16 MiB are waiting, rather than dropping audit lines.
 public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
-    private let handle: FileHandle
+    /// The file the sink appends to (nil: a descriptor it was given, such as stdout).
+    private let path: String?
     private let condition = NSCondition()
     // Guarded by `condition`.
+    private var fd: Int32
     private var pending: [UInt8] = []
     private var queuedBytes = 0
     private var writtenBytes = 0
     private var failureReported = false
+    private var reopenRequests = 0
+    private var reopensDone = 0
     static let maxPending = 16 << 20
     static let batchDelayMicroseconds: UInt32 = 2000
 
-    public init(handle: FileHandle = .standardOutput) {
-        self.handle = handle
+    public convenience init(handle: FileHandle = .standardOutput) {
+        self.init(fd: handle.fileDescriptor, path: nil)
+    }
+
+    private init(fd: Int32, path: String?) {
+        self.fd = fd
+        self.path = path
         let thread = Thread { [self] in writeLoop() }
         thread.name = "audit-writer"
         thread.start()
     }
 
+    /// Appends to `path` (created 0640). O_APPEND: every write lands at the end of the file
+    /// as it is now, so logrotate's `copytruncate` leaves no hole of zeros, and `reopen()`
+    /// (SIGHUP) follows its `create` mode to the new file.
     public static func file(at path: String) throws -> JSONLinesAuditSink {
-        if !FileManager.default.fileExists(atPath: path) {
-            guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o640]) else {
-                throw ConfigError(source: path, path: "", message: "cannot create audit log file")
-            }
+        JSONLinesAuditSink(fd: try openForAppend(path), path: path)
+    }
+
+    static func openForAppend(_ path: String) throws -> Int32 {
+        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+        guard fd >= 0 else {
+            throw ConfigError(source: path, path: "", message: "cannot open audit log file for appending: \(String(cString: strerror(errno)))")
         }
-        guard let handle = FileHandle(forWritingAtPath: path) else {
-            throw ConfigError(source: path, path: "", message: "cannot open audit log file for writing")
-        }
-        handle.seekToEndOfFile()
-        return JSONLinesAuditSink(handle: handle)
+        return fd
+    }
+
+    /// Reopens the file by its path (after logrotate moved it away); returns once lines
+    /// recorded before the call are in the old file and later ones go to the new one. A path
+    /// that cannot be opened keeps the old descriptor (and says so on stderr).
+    public func reopen() {
+        guard path != nil else { return }
+        condition.lock()
+        reopenRequests += 1
+        let target = reopenRequests
+        condition.broadcast()
+        while reopensDone < target { condition.wait() }
+        condition.unlock()
     }
 
     public func record(_ event: AuditEvent) {
@@ -257,16 +281,20 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
         var batch: [UInt8] = []
         while true {
             condition.lock()
-            while pending.isEmpty { condition.wait() }
+            while pending.isEmpty && reopensDone == reopenRequests { condition.wait() }
+            let reopening = reopensDone < reopenRequests
             condition.unlock()
             // Let a burst gather: at most ~500 wakeups a second however busy the sidecar is,
             // and an audit line reaches the file within a few milliseconds.
-            usleep(Self.batchDelayMicroseconds)
+            if !reopening { usleep(Self.batchDelayMicroseconds) }
             condition.lock()
             swap(&batch, &pending)
+            let target = reopenRequests
+            let fd = self.fd
             condition.broadcast() // Callers held back by a full queue may go on.
             condition.unlock()
-            let failure = writeAll(batch)
+            let failure = writeAll(batch, to: fd)
+            if target > reopensDone { reopenFile(upTo: target) }
             condition.lock()
             writtenBytes += batch.count
             let report = failure != nil && !failureReported
@@ -281,9 +309,27 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
         }
     }
 
+    /// On the writer thread, after the lines recorded before the request were written.
+    private func reopenFile(upTo target: Int) {
+        guard let path else { return }
+        var message: String?
+        condition.lock()
+        if let fresh = try? Self.openForAppend(path) {
+            close(fd)
+            fd = fresh
+            failureReported = false
+        } else {
+            message = "backup-sidecar: audit log \(path) could not be reopened; still writing to the old file\n"
+        }
+        reopensDone = target
+        condition.broadcast()
+        condition.unlock()
+        if let message { StandardError.write(message) }
+    }
+
     /// A full stdout pipe is waited out: audit lines are held back, never dropped.
-    private func writeAll(_ bytes: [UInt8]) -> String? {
-        let fd = handle.fileDescriptor
+    private func writeAll(_ bytes: [UInt8], to fd: Int32) -> String? {
+        guard !bytes.isEmpty else { return nil }
         let failure = bytes.withUnsafeBytes { DescriptorWriter.writeAll(fd, $0, waitWhenFull: true) }
         return failure.map { String(cString: strerror($0)) }
     }
