@@ -10,7 +10,7 @@ private func parseLine(_ line: String, sourceLocation: SourceLocation = #_source
 @Suite("AuditEvent")
 struct AuditEventTests {
     static let documentedOrder = [
-        "ts", "event", "listener", "peer_addr", "source", "source_serial", "destination", "decision", "reason",
+        "ts", "schema_version", "event", "listener", "peer_addr", "source", "source_serial", "destination", "decision", "reason",
         "bytes_in", "bytes_out", "duration_ms",
     ]
 
@@ -66,13 +66,14 @@ struct AuditEventTests {
     func omitsNil() throws {
         let minimal = AuditEvent(kind: .handshakeRejected, listener: "public")
         let object = try parseLine(minimal.jsonLine)
-        #expect(Set(object.keys) == ["ts", "event", "listener"])
+        #expect(Set(object.keys) == ["ts", "schema_version", "event", "listener"])
+        #expect((object["schema_version"] as? NSNumber)?.intValue == AuditEvent.schemaVersion)
         #expect(!minimal.jsonLine.contains("null"))
 
         let partial = AuditEvent(kind: .upstreamFailed, listener: "upstream:storage", destination: "storage",
                                  reason: "connection refused", bytesOut: 0)
         let partialObject = try parseLine(partial.jsonLine)
-        #expect(Set(partialObject.keys) == ["ts", "event", "listener", "destination", "reason", "bytes_out"])
+        #expect(Set(partialObject.keys) == ["ts", "schema_version", "event", "listener", "destination", "reason", "bytes_out"])
         #expect((partialObject["bytes_out"] as? NSNumber)?.intValue == 0)
     }
 

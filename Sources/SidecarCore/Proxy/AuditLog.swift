@@ -94,12 +94,16 @@ public struct AuditEvent: Sendable, Equatable {
 
     /// One JSON object, fields in a fixed order, absent fields omitted. Appended piece by piece
     /// into one string: this runs for every connection on its event loop.
+    /// Bumped when a field changes meaning or type (adding a field does not bump it); SIEM
+    /// parsers key on it. The fields are documented in README.md, "Audit log".
+    public static let schemaVersion = 1
+
     public var jsonLine: String {
         var line = ""
         line.reserveCapacity(384)
         line += "{\"ts\":\""
         Self.appendTimestamp(time, to: &line)
-        line += "\",\"event\":\""
+        line += "\",\"schema_version\":" + String(Self.schemaVersion) + ",\"event\":\""
         line += kind.rawValue
         line += "\",\"listener\":"
         JSONText.appendQuoted(listener, to: &line)
