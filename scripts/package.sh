@@ -14,8 +14,15 @@ scripts/install-deps.sh dpkg-dev help2man >/dev/null
 build_flags=(-c release --product backup-sidecar --static-swift-stdlib --disable-local-rpath --scratch-path .build-static
              -Xlinker -z -Xlinker relro -Xlinker -z -Xlinker now)
 echo "building: swift build ${build_flags[*]}" >&2
+# SwiftPM runs the BuildInfo prebuild command (git commit for --version) only when it plans
+# the build anew; without a new plan an incremental build keeps an old commit. Drop the plan.
+rm -rf .build-static/plugins/outputs .build-static/release.yaml .build-static/release/description.json
 swift build "${build_flags[@]}" >&2
 binary="$(swift build "${build_flags[@]}" --show-bin-path)/backup-sidecar"
+expected=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+if [ "$expected" != unknown ] && [ -n "$(git status --porcelain --untracked-files=no)" ]; then expected="$expected-dirty"; fi
+"$binary" --version | head -n 1 | grep -qF "(commit $expected)" \
+  || { echo "the built binary does not report commit $expected: $("$binary" --version | head -n 1)" >&2; exit 1; }
 
 version=$("$binary" --version | head -n 1 | awk '{print $2}')
 arch=$(dpkg --print-architecture)
