@@ -4,7 +4,7 @@ import SidecarTLS
 /// Certificate construction for the dev CA: roots, cross-signed roots and leaves, all
 /// EC P-256 / ECDSA-SHA256, shaped like Consul's built-in CA. The signing is OpenSSL's.
 enum CertificateMinting {
-    struct Root: @unchecked Sendable {
+    struct Root: Sendable {
         var certificate: Certificate
         var key: PrivateKey
         var serial: UInt64

@@ -20,17 +20,14 @@ public final class Certificate: @unchecked Sendable, CustomStringConvertible {
     /// that looks like a broken certificate.
     public static func parsePEMBundle(_ pem: [UInt8], source: String) throws -> [Certificate] {
         OpenSSLErrorQueue.clear()
-        let certificates: [Certificate] = try pem.withUnsafeBytes { raw in
-            guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else {
-                throw TLSMaterialError("\(source): cannot allocate a memory BIO")
-            }
-            defer { BIO_free(bio) }
+        let read: [Certificate]? = MemoryBIO.reading(pem) { bio in
             var result: [Certificate] = []
             while let x509 = PEM_read_bio_X509(bio, nil, nil, nil) {
                 result.append(Certificate(taking: x509))
             }
             return result
         }
+        guard let certificates = read else { throw TLSMaterialError("\(source): cannot allocate a memory BIO") }
         // Reading stops with "no start line" at the end of the data: that is the normal end.
         let leftover = OpenSSLErrorQueue.drain().filter { !$0.contains("no start line") }
         if !leftover.isEmpty {
@@ -117,11 +114,7 @@ public final class PrivateKey: @unchecked Sendable {
     /// Accepts PKCS#8 ("PRIVATE KEY") and SEC1 ("EC PRIVATE KEY", as Consul sends) PEM.
     public static func parsePEM(_ pem: [UInt8], source: String) throws -> PrivateKey {
         OpenSSLErrorQueue.clear()
-        let key: OpaquePointer? = pem.withUnsafeBytes { raw in
-            guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { return nil }
-            defer { BIO_free(bio) }
-            return PEM_read_bio_PrivateKey(bio, nil, nil, nil)
-        }
+        let key = MemoryBIO.reading(pem) { PEM_read_bio_PrivateKey($0, nil, nil, nil) }
         guard let key else {
             throw TLSMaterialError("\(source): no readable PEM private key (\(OpenSSLErrorQueue.summary(or: "empty")))")
         }

@@ -13,14 +13,8 @@ final class NotifySocketListener: @unchecked Sendable {
         fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
         let unique = "backup-sidecar-notify-\(UUID().uuidString.prefix(8))"
         name = abstract ? "@\(unique)" : "\(NSTemporaryDirectory())\(unique).sock"
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        var bytes = Array(name.utf8)
-        if abstract { bytes[0] = 0 }
-        withUnsafeMutableBytes(of: &address.sun_path) { path in for (i, b) in bytes.enumerated() { path[i] = b } }
-        let length = socklen_t(MemoryLayout.offset(of: \sockaddr_un.sun_path)! + bytes.count)
-        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
-        guard bound == 0 else { throw POSIXError(.EADDRINUSE) }
+        guard let address = SystemdNotifier.socketAddress(name),
+              SystemdNotifier.withSocketAddress(address, { bind(fd, $0, $1) }) == 0 else { throw POSIXError(.EADDRINUSE) }
         var timeout = timeval(tv_sec: 60, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }

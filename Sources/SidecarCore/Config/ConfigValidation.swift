@@ -1,5 +1,5 @@
 import Foundation
-import SidecarTLS
+import Logging
 
 /// `backup-sidecar validate`: the checks file mode makes at startup, run offline and all of
 /// them (startup stops at the first problem; an operator fixing files wants the whole list).
@@ -14,6 +14,7 @@ public enum ConfigValidation {
     public static func run(serviceFile: String?, intentionsFile: String?, certificates: (cert: String?, key: String?, ca: String?),
                            trustDomain: String?, allowRemoteUpstreams: Bool, now: Date = Date()) -> [Finding] {
         var findings: [Finding] = []
+        let logger = Logger(label: "backup-sidecar.validate") // the sources log nothing until they watch
         func error(_ source: String, _ message: String) { findings.append(Finding(isError: true, source: source, message: message)) }
         func warning(_ source: String, _ message: String) { findings.append(Finding(isError: false, source: source, message: message)) }
         let certificatePaths = [certificates.cert, certificates.key, certificates.ca]
@@ -35,7 +36,8 @@ public enum ConfigValidation {
         }
         if let intentionsFile {
             do {
-                let set = IntentionSet(try IntentionsFile.load(path: intentionsFile), defaultAction: .deny)
+                // The same loading file mode does at startup.
+                let set = try IntentionsFileSource(path: intentionsFile, defaultAction: .deny, logger: logger, apply: { _ in }).load()
                 for condition in set.unevaluableConditions { warning(intentionsFile, "\(condition) (decides deny)") }
             } catch let problem {
                 error(intentionsFile, describe(problem, source: intentionsFile))
@@ -44,14 +46,8 @@ public enum ConfigValidation {
         if certificatePaths.contains(where: { $0 != nil }) {
             if let cert = certificates.cert, let key = certificates.key, let ca = certificates.ca {
                 do {
-                    let files = try [cert, key, ca].map { path -> [UInt8] in
-                        guard let data = FileManager.default.contents(atPath: path) else {
-                            throw ConfigError(source: path, path: "", message: "cannot read file")
-                        }
-                        return Array(data)
-                    }
-                    let credentials = try TLSCredentials.parse(certificatePEM: files[0], keyPEM: files[1], rootsPEM: files[2],
-                                                               names: (cert, key, ca), trustDomain: trustDomain)
+                    let credentials = try CertificateFileSource(certificatePath: cert, keyPath: key, rootsPath: ca, trustDomain: trustDomain,
+                                                                logger: logger, apply: { _ in }).load()
                     let left = credentials.leaf.notAfter.timeIntervalSince(now)
                     if left < 86_400 {
                         warning(cert, "the leaf expires in \(Int(left / 60)) minutes (\(credentials.leaf.notAfter))")

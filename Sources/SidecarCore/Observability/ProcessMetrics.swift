@@ -54,11 +54,13 @@ struct ProcessMetrics: Equatable {
                        openFDs: openFDs, maxFDs: maxFDs, threads: stat.threads)
     }
 
+    /// Read once: the boot time does not change while we run.
+    private static let bootTime = (try? String(contentsOfFile: "/proc/stat", encoding: .utf8)).flatMap(parseBootTime)
+
     static func current() -> ProcessMetrics? {
         guard let statText = try? String(contentsOfFile: "/proc/self/stat", encoding: .utf8),
               let stat = parseStat(statText),
-              let bootText = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
-              let bootTime = parseBootTime(bootText),
+              let bootTime,
               let descriptors = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return nil }
         var limit = rlimit()
         let maxFDs = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 ? Double(limit.rlim_cur) : 0

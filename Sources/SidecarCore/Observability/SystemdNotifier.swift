@@ -31,7 +31,6 @@ public struct SystemdNotifier: Sendable {
     public func ready(status: String) { send("READY=1\nSTATUS=\(status)\nMAINPID=\(getpid())") }
     /// Sent when the drain starts.
     public func stopping(status: String) { send("STOPPING=1\nSTATUS=\(status)") }
-    public func status(_ status: String) { send("STATUS=\(status)") }
 
     /// Best effort: systemd not listening must not stop the sidecar.
     @discardableResult
@@ -40,6 +39,15 @@ public struct SystemdNotifier: Sendable {
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
+        let payload = Array(message.utf8)
+        let sent = Self.withSocketAddress(address) { pointer, length in
+            sendto(fd, payload, payload.count, Int32(MSG_NOSIGNAL), pointer, length)
+        }
+        return sent == payload.count
+    }
+
+    /// `body` gets a sockaddr_un holding `address` (from `socketAddress`) and its length.
+    static func withSocketAddress<T>(_ address: [UInt8], _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
         var socketAddress = sockaddr_un()
         socketAddress.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &socketAddress.sun_path) { path in
@@ -47,12 +55,8 @@ public struct SystemdNotifier: Sendable {
         }
         // An abstract name's length is exact (no terminating NUL); a path's includes none either.
         let length = socklen_t(MemoryLayout.offset(of: \sockaddr_un.sun_path)! + address.count)
-        let payload = Array(message.utf8)
-        let sent = withUnsafePointer(to: &socketAddress) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sockaddrPointer in
-                sendto(fd, payload, payload.count, Int32(MSG_NOSIGNAL), sockaddrPointer, length)
-            }
+        return withUnsafePointer(to: &socketAddress) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) }
         }
-        return sent == payload.count
     }
 }
