@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out=$(mkdir -p "${1:-dist}" && cd "${1:-dist}" && pwd)
 
-scripts/install-deps.sh dpkg-dev help2man >/dev/null
+scripts/install-deps.sh dpkg-dev binutils help2man >/dev/null
 # Static runtime; no $ORIGIN run path (a packaged binary loads nothing from beside itself).
 # Full RELRO and immediate binding, as Debian's hardening defaults ask of network daemons.
 build_flags=(-c release --product backup-sidecar --static-swift-stdlib --disable-local-rpath --scratch-path .build-static
