@@ -42,6 +42,7 @@ install -d -m 0755 "$doc/examples/prometheus" "$doc/examples/grafana"
 install -m 0644 deploy/prometheus/*.yml "$doc/examples/prometheus/"
 install -m 0644 deploy/grafana/*.json "$doc/examples/grafana/"
 install -m 0644 deploy/README.md "$doc/README.deploy.md"
+install -m 0644 deploy/audit-schema.md "$doc/audit-schema.md"
 install -m 0644 README.md "$doc/README.md"
 
 # The manual page, from the binary's own --help (and `help run`), so it cannot drift.

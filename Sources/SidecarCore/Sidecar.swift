@@ -218,7 +218,22 @@ public final class Sidecar: Sendable {
                 "local_service": "\(newDefinition.localServiceSocketPath.map { "unix:\($0)" } ?? "\(newDefinition.localServiceAddress):\(newDefinition.localServicePort ?? 0)")",
             ])
         }
+        settings.audit.record(AuditEvent(kind: .configReloaded, listener: "", destination: newDefinition.name,
+                                         decision: failures.isEmpty ? "applied" : "partly_applied",
+                                         reason: failures.isEmpty ? Self.describeChange(from: old, to: newDefinition)
+                                             : failures.joined(separator: "; ")))
         if !failures.isEmpty { throw SidecarError.reconfigurationFailed(failures) }
+    }
+
+    /// What a registration change changed, for its audit line ("upstreams, local service").
+    static func describeChange(from old: ProxyDefinition, to new: ProxyDefinition) -> String {
+        var parts: [String] = []
+        if old.upstreams != new.upstreams { parts.append("upstreams") }
+        if old.publicBindAddress != new.publicBindAddress || old.publicBindPort != new.publicBindPort { parts.append("public listener") }
+        if old.localServiceAddress != new.localServiceAddress || old.localServicePort != new.localServicePort
+            || old.localServiceSocketPath != new.localServiceSocketPath { parts.append("local service") }
+        if old.config != new.config { parts.append("proxy config") }
+        return parts.isEmpty ? "no change to listeners, local service or proxy config" : "changed: " + parts.joined(separator: ", ")
     }
 
     /// Replaces the known instances of an upstream destination (Consul's health/connect),
@@ -306,6 +321,11 @@ public final class Sidecar: Sendable {
         Self.warnUnevaluable(set, logger: settings.logger)
         settings.metrics?.intentionsReloaded()
         let revoked = reauthorize(with: set)
+        var event = AuditEvent(kind: .intentionsUpdated, listener: "",
+                               reason: "default \(set.defaultAction.rawValue)")
+        event.intentions = set.intentions.count
+        event.revoked = revoked
+        settings.audit.record(event)
         settings.logger.info("intentions updated", metadata: [
             "intentions": "\(set.intentions.count)", "default": "\(set.defaultAction.rawValue)",
             "revoked_connections": "\(revoked)",
@@ -355,6 +375,13 @@ public final class Sidecar: Sendable {
         // them finish, and have new ones arrive on a connection with a fresh handshake.
         retireInboundMuxConnections()
         settings.metrics?.certificateRotated()
+        var event = AuditEvent(kind: .certificateRotated, listener: "")
+        event.identity = credentials.identity.uri
+        event.serial = credentials.leaf.serialNumber
+        event.previousSerial = old.leaf.serialNumber
+        event.notAfter = credentials.leaf.notAfter
+        event.roots = credentials.trustedRoots.count
+        settings.audit.record(event)
         settings.logger.notice("certificates rotated", metadata: [
             "old_serial": "\(old.leaf.serialNumber)", "serial": "\(credentials.leaf.serialNumber)",
             "not_after": "\(credentials.leaf.notAfter)", "roots": "\(credentials.trustedRoots.count)",
@@ -415,6 +442,7 @@ public final class Sidecar: Sendable {
                                    peerAddress: tunnel.channel.remoteAddress.auditDescription,
                                    decision: "deny", reason: "drain timeout reached at shutdown")
             event.muxStream = (tunnel.channel as? MuxStreamIdentifying).map { Int($0.muxStreamID) }
+            event.connectionID = tunnel.id
             settings.audit.record(event)
         }
         for tracked in tunnels + leftovers.filter(\.isMuxCarrier) {
@@ -465,6 +493,19 @@ public final class Sidecar: Sendable {
         if listeners.withLockedValue({ $0.isEmpty }) { return (false, "no listener bound") }
         if contexts.credentials.expiredLeafReason() != nil { return (false, "leaf certificate expired") }
         return (true, "ready")
+    }
+
+    /// Every joined tunnel with its byte counts so far, read on each tunnel's event loop.
+    func liveTunnels(on eventLoop: EventLoop) -> EventLoopFuture<[LiveTunnel]> {
+        let reads = tracker.channels.compactMap { tracked -> EventLoopFuture<LiveTunnel>? in
+            guard let record = tracked.tunnel, let stats = tracked.stats else { return nil }
+            return stats.eventLoop.submit {
+                LiveTunnel(record: record, bytesFromMesh: stats.value.bytesFromMesh, bytesToMesh: stats.value.bytesToMesh)
+            }
+        }
+        return EventLoopFuture.whenAllComplete(reads, on: eventLoop).map { results in
+            results.compactMap { try? $0.get() }.sorted { $0.record.opened < $1.record.opened }
+        }
     }
 
     /// Updates the state gauges (called when /metrics is scraped).
@@ -601,7 +642,8 @@ public final class Sidecar: Sendable {
         let evictions = HandshakeEvictionReport(audit: audit, logger: logger, metrics: settings.metrics)
         let bootstrap = serverBootstrap().childChannelInitializer { channel in
             let definition = definitionBox.withLockedValue { $0 }
-            if let evicted = tracker.trackHandshaking(channel, listener: Self.publicListenerName) {
+            let connectionID = ConnectionID.next()
+            if let evicted = tracker.trackHandshaking(channel, listener: Self.publicListenerName, connectionID: connectionID) {
                 evicted.close(promise: nil)
                 evictions.evicted(listener: Self.publicListenerName, budget: definition.config.maxPendingHandshakes,
                                   on: channel.eventLoop)
@@ -609,9 +651,11 @@ public final class Sidecar: Sendable {
             let server = contexts.server
             // Never present an expired leaf: refuse the handshake instead (and say why).
             if let expired = server.credentials.expiredLeafReason() {
-                audit.record(AuditEvent(kind: .handshakeRejected, listener: Self.publicListenerName,
-                                        peerAddress: channel.remoteAddress.auditDescription, decision: "deny",
-                                        reason: expired + "; refusing to present it"))
+                var event = AuditEvent(kind: .handshakeRejected, listener: Self.publicListenerName,
+                                       peerAddress: channel.remoteAddress.auditDescription, decision: "deny",
+                                       reason: expired + "; refusing to present it")
+                event.connectionID = connectionID
+                audit.record(event)
                 logger.error("leaf certificate expired and not renewed: refusing handshakes")
                 return channel.close()
             }
@@ -628,7 +672,7 @@ public final class Sidecar: Sendable {
                 try channel.pipeline.syncOperations.addHandlers(
                     HandshakeProgressHandler(tracker: tracker),
                     TLSHandler(context: server, configuration: timeouts),
-                    InboundConnectionHandler(listenerName: Self.publicListenerName, route: route,
+                    InboundConnectionHandler(listenerName: Self.publicListenerName, connectionID: connectionID, route: route,
                                              authorize: authorize, authorizeRequest: authorizeRequest,
                                              registry: registry, tracker: tracker, audit: audit, logger: logger)
                 )
@@ -664,10 +708,13 @@ public final class Sidecar: Sendable {
         let listenerName = upstream.listenerName
         tracker.configure(listenerName, maxConnections: config.maxConnections)
         let bootstrap = serverBootstrap().childChannelInitializer { channel in
-            tracker.trackTunnel(channel, listener: listenerName)
+            let connectionID = ConnectionID.next()
+            tracker.trackTunnel(channel, listener: listenerName, connectionID: connectionID)
             return channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandlers(
-                    OrderedHalfCloseHandler(), UpstreamConnectionHandler(route: route, audit: audit, logger: logger))
+                    OrderedHalfCloseHandler(),
+                    UpstreamConnectionHandler(route: route, connectionID: connectionID, tracker: tracker,
+                                              audit: audit, logger: logger))
             }
         }
         guard let socketPath = upstream.localBindSocketPath else {

@@ -16,7 +16,7 @@ struct BackupSidecar: AsyncParsableCommand {
         commandName: "backup-sidecar",
         abstract: "Consul Connect mTLS sidecar for backup traffic.",
         version: BuildInfo.text,
-        subcommands: [Run.self, ValidateCommand.self, IntentionCommand.self, DevAgentCommand.self]
+        subcommands: [Run.self, ValidateCommand.self, IntentionCommand.self, AuditCommand.self, DevAgentCommand.self]
     )
 }
 
@@ -152,15 +152,18 @@ struct Run: AsyncParsableCommand {
         guard let defaultAction = IntentionAction(rawValue: defaultIntention.lowercased()) else {
             throw failure("--default-intention must be allow or deny, not \"\(defaultIntention)\"", status: ExitStatus.configuration)
         }
-        let audit: any AuditSink
+        let metrics = SidecarMetrics()
+        let audit: JSONLinesAuditSink
         do {
-            audit = auditLog == "-" ? JSONLinesAuditSink() : try JSONLinesAuditSink.file(at: auditLog)
+            let lost: @Sendable (Int) -> Void = { metrics.auditLinesLost($0) }
+            audit = auditLog == "-" ? JSONLinesAuditSink(logger: logger, linesLost: lost)
+                : try JSONLinesAuditSink.file(at: auditLog, logger: logger, linesLost: lost)
         } catch {
             throw failure("\(error)", status: ExitStatus.configuration)
         }
-        // Audit lines are written in the background: every one recorded goes out before exit.
-        defer { audit.flush() }
-        let metrics = SidecarMetrics()
+        // Audit lines are written in the background: every one recorded goes out before exit,
+        // and the chain head is logged as the anchor of the file as left.
+        defer { audit.finish() }
         metrics.recordBuildInfo(BuildInfo.labels)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threadCount)
         let running: RunningSidecar
@@ -187,10 +190,9 @@ struct Run: AsyncParsableCommand {
             "identity": "\(credentials.identity)", "serial": "\(credentials.leaf.serialNumber)",
         ])
         // SIGHUP also reopens the audit log by its path (logrotate's `create` mode).
-        let auditFile = auditLog == "-" ? nil : audit as? JSONLinesAuditSink
         signals.onReload = {
             running.reload()
-            auditFile?.reopen()
+            audit.reopen()
         }
         // Type=notify: systemd starts dependent units (the backup agent) only now.
         let systemd = SystemdNotifier(environment: ProcessInfo.processInfo.environment)

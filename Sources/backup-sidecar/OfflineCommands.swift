@@ -75,3 +75,53 @@ struct ValidateCommand: ParsableCommand {
         print(findings.isEmpty ? "OK" : "OK (with warnings)")
     }
 }
+
+/// `backup-sidecar audit verify`: checks the audit log's hash chain over files given oldest
+/// first and names the first line where it breaks.
+struct AuditCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "audit",
+        abstract: "Audit log tools.",
+        subcommands: [Verify.self]
+    )
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check the prev_hash chain of audit log files (oldest first) and name the first broken line.",
+            discussion: """
+                Exit 0: every line links to the one before; 1: the chain is broken (the line is named); 2: a file \
+                cannot be read. The chain cannot show lines cut from the end of the newest file, or everything after \
+                some line rewritten: compare the printed head with the chain_head the sidecar logged ("audit log \
+                reopened", "audit log closed"), or pass it as --head.
+                """
+        )
+
+        @Argument(help: "Audit log files, oldest first (audit.log.2 audit.log.1 audit.log).") var files: [String]
+        @Option(name: .customLong("start"), help: "The prev_hash the first line must name (the head of an earlier verified file).")
+        var start: String?
+        @Option(name: .customLong("head"), help: "The hash the last line must have (a chain_head from the sidecar's log).")
+        var head: String?
+
+        func run() throws {
+            var contents: [(name: String, bytes: [UInt8])] = []
+            for file in files {
+                guard let data = FileManager.default.contents(atPath: file) else {
+                    throw failure("cannot read \(file)", status: ExitStatus.configuration)
+                }
+                contents.append((file, Array(data)))
+            }
+            switch AuditChain.verify(files: contents, start: start?.lowercased(), head: head?.lowercased()) {
+            case .intact(let lines, let head, let first, let restarts):
+                for restart in restarts {
+                    print("note: a new chain starts at \(restart) (a sidecar started on an empty log); lines before it are not linked to it")
+                }
+                print("OK: \(lines) lines in \(files.count) file(s), every line linked to the one before")
+                print("first line names: \(first)")
+                print("head (sha256 of the last line): \(head)")
+            case .broken(let location, let reason):
+                print("BROKEN at \(location.line < 0 ? location.file : location.description): \(reason)")
+                throw ExitCode(1)
+            }
+        }
+    }
+}

@@ -112,7 +112,8 @@ struct AuditEventTests {
         #expect(!line.contains("\r"))
         #expect(!line.unicodeScalars.contains { $0.value < 0x20 })
         let object = try parseLine(line)
-        #expect(object["listener"] as? String == text)
+        // No listener has an empty name: lifecycle lines leave it out.
+        #expect(object["listener"] as? String == (text.isEmpty ? nil : text))
         #expect(object["source"] as? String == text)
         #expect(object["reason"] as? String == text)
     }
@@ -180,9 +181,17 @@ struct AuditEventTests {
         let text = try String(contentsOfFile: path, encoding: .utf8)
         #expect(text.hasSuffix("\n"))
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false).dropLast()
-        #expect(lines.count == 3)
-        let listeners = try lines.map { try parseLine(String($0))["listener"] as? String }
-        #expect(listeners == ["one", "two", "three"])
+        // Each sink starts with an audit_log_opened line; the second continues the first's chain.
+        #expect(lines.count == 5)
+        let objects = try lines.map { try parseLine(String($0)) }
+        #expect(objects.map { $0["listener"] as? String } == [nil, "one", "two", nil, "three"])
+        #expect(objects.map { $0["event"] as? String }
+                == ["audit_log_opened", "authorization", "connection_closed", "audit_log_opened", "upstream_failed"])
+        #expect(objects[0]["prev_hash"] as? String == AuditChain.genesis, "a new file starts a chain")
+        guard case .intact(lines: 5, _, _, restarts: []) = AuditChain.verify(files: [(path, Array(text.utf8))]) else {
+            Issue.record("the chain runs unbroken across the two sinks: \(AuditChain.verify(files: [(path, Array(text.utf8))]))")
+            return
+        }
         let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? NSNumber
         #expect(mode?.intValue == 0o640)
     }
@@ -214,8 +223,12 @@ struct AuditEventTests {
             }
         }
         sink.flush()
-        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        let lines = text.split(separator: "\n").dropFirst() // audit_log_opened
         #expect(lines.count == writers * perWriter)
+        if case .broken(let location, let reason) = AuditChain.verify(files: [(path, Array(text.utf8))]) {
+            Issue.record("chain broken at \(location): \(reason)")
+        }
         var next = [String: Int]()
         for line in lines {
             let object = try parseLine(String(line))
@@ -224,5 +237,55 @@ struct AuditEventTests {
             #expect(index == next[writer, default: 0], "writer \(writer) out of order")
             next[writer] = index + 1
         }
+    }
+
+    /// deploy/audit-schema.md, the schema operators build parsers from, against what the code
+    /// writes: every field (with its JSON type) and every event kind, no more, no less.
+    @Test("deploy/audit-schema.md documents exactly the fields and events the sidecar writes, with their types")
+    func schemaDocument() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let text = try String(contentsOf: root.appendingPathComponent("deploy/audit-schema.md"), encoding: .utf8)
+        func table(after heading: String) -> [[String]] {
+            let section = text.components(separatedBy: heading)[1].components(separatedBy: "\n## ")[0]
+            return section.split(separator: "\n").filter { $0.hasPrefix("| `") }.map { row in
+                row.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+            }
+        }
+        let documented = Dictionary(uniqueKeysWithValues: table(after: "## Fields").map { ($0[0].trimmingCharacters(in: CharacterSet(charactersIn: "`")), $0[1]) })
+        // One event with every field set, sealed as the sink writes it.
+        var event = AuditEvent(kind: .connectionClosed, listener: "public", peerAddress: "a", source: "s", sourceSerial: "1",
+                               destination: "d", decision: "allow", reason: "r", bytesIn: 1, bytesOut: 2, durationMs: 3,
+                               method: "GET", path: "/")
+        event.connectionID = "0-1"
+        event.muxConnectionID = "0-2"
+        event.requestTarget = "/x"
+        event.handshakeMs = 1.5
+        event.tlsResumed = true
+        event.muxStream = 3
+        event.caller = LocalCaller(uid: 1, gid: 2, pid: 3)
+        event.identity = "spiffe://x"
+        event.serial = "01"
+        event.previousSerial = "02"
+        event.notAfter = Date()
+        event.roots = 1
+        event.intentions = 4
+        event.revoked = 0
+        var head = AuditChain.genesis
+        var sealed: [UInt8] = []
+        AuditChain.seal(Array((event.jsonLine + "\n").utf8), head: &head, into: &sealed)
+        let object = try parseLine(String(decoding: sealed.dropLast(), as: UTF8.self))
+        var written = Set(object.keys)
+        written.insert("caller_exe") // read from /proc when the process exists; documented with the other caller fields
+        #expect(written == Set(documented.keys), "written but undocumented: \(written.subtracting(documented.keys)); documented but never written: \(Set(documented.keys).subtracting(written))")
+        // The JSON type as written: what follows `"field":` in the line.
+        let line = String(decoding: sealed.dropLast(), as: UTF8.self)
+        for field in object.keys {
+            let value = try #require(line.components(separatedBy: "\"\(field)\":").dropFirst().first)
+            let raw = value.prefix { $0 != "," && $0 != "}" }
+            let type = raw.hasPrefix("\"") ? "string" : raw == "true" || raw == "false" ? "boolean" : raw.contains(".") ? "number" : "integer"
+            #expect(documented[field] == type, "\(field): documented \(documented[field] ?? "-"), written as \(type)")
+        }
+        let events = Set(table(after: "## Events").map { $0[0].trimmingCharacters(in: CharacterSet(charactersIn: "`")) })
+        #expect(events == Set(AuditEvent.Kind.allCases.map(\.rawValue)))
     }
 }

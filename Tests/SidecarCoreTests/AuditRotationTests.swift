@@ -17,7 +17,7 @@ struct AuditRotationTests {
         if let probe = try? BlockingSocket(port: port) { probe.shutdownWrite(); _ = probe.receiveAll() }
     }
 
-    static func run(mode: String) async throws -> (before: [String], rotated: [String], after: [String], raw: Data) {
+    static func run(mode: String) async throws -> (before: [String], rotated: [String], after: [String], raw: Data, verify: ProcessRunner.Result) {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("audit-rotate-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -47,12 +47,18 @@ struct AuditRotationTests {
         }, "new lines reach \(audit) after the rotation")
         let (status, log) = await sidecar.terminate()
         #expect(status == 0, "\(log)")
-        return (before, lines("\(audit).1"), lines(audit), (try? Data(contentsOf: URL(fileURLWithPath: audit))) ?? Data())
+        // The chain runs across the rotation, checked by the shipped command.
+        let verify = try await ProcessRunner.run([CommandLineTests.binary, "audit", "verify", "\(audit).1", audit], timeout: 30)
+        return (before, lines("\(audit).1"), lines(audit), (try? Data(contentsOf: URL(fileURLWithPath: audit))) ?? Data(), verify)
     }
 
     @Test("logrotate (create + SIGHUP, and copytruncate): old lines stay in audit.jsonl.1, new ones go to audit.jsonl", arguments: ["create", "copytruncate"])
     func rotation(mode: String) async throws {
-        let (before, rotated, after, raw) = try await Self.run(mode: mode)
+        let (before, rotated, after, raw, verify) = try await Self.run(mode: mode)
+        #expect(verify.status == 0 && verify.output.contains("OK: \(rotated.count + after.count) lines in 2 file(s)"), "\(verify.output)")
+        if mode == "create" {
+            #expect(after.first?.contains("\"reason\":\"reopened\"") == true, "the new file starts by naming the old one's last line")
+        }
         #expect(rotated.count >= before.count && Array(rotated.prefix(before.count)) == before, "the rotated file keeps every old line")
         #expect(!after.isEmpty && Set(after).isDisjoint(with: Set(before)), "the new file has only new lines")
         #expect(!raw.contains(0), "no hole of zeros at the start of the truncated file")
@@ -73,8 +79,17 @@ struct AuditRotationTests {
         sink.reopen()
         for index in 0..<50 { sink.record(AuditEvent(kind: .connectionClosed, listener: "new-\(index)")) }
         sink.flush()
-        #expect(Self.lines(path + ".1").count == 100 && Self.lines(path + ".1").allSatisfy { $0.contains("\"old-") })
-        #expect(Self.lines(path).count == 50 && Self.lines(path).allSatisfy { $0.contains("\"new-") })
+        let old = Self.lines(path + ".1"), new = Self.lines(path)
+        #expect(old.count == 101 && old.dropFirst().allSatisfy { $0.contains("\"old-") })
+        #expect(new.count == 51 && new.dropFirst().allSatisfy { $0.contains("\"new-") })
+        // The new file's first line says it was reopened and names the old file's last line.
+        #expect(new.first?.contains("\"event\":\"audit_log_opened\"") == true && new.first?.contains("\"reason\":\"reopened\"") == true)
+        #expect(new.first.flatMap { AuditChain.claimedHash(Array($0.utf8)[...]) } == old.last.map { AuditChain.hash(Array($0.utf8)[...]) })
+        let files = [(path + ".1", Array((old.joined(separator: "\n") + "\n").utf8)), (path, Array((new.joined(separator: "\n") + "\n").utf8))]
+        guard case .intact(lines: 152, _, _, restarts: []) = AuditChain.verify(files: files) else {
+            Issue.record("one chain across the rotation: \(AuditChain.verify(files: files))")
+            return
+        }
         let attributes = try FileManager.default.attributesOfItem(atPath: path)
         #expect((attributes[.posixPermissions] as? Int).map { $0 & 0o137 } == 0, "created 0640 at most: no execute, not world-readable")
     }

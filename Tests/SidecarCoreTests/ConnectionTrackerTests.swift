@@ -24,10 +24,10 @@ struct ConnectionTrackerTests {
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelInitializer { child in
                     if handshaking {
-                        if let evicted = tracker.trackHandshaking(child, listener: "test") { evicted.close(promise: nil) }
+                        if let evicted = tracker.trackHandshaking(child, listener: "test", connectionID: ConnectionID.next()) { evicted.close(promise: nil) }
                         return child.pipeline.addHandler(HandshakeProgressHandler(tracker: tracker))
                     }
-                    tracker.trackTunnel(child, listener: "test")
+                    tracker.trackTunnel(child, listener: "test", connectionID: ConnectionID.next())
                     return child.eventLoop.makeSucceededVoidFuture()
                 }
                 .bind(host: "127.0.0.1", port: 0).get()
@@ -156,14 +156,14 @@ struct ConnectionTrackerTests {
         let carrierChannel = try #require(tracker.channels.first?.channel)
         tracker.classify(carrierChannel, as: .muxCarrier)
         let streams = (0..<3).map { _ in EmbeddedChannel() }
-        #expect(tracker.admit(streams[0], listener: listener.name))
+        #expect(tracker.admit(streams[0], listener: listener.name, connectionID: ConnectionID.next()))
         #expect(await eventually(timeout: 30) { listener.paused }, "carrier + stream = 2 established")
-        #expect(tracker.admit(streams[1], listener: listener.name), "one tunnel so far: a second is admitted")
-        #expect(!tracker.admit(streams[2], listener: listener.name), "two tunnels: the third is refused")
+        #expect(tracker.admit(streams[1], listener: listener.name, connectionID: ConnectionID.next()), "one tunnel so far: a second is admitted")
+        #expect(!tracker.admit(streams[2], listener: listener.name, connectionID: ConnectionID.next()), "two tunnels: the third is refused")
         try await streams[0].close()
         streams[0].embeddedEventLoop.run()
         #expect(await eventually(timeout: 30) { listener.accepted == 2 && listener.paused }, "carrier + 1 stream: still at the limit")
-        #expect(tracker.admit(streams[2], listener: listener.name))
+        #expect(tracker.admit(streams[2], listener: listener.name, connectionID: ConnectionID.next()))
         _ = carrier
         await listener.close()
     }

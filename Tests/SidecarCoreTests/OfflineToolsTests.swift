@@ -145,4 +145,33 @@ struct OfflineToolsTests {
         #expect(broken.status == 2, "\(broken.output)")
         #expect(broken.output.split(separator: "\n").filter { $0.hasPrefix("error: ") }.count == 2, "\(broken.output)")
     }
+
+    @Test("The real binary: audit verify exits 0 on an intact chain, 1 naming the first broken line, 2 on an unreadable file")
+    func auditVerify() async throws {
+        let directory = try scratchDirectory("audit-verify")
+        let path = "\(directory)/audit.jsonl"
+        let sink = try JSONLinesAuditSink.file(at: path)
+        for index in 0..<6 { sink.record(AuditEvent(kind: .connectionClosed, listener: "public", bytesIn: index)) }
+        sink.flush()
+        let intact = try await ProcessRunner.run([CommandLineTests.binary, "audit", "verify", path], timeout: 30)
+        #expect(intact.status == 0 && intact.output.contains("OK: 7 lines in 1 file(s)"), "\(intact.output)")
+        let head = try #require(intact.output.split(separator: "\n").first { $0.hasPrefix("head") }?.split(separator: " ").last)
+        let anchored = try await ProcessRunner.run([CommandLineTests.binary, "audit", "verify", "--head", String(head), path], timeout: 30)
+        #expect(anchored.status == 0, "\(anchored.output)")
+
+        // Someone turns a byte count down on line 4: line 5 no longer links to it.
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        let original = text.split(separator: "\n").map(String.init)
+        var lines = original
+        lines[3] = lines[3].replacingOccurrences(of: "\"bytes_in\":2", with: "\"bytes_in\":1")
+        try (lines.joined(separator: "\n") + "\n").write(toFile: path, atomically: false, encoding: .utf8)
+        let broken = try await ProcessRunner.run([CommandLineTests.binary, "audit", "verify", path], timeout: 30)
+        #expect(broken.status == 1 && broken.output.hasPrefix("BROKEN at \(path):5: prev_hash does not match"), "\(broken.output)")
+        // Dropping the last line passes the chain alone, not the head anchor.
+        try (original.dropLast().joined(separator: "\n") + "\n").write(toFile: path, atomically: false, encoding: .utf8)
+        let cut = try await ProcessRunner.run([CommandLineTests.binary, "audit", "verify", "--head", String(head), path], timeout: 30)
+        #expect(cut.status == 1 && cut.output.contains("lines were cut from the end"), "\(cut.output)")
+        let missing = try await ProcessRunner.run([CommandLineTests.binary, "audit", "verify", "\(directory)/none"], timeout: 30)
+        #expect(missing.status == 2 && missing.output.contains("cannot read"), "\(missing.output)")
+    }
 }

@@ -5,7 +5,7 @@ import NIOPosix
 import SidecarTLS
 
 /// The admin listener (default 127.0.0.1:19000): `/metrics` (Prometheus), `/ready`, `/live`,
-/// `/certs` and `/config` (JSON, no secrets). GET only; meant for loopback.
+/// `/certs`, `/config` and `/connections` (JSON, no secrets). GET only; meant for loopback.
 public enum AdminServer {
     public static func start(host: String, port: Int, sidecar: Sidecar, metrics: SidecarMetrics,
                              group: EventLoopGroup) async throws -> Channel {
@@ -65,9 +65,14 @@ final class AdminHandler: ChannelInboundHandler {
     }
 
     private func respond(to head: HTTPRequestHead, on eventLoop: EventLoop) -> EventLoopFuture<(HTTPResponseStatus, String, String)> {
-        guard head.path == "/metrics", head.method == .GET || head.method == .HEAD else {
-            return eventLoop.makeSucceededFuture(respond(to: head))
+        guard head.method == .GET || head.method == .HEAD else { return eventLoop.makeSucceededFuture(respond(to: head)) }
+        if head.path == "/connections" {
+            // Byte counts live on each tunnel's event loop.
+            return sidecar.liveTunnels(on: eventLoop).map { tunnels in
+                (.ok, "application/json", Self.json(["connections": tunnels.map { Self.describe($0) }, "count": tunnels.count]))
+            }
         }
+        guard head.path == "/metrics" else { return eventLoop.makeSucceededFuture(respond(to: head)) }
         // State gauges are read first; the mux pools' counts live on their own event loops.
         let metrics = self.metrics
         return sidecar.refreshMetrics(on: eventLoop).map { (.ok, "text/plain; version=0.0.4", metrics.exposition()) }
@@ -86,7 +91,7 @@ final class AdminHandler: ChannelInboundHandler {
         case "/config":
             return (.ok, "application/json", Self.json(sidecar.configurationReport()))
         default:
-            return (.notFound, "text/plain", "not found; try /metrics /ready /live /certs /config\n")
+            return (.notFound, "text/plain", "not found; try /metrics /ready /live /certs /config /connections\n")
         }
     }
 
@@ -96,6 +101,28 @@ final class AdminHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+
+    /// One `/connections` entry; field names as in the audit log.
+    static func describe(_ tunnel: LiveTunnel, now: Date = Date()) -> [String: Any] {
+        let record = tunnel.record
+        var entry: [String: Any] = [
+            "connection_id": record.connectionID, "direction": record.direction.rawValue, "listener": record.listener,
+            "peer_spiffe_id": record.peerIdentity, "peer_addr": record.peerAddress,
+            "bytes_from_mesh": tunnel.bytesFromMesh, "bytes_to_mesh": tunnel.bytesToMesh,
+            "opened": AuditEvent.timestamp(record.opened), "age_s": Int(now.timeIntervalSince(record.opened)),
+        ]
+        if let mux = record.muxConnectionID { entry["mux_connection_id"] = mux }
+        if let stream = record.muxStream { entry["mux_stream"] = stream }
+        if let intention = record.intention { entry["intention"] = intention }
+        if let caller = record.caller {
+            var described: [String: Any] = ["uid": Int(caller.uid)]
+            if let gid = caller.gid { described["gid"] = Int(gid) }
+            if let pid = caller.pid { described["pid"] = Int(pid) }
+            if let exe = caller.executable { described["exe"] = exe }
+            entry["caller"] = described
+        }
+        return entry
+    }
 }
 
 extension HTTPRequestHead {

@@ -29,6 +29,7 @@ public enum MetricFamily: String, CaseIterable, Sendable {
     case buildInfo = "backup_sidecar_build_info"
     case heapInUse = "backup_sidecar_heap_in_use_bytes"
     case heapFreeRetained = "backup_sidecar_heap_free_retained_bytes"
+    case auditWriteFailures = "backup_sidecar_audit_write_failures_total"
 
     public var help: String {
         switch self {
@@ -56,6 +57,7 @@ public enum MetricFamily: String, CaseIterable, Sendable {
         case .buildInfo: "Always 1; the labels name the version, git commit and loaded OpenSSL and nghttp2."
         case .heapInUse: "Heap bytes in use by live allocations (glibc mallinfo2)."
         case .heapFreeRetained: "Freed heap bytes glibc keeps for reuse (RSS that is not a leak)."
+        case .auditWriteFailures: "Audit lines lost because the audit log could not be written (disk full, I/O error)."
         }
     }
 }

@@ -14,7 +14,10 @@ public final class SidecarMetrics: AuditSink, Sendable {
         .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(5),
     ]
 
-    public init() {}
+    public init() {
+        // Present from the start at 0, so an alert on its increase sees the first loss.
+        _ = counter(.auditWriteFailures, [])
+    }
 
     public func record(_ event: AuditEvent) {
         let listener = event.listener
@@ -42,6 +45,8 @@ public final class SidecarMetrics: AuditSink, Sendable {
             count(.connectionsRevoked, ("listener", listener))
         case .connectionClosed:
             break // Its bytes were counted as they flowed.
+        case .intentionsUpdated, .certificateRotated, .configReloaded, .auditLogOpened:
+            break // Counted where they happen (intentionsReloaded, certificateRotated).
         }
     }
 
@@ -61,6 +66,8 @@ public final class SidecarMetrics: AuditSink, Sendable {
     /// A connection closed in its handshake because max_pending_handshakes were pending.
     func handshakeEvicted(listener: String) { count(.handshakesEvicted, ("listener", listener)) }
     func intentionsReloaded() { count(.intentionsReloads) }
+    /// Audit lines a failed write lost (the audit sink reports them).
+    public func auditLinesLost(_ lines: Int) { counter(.auditWriteFailures, []).increment(by: Int64(lines)) }
 
     /// A Consul watch answered and its answer was usable.
     public func consulWatchSucceeded(_ watch: String) {

@@ -7,7 +7,7 @@ import NIOConcurrencyHelpers
 /// One audit record: every handshake decision and every connection close. Field names are part
 /// of the product (operators parse them for SOC 2 evidence); README documents them.
 public struct AuditEvent: Sendable, Equatable {
-    public enum Kind: String, Sendable {
+    public enum Kind: String, Sendable, CaseIterable {
         /// Inbound: the peer failed TLS verification (bad certificate, protocol, timeout).
         case handshakeRejected = "handshake_rejected"
         /// Inbound: intentions decided on a verified peer.
@@ -31,11 +31,25 @@ public struct AuditEvent: Sendable, Equatable {
         /// Inbound: a stream on a mux connection refused before it was decided, because the
         /// listener is at max_connections (streams count toward it like connections).
         case tunnelRefused = "tunnel_refused"
+        /// A new intention set is in force (from Consul or the intentions file).
+        case intentionsUpdated = "intentions_updated"
+        /// Our leaf certificate or trust bundle was replaced for new handshakes.
+        case certificateRotated = "certificate_rotated"
+        /// A changed registration (listeners, local service, limits) was applied.
+        case configReloaded = "config_reloaded"
+        /// The first line the sidecar writes to a log file when it starts or reopens it; its
+        /// `prev_hash` links it to the last line written before.
+        case auditLogOpened = "audit_log_opened"
     }
 
     public var time = Date()
     public var kind: Kind
+    /// The listener a connection line belongs to; empty on lifecycle lines (omitted).
     public var listener: String
+    /// The tunnel (or mux connection) the line is about; `ConnectionID`.
+    public var connectionID: String?
+    /// On a tunnel carried by a mux connection: that connection's `connection_id`.
+    public var muxConnectionID: String?
     public var peerAddress: String?
     public var source: String?
     public var sourceSerial: String?
@@ -59,6 +73,17 @@ public struct AuditEvent: Sendable, Equatable {
     public var muxStream: Int?
     /// Upstream: the local process using our identity (uid, gid, pid, executable).
     var caller: LocalCaller?
+    /// certificate_rotated: our identity, the new and replaced leaf serials, the new leaf's
+    /// expiry, and the trusted roots now in force.
+    public var identity: String?
+    public var serial: String?
+    public var previousSerial: String?
+    public var notAfter: Date?
+    public var roots: Int?
+    /// intentions_updated: how many intentions are in force, and how many open tunnels the
+    /// update cut.
+    public var intentions: Int?
+    public var revoked: Int?
 
     public init(kind: Kind, listener: String, peerAddress: String? = nil, source: String? = nil,
                 sourceSerial: String? = nil, destination: String? = nil, decision: String? = nil,
@@ -105,8 +130,7 @@ public struct AuditEvent: Sendable, Equatable {
         Self.appendTimestamp(time, to: &line)
         line += "\",\"schema_version\":" + String(Self.schemaVersion) + ",\"event\":\""
         line += kind.rawValue
-        line += "\",\"listener\":"
-        JSONText.appendQuoted(listener, to: &line)
+        line += "\""
         func add(_ name: String, _ value: String?) {
             guard let value else { return }
             line += ",\"" + name + "\":"
@@ -116,6 +140,9 @@ public struct AuditEvent: Sendable, Equatable {
             guard let value else { return }
             line += ",\"" + name + "\":" + String(value)
         }
+        add("connection_id", connectionID)
+        add("mux_connection_id", muxConnectionID)
+        add("listener", listener.isEmpty ? nil : listener)
         add("peer_addr", peerAddress)
         add("source", source)
         add("source_serial", sourceSerial)
@@ -142,6 +169,17 @@ public struct AuditEvent: Sendable, Equatable {
             add("caller_pid", caller.pid.map(Int.init))
             add("caller_exe", caller.executable)
         }
+        add("identity", identity)
+        add("serial", serial)
+        add("previous_serial", previousSerial)
+        if let notAfter {
+            line += ",\"not_after\":\""
+            Self.appendTimestamp(notAfter, to: &line)
+            line += "\""
+        }
+        add("roots", roots)
+        add("intentions", intentions)
+        add("revoked", revoked)
         line += "}"
         return line
     }
@@ -199,144 +237,6 @@ public protocol AuditSink: Sendable {
 extension AuditSink {
     public func flush() {}
     public func trafficMeter(listener: String) -> TrafficMeter? { nil }
-}
-
-/// JSON lines to a file descriptor (stdout by default). Lines are formatted by the caller and
-/// written by a thread of their own: an event loop never waits on the disk, and a burst of
-/// short connections costs one write(2) per batch rather than one per line. A disk slower than
-/// the traffic holds callers back once 16 MiB are waiting, rather than dropping audit lines.
-public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
-    /// The file the sink appends to (nil: a descriptor it was given, such as stdout).
-    private let path: String?
-    private let condition = NSCondition()
-    // Guarded by `condition`.
-    private var fd: Int32
-    private var pending: [UInt8] = []
-    private var queuedBytes = 0
-    private var writtenBytes = 0
-    private var failureReported = false
-    private var reopenRequests = 0
-    private var reopensDone = 0
-    static let maxPending = 16 << 20
-    static let batchDelayMicroseconds: UInt32 = 2000
-
-    public convenience init(handle: FileHandle = .standardOutput) {
-        self.init(fd: handle.fileDescriptor, path: nil)
-    }
-
-    private init(fd: Int32, path: String?) {
-        self.fd = fd
-        self.path = path
-        let thread = Thread { [self] in writeLoop() }
-        thread.name = "audit-writer"
-        thread.start()
-    }
-
-    /// Appends to `path` (created 0640). O_APPEND: every write lands at the end of the file
-    /// as it is now, so logrotate's `copytruncate` leaves no hole of zeros, and `reopen()`
-    /// (SIGHUP) follows its `create` mode to the new file.
-    public static func file(at path: String) throws -> JSONLinesAuditSink {
-        JSONLinesAuditSink(fd: try openForAppend(path), path: path)
-    }
-
-    static func openForAppend(_ path: String) throws -> Int32 {
-        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
-        guard fd >= 0 else {
-            throw ConfigError(source: path, path: "", message: "cannot open audit log file for appending: \(String(cString: strerror(errno)))")
-        }
-        return fd
-    }
-
-    /// Reopens the file by its path (after logrotate moved it away); returns once lines
-    /// recorded before the call are in the old file and later ones go to the new one. A path
-    /// that cannot be opened keeps the old descriptor (and says so on stderr).
-    public func reopen() {
-        guard path != nil else { return }
-        condition.lock()
-        reopenRequests += 1
-        let target = reopenRequests
-        condition.broadcast()
-        while reopensDone < target { condition.wait() }
-        condition.unlock()
-    }
-
-    public func record(_ event: AuditEvent) {
-        var line = event.jsonLine
-        line += "\n"
-        condition.lock()
-        while pending.count >= Self.maxPending { condition.wait() }
-        let wasEmpty = pending.isEmpty
-        pending.append(contentsOf: line.utf8)
-        queuedBytes += line.utf8.count
-        // Only the first line of a batch wakes the writer; the rest ride along.
-        if wasEmpty { condition.broadcast() }
-        condition.unlock()
-    }
-
-    public func flush() {
-        condition.lock()
-        let target = queuedBytes
-        while writtenBytes < target { condition.wait() }
-        condition.unlock()
-    }
-
-    /// The sink lives as long as the process (it is never deinitialized while this runs).
-    private func writeLoop() {
-        var batch: [UInt8] = []
-        while true {
-            condition.lock()
-            while pending.isEmpty && reopensDone == reopenRequests { condition.wait() }
-            let reopening = reopensDone < reopenRequests
-            condition.unlock()
-            // Let a burst gather: at most ~500 wakeups a second however busy the sidecar is,
-            // and an audit line reaches the file within a few milliseconds.
-            if !reopening { usleep(Self.batchDelayMicroseconds) }
-            condition.lock()
-            swap(&batch, &pending)
-            let target = reopenRequests
-            let fd = self.fd
-            condition.broadcast() // Callers held back by a full queue may go on.
-            condition.unlock()
-            let failure = writeAll(batch, to: fd)
-            if target > reopensDone { reopenFile(upTo: target) }
-            condition.lock()
-            writtenBytes += batch.count
-            let report = failure != nil && !failureReported
-            if failure != nil { failureReported = true }
-            condition.broadcast()
-            condition.unlock()
-            if report, let failure {
-                // Nowhere else to say it: the audit log itself is what failed.
-                StandardError.write("backup-sidecar: audit log write failed (\(failure)); audit lines are being lost\n")
-            }
-            batch.removeAll(keepingCapacity: batch.capacity <= 1 << 20)
-        }
-    }
-
-    /// On the writer thread, after the lines recorded before the request were written.
-    private func reopenFile(upTo target: Int) {
-        guard let path else { return }
-        var message: String?
-        condition.lock()
-        if let fresh = try? Self.openForAppend(path) {
-            close(fd)
-            fd = fresh
-            failureReported = false
-        } else {
-            message = "backup-sidecar: audit log \(path) could not be reopened; still writing to the old file\n"
-        }
-        reopensDone = target
-        condition.broadcast()
-        condition.unlock()
-        if let message { StandardError.write(message) }
-    }
-
-    /// A full stdout pipe is waited out: audit lines are held back, never dropped.
-    private func writeAll(_ bytes: [UInt8], to fd: Int32) -> String? {
-        guard !bytes.isEmpty else { return nil }
-        let failure = bytes.withUnsafeBytes { DescriptorWriter.writeAll(fd, $0, waitWhenFull: true) }
-        return failure.map { String(cString: strerror($0)) }
-    }
 }
 
 /// Keeps records in memory; tests assert on them.

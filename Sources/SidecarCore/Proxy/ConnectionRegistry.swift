@@ -16,6 +16,9 @@ final class ConnectionRegistry: Sendable {
 
     struct Entry: Sendable {
         let id: UInt64
+        /// The audit lines' ids: the tunnel's, and its mux connection's if it is a stream.
+        let connectionID: String
+        let muxConnectionID: String?
         let source: SPIFFEID
         let sourceSerial: String
         let destination: String
@@ -28,10 +31,10 @@ final class ConnectionRegistry: Sendable {
     private let state = NIOLockedValueBox<(nextID: UInt64, entries: [UInt64: Entry])>((1, [:]))
 
     /// Registers a joined connection; it leaves the registry by itself when both halves close.
-    func register(source: SPIFFEID, sourceSerial: String, destination: String, peerAddress: String,
-                  joinedAs: JoinKind, mesh: Channel, local: Channel) -> Entry {
+    func register(connectionID: String, muxConnectionID: String?, source: SPIFFEID, sourceSerial: String,
+                  destination: String, peerAddress: String, joinedAs: JoinKind, mesh: Channel, local: Channel) -> Entry {
         let entry = state.withLockedValue { value -> Entry in
-            let entry = Entry(id: value.nextID, source: source, sourceSerial: sourceSerial, destination: destination,
+            let entry = Entry(id: value.nextID, connectionID: connectionID, muxConnectionID: muxConnectionID, source: source, sourceSerial: sourceSerial, destination: destination,
                               peerAddress: peerAddress, joinedAs: joinedAs, mesh: mesh, local: local)
             value.nextID += 1
             value.entries[entry.id] = entry
@@ -57,9 +60,12 @@ enum Revocation {
                        reason: String, audit: any AuditSink) {
         // Only the first revoker audits and aborts (intention change and lifetime may race).
         guard registry.remove(entry.id) else { return }
-        audit.record(AuditEvent(kind: .connectionRevoked, listener: listener, peerAddress: entry.peerAddress,
-                                source: entry.source.uri, sourceSerial: entry.sourceSerial,
-                                destination: entry.destination, decision: "deny", reason: reason))
+        var event = AuditEvent(kind: .connectionRevoked, listener: listener, peerAddress: entry.peerAddress,
+                               source: entry.source.uri, sourceSerial: entry.sourceSerial,
+                               destination: entry.destination, decision: "deny", reason: reason)
+        event.connectionID = entry.connectionID
+        event.muxConnectionID = entry.muxConnectionID
+        audit.record(event)
         // The glue aborts both halves together; if it is already gone, abort them directly.
         entry.mesh.triggerUserOutboundEvent(ConnectionAbortRequest()).whenFailure { _ in
             ConnectionAbort.abort(entry.mesh)

@@ -49,6 +49,11 @@ final class ConnectionTracker: Sendable {
         var listener: String
         var channel: Channel
         var kind: Kind
+        /// The audit lines' `connection_id`.
+        var id: String
+        /// A joined tunnel: what `/connections` shows, and its byte counts (on its event loop).
+        var tunnel: TunnelRecord?
+        var stats: NIOLoopBound<ConnectionStats>?
         var accepted = NIODeadline.now()
         /// Handshaking: the peer has sent at least one byte.
         var spoke = false
@@ -92,10 +97,10 @@ final class ConnectionTracker: Sendable {
     /// Registers a connection accepted on a listener whose connections start with a TLS
     /// handshake. Returns the connection closed to make room when the handshake budget was
     /// full (the caller closes it and reports it).
-    func trackHandshaking(_ channel: Channel, listener: String) -> Channel? {
+    func trackHandshaking(_ channel: Channel, listener: String, connectionID: String) -> Channel? {
         let id = ObjectIdentifier(channel)
         let (evicted, acceptor) = state.withLockedValue { state -> (Channel?, Channel?) in
-            state.open[id] = Tracked(listener: listener, channel: channel, kind: .handshaking)
+            state.open[id] = Tracked(listener: listener, channel: channel, kind: .handshaking, id: connectionID)
             adopt(&state, listener, acceptor: channel.parent)
             state.listeners[listener]!.handshaking.append(id)
             var evicted: Channel?
@@ -136,10 +141,10 @@ final class ConnectionTracker: Sendable {
 
     /// Registers a connection that is a tunnel from the start (an upstream listener's local
     /// caller).
-    func trackTunnel(_ channel: Channel, listener: String) {
+    func trackTunnel(_ channel: Channel, listener: String, connectionID: String) {
         let id = ObjectIdentifier(channel)
         let acceptor = state.withLockedValue { state -> Channel? in
-            state.open[id] = Tracked(listener: listener, channel: channel, kind: .tunnel)
+            state.open[id] = Tracked(listener: listener, channel: channel, kind: .tunnel, id: connectionID)
             adopt(&state, listener, acceptor: channel.parent)
             establish(&state, listener: listener, tunnel: true)
             return reconcileNeeded(&state, listener)
@@ -151,12 +156,12 @@ final class ConnectionTracker: Sendable {
     /// Registers a stream opened on an accepted mux connection, unless the listener already
     /// has max_connections tunnels (false: there is no backlog to leave a stream waiting in;
     /// the caller refuses it).
-    func admit(_ stream: Channel, listener: String) -> Bool {
+    func admit(_ stream: Channel, listener: String, connectionID: String) -> Bool {
         let id = ObjectIdentifier(stream)
         let admitted = state.withLockedValue { state -> (admitted: Bool, acceptor: Channel?) in
             let entry = state.listeners[listener, default: Listener()]
             guard entry.tunnels < entry.maxConnections else { return (false, nil) }
-            state.open[id] = Tracked(listener: listener, channel: stream, kind: .stream)
+            state.open[id] = Tracked(listener: listener, channel: stream, kind: .stream, id: connectionID)
             establish(&state, listener: listener, tunnel: true)
             return (true, reconcileNeeded(&state, listener))
         }
@@ -274,6 +279,16 @@ final class ConnectionTracker: Sendable {
         }
     }
 
+    /// Describes a joined tunnel for `/connections` (nothing if it already closed).
+    func describe(_ channel: Channel, as tunnel: TunnelRecord, stats: ConnectionStats) {
+        let bound = NIOLoopBound(stats, eventLoop: channel.eventLoop)
+        state.withLockedValue { state in
+            guard state.open[ObjectIdentifier(channel)] != nil else { return }
+            state.open[ObjectIdentifier(channel)]!.tunnel = tunnel
+            state.open[ObjectIdentifier(channel)]!.stats = bound
+        }
+    }
+
     /// Everything open on a listener, handshaking connections included.
     func count(_ listener: String) -> Int { state.withLockedValue { $0.open.values.filter { $0.listener == listener }.count } }
     func handshaking(_ listener: String) -> Int { state.withLockedValue { $0.listeners[listener]?.handshaking.count ?? 0 } }
@@ -300,4 +315,31 @@ final class HandshakeProgressHandler: ChannelInboundHandler, RemovableChannelHan
         context.fireChannelRead(data)
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
+}
+
+/// One joined tunnel as the admin API's `/connections` lists it.
+struct TunnelRecord: Sendable {
+    enum Direction: String, Sendable { case inbound, upstream }
+
+    var connectionID: String
+    var muxConnectionID: String?
+    var muxStream: Int?
+    var direction: Direction
+    var listener: String
+    /// Inbound: the verified source; upstream: the verified destination.
+    var peerIdentity: String
+    /// Inbound: the other sidecar; upstream: the local caller.
+    var peerAddress: String
+    /// Upstream: the local process, when identified.
+    var caller: LocalCaller?
+    /// Inbound: the intention (or default) that allowed it, as audited.
+    var intention: String?
+    var opened = Date()
+}
+
+/// A tunnel and its bytes at the moment `/connections` asked.
+struct LiveTunnel: Sendable {
+    var record: TunnelRecord
+    var bytesFromMesh: Int
+    var bytesToMesh: Int
 }

@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import Glibc
 import SidecarTLS
@@ -71,6 +72,21 @@ final class ConnectionStats {
 }
 
 enum GlueSide { case mesh, local }
+
+extension AuditSink {
+    /// Records `closed` (a tunnel's connection_closed line) once both halves have closed, with
+    /// its bytes and duration as they are then.
+    func recordClose(_ closed: AuditEvent, mesh: Channel, local: Channel, stats: ConnectionStats) {
+        mesh.closeFuture.and(local.closeFuture).whenComplete { _ in
+            var event = closed
+            event.time = Date()
+            event.bytesIn = stats.bytesFromMesh
+            event.bytesOut = stats.bytesToMesh
+            event.durationMs = stats.durationMs
+            record(event)
+        }
+    }
+}
 
 /// Joins two channels on one event loop: what is read on one side is written to the other
 /// (raw bytes, or HTTP parts when L7 rules apply; `In` is what our channel reads, `Out` what

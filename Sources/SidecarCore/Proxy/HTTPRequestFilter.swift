@@ -28,6 +28,9 @@ final class HTTPRequestFilter: ChannelDuplexHandler {
 
     struct Context {
         let listenerName: String
+        let connectionID: String
+        let muxConnectionID: String?
+        let muxStream: Int?
         let peer: TLSPeer
         let peerAddress: String
         let destination: String
@@ -157,6 +160,9 @@ extension HTTPRequestFilter.Context {
                                destination: destination, decision: allowed ? "allow" : "deny", reason: reason,
                                method: request?.method, path: request?.path)
         event.requestTarget = rawTarget.map { String($0.prefix(1024)) }
+        event.connectionID = connectionID
+        event.muxConnectionID = muxConnectionID
+        event.muxStream = muxStream
         return event
     }
 }

@@ -61,13 +61,18 @@ final class InboundConnectionHandler: StagingHandler {
     private let muxStream: Int32?
     /// The mux connection carrying this stream.
     private let carrier: InboundMuxCarrier?
+    /// This connection's (or stream's) `connection_id`, and its mux connection's.
+    let connectionID: String
+    private let muxConnectionID: String?
 
-    init(listenerName: String, route: @escaping () -> InboundRoute,
+    init(listenerName: String, connectionID: String, route: @escaping () -> InboundRoute,
          authorize: @escaping (SPIFFEID, String, Bool) -> IntentionDecision,
          authorizeRequest: @escaping (HTTPRequestFacts, SPIFFEID, String) -> IntentionDecision,
          registry: ConnectionRegistry, tracker: ConnectionTracker, audit: any AuditSink, logger: Logger,
-         muxStream: Int32? = nil, carrier: InboundMuxCarrier? = nil) {
+         muxStream: Int32? = nil, carrier: InboundMuxCarrier? = nil, muxConnectionID: String? = nil) {
         self.listenerName = listenerName
+        self.connectionID = connectionID
+        self.muxConnectionID = muxConnectionID
         self.route = route
         self.authorize = authorize
         self.authorizeRequest = authorizeRequest
@@ -81,9 +86,19 @@ final class InboundConnectionHandler: StagingHandler {
 
     /// The same decisions for one stream of a mux connection.
     private func forStream(_ streamID: Int32, carrier: InboundMuxCarrier) -> InboundConnectionHandler {
-        InboundConnectionHandler(listenerName: listenerName, route: route, authorize: authorize,
-                                 authorizeRequest: authorizeRequest, registry: registry, tracker: tracker, audit: audit,
-                                 logger: logger, muxStream: streamID, carrier: carrier)
+        InboundConnectionHandler(listenerName: listenerName, connectionID: ConnectionID.next(), route: route,
+                                 authorize: authorize, authorizeRequest: authorizeRequest, registry: registry,
+                                 tracker: tracker, audit: audit, logger: logger, muxStream: streamID, carrier: carrier,
+                                 muxConnectionID: connectionID)
+    }
+
+    /// The event with this tunnel's ids (and stream number) on it.
+    private func stamped(_ event: AuditEvent) -> AuditEvent {
+        var event = event
+        event.connectionID = connectionID
+        event.muxConnectionID = muxConnectionID
+        event.muxStream = muxStream.map(Int.init)
+        return event
     }
 
     /// Mux streams learn the outcome as an HTTP status; a plain connection just closes.
@@ -115,8 +130,8 @@ final class InboundConnectionHandler: StagingHandler {
                                source: peer.identity.uri, sourceSerial: peer.certificateSerial,
                                destination: route.destinationService, decision: decision.allowed ? "allow" : "deny",
                                reason: decision.reasonText)
-        if let muxStream { event.muxStream = Int(muxStream) } else { event = event.with(handshakeOf: peer) }
-        audit.record(event)
+        if muxStream == nil { event = event.with(handshakeOf: peer) }
+        audit.record(stamped(event))
         guard decision.allowed else {
             logger.info("inbound connection denied", metadata: [
                 "source": "\(peer.identity)", "peer": "\(peerAddress)", "reason": "\(decision.reasonText)",
@@ -142,10 +157,10 @@ final class InboundConnectionHandler: StagingHandler {
         let decision = authorize(peer.identity, route.destinationService, route.l7)
         guard decision.allowed else {
             // Audited like a refused plain connection: the peer's one decision.
-            audit.record(AuditEvent(kind: .authorization, listener: listenerName, peerAddress: peerAddress,
-                                    source: peer.identity.uri, sourceSerial: peer.certificateSerial,
-                                    destination: route.destinationService, decision: "deny",
-                                    reason: decision.reasonText).with(handshakeOf: peer))
+            audit.record(stamped(AuditEvent(kind: .authorization, listener: listenerName, peerAddress: peerAddress,
+                                            source: peer.identity.uri, sourceSerial: peer.certificateSerial,
+                                            destination: route.destinationService, decision: "deny",
+                                            reason: decision.reasonText).with(handshakeOf: peer)))
             logger.info("mux connection denied", metadata: [
                 "source": "\(peer.identity)", "peer": "\(peerAddress)", "reason": "\(decision.reasonText)",
             ])
@@ -153,12 +168,13 @@ final class InboundConnectionHandler: StagingHandler {
             context.close(promise: nil)
             return
         }
-        audit.record(AuditEvent(kind: .muxConnected, listener: listenerName, peerAddress: peerAddress,
-                                source: peer.identity.uri, sourceSerial: peer.certificateSerial, decision: "allow",
-                                reason: "\(peer.protocolVersion) \(MuxProtocol.alpn)").with(handshakeOf: peer))
+        audit.record(stamped(AuditEvent(kind: .muxConnected, listener: listenerName, peerAddress: peerAddress,
+                                        source: peer.identity.uri, sourceSerial: peer.certificateSerial, decision: "allow",
+                                        reason: "\(peer.protocolVersion) \(MuxProtocol.alpn)").with(handshakeOf: peer)))
         state = .joined
         let logger = self.logger, peerAddress = self.peerAddress, audit = self.audit, listenerName = self.listenerName
-        let carrier = InboundMuxCarrier(peer: peer, listener: listenerName, peerAddress: peerAddress, audit: audit, logger: logger)
+        let carrier = InboundMuxCarrier(peer: peer, listener: listenerName, peerAddress: peerAddress, connectionID: connectionID,
+                                        audit: audit, logger: logger)
         let handler = MuxConnectionHandler(role: .server(initializer: { [self] stream, request in
             let streamHandler = forStream(request.streamID, carrier: carrier)
             do {
@@ -188,13 +204,12 @@ final class InboundConnectionHandler: StagingHandler {
             }
             // A stream is a tunnel like a connection, and counts toward max_connections; with
             // no backlog to wait in, one past the limit is refused (503) before anything else.
-            guard tracker.admit(stream, listener: listenerName) else {
-                var event = AuditEvent(kind: .tunnelRefused, listener: listenerName, peerAddress: peerAddress,
+            guard tracker.admit(stream, listener: listenerName, connectionID: streamHandler.connectionID) else {
+                let event = AuditEvent(kind: .tunnelRefused, listener: listenerName, peerAddress: peerAddress,
                                        source: peer.identity.uri, sourceSerial: peer.certificateSerial,
                                        destination: destination, decision: "deny",
                                        reason: "max_connections (\(current.maxConnections)) reached")
-                event.muxStream = Int(request.streamID)
-                audit.record(event)
+                audit.record(streamHandler.stamped(event))
                 logger.warning("mux stream refused: max_connections reached", metadata: [
                     "source": "\(peer.identity)", "peer": "\(peerAddress)", "max_connections": "\(current.maxConnections)",
                 ])
@@ -279,6 +294,10 @@ final class InboundConnectionHandler: StagingHandler {
                                                            localStaging: nil, stats: stats)
                         }
                         state = .joined
+                        tracker.describe(meshChannel, as: TunnelRecord(
+                            connectionID: connectionID, muxConnectionID: muxConnectionID, muxStream: muxStream.map(Int.init),
+                            direction: .inbound, listener: listenerName, peerIdentity: peer.identity.uri,
+                            peerAddress: peerAddress, intention: current.reasonText), stats: stats)
                         recordClose(mesh: meshChannel, local: local, peer: peer, route: route, stats: stats)
                         armLifetime(entry, mesh: meshChannel, route: route)
                         let logger = self.logger, source = peer.identity
@@ -292,10 +311,10 @@ final class InboundConnectionHandler: StagingHandler {
                 case (.success(let local), _):
                     local.close(promise: nil) // The mesh side went away while we dialed.
                 case (.failure(let error), _):
-                    audit.record(AuditEvent(kind: .localConnectFailed, listener: listenerName, peerAddress: peerAddress,
-                                            source: peer.identity.uri, sourceSerial: peer.certificateSerial,
-                                            destination: route.destinationService,
-                                            reason: "local service \(route.localSocketPath ?? "\(route.localHost):\(route.localPort)") unreachable: \(error)"))
+                    audit.record(stamped(AuditEvent(kind: .localConnectFailed, listener: listenerName, peerAddress: peerAddress,
+                                                    source: peer.identity.uri, sourceSerial: peer.certificateSerial,
+                                                    destination: route.destinationService,
+                                                    reason: "local service \(route.localSocketPath ?? "\(route.localHost):\(route.localPort)") unreachable: \(error)")))
                     logger.warning("local service unreachable", metadata: [
                         "target": "\(route.localHost):\(route.localPort)", "error": "\(error)",
                     ])
@@ -310,7 +329,8 @@ final class InboundConnectionHandler: StagingHandler {
     private func requestContext(peer: TLSPeer, route: InboundRoute) -> HTTPRequestFilter.Context {
         let authorizeRequest = self.authorizeRequest
         return HTTPRequestFilter.Context(
-            listenerName: listenerName, peer: peer, peerAddress: peerAddress, destination: route.destinationService,
+            listenerName: listenerName, connectionID: connectionID, muxConnectionID: muxConnectionID,
+            muxStream: muxStream.map(Int.init), peer: peer, peerAddress: peerAddress, destination: route.destinationService,
             decide: { authorizeRequest($0, peer.identity, route.destinationService) }, audit: audit, logger: logger)
     }
 
@@ -319,7 +339,8 @@ final class InboundConnectionHandler: StagingHandler {
     /// intentions in force: they may have changed while the local service was being dialed,
     /// after the update's sweep over registered connections.
     private func register(mesh: Channel, local: Channel, peer: TLSPeer, route: InboundRoute) -> ConnectionRegistry.Entry {
-        registry.register(source: peer.identity, sourceSerial: peer.certificateSerial,
+        registry.register(connectionID: connectionID, muxConnectionID: muxConnectionID,
+                          source: peer.identity, sourceSerial: peer.certificateSerial,
                           destination: route.destinationService, peerAddress: peerAddress,
                           joinedAs: route.l7 ? .filtered : .raw, mesh: mesh, local: local)
     }
@@ -337,21 +358,15 @@ final class InboundConnectionHandler: StagingHandler {
     }
 
     private func recordClose(mesh: Channel, local: Channel, peer: TLSPeer, route: InboundRoute, stats: ConnectionStats) {
-        let listenerName = self.listenerName, peerAddress = self.peerAddress, audit = self.audit, muxStream = self.muxStream
-        mesh.closeFuture.and(local.closeFuture).whenComplete { _ in
-            var event = AuditEvent(kind: .connectionClosed, listener: listenerName, peerAddress: peerAddress,
-                                   source: peer.identity.uri, sourceSerial: peer.certificateSerial,
-                                   destination: route.destinationService, bytesIn: stats.bytesFromMesh,
-                                   bytesOut: stats.bytesToMesh, durationMs: stats.durationMs)
-            event.muxStream = muxStream.map(Int.init)
-            audit.record(event)
-        }
+        audit.recordClose(stamped(AuditEvent(kind: .connectionClosed, listener: listenerName, peerAddress: peerAddress,
+                                             source: peer.identity.uri, sourceSerial: peer.certificateSerial,
+                                             destination: route.destinationService)), mesh: mesh, local: local, stats: stats)
     }
 
     override func errorCaught(context: ChannelHandlerContext, error: Error) {
         if case .handshaking = state, let tlsError = error as? TLSError {
-            audit.record(AuditEvent(kind: .handshakeRejected, listener: listenerName, peerAddress: peerAddress,
-                                    decision: "deny", reason: tlsError.description))
+            audit.record(stamped(AuditEvent(kind: .handshakeRejected, listener: listenerName, peerAddress: peerAddress,
+                                            decision: "deny", reason: tlsError.description)))
             logger.info("inbound handshake rejected", metadata: ["peer": "\(peerAddress)", "reason": "\(tlsError)"])
         } else {
             logger.debug("inbound connection error", metadata: ["peer": "\(peerAddress)", "error": "\(error)"])
@@ -396,12 +411,14 @@ final class InboundMuxCarrier {
     private let peer: TLSPeer
     private let listener: String
     private let peerAddress: String
+    private let connectionID: String
     private let audit: any AuditSink
     private let logger: Logger
     private var refusedStreams = 0
     private(set) var retiredBecause: String?
 
-    init(peer: TLSPeer, listener: String, peerAddress: String, audit: any AuditSink, logger: Logger) {
+    init(peer: TLSPeer, listener: String, peerAddress: String, connectionID: String, audit: any AuditSink, logger: Logger) {
+        self.connectionID = connectionID
         self.peer = peer
         self.listener = listener
         self.peerAddress = peerAddress
@@ -444,9 +461,11 @@ final class InboundMuxCarrier {
     func retire(because reason: String) {
         guard retiredBecause == nil else { return }
         retiredBecause = reason
-        audit.record(AuditEvent(kind: .connectionRevoked, listener: listener, peerAddress: peerAddress,
-                                source: peer.identity.uri, sourceSerial: peer.certificateSerial, decision: "deny",
-                                reason: "mux connection takes no new streams: \(reason)"))
+        var event = AuditEvent(kind: .connectionRevoked, listener: listener, peerAddress: peerAddress,
+                               source: peer.identity.uri, sourceSerial: peer.certificateSerial, decision: "deny",
+                               reason: "mux connection takes no new streams: \(reason)")
+        event.connectionID = connectionID
+        audit.record(event)
         logger.info("mux connection retired", metadata: ["source": "\(peer.identity)", "reason": "\(reason)"])
         handler?.beginDraining()
     }

@@ -104,6 +104,8 @@ final class LoopMuxPool: @unchecked Sendable {
         let handler: MuxConnectionHandler
         let peer: TLSPeer
         let tlsContext: TLSContext
+        /// Its audit lines' `connection_id` (its tunnels' `mux_connection_id`).
+        let connectionID = ConnectionID.next()
 
         init(channel: Channel, handler: MuxConnectionHandler, peer: TLSPeer, tlsContext: TLSContext) {
             self.channel = channel
@@ -216,7 +218,8 @@ final class LoopMuxPool: @unchecked Sendable {
             settled = true
             switch result {
             case .success(let stream):
-                promise.succeed(.stream(stream, pooled.peer, streamID: (stream as? MuxStreamIdentifying)?.muxStreamID ?? 0))
+                promise.succeed(.stream(stream, pooled.peer, streamID: (stream as? MuxStreamIdentifying)?.muxStreamID ?? 0,
+                                        carrier: pooled.connectionID))
             case .failure(let error):
                 promise.fail(error)
             }
@@ -272,11 +275,13 @@ final class LoopMuxPool: @unchecked Sendable {
         dialed.channel.closeFuture.whenComplete { [weak self, weak destination] _ in
             self?.eventLoop.execute { destination?.connections.removeAll { $0 === pooled } }
         }
-        audit.record(AuditEvent(kind: .muxConnected, listener: request.listener,
-                                peerAddress: dialed.channel.remoteAddress.auditDescription,
-                                destination: dialed.peer.identity.uri, decision: "allow",
-                                reason: "\(request.key.endpoint) serial \(dialed.peer.certificateSerial) \(dialed.peer.protocolVersion)")
-            .with(handshakeOf: dialed.peer))
+        var event = AuditEvent(kind: .muxConnected, listener: request.listener,
+                               peerAddress: dialed.channel.remoteAddress.auditDescription,
+                               destination: dialed.peer.identity.uri, decision: "allow",
+                               reason: "\(request.key.endpoint) serial \(dialed.peer.certificateSerial) \(dialed.peer.protocolVersion)")
+            .with(handshakeOf: dialed.peer)
+        event.connectionID = pooled.connectionID
+        audit.record(event)
         return pooled
     }
 

@@ -162,15 +162,16 @@ typealias MeshDial = () -> EventLoopFuture<DialedMeshConnection>
 
 /// How a local connection reaches its destination.
 enum MeshLink {
-    /// A stream on a pooled mux connection (already answered 200).
-    case stream(Channel, TLSPeer, streamID: Int32)
+    /// A stream on a pooled mux connection (already answered 200), and that connection's
+    /// `connection_id`.
+    case stream(Channel, TLSPeer, streamID: Int32, carrier: String)
     /// An mTLS connection of its own.
     case raw(DialedMeshConnection)
 
     /// The channel to join with, what it staged, and the verified peer.
     var parts: (Channel, StagingHandler?, TLSPeer) {
         switch self {
-        case .stream(let channel, let peer, _): return (channel, nil, peer)
+        case .stream(let channel, let peer, _, _): return (channel, nil, peer)
         case .raw(let dialed): return (dialed.channel, dialed.waiter, dialed.peer)
         }
     }
@@ -191,9 +192,18 @@ final class UpstreamConnectionHandler: StagingHandler {
     private var callerAddress = "unknown"
     private var caller: LocalCaller?
     private var listenerName: String { route.upstream.listenerName }
+    /// The audit lines' id for this tunnel, and its mux connection's once linked over one.
+    private let connectionID: String
+    private var muxConnectionID: String?
+    private var muxStream: Int?
 
-    init(route: UpstreamRoute, audit: any AuditSink, logger: Logger) {
+    /// Where the joined tunnel is described for `/connections`.
+    private let tracker: ConnectionTracker
+
+    init(route: UpstreamRoute, connectionID: String, tracker: ConnectionTracker, audit: any AuditSink, logger: Logger) {
         self.route = route
+        self.tracker = tracker
+        self.connectionID = connectionID
         self.audit = audit
         self.logger = logger
         super.init()
@@ -209,8 +219,8 @@ final class UpstreamConnectionHandler: StagingHandler {
             guard route.callers.allows(caller) else {
                 let reason = caller.map { "caller \($0) is not allowed to use upstream \(route.upstream.destinationName)" }
                     ?? "caller could not be identified; upstream \(route.upstream.destinationName) allows only listed users and groups"
-                audit.record(AuditEvent(kind: .callerRefused, listener: listenerName, peerAddress: callerAddress,
-                                        destination: route.expectedIdentity.uri, decision: "deny", reason: reason).with(caller: caller))
+                audit.record(stamped(AuditEvent(kind: .callerRefused, listener: listenerName, peerAddress: callerAddress,
+                                                destination: route.expectedIdentity.uri, decision: "deny", reason: reason)))
                 logger.warning("local caller refused", metadata: ["upstream": "\(route.upstream.destinationName)", "reason": "\(reason)"])
                 ConnectionAbort.abort(context.channel)
                 return
@@ -253,8 +263,8 @@ final class UpstreamConnectionHandler: StagingHandler {
                 return
             }
             let reason = failures.isEmpty ? "no known instance of \(route.upstream.destinationName)" : failures.joined(separator: "; ")
-            audit.record(AuditEvent(kind: .upstreamFailed, listener: listenerName, peerAddress: callerAddress,
-                                    destination: route.expectedIdentity.uri, reason: reason))
+            audit.record(stamped(AuditEvent(kind: .upstreamFailed, listener: listenerName, peerAddress: callerAddress,
+                                            destination: route.expectedIdentity.uri, reason: reason)))
             logger.warning("upstream connection failed", metadata: ["upstream": "\(route.upstream.destinationName)", "reason": "\(reason)"])
             ConnectionAbort.abort(context.channel)
             return
@@ -306,12 +316,16 @@ final class UpstreamConnectionHandler: StagingHandler {
             var event = AuditEvent(kind: .upstreamConnected, listener: listenerName, peerAddress: callerAddress,
                                    source: nil, destination: peer.identity.uri, decision: "allow",
                                    reason: "\(endpoint) serial \(peer.certificateSerial) \(peer.protocolVersion)")
-            if case .stream(_, _, let streamID) = link {
-                event.muxStream = Int(streamID)
+            if case .stream(_, _, let streamID, let carrier) = link {
+                muxStream = Int(streamID)
+                muxConnectionID = carrier
             } else {
                 event = event.with(handshakeOf: peer)
             }
-            audit.record(event.with(caller: caller))
+            audit.record(stamped(event))
+            tracker.describe(local, as: TunnelRecord(
+                connectionID: connectionID, muxConnectionID: muxConnectionID, muxStream: muxStream, direction: .upstream,
+                listener: listenerName, peerIdentity: peer.identity.uri, peerAddress: callerAddress, caller: caller), stats: stats)
             recordClose(mesh: remote, local: local, peer: peer, endpoint: endpoint, stats: stats)
             let logger = self.logger, upstream = route.upstream.destinationName
             IdleTimeout.arm(route.idleTimeout, stats: stats, mesh: remote, local: local) {
@@ -328,12 +342,17 @@ final class UpstreamConnectionHandler: StagingHandler {
     }
 
     private func recordClose(mesh: Channel, local: Channel, peer: TLSPeer, endpoint: Endpoint, stats: ConnectionStats) {
-        let listenerName = self.listenerName, callerAddress = self.callerAddress, audit = self.audit, caller = self.caller
-        mesh.closeFuture.and(local.closeFuture).whenComplete { _ in
-            audit.record(AuditEvent(kind: .connectionClosed, listener: listenerName, peerAddress: callerAddress,
-                                    destination: peer.identity.uri, bytesIn: stats.bytesFromMesh,
-                                    bytesOut: stats.bytesToMesh, durationMs: stats.durationMs).with(caller: caller))
-        }
+        audit.recordClose(stamped(AuditEvent(kind: .connectionClosed, listener: listenerName, peerAddress: callerAddress,
+                                             destination: peer.identity.uri)), mesh: mesh, local: local, stats: stats)
+    }
+
+    /// The event with this tunnel's ids and its local caller on it.
+    private func stamped(_ event: AuditEvent) -> AuditEvent {
+        var event = event.with(caller: caller)
+        event.connectionID = connectionID
+        event.muxConnectionID = muxConnectionID
+        event.muxStream = muxStream
+        return event
     }
 }
 

@@ -1,0 +1,216 @@
+import Foundation
+import Glibc
+import Logging
+
+/// JSON lines to a file or to stdout, hash-chained (`AuditChain`). Lines are formatted by the
+/// caller and sealed and written by a thread of their own: an event loop never waits on the
+/// disk, and a burst of short connections costs one write(2) per batch rather than one per
+/// line. A disk slower than the traffic holds callers back once 16 MiB are waiting, rather
+/// than dropping audit lines.
+public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
+    /// The file the sink appends to (nil: a descriptor it was given, such as stdout).
+    private let path: String?
+    private let logger: Logger?
+    /// Told how many lines a failed write lost (the metric).
+    private let linesLost: (@Sendable (Int) -> Void)?
+    private let condition = NSCondition()
+    // Guarded by `condition`.
+    private var fd: Int32
+    private var pending: [UInt8] = []
+    private var queuedBytes = 0
+    private var writtenBytes = 0
+    private var failureReported = false
+    private var reopenRequests = 0
+    private var reopensDone = 0
+    /// The hash of the last line written (the chain's head); only the writer advances it.
+    private var head: String
+    static let maxPending = 16 << 20
+    static let batchDelayMicroseconds: UInt32 = 2000
+
+    /// Writes to stdout; the chain starts afresh.
+    public convenience init(handle: FileHandle = .standardOutput, logger: Logger? = nil,
+                            linesLost: (@Sendable (Int) -> Void)? = nil) {
+        self.init(fd: handle.fileDescriptor, path: nil, head: AuditChain.genesis, logger: logger, linesLost: linesLost)
+    }
+
+    private init(fd: Int32, path: String?, head: String, logger: Logger?, linesLost: (@Sendable (Int) -> Void)?) {
+        self.fd = fd
+        self.path = path
+        self.head = head
+        self.logger = logger
+        self.linesLost = linesLost
+        announce("audit log opened", chainHead: head)
+        record(Self.openedLine(reason: "started"))
+        let thread = Thread { [self] in writeLoop() }
+        thread.name = "audit-writer"
+        thread.start()
+    }
+
+    /// Appends to `path` (created 0640), continuing the chain from the file's last line.
+    /// O_APPEND: every write lands at the end of the file as it is now, so logrotate's
+    /// `copytruncate` leaves no hole of zeros, and `reopen()` (SIGHUP) follows its `create`
+    /// mode to the new file.
+    public static func file(at path: String, logger: Logger? = nil,
+                            linesLost: (@Sendable (Int) -> Void)? = nil) throws -> JSONLinesAuditSink {
+        let fd = try openForAppend(path)
+        var head = AuditChain.genesis
+        if let last = lastLine(of: path) {
+            head = last.hash
+            // A line cut short (a crash mid-write) stays as it is, on a line of its own:
+            // `audit verify` names it.
+            if !last.complete { _ = [UInt8(ascii: "\n")].withUnsafeBytes { DescriptorWriter.writeAll(fd, $0, waitWhenFull: true) } }
+        }
+        return JSONLinesAuditSink(fd: fd, path: path, head: head, logger: logger, linesLost: linesLost)
+    }
+
+    static func openForAppend(_ path: String) throws -> Int32 {
+        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+        guard fd >= 0 else {
+            throw ConfigError(source: path, path: "", message: "cannot open audit log file for appending: \(String(cString: strerror(errno)))")
+        }
+        return fd
+    }
+
+    /// The hash of the file's last line, and whether it ended with a newline; nil for an
+    /// empty or unreadable file, or one whose last 1 MiB holds no line break.
+    static func lastLine(of path: String) -> (hash: String, complete: Bool)? {
+        guard let file = FileHandle(forReadingAtPath: path) else { return nil }
+        defer { try? file.close() }
+        guard let size = try? file.seekToEnd(), size > 0 else { return nil }
+        let window = min(size, 1 << 20)
+        try? file.seek(toOffset: size - window)
+        guard let tail = try? file.readToEnd().map(Array.init), !tail.isEmpty else { return nil }
+        let complete = tail.last == UInt8(ascii: "\n")
+        let body = complete ? tail.dropLast() : tail[...]
+        let start = body.lastIndex(of: UInt8(ascii: "\n")).map { $0 + 1 }
+        guard let start = start ?? (window == size ? body.startIndex : nil) else { return nil }
+        return (AuditChain.hash(body[start...]), complete)
+    }
+
+    private static func openedLine(reason: String) -> AuditEvent {
+        AuditEvent(kind: .auditLogOpened, listener: "", reason: reason)
+    }
+
+    /// The chain head goes to the sidecar's own log (the journal): an anchor kept apart from
+    /// the audit file, to check it against (`audit verify --head`).
+    private func announce(_ message: Logger.Message, chainHead: String) {
+        logger?.notice(message, metadata: ["audit_log": "\(path ?? "stdout")", "chain_head": "\(chainHead)"])
+    }
+
+    /// Reopens the file by its path (after logrotate moved it away); returns once lines
+    /// recorded before the call are in the old file and later ones go to the new one, whose
+    /// first line names the old file's last. A path that cannot be opened keeps the old
+    /// descriptor (and says so on stderr).
+    public func reopen() {
+        guard path != nil else { return }
+        condition.lock()
+        reopenRequests += 1
+        let target = reopenRequests
+        condition.broadcast()
+        while reopensDone < target { condition.wait() }
+        condition.unlock()
+    }
+
+    public func record(_ event: AuditEvent) {
+        var line = event.jsonLine
+        line += "\n"
+        condition.lock()
+        while pending.count >= Self.maxPending { condition.wait() }
+        let wasEmpty = pending.isEmpty
+        pending.append(contentsOf: line.utf8)
+        queuedBytes += line.utf8.count
+        // Only the first line of a batch wakes the writer; the rest ride along.
+        if wasEmpty { condition.broadcast() }
+        condition.unlock()
+    }
+
+    public func flush() {
+        condition.lock()
+        let target = queuedBytes
+        while writtenBytes < target { condition.wait() }
+        condition.unlock()
+    }
+
+    /// Flushes, and logs the chain head: the anchor for the file as it is left (at exit).
+    public func finish() {
+        flush()
+        condition.lock()
+        let head = self.head
+        condition.unlock()
+        announce("audit log closed", chainHead: head)
+    }
+
+    /// The sink lives as long as the process (it is never deinitialized while this runs).
+    private func writeLoop() {
+        var batch: [UInt8] = []
+        var sealed: [UInt8] = []
+        while true {
+            condition.lock()
+            while pending.isEmpty && reopensDone == reopenRequests { condition.wait() }
+            let reopening = reopensDone < reopenRequests
+            condition.unlock()
+            // Let a burst gather: at most ~500 wakeups a second however busy the sidecar is,
+            // and an audit line reaches the file within a few milliseconds.
+            if !reopening { usleep(Self.batchDelayMicroseconds) }
+            condition.lock()
+            swap(&batch, &pending)
+            let target = reopenRequests
+            let fd = self.fd
+            var head = self.head
+            condition.broadcast() // Callers held back by a full queue may go on.
+            condition.unlock()
+            AuditChain.seal(batch, head: &head, into: &sealed)
+            var failure = writeAll(sealed, to: fd)
+            let lost = failure == nil ? 0 : batch.count(where: { $0 == UInt8(ascii: "\n") })
+            if target > reopensDone, reopenFile() {
+                // The new file's first line: linked to the old file's last.
+                announce("audit log reopened", chainHead: head)
+                sealed.removeAll(keepingCapacity: true)
+                AuditChain.seal(Array((Self.openedLine(reason: "reopened").jsonLine + "\n").utf8), head: &head, into: &sealed)
+                condition.lock()
+                let fresh = self.fd
+                condition.unlock()
+                failure = failure ?? writeAll(sealed, to: fresh)
+            }
+            // Counted before `flush()` can return for these lines.
+            if lost > 0 { linesLost?(lost) }
+            condition.lock()
+            self.head = head
+            if target > reopensDone { reopensDone = target }
+            writtenBytes += batch.count
+            let report = failure != nil && !failureReported
+            if failure != nil { failureReported = true }
+            condition.broadcast()
+            condition.unlock()
+            if report, let failure {
+                // Nowhere else to say it: the audit log itself is what failed.
+                StandardError.write("backup-sidecar: audit log write failed (\(failure)); audit lines are being lost\n")
+            }
+            batch.removeAll(keepingCapacity: batch.capacity <= 1 << 20)
+            sealed.removeAll(keepingCapacity: sealed.capacity <= 1 << 20)
+        }
+    }
+
+    /// On the writer thread, after the lines recorded before the request were written. False
+    /// when the path could not be opened (the old descriptor stays).
+    private func reopenFile() -> Bool {
+        guard let path else { return false }
+        guard let fresh = try? Self.openForAppend(path) else {
+            StandardError.write("backup-sidecar: audit log \(path) could not be reopened; still writing to the old file\n")
+            return false
+        }
+        condition.lock()
+        close(fd)
+        fd = fresh
+        failureReported = false
+        condition.unlock()
+        return true
+    }
+
+    /// A full stdout pipe is waited out: audit lines are held back, never dropped.
+    private func writeAll(_ bytes: [UInt8], to fd: Int32) -> String? {
+        guard !bytes.isEmpty else { return nil }
+        let failure = bytes.withUnsafeBytes { DescriptorWriter.writeAll(fd, $0, waitWhenFull: true) }
+        return failure.map { String(cString: strerror($0)) }
+    }
+}
