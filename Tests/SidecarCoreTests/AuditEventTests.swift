@@ -243,8 +243,7 @@ struct AuditEventTests {
     /// writes: every field (with its JSON type) and every event kind, no more, no less.
     @Test("deploy/audit-schema.md documents exactly the fields and events the sidecar writes, with their types")
     func schemaDocument() throws {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let text = try String(contentsOf: root.appendingPathComponent("deploy/audit-schema.md"), encoding: .utf8)
+        let text = try String(contentsOf: TestCertificates.repositoryRoot.appendingPathComponent("deploy/audit-schema.md"), encoding: .utf8)
         func table(after heading: String) -> [[String]] {
             let section = text.components(separatedBy: heading)[1].components(separatedBy: "\n## ")[0]
             return section.split(separator: "\n").filter { $0.hasPrefix("| `") }.map { row in
