@@ -57,7 +57,7 @@ private struct LoginMesh {
         let second = freeLocalPort()
         try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
                                  upstreams: [("storage", upstreamPort), ("storage-copy", second)])
-        return await eventually(timeout: 8) { sidecar.definition.upstreams.count == 2 && (try? BlockingSocket(port: second)) != nil }
+        return await eventually { sidecar.definition.upstreams.count == 2 && (try? BlockingSocket(port: second)) != nil }
     }
 }
 
@@ -79,7 +79,7 @@ struct ACLLoginTests {
             $0.contains("api-version=2018-02-01") && $0.contains("resource=https%3A%2F%2Fmanagement.azure.com%2F")
                 && $0.hasSuffix("metadata=true")
         }, "\(setup.imds.server.requests)")
-        #expect(await eventually(timeout: 10) { setup.storage.readiness.ready && sidecar.upstreamInstanceList["storage"]?.count == 1 })
+        #expect(await eventually { setup.storage.readiness.ready && sidecar.upstreamInstanceList["storage"]?.count == 1 })
         #expect(await echoRoundTrip(port: setup.upstreamPort))
 
         // Renewal at 80% of the TTL: a new login, the old token logged out, never an expired token in use.
@@ -110,9 +110,9 @@ struct ACLLoginTests {
         let login = setup.login(logs: logs)
         let starting = Task { try await setup.mesh.sidecar(for: "backup-agent", tokenSource: login, startupTimeout: .seconds(30),
                                                           logger: logs.logger) }
-        #expect(await eventually(timeout: 5) { logs.messages.contains { $0.contains("Consul ACL login failed") && $0.contains("Identity not found") } })
+        #expect(await eventually { logs.messages.contains { $0.contains("Consul ACL login failed") && $0.contains("Identity not found") } })
         setup.imds.mode.withLockedValue { $0 = .untrustedKey }
-        #expect(await eventually(timeout: 5) { logs.messages.contains { $0.contains("no configured public key validates the token signature") } },
+        #expect(await eventually { logs.messages.contains { $0.contains("no configured public key validates the token signature") } },
                 "the agent's reason reaches the log")
         #expect(setup.mesh.agent.loginCount == 0)
         setup.imds.mode.withLockedValue { $0 = .good }

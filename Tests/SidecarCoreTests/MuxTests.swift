@@ -162,7 +162,7 @@ struct MuxTests {
         defer { Task { await mesh.stop() } }
         #expect(await echoRoundTrip(port: mesh.upstreamPort))
         #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) >= 1)
-        #expect(await eventually(timeout: 6) { mesh.storage.openConnections(on: Sidecar.publicListenerName) == 0 })
+        #expect(await eventually { mesh.storage.openConnections(on: Sidecar.publicListenerName) == 0 })
         var poolEmpty = false
         for _ in 0..<100 where !poolEmpty {
             poolEmpty = await mesh.agent.muxPoolCounts().connections == 0

@@ -104,8 +104,9 @@ let quietLogger: Logger = {
     return logger
 }()
 
-/// Polls until `condition` holds or `timeout` passes.
-func eventually(timeout: Double = 5, _ condition: () -> Bool) async -> Bool {
+/// Polls until `condition` holds or `timeout` passes. It returns as soon as the condition
+/// holds, so the default is a margin for a machine with both cores busy, not a wait.
+func eventually(timeout: Double = 30, _ condition: () -> Bool) async -> Bool {
     let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
     while ContinuousClock.now < deadline {
         if condition() { return true }
