@@ -443,6 +443,11 @@ public final class Sidecar: Sendable {
                                    decision: "deny", reason: "drain timeout reached at shutdown")
             event.muxStream = (tunnel.channel as? MuxStreamIdentifying).map { Int($0.muxStreamID) }
             event.connectionID = tunnel.id
+            if let record = tunnel.tunnel {
+                // Joined tunnels say who they were; the rest were still in their handshake.
+                event.muxConnectionID = record.muxConnectionID
+                if record.direction == .inbound { event.source = record.peerIdentity } else { event.destination = record.peerIdentity }
+            }
             settings.audit.record(event)
         }
         for tracked in tunnels + leftovers.filter(\.isMuxCarrier) {

@@ -89,18 +89,22 @@ struct AuditCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Check the prev_hash chain of audit log files (oldest first) and name the first broken line.",
             discussion: """
-                Exit 0: every line links to the one before; 1: the chain is broken (the line is named); 2: a file \
-                cannot be read. The chain cannot show lines cut from the end of the newest file, or everything after \
-                some line rewritten: compare the printed head with the chain_head the sidecar logged ("audit log \
-                reopened", "audit log closed"), or pass it as --head.
+                Exit 0: every line links to the one before; 1: the chain is broken (every break is named); 2: a file \
+                cannot be read. The chain alone cannot show lines cut from the end, or everything after some line \
+                rewritten: pass the chain_head values the sidecar logged ("audit log opened/reopened/closed", "chain \
+                head") as --anchor. See deploy/audit-schema.md.
                 """
         )
 
         @Argument(help: "Audit log files, oldest first (audit.log.2 audit.log.1 audit.log).") var files: [String]
         @Option(name: .customLong("start"), help: "The prev_hash the first line must name (the head of an earlier verified file).")
         var start: String?
-        @Option(name: .customLong("head"), help: "The hash the last line must have (a chain_head from the sidecar's log).")
+        @Option(name: .customLong("head"), help: "The hash the last line must have (the latest chain_head the sidecar logged).")
         var head: String?
+        @Option(name: .customLong("anchor"), help: "A chain_head the sidecar logged (repeatable): it must be the hash of a line in FILES.")
+        var anchors: [String] = []
+        @Flag(name: .customLong("strict"), help: "A new chain (a sidecar that started on an empty log) counts as a break.")
+        var strict = false
 
         func run() throws {
             var contents: [(name: String, bytes: [UInt8])] = []
@@ -110,18 +114,23 @@ struct AuditCommand: ParsableCommand {
                 }
                 contents.append((file, Array(data)))
             }
-            switch AuditChain.verify(files: contents, start: start?.lowercased(), head: head?.lowercased()) {
-            case .intact(let lines, let head, let first, let restarts):
-                for restart in restarts {
-                    print("note: a new chain starts at \(restart) (a sidecar started on an empty log); lines before it are not linked to it")
-                }
-                print("OK: \(lines) lines in \(files.count) file(s), every line linked to the one before")
-                print("first line names: \(first)")
-                print("head (sha256 of the last line): \(head)")
-            case .broken(let location, let reason):
-                print("BROKEN at \(location.line < 0 ? location.file : location.description): \(reason)")
+            let verdict = AuditChain.verify(files: contents, start: start?.lowercased(), head: head?.lowercased(),
+                                            anchors: anchors.map { $0.lowercased() }, strict: strict)
+            for found in verdict.breaks { print("BROKEN at \(found.location): \(found.reason)") }
+            for restart in verdict.restarts where !strict {
+                print("note: a new chain starts at \(restart) (a sidecar started on an empty log or on stdout); lines before it are not linked to it")
+            }
+            if start == nil && verdict.startsWith != AuditChain.genesis && verdict.lines > 0 {
+                print("note: the first line follows a line not given (\(verdict.startsWith)); --start checks it against an earlier file's head")
+            }
+            let summary = "\(verdict.lines) chained lines in \(files.count) file(s)"
+            guard verdict.intact else {
+                print("FAILED: \(verdict.breaks.count) break(s); \(summary)")
                 throw ExitCode(1)
             }
+            print("OK: \(summary), every line linked to the one before")
+            print("first line names: \(verdict.startsWith)")
+            print("head (sha256 of the last line): \(verdict.head)")
         }
     }
 }

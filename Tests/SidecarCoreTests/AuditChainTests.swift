@@ -29,8 +29,7 @@ struct AuditChainTests {
     }
 
     static func brokenAt(_ verdict: AuditChain.Verdict) -> AuditChain.Location? {
-        if case .broken(let location, _) = verdict { return location }
-        return nil
+        verdict.breaks.first?.location
     }
 
     @Test("sealed lines are JSON objects ending in prev_hash, each naming the sha256 of the line before")
@@ -46,7 +45,7 @@ struct AuditChainTests {
             previous = digest.finalizeHex()
         }
         #expect(head == previous, "the head is the last line's hash")
-        #expect(AuditChain.verify(files: [Self.file(lines)]) == .intact(lines: 20, head: head, startsWith: AuditChain.genesis, restarts: []))
+        #expect(AuditChain.verify(files: [Self.file(lines)]) == .init(lines: 20, head: head, startsWith: AuditChain.genesis))
     }
 
     @Test("a batch is sealed the same however it is split into writes")
@@ -105,10 +104,9 @@ struct AuditChainTests {
         let (lines, head) = Self.chain(5)
         // Cutting lines off the front leaves a chain that verifies on its own...
         let tail = Array(lines.dropFirst(2))
-        guard case .intact(3, head, let start, []) = AuditChain.verify(files: [Self.file(tail)]) else {
-            Issue.record("a tail of a chain is a chain")
-            return
-        }
+        let tailVerdict = AuditChain.verify(files: [Self.file(tail)])
+        #expect(tailVerdict.intact && tailVerdict.lines == 3 && tailVerdict.head == head, "a tail of a chain is a chain")
+        let start = tailVerdict.startsWith
         // ...but not against the start it should have had.
         #expect(start != AuditChain.genesis)
         #expect(Self.brokenAt(AuditChain.verify(files: [Self.file(tail)], start: AuditChain.genesis)) == .init(file: "audit.log", line: 1))
@@ -125,7 +123,7 @@ struct AuditChainTests {
         let second = Self.chain(3, from: first.head)
         let third = Self.chain(2, from: second.head)
         let files = [Self.file(first.lines, name: "a.2"), Self.file(second.lines, name: "a.1"), Self.file(third.lines, name: "a")]
-        #expect(AuditChain.verify(files: files) == .intact(lines: 9, head: third.head, startsWith: AuditChain.genesis, restarts: []))
+        #expect(AuditChain.verify(files: files) == .init(lines: 9, head: third.head, startsWith: AuditChain.genesis))
         #expect(Self.brokenAt(AuditChain.verify(files: [files[0], files[2]])) == .init(file: "a", line: 1), "a.1 left out")
         #expect(Self.brokenAt(AuditChain.verify(files: [files[1], files[0], files[2]])) == .init(file: "a.2", line: 1))
     }
@@ -139,8 +137,7 @@ struct AuditChainTests {
         let opened = String(decoding: out.dropLast(), as: UTF8.self)
         let rest = Self.chain(2, from: head)
         let verdict = AuditChain.verify(files: [Self.file(old.lines, name: "old"), Self.file([opened] + rest.lines, name: "new")])
-        #expect(verdict == .intact(lines: 6, head: rest.head, startsWith: AuditChain.genesis,
-                                   restarts: [.init(file: "new", line: 1)]))
+        #expect(verdict == .init(lines: 6, head: rest.head, startsWith: AuditChain.genesis, restarts: [.init(file: "new", line: 1)]))
         // A connection line claiming genesis mid-chain is a break, not a restart.
         let forged = Self.chain(2)
         #expect(Self.brokenAt(AuditChain.verify(files: [Self.file(old.lines + forged.lines)])) == .init(file: "audit.log", line: 4))
@@ -188,16 +185,16 @@ struct AuditChainTests {
         second.record(AuditEvent(kind: .connectionClosed, listener: "b"))
         second.flush()
         let text = try String(contentsOfFile: path, encoding: .utf8)
-        #expect(AuditChain.verify(files: [(path, Array(text.utf8))]).isIntact)
+        #expect(AuditChain.verify(files: [(path, Array(text.utf8))]).intact)
         try FileManager.default.moveItem(atPath: path, toPath: path + ".1")
         second.reopen()
         second.record(AuditEvent(kind: .connectionClosed, listener: "c"))
         second.flush()
         let rotated = try Array(Data(contentsOf: URL(fileURLWithPath: path + ".1")))
         let current = try Array(Data(contentsOf: URL(fileURLWithPath: path)))
-        #expect(AuditChain.verify(files: [("1", rotated), ("0", current)]) == .intact(
+        #expect(AuditChain.verify(files: [("1", rotated), ("0", current)]) == .init(
             lines: 15, head: AuditChain.hash(current.dropLast()[(current.dropLast().lastIndex(of: 10).map { $0 + 1 } ?? 0)...]),
-            startsWith: AuditChain.genesis, restarts: []))
+            startsWith: AuditChain.genesis))
         // A torn last line (a crash mid-write) is closed off and named, not silently absorbed.
         let handle = try #require(FileHandle(forWritingAtPath: path))
         try handle.seekToEnd()
@@ -231,6 +228,102 @@ private final class LostLines: @unchecked Sendable {
     var total: Int { lock.withLock { count } }
 }
 
-extension AuditChain.Verdict {
-    var isIntact: Bool { if case .intact = self { true } else { false } }
+/// The attacks a review of the chain found, each now caught.
+@Suite("Audit hash chain: attacks")
+struct AuditChainAttackTests {
+    static func sealed(_ events: [AuditEvent], head: inout String) -> [String] {
+        var out: [UInt8] = []
+        AuditChain.seal(Array(events.map { $0.jsonLine + "\n" }.joined().utf8), head: &head, into: &out)
+        return String(decoding: out, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init)
+    }
+
+    @Test("lines cut from the end while the sidecar was stopped: the chain continues, the logged anchor does not match")
+    func cutBeforeRestart() throws {
+        let path = "\(try scratchDirectory("audit-cut"))/audit.jsonl"
+        let first = try JSONLinesAuditSink.file(at: path)
+        for index in 0..<5 { first.record(AuditEvent(kind: .connectionClosed, listener: "l\(index)")) }
+        first.flush()
+        let closedAnchor = try #require(try JSONLinesAuditSink.lastLine(of: path)).hash // what "audit log closed" logs
+        var lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map(String.init)
+        lines.removeLast(2)
+        try (lines.joined(separator: "\n") + "\n").write(toFile: path, atomically: false, encoding: .utf8)
+        let second = try JSONLinesAuditSink.file(at: path)
+        second.record(AuditEvent(kind: .connectionClosed, listener: "after"))
+        second.flush()
+        let bytes = try Array(Data(contentsOf: URL(fileURLWithPath: path)))
+        #expect(AuditChain.verify(files: [(path, bytes)]).intact, "the chain alone cannot see it")
+        let anchored = AuditChain.verify(files: [(path, bytes)], anchors: [closedAnchor])
+        #expect(anchored.breaks.map(\.location.file) == ["--anchor"], "\(anchored.breaks)")
+    }
+
+    @Test("junk glued in front of the next start cannot pass for a new chain")
+    func gluedRestart() throws {
+        let path = "\(try scratchDirectory("audit-glue"))/audit.jsonl"
+        let first = try JSONLinesAuditSink.file(at: path)
+        first.record(AuditEvent(kind: .connectionClosed, listener: "real"))
+        first.flush()
+        // 40 bytes without commas, the event marker, then 1 MiB without a newline.
+        let junk = String(repeating: "x", count: 40) + ",\"event\":\"audit_log_opened\"" + String(repeating: "y", count: 1 << 20)
+        let handle = try #require(FileHandle(forWritingAtPath: path))
+        try handle.seekToEnd()
+        try handle.write(contentsOf: Data(junk.utf8))
+        try handle.close()
+        let second = try JSONLinesAuditSink.file(at: path)
+        second.record(AuditEvent(kind: .connectionClosed, listener: "after"))
+        second.flush()
+        let verdict = AuditChain.verify(files: [(path, try Array(Data(contentsOf: URL(fileURLWithPath: path))))])
+        #expect(verdict.restarts.isEmpty && verdict.breaks.map(\.location.line) == [3], "\(verdict)")
+    }
+
+    @Test("the last line is found however long it is (no silent restart for a file without a newline in its last MiB)")
+    func longLastLine() throws {
+        let path = "\(try scratchDirectory("audit-long"))/audit.jsonl"
+        let long = "{\"x\":\"" + String(repeating: "z", count: 3 << 20) + "\"}"
+        try ("{}\n" + long + "\n").write(toFile: path, atomically: false, encoding: .utf8)
+        let last = try #require(try JSONLinesAuditSink.lastLine(of: path))
+        #expect(last.complete && last.hash == AuditChain.hash(Array(long.utf8)[...]))
+        try long.write(toFile: path, atomically: false, encoding: .utf8)
+        let torn = try #require(try JSONLinesAuditSink.lastLine(of: path))
+        #expect(!torn.complete && torn.hash == last.hash)
+        #expect(try JSONLinesAuditSink.lastLine(of: path + ".none") == nil)
+    }
+
+    @Test("lines lost to a failed write are reported once, as a recorded gap, and the chain holds after it")
+    func recordedLoss() {
+        var head = AuditChain.genesis
+        let before = Self.sealed((0..<3).map { AuditEvent(kind: .connectionClosed, listener: "b\($0)") }, head: &head)
+        _ = Self.sealed((0..<2).map { AuditEvent(kind: .connectionClosed, listener: "lost\($0)") }, head: &head)
+        // What the writer does once writing works again: a newline, the marker, the new lines.
+        let marker = Self.sealed([AuditEvent(kind: .auditLinesLost, listener: "", reason: "2 lines could not be written (No space left on device)")], head: &head)
+        let after = Self.sealed([AuditEvent(kind: .connectionClosed, listener: "a")], head: &head)
+        for torn in ["", "{\"ts\":\"2026-12-05T"] {
+            let lines = before + [torn] + marker + after
+            let verdict = AuditChain.verify(files: [AuditChainTests.file(lines)])
+            #expect(verdict.breaks.count == 1, "\(verdict.breaks)")
+            #expect(verdict.breaks.first?.location.line == 4)
+            #expect(verdict.breaks.first?.reason.hasPrefix("2 audit lines lost here") == true)
+        }
+        // A marker cannot excuse an edit elsewhere.
+        var edited = before + [""] + marker + after
+        edited[0] = edited[0].replacingOccurrences(of: "b0", with: "b9")
+        #expect(AuditChain.verify(files: [AuditChainTests.file(edited)]).breaks.count == 2)
+    }
+
+    @Test("--strict turns restarts into breaks; --start and anchors accept what they should")
+    func strictAndAnchors() {
+        var head = AuditChain.genesis
+        let first = Self.sealed([AuditEvent(kind: .connectionClosed, listener: "x")], head: &head)
+        var fresh = AuditChain.genesis
+        let restart = Self.sealed([AuditEvent(kind: .auditLogOpened, listener: "", reason: "started")], head: &fresh)
+        let file = AuditChainTests.file(first + restart)
+        #expect(AuditChain.verify(files: [file]).intact)
+        #expect(AuditChain.verify(files: [file], strict: true).breaks.count == 1)
+        // A reopened line claiming genesis is not a restart.
+        var reopenedHead = AuditChain.genesis
+        let reopened = Self.sealed([AuditEvent(kind: .auditLogOpened, listener: "", reason: "reopened")], head: &reopenedHead)
+        #expect(AuditChain.verify(files: [AuditChainTests.file(first + reopened)]).breaks.count == 1)
+        let lineHash = AuditChain.hash(Array(first[0].utf8)[...])
+        #expect(AuditChain.verify(files: [file], anchors: [lineHash, AuditChain.genesis]).intact)
+        #expect(AuditChain.verify(files: [file], start: AuditChain.genesis).intact)
+    }
 }

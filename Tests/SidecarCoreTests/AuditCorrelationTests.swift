@@ -40,7 +40,7 @@ struct AuditCorrelationTests {
             #expect(byID.count == 3, "three tunnels, three ids")
             for (id, lines) in byID {
                 #expect(lines.map(\.kind) == [opening, .connectionClosed], "\(id): opened then closed, nothing else")
-                #expect(id.wholeMatch(of: #/[0-9a-f]{8}-[0-9]+/#) != nil, "\(id)")
+                #expect(id.wholeMatch(of: #/[0-9a-f]{16}-[0-9]+/#) != nil, "\(id)")
             }
             let carriers = audit.events.filter { $0.kind == .muxConnected }
             if mux == .off {

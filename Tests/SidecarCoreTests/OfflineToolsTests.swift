@@ -154,7 +154,7 @@ struct OfflineToolsTests {
         for index in 0..<6 { sink.record(AuditEvent(kind: .connectionClosed, listener: "public", bytesIn: index)) }
         sink.flush()
         let intact = try await ProcessRunner.run([CommandLineTests.binary, "audit", "verify", path], timeout: 30)
-        #expect(intact.status == 0 && intact.output.contains("OK: 7 lines in 1 file(s)"), "\(intact.output)")
+        #expect(intact.status == 0 && intact.output.contains("OK: 7 chained lines in 1 file(s)"), "\(intact.output)")
         let head = try #require(intact.output.split(separator: "\n").first { $0.hasPrefix("head") }?.split(separator: " ").last)
         let anchored = try await ProcessRunner.run([CommandLineTests.binary, "audit", "verify", "--head", String(head), path], timeout: 30)
         #expect(anchored.status == 0, "\(anchored.output)")
@@ -166,7 +166,7 @@ struct OfflineToolsTests {
         lines[3] = lines[3].replacingOccurrences(of: "\"bytes_in\":2", with: "\"bytes_in\":1")
         try (lines.joined(separator: "\n") + "\n").write(toFile: path, atomically: false, encoding: .utf8)
         let broken = try await ProcessRunner.run([CommandLineTests.binary, "audit", "verify", path], timeout: 30)
-        #expect(broken.status == 1 && broken.output.hasPrefix("BROKEN at \(path):5: prev_hash does not match"), "\(broken.output)")
+        #expect(broken.status == 1 && broken.output.hasPrefix("BROKEN at \(path):5: prev_hash does not match") && broken.output.contains("FAILED: 1 break(s)"), "\(broken.output)")
         // Dropping the last line passes the chain alone, not the head anchor.
         try (original.dropLast().joined(separator: "\n") + "\n").write(toFile: path, atomically: false, encoding: .utf8)
         let cut = try await ProcessRunner.run([CommandLineTests.binary, "audit", "verify", "--head", String(head), path], timeout: 30)

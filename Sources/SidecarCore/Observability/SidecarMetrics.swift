@@ -45,7 +45,7 @@ public final class SidecarMetrics: AuditSink, Sendable {
             count(.connectionsRevoked, ("listener", listener))
         case .connectionClosed:
             break // Its bytes were counted as they flowed.
-        case .intentionsUpdated, .certificateRotated, .configReloaded, .auditLogOpened:
+        case .intentionsUpdated, .certificateRotated, .configReloaded, .auditLogOpened, .auditLinesLost:
             break // Counted where they happen (intentionsReloaded, certificateRotated).
         }
     }

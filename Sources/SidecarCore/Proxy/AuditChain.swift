@@ -12,7 +12,6 @@ public enum AuditChain {
     public static let genesis = String(repeating: "0", count: 64)
     static let fieldStart = Array(",\"prev_hash\":\"".utf8)
     static let fieldEnd = Array("\"}".utf8)
-    static let restartMarker = Array(",\"event\":\"\(AuditEvent.Kind.auditLogOpened.rawValue)\"".utf8)
 
     /// Lowercase hex sha256 of one line (without its newline).
     static func hash(_ line: UnsafeRawBufferPointer) -> String {
@@ -49,29 +48,54 @@ public enum AuditChain {
         }
     }
 
-    /// Where a line is: a file name and a 1-based line number.
+    /// Where a line is: a file name and a 1-based line number (0: not a line of the files).
     public struct Location: Sendable, Equatable, CustomStringConvertible {
         public var file: String
         public var line: Int
-        public var description: String { "\(file):\(line)" }
+        public var description: String { line > 0 ? "\(file):\(line)" : file }
     }
 
-    public enum Verdict: Sendable, Equatable {
-        /// Every link holds. `head` is the hash of the last line (compare with the anchor the
-        /// sidecar logged); `restarts` are lines that start a new chain (a sidecar that
-        /// started on an empty log): lines before them are not linked to lines after.
-        case intact(lines: Int, head: String, startsWith: String, restarts: [Location])
-        case broken(Location, reason: String)
+    public struct Break: Sendable, Equatable {
+        public var location: Location
+        public var reason: String
     }
 
-    /// Checks files given oldest first (`audit.log.2 audit.log.1 audit.log`). `start`: the
-    /// hash the first line must name (the anchor of an earlier, verified file); `head`: the
-    /// hash the last line must have (an anchor from the sidecar's log).
-    public static func verify(files: [(name: String, bytes: [UInt8])], start: String? = nil, head: String? = nil) -> Verdict {
+    /// What `verify` found. The chain holds when `breaks` is empty.
+    public struct Verdict: Sendable, Equatable {
+        public var lines = 0
+        /// The hash of the last line: compare with the sidecar's latest logged anchor.
+        public var head = ""
+        /// What the first line names: 64 zeros for a log that started empty, otherwise the
+        /// line before it (in a file not given; `--start` checks it).
+        public var startsWith = ""
+        /// Lines that start a new chain (a sidecar that started on an empty log, or on stdout):
+        /// the lines before them are not linked to the lines after.
+        public var restarts: [Location] = []
+        /// Every place the chain does not hold, in file order (verify goes on after each).
+        public var breaks: [Break] = []
+        public var intact: Bool { breaks.isEmpty }
+    }
+
+    /// Checks files given oldest first (`audit.log.2 audit.log.1 audit.log`) and lists every
+    /// break. `start`: the hash the first line must name (the head of an earlier, verified
+    /// file); `head`: the hash the last line must have; `anchors`: chain heads the sidecar
+    /// logged (journal), each of which must be the hash of a line in the files, or what the
+    /// first line names: an anchor that is neither shows lines cut or rewritten after it was
+    /// logged. `strict`: a restart is a break too.
+    public static func verify(files: [(name: String, bytes: [UInt8])], start: String? = nil, head: String? = nil,
+                              anchors: [String] = [], strict: Bool = false) -> Verdict {
+        var verdict = Verdict()
         var previous: String?
-        var first: String?
-        var lines = 0
-        var restarts: [Location] = []
+        var seen: Set<String> = []
+        /// A line that is not chained (torn by a crash or a failed write, or empty), held back
+        /// to be reported together with an `audit_lines_lost` line right after it.
+        var unchained: Location?
+        func flushUnchained() {
+            if let location = unchained {
+                verdict.breaks.append(Break(location: location, reason: "the line does not end with a prev_hash field (torn, empty or not written by the sidecar)"))
+            }
+            unchained = nil
+        }
         for (name, bytes) in files {
             var index = bytes.startIndex
             var number = 0
@@ -80,33 +104,59 @@ public enum AuditChain {
                 let newline = bytes[index...].firstIndex(of: UInt8(ascii: "\n"))
                 let line = bytes[index..<(newline ?? bytes.endIndex)]
                 let location = Location(file: name, line: number)
-                guard newline != nil else { return .broken(location, reason: "the last line is incomplete (no newline)") }
-                guard let claimed = claimedHash(line) else {
-                    return .broken(location, reason: "the line does not end with a prev_hash field")
+                index = (newline ?? bytes.endIndex - 1) + 1
+                let lineHash = hash(line)
+                defer {
+                    previous = lineHash
+                    seen.insert(lineHash)
                 }
+                guard newline != nil else {
+                    flushUnchained()
+                    verdict.breaks.append(Break(location: location, reason: "the last line is incomplete (no newline)"))
+                    continue
+                }
+                guard let claimed = claimedHash(line) else {
+                    flushUnchained()
+                    unchained = location
+                    continue
+                }
+                verdict.lines += 1
+                if verdict.lines == 1 { verdict.startsWith = claimed }
+                if isLinesLost(line) && (unchained != nil || claimed != previous) {
+                    let count = lostCount(line).map { "\($0) audit lines" } ?? "audit lines"
+                    verdict.breaks.append(Break(location: unchained ?? location,
+                                                reason: "\(count) lost here: the sidecar could not write them (recorded at \(location))"))
+                    unchained = nil
+                    continue
+                }
+                flushUnchained()
                 if let previous, claimed != previous {
                     if claimed == genesis && isRestart(line) {
-                        restarts.append(location)
+                        verdict.restarts.append(location)
+                        if strict { verdict.breaks.append(Break(location: location, reason: "a new chain starts here (--strict)")) }
                     } else {
-                        return .broken(location, reason: "prev_hash does not match the line before: a line was changed, removed or inserted here")
+                        verdict.breaks.append(Break(location: location, reason: "prev_hash does not match the line before: a line was changed, removed or inserted here"))
                     }
                 } else if previous == nil, let start, claimed != start {
-                    return .broken(location, reason: "the first line names \(claimed), not the expected start \(start)")
+                    verdict.breaks.append(Break(location: location, reason: "the first line names \(claimed), not the expected start \(start)"))
                 }
-                if first == nil { first = claimed }
-                previous = hash(line)
-                lines += 1
-                index = newline! + 1
             }
         }
-        guard let previous, let first else {
-            return .broken(Location(file: files.last?.name ?? "-", line: 0), reason: "no lines")
+        flushUnchained()
+        verdict.head = previous ?? ""
+        guard previous != nil else {
+            verdict.breaks.append(Break(location: Location(file: files.last?.name ?? "-", line: 0), reason: "no lines"))
+            return verdict
         }
-        if let head, head != previous {
-            return .broken(Location(file: files.last!.name, line: -1),
-                           reason: "the last line's hash is \(previous), not the expected head \(head): lines were cut from the end or rewritten")
+        if let head, head != verdict.head {
+            verdict.breaks.append(Break(location: Location(file: "--head", line: 0),
+                                        reason: "the last line's hash is \(verdict.head), not \(head): lines were cut from the end or rewritten"))
         }
-        return .intact(lines: lines, head: previous, startsWith: first, restarts: restarts)
+        for anchor in anchors where anchor != verdict.startsWith && !seen.contains(anchor) {
+            verdict.breaks.append(Break(location: Location(file: "--anchor", line: 0),
+                                        reason: "\(anchor) is the hash of no line: lines logged before it was were cut or rewritten"))
+        }
+        return verdict
     }
 
     /// The hash a line names, if it ends with the field exactly as the sidecar writes it.
@@ -121,11 +171,23 @@ public enum AuditChain {
         return String(decoding: hex, as: UTF8.self)
     }
 
-    /// A line that may start a new chain: an `audit_log_opened` line (the event field is the
-    /// third, at a fixed place, so a value elsewhere in the line cannot pass for it).
+    /// A line that may start a new chain: exactly the `audit_log_opened` line a sidecar writes
+    /// when it starts on an empty log or on stdout, and nothing else.
     static func isRestart(_ line: ArraySlice<UInt8>) -> Bool {
-        // {"ts":"2026-12-05T10:00:00.000Z","schema_version":N ...
-        guard let comma = line.dropFirst(40).firstIndex(of: UInt8(ascii: ",")) else { return false }
-        return line[comma...].starts(with: restartMarker)
+        String(decoding: line, as: UTF8.self).wholeMatch(of: restartLine) != nil
     }
+
+    /// The line a sidecar writes once writing works again after lines were lost.
+    static func isLinesLost(_ line: ArraySlice<UInt8>) -> Bool {
+        String(decoding: line, as: UTF8.self).prefixMatch(of: linesLostPrefix) != nil
+    }
+
+    static func lostCount(_ line: ArraySlice<UInt8>) -> Int? {
+        String(decoding: line, as: UTF8.self).firstMatch(of: #/"reason":"([0-9]+) lines could not be written/#).flatMap { Int($0.1) }
+    }
+
+    nonisolated(unsafe) static let restartLine =
+        #/\{"ts":"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z","schema_version":[0-9]+,"event":"audit_log_opened","reason":"started","prev_hash":"0{64}"\}/#
+    nonisolated(unsafe) static let linesLostPrefix =
+        #/\{"ts":"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z","schema_version":[0-9]+,"event":"audit_lines_lost","reason":"/#
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Logging
+import SidecarTLS
 
 /// JSON lines to a file or to stdout, hash-chained (`AuditChain`). Lines are formatted by the
 /// caller and sealed and written by a thread of their own: an event loop never waits on the
@@ -49,16 +50,22 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
     /// Appends to `path` (created 0640), continuing the chain from the file's last line.
     /// O_APPEND: every write lands at the end of the file as it is now, so logrotate's
     /// `copytruncate` leaves no hole of zeros, and `reopen()` (SIGHUP) follows its `create`
-    /// mode to the new file.
+    /// mode to the new file. A non-empty file whose last line cannot be read is refused: the
+    /// chain would silently start over.
     public static func file(at path: String, logger: Logger? = nil,
                             linesLost: (@Sendable (Int) -> Void)? = nil) throws -> JSONLinesAuditSink {
         let fd = try openForAppend(path)
         var head = AuditChain.genesis
-        if let last = lastLine(of: path) {
-            head = last.hash
-            // A line cut short (a crash mid-write) stays as it is, on a line of its own:
-            // `audit verify` names it.
-            if !last.complete { _ = [UInt8(ascii: "\n")].withUnsafeBytes { DescriptorWriter.writeAll(fd, $0, waitWhenFull: true) } }
+        do {
+            if let last = try lastLine(of: path) {
+                head = last.hash
+                // A line cut short (a crash mid-write) stays as it is, on a line of its own:
+                // `audit verify` names it.
+                if !last.complete { _ = [UInt8(ascii: "\n")].withUnsafeBytes { DescriptorWriter.writeAll(fd, $0, waitWhenFull: true) } }
+            }
+        } catch {
+            close(fd)
+            throw ConfigError(source: path, path: "", message: "cannot read the audit log's last line to continue its hash chain: \(error)")
         }
         return JSONLinesAuditSink(fd: fd, path: path, head: head, logger: logger, linesLost: linesLost)
     }
@@ -72,19 +79,45 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
     }
 
     /// The hash of the file's last line, and whether it ended with a newline; nil for an
-    /// empty or unreadable file, or one whose last 1 MiB holds no line break.
-    static func lastLine(of path: String) -> (hash: String, complete: Bool)? {
-        guard let file = FileHandle(forReadingAtPath: path) else { return nil }
-        defer { try? file.close() }
-        guard let size = try? file.seekToEnd(), size > 0 else { return nil }
-        let window = min(size, 1 << 20)
-        try? file.seek(toOffset: size - window)
-        guard let tail = try? file.readToEnd().map(Array.init), !tail.isEmpty else { return nil }
-        let complete = tail.last == UInt8(ascii: "\n")
-        let body = complete ? tail.dropLast() : tail[...]
-        let start = body.lastIndex(of: UInt8(ascii: "\n")).map { $0 + 1 }
-        guard let start = start ?? (window == size ? body.startIndex : nil) else { return nil }
-        return (AuditChain.hash(body[start...]), complete)
+    /// empty file (or one that does not exist). Reads backwards in chunks until the line
+    /// starts, however long it is, and hashes it as it goes forward.
+    static func lastLine(of path: String) throws -> (hash: String, complete: Bool)? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            if errno == ENOENT { return nil }
+            throw ConfigError(source: path, path: "", message: String(cString: strerror(errno)))
+        }
+        defer { close(fd) }
+        let size = Int(lseek(fd, 0, SEEK_END))
+        guard size > 0 else { return nil }
+        let chunk = 1 << 20
+        func read(_ offset: Int, _ count: Int) throws -> [UInt8] {
+            var bytes = [UInt8](repeating: 0, count: count)
+            let got = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(offset)) }
+            guard got == count else { throw ConfigError(source: path, path: "", message: "short read") }
+            return bytes
+        }
+        let complete = try read(size - 1, 1) == [UInt8(ascii: "\n")]
+        let end = complete ? size - 1 : size // the line's bytes are [start, end)
+        var start = 0
+        var offset = end
+        while offset > 0 {
+            let count = min(chunk, offset)
+            let bytes = try read(offset - count, count)
+            if let newline = bytes.lastIndex(of: UInt8(ascii: "\n")) {
+                start = offset - count + newline + 1
+                break
+            }
+            offset -= count
+        }
+        let digest = SHA256Digest()
+        var position = start
+        while position < end {
+            let count = min(chunk, end - position)
+            digest.update(try read(position, count))
+            position += count
+        }
+        return (digest.finalizeHex(), complete)
     }
 
     private static func openedLine(reason: String) -> AuditEvent {
@@ -140,10 +173,17 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
         announce("audit log closed", chainHead: head)
     }
 
+    /// How often the chain head goes to the sidecar's log while lines are being written.
+    static let anchorInterval: TimeInterval = 300
+
     /// The sink lives as long as the process (it is never deinitialized while this runs).
     private func writeLoop() {
         var batch: [UInt8] = []
         var sealed: [UInt8] = []
+        /// Lines a failed write lost since the last write that worked, and why.
+        var lostSinceLastWrite = 0
+        var lossReason = ""
+        var lastAnchor = Date()
         while true {
             condition.lock()
             while pending.isEmpty && reopensDone == reopenRequests { condition.wait() }
@@ -155,22 +195,41 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
             condition.lock()
             swap(&batch, &pending)
             let target = reopenRequests
-            let fd = self.fd
+            var fd = self.fd
             var head = self.head
             condition.broadcast() // Callers held back by a full queue may go on.
             condition.unlock()
-            AuditChain.seal(batch, head: &head, into: &sealed)
-            var failure = writeAll(sealed, to: fd)
-            let lost = failure == nil ? 0 : batch.count(where: { $0 == UInt8(ascii: "\n") })
+            var lost = 0
+            var failure: String?
+            func write(_ lines: [UInt8], lineCount: Int) {
+                sealed.removeAll(keepingCapacity: true)
+                if lostSinceLastWrite > 0 {
+                    // A newline ends whatever part of a failed write reached the file; then a
+                    // line saying how many were lost, chained to the last of them, so `audit
+                    // verify` names the gap instead of a bare mismatch.
+                    sealed.append(UInt8(ascii: "\n"))
+                    let marker = AuditEvent(kind: .auditLinesLost, listener: "",
+                                            reason: "\(lostSinceLastWrite) lines could not be written (\(lossReason))")
+                    AuditChain.seal(Array((marker.jsonLine + "\n").utf8), head: &head, into: &sealed)
+                }
+                AuditChain.seal(lines, head: &head, into: &sealed)
+                if let error = writeAll(sealed, to: fd) {
+                    failure = failure ?? error
+                    lost += lineCount
+                    lostSinceLastWrite += lineCount
+                    lossReason = error
+                } else {
+                    lostSinceLastWrite = 0
+                }
+            }
+            write(batch, lineCount: batch.count(where: { $0 == UInt8(ascii: "\n") }))
             if target > reopensDone, reopenFile() {
                 // The new file's first line: linked to the old file's last.
                 announce("audit log reopened", chainHead: head)
-                sealed.removeAll(keepingCapacity: true)
-                AuditChain.seal(Array((Self.openedLine(reason: "reopened").jsonLine + "\n").utf8), head: &head, into: &sealed)
                 condition.lock()
-                let fresh = self.fd
+                fd = self.fd
                 condition.unlock()
-                failure = failure ?? writeAll(sealed, to: fresh)
+                write(Array((Self.openedLine(reason: "reopened").jsonLine + "\n").utf8), lineCount: 1)
             }
             // Counted before `flush()` can return for these lines.
             if lost > 0 { linesLost?(lost) }
@@ -185,6 +244,11 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
             if report, let failure {
                 // Nowhere else to say it: the audit log itself is what failed.
                 StandardError.write("backup-sidecar: audit log write failed (\(failure)); audit lines are being lost\n")
+            }
+            // An anchor for the file being written, too (not only for files left behind).
+            if Date().timeIntervalSince(lastAnchor) >= Self.anchorInterval {
+                lastAnchor = Date()
+                announce("audit log chain head", chainHead: head)
             }
             batch.removeAll(keepingCapacity: batch.capacity <= 1 << 20)
             sealed.removeAll(keepingCapacity: sealed.capacity <= 1 << 20)

@@ -40,6 +40,8 @@ public struct AuditEvent: Sendable, Equatable {
         /// The first line the sidecar writes to a log file when it starts or reopens it; its
         /// `prev_hash` links it to the last line written before.
         case auditLogOpened = "audit_log_opened"
+        /// Written once the log can be written again after a failure: how many lines were lost.
+        case auditLinesLost = "audit_lines_lost"
     }
 
     public var time = Date()

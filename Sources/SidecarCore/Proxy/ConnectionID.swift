@@ -4,10 +4,10 @@ import SidecarTLS
 /// Names one tunnel (a connection, or a stream on a mux connection) or one mux connection in
 /// every audit line about it, so a SIEM can join a handshake, its decisions and its close.
 /// Unique within the process by a counter, and across restarts (with overwhelming
-/// probability) by a random prefix drawn once per process: "9f3c01d2-17".
+/// probability) by a random 64-bit prefix drawn once per process: "9f3c01d2a17b44e0-17".
 enum ConnectionID {
     private static let prefix: String = {
-        let bytes = secureRandomBytes(4)
+        let bytes = secureRandomBytes(8)
         return bytes.map { byte in byte < 16 ? "0" + String(byte, radix: 16) : String(byte, radix: 16) }.joined()
     }()
 

@@ -19,6 +19,7 @@ final class ConnectionRegistry: Sendable {
         /// The audit lines' ids: the tunnel's, and its mux connection's if it is a stream.
         let connectionID: String
         let muxConnectionID: String?
+        let muxStream: Int?
         let source: SPIFFEID
         let sourceSerial: String
         let destination: String
@@ -31,10 +32,11 @@ final class ConnectionRegistry: Sendable {
     private let state = NIOLockedValueBox<(nextID: UInt64, entries: [UInt64: Entry])>((1, [:]))
 
     /// Registers a joined connection; it leaves the registry by itself when both halves close.
-    func register(connectionID: String, muxConnectionID: String?, source: SPIFFEID, sourceSerial: String,
+    func register(connectionID: String, muxConnectionID: String?, muxStream: Int?, source: SPIFFEID, sourceSerial: String,
                   destination: String, peerAddress: String, joinedAs: JoinKind, mesh: Channel, local: Channel) -> Entry {
         let entry = state.withLockedValue { value -> Entry in
-            let entry = Entry(id: value.nextID, connectionID: connectionID, muxConnectionID: muxConnectionID, source: source, sourceSerial: sourceSerial, destination: destination,
+            let entry = Entry(id: value.nextID, connectionID: connectionID, muxConnectionID: muxConnectionID, muxStream: muxStream,
+                              source: source, sourceSerial: sourceSerial, destination: destination,
                               peerAddress: peerAddress, joinedAs: joinedAs, mesh: mesh, local: local)
             value.nextID += 1
             value.entries[entry.id] = entry
@@ -65,6 +67,7 @@ enum Revocation {
                                destination: entry.destination, decision: "deny", reason: reason)
         event.connectionID = entry.connectionID
         event.muxConnectionID = entry.muxConnectionID
+        event.muxStream = entry.muxStream
         audit.record(event)
         // The glue aborts both halves together; if it is already gone, abort them directly.
         entry.mesh.triggerUserOutboundEvent(ConnectionAbortRequest()).whenFailure { _ in

@@ -339,7 +339,7 @@ final class InboundConnectionHandler: StagingHandler {
     /// intentions in force: they may have changed while the local service was being dialed,
     /// after the update's sweep over registered connections.
     private func register(mesh: Channel, local: Channel, peer: TLSPeer, route: InboundRoute) -> ConnectionRegistry.Entry {
-        registry.register(connectionID: connectionID, muxConnectionID: muxConnectionID,
+        registry.register(connectionID: connectionID, muxConnectionID: muxConnectionID, muxStream: muxStream.map(Int.init),
                           source: peer.identity, sourceSerial: peer.certificateSerial,
                           destination: route.destinationService, peerAddress: peerAddress,
                           joinedAs: route.l7 ? .filtered : .raw, mesh: mesh, local: local)
