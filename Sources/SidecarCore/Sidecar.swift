@@ -127,9 +127,7 @@ public final class Sidecar: Sendable {
         self.contexts = try TLSContextStore(credentials: settings.credentials,
                                             applicationProtocols: settings.mux == .prefer ? [MuxProtocol.alpn] : [])
         self.muxPool = settings.mux == .prefer
-            ? MuxPool(settings: MuxSettings(maxConcurrentStreams: settings.definition.config.muxMaxStreams,
-                                            keepaliveInterval: .nanoseconds(settings.definition.config.muxKeepaliveNs)),
-                      audit: settings.audit, logger: settings.logger)
+            ? MuxPool(settings: Self.upstreamMuxSettings(settings.definition.config), audit: settings.audit, logger: settings.logger)
             : nil
         self.intentions = NIOLockedValueBox(settings.intentions)
         self.definitionBox = NIOLockedValueBox(settings.definition)
@@ -141,6 +139,11 @@ public final class Sidecar: Sendable {
                 updateInstances(endpoints, for: upstream.instanceKey)
             }
         }
+    }
+
+    /// What the upstream side's pooled mux connections are made with.
+    private static func upstreamMuxSettings(_ config: ProxyConfig) -> MuxSettings {
+        MuxSettings(maxConcurrentStreams: config.muxMaxStreams, keepaliveInterval: .nanoseconds(config.muxKeepaliveNs))
     }
 
     /// The registration in force (it changes in Consul mode).
@@ -202,6 +205,9 @@ public final class Sidecar: Sendable {
         for upstream in newDefinition.upstreams {
             tracker.configure(upstream.listenerName, maxConnections: newDefinition.config.maxConnections)
         }
+        // Upstream listeners read their timeouts per connection; the pool's settings apply to
+        // the connections it dials from now on.
+        muxPool?.update(Self.upstreamMuxSettings(newDefinition.config))
         var failures: [String] = []
         do { try await reconcilePublicListener(newDefinition) } catch { failures.append("\(error)") }
         let wanted = Dictionary(newDefinition.upstreams.map { ($0.listenerName, $0) }, uniquingKeysWith: { first, _ in first })
@@ -709,10 +715,15 @@ public final class Sidecar: Sendable {
             ])
         }
         let audit = settings.audit, logger = settings.logger
-        let tracker = self.tracker
+        let tracker = self.tracker, definitionBox = self.definitionBox
         let listenerName = upstream.listenerName
         tracker.configure(listenerName, maxConnections: config.maxConnections)
         let bootstrap = serverBootstrap().childChannelInitializer { channel in
+            // Timeouts as the registration says now, not as it said when the listener was bound.
+            var route = route
+            let config = definitionBox.withLockedValue { $0.config }
+            route.handshakeTimeout = .milliseconds(Int64(config.handshakeTimeoutMs))
+            route.idleTimeout = config.idleTimeoutNs.map { .nanoseconds($0) }
             let connectionID = ConnectionID.next()
             tracker.trackTunnel(channel, listener: listenerName, connectionID: connectionID)
             return channel.eventLoop.makeCompletedFuture {

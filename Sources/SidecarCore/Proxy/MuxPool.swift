@@ -15,7 +15,10 @@ import SidecarTLS
 /// An instance that does not negotiate the mux gets raw connections (dialed here) for a while,
 /// and the connection that found out is used raw rather than wasted.
 final class MuxPool: Sendable {
-    let settings: MuxSettings
+    /// What new pooled connections are made with; replaced when the registration changes
+    /// (connections already open keep theirs).
+    private let current: NIOLockedValueBox<MuxSettings>
+    var settings: MuxSettings { current.withLockedValue { $0 } }
     private let audit: any AuditSink
     private let logger: Logger
     private let loops = NIOLockedValueBox<[ObjectIdentifier: LoopMuxPool]>([:])
@@ -27,11 +30,20 @@ final class MuxPool: Sendable {
     static let idleTimeout = TimeAmount.seconds(90)
 
     init(settings: MuxSettings, audit: any AuditSink, logger: Logger) {
-        var settings = settings
-        settings.idleTimeout = settings.idleTimeout ?? Self.idleTimeout
-        self.settings = settings
+        current = NIOLockedValueBox(Self.withDefaults(settings))
         self.audit = audit
         self.logger = logger
+    }
+
+    private static func withDefaults(_ settings: MuxSettings) -> MuxSettings {
+        var settings = settings
+        settings.idleTimeout = settings.idleTimeout ?? Self.idleTimeout
+        return settings
+    }
+
+    /// New settings for connections dialed from now on.
+    func update(_ settings: MuxSettings) {
+        current.withLockedValue { $0 = Self.withDefaults(settings) }
     }
 
     /// A tunnel to `endpoint` for a local connection on `eventLoop`, accepted by `listener`
@@ -45,7 +57,7 @@ final class MuxPool: Sendable {
         eventLoop.preconditionInEventLoop()
         let request = LoopMuxPool.Request(key: LoopMuxPool.Key(endpoint: endpoint, expected: expected.uri),
                                           tlsContext: tlsContext, authority: authority, listener: listener,
-                                          openTimeout: openTimeout, dial: dial)
+                                          openTimeout: openTimeout, settings: settings, dial: dial)
         return loopPool(eventLoop).link(request, retries: 3)
     }
 
@@ -68,7 +80,7 @@ final class MuxPool: Sendable {
     private func loopPool(_ eventLoop: EventLoop) -> LoopMuxPool {
         loops.withLockedValue { pools in
             if let pool = pools[ObjectIdentifier(eventLoop)] { return pool }
-            let pool = LoopMuxPool(eventLoop: eventLoop, settings: settings, audit: audit, logger: logger)
+            let pool = LoopMuxPool(eventLoop: eventLoop, audit: audit, logger: logger)
             pools[ObjectIdentifier(eventLoop)] = pool
             return pool
         }
@@ -96,6 +108,8 @@ final class LoopMuxPool: @unchecked Sendable {
         let authority: String
         let listener: String
         let openTimeout: TimeAmount
+        /// The pool's settings when the request was made.
+        let settings: MuxSettings
         let dial: MeshDial
     }
 
@@ -130,15 +144,13 @@ final class LoopMuxPool: @unchecked Sendable {
     }
 
     let eventLoop: EventLoop
-    private let settings: MuxSettings
     private let audit: any AuditSink
     private let logger: Logger
     private var destinations: [Key: Destination] = [:]
     private var draining = false
 
-    init(eventLoop: EventLoop, settings: MuxSettings, audit: any AuditSink, logger: Logger) {
+    init(eventLoop: EventLoop, audit: any AuditSink, logger: Logger) {
         self.eventLoop = eventLoop
-        self.settings = settings
         self.audit = audit
         self.logger = logger
     }
@@ -177,7 +189,7 @@ final class LoopMuxPool: @unchecked Sendable {
                 }
             }
         }
-        if let dialing = destination.dialing, destination.reserved < settings.maxConcurrentStreams {
+        if let dialing = destination.dialing, destination.reserved < request.settings.maxConcurrentStreams {
             destination.reserved += 1
             return dialing.flatMap { self.link(request, retries: retries) }
         }
@@ -262,7 +274,7 @@ final class LoopMuxPool: @unchecked Sendable {
 
     /// Puts the mux on a freshly verified connection and adds it to the pool.
     private func adopt(_ dialed: DialedMeshConnection, for request: Request, destination: Destination) throws -> Pooled {
-        let handler = MuxConnectionHandler(role: .client, settings: settings)
+        let handler = MuxConnectionHandler(role: .client, settings: request.settings)
         let logger = self.logger, endpoint = request.key.endpoint
         handler.onUnresponsivePeer = { silence in
             logger.warning("mux connection closed: peer unresponsive to keepalive", metadata: [
