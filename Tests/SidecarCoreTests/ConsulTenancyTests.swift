@@ -91,7 +91,7 @@ struct ConsulTenancyTests {
 
         let log = RecordingLogHandler()
         await #expect(throws: ConsulProxyError.self) {
-            let (proxy, sidecar) = try await mesh.sidecar(for: "storage", startupTimeout: .seconds(1), namespace: "vault",
+            let (proxy, sidecar) = try await mesh.sidecar(for: "storage", startupTimeout: .seconds(20), namespace: "vault",
                                                           logger: log.logger)
             await proxy.stop()
             await sidecar.stop()
