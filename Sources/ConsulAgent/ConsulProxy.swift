@@ -249,24 +249,30 @@ public final class ConsulProxy: Sendable {
     /// Applies a new leaf or new roots: the credentials are rebuilt from the newest of both. A
     /// combination that does not load (key mismatch, expired, trust domain change) is refused
     /// and the sidecar keeps what it has.
+    ///
+    /// The whole of it runs under the material's lock: the leaf and roots watches run side by
+    /// side, and during a CA rotation they answer together. Built outside the lock, the pair
+    /// read first could be swapped in last, putting an older leaf back in force (seen under
+    /// load: new connections alternating between two serials, and mux connections retired
+    /// over and over). Building takes milliseconds, and only watch tasks wait for it.
     private func install(sidecar: Sidecar, leaf: ConsulLeafCertificate?, roots: ConsulCARoots?) {
-        let (currentLeaf, currentRoots) = material.withLockedValue { value in
+        let logger = self.logger
+        material.withLockedValue { value in
             if let leaf { value.leaf = leaf }
             if let roots { value.roots = roots }
-            return value
-        }
-        guard let currentLeaf, let currentRoots else { return }
-        do {
-            let credentials = try Self.credentials(leaf: currentLeaf, roots: currentRoots)
-            let current = sidecar.currentCredentials
-            // A watch's first answer repeats what startup fetched: nothing to swap.
-            if credentials.leaf.serialNumber == current.leaf.serialNumber,
-               credentials.trustedRoots.map(\.serialNumber) == current.trustedRoots.map(\.serialNumber) {
-                return
+            guard let currentLeaf = value.leaf, let currentRoots = value.roots else { return }
+            do {
+                let credentials = try Self.credentials(leaf: currentLeaf, roots: currentRoots)
+                let current = sidecar.currentCredentials
+                // A watch's first answer repeats what startup fetched: nothing to swap.
+                if credentials.leaf.serialNumber == current.leaf.serialNumber,
+                   credentials.trustedRoots.map(\.serialNumber) == current.trustedRoots.map(\.serialNumber) {
+                    return
+                }
+                try sidecar.updateCredentials(credentials)
+            } catch {
+                logger.error("certificates from Consul refused; keeping the current ones", metadata: ["error": "\(error)"])
             }
-            try sidecar.updateCredentials(credentials)
-        } catch {
-            logger.error("certificates from Consul refused; keeping the current ones", metadata: ["error": "\(error)"])
         }
     }
 
