@@ -69,14 +69,14 @@ struct CATests {
         let first = try await agent.get("/v1/agent/connect/ca/leaf/web")
         let firstLeaf = try ConsulLeafCertificate.decode(first.body, source: "leaf")
         let start = ContinuousClock.now
-        let renewed = try await agent.get("/v1/agent/connect/ca/leaf/web?index=\(try #require(first.index))&wait=5s")
+        let renewed = try await agent.get("/v1/agent/connect/ca/leaf/web?index=\(try #require(first.index))&wait=60s")
         let seconds = elapsed(since: start)
         let second = try ConsulLeafCertificate.decode(renewed.body, source: "leaf")
         #expect(second.serialNumber != firstLeaf.serialNumber)
         #expect(second.modifyIndex > firstLeaf.modifyIndex && second.createIndex == firstLeaf.createIndex)
-        // Renewal is due 1.2-1.8 s after the mint; under a loaded CI machine only the bound that
-        // proves a renewal (not the 5 s wait running out) woke the call is stable.
-        #expect(seconds < 4.5, "renewed after \(seconds) s")
+        // Renewal is due 1.2-1.8 s after the mint. The wait is long (60 s) so that, however
+        // loaded the machine (7.6 s seen with both cores busy), only a renewal can have woken it.
+        #expect(seconds < 45, "renewed after \(seconds) s")
     }
 
     @Test func rotationCrossSignsAndLeavesChainToBothRoots() async throws {
