@@ -175,19 +175,7 @@ final class LoopMuxPool: @unchecked Sendable {
         if let pooled = destination.connections.first(where: { $0.handler.acceptsNewStreams }) {
             let opened = open(on: pooled, request)
             dialAheadIfNeeded(request, destination)
-            guard retries > 0 else { return opened }
-            // A stream refused before it was processed (GOAWAY race, connection lost) has carried
-            // nothing yet: try again (up to 3 times: a CA rotation retires every connection at
-            // once), on whatever the pool has by then. A destination that answered (403, 502...)
-            // is not asked again.
-            return opened.flatMapError { error in
-                switch error as? MuxError {
-                case .streamRefused, .connectionClosed:
-                    return self.link(request, retries: retries - 1)
-                default:
-                    return self.eventLoop.makeFailedFuture(error)
-                }
-            }
+            return retryingUnprocessed(opened, request, retries: retries)
         }
         if let dialing = destination.dialing, destination.reserved < request.settings.maxConcurrentStreams {
             destination.reserved += 1
@@ -195,8 +183,26 @@ final class LoopMuxPool: @unchecked Sendable {
         }
         return startDial(request, destination).flatMap { outcome in
             switch outcome {
-            case .mux(let pooled): return self.open(on: pooled, request)
+            // A connection dialed for this request can be retired before its first stream
+            // opens (a leaf renewal on either side sends GOAWAY): retried like a pooled one.
+            case .mux(let pooled): return self.retryingUnprocessed(self.open(on: pooled, request), request, retries: retries)
             case .raw(let dialed): return self.eventLoop.makeSucceededFuture(.raw(dialed))
+            }
+        }
+    }
+
+    /// A stream refused before it was processed (GOAWAY race, connection lost) has carried
+    /// nothing yet: try again (up to 3 times: a CA rotation retires every connection at once),
+    /// on whatever the pool has by then. A destination that answered (403, 502...) is not
+    /// asked again.
+    private func retryingUnprocessed(_ opened: EventLoopFuture<MeshLink>, _ request: Request, retries: Int) -> EventLoopFuture<MeshLink> {
+        guard retries > 0 else { return opened }
+        return opened.flatMapError { error in
+            switch error as? MuxError {
+            case .streamRefused, .connectionClosed:
+                return self.link(request, retries: retries - 1)
+            default:
+                return self.eventLoop.makeFailedFuture(error)
             }
         }
     }
