@@ -181,10 +181,14 @@ struct ConsulModeTests {
                                           "--admin-bind", "off", "--audit-log", "\(CommandLineTests.scratch)/consul-mode-audit.jsonl"],
                                          logName: "consul-mode.log")
 
-        // Without the token the agent answers 403 and an in-process sidecar never starts.
-        await #expect(throws: (any Error).self) {
-            _ = try await mesh.sidecar(for: "backup-agent", token: "wrong-token", startupTimeout: .milliseconds(500))
+        // Without the token the agent answers 403 and an in-process sidecar never starts; what
+        // it logs shows the refusal, not only a startup timeout, was the reason.
+        let refusedLog = RecordingLogHandler()
+        let refused = await #expect(throws: (any Error).self) {
+            _ = try await mesh.sidecar(for: "backup-agent", token: "wrong-token", startupTimeout: .seconds(5), logger: refusedLog.logger)
         }
+        #expect(("\(refused.map { "\($0)" } ?? "")" + refusedLog.messages.joined(separator: "\n")).contains("403"),
+                "\(String(describing: refused)) \(refusedLog.messages.suffix(3))")
         let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", token: token)
         defer { Task { await agentProxy.stop(); await agent.stop(); await backend.stop(); await mesh.stop() } }
         #expect(await eventually(timeout: 15) { backend.connections == 0 && (try? BlockingSocket(port: storagePublic)) != nil })
