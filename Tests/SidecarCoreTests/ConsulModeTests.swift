@@ -96,7 +96,9 @@ struct ConsulModeTests {
         }
         let serials = pair.serialsSeen
         print("leaf serials seen by new connections, in order: \(pair.serialChanges.joined(separator: " -> "))")
-        #expect(failures == 0)
+        // Why a new connection failed, if one did (seen once in a full run beside the package
+        // tests, not reproduced alone): the agent's refusals and failures name the cause.
+        #expect(failures == 0, "\(pair.agentAudit.events.filter { $0.kind == .upstreamFailed || $0.kind == .connectionRevoked }.map { "\($0.kind) \($0.reason ?? "")" })")
         #expect(liveFailures == 0, "the connection from before the renewals kept flowing")
         #expect(Set(serials).count >= 3, "at least two renewals seen by new connections (saw \(Set(serials).count))")
         #expect(storage.currentCredentials.leaf.serialNumber != firstSerial)
