@@ -25,11 +25,13 @@ public final class SHA256Digest {
         var output = [UInt8](repeating: 0, count: 32)
         var length: UInt32 = 0
         EVP_DigestFinal_ex(context, &output, &length)
-        return output.prefix(Int(length)).map { byte in
-            let hex = String(byte, radix: 16)
-            return hex.count == 1 ? "0" + hex : hex
-        }.joined()
+        return lowercaseHex(output.prefix(Int(length)))
     }
+}
+
+/// Lowercase hex, two digits a byte (digests, random ids).
+public func lowercaseHex(_ bytes: some Sequence<UInt8>) -> String {
+    bytes.map { byte in byte < 16 ? "0" + String(byte, radix: 16) : String(byte, radix: 16) }.joined()
 }
 
 /// Cryptographically random bytes (test data, demo snapshots).

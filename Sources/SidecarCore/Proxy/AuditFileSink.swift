@@ -65,7 +65,8 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
             }
         } catch {
             close(fd)
-            throw ConfigError(source: path, path: "", message: "cannot read the audit log's last line to continue its hash chain: \(error)")
+            let reason = (error as? ConfigError)?.message ?? "\(error)" // the path is named once
+            throw ConfigError(source: path, path: "", message: "cannot read the audit log's last line to continue its hash chain: \(reason)")
         }
         return JSONLinesAuditSink(fd: fd, path: path, head: head, logger: logger, linesLost: linesLost)
     }

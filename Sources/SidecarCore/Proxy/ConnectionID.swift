@@ -6,10 +6,7 @@ import SidecarTLS
 /// Unique within the process by a counter, and across restarts (with overwhelming
 /// probability) by a random 64-bit prefix drawn once per process: "9f3c01d2a17b44e0-17".
 enum ConnectionID {
-    private static let prefix: String = {
-        let bytes = secureRandomBytes(8)
-        return bytes.map { byte in byte < 16 ? "0" + String(byte, radix: 16) : String(byte, radix: 16) }.joined()
-    }()
+    private static let prefix = lowercaseHex(secureRandomBytes(8))
 
     private static let counter = Atomic<UInt64>(0)
 
