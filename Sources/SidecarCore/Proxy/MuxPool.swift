@@ -94,6 +94,12 @@ struct StreamOpenTimedOut: Error, CustomStringConvertible {
     var description: String { "no answer to a mux stream open within \(timeout.nanoseconds / 1_000_000) ms" }
 }
 
+/// Every try to open a stream met a connection that was going away or gone.
+struct MuxStreamNotOpened: Error, CustomStringConvertible {
+    let tries: [String]
+    var description: String { "no mux stream after \(tries.count) tries: " + tries.joined(separator: "; ") }
+}
+
 /// The pool of one event loop; touched only on that loop.
 final class LoopMuxPool: @unchecked Sendable {
     struct Key: Hashable {
@@ -160,7 +166,8 @@ final class LoopMuxPool: @unchecked Sendable {
         return (all.count, all.reduce(0) { $0 + $1.handler.openStreams })
     }
 
-    func link(_ request: Request, retries: Int) -> EventLoopFuture<MeshLink> {
+    /// - Parameter tried: the carriers and errors of earlier tries, for the error if all fail.
+    func link(_ request: Request, retries: Int, tried: [String] = []) -> EventLoopFuture<MeshLink> {
         let destination = destinations[request.key] ?? {
             let created = Destination()
             destinations[request.key] = created
@@ -175,17 +182,18 @@ final class LoopMuxPool: @unchecked Sendable {
         if let pooled = destination.connections.first(where: { $0.handler.acceptsNewStreams }) {
             let opened = open(on: pooled, request)
             dialAheadIfNeeded(request, destination)
-            return retryingUnprocessed(opened, request, retries: retries)
+            return retryingUnprocessed(opened, on: pooled, request, retries: retries, tried: tried)
         }
         if let dialing = destination.dialing, destination.reserved < request.settings.maxConcurrentStreams {
             destination.reserved += 1
-            return dialing.flatMap { self.link(request, retries: retries) }
+            return dialing.flatMap { self.link(request, retries: retries, tried: tried) }
         }
         return startDial(request, destination).flatMap { outcome in
             switch outcome {
             // A connection dialed for this request can be retired before its first stream
             // opens (a leaf renewal on either side sends GOAWAY): retried like a pooled one.
-            case .mux(let pooled): return self.retryingUnprocessed(self.open(on: pooled, request), request, retries: retries)
+            case .mux(let pooled):
+                return self.retryingUnprocessed(self.open(on: pooled, request), on: pooled, request, retries: retries, tried: tried)
             case .raw(let dialed): return self.eventLoop.makeSucceededFuture(.raw(dialed))
             }
         }
@@ -194,13 +202,18 @@ final class LoopMuxPool: @unchecked Sendable {
     /// A stream refused before it was processed (GOAWAY race, connection lost) has carried
     /// nothing yet: try again (up to 3 times: a CA rotation retires every connection at once),
     /// on whatever the pool has by then. A destination that answered (403, 502...) is not
-    /// asked again.
-    private func retryingUnprocessed(_ opened: EventLoopFuture<MeshLink>, _ request: Request, retries: Int) -> EventLoopFuture<MeshLink> {
-        guard retries > 0 else { return opened }
-        return opened.flatMapError { error in
+    /// asked again. When every try fails, the error names each carrier and what it said.
+    private func retryingUnprocessed(_ opened: EventLoopFuture<MeshLink>, on pooled: Pooled, _ request: Request,
+                                     retries: Int, tried: [String]) -> EventLoopFuture<MeshLink> {
+        opened.flatMapError { error in
             switch error as? MuxError {
             case .streamRefused, .connectionClosed:
-                return self.link(request, retries: retries - 1)
+                let tried = tried + ["mux connection \(pooled.connectionID): \(error)"]
+                guard retries > 0 else { return self.eventLoop.makeFailedFuture(MuxStreamNotOpened(tries: tried)) }
+                self.logger.debug("mux stream not processed; trying again", metadata: [
+                    "endpoint": "\(request.key.endpoint)", "mux_connection_id": "\(pooled.connectionID)", "error": "\(error)",
+                ])
+                return self.link(request, retries: retries - 1, tried: tried)
             default:
                 return self.eventLoop.makeFailedFuture(error)
             }
