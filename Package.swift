@@ -150,6 +150,8 @@ let package = Package(
         .executableTarget(name: "ProxyProtocolFuzz",
                           dependencies: ["FuzzSupport", "SidecarCore", .product(name: "NIOCore", package: "swift-nio")],
                           path: "Sources/Fuzz/ProxyProtocolFuzz"),
+        // Shared by the test targets: awaited teardown and waiting on conditions.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(
             name: "SidecarTLSTests",
             dependencies: [
@@ -162,6 +164,7 @@ let package = Package(
             name: "DevAgentTests",
             dependencies: [
                 "DevAgent",
+                "TestSupport",
                 "SidecarCore",
                 "SidecarTLS",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -173,6 +176,7 @@ let package = Package(
             name: "SidecarCoreTests",
             dependencies: [
                 "ConsulAgent",
+                "TestSupport",
                 "DevAgent",
                 "SidecarCore",
                 "SidecarMux",

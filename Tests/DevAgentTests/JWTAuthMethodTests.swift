@@ -2,6 +2,7 @@ import DevAgent
 import Foundation
 import NIOConcurrencyHelpers
 import Testing
+import TestSupport
 
 private let audience = "https://management.azure.com/"
 private let issuerURL = "https://sts.windows.net/tenant-1/"
@@ -29,19 +30,20 @@ struct JWTAuthMethodTests {
     func validTokensAccepted() async throws {
         let ec = try DevJWTIssuer(.es256), rsa = try DevJWTIssuer(.rs256)
         let agent = try await Self.agent([ec, rsa])
-        defer { Task { await agent.agent.stop() } }
-        for issuer in [ec, rsa] {
-            var claims = DevJWTIssuer.claims(subject: "backup-agent", audience: audience, issuer: issuerURL)
-            claims["aud"] = ["other", audience]  // aud may be an array
-            let reply = try await Self.login(agent, try issuer.sign(claims))
-            #expect(reply.status == 200, "\(issuer.algorithm): \(reply.text)")
-            let token = try reply.object()
-            let secret = try #require(token["SecretID"] as? String)
-            #expect((token["ServiceIdentities"] as? [[String: Any]])?.first?["ServiceName"] as? String == "backup-agent")
-            #expect(token["AuthMethod"] as? String == "azure-msi")
-            #expect(token["ExpirationTime"] == nil, "no MaxTokenTTL: the token does not expire")
-            #expect((token["Meta"] as? [String: String]) == ["host": "vm-1"])
-            #expect(try await agent.get("/v1/agent/connect/ca/roots", headers: ["X-Consul-Token": secret]).status == 200)
+        try await withTeardown({ await agent.agent.stop() }) {
+            for issuer in [ec, rsa] {
+                var claims = DevJWTIssuer.claims(subject: "backup-agent", audience: audience, issuer: issuerURL)
+                claims["aud"] = ["other", audience]  // aud may be an array
+                let reply = try await Self.login(agent, try issuer.sign(claims))
+                #expect(reply.status == 200, "\(issuer.algorithm): \(reply.text)")
+                let token = try reply.object()
+                let secret = try #require(token["SecretID"] as? String)
+                #expect((token["ServiceIdentities"] as? [[String: Any]])?.first?["ServiceName"] as? String == "backup-agent")
+                #expect(token["AuthMethod"] as? String == "azure-msi")
+                #expect(token["ExpirationTime"] == nil, "no MaxTokenTTL: the token does not expire")
+                #expect((token["Meta"] as? [String: String]) == ["host": "vm-1"])
+                #expect(try await agent.get("/v1/agent/connect/ca/roots", headers: ["X-Consul-Token": secret]).status == 200)
+            }
         }
     }
 
@@ -49,39 +51,40 @@ struct JWTAuthMethodTests {
     func invalidTokensRefused() async throws {
         let trusted = try DevJWTIssuer(.es256), stranger = try DevJWTIssuer(.es256), rsaStranger = try DevJWTIssuer(.rs256)
         let agent = try await Self.agent([trusted])
-        defer { Task { await agent.agent.stop() } }
-        let good = DevJWTIssuer.claims(subject: "backup-agent", audience: audience, issuer: issuerURL)
-        func with(_ key: String, _ value: Any) -> [String: Any] {
-            var claims = good
-            claims[key] = value
-            return claims
+        try await withTeardown({ await agent.agent.stop() }) {
+            let good = DevJWTIssuer.claims(subject: "backup-agent", audience: audience, issuer: issuerURL)
+            func with(_ key: String, _ value: Any) -> [String: Any] {
+                var claims = good
+                claims[key] = value
+                return claims
+            }
+            let now = Int(Date().timeIntervalSince1970)
+            let validJWT = try trusted.sign(good)
+            let parts = validJWT.split(separator: ".")
+            let tamperedPayload = try trusted.sign(with("sub", "storage")).split(separator: ".")[1]
+            let cases: [(String, String, String)] = [
+                ("wrong signature", try stranger.sign(good), "no configured public key validates"),
+                ("RSA key not configured", try rsaStranger.sign(good), "no configured public key validates"),
+                ("tampered claims", "\(parts[0]).\(tamperedPayload).\(parts[2])", "no configured public key validates"),
+                ("wrong audience", try trusted.sign(with("aud", "https://vault.azure.net")), "bound audiences"),
+                ("wrong issuer", try trusted.sign(with("iss", "https://evil.example/")), "bound issuer"),
+                ("expired", try trusted.sign(with("exp", now - 600)), "expired"),
+                ("not yet valid", try trusted.sign(with("nbf", now + 600)), "not valid yet"),
+                ("alg none", "\(try trusted.sign(good, alg: "none").split(separator: ".").prefix(2).joined(separator: "."))." , "unsupported signing algorithm \"none\""),
+                ("HS256", try trusted.sign(good, alg: "HS256"), "unsupported signing algorithm \"HS256\""),
+                ("not a JWT", "garbage", "not a compact JWS"),
+                ("no service claim", try trusted.sign(with("sub", 42)), "claim \"sub\""),
+            ]
+            for (name, jwt, reason) in cases {
+                let reply = try await Self.login(agent, jwt)
+                #expect(reply.status == 403, "\(name)")
+                #expect(reply.text.hasPrefix("Permission denied: ") && reply.text.contains(reason), "\(name): \(reply.text)")
+            }
+            let unknown = try await Self.login(agent, validJWT, method: "other")
+            #expect(unknown.status == 403 && unknown.text.contains("not found"))
+            #expect(agent.agent.loginCount == 0)
+            #expect(try await Self.login(agent, validJWT).status == 200, "the same agent still accepts a good token")
         }
-        let now = Int(Date().timeIntervalSince1970)
-        let validJWT = try trusted.sign(good)
-        let parts = validJWT.split(separator: ".")
-        let tamperedPayload = try trusted.sign(with("sub", "storage")).split(separator: ".")[1]
-        let cases: [(String, String, String)] = [
-            ("wrong signature", try stranger.sign(good), "no configured public key validates"),
-            ("RSA key not configured", try rsaStranger.sign(good), "no configured public key validates"),
-            ("tampered claims", "\(parts[0]).\(tamperedPayload).\(parts[2])", "no configured public key validates"),
-            ("wrong audience", try trusted.sign(with("aud", "https://vault.azure.net")), "bound audiences"),
-            ("wrong issuer", try trusted.sign(with("iss", "https://evil.example/")), "bound issuer"),
-            ("expired", try trusted.sign(with("exp", now - 600)), "expired"),
-            ("not yet valid", try trusted.sign(with("nbf", now + 600)), "not valid yet"),
-            ("alg none", "\(try trusted.sign(good, alg: "none").split(separator: ".").prefix(2).joined(separator: "."))." , "unsupported signing algorithm \"none\""),
-            ("HS256", try trusted.sign(good, alg: "HS256"), "unsupported signing algorithm \"HS256\""),
-            ("not a JWT", "garbage", "not a compact JWS"),
-            ("no service claim", try trusted.sign(with("sub", 42)), "claim \"sub\""),
-        ]
-        for (name, jwt, reason) in cases {
-            let reply = try await Self.login(agent, jwt)
-            #expect(reply.status == 403, "\(name)")
-            #expect(reply.text.hasPrefix("Permission denied: ") && reply.text.contains(reason), "\(name): \(reply.text)")
-        }
-        let unknown = try await Self.login(agent, validJWT, method: "other")
-        #expect(unknown.status == 403 && unknown.text.contains("not found"))
-        #expect(agent.agent.loginCount == 0)
-        #expect(try await Self.login(agent, validJWT).status == 200, "the same agent still accepts a good token")
     }
 
     @Test("Logout revokes the token; a token past MaxTokenTTL gets 403 ACL not found")
@@ -91,27 +94,28 @@ struct JWTAuthMethodTests {
         // could lapse between login and the first use.
         let skew = NIOLockedValueBox<TimeInterval>(0)
         let agent = try await Self.agent([issuer], tokenTTL: 600, clock: { Date() + skew.withLockedValue { $0 } })
-        defer { Task { await agent.agent.stop() } }
-        let jwt = try issuer.sign(DevJWTIssuer.claims(subject: "storage", audience: audience, issuer: issuerURL))
-        let first = try #require(try await Self.login(agent, jwt).object()["SecretID"] as? String)
-        let second = try await Self.login(agent, jwt).object()
-        let secret = try #require(second["SecretID"] as? String)
-        let expiration = try #require(second["ExpirationTime"] as? String)
-        #expect(expiration.contains("T") && expiration.hasSuffix("Z"))
-        #expect(first != secret)
+        try await withTeardown({ await agent.agent.stop() }) {
+            let jwt = try issuer.sign(DevJWTIssuer.claims(subject: "storage", audience: audience, issuer: issuerURL))
+            let first = try #require(try await Self.login(agent, jwt).object()["SecretID"] as? String)
+            let second = try await Self.login(agent, jwt).object()
+            let secret = try #require(second["SecretID"] as? String)
+            let expiration = try #require(second["ExpirationTime"] as? String)
+            #expect(expiration.contains("T") && expiration.hasSuffix("Z"))
+            #expect(first != secret)
 
-        #expect(try await agent.post("/v1/acl/logout", "", headers: ["X-Consul-Token": first]).status == 200)
-        let revoked = try await agent.get("/v1/agent/services", headers: ["X-Consul-Token": first])
-        #expect(revoked.status == 403 && revoked.text == "ACL not found")
-        #expect(!agent.agent.accepts(token: first))
+            #expect(try await agent.post("/v1/acl/logout", "", headers: ["X-Consul-Token": first]).status == 200)
+            let revoked = try await agent.get("/v1/agent/services", headers: ["X-Consul-Token": first])
+            #expect(revoked.status == 403 && revoked.text == "ACL not found")
+            #expect(!agent.agent.accepts(token: first))
 
-        #expect(try await agent.get("/v1/agent/services", headers: ["X-Consul-Token": secret]).status == 200)
-        skew.withLockedValue { $0 = 300 }
-        #expect(try await agent.get("/v1/agent/services", headers: ["X-Consul-Token": secret]).status == 200,
-                "still inside MaxTokenTTL")
-        skew.withLockedValue { $0 = 700 }
-        let expired = try await agent.get("/v1/agent/services", headers: ["X-Consul-Token": secret])
-        #expect(expired.status == 403 && expired.text == "ACL not found")
+            #expect(try await agent.get("/v1/agent/services", headers: ["X-Consul-Token": secret]).status == 200)
+            skew.withLockedValue { $0 = 300 }
+            #expect(try await agent.get("/v1/agent/services", headers: ["X-Consul-Token": secret]).status == 200,
+                    "still inside MaxTokenTTL")
+            skew.withLockedValue { $0 = 700 }
+            let expired = try await agent.get("/v1/agent/services", headers: ["X-Consul-Token": secret])
+            #expect(expired.status == 403 && expired.text == "ACL not found")
+        }
     }
 
     @Test("An auth method from -config-dir in Consul's JSON shape; a bad key names the file")
@@ -129,19 +133,20 @@ struct JWTAuthMethodTests {
             $0.aclToken = "root-token"
             $0.configDirectory = directory.path
         }
-        defer { Task { await agent.agent.stop() } }
-        var claims = DevJWTIssuer.claims(subject: "0000-object-id", audience: audience, issuer: issuerURL)
-        claims["xms_mirid"] = "backup-agent"
-        let token = try await Self.login(agent, try issuer.sign(claims)).object()
-        #expect((token["ServiceIdentities"] as? [[String: Any]])?.first?["ServiceName"] as? String == "backup-agent")
-        #expect(token["ExpirationTime"] is String)
+        try await withTeardown({ await agent.agent.stop() }) {
+            var claims = DevJWTIssuer.claims(subject: "0000-object-id", audience: audience, issuer: issuerURL)
+            claims["xms_mirid"] = "backup-agent"
+            let token = try await Self.login(agent, try issuer.sign(claims)).object()
+            #expect((token["ServiceIdentities"] as? [[String: Any]])?.first?["ServiceName"] as? String == "backup-agent")
+            #expect(token["ExpirationTime"] is String)
 
-        let broken = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: broken) }
-        try Data(#"{"AuthMethod": {"Name": "x", "Type": "jwt", "Config": {"JWTValidationPubKeys": ["not a key"]}}}"#.utf8)
-            .write(to: broken.appendingPathComponent("bad-auth.json"))
-        await #expect {
-            _ = try await TestAgent.start { $0.configDirectory = broken.path }
-        } throws: { "\($0)".contains("bad-auth.json") && "\($0)".contains("JWTValidationPubKeys[0]") }
+            let broken = try temporaryDirectory()
+            defer { try? FileManager.default.removeItem(at: broken) }
+            try Data(#"{"AuthMethod": {"Name": "x", "Type": "jwt", "Config": {"JWTValidationPubKeys": ["not a key"]}}}"#.utf8)
+                .write(to: broken.appendingPathComponent("bad-auth.json"))
+            await #expect {
+                _ = try await TestAgent.start { $0.configDirectory = broken.path }
+            } throws: { "\($0)".contains("bad-auth.json") && "\($0)".contains("JWTValidationPubKeys[0]") }
+        }
     }
 }

@@ -4,6 +4,7 @@ import NIOCore
 import Testing
 @testable import ConsulAgent
 @testable import SidecarCore
+import TestSupport
 
 private let rootToken = "root-token-for-storage"
 
@@ -66,106 +67,113 @@ struct ACLLoginTests {
     @Test("Logs in with the IMDS token, carries traffic, renews before the 20 s TTL (old token logged out), logs out on stop; no secret in the logs")
     func loginRenewLogout() async throws {
         let setup = try await LoginMesh.start(tokenTTL: 20)
-        defer { Task { await setup.stop() } }
-        let logs = RecordingLogHandler()
-        let (proxy, sidecar) = try await setup.mesh.sidecar(for: "backup-agent", tokenSource: setup.login(logs: logs),
-                                                            logger: logs.logger)
-        defer { Task { await sidecar.stop() } }
-        let agent = setup.mesh.agent
-        #expect(agent.loginCount == 1)
-        var secrets = agent.loginTokenSecretIDs
-        let first = try #require(secrets.first)
-        #expect(setup.imds.server.requests.allSatisfy {
-            $0.contains("api-version=2018-02-01") && $0.contains("resource=https%3A%2F%2Fmanagement.azure.com%2F")
-                && $0.hasSuffix("metadata=true")
-        }, "\(setup.imds.server.requests)")
-        #expect(await eventually { setup.storage.readiness.ready && sidecar.upstreamInstanceList["storage"]?.count == 1 })
-        #expect(await echoRoundTrip(port: setup.upstreamPort))
+        try await withTeardown({ await setup.stop() }) {
+            let logs = RecordingLogHandler()
+            let (proxy, sidecar) = try await setup.mesh.sidecar(for: "backup-agent", tokenSource: setup.login(logs: logs),
+                                                                logger: logs.logger)
+            try await withTeardown({ await sidecar.stop() }) {
+                let agent = setup.mesh.agent
+                #expect(agent.loginCount == 1)
+                var secrets = agent.loginTokenSecretIDs
+                let first = try #require(secrets.first)
+                #expect(setup.imds.server.requests.allSatisfy {
+                    $0.contains("api-version=2018-02-01") && $0.contains("resource=https%3A%2F%2Fmanagement.azure.com%2F")
+                        && $0.hasSuffix("metadata=true")
+                }, "\(setup.imds.server.requests)")
+                #expect(await eventually { setup.storage.readiness.ready && sidecar.upstreamInstanceList["storage"]?.count == 1 })
+                #expect(await echoRoundTrip(port: setup.upstreamPort))
 
-        // Renewal at 80% of the TTL: a new login, the old token logged out, never an expired token in use.
-        // 20 s (4 s of slack): with 8 s, a request that read the token just before its renewal
-        // was delayed past expiry with both cores busy (scripts/test-under-load.sh). One
-        // renewal shows the mechanism; production TTLs are hours.
-        #expect(await eventually(timeout: 60) { agent.loginCount >= 2 && !agent.loginTokenSecretIDs.contains(first) })
-        secrets.formUnion(agent.loginTokenSecretIDs)
-        #expect(!agent.accepts(token: first))
-        #expect(try await setup.addSecondUpstream(to: sidecar), "watches keep working on the renewed tokens")
-        #expect(await echoRoundTrip(port: setup.upstreamPort), "traffic still flows after the renewals")
-        #expect(!logs.messages.contains { $0.contains("no longer accepts") }, "renewed before expiry: \(logs.messages)")
-        #expect(logs.messages.contains { $0.contains("logged out of Consul") && $0.contains("why=renewed") })
+                // Renewal at 80% of the TTL: a new login, the old token logged out, never an expired token in use.
+                // 20 s (4 s of slack): with 8 s, a request that read the token just before its renewal
+                // was delayed past expiry with both cores busy (scripts/test-under-load.sh). One
+                // renewal shows the mechanism; production TTLs are hours.
+                #expect(await eventually(timeout: 60) { agent.loginCount >= 2 && !agent.loginTokenSecretIDs.contains(first) })
+                secrets.formUnion(agent.loginTokenSecretIDs)
+                #expect(!agent.accepts(token: first))
+                #expect(try await setup.addSecondUpstream(to: sidecar), "watches keep working on the renewed tokens")
+                #expect(await echoRoundTrip(port: setup.upstreamPort), "traffic still flows after the renewals")
+                #expect(!logs.messages.contains { $0.contains("no longer accepts") }, "renewed before expiry: \(logs.messages)")
+                #expect(logs.messages.contains { $0.contains("logged out of Consul") && $0.contains("why=renewed") })
 
-        secrets.formUnion(agent.loginTokenSecretIDs)
-        await proxy.stop()
-        #expect(agent.loginTokenSecretIDs.isEmpty, "the last token was logged out on stop")
-        #expect(secrets.allSatisfy { !agent.accepts(token: $0) })
-        let text = logs.messages.joined(separator: "\n")
-        #expect(!secrets.contains(where: text.contains), "no ACL token in the logs")
-        #expect(!setup.imds.servedTokens.contains(where: text.contains), "no JWT in the logs")
+                secrets.formUnion(agent.loginTokenSecretIDs)
+                await proxy.stop()
+                #expect(agent.loginTokenSecretIDs.isEmpty, "the last token was logged out on stop")
+                #expect(secrets.allSatisfy { !agent.accepts(token: $0) })
+                let text = logs.messages.joined(separator: "\n")
+                #expect(!secrets.contains(where: text.contains), "no ACL token in the logs")
+                #expect(!setup.imds.servedTokens.contains(where: text.contains), "no JWT in the logs")
+            }
+        }
     }
 
     @Test("IMDS errors and a JWT the agent refuses at startup: clear errors, retries, no crash; proceeds once IMDS serves a good token")
     func badTokenAtStartupThenGood() async throws {
         let setup = try await LoginMesh.start(tokenTTL: nil, imdsMode: .identityNotFound)
-        defer { Task { await setup.stop() } }
-        let logs = RecordingLogHandler()
-        let login = setup.login(logs: logs)
-        let starting = Task { try await setup.mesh.sidecar(for: "backup-agent", tokenSource: login, startupTimeout: .seconds(30),
-                                                          logger: logs.logger) }
-        #expect(await eventually { logs.messages.contains { $0.contains("Consul ACL login failed") && $0.contains("Identity not found") } })
-        setup.imds.mode.withLockedValue { $0 = .untrustedKey }
-        #expect(await eventually { logs.messages.contains { $0.contains("no configured public key validates the token signature") } },
-                "the agent's reason reaches the log")
-        #expect(setup.mesh.agent.loginCount == 0)
-        setup.imds.mode.withLockedValue { $0 = .good }
-        let (proxy, sidecar) = try await starting.value
-        defer { Task { await sidecar.stop() } }
-        #expect(setup.mesh.agent.loginCount == 1)
-        #expect(await eventually(timeout: 10) { sidecar.upstreamInstanceList["storage"]?.count == 1 })
-        #expect(await echoRoundTrip(port: setup.upstreamPort))
-        let secrets = setup.mesh.agent.loginTokenSecretIDs
-        await proxy.stop()
-        let text = logs.messages.joined(separator: "\n")
-        #expect(!setup.imds.servedTokens.contains(where: text.contains), "no JWT, good or bad, in the logs")
-        #expect(!secrets.contains(where: text.contains))
+        try await withTeardown({ await setup.stop() }) {
+            let logs = RecordingLogHandler()
+            let login = setup.login(logs: logs)
+            let starting = Task { try await setup.mesh.sidecar(for: "backup-agent", tokenSource: login, startupTimeout: .seconds(30),
+                                                              logger: logs.logger) }
+            #expect(await eventually { logs.messages.contains { $0.contains("Consul ACL login failed") && $0.contains("Identity not found") } })
+            setup.imds.mode.withLockedValue { $0 = .untrustedKey }
+            #expect(await eventually { logs.messages.contains { $0.contains("no configured public key validates the token signature") } },
+                    "the agent's reason reaches the log")
+            #expect(setup.mesh.agent.loginCount == 0)
+            setup.imds.mode.withLockedValue { $0 = .good }
+            let (proxy, sidecar) = try await starting.value
+            await withTeardown({ await sidecar.stop() }) {
+                #expect(setup.mesh.agent.loginCount == 1)
+                #expect(await eventually(timeout: 10) { sidecar.upstreamInstanceList["storage"]?.count == 1 })
+                #expect(await echoRoundTrip(port: setup.upstreamPort))
+                let secrets = setup.mesh.agent.loginTokenSecretIDs
+                await proxy.stop()
+                let text = logs.messages.joined(separator: "\n")
+                #expect(!setup.imds.servedTokens.contains(where: text.contains), "no JWT, good or bad, in the logs")
+                #expect(!secrets.contains(where: text.contains))
+            }
+        }
     }
 
     @Test("A token revoked behind the sidecar's back (403 ACL not found) triggers an immediate login; the watches carry on")
     func revokedTokenLogsInAgain() async throws {
         let setup = try await LoginMesh.start(tokenTTL: nil)
-        defer { Task { await setup.stop() } }
-        let logs = RecordingLogHandler()
-        let (proxy, sidecar) = try await setup.mesh.sidecar(for: "backup-agent", tokenSource: setup.login(logs: logs),
-                                                            logger: logs.logger)
-        defer { Task { await proxy.stop(); await sidecar.stop() } }
-        let secret = try #require(setup.mesh.agent.loginTokenSecretIDs.first)
-        let admin = try ConsulClient(settings: ConsulConnectionSettings(transport: .tcp(host: "127.0.0.1", port: setup.mesh.port)),
-                                     eventLoopGroup: testGroup)
-        _ = try await admin.post("/v1/acl/logout", body: nil, token: .explicit(secret))
-        await admin.shutdown()
-        #expect(try await setup.addSecondUpstream(to: sidecar))
-        // A blocking query already waiting when the token was revoked may still deliver the
-        // change (Consul checks the token when a query starts); the next request gets the 403.
-        #expect(await eventually(timeout: 20) { setup.mesh.agent.loginCount == 2 })
-        #expect(logs.messages.contains { $0.contains("no longer accepts the ACL token") })
+        try await withTeardown({ await setup.stop() }) {
+            let logs = RecordingLogHandler()
+            let (proxy, sidecar) = try await setup.mesh.sidecar(for: "backup-agent", tokenSource: setup.login(logs: logs),
+                                                                logger: logs.logger)
+            try await withTeardown({ await proxy.stop(); await sidecar.stop() }) {
+                let secret = try #require(setup.mesh.agent.loginTokenSecretIDs.first)
+                let admin = try ConsulClient(settings: ConsulConnectionSettings(transport: .tcp(host: "127.0.0.1", port: setup.mesh.port)),
+                                             eventLoopGroup: testGroup)
+                _ = try await admin.post("/v1/acl/logout", body: nil, token: .explicit(secret))
+                await admin.shutdown()
+                #expect(try await setup.addSecondUpstream(to: sidecar))
+                // A blocking query already waiting when the token was revoked may still deliver the
+                // change (Consul checks the token when a query starts); the next request gets the 403.
+                #expect(await eventually(timeout: 20) { setup.mesh.agent.loginCount == 2 })
+                #expect(logs.messages.contains { $0.contains("no longer accepts the ACL token") })
+            }
+        }
     }
 
     @Test("The real binary: run -sidecar-for backup-agent --login-method azure-msi --azure-managed-identity carries traffic and logs out on SIGTERM")
     func binaryWithManagedIdentity() async throws {
         let setup = try await LoginMesh.start(tokenTTL: 600)
-        defer { Task { await setup.stop() } }
-        let sidecar = try SidecarProcess(
-            ["run", "-sidecar-for", "backup-agent", "-http-addr", "127.0.0.1:\(setup.mesh.port)",
-             "--login-method", "azure-msi", "--azure-managed-identity", "--azure-imds-url", setup.imds.url,
-             "--login-meta", "host=vm-1", "--admin-bind", "off", "--audit-log", "\(CommandLineTests.scratch)/acl-login-audit.jsonl"],
-            logName: "acl-login.log")
-        #expect(await eventuallyEchoes(port: setup.upstreamPort, attempts: 100), "traffic through the binary logged in with its managed identity")
-        let secrets = setup.mesh.agent.loginTokenSecretIDs
-        #expect(secrets.count == 1 && setup.mesh.agent.loginCount == 1)
-        let (status, log) = await sidecar.terminate()
-        #expect(status == 0, "log: \(log)")
-        #expect(log.contains("logged in to Consul") && log.contains("why=shutdown"), "log: \(log)")
-        #expect(setup.mesh.agent.loginTokenSecretIDs.isEmpty, "logged out on SIGTERM")
-        #expect(!secrets.contains(where: log.contains) && !setup.imds.servedTokens.contains(where: log.contains), "no secret in the log")
+        try await withTeardown({ await setup.stop() }) {
+            let sidecar = try SidecarProcess(
+                ["run", "-sidecar-for", "backup-agent", "-http-addr", "127.0.0.1:\(setup.mesh.port)",
+                 "--login-method", "azure-msi", "--azure-managed-identity", "--azure-imds-url", setup.imds.url,
+                 "--login-meta", "host=vm-1", "--admin-bind", "off", "--audit-log", "\(CommandLineTests.scratch)/acl-login-audit.jsonl"],
+                logName: "acl-login.log")
+            #expect(await eventuallyEchoes(port: setup.upstreamPort, attempts: 100), "traffic through the binary logged in with its managed identity")
+            let secrets = setup.mesh.agent.loginTokenSecretIDs
+            #expect(secrets.count == 1 && setup.mesh.agent.loginCount == 1)
+            let (status, log) = await sidecar.terminate()
+            #expect(status == 0, "log: \(log)")
+            #expect(log.contains("logged in to Consul") && log.contains("why=shutdown"), "log: \(log)")
+            #expect(setup.mesh.agent.loginTokenSecretIDs.isEmpty, "logged out on SIGTERM")
+            #expect(!secrets.contains(where: log.contains) && !setup.imds.servedTokens.contains(where: log.contains), "no secret in the log")
+        }
     }
 
     @Test("IMDS answer decoding: expires_on as string or number; errors never quote the token")

@@ -4,6 +4,7 @@ import NIOCore
 import Testing
 @testable import SidecarCore
 import SidecarTLS
+import TestSupport
 
 /// The admin listener, scraped with curl.
 @Suite("Admin API and metrics", .serialized)
@@ -32,135 +33,140 @@ struct AdminTests {
     func metrics() async throws {
         // Raw mode: the gauge counts TLS connections, and a pooled mux connection outlives its tunnels.
         let mesh = try await MeshFixture.start(backend: .echo, mux: .off)
-        defer { Task { await mesh.stop() } }
-        let metrics = try #require(mesh.storage.settings.metrics)
-        let admin = try await AdminServer.start(host: "127.0.0.1", port: 0, sidecar: mesh.storage, metrics: metrics, group: testGroup)
-        defer { Task { try? await admin.close() } }
-        let port = admin.localAddress!.port!
+        try await withTeardown({ await mesh.stop() }) {
+            let metrics = try #require(mesh.storage.settings.metrics)
+            let admin = try await AdminServer.start(host: "127.0.0.1", port: 0, sidecar: mesh.storage, metrics: metrics, group: testGroup)
+            try await withTeardown({ try? await admin.close() }) {
+                let port = admin.localAddress!.port!
 
-        let open = try BlockingSocket(port: mesh.upstreamPort)
-        open.setReceiveTimeout(seconds: 5)
-        #expect(await onThread { ReauthorizationTests.ping(open, "measured\n") })
-        let during = try await Self.get(port, "/metrics")
-        #expect(during.status == "200")
-        #expect(Self.value(during.body, #"backup_sidecar_connections_active{listener="public"}"#) == 1)
-        #expect(Self.value(during.body, #"backup_sidecar_connections_total{listener="public",outcome="allowed"}"#) == 1)
-        #expect(Self.value(during.body, #"backup_sidecar_intention_decisions_total{layer="l4",result="allow"}"#) == 1)
-        #expect(during.body.contains("backup_sidecar_handshake_duration_seconds_bucket"))
-        #expect((Self.value(during.body, "backup_sidecar_leaf_expiry_seconds") ?? 0) > 86_400)
-        // Bytes count as they flow: a connection still open shows its bytes, and more after more.
-        let fromMesh = #"backup_sidecar_bytes_total{listener="public",direction="from_mesh"}"#
-        let toMesh = #"backup_sidecar_bytes_total{listener="public",direction="to_mesh"}"#
-        #expect(Self.value(during.body, fromMesh) == 9 && Self.value(during.body, toMesh) == 9, "\(during.body)")
-        #expect(await onThread { ReauthorizationTests.ping(open, "and more\n") })
-        let later = try await Self.get(port, "/metrics")
-        #expect(Self.value(later.body, fromMesh) == 18 && Self.value(later.body, toMesh) == 18, "\(later.body)")
+                let open = try BlockingSocket(port: mesh.upstreamPort)
+                open.setReceiveTimeout(seconds: 5)
+                #expect(await onThread { ReauthorizationTests.ping(open, "measured\n") })
+                let during = try await Self.get(port, "/metrics")
+                #expect(during.status == "200")
+                #expect(Self.value(during.body, #"backup_sidecar_connections_active{listener="public"}"#) == 1)
+                #expect(Self.value(during.body, #"backup_sidecar_connections_total{listener="public",outcome="allowed"}"#) == 1)
+                #expect(Self.value(during.body, #"backup_sidecar_intention_decisions_total{layer="l4",result="allow"}"#) == 1)
+                #expect(during.body.contains("backup_sidecar_handshake_duration_seconds_bucket"))
+                #expect((Self.value(during.body, "backup_sidecar_leaf_expiry_seconds") ?? 0) > 86_400)
+                // Bytes count as they flow: a connection still open shows its bytes, and more after more.
+                let fromMesh = #"backup_sidecar_bytes_total{listener="public",direction="from_mesh"}"#
+                let toMesh = #"backup_sidecar_bytes_total{listener="public",direction="to_mesh"}"#
+                #expect(Self.value(during.body, fromMesh) == 9 && Self.value(during.body, toMesh) == 9, "\(during.body)")
+                #expect(await onThread { ReauthorizationTests.ping(open, "and more\n") })
+                let later = try await Self.get(port, "/metrics")
+                #expect(Self.value(later.body, fromMesh) == 18 && Self.value(later.body, toMesh) == 18, "\(later.body)")
 
-        // A refused peer and a finished connection move their counters too.
-        _ = try await ProcessRunner.run(["openssl", "s_client", "-connect", "127.0.0.1:\(mesh.publicPort)", "-quiet",
-                                         "-cert", TestCertificates.path("other-backup-agent.pem"),
-                                         "-key", TestCertificates.path("other-backup-agent.key")], input: Data(), timeout: 10)
-        open.shutdownWrite()
-        _ = await onThread { open.receiveAll() }
-        #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .connectionClosed } })
-        let after = try await Self.get(port, "/metrics")
-        #expect(Self.value(after.body, #"backup_sidecar_connections_total{listener="public",outcome="rejected"}"#) == 1)
-        #expect(Self.value(after.body, #"backup_sidecar_handshake_failures_total{listener="public",reason="untrusted_certificate"}"#) == 1)
-        #expect(Self.value(after.body, fromMesh) == 18, "closing adds nothing twice: \(after.body)")
-        #expect(Self.value(after.body, #"backup_sidecar_connections_active{listener="public"}"#) == 0)
+                // A refused peer and a finished connection move their counters too.
+                _ = try await ProcessRunner.run(["openssl", "s_client", "-connect", "127.0.0.1:\(mesh.publicPort)", "-quiet",
+                                                 "-cert", TestCertificates.path("other-backup-agent.pem"),
+                                                 "-key", TestCertificates.path("other-backup-agent.key")], input: Data(), timeout: 10)
+                open.shutdownWrite()
+                _ = await onThread { open.receiveAll() }
+                #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .connectionClosed } })
+                let after = try await Self.get(port, "/metrics")
+                #expect(Self.value(after.body, #"backup_sidecar_connections_total{listener="public",outcome="rejected"}"#) == 1)
+                #expect(Self.value(after.body, #"backup_sidecar_handshake_failures_total{listener="public",reason="untrusted_certificate"}"#) == 1)
+                #expect(Self.value(after.body, fromMesh) == 18, "closing adds nothing twice: \(after.body)")
+                #expect(Self.value(after.body, #"backup_sidecar_connections_active{listener="public"}"#) == 0)
 
-        let lines = after.body.split(separator: "\n").map(String.init).filter { !$0.isEmpty }
-        #expect(lines.count > 10)
-        for line in lines {
-            #expect(Self.matches(Self.commentLine, line) || Self.matches(Self.sampleLine, line), "not exposition format: \(line)")
+                let lines = after.body.split(separator: "\n").map(String.init).filter { !$0.isEmpty }
+                #expect(lines.count > 10)
+                for line in lines {
+                    #expect(Self.matches(Self.commentLine, line) || Self.matches(Self.sampleLine, line), "not exposition format: \(line)")
+                }
+                // Every family has HELP and TYPE, and Prometheus' own linter agrees.
+                let typed = Set(lines.filter { $0.hasPrefix("# TYPE ") }.map { $0.split(separator: " ")[2] })
+                let helped = Set(lines.filter { $0.hasPrefix("# HELP ") }.map { $0.split(separator: " ")[2] })
+                #expect(typed == helped && typed.count > 15, "\(typed.symmetricDifference(helped))")
+                let lint = try await ProcessRunner.run(["promtool", "check", "metrics"], input: Data((after.body + "\n").utf8), timeout: 30) // get() trimmed the final newline
+                #expect(lint.status == 0, "promtool: \(lint.output)")
+
+                // The standard process families, with values that can only be this process's.
+                let start = try #require(Self.value(after.body, "process_start_time_seconds"))
+                #expect(start <= Date().timeIntervalSince1970 && start > Date().timeIntervalSince1970 - 6 * 3600)
+                #expect((Self.value(after.body, "process_resident_memory_bytes") ?? 0) > 1_000_000)
+                let openFDs = try #require(Self.value(after.body, "process_open_fds"))
+                #expect(openFDs > 3 && openFDs <= (Self.value(after.body, "process_max_fds") ?? 0))
+                #expect((Self.value(after.body, "process_cpu_seconds_total") ?? 0) > 0)
+                #expect((Self.value(after.body, "process_threads") ?? 0) >= 2)
+            }
         }
-        // Every family has HELP and TYPE, and Prometheus' own linter agrees.
-        let typed = Set(lines.filter { $0.hasPrefix("# TYPE ") }.map { $0.split(separator: " ")[2] })
-        let helped = Set(lines.filter { $0.hasPrefix("# HELP ") }.map { $0.split(separator: " ")[2] })
-        #expect(typed == helped && typed.count > 15, "\(typed.symmetricDifference(helped))")
-        let lint = try await ProcessRunner.run(["promtool", "check", "metrics"], input: Data((after.body + "\n").utf8), timeout: 30) // get() trimmed the final newline
-        #expect(lint.status == 0, "promtool: \(lint.output)")
-
-        // The standard process families, with values that can only be this process's.
-        let start = try #require(Self.value(after.body, "process_start_time_seconds"))
-        #expect(start <= Date().timeIntervalSince1970 && start > Date().timeIntervalSince1970 - 6 * 3600)
-        #expect((Self.value(after.body, "process_resident_memory_bytes") ?? 0) > 1_000_000)
-        let openFDs = try #require(Self.value(after.body, "process_open_fds"))
-        #expect(openFDs > 3 && openFDs <= (Self.value(after.body, "process_max_fds") ?? 0))
-        #expect((Self.value(after.body, "process_cpu_seconds_total") ?? 0) > 0)
-        #expect((Self.value(after.body, "process_threads") ?? 0) >= 2)
     }
 
     @Test("/metrics with the mux: pooled connections and streams on each side, and the allocator's heap gauges")
     func muxAndHeapGauges() async throws {
         let mesh = try await MeshFixture.start(backend: .echo)
-        defer { Task { await mesh.stop() } }
-        var admins: [Channel] = []
-        for sidecar in [mesh.storage, mesh.agent] {
-            admins.append(try await AdminServer.start(host: "127.0.0.1", port: 0, sidecar: sidecar,
-                                                      metrics: try #require(sidecar.settings.metrics), group: testGroup))
-        }
-        defer { for admin in admins { Task { try? await admin.close() } } }
-        let tunnels = try (0..<3).map { _ in try BlockingSocket(port: mesh.upstreamPort) }
-        for tunnel in tunnels {
-            tunnel.setReceiveTimeout(seconds: 5)
-            #expect(await onThread { ReauthorizationTests.ping(tunnel, "gauged\n") })
-        }
-        let storage = try await Self.get(admins[0].localAddress!.port!, "/metrics").body
-        let agent = try await Self.get(admins[1].localAddress!.port!, "/metrics").body
-        #expect(Self.value(storage, #"backup_sidecar_mux_streams_active{side="inbound"}"#) == 3)
-        #expect(Self.value(agent, #"backup_sidecar_mux_streams_active{side="upstream"}"#) == 3)
-        let pooled = try #require(Self.value(agent, #"backup_sidecar_mux_connections_active{side="upstream"}"#))
-        #expect(pooled >= 1 && pooled <= 3)
-        #expect(Self.value(storage, #"backup_sidecar_mux_streams_active{side="upstream"}"#) == 0)
-        // Live objects: at least the 3 tunnels' TLS state and buffers, and less than RSS could hold.
-        // (Under ASan/TSan malloc is the sanitizer's, and glibc's own counters stay near zero.)
-        let heap = try #require(Self.value(storage, "backup_sidecar_heap_in_use_bytes"))
-        let sanitizerMalloc = dlsym(nil, "__tsan_init") != nil || dlsym(nil, "__asan_init") != nil
-        #expect((heap > 1_000_000 || sanitizerMalloc) && heap < 4_000_000_000)
-        #expect((Self.value(storage, "backup_sidecar_heap_free_retained_bytes") ?? -1) >= 0)
+        try await withTeardown({ await mesh.stop() }) {
+            var admins: [Channel] = []
+            for sidecar in [mesh.storage, mesh.agent] {
+                admins.append(try await AdminServer.start(host: "127.0.0.1", port: 0, sidecar: sidecar,
+                                                          metrics: try #require(sidecar.settings.metrics), group: testGroup))
+            }
+            defer { for admin in admins { Task { try? await admin.close() } } }
+            let tunnels = try (0..<3).map { _ in try BlockingSocket(port: mesh.upstreamPort) }
+            for tunnel in tunnels {
+                tunnel.setReceiveTimeout(seconds: 5)
+                #expect(await onThread { ReauthorizationTests.ping(tunnel, "gauged\n") })
+            }
+            let storage = try await Self.get(admins[0].localAddress!.port!, "/metrics").body
+            let agent = try await Self.get(admins[1].localAddress!.port!, "/metrics").body
+            #expect(Self.value(storage, #"backup_sidecar_mux_streams_active{side="inbound"}"#) == 3)
+            #expect(Self.value(agent, #"backup_sidecar_mux_streams_active{side="upstream"}"#) == 3)
+            let pooled = try #require(Self.value(agent, #"backup_sidecar_mux_connections_active{side="upstream"}"#))
+            #expect(pooled >= 1 && pooled <= 3)
+            #expect(Self.value(storage, #"backup_sidecar_mux_streams_active{side="upstream"}"#) == 0)
+            // Live objects: at least the 3 tunnels' TLS state and buffers, and less than RSS could hold.
+            // (Under ASan/TSan malloc is the sanitizer's, and glibc's own counters stay near zero.)
+            let heap = try #require(Self.value(storage, "backup_sidecar_heap_in_use_bytes"))
+            let sanitizerMalloc = dlsym(nil, "__tsan_init") != nil || dlsym(nil, "__asan_init") != nil
+            #expect((heap > 1_000_000 || sanitizerMalloc) && heap < 4_000_000_000)
+            #expect((Self.value(storage, "backup_sidecar_heap_free_retained_bytes") ?? -1) >= 0)
 
-        // Pipelined requests are answered in order (/metrics waits for the pools' counts).
-        let pipelined = try BlockingSocket(port: admins[1].localAddress!.port!)
-        pipelined.setReceiveTimeout(seconds: 5)
-        _ = pipelined.send(Array("GET /metrics HTTP/1.1\r\nHost: a\r\n\r\nGET /live HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".utf8))
-        let answer = String(decoding: await onThread { pipelined.receiveAll(keepingPrefix: 1 << 20).prefix }, as: UTF8.self)
-        let metricsAt = try #require(answer.range(of: "backup_sidecar_ready"))
-        let liveAt = try #require(answer.range(of: "live\n"))
-        #expect(metricsAt.lowerBound < liveAt.lowerBound)
-        withExtendedLifetime(tunnels) {}
+            // Pipelined requests are answered in order (/metrics waits for the pools' counts).
+            let pipelined = try BlockingSocket(port: admins[1].localAddress!.port!)
+            pipelined.setReceiveTimeout(seconds: 5)
+            _ = pipelined.send(Array("GET /metrics HTTP/1.1\r\nHost: a\r\n\r\nGET /live HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".utf8))
+            let answer = String(decoding: await onThread { pipelined.receiveAll(keepingPrefix: 1 << 20).prefix }, as: UTF8.self)
+            let metricsAt = try #require(answer.range(of: "backup_sidecar_ready"))
+            let liveAt = try #require(answer.range(of: "live\n"))
+            #expect(metricsAt.lowerBound < liveAt.lowerBound)
+            withExtendedLifetime(tunnels) {}
+        }
     }
 
     @Test("/ready, /live, /certs and /config")
     func endpoints() async throws {
         let mesh = try await MeshFixture.start(backend: .echo)
-        defer { Task { await mesh.stop() } }
-        let admin = try await AdminServer.start(host: "127.0.0.1", port: 0, sidecar: mesh.storage,
-                                                metrics: mesh.storage.settings.metrics!, group: testGroup)
-        defer { Task { try? await admin.close() } }
-        let port = admin.localAddress!.port!
+        try await withTeardown({ await mesh.stop() }) {
+            let admin = try await AdminServer.start(host: "127.0.0.1", port: 0, sidecar: mesh.storage,
+                                                    metrics: mesh.storage.settings.metrics!, group: testGroup)
+            try await withTeardown({ try? await admin.close() }) {
+                let port = admin.localAddress!.port!
 
-        #expect(try await Self.get(port, "/live").status == "200")
-        #expect(try await Self.get(port, "/ready") == ("200", "ready"))
+                #expect(try await Self.get(port, "/live").status == "200")
+                #expect(try await Self.get(port, "/ready") == ("200", "ready"))
 
-        let certs = try await Self.get(port, "/certs")
-        let report = try #require(try JSONSerialization.jsonObject(with: Data(certs.body.utf8)) as? [String: Any])
-        let leaf = try #require(report["leaf"] as? [String: Any])
-        #expect(leaf["serial"] as? String == mesh.storage.currentCredentials.leaf.serialNumber)
-        #expect((leaf["spiffe_id"] as? String)?.hasSuffix("/svc/storage") == true)
-        #expect((report["roots"] as? [Any])?.count == 1)
-        #expect(!certs.body.contains("PRIVATE"))
-        #expect(certs.body.contains("\"spiffe://") && !certs.body.contains("\\/"), "JSON does not escape /: \(certs.body)")
+                let certs = try await Self.get(port, "/certs")
+                let report = try #require(try JSONSerialization.jsonObject(with: Data(certs.body.utf8)) as? [String: Any])
+                let leaf = try #require(report["leaf"] as? [String: Any])
+                #expect(leaf["serial"] as? String == mesh.storage.currentCredentials.leaf.serialNumber)
+                #expect((leaf["spiffe_id"] as? String)?.hasSuffix("/svc/storage") == true)
+                #expect((report["roots"] as? [Any])?.count == 1)
+                #expect(!certs.body.contains("PRIVATE"))
+                #expect(certs.body.contains("\"spiffe://") && !certs.body.contains("\\/"), "JSON does not escape /: \(certs.body)")
 
-        let config = try await Self.get(port, "/config")
-        let effective = try #require(try JSONSerialization.jsonObject(with: Data(config.body.utf8)) as? [String: Any])
-        #expect((effective["proxy"] as? [String: Any])?["destination_service"] as? String == "storage")
-        #expect((effective["intentions"] as? [String: Any])?["count"] as? Int == 1)
-        #expect(!config.body.contains("PRIVATE") && !config.body.contains("BEGIN"))
+                let config = try await Self.get(port, "/config")
+                let effective = try #require(try JSONSerialization.jsonObject(with: Data(config.body.utf8)) as? [String: Any])
+                #expect((effective["proxy"] as? [String: Any])?["destination_service"] as? String == "storage")
+                #expect((effective["intentions"] as? [String: Any])?["count"] as? Int == 1)
+                #expect(!config.body.contains("PRIVATE") && !config.body.contains("BEGIN"))
 
-        _ = await mesh.storage.drain(timeout: .milliseconds(100))
-        #expect(try await Self.get(port, "/ready") == ("503", "draining"))
-        #expect(try await Self.get(port, "/nope").status == "404")
+                _ = await mesh.storage.drain(timeout: .milliseconds(100))
+                #expect(try await Self.get(port, "/ready") == ("503", "draining"))
+                #expect(try await Self.get(port, "/nope").status == "404")
+            }
+        }
     }
 
     /// A service file for the binary: a public listener on a free port, nothing behind it.

@@ -5,6 +5,7 @@ import Testing
 @testable import SidecarCore
 import SidecarMux
 import SidecarTLS
+import TestSupport
 
 /// End-to-end regressions of issue 16's findings that are not covered elsewhere (smuggling and
 /// path tricks: HTTP1SmugglingTests and NginxBoundaryTests; regex: L7PermissionTests; local
@@ -23,42 +24,44 @@ struct BoundaryRegressionTests {
                       "GET /repository/ HTTP/1.1\r\nHost: storage\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"])
     func noBufferingAfterProtocolSwitch(_ head: String) async throws {
         let backend = try await TestBackend(.repository, group: testGroup)
-        defer { Task { await backend.stop() } }
-        let port = freeLocalPort()
-        let service = CommandLineTests.write("switch-\(port).json", """
-            {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
-              "proxy": {"destination_service_name": "storage", "local_service_port": \(backend.port), "config": {"protocol": "http"}}}}
-            """)
-        let intentions = CommandLineTests.write("switch-intentions-\(port).json",
-            #"[{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Action":"allow"}]}]"#)
-        let auditPath = "\(CommandLineTests.scratch)/switch-audit-\(port).jsonl"
-        // The repository backend keeps a half-closed connection open: don't wait for it on exit.
-        let sidecar = try SidecarProcess(["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", intentions,
-                                          "--audit-log", auditPath, "--drain-timeout", "1s"] + CommandLineTests.certs(),
-                                         logName: "switch-\(port).log")
-        defer { _ = sidecar }
-        #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
-        let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: port)
-        defer { Task { await agent.stop() } }
-        let upstream = agent.boundAddress(of: "upstream:storage")!.port!
-        #expect(await eventuallyEchoes(http: upstream), "the sidecar serves")
-        let before = processResidentBytes(sidecar.process.processIdentifier)
+        try await withTeardown({ await backend.stop() }) {
+            let port = freeLocalPort()
+            let service = CommandLineTests.write("switch-\(port).json", """
+                {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
+                  "proxy": {"destination_service_name": "storage", "local_service_port": \(backend.port), "config": {"protocol": "http"}}}}
+                """)
+            let intentions = CommandLineTests.write("switch-intentions-\(port).json",
+                #"[{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Action":"allow"}]}]"#)
+            let auditPath = "\(CommandLineTests.scratch)/switch-audit-\(port).jsonl"
+            // The repository backend keeps a half-closed connection open: don't wait for it on exit.
+            let sidecar = try SidecarProcess(["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", intentions,
+                                              "--audit-log", auditPath, "--drain-timeout", "1s"] + CommandLineTests.certs(),
+                                             logName: "switch-\(port).log")
+            defer { _ = sidecar }
+            #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
+            let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: port)
+            await withTeardown({ await agent.stop() }) {
+                let upstream = agent.boundAddress(of: "upstream:storage")!.port!
+                #expect(await eventuallyEchoes(http: upstream), "the sidecar serves")
+                let before = processResidentBytes(sidecar.process.processIdentifier)
 
-        let pushed = await onThread { () -> Int in
-            guard let socket = try? BlockingSocket(port: upstream) else { return -1 }
-            var sent = 0
-            guard socket.send(Array(head.utf8)) else { return 0 }
-            let chunk = [UInt8](repeating: 0x41, count: 1 << 20)
-            while sent < 512 << 20, socket.send(chunk) { sent += chunk.count }
-            return sent
+                let pushed = await onThread { () -> Int in
+                    guard let socket = try? BlockingSocket(port: upstream) else { return -1 }
+                    var sent = 0
+                    guard socket.send(Array(head.utf8)) else { return 0 }
+                    let chunk = [UInt8](repeating: 0x41, count: 1 << 20)
+                    while sent < 512 << 20, socket.send(chunk) { sent += chunk.count }
+                    return sent
+                }
+                let after = processResidentBytes(sidecar.process.processIdentifier)
+                #expect(pushed >= 0 && pushed < 512 << 20, "the connection was ended, not read on (\(pushed) bytes taken)")
+                #expect(after - before < 48 << 20, "RSS grew by \((after - before) >> 20) MiB")
+                #expect(backend.requests.allSatisfy { $0 == "GET /repository/ping" }, "nothing but the probes reached the service: \(backend.requests)")
+                let audit = (try? String(contentsOfFile: auditPath, encoding: .utf8)) ?? ""
+                #expect(audit.contains("request refused (40"), "an audit line names the refusal")
+                #expect(await sidecar.terminate().status == 0)
+            }
         }
-        let after = processResidentBytes(sidecar.process.processIdentifier)
-        #expect(pushed >= 0 && pushed < 512 << 20, "the connection was ended, not read on (\(pushed) bytes taken)")
-        #expect(after - before < 48 << 20, "RSS grew by \((after - before) >> 20) MiB")
-        #expect(backend.requests.allSatisfy { $0 == "GET /repository/ping" }, "nothing but the probes reached the service: \(backend.requests)")
-        let audit = (try? String(contentsOfFile: auditPath, encoding: .utf8)) ?? ""
-        #expect(audit.contains("request refused (40"), "an audit line names the refusal")
-        #expect(await sidecar.terminate().status == 0)
     }
 
     /// A denied upload's body is read and dropped; those bytes count as activity.
@@ -71,24 +74,25 @@ struct BoundaryRegressionTests {
         let mesh = try await MeshFixture.start(backend: .repository, intentions: policy, protocol: "http") {
             $0.idleTimeoutNs = 3_000_000_000
         }
-        defer { Task { await mesh.stop() } }
-        let reply = await onThread { () -> String in
-            guard let socket = try? BlockingSocket(port: mesh.upstreamPort) else { return "" }
-            socket.setReceiveTimeout(seconds: 30)
-            let chunks = 100, chunk = [UInt8](repeating: 0x42, count: 1024)
-            socket.send(Array("PUT /admin/x HTTP/1.1\r\nHost: storage\r\nContent-Length: \(chunks * chunk.count)\r\n\r\n".utf8))
-            for _ in 0..<chunks {
-                socket.send(chunk)
-                usleep(50_000) // 5 s of body in all, far past the 3 s idle timeout, never 3 s silent
+        await withTeardown({ await mesh.stop() }) {
+            let reply = await onThread { () -> String in
+                guard let socket = try? BlockingSocket(port: mesh.upstreamPort) else { return "" }
+                socket.setReceiveTimeout(seconds: 30)
+                let chunks = 100, chunk = [UInt8](repeating: 0x42, count: 1024)
+                socket.send(Array("PUT /admin/x HTTP/1.1\r\nHost: storage\r\nContent-Length: \(chunks * chunk.count)\r\n\r\n".utf8))
+                for _ in 0..<chunks {
+                    socket.send(chunk)
+                    usleep(50_000) // 5 s of body in all, far past the 3 s idle timeout, never 3 s silent
+                }
+                socket.send(Array("GET /repository/after HTTP/1.1\r\nHost: storage\r\nConnection: close\r\n\r\n".utf8))
+                var response: [UInt8] = []
+                while case let part = socket.receiveSome(), !part.isEmpty { response += part }
+                return String(decoding: response, as: UTF8.self)
             }
-            socket.send(Array("GET /repository/after HTTP/1.1\r\nHost: storage\r\nConnection: close\r\n\r\n".utf8))
-            var response: [UInt8] = []
-            while case let part = socket.receiveSome(), !part.isEmpty { response += part }
-            return String(decoding: response, as: UTF8.self)
+            #expect(reply.hasPrefix("HTTP/1.1 403"), "\(reply.prefix(80))")
+            #expect(reply.contains("HTTP/1.1 200") && reply.contains("GET /repository/after"), "the connection survived: \(reply.suffix(200))")
+            #expect(mesh.backend.requests == ["GET /repository/after"])
         }
-        #expect(reply.hasPrefix("HTTP/1.1 403"), "\(reply.prefix(80))")
-        #expect(reply.contains("HTTP/1.1 200") && reply.contains("GET /repository/after"), "the connection survived: \(reply.suffix(200))")
-        #expect(mesh.backend.requests == ["GET /repository/after"])
     }
 
     // MARK: Finding 4: HTTP/1.1 header rules saw no pseudo-headers
@@ -103,15 +107,16 @@ struct BoundaryRegressionTests {
               {"Action":"allow","HTTP":{"PathPrefix":"/repository/"}}]}]}]
             """)
         let mesh = try await MeshFixture.start(backend: .repository, intentions: policy, protocol: "http")
-        defer { Task { await mesh.stop() } }
-        let lines = try await L7IntegrationTests.curl(mesh.upstreamPort, [
-            ["-H", "Host: a.untrusted.example", "URL/repository/x"],
-            ["URL/repository/x?purge=1"],
-            ["-X", "POST", "--data-binary", "x", "URL/repository/x"],
-            ["URL/repository/x?keep=1"],
-        ])
-        #expect(lines.map(\.status) == ["403", "403", "403", "200"], "\(lines)")
-        #expect(mesh.backend.requests == ["GET /repository/x?keep=1"])
+        try await withTeardown({ await mesh.stop() }) {
+            let lines = try await L7IntegrationTests.curl(mesh.upstreamPort, [
+                ["-H", "Host: a.untrusted.example", "URL/repository/x"],
+                ["URL/repository/x?purge=1"],
+                ["-X", "POST", "--data-binary", "x", "URL/repository/x"],
+                ["URL/repository/x?keep=1"],
+            ])
+            #expect(lines.map(\.status) == ["403", "403", "403", "200"], "\(lines)")
+            #expect(mesh.backend.requests == ["GET /repository/x?keep=1"])
+        }
     }
 
     // MARK: Finding 5: a mux connection kept taking streams after the peer's leaf expired
@@ -123,15 +128,17 @@ struct BoundaryRegressionTests {
                                                   "--leaf", TestCertificates.directory, name, "backup-agent", "4"])
         try #require(minted.status == 0, "\(minted.output)")
         let mesh = try await MeshFixture.start(backend: .echo)
-        defer { Task { await mesh.stop() } }
-        let client = try await HostileMuxClient.connect(port: mesh.publicPort, credentials: try TestCertificates.credentials(name))
-        defer { Task { await client.close() } }
-        guard case .success = await client.open() else { Issue.record("the first stream, before expiry, must open"); return }
-        #expect(await eventually(timeout: 30) {
-            mesh.storageAudit.events.contains { $0.kind == .connectionRevoked && $0.reason?.contains("the peer's certificate expired") == true }
-        }, "the carrier is retired at the peer's NotAfter")
-        if case .success = await client.open() { Issue.record("a stream opened after the peer's leaf expired") }
-        #expect(mesh.storageAudit.events.filter { $0.kind == .authorization }.count == 1, "only the stream before expiry was decided")
+        try await withTeardown({ await mesh.stop() }) {
+            let client = try await HostileMuxClient.connect(port: mesh.publicPort, credentials: try TestCertificates.credentials(name))
+            await withTeardown({ await client.close() }) {
+                guard case .success = await client.open() else { Issue.record("the first stream, before expiry, must open"); return }
+                #expect(await eventually(timeout: 30) {
+                    mesh.storageAudit.events.contains { $0.kind == .connectionRevoked && $0.reason?.contains("the peer's certificate expired") == true }
+                }, "the carrier is retired at the peer's NotAfter")
+                if case .success = await client.open() { Issue.record("a stream opened after the peer's leaf expired") }
+                #expect(mesh.storageAudit.events.filter { $0.kind == .authorization }.count == 1, "only the stream before expiry was decided")
+            }
+        }
     }
 
     /// The expiry timer of a leaf valid until 9999-12-31 does not fit a TimeAmount; arming it
@@ -139,10 +146,11 @@ struct BoundaryRegressionTests {
     @Test("A peer leaf valid until 9999-12-31 gets mux streams like any other (no expiry timer overflow)")
     func noExpiryLeaf() async throws {
         let mesh = try await MeshFixture.start(backend: .echo, agentCertificate: "no-expiry")
-        defer { Task { await mesh.stop() } }
-        #expect(await echoRoundTrip(port: mesh.upstreamPort))
-        #expect(await echoRoundTrip(port: mesh.upstreamPort), "a second stream on the same carrier")
-        #expect(mesh.storageAudit.events.contains { $0.kind == .authorization && $0.decision == "allow" && $0.muxStream != nil })
+        await withTeardown({ await mesh.stop() }) {
+            #expect(await echoRoundTrip(port: mesh.upstreamPort))
+            #expect(await echoRoundTrip(port: mesh.upstreamPort), "a second stream on the same carrier")
+            #expect(mesh.storageAudit.events.contains { $0.kind == .authorization && $0.decision == "allow" && $0.muxStream != nil })
+        }
     }
 
     // MARK: Finding 12: a denied peer got a carrier and could open unlimited denied streams
@@ -150,50 +158,55 @@ struct BoundaryRegressionTests {
     @Test("A source denied outright gets no mux connection: one authorization line, no stream")
     func deniedPeerGetsNoCarrier() async throws {
         let mesh = try await MeshFixture.start(backend: .echo)
-        defer { Task { await mesh.stop() } }
-        // The connection may already be gone when the client sets up its session.
-        if let client = try? await HostileMuxClient.connect(port: mesh.publicPort,
-                                                            credentials: try TestCertificates.credentials("storage-impostor")) {
-            if case .success = await client.open() { Issue.record("a denied source opened a stream") }
-            await client.close()
+        await withTeardown({ await mesh.stop() }) {
+            // The connection may already be gone when the client sets up its session.
+            if let client = try? await HostileMuxClient.connect(port: mesh.publicPort,
+                                                                credentials: try TestCertificates.credentials("storage-impostor")) {
+                if case .success = await client.open() { Issue.record("a denied source opened a stream") }
+                await client.close()
+            }
+            #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .authorization } })
+            let decisions = mesh.storageAudit.events.filter { $0.kind == .authorization }
+            #expect(decisions.count == 1 && decisions[0].decision == "deny" && decisions[0].muxStream == nil, "\(decisions)")
+            #expect(!mesh.storageAudit.events.contains { $0.kind == .muxConnected })
+            #expect(mesh.backend.connections == 0)
         }
-        #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .authorization } })
-        let decisions = mesh.storageAudit.events.filter { $0.kind == .authorization }
-        #expect(decisions.count == 1 && decisions[0].decision == "deny" && decisions[0].muxStream == nil, "\(decisions)")
-        #expect(!mesh.storageAudit.events.contains { $0.kind == .muxConnected })
-        #expect(mesh.backend.connections == 0)
     }
 
     @Test("A mux connection whose streams keep being denied is retired after 64 of them")
     func deniedStreamsCapped() async throws {
         let mesh = try await MeshFixture.start(backend: .echo)
-        defer { Task { await mesh.stop() } }
-        let client = try await HostileMuxClient.connect(port: mesh.publicPort, credentials: try TestCertificates.credentials("backup-agent"))
-        defer { Task { await client.close() } }
-        // Admitted (the server decides once it has the client's Finished, after the client is
-        // done), then the intentions turn against it (a revocation the peer ignores).
-        #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .muxConnected } })
-        mesh.storage.updateIntentions(IntentionSet([], defaultAction: .deny))
-        var opened = 0
-        for _ in 0..<80 { if case .success = await client.open() { opened += 1 } }
-        #expect(opened == 0)
-        let denied = mesh.storageAudit.events.filter { $0.kind == .authorization && $0.decision == "deny" && $0.muxStream != nil }
-        #expect(denied.count == InboundMuxCarrier.maxRefusedStreams, "\(denied.count) streams decided")
-        #expect(mesh.storageAudit.events.contains { $0.kind == .connectionRevoked && $0.reason?.contains("64 refused streams") == true })
+        try await withTeardown({ await mesh.stop() }) {
+            let client = try await HostileMuxClient.connect(port: mesh.publicPort, credentials: try TestCertificates.credentials("backup-agent"))
+            await withTeardown({ await client.close() }) {
+                // Admitted (the server decides once it has the client's Finished, after the client is
+                // done), then the intentions turn against it (a revocation the peer ignores).
+                #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .muxConnected } })
+                mesh.storage.updateIntentions(IntentionSet([], defaultAction: .deny))
+                var opened = 0
+                for _ in 0..<80 { if case .success = await client.open() { opened += 1 } }
+                #expect(opened == 0)
+                let denied = mesh.storageAudit.events.filter { $0.kind == .authorization && $0.decision == "deny" && $0.muxStream != nil }
+                #expect(denied.count == InboundMuxCarrier.maxRefusedStreams, "\(denied.count) streams decided")
+                #expect(mesh.storageAudit.events.contains { $0.kind == .connectionRevoked && $0.reason?.contains("64 refused streams") == true })
+            }
+        }
     }
 
     @Test("Streams refused for asking another service (421) also count: the carrier is retired after 64")
     func misdirectedStreamsCapped() async throws {
         let mesh = try await MeshFixture.start(backend: .echo)
-        defer { Task { await mesh.stop() } }
-        let client = try await HostileMuxClient.connect(port: mesh.publicPort, credentials: try TestCertificates.credentials("backup-agent"))
-        defer { Task { await client.close() } }
-        var opened = 0
-        for _ in 0..<80 { if case .success = await client.open(authority: "billing") { opened += 1 } }
-        #expect(opened == 0)
-        #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .connectionRevoked && $0.reason?.contains("64 refused streams") == true } })
-        if case .success = await client.open() { Issue.record("a retired carrier took a stream for the right service") }
-        #expect(mesh.backend.connections == 0)
+        try await withTeardown({ await mesh.stop() }) {
+            let client = try await HostileMuxClient.connect(port: mesh.publicPort, credentials: try TestCertificates.credentials("backup-agent"))
+            await withTeardown({ await client.close() }) {
+                var opened = 0
+                for _ in 0..<80 { if case .success = await client.open(authority: "billing") { opened += 1 } }
+                #expect(opened == 0)
+                #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .connectionRevoked && $0.reason?.contains("64 refused streams") == true } })
+                if case .success = await client.open() { Issue.record("a retired carrier took a stream for the right service") }
+                #expect(mesh.backend.connections == 0)
+            }
+        }
     }
 
     // MARK: Finding 6: re-authorization used the current protocol, not how a tunnel was joined
@@ -201,21 +214,22 @@ struct BoundaryRegressionTests {
     @Test("After tcp becomes http with L7 permissions, a raw tunnel opened before is revoked; filtered ones stay")
     func rawTunnelRevokedWhenIntentionNeedsL7() async throws {
         let mesh = try await MeshFixture.start(backend: .echo)
-        defer { Task { await mesh.stop() } }
-        let raw = try BlockingSocket(port: mesh.upstreamPort)
-        raw.setReceiveTimeout(seconds: 10)
-        #expect(await onThread { ReauthorizationTests.ping(raw, "raw bytes no rule reads\n") })
-        var definition = mesh.storage.definition
-        definition.config.protocol = "http"
-        try await mesh.storage.apply(definition)
-        mesh.storage.updateIntentions(IntentionSet(try Self.intentions("""
-            [{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Permissions":[
-              {"Action":"allow","HTTP":{"PathPrefix":"/repository/","Methods":["GET"]}}]}]}]
-            """), defaultAction: .deny))
-        let end = await onThread { raw.receiveAll() }
-        #expect(!end.cleanEOF, "the raw tunnel is cut with a reset")
-        let revoked = mesh.storageAudit.events.filter { $0.kind == .connectionRevoked }
-        #expect(revoked.count == 1 && revoked.first?.reason?.contains("has L7 permissions") == true, "\(revoked.map(\.reason))")
+        try await withTeardown({ await mesh.stop() }) {
+            let raw = try BlockingSocket(port: mesh.upstreamPort)
+            raw.setReceiveTimeout(seconds: 10)
+            #expect(await onThread { ReauthorizationTests.ping(raw, "raw bytes no rule reads\n") })
+            var definition = mesh.storage.definition
+            definition.config.protocol = "http"
+            try await mesh.storage.apply(definition)
+            mesh.storage.updateIntentions(IntentionSet(try Self.intentions("""
+                [{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Permissions":[
+                  {"Action":"allow","HTTP":{"PathPrefix":"/repository/","Methods":["GET"]}}]}]}]
+                """), defaultAction: .deny))
+            let end = await onThread { raw.receiveAll() }
+            #expect(!end.cleanEOF, "the raw tunnel is cut with a reset")
+            let revoked = mesh.storageAudit.events.filter { $0.kind == .connectionRevoked }
+            #expect(revoked.count == 1 && revoked.first?.reason?.contains("has L7 permissions") == true, "\(revoked.map(\.reason))")
+        }
     }
 
     // MARK: Finding 7: an intention condition we cannot evaluate was ignored
@@ -227,12 +241,13 @@ struct BoundaryRegressionTests {
               "Sources":[{"Name":"backup-agent","Action":"allow"}]}]
             """)
         let mesh = try await MeshFixture.start(backend: .repository, intentions: policy, defaultAction: .allow, protocol: "http")
-        defer { Task { await mesh.stop() } }
-        let refused = try await ProcessRunner.run(["curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}",
-                                                   "http://127.0.0.1:\(mesh.upstreamPort)/repository/x"])
-        #expect(refused.output != "200", "\(refused.output)")
-        #expect(mesh.backend.requests.isEmpty)
-        #expect(mesh.storageAudit.events.contains { $0.decision == "deny" && $0.reason?.contains("requires a JWT") == true })
+        try await withTeardown({ await mesh.stop() }) {
+            let refused = try await ProcessRunner.run(["curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}",
+                                                       "http://127.0.0.1:\(mesh.upstreamPort)/repository/x"])
+            #expect(refused.output != "200", "\(refused.output)")
+            #expect(mesh.backend.requests.isEmpty)
+            #expect(mesh.storageAudit.events.contains { $0.decision == "deny" && $0.reason?.contains("requires a JWT") == true })
+        }
     }
 
     // MARK: Finding 9: handshaking connections took every slot
@@ -243,29 +258,31 @@ struct BoundaryRegressionTests {
             $0.maxConnections = 64
             $0.firstByteTimeoutMs = 60_000
         }
-        defer { Task { await mesh.stop() } }
-        let flood = try (0..<300).map { _ in try BlockingSocket(port: mesh.publicPort) }
-        // A connection silent for 250 ms may lose its slot (younger ones may still be sending
-        // their hello): let the flood age past that, so the peer below takes one of its slots.
-        try await Task.sleep(for: .milliseconds(400))
-        #expect(await echoRoundTrip(port: mesh.upstreamPort), "a legitimate peer gets its transfer through")
-        #expect(!mesh.storageAudit.events.contains { $0.reason?.hasPrefix("handshake timed out") == true },
-                "served without waiting for the flood to time out")
-        #expect(await eventually { mesh.storageAudit.events.contains { $0.reason?.contains("max_pending_handshakes") == true } },
-                "the closed handshakes are audited")
-        #expect(mesh.backend.connections == 1)
-        _ = flood
+        try await withTeardown({ await mesh.stop() }) {
+            let flood = try (0..<300).map { _ in try BlockingSocket(port: mesh.publicPort) }
+            // A connection silent for 250 ms may lose its slot (younger ones may still be sending
+            // their hello): let the flood age past that, so the peer below takes one of its slots.
+            try await Task.sleep(for: .milliseconds(400))
+            #expect(await echoRoundTrip(port: mesh.upstreamPort), "a legitimate peer gets its transfer through")
+            #expect(!mesh.storageAudit.events.contains { $0.reason?.hasPrefix("handshake timed out") == true },
+                    "served without waiting for the flood to time out")
+            #expect(await eventually { mesh.storageAudit.events.contains { $0.reason?.contains("max_pending_handshakes") == true } },
+                    "the closed handshakes are audited")
+            #expect(mesh.backend.connections == 1)
+            _ = flood
+        }
     }
 
     @Test("A connection that sends nothing is closed at first_byte_timeout, well before the handshake timeout")
     func firstByteTimeout() async throws {
         let mesh = try await MeshFixture.start(backend: .echo, handshakeTimeoutMs: 120_000) { $0.firstByteTimeoutMs = 500 }
-        defer { Task { await mesh.stop() } }
-        let silent = try BlockingSocket(port: mesh.publicPort)
-        silent.setReceiveTimeout(seconds: 60)
-        let end = await onThread { silent.receiveAll() }
-        #expect(end.count == 0)
-        #expect(mesh.storageAudit.events.contains { $0.reason == "handshake timed out: the peer sent nothing" })
+        try await withTeardown({ await mesh.stop() }) {
+            let silent = try BlockingSocket(port: mesh.publicPort)
+            silent.setReceiveTimeout(seconds: 60)
+            let end = await onThread { silent.receiveAll() }
+            #expect(end.count == 0)
+            #expect(mesh.storageAudit.events.contains { $0.reason == "handshake timed out: the peer sent nothing" })
+        }
     }
 
     // MARK: Finding 11: staged bytes reached the app before the tunnel was registered
@@ -280,19 +297,21 @@ struct BoundaryRegressionTests {
                                                                   intentions: MeshFixture.allowBackupAgent) {
             $0.localConnectTimeoutMs = 30_000
         }
-        defer { Task { await storage.stop() } }
-        let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent",
-                                                          storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!)
-        defer { Task { await agent.stop() } }
-        let client = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
-        client.setReceiveTimeout(seconds: 30)
-        client.send(Array("secret snapshot bytes\n".utf8))
-        #expect(await eventually { audit.events.contains { $0.kind == .authorization && $0.decision == "allow" } })
-        storage.updateIntentions(IntentionSet([], defaultAction: .deny))
-        let received = await onThread { app.acceptAll(until: .now() + .seconds(20), expecting: 2) }
-        #expect(received.allSatisfy { $0.isEmpty }, "the app received \(received)")
-        #expect(audit.events.contains { $0.kind == .connectionRevoked }, "the tunnel is revoked, with a line")
-        _ = client
+        try await withTeardown({ await storage.stop() }) {
+            let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent",
+                                                              storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!)
+            try await withTeardown({ await agent.stop() }) {
+                let client = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
+                client.setReceiveTimeout(seconds: 30)
+                client.send(Array("secret snapshot bytes\n".utf8))
+                #expect(await eventually { audit.events.contains { $0.kind == .authorization && $0.decision == "allow" } })
+                storage.updateIntentions(IntentionSet([], defaultAction: .deny))
+                let received = await onThread { app.acceptAll(until: .now() + .seconds(20), expecting: 2) }
+                #expect(received.allSatisfy { $0.isEmpty }, "the app received \(received)")
+                #expect(audit.events.contains { $0.kind == .connectionRevoked }, "the tunnel is revoked, with a line")
+                _ = client
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 
 /// The real `backup-sidecar` binary: bad input at startup is a non-zero exit with a message
 /// naming the file and field, never a crash.
@@ -130,13 +131,14 @@ struct CommandLineTests {
     @Test("A listener address already in use is a clear startup error (exit 3)")
     func portInUse() async throws {
         let holder = try await TestBackend(.echo, group: testGroup)
-        defer { Task { await holder.stop() } }
-        let service = Self.write("busy.json", """
-            {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(holder.port), "address": "127.0.0.1",
-              "proxy": {"destination_service_name": "storage", "local_service_port": 9}}}
-            """)
-        let result = try await ProcessRunner.run([Self.binary, "run", "--service-file", service] + Self.certs(), timeout: 20)
-        #expect(result.status == 3, "output: \(result.output)")
-        #expect(result.output.contains("cannot bind public listener on 127.0.0.1:\(holder.port)"), "output: \(result.output)")
+        try await withTeardown({ await holder.stop() }) {
+            let service = Self.write("busy.json", """
+                {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(holder.port), "address": "127.0.0.1",
+                  "proxy": {"destination_service_name": "storage", "local_service_port": 9}}}
+                """)
+            let result = try await ProcessRunner.run([Self.binary, "run", "--service-file", service] + Self.certs(), timeout: 20)
+            #expect(result.status == 3, "output: \(result.output)")
+            #expect(result.output.contains("cannot bind public listener on 127.0.0.1:\(holder.port)"), "output: \(result.output)")
+        }
     }
 }

@@ -4,6 +4,7 @@ import NIOEmbedded
 import NIOPosix
 @testable import SidecarCore
 import Testing
+import TestSupport
 
 /// The tracker on a real listening socket: pausing is observed as connections left waiting in
 /// the kernel's backlog and accepted later, eviction as a client seeing its connection end.
@@ -171,21 +172,22 @@ struct ConnectionTrackerTests {
     @Test("max_connections changed at runtime reaches an upstream listener already bound: the waiting caller is served")
     func runtimeLimitReachesUpstreamListener() async throws {
         let mesh = try await MeshFixture.start(backend: .echo)
-        defer { Task { await mesh.stop() } }
-        var definition = mesh.agent.definition
-        definition.config.maxConnections = 1
-        try await mesh.agent.apply(definition)
-        let first = try BlockingSocket(port: mesh.upstreamPort)
-        first.setReceiveTimeout(seconds: 30)
-        #expect(await onThread { ReauthorizationTests.ping(first, "holds the only slot\n") })
-        #expect(await eventually(timeout: 30) { mesh.agent.tracker.isPaused("upstream:storage") })
-        let second = try BlockingSocket(port: mesh.upstreamPort)
-        second.setReceiveTimeout(seconds: 60)
-        let served = Task { await onThread { ReauthorizationTests.ping(second, "waits in the backlog\n") } }
-        #expect(mesh.agent.tracker.count("upstream:storage") == 1, "paused: the second caller is not accepted")
-        definition.config.maxConnections = 2
-        try await mesh.agent.apply(definition)
-        #expect(await served.value, "served once the raised limit reached the bound listener")
-        _ = first
+        try await withTeardown({ await mesh.stop() }) {
+            var definition = mesh.agent.definition
+            definition.config.maxConnections = 1
+            try await mesh.agent.apply(definition)
+            let first = try BlockingSocket(port: mesh.upstreamPort)
+            first.setReceiveTimeout(seconds: 30)
+            #expect(await onThread { ReauthorizationTests.ping(first, "holds the only slot\n") })
+            #expect(await eventually(timeout: 30) { mesh.agent.tracker.isPaused("upstream:storage") })
+            let second = try BlockingSocket(port: mesh.upstreamPort)
+            second.setReceiveTimeout(seconds: 60)
+            let served = Task { await onThread { ReauthorizationTests.ping(second, "waits in the backlog\n") } }
+            #expect(mesh.agent.tracker.count("upstream:storage") == 1, "paused: the second caller is not accepted")
+            definition.config.maxConnections = 2
+            try await mesh.agent.apply(definition)
+            #expect(await served.value, "served once the raised limit reached the bound listener")
+            _ = first
+        }
     }
 }

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import Testing
 @testable import ConsulAgent
+import TestSupport
 
 /// The agent reached the ways CONSUL_HTTP_ADDR allows: a unix socket, and HTTPS with
 /// CONSUL_CACERT / CONSUL_CLIENT_CERT / CONSUL_TLS_SERVER_NAME against a real `openssl s_server`.
@@ -23,14 +24,15 @@ struct ConsulClientTransportTests {
         let server = try await ScriptedHTTPServer(group: testGroup, unixSocketPath: path) { _, _ in
             .init(body: #"{"Config": {"Datacenter": "dc-unix"}}"#)
         }
-        defer { Task { await server.stop() } }
-        let settings = try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil,
-                                                            environment: ["CONSUL_HTTP_ADDR": "unix://\(path)", "CONSUL_HTTP_TOKEN": "unix-token"])
-        let client = try ConsulClient(settings: settings, eventLoopGroup: testGroup)
-        let response = try await client.get("/v1/agent/self")
-        await client.shutdown()
-        #expect(String(decoding: response.body, as: UTF8.self).contains("dc-unix"))
-        #expect(server.requests == ["GET /v1/agent/self token=unix-token"])
+        try await withTeardown({ await server.stop() }) {
+            let settings = try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil,
+                                                                environment: ["CONSUL_HTTP_ADDR": "unix://\(path)", "CONSUL_HTTP_TOKEN": "unix-token"])
+            let client = try ConsulClient(settings: settings, eventLoopGroup: testGroup)
+            let response = try await client.get("/v1/agent/self")
+            await client.shutdown()
+            #expect(String(decoding: response.body, as: UTF8.self).contains("dc-unix"))
+            #expect(server.requests == ["GET /v1/agent/self token=unix-token"])
+        }
     }
 
     @Test("CONSUL_HTTP_AUTH sends HTTP basic auth on every call, next to the token")
@@ -39,16 +41,17 @@ struct ConsulClientTransportTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let path = "\(directory)/consul.sock"
         let server = try await ScriptedHTTPServer(group: testGroup, unixSocketPath: path) { _, _ in .init(body: "{}") }
-        defer { Task { await server.stop() } }
-        for (auth, expected) in [("backup:s3cret", "YmFja3VwOnMzY3JldA=="), ("backup", "YmFja3VwOg==")] {
-            let settings = try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil, environment: [
-                "CONSUL_HTTP_ADDR": "unix://\(path)", "CONSUL_HTTP_TOKEN": "t", "CONSUL_HTTP_AUTH": auth,
-            ])
-            let client = try ConsulClient(settings: settings, eventLoopGroup: testGroup)
-            _ = try await client.get("/v1/agent/self")
-            await client.shutdown()
-            #expect(server.requests.last == "GET /v1/agent/self token=t authorization=Basic \(expected)")
-            #expect(!settings.summary.contains("s3cret"))
+        try await withTeardown({ await server.stop() }) {
+            for (auth, expected) in [("backup:s3cret", "YmFja3VwOnMzY3JldA=="), ("backup", "YmFja3VwOg==")] {
+                let settings = try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil, environment: [
+                    "CONSUL_HTTP_ADDR": "unix://\(path)", "CONSUL_HTTP_TOKEN": "t", "CONSUL_HTTP_AUTH": auth,
+                ])
+                let client = try ConsulClient(settings: settings, eventLoopGroup: testGroup)
+                _ = try await client.get("/v1/agent/self")
+                await client.shutdown()
+                #expect(server.requests.last == "GET /v1/agent/self token=t authorization=Basic \(expected)")
+                #expect(!settings.summary.contains("s3cret"))
+            }
         }
     }
 
@@ -105,10 +108,11 @@ struct ConsulClientTransportTests {
         do {
             let settings = try ConsulConnectionSettings.resolve(httpAddr: nil, token: nil, tokenFile: nil, environment: environment)
             let client = try ConsulClient(settings: settings, eventLoopGroup: testGroup)
-            defer { Task { await client.shutdown() } }
-            // A refused TLS handshake is retried by the client until the deadline: keep it short.
-            let response = try await client.get("/v1/agent/self", timeout: .seconds(3))
-            return .success(String(decoding: response.body, as: UTF8.self))
+            return try await withTeardown({ await client.shutdown() }) {
+                // A refused TLS handshake is retried by the client until the deadline: keep it short.
+                let response = try await client.get("/v1/agent/self", timeout: .seconds(3))
+                return .success(String(decoding: response.body, as: UTF8.self))
+            }
         } catch {
             return .failure(error)
         }

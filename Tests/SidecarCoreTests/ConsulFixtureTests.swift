@@ -5,6 +5,7 @@ import DevAgent
 @testable import SidecarCore
 import SidecarTLS
 import Testing
+import TestSupport
 
 /// Issue 17: recorded answers from Consul's own API docs (Tests/Fixtures/consul, one file per
 /// endpoint the sidecar reads, each naming its source and Consul version). Our client must
@@ -108,118 +109,120 @@ struct ConsulFixtureTests {
         var method = DevAgentAuthMethod(name: "minikube", jwtValidationPubKeys: [issuer.publicKeyPEM])
         method.boundAudiences = ["consul"]
         let mesh = try await ConsulMesh.start(aclToken: "root", authMethods: [method], enterprise: enterprise)
-        defer { Task { await mesh.stop() } }
-        try mesh.agent.registerService(json: """
-            {"ID": "web", "Name": "web", "Port": 8080, "Tags": ["primary"], "Meta": {"redis_version": "4.0"},
-             "Weights": {"Passing": 10, "Warning": 1},
-             "Connect": {"SidecarService": {"Port": 18080, "Proxy": {"Mode": "transparent", "Config": {"foo": "bar"},
-               "Upstreams": [{"DestinationType": "service", "DestinationName": "db", "LocalBindPort": 9191}]}}}}
-            """)
-        try mesh.agent.writeConfigEntry(json: #"{"Kind": "service-intentions", "Name": "db", "Sources": [{"Name": "web", "Action": "deny"}]}"#)
-        try mesh.agent.writeConfigEntry(json: #"{"Kind": "service-intentions", "Name": "*", "Sources": [{"Name": "web", "Action": "allow"}]}"#)
-        let client = try ConsulClient(settings: ConsulConnectionSettings(transport: .tcp(host: "127.0.0.1", port: mesh.port), token: "root"),
-                                      eventLoopGroup: testGroup)
-        defer { Task { await client.shutdown() } }
-        let tenancyFields: Set<String> = ["Namespace", "Partition", "DestinationNamespace", "DestinationPartition"]
+        try await withTeardown({ await mesh.stop() }) {
+            try mesh.agent.registerService(json: """
+                {"ID": "web", "Name": "web", "Port": 8080, "Tags": ["primary"], "Meta": {"redis_version": "4.0"},
+                 "Weights": {"Passing": 10, "Warning": 1},
+                 "Connect": {"SidecarService": {"Port": 18080, "Proxy": {"Mode": "transparent", "Config": {"foo": "bar"},
+                   "Upstreams": [{"DestinationType": "service", "DestinationName": "db", "LocalBindPort": 9191}]}}}}
+                """)
+            try mesh.agent.writeConfigEntry(json: #"{"Kind": "service-intentions", "Name": "db", "Sources": [{"Name": "web", "Action": "deny"}]}"#)
+            try mesh.agent.writeConfigEntry(json: #"{"Kind": "service-intentions", "Name": "*", "Sources": [{"Name": "web", "Action": "allow"}]}"#)
+            let client = try ConsulClient(settings: ConsulConnectionSettings(transport: .tcp(host: "127.0.0.1", port: mesh.port), token: "root"),
+                                          eventLoopGroup: testGroup)
+            try await withTeardown({ await client.shutdown() }) {
+                let tenancyFields: Set<String> = ["Namespace", "Partition", "DestinationNamespace", "DestinationPartition"]
 
-        func check(_ name: String, _ answer: Data, pick: (Any) -> Any? = { $0 }, fixturePick: (Any) -> Any? = { $0 },
-                   _ differences: Differences) throws {
-            let fixture = try #require(fixturePick(try Fixture(name).response), "\(name)")
-            let ours = try #require(pick(try JSONSerialization.jsonObject(with: answer, options: [.fragmentsAllowed])), "\(name)")
-            var report = ShapeReport()
-            report.compare(fixture, ours, path: "", opaque: differences.opaque)
-            var missing = Set(report.missing), extra = Set(report.extra)
-            if !enterprise {
-                // Consul CE states no tenancy anywhere; the sample is from Enterprise docs.
-                #expect(extra.filter { tenancyFields.contains($0.split(separator: ".").last.map(String.init) ?? $0) }.isEmpty,
-                        "\(name): CE sends no tenancy")
-                missing = missing.filter { !tenancyFields.contains($0.split(separator: ".").last.map(String.init) ?? $0) }
+                func check(_ name: String, _ answer: Data, pick: (Any) -> Any? = { $0 }, fixturePick: (Any) -> Any? = { $0 },
+                           _ differences: Differences) throws {
+                    let fixture = try #require(fixturePick(try Fixture(name).response), "\(name)")
+                    let ours = try #require(pick(try JSONSerialization.jsonObject(with: answer, options: [.fragmentsAllowed])), "\(name)")
+                    var report = ShapeReport()
+                    report.compare(fixture, ours, path: "", opaque: differences.opaque)
+                    var missing = Set(report.missing), extra = Set(report.extra)
+                    if !enterprise {
+                        // Consul CE states no tenancy anywhere; the sample is from Enterprise docs.
+                        #expect(extra.filter { tenancyFields.contains($0.split(separator: ".").last.map(String.init) ?? $0) }.isEmpty,
+                                "\(name): CE sends no tenancy")
+                        missing = missing.filter { !tenancyFields.contains($0.split(separator: ".").last.map(String.init) ?? $0) }
+                    }
+                    let unexpectedMissing = missing.subtracting(differences.notFromDevAgent.keys)
+                    let unexpectedExtra = extra.subtracting(differences.alsoFromConsul.keys)
+                    #expect(unexpectedMissing.isEmpty, "\(name): the dev agent lacks \(unexpectedMissing.sorted())")
+                    #expect(unexpectedExtra.isEmpty, "\(name): the dev agent adds \(unexpectedExtra.sorted())")
+                    #expect(report.typeMismatches.isEmpty, "\(name): types differ at \(report.typeMismatches)")
+                    // Listed differences that no longer occur are stale: the list must stay honest.
+                    let staleMissing = Set(differences.notFromDevAgent.keys).subtracting(report.missing)
+                    let staleExtra = Set(differences.alsoFromConsul.keys).subtracting(report.extra)
+                    #expect(staleMissing.isEmpty && staleExtra.isEmpty, "\(name): stale differences \(staleMissing.sorted()) \(staleExtra.sorted())")
+                }
+
+                let service = try await client.get("/v1/agent/service/web-sidecar-proxy")
+                try check("agent-service", service.body, Differences(
+                    notFromDevAgent: [
+                        "Proxy.TransparentProxy": "the dev agent keeps no transparent-proxy settings (the sidecar never reads them)",
+                    ],
+                    alsoFromConsul: [
+                        "Partition": "Enterprise 1.11+ names the partition; the sample predates partitions",
+                        "Proxy.MeshGateway": "a struct in Consul's api.AgentServiceConnectProxyConfig: always sent, as {}",
+                        "Proxy.Expose": "a struct in Consul's api.AgentServiceConnectProxyConfig: always sent, as {}",
+                        "Proxy.Upstreams[].MeshGateway": "a struct in Consul's api.Upstream: always sent, as {}",
+                        "Proxy.Upstreams[].DestinationNamespace": "Enterprise fills in the proxy's namespace (agent/structs NodeService)",
+                        "Proxy.Upstreams[].DestinationPartition": "Enterprise fills in the proxy's partition",
+                    ].filter { enterprise || !$0.key.hasSuffix("Partition") && !$0.key.hasSuffix("Namespace") },
+                    opaque: ["Meta", "Tags", "TaggedAddresses", "Proxy.Config"]))
+
+                let services = try await client.get("/v1/agent/services")
+                try check("agent-services", services.body, pick: { ($0 as? [String: Any])?["web"] },
+                          fixturePick: { ($0 as? [String: Any])?["redis"] }, Differences(
+                    alsoFromConsul: ["Partition": "Enterprise 1.11+ names the partition; the sample predates partitions"]
+                        .filter { _ in enterprise },
+                    opaque: ["Meta", "Tags", "TaggedAddresses"]))
+
+                let leaf = try await client.get("/v1/agent/connect/ca/leaf/web")
+                try check("agent-connect-ca-leaf", leaf.body, Differences(
+                    alsoFromConsul: ["Partition": "Enterprise 1.11+ names the partition; the sample predates partitions"]
+                        .filter { _ in enterprise }))
+
+                let roots = try await client.get("/v1/agent/connect/ca/roots")
+                try check("agent-connect-ca-roots", roots.body, Differences(
+                    alsoFromConsul: ["TrustDomain": "structs.IndexedCARoots has it since 1.2; the sample is older"]))
+
+                let match = try await client.get("/v1/connect/intentions/match", query: [("by", "destination"), ("name", "db")])
+                try check("connect-intentions-match", match.body, pick: { ($0 as? [String: Any])?["db"] },
+                          fixturePick: { ($0 as? [String: Any])?["web"] }, Differences(
+                    alsoFromConsul: [
+                        "[].SourcePartition": "Enterprise 1.11+ (omitempty: empty on CE)",
+                        "[].DestinationPartition": "Enterprise 1.11+ (omitempty: empty on CE)",
+                        "[].Precedence": "structs.Intention.Precedence; the docs' sample leaves it out",
+                        "[].SourcePeer": "Consul 1.13+ (cluster peering)",
+                        "[].Permissions": "config-entry intentions (1.9+) carry Permissions, null for L4",
+                        "[].ID": "structs.Intention.ID; the dev agent derives a stable one (Consul omits it for intentions born as config entries)",
+                        "[].Hash": "structs.Intention.Hash; the docs' sample leaves it out",
+                        "[].CreatedAt": "structs.Intention.CreatedAt; the docs' sample leaves it out",
+                        "[].UpdatedAt": "structs.Intention.UpdatedAt; the docs' sample leaves it out",
+                    ].filter { enterprise || !$0.key.hasSuffix("Partition") },
+                    opaque: ["[].Meta"]))
+
+                let health = try await client.get("/v1/health/connect/web", query: [("passing", "1")])
+                try check("health-connect", health.body, pick: { ($0 as? [Any])?.first }, fixturePick: { ($0 as? [Any])?.first }, Differences(
+                    notFromDevAgent: [:],
+                    alsoFromConsul: [
+                        "Node.CreateIndex": "structs.Node carries RaftIndex", "Node.ModifyIndex": "structs.Node carries RaftIndex",
+                        "Service.Kind": "structs.NodeService.Kind (a proxy's health entry is the proxy)",
+                        "Service.Proxy": "structs.NodeService.Proxy", "Service.EnableTagOverride": "structs.NodeService",
+                        "Service.Datacenter": "api.AgentService.Datacenter", "Service.CreateIndex": "RaftIndex",
+                        "Service.ModifyIndex": "RaftIndex", "Service.Partition": "Enterprise 1.11+",
+                        "Checks[].Type": "structs.HealthCheck", "Checks[].Interval": "structs.HealthCheck",
+                        "Checks[].Timeout": "structs.HealthCheck", "Checks[].ExposedPort": "structs.HealthCheck",
+                        "Checks[].Definition": "structs.HealthCheck", "Checks[].Partition": "Enterprise 1.11+",
+                        "Checks[].CreateIndex": "RaftIndex", "Checks[].ModifyIndex": "RaftIndex",
+                    ].filter { enterprise || !$0.key.hasSuffix("Partition") },
+                    opaque: ["Node.Meta", "Node.TaggedAddresses", "Service.Meta", "Service.Tags", "Service.TaggedAddresses", "Checks[].ServiceTags",
+                             "Service.Proxy"]))
+
+                let claims = DevJWTIssuer.claims(subject: "example", audience: "consul", issuer: "https://issuer.example")
+                let loginBody = try JSONSerialization.data(withJSONObject: ["AuthMethod": "minikube", "BearerToken": try issuer.sign(claims)])
+                let login = try await client.post("/v1/acl/login", body: loginBody, token: .none)
+                try check("acl-login", login.body, Differences(
+                    notFromDevAgent: ["Roles": "the dev agent's auth methods bind service identities only (no roles)"],
+                    opaque: ["ServiceIdentities", "Meta"]))
+
+                let authorizeBody = try JSONSerialization.data(withJSONObject: try #require(try Fixture("agent-connect-authorize").request))
+                let authorize = try await client.post("/v1/agent/connect/authorize", body: authorizeBody)
+                try check("agent-connect-authorize", authorize.body, Differences())
             }
-            let unexpectedMissing = missing.subtracting(differences.notFromDevAgent.keys)
-            let unexpectedExtra = extra.subtracting(differences.alsoFromConsul.keys)
-            #expect(unexpectedMissing.isEmpty, "\(name): the dev agent lacks \(unexpectedMissing.sorted())")
-            #expect(unexpectedExtra.isEmpty, "\(name): the dev agent adds \(unexpectedExtra.sorted())")
-            #expect(report.typeMismatches.isEmpty, "\(name): types differ at \(report.typeMismatches)")
-            // Listed differences that no longer occur are stale: the list must stay honest.
-            let staleMissing = Set(differences.notFromDevAgent.keys).subtracting(report.missing)
-            let staleExtra = Set(differences.alsoFromConsul.keys).subtracting(report.extra)
-            #expect(staleMissing.isEmpty && staleExtra.isEmpty, "\(name): stale differences \(staleMissing.sorted()) \(staleExtra.sorted())")
         }
-
-        let service = try await client.get("/v1/agent/service/web-sidecar-proxy")
-        try check("agent-service", service.body, Differences(
-            notFromDevAgent: [
-                "Proxy.TransparentProxy": "the dev agent keeps no transparent-proxy settings (the sidecar never reads them)",
-            ],
-            alsoFromConsul: [
-                "Partition": "Enterprise 1.11+ names the partition; the sample predates partitions",
-                "Proxy.MeshGateway": "a struct in Consul's api.AgentServiceConnectProxyConfig: always sent, as {}",
-                "Proxy.Expose": "a struct in Consul's api.AgentServiceConnectProxyConfig: always sent, as {}",
-                "Proxy.Upstreams[].MeshGateway": "a struct in Consul's api.Upstream: always sent, as {}",
-                "Proxy.Upstreams[].DestinationNamespace": "Enterprise fills in the proxy's namespace (agent/structs NodeService)",
-                "Proxy.Upstreams[].DestinationPartition": "Enterprise fills in the proxy's partition",
-            ].filter { enterprise || !$0.key.hasSuffix("Partition") && !$0.key.hasSuffix("Namespace") },
-            opaque: ["Meta", "Tags", "TaggedAddresses", "Proxy.Config"]))
-
-        let services = try await client.get("/v1/agent/services")
-        try check("agent-services", services.body, pick: { ($0 as? [String: Any])?["web"] },
-                  fixturePick: { ($0 as? [String: Any])?["redis"] }, Differences(
-            alsoFromConsul: ["Partition": "Enterprise 1.11+ names the partition; the sample predates partitions"]
-                .filter { _ in enterprise },
-            opaque: ["Meta", "Tags", "TaggedAddresses"]))
-
-        let leaf = try await client.get("/v1/agent/connect/ca/leaf/web")
-        try check("agent-connect-ca-leaf", leaf.body, Differences(
-            alsoFromConsul: ["Partition": "Enterprise 1.11+ names the partition; the sample predates partitions"]
-                .filter { _ in enterprise }))
-
-        let roots = try await client.get("/v1/agent/connect/ca/roots")
-        try check("agent-connect-ca-roots", roots.body, Differences(
-            alsoFromConsul: ["TrustDomain": "structs.IndexedCARoots has it since 1.2; the sample is older"]))
-
-        let match = try await client.get("/v1/connect/intentions/match", query: [("by", "destination"), ("name", "db")])
-        try check("connect-intentions-match", match.body, pick: { ($0 as? [String: Any])?["db"] },
-                  fixturePick: { ($0 as? [String: Any])?["web"] }, Differences(
-            alsoFromConsul: [
-                "[].SourcePartition": "Enterprise 1.11+ (omitempty: empty on CE)",
-                "[].DestinationPartition": "Enterprise 1.11+ (omitempty: empty on CE)",
-                "[].Precedence": "structs.Intention.Precedence; the docs' sample leaves it out",
-                "[].SourcePeer": "Consul 1.13+ (cluster peering)",
-                "[].Permissions": "config-entry intentions (1.9+) carry Permissions, null for L4",
-                "[].ID": "structs.Intention.ID; the dev agent derives a stable one (Consul omits it for intentions born as config entries)",
-                "[].Hash": "structs.Intention.Hash; the docs' sample leaves it out",
-                "[].CreatedAt": "structs.Intention.CreatedAt; the docs' sample leaves it out",
-                "[].UpdatedAt": "structs.Intention.UpdatedAt; the docs' sample leaves it out",
-            ].filter { enterprise || !$0.key.hasSuffix("Partition") },
-            opaque: ["[].Meta"]))
-
-        let health = try await client.get("/v1/health/connect/web", query: [("passing", "1")])
-        try check("health-connect", health.body, pick: { ($0 as? [Any])?.first }, fixturePick: { ($0 as? [Any])?.first }, Differences(
-            notFromDevAgent: [:],
-            alsoFromConsul: [
-                "Node.CreateIndex": "structs.Node carries RaftIndex", "Node.ModifyIndex": "structs.Node carries RaftIndex",
-                "Service.Kind": "structs.NodeService.Kind (a proxy's health entry is the proxy)",
-                "Service.Proxy": "structs.NodeService.Proxy", "Service.EnableTagOverride": "structs.NodeService",
-                "Service.Datacenter": "api.AgentService.Datacenter", "Service.CreateIndex": "RaftIndex",
-                "Service.ModifyIndex": "RaftIndex", "Service.Partition": "Enterprise 1.11+",
-                "Checks[].Type": "structs.HealthCheck", "Checks[].Interval": "structs.HealthCheck",
-                "Checks[].Timeout": "structs.HealthCheck", "Checks[].ExposedPort": "structs.HealthCheck",
-                "Checks[].Definition": "structs.HealthCheck", "Checks[].Partition": "Enterprise 1.11+",
-                "Checks[].CreateIndex": "RaftIndex", "Checks[].ModifyIndex": "RaftIndex",
-            ].filter { enterprise || !$0.key.hasSuffix("Partition") },
-            opaque: ["Node.Meta", "Node.TaggedAddresses", "Service.Meta", "Service.Tags", "Service.TaggedAddresses", "Checks[].ServiceTags",
-                     "Service.Proxy"]))
-
-        let claims = DevJWTIssuer.claims(subject: "example", audience: "consul", issuer: "https://issuer.example")
-        let loginBody = try JSONSerialization.data(withJSONObject: ["AuthMethod": "minikube", "BearerToken": try issuer.sign(claims)])
-        let login = try await client.post("/v1/acl/login", body: loginBody, token: .none)
-        try check("acl-login", login.body, Differences(
-            notFromDevAgent: ["Roles": "the dev agent's auth methods bind service identities only (no roles)"],
-            opaque: ["ServiceIdentities", "Meta"]))
-
-        let authorizeBody = try JSONSerialization.data(withJSONObject: try #require(try Fixture("agent-connect-authorize").request))
-        let authorize = try await client.post("/v1/agent/connect/authorize", body: authorizeBody)
-        try check("agent-connect-authorize", authorize.body, Differences())
     }
 }
 

@@ -5,6 +5,7 @@ import DevAgent
 @testable import SidecarCore
 import SidecarTLS
 import Testing
+import TestSupport
 
 /// Issue 17, point 1: a sidecar runs with what a service identity grants (no agent:read), as a
 /// login token or `-bind-type service` gives it on a real agent.
@@ -14,12 +15,13 @@ struct ConsulLeastPrivilegeTests {
     static func login(_ mesh: ConsulMesh, issuer: DevJWTIssuer, as service: String) async throws -> String {
         let client = try ConsulClient(settings: ConsulConnectionSettings(transport: .tcp(host: "127.0.0.1", port: mesh.port)),
                                       eventLoopGroup: testGroup)
-        defer { Task { await client.shutdown() } }
-        let jwt = try issuer.sign(DevJWTIssuer.claims(subject: service, audience: "a", issuer: "i"))
-        let body = try JSONSerialization.data(withJSONObject: ["AuthMethod": "jwt", "BearerToken": jwt])
-        let answer = try await client.post("/v1/acl/login", body: body, token: .none)
-        let token = try #require(try JSONSerialization.jsonObject(with: answer.body) as? [String: Any])
-        return try #require(token["SecretID"] as? String)
+        return try await withTeardown({ await client.shutdown() }) {
+            let jwt = try issuer.sign(DevJWTIssuer.claims(subject: service, audience: "a", issuer: "i"))
+            let body = try JSONSerialization.data(withJSONObject: ["AuthMethod": "jwt", "BearerToken": jwt])
+            let answer = try await client.post("/v1/acl/login", body: body, token: .none)
+            let token = try #require(try JSONSerialization.jsonObject(with: answer.body) as? [String: Any])
+            return try #require(token["SecretID"] as? String)
+        }
     }
 
     @Test("Two sidecars on service-identity login tokens only (agent/self refused) start, agree on the datacenter and carry traffic")
@@ -27,35 +29,40 @@ struct ConsulLeastPrivilegeTests {
         let issuer = try DevJWTIssuer(.es256)
         let mesh = try await ConsulMesh.start(aclToken: "root-token",
                                               authMethods: [DevAgentAuthMethod(name: "jwt", jwtValidationPubKeys: [issuer.publicKeyPEM])])
-        defer { Task { await mesh.stop() } }
-        let backend = try await TestBackend(.echo, group: testGroup)
-        defer { Task { await backend.stop() } }
-        let upstreamPort = freeLocalPort()
-        try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: freeLocalPort())
-        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
-                                 upstreams: [("storage", upstreamPort)])
-        try mesh.allow("backup-agent", to: "storage")
-        let storageToken = try await Self.login(mesh, issuer: issuer, as: "storage")
-        let agentToken = try await Self.login(mesh, issuer: issuer, as: "backup-agent")
+        try await withTeardown({ await mesh.stop() }) {
+            let backend = try await TestBackend(.echo, group: testGroup)
+            try await withTeardown({ await backend.stop() }) {
+                let upstreamPort = freeLocalPort()
+                try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: freeLocalPort())
+                try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
+                                         upstreams: [("storage", upstreamPort)])
+                try mesh.allow("backup-agent", to: "storage")
+                let storageToken = try await Self.login(mesh, issuer: issuer, as: "storage")
+                let agentToken = try await Self.login(mesh, issuer: issuer, as: "backup-agent")
 
-        let storageAudit = MemoryAuditSink()
-        let (storageProxy, storage) = try await mesh.sidecar(for: "storage", audit: storageAudit, token: storageToken)
-        defer { Task { await storageProxy.stop(); await storage.stop() } }
-        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", token: agentToken)
-        defer { Task { await agentProxy.stop(); await agent.stop() } }
-        #expect(await eventually(timeout: 30) { storage.readiness.ready && agent.upstreamInstanceList["storage"]?.count == 1 })
-        #expect(await echoRoundTrip(port: upstreamPort))
-        let allowed = try #require(storageAudit.events.first { $0.kind == .authorization && $0.decision == "allow" })
-        #expect(allowed.source?.contains("/dc/dc1/svc/backup-agent") == true, "\(String(describing: allowed.source))")
+                let storageAudit = MemoryAuditSink()
+                let (storageProxy, storage) = try await mesh.sidecar(for: "storage", audit: storageAudit, token: storageToken)
+                try await withTeardown({ await storageProxy.stop(); await storage.stop() }) {
+                    let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", token: agentToken)
+                    try await withTeardown({ await agentProxy.stop(); await agent.stop() }) {
+                        #expect(await eventually(timeout: 30) { storage.readiness.ready && agent.upstreamInstanceList["storage"]?.count == 1 })
+                        #expect(await echoRoundTrip(port: upstreamPort))
+                        let allowed = try #require(storageAudit.events.first { $0.kind == .authorization && $0.decision == "allow" })
+                        #expect(allowed.source?.contains("/dc/dc1/svc/backup-agent") == true, "\(String(describing: allowed.source))")
+                    }
+                }
+            }
+        }
     }
 
     @Test("ACLs off and no DefaultIntentionPolicy: no matching intention decides what X-Consul-Default-ACL-Policy says (allow)")
     func defaultFromHeader() async throws {
         let mesh = try await ConsulMesh.start(defaultIntentionPolicy: "")
         let pair = try await ConsulPair.start(mesh, allow: false)
-        defer { Task { await pair.stop() } }
-        #expect(await pair.ready())
-        #expect(await echoRoundTrip(port: pair.upstreamPort), "Consul would allow: so do we")
+        await withTeardown({ await pair.stop() }) {
+            #expect(await pair.ready())
+            #expect(await echoRoundTrip(port: pair.upstreamPort), "Consul would allow: so do we")
+        }
     }
 
     @Test("DefaultIntentionPolicy when readable, else the ACL default policy header, else --default-intention")
@@ -96,36 +103,40 @@ struct ConsulLeastPrivilegeTests {
     @Test("Upstreams without a local bind, peered or in another namespace are skipped with a warning; the others serve")
     func registrationShapes() async throws {
         let mesh = try await ConsulMesh.start()
-        defer { Task { await mesh.stop() } }
-        let backend = try await TestBackend(.echo, group: testGroup)
-        defer { Task { await backend.stop() } }
-        try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: freeLocalPort())
-        try mesh.allow("backup-agent", to: "storage")
-        let upstreamPort = freeLocalPort()
-        try mesh.agent.registerService(json: """
-            {"id": "backup-agent", "name": "backup-agent", "port": \(freeLocalPort()), "address": "127.0.0.1",
-             "connect": {"sidecar_service": {"port": \(freeLocalPort()), "proxy": {"upstreams": [
-               {"destination_name": "metadata-db"},
-               {"destination_name": "storage", "destination_peer": "dc-west", "local_bind_port": \(freeLocalPort())},
-               {"destination_name": "storage", "destination_namespace": "ops", "local_bind_port": \(freeLocalPort())},
-               {"destination_name": "storage", "local_bind_port": \(upstreamPort), "config": {"connect_timeout_ms": 2000}}]}}}}
-            """)
-        let (storageProxy, storage) = try await mesh.sidecar(for: "storage")
-        defer { Task { await storageProxy.stop(); await storage.stop() } }
-        let log = RecordingLogHandler()
-        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", logger: log.logger)
-        defer { Task { await agentProxy.stop(); await agent.stop() } }
-        #expect(agent.definition.upstreams.map(\.listenerName) == ["upstream:storage"])
-        #expect(await eventually(timeout: 30) { storage.readiness.ready && agent.upstreamInstanceList["storage"]?.count == 1 })
-        #expect(await echoRoundTrip(port: upstreamPort))
-        let skipped = log.messages.filter { $0.contains("upstream skipped") }
-        #expect(skipped.count == 3, "\(skipped)")
-        #expect(skipped.contains { $0.contains("metadata-db") && $0.contains("transparent-proxy") })
-        #expect(skipped.contains { $0.contains("peering") && $0.contains("dc-west") })
-        #expect(skipped.contains { $0.contains("\"ops\"") })
-        try await agent.refreshMetrics(on: testGroup.next()).get()
-        let exposition = try #require(agent.settings.metrics).exposition()
-        #expect(exposition.contains("backup_sidecar_upstreams_skipped 3"), "\(exposition)")
+        try await withTeardown({ await mesh.stop() }) {
+            let backend = try await TestBackend(.echo, group: testGroup)
+            try await withTeardown({ await backend.stop() }) {
+                try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: freeLocalPort())
+                try mesh.allow("backup-agent", to: "storage")
+                let upstreamPort = freeLocalPort()
+                try mesh.agent.registerService(json: """
+                    {"id": "backup-agent", "name": "backup-agent", "port": \(freeLocalPort()), "address": "127.0.0.1",
+                     "connect": {"sidecar_service": {"port": \(freeLocalPort()), "proxy": {"upstreams": [
+                       {"destination_name": "metadata-db"},
+                       {"destination_name": "storage", "destination_peer": "dc-west", "local_bind_port": \(freeLocalPort())},
+                       {"destination_name": "storage", "destination_namespace": "ops", "local_bind_port": \(freeLocalPort())},
+                       {"destination_name": "storage", "local_bind_port": \(upstreamPort), "config": {"connect_timeout_ms": 2000}}]}}}}
+                    """)
+                let (storageProxy, storage) = try await mesh.sidecar(for: "storage")
+                try await withTeardown({ await storageProxy.stop(); await storage.stop() }) {
+                    let log = RecordingLogHandler()
+                    let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", logger: log.logger)
+                    try await withTeardown({ await agentProxy.stop(); await agent.stop() }) {
+                        #expect(agent.definition.upstreams.map(\.listenerName) == ["upstream:storage"])
+                        #expect(await eventually(timeout: 30) { storage.readiness.ready && agent.upstreamInstanceList["storage"]?.count == 1 })
+                        #expect(await echoRoundTrip(port: upstreamPort))
+                        let skipped = log.messages.filter { $0.contains("upstream skipped") }
+                        #expect(skipped.count == 3, "\(skipped)")
+                        #expect(skipped.contains { $0.contains("metadata-db") && $0.contains("transparent-proxy") })
+                        #expect(skipped.contains { $0.contains("peering") && $0.contains("dc-west") })
+                        #expect(skipped.contains { $0.contains("\"ops\"") })
+                        try await agent.refreshMetrics(on: testGroup.next()).get()
+                        let exposition = try #require(agent.settings.metrics).exposition()
+                        #expect(exposition.contains("backup_sidecar_upstreams_skipped 3"), "\(exposition)")
+                    }
+                }
+            }
+        }
     }
 
     @Test("The same upstream name in two datacenters: two listeners, two instance lists, two expected identities")
@@ -144,11 +155,12 @@ struct ConsulLeastPrivilegeTests {
                                        audit: MemoryAuditSink(), logger: quietLogger, metrics: SidecarMetrics())
         let sidecar = try Sidecar(settings: settings, group: testGroup)
         try await sidecar.start()
-        defer { Task { await sidecar.stop() } }
-        #expect(sidecar.boundAddress(of: "upstream:storage") != nil && sidecar.boundAddress(of: "upstream:storage@dc2") != nil)
-        let remote = Endpoint(host: "127.0.0.2", port: 2, datacenter: "dc2")
-        sidecar.updateInstances([remote], for: "storage@dc2")
-        #expect(sidecar.upstreamInstanceList["storage"] == [local], "the dc2 answer does not replace the local list")
-        #expect(sidecar.upstreamInstanceList["storage@dc2"] == [remote])
+        await withTeardown({ await sidecar.stop() }) {
+            #expect(sidecar.boundAddress(of: "upstream:storage") != nil && sidecar.boundAddress(of: "upstream:storage@dc2") != nil)
+            let remote = Endpoint(host: "127.0.0.2", port: 2, datacenter: "dc2")
+            sidecar.updateInstances([remote], for: "storage@dc2")
+            #expect(sidecar.upstreamInstanceList["storage"] == [local], "the dc2 answer does not replace the local list")
+            #expect(sidecar.upstreamInstanceList["storage@dc2"] == [remote])
+        }
     }
 }

@@ -5,6 +5,7 @@ import Testing
 import DevAgent
 @testable import SidecarCore
 import SidecarTLS
+import TestSupport
 
 /// Sidecars configured only through the dev agent (like `-sidecar-for`), on real sockets.
 @Suite("Consul mode against the dev agent", .serialized)
@@ -67,7 +68,12 @@ struct ConsulModeTests {
         try mesh.registerService(id: "backup-agent", name: "backup-agent", port: agentApp, sidecarPort: agentPublic,
                                  upstreams: [("storage", movedPort)])
         #expect(await eventually { agent.boundAddress(of: "upstream:storage")?.port == movedPort })
-        #expect((try? BlockingSocket(port: upstreamPort)) == nil, "the old local port is closed")
+        if (try? BlockingSocket(port: upstreamPort)) != nil {
+            // Seen twice under load and not explained: name whoever listens there.
+            let listening = try? await ProcessRunner.run(["ss", "-Hltnpe", "sport = :\(upstreamPort)"])
+            let bound = agent.boundAddress(of: "upstream:storage").map { "\($0)" } ?? "none"
+            Issue.record("the old local port \(upstreamPort) still accepts; the agent's upstream is bound at \(bound); ss: \(listening?.output ?? "?")")
+        }
         #expect(await echoRoundTrip(port: movedPort))
         #expect(live.echoes("after the rebind"), "the live connection survived its listener's rebind")
     }
@@ -75,97 +81,100 @@ struct ConsulModeTests {
     @Test("Leaf TTL of 3 s: new connections present new serials after renewals; a connection opened before keeps flowing")
     func leafRenewal() async throws {
         let pair = try await ConsulPair.start(try await ConsulMesh.start(leafTTL: 3))
-        defer { Task { await pair.stop() } }
-        let storage = pair.storage, upstreamPort = pair.upstreamPort
-        #expect(await pair.ready())
-        let firstSerial = storage.currentCredentials.leaf.serialNumber
-        let live = try BlockingSocket(port: upstreamPort)
-        live.setReceiveTimeout(seconds: 10)
-        #expect(live.echoes("opened before any renewal"))
+        try await withTeardown({ await pair.stop() }) {
+            let storage = pair.storage, upstreamPort = pair.upstreamPort
+            #expect(await pair.ready())
+            let firstSerial = storage.currentCredentials.leaf.serialNumber
+            let live = try BlockingSocket(port: upstreamPort)
+            live.setReceiveTimeout(seconds: 10)
+            #expect(live.echoes("opened before any renewal"), "\(pair.unusualEvents)")
 
-        var failures = 0
-        var liveFailures = 0
-        let deadline = ContinuousClock.now + .seconds(8)
-        var round = 0
-        while ContinuousClock.now < deadline {
-            if !(await echoRoundTrip(port: upstreamPort, bytes: 16 << 10)) { failures += 1 }
-            let message = "round \(round) on the old connection"
-            if !(await onThread { live.echoes(message) }) { liveFailures += 1 }
-            round += 1
-            try await Task.sleep(for: .milliseconds(200))
+            var failures = 0
+            var liveFailures = 0
+            let deadline = ContinuousClock.now + .seconds(8)
+            var round = 0
+            while ContinuousClock.now < deadline {
+                if !(await echoRoundTrip(port: upstreamPort, bytes: 16 << 10)) { failures += 1 }
+                let message = "round \(round) on the old connection"
+                if !(await onThread { live.echoes(message) }) { liveFailures += 1 }
+                round += 1
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            let serials = pair.serialsSeen
+            print("leaf serials seen by new connections, in order: \(pair.serialChanges.joined(separator: " -> "))")
+            // Why a new connection failed, if one did (seen once in a full run beside the package
+            // tests, not reproduced alone): the agent's refusals and failures name the cause.
+            #expect(failures == 0, "\(pair.unusualEvents)")
+            #expect(liveFailures == 0, "the connection from before the renewals kept flowing:\n\(pair.unusualEvents)")
+            #expect(Set(serials).count >= 3, "at least two renewals seen by new connections (saw \(Set(serials).count))")
+            #expect(storage.currentCredentials.leaf.serialNumber != firstSerial)
         }
-        let serials = pair.serialsSeen
-        print("leaf serials seen by new connections, in order: \(pair.serialChanges.joined(separator: " -> "))")
-        // Why a new connection failed, if one did (seen once in a full run beside the package
-        // tests, not reproduced alone): the agent's refusals and failures name the cause.
-        #expect(failures == 0, "\(pair.agentAudit.events.filter { $0.kind == .upstreamFailed || $0.kind == .connectionRevoked }.map { "\($0.kind) \($0.reason ?? "")" })")
-        #expect(liveFailures == 0, "the connection from before the renewals kept flowing")
-        #expect(Set(serials).count >= 3, "at least two renewals seen by new connections (saw \(Set(serials).count))")
-        #expect(storage.currentCredentials.leaf.serialNumber != firstSerial)
     }
 
     @Test("Two storage instances: a failing check takes one out of rotation; with one sidecar killed every new connection still succeeds")
     func instanceHealthAndFailover() async throws {
         let setup = try await ConsulTwoInstances.start(try await ConsulMesh.start())
-        defer { Task { await setup.stop() } }
-        let mesh = setup.mesh, agent = setup.agent, upstreamPort = setup.upstreamPort
-        let backend1 = setup.backends[0], backend2 = setup.backends[1], storage2 = setup.storages[1]
-        #expect(await setup.ready())
+        try await withTeardown({ await setup.stop() }) {
+            let mesh = setup.mesh, agent = setup.agent, upstreamPort = setup.upstreamPort
+            let backend1 = setup.backends[0], backend2 = setup.backends[1], storage2 = setup.storages[1]
+            #expect(await setup.ready())
 
-        func roundTrips(_ count: Int) async -> Int {
-            var succeeded = 0
-            for _ in 0..<count where await echoRoundTrip(port: upstreamPort, bytes: 4 << 10) { succeeded += 1 }
-            return succeeded
+            func roundTrips(_ count: Int) async -> Int {
+                var succeeded = 0
+                for _ in 0..<count where await echoRoundTrip(port: upstreamPort, bytes: 4 << 10) { succeeded += 1 }
+                return succeeded
+            }
+            #expect(await roundTrips(10) == 10)
+            #expect(backend1.connections == 5 && backend2.connections == 5, "spread in turn, not at random")
+
+            try mesh.agent.setCheck("storage-1-alive", status: "critical")
+            #expect(await eventually { agent.upstreamInstanceList["storage"]?.count == 1 })
+            #expect(await roundTrips(10) == 10)
+            #expect(backend1.connections == 5, "a failing instance gets no new connections")
+            #expect(backend2.connections == 15)
+
+            try mesh.agent.setCheck("storage-1-alive", status: "passing")
+            #expect(await eventually { agent.upstreamInstanceList["storage"]?.count == 2 })
+            // storage-2's sidecar dies while Consul still lists it as passing.
+            await storage2.stop()
+            #expect(await roundTrips(10) == 10, "a dead instance is skipped for the next one")
+            #expect(backend1.connections == 15)
         }
-        #expect(await roundTrips(10) == 10)
-        #expect(backend1.connections == 5 && backend2.connections == 5, "spread in turn, not at random")
-
-        try mesh.agent.setCheck("storage-1-alive", status: "critical")
-        #expect(await eventually { agent.upstreamInstanceList["storage"]?.count == 1 })
-        #expect(await roundTrips(10) == 10)
-        #expect(backend1.connections == 5, "a failing instance gets no new connections")
-        #expect(backend2.connections == 15)
-
-        try mesh.agent.setCheck("storage-1-alive", status: "passing")
-        #expect(await eventually { agent.upstreamInstanceList["storage"]?.count == 2 })
-        // storage-2's sidecar dies while Consul still lists it as passing.
-        await storage2.stop()
-        #expect(await roundTrips(10) == 10, "a dead instance is skipped for the next one")
-        #expect(backend1.connections == 15)
     }
 
     @Test("Agent stopped for 10 s while traffic flows: no connection fails; after it returns, a changed intention applies")
     func agentOutage() async throws {
         let logs = RecordingLogHandler()
         let pair = try await ConsulPair.start(try await ConsulMesh.start(), storageLogger: logs.logger)
-        defer { Task { await pair.stop() } }
-        let mesh = pair.mesh, storage = pair.storage, upstreamPort = pair.upstreamPort
-        #expect(await pair.ready())
-        let live = try BlockingSocket(port: upstreamPort)
-        live.setReceiveTimeout(seconds: 10)
-        #expect(live.echoes("before the outage"))
+        try await withTeardown({ await pair.stop() }) {
+            let mesh = pair.mesh, storage = pair.storage, upstreamPort = pair.upstreamPort
+            #expect(await pair.ready())
+            let live = try BlockingSocket(port: upstreamPort)
+            live.setReceiveTimeout(seconds: 10)
+            #expect(live.echoes("before the outage"))
 
-        await mesh.agent.stop()
-        var failures = 0, attempts = 0
-        let deadline = ContinuousClock.now + .seconds(10)
-        // At least 10 s of outage and at least 20 round trips, however slow a loaded machine
-        // makes each one.
-        while ContinuousClock.now < deadline || attempts < 20 {
-            if !(await echoRoundTrip(port: upstreamPort, bytes: 16 << 10)) { failures += 1 }
-            if !(await onThread { live.echoes("during the outage") }) { failures += 1 }
-            attempts += 1
-            try await Task.sleep(for: .milliseconds(250))
+            await mesh.agent.stop()
+            var failures = 0, attempts = 0
+            let deadline = ContinuousClock.now + .seconds(10)
+            // At least 10 s of outage and at least 20 round trips, however slow a loaded machine
+            // makes each one.
+            while ContinuousClock.now < deadline || attempts < 20 {
+                if !(await echoRoundTrip(port: upstreamPort, bytes: 16 << 10)) { failures += 1 }
+                if !(await onThread { live.echoes("during the outage") }) { failures += 1 }
+                attempts += 1
+                try await Task.sleep(for: .milliseconds(250))
+            }
+            #expect(failures == 0, "fail static: last good config, certificates and instances keep serving")
+            #expect(storage.readiness.ready)
+            #expect(logs.messages.contains { $0.contains("Consul watch failed") })
+
+            _ = try await mesh.agent.start()
+            try mesh.deny("backup-agent", to: "storage")
+            #expect(await eventually(timeout: 30) { storage.currentIntentions?.intentions.first?.action == .deny },
+                    "watches resync after the agent returns")
+            #expect(await echoRoundTrip(port: upstreamPort) == false, "the new deny applies to new connections")
+            #expect(await onThread { live.echoes("after the deny") } == false, "and cuts the live one (re-authorization)")
         }
-        #expect(failures == 0, "fail static: last good config, certificates and instances keep serving")
-        #expect(storage.readiness.ready)
-        #expect(logs.messages.contains { $0.contains("Consul watch failed") })
-
-        _ = try await mesh.agent.start()
-        try mesh.deny("backup-agent", to: "storage")
-        #expect(await eventually(timeout: 30) { storage.currentIntentions?.intentions.first?.action == .deny },
-                "watches resync after the agent returns")
-        #expect(await echoRoundTrip(port: upstreamPort) == false, "the new deny applies to new connections")
-        #expect(await onThread { live.echoes("after the deny") } == false, "and cuts the live one (re-authorization)")
     }
 
     @Test("The real binary: run -sidecar-for storage -http-addr … -token-file … against an agent enforcing ACLs carries traffic; a wrong token is refused; SIGTERM exits 0")
@@ -192,13 +201,14 @@ struct ConsulModeTests {
         #expect(("\(refused.map { "\($0)" } ?? "")" + refusedLog.messages.joined(separator: "\n")).contains("403"),
                 "\(String(describing: refused)) \(refusedLog.messages.suffix(3))")
         let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", token: token)
-        defer { Task { await agentProxy.stop(); await agent.stop(); await backend.stop(); await mesh.stop() } }
-        #expect(await eventually(timeout: 15) { backend.connections == 0 && (try? BlockingSocket(port: storagePublic)) != nil })
-        #expect(await eventuallyEchoes(port: upstreamPort, attempts: 50), "traffic through the binary configured only by the agent")
-        let (status, log) = await sidecar.terminate()
-        #expect(status == 0, "log: \(log)")
-        #expect(log.contains("Consul proxy started"), "log: \(log)")
-        #expect(!log.contains(token), "the ACL token never reaches the logs")
+        await withTeardown({ await agentProxy.stop(); await agent.stop(); await backend.stop(); await mesh.stop() }) {
+            #expect(await eventually(timeout: 15) { backend.connections == 0 && (try? BlockingSocket(port: storagePublic)) != nil })
+            #expect(await eventuallyEchoes(port: upstreamPort, attempts: 50), "traffic through the binary configured only by the agent")
+            let (status, log) = await sidecar.terminate()
+            #expect(status == 0, "log: \(log)")
+            #expect(log.contains("Consul proxy started"), "log: \(log)")
+            #expect(!log.contains(token), "the ACL token never reaches the logs")
+        }
     }
 
     @Test("deploy/'s files loaded by the agent: service-defaults protocol http reaches the storage sidecar and the append-only intentions refuse DELETE with 403")
@@ -214,30 +224,32 @@ struct ConsulModeTests {
         }
         let pair = try await ConsulPair.start(try await ConsulMesh.start(configDirectory: directory.path), backend: .repository,
                                               allow: false)
-        defer { Task { await pair.stop() } }
-        let storage = pair.storage, agent = pair.agent
-        #expect(storage.definition.config.protocol == "http", "the agent merged service-defaults into the registration")
-        #expect(agent.definition.config.protocol == "tcp", "proxy-defaults for everyone else")
-        #expect(await pair.ready())
-        let responses = try await L7IntegrationTests.curl(pair.upstreamPort, [
-            ["-X", "PUT", "--data-binary", "snapshot-1", "URL/repository/snap-1"],
-            ["URL/repository/snap-1"],
-            ["-X", "DELETE", "URL/repository/snap-1"],
-        ])
-        #expect(responses.map(\.status) == ["200", "200", "403"], "\(responses)")
-        #expect(pair.backend.requests == ["PUT /repository/snap-1", "GET /repository/snap-1"], "the DELETE never reached the repository")
+        try await withTeardown({ await pair.stop() }) {
+            let storage = pair.storage, agent = pair.agent
+            #expect(storage.definition.config.protocol == "http", "the agent merged service-defaults into the registration")
+            #expect(agent.definition.config.protocol == "tcp", "proxy-defaults for everyone else")
+            #expect(await pair.ready())
+            let responses = try await L7IntegrationTests.curl(pair.upstreamPort, [
+                ["-X", "PUT", "--data-binary", "snapshot-1", "URL/repository/snap-1"],
+                ["URL/repository/snap-1"],
+                ["-X", "DELETE", "URL/repository/snap-1"],
+            ])
+            #expect(responses.map(\.status) == ["200", "200", "403"], "\(responses)")
+            #expect(pair.backend.requests == ["PUT /repository/snap-1", "GET /repository/snap-1"], "the DELETE never reached the repository")
+        }
     }
 
     @Test("The agent's DefaultIntentionPolicy wins over the proxy's own default: allow with no intentions lets traffic in")
     func agentDefaultPolicy() async throws {
         let pair = try await ConsulPair.start(try await ConsulMesh.start(defaultIntentionPolicy: "allow"), allow: false)
-        defer { Task { await pair.stop() } }
-        let storage = pair.storage, upstreamPort = pair.upstreamPort
-        #expect(await pair.ready())
-        #expect(storage.currentIntentions?.defaultAction == .allow)
-        #expect(await echoRoundTrip(port: upstreamPort))
-        try pair.mesh.deny("backup-agent", to: "storage")
-        #expect(await eventually { storage.currentIntentions?.intentions.count == 1 })
-        #expect(await echoRoundTrip(port: upstreamPort) == false)
+        try await withTeardown({ await pair.stop() }) {
+            let storage = pair.storage, upstreamPort = pair.upstreamPort
+            #expect(await pair.ready())
+            #expect(storage.currentIntentions?.defaultAction == .allow)
+            #expect(await echoRoundTrip(port: upstreamPort))
+            try pair.mesh.deny("backup-agent", to: "storage")
+            #expect(await eventually { storage.currentIntentions?.intentions.count == 1 })
+            #expect(await echoRoundTrip(port: upstreamPort) == false)
+        }
     }
 }

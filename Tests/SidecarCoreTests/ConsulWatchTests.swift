@@ -5,6 +5,7 @@ import NIOCore
 import Testing
 @testable import ConsulAgent
 import SidecarCore
+import TestSupport
 
 /// A blocking watch against an agent that misbehaves on purpose.
 @Suite("Consul watches survive a misbehaving agent", .serialized)
@@ -101,24 +102,26 @@ struct ConsulWatchTests {
             }
             return .init(headers: [("X-Consul-Index", "\(index)")], body: ConsulWatchTests.leafJSON(serial: "aa:\(index)", index: index))
         }
-        defer { Task { await server.stop() } }
-        let client = try ConsulClient(settings: ConsulConnectionSettings(transport: .tcp(host: "127.0.0.1", port: server.port)),
-                                      eventLoopGroup: testGroup)
-        defer { Task { await client.shutdown() } }
-        var timing = WatchTiming()
-        timing.minInterval = .milliseconds(200)
-        let watch = BlockingWatch(name: "leaf", path: "/v1/agent/connect/ca/leaf/storage", client: client, timing: timing,
-                                  logger: quietLogger, metrics: nil) { try ConsulLeafCertificate.decode($0.body, source: "leaf") }
-        let delivered = NIOLockedValueBox(0)
-        let started = ContinuousClock.now
-        let task = Task { await watch.run { _ in delivered.withLockedValue { $0 += 1 } } }
-        #expect(await eventually(timeout: 30) { delivered.withLockedValue { $0 } >= 4 }, "every change is still delivered")
-        task.cancel()
-        let elapsed = ContinuousClock.now - started
-        let requests = answered.withLockedValue { $0 }
-        // Spaced by 200 ms: at most one request per 200 ms of the elapsed time (plus the first).
-        let allowed = Int(elapsed / .milliseconds(200)) + 2
-        #expect(requests <= allowed, "\(requests) requests in \(elapsed)")
+        try await withTeardown({ await server.stop() }) {
+            let client = try ConsulClient(settings: ConsulConnectionSettings(transport: .tcp(host: "127.0.0.1", port: server.port)),
+                                          eventLoopGroup: testGroup)
+            await withTeardown({ await client.shutdown() }) {
+                var timing = WatchTiming()
+                timing.minInterval = .milliseconds(200)
+                let watch = BlockingWatch(name: "leaf", path: "/v1/agent/connect/ca/leaf/storage", client: client, timing: timing,
+                                          logger: quietLogger, metrics: nil) { try ConsulLeafCertificate.decode($0.body, source: "leaf") }
+                let delivered = NIOLockedValueBox(0)
+                let started = ContinuousClock.now
+                let task = Task { await watch.run { _ in delivered.withLockedValue { $0 += 1 } } }
+                #expect(await eventually(timeout: 30) { delivered.withLockedValue { $0 } >= 4 }, "every change is still delivered")
+                task.cancel()
+                let elapsed = ContinuousClock.now - started
+                let requests = answered.withLockedValue { $0 }
+                // Spaced by 200 ms: at most one request per 200 ms of the elapsed time (plus the first).
+                let allowed = Int(elapsed / .milliseconds(200)) + 2
+                #expect(requests <= allowed, "\(requests) requests in \(elapsed)")
+            }
+        }
     }
 
     @Test("Truncated JSON, wrong types, HTTP 500 and 403: last good value kept, each logged and counted; the next good answer applies")
@@ -131,29 +134,30 @@ struct ConsulWatchTests {
         timing.retryBase = 0.05
         timing.retryCap = 0.2
         let watch = try await LeafWatch.start(state: state, token: "test-token", timing: timing, logger: logs.logger, metrics: metrics)
-        defer { Task { await watch.stop() } }
-        let server = watch.server
-        #expect(await eventually { watch.delivered == ["aa:01"] })
-        for fault in Fault.allCases {
-            state.withLockedValue { $0.fault = fault }
-            let counted = await eventually {
-                metrics.exposition().contains("backup_sidecar_consul_watch_errors_total{watch=\"leaf\",reason=\"\(fault.reason)\"}")
+        await withTeardown({ await watch.stop() }) {
+            let server = watch.server
+            #expect(await eventually { watch.delivered == ["aa:01"] })
+            for fault in Fault.allCases {
+                state.withLockedValue { $0.fault = fault }
+                let counted = await eventually {
+                    metrics.exposition().contains("backup_sidecar_consul_watch_errors_total{watch=\"leaf\",reason=\"\(fault.reason)\"}")
+                }
+                #expect(counted, "\(fault) counted as \(fault.reason)")
+                #expect(watch.delivered == ["aa:01"], "\(fault) must not replace the last good leaf")
             }
-            #expect(counted, "\(fault) counted as \(fault.reason)")
-            #expect(watch.delivered == ["aa:01"], "\(fault) must not replace the last good leaf")
-        }
-        // The count moves just before the line is logged: await the lines too.
-        #expect(await eventually { logs.messages.contains { $0.contains("Consul watch failed") && $0.contains("HTTP 403") && $0.contains("ACL not found") } })
-        #expect(await eventually { logs.messages.contains { $0.contains("Consul watch failed") && $0.contains("HTTP 500") } })
-        #expect(await eventually { logs.messages.contains { $0.contains("Consul watch failed") && $0.contains("unusable answer") } })
+            // The count moves just before the line is logged: await the lines too.
+            #expect(await eventually { logs.messages.contains { $0.contains("Consul watch failed") && $0.contains("HTTP 403") && $0.contains("ACL not found") } })
+            #expect(await eventually { logs.messages.contains { $0.contains("Consul watch failed") && $0.contains("HTTP 500") } })
+            #expect(await eventually { logs.messages.contains { $0.contains("Consul watch failed") && $0.contains("unusable answer") } })
 
-        state.withLockedValue { $0 = AgentState(fault: nil, serial: "aa:02", index: 9) }
-        #expect(await eventually { watch.delivered == ["aa:01", "aa:02"] })
-        #expect(await eventually { logs.messages.contains { $0.contains("Consul watch recovered") } })
-        #expect(metrics.exposition().contains("backup_sidecar_consul_watch_last_success_timestamp_seconds{watch=\"leaf\"}"))
-        #expect(server.requests.allSatisfy { $0.hasSuffix("token=test-token") }, "the ACL token goes with every call")
-        #expect(server.requests.contains { $0.contains("index=5") && $0.contains("wait=1s") }, "blocking query parameters sent")
-        #expect(!logs.messages.contains { $0.contains("test-token") }, "the token never reaches the logs")
+            state.withLockedValue { $0 = AgentState(fault: nil, serial: "aa:02", index: 9) }
+            #expect(await eventually { watch.delivered == ["aa:01", "aa:02"] })
+            #expect(await eventually { logs.messages.contains { $0.contains("Consul watch recovered") } })
+            #expect(metrics.exposition().contains("backup_sidecar_consul_watch_last_success_timestamp_seconds{watch=\"leaf\"}"))
+            #expect(server.requests.allSatisfy { $0.hasSuffix("token=test-token") }, "the ACL token goes with every call")
+            #expect(server.requests.contains { $0.contains("index=5") && $0.contains("wait=1s") }, "blocking query parameters sent")
+            #expect(!logs.messages.contains { $0.contains("test-token") }, "the token never reaches the logs")
+        }
     }
 
     @Test("An index that goes backwards resets to a non-blocking read, and the new state applies")
@@ -162,16 +166,17 @@ struct ConsulWatchTests {
         var timing = WatchTiming()
         timing.wait = .seconds(1)
         let watch = try await LeafWatch.start(state: state, token: nil, timing: timing, logger: quietLogger, metrics: nil)
-        defer { Task { await watch.stop() } }
-        let server = watch.server
-        #expect(await eventually { watch.delivered == ["bb:01"] })
-        // A snapshot restore: the agent's index drops to 3 with new content.
-        state.withLockedValue { $0 = AgentState(serial: "bb:02", index: 3) }
-        #expect(await eventually { watch.delivered == ["bb:01", "bb:02"] })
-        #expect(await eventually { server.requests.filter { !$0.contains("index=") }.count == 2 },
-                "the first read and the one after the reset do not block")
-        try await Task.sleep(for: .milliseconds(300))
-        #expect(server.requests.filter { !$0.contains("index=") }.count == 2, "every other read blocks")
-        #expect(watch.delivered == ["bb:01", "bb:02"], "the re-read after the reset is not delivered twice")
+        try await withTeardown({ await watch.stop() }) {
+            let server = watch.server
+            #expect(await eventually { watch.delivered == ["bb:01"] })
+            // A snapshot restore: the agent's index drops to 3 with new content.
+            state.withLockedValue { $0 = AgentState(serial: "bb:02", index: 3) }
+            #expect(await eventually { watch.delivered == ["bb:01", "bb:02"] })
+            #expect(await eventually { server.requests.filter { !$0.contains("index=") }.count == 2 },
+                    "the first read and the one after the reset do not block")
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(server.requests.filter { !$0.contains("index=") }.count == 2, "every other read blocks")
+            #expect(watch.delivered == ["bb:01", "bb:02"], "the re-read after the reset is not delivered twice")
+        }
     }
 }

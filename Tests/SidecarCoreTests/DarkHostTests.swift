@@ -5,6 +5,7 @@ import NIOPosix
 @testable import SidecarCore
 import SidecarTLS
 import Testing
+import TestSupport
 
 /// Issue 17, point 10: a storage host that goes dark (no RST, no FIN) must cost new tunnels at
 /// most one connect timeout, once; its silent carrier must be found within seconds.
@@ -48,85 +49,94 @@ struct DarkHostTests {
     @Test("A caller that resets while its tunnel opens: the app sees a reset, never a clean end of stream")
     func callerResetWhileOpening() async throws {
         let backend = try await TestBackend(.replyAfterEOF(replyBytes: 4096), group: testGroup)
-        defer { Task { await backend.stop() } }
-        let (storage, storageAudit) = try await MeshFixture.startStorage(backendPort: backend.port,
-                                                                         credentials: try TestCertificates.credentials("storage"),
-                                                                         intentions: MeshFixture.allowBackupAgent)
-        defer { Task { await storage.stop() } }
-        let relay = try await FreezableRelay(to: storage.boundAddress(of: Sidecar.publicListenerName)!.port!, group: testGroup)
-        defer { Task { await relay.stop() } }
-        let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let (agent, _) = try await Self.startAgent(endpoints: [Endpoint(host: "127.0.0.1", port: relay.port, datacenter: nil)],
-                                                   logger: quietLogger, group: loop)
-        defer { Task { await agent.stop(); try? await loop.shutdownGracefully() } }
-        let port = agent.boundAddress(of: "upstream:storage")!.port!
+        try await withTeardown({ await backend.stop() }) {
+            let (storage, storageAudit) = try await MeshFixture.startStorage(backendPort: backend.port,
+                                                                             credentials: try TestCertificates.credentials("storage"),
+                                                                             intentions: MeshFixture.allowBackupAgent)
+            try await withTeardown({ await storage.stop() }) {
+                let relay = try await FreezableRelay(to: storage.boundAddress(of: Sidecar.publicListenerName)!.port!, group: testGroup)
+                try await withTeardown({ await relay.stop() }) {
+                    let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+                    let (agent, _) = try await Self.startAgent(endpoints: [Endpoint(host: "127.0.0.1", port: relay.port, datacenter: nil)],
+                                                               logger: quietLogger, group: loop)
+                    try await withTeardown({ await agent.stop(); try? await loop.shutdownGracefully() }) {
+                        let port = agent.boundAddress(of: "upstream:storage")!.port!
 
-        // A complete upload first: the carrier exists, and the backend answers a clean end.
-        let complete = try BlockingSocket(port: port)
-        complete.setReceiveTimeout(seconds: 30)
-        #expect(complete.send(secureRandomBytes(64 << 10)))
-        complete.shutdownWrite()
-        #expect(await onThread { complete.receiveAll() }.cleanEOF)
-        #expect(backend.sentReplyDigests.count == 1)
+                        // A complete upload first: the carrier exists, and the backend answers a clean end.
+                        let complete = try BlockingSocket(port: port)
+                        complete.setReceiveTimeout(seconds: 30)
+                        #expect(complete.send(secureRandomBytes(64 << 10)))
+                        complete.shutdownWrite()
+                        #expect(await onThread { complete.receiveAll() }.cleanEOF)
+                        #expect(backend.sentReplyDigests.count == 1)
 
-        relay.hold()
-        let cut = try BlockingSocket(port: port)
-        #expect(cut.send(secureRandomBytes(256 << 10)))
-        #expect(await eventually(timeout: 30) { agent.openConnections(on: "upstream:storage") == 1 })
-        cut.abort()
-        #expect(await eventually(timeout: 30) { agent.openConnections(on: "upstream:storage") == 0 }, "the agent saw the reset")
-        await relay.release()
-        // The CONNECT goes through now; the storage side dials the app, then the tunnel ends.
-        #expect(await eventually(timeout: 30) {
-            storageAudit.events.filter { $0.kind == .connectionClosed || $0.kind == .connectionRevoked }.count >= 2
-        })
-        #expect(await eventually(timeout: 30) { backend.connections == 2 && backend.closedConnections == 2 }, "the app saw it end")
-        #expect(backend.sentReplyDigests.count == 1, "the cut upload never looked complete to the app")
+                        relay.hold()
+                        let cut = try BlockingSocket(port: port)
+                        #expect(cut.send(secureRandomBytes(256 << 10)))
+                        #expect(await eventually(timeout: 30) { agent.openConnections(on: "upstream:storage") == 1 })
+                        cut.abort()
+                        #expect(await eventually(timeout: 30) { agent.openConnections(on: "upstream:storage") == 0 }, "the agent saw the reset")
+                        await relay.release()
+                        // The CONNECT goes through now; the storage side dials the app, then the tunnel ends.
+                        #expect(await eventually(timeout: 30) {
+                            storageAudit.events.filter { $0.kind == .connectionClosed || $0.kind == .connectionRevoked }.count >= 2
+                        })
+                        #expect(await eventually(timeout: 30) { backend.connections == 2 && backend.closedConnections == 2 }, "the app saw it end")
+                        #expect(backend.sentReplyDigests.count == 1, "the cut upload never looked complete to the app")
+                    }
+                }
+            }
+        }
     }
 
     @Test("Carrier to one of two instances goes silent: 10 new tunnels all succeed, at most two pay the timeout, the carrier is closed within seconds")
     func silentCarrierFailsOver() async throws {
         let backend = try await TestBackend(.echo, group: testGroup)
-        defer { Task { await backend.stop() } }
-        let credentials = try TestCertificates.credentials("storage")
-        let (first, _) = try await MeshFixture.startStorage(backendPort: backend.port, credentials: credentials,
-                                                            intentions: MeshFixture.allowBackupAgent)
-        defer { Task { await first.stop() } }
-        let (second, _) = try await MeshFixture.startStorage(backendPort: backend.port, credentials: credentials,
-                                                             intentions: MeshFixture.allowBackupAgent)
-        defer { Task { await second.stop() } }
-        let relay = try await FreezableRelay(to: first.boundAddress(of: Sidecar.publicListenerName)!.port!, group: testGroup)
-        defer { Task { await relay.stop() } }
-        let dark = Endpoint(host: "127.0.0.1", port: relay.port, datacenter: nil)
-        let alive = Endpoint(host: "127.0.0.1", port: second.boundAddress(of: Sidecar.publicListenerName)!.port!, datacenter: nil)
+        try await withTeardown({ await backend.stop() }) {
+            let credentials = try TestCertificates.credentials("storage")
+            let (first, _) = try await MeshFixture.startStorage(backendPort: backend.port, credentials: credentials,
+                                                                intentions: MeshFixture.allowBackupAgent)
+            try await withTeardown({ await first.stop() }) {
+                let (second, _) = try await MeshFixture.startStorage(backendPort: backend.port, credentials: credentials,
+                                                                     intentions: MeshFixture.allowBackupAgent)
+                try await withTeardown({ await second.stop() }) {
+                    let relay = try await FreezableRelay(to: first.boundAddress(of: Sidecar.publicListenerName)!.port!, group: testGroup)
+                    try await withTeardown({ await relay.stop() }) {
+                        let dark = Endpoint(host: "127.0.0.1", port: relay.port, datacenter: nil)
+                        let alive = Endpoint(host: "127.0.0.1", port: second.boundAddress(of: Sidecar.publicListenerName)!.port!, datacenter: nil)
 
-        let log = RecordingLogHandler()
-        // One event loop, so one pool: the tunnels below find the carriers the first two made.
-        let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let (agent, _) = try await Self.startAgent(endpoints: [dark, alive], logger: log.logger, group: loop)
-        defer { Task { await agent.stop(); try? await loop.shutdownGracefully() } }
-        let port = agent.boundAddress(of: "upstream:storage")!.port!
-        // A tunnel held open on each instance's carrier (the rotation alternates).
-        let held = try (0..<2).map { _ in try BlockingSocket(port: port) }
-        for socket in held {
-            socket.setReceiveTimeout(seconds: 60)
-            #expect(await onThread { ReauthorizationTests.ping(socket, "held\n") })
+                        let log = RecordingLogHandler()
+                        // One event loop, so one pool: the tunnels below find the carriers the first two made.
+                        let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+                        let (agent, _) = try await Self.startAgent(endpoints: [dark, alive], logger: log.logger, group: loop)
+                        try await withTeardown({ await agent.stop(); try? await loop.shutdownGracefully() }) {
+                            let port = agent.boundAddress(of: "upstream:storage")!.port!
+                            // A tunnel held open on each instance's carrier (the rotation alternates).
+                            let held = try (0..<2).map { _ in try BlockingSocket(port: port) }
+                            for socket in held {
+                                socket.setReceiveTimeout(seconds: 60)
+                                #expect(await onThread { ReauthorizationTests.ping(socket, "held\n") })
+                            }
+                            await relay.freeze()
+
+                            var results: [EchoResult] = []
+                            for _ in 0..<10 { results.append(await echoStream(port: port, bytes: 1024, receiveTimeout: 60)) }
+                            let failed = results.filter { !$0.ok }
+                            #expect(failed.isEmpty, "\(failed.count) of 10 tunnels failed")
+                            let paid = log.messages.filter { $0.contains("upstream instance failed") && $0.contains("\(relay.port)") }
+                            #expect(paid.count <= 2, "the dark instance is ejected after it failed once: \(paid)")
+                            #expect(log.messages.contains { $0.contains("mux stream open unanswered") }, "\(log.messages)")
+                            #expect(await eventually(timeout: 20) { log.messages.contains { $0.contains("peer unresponsive") } },
+                                    "the silent carrier is probed and closed, long before the 60 s keepalive would")
+                            // The tunnel held on the dark carrier ends instead of hanging; the other one still works.
+                            let cut = await onThread { held[0].receiveAll() }
+                            #expect(cut.count == 0, "the tunnel on the dark instance was ended")
+                            #expect(await onThread { ReauthorizationTests.ping(held[1], "still here\n") })
+                        }
+                    }
+                }
+            }
         }
-        await relay.freeze()
-
-        var results: [EchoResult] = []
-        for _ in 0..<10 { results.append(await echoStream(port: port, bytes: 1024, receiveTimeout: 60)) }
-        let failed = results.filter { !$0.ok }
-        #expect(failed.isEmpty, "\(failed.count) of 10 tunnels failed")
-        let paid = log.messages.filter { $0.contains("upstream instance failed") && $0.contains("\(relay.port)") }
-        #expect(paid.count <= 2, "the dark instance is ejected after it failed once: \(paid)")
-        #expect(log.messages.contains { $0.contains("mux stream open unanswered") }, "\(log.messages)")
-        #expect(await eventually(timeout: 20) { log.messages.contains { $0.contains("peer unresponsive") } },
-                "the silent carrier is probed and closed, long before the 60 s keepalive would")
-        // The tunnel held on the dark carrier ends instead of hanging; the other one still works.
-        let cut = await onThread { held[0].receiveAll() }
-        #expect(cut.count == 0, "the tunnel on the dark instance was ended")
-        #expect(await onThread { ReauthorizationTests.ping(held[1], "still here\n") })
     }
 
     /// A backup-agent sidecar with 2 s connect and handshake timeouts, its `storage` upstream
@@ -156,15 +166,16 @@ struct DarkHostTests {
         let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let (agent, audit) = try await Self.startAgent(endpoints: [Endpoint(host: "127.0.0.1", port: refusing, datacenter: nil)],
                                                        logger: quietLogger, group: loop)
-        defer { Task { await agent.stop(); try? await loop.shutdownGracefully() } }
-        let result = await echoStream(port: agent.boundAddress(of: "upstream:storage")!.port!, bytes: 16, receiveTimeout: 30)
-        #expect(!result.ok)
-        #expect(await eventually(timeout: 30) { audit.events.contains { $0.kind == .upstreamFailed } })
-        let reason = audit.events.first { $0.kind == .upstreamFailed }?.reason ?? ""
-        #expect(reason.components(separatedBy: "127.0.0.1:\(refusing):").count - 1 == 2, "tried twice: \(reason)")
-        // Two failures in a row: ejected for 20 s, which the gauge shows.
-        try await agent.refreshMetrics(on: loop.next()).get()
-        let exposition = try #require(agent.settings.metrics).exposition()
-        #expect(exposition.contains(#"backup_sidecar_upstream_instances_ejected{upstream="storage"} 1"#), "\(exposition)")
+        try await withTeardown({ await agent.stop(); try? await loop.shutdownGracefully() }) {
+            let result = await echoStream(port: agent.boundAddress(of: "upstream:storage")!.port!, bytes: 16, receiveTimeout: 30)
+            #expect(!result.ok)
+            #expect(await eventually(timeout: 30) { audit.events.contains { $0.kind == .upstreamFailed } })
+            let reason = audit.events.first { $0.kind == .upstreamFailed }?.reason ?? ""
+            #expect(reason.components(separatedBy: "127.0.0.1:\(refusing):").count - 1 == 2, "tried twice: \(reason)")
+            // Two failures in a row: ejected for 20 s, which the gauge shows.
+            try await agent.refreshMetrics(on: loop.next()).get()
+            let exposition = try #require(agent.settings.metrics).exposition()
+            #expect(exposition.contains(#"backup_sidecar_upstream_instances_ejected{upstream="storage"} 1"#), "\(exposition)")
+        }
     }
 }

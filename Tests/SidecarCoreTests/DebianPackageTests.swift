@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import SidecarTLS
 import Testing
+import TestSupport
 
 /// The Debian package scripts/package.sh builds (scripts/test.sh builds it into
 /// .build/test-dist before the suite, so its release build does not compete with timed tests).
@@ -114,72 +115,73 @@ struct DebianPackageTests {
         let binary = "\(root)/usr/bin/backup-sidecar"
         let examples = "\(root)/usr/share/doc/backup-sidecar/examples"
         let backend = try await TestBackend(.repository, group: testGroup)
-        defer { Task { await backend.stop() } }
-        let storagePublic = freeLocalPort(), agentPublic = freeLocalPort(), upstreamPort = freeLocalPort()
+        try await withTeardown({ await backend.stop() }) {
+            let storagePublic = freeLocalPort(), agentPublic = freeLocalPort(), upstreamPort = freeLocalPort()
 
-        // Only the ports change: the example's service, sidecar and upstream bind ports.
-        func moved(_ name: String, _ edit: (inout [String: Any]) -> Void) throws -> String {
-            var object = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(examples)/consul/\(name)"))) as? [String: Any])
-            edit(&object)
-            let path = "\(root)/\(name)"
-            try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: path))
-            return path
-        }
-        func setPorts(_ object: inout [String: Any], service: Int, sidecar: Int, upstream: Int?) {
-            var service_ = object["service"] as! [String: Any]
-            service_["port"] = service
-            var connect = service_["connect"] as! [String: Any]
-            var sidecarService = connect["sidecar_service"] as! [String: Any]
-            sidecarService["port"] = sidecar
-            if let upstream {
-                var proxy = sidecarService["proxy"] as! [String: Any]
-                var upstreams = proxy["upstreams"] as! [[String: Any]]
-                upstreams[0]["local_bind_port"] = upstream
-                proxy["upstreams"] = upstreams
-                sidecarService["proxy"] = proxy
+            // Only the ports change: the example's service, sidecar and upstream bind ports.
+            func moved(_ name: String, _ edit: (inout [String: Any]) -> Void) throws -> String {
+                var object = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(examples)/consul/\(name)"))) as? [String: Any])
+                edit(&object)
+                let path = "\(root)/\(name)"
+                try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: path))
+                return path
             }
-            connect["sidecar_service"] = sidecarService
-            service_["connect"] = connect
-            object["service"] = service_
-        }
-        let storageFile = try moved("storage.json") { setPorts(&$0, service: backend.port, sidecar: storagePublic, upstream: nil) }
-        let agentFile = try moved("backup-agent.json") { setPorts(&$0, service: freeLocalPort(), sidecar: agentPublic, upstream: upstreamPort) }
+            func setPorts(_ object: inout [String: Any], service: Int, sidecar: Int, upstream: Int?) {
+                var service_ = object["service"] as! [String: Any]
+                service_["port"] = service
+                var connect = service_["connect"] as! [String: Any]
+                var sidecarService = connect["sidecar_service"] as! [String: Any]
+                sidecarService["port"] = sidecar
+                if let upstream {
+                    var proxy = sidecarService["proxy"] as! [String: Any]
+                    var upstreams = proxy["upstreams"] as! [[String: Any]]
+                    upstreams[0]["local_bind_port"] = upstream
+                    proxy["upstreams"] = upstreams
+                    sidecarService["proxy"] = proxy
+                }
+                connect["sidecar_service"] = sidecarService
+                service_["connect"] = connect
+                object["service"] = service_
+            }
+            let storageFile = try moved("storage.json") { setPorts(&$0, service: backend.port, sidecar: storagePublic, upstream: nil) }
+            let agentFile = try moved("backup-agent.json") { setPorts(&$0, service: freeLocalPort(), sidecar: agentPublic, upstream: upstreamPort) }
 
-        func start(_ service: String, _ name: String, extra: [String]) throws -> Process {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = ["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", "\(examples)/intentions.json",
-                                 "--cert", TestCertificates.path("\(name).pem"), "--key", TestCertificates.path("\(name).key"),
-                                 "--ca", TestCertificates.path("ca.pem"), "--audit-log", "\(root)/\(name)-audit.jsonl"] + extra
-            process.environment = [:] // nothing from the toolchain's environment
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle(forWritingAtPath: "/dev/null")
-            try process.run()
-            return process
-        }
-        let storage = try start(storageFile, "storage", extra: [])
-        defer { storage.forceStop() }
-        let agent = try start(agentFile, "backup-agent", extra: ["--upstream-endpoint", "storage=127.0.0.1:\(storagePublic)"])
-        defer { agent.forceStop() }
-        // Only the public port is probed: a bare connection to the upstream port would open a
-        // tunnel that the drain at the end rightly waits for. curl retries until it listens.
-        #expect(await eventually(timeout: 30) { (try? BlockingSocket(port: storagePublic)) != nil })
+            func start(_ service: String, _ name: String, extra: [String]) throws -> Process {
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: binary)
+                process.arguments = ["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", "\(examples)/intentions.json",
+                                     "--cert", TestCertificates.path("\(name).pem"), "--key", TestCertificates.path("\(name).key"),
+                                     "--ca", TestCertificates.path("ca.pem"), "--audit-log", "\(root)/\(name)-audit.jsonl"] + extra
+                process.environment = [:] // nothing from the toolchain's environment
+                process.standardOutput = FileHandle.nullDevice
+                process.standardError = FileHandle(forWritingAtPath: "/dev/null")
+                try process.run()
+                return process
+            }
+            let storage = try start(storageFile, "storage", extra: [])
+            defer { storage.forceStop() }
+            let agent = try start(agentFile, "backup-agent", extra: ["--upstream-endpoint", "storage=127.0.0.1:\(storagePublic)"])
+            defer { agent.forceStop() }
+            // Only the public port is probed: a bare connection to the upstream port would open a
+            // tunnel that the drain at the end rightly waits for. curl retries until it listens.
+            #expect(await eventually(timeout: 30) { (try? BlockingSocket(port: storagePublic)) != nil })
 
-        let snapshot = secureRandomBytes(1 << 20)
-        let file = "\(root)/snapshot.bin"
-        try Data(snapshot).write(to: URL(fileURLWithPath: file))
-        let put = try await Self.run(["curl", "-sS", "--retry", "5", "--retry-connrefused", "-X", "PUT", "--data-binary", "@\(file)",
-                                      "http://127.0.0.1:\(upstreamPort)/repository/snap-1"])
-        let digest = SHA256Digest()
-        digest.update(snapshot)
-        #expect(put.output.contains("PUT /repository/snap-1 \(snapshot.count) \(digest.finalizeHex())"), "\(put.output)")
-        #expect(backend.requests == ["PUT /repository/snap-1"])
-        let audit = try String(contentsOfFile: "\(root)/storage-audit.jsonl", encoding: .utf8)
-        #expect(audit.contains("\"decision\":\"allow\"") && audit.contains("svc/backup-agent"), "\(audit)")
-        for process in [agent, storage] {
-            kill(process.processIdentifier, SIGTERM)
-            let status = await onThread { () -> Int32 in process.waitUntilExit(); return process.terminationStatus }
-            #expect(status == 0)
+            let snapshot = secureRandomBytes(1 << 20)
+            let file = "\(root)/snapshot.bin"
+            try Data(snapshot).write(to: URL(fileURLWithPath: file))
+            let put = try await Self.run(["curl", "-sS", "--retry", "5", "--retry-connrefused", "-X", "PUT", "--data-binary", "@\(file)",
+                                          "http://127.0.0.1:\(upstreamPort)/repository/snap-1"])
+            let digest = SHA256Digest()
+            digest.update(snapshot)
+            #expect(put.output.contains("PUT /repository/snap-1 \(snapshot.count) \(digest.finalizeHex())"), "\(put.output)")
+            #expect(backend.requests == ["PUT /repository/snap-1"])
+            let audit = try String(contentsOfFile: "\(root)/storage-audit.jsonl", encoding: .utf8)
+            #expect(audit.contains("\"decision\":\"allow\"") && audit.contains("svc/backup-agent"), "\(audit)")
+            for process in [agent, storage] {
+                kill(process.processIdentifier, SIGTERM)
+                let status = await onThread { () -> Int32 in process.waitUntilExit(); return process.terminationStatus }
+                #expect(status == 0)
+            }
         }
     }
 }

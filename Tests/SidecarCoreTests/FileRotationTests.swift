@@ -4,6 +4,7 @@ import Glibc
 import Testing
 @testable import SidecarCore
 import SidecarTLS
+import TestSupport
 
 /// Certificates replaced on disk while the sidecar runs (file mode).
 @Suite("File-mode certificate rotation", .serialized)
@@ -60,80 +61,86 @@ struct FileRotationTests {
     @Test("A renewed leaf is used for new handshakes; open connections keep flowing; a half-written pair is never loaded")
     func rotateLeaf() async throws {
         let storage = try await WatchedStorage.start()
-        defer { Task { await storage.stop() } }
-        let (agent, agentAudit) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: storage.port)
-        defer { Task { await agent.stop() } }
-        let upstream = agent.boundAddress(of: "upstream:storage")!.port!
-        let oldSerial = storage.serial
+        try await withTeardown({ await storage.stop() }) {
+            let (agent, agentAudit) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: storage.port)
+            try await withTeardown({ await agent.stop() }) {
+                let upstream = agent.boundAddress(of: "upstream:storage")!.port!
+                let oldSerial = storage.serial
 
-        let live = try BlockingSocket(port: upstream)
-        live.setReceiveTimeout(seconds: 5)
-        #expect(await onThread { ReauthorizationTests.ping(live, "before rotation\n") })
+                let live = try BlockingSocket(port: upstream)
+                live.setReceiveTimeout(seconds: 5)
+                #expect(await onThread { ReauthorizationTests.ping(live, "before rotation\n") })
 
-        // Certificate first: with the old key it is not a valid pair and must not be loaded.
-        try storage.replace(storage.certificate, with: TestCertificates.path("int-storage.pem"))
-        try await Task.sleep(for: .milliseconds(400))
-        #expect(storage.serial == oldSerial, "a certificate without its key was loaded")
-        try storage.replace(storage.key, with: TestCertificates.path("int-storage.key"))
-        #expect(await eventually { storage.serial != oldSerial })
-        let newSerial = try Certificate.parsePEMBundle(Array(FileManager.default.contents(atPath: TestCertificates.path("int-storage.pem"))!),
-                                                       source: "int-storage.pem")[0].serialNumber
-        #expect(storage.serial == newSerial)
+                // Certificate first: with the old key it is not a valid pair and must not be loaded.
+                try storage.replace(storage.certificate, with: TestCertificates.path("int-storage.pem"))
+                try await Task.sleep(for: .milliseconds(400))
+                #expect(storage.serial == oldSerial, "a certificate without its key was loaded")
+                try storage.replace(storage.key, with: TestCertificates.path("int-storage.key"))
+                #expect(await eventually { storage.serial != oldSerial })
+                let newSerial = try Certificate.parsePEMBundle(Array(FileManager.default.contents(atPath: TestCertificates.path("int-storage.pem"))!),
+                                                               source: "int-storage.pem")[0].serialNumber
+                #expect(storage.serial == newSerial)
 
-        #expect(await onThread { ReauthorizationTests.ping(live, "after rotation, same connection\n") })
-        let fresh = try BlockingSocket(port: upstream)
-        fresh.setReceiveTimeout(seconds: 5)
-        #expect(await onThread { ReauthorizationTests.ping(fresh, "new connection\n") })
-        let serialsSeen = agentAudit.events.filter { $0.kind == .upstreamConnected }.compactMap(\.reason)
-        #expect(serialsSeen.count == 2)
-        #expect(serialsSeen.first?.contains(oldSerial) == true, "\(serialsSeen)")
-        #expect(serialsSeen.last?.contains(newSerial) == true, "new handshakes present the new serial: \(serialsSeen)")
+                #expect(await onThread { ReauthorizationTests.ping(live, "after rotation, same connection\n") })
+                let fresh = try BlockingSocket(port: upstream)
+                fresh.setReceiveTimeout(seconds: 5)
+                #expect(await onThread { ReauthorizationTests.ping(fresh, "new connection\n") })
+                let serialsSeen = agentAudit.events.filter { $0.kind == .upstreamConnected }.compactMap(\.reason)
+                #expect(serialsSeen.count == 2)
+                #expect(serialsSeen.first?.contains(oldSerial) == true, "\(serialsSeen)")
+                #expect(serialsSeen.last?.contains(newSerial) == true, "new handshakes present the new serial: \(serialsSeen)")
+            }
+        }
     }
 
     @Test("Garbage, an expired leaf, or a key for another certificate never replaces good certificates")
     func badFilesRejected() async throws {
         let storage = try await WatchedStorage.start()
-        defer { Task { await storage.stop() } }
-        let serial = storage.serial
-        FileManager.default.createFile(atPath: storage.certificate, contents: Data("-----BEGIN CERTIFICATE-----\nnot base64\n".utf8))
-        try await Task.sleep(for: .milliseconds(300))
-        #expect(storage.serial == serial)
+        try await withTeardown({ await storage.stop() }) {
+            let serial = storage.serial
+            FileManager.default.createFile(atPath: storage.certificate, contents: Data("-----BEGIN CERTIFICATE-----\nnot base64\n".utf8))
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(storage.serial == serial)
 
-        try storage.replace(storage.certificate, with: TestCertificates.path("expired.pem"))
-        try storage.replace(storage.key, with: TestCertificates.path("expired.key"))
-        try await Task.sleep(for: .milliseconds(300))
-        #expect(storage.serial == serial, "an expired leaf was loaded")
+            try storage.replace(storage.certificate, with: TestCertificates.path("expired.pem"))
+            try storage.replace(storage.key, with: TestCertificates.path("expired.key"))
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(storage.serial == serial, "an expired leaf was loaded")
 
-        try storage.replace(storage.certificate, with: TestCertificates.path("storage.pem"))
-        try storage.replace(storage.key, with: TestCertificates.path("backup-agent.key"))
-        try await Task.sleep(for: .milliseconds(300))
-        #expect(storage.serial == serial)
+            try storage.replace(storage.certificate, with: TestCertificates.path("storage.pem"))
+            try storage.replace(storage.key, with: TestCertificates.path("backup-agent.key"))
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(storage.serial == serial)
 
-        // The sidecar keeps serving with what it had.
-        let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: storage.port)
-        defer { Task { await agent.stop() } }
-        let socket = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
-        socket.setReceiveTimeout(seconds: 5)
-        #expect(await onThread { ReauthorizationTests.ping(socket, "still serving\n") })
+            // The sidecar keeps serving with what it had.
+            let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: storage.port)
+            try await withTeardown({ await agent.stop() }) {
+                let socket = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
+                socket.setReceiveTimeout(seconds: 5)
+                #expect(await onThread { ReauthorizationTests.ping(socket, "still serving\n") })
+            }
+        }
     }
 
     @Test("CA rotation in file mode: adding the new root to --ca admits its leaves without a restart")
     func addRoot() async throws {
         let storage = try await WatchedStorage.start(roots: "ca.pem")
-        defer { Task { await storage.stop() } }
-        let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent-ca2", roots: "roots.pem", storagePort: storage.port)
-        defer { Task { await agent.stop() } }
-        let upstream = agent.boundAddress(of: "upstream:storage")!.port!
+        try await withTeardown({ await storage.stop() }) {
+            let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent-ca2", roots: "roots.pem", storagePort: storage.port)
+            try await withTeardown({ await agent.stop() }) {
+                let upstream = agent.boundAddress(of: "upstream:storage")!.port!
 
-        let refused = try BlockingSocket(port: upstream)
-        refused.setReceiveTimeout(seconds: 5)
-        #expect(!(await onThread { ReauthorizationTests.ping(refused, "new CA, old trust\n") }))
+                let refused = try BlockingSocket(port: upstream)
+                refused.setReceiveTimeout(seconds: 5)
+                #expect(!(await onThread { ReauthorizationTests.ping(refused, "new CA, old trust\n") }))
 
-        try storage.replace(storage.roots, with: TestCertificates.path("roots.pem"))
-        #expect(await eventually { storage.sidecar.currentCredentials.trustedRoots.count == 2 })
-        let accepted = try BlockingSocket(port: upstream)
-        accepted.setReceiveTimeout(seconds: 5)
-        #expect(await onThread { ReauthorizationTests.ping(accepted, "new CA, both roots trusted\n") })
+                try storage.replace(storage.roots, with: TestCertificates.path("roots.pem"))
+                #expect(await eventually { storage.sidecar.currentCredentials.trustedRoots.count == 2 })
+                let accepted = try BlockingSocket(port: upstream)
+                accepted.setReceiveTimeout(seconds: 5)
+                #expect(await onThread { ReauthorizationTests.ping(accepted, "new CA, both roots trusted\n") })
+            }
+        }
     }
 
     @Test("An expired leaf is never presented: the public listener refuses new handshakes and says why")
@@ -145,20 +152,23 @@ struct FileRotationTests {
                                          trustedRoots: Certificate.parsePEMBundle(pem("ca.pem"), source: "ca.pem"),
                                          now: Date(timeIntervalSince1970: 1_590_000_000))
         let backend = try await TestBackend(.echo, group: testGroup)
-        defer { Task { await backend.stop() } }
-        let (storage, audit) = try await MeshFixture.startStorage(backendPort: backend.port, credentials: expired,
-                                                                  intentions: MeshFixture.allowBackupAgent)
-        defer { Task { await storage.stop() } }
-        let (agent, agentAudit) = try await MeshFixture.startAgent(certificate: "backup-agent",
-                                                                   storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!)
-        defer { Task { await agent.stop() } }
-        let socket = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
-        socket.setReceiveTimeout(seconds: 5)
-        #expect(!(await onThread { ReauthorizationTests.ping(socket, "x\n") }))
-        #expect(await eventually { audit.events.contains { $0.kind == .handshakeRejected } })
-        let rejected = try #require(audit.events.first { $0.kind == .handshakeRejected })
-        #expect(rejected.reason?.contains("refusing to present it") == true, "\(rejected.reason ?? "")")
-        #expect(backend.connections == 0)
-        #expect(await eventually { agentAudit.events.contains { $0.kind == .upstreamFailed } })
+        try await withTeardown({ await backend.stop() }) {
+            let (storage, audit) = try await MeshFixture.startStorage(backendPort: backend.port, credentials: expired,
+                                                                      intentions: MeshFixture.allowBackupAgent)
+            try await withTeardown({ await storage.stop() }) {
+                let (agent, agentAudit) = try await MeshFixture.startAgent(certificate: "backup-agent",
+                                                                           storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!)
+                try await withTeardown({ await agent.stop() }) {
+                    let socket = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
+                    socket.setReceiveTimeout(seconds: 5)
+                    #expect(!(await onThread { ReauthorizationTests.ping(socket, "x\n") }))
+                    #expect(await eventually { audit.events.contains { $0.kind == .handshakeRejected } })
+                    let rejected = try #require(audit.events.first { $0.kind == .handshakeRejected })
+                    #expect(rejected.reason?.contains("refusing to present it") == true, "\(rejected.reason ?? "")")
+                    #expect(backend.connections == 0)
+                    #expect(await eventually { agentAudit.events.contains { $0.kind == .upstreamFailed } })
+                }
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import SidecarCore
+import TestSupport
 
 /// The HTTP/1.1 corpus's path, method and header tricks, and HTTP/2's own, over HTTP/2: each
 /// item on a connection of its own, from a client built on the `h2` library (which sends them
@@ -102,62 +103,64 @@ struct HTTP2SmugglingTests {
         let (storage, audit) = try await MeshFixture.startStorage(backendPort: backendPort,
                                                                   credentials: try TestCertificates.credentials("storage"),
                                                                   intentions: intentions, protocol: "http2")
-        defer { Task { await storage.stop() } }
-        let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent",
-                                                          storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!)
-        defer { Task { await agent.stop() } }
-        let upstream = agent.boundAddress(of: "upstream:storage")!.port!
+        try await withTeardown({ await storage.stop() }) {
+            let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent",
+                                                              storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!)
+            try await withTeardown({ await agent.stop() }) {
+                let upstream = agent.boundAddress(of: "upstream:storage")!.port!
 
-        let input = try JSONSerialization.data(withJSONObject: items.map(\.requests))
-        let run = try await ProcessRunner.run(["python3", script, "client", "\(upstream)"], input: input, timeout: 600)
-        try #require(run.status == 0, "\(run.output.suffix(500))")
-        let outcomes = try #require(try JSONSerialization.jsonObject(with: Data(run.output.utf8)) as? [[String: Any]])
-        #expect(outcomes.count == items.count)
-        let ended = await eventually(timeout: 60) {
-            Self.records(logPath).filter { $0["event"] as? String == "closed" }.count >= items.count
-        }
-        let open = Set(1...items.count).subtracting(Self.records(logPath).filter { $0["event"] as? String == "closed" }.compactMap { $0["conn"] as? Int })
-        #expect(ended, "every service connection ended; still open: \(open.sorted().map { items[$0 - 1].label })")
-        let received = Dictionary(grouping: Self.records(logPath), by: { $0["conn"] as? Int ?? 0 })
-
-        // Audit lines per item: each item is one tunnel, decided (authorization) before its requests.
-        var groups: [[AuditEvent]] = []
-        for event in audit.events where event.kind == .authorization || event.kind == .httpRequest {
-            if event.kind == .authorization { groups.append([]) } else if !groups.isEmpty { groups[groups.count - 1].append(event) }
-        }
-        #expect(groups.count == items.count, "one tunnel per item (\(groups.count))")
-        var refused = 0, allowedTotal = 0
-        for (index, item) in items.enumerated() where index < groups.count {
-            let seen = (received[index + 1] ?? []).filter { $0["event"] as? String == "request" }
-            let allowed = groups[index].filter { $0.decision == "allow" }
-            allowedTotal += allowed.count
-            if groups[index].contains(where: { $0.reason?.contains("refused") == true || $0.reason?.contains("malformed") == true }) {
-                refused += 1
-            }
-            let seenKeys = seen.map { "\($0["method"] as? String ?? "?") \(($0["path"] as? String ?? "").prefix { $0 != "?" })" }
-            let allowedKeys = allowed.map { "\($0.method ?? "?") \($0.path ?? "?")" }
-            // A request found malformed after it was allowed (its body broke its content-length)
-            // is cut with its connection: the service never sees it complete.
-            let cut = groups[index].contains { $0.reason?.contains("malformed") == true }
-            if cut {
-                #expect(Set(seenKeys).isSubset(of: Set(allowedKeys)), "\(item.label): service saw \(seenKeys), allowed \(allowedKeys)")
-            } else {
-                #expect(Set(seenKeys) == Set(allowedKeys) && seenKeys.count == allowedKeys.count,
-                        "\(item.label): service saw \(seenKeys), allowed \(allowedKeys)")
-            }
-            for request in seen {
-                let method = request["method"] as? String ?? "", path = request["path"] as? String ?? ""
-                let headers = (request["headers"] as? [[String]] ?? []).map { $0[0] == ":authority" ? ["host", $0[1]] : $0 }
-                if let violation = HTTP1Corpus.violatesPolicy(method: method, target: path, headers: headers) {
-                    Issue.record("\(item.label): the service received a denied request (\(violation)): \(method) \(path)")
+                let input = try JSONSerialization.data(withJSONObject: items.map(\.requests))
+                let run = try await ProcessRunner.run(["python3", script, "client", "\(upstream)"], input: input, timeout: 600)
+                try #require(run.status == 0, "\(run.output.suffix(500))")
+                let outcomes = try #require(try JSONSerialization.jsonObject(with: Data(run.output.utf8)) as? [[String: Any]])
+                #expect(outcomes.count == items.count)
+                let ended = await eventually(timeout: 60) {
+                    Self.records(logPath).filter { $0["event"] as? String == "closed" }.count >= items.count
                 }
-            }
-            for error in (received[index + 1] ?? []) where error["event"] as? String == "error" {
-                let detail = error["detail"] as? String ?? ""
-                if !detail.hasPrefix("transport") { Issue.record("\(item.label): the service saw a protocol error: \(detail)") }
+                let open = Set(1...items.count).subtracting(Self.records(logPath).filter { $0["event"] as? String == "closed" }.compactMap { $0["conn"] as? Int })
+                #expect(ended, "every service connection ended; still open: \(open.sorted().map { items[$0 - 1].label })")
+                let received = Dictionary(grouping: Self.records(logPath), by: { $0["conn"] as? Int ?? 0 })
+
+                // Audit lines per item: each item is one tunnel, decided (authorization) before its requests.
+                var groups: [[AuditEvent]] = []
+                for event in audit.events where event.kind == .authorization || event.kind == .httpRequest {
+                    if event.kind == .authorization { groups.append([]) } else if !groups.isEmpty { groups[groups.count - 1].append(event) }
+                }
+                #expect(groups.count == items.count, "one tunnel per item (\(groups.count))")
+                var refused = 0, allowedTotal = 0
+                for (index, item) in items.enumerated() where index < groups.count {
+                    let seen = (received[index + 1] ?? []).filter { $0["event"] as? String == "request" }
+                    let allowed = groups[index].filter { $0.decision == "allow" }
+                    allowedTotal += allowed.count
+                    if groups[index].contains(where: { $0.reason?.contains("refused") == true || $0.reason?.contains("malformed") == true }) {
+                        refused += 1
+                    }
+                    let seenKeys = seen.map { "\($0["method"] as? String ?? "?") \(($0["path"] as? String ?? "").prefix { $0 != "?" })" }
+                    let allowedKeys = allowed.map { "\($0.method ?? "?") \($0.path ?? "?")" }
+                    // A request found malformed after it was allowed (its body broke its content-length)
+                    // is cut with its connection: the service never sees it complete.
+                    let cut = groups[index].contains { $0.reason?.contains("malformed") == true }
+                    if cut {
+                        #expect(Set(seenKeys).isSubset(of: Set(allowedKeys)), "\(item.label): service saw \(seenKeys), allowed \(allowedKeys)")
+                    } else {
+                        #expect(Set(seenKeys) == Set(allowedKeys) && seenKeys.count == allowedKeys.count,
+                                "\(item.label): service saw \(seenKeys), allowed \(allowedKeys)")
+                    }
+                    for request in seen {
+                        let method = request["method"] as? String ?? "", path = request["path"] as? String ?? ""
+                        let headers = (request["headers"] as? [[String]] ?? []).map { $0[0] == ":authority" ? ["host", $0[1]] : $0 }
+                        if let violation = HTTP1Corpus.violatesPolicy(method: method, target: path, headers: headers) {
+                            Issue.record("\(item.label): the service received a denied request (\(violation)): \(method) \(path)")
+                        }
+                    }
+                    for error in (received[index + 1] ?? []) where error["event"] as? String == "error" {
+                        let detail = error["detail"] as? String ?? ""
+                        if !detail.hasPrefix("transport") { Issue.record("\(item.label): the service saw a protocol error: \(detail)") }
+                    }
+                }
+                #expect(refused > 20 && allowedTotal > 30, "refused \(refused), allowed \(allowedTotal)")
             }
         }
-        #expect(refused > 20 && allowedTotal > 30, "refused \(refused), allowed \(allowedTotal)")
     }
 
     static func records(_ path: String) -> [[String: Any]] {

@@ -4,6 +4,7 @@ import Glibc
 import Testing
 @testable import SidecarCore
 import SidecarTLS
+import TestSupport
 
 /// Draining, connection limits and idle connections.
 @Suite("Lifecycle and limits", .serialized)
@@ -36,72 +37,75 @@ struct LifecycleTests {
     @Test("Drain: in-flight transfers finish, new connections are refused, nothing is aborted")
     func drainLetsTransfersFinish() async throws {
         let mesh = try await MeshFixture.start(backend: .echo)
-        defer { Task { await mesh.stop() } }
-        let socket = try BlockingSocket(port: mesh.upstreamPort)
-        socket.setReceiveTimeout(seconds: 20)
-        let transfer = Task { await onThread { Self.pacedRoundTrip(socket, chunks: 24, pauseMs: 40) } }
-        // In flight means joined to the app: the mux connection alone (counted as soon as its
-        // handshake is done) may still be waiting for the stream, which a drain would refuse.
-        #expect(await eventually(timeout: 30) { mesh.backend.connections == 1 })
-        let drain = Task { await mesh.storage.drain(timeout: .seconds(20)) }
-        #expect(await eventually { mesh.storage.isDraining })
-        try await Task.sleep(for: .milliseconds(100))
+        try await withTeardown({ await mesh.stop() }) {
+            let socket = try BlockingSocket(port: mesh.upstreamPort)
+            socket.setReceiveTimeout(seconds: 20)
+            let transfer = Task { await onThread { Self.pacedRoundTrip(socket, chunks: 24, pauseMs: 40) } }
+            // In flight means joined to the app: the mux connection alone (counted as soon as its
+            // handshake is done) may still be waiting for the stream, which a drain would refuse.
+            #expect(await eventually(timeout: 30) { mesh.backend.connections == 1 })
+            let drain = Task { await mesh.storage.drain(timeout: .seconds(20)) }
+            #expect(await eventually { mesh.storage.isDraining })
+            try await Task.sleep(for: .milliseconds(100))
 
-        // New connections are refused while the old one finishes.
-        let late = try BlockingSocket(port: mesh.upstreamPort)
-        late.setReceiveTimeout(seconds: 5)
-        late.send(Array("late\n".utf8))
-        #expect(await onThread { late.receiveAll() }.count == 0)
+            // New connections are refused while the old one finishes.
+            let late = try BlockingSocket(port: mesh.upstreamPort)
+            late.setReceiveTimeout(seconds: 5)
+            late.send(Array("late\n".utf8))
+            #expect(await onThread { late.receiveAll() }.count == 0)
 
-        let result = await transfer.value
-        #expect(result.count == 24 * (256 << 10))
-        #expect(result.sent == result.received)
-        #expect(result.clean)
-        #expect(await drain.value == 0, "nothing had to be aborted")
+            let result = await transfer.value
+            #expect(result.count == 24 * (256 << 10))
+            #expect(result.sent == result.received)
+            #expect(result.clean)
+            #expect(await drain.value == 0, "nothing had to be aborted")
+        }
     }
 
     @Test("Drain timeout: connections still open at the deadline are aborted with an audit line")
     func drainTimeout() async throws {
         let mesh = try await MeshFixture.start(backend: .echo)
-        defer { Task { await mesh.stop() } }
-        let socket = try BlockingSocket(port: mesh.upstreamPort)
-        socket.setReceiveTimeout(seconds: 5)
-        #expect(await onThread { ReauthorizationTests.ping(socket, "long-lived\n") })
-        let aborted = await mesh.storage.drain(timeout: .milliseconds(300))
-        #expect(aborted == 1)
-        #expect(!(await onThread { socket.receiveAll() }).cleanEOF)
-        #expect(mesh.storageAudit.events.contains { $0.kind == .connectionRevoked && $0.reason == "drain timeout reached at shutdown" })
+        try await withTeardown({ await mesh.stop() }) {
+            let socket = try BlockingSocket(port: mesh.upstreamPort)
+            socket.setReceiveTimeout(seconds: 5)
+            #expect(await onThread { ReauthorizationTests.ping(socket, "long-lived\n") })
+            let aborted = await mesh.storage.drain(timeout: .milliseconds(300))
+            #expect(aborted == 1)
+            #expect(!(await onThread { socket.receiveAll() }).cleanEOF)
+            #expect(mesh.storageAudit.events.contains { $0.kind == .connectionRevoked && $0.reason == "drain timeout reached at shutdown" })
+        }
     }
 
     @Test("Max connections: the next connection waits in the backlog and proceeds when one closes")
     func maxConnections() async throws {
         // Raw mode: max_connections counts TLS connections (a mux connection carries mux_max_streams).
         let mesh = try await MeshFixture.start(backend: .echo, mux: .off, storageConfig: { $0.maxConnections = 2 })
-        defer { Task { await mesh.stop() } }
-        let first = try BlockingSocket(port: mesh.upstreamPort)
-        let second = try BlockingSocket(port: mesh.upstreamPort)
-        for socket in [first, second] {
-            socket.setReceiveTimeout(seconds: 5)
-            #expect(await onThread { ReauthorizationTests.ping(socket, "hold\n") })
+        try await withTeardown({ await mesh.stop() }) {
+            let first = try BlockingSocket(port: mesh.upstreamPort)
+            let second = try BlockingSocket(port: mesh.upstreamPort)
+            for socket in [first, second] {
+                socket.setReceiveTimeout(seconds: 5)
+                #expect(await onThread { ReauthorizationTests.ping(socket, "hold\n") })
+            }
+            #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) == 2)
+
+            let third = try BlockingSocket(port: mesh.upstreamPort)
+            third.setReceiveTimeout(seconds: 10)
+            let answered = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
+            let waiting = Task { await onThread { () -> Bool in
+                let ok = ReauthorizationTests.ping(third, "waiting\n")
+                answered.withLockedValue { $0 = $0 ?? .now }
+                return ok
+            } }
+            try await Task.sleep(for: .milliseconds(600))
+            #expect(answered.withLockedValue { $0 } == nil, "the third connection was served beyond the limit")
+            #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) == 2)
+
+            first.shutdownWrite()
+            _ = await onThread { first.receiveAll() }
+            #expect(await waiting.value, "the waiting connection proceeds once a slot frees")
+            #expect(mesh.backend.connections == 3)
         }
-        #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) == 2)
-
-        let third = try BlockingSocket(port: mesh.upstreamPort)
-        third.setReceiveTimeout(seconds: 10)
-        let answered = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
-        let waiting = Task { await onThread { () -> Bool in
-            let ok = ReauthorizationTests.ping(third, "waiting\n")
-            answered.withLockedValue { $0 = $0 ?? .now }
-            return ok
-        } }
-        try await Task.sleep(for: .milliseconds(600))
-        #expect(answered.withLockedValue { $0 } == nil, "the third connection was served beyond the limit")
-        #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) == 2)
-
-        first.shutdownWrite()
-        _ = await onThread { first.receiveAll() }
-        #expect(await waiting.value, "the waiting connection proceeds once a slot frees")
-        #expect(mesh.backend.connections == 3)
     }
 
     @Test("Idle connections are closed after idle_timeout; busy ones are not")
@@ -109,59 +113,62 @@ struct LifecycleTests {
         // 2 s: long enough that a loaded machine's scheduling delays never look like idleness.
         // Raw mode: the count below is of TLS connections.
         let mesh = try await MeshFixture.start(backend: .echo, mux: .off, storageConfig: { $0.idleTimeoutNs = 2_000_000_000 })
-        defer { Task { await mesh.stop() } }
-        // Each connection speaks as soon as it is made (its idle clock starts at once).
-        var sockets: [BlockingSocket] = []
-        for _ in 0..<2 {
-            let socket = try BlockingSocket(port: mesh.upstreamPort)
-            socket.setReceiveTimeout(seconds: 10)
-            #expect(await onThread { ReauthorizationTests.ping(socket, "hello\n") })
-            sockets.append(socket)
-        }
-        let idle = sockets[0], busy = sockets[1]
-        // Keep `busy` talking every 200 ms for 4.8 s while `idle` says nothing.
-        let busyOK = await onThread { () -> Bool in
-            for index in 0..<24 {
-                guard ReauthorizationTests.ping(busy, "tick \(index)\n") else { return false }
-                usleep(200_000)
+        try await withTeardown({ await mesh.stop() }) {
+            // Each connection speaks as soon as it is made (its idle clock starts at once).
+            var sockets: [BlockingSocket] = []
+            for _ in 0..<2 {
+                let socket = try BlockingSocket(port: mesh.upstreamPort)
+                socket.setReceiveTimeout(seconds: 10)
+                #expect(await onThread { ReauthorizationTests.ping(socket, "hello\n") })
+                sockets.append(socket)
             }
-            return true
+            let idle = sockets[0], busy = sockets[1]
+            // Keep `busy` talking every 200 ms for 4.8 s while `idle` says nothing.
+            let busyOK = await onThread { () -> Bool in
+                for index in 0..<24 {
+                    guard ReauthorizationTests.ping(busy, "tick \(index)\n") else { return false }
+                    usleep(200_000)
+                }
+                return true
+            }
+            #expect(busyOK)
+            let idleEnd = await onThread { idle.receiveAll() }
+            #expect(idleEnd.count == 0)
+            #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) == 1)
         }
-        #expect(busyOK)
-        let idleEnd = await onThread { idle.receiveAll() }
-        #expect(idleEnd.count == 0)
-        #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) == 1)
     }
 
     @Test("SIGTERM to the real binary during a transfer: the transfer completes and the process exits 0")
     func sigtermDrains() async throws {
         let backend = try await TestBackend(.echo, group: testGroup)
-        defer { Task { await backend.stop() } }
-        let port = freeLocalPort()
-        let service = CommandLineTests.write("drain.json", """
-            {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
-              "proxy": {"destination_service_name": "storage", "local_service_port": \(backend.port)}}}
-            """)
-        let intentions = CommandLineTests.write("drain-intentions.json",
-            #"[{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Action":"allow"}]}]"#)
-        let sidecar = try SidecarProcess(["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", intentions,
-                                          "--audit-log", "\(CommandLineTests.scratch)/drain-audit.jsonl"] + CommandLineTests.certs(),
-                                         logName: "drain.log")
-        #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
+        try await withTeardown({ await backend.stop() }) {
+            let port = freeLocalPort()
+            let service = CommandLineTests.write("drain.json", """
+                {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
+                  "proxy": {"destination_service_name": "storage", "local_service_port": \(backend.port)}}}
+                """)
+            let intentions = CommandLineTests.write("drain-intentions.json",
+                #"[{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Action":"allow"}]}]"#)
+            let sidecar = try SidecarProcess(["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", intentions,
+                                              "--audit-log", "\(CommandLineTests.scratch)/drain-audit.jsonl"] + CommandLineTests.certs(),
+                                             logName: "drain.log")
+            #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
 
-        let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: port)
-        defer { Task { await agent.stop() } }
-        let socket = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
-        socket.setReceiveTimeout(seconds: 20)
-        let transfer = Task { await onThread { Self.pacedRoundTrip(socket, chunks: 16, pauseMs: 50) } }
-        // The transfer is in flight once it reached the app through the binary.
-        #expect(await eventually { backend.bytesReceived > 0 })
-        sidecar.sendTerminate()
-        let result = await transfer.value
-        #expect(result.count == 16 * (256 << 10))
-        #expect(result.sent == result.received)
-        let exited = await sidecar.exit().status
-        #expect(exited == 0)
-        #expect((try? BlockingSocket(port: port)) == nil, "the listener is closed")
+            let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: port)
+            try await withTeardown({ await agent.stop() }) {
+                let socket = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
+                socket.setReceiveTimeout(seconds: 20)
+                let transfer = Task { await onThread { Self.pacedRoundTrip(socket, chunks: 16, pauseMs: 50) } }
+                // The transfer is in flight once it reached the app through the binary.
+                #expect(await eventually { backend.bytesReceived > 0 })
+                sidecar.sendTerminate()
+                let result = await transfer.value
+                #expect(result.count == 16 * (256 << 10))
+                #expect(result.sent == result.received)
+                let exited = await sidecar.exit().status
+                #expect(exited == 0)
+                #expect((try? BlockingSocket(port: port)) == nil, "the listener is closed")
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@ import NIOPosix
 import Testing
 @testable import SidecarCore
 import SidecarTLS
+import TestSupport
 
 /// Only the backup job may use the backup identity: unix-socket upstreams, caller
 /// credentials, allow-lists, and the caller in the audit log.
@@ -77,91 +78,96 @@ struct LocalCallerTests {
         #expect(FileManager.default.fileExists(atPath: path))
 
         let mesh = try await MeshFixture.start(backend: .echo)
-        defer { Task { await mesh.stop() } }
-        let (agent, agentAudit) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: mesh.publicPort) {
-            $0.localBindSocketPath = path
-            $0.localBindSocketMode = 0o660
+        try await withTeardown({ await mesh.stop() }) {
+            let (agent, agentAudit) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: mesh.publicPort) {
+                $0.localBindSocketPath = path
+                $0.localBindSocketMode = 0o660
+            }
+            var info = stat()
+            #expect(lstat(path, &info) == 0)
+            #expect(info.st_mode & 0o777 == 0o660)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: directory) == ["storage.sock"],
+                    "the private directory used to set the mode before exposure is gone")
+
+            let fd = try Self.unixSocket(path)
+            let client = BlockingSocket(adopting: fd)
+            async let received = onThread { client.receiveAll() }
+            let sent = await onThread { () -> (sent: Int, sha256: String) in
+                let result = RandomStream.send(client, bytes: 64 << 20)
+                client.shutdownWrite()
+                return result
+            }
+            let echo = await received
+            #expect(echo.count == 64 << 20)
+            #expect(echo.sha256 == sent.sha256)
+
+            let connected = try #require(agentAudit.events.first { $0.kind == .upstreamConnected })
+            #expect(connected.caller?.uid == getuid())
+            #expect(connected.caller?.pid == getpid())
+            #expect(connected.caller?.executable == Self.ownExecutable)
+            #expect(connected.jsonLine.contains("\"caller_uid\":\(getuid())"))
+            #expect(connected.jsonLine.contains("\"caller_exe\":"))
+
+            await agent.stop()
+            #expect(await eventually { !FileManager.default.fileExists(atPath: path) }, "socket file removed on shutdown")
         }
-        var info = stat()
-        #expect(lstat(path, &info) == 0)
-        #expect(info.st_mode & 0o777 == 0o660)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: directory) == ["storage.sock"],
-                "the private directory used to set the mode before exposure is gone")
-
-        let fd = try Self.unixSocket(path)
-        let client = try BlockingSocket(adopting: fd)
-        async let received = onThread { client.receiveAll() }
-        let sent = await onThread { () -> (sent: Int, sha256: String) in
-            let result = RandomStream.send(client, bytes: 64 << 20)
-            client.shutdownWrite()
-            return result
-        }
-        let echo = await received
-        #expect(echo.count == 64 << 20)
-        #expect(echo.sha256 == sent.sha256)
-
-        let connected = try #require(agentAudit.events.first { $0.kind == .upstreamConnected })
-        #expect(connected.caller?.uid == getuid())
-        #expect(connected.caller?.pid == getpid())
-        #expect(connected.caller?.executable == Self.ownExecutable)
-        #expect(connected.jsonLine.contains("\"caller_uid\":\(getuid())"))
-        #expect(connected.jsonLine.contains("\"caller_exe\":"))
-
-        await agent.stop()
-        #expect(await eventually { !FileManager.default.fileExists(atPath: path) }, "socket file removed on shutdown")
     }
 
     @Test("A caller whose uid is not allowed is refused before any mesh connection; the allowed uid passes")
     func unixAllowList() async throws {
         let path = "\(try Self.directory())/storage.sock"
         let mesh = try await MeshFixture.start(backend: .echo)
-        defer { Task { await mesh.stop() } }
-        let (agent, agentAudit) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: mesh.publicPort) {
-            $0.localBindSocketPath = path
-            $0.localBindSocketMode = 0o666 // reachable by everyone on the file system: only the allow-list stands between
-            $0.allowedUsers = ["root"]
+        try await withTeardown({ await mesh.stop() }) {
+            let (agent, agentAudit) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: mesh.publicPort) {
+                $0.localBindSocketPath = path
+                $0.localBindSocketMode = 0o666 // reachable by everyone on the file system: only the allow-list stands between
+                $0.allowedUsers = ["root"]
+            }
+            try await withTeardown({ await agent.stop() }) {
+
+                let refused = try await Self.asNobody(Self.unixClient, path)
+                #expect(refused.output.contains("received 0") || refused.output.contains("error"), "nobody got data: \(refused.output)")
+                let denial = try #require(agentAudit.events.first { $0.kind == .callerRefused })
+                #expect(denial.caller?.uid == 65534)
+                #expect(denial.caller?.executable?.contains("python3") == true)
+                #expect(denial.reason?.contains("not allowed") == true)
+                #expect(!agentAudit.events.contains { $0.kind == .upstreamConnected })
+                #expect(mesh.storageAudit.events.isEmpty, "nothing reached the remote sidecar")
+                #expect(mesh.backend.connections == 0)
+
+                let fd = try Self.unixSocket(path)
+                let allowed = BlockingSocket(adopting: fd)
+                allowed.setReceiveTimeout(seconds: 5)
+                #expect(await onThread { ReauthorizationTests.ping(allowed, "root may back up\n") })
+                #expect(agentAudit.events.contains { $0.kind == .upstreamConnected && $0.caller?.uid == 0 })
+            }
         }
-        defer { Task { await agent.stop() } }
-
-        let refused = try await Self.asNobody(Self.unixClient, path)
-        #expect(refused.output.contains("received 0") || refused.output.contains("error"), "nobody got data: \(refused.output)")
-        let denial = try #require(agentAudit.events.first { $0.kind == .callerRefused })
-        #expect(denial.caller?.uid == 65534)
-        #expect(denial.caller?.executable?.contains("python3") == true)
-        #expect(denial.reason?.contains("not allowed") == true)
-        #expect(!agentAudit.events.contains { $0.kind == .upstreamConnected })
-        #expect(mesh.storageAudit.events.isEmpty, "nothing reached the remote sidecar")
-        #expect(mesh.backend.connections == 0)
-
-        let fd = try Self.unixSocket(path)
-        let allowed = try BlockingSocket(adopting: fd)
-        allowed.setReceiveTimeout(seconds: 5)
-        #expect(await onThread { ReauthorizationTests.ping(allowed, "root may back up\n") })
-        #expect(agentAudit.events.contains { $0.kind == .upstreamConnected && $0.caller?.uid == 0 })
     }
 
     @Test("TCP loopback upstream with an allow-list: the caller is found through /proc (best effort)")
     func tcpAllowList() async throws {
         let mesh = try await MeshFixture.start(backend: .echo)
-        defer { Task { await mesh.stop() } }
-        let (agent, agentAudit) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: mesh.publicPort) {
-            $0.allowedUsers = ["0"]
+        try await withTeardown({ await mesh.stop() }) {
+            let (agent, agentAudit) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: mesh.publicPort) {
+                $0.allowedUsers = ["0"]
+            }
+            try await withTeardown({ await agent.stop() }) {
+                let port = agent.boundAddress(of: "upstream:storage")!.port!
+
+                let allowed = try BlockingSocket(port: port)
+                allowed.setReceiveTimeout(seconds: 5)
+                #expect(await onThread { ReauthorizationTests.ping(allowed, "root over tcp\n") }, "\(agentAudit.events.map(\.jsonLine))")
+                let connected = try #require(agentAudit.events.first { $0.kind == .upstreamConnected })
+                #expect(connected.caller?.uid == 0)
+                #expect(connected.caller?.pid == getpid())
+
+                let refused = try await Self.asNobody(Self.tcpClient, "0:\(port)")
+                #expect(refused.output.contains("received 0") || refused.output.contains("error"), "\(refused.output)")
+                let denial = try #require(agentAudit.events.first { $0.kind == .callerRefused })
+                #expect(denial.caller?.uid == 65534)
+                #expect(mesh.backend.connections == 1, "only the allowed caller reached the storage side")
+            }
         }
-        defer { Task { await agent.stop() } }
-        let port = agent.boundAddress(of: "upstream:storage")!.port!
-
-        let allowed = try BlockingSocket(port: port)
-        allowed.setReceiveTimeout(seconds: 5)
-        #expect(await onThread { ReauthorizationTests.ping(allowed, "root over tcp\n") }, "\(agentAudit.events.map(\.jsonLine))")
-        let connected = try #require(agentAudit.events.first { $0.kind == .upstreamConnected })
-        #expect(connected.caller?.uid == 0)
-        #expect(connected.caller?.pid == getpid())
-
-        let refused = try await Self.asNobody(Self.tcpClient, "0:\(port)")
-        #expect(refused.output.contains("received 0") || refused.output.contains("error"), "\(refused.output)")
-        let denial = try #require(agentAudit.events.first { $0.kind == .callerRefused })
-        #expect(denial.caller?.uid == 65534)
-        #expect(mesh.backend.connections == 1, "only the allowed caller reached the storage side")
     }
 
     /// Issue 16, finding 8: the caller's row was matched by ports only, so a process bound to
@@ -169,28 +175,30 @@ struct LocalCallerTests {
     @Test("TCP allow-list: a caller spoofing an allowed caller's port from 127.0.0.2 is identified as itself and refused")
     func tcpPortSpoofing() async throws {
         let mesh = try await MeshFixture.start(backend: .echo)
-        defer { Task { await mesh.stop() } }
-        let (agent, agentAudit) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: mesh.publicPort) {
-            $0.allowedUsers = ["0"]
+        try await withTeardown({ await mesh.stop() }) {
+            let (agent, agentAudit) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: mesh.publicPort) {
+                $0.allowedUsers = ["0"]
+            }
+            try await withTeardown({ await agent.stop() }) {
+                let port = agent.boundAddress(of: "upstream:storage")!.port!
+                // The victim: root's connection, kept open while the impostor calls.
+                let victim = try BlockingSocket(port: port)
+                victim.setReceiveTimeout(seconds: 5)
+                #expect(await onThread { ReauthorizationTests.ping(victim, "root's backup\n") })
+                var address = sockaddr_in()
+                var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+                _ = withUnsafeMutablePointer(to: &address) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(victim.fd, $0, &length) }
+                }
+                let victimPort = Int(UInt16(bigEndian: address.sin_port))
+                let impostor = try await Self.asNobody(Self.tcpClient, "\(victimPort):\(port)")
+                #expect(impostor.output.contains("received 0") || impostor.output.contains("error"), "\(impostor.output)")
+                let denial = try #require(agentAudit.events.first { $0.kind == .callerRefused }, "\(impostor.output)")
+                #expect(denial.caller?.uid == 65534, "identified as \(String(describing: denial.caller))")
+                #expect(denial.peerAddress == "127.0.0.2:\(victimPort)")
+                #expect(mesh.backend.connections == 1, "only the victim's connection reached the storage side")
+            }
         }
-        defer { Task { await agent.stop() } }
-        let port = agent.boundAddress(of: "upstream:storage")!.port!
-        // The victim: root's connection, kept open while the impostor calls.
-        let victim = try BlockingSocket(port: port)
-        victim.setReceiveTimeout(seconds: 5)
-        #expect(await onThread { ReauthorizationTests.ping(victim, "root's backup\n") })
-        var address = sockaddr_in()
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(victim.fd, $0, &length) }
-        }
-        let victimPort = Int(UInt16(bigEndian: address.sin_port))
-        let impostor = try await Self.asNobody(Self.tcpClient, "\(victimPort):\(port)")
-        #expect(impostor.output.contains("received 0") || impostor.output.contains("error"), "\(impostor.output)")
-        let denial = try #require(agentAudit.events.first { $0.kind == .callerRefused }, "\(impostor.output)")
-        #expect(denial.caller?.uid == 65534, "identified as \(String(describing: denial.caller))")
-        #expect(denial.peerAddress == "127.0.0.2:\(victimPort)")
-        #expect(mesh.backend.connections == 1, "only the victim's connection reached the storage side")
     }
 
     @Test("/proc/net/tcp rows: addresses in the kernel's word order, the whole 4-tuple, state and inode")
@@ -298,27 +306,30 @@ struct LocalCallerTests {
     func localServiceSocket() async throws {
         let path = "\(try Self.directory())/app.sock"
         let app = try await TestBackend(.echo, group: testGroup, unixSocketPath: path)
-        defer { Task { await app.stop() } }
-        var config = ProxyConfig()
-        config.handshakeTimeoutMs = 10000
-        var definition = ProxyDefinition(
-            id: "storage-sidecar-proxy", name: "storage-sidecar-proxy", address: "127.0.0.1", port: 0,
-            destinationServiceName: "storage", destinationServiceID: nil, localServiceAddress: "127.0.0.1",
-            localServicePort: nil, config: config, upstreams: [])
-        definition.localServiceSocketPath = path
-        let storage = try Sidecar(settings: SidecarSettings(
-            definition: definition, credentials: try TestCertificates.credentials("storage"),
-            intentions: IntentionSet(MeshFixture.allowBackupAgent, defaultAction: .deny), audit: MemoryAuditSink(),
-            logger: quietLogger), group: testGroup)
-        try await storage.start()
-        defer { Task { await storage.stop() } }
-        let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent",
-                                                          storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!)
-        defer { Task { await agent.stop() } }
-        let socket = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
-        socket.setReceiveTimeout(seconds: 5)
-        #expect(await onThread { ReauthorizationTests.ping(socket, "to a unix-socket app\n") })
-        #expect(app.connections == 1)
+        try await withTeardown({ await app.stop() }) {
+            var config = ProxyConfig()
+            config.handshakeTimeoutMs = 10000
+            var definition = ProxyDefinition(
+                id: "storage-sidecar-proxy", name: "storage-sidecar-proxy", address: "127.0.0.1", port: 0,
+                destinationServiceName: "storage", destinationServiceID: nil, localServiceAddress: "127.0.0.1",
+                localServicePort: nil, config: config, upstreams: [])
+            definition.localServiceSocketPath = path
+            let storage = try Sidecar(settings: SidecarSettings(
+                definition: definition, credentials: try TestCertificates.credentials("storage"),
+                intentions: IntentionSet(MeshFixture.allowBackupAgent, defaultAction: .deny), audit: MemoryAuditSink(),
+                logger: quietLogger), group: testGroup)
+            try await storage.start()
+            try await withTeardown({ await storage.stop() }) {
+                let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent",
+                                                                  storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!)
+                try await withTeardown({ await agent.stop() }) {
+                    let socket = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
+                    socket.setReceiveTimeout(seconds: 5)
+                    #expect(await onThread { ReauthorizationTests.ping(socket, "to a unix-socket app\n") })
+                    #expect(app.connections == 1)
+                }
+            }
+        }
     }
 
     @Test("Unknown user names in an allow-list are a startup error")

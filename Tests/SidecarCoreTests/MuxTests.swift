@@ -5,6 +5,7 @@ import Testing
 @testable import SidecarCore
 import SidecarMux
 import SidecarTLS
+import TestSupport
 
 /// The multiplexed transport between two sidecars: tunnels as HTTP/2 CONNECT streams on pooled
 /// mTLS connections (issue 6). The rest of the suite runs through the mux too (it is the
@@ -41,68 +42,70 @@ struct MuxTests {
     @Test("1,000 short connections and 8 bulk streams at once: every byte sha256-correct, one handshake per pooled connection")
     func manyTunnelsFewHandshakes() async throws {
         let mesh = try await MeshFixture.start(backend: .echo)
-        defer { Task { await mesh.stop() } }
-        let port = mesh.upstreamPort
-        let bulk = Task {
-            await withTaskGroup(of: EchoResult.self) { group in
-                for _ in 0..<8 { group.addTask { await echoStream(port: port, bytes: 32 << 20, receiveTimeout: 60) } }
-                return await group.reduce(into: [EchoResult]()) { $0.append($1) }
+        await withTeardown({ await mesh.stop() }) {
+            let port = mesh.upstreamPort
+            let bulk = Task {
+                await withTaskGroup(of: EchoResult.self) { group in
+                    for _ in 0..<8 { group.addTask { await echoStream(port: port, bytes: 32 << 20, receiveTimeout: 60) } }
+                    return await group.reduce(into: [EchoResult]()) { $0.append($1) }
+                }
             }
-        }
-        // 1,000 short connections, 40 at a time.
-        let shortOK = await withTaskGroup(of: Bool.self) { group in
-            var started = 0, succeeded = 0
-            while started < 40 {
-                group.addTask { await echoRoundTrip(port: port, bytes: 4 << 10) }
-                started += 1
-            }
-            for await ok in group {
-                if ok { succeeded += 1 }
-                if started < 1000 {
+            // 1,000 short connections, 40 at a time.
+            let shortOK = await withTaskGroup(of: Bool.self) { group in
+                var started = 0, succeeded = 0
+                while started < 40 {
                     group.addTask { await echoRoundTrip(port: port, bytes: 4 << 10) }
                     started += 1
                 }
+                for await ok in group {
+                    if ok { succeeded += 1 }
+                    if started < 1000 {
+                        group.addTask { await echoRoundTrip(port: port, bytes: 4 << 10) }
+                        started += 1
+                    }
+                }
+                return succeeded
             }
-            return succeeded
-        }
-        let bulkResults = await bulk.value
-        #expect(shortOK == 1000)
-        #expect(bulkResults.count == 8 && bulkResults.allSatisfy { $0.ok }, "\(bulkResults.filter { !$0.ok })")
+            let bulkResults = await bulk.value
+            #expect(shortOK == 1000)
+            #expect(bulkResults.count == 8 && bulkResults.allSatisfy { $0.ok }, "\(bulkResults.filter { !$0.ok })")
 
-        // Every tunnel was decided on its own, as a stream; none needed a handshake of its own.
-        #expect(await eventually { Self.lines(mesh.storageAudit, .connectionClosed).count == 1008 })
-        let decisions = Self.lines(mesh.storageAudit, .authorization)
-        #expect(decisions.count == 1008)
-        #expect(decisions.allSatisfy { $0.muxStream != nil && $0.decision == "allow" && $0.handshakeMs == nil })
-        let serverHandshakes = Self.lines(mesh.storageAudit, .muxConnected)
-        let clientHandshakes = Self.lines(mesh.agentAudit, .muxConnected)
-        #expect(serverHandshakes.count == clientHandshakes.count, "each pooled connection is one handshake, seen by both sides")
-        #expect(!serverHandshakes.isEmpty && serverHandshakes.count <= 8,
-                "a few pooled connections (2 event loops, 100 streams each), not one per tunnel: \(serverHandshakes.count)")
-        #expect(serverHandshakes.allSatisfy { $0.handshakeMs != nil })
-        let upstream = Self.lines(mesh.agentAudit, .upstreamConnected)
-        #expect(upstream.count == 1008 && upstream.allSatisfy { $0.muxStream != nil })
+            // Every tunnel was decided on its own, as a stream; none needed a handshake of its own.
+            #expect(await eventually { Self.lines(mesh.storageAudit, .connectionClosed).count == 1008 })
+            let decisions = Self.lines(mesh.storageAudit, .authorization)
+            #expect(decisions.count == 1008)
+            #expect(decisions.allSatisfy { $0.muxStream != nil && $0.decision == "allow" && $0.handshakeMs == nil })
+            let serverHandshakes = Self.lines(mesh.storageAudit, .muxConnected)
+            let clientHandshakes = Self.lines(mesh.agentAudit, .muxConnected)
+            #expect(serverHandshakes.count == clientHandshakes.count, "each pooled connection is one handshake, seen by both sides")
+            #expect(!serverHandshakes.isEmpty && serverHandshakes.count <= 8,
+                    "a few pooled connections (2 event loops, 100 streams each), not one per tunnel: \(serverHandshakes.count)")
+            #expect(serverHandshakes.allSatisfy { $0.handshakeMs != nil })
+            let upstream = Self.lines(mesh.agentAudit, .upstreamConnected)
+            #expect(upstream.count == 1008 && upstream.allSatisfy { $0.muxStream != nil })
+        }
     }
 
     @Test("The destination's stream limit is kept, and the next pooled connection is dialed before the current one is full")
     func streamLimitAndDialAhead() async throws {
         // The storage sidecar allows 4 streams per connection; the agent learns it from SETTINGS.
         let mesh = try await MeshFixture.start(backend: .echo, storageConfig: { $0.muxMaxStreams = 4 })
-        defer { Task { await mesh.stop() } }
-        var open: [BlockingSocket] = []
-        for index in 0..<10 {
-            let socket = try BlockingSocket(port: mesh.upstreamPort)
-            socket.setReceiveTimeout(seconds: 5)
-            #expect(await onThread { socket.echoes("tunnel \(index)\n") }, "tunnel \(index) was served without waiting")
-            open.append(socket)
+        try await withTeardown({ await mesh.stop() }) {
+            var open: [BlockingSocket] = []
+            for index in 0..<10 {
+                let socket = try BlockingSocket(port: mesh.upstreamPort)
+                socket.setReceiveTimeout(seconds: 5)
+                #expect(await onThread { socket.echoes("tunnel \(index)\n") }, "tunnel \(index) was served without waiting")
+                open.append(socket)
+            }
+            let counts = await mesh.agent.muxPoolCounts()
+            #expect(counts.streams == 10)
+            // 10 tunnels at 4 per connection need at least 3 connections; 75% use triggers one more
+            // ahead of need on each event loop.
+            #expect(counts.connections >= 4, "pooled connections: \(counts.connections)")
+            #expect(Self.lines(mesh.storageAudit, .muxConnected).count == counts.connections)
+            withExtendedLifetime(open) {}
         }
-        let counts = await mesh.agent.muxPoolCounts()
-        #expect(counts.streams == 10)
-        // 10 tunnels at 4 per connection need at least 3 connections; 75% use triggers one more
-        // ahead of need on each event loop.
-        #expect(counts.connections >= 4, "pooled connections: \(counts.connections)")
-        #expect(Self.lines(mesh.storageAudit, .muxConnected).count == counts.connections)
-        withExtendedLifetime(open) {}
     }
 
     @Test("Mux streams count toward max_connections: one past the limit is refused (503, audited) and the next slot serves again")
@@ -118,83 +121,87 @@ struct MuxTests {
         let (agent, agentAudit) = try await MeshFixture.startAgent(
             certificate: "backup-agent", storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!, group: agentLoop)
         let port = agent.boundAddress(of: "upstream:storage")!.port!
-        defer { Task { await agent.stop(); await storage.stop(); await backend.stop(); try? await agentLoop.shutdownGracefully() } }
+        try await withTeardown({ await agent.stop(); await storage.stop(); await backend.stop(); try? await agentLoop.shutdownGracefully() }) {
 
-        // A connection stuck before its handshake (one of a half-open flood) is no tunnel: it
-        // must not take a legitimate stream's place.
-        let halfOpen = try BlockingSocket(port: storage.boundAddress(of: Sidecar.publicListenerName)!.port!)
-        #expect(await eventually { storage.openConnections(on: Sidecar.publicListenerName) == 1 })
+            // A connection stuck before its handshake (one of a half-open flood) is no tunnel: it
+            // must not take a legitimate stream's place.
+            let halfOpen = try BlockingSocket(port: storage.boundAddress(of: Sidecar.publicListenerName)!.port!)
+            #expect(await eventually { storage.openConnections(on: Sidecar.publicListenerName) == 1 })
 
-        var served: [BlockingSocket] = []
-        for index in 0..<2 {
-            let socket = try BlockingSocket(port: port)
-            socket.setReceiveTimeout(seconds: 5)
-            #expect(await onThread { socket.echoes("tunnel \(index)\n") })
-            served.append(socket)
+            var served: [BlockingSocket] = []
+            for index in 0..<2 {
+                let socket = try BlockingSocket(port: port)
+                socket.setReceiveTimeout(seconds: 5)
+                #expect(await onThread { socket.echoes("tunnel \(index)\n") })
+                served.append(socket)
+            }
+            #expect(storage.openConnections(on: Sidecar.publicListenerName) == 4, "two streams, their connection, the half-open one")
+
+            let refused = try BlockingSocket(port: port)
+            refused.setReceiveTimeout(seconds: 5)
+            _ = refused.send(Array("over the limit\n".utf8))
+            #expect(await onThread { refused.receiveAll() }.count == 0, "a tunnel past max_connections was served")
+            let refusal = try #require(Self.lines(storageAudit, .tunnelRefused).first)
+            #expect(refusal.reason == "max_connections (2) reached" && refusal.muxStream != nil && refusal.decision == "deny")
+            #expect(refusal.source?.hasSuffix("/svc/backup-agent") == true)
+            #expect(await eventually { Self.lines(agentAudit, .upstreamFailed).count == 1 })
+            #expect(backend.connections == 2, "the refused tunnel reached the local app")
+
+            // A slot frees when a tunnel ends; the next tunnel on the same connection is served.
+            let first = served[0]
+            first.shutdownWrite()
+            _ = await onThread { first.receiveAll() }
+            #expect(await eventually { storage.openConnections(on: Sidecar.publicListenerName) == 3 })
+            let next = try BlockingSocket(port: port)
+            next.setReceiveTimeout(seconds: 5)
+            #expect(await onThread { next.echoes("next\n") })
+            #expect(Self.lines(storageAudit, .muxConnected).count == 1)
+            withExtendedLifetime((served, halfOpen)) {}
         }
-        #expect(storage.openConnections(on: Sidecar.publicListenerName) == 4, "two streams, their connection, the half-open one")
-
-        let refused = try BlockingSocket(port: port)
-        refused.setReceiveTimeout(seconds: 5)
-        _ = refused.send(Array("over the limit\n".utf8))
-        #expect(await onThread { refused.receiveAll() }.count == 0, "a tunnel past max_connections was served")
-        let refusal = try #require(Self.lines(storageAudit, .tunnelRefused).first)
-        #expect(refusal.reason == "max_connections (2) reached" && refusal.muxStream != nil && refusal.decision == "deny")
-        #expect(refusal.source?.hasSuffix("/svc/backup-agent") == true)
-        #expect(await eventually { Self.lines(agentAudit, .upstreamFailed).count == 1 })
-        #expect(backend.connections == 2, "the refused tunnel reached the local app")
-
-        // A slot frees when a tunnel ends; the next tunnel on the same connection is served.
-        let first = served[0]
-        first.shutdownWrite()
-        _ = await onThread { first.receiveAll() }
-        #expect(await eventually { storage.openConnections(on: Sidecar.publicListenerName) == 3 })
-        let next = try BlockingSocket(port: port)
-        next.setReceiveTimeout(seconds: 5)
-        #expect(await onThread { next.echoes("next\n") })
-        #expect(Self.lines(storageAudit, .muxConnected).count == 1)
-        withExtendedLifetime((served, halfOpen)) {}
     }
 
     @Test("A mux connection left without tunnels for idle_timeout goes away on both sides")
     func idleMuxConnectionCloses() async throws {
         let mesh = try await MeshFixture.start(backend: .echo, storageConfig: { $0.idleTimeoutNs = 1_000_000_000 })
-        defer { Task { await mesh.stop() } }
-        #expect(await echoRoundTrip(port: mesh.upstreamPort))
-        #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) >= 1)
-        #expect(await eventually { mesh.storage.openConnections(on: Sidecar.publicListenerName) == 0 })
-        var poolEmpty = false
-        for _ in 0..<100 where !poolEmpty {
-            poolEmpty = await mesh.agent.muxPoolCounts().connections == 0
-            try await Task.sleep(for: .milliseconds(20))
+        try await withTeardown({ await mesh.stop() }) {
+            #expect(await echoRoundTrip(port: mesh.upstreamPort))
+            #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) >= 1)
+            #expect(await eventually { mesh.storage.openConnections(on: Sidecar.publicListenerName) == 0 })
+            var poolEmpty = false
+            for _ in 0..<100 where !poolEmpty {
+                poolEmpty = await mesh.agent.muxPoolCounts().connections == 0
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(poolEmpty, "the agent's pooled connection closed too")
+            // The next tunnel simply gets a fresh connection.
+            #expect(await echoRoundTrip(port: mesh.upstreamPort))
         }
-        #expect(poolEmpty, "the agent's pooled connection closed too")
-        // The next tunnel simply gets a fresh connection.
-        #expect(await echoRoundTrip(port: mesh.upstreamPort))
     }
 
     @Test("Toward a sidecar with --mux off: plain mTLS connections, each with its own handshake, no failure")
     func fallsBackToRawSidecar() async throws {
         let pair = try await Self.mixedPair(storage: .off, agent: .prefer)
-        defer { Task { await pair.stop() } }
-        let (port, storageAudit, agentAudit) = (pair.port, pair.storageAudit, pair.agentAudit)
-        for _ in 0..<5 { #expect(await echoRoundTrip(port: port, bytes: 64 << 10)) }
-        #expect(await echoStream(port: port, bytes: 8 << 20).ok)
-        #expect(Self.lines(agentAudit, .muxConnected).isEmpty)
-        #expect(Self.lines(storageAudit, .muxConnected).isEmpty)
-        let decisions = Self.lines(storageAudit, .authorization)
-        #expect(decisions.count == 6 && decisions.allSatisfy { $0.muxStream == nil && $0.handshakeMs != nil })
-        #expect(Self.lines(agentAudit, .upstreamConnected).allSatisfy { $0.muxStream == nil })
+        await withTeardown({ await pair.stop() }) {
+            let (port, storageAudit, agentAudit) = (pair.port, pair.storageAudit, pair.agentAudit)
+            for _ in 0..<5 { #expect(await echoRoundTrip(port: port, bytes: 64 << 10)) }
+            #expect(await echoStream(port: port, bytes: 8 << 20).ok)
+            #expect(Self.lines(agentAudit, .muxConnected).isEmpty)
+            #expect(Self.lines(storageAudit, .muxConnected).isEmpty)
+            let decisions = Self.lines(storageAudit, .authorization)
+            #expect(decisions.count == 6 && decisions.allSatisfy { $0.muxStream == nil && $0.handshakeMs != nil })
+            #expect(Self.lines(agentAudit, .upstreamConnected).allSatisfy { $0.muxStream == nil })
+        }
     }
 
     @Test("A mux-enabled public listener serves plain Connect TLS too (a --mux off sidecar)")
     func acceptsRawPeers() async throws {
         let pair = try await Self.mixedPair(storage: .prefer, agent: .off)
-        defer { Task { await pair.stop() } }
-        let (port, storageAudit, agentAudit) = (pair.port, pair.storageAudit, pair.agentAudit)
-        for _ in 0..<3 { #expect(await echoRoundTrip(port: port, bytes: 64 << 10)) }
-        #expect(Self.lines(storageAudit, .muxConnected).isEmpty && Self.lines(agentAudit, .muxConnected).isEmpty)
-        #expect(Self.lines(storageAudit, .authorization).count == 3)
+        await withTeardown({ await pair.stop() }) {
+            let (port, storageAudit, agentAudit) = (pair.port, pair.storageAudit, pair.agentAudit)
+            for _ in 0..<3 { #expect(await echoRoundTrip(port: port, bytes: 64 << 10)) }
+            #expect(Self.lines(storageAudit, .muxConnected).isEmpty && Self.lines(agentAudit, .muxConnected).isEmpty)
+            #expect(Self.lines(storageAudit, .authorization).count == 3)
+        }
     }
 
     /// The ALPN protocol the public listener selects for a client offering `offer`.
@@ -212,13 +219,16 @@ struct MuxTests {
     @Test("The listener selects only the mux's ALPN id: never h2 (Consul #4466), and nothing with --mux off")
     func alpnSelection() async throws {
         let mesh = try await MeshFixture.start(backend: .echo)
-        defer { Task { await mesh.stop() } }
-        #expect(try await Self.negotiated("h2", port: mesh.publicPort) == "none")
-        #expect(try await Self.negotiated("h2,http/1.1", port: mesh.publicPort) == "none")
-        #expect(try await Self.negotiated("h2,\(MuxProtocol.alpn)", port: mesh.publicPort) == MuxProtocol.alpn)
-        let raw = try await MeshFixture.start(backend: .echo, mux: .off)
-        defer { Task { await raw.stop() } }
-        #expect(try await Self.negotiated(MuxProtocol.alpn, port: raw.publicPort) == "none")
+        try await withTeardown({ await mesh.stop() }) {
+            #expect(try await Self.negotiated("h2", port: mesh.publicPort) == "none")
+            #expect(try await Self.negotiated("h2,http/1.1", port: mesh.publicPort) == "none")
+            #expect(try await Self.negotiated("h2,\(MuxProtocol.alpn)", port: mesh.publicPort) == MuxProtocol.alpn)
+            let raw = try await MeshFixture.start(backend: .echo, mux: .off)
+            try await withTeardown({ await raw.stop() }) {
+                let negotiated = try await Self.negotiated(MuxProtocol.alpn, port: raw.publicPort)
+                #expect(negotiated == "none")
+            }
+        }
     }
 
     @Test("Toward openssl s_server with client auth (no ALPN): the tunnel works raw")
@@ -235,73 +245,77 @@ struct MuxTests {
         defer { server.forceStop() }
         #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
         let (agent, agentAudit) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: port, mux: .prefer)
-        defer { Task { await agent.stop() } }
-        let socket = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
-        socket.setReceiveTimeout(seconds: 10)
-        #expect(socket.send(Array("backup-sidecar\n".utf8)))
-        // s_server -rev answers each line reversed.
-        let reply = await onThread { socket.receiveExactly(15) }
-        #expect(reply.map { String(decoding: $0, as: UTF8.self) } == "racedis-pukcab\n")
-        let connected = Self.lines(agentAudit, .upstreamConnected)
-        #expect(connected.count == 1 && connected[0].muxStream == nil)
-        #expect(Self.lines(agentAudit, .muxConnected).isEmpty)
+        try await withTeardown({ await agent.stop() }) {
+            let socket = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
+            socket.setReceiveTimeout(seconds: 10)
+            #expect(socket.send(Array("backup-sidecar\n".utf8)))
+            // s_server -rev answers each line reversed.
+            let reply = await onThread { socket.receiveExactly(15) }
+            #expect(reply.map { String(decoding: $0, as: UTF8.self) } == "racedis-pukcab\n")
+            let connected = Self.lines(agentAudit, .upstreamConnected)
+            #expect(connected.count == 1 && connected[0].muxStream == nil)
+            #expect(Self.lines(agentAudit, .muxConnected).isEmpty)
+        }
     }
 
     @Test("A stalled reader holds back only its own stream: other tunnels on the same connection keep full speed")
     func slowReaderDoesNotStallOthers() async throws {
         let mesh = try await MeshFixture.start(backend: .echo)
-        defer { Task { await mesh.stop() } }
-        let port = mesh.upstreamPort
-        // The stalled client sends 16 MiB and reads nothing: the echo backs up into its stream.
-        let stalled = try BlockingSocket(port: port)
-        let sender = Task { await onThread { RandomStream.send(stalled, bytes: 16 << 20) } }
-        try await Task.sleep(for: .milliseconds(500))
-        // Connections are spread over the two event loops in turn, so at least one of these
-        // shares the stalled tunnel's pooled connection.
-        let others = await withTaskGroup(of: EchoResult.self) { group in
-            for _ in 0..<3 { group.addTask { await echoStream(port: port, bytes: 32 << 20, receiveTimeout: 20) } }
-            return await group.reduce(into: [EchoResult]()) { $0.append($1) }
+        try await withTeardown({ await mesh.stop() }) {
+            let port = mesh.upstreamPort
+            // The stalled client sends 16 MiB and reads nothing: the echo backs up into its stream.
+            let stalled = try BlockingSocket(port: port)
+            let sender = Task { await onThread { RandomStream.send(stalled, bytes: 16 << 20) } }
+            try await Task.sleep(for: .milliseconds(500))
+            // Connections are spread over the two event loops in turn, so at least one of these
+            // shares the stalled tunnel's pooled connection.
+            let others = await withTaskGroup(of: EchoResult.self) { group in
+                for _ in 0..<3 { group.addTask { await echoStream(port: port, bytes: 32 << 20, receiveTimeout: 20) } }
+                return await group.reduce(into: [EchoResult]()) { $0.append($1) }
+            }
+            #expect(others.allSatisfy { $0.ok }, "\(others.filter { !$0.ok })")
+            #expect(!Self.lines(mesh.storageAudit, .muxConnected).isEmpty)
+            // The stalled tunnel is still open, not cut to make room.
+            #expect(mesh.storage.openInboundConnections >= 1)
+            // Unblock the sender before the socket goes away: closing an fd another thread still
+            // writes to would let it write into whatever reuses the number.
+            shutdown(stalled.fd, Int32(SHUT_RDWR))
+            _ = await sender.value
         }
-        #expect(others.allSatisfy { $0.ok }, "\(others.filter { !$0.ok })")
-        #expect(!Self.lines(mesh.storageAudit, .muxConnected).isEmpty)
-        // The stalled tunnel is still open, not cut to make room.
-        #expect(mesh.storage.openInboundConnections >= 1)
-        // Unblock the sender before the socket goes away: closing an fd another thread still
-        // writes to would let it write into whatever reuses the number.
-        shutdown(stalled.fd, Int32(SHUT_RDWR))
-        _ = await sender.value
     }
 
     @Test("An abort crosses the mux as a reset both ways; a half-close as END_STREAM")
     func resetsAndHalfClose() async throws {
         // Client aborts: the backend sees a reset, never a clean end of stream.
         let mesh = try await MeshFixture.start(backend: .replyAfterEOF(replyBytes: 1 << 20))
-        defer { Task { await mesh.stop() } }
-        let aborting = try BlockingSocket(port: mesh.upstreamPort)
-        #expect(aborting.send(secureRandomBytes(256 << 10)))
-        try await Task.sleep(for: .milliseconds(200))
-        aborting.abort()
-        #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .connectionClosed } })
-        #expect(mesh.backend.sentReplyDigests.isEmpty, "an aborted upload never looks complete to the app")
+        try await withTeardown({ await mesh.stop() }) {
+            let aborting = try BlockingSocket(port: mesh.upstreamPort)
+            #expect(aborting.send(secureRandomBytes(256 << 10)))
+            try await Task.sleep(for: .milliseconds(200))
+            aborting.abort()
+            #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .connectionClosed } })
+            #expect(mesh.backend.sentReplyDigests.isEmpty, "an aborted upload never looks complete to the app")
 
-        // Half-close: the reply still arrives in full after the client's END_STREAM.
-        let socket = try BlockingSocket(port: mesh.upstreamPort)
-        socket.setReceiveTimeout(seconds: 10)
-        #expect(socket.send(secureRandomBytes(64 << 10)))
-        socket.shutdownWrite()
-        let reply = await onThread { socket.receiveAll(keepingPrefix: 64) }
-        #expect(reply.cleanEOF)
-        #expect(reply.count == 64 + (1 << 20))
-        #expect(!Self.lines(mesh.storageAudit, .muxConnected).isEmpty)
+            // Half-close: the reply still arrives in full after the client's END_STREAM.
+            let socket = try BlockingSocket(port: mesh.upstreamPort)
+            socket.setReceiveTimeout(seconds: 10)
+            #expect(socket.send(secureRandomBytes(64 << 10)))
+            socket.shutdownWrite()
+            let reply = await onThread { socket.receiveAll(keepingPrefix: 64) }
+            #expect(reply.cleanEOF)
+            #expect(reply.count == 64 + (1 << 20))
+            #expect(!Self.lines(mesh.storageAudit, .muxConnected).isEmpty)
 
-        // Backend aborts: the client sees a reset, not a clean EOF.
-        let source = try await MeshFixture.start(backend: .abortAfter(bytes: 1 << 20))
-        defer { Task { await source.stop() } }
-        let reader = try BlockingSocket(port: source.upstreamPort)
-        reader.setReceiveTimeout(seconds: 10)
-        #expect(reader.send(Array("go\n".utf8)))
-        let cut = await onThread { reader.receiveAll() }
-        #expect(!cut.cleanEOF, "a transfer cut at the source must not look complete")
-        #expect(cut.count <= 1 << 20)
+            // Backend aborts: the client sees a reset, not a clean EOF.
+            let source = try await MeshFixture.start(backend: .abortAfter(bytes: 1 << 20))
+            try await withTeardown({ await source.stop() }) {
+                let reader = try BlockingSocket(port: source.upstreamPort)
+                reader.setReceiveTimeout(seconds: 10)
+                #expect(reader.send(Array("go\n".utf8)))
+                let cut = await onThread { reader.receiveAll() }
+                #expect(!cut.cleanEOF, "a transfer cut at the source must not look complete")
+                #expect(cut.count <= 1 << 20)
+            }
+        }
     }
 }

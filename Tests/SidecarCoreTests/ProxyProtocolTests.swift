@@ -3,6 +3,7 @@ import NIOCore
 import Testing
 @testable import SidecarCore
 import SidecarTLS
+import TestSupport
 
 @Suite("PROXY protocol v2")
 struct ProxyProtocolTests {
@@ -44,18 +45,19 @@ struct ProxyProtocolTests {
     @Test("A local app behind the sidecar reads the peer address and SPIFFE ID from the header")
     func endToEnd() async throws {
         let mesh = try await MeshFixture.start(backend: .proxyProtocolEcho, storageConfig: { $0.proxyProtocol = true })
-        defer { Task { await mesh.stop() } }
-        let socket = try BlockingSocket(port: mesh.upstreamPort)
-        socket.setReceiveTimeout(seconds: 5)
-        socket.send(Array("payload after the header\n".utf8))
-        socket.shutdownWrite()
-        let reply = await onThread { socket.receiveAll(keepingPrefix: 4096) }
-        let text = String(decoding: reply.prefix, as: UTF8.self)
-        let agentID = "spiffe://\(TestCertificates.trustDomain)/ns/default/dc/dc1/svc/backup-agent"
-        #expect(text.hasPrefix("src=127.0.0.1:"), "\(text)")
-        #expect(text.contains(" spiffe=\(agentID)"), "\(text)")
-        #expect(text.contains(" tls=TLSv1.3"), "\(text)")
-        #expect(text.hasSuffix("\npayload after the header\n"), "\(text)")
+        try await withTeardown({ await mesh.stop() }) {
+            let socket = try BlockingSocket(port: mesh.upstreamPort)
+            socket.setReceiveTimeout(seconds: 5)
+            socket.send(Array("payload after the header\n".utf8))
+            socket.shutdownWrite()
+            let reply = await onThread { socket.receiveAll(keepingPrefix: 4096) }
+            let text = String(decoding: reply.prefix, as: UTF8.self)
+            let agentID = "spiffe://\(TestCertificates.trustDomain)/ns/default/dc/dc1/svc/backup-agent"
+            #expect(text.hasPrefix("src=127.0.0.1:"), "\(text)")
+            #expect(text.contains(" spiffe=\(agentID)"), "\(text)")
+            #expect(text.contains(" tls=TLSv1.3"), "\(text)")
+            #expect(text.hasSuffix("\npayload after the header\n"), "\(text)")
+        }
     }
 
     @Test("proxy_protocol accepts only v2")

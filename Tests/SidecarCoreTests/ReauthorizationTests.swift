@@ -5,6 +5,7 @@ import Logging
 import Testing
 @testable import SidecarCore
 import SidecarTLS
+import TestSupport
 
 /// Intentions that change while connections are open (Consul #5277: Consul's own proxies only
 /// decide at connect time).
@@ -32,76 +33,78 @@ struct ReauthorizationTests {
     @Test("Flipping an intention to deny cuts a running 1 GiB restore mid-transfer, with a reset; other sources are untouched")
     func flipToDenyDuringTransfer() async throws {
         let mesh = try await MeshFixture.start(backend: .source(bytes: 1 << 30), intentions: Self.bothAllowed)
-        defer { Task { await mesh.stop() } }
-        let (restoreAgent, _) = try await MeshFixture.startAgent(certificate: "restore-agent", storagePort: mesh.publicPort)
-        defer { Task { await restoreAgent.stop() } }
-        let restorePort = restoreAgent.boundAddress(of: "upstream:storage")!.port!
+        try await withTeardown({ await mesh.stop() }) {
+            let (restoreAgent, _) = try await MeshFixture.startAgent(certificate: "restore-agent", storagePort: mesh.publicPort)
+            try await withTeardown({ await restoreAgent.stop() }) {
+                let restorePort = restoreAgent.boundAddress(of: "upstream:storage")!.port!
 
-        // The other source: its own 1 GiB restore, read slowly enough to still run afterwards.
-        let other = try BlockingSocket(port: restorePort)
-        other.setReceiveTimeout(seconds: 5)
-        var otherBuffer = [UInt8](repeating: 0, count: 1 << 16)
-        #expect(otherBuffer.withUnsafeMutableBytes { recv(other.fd, $0.baseAddress, $0.count, 0) } > 0)
+                // The other source: its own 1 GiB restore, read slowly enough to still run afterwards.
+                let other = try BlockingSocket(port: restorePort)
+                other.setReceiveTimeout(seconds: 5)
+                var otherBuffer = [UInt8](repeating: 0, count: 1 << 16)
+                #expect(otherBuffer.withUnsafeMutableBytes { recv(other.fd, $0.baseAddress, $0.count, 0) } > 0)
 
-        // The backup-agent's 1 GiB restore; this client only reads, so how the stream ends
-        // (reset or clean EOF) is exactly what recv reports.
-        let backup = try BlockingSocket(port: mesh.upstreamPort)
-        backup.setReceiveTimeout(seconds: 10)
-        // The restore is under way once its first bytes arrived (an event, not a sleep).
-        var first = [UInt8](repeating: 0, count: 1 << 16)
-        let firstCount = first.withUnsafeMutableBytes { recv(backup.fd, $0.baseAddress, $0.count, 0) }
-        #expect(firstCount > 0)
-        let ended = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
-        let reader = Task { await onThread { () -> (count: Int, sha256: String, prefix: [UInt8], cleanEOF: Bool) in
-            let result = backup.receiveAll()
-            ended.withLockedValue { $0 = $0 ?? .now }
-            return result
-        } }
-        #expect(await eventually { mesh.storage.openInboundConnections == 2 })
+                // The backup-agent's 1 GiB restore; this client only reads, so how the stream ends
+                // (reset or clean EOF) is exactly what recv reports.
+                let backup = try BlockingSocket(port: mesh.upstreamPort)
+                backup.setReceiveTimeout(seconds: 10)
+                // The restore is under way once its first bytes arrived (an event, not a sleep).
+                var first = [UInt8](repeating: 0, count: 1 << 16)
+                let firstCount = first.withUnsafeMutableBytes { recv(backup.fd, $0.baseAddress, $0.count, 0) }
+                #expect(firstCount > 0)
+                let ended = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
+                let reader = Task { await onThread { () -> (count: Int, sha256: String, prefix: [UInt8], cleanEOF: Bool) in
+                    let result = backup.receiveAll()
+                    ended.withLockedValue { $0 = $0 ?? .now }
+                    return result
+                } }
+                #expect(await eventually { mesh.storage.openInboundConnections == 2 })
 
-        let denyBackup = [
-            Intention(destinationName: "storage", sourceName: "backup-agent", action: .deny),
-            Intention(destinationName: "storage", sourceName: "restore-agent", action: .allow),
-        ]
-        let flipped = ContinuousClock.now
-        mesh.storage.updateIntentions(IntentionSet(denyBackup, defaultAction: .deny))
-        let cut = await reader.value
-        let elapsed = try #require(ended.withLockedValue { $0 }) - flipped
-        // The cut is the update's doing, not the transfer ending: it comes long before 1 GiB
-        // could have flowed, and with a reset. How soon is a latency (typically milliseconds,
-        // 2 s seen with both cores busy), so the bound is only a wide margin.
-        #expect(elapsed < .seconds(30), "cut after \(elapsed)")
-        let received = max(firstCount, 0) + cut.count
-        #expect(received > 0 && received < 1 << 30, "cut mid-transfer (\(received) bytes)")
-        #expect(!cut.cleanEOF, "a revoked transfer must end in a reset, never a clean EOF")
+                let denyBackup = [
+                    Intention(destinationName: "storage", sourceName: "backup-agent", action: .deny),
+                    Intention(destinationName: "storage", sourceName: "restore-agent", action: .allow),
+                ]
+                let flipped = ContinuousClock.now
+                mesh.storage.updateIntentions(IntentionSet(denyBackup, defaultAction: .deny))
+                let cut = await reader.value
+                let elapsed = try #require(ended.withLockedValue { $0 }) - flipped
+                // The cut is the update's doing, not the transfer ending: it comes long before 1 GiB
+                // could have flowed, and with a reset. How soon is a latency (typically milliseconds,
+                // 2 s seen with both cores busy), so the bound is only a wide margin.
+                #expect(elapsed < .seconds(30), "cut after \(elapsed)")
+                let received = max(firstCount, 0) + cut.count
+                #expect(received > 0 && received < 1 << 30, "cut mid-transfer (\(received) bytes)")
+                #expect(!cut.cleanEOF, "a revoked transfer must end in a reset, never a clean EOF")
 
-        let revoked = mesh.storageAudit.events.filter { $0.kind == .connectionRevoked }
-        #expect(revoked.count == 1)
-        #expect(revoked.first?.source?.hasSuffix("/svc/backup-agent") == true)
-        #expect(revoked.first?.reason?.contains("default/default/backup-agent -> default/storage") == true)
-        #expect(revoked.first?.reason?.contains("precedence 9") == true)
+                let revoked = mesh.storageAudit.events.filter { $0.kind == .connectionRevoked }
+                #expect(revoked.count == 1)
+                #expect(revoked.first?.source?.hasSuffix("/svc/backup-agent") == true)
+                #expect(revoked.first?.reason?.contains("default/default/backup-agent -> default/storage") == true)
+                #expect(revoked.first?.reason?.contains("precedence 9") == true)
 
-        // The restore-agent's stream is untouched and still flowing.
-        #expect(mesh.storage.openInboundConnections == 1)
-        let more = await onThread { () -> Int in
-            var total = 0
-            var buffer = [UInt8](repeating: 0, count: 1 << 16)
-            while total < 4 << 20 {
-                let count = buffer.withUnsafeMutableBytes { recv(other.fd, $0.baseAddress, $0.count, 0) }
-                if count <= 0 { break }
-                total += count
+                // The restore-agent's stream is untouched and still flowing.
+                #expect(mesh.storage.openInboundConnections == 1)
+                let more = await onThread { () -> Int in
+                    var total = 0
+                    var buffer = [UInt8](repeating: 0, count: 1 << 16)
+                    while total < 4 << 20 {
+                        let count = buffer.withUnsafeMutableBytes { recv(other.fd, $0.baseAddress, $0.count, 0) }
+                        if count <= 0 { break }
+                        total += count
+                    }
+                    return total
+                }
+                #expect(more >= 4 << 20, "the other source's transfer keeps flowing")
+
+                // New connections follow the new intentions too.
+                let again = try BlockingSocket(port: mesh.upstreamPort)
+                again.setReceiveTimeout(seconds: 5)
+                #expect(await onThread { again.receiveAll() }.count == 0)
+                #expect(await eventually {
+                    mesh.storageAudit.events.contains { $0.kind == .authorization && $0.decision == "deny" }
+                })
             }
-            return total
         }
-        #expect(more >= 4 << 20, "the other source's transfer keeps flowing")
-
-        // New connections follow the new intentions too.
-        let again = try BlockingSocket(port: mesh.upstreamPort)
-        again.setReceiveTimeout(seconds: 5)
-        #expect(await onThread { again.receiveAll() }.count == 0)
-        #expect(await eventually {
-            mesh.storageAudit.events.contains { $0.kind == .authorization && $0.decision == "deny" }
-        })
     }
 
     @Test("max_connection_lifetime cuts connections older than the limit, with an audit line")
@@ -109,17 +112,18 @@ struct ReauthorizationTests {
         // 2 s leaves a loaded machine room for the first round trip; the 30 s receive timeout
         // only guards against a hang (a connection that is never cut fails the test).
         let mesh = try await MeshFixture.start(backend: .echo, maxConnectionLifetimeNs: 2_000_000_000)
-        defer { Task { await mesh.stop() } }
-        let socket = try BlockingSocket(port: mesh.upstreamPort)
-        socket.setReceiveTimeout(seconds: 30)
-        #expect(await onThread { Self.ping(socket, "still young\n") })
-        let started = ContinuousClock.now
-        let end = await onThread { socket.receiveAll() }
-        #expect(!end.cleanEOF)
-        #expect(ContinuousClock.now - started < .seconds(25), "cut by the lifetime limit, not by the test's guard")
-        #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .connectionRevoked } })
-        let revoked = try #require(mesh.storageAudit.events.first { $0.kind == .connectionRevoked })
-        #expect(revoked.reason?.contains("max_connection_lifetime") == true)
+        try await withTeardown({ await mesh.stop() }) {
+            let socket = try BlockingSocket(port: mesh.upstreamPort)
+            socket.setReceiveTimeout(seconds: 30)
+            #expect(await onThread { Self.ping(socket, "still young\n") })
+            let started = ContinuousClock.now
+            let end = await onThread { socket.receiveAll() }
+            #expect(!end.cleanEOF)
+            #expect(ContinuousClock.now - started < .seconds(25), "cut by the lifetime limit, not by the test's guard")
+            #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .connectionRevoked } })
+            let revoked = try #require(mesh.storageAudit.events.first { $0.kind == .connectionRevoked })
+            #expect(revoked.reason?.contains("max_connection_lifetime") == true)
+        }
     }
 
     @Test("The intentions file is re-read on change; a broken file keeps the last good intentions")

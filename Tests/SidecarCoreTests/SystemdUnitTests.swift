@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Testing
 @testable import SidecarCore
+import TestSupport
 
 /// deploy/systemd's units, checked by systemd's own tools and then run as systemd would run
 /// them (no systemd as PID 1 here): ExecStart expanded by systemd's rules for what the units
@@ -151,37 +152,39 @@ struct SystemdUnitTests {
     func consulModeUnit() async throws {
         let token = "unit-credential-token"
         let mesh = try await ConsulMesh.start(aclToken: token)
-        defer { Task { await mesh.stop() } }
-        let backend = try await TestBackend(.echo, group: testGroup)
-        defer { Task { await backend.stop() } }
-        let sidecarPort = freeLocalPort()
-        try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: sidecarPort)
-        let credentials = FileManager.default.temporaryDirectory.appendingPathComponent("credentials-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: credentials, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: credentials) }
-        try (token + "\n").write(toFile: "\(credentials)/consul-token", atomically: true, encoding: .utf8)
-        let text = try Self.unitText("backup-sidecar-consul@.service")
-            .replacingOccurrences(of: "/var/log/backup-sidecar/", with: "\(CommandLineTests.scratch)/")
-        #expect(text.contains("LoadCredential=consul-token:/etc/backup-sidecar/%i.token"))
+        try await withTeardown({ await mesh.stop() }) {
+            let backend = try await TestBackend(.echo, group: testGroup)
+            try await withTeardown({ await backend.stop() }) {
+                let sidecarPort = freeLocalPort()
+                try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: sidecarPort)
+                let credentials = FileManager.default.temporaryDirectory.appendingPathComponent("credentials-\(UUID().uuidString)").path
+                try FileManager.default.createDirectory(atPath: credentials, withIntermediateDirectories: true)
+                defer { try? FileManager.default.removeItem(atPath: credentials) }
+                try (token + "\n").write(toFile: "\(credentials)/consul-token", atomically: true, encoding: .utf8)
+                let text = try Self.unitText("backup-sidecar-consul@.service")
+                    .replacingOccurrences(of: "/var/log/backup-sidecar/", with: "\(CommandLineTests.scratch)/")
+                #expect(text.contains("LoadCredential=consul-token:/etc/backup-sidecar/%i.token"))
 
-        let notify = try NotifySocketListener(abstract: false)
-        let (arguments, environment) = Self.commandLine(unit: text, instance: "storage",
-                                                         environmentFile: ["CONSUL_HTTP_ADDR": "127.0.0.1:\(mesh.port)"],
-                                                         extra: ["NOTIFY_SOCKET": notify.name, "CREDENTIALS_DIRECTORY": credentials])
-        #expect(!arguments.contains(token))
-        let process = try SidecarProcess(Array(arguments.dropFirst()), logName: "unit-consul.log", environment: environment)
-        let ready = await notify.receive()
-        #expect(ready?.contains("READY=1") == true, "\(ready ?? "nothing")")
-        #expect((try? BlockingSocket(port: sidecarPort)) != nil)
-        let (status, log) = await process.terminate()
-        #expect(status == 0 && !log.contains(token), "\(log)")
+                let notify = try NotifySocketListener(abstract: false)
+                let (arguments, environment) = Self.commandLine(unit: text, instance: "storage",
+                                                                 environmentFile: ["CONSUL_HTTP_ADDR": "127.0.0.1:\(mesh.port)"],
+                                                                 extra: ["NOTIFY_SOCKET": notify.name, "CREDENTIALS_DIRECTORY": credentials])
+                #expect(!arguments.contains(token))
+                let process = try SidecarProcess(Array(arguments.dropFirst()), logName: "unit-consul.log", environment: environment)
+                let ready = await notify.receive()
+                #expect(ready?.contains("READY=1") == true, "\(ready ?? "nothing")")
+                #expect((try? BlockingSocket(port: sidecarPort)) != nil)
+                let (status, log) = await process.terminate()
+                #expect(status == 0 && !log.contains(token), "\(log)")
 
-        // A configuration error (here: no such drain timeout) is exit 2, which the unit does not restart.
-        let (badArguments, badEnvironment) = Self.commandLine(unit: text, instance: "storage",
-                                                               environmentFile: ["DRAIN_TIMEOUT": "soon"],
-                                                               extra: ["CREDENTIALS_DIRECTORY": credentials])
-        let bad = try SidecarProcess(Array(badArguments.dropFirst()), logName: "unit-consul-bad.log", environment: badEnvironment)
-        let badExit = await bad.exit()
-        #expect(badExit.status == 2, "\(badExit.log)")
+                // A configuration error (here: no such drain timeout) is exit 2, which the unit does not restart.
+                let (badArguments, badEnvironment) = Self.commandLine(unit: text, instance: "storage",
+                                                                       environmentFile: ["DRAIN_TIMEOUT": "soon"],
+                                                                       extra: ["CREDENTIALS_DIRECTORY": credentials])
+                let bad = try SidecarProcess(Array(badArguments.dropFirst()), logName: "unit-consul-bad.log", environment: badEnvironment)
+                let badExit = await bad.exit()
+                #expect(badExit.status == 2, "\(badExit.log)")
+            }
+        }
     }
 }

@@ -7,6 +7,7 @@ import NIOCore
 import DevAgent
 @testable import SidecarCore
 import SidecarTLS
+import TestSupport
 
 /// A TCP socket bound (not listening) to a port the kernel picked on 127.0.0.1: connections to
 /// it are refused, and no one else can take the port while the caller keeps `fd` open.
@@ -191,6 +192,7 @@ struct ConsulPair {
     let agent: Sidecar
     let agentProxy: ConsulProxy
     let agentAudit: MemoryAuditSink
+    let storageAudit: MemoryAuditSink
 
     /// - Parameter allow: write an intention letting backup-agent reach storage.
     static func start(_ mesh: ConsulMesh, backend behaviour: TestBackend.Behaviour = .echo, allow: Bool = true,
@@ -201,11 +203,11 @@ struct ConsulPair {
         try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
                                  upstreams: [("storage", upstreamPort)])
         if allow { try mesh.allow("backup-agent", to: "storage") }
-        let agentAudit = MemoryAuditSink()
-        let (storageProxy, storage) = try await mesh.sidecar(for: "storage", logger: storageLogger)
+        let agentAudit = MemoryAuditSink(), storageAudit = MemoryAuditSink()
+        let (storageProxy, storage) = try await mesh.sidecar(for: "storage", audit: storageAudit, logger: storageLogger)
         let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", audit: agentAudit)
         return ConsulPair(mesh: mesh, backend: backend, upstreamPort: upstreamPort, storage: storage, storageProxy: storageProxy,
-                          agent: agent, agentProxy: agentProxy, agentAudit: agentAudit)
+                          agent: agent, agentProxy: agentProxy, agentAudit: agentAudit, storageAudit: storageAudit)
     }
 
     /// Both sidecars ready for traffic (intentions and the storage instance arrived).
@@ -219,6 +221,17 @@ struct ConsulPair {
             guard let reason = event.reason, let range = reason.range(of: "serial ") else { return nil }
             return reason[range.upperBound...].split(separator: " ").first.map(String.init)
         }
+    }
+
+    /// Both sides' audit lines other than the routine ones of a tunnel that worked, one per
+    /// line, to show why something failed.
+    var unusualEvents: String {
+        let routine: Set<AuditEvent.Kind> = [.upstreamConnected, .authorization, .connectionClosed, .muxConnected]
+        return [("agent", agentAudit), ("storage", storageAudit)].flatMap { side, audit in
+            audit.events.filter { !routine.contains($0.kind) }.map {
+                "\(side) \($0.time.timeIntervalSince1970) \($0.kind) \($0.connectionID ?? "-") \($0.reason ?? "")"
+            }
+        }.joined(separator: "\n")
     }
 
     /// `serialsSeen` with repeats collapsed: the order in which renewals showed up.

@@ -104,13 +104,3 @@ let quietLogger: Logger = {
     return logger
 }()
 
-/// Polls until `condition` holds or `timeout` passes. It returns as soon as the condition
-/// holds, so the default is a margin for a machine with both cores busy, not a wait.
-func eventually(timeout: Double = 30, _ condition: () -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
-    while ContinuousClock.now < deadline {
-        if condition() { return true }
-        try? await Task.sleep(for: .milliseconds(20))
-    }
-    return condition()
-}

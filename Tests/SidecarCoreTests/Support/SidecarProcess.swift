@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TestSupport
 
 /// The real `backup-sidecar` binary running in the background, its stderr in a file under
 /// CommandLineTests.scratch. Killed on deinit if a test ends early.

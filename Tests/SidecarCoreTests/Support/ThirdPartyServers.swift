@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TestSupport
 
 /// A third-party program running in the background for a test (nginx, rclone), its output in
 /// a log file. Spawned and reaped with posix_spawn/waitpid directly, with only stdin, stdout
