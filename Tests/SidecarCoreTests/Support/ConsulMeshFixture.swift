@@ -234,6 +234,13 @@ struct ConsulPair {
         }.joined(separator: "\n")
     }
 
+    /// Refusals for a leaf that expired before its renewal arrived: the agent sidecar's own
+    /// (it will not present it) and the storage sidecar's (it will not serve with it).
+    var expiredLeafRefusals: Int {
+        agentAudit.events.filter { $0.kind == .upstreamFailed && $0.reason?.contains("expired and was not renewed") == true }.count
+            + storageAudit.events.filter { $0.kind == .handshakeRejected && $0.reason?.contains("refusing to present it") == true }.count
+    }
+
     /// `serialsSeen` with repeats collapsed: the order in which renewals showed up.
     var serialChanges: [String] {
         serialsSeen.reduce(into: []) { changes, serial in if changes.last != serial { changes.append(serial) } }
