@@ -29,6 +29,9 @@ struct InboundRoute: Sendable {
     var draining = false
     /// Tunnels (plain connections and mux streams) the listener takes at once.
     var maxConnections: Int
+    /// The TLS handshake's time limits, and how many handshakes may be pending at once.
+    var handshake: TLSHandlerConfiguration
+    var handshakeBudget: Int
 }
 
 /// Sits after the TLS handler on an accepted public-listener connection. Waits for a verified
@@ -47,15 +50,14 @@ final class InboundConnectionHandler: StagingHandler {
     }
 
     private var state = State.handshaking
-    private let listenerName: String
-    private let route: () -> InboundRoute
-    private let authorize: (SPIFFEID, String, Bool) -> IntentionDecision
-    private let authorizeRequest: (HTTPRequestFacts, SPIFFEID, String) -> IntentionDecision
-    private let audit: any AuditSink
-    private let logger: Logger
-    private let registry: ConnectionRegistry
+    /// The listener's settings, intentions and tables.
+    private let shared: InboundListenerContext
+    private var listenerName: String { shared.listenerName }
+    private var audit: any AuditSink { shared.audit }
+    private var logger: Logger { shared.logger }
+    private var registry: ConnectionRegistry { shared.registry }
     /// The listener's tunnels: a mux connection's streams are admitted here.
-    private let tracker: ConnectionTracker
+    private var tracker: ConnectionTracker { shared.tracker }
     private var peerAddress = "unknown"
     /// Set when this handler serves one stream of a mux connection.
     private let muxStream: Int32?
@@ -65,31 +67,23 @@ final class InboundConnectionHandler: StagingHandler {
     let connectionID: String
     private let muxConnectionID: String?
 
-    init(listenerName: String, connectionID: String, route: @escaping () -> InboundRoute,
-         authorize: @escaping (SPIFFEID, String, Bool) -> IntentionDecision,
-         authorizeRequest: @escaping (HTTPRequestFacts, SPIFFEID, String) -> IntentionDecision,
-         registry: ConnectionRegistry, tracker: ConnectionTracker, audit: any AuditSink, logger: Logger,
+    init(shared: InboundListenerContext, connectionID: String,
          muxStream: Int32? = nil, carrier: InboundMuxCarrier? = nil, muxConnectionID: String? = nil) {
-        self.listenerName = listenerName
+        self.shared = shared
         self.connectionID = connectionID
         self.muxConnectionID = muxConnectionID
-        self.route = route
-        self.authorize = authorize
-        self.authorizeRequest = authorizeRequest
-        self.registry = registry
-        self.tracker = tracker
-        self.audit = audit
-        self.logger = logger
         self.muxStream = muxStream
         self.carrier = carrier
     }
 
     /// The same decisions for one stream of a mux connection.
     private func forStream(_ streamID: Int32, carrier: InboundMuxCarrier) -> InboundConnectionHandler {
-        InboundConnectionHandler(listenerName: listenerName, connectionID: ConnectionID.next(), route: route,
-                                 authorize: authorize, authorizeRequest: authorizeRequest, registry: registry,
-                                 tracker: tracker, audit: audit, logger: logger, muxStream: streamID, carrier: carrier,
+        InboundConnectionHandler(shared: shared, connectionID: ConnectionID.next(), muxStream: streamID, carrier: carrier,
                                  muxConnectionID: connectionID)
+    }
+
+    private func authorize(_ source: SPIFFEID, _ destination: String, _ l7: Bool) -> IntentionDecision {
+        shared.authorizer.decide(source: source, destination: destination, l7: l7)
     }
 
     /// The event with this tunnel's ids (and stream number) on it.
@@ -118,7 +112,7 @@ final class InboundConnectionHandler: StagingHandler {
             context.fireUserInboundEventTriggered(event)
             return
         }
-        let route = self.route()
+        let route = shared.route
         if muxStream == nil, let mux = route.mux, peer.applicationProtocol == MuxProtocol.alpn {
             // From now on the connection is transport; its streams are the tunnels.
             tracker.classify(context.channel, as: .muxCarrier)
@@ -183,7 +177,7 @@ final class InboundConnectionHandler: StagingHandler {
                 stream.close(promise: nil)
                 return
             }
-            let current = self.route(), destination = current.destinationService
+            let current = shared.route, destination = current.destinationService
             func refuse(_ status: Int) {
                 stream.triggerUserOutboundEvent(MuxStreamResponse(status: status), promise: nil)
                 stream.close(promise: nil)
@@ -327,11 +321,11 @@ final class InboundConnectionHandler: StagingHandler {
 
     /// What an L7 request filter (HTTP/1.1 or HTTP/2) needs to decide and audit requests.
     private func requestContext(peer: TLSPeer, route: InboundRoute) -> HTTPRequestFilter.Context {
-        let authorizeRequest = self.authorizeRequest
+        let authorizer = shared.authorizer
         return HTTPRequestFilter.Context(
             listenerName: listenerName, connectionID: connectionID, muxConnectionID: muxConnectionID,
             muxStream: muxStream.map(Int.init), peer: peer, peerAddress: peerAddress, destination: route.destinationService,
-            decide: { authorizeRequest($0, peer.identity, route.destinationService) }, audit: audit, logger: logger)
+            decide: { authorizer.decide(request: $0, source: peer.identity, destination: route.destinationService) }, audit: audit, logger: logger)
     }
 
     /// Registers a connection about to be joined for re-authorization (as raw or filtered,

@@ -1,0 +1,72 @@
+import Foundation
+import Glibc
+import Logging
+import NIOCore
+import NIOPosix
+
+/// Binding a listener's socket: the options every listener shares, TCP and unix sockets.
+enum ListenerSocket {
+    static func bootstrap(group: EventLoopGroup) -> ServerBootstrap {
+        ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 1024)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            .childChannelOption(ChannelOptions.recvAllocator, value: ProxyChannelOptions.receiveAllocator)
+            .childChannelOption(ChannelOptions.writeBufferWaterMark, value: ProxyChannelOptions.writeWatermark)
+    }
+
+    /// Binds host:port; the error names the listener and the address.
+    static func bind(_ bootstrap: ServerBootstrap, host: String, port: Int, what: String, logger: Logger) async throws -> Channel {
+        do {
+            let channel = try await bootstrap.bind(host: host, port: port).get()
+            logger.info("listening", metadata: ["listener": "\(what)", "address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
+            return channel
+        } catch {
+            throw SidecarError.bindFailed(listener: what, address: "\(host):\(port)", reason: "\(error)")
+        }
+    }
+
+    /// Binds a unix socket: a stale socket file left by a crashed sidecar is replaced, but a
+    /// live one (someone answers) or a file that is not a socket is an error. The file gets
+    /// `mode` (0600 when unset: owner only) and is removed when the listener closes.
+    static func bindUnixSocket(_ bootstrap: ServerBootstrap, path: String, mode: UInt16?, what: String,
+                               group: EventLoopGroup, logger: Logger) async throws -> Channel {
+        var info = stat()
+        if lstat(path, &info) == 0 {
+            guard info.st_mode & S_IFMT == S_IFSOCK else {
+                throw SidecarError.socketPathInUse("\(path) exists and is not a socket; refusing to replace it")
+            }
+            if (try? await ClientBootstrap(group: group).connect(unixDomainSocketPath: path).get())?.close(promise: nil) != nil {
+                throw SidecarError.socketPathInUse("\(path) is in use by another process")
+            }
+            unlink(path)
+        }
+        // Bind inside a private directory, set the mode, then rename into place: the socket
+        // is never reachable at `path` with anything but its final permissions.
+        let parent = (path as NSString).deletingLastPathComponent
+        var template = Array("\(parent)/.backup-sidecar-XXXXXX".utf8CString)
+        guard let privateDirectory = mkdtemp(&template).map({ String(cString: $0) }) else {
+            throw SidecarError.bindFailed(listener: what, address: path, reason: "cannot create a private directory in \(parent)")
+        }
+        defer { rmdir(privateDirectory) }
+        let staging = "\(privateDirectory)/socket"
+        let channel: Channel
+        do {
+            channel = try await bootstrap.bind(unixDomainSocketPath: staging).get()
+        } catch {
+            throw SidecarError.bindFailed(listener: what, address: path, reason: "\(error)")
+        }
+        chmod(staging, mode_t(mode ?? 0o600))
+        guard rename(staging, path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(staging)
+            try? await channel.close()
+            throw SidecarError.bindFailed(listener: what, address: path, reason: reason)
+        }
+        channel.closeFuture.whenComplete { _ in unlink(path) }
+        logger.info("listening", metadata: ["listener": "\(what)", "address": "unix:\(path)",
+                                            "mode": "\(String(mode ?? 0o600, radix: 8))"])
+        return channel
+    }
+}

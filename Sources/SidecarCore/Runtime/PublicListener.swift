@@ -1,0 +1,131 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import SidecarMux
+import SidecarTLS
+
+/// What every connection and mux stream on the public listener shares: the settings in force
+/// (one snapshot, replaced whole when the registration changes), the intentions, the TLS
+/// contexts and the tables tunnels are tracked in. Handlers hold this one object.
+///
+/// It outlives any one socket: when the public address moves, connections accepted on the old
+/// socket run on with the same context.
+final class InboundListenerContext: Sendable {
+    let listenerName = Sidecar.publicListenerName
+    private let current: NIOLockedValueBox<InboundRoute>
+    let contexts: TLSContextStore
+    let authorizer: Authorizer
+    let registry: ConnectionRegistry
+    let tracker: ConnectionTracker
+    let audit: any AuditSink
+    let logger: Logger
+    let evictions: HandshakeEvictionReport
+
+    init(route: InboundRoute, contexts: TLSContextStore, authorizer: Authorizer, registry: ConnectionRegistry,
+         tracker: ConnectionTracker, audit: any AuditSink, logger: Logger, evictions: HandshakeEvictionReport) {
+        current = NIOLockedValueBox(route)
+        self.contexts = contexts
+        self.authorizer = authorizer
+        self.registry = registry
+        self.tracker = tracker
+        self.audit = audit
+        self.logger = logger
+        self.evictions = evictions
+        applyLimits(route)
+    }
+
+    /// The settings in force: read once per connection (when its handshake completes) and
+    /// once per mux stream, so a retarget applies to the next tunnel, whichever connection it
+    /// arrives on.
+    var route: InboundRoute { current.withLockedValue { $0 } }
+
+    /// A new snapshot, in force for the next connection or stream. A drain, once begun, stays.
+    func replace(with route: InboundRoute) {
+        current.withLockedValue { value in
+            let draining = value.draining
+            value = route
+            value.draining = route.draining || draining
+        }
+        applyLimits(route)
+    }
+
+    /// From now on every new mux connection is told GOAWAY at once and refuses its streams.
+    func beginDraining() { current.withLockedValue { $0.draining = true } }
+
+    /// Limits apply to the bound listener at once (a lowered or raised max_connections
+    /// re-decides whether it accepts).
+    private func applyLimits(_ route: InboundRoute) {
+        tracker.configure(listenerName, maxConnections: route.maxConnections, handshakeBudget: route.handshakeBudget)
+    }
+}
+
+extension InboundRoute {
+    /// What a registration says about inbound connections.
+    init(_ definition: ProxyDefinition, mux: MuxMode) {
+        let config = definition.config
+        self.init(destinationService: definition.destinationServiceName,
+                  localHost: definition.localServiceAddress, localPort: definition.localServicePort ?? 0,
+                  localSocketPath: definition.localServiceSocketPath,
+                  localConnectTimeout: .milliseconds(Int64(config.localConnectTimeoutMs)),
+                  maxConnectionLifetime: config.maxConnectionLifetimeNs.map { .nanoseconds($0) },
+                  idleTimeout: config.idleTimeoutNs.map { .nanoseconds($0) },
+                  proxyProtocol: config.proxyProtocol,
+                  // http, http2 and grpc services get per-request L7 enforcement; tcp services
+                  // are decided per connection.
+                  l7Protocol: L7Protocol(configProtocol: config.protocol),
+                  requestOptions: HTTPRequestOptions(paths: config.pathNormalization, underscores: config.underscoreHeaders),
+                  // An inbound mux connection left without tunnels closes after idle_timeout too.
+                  mux: mux == .prefer ? MuxSettings(maxConcurrentStreams: config.muxMaxStreams,
+                                                    idleTimeout: config.idleTimeoutNs.map { .nanoseconds($0) },
+                                                    keepaliveInterval: .nanoseconds(config.muxKeepaliveNs)) : nil,
+                  maxConnections: config.maxConnections,
+                  handshake: TLSHandlerConfiguration(handshakeTimeout: .milliseconds(Int64(config.handshakeTimeoutMs)),
+                                                     firstByteTimeout: .milliseconds(Int64(config.firstByteTimeoutMs))),
+                  handshakeBudget: config.maxPendingHandshakes)
+    }
+}
+
+/// The public listener's socket, bound for one address.
+final class PublicListener: Sendable {
+    /// "host:port" as the registration gives it.
+    let address: String
+    let channel: Channel
+
+    private init(address: String, channel: Channel) {
+        self.address = address
+        self.channel = channel
+    }
+
+    static func bind(host: String, port: Int, shared: InboundListenerContext, group: EventLoopGroup) async throws -> PublicListener {
+        let bootstrap = ListenerSocket.bootstrap(group: group).childChannelInitializer { channel in
+            let route = shared.route
+            let connectionID = ConnectionID.next()
+            if let evicted = shared.tracker.trackHandshaking(channel, listener: shared.listenerName, connectionID: connectionID) {
+                evicted.close(promise: nil)
+                shared.evictions.evicted(listener: shared.listenerName, budget: route.handshakeBudget, on: channel.eventLoop)
+            }
+            let server = shared.contexts.server
+            // Never present an expired leaf: refuse the handshake instead (and say why).
+            if let expired = server.credentials.expiredLeafReason() {
+                var event = AuditEvent(kind: .handshakeRejected, listener: shared.listenerName,
+                                       peerAddress: channel.remoteAddress.auditDescription, decision: "deny",
+                                       reason: expired + "; refusing to present it")
+                event.connectionID = connectionID
+                shared.audit.record(event)
+                shared.logger.error("leaf certificate expired and not renewed: refusing handshakes")
+                return channel.close()
+            }
+            return channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandlers(
+                    HandshakeProgressHandler(tracker: shared.tracker),
+                    TLSHandler(context: server, configuration: route.handshake),
+                    InboundConnectionHandler(shared: shared, connectionID: connectionID)
+                )
+            }
+        }
+        let channel = try await ListenerSocket.bind(bootstrap, host: host, port: port, what: shared.listenerName, logger: shared.logger)
+        return PublicListener(address: "\(host):\(port)", channel: channel)
+    }
+
+    func close() async { try? await channel.close() }
+}

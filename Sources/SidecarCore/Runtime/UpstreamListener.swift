@@ -1,0 +1,66 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// One upstream's local listener: its socket, the upstream it was bound for, and the settings
+/// its connections start with (one snapshot, replaced whole when the registration's timeouts
+/// change; each connection reads it once, when accepted).
+final class UpstreamListener: Sendable {
+    let upstream: Upstream
+    let channel: Channel
+    private let current: NIOLockedValueBox<UpstreamRoute>
+
+    private init(upstream: Upstream, channel: Channel, current: NIOLockedValueBox<UpstreamRoute>) {
+        self.upstream = upstream
+        self.channel = channel
+        self.current = current
+    }
+
+    /// The settings the next connection starts with.
+    var route: UpstreamRoute { current.withLockedValue { $0 } }
+
+    /// Timeouts and limits as the registration says now, for connections accepted from now on.
+    func update(_ config: ProxyConfig, tracker: ConnectionTracker) {
+        current.withLockedValue { $0.apply(config) }
+        tracker.configure(upstream.listenerName, maxConnections: config.maxConnections)
+    }
+
+    static func bind(_ upstream: Upstream, route: UpstreamRoute, config: ProxyConfig, tracker: ConnectionTracker,
+                     audit: any AuditSink, logger: Logger, group: EventLoopGroup) async throws -> UpstreamListener {
+        var route = route
+        route.apply(config)
+        let current = NIOLockedValueBox(route)
+        let listenerName = upstream.listenerName
+        tracker.configure(listenerName, maxConnections: config.maxConnections)
+        let bootstrap = ListenerSocket.bootstrap(group: group).childChannelInitializer { channel in
+            let route = current.withLockedValue { $0 }
+            let connectionID = ConnectionID.next()
+            tracker.trackTunnel(channel, listener: listenerName, connectionID: connectionID)
+            return channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandlers(
+                    OrderedHalfCloseHandler(),
+                    UpstreamConnectionHandler(route: route, connectionID: connectionID, tracker: tracker,
+                                              audit: audit, logger: logger))
+            }
+        }
+        let channel: Channel
+        if let socketPath = upstream.localBindSocketPath {
+            channel = try await ListenerSocket.bindUnixSocket(bootstrap, path: socketPath, mode: upstream.localBindSocketMode,
+                                                              what: listenerName, group: group, logger: logger)
+        } else {
+            channel = try await ListenerSocket.bind(bootstrap, host: upstream.localBindAddress, port: upstream.localBindPort,
+                                                    what: listenerName, logger: logger)
+        }
+        return UpstreamListener(upstream: upstream, channel: channel, current: current)
+    }
+
+    func close() async { try? await channel.close() }
+}
+
+extension UpstreamRoute {
+    /// The registration's timeouts.
+    mutating func apply(_ config: ProxyConfig) {
+        handshakeTimeout = .milliseconds(Int64(config.handshakeTimeoutMs))
+        idleTimeout = config.idleTimeoutNs.map { .nanoseconds($0) }
+    }
+}
