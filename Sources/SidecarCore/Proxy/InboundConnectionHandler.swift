@@ -55,9 +55,8 @@ final class InboundConnectionHandler: StagingHandler {
     private var listenerName: String { shared.listenerName }
     private var audit: any AuditSink { shared.audit }
     private var logger: Logger { shared.logger }
-    private var registry: ConnectionRegistry { shared.registry }
     /// The listener's tunnels: a mux connection's streams are admitted here.
-    private var tracker: ConnectionTracker { shared.tracker }
+    private var table: ConnectionTable { shared.table }
     private var peerAddress = "unknown"
     /// Set when this handler serves one stream of a mux connection.
     private let muxStream: Int32?
@@ -115,7 +114,7 @@ final class InboundConnectionHandler: StagingHandler {
         let route = shared.route
         if muxStream == nil, let mux = route.mux, peer.applicationProtocol == MuxProtocol.alpn {
             // From now on the connection is transport; its streams are the tunnels.
-            tracker.classify(context.channel, as: .muxCarrier)
+            table.classify(context.channel, as: .muxCarrier)
             acceptMux(context: context, peer: peer, route: route, settings: mux)
             return
         }
@@ -136,7 +135,7 @@ final class InboundConnectionHandler: StagingHandler {
             carrier?.streamRefused()
             return
         }
-        if muxStream == nil { tracker.classify(context.channel, as: .tunnel) }
+        if muxStream == nil { table.classify(context.channel, as: .tunnel) }
         state = .connectingLocal(peer)
         holding = true
         connectLocal(context: context, route: route, peer: peer)
@@ -198,7 +197,7 @@ final class InboundConnectionHandler: StagingHandler {
             }
             // A stream is a tunnel like a connection, and counts toward max_connections; with
             // no backlog to wait in, one past the limit is refused (503) before anything else.
-            guard tracker.admit(stream, listener: listenerName, connectionID: streamHandler.connectionID) else {
+            guard table.admit(stream, listener: listenerName, connectionID: streamHandler.connectionID) else {
                 let event = AuditEvent(kind: .tunnelRefused, listener: listenerName, peerAddress: peerAddress,
                                        source: peer.identity.uri, sourceSerial: peer.certificateSerial,
                                        destination: destination, decision: "deny",
@@ -255,15 +254,19 @@ final class InboundConnectionHandler: StagingHandler {
                     // Registered for re-authorization and checked against the intentions in
                     // force now, before a single staged byte reaches the app: a revocation
                     // that landed while we dialed is not missed.
-                    let entry = register(mesh: meshChannel, local: local, peer: peer, route: route)
+                    register(mesh: meshChannel, local: local, peer: peer, route: route)
                     let current = authorize(peer.identity, route.destinationService, route.l7)
                     guard current.allowed else {
                         // Answered before the abort, so a stream's peer can learn why.
                         state = .closed
                         answer(context, status: 403)
                         carrier?.streamRefused()
-                        Revocation.revoke(entry, registry: registry, listener: listenerName,
-                                          reason: "revoked by intentions update: \(current.reasonText)", audit: audit)
+                        if !Revocation.revoke(meshChannel, table: table, listener: listenerName,
+                                              reason: "revoked by intentions update: \(current.reasonText)", audit: audit) {
+                            // Already gone from the table (closed meanwhile): the app's side must not stay.
+                            ConnectionAbort.abort(local)
+                            ConnectionAbort.abort(meshChannel)
+                        }
                         return
                     }
                     answer(context, status: 200)
@@ -288,12 +291,12 @@ final class InboundConnectionHandler: StagingHandler {
                                                            localStaging: nil, stats: stats)
                         }
                         state = .joined
-                        tracker.describe(meshChannel, as: TunnelRecord(
+                        table.describe(meshChannel, as: TunnelRecord(
                             connectionID: connectionID, muxConnectionID: muxConnectionID, muxStream: muxStream.map(Int.init),
                             direction: .inbound, listener: listenerName, peerIdentity: peer.identity.uri,
                             peerAddress: peerAddress, intention: current.reasonText), stats: stats)
                         recordClose(mesh: meshChannel, local: local, peer: peer, route: route, stats: stats)
-                        armLifetime(entry, mesh: meshChannel, route: route)
+                        armLifetime(mesh: meshChannel, route: route)
                         let logger = self.logger, source = peer.identity
                         IdleTimeout.arm(route.idleTimeout, stats: stats, mesh: meshChannel, local: local) {
                             logger.info("closing idle connection", metadata: ["source": "\(source)"])
@@ -332,20 +335,23 @@ final class InboundConnectionHandler: StagingHandler {
     /// which decides how it is re-checked). The caller then checks it once more against the
     /// intentions in force: they may have changed while the local service was being dialed,
     /// after the update's sweep over registered connections.
-    private func register(mesh: Channel, local: Channel, peer: TLSPeer, route: InboundRoute) -> ConnectionRegistry.Entry {
-        registry.register(connectionID: connectionID, muxConnectionID: muxConnectionID, muxStream: muxStream.map(Int.init),
-                          source: peer.identity, sourceSerial: peer.certificateSerial,
-                          destination: route.destinationService, peerAddress: peerAddress,
-                          joinedAs: route.l7 ? .filtered : .raw, mesh: mesh, local: local)
+    private func register(mesh: Channel, local: Channel, peer: TLSPeer, route: InboundRoute) {
+        let record = TunnelRecord(connectionID: connectionID, muxConnectionID: muxConnectionID, muxStream: muxStream.map(Int.init),
+                                  direction: .inbound, listener: listenerName, peerIdentity: peer.identity.uri,
+                                  peerAddress: peerAddress)
+        let authorization = InboundAuthorization(source: peer.identity, sourceSerial: peer.certificateSerial,
+                                                 destination: route.destinationService,
+                                                 joinedAs: route.l7 ? .filtered : .raw, local: local)
+        _ = table.registerInbound(mesh, as: record, authorization: authorization)
     }
 
     /// Cuts the tunnel at max_connection_lifetime.
-    private func armLifetime(_ entry: ConnectionRegistry.Entry, mesh: Channel, route: InboundRoute) {
+    private func armLifetime(mesh: Channel, route: InboundRoute) {
         guard let lifetime = route.maxConnectionLifetime else { return }
-        let registry = self.registry, audit = self.audit, listenerName = self.listenerName
+        let table = self.table, audit = self.audit, listenerName = self.listenerName
         let seconds = Double(lifetime.nanoseconds) / 1e9
         let timer = mesh.eventLoop.scheduleTask(in: lifetime) {
-            Revocation.revoke(entry, registry: registry, listener: listenerName,
+            Revocation.revoke(mesh, table: table, listener: listenerName,
                               reason: "max_connection_lifetime (\(seconds) s) reached", audit: audit)
         }
         mesh.closeFuture.whenComplete { _ in timer.cancel() }

@@ -198,11 +198,11 @@ final class UpstreamConnectionHandler: StagingHandler {
     private var muxStream: Int?
 
     /// Where the joined tunnel is described for `/connections`.
-    private let tracker: ConnectionTracker
+    private let table: ConnectionTable
 
-    init(route: UpstreamRoute, connectionID: String, tracker: ConnectionTracker, audit: any AuditSink, logger: Logger) {
+    init(route: UpstreamRoute, connectionID: String, table: ConnectionTable, audit: any AuditSink, logger: Logger) {
         self.route = route
-        self.tracker = tracker
+        self.table = table
         self.connectionID = connectionID
         self.audit = audit
         self.logger = logger
@@ -323,7 +323,7 @@ final class UpstreamConnectionHandler: StagingHandler {
                 event = event.with(handshakeOf: peer)
             }
             audit.record(stamped(event))
-            tracker.describe(local, as: TunnelRecord(
+            table.describe(local, as: TunnelRecord(
                 connectionID: connectionID, muxConnectionID: muxConnectionID, muxStream: muxStream, direction: .upstream,
                 listener: listenerName, peerIdentity: peer.identity.uri, peerAddress: callerAddress, caller: caller), stats: stats)
             recordClose(mesh: remote, local: local, peer: peer, endpoint: endpoint, stats: stats)

@@ -15,19 +15,17 @@ final class InboundListenerContext: Sendable {
     private let current: NIOLockedValueBox<InboundRoute>
     let contexts: TLSContextStore
     let authorizer: Authorizer
-    let registry: ConnectionRegistry
-    let tracker: ConnectionTracker
+    let table: ConnectionTable
     let audit: any AuditSink
     let logger: Logger
     let evictions: HandshakeEvictionReport
 
-    init(route: InboundRoute, contexts: TLSContextStore, authorizer: Authorizer, registry: ConnectionRegistry,
-         tracker: ConnectionTracker, audit: any AuditSink, logger: Logger, evictions: HandshakeEvictionReport) {
+    init(route: InboundRoute, contexts: TLSContextStore, authorizer: Authorizer,
+         table: ConnectionTable, audit: any AuditSink, logger: Logger, evictions: HandshakeEvictionReport) {
         current = NIOLockedValueBox(route)
         self.contexts = contexts
         self.authorizer = authorizer
-        self.registry = registry
-        self.tracker = tracker
+        self.table = table
         self.audit = audit
         self.logger = logger
         self.evictions = evictions
@@ -55,7 +53,7 @@ final class InboundListenerContext: Sendable {
     /// Limits apply to the bound listener at once (a lowered or raised max_connections
     /// re-decides whether it accepts).
     private func applyLimits(_ route: InboundRoute) {
-        tracker.configure(listenerName, maxConnections: route.maxConnections, handshakeBudget: route.handshakeBudget)
+        table.configure(listenerName, maxConnections: route.maxConnections, handshakeBudget: route.handshakeBudget)
     }
 }
 
@@ -100,7 +98,7 @@ final class PublicListener: Sendable {
         let bootstrap = ListenerSocket.bootstrap(group: group).childChannelInitializer { channel in
             let route = shared.route
             let connectionID = ConnectionID.next()
-            if let evicted = shared.tracker.trackHandshaking(channel, listener: shared.listenerName, connectionID: connectionID) {
+            if let evicted = shared.table.trackHandshaking(channel, listener: shared.listenerName, connectionID: connectionID) {
                 evicted.close(promise: nil)
                 shared.evictions.evicted(listener: shared.listenerName, budget: route.handshakeBudget, on: channel.eventLoop)
             }
@@ -117,7 +115,7 @@ final class PublicListener: Sendable {
             }
             return channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandlers(
-                    HandshakeProgressHandler(tracker: shared.tracker),
+                    HandshakeProgressHandler(table: shared.table),
                     TLSHandler(context: server, configuration: route.handshake),
                     InboundConnectionHandler(shared: shared, connectionID: connectionID)
                 )

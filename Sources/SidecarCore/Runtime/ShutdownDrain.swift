@@ -5,7 +5,7 @@ import SidecarMux
 /// The wait at the end of a graceful shutdown, once listeners are closed: in-flight tunnels
 /// may finish until the deadline; whatever is left is audited and aborted.
 struct ShutdownDrain {
-    let tracker: ConnectionTracker
+    let table: ConnectionTable
     let group: EventLoopGroup
     let audit: any AuditSink
     let logger: Logger
@@ -16,15 +16,15 @@ struct ShutdownDrain {
         // listener's loop to its own (three hops in NIO) before we track it: let every loop
         // run what is queued, so it is counted below instead of outliving the event loops.
         await settleEventLoops()
-        logger.notice("draining", metadata: ["open_connections": "\(tracker.total)", "timeout_s": "\(timeout.nanoseconds / 1_000_000_000)"])
+        logger.notice("draining", metadata: ["open_connections": "\(table.total)", "timeout_s": "\(timeout.nanoseconds / 1_000_000_000)"])
         let deadline = NIODeadline.now() + timeout
         // Cancellation (a second signal) ends the wait early: what is left is aborted below.
-        while tracker.total > 0 && NIODeadline.now() < deadline && !Task.isCancelled {
+        while table.total > 0 && NIODeadline.now() < deadline && !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(100))
         }
         // Tunnels are what gets aborted and audited: plain connections and mux streams. A mux
         // connection still carrying streams goes with them, without a line of its own.
-        let leftovers = tracker.channels
+        let leftovers = table.channels
         let tunnels = leftovers.filter { !$0.isMuxCarrier }
         for tunnel in tunnels {
             var event = AuditEvent(kind: .connectionRevoked, listener: tunnel.listener,

@@ -15,8 +15,7 @@ public final class Sidecar: Sendable {
     let group: EventLoopGroup
     let contexts: TLSContextStore
     let authorizer: Authorizer
-    let tracker = ConnectionTracker()
-    let registry = ConnectionRegistry()
+    let table = ConnectionTable()
     /// What every public-listener connection shares (outlives a rebind).
     let inbound: InboundListenerContext
     /// Upstream side of the mux; nil when it is off.
@@ -53,7 +52,7 @@ public final class Sidecar: Sendable {
             : nil
         authorizer = Authorizer(intentions: settings.intentions, contexts: contexts)
         inbound = InboundListenerContext(route: InboundRoute(settings.definition, mux: settings.mux), contexts: contexts,
-                                         authorizer: authorizer, registry: registry, tracker: tracker, audit: settings.audit,
+                                         authorizer: authorizer, table: table, audit: settings.audit,
                                          logger: settings.logger,
                                          evictions: HandshakeEvictionReport(audit: settings.audit, logger: settings.logger,
                                                                             metrics: settings.metrics))
@@ -125,7 +124,7 @@ public final class Sidecar: Sendable {
         let wanted = Dictionary(newDefinition.upstreams.map { ($0.listenerName, $0) }, uniquingKeysWith: { first, _ in first })
         for (name, listener) in state.withLockedValue({ $0.upstreamListeners }) {
             if wanted[name] == listener.upstream {
-                listener.update(newDefinition.config, tracker: tracker)
+                listener.update(newDefinition.config, table: table)
                 continue
             }
             await closeUpstreamListener(name)
@@ -218,7 +217,7 @@ public final class Sidecar: Sendable {
                 "upstream": "\(upstream.destinationName)",
             ])
         }
-        let listener = try await UpstreamListener.bind(upstream, route: route, config: config, tracker: tracker,
+        let listener = try await UpstreamListener.bind(upstream, route: route, config: config, table: table,
                                                        audit: settings.audit, logger: settings.logger, group: group)
         state.withLockedValue { $0.upstreamListeners[upstream.listenerName] = listener }
     }
@@ -262,13 +261,15 @@ public final class Sidecar: Sendable {
     /// L4, a filtered one as L7) and cuts those now denied. Returns how many were cut.
     private func reauthorize(with set: IntentionSet) -> Int {
         var revoked = 0
-        for entry in registry.entries {
-            let decision = authorizer.decide(source: entry.source, destination: entry.destination,
-                                             l7: entry.joinedAs == .filtered, with: set)
+        for entry in table.inboundTunnels {
+            guard let authorization = entry.inbound else { continue }
+            let decision = authorizer.decide(source: authorization.source, destination: authorization.destination,
+                                             l7: authorization.joinedAs == .filtered, with: set)
             guard !decision.allowed else { continue }
-            Revocation.revoke(entry, registry: registry, listener: Self.publicListenerName,
-                              reason: "revoked by intentions update: \(decision.reasonText)", audit: settings.audit)
-            revoked += 1
+            if Revocation.revoke(entry.channel, table: table, listener: Self.publicListenerName,
+                                 reason: "revoked by intentions update: \(decision.reasonText)", audit: settings.audit) {
+                revoked += 1
+            }
         }
         return revoked
     }
@@ -304,7 +305,7 @@ public final class Sidecar: Sendable {
 
     /// GOAWAY on every inbound mux connection (plain connections ignore the event).
     private func retireInboundMuxConnections() {
-        for tracked in tracker.channels where tracked.listener == Self.publicListenerName && !tracked.isStream {
+        for tracked in table.channels where tracked.listener == Self.publicListenerName && !tracked.isStream {
             tracked.channel.triggerUserOutboundEvent(MuxGracefulShutdown(), promise: nil)
         }
     }
@@ -323,7 +324,7 @@ public final class Sidecar: Sendable {
         muxPool?.drain()
         retireInboundMuxConnections()
         await closeListeners()
-        return await ShutdownDrain(tracker: tracker, group: group, audit: settings.audit, logger: settings.logger)
+        return await ShutdownDrain(table: table, group: group, audit: settings.audit, logger: settings.logger)
             .run(timeout: timeout)
     }
 

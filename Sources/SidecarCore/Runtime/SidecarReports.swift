@@ -31,10 +31,10 @@ extension Sidecar {
     var currentIntentions: IntentionSet? { authorizer.current }
 
     /// Open inbound connections (for tests and the admin API).
-    public var openInboundConnections: Int { registry.entries.count }
+    public var openInboundConnections: Int { table.inboundTunnels.count }
 
     /// Open connections on a listener ("public" or "upstream:<name>").
-    public func openConnections(on listener: String) -> Int { tracker.count(listener) }
+    public func openConnections(on listener: String) -> Int { table.count(listener) }
 
     /// Pooled mux connections toward destinations and the tunnels on them (tests, admin).
     public func muxPoolCounts() async -> (connections: Int, streams: Int) {
@@ -62,7 +62,7 @@ extension Sidecar {
 
     /// Every joined tunnel with its byte counts so far, read on each tunnel's event loop.
     func liveTunnels(on eventLoop: EventLoop) -> EventLoopFuture<[LiveTunnel]> {
-        let reads = tracker.channels.compactMap { tracked -> EventLoopFuture<LiveTunnel>? in
+        let reads = table.channels.compactMap { tracked -> EventLoopFuture<LiveTunnel>? in
             guard let record = tracked.tunnel, let stats = tracked.stats else { return nil }
             return stats.eventLoop.submit {
                 LiveTunnel(record: record, bytesFromMesh: stats.value.bytesFromMesh, bytesToMesh: stats.value.bytesToMesh)
@@ -77,7 +77,7 @@ extension Sidecar {
     public func refreshMetrics(on eventLoop: EventLoop) -> EventLoopFuture<Void> {
         guard let metrics = settings.metrics else { return eventLoop.makeSucceededVoidFuture() }
         refreshStateGauges(metrics)
-        let inboundStreams = tracker.channels.filter(\.isStream).count
+        let inboundStreams = table.channels.filter(\.isStream).count
         let pooled = muxPool?.counts(on: eventLoop) ?? eventLoop.makeSucceededFuture((connections: 0, streams: 0))
         return pooled.map { pooled in
             metrics.setGauge(.muxConnectionsActive, Double(pooled.connections), [("side", "upstream")])
@@ -90,7 +90,7 @@ extension Sidecar {
         let definition = self.definition
         let listenerNames = [Self.publicListenerName] + definition.upstreams.map(\.listenerName)
         for name in listenerNames {
-            metrics.setGauge(.connectionsActive, Double(tracker.count(name)), [("listener", name)])
+            metrics.setGauge(.connectionsActive, Double(table.count(name)), [("listener", name)])
         }
         let leaf = contexts.credentials.leaf
         metrics.setGauge(.leafExpiry, leaf.notAfter.timeIntervalSinceNow)

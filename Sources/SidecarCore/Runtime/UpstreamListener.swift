@@ -20,26 +20,26 @@ final class UpstreamListener: Sendable {
     var route: UpstreamRoute { current.withLockedValue { $0 } }
 
     /// Timeouts and limits as the registration says now, for connections accepted from now on.
-    func update(_ config: ProxyConfig, tracker: ConnectionTracker) {
+    func update(_ config: ProxyConfig, table: ConnectionTable) {
         current.withLockedValue { $0.apply(config) }
-        tracker.configure(upstream.listenerName, maxConnections: config.maxConnections)
+        table.configure(upstream.listenerName, maxConnections: config.maxConnections)
     }
 
-    static func bind(_ upstream: Upstream, route: UpstreamRoute, config: ProxyConfig, tracker: ConnectionTracker,
+    static func bind(_ upstream: Upstream, route: UpstreamRoute, config: ProxyConfig, table: ConnectionTable,
                      audit: any AuditSink, logger: Logger, group: EventLoopGroup) async throws -> UpstreamListener {
         var route = route
         route.apply(config)
         let current = NIOLockedValueBox(route)
         let listenerName = upstream.listenerName
-        tracker.configure(listenerName, maxConnections: config.maxConnections)
+        table.configure(listenerName, maxConnections: config.maxConnections)
         let bootstrap = ListenerSocket.bootstrap(group: group).childChannelInitializer { channel in
             let route = current.withLockedValue { $0 }
             let connectionID = ConnectionID.next()
-            tracker.trackTunnel(channel, listener: listenerName, connectionID: connectionID)
+            table.trackTunnel(channel, listener: listenerName, connectionID: connectionID)
             return channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandlers(
                     OrderedHalfCloseHandler(),
-                    UpstreamConnectionHandler(route: route, connectionID: connectionID, tracker: tracker,
+                    UpstreamConnectionHandler(route: route, connectionID: connectionID, table: table,
                                               audit: audit, logger: logger))
             }
         }

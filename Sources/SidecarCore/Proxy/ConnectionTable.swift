@@ -3,7 +3,9 @@ import NIOConcurrencyHelpers
 import NIOCore
 
 /// Every accepted connection and mux stream, per listener, from accept to close: for
-/// connection limits, for draining on shutdown, and for the admin API's counts.
+/// connection limits, for re-authorization and lifetime cuts of inbound tunnels, for draining
+/// on shutdown, and for the admin API. Each entry knows its kind, and a joined inbound tunnel
+/// how it was authorized and joined.
 ///
 /// Two budgets per listener, so unauthenticated connections can never lock out verified ones:
 /// - connections still in their handshake have a budget of their own
@@ -21,7 +23,7 @@ import NIOCore
 /// runtime), the acceptor's own event loop compares the counts with the limits in force and
 /// sets autoRead to match, so no ordering of events can leave a listener paused below its
 /// limits. NIO may accept up to maxMessagesPerRead (4) in the burst that reaches a limit.
-final class ConnectionTracker: Sendable {
+final class ConnectionTable: Sendable {
     /// A pending handshake older than this may lose its slot to a new connection (a
     /// legitimate peer finishes in milliseconds).
     let staleHandshake: TimeAmount
@@ -54,6 +56,11 @@ final class ConnectionTracker: Sendable {
         /// A joined tunnel: what `/connections` shows, and its byte counts (on its event loop).
         var tunnel: TunnelRecord?
         var stats: NIOLoopBound<ConnectionStats>?
+        /// An inbound tunnel about to be joined or joined: how it was authorized, to be
+        /// re-checked when the intentions change.
+        var inbound: InboundAuthorization?
+        /// Cut by a revocation (it stays listed until it closes).
+        var revoked = false
         var accepted = NIODeadline.now()
         /// Handshaking: the peer has sent at least one byte.
         var spoke = false
@@ -183,14 +190,15 @@ final class ConnectionTracker: Sendable {
     }
 
     private func adopt(_ state: inout State, _ listener: String, acceptor: Channel?) {
-        guard let acceptor, state.listeners[listener, default: Listener()].acceptor !== acceptor else { return }
+        if state.listeners[listener] == nil { state.listeners[listener] = Listener() }
+        guard let acceptor, state.listeners[listener]!.acceptor !== acceptor else { return }
         // A rebound listener: its new server channel starts out accepting.
         state.listeners[listener]!.acceptor = acceptor
         state.listeners[listener]!.paused = false
     }
 
     private func establish(_ state: inout State, listener: String, tunnel: Bool) {
-        state.listeners[listener]!.established += 1
+        state.listeners[listener, default: Listener()].established += 1
         if tunnel { state.listeners[listener]!.tunnels += 1 }
     }
 
@@ -279,6 +287,33 @@ final class ConnectionTracker: Sendable {
         }
     }
 
+    /// Registers an inbound tunnel about to be joined for re-authorization and lifetime cuts.
+    /// False when it already closed.
+    func registerInbound(_ mesh: Channel, as record: TunnelRecord, authorization: InboundAuthorization) -> Bool {
+        state.withLockedValue { state in
+            guard state.open[ObjectIdentifier(mesh)] != nil else { return false }
+            state.open[ObjectIdentifier(mesh)]!.tunnel = record
+            state.open[ObjectIdentifier(mesh)]!.inbound = authorization
+            return true
+        }
+    }
+
+    /// Inbound tunnels registered and not revoked.
+    var inboundTunnels: [Tracked] {
+        state.withLockedValue { $0.open.values.filter { $0.inbound != nil && !$0.revoked } }
+    }
+
+    /// Marks an inbound tunnel revoked, once: the first caller gets the entry (to audit and
+    /// abort it), later ones nil (an intention change and the lifetime limit may race).
+    func claimForRevocation(_ mesh: Channel) -> Tracked? {
+        state.withLockedValue { state in
+            let id = ObjectIdentifier(mesh)
+            guard let entry = state.open[id], entry.inbound != nil, !entry.revoked else { return nil }
+            state.open[id]!.revoked = true
+            return entry
+        }
+    }
+
     /// Describes a joined tunnel for `/connections` (nothing if it already closed).
     func describe(_ channel: Channel, as tunnel: TunnelRecord, stats: ConnectionStats) {
         let bound = NIOLoopBound(stats, eventLoop: channel.eventLoop)
@@ -298,48 +333,3 @@ final class ConnectionTracker: Sendable {
     var channels: [Tracked] { state.withLockedValue { Array($0.open.values) } }
 }
 
-/// First in an accepted public connection's pipeline until the peer's first bytes arrive:
-/// tells the tracker the handshake is progressing (so it is not the one evicted for a silent
-/// connection's sake), then steps aside.
-final class HandshakeProgressHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-
-    private let tracker: ConnectionTracker
-
-    init(tracker: ConnectionTracker) {
-        self.tracker = tracker
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        tracker.spoke(context.channel)
-        context.fireChannelRead(data)
-        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
-    }
-}
-
-/// One joined tunnel as the admin API's `/connections` lists it.
-struct TunnelRecord: Sendable {
-    enum Direction: String, Sendable { case inbound, upstream }
-
-    var connectionID: String
-    var muxConnectionID: String?
-    var muxStream: Int?
-    var direction: Direction
-    var listener: String
-    /// Inbound: the verified source; upstream: the verified destination.
-    var peerIdentity: String
-    /// Inbound: the other sidecar; upstream: the local caller.
-    var peerAddress: String
-    /// Upstream: the local process, when identified.
-    var caller: LocalCaller?
-    /// Inbound: the intention (or default) that allowed it, as audited.
-    var intention: String?
-    var opened = Date()
-}
-
-/// A tunnel and its bytes at the moment `/connections` asked.
-struct LiveTunnel: Sendable {
-    var record: TunnelRecord
-    var bytesFromMesh: Int
-    var bytesToMesh: Int
-}
