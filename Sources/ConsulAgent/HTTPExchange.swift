@@ -101,6 +101,7 @@ struct HTTPExchange {
 }
 
 /// Gathers one response; anything that ends the connection first fails the exchange.
+/// `@unchecked Sendable`: a channel handler, used only on its channel's event loop.
 private final class ReplyCollector: ChannelInboundHandler, @unchecked Sendable {
     // Confined to the channel's event loop (the only place its methods run).
     typealias InboundIn = HTTPClientResponsePart

@@ -84,6 +84,7 @@ public struct DevAgentAuthMethod: Sendable {
 }
 
 /// An auth method ready for logins: its settings and parsed keys.
+/// `@unchecked Sendable`: the validator's keys and settings are immutable after init.
 struct RegisteredAuthMethod: @unchecked Sendable {
     let method: DevAgentAuthMethod
     let validator: JWTValidator

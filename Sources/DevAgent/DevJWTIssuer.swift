@@ -4,7 +4,7 @@ import SidecarTLS
 /// Development and tests only: an identity provider stand-in (Azure AD's role) that signs
 /// JWTs with a fresh key, whose public PEM goes into a `jwt` auth method's
 /// `JWTValidationPubKeys`.
-public struct DevJWTIssuer: @unchecked Sendable {
+public struct DevJWTIssuer: Sendable {
     public enum Algorithm: String, Sendable {
         case es256 = "ES256"
         case rs256 = "RS256"

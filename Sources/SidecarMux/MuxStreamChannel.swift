@@ -41,6 +41,7 @@ protocol MuxStreamOwner: AnyObject {
 /// `highWater` queued bytes, which is what stops the local side reading.
 /// Half-close maps to END_STREAM both ways; an abort (or close of an unfinished stream) to
 /// RST_STREAM, and a reset from the peer surfaces as an error, then close.
+/// `@unchecked Sendable`: like NIO's own channels, its state is confined to its event loop.
 final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStreamIdentifying, @unchecked Sendable {
     private enum Lifecycle { case idle, active, closed }
 

@@ -69,8 +69,9 @@ final class ByteBufferBIO {
         return Unmanaged<ByteBufferBIO>.fromOpaque(data).takeUnretainedValue()
     }
 
-    /// One BIO_METHOD for the process, created on first use.
-    private static let method: OpaquePointer = {
+    /// One BIO_METHOD for the process, created on first use. `nonisolated(unsafe)`: it is
+    /// written once (Swift's lazy static initialisation is thread-safe) and only read after.
+    nonisolated(unsafe) private static let method: OpaquePointer = {
         let method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "backup-sidecar ByteBuffer BIO")!
         BIO_meth_set_write(method) { bio, data, length in
             guard let owner = ByteBufferBIO.owner(bio), let data, length >= 0 else { return -1 }

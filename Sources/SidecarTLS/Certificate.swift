@@ -2,6 +2,7 @@ import COpenSSL
 import Foundation
 
 /// An immutable X.509 certificate owned by Swift (wraps `X509*`).
+/// `@unchecked Sendable`: an X509 that is never modified after init.
 public final class Certificate: @unchecked Sendable, CustomStringConvertible {
     // Never mutated after init, so sharing across event loops is safe.
     let pointer: OpaquePointer
@@ -105,6 +106,7 @@ public final class Certificate: @unchecked Sendable, CustomStringConvertible {
 }
 
 /// A private key owned by Swift (wraps `EVP_PKEY*`).
+/// `@unchecked Sendable`: an EVP_PKEY that is never modified after init.
 public final class PrivateKey: @unchecked Sendable {
     let pointer: OpaquePointer
 

@@ -24,6 +24,7 @@ public struct HTTPSClientTrust: Sendable, Equatable {
 }
 
 /// An SSL_CTX for talking to HTTPS servers on system OpenSSL (the same library the mesh uses).
+/// `@unchecked Sendable`: the SSL_CTX is configured in init and only read after.
 public final class HTTPSClientContext: @unchecked Sendable {
     // Never mutated after init; SSL_CTX is safe to share between connections.
     let pointer: OpaquePointer

@@ -126,6 +126,7 @@ extension PrivateKey {
 }
 
 /// A public key that verifies signatures (JWT validation keys).
+/// `@unchecked Sendable`: an EVP_PKEY that is never modified after init.
 public final class PublicKey: @unchecked Sendable {
     let pointer: OpaquePointer
     public let algorithm: KeyAlgorithm

@@ -3,6 +3,7 @@ import COpenSSL
 /// An SSL_CTX built from one `TLSCredentials` snapshot for one role. Immutable after init;
 /// building one costs real work (parsing, key checks), so callers build them off the event loop
 /// and share them between connections.
+/// `@unchecked Sendable`: the SSL_CTX is immutable after init (OpenSSL locks its own caches).
 public final class TLSContext: @unchecked Sendable {
     let pointer: OpaquePointer
     public let role: TLSRole

@@ -6,6 +6,7 @@ import NIOConcurrencyHelpers
 /// so new certificates or roots (a new context) start with an empty cache: nothing negotiated
 /// under the old trust is resumed under the new one.
 final class TLSSessionCache: Sendable {
+    /// `@unchecked Sendable`: wraps an SSL_SESSION that is never modified once cached.
     private final class Session: @unchecked Sendable {
         let pointer: OpaquePointer
         init(taking pointer: OpaquePointer) { self.pointer = pointer }

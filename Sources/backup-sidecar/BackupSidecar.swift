@@ -396,6 +396,7 @@ func failure(_ message: String, status: Int32) -> ExitCode {
 
 /// SIGHUP calls `onReload`; the first SIGTERM/SIGINT ends `firstTermination()` (also when it
 /// arrived before anyone waited); later ones call `onLaterTermination`.
+/// `@unchecked Sendable`: its mutable state is touched only on its private serial queue.
 final class SignalHandling: @unchecked Sendable {
     private let queue = DispatchQueue(label: "backup-sidecar.signals")
     private var sources: [DispatchSourceSignal] = []

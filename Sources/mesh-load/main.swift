@@ -100,10 +100,15 @@ let totals = NIOLockedValueBox(Totals())
 func bulkStream(port: Int, bytes: Int, block: [UInt8]) -> Bool {
     guard let fd = connectSocket(port: port) else { return false }
     defer { close(fd) }
-    let sentDigest = SHA256Digest()
+    // The sender thread owns its digest and hands over the result when it is done.
+    let sentHex = NIOLockedValueBox("")
     let senderDone = DispatchSemaphore(value: 0)
     let sender = Thread {
-        defer { senderDone.signal() }
+        let sentDigest = SHA256Digest()
+        defer {
+            sentHex.withLockedValue { $0 = sentDigest.finalizeHex() }
+            senderDone.signal()
+        }
         var chunk = block
         var sent = 0
         var counter: UInt64 = 0
@@ -137,7 +142,7 @@ func bulkStream(port: Int, bytes: Int, block: [UInt8]) -> Bool {
     }
     if !clean { shutdown(fd, Int32(SHUT_RDWR)) }  // unblock a sender stuck on a dead connection
     senderDone.wait()
-    let ok = clean && received == bytes && receivedDigest.finalizeHex() == sentDigest.finalizeHex()
+    let ok = clean && received == bytes && receivedDigest.finalizeHex() == sentHex.withLockedValue { $0 }
     totals.withLockedValue {
         if ok { $0.streamsOK += 1 } else { $0.streamsFailed += 1; $0.bytesLost += bytes - received }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import Testing
 @testable import SidecarCore
 
@@ -120,14 +121,11 @@ struct EndpointRotationTests {
     func concurrent() {
         let endpoints = [Self.a, Self.b, Self.c]
         let rotation = EndpointRotation(endpoints)
-        let counts = NSLock()
-        var firsts: [Endpoint: Int] = [:]
+        let firsts = NIOLockedValueBox<[Endpoint: Int]>([:])
         DispatchQueue.concurrentPerform(iterations: 300) { _ in
             let order = rotation.attemptOrder()
-            counts.lock()
-            firsts[order[0], default: 0] += 1
-            counts.unlock()
+            firsts.withLockedValue { $0[order[0], default: 0] += 1 }
         }
-        #expect(firsts == [Self.a: 100, Self.b: 100, Self.c: 100])
+        #expect(firsts.withLockedValue { $0 } == [Self.a: 100, Self.b: 100, Self.c: 100])
     }
 }

@@ -8,6 +8,7 @@ import Logging
 /// is parsed and handed to `apply`. A version that fails to parse or apply is logged and
 /// skipped: the last good value stays in force. Content comparison (not mtime) catches
 /// same-second rewrites; reads happen on a private queue, never on an event loop.
+/// `@unchecked Sendable`: its mutable state is touched only on its private serial queue.
 public final class WatchedFiles<Value: Sendable>: @unchecked Sendable {
     private let paths: [String]
     private let logger: Logger

@@ -8,6 +8,7 @@ import SidecarTLS
 /// disk, and a burst of short connections costs one write(2) per batch rather than one per
 /// line. A disk slower than the traffic holds callers back once 16 MiB are waiting, rather
 /// than dropping audit lines.
+/// `@unchecked Sendable`: its mutable state is guarded by `condition`.
 public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
     /// The file the sink appends to (nil: a descriptor it was given, such as stdout).
     private let path: String?

@@ -101,6 +101,7 @@ struct MuxStreamNotOpened: Error, CustomStringConvertible {
 }
 
 /// The pool of one event loop; touched only on that loop.
+/// `@unchecked Sendable`: confined to one event loop, which every entry point hops to first.
 final class LoopMuxPool: @unchecked Sendable {
     struct Key: Hashable {
         let endpoint: Endpoint
