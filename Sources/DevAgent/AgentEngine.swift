@@ -128,10 +128,11 @@ final class AgentEngine: Sendable {
         return max(0, renewAt.timeIntervalSinceNow)
     }
 
+    /// On Dispatch's threads, not the Swift concurrency pool: a renewal keeps time when the
+    /// process's tasks are all busy (the suite runs the agent in-process beside hundreds).
     private func scheduleRenewal(_ leaf: LeafRecord, after delay: TimeInterval) {
         let generation = leaf.generation
-        Task { [weak self] in
-            try? await Task.sleep(for: .seconds(delay))
+        DispatchQueue.global().asyncAfter(deadline: .now() + delay) { [weak self] in
             self?.remint(leaf.key, ifGeneration: generation)
         }
     }
