@@ -1,61 +1,99 @@
 import NIOCore
 import NIOPosix
 
-/// Holds a connection while its partner is being set up: keeps the bytes that already arrived
-/// (at most one read's worth, because reads are withheld) and releases them when joined.
-class StagingHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
-    typealias OutboundIn = ByteBuffer
+/// What arrives on a connection while its partner is being set up: the bytes (at most one
+/// read's worth once reads are withheld), an EOF, and a read the pipeline asked for. Released,
+/// in that order, to the handlers installed after the owner when the connection is joined.
+struct StagedInput {
+    enum State {
+        /// Bytes are kept; reads still flow (a handshake needs them).
+        case collecting
+        /// Bytes are kept and reads withheld: a decision or a dial is pending.
+        case holding(readWithheld: Bool)
+        /// Joined or handed over: everything passes straight through.
+        case released
+    }
 
-    private(set) var buffered: [ByteBuffer] = []
-    private var readWithheld = false
-    /// While holding, reads are withheld; the subclass decides when holding starts.
-    var holding = false
-    private var released = false
+    private(set) var state = State.collecting
+    private var buffered: [ByteBuffer] = []
     /// The peer half-closed before the partner existed; replayed to the glue after joining.
     private var sawInputClosed = false
+    /// The owner's context, while it is in a pipeline.
+    var context: ChannelHandlerContext?
 
-    private var context: ChannelHandlerContext?
+    var isReleased: Bool { if case .released = state { return true } else { return false } }
 
-    // Subclasses override these; declaring them here makes them the protocol witnesses
-    // (a subclass-only method would never be called through ChannelHandler).
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
-    func channelActive(context: ChannelHandlerContext) { context.fireChannelActive() }
-    func channelInactive(context: ChannelHandlerContext) { context.fireChannelInactive() }
-    func errorCaught(context: ChannelHandlerContext, error: Error) { context.fireErrorCaught(error) }
-    /// Events other than EOF, for subclasses.
-    func stagedEvent(context: ChannelHandlerContext, event: Any) { context.fireUserInboundEventTriggered(event) }
+    /// From now on no more is read until the release.
+    mutating func hold() {
+        if case .collecting = state { state = .holding(readWithheld: false) }
+    }
 
-    final func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if !released, let channelEvent = event as? ChannelEvent, channelEvent == .inputClosed {
-            sawInputClosed = true
-            return
+    /// The bytes to pass on now; nil when they are kept.
+    mutating func received(_ bytes: ByteBuffer) -> ByteBuffer? {
+        guard !isReleased else { return bytes }
+        buffered.append(bytes)
+        return nil
+    }
+
+    /// Whether a read the pipeline asked for goes to the channel now.
+    mutating func read() -> Bool {
+        guard case .holding = state else { return true }
+        state = .holding(readWithheld: true)
+        return false
+    }
+
+    /// Whether an EOF is kept (true) or passes on.
+    mutating func inputClosed() -> Bool {
+        guard !isReleased else { return false }
+        sawInputClosed = true
+        return true
+    }
+
+    /// Ends staging: what to replay, in order.
+    mutating func release() -> (bytes: [ByteBuffer], inputClosed: Bool, read: Bool) {
+        let withheld: Bool
+        if case .holding(let readWithheld) = state { withheld = readWithheld } else { withheld = false }
+        defer {
+            state = .released
+            buffered = []
         }
+        return (buffered, sawInputClosed, withheld)
+    }
+}
+
+/// A handler that stages its connection's input (`StagedInput`) until the connection is joined
+/// or handed over. The channel-handler methods below are the protocol witnesses; a conforming
+/// handler implements `stagedEvent` for the events it decides on, and keeps `staged.context`
+/// set if it implements `handlerAdded`/`handlerRemoved` itself.
+protocol StagingHandler: ChannelDuplexHandler, RemovableChannelHandler, AnyObject
+    where InboundIn == ByteBuffer, InboundOut == ByteBuffer, OutboundIn == ByteBuffer {
+    var staged: StagedInput { get set }
+    /// Inbound events other than EOF.
+    func stagedEvent(context: ChannelHandlerContext, event: Any)
+}
+
+extension StagingHandler {
+    func stagedEvent(context: ChannelHandlerContext, event: Any) { context.fireUserInboundEventTriggered(event) }
+    func handlerAdded(context: ChannelHandlerContext) { staged.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { staged.context = nil }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let channelEvent = event as? ChannelEvent, channelEvent == .inputClosed, staged.inputClosed() { return }
         stagedEvent(context: context, event: event)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if released {
-            context.fireChannelRead(data)
-        } else {
-            buffered.append(unwrapInboundIn(data))
-        }
+        if let bytes = staged.received(unwrapInboundIn(data)) { context.fireChannelRead(wrapInboundOut(bytes)) }
     }
 
     func read(context: ChannelHandlerContext) {
-        if holding && !released {
-            readWithheld = true
-        } else {
-            context.read()
-        }
+        if staged.read() { context.read() }
     }
 
     /// Installs `handlers` right after this one, passes them what was staged, and leaves the
     /// pipeline (a connection that turned out to carry the mux, not a single tunnel).
     func handOver(to handlers: [ChannelHandler]) throws {
-        guard let context else { throw ChannelError.ioOnClosedChannel }
+        guard let context = staged.context else { throw ChannelError.ioOnClosedChannel }
         try context.pipeline.syncOperations.addHandlers(handlers, position: .after(self))
         release()
         context.pipeline.syncOperations.removeHandler(self, promise: nil)
@@ -64,16 +102,14 @@ class StagingHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Stops staging and passes everything held on to the handlers installed after us, in
     /// order: the bytes, then a staged EOF, then the withheld read. It must start here: fired
     /// from the pipeline head, an EOF would pass the TLS handler, which already reported it.
-    fileprivate func release() {
-        released = true
-        guard let context else { return }
-        let held = buffered
-        buffered = []
-        for bytes in held { context.fireChannelRead(wrapInboundOut(bytes)) }
-        if !held.isEmpty { context.fireChannelReadComplete() }
-        if sawInputClosed {
+    func release() {
+        let held = staged.release()
+        guard let context = staged.context else { return }
+        for bytes in held.bytes { context.fireChannelRead(wrapInboundOut(bytes)) }
+        if !held.bytes.isEmpty { context.fireChannelReadComplete() }
+        if held.inputClosed {
             context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
-        } else if readWithheld {
+        } else if held.read {
             context.read()
         }
     }
@@ -83,7 +119,7 @@ class StagingHandler: ChannelDuplexHandler, RemovableChannelHandler {
 struct JoinSide {
     let channel: Channel
     /// Holds early bytes; nil for a freshly dialed channel whose autoRead is still off.
-    let staging: StagingHandler?
+    let staging: (any StagingHandler)?
     let handlers: [ChannelHandler]
 }
 
@@ -109,7 +145,7 @@ enum ConnectionJoiner {
     }
 
     /// The usual join: raw bytes both ways.
-    static func joinBytes(mesh: Channel, meshStaging: StagingHandler?, local: Channel, localStaging: StagingHandler?,
+    static func joinBytes(mesh: Channel, meshStaging: (any StagingHandler)?, local: Channel, localStaging: (any StagingHandler)?,
                           stats: ConnectionStats) throws {
         let glue = GlueHandler<ByteBuffer, ByteBuffer>.pair(stats: stats, meshPayload: \.readableBytes,
                                                             localPayload: \.readableBytes)

@@ -185,7 +185,7 @@ final class HTTPBodyToIOData<Head: Equatable & Sendable>: ChannelOutboundHandler
 extension ConnectionJoiner {
     /// The L7 join: our strict request decoder and writer, NIO's response codec, the request
     /// filter on the mesh side.
-    static func joinHTTP(mesh: Channel, meshStaging: StagingHandler, local: Channel, context: HTTPRequestFilter.Context,
+    static func joinHTTP(mesh: Channel, meshStaging: any StagingHandler, local: Channel, context: HTTPRequestFilter.Context,
                          options: HTTPRequestOptions, stats: ConnectionStats) throws {
         func payload(_ part: HTTPServerRequestPart) -> Int { if case .body(let b) = part { return b.readableBytes }; return 0 }
         func payload(_ part: HTTPClientResponsePart) -> Int { if case .body(let b) = part { return b.readableBytes }; return 0 }

@@ -42,6 +42,7 @@ struct InboundRoute: Sendable {
 /// stream on it gets an `InboundConnectionHandler` of its own: decided, audited, registered
 /// for re-authorization and joined exactly like a connection, and answered with a status.
 final class InboundConnectionHandler: StagingHandler {
+    var staged = StagedInput()
     private enum State {
         case handshaking
         case connectingLocal(TLSPeer)
@@ -100,12 +101,12 @@ final class InboundConnectionHandler: StagingHandler {
         context.triggerUserOutboundEvent(MuxStreamResponse(status: status), promise: nil)
     }
 
-    override func handlerAdded(context: ChannelHandlerContext) {
-        super.handlerAdded(context: context)
+    func handlerAdded(context: ChannelHandlerContext) {
+        staged.context = context
         peerAddress = context.channel.remoteAddress.auditDescription
     }
 
-    override func stagedEvent(context: ChannelHandlerContext, event: Any) {
+    func stagedEvent(context: ChannelHandlerContext, event: Any) {
         guard case .handshaking = state, let tlsEvent = event as? TLSEvent,
               case .handshakeCompleted(let peer) = tlsEvent else {
             context.fireUserInboundEventTriggered(event)
@@ -137,7 +138,7 @@ final class InboundConnectionHandler: StagingHandler {
         }
         if muxStream == nil { table.classify(context.channel, as: .tunnel) }
         state = .connectingLocal(peer)
-        holding = true
+        staged.hold()
         connectLocal(context: context, route: route, peer: peer)
     }
 
@@ -363,7 +364,7 @@ final class InboundConnectionHandler: StagingHandler {
                                              destination: route.destinationService)), mesh: mesh, local: local, stats: stats)
     }
 
-    override func errorCaught(context: ChannelHandlerContext, error: Error) {
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
         if case .handshaking = state, let tlsError = error as? TLSError {
             audit.record(stamped(AuditEvent(kind: .handshakeRejected, listener: listenerName, peerAddress: peerAddress,
                                             decision: "deny", reason: tlsError.description)))
@@ -375,7 +376,7 @@ final class InboundConnectionHandler: StagingHandler {
         context.close(promise: nil)
     }
 
-    override func channelInactive(context: ChannelHandlerContext) {
+    func channelInactive(context: ChannelHandlerContext) {
         if case .joined = state {} else { state = .closed }
         context.fireChannelInactive()
     }

@@ -169,7 +169,7 @@ enum MeshLink {
     case raw(DialedMeshConnection)
 
     /// The channel to join with, what it staged, and the verified peer.
-    var parts: (Channel, StagingHandler?, TLSPeer) {
+    var parts: (Channel, (any StagingHandler)?, TLSPeer) {
         switch self {
         case .stream(let channel, let peer, _, _): return (channel, nil, peer)
         case .raw(let dialed): return (dialed.channel, dialed.waiter, dialed.peer)
@@ -181,6 +181,7 @@ enum MeshLink {
 /// mTLS, requires the expected identity, and only then forwards. Bytes the app sends early are
 /// staged (reads withheld meanwhile).
 final class UpstreamConnectionHandler: StagingHandler {
+    var staged = StagedInput()
     /// A failure quicker than this was not a timeout: worth one more try.
     static let fastFailure = TimeAmount.milliseconds(500)
     private var fastFailures: [Endpoint] = []
@@ -188,7 +189,19 @@ final class UpstreamConnectionHandler: StagingHandler {
     private let route: UpstreamRoute
     private let audit: any AuditSink
     private let logger: Logger
-    private var localGone = false
+    /// Where the local connection is in its life.
+    private enum State {
+        /// Finding out who the local caller is, and whether it may use this upstream.
+        case identifyingCaller
+        /// Trying the destination's instances.
+        case linking
+        /// Joined to a mesh connection or stream.
+        case joined
+        /// The local connection went away (closed, aborted or refused).
+        case closed
+    }
+
+    private var state = State.identifyingCaller
     private var callerAddress = "unknown"
     private var caller: LocalCaller?
     private var listenerName: String { route.upstream.listenerName }
@@ -206,15 +219,14 @@ final class UpstreamConnectionHandler: StagingHandler {
         self.connectionID = connectionID
         self.audit = audit
         self.logger = logger
-        super.init()
-        holding = true
+        staged.hold()
     }
 
-    override func channelActive(context: ChannelHandlerContext) {
+    func channelActive(context: ChannelHandlerContext) {
         callerAddress = context.channel.remoteAddress.auditDescription
         context.fireChannelActive()
         identifyCaller(context.channel).hop(to: context.eventLoop).whenComplete { [self] result in
-            guard !localGone else { return }
+            guard state != .closed else { return }
             caller = try? result.get()
             guard route.callers.allows(caller) else {
                 let reason = caller.map { "caller \($0) is not allowed to use upstream \(route.upstream.destinationName)" }
@@ -225,6 +237,7 @@ final class UpstreamConnectionHandler: StagingHandler {
                 ConnectionAbort.abort(context.channel)
                 return
             }
+            state = .linking
             attempt(context: context, remaining: route.endpoints.attemptOrder()[...], failures: [])
         }
     }
@@ -243,8 +256,8 @@ final class UpstreamConnectionHandler: StagingHandler {
         return promise.futureResult
     }
 
-    override func channelInactive(context: ChannelHandlerContext) {
-        localGone = true
+    func channelInactive(context: ChannelHandlerContext) {
+        state = .closed
         context.fireChannelInactive()
     }
 
@@ -253,12 +266,12 @@ final class UpstreamConnectionHandler: StagingHandler {
             // One more pass over the instances that failed at once (refused, unreachable: seen
             // transiently in the kernel while a neighbour went dark), as HAProxy's `retries`;
             // not over those that cost a timeout.
-            if !retriedFastFailures, !fastFailures.isEmpty, !localGone {
+            if !retriedFastFailures, !fastFailures.isEmpty, state != .closed {
                 retriedFastFailures = true
                 let again = fastFailures
                 fastFailures = []
                 context.eventLoop.scheduleTask(in: .milliseconds(100)) { [self] in
-                    if !localGone { attempt(context: context, remaining: again[...], failures: failures) }
+                    if state != .closed { attempt(context: context, remaining: again[...], failures: failures) }
                 }
                 return
             }
@@ -301,13 +314,14 @@ final class UpstreamConnectionHandler: StagingHandler {
             // inactive; a half-close is staged and replayed). Nothing it sent was forwarded, so
             // the tunnel must end as an abort: a graceful close would hand the app a clean
             // END_STREAM, and an aborted upload would look complete.
-            guard !localGone else {
+            guard state != .closed else {
                 ConnectionAbort.abort(remote)
                 return
             }
             let stats = ConnectionStats(meter: audit.trafficMeter(listener: listenerName))
             do {
                 try ConnectionJoiner.joinBytes(mesh: remote, meshStaging: staging, local: local, localStaging: self, stats: stats)
+                state = .joined
             } catch {
                 ConnectionAbort.abort(remote)
                 ConnectionAbort.abort(local)
@@ -336,7 +350,7 @@ final class UpstreamConnectionHandler: StagingHandler {
             // else (no connection, no handshake, a silent carrier) sends it to the back.
             if case .connectRejected = error as? MuxError {} else { route.endpoints.failed(endpoint) }
             logger.info("upstream instance failed", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
-            if localGone { return }
+            if state == .closed { return }
             attempt(context: context, remaining: remaining.dropFirst(), failures: failures + ["\(endpoint): \(error)"])
         }
     }
@@ -359,6 +373,7 @@ final class UpstreamConnectionHandler: StagingHandler {
 /// On a dialed mesh connection: resolves when the server is verified, staging any application
 /// bytes that arrived with the final handshake flight.
 final class HandshakeWaiter: StagingHandler {
+    var staged = StagedInput()
     private let promise: EventLoopPromise<TLSPeer>
     private var completed = false
     var handshake: EventLoopFuture<TLSPeer> { promise.futureResult }
@@ -367,17 +382,17 @@ final class HandshakeWaiter: StagingHandler {
         self.promise = promise
     }
 
-    override func stagedEvent(context: ChannelHandlerContext, event: Any) {
+    func stagedEvent(context: ChannelHandlerContext, event: Any) {
         if let tlsEvent = event as? TLSEvent, case .handshakeCompleted(let peer) = tlsEvent, !completed {
             completed = true
-            holding = true
+            staged.hold()
             promise.succeed(peer)
             return
         }
         context.fireUserInboundEventTriggered(event)
     }
 
-    override func errorCaught(context: ChannelHandlerContext, error: Error) {
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
         guard !completed else {
             context.fireErrorCaught(error)
             return
@@ -387,7 +402,7 @@ final class HandshakeWaiter: StagingHandler {
         context.close(promise: nil)
     }
 
-    override func channelInactive(context: ChannelHandlerContext) {
+    func channelInactive(context: ChannelHandlerContext) {
         if !completed {
             completed = true
             promise.fail(TLSError.handshakeFailed("connection closed during handshake"))
@@ -397,8 +412,8 @@ final class HandshakeWaiter: StagingHandler {
 
     /// A dial that fails (refused, timed out) tears the pipeline down without the channel ever
     /// becoming active or inactive: the promise must not be left dangling.
-    override func handlerRemoved(context: ChannelHandlerContext) {
-        super.handlerRemoved(context: context)
+    func handlerRemoved(context: ChannelHandlerContext) {
+        staged.context = nil
         if !completed {
             completed = true
             promise.fail(TLSError.handshakeFailed("connection closed before the handshake completed"))

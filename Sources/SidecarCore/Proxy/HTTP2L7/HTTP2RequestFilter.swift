@@ -127,7 +127,7 @@ final class HTTP2RequestFilter: ChannelDuplexHandler {
 extension ConnectionJoiner {
     /// The HTTP/2 L7 join: the byte join, with the request filter between the mesh side's
     /// staging handler (so staged bytes pass through it) and the glue.
-    static func joinHTTP2(mesh: Channel, meshStaging: StagingHandler, local: Channel, filter: HTTP2RequestFilter,
+    static func joinHTTP2(mesh: Channel, meshStaging: any StagingHandler, local: Channel, filter: HTTP2RequestFilter,
                           stats: ConnectionStats) throws {
         try mesh.pipeline.syncOperations.addHandlers([ActivityStamp(stats), filter], position: .after(meshStaging))
         try joinBytes(mesh: mesh, meshStaging: meshStaging, local: local, localStaging: nil, stats: stats)
