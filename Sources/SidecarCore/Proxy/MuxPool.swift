@@ -50,9 +50,11 @@ final class MuxPool: Sendable {
     /// (named in the audit line of a connection dialed for it).
     /// `openTimeout` bounds a stream open on a pooled connection (the upstream's connect
     /// timeout): a carrier that does not answer in time is written off and probed.
-    func link(on eventLoop: EventLoop, to endpoint: Endpoint, expected: SPIFFEID, tlsContext: TLSContext,
+    /// `tlsContext` gives the context in force: read again for each try, so a renewal that
+    /// lands between tries is used.
+    func link(on eventLoop: EventLoop, to endpoint: Endpoint, expected: SPIFFEID, tlsContext: @escaping @Sendable () -> TLSContext,
               authority: String, listener: String, openTimeout: TimeAmount, dial: @escaping MeshDial) -> EventLoopFuture<MeshLink> {
-        if draining.withLockedValue({ $0 }) { return dial().map(MeshLink.raw) }
+        if draining.withLockedValue({ $0 }) { return dial(tlsContext()).map(MeshLink.raw) }
         // Called on the local connection's own loop, which is the loop pool's: no hop needed.
         eventLoop.preconditionInEventLoop()
         let request = LoopMuxPool.Request(key: LoopMuxPool.Key(endpoint: endpoint, expected: expected.uri),
@@ -94,6 +96,16 @@ struct StreamOpenTimedOut: Error, CustomStringConvertible {
     var description: String { "no answer to a mux stream open within \(timeout.nanoseconds / 1_000_000) ms" }
 }
 
+/// Our leaf expired before a try (its renewal has not arrived): no dial, since the peer would
+/// refuse it. Worded like the upstream handler's own check.
+struct ExpiredLeaf: Error, CustomStringConvertible {
+    let reason: String
+    let tried: [String]
+    var description: String {
+        reason + " and was not renewed" + (tried.isEmpty ? "" : " (after \(tried.count) tries: " + tried.joined(separator: "; ") + ")")
+    }
+}
+
 /// Every try to open a stream met a connection that was going away or gone.
 struct MuxStreamNotOpened: Error, CustomStringConvertible {
     let tries: [String]
@@ -111,7 +123,7 @@ final class LoopMuxPool: @unchecked Sendable {
     /// One local connection's ask for a tunnel.
     struct Request {
         let key: Key
-        let tlsContext: TLSContext
+        let tlsContext: @Sendable () -> TLSContext
         let authority: String
         let listener: String
         let openTimeout: TimeAmount
@@ -174,22 +186,27 @@ final class LoopMuxPool: @unchecked Sendable {
             destinations[request.key] = created
             return created
         }()
-        if draining { return request.dial().map(MeshLink.raw) }
+        let tlsContext = request.tlsContext()
+        // A retry may come after our leaf expired: the peer would only refuse it.
+        if let expired = tlsContext.credentials.expiredLeafReason() {
+            return eventLoop.makeFailedFuture(ExpiredLeaf(reason: expired, tried: tried))
+        }
+        if draining { return request.dial(tlsContext).map(MeshLink.raw) }
         if let until = destination.rawUntil {
-            if NIODeadline.now() < until { return request.dial().map(MeshLink.raw) }
+            if NIODeadline.now() < until { return request.dial(tlsContext).map(MeshLink.raw) }
             destination.rawUntil = nil
         }
-        retireStale(destination, current: request.tlsContext)
+        retireStale(destination, current: tlsContext)
         if let pooled = destination.connections.first(where: { $0.handler.acceptsNewStreams }) {
             let opened = open(on: pooled, request)
-            dialAheadIfNeeded(request, destination)
+            dialAheadIfNeeded(request, destination, tlsContext: tlsContext)
             return retryingUnprocessed(opened, on: pooled, request, retries: retries, tried: tried)
         }
         if let dialing = destination.dialing, destination.reserved < request.settings.maxConcurrentStreams {
             destination.reserved += 1
             return dialing.flatMap { self.link(request, retries: retries, tried: tried) }
         }
-        return startDial(request, destination).flatMap { outcome in
+        return startDial(request, destination, tlsContext: tlsContext).flatMap { outcome in
             switch outcome {
             // A connection dialed for this request can be retired before its first stream
             // opens (a leaf renewal on either side sends GOAWAY): retried like a pooled one.
@@ -264,25 +281,25 @@ final class LoopMuxPool: @unchecked Sendable {
 
     /// Opens the next connection before the current ones are full, so a burst of new local
     /// connections does not wait for a handshake.
-    private func dialAheadIfNeeded(_ request: Request, _ destination: Destination) {
+    private func dialAheadIfNeeded(_ request: Request, _ destination: Destination, tlsContext: TLSContext) {
         guard destination.dialing == nil else { return }
         let usable = destination.connections.filter { !$0.handler.isRetired }
         let capacity = usable.reduce(0) { $0 + $1.handler.streamLimit }
         let used = usable.reduce(0) { $0 + $1.handler.openStreams }
         guard used * 4 >= capacity * 3 else { return }
-        startDial(request, destination).whenSuccess { outcome in
+        startDial(request, destination, tlsContext: tlsContext).whenSuccess { outcome in
             // Found out in the background that the instance speaks raw only: nobody needs this one.
             if case .raw(let dialed) = outcome { dialed.channel.close(promise: nil) }
         }
     }
 
-    private func startDial(_ request: Request, _ destination: Destination) -> EventLoopFuture<DialOutcome> {
-        let outcome = request.dial().hop(to: eventLoop).flatMapThrowing { dialed -> DialOutcome in
+    private func startDial(_ request: Request, _ destination: Destination, tlsContext: TLSContext) -> EventLoopFuture<DialOutcome> {
+        let outcome = request.dial(tlsContext).hop(to: eventLoop).flatMapThrowing { dialed -> DialOutcome in
             guard dialed.peer.applicationProtocol == MuxProtocol.alpn else {
                 destination.rawUntil = .now() + MuxPool.rawRetryInterval
                 return .raw(dialed)
             }
-            return .mux(try self.adopt(dialed, for: request, destination: destination))
+            return .mux(try self.adopt(dialed, for: request, destination: destination, tlsContext: tlsContext))
         }
         destination.dialing = outcome.map { _ in }
         outcome.whenComplete { _ in
@@ -293,7 +310,8 @@ final class LoopMuxPool: @unchecked Sendable {
     }
 
     /// Puts the mux on a freshly verified connection and adds it to the pool.
-    private func adopt(_ dialed: DialedMeshConnection, for request: Request, destination: Destination) throws -> Pooled {
+    private func adopt(_ dialed: DialedMeshConnection, for request: Request, destination: Destination,
+                       tlsContext: TLSContext) throws -> Pooled {
         let handler = MuxConnectionHandler(role: .client, settings: request.settings)
         let logger = self.logger, endpoint = request.key.endpoint
         handler.onUnresponsivePeer = { silence in
@@ -302,7 +320,7 @@ final class LoopMuxPool: @unchecked Sendable {
             ])
         }
         try dialed.waiter.handOver(to: [handler])
-        let pooled = Pooled(channel: dialed.channel, handler: handler, peer: dialed.peer, tlsContext: request.tlsContext)
+        let pooled = Pooled(channel: dialed.channel, handler: handler, peer: dialed.peer, tlsContext: tlsContext)
         destination.connections.append(pooled)
         dialed.channel.closeFuture.whenComplete { [weak self, weak destination] _ in
             self?.eventLoop.execute { destination?.connections.removeAll { $0 === pooled } }

@@ -127,11 +127,12 @@ struct UpstreamRoute: Sendable {
     /// Pooled mux connections; nil: every local connection gets its own mTLS connection.
     var muxPool: MuxPool?
 
-    /// Dials one mTLS connection to `endpoint` and verifies its identity.
-    func dialer(for endpoint: Endpoint, tlsContext: TLSContext, eventLoop: EventLoop) -> MeshDial {
+    /// Dials one mTLS connection to `endpoint` and verifies its identity, with the TLS context
+    /// it is given (the one in force when the dial starts).
+    func dialer(for endpoint: Endpoint, eventLoop: EventLoop) -> MeshDial {
         let expected = expectedIdentity(for: endpoint)
         let handshakeTimeout = self.handshakeTimeout, connectTimeout = TimeAmount.milliseconds(Int64(upstream.connectTimeoutMs))
-        return {
+        return { tlsContext in
             let waiter = HandshakeWaiter(promise: eventLoop.makePromise())
             let tls = TLSHandler(context: tlsContext, expectedPeer: expected, sessionKey: "\(endpoint)|\(expected.uri)",
                                  configuration: TLSHandlerConfiguration(handshakeTimeout: handshakeTimeout))
@@ -158,7 +159,7 @@ struct DialedMeshConnection {
     let peer: TLSPeer
 }
 
-typealias MeshDial = () -> EventLoopFuture<DialedMeshConnection>
+typealias MeshDial = (TLSContext) -> EventLoopFuture<DialedMeshConnection>
 
 /// How a local connection reaches its destination.
 enum MeshLink {
@@ -288,11 +289,11 @@ final class UpstreamConnectionHandler: StagingHandler {
             attempt(context: context, remaining: [], failures: [expired + " and was not renewed"])
             return
         }
-        let dial = route.dialer(for: endpoint, tlsContext: tlsContext, eventLoop: context.eventLoop)
+        let dial = route.dialer(for: endpoint, eventLoop: context.eventLoop)
         let link = route.muxPool?.link(on: context.eventLoop, to: endpoint, expected: route.expectedIdentity(for: endpoint),
-                                        tlsContext: tlsContext, authority: route.upstream.destinationName, listener: listenerName,
+                                        tlsContext: route.tlsContext, authority: route.upstream.destinationName, listener: listenerName,
                                         openTimeout: .milliseconds(Int64(route.upstream.connectTimeoutMs)), dial: dial)
-            ?? dial().map(MeshLink.raw)
+            ?? dial(tlsContext).map(MeshLink.raw)
         let started = NIODeadline.now()
         link.hop(to: context.eventLoop).whenComplete { [self] result in
             if case .failure(let error) = result, .now() - started < Self.fastFailure,

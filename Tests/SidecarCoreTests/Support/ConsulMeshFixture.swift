@@ -236,9 +236,14 @@ struct ConsulPair {
 
     /// Refusals for a leaf that expired before its renewal arrived: the agent sidecar's own
     /// (it will not present it) and the storage sidecar's (it will not serve with it).
+    /// (and the storage sidecar refusing the agent's leaf that expired during the handshake).
     var expiredLeafRefusals: Int {
-        agentAudit.events.filter { $0.kind == .upstreamFailed && $0.reason?.contains("expired and was not renewed") == true }.count
-            + storageAudit.events.filter { $0.kind == .handshakeRejected && $0.reason?.contains("refusing to present it") == true }.count
+        agentAudit.events.filter { $0.kind == .upstreamFailed && $0.reason?.contains(") expired at ") == true
+                                   && $0.reason?.contains("and was not renewed") == true }.count
+            + storageAudit.events.filter {
+                $0.kind == .handshakeRejected && ($0.reason?.contains("refusing to present it") == true
+                                                  || $0.reason?.contains("certificate has expired at depth 0") == true)
+            }.count
     }
 
     /// `serialsSeen` with repeats collapsed: the order in which renewals showed up.
