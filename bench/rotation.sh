@@ -17,6 +17,7 @@
 #              LEAF_TTL=10m AGENT_OUTAGE_AT=60 AGENT_OUTAGE_FOR=60 ROTATE_AT=999999 DURATION=180
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. bench/lib.sh
 
 STREAMS=${STREAMS:-8}
 BYTES=${BYTES:-2147483648}
@@ -25,83 +26,65 @@ ROTATE_AT=${ROTATE_AT:-$((DURATION / 2))}
 LEAF_TTL=${LEAF_TTL:-5s}
 if [ -z "${BIN_DIR:-}" ]; then
   echo "== building (release)"
-  swift build -c release --scratch-path .build-release >/tmp/rotation-build.log 2>&1 || { cat /tmp/rotation-build.log; exit 1; }
-  BIN_DIR=$(swift build -c release --scratch-path .build-release --show-bin-path)
+  build_release /tmp/rotation-build.log
 fi
 
-work=$(mktemp -d /tmp/backup-sidecar-rotation.XXXXXX)
+new_workdir rotation
 mkdir -p bench/results
 result="bench/results/rotation-$(date -u +%Y%m%dT%H%M%SZ).txt"
-. scripts/lib.sh
-agent=$(free_port); echo_port=$(free_port); public=$(free_port); upstream=$(free_port)
-admin_storage=$(free_port); admin_agent=$(free_port)
+agent="" echo_port="" public="" upstream="" admin_storage="" admin_agent="" agent_app="" agent_public=""
+for port in agent echo_port public upstream admin_storage admin_agent agent_app agent_public; do alloc_port "$port"; done
 
-mkdir -p "$work/consul"
-cat > "$work/consul/services.json" <<JSON
+mkdir -p "$WORK/consul"
+cat > "$WORK/consul/services.json" <<JSON
 {"services": [
   {"name": "storage", "port": $echo_port, "connect": {"sidecar_service": {"port": $public}}},
-  {"name": "backup-agent", "port": $(free_port), "connect": {"sidecar_service": {"port": $(free_port),
+  {"name": "backup-agent", "port": $agent_app, "connect": {"sidecar_service": {"port": $agent_public,
     "proxy": {"upstreams": [{"destination_name": "storage", "local_bind_port": $upstream}]}}}}
 ]}
 JSON
-cat > "$work/consul/intentions.json" <<JSON
+cat > "$WORK/consul/intentions.json" <<JSON
 {"Kind": "service-intentions", "Name": "storage", "Sources": [{"Name": "backup-agent", "Action": "allow"}]}
 JSON
 
-"$BIN_DIR/backup-sidecar" dev-agent -http-addr "127.0.0.1:$agent" -config-dir "$work/consul" -leaf-ttl "$LEAF_TTL" \
-  2>"$work/dev-agent.log" & pids+=($!)
-"$BIN_DIR/mesh-load" echo "$echo_port" >"$work/echo.log" 2>&1 & pids+=($!)
+start_bg "$WORK/dev-agent.log" "$BIN_DIR/backup-sidecar" dev-agent -http-addr "127.0.0.1:$agent" \
+  -config-dir "$WORK/consul" -leaf-ttl "$LEAF_TTL"
+agent_process=$LAST_PID
+start_bg "$WORK/echo.log" "$BIN_DIR/mesh-load" echo "$echo_port"
 wait_port "$echo_port"
-"$BIN_DIR/backup-sidecar" run -sidecar-for storage -http-addr "127.0.0.1:$agent" --admin-bind "127.0.0.1:$admin_storage" \
-  --audit-log "$work/storage-audit.jsonl" 2>"$work/storage.log" & pids+=($!)
-"$BIN_DIR/backup-sidecar" run -sidecar-for backup-agent -http-addr "127.0.0.1:$agent" --admin-bind "127.0.0.1:$admin_agent" \
-  --audit-log "$work/agent-audit.jsonl" 2>"$work/agent.log" & pids+=($!)
+start_bg "$WORK/storage.log" "$BIN_DIR/backup-sidecar" run -sidecar-for storage -http-addr "127.0.0.1:$agent" \
+  --admin-bind "127.0.0.1:$admin_storage" --audit-log "$WORK/storage-audit.jsonl"
+storage_pid=$LAST_PID
+start_bg "$WORK/agent.log" "$BIN_DIR/backup-sidecar" run -sidecar-for backup-agent -http-addr "127.0.0.1:$agent" \
+  --admin-bind "127.0.0.1:$admin_agent" --audit-log "$WORK/agent-audit.jsonl"
+agent_pid=$LAST_PID
 wait_ready "$admin_storage" "$admin_agent"
 
-agent_process=${pids[0]}; storage_pid=${pids[2]}; agent_pid=${pids[3]}
 if [ -n "${AGENT_OUTAGE_AT:-}" ]; then
   (sleep "$AGENT_OUTAGE_AT"; kill -STOP "$agent_process"; echo "dev agent frozen at ${AGENT_OUTAGE_AT}s"
    sleep "${AGENT_OUTAGE_FOR:-60}"; kill -CONT "$agent_process"; echo "dev agent back after ${AGENT_OUTAGE_FOR:-60}s") & pids+=($!)
 fi
 # Soak check every 10 s: both sidecars' resident memory and the allocator's bytes in use by
 # live objects (flat in-use memory = no leak under churn; RSS also holds glibc's free cache).
+# shellcheck disable=SC2317 # (soak_samples calls it)
 heap_kib() { curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null | awk '/^backup_sidecar_heap_in_use_bytes/ {printf "%d", $2 / 1024}' || echo 0; }
-(while sleep 10; do
-   echo "$(date +%s) $(awk '/VmRSS/ {print $2}' /proc/$storage_pid/status 2>/dev/null || echo 0) $(awk '/VmRSS/ {print $2}' /proc/$agent_pid/status 2>/dev/null || echo 0) $(heap_kib "$admin_storage") $(heap_kib "$admin_agent")"
- done) >"$work/rss.log" & pids+=($!)
+# shellcheck disable=SC2317 # (start_bg runs it)
+soak_samples() { # one line per 10 s: EPOCH RSS_STORAGE RSS_AGENT HEAP_STORAGE HEAP_AGENT (KiB)
+  while sleep 10; do
+    echo "$(date +%s) $(proc_kib "$storage_pid" VmRSS || echo 0) $(proc_kib "$agent_pid" VmRSS || echo 0) $(heap_kib "$admin_storage") $(heap_kib "$admin_agent")"
+  done
+}
+start_bg "$WORK/rss.log" soak_samples
 
 {
   echo "# bench/rotation.sh, $(date -u +%FT%TZ): $STREAMS streams x $BYTES bytes repeated for ${DURATION}s,"
   echo "# leaf TTL $LEAF_TTL, CA rotation at ${ROTATE_AT}s; $(nproc) cores"
   "$BIN_DIR/mesh-load" run "$upstream" --streams "$STREAMS" --bytes "$BYTES" --duration "$DURATION" \
     --rotate-at "$ROTATE_AT" --rotate-url "http://127.0.0.1:$agent/v1/connect/ca/configuration" && status=0 || status=$?
-  serials=$(python3 - "$work/agent-audit.jsonl" <<'PY'
-import json, sys
-seen = []
-for line in open(sys.argv[1]):
-    event = json.loads(line)
-    if event.get("event") == "upstream_connected":
-        serial = event.get("reason", "").split("serial ")[-1].split(" ")[0]
-        if not seen or seen[-1] != serial:
-            seen.append(serial)
-print(len(seen))
-PY
-)
+  serials=$(bench_py leaf_serials "$WORK/agent-audit.jsonl")
   echo "storage leaf serials seen by new connections, in order of change: $serials"
-  echo "certificate rotations applied: storage $(grep -c 'certificates rotated' "$work/storage.log" || true), backup-agent $(grep -c 'certificates rotated' "$work/agent.log" || true)"
-  python3 - "$work/rss.log" <<'PY'
-import sys
-rows = [list(map(int, l.split())) for l in open(sys.argv[1]) if len(l.split()) == 5]
-if len(rows) >= 3:
-    third = max(1, len(rows) // 3)
-    for what, offset in (("RSS", 1), ("heap in use", 3)):
-        for name, column in (("storage", offset), ("backup-agent", offset + 1)):
-            values = [r[column] / 1024 for r in rows]
-            # Growth over the last two thirds (after warm-up): a leak keeps climbing there.
-            later = values[third:]
-            print(f"{what} {name} sidecar (MiB): first {values[0]:.1f}, after 1/3 {values[third]:.1f}, "
-                  f"last {values[-1]:.1f}, max {max(values):.1f}, min/max after 1/3 {min(later):.1f}/{max(later):.1f}")
-PY
+  echo "certificate rotations applied: storage $(grep -c 'certificates rotated' "$WORK/storage.log" || true), backup-agent $(grep -c 'certificates rotated' "$WORK/agent.log" || true)"
+  bench_py soak_summary "$WORK/rss.log"
   echo "result: $([ "$status" = 0 ] && echo PASS || echo FAIL)"
   exit "$status"
 } 2>&1 | tee "$result"

@@ -22,7 +22,8 @@
 set -uo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$SCRIPT_DIR/lib.sh"   # ROOT, log, processes, ports, certificates, proxy pairs (see there)
 cd "$ROOT" || exit 1
 
 CMDLINE="bench/run.sh"
@@ -74,55 +75,10 @@ SIDECAR_BIN=${SIDECAR_BIN:-.build/release/backup-sidecar}
 case "$SIDECAR_BIN" in /*) ;; *) SIDECAR_BIN="$ROOT/$SIDECAR_BIN" ;; esac
 read -r -a SIDECAR_EXTRA <<<"${SIDECAR_EXTRA_ARGS:-}"
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-# ---------------------------------------------------------------- temp dir + process bookkeeping
-WORK=$(mktemp -d /tmp/backup-sidecar-bench.XXXXXX)
-chmod 755 "$WORK"
+# ---------------------------------------------------------------- temp dir
+new_workdir bench
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
-PIDS=()
-LAST_PID=""
-
-# start_bg LOGFILE CMD... : start CMD in the background, stdout+stderr to LOGFILE; sets LAST_PID
-start_bg() {
-  local logf=$1; shift
-  "$@" >"$logf" 2>&1 </dev/null &
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-}
-
-descendants() { # PID -> all descendant PIDs (children first level, then deeper)
-  local c
-  for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do
-    echo "$c"
-    descendants "$c"
-  done
-}
-
-stop_pid() {
-  local pid=$1 kids i p
-  [ -n "$pid" ] || return 0
-  kids=$(descendants "$pid")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null
-    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null
-  fi
-  wait "$pid" 2>/dev/null
-  for p in $kids; do kill -KILL "$p" 2>/dev/null; done
-  local keep=()
-  for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-}
-
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do stop_pid "$p"; done
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
 
 # ---------------------------------------------------------------- tools
 ensure_tools() {
@@ -146,108 +102,8 @@ ensure_tools() {
   done
 }
 
-# ---------------------------------------------------------------- ports
-declare -A USED_PORTS=()
-alloc_port() { # VAR : store a currently free 127.0.0.1 TCP port in VAR (never handed out twice per run)
-  local p
-  # Ports come from 20000-32767, below the kernel's ephemeral range, so the load tools' outgoing
-  # connections never race with our listeners.
-  p=$(python3 - "${!USED_PORTS[@]}" <<'EOF'
-import random, socket, sys
-used = set(int(x) for x in sys.argv[1:])
-for _ in range(500):
-    p = random.randrange(20000, 32768)
-    if p in used:
-        continue
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p))
-    except OSError:
-        continue
-    finally:
-        s.close()
-    print(p)
-    break
-EOF
-)
-  USED_PORTS[$p]=1
-  printf -v "$1" '%s' "$p"
-}
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# wait_port PORT PID [SECONDS] : wait until PORT accepts TCP while PID is alive
-wait_port() {
-  local port=$1 pid=$2 max=${3:-20} i
-  for i in $(seq 1 $((max * 10))); do
-    kill -0 "$pid" 2>/dev/null || return 1
-    port_open "$port" && return 0
-    sleep 0.1
-  done
-  return 1
-}
-
 # ---------------------------------------------------------------- results
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; }  # impl metric value
-
-# ---------------------------------------------------------------- certificates
-CERTS="$WORK/certs"
-CERT_NOTE=""
-make_certs() {
-  mkdir -p "$CERTS"
-  if [ -f "$ROOT/certs-dev/gen.sh" ]; then
-    log "generating certificates with certs-dev/gen.sh"
-    if ! bash "$ROOT/certs-dev/gen.sh" "$CERTS" >"$WORK/gen-certs.log" 2>&1; then
-      log "certs-dev/gen.sh failed, see $WORK/gen-certs.log"; exit 1
-    fi
-  else
-    CERT_NOTE="certs-dev/gen.sh was not present; equivalent throw-away certificates were generated with the openssl CLI"
-    log "WARNING: $CERT_NOTE"
-    fallback_certs >"$WORK/gen-certs.log" 2>&1   # files are checked below
-  fi
-  local f
-  for f in ca.pem backup-agent.pem backup-agent.key storage.pem storage.key; do
-    [ -s "$CERTS/$f" ] || { log "certificate file missing after generation: $CERTS/$f"; exit 1; }
-  done
-  # HAProxy wants certificate and key in one file.
-  cat "$CERTS/backup-agent.pem" "$CERTS/backup-agent.key" >"$WORK/backup-agent-combined.pem"
-  cat "$CERTS/storage.pem" "$CERTS/storage.key" >"$WORK/storage-combined.pem"
-  # A client certificate from a foreign CA, for the "does the server side really verify" check:
-  # gen.sh's other-backup-agent (same service name, other root) when present, else a self-signed one.
-  if [ -s "$CERTS/other-backup-agent.pem" ] && [ -s "$CERTS/other-backup-agent.key" ]; then
-    cp "$CERTS/other-backup-agent.pem" "$WORK/foreign.pem"; cp "$CERTS/other-backup-agent.key" "$WORK/foreign.key"
-  else
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=intruder" \
-      -keyout "$WORK/foreign.key" -out "$WORK/foreign.pem" >>"$WORK/gen-certs.log" 2>&1
-  fi
-}
-
-# Used only when certs-dev/gen.sh does not exist: EC P-256 CA plus SPIFFE leaves.
-fallback_certs() (
-  set -e
-  local trust uuid name
-  uuid=$(cat /proc/sys/kernel/random/uuid)
-  trust="spiffe://$uuid.consul"
-  cd "$CERTS"
-  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key
-  openssl req -x509 -new -key ca.key -sha256 -days 7 -subj "/CN=Bench Consul CA" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-    -addext "subjectAltName=URI:$trust" -out ca.pem
-  for name in backup-agent storage; do
-    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$name.key"
-    openssl req -new -key "$name.key" -subj "/CN=$name" -out "$name.csr"
-    cat >"$name.ext" <<EOF
-basicConstraints=critical,CA:FALSE
-keyUsage=critical,digitalSignature,keyAgreement
-extendedKeyUsage=serverAuth,clientAuth
-subjectKeyIdentifier=hash
-authorityKeyIdentifier=keyid
-subjectAltName=URI:$trust/ns/default/dc/dc1/svc/$name
-EOF
-    openssl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 7 -sha256 \
-      -extfile "$name.ext" -out "$name.pem"
-  done
-)
 
 # ---------------------------------------------------------------- backends
 HTTP_PORT=""
@@ -291,7 +147,7 @@ EOF
   } >"$d/nginx.conf"
   start_bg "$d/stderr.log" nginx -p "$d/" -c "$d/nginx.conf" -e "$d/error.log"
   NGINX_PID=$LAST_PID
-  wait_port "$HTTP_PORT" "$NGINX_PID" 20 || { log "nginx did not start, see $d/"; exit 1; }
+  await_port "$HTTP_PORT" "$NGINX_PID" 20 || { log "nginx did not start, see $d/"; exit 1; }
   local code
   code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$HTTP_PORT/")
   [ "$code" = 200 ] || { log "nginx answered $code instead of 200"; exit 1; }
@@ -304,14 +160,14 @@ start_iperf_server() { # LOGFILE
   alloc_port IPERF_PORT
   start_bg "$1" iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT"
   IPERF_PID=$LAST_PID
-  wait_port "$IPERF_PORT" "$IPERF_PID" 20
+  await_port "$IPERF_PORT" "$IPERF_PID" 20
 }
 stop_iperf_server() { stop_pid "$IPERF_PID"; IPERF_PID=""; }
 
 # ---------------------------------------------------------------- proxy pairs
 # start_pair IMPL BACKEND_PORT TAG : starts server-side then client-side proxy.
 # Sets LOCAL_PORT, PUBLIC_PORT, CLIENT_PID, SERVER_PID; on failure sets FAIL_REASON and returns 1.
-LOCAL_PORT=""; PUBLIC_PORT=""; CLIENT_PID=""; SERVER_PID=""; FAIL_REASON=""; FAIL_LOG=""
+LOCAL_PORT=""; PUBLIC_PORT=""; FAIL_REASON=""; FAIL_LOG=""
 start_pair() {
   local impl=$1 backend=$2 tag=$3
   local d="$WORK/$impl/$tag"
@@ -320,163 +176,38 @@ start_pair() {
   alloc_port LOCAL_PORT
   alloc_port PUBLIC_PORT
   # Ours runs twice: with the mux (default) and pinned to one mTLS connection per tunnel.
-  SIDECAR_MODE=(); [ "$impl" = backup-sidecar-raw ] && SIDECAR_MODE=(--mux off)
+  local sidecar_args=(); [ "$impl" = backup-sidecar-raw ] && sidecar_args=(--mux off)
+  sidecar_args+=("${SIDECAR_EXTRA[@]}")
   case "$impl" in
-    backup-sidecar|backup-sidecar-raw) start_sidecar_pair "$d" "$backend" ;;
-    stunnel) start_stunnel_pair "$d" "$backend" ;;
-    haproxy) start_haproxy_pair "$d" "$backend" ;;
+    backup-sidecar|backup-sidecar-raw) start_sidecar_server "$d" "$PUBLIC_PORT" "$backend" "${sidecar_args[@]}" ;;
+    stunnel) write_stunnel_pair "$d" "$PUBLIC_PORT" "$LOCAL_PORT" "$backend"
+             start_bg "$d/server.log" stunnel4 "$d/server.conf"; SERVER_PID=$LAST_PID ;;
+    haproxy) write_haproxy_pair "$d" "$PUBLIC_PORT" "$LOCAL_PORT" "$backend" 4096 1m
+             start_bg "$d/server.log" haproxy -db -f "$d/server.cfg"; SERVER_PID=$LAST_PID ;;
   esac
-  if [ -z "$SERVER_PID" ] || ! wait_port "$PUBLIC_PORT" "$SERVER_PID" 20; then
+  if [ -z "$SERVER_PID" ] || ! await_port "$PUBLIC_PORT" "$SERVER_PID" 20; then
     FAIL_REASON="server-side proxy did not start"; FAIL_LOG="$d/server.log"
     stop_pair; return 1
   fi
   case "$impl" in
-    backup-sidecar|backup-sidecar-raw) start_sidecar_client "$d" ;;
+    backup-sidecar|backup-sidecar-raw) start_sidecar_client --inbound "$d" "$LOCAL_PORT" "$PUBLIC_PORT" "${sidecar_args[@]}" ;;
     stunnel) start_bg "$d/client.log" stunnel4 "$d/client.conf"; CLIENT_PID=$LAST_PID ;;
     haproxy) start_bg "$d/client.log" haproxy -db -f "$d/client.cfg"; CLIENT_PID=$LAST_PID ;;
   esac
-  if [ -z "$CLIENT_PID" ] || ! wait_port "$LOCAL_PORT" "$CLIENT_PID" 20; then
+  if [ -z "$CLIENT_PID" ] || ! await_port "$LOCAL_PORT" "$CLIENT_PID" 20; then
     FAIL_REASON="client-side proxy did not start"; FAIL_LOG="$d/client.log"
     stop_pair; return 1
   fi
   return 0
 }
 
-stop_pair() {
-  [ -n "$CLIENT_PID" ] && stop_pid "$CLIENT_PID"
-  [ -n "$SERVER_PID" ] && stop_pid "$SERVER_PID"
-  CLIENT_PID=""; SERVER_PID=""
-}
-
-start_sidecar_pair() {
-  local d=$1 backend=$2
-  cat >"$d/server-service.json" <<EOF
-{"service":{"kind":"connect-proxy","name":"storage-sidecar-proxy","port":$PUBLIC_PORT,"address":"127.0.0.1","proxy":{"destination_service_name":"storage","local_service_address":"127.0.0.1","local_service_port":$backend}}}
-EOF
-  cat >"$d/intentions.json" <<'EOF'
-[{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Action":"allow"}]}]
-EOF
-  start_bg "$d/server.log" "$SIDECAR_BIN" run --admin-bind off --service-file "$d/server-service.json" \
-    --cert "$CERTS/storage.pem" --key "$CERTS/storage.key" --ca "$CERTS/ca.pem" \
-    --intentions-file "$d/intentions.json" "${SIDECAR_MODE[@]}" "${SIDECAR_EXTRA[@]}"
-  SERVER_PID=$LAST_PID
-}
-
-start_sidecar_client() {
-  local d=$1 agent_public agent_local
-  alloc_port agent_public   # inbound listener of the backup-agent sidecar (unused by the benchmark)
-  alloc_port agent_local    # the backup-agent service itself (nothing listens there)
-  cat >"$d/client-service.json" <<EOF
-{"service":{"kind":"connect-proxy","name":"backup-agent-sidecar-proxy","port":$agent_public,"address":"127.0.0.1","proxy":{"destination_service_name":"backup-agent","local_service_port":$agent_local,"upstreams":[{"destination_name":"storage","local_bind_address":"127.0.0.1","local_bind_port":$LOCAL_PORT}]}}}
-EOF
-  start_bg "$d/client.log" "$SIDECAR_BIN" run --admin-bind off --service-file "$d/client-service.json" \
-    --cert "$CERTS/backup-agent.pem" --key "$CERTS/backup-agent.key" --ca "$CERTS/ca.pem" \
-    --upstream-endpoint "storage=127.0.0.1:$PUBLIC_PORT" "${SIDECAR_MODE[@]}" "${SIDECAR_EXTRA[@]}"
-  CLIENT_PID=$LAST_PID
-}
-
-start_stunnel_pair() {
-  local d=$1 backend=$2
-  # Shared settings: no per-connection logging (debug = warning), TCP_NODELAY both ways,
-  # TLS 1.2 minimum, no session resumption so every connection is a full mTLS handshake.
-  local common="foreground = yes
-syslog = no
-debug = warning
-socket = l:TCP_NODELAY=1
-socket = r:TCP_NODELAY=1"
-  cat >"$d/server.conf" <<EOF
-$common
-pid = $d/server.pid
-output = $d/server-output.log
-
-[storage-inbound]
-accept = 127.0.0.1:$PUBLIC_PORT
-connect = 127.0.0.1:$backend
-cert = $CERTS/storage.pem
-key = $CERTS/storage.key
-CAfile = $CERTS/ca.pem
-verifyChain = yes
-requireCert = yes
-sslVersionMin = TLSv1.2
-sessionResume = yes
-EOF
-  cat >"$d/client.conf" <<EOF
-$common
-pid = $d/client.pid
-output = $d/client-output.log
-
-[storage-upstream]
-client = yes
-accept = 127.0.0.1:$LOCAL_PORT
-connect = 127.0.0.1:$PUBLIC_PORT
-cert = $CERTS/backup-agent.pem
-key = $CERTS/backup-agent.key
-CAfile = $CERTS/ca.pem
-verifyChain = yes
-sslVersionMin = TLSv1.2
-sessionResume = yes
-EOF
-  start_bg "$d/server.log" stunnel4 "$d/server.conf"
-  SERVER_PID=$LAST_PID
-}
-
-start_haproxy_pair() {
-  local d=$1 backend=$2
-  # nbthread 2: the box has 2 cores and backup-sidecar uses at most 2 event-loop threads.
-  local global="global
-    nbthread 2
-    maxconn 4096
-    ssl-default-bind-options ssl-min-ver TLSv1.2
-    ssl-default-server-options ssl-min-ver TLSv1.2
-
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 1m
-    timeout server 1m"
-  cat >"$d/server.cfg" <<EOF
-$global
-
-frontend storage_inbound
-    bind 127.0.0.1:$PUBLIC_PORT ssl crt $WORK/storage-combined.pem ca-file $CERTS/ca.pem verify required
-    default_backend storage_local
-
-backend storage_local
-    server storage 127.0.0.1:$backend
-EOF
-  # HAProxy reuses TLS sessions toward the server by default, like backup-sidecar and stunnel
-  # (sessionResume = yes): the "new connections" row compares resumed handshakes for all three.
-  cat >"$d/client.cfg" <<EOF
-$global
-
-frontend storage_upstream
-    bind 127.0.0.1:$LOCAL_PORT
-    default_backend storage_remote
-
-backend storage_remote
-    server storage 127.0.0.1:$PUBLIC_PORT ssl crt $WORK/backup-agent-combined.pem ca-file $CERTS/ca.pem verify required
-EOF
-  start_bg "$d/server.log" haproxy -db -f "$d/server.cfg"
-  SERVER_PID=$LAST_PID
-}
-
 # ---------------------------------------------------------------- measurements
-pids_of_tree() { echo "$1"; descendants "$1"; }
-hwm_kib() { # PID -> sum of VmHWM (KiB) over PID and its descendants
-  local p s=0 v
-  for p in $(pids_of_tree "$1"); do
-    v=$(awk '/^VmHWM:/{print $2}' "/proc/$p/status" 2>/dev/null)
-    [ -n "$v" ] && s=$((s + v))
-  done
-  echo "$s"
-}
-
 # Peak RSS per side, kept as the maximum over the phases of one implementation.
 declare -A RSS_MAX=()
 note_rss() { # IMPL
   local c s
-  c=$(hwm_kib "$CLIENT_PID"); s=$(hwm_kib "$SERVER_PID")
-  echo "client pid(s) $(pids_of_tree "$CLIENT_PID" | tr '\n' ' ') VmHWM ${c} KiB; server pid(s) $(pids_of_tree "$SERVER_PID" | tr '\n' ' ') VmHWM ${s} KiB" \
+  c=$(tree_kib "$CLIENT_PID" VmHWM); s=$(tree_kib "$SERVER_PID" VmHWM)
+  echo "client pid(s) $(tree_pids "$CLIENT_PID" | tr '\n' ' ') VmHWM ${c} KiB; server pid(s) $(tree_pids "$SERVER_PID" | tr '\n' ' ') VmHWM ${s} KiB" \
     >>"$WORK/$1/rss.txt"
   [ "${RSS_MAX[$1.client]:-0}" -lt "$c" ] && RSS_MAX[$1.client]=$c
   [ "${RSS_MAX[$1.server]:-0}" -lt "$s" ] && RSS_MAX[$1.server]=$s
@@ -486,22 +217,9 @@ run_iperf() { # IMPL PORT STREAMS -> records iperf_pN
   local impl=$1 port=$2 n=$3 out="$WORK/$1/iperf-P$3.json" v
   log "$impl: iperf3 -P $n for ${DUR}s"
   timeout "$CMD_TIMEOUT" iperf3 -c 127.0.0.1 -p "$port" -t "$DUR" -P "$n" -J >"$out" 2>"$out.stderr"
-  v=$(python3 - "$out" <<'EOF'
-import json, sys
-try:
-    d = json.load(open(sys.argv[1]))
-    if d.get("error"):
-        raise ValueError(d["error"])
-    bps = d["end"]["sum_received"]["bits_per_second"]
-    print(f"{bps / 8e6:.1f}" if bps > 0 else "n/a")
-except Exception as e:
-    print("n/a")
-EOF
-)
+  v=$(bench_py iperf3_result "$out")
   record "$impl" "iperf_p$n" "$v"
-  [ "$v" = "n/a" ] && record "$impl" note "iperf3 -P $n failed: $(python3 -c 'import json,sys
-try: print(json.load(open(sys.argv[1])).get("error","no result"))
-except Exception: print("no JSON output")' "$out" | head -c 200) (see $out)"
+  [ "$v" = "n/a" ] && record "$impl" note "iperf3 -P $n failed: $(bench_py iperf3_result --error "$out" | head -c 200) (see $out)"
   log "$impl: iperf3 -P $n -> $v MB/s"
 }
 
@@ -513,29 +231,7 @@ run_wrk() {
   log "$impl: wrk $* (${DUR}s)"
   timeout "$CMD_TIMEOUT" wrk "$@" -d "${DUR}s" "http://127.0.0.1:$port/" >"$out" 2>&1
   echo "exit=$?" >>"$out"
-  parsed=$(python3 - "$out" <<'EOF'
-import re, sys
-txt = open(sys.argv[1]).read()
-m = re.search(r"^Requests/sec:\s*([0-9.]+)", txt, re.M)
-rps = m.group(1) if m else "n/a"
-n_req = re.search(r"^\s*(\d+) requests in", txt, re.M)
-errs = 0
-m = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", txt)
-if m: errs += int(m.group(1))
-m = re.search(r"Socket errors:\s*connect (\d+), read (\d+), write (\d+), timeout (\d+)", txt)
-if m: errs += sum(int(x) for x in m.groups())
-if not n_req:
-    errs = "n/a"
-p99 = "n/a"
-m = re.search(r"^\s*99%\s+([0-9.]+)(us|ms|s|m|h)\s*$", txt, re.M)
-if m:
-    f = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}[m.group(2)]
-    p99 = f"{float(m.group(1)) * f:.3f}"
-if rps != "n/a" and n_req and int(n_req.group(1)) == 0:
-    rps = "n/a"
-print(rps, p99, errs)
-EOF
-)
+  parsed=$(bench_py wrk_result "$out")
   read -r rps p99 errs <<<"$parsed"
   record "$impl" "$name" "$rps"
   [ "$rps" = "n/a" ] && record "$impl" note "wrk $name produced no result, see $out"
@@ -562,7 +258,7 @@ run_http_suite() { # IMPL PORT
 check_mtls() { # IMPL
   local impl=$1 nocert foreign
   nocert=$(curl -sk --http1.1 --max-time 5 -o /dev/null -w '%{http_code}' "https://127.0.0.1:$PUBLIC_PORT/" 2>/dev/null)
-  foreign=$(curl -sk --http1.1 --max-time 5 --cert "$WORK/foreign.pem" --key "$WORK/foreign.key" \
+  foreign=$(curl -sk --http1.1 --max-time 5 --cert "$CERTS/other-backup-agent.pem" --key "$CERTS/other-backup-agent.key" \
     -o /dev/null -w '%{http_code}' "https://127.0.0.1:$PUBLIC_PORT/" 2>/dev/null)
   local a=yes b=yes
   [ "$nocert" = 200 ] && a="NO"
@@ -660,7 +356,7 @@ bench_tcp_pair_ceiling() {
   done
   start_bg "$d/server.log" haproxy -db -f "$d/server.cfg"; SERVER_PID=$LAST_PID
   start_bg "$d/client.log" haproxy -db -f "$d/client.cfg"; CLIENT_PID=$LAST_PID
-  if wait_port "$PUBLIC_PORT" "$SERVER_PID" 20 && wait_port "$LOCAL_PORT" "$CLIENT_PID" 20; then
+  if await_port "$PUBLIC_PORT" "$SERVER_PID" 20 && await_port "$LOCAL_PORT" "$CLIENT_PID" 20; then
     run_wrk baseline "$LOCAL_PORT" tcp_pair_conn_rate -t2 -c16 -H 'Connection: close'
   else
     record baseline note "plain-TCP HAProxy pair did not start, see $d/"
@@ -697,97 +393,7 @@ versions() {
   fi
 }
 
-render_table() {
-  python3 - "$RESULTS" "${IMPLS[*]}" "$RUN_BASELINE" <<'EOF'
-import sys
-from collections import defaultdict
-res = defaultdict(dict)
-notes = []
-for line in open(sys.argv[1]):
-    parts = line.rstrip("\n").split("\t")
-    if len(parts) == 3:
-        if parts[1] == "note":
-            notes.append(f"- {parts[0]}: {parts[2]}")
-        else:
-            res[parts[0]][parts[1]] = parts[2]
-ran = set(sys.argv[2].split())
-baseline = sys.argv[3] == "1"
-impls = ["backup-sidecar", "backup-sidecar-raw", "stunnel", "haproxy"]
-
-def num(v):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
-
-# derived metrics
-for impl in impls:
-    r = res[impl]
-    c, s = num(r.get("rss_client")), num(r.get("rss_server"))
-    for k in ("rss_client", "rss_server"):
-        if num(r.get(k)) is not None:
-            r[k] = f"{num(r[k]) / 1024:.1f}"
-    if c is not None and s is not None:
-        r["rss_total"] = f"{(c + s) / 1024:.1f}"
-
-rows = [
-    ("status", "Status", None),
-    ("iperf_p1", "iperf3 throughput, 1 stream (MB/s, higher is better)", "hi"),
-    ("iperf_p4", "iperf3 throughput, 4 streams (MB/s, higher is better)", "hi"),
-    ("conn_rate", "New connections/s, an mTLS handshake each, resumed where the proxy can (wrk -c16, Connection: close; higher is better)", "hi"),
-    ("tcp_pair_conn_rate", "New connections/s through HAProxy as two plain-TCP hops, no TLS: the ceiling for any proxy pair here (reference column only)", None),
-    ("ka_rps", "Keep-alive requests/s (wrk -c16; higher is better)", "hi"),
-    ("lat_p99", "p99 latency, 1 keep-alive connection (ms, lower is better)", "lo"),
-    ("rss_client", "Peak RSS client-side proxy (MiB, lower is better)", "lo"),
-    ("rss_server", "Peak RSS server-side proxy (MiB, lower is better)", "lo"),
-    ("rss_total", "Peak RSS both proxies (MiB, lower is better)", "lo"),
-    ("errors", "wrk errors: non-2xx + socket errors, all wrk runs (lower is better)", None),
-    ("mtls", "Server side rejects client with no cert / foreign-CA cert", None),
-]
-
-def cell(impl, key):
-    if key == "tcp_pair_conn_rate":
-        return "—"
-    if impl not in ran and impl != "baseline":
-        return "not run"
-    st = res[impl].get("status", "")
-    v = res[impl].get(key)
-    if key == "status":
-        return st or "n/a"
-    if st.startswith("n/a"):
-        return "n/a"
-    return v if v not in (None, "") else "n/a"
-
-cols = ["Metric", "backup-sidecar (mux)", "backup-sidecar --mux off", "stunnel", "haproxy", "ratio ours (mux)/best-of-others", "mux/raw"]
-if baseline:
-    cols.append("no proxy (reference)")
-out = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"]
-for key, label, better in rows:
-    vals = [cell(i, key) for i in impls]
-    ratio = mux_raw = "—"
-    if better:
-        ours = num(vals[0])
-        others = [num(v) for v in vals[2:] if num(v) is not None]
-        if ours is not None and others:
-            best = max(others) if better == "hi" else min(others)
-            ratio = f"{ours / best:.2f}" if best > 0 else "n/a"
-        else:
-            ratio = "n/a"
-        raw = num(vals[1])
-        mux_raw = f"{ours / raw:.2f}" if ours is not None and raw else "n/a"
-    line = [label] + vals + [ratio, mux_raw]
-    if baseline:
-        b = res["baseline"].get(key)
-        if key.startswith("rss") or key == "mtls":
-            b = "—"
-        line.append(b if b else "n/a")
-    out.append("| " + " | ".join(s.replace("|", "/") for s in line) + " |")
-print("\n".join(out))
-if notes:
-    print("\nNotes:\n")
-    print("\n".join(notes))
-EOF
-}
+render_table() { bench_py render_table "$RESULTS" "${IMPLS[*]}" "$RUN_BASELINE"; }
 
 # ---------------------------------------------------------------- main
 START_TS=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
@@ -795,6 +401,7 @@ BUILD_FAILED=0
 log "work dir: $WORK (logs and raw outputs stay here)"
 ensure_tools
 build_sidecar
+log "generating certificates with certs-dev/gen.sh"
 make_certs
 start_nginx
 
@@ -816,7 +423,6 @@ mkdir -p "$SCRIPT_DIR/results"
   echo "- kernel: $(uname -r); CPUs: $(nproc) ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'))"
   echo "- duration per measurement: ${DUR}s; implementations run: ${IMPLS[*]:-none}$([ "$RUN_BASELINE" = 1 ] && echo ', no-proxy reference')"
   [ -n "$ONLY" ] && echo "- partial run (--only $ONLY): columns marked 'not run' were skipped"
-  [ -n "$CERT_NOTE" ] && echo "- note: $CERT_NOTE"
   [ "$BUILD_FAILED" = 1 ] && echo "- note: swift build -c release failed"
   echo
   echo "Tool versions:"

@@ -1,4 +1,6 @@
-# Shared by scripts/demo.sh and bench/*.sh that start background processes on 127.0.0.1.
+# shellcheck shell=bash
+# Shared by scripts/demo.sh and bench/lib.sh (the launcher library of bench/*.sh builds on it)
+# for scripts that start background processes on 127.0.0.1.
 # Source it; append every background PID to `pids` and they are stopped on exit.
 
 pids=()
@@ -11,10 +13,24 @@ trap cleanup EXIT
 # A port the kernel just handed out and released.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# port_open PORT: 127.0.0.1:PORT accepts a TCP connection right now.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# await_port PORT [PID] [SECONDS]: waits up to SECONDS (default 20) for 127.0.0.1:PORT to accept
+# TCP; returns 1 when the time is up or, when PID is given, as soon as process PID is gone.
+await_port() {
+  local port=$1 pid=${2:-} max=${3:-20}
+  for _ in $(seq 1 $((max * 10))); do
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
+    port_open "$port" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
 # wait_port PORT: up to 10 s for 127.0.0.1:PORT to accept TCP; exits the script if it never does.
 wait_port() {
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-  echo "port $1 never opened${work:+; logs in $work}" >&2; exit 1
+  await_port "$1" "" 10 || { echo "port $1 never opened${work:+; logs in $work}" >&2; exit 1; }
 }
 
 # wait_ready ADMIN_PORT...: up to 20 s for every sidecar's /ready (registration, certificates
