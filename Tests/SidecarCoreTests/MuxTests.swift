@@ -167,14 +167,13 @@ struct MuxTests {
             #expect(await echoRoundTrip(port: mesh.upstreamPort))
             #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) >= 1)
             #expect(await eventually { mesh.storage.openConnections(on: Sidecar.publicListenerName) == 0 })
-            var poolEmpty = false
-            for _ in 0..<100 where !poolEmpty {
-                poolEmpty = await mesh.agent.muxPoolCounts().connections == 0
-                try await Task.sleep(for: .milliseconds(20))
-            }
-            #expect(poolEmpty, "the agent's pooled connection closed too")
+            #expect(await eventually { await mesh.agent.muxPoolCounts().connections == 0 }, "the agent's pooled connection closed too")
+            let pool = try #require(mesh.agent.muxPool)
+            #expect(await eventually { (try? await pool.destinationCount(on: testGroup.next()).get()) == 0 },
+                    "the pool forgets a destination it holds nothing for (instances come and go)")
             // The next tunnel simply gets a fresh connection.
             #expect(await echoRoundTrip(port: mesh.upstreamPort))
+            #expect(try await pool.destinationCount(on: testGroup.next()).get() == 1)
         }
     }
 

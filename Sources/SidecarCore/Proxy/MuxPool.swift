@@ -79,6 +79,13 @@ final class MuxPool: Sendable {
         }
     }
 
+    /// Destinations the pools keep state for (tests): one with no connection, no dial and no
+    /// raw-only verdict in force is forgotten, so instances that come and go leave nothing.
+    func destinationCount(on eventLoop: EventLoop) -> EventLoopFuture<Int> {
+        let perLoop = loops.withLockedValue { Array($0.values) }.map { pool in pool.eventLoop.submit { pool.destinationCount } }
+        return EventLoopFuture.reduce(0, perLoop, on: eventLoop, +)
+    }
+
     private func loopPool(_ eventLoop: EventLoop) -> LoopMuxPool {
         loops.withLockedValue { pools in
             if let pool = pools[ObjectIdentifier(eventLoop)] { return pool }
@@ -172,6 +179,16 @@ final class LoopMuxPool: @unchecked Sendable {
         self.eventLoop = eventLoop
         self.audit = audit
         self.logger = logger
+    }
+
+    var destinationCount: Int { destinations.count }
+
+    /// Forgets a destination that holds nothing: no connection, no dial in progress, no
+    /// raw-only verdict still in force. The next request for it starts afresh.
+    private func forgetIfIdle(_ key: Key, _ destination: Destination) {
+        guard destinations[key] === destination, destination.connections.isEmpty, destination.dialing == nil else { return }
+        if let until = destination.rawUntil, NIODeadline.now() < until { return }
+        destinations[key] = nil
     }
 
     var counts: (connections: Int, streams: Int) {
@@ -305,6 +322,7 @@ final class LoopMuxPool: @unchecked Sendable {
         outcome.whenComplete { _ in
             destination.dialing = nil
             destination.reserved = 0
+            self.forgetIfIdle(request.key, destination)
         }
         return outcome
     }
@@ -322,8 +340,13 @@ final class LoopMuxPool: @unchecked Sendable {
         try dialed.waiter.handOver(to: [handler])
         let pooled = Pooled(channel: dialed.channel, handler: handler, peer: dialed.peer, tlsContext: tlsContext)
         destination.connections.append(pooled)
+        let key = request.key
         dialed.channel.closeFuture.whenComplete { [weak self, weak destination] _ in
-            self?.eventLoop.execute { destination?.connections.removeAll { $0 === pooled } }
+            self?.eventLoop.execute {
+                guard let self, let destination else { return }
+                destination.connections.removeAll { $0 === pooled }
+                self.forgetIfIdle(key, destination)
+            }
         }
         var event = AuditEvent(kind: .muxConnected, listener: request.listener,
                                peerAddress: dialed.channel.remoteAddress.auditDescription,
