@@ -89,13 +89,7 @@ struct ConsulModeTests {
             // leaf; on a loaded machine that can run out. A sidecar then refuses to present or
             // use the expired leaf and says so; those refusals, and only those, may fail a new
             // connection here (the CI run on record failed this way on the first connection).
-            var expiredWindows = 0
-            func failureExplained() -> Bool {
-                let refusals = pair.expiredLeafRefusals
-                guard refusals > expiredWindows else { return false }
-                expiredWindows = refusals
-                return true
-            }
+            let expiredLeaves = ConsulPair.ExpiredLeafLedger(pair)
             var live: BlockingSocket?
             for _ in 0..<4 where live == nil {
                 let socket = try BlockingSocket(port: upstreamPort)
@@ -103,7 +97,7 @@ struct ConsulModeTests {
                 if await onThread({ socket.echoes("opened before any renewal") }) {
                     live = socket
                 } else {
-                    #expect(failureExplained(), "\(pair.unusualEvents)")
+                    #expect(expiredLeaves.explainsFailure(), "\(pair.unusualEvents)")
                 }
             }
             let old = try #require(live, "\(pair.unusualEvents)")
@@ -114,7 +108,7 @@ struct ConsulModeTests {
             var round = 0
             while ContinuousClock.now < deadline {
                 if !(await echoRoundTrip(port: upstreamPort, bytes: 16 << 10)) {
-                    if failureExplained() { explained += 1 } else { failures += 1 }
+                    if expiredLeaves.explainsFailure() { explained += 1 } else { failures += 1 }
                 }
                 let message = "round \(round) on the old connection"
                 if !(await onThread { old.echoes(message) }) { liveFailures += 1 }

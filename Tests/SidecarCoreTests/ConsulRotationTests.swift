@@ -32,7 +32,8 @@ struct ConsulRotationTests {
                 return results
             }
             var shortFailures = 0, shortConnections = 0, failureDetails: [String] = []
-            var expiredLeafFailures = 0, expiredWindows = 0
+            var expiredLeafFailures = 0
+            let expiredLeaves = ConsulPair.ExpiredLeafLedger(pair)
             var rotated = false, sawBothRoots = false
             let started = ContinuousClock.now
             // New short connections the whole time the bulk streams run, with the CA rotated once
@@ -43,9 +44,7 @@ struct ConsulRotationTests {
                 if !short.ok {
                     // A leaf the agent had not renewed by its NotAfter (seen with both cores busy)
                     // is refused by the sidecars, rightly: counted apart, and only that.
-                    let refusals = pair.expiredLeafRefusals
-                    if refusals > expiredWindows {
-                        expiredWindows = refusals
+                    if expiredLeaves.explainsFailure() {
                         expiredLeafFailures += 1
                     } else {
                         shortFailures += 1

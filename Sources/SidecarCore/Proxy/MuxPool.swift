@@ -104,7 +104,7 @@ struct StreamOpenTimedOut: Error, CustomStringConvertible {
 }
 
 /// Our leaf expired before a try (its renewal has not arrived): no dial, since the peer would
-/// refuse it. Worded like the upstream handler's own check.
+/// refuse it. Also the upstream handler's reason for its own check before the first try.
 struct ExpiredLeaf: Error, CustomStringConvertible {
     let reason: String
     let tried: [String]

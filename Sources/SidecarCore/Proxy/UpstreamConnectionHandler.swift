@@ -186,7 +186,7 @@ final class UpstreamConnectionHandler: StagingHandler {
         let tlsContext = route.tlsContext()
         if let expired = tlsContext.credentials.expiredLeafReason() {
             // Presenting an expired leaf only earns a refusal from the peer; say what is wrong here.
-            attempt(context: context, remaining: [], failures: [expired + " and was not renewed"])
+            attempt(context: context, remaining: [], failures: [ExpiredLeaf(reason: expired, tried: []).description])
             return
         }
         let dial = route.dialer(for: endpoint, eventLoop: context.eventLoop)

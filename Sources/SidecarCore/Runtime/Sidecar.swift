@@ -124,7 +124,7 @@ public final class Sidecar: Sendable {
         let wanted = Dictionary(newDefinition.upstreams.map { ($0.listenerName, $0) }, uniquingKeysWith: { first, _ in first })
         for (name, listener) in state.withLockedValue({ $0.upstreamListeners }) {
             if wanted[name] == listener.upstream {
-                listener.update(newDefinition.config, table: table)
+                listener.update(newDefinition.config)
                 continue
             }
             await closeUpstreamListener(name)
@@ -217,7 +217,7 @@ public final class Sidecar: Sendable {
                 "upstream": "\(upstream.destinationName)",
             ])
         }
-        let listener = try await UpstreamListener.bind(upstream, route: route, config: config, table: table,
+        let listener = try await UpstreamListener.bind(upstream, route: route, maxConnections: config.maxConnections, table: table,
                                                        audit: settings.audit, logger: settings.logger, group: group)
         state.withLockedValue { $0.upstreamListeners[upstream.listenerName] = listener }
     }

@@ -9,29 +9,27 @@ final class UpstreamListener: Sendable {
     let upstream: Upstream
     let channel: Channel
     private let current: NIOLockedValueBox<UpstreamRoute>
+    private let table: ConnectionTable
 
-    private init(upstream: Upstream, channel: Channel, current: NIOLockedValueBox<UpstreamRoute>) {
+    private init(upstream: Upstream, channel: Channel, current: NIOLockedValueBox<UpstreamRoute>, table: ConnectionTable) {
         self.upstream = upstream
         self.channel = channel
         self.current = current
+        self.table = table
     }
 
-    /// The settings the next connection starts with.
-    var route: UpstreamRoute { current.withLockedValue { $0 } }
-
     /// Timeouts and limits as the registration says now, for connections accepted from now on.
-    func update(_ config: ProxyConfig, table: ConnectionTable) {
+    func update(_ config: ProxyConfig) {
         current.withLockedValue { $0.apply(config) }
         table.configure(upstream.listenerName, maxConnections: config.maxConnections)
     }
 
-    static func bind(_ upstream: Upstream, route: UpstreamRoute, config: ProxyConfig, table: ConnectionTable,
+    /// `route` is built from the registration in force, whose `max_connections` is given too.
+    static func bind(_ upstream: Upstream, route: UpstreamRoute, maxConnections: Int, table: ConnectionTable,
                      audit: any AuditSink, logger: Logger, group: EventLoopGroup) async throws -> UpstreamListener {
-        var route = route
-        route.apply(config)
         let current = NIOLockedValueBox(route)
         let listenerName = upstream.listenerName
-        table.configure(listenerName, maxConnections: config.maxConnections)
+        table.configure(listenerName, maxConnections: maxConnections)
         let bootstrap = ListenerSocket.bootstrap(group: group).childChannelInitializer { channel in
             let route = current.withLockedValue { $0 }
             let connectionID = ConnectionID.next()
@@ -51,7 +49,7 @@ final class UpstreamListener: Sendable {
             channel = try await ListenerSocket.bind(bootstrap, host: upstream.localBindAddress, port: upstream.localBindPort,
                                                     what: listenerName, logger: logger)
         }
-        return UpstreamListener(upstream: upstream, channel: channel, current: current)
+        return UpstreamListener(upstream: upstream, channel: channel, current: current, table: table)
     }
 
     func close() async { try? await channel.close() }

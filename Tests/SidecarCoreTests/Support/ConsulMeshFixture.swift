@@ -246,6 +246,22 @@ struct ConsulPair {
             }.count
     }
 
+    /// Matches a failed connection with an expired-leaf refusal audited since the last match:
+    /// true when there is one (the failure is explained), false for any other failure.
+    final class ExpiredLeafLedger {
+        private let pair: ConsulPair
+        private var matched = 0
+
+        init(_ pair: ConsulPair) { self.pair = pair }
+
+        func explainsFailure() -> Bool {
+            let refusals = pair.expiredLeafRefusals
+            guard refusals > matched else { return false }
+            matched = refusals
+            return true
+        }
+    }
+
     /// `serialsSeen` with repeats collapsed: the order in which renewals showed up.
     var serialChanges: [String] {
         serialsSeen.reduce(into: []) { changes, serial in if changes.last != serial { changes.append(serial) } }
