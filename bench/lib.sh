@@ -1,13 +1,17 @@
 # shellcheck shell=bash
 # bench/lib.sh - the launcher library of bench/run.sh, bench/scale.sh and bench/rotation.sh.
 #
-# Source it from a bench script that runs in the repository root (build_release and swift need
-# that; everything else uses absolute paths). It builds on scripts/lib.sh (the `pids` list,
-# port_open, await_port, wait_port, wait_ready) and adds:
+# Source it first, by its absolute path, from a bench script (before any cd), then cd "$ROOT":
+# build_release and swift need the repository root; everything else uses absolute paths. It
+# builds on scripts/lib.sh (the `pids` list, port_open, await_port, wait_port, wait_ready) and adds:
+#   BENCH_DIR / ROOT          absolute bench/ and repository directories (symlinks resolved)
+#   bench_usage / bench_help  the running script's header comment as its --help
 #   log / die                 timestamped messages on stderr
 #   new_workdir NAME          the temp dir /tmp/backup-sidecar-NAME.XXXXXX (WORK, CERTS)
 #   start_bg / stop_pid       background processes: every one is stopped on exit (also on
 #                             Ctrl-C or SIGTERM), children included, SIGKILL after 5 s
+#   bench_subshell            first command of a `{ ...; } | tee` group: what it starts is
+#                             stopped when it ends, fails or is interrupted
 #   alloc_port VAR            a free 127.0.0.1 port outside the ephemeral range
 #   proc_kib / tree_kib       VmRSS / VmHWM of a process (and its descendants)
 #   make_certs                certificates from certs-dev/gen.sh, and nothing else
@@ -17,35 +21,52 @@
 #   bench_py NAME ARGS...     runs bench/py/NAME.py (the scripts' Python helpers)
 # Every function works with and without `set -e` (scale.sh and rotation.sh use it, run.sh not).
 
-BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$BENCH_DIR/.." && pwd)
+# readlink -f: absolute, through symlinks, and no `cd` (CDPATH could print into the result).
+BENCH_DIR=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
+ROOT=$(dirname "$BENCH_DIR")
+# The script being run, for bench_usage; $0 is still valid: nothing has changed directory yet.
+BENCH_SCRIPT=$(readlink -f "$0")
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "$*"; exit 1; }
 
+# bench_usage: the running script's header comment (after the shebang, up to the first line
+# that is not a comment) without the leading "# ".
+bench_usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$BENCH_SCRIPT"; }
+# bench_help ARG...: prints bench_usage and exits 0 when ARG is -h or --help (call it with "$@"
+# before anything slow: scale.sh and rotation.sh would otherwise start a build).
+bench_help() {
+  case "${1:-}" in -h|--help) bench_usage; exit 0 ;; esac
+}
+
 bench_py() { local name=$1; shift; python3 "$BENCH_DIR/py/$name.py" "$@"; }
 
 # new_workdir NAME: creates WORK (mode 755: nginx workers that are not root read it) and names
-# CERTS, its certificate directory. `work` is the same path for scripts/lib.sh's messages.
-WORK=""; CERTS=""; work=""
+# CERTS, its certificate directory, and PID_FILE (see start_bg). `work` is the same path for
+# scripts/lib.sh's messages.
+WORK=""; CERTS=""; work=""; PID_FILE=""
 new_workdir() {
   WORK=$(mktemp -d "/tmp/backup-sidecar-$1.XXXXXX")
   chmod 755 "$WORK"
   CERTS="$WORK/certs"
+  PID_FILE="$WORK/pids"
   # shellcheck disable=SC2034 # read by scripts/lib.sh
   work=$WORK
 }
 
 # ---------------------------------------------------------------- processes
 LAST_PID=""
-# start_bg LOGFILE CMD... : start CMD in the background, stdout+stderr to LOGFILE; sets LAST_PID
+# start_bg LOGFILE CMD... : start CMD in the background, stdout+stderr to LOGFILE; sets LAST_PID.
+# The PID goes into `pids` (this shell's cleanup stops it) and, after new_workdir, into
+# PID_FILE: the main shell's cleanup also stops what a subshell started and left running.
 start_bg() {
   local logf=$1; shift
   "$@" >"$logf" 2>&1 </dev/null &
   LAST_PID=$!
   pids+=("$LAST_PID")
+  if [ -n "$PID_FILE" ]; then echo "$LAST_PID" >>"$PID_FILE"; fi
 }
 
 descendants() { # PID -> all descendant PIDs (children first level, then deeper)
@@ -71,16 +92,30 @@ stop_pid() {
   local keep=()
   for p in "${pids[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
   pids=("${keep[@]}")
+  if [ -f "$PID_FILE" ]; then sed -i "/^$pid\$/d" "$PID_FILE" 2>/dev/null || true; fi
 }
 
 # Replaces scripts/lib.sh's cleanup (its EXIT trap calls this one): proxies and backends get
-# SIGKILL when they do not stop, and their children go with them.
+# SIGKILL when they do not stop, and their children go with them. The main shell also stops
+# every PID still in PID_FILE (started by a subshell that died without its own cleanup).
 cleanup() {
-  local p
+  local p recorded=""
   for p in "${pids[@]}"; do stop_pid "$p"; done
+  if [ "$BASHPID" = "$$" ] && [ -f "$PID_FILE" ]; then recorded=$(<"$PID_FILE"); fi
+  for p in $recorded; do stop_pid "$p"; done
 }
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
+# bench_traps: cleanup on exit, on Ctrl-C and on SIGTERM, in the shell that calls it (bash
+# gives a subshell none of these traps).
+bench_traps() {
+  trap cleanup EXIT
+  trap 'log "interrupted"; exit 130' INT
+  trap 'log "terminated"; exit 143' TERM
+}
+bench_traps
+# bench_subshell: call it first in a `{ ...; } | tee` group, which bash runs in a subshell: the
+# processes started there (and only those) are stopped when the group ends, fails (set -e,
+# die, wait_port) or is interrupted.
+bench_subshell() { pids=(); bench_traps; }
 
 # ---------------------------------------------------------------- ports
 declare -A USED_PORTS=()

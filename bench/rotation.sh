@@ -16,8 +16,11 @@
 #              For the outage run give the leaf a TTL longer than the outage, e.g.
 #              LEAF_TTL=10m AGENT_OUTAGE_AT=60 AGENT_OUTAGE_FOR=60 ROTATE_AT=999999 DURATION=180
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-. bench/lib.sh
+# shellcheck source=bench/lib.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
+cd "$ROOT"
+bench_help "$@"
+[ $# -eq 0 ] || { echo "unexpected argument: $1 (settings are environment variables)" >&2; bench_usage >&2; exit 2; }
 
 STREAMS=${STREAMS:-8}
 BYTES=${BYTES:-2147483648}
@@ -81,7 +84,7 @@ start_bg "$WORK/rss.log" soak_samples
   echo "# leaf TTL $LEAF_TTL, CA rotation at ${ROTATE_AT}s; $(nproc) cores"
   "$BIN_DIR/mesh-load" run "$upstream" --streams "$STREAMS" --bytes "$BYTES" --duration "$DURATION" \
     --rotate-at "$ROTATE_AT" --rotate-url "http://127.0.0.1:$agent/v1/connect/ca/configuration" && status=0 || status=$?
-  serials=$(bench_py leaf_serials "$WORK/agent-audit.jsonl")
+  serials=$(bench_py leaf_serials "$WORK/agent-audit.jsonl") || serials="n/a"
   echo "storage leaf serials seen by new connections, in order of change: $serials"
   echo "certificate rotations applied: storage $(grep -c 'certificates rotated' "$WORK/storage.log" || true), backup-agent $(grep -c 'certificates rotated' "$WORK/agent.log" || true)"
   bench_py soak_summary "$WORK/rss.log"

@@ -21,7 +21,7 @@
 
 set -uo pipefail
 
-SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SCRIPT_DIR=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")   # from any directory, via symlinks
 # shellcheck source=bench/lib.sh
 . "$SCRIPT_DIR/lib.sh"   # ROOT, log, processes, ports, certificates, proxy pairs (see there)
 cd "$ROOT" || exit 1
@@ -33,7 +33,7 @@ for a in "$@"; do CMDLINE+=" $(printf '%q' "$a")"; done
 QUICK=0
 NO_BUILD=0
 ONLY=""
-usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { bench_usage; }   # the header above (its path was resolved before the cd)
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;

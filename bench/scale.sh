@@ -11,9 +11,12 @@
 #              SIDECAR_MUX=prefer|off (default prefer: the tunnels ride pooled mux connections;
 #              off: one mTLS connection per tunnel, the comparison that costs handshakes).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-. bench/lib.sh
+# shellcheck source=bench/lib.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
+cd "$ROOT"
+bench_help "$@"
 N=${1:-10000}
+[[ $N =~ ^[1-9][0-9]*$ ]] || { echo "N must be a positive integer, not: $N" >&2; bench_usage >&2; exit 2; }
 # Each proxy process holds two descriptors per connection (its two sides).
 ulimit -n $((N * 2 + 1024)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" -lt $((N * 2 + 1024)) ]; then
@@ -66,6 +69,7 @@ measure() { # NAME sidecar|haproxy
 }
 
 {
+  bench_subshell   # a failing measure must not leave its proxy pair running
   echo "# bench/scale.sh $N, $(date -u +%FT%TZ), $(nproc) cores; backup-sidecar $(git rev-parse --short HEAD) --mux ${SIDECAR_MUX:-prefer}, $(haproxy -v 2>&1 | head -1)"
   [ "${ONLY:-haproxy}" = haproxy ] && [ -n "${ONLY:-}" ] || measure backup-sidecar sidecar
   [ "${ONLY:-backup-sidecar}" = backup-sidecar ] && [ -n "${ONLY:-}" ] || measure haproxy haproxy

@@ -5,7 +5,8 @@ Usage: scale_driver.py LOCAL_PORT N CONCURRENCY SERVER_PID CLIENT_PID \
                        BEFORE_SERVER_KIB BEFORE_CLIENT_KIB NAME
 
 Opens N connections to 127.0.0.1:LOCAL_PORT (200 at a time), proves each with a one-byte
-echo, waits 2 s, and reports the two proxies' RSS growth per connection per proxy against
+echo, reports how long that took, waits 2 s (not part of that time: the proxies settle before
+their RSS is read), and reports the two proxies' RSS growth per connection per proxy against
 the VmRSS values measured before (BEFORE_*_KIB). Then every connection sends 1 MiB
 (CONCURRENCY at a time), half-closes, and must get the same bytes back. The last line,
 "RESULT NAME per_conn_kib=.. intact=.. opened=.. n=..", is what scale.sh checks.
@@ -31,10 +32,11 @@ async def main():
     results = await asyncio.gather(*(open_one(i) for i in range(n)), return_exceptions=True)
     connections = [r for r in results if not isinstance(r, BaseException)]
     failed_open = n - len(connections)
+    open_seconds = time.time() - start  # the opening only, before the settle sleep
     await asyncio.sleep(2)
     server_kib, client_kib = rss(server_pid), rss(client_pid)
     per_conn = (server_kib - before_server + client_kib - before_client) * 1024 / max(1, len(connections)) / 2
-    print(f"{name}: {len(connections)} idle mTLS connections open ({failed_open} failed) in {time.time() - start:.1f}s; "
+    print(f"{name}: {len(connections)} idle mTLS connections open ({failed_open} failed) in {open_seconds:.1f}s; "
           f"RSS server-side {before_server/1024:.1f} -> {server_kib/1024:.1f} MiB, client-side {before_client/1024:.1f} -> {client_kib/1024:.1f} MiB; "
           f"{per_conn/1024:.1f} KiB per connection per proxy", flush=True)
     if os.environ.get("HOLD_SECONDS"):  # experiments: inspect the proxies with everything idle
