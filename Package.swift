@@ -39,9 +39,17 @@ let package = Package(
             name: "CRE2",
             linkerSettings: [.linkedLibrary("re2")]
         ),
+        // The pure models both the data plane and the dev agent use: config and its decoding,
+        // intentions and L7 policy, Consul API shapes, SPIFFE IDs, JSON and timestamps. No I/O,
+        // no NIO: Foundation, plus RE2 for the policy regexes (Consul's Envoy semantics).
+        .target(
+            name: "SidecarModel",
+            dependencies: ["CRE2"]
+        ),
         .target(
             name: "SidecarTLS",
             dependencies: [
+                "SidecarModel",
                 "COpenSSL",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
@@ -59,6 +67,7 @@ let package = Package(
         .target(
             name: "SidecarCore",
             dependencies: [
+                "SidecarModel",
                 "SidecarTLS",
                 "SidecarMux",
                 "CSystemExtras",
@@ -76,6 +85,7 @@ let package = Package(
         .target(
             name: "ConsulAgent",
             dependencies: [
+                "SidecarModel",
                 "SidecarCore",
                 "SidecarTLS",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -90,7 +100,7 @@ let package = Package(
         .target(
             name: "DevAgent",
             dependencies: [
-                "SidecarCore",
+                "SidecarModel",
                 "SidecarTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -108,6 +118,7 @@ let package = Package(
                 "ConsulAgent",
                 "DevAgent",
                 "SidecarCore",
+                "SidecarModel",
                 "SidecarMux",
                 "SidecarTLS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -130,19 +141,19 @@ let package = Package(
         // bench/intentions.sh: decisions per second with 1,000 intentions.
         .executableTarget(
             name: "intentions-microbench",
-            dependencies: ["SidecarCore", "SidecarTLS"]
+            dependencies: ["SidecarModel", "SidecarTLS"]
         ),
         // Fuzz targets (bench/fuzz.sh builds them with -sanitize=fuzzer -DFUZZING). In a normal
         // build each one replays the input files named on its command line.
         .systemLibrary(name: "CLibFuzzer", path: "Sources/Fuzz/CLibFuzzer"),
         .target(name: "FuzzSupport", dependencies: ["CLibFuzzer"], path: "Sources/Fuzz/FuzzSupport"),
-        .executableTarget(name: "SPIFFEIDFuzz", dependencies: ["FuzzSupport", "SidecarTLS"],
+        .executableTarget(name: "SPIFFEIDFuzz", dependencies: ["FuzzSupport", "SidecarModel"],
                           path: "Sources/Fuzz/SPIFFEIDFuzz"),
-        .executableTarget(name: "ConfigDecodeFuzz", dependencies: ["FuzzSupport", "SidecarCore"],
+        .executableTarget(name: "ConfigDecodeFuzz", dependencies: ["FuzzSupport", "SidecarModel"],
                           path: "Sources/Fuzz/ConfigDecodeFuzz"),
-        .executableTarget(name: "IntentionsFuzz", dependencies: ["FuzzSupport", "SidecarCore", "SidecarTLS"],
+        .executableTarget(name: "IntentionsFuzz", dependencies: ["FuzzSupport", "SidecarModel"],
                           path: "Sources/Fuzz/IntentionsFuzz"),
-        .executableTarget(name: "PathNormalizerFuzz", dependencies: ["FuzzSupport", "SidecarCore"],
+        .executableTarget(name: "PathNormalizerFuzz", dependencies: ["FuzzSupport", "SidecarModel"],
                           path: "Sources/Fuzz/PathNormalizerFuzz"),
         .executableTarget(name: "HTTPRequestFuzz",
                           dependencies: ["FuzzSupport", "SidecarCore", .product(name: "NIOHTTP1", package: "swift-nio")],
@@ -152,9 +163,11 @@ let package = Package(
                           path: "Sources/Fuzz/ProxyProtocolFuzz"),
         // Shared by the test targets: awaited teardown and waiting on conditions.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "SidecarModelTests", dependencies: ["SidecarModel", "TestSupport"]),
         .testTarget(
             name: "SidecarTLSTests",
             dependencies: [
+                "SidecarModel",
                 "SidecarTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -165,7 +178,7 @@ let package = Package(
             dependencies: [
                 "DevAgent",
                 "TestSupport",
-                "SidecarCore",
+                "SidecarModel",
                 "SidecarTLS",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -179,6 +192,7 @@ let package = Package(
                 "TestSupport",
                 "DevAgent",
                 "SidecarCore",
+                "SidecarModel",
                 "SidecarMux",
                 "SidecarTLS",
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -1,22 +1,23 @@
 import Foundation
 import Logging
 import SidecarCore
+import SidecarModel
 
 /// How an `ACLLogin` session logs in and renews.
-public struct ACLLoginOptions: Sendable {
+package struct ACLLoginOptions: Sendable {
     /// `--login-method`: the auth method's name in Consul.
-    public var authMethod: String
+    package var authMethod: String
     /// `--login-meta k=v`: sent as the login's Meta (shown on the token).
-    public var meta: [String: String] = [:]
+    package var meta: [String: String] = [:]
     /// Renew after this fraction of the remaining lifetime of the ACL token or the JWT.
-    public var renewFraction = 0.8
+    package var renewFraction = 0.8
     /// ... but never sooner than this after a login (seconds).
-    public var minimumRenewDelay: Double = 5
+    package var minimumRenewDelay: Double = 5
     /// Jittered exponential backoff between failed logins (seconds).
-    public var retryBase: Double = 1
-    public var retryCap: Double = 60
+    package var retryBase: Double = 1
+    package var retryCap: Double = 60
 
-    public init(authMethod: String) {
+    package init(authMethod: String) {
         self.authMethod = authMethod
     }
 }
@@ -33,7 +34,7 @@ struct LoggedInToken: Sendable {
 /// at once when the agent no longer knows the token, and logs out at shutdown. A failed
 /// renewal keeps the last token in use while retrying with backoff. Neither the JWT nor the
 /// token is ever logged or put in an error.
-public actor ACLLogin: ConsulTokenSource {
+package actor ACLLogin: ConsulTokenSource {
     private let options: ACLLoginOptions
     private let bearer: any BearerTokenProvider
     private let logger: Logger
@@ -47,16 +48,16 @@ public actor ACLLogin: ConsulTokenSource {
     private var sleeper: Task<Void, Never>?
     private var closed = false
 
-    public init(options: ACLLoginOptions, bearer: any BearerTokenProvider, logger: Logger, metrics: SidecarMetrics?) {
+    package init(options: ACLLoginOptions, bearer: any BearerTokenProvider, logger: Logger, metrics: SidecarMetrics?) {
         self.options = options
         self.bearer = bearer
         self.logger = logger
         self.metrics = metrics
     }
 
-    public nonisolated var summary: String { "ACL login with auth method \(options.authMethod), \(bearer.summary)" }
+    package nonisolated var summary: String { "ACL login with auth method \(options.authMethod), \(bearer.summary)" }
 
-    public func token(for client: ConsulClient) async throws -> String? {
+    package func token(for client: ConsulClient) async throws -> String? {
         guard !closed else { throw ConsulRequestError.notLoggedIn(path: "/v1/acl/login", reason: "the client is shut down") }
         if loop == nil { loop = Task { await self.renewLoop(client) } }
         if let current { return current.secretID }
@@ -68,7 +69,7 @@ public actor ACLLogin: ConsulTokenSource {
         }
     }
 
-    public func rejected(_ token: String, by client: ConsulClient) async -> Bool {
+    package func rejected(_ token: String, by client: ConsulClient) async -> Bool {
         guard !closed else { return false }
         if current?.secretID == token {
             logger.warning("Consul no longer accepts the ACL token from login (expired or revoked); logging in again",
@@ -80,7 +81,7 @@ public actor ACLLogin: ConsulTokenSource {
         return true
     }
 
-    public func shutdown(_ client: ConsulClient) async {
+    package func shutdown(_ client: ConsulClient) async {
         closed = true
         loop?.cancel()
         sleeper?.cancel()
@@ -175,7 +176,7 @@ public actor ACLLogin: ConsulTokenSource {
               let secretID = object["SecretID"] as? String, !secretID.isEmpty else {
             throw ConsulProxyError("/v1/acl/login: the answer has no SecretID")
         }
-        return (secretID, object["AccessorID"] as? String ?? "", (object["ExpirationTime"] as? String).flatMap(RFC3339.parse))
+        return (secretID, object["AccessorID"] as? String ?? "", (object["ExpirationTime"] as? String).flatMap(Timestamp.parse))
     }
 
     private func logout(_ token: LoggedInToken, client: ConsulClient, why: String) async {
@@ -197,21 +198,5 @@ public actor ACLLogin: ConsulTokenSource {
         sleeper = task
         await task.value
         sleeper = nil
-    }
-}
-
-/// RFC 3339 timestamps as Consul writes them (fraction up to nanoseconds, `Z` or an offset).
-enum RFC3339 {
-    static func parse(_ text: String) -> Date? {
-        var base = text
-        var fraction = 0.0
-        if let dot = text.firstIndex(of: ".") {
-            let digits = text[text.index(after: dot)...].prefix { $0.isNumber }
-            fraction = Double("0." + digits) ?? 0
-            base = String(text[..<dot]) + String(text[text.index(after: dot)...].dropFirst(digits.count))
-        }
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime]
-        return formatter.date(from: base)?.addingTimeInterval(fraction)
     }
 }

@@ -2,21 +2,22 @@ import Foundation
 import Logging
 import NIOCore
 import SidecarCore
+import SidecarModel
 
 /// Timing of every watch. Production uses Consul's defaults; tests shorten them.
-public struct WatchTiming: Sendable {
+package struct WatchTiming: Sendable {
     /// `?wait=` sent with blocking queries (Consul: default 5 min, max 10 min).
-    public var wait: TimeAmount = .minutes(5)
+    package var wait: TimeAmount = .minutes(5)
     /// Error backoff: exponential from `retryBase` up to `retryCap`, jittered.
-    public var retryBase: Double = 1
-    public var retryCap: Double = 60
+    package var retryBase: Double = 1
+    package var retryCap: Double = 60
     /// At least this long between the starts of two requests of one watch, even when every
     /// answer comes back at once (an index that keeps moving, an agent answering without
     /// blocking): Consul asks clients to rate-limit blocking loops. A change is still applied
     /// the moment it arrives; only the next request waits.
-    public var minInterval: TimeAmount = .seconds(1)
+    package var minInterval: TimeAmount = .seconds(1)
 
-    public init() {}
+    package init() {}
 
     /// Query value in Go duration syntax.
     var waitParameter: String { "\(max(1, wait.nanoseconds / 1_000_000_000))s" }

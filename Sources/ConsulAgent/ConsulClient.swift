@@ -3,21 +3,22 @@ import NIOCore
 import NIOHTTP1
 import SidecarTLS
 import SidecarCore
+import SidecarModel
 
 /// One answer from the agent: the body and the headers blocking queries need.
-public struct ConsulResponse: Sendable {
-    public var status: Int
+package struct ConsulResponse: Sendable {
+    package var status: Int
     /// `X-Consul-Index`, nil when absent or unparsable.
-    public var index: UInt64?
+    package var index: UInt64?
     /// `X-Consul-ContentHash` (hash-blocking endpoints).
-    public var contentHash: String?
+    package var contentHash: String?
     /// `X-Consul-Default-ACL-Policy` (on every answer; "allow" while ACLs are off): what no
     /// matching intention decides when the agent sets no DefaultIntentionPolicy.
-    public var defaultACLPolicy: IntentionAction?
-    public var body: Data
+    package var defaultACLPolicy: IntentionAction?
+    package var body: Data
 }
 
-public enum ConsulRequestError: Error, CustomStringConvertible {
+package enum ConsulRequestError: Error, CustomStringConvertible {
     /// The agent answered with a non-2xx status.
     case status(code: Int, path: String, body: String)
     /// No answer: refused, reset, timed out, TLS failure.
@@ -25,7 +26,7 @@ public enum ConsulRequestError: Error, CustomStringConvertible {
     /// No ACL token to send: the login-backed token source has not logged in.
     case notLoggedIn(path: String, reason: String)
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .status(let code, let path, let body):
             return "\(path): HTTP \(code)\(body.isEmpty ? "" : ": \(body)")"
@@ -37,7 +38,7 @@ public enum ConsulRequestError: Error, CustomStringConvertible {
     }
 
     /// Short label for metrics.
-    public var kind: String {
+    package var kind: String {
         switch self {
         case .status(let code, _, _): return "http_\(code)"
         case .transport: return "unreachable"
@@ -53,7 +54,7 @@ public enum ConsulRequestError: Error, CustomStringConvertible {
 }
 
 /// Which token a request carries.
-public enum ConsulRequestToken: Sendable {
+package enum ConsulRequestToken: Sendable {
     /// The client's token source (every ordinary call).
     case fromSource
     /// None (`/v1/acl/login`).
@@ -64,14 +65,14 @@ public enum ConsulRequestToken: Sendable {
 
 /// The Consul HTTP API: the ACL token on every call, TLS per CONSUL_* settings (on system
 /// OpenSSL, like the mesh), unix sockets. Callers pass paths; this type knows nothing of the endpoints.
-public final class ConsulClient: Sendable {
-    public let settings: ConsulConnectionSettings
-    public let tokenSource: any ConsulTokenSource
+package final class ConsulClient: Sendable {
+    package let settings: ConsulConnectionSettings
+    package let tokenSource: any ConsulTokenSource
     private let exchange: HTTPExchange
     private let eventLoopGroup: any EventLoopGroup
 
     /// `tokenSource` nil: the settings' token or token file.
-    public init(settings: ConsulConnectionSettings, eventLoopGroup: any EventLoopGroup,
+    package init(settings: ConsulConnectionSettings, eventLoopGroup: any EventLoopGroup,
                 tokenSource: (any ConsulTokenSource)? = nil) throws {
         self.settings = settings
         self.tokenSource = tokenSource ?? SettingsTokenSource(settings: settings)
@@ -98,24 +99,24 @@ public final class ConsulClient: Sendable {
     }
 
     /// Ends the token source (a login session logs out). Connections live one request each.
-    public func shutdown() async {
+    package func shutdown() async {
         await tokenSource.shutdown(self)
     }
 
     /// For logs: the address and how requests authenticate, never a token.
-    public var summary: String { "\(settings.addressSummary) (\(tokenSource.summary))" }
+    package var summary: String { "\(settings.addressSummary) (\(tokenSource.summary))" }
 
     /// GET `path` (already percent-encoded) with `query`; `timeout` bounds the whole call
     /// (a blocking query's wait plus Consul's jitter plus slack).
-    public func get(_ path: String, query: [(String, String)] = [], timeout: TimeAmount = .seconds(30)) async throws -> ConsulResponse {
+    package func get(_ path: String, query: [(String, String)] = [], timeout: TimeAmount = .seconds(30)) async throws -> ConsulResponse {
         try await send(.GET, path, query: query, body: nil, timeout: timeout)
     }
 
-    public func put(_ path: String, body: Data?, timeout: TimeAmount = .seconds(30)) async throws -> ConsulResponse {
+    package func put(_ path: String, body: Data?, timeout: TimeAmount = .seconds(30)) async throws -> ConsulResponse {
         try await send(.PUT, path, query: [], body: body, timeout: timeout)
     }
 
-    public func post(_ path: String, body: Data?, token: ConsulRequestToken = .fromSource,
+    package func post(_ path: String, body: Data?, token: ConsulRequestToken = .fromSource,
                      timeout: TimeAmount = .seconds(30)) async throws -> ConsulResponse {
         try await send(.POST, path, query: [], body: body, token: token, timeout: timeout)
     }
@@ -180,7 +181,7 @@ public final class ConsulClient: Sendable {
     }
 
     /// One percent-encoded path segment (service names, IDs).
-    public static func segment(_ text: String) -> String {
+    package static func segment(_ text: String) -> String {
         var allowed = CharacterSet.urlPathAllowed
         allowed.remove(charactersIn: "/?#%")
         return text.addingPercentEncoding(withAllowedCharacters: allowed) ?? text

@@ -4,37 +4,37 @@ import SidecarCore
 /// How to reach the Consul agent, resolved from flags first and then the environment every
 /// Consul tool honours (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...). Pure: no file or network I/O
 /// except `readToken`, so the precedence rules are unit-tested.
-public struct ConsulConnectionSettings: Equatable, Sendable {
-    public enum Transport: Equatable, Sendable {
+package struct ConsulConnectionSettings: Equatable, Sendable {
+    package enum Transport: Equatable, Sendable {
         case tcp(host: String, port: Int)
         case unix(path: String)
     }
 
-    public var transport: Transport
-    public var useTLS: Bool
+    package var transport: Transport
+    package var useTLS: Bool
     /// The token to send, when it is not read from `tokenFile`.
-    public var token: String?
+    package var token: String?
     /// Re-read before each request so a rotated token file takes effect without a restart;
     /// when set, it is what is sent (`resolve` keeps only the source Consul would use).
-    public var tokenFile: String?
+    package var tokenFile: String?
     /// CONSUL_CACERT; wins over `caPath` (as go-rootcerts).
-    public var caFile: String?
+    package var caFile: String?
     /// CONSUL_CAPATH: every PEM certificate in the directory is trusted.
-    public var caPath: String?
+    package var caPath: String?
     /// CONSUL_HTTP_SSL_VERIFY=false: the agent's certificate is not verified.
-    public var verifyTLS = true
+    package var verifyTLS = true
     /// CONSUL_HTTP_AUTH: HTTP basic auth (`user` or `user:password`) on every call.
-    public var httpAuth: String?
-    public var clientCertFile: String?
-    public var clientKeyFile: String?
+    package var httpAuth: String?
+    package var clientCertFile: String?
+    package var clientKeyFile: String?
     /// The name to verify the agent's certificate against, when it differs from the address.
-    public var tlsServerName: String?
+    package var tlsServerName: String?
     /// CONSUL_NAMESPACE / CONSUL_PARTITION: `?ns=` / `?partition=` on every call that does not
     /// name its own.
-    public var namespace: String?
-    public var partition: String?
+    package var namespace: String?
+    package var partition: String?
 
-    public init(transport: Transport = .tcp(host: "127.0.0.1", port: 8500), useTLS: Bool = false,
+    package init(transport: Transport = .tcp(host: "127.0.0.1", port: 8500), useTLS: Bool = false,
                 token: String? = nil, tokenFile: String? = nil, caFile: String? = nil,
                 clientCertFile: String? = nil, clientKeyFile: String? = nil, tlsServerName: String? = nil) {
         self.transport = transport
@@ -51,7 +51,7 @@ public struct ConsulConnectionSettings: Equatable, Sendable {
     /// `-token-file`, `-token`, CONSUL_HTTP_TOKEN_FILE, CONSUL_HTTP_TOKEN (a file beats a
     /// token from the same place). CONSUL_HTTP_SSL=true makes even an explicit `http://`
     /// address HTTPS ("never revert to http if TLS was explicitly requested").
-    public static func resolve(httpAddr: String?, token: String?, tokenFile: String?,
+    package static func resolve(httpAddr: String?, token: String?, tokenFile: String?,
                                environment: [String: String]) throws -> ConsulConnectionSettings {
         func env(_ name: String) -> String? {
             guard let value = environment[name]?.trimmingCharacters(in: .whitespaces), !value.isEmpty else { return nil }
@@ -95,7 +95,7 @@ public struct ConsulConnectionSettings: Equatable, Sendable {
     }
 
     /// The `Authorization` header value for `httpAuth` (`user` alone: an empty password).
-    public var basicAuthorization: String? {
+    package var basicAuthorization: String? {
         guard let httpAuth else { return nil }
         let pair = httpAuth.contains(":") ? httpAuth : httpAuth + ":"
         return "Basic " + Data(pair.utf8).base64EncodedString()
@@ -103,7 +103,7 @@ public struct ConsulConnectionSettings: Equatable, Sendable {
 
     /// `host:port`, `http://host[:port]`, `https://host[:port]` or `unix:///path`, as Consul's
     /// own clients accept. Without a scheme, `defaultTLS` (CONSUL_HTTP_SSL) picks https.
-    public static func parseAddress(_ text: String, defaultTLS: Bool = false) throws -> (Transport, useTLS: Bool) {
+    package static func parseAddress(_ text: String, defaultTLS: Bool = false) throws -> (Transport, useTLS: Bool) {
         if text.hasPrefix("unix://") {
             let path = String(text.dropFirst("unix://".count))
             guard path.hasPrefix("/") else { throw ConsulSettingsError("\(text): a unix socket address needs an absolute path (unix:///path)") }
@@ -144,7 +144,7 @@ public struct ConsulConnectionSettings: Equatable, Sendable {
     }
 
     /// The token to send now: the token file's content (trimmed), else the token.
-    public func readToken() throws -> String? {
+    package func readToken() throws -> String? {
         guard let tokenFile else { return token }
         let text: String
         do {
@@ -158,16 +158,16 @@ public struct ConsulConnectionSettings: Equatable, Sendable {
     }
 
     /// For logs: never the token itself.
-    public var summary: String { "\(addressSummary) (\(authSummary))" }
+    package var summary: String { "\(addressSummary) (\(authSummary))" }
 
-    public var addressSummary: String {
+    package var addressSummary: String {
         switch transport {
         case .tcp(let host, let port): return "\(useTLS ? "https" : "http")://\(host.contains(":") ? "[\(host)]" : host):\(port)"
         case .unix(let path): return "unix://\(path)"
         }
     }
 
-    public var authSummary: String {
+    package var authSummary: String {
         var parts = [tokenFile.map { "token file \($0)" } ?? (token != nil ? "token" : "no token")]
         if httpAuth != nil { parts.append("basic auth") }
         if useTLS && !verifyTLS { parts.append("TLS NOT VERIFIED") }
@@ -175,7 +175,7 @@ public struct ConsulConnectionSettings: Equatable, Sendable {
     }
 }
 
-public struct ConsulSettingsError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ description: String) { self.description = description }
+package struct ConsulSettingsError: Error, CustomStringConvertible {
+    package let description: String
+    package init(_ description: String) { self.description = description }
 }

@@ -4,42 +4,43 @@ import NIOConcurrencyHelpers
 import NIOCore
 import SidecarCore
 import SidecarTLS
+import SidecarModel
 
 /// What to run as, and how patient to be.
-public struct ConsulProxyOptions: Sendable {
-    public enum Target: Sendable, Equatable {
+package struct ConsulProxyOptions: Sendable {
+    package enum Target: Sendable, Equatable {
         /// `-sidecar-for SERVICE_ID`: the connect-proxy registered as that service's sidecar.
         case sidecarFor(String)
         /// `-proxy-id ID`: that connect-proxy registration.
         case proxyID(String)
     }
 
-    public var target: Target
+    package var target: Target
     /// The decision when no intention matches and the agent reports no DefaultIntentionPolicy.
-    public var defaultIntention: IntentionAction = .deny
-    public var timing = WatchTiming()
+    package var defaultIntention: IntentionAction = .deny
+    package var timing = WatchTiming()
     /// How long to wait for the registration, leaf and roots before giving up at startup.
-    public var startupTimeout: TimeAmount = .seconds(60)
+    package var startupTimeout: TimeAmount = .seconds(60)
     /// Operator overrides applied to every registration read (e.g. --max-connections).
-    public var adjustDefinition: @Sendable (ProxyDefinition) -> ProxyDefinition = { $0 }
-    public var allowNonLoopbackUpstreams = false
-    public var mux = MuxMode.prefer
+    package var adjustDefinition: @Sendable (ProxyDefinition) -> ProxyDefinition = { $0 }
+    package var allowNonLoopbackUpstreams = false
+    package var mux = MuxMode.prefer
 
-    public init(target: Target) {
+    package init(target: Target) {
         self.target = target
     }
 }
 
-public struct ConsulProxyError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ description: String) { self.description = description }
+package struct ConsulProxyError: Error, CustomStringConvertible {
+    package let description: String
+    package init(_ description: String) { self.description = description }
 }
 
 /// A native Consul Connect proxy: configured by its registration, certificates from the
 /// agent's CA, intentions and upstream instances from blocking watches. Every answer is
 /// applied live to one `Sidecar`; an unusable answer or an unreachable agent leaves the last
 /// good state serving (fail static).
-public final class ConsulProxy: Sendable {
+package final class ConsulProxy: Sendable {
     private let client: ConsulClient
     private let options: ConsulProxyOptions
     private let audit: any AuditSink
@@ -49,7 +50,7 @@ public final class ConsulProxy: Sendable {
     private let material = NIOLockedValueBox<(leaf: ConsulLeafCertificate?, roots: ConsulCARoots?)>((nil, nil))
     private let watches = NIOLockedValueBox<[String: Task<Void, Never>]>([:])
 
-    public init(client: ConsulClient, options: ConsulProxyOptions, audit: any AuditSink, metrics: SidecarMetrics?,
+    package init(client: ConsulClient, options: ConsulProxyOptions, audit: any AuditSink, metrics: SidecarMetrics?,
                 logger: Logger, group: any EventLoopGroup) {
         self.client = client
         self.options = options
@@ -62,7 +63,7 @@ public final class ConsulProxy: Sendable {
     /// Resolves the registration, waits for leaf and roots, binds every listener and starts
     /// the watches. Throws when the agent never delivered within the startup timeout, or when
     /// the registration names a sidecar that does not exist (after retrying).
-    public func start() async throws -> Sidecar {
+    package func start() async throws -> Sidecar {
         let deadline = NIODeadline.now() + options.startupTimeout
         let proxyID = try await retrying("find the proxy registration", until: deadline) { try await self.resolveProxyID() }
         let registration = try await retrying("read the proxy registration", until: deadline) {
@@ -103,7 +104,7 @@ public final class ConsulProxy: Sendable {
 
     /// Stops every watch and releases the HTTP client (the sidecar keeps serving what it has).
     /// Call it also when `start()` failed.
-    public func stop() async {
+    package func stop() async {
         let tasks = watches.withLockedValue { value in
             defer { value.removeAll() }
             return Array(value.values)

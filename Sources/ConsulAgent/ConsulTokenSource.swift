@@ -3,7 +3,7 @@ import Foundation
 /// Where a `ConsulClient` gets the ACL token for each request: a static token or token file
 /// (`SettingsTokenSource`) or an `ACLLogin` session. The client is passed in so a login-backed
 /// source can call the agent itself without owning a client.
-public protocol ConsulTokenSource: Sendable {
+package protocol ConsulTokenSource: Sendable {
     /// The token for the next request; nil sends none.
     func token(for client: ConsulClient) async throws -> String?
     /// The agent answered 403 "ACL not found" for `token` (revoked or expired). True when a
@@ -16,15 +16,15 @@ public protocol ConsulTokenSource: Sendable {
 }
 
 /// `-token`, `-token-file`, CONSUL_HTTP_TOKEN(_FILE): `settings.readToken()` before each request.
-public struct SettingsTokenSource: ConsulTokenSource {
-    public let settings: ConsulConnectionSettings
+package struct SettingsTokenSource: ConsulTokenSource {
+    package let settings: ConsulConnectionSettings
 
-    public init(settings: ConsulConnectionSettings) {
+    package init(settings: ConsulConnectionSettings) {
         self.settings = settings
     }
 
-    public func token(for client: ConsulClient) async throws -> String? { try settings.readToken() }
-    public func rejected(_ token: String, by client: ConsulClient) async -> Bool { false }
-    public func shutdown(_ client: ConsulClient) async {}
-    public var summary: String { settings.authSummary }
+    package func token(for client: ConsulClient) async throws -> String? { try settings.readToken() }
+    package func rejected(_ token: String, by client: ConsulClient) async -> Bool { false }
+    package func shutdown(_ client: ConsulClient) async {}
+    package var summary: String { settings.authSummary }
 }

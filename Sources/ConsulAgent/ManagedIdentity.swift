@@ -3,40 +3,41 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import SidecarTLS
+import SidecarModel
 
 /// A JWT to present to `/v1/acl/login`, and when it stops being valid (for renewal timing).
-public struct BearerToken: Sendable {
-    public var jwt: String
-    public var expiresAt: Date?
+package struct BearerToken: Sendable {
+    package var jwt: String
+    package var expiresAt: Date?
 
-    public init(jwt: String, expiresAt: Date?) {
+    package init(jwt: String, expiresAt: Date?) {
         self.jwt = jwt
         self.expiresAt = expiresAt
     }
 }
 
 /// Where login JWTs come from; asked again before every login.
-public protocol BearerTokenProvider: Sendable {
+package protocol BearerTokenProvider: Sendable {
     func fetch() async throws -> BearerToken
     /// For logs.
     var summary: String { get }
 }
 
-public struct BearerTokenError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ description: String) { self.description = description }
+package struct BearerTokenError: Error, CustomStringConvertible {
+    package let description: String
+    package init(_ description: String) { self.description = description }
 }
 
 /// `--login-bearer-token-file`: a JWT in a file (e.g. a projected service-account token),
 /// re-read on each login. Its `exp` claim is read, unverified, only to time the renewal.
-public struct BearerTokenFile: BearerTokenProvider {
-    public let path: String
+package struct BearerTokenFile: BearerTokenProvider {
+    package let path: String
 
-    public init(path: String) {
+    package init(path: String) {
         self.path = path
     }
 
-    public func fetch() async throws -> BearerToken {
+    package func fetch() async throws -> BearerToken {
         let text: String
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
@@ -48,7 +49,7 @@ public struct BearerTokenFile: BearerTokenProvider {
         return BearerToken(jwt: jwt, expiresAt: Self.unverifiedExpiry(of: jwt))
     }
 
-    public var summary: String { "bearer token file \(path)" }
+    package var summary: String { "bearer token file \(path)" }
 
     /// The `exp` claim of a compact JWS, without checking anything (Consul does that).
     static func unverifiedExpiry(of jwt: String) -> Date? {
@@ -65,21 +66,21 @@ public struct BearerTokenFile: BearerTokenProvider {
 
 /// `--azure-managed-identity`: the VM's managed-identity token from the Azure Instance
 /// Metadata Service (`GET <imds>?api-version=2018-02-01&resource=<aud>`, `Metadata: true`).
-public struct AzureManagedIdentity: BearerTokenProvider {
-    public static let defaultIMDSURL = "http://169.254.169.254/metadata/identity/oauth2/token"
-    public static let defaultResource = "https://management.azure.com/"
+package struct AzureManagedIdentity: BearerTokenProvider {
+    package static let defaultIMDSURL = "http://169.254.169.254/metadata/identity/oauth2/token"
+    package static let defaultResource = "https://management.azure.com/"
 
-    public let imdsURL: String
-    public let resource: String
+    package let imdsURL: String
+    package let resource: String
 
-    public init(imdsURL: String = Self.defaultIMDSURL, resource: String = Self.defaultResource) {
+    package init(imdsURL: String = Self.defaultIMDSURL, resource: String = Self.defaultResource) {
         self.imdsURL = imdsURL
         self.resource = resource
     }
 
-    public var summary: String { "Azure managed identity (resource \(resource))" }
+    package var summary: String { "Azure managed identity (resource \(resource))" }
 
-    public func fetch() async throws -> BearerToken {
+    package func fetch() async throws -> BearerToken {
         guard var components = URLComponents(string: imdsURL) else { throw BearerTokenError("--azure-imds-url \(imdsURL) is not a URL") }
         components.queryItems = (components.queryItems ?? []) + [URLQueryItem(name: "api-version", value: "2018-02-01"),
                                                                  URLQueryItem(name: "resource", value: resource)]

@@ -1,6 +1,6 @@
 import Foundation
 import NIOHTTP1
-import SidecarCore
+import SidecarModel
 
 /// `/v1/acl/login` and `/v1/acl/logout`: bearer tokens exchanged for ACL tokens through the
 /// configured auth methods.
@@ -53,23 +53,15 @@ struct LoginToken: Sendable {
             ("Local", .bool(true)),
             ("AuthMethod", .string(authMethod)),
         ]
-        if let expirationTime { fields.append(("ExpirationTime", .string(Self.rfc3339Fractional(expirationTime)))) }
+        if let expirationTime { fields.append(("ExpirationTime", .string(Timestamp.rfc3339(expirationTime)))) }
         if let meta { fields.append(("Meta", JSON(meta))) }
         fields += [
-            ("CreateTime", .string(Self.rfc3339Fractional(created))),
+            ("CreateTime", .string(Timestamp.rfc3339(created))),
             ("Hash", .string("")),
             ("CreateIndex", .uint(index)),
             ("ModifyIndex", .uint(index)),
         ]
         return .object(fields)
-    }
-
-    /// Consul writes RFC 3339 with nanoseconds; sub-second TTLs in tests need the fraction.
-    static func rfc3339Fractional(_ date: Date) -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        return formatter.string(from: date)
     }
 }
 
@@ -91,7 +83,7 @@ extension AgentEngine {
         do {
             let claims = try registered.validator.validate(bearerToken, now: now)
             let claim = registered.method.serviceNameClaim
-            guard let value = claims[claim] as? String, !value.isEmpty else {
+            guard let value = claims[claim]?.stringValue, !value.isEmpty else {
                 throw JWTRejection("claim \"\(claim)\" (the service name) is missing or not a string")
             }
             service = value

@@ -1,6 +1,6 @@
 import Foundation
 import NIOHTTP1
-import SidecarCore
+import SidecarModel
 
 /// `/v1/agent/*` (services, checks, self), `/v1/health/*` and `/v1/catalog/services`.
 struct AgentEndpoints {

@@ -1,6 +1,6 @@
 import Foundation
 import Logging
-import SidecarCore
+import SidecarModel
 import SidecarTLS
 
 /// The agent's behaviour behind both the HTTP API and the Swift helpers: writes to the store

@@ -1,29 +1,29 @@
 import Foundation
-import SidecarCore
+import SidecarModel
 
 /// A `jwt` auth method for `POST /v1/acl/login`, like Consul's with static keys
 /// (`consul acl auth-method create -type jwt -config '{...}'`). Consul binds identities through
 /// separate binding rules; the dev agent has none and instead binds one service identity named
 /// by a claim (`serviceNameClaim`, in JSON a `ClaimMappings` entry whose value is
 /// `service_name`; default `sub`).
-public struct DevAgentAuthMethod: Sendable {
-    public var name: String
+package struct DevAgentAuthMethod: Sendable {
+    package var name: String
     /// Only "jwt" is supported.
-    public var type: String = "jwt"
+    package var type: String = "jwt"
     /// PEM public keys (EC P-256 or RSA); a token must be signed by one of them.
-    public var jwtValidationPubKeys: [String]
+    package var jwtValidationPubKeys: [String]
     /// The token's `aud` (string or array) must contain one of these, when any are given.
-    public var boundAudiences: [String] = []
+    package var boundAudiences: [String] = []
     /// The token's `iss` must equal this, when set.
-    public var boundIssuer: String? = nil
+    package var boundIssuer: String? = nil
     /// The claim whose string value names the service identity of the minted token.
-    public var serviceNameClaim: String = "sub"
+    package var serviceNameClaim: String = "sub"
     /// Lifetime of minted ACL tokens (Consul's `MaxTokenTTL`); nil: they never expire.
-    public var maxTokenTTL: TimeInterval? = nil
+    package var maxTokenTTL: TimeInterval? = nil
     /// Tolerance for `exp`/`nbf` against the agent's clock.
-    public var clockSkewLeeway: TimeInterval = 60
+    package var clockSkewLeeway: TimeInterval = 60
 
-    public init(name: String, jwtValidationPubKeys: [String]) {
+    package init(name: String, jwtValidationPubKeys: [String]) {
         self.name = name
         self.jwtValidationPubKeys = jwtValidationPubKeys
     }
@@ -32,7 +32,7 @@ public struct DevAgentAuthMethod: Sendable {
     /// object, each in Consul's API shape: `{"Name", "Type": "jwt", "MaxTokenTTL": "1h",
     /// "Config": {"JWTValidationPubKeys": [PEM], "BoundAudiences": [..], "BoundIssuer": "..",
     /// "ClaimMappings": {"<claim>": "service_name"}, "ClockSkewLeeway": "60s"}}`.
-    public static func load(json: Data, source: String) throws -> [DevAgentAuthMethod] {
+    package static func load(json: Data, source: String) throws -> [DevAgentAuthMethod] {
         do {
             let root = Fields(try JSONValue.parse(json, source: source))
             return try parseAll(root)

@@ -1,5 +1,5 @@
 import Foundation
-import SidecarCore
+import SidecarModel
 import SidecarTLS
 
 /// One CA root as listed by `/v1/agent/connect/ca/roots`.

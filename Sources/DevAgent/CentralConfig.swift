@@ -1,4 +1,4 @@
-import SidecarCore
+import SidecarModel
 
 extension AgentState {
     /// What Consul's agent does with central config (`enable_central_service_config`, on by

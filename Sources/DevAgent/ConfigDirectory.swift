@@ -1,5 +1,5 @@
 import Foundation
-import SidecarCore
+import SidecarModel
 
 /// Loads an agent config directory: every `*.json` file is a service definition (`service`
 /// object or `services` array), a config entry (`Kind`), an array of config entries, or a jwt

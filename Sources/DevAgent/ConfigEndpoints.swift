@@ -1,6 +1,6 @@
 import Foundation
 import NIOHTTP1
-import SidecarCore
+import SidecarModel
 
 /// `/v1/config` (config entries).
 struct ConfigEndpoints {

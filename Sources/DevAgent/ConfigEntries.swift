@@ -1,5 +1,5 @@
 import Foundation
-import SidecarCore
+import SidecarModel
 import SidecarTLS
 
 struct ConfigEntryKey: Hashable, Sendable {
@@ -144,8 +144,8 @@ enum IntentionRendering {
             ("Permissions", intention.hasPermissions ? permissions : .null),
             ("Meta", meta),
             ("Precedence", .int(intention.precedence)),
-            ("CreatedAt", .string(Format.rfc3339(entry.createdAt))),
-            ("UpdatedAt", .string(Format.rfc3339(entry.updatedAt))),
+            ("CreatedAt", .string(Timestamp.rfc3339(entry.createdAt, .seconds))),
+            ("UpdatedAt", .string(Timestamp.rfc3339(entry.updatedAt, .seconds))),
             ("Hash", .string(Data(Digest.sha256(Array((intention.identifier + source.serialized()).utf8))).base64EncodedString())),
             ("CreateIndex", .uint(entry.createIndex)),
             ("ModifyIndex", .uint(entry.modifyIndex)),

@@ -1,6 +1,6 @@
 import Foundation
 import NIOHTTP1
-import SidecarCore
+import SidecarModel
 
 /// Connect CA (roots, leaves, CA configuration), intention match and authorize.
 struct ConnectEndpoints {
@@ -84,8 +84,8 @@ struct ConnectEndpoints {
                     ("SerialNumber", .uint(root.root.serial)),
                     ("SigningKeyID", .string(Format.colonHex(root.root.key.keyIdentifier))),
                     ("ExternalTrustDomain", .string(ca.trustDomain)),
-                    ("NotBefore", .string(Format.rfc3339(root.root.certificate.notBefore))),
-                    ("NotAfter", .string(Format.rfc3339(root.root.certificate.notAfter))),
+                    ("NotBefore", .string(Timestamp.rfc3339(root.root.certificate.notBefore, .seconds))),
+                    ("NotAfter", .string(Timestamp.rfc3339(root.root.certificate.notAfter, .seconds))),
                     ("RootCert", .string(root.pem)),
                     ("IntermediateCerts", root.intermediatePEMs.isEmpty ? .null : .array(root.intermediatePEMs.map(JSON.string))),
                     ("Active", .bool(root.active)),
@@ -105,8 +105,8 @@ struct ConnectEndpoints {
             ("PrivateKeyPEM", .string(leaf.privateKeyPEM)),
             ("Service", .string(leaf.service)),
             ("ServiceURI", .string(leaf.serviceURI)),
-            ("ValidAfter", .string(Format.rfc3339(leaf.validAfter))),
-            ("ValidBefore", .string(Format.rfc3339(leaf.validBefore))),
+            ("ValidAfter", .string(Timestamp.rfc3339(leaf.validAfter, .seconds))),
+            ("ValidBefore", .string(Timestamp.rfc3339(leaf.validBefore, .seconds))),
         ]
         return .object(fields + leaf.tenancy.answerFields(enterprise: enterprise)
                        + [("CreateIndex", .uint(leaf.createIndex)), ("ModifyIndex", .uint(leaf.modifyIndex))])

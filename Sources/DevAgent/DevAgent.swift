@@ -1,19 +1,19 @@
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
-import SidecarCore
+import SidecarModel
 
 /// An embedded Consul control plane for development and tests, like `consul agent -dev`:
 /// the subset of Consul's HTTP API the sidecar uses (agent services and checks, health,
 /// Connect CA roots and leaves, intentions, config entries, ACL login) with Consul's paths,
 /// JSON shapes, status codes and blocking semantics.
-public final class DevAgent: Sendable {
+package final class DevAgent: Sendable {
     private let engine: AgentEngine
     private let server: HTTPServer
     private let boundPort = NIOLockedValueBox<Int?>(nil)
 
     /// Creates the CA and loads `configDirectory`; throws naming a file that fails to load.
-    public init(configuration: DevAgentConfiguration) throws {
+    package init(configuration: DevAgentConfiguration) throws {
         let engine = try AgentEngine(configuration: configuration)
         self.engine = engine
         let router = Router(engine: engine)
@@ -23,7 +23,7 @@ public final class DevAgent: Sendable {
 
     /// Binds the HTTP API and returns the port. After `stop()` it binds the same port again
     /// (the one first bound when `httpPort` is 0); all state is kept.
-    public func start() async throws -> Int {
+    package func start() async throws -> Int {
         let configuration = engine.configuration
         let port = boundPort.withLockedValue { $0 } ?? configuration.httpPort
         let bound = try await server.start(host: configuration.httpHost, port: port)
@@ -34,52 +34,52 @@ public final class DevAgent: Sendable {
     }
 
     /// Closes the listener and every open HTTP connection (pending blocking queries are dropped).
-    public func stop() async {
+    package func stop() async {
         await server.stop()
     }
 
     /// "host:port" once started.
-    public var httpAddress: String {
+    package var httpAddress: String {
         "\(engine.configuration.httpHost):\(boundPort.withLockedValue { $0 } ?? engine.configuration.httpPort)"
     }
 
-    public var trustDomain: String { engine.store.read { $0.ca.trustDomain } }
+    package var trustDomain: String { engine.store.read { $0.ca.trustDomain } }
 
     /// Same as `PUT /v1/agent/service/register`.
-    public func registerService(json: String) throws {
+    package func registerService(json: String) throws {
         try Self.bridge { try engine.register(try Fields.parse(Data(json.utf8), what: "the service definition")) }
     }
 
     /// Same as `PUT /v1/config`.
-    public func writeConfigEntry(json: String) throws {
+    package func writeConfigEntry(json: String) throws {
         try Self.bridge {
             try engine.writeConfigEntry(try Fields.parse(Data(json.utf8), what: "the config entry").value, source: "writeConfigEntry")
         }
     }
 
     /// Sets a check to "passing", "warning" or "critical" (as the pass/warn/fail endpoints).
-    public func setCheck(_ checkID: String, status: String) throws {
+    package func setCheck(_ checkID: String, status: String) throws {
         try Self.bridge { try engine.updateCheck(checkID, status: status, output: "") }
     }
 
     /// Adds (or replaces) a `jwt` auth method for `/v1/acl/login`.
-    public func addAuthMethod(_ method: DevAgentAuthMethod) throws {
+    package func addAuthMethod(_ method: DevAgentAuthMethod) throws {
         try engine.addAuthMethod(method)
     }
 
     /// Whether `token` passes ACL enforcement now (the root token or an unexpired login token).
-    public func accepts(token: String) -> Bool {
+    package func accepts(token: String) -> Bool {
         engine.isValidToken(token)
     }
 
     /// SecretIDs of login tokens not logged out (expired ones included until the next login).
-    public var loginTokenSecretIDs: Set<String> { engine.store.read { Set($0.loginTokens.keys) } }
+    package var loginTokenSecretIDs: Set<String> { engine.store.read { Set($0.loginTokens.keys) } }
 
     /// Successful logins since start.
-    public var loginCount: Int { engine.store.read { $0.loginCount } }
+    package var loginCount: Int { engine.store.read { $0.loginCount } }
 
     /// A new root key, cross-signed by the old one; leaves follow within `rootRenewJitter`.
-    public func rotateCA() throws {
+    package func rotateCA() throws {
         try Self.bridge { try engine.rotateCA() }
     }
 

@@ -1,31 +1,32 @@
 import Foundation
 import SidecarTLS
+import SidecarModel
 
 /// Development and tests only: an identity provider stand-in (Azure AD's role) that signs
 /// JWTs with a fresh key, whose public PEM goes into a `jwt` auth method's
 /// `JWTValidationPubKeys`.
-public struct DevJWTIssuer: Sendable {
-    public enum Algorithm: String, Sendable {
+package struct DevJWTIssuer: Sendable {
+    package enum Algorithm: String, Sendable {
         case es256 = "ES256"
         case rs256 = "RS256"
     }
 
-    public let algorithm: Algorithm
+    package let algorithm: Algorithm
     private let key: PrivateKey
 
-    public init(_ algorithm: Algorithm) throws {
+    package init(_ algorithm: Algorithm) throws {
         self.algorithm = algorithm
         key = try PrivateKey.generate(algorithm == .es256 ? .ecP256 : .rsa(bits: 2048))
     }
 
     /// The PEM `PUBLIC KEY` that verifies this issuer's tokens.
-    public var publicKeyPEM: String { key.publicKeyPEM }
+    package var publicKeyPEM: String { key.publicKeyPEM }
 
-    /// A compact JWS of `claims` (JSON-serializable values). `alg` overrides the header's
-    /// algorithm, e.g. "none" or "HS256", to test refusals.
-    public func sign(_ claims: [String: Any], alg: String? = nil) throws -> String {
-        let header = try JSONSerialization.data(withJSONObject: ["alg": alg ?? algorithm.rawValue, "typ": "JWT"], options: [.sortedKeys])
-        let payload = try JSONSerialization.data(withJSONObject: claims, options: [.sortedKeys])
+    /// A compact JWS of `claims`. `alg` overrides the header's algorithm, e.g. "none" or
+    /// "HS256", to test refusals.
+    package func sign(_ claims: [String: JSON], alg: String? = nil) throws -> String {
+        let header = JSON.object([("alg", .string(alg ?? algorithm.rawValue)), ("typ", .string("JWT"))]).data
+        let payload = JSON.object(claims.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }).data
         let input = "\(Self.base64URL(header)).\(Self.base64URL(payload))"
         var signature = try key.signSHA256(Array(input.utf8))
         if algorithm == .es256 {
@@ -37,10 +38,11 @@ public struct DevJWTIssuer: Sendable {
     }
 
     /// Claims shaped like an Azure managed-identity token, valid from now for `lifetime`.
-    public static func claims(subject: String, audience: String, issuer: String, lifetime: TimeInterval = 3600,
-                              now: Date = Date()) -> [String: Any] {
+    package static func claims(subject: String, audience: String, issuer: String, lifetime: TimeInterval = 3600,
+                              now: Date = Date()) -> [String: JSON] {
         let time = Int(now.timeIntervalSince1970)
-        return ["sub": subject, "aud": audience, "iss": issuer, "iat": time, "nbf": time - 5, "exp": time + Int(lifetime)]
+        return ["sub": .string(subject), "aud": .string(audience), "iss": .string(issuer), "iat": .int(time),
+                "nbf": .int(time - 5), "exp": .int(time + Int(lifetime))]
     }
 
     static func base64URL(_ data: Data) -> String {

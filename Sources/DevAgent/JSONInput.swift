@@ -1,5 +1,5 @@
 import Foundation
-import SidecarCore
+import SidecarModel
 
 /// An error answered to the HTTP client with a status code and a plain-text body.
 struct HTTPError: Error, CustomStringConvertible {

@@ -1,5 +1,6 @@
 import Foundation
 import SidecarTLS
+import SidecarModel
 
 /// A public key a `jwt` auth method accepts signatures from (`JWTValidationPubKeys`).
 struct JWTPublicKey: Sendable {
@@ -45,17 +46,17 @@ struct JWTValidator {
     var boundIssuer: String?
     var leeway: TimeInterval
 
-    func validate(_ token: String, now: Date = Date()) throws -> [String: Any] {
+    func validate(_ token: String, now: Date = Date()) throws -> [String: JSONValue] {
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 3, let headerData = Self.base64URL(parts[0]), let payloadData = Self.base64URL(parts[1]),
               let signature = Self.base64URL(parts[2]) else {
             throw JWTRejection("bearer token is not a compact JWS (header.payload.signature)")
         }
-        guard let header = try? JSONSerialization.jsonObject(with: headerData) as? [String: Any],
-              let claims = try? JSONSerialization.jsonObject(with: payloadData) as? [String: Any] else {
+        guard let header = JSONValue.parsed(headerData)?.objectValue,
+              let claims = JSONValue.parsed(payloadData)?.objectValue else {
             throw JWTRejection("bearer token header or claims are not JSON objects")
         }
-        let algorithm = header["alg"] as? String ?? ""
+        let algorithm = header["alg"]?.stringValue ?? ""
         guard algorithm == "RS256" || algorithm == "ES256" else {
             throw JWTRejection("unsupported signing algorithm \"\(algorithm)\" (RS256 and ES256 are accepted)")
         }
@@ -64,27 +65,30 @@ struct JWTValidator {
             throw JWTRejection("no configured public key validates the token signature")
         }
         let time = now.timeIntervalSince1970
-        if let exp = Self.number(claims["exp"]), time > exp + leeway {
+        if let exp = claims["exp"]?.doubleValue, time > exp + leeway {
             throw JWTRejection("token is expired (exp \(Int(exp)), now \(Int(time)))")
         }
-        if let nbf = Self.number(claims["nbf"]), time + leeway < nbf {
+        if let nbf = claims["nbf"]?.doubleValue, time + leeway < nbf {
             throw JWTRejection("token is not valid yet (nbf \(Int(nbf)), now \(Int(time)))")
         }
         if !boundAudiences.isEmpty {
-            let audiences = (claims["aud"] as? [String]) ?? (claims["aud"] as? String).map { [$0] } ?? []
+            let audiences: [String]
+            switch claims["aud"] {
+            case .string(let audience): audiences = [audience]
+            case .array(let items):
+                // Every member a string, or none counts (Go's []string decoding refuses the token).
+                let strings = items.compactMap(\.stringValue)
+                audiences = strings.count == items.count ? strings : []
+            default: audiences = []
+            }
             guard audiences.contains(where: boundAudiences.contains) else {
                 throw JWTRejection("audience \(audiences) matches none of the bound audiences \(boundAudiences)")
             }
         }
-        if let boundIssuer, claims["iss"] as? String != boundIssuer {
-            throw JWTRejection("issuer \"\(claims["iss"] as? String ?? "")\" is not the bound issuer \"\(boundIssuer)\"")
+        if let boundIssuer, claims["iss"]?.stringValue != boundIssuer {
+            throw JWTRejection("issuer \"\(claims["iss"]?.stringValue ?? "")\" is not the bound issuer \"\(boundIssuer)\"")
         }
         return claims
-    }
-
-    static func number(_ value: Any?) -> Double? {
-        if let number = value as? NSNumber, !(value is Bool) { return number.doubleValue }
-        return nil
     }
 
     static func base64URL<S: StringProtocol>(_ text: S) -> Data? {

@@ -1,6 +1,6 @@
 import Foundation
 import NIOHTTP1
-import SidecarCore
+import SidecarModel
 
 /// Dispatches Consul API paths to the endpoint handlers and turns errors into Consul's
 /// plain-text error responses.

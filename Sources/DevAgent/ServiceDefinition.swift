@@ -1,5 +1,5 @@
 import Foundation
-import SidecarCore
+import SidecarModel
 
 /// Reads a service definition (`PUT /v1/agent/service/register` body or a config-dir
 /// `service` block; PascalCase or snake_case) into records, expanding

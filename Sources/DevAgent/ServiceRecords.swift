@@ -1,5 +1,5 @@
 import Foundation
-import SidecarCore
+import SidecarModel
 
 /// One registered service as the agent stores it (Consul's `structs.NodeService`, trimmed).
 struct ServiceRecord: Sendable {

@@ -1,5 +1,5 @@
 import Foundation
-import SidecarCore
+import SidecarModel
 import SidecarTLS
 
 /// Consul's response shapes for services and checks.

@@ -1,4 +1,4 @@
-import SidecarCore
+import SidecarModel
 
 // How the dev agent reads and names a namespace and partition, one way for every endpoint.
 

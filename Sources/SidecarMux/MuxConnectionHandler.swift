@@ -4,27 +4,27 @@ import NIOCore
 /// The ALPN id of the multiplexed transport between our sidecars: HTTP/2 whose streams are
 /// CONNECT tunnels. Deliberately not "h2": an L4 tunnel must never claim to speak plain HTTP/2
 /// to whatever else is on the port (Consul #4466).
-public enum MuxProtocol {
-    public static let alpn = "backup-sidecar-mux/1"
+package enum MuxProtocol {
+    package static let alpn = "backup-sidecar-mux/1"
 }
 
-public struct MuxSettings: Sendable {
+package struct MuxSettings: Sendable {
     /// Streams per connection, in each direction.
-    public var maxConcurrentStreams: Int
+    package var maxConcurrentStreams: Int
     /// Per-stream receive window: the most one stream buffers for a slow local reader. 2 MiB
     /// keeps one bulk stream within a few percent of a plain TLS connection on loopback
     /// (256 KiB: 40% slower); idle streams hold none of it.
-    public var streamWindow: Int32
-    public var connectionWindow: Int32
+    package var streamWindow: Int32
+    package var connectionWindow: Int32
     /// A connection without streams for this long goes away (GOAWAY, then close); nil: never.
-    public var idleTimeout: TimeAmount?
+    package var idleTimeout: TimeAmount?
     /// A connection that has received nothing for this long is sent a PING; one still silent
     /// a whole interval after its PING is taken for dead (a host gone without a FIN or RST)
     /// and closed, cutting its streams, rather than leaving them to hang until TCP gives up.
     /// nil: no keepalive.
-    public var keepaliveInterval: TimeAmount?
+    package var keepaliveInterval: TimeAmount?
 
-    public init(maxConcurrentStreams: Int = 100, streamWindow: Int32 = 2 << 20, connectionWindow: Int32 = 64 << 20,
+    package init(maxConcurrentStreams: Int = 100, streamWindow: Int32 = 2 << 20, connectionWindow: Int32 = 64 << 20,
                 idleTimeout: TimeAmount? = nil, keepaliveInterval: TimeAmount? = .seconds(30)) {
         self.maxConcurrentStreams = maxConcurrentStreams
         self.streamWindow = streamWindow
@@ -35,15 +35,15 @@ public struct MuxSettings: Sendable {
 }
 
 /// A CONNECT request that opened a stream on the server side.
-public struct MuxStreamRequest: Sendable {
-    public let streamID: Int32
+package struct MuxStreamRequest: Sendable {
+    package let streamID: Int32
     /// What the client asked to reach (the destination service).
-    public let authority: String
+    package let authority: String
 }
 
 /// Outbound user event on a mux connection: GOAWAY, finish the open streams, then close.
-public struct MuxGracefulShutdown: Sendable {
-    public init() {}
+package struct MuxGracefulShutdown: Sendable {
+    package init() {}
 }
 
 /// HTTP/2 over an established (TLS) channel, carrying one tunnel per stream.
@@ -52,12 +52,12 @@ public struct MuxGracefulShutdown: Sendable {
 /// destination answers 200. Server role: every CONNECT becomes a stream channel handed to
 /// `initializer`, which answers it (`MuxStreamResponse`) once it has decided.
 /// Everything runs on the connection's event loop.
-public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
-    public typealias InboundIn = ByteBuffer
-    public typealias OutboundIn = ByteBuffer
-    public typealias OutboundOut = ByteBuffer
+package final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
+    package typealias InboundIn = ByteBuffer
+    package typealias OutboundIn = ByteBuffer
+    package typealias OutboundOut = ByteBuffer
 
-    public enum Role {
+    package enum Role {
         case client
         /// Installs the stream's handlers (synchronously, on the event loop).
         case server(initializer: (Channel, MuxStreamRequest) -> Void)
@@ -90,35 +90,35 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
     /// When our unanswered keepalive PING went out.
     private var pingSent: NIODeadline?
     /// Called when the peer broke the protocol and the connection ends for it (for logs/audit).
-    public var onProtocolError: ((Error) -> Void)?
+    package var onProtocolError: ((Error) -> Void)?
     /// Called before a connection whose peer went silent (no answer to a keepalive PING) is
     /// closed, with the seconds since anything arrived.
-    public var onUnresponsivePeer: ((Double) -> Void)?
+    package var onUnresponsivePeer: ((Double) -> Void)?
 
-    public init(role: Role, settings: MuxSettings) {
+    package init(role: Role, settings: MuxSettings) {
         self.role = role
         self.settings = settings
     }
 
     /// Streams currently open (including CONNECTs awaiting their answer).
-    public var openStreams: Int { streams.count }
+    package var openStreams: Int { streams.count }
 
     /// The most streams this connection may carry at once: ours and the peer's limit.
-    public var streamLimit: Int {
+    package var streamLimit: Int {
         min(settings.maxConcurrentStreams, session?.remoteMaxConcurrentStreams ?? settings.maxConcurrentStreams)
     }
 
     /// Whether a new stream may be opened here now.
-    public var acceptsNewStreams: Bool {
+    package var acceptsNewStreams: Bool {
         !closed && !draining && !goawayReceived && session != nil && streams.count < streamLimit
     }
 
     /// Whether the connection is finished with for new work (it may still carry streams).
-    public var isRetired: Bool { closed || draining || goawayReceived }
+    package var isRetired: Bool { closed || draining || goawayReceived }
 
     // MARK: Handler lifecycle
 
-    public func handlerAdded(context: ChannelHandlerContext) {
+    package func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.eventLoop = context.eventLoop
         do {
@@ -138,22 +138,22 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
         armKeepalive()
     }
 
-    public func handlerRemoved(context: ChannelHandlerContext) {
+    package func handlerRemoved(context: ChannelHandlerContext) {
         connectionEnded()
         self.context = nil
     }
 
-    public func channelActive(context: ChannelHandlerContext) {
+    package func channelActive(context: ChannelHandlerContext) {
         pump()
         context.fireChannelActive()
     }
 
-    public func channelInactive(context: ChannelHandlerContext) {
+    package func channelInactive(context: ChannelHandlerContext) {
         connectionEnded()
         context.fireChannelInactive()
     }
 
-    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let session, !closed else { return }
         lastInput = context.eventLoop.now
         // Nothing is sent (and the connection is not judged finished) until every event of
@@ -175,19 +175,19 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
         }
     }
 
-    public func channelReadComplete(context: ChannelHandlerContext) {
+    package func channelReadComplete(context: ChannelHandlerContext) {
         pump()
         context.fireChannelReadComplete()
     }
 
-    public func channelWritabilityChanged(context: ChannelHandlerContext) {
+    package func channelWritabilityChanged(context: ChannelHandlerContext) {
         let writable = context.channel.isWritable
         for stream in streams.values { stream.parentWritabilityChanged(writable) }
         if writable { pump() }
         context.fireChannelWritabilityChanged()
     }
 
-    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
             // The peer ended the TLS stream. Without streams that is its graceful close; with
             // streams still open they can receive nothing more: cut them.
@@ -197,12 +197,12 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
         context.fireUserInboundEventTriggered(event)
     }
 
-    public func errorCaught(context: ChannelHandlerContext, error: Error) {
+    package func errorCaught(context: ChannelHandlerContext, error: Error) {
         context.fireErrorCaught(error)
         context.close(promise: nil)
     }
 
-    public func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+    package func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
         guard event is MuxGracefulShutdown else {
             context.triggerUserOutboundEvent(event, promise: promise)
             return
@@ -214,7 +214,7 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
     // MARK: Streams
 
     /// Client: a new tunnel to `authority`, resolved once the destination answered 200.
-    public func openStream(authority: String) -> EventLoopFuture<Channel> {
+    package func openStream(authority: String) -> EventLoopFuture<Channel> {
         guard let eventLoop else { preconditionFailure("openStream before the mux handler joined a pipeline") }
         let promise = eventLoop.makePromise(of: Channel.self)
         guard let context, let session, acceptsNewStreams else {
@@ -238,13 +238,13 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
     }
 
     /// When anything last arrived from the peer.
-    public var lastInputAt: NIODeadline { lastInput }
+    package var lastInputAt: NIODeadline { lastInput }
 
     /// Client: a stream open went unanswered, so the peer may be gone without a word (link
     /// down, no RST). A PING goes out now; unless anything arrives from the peer within
     /// `within`, the connection is closed, which fails every stream on it at once instead of
     /// leaving their local connections to hang until the keepalive gives up.
-    public func probePeer(within: TimeAmount) {
+    package func probePeer(within: TimeAmount) {
         guard let context, let session, !closed else { return }
         let sent = context.eventLoop.now
         session.ping()
@@ -259,7 +259,7 @@ public final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
     /// GOAWAY; the connection closes by itself once its last stream is done. A server first
     /// announces it (streams already on their way are still served), then names the last stream
     /// it processed a second later; a client refusing anything new is the whole story.
-    public func beginDraining() {
+    package func beginDraining() {
         guard !draining, !closed, let context else { return }
         draining = true
         if role.isClient {

@@ -5,20 +5,20 @@ import SidecarTLS
 
 /// Outbound user event on a server-side stream: answer the CONNECT. 200 lets data flow; any
 /// other status ends the stream (the destination refused it). Ignored on other channels.
-public struct MuxStreamResponse: Sendable {
-    public let status: Int
-    public init(status: Int) { self.status = status }
+package struct MuxStreamResponse: Sendable {
+    package let status: Int
+    package init(status: Int) { self.status = status }
 }
 
 /// Outbound user event on a server-side stream not yet answered: refuse it with
 /// RST_STREAM(REFUSED_STREAM), which tells the client nothing was processed and the stream may
 /// be retried on another connection (a connection being retired, a draining sidecar).
-public struct MuxStreamRefusal: Sendable {
-    public init() {}
+package struct MuxStreamRefusal: Sendable {
+    package init() {}
 }
 
 /// Channels that are streams of a mux connection say which.
-public protocol MuxStreamIdentifying {
+package protocol MuxStreamIdentifying {
     var muxStreamID: Int32 { get }
 }
 

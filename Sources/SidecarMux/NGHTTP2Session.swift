@@ -373,7 +373,7 @@ private enum NGHTTP2Callbacks {
     }
 }
 
-public enum MuxError: Error, CustomStringConvertible, Equatable {
+package enum MuxError: Error, CustomStringConvertible, Equatable {
     case sessionSetup(String)
     /// The peer broke HTTP/2 (or our framing): the whole connection ends.
     case protocolViolation(String)
@@ -385,7 +385,7 @@ public enum MuxError: Error, CustomStringConvertible, Equatable {
     case streamReset(errorCode: UInt32)
     case connectionClosed
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .sessionSetup(let what): return "mux session setup failed: \(what)"
         case .protocolViolation(let what): return "mux protocol error: \(what)"
@@ -398,8 +398,8 @@ public enum MuxError: Error, CustomStringConvertible, Equatable {
 }
 
 /// The libnghttp2 this process loaded.
-public enum NGHTTP2Library {
-    public static var version: String {
+package enum NGHTTP2Library {
+    package static var version: String {
         guard let info = nghttp2_version(0) else { return "unknown" }
         return String(cString: info.pointee.version_str)
     }

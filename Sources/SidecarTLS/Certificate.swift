@@ -3,7 +3,7 @@ import Foundation
 
 /// An immutable X.509 certificate owned by Swift (wraps `X509*`).
 /// `@unchecked Sendable`: an X509 that is never modified after init.
-public final class Certificate: @unchecked Sendable, CustomStringConvertible {
+package final class Certificate: @unchecked Sendable, CustomStringConvertible {
     // Never mutated after init, so sharing across event loops is safe.
     let pointer: OpaquePointer
 
@@ -19,7 +19,7 @@ public final class Certificate: @unchecked Sendable, CustomStringConvertible {
 
     /// Every certificate in a PEM bundle, in order. Rejects empty bundles and trailing garbage
     /// that looks like a broken certificate.
-    public static func parsePEMBundle(_ pem: [UInt8], source: String) throws -> [Certificate] {
+    package static func parsePEMBundle(_ pem: [UInt8], source: String) throws -> [Certificate] {
         OpenSSLErrorQueue.clear()
         let read: [Certificate]? = MemoryBIO.reading(pem) { bio in
             var result: [Certificate] = []
@@ -39,7 +39,7 @@ public final class Certificate: @unchecked Sendable, CustomStringConvertible {
     }
 
     /// Serial number as lowercase colon-separated hex, the way Consul prints SerialNumber.
-    public var serialNumber: String {
+    package var serialNumber: String {
         guard let serial = X509_get0_serialNumber(pointer), let bignum = ASN1_INTEGER_to_BN(serial, nil) else {
             return ""
         }
@@ -58,8 +58,8 @@ public final class Certificate: @unchecked Sendable, CustomStringConvertible {
         return pairs.joined(separator: ":")
     }
 
-    public var notBefore: Date { Self.date(X509_get0_notBefore(pointer)) }
-    public var notAfter: Date { Self.date(X509_get0_notAfter(pointer)) }
+    package var notBefore: Date { Self.date(X509_get0_notBefore(pointer)) }
+    package var notAfter: Date { Self.date(X509_get0_notAfter(pointer)) }
 
     private static func date(_ time: UnsafePointer<ASN1_TIME>?) -> Date {
         var parts = tm()
@@ -68,7 +68,7 @@ public final class Certificate: @unchecked Sendable, CustomStringConvertible {
     }
 
     /// Every URI subject alternative name, exactly as encoded.
-    public var uriSANs: [String] {
+    package var uriSANs: [String] {
         guard let names = bs_x509_subject_alt_names(pointer) else { return [] }
         defer { bs_general_names_free(names) }
         var uris: [String] = []
@@ -81,7 +81,7 @@ public final class Certificate: @unchecked Sendable, CustomStringConvertible {
     }
 
     /// What peer verification needs to know about a leaf, extracted once.
-    public var leafFacts: LeafCertificateFacts {
+    package var leafFacts: LeafCertificateFacts {
         let flags = X509_get_extension_flags(pointer)
         let hasEKU = flags & UInt32(EXFLAG_XKUSAGE) != 0
         let eku = X509_get_extended_key_usage(pointer)
@@ -96,25 +96,25 @@ public final class Certificate: @unchecked Sendable, CustomStringConvertible {
         )
     }
 
-    public var pemEncoded: String {
+    package var pemEncoded: String {
         MemoryBIO.text { PEM_write_bio_X509($0, pointer) == 1 } ?? ""
     }
 
-    public var description: String {
+    package var description: String {
         "Certificate(serial: \(serialNumber), uris: \(uriSANs), notAfter: \(notAfter))"
     }
 }
 
 /// A private key owned by Swift (wraps `EVP_PKEY*`).
 /// `@unchecked Sendable`: an EVP_PKEY that is never modified after init.
-public final class PrivateKey: @unchecked Sendable {
+package final class PrivateKey: @unchecked Sendable {
     let pointer: OpaquePointer
 
     init(taking pointer: OpaquePointer) { self.pointer = pointer }
     deinit { EVP_PKEY_free(pointer) }
 
     /// Accepts PKCS#8 ("PRIVATE KEY") and SEC1 ("EC PRIVATE KEY", as Consul sends) PEM.
-    public static func parsePEM(_ pem: [UInt8], source: String) throws -> PrivateKey {
+    package static func parsePEM(_ pem: [UInt8], source: String) throws -> PrivateKey {
         OpenSSLErrorQueue.clear()
         let key = MemoryBIO.reading(pem) { PEM_read_bio_PrivateKey($0, nil, nil, nil) }
         guard let key else {
@@ -124,7 +124,7 @@ public final class PrivateKey: @unchecked Sendable {
     }
 
     /// True when `certificate` carries this key's public half.
-    public func matches(_ certificate: Certificate) -> Bool {
+    package func matches(_ certificate: Certificate) -> Bool {
         guard let publicKey = X509_get0_pubkey(certificate.pointer) else { return false }
         return EVP_PKEY_eq(publicKey, pointer) == 1
     }

@@ -3,30 +3,30 @@ import Foundation
 
 /// What one certificate signed by the dev agent's CA says. Only the two shapes Consul's built-in
 /// CA makes: a CA root (self-signed or cross-signed) and a service leaf.
-public struct CertificateTemplate {
-    public enum Kind: Sendable {
+package struct CertificateTemplate {
+    package enum Kind: Sendable {
         /// basicConstraints CA:TRUE, keyUsage digitalSignature/keyCertSign/cRLSign.
         case certificateAuthority
         /// CA:FALSE, keyUsage for TLS either way, extendedKeyUsage serverAuth + clientAuth.
         case serviceLeaf
     }
 
-    public enum Subject {
+    package enum Subject {
         case commonName(String)
         /// The subject name of an existing certificate, byte for byte (cross-signing).
         case sameAs(Certificate)
     }
 
-    public var kind: Kind
+    package var kind: Kind
     /// The serial number as a big-endian unsigned magnitude: non-zero, at most 20 bytes
     /// (RFC 5280 4.1.2.2). DER's sign byte is added by OpenSSL where the top bit is set.
-    public var serial: [UInt8]
-    public var subject: Subject
-    public var notBefore: Date
-    public var notAfter: Date
-    public var uriSAN: String
+    package var serial: [UInt8]
+    package var subject: Subject
+    package var notBefore: Date
+    package var notAfter: Date
+    package var uriSAN: String
 
-    public init(kind: Kind, serial: [UInt8], subject: Subject, notBefore: Date, notAfter: Date, uriSAN: String) {
+    package init(kind: Kind, serial: [UInt8], subject: Subject, notBefore: Date, notAfter: Date, uriSAN: String) {
         self.kind = kind
         self.serial = serial
         self.subject = subject
@@ -39,7 +39,7 @@ public struct CertificateTemplate {
 extension Certificate {
     /// Signs `template` (ECDSA or RSA with SHA-256) for `subjectKey`'s public half.
     /// `issuer` nil: self-signed with `subjectKey`.
-    public static func issue(_ template: CertificateTemplate, subjectKey: PrivateKey,
+    package static func issue(_ template: CertificateTemplate, subjectKey: PrivateKey,
                              issuer: (certificate: Certificate, key: PrivateKey)?) throws -> Certificate {
         OpenSSLErrorQueue.clear()
         guard let x509 = X509_new() else { throw TLSMaterialError("X509_new failed") }
@@ -134,21 +134,21 @@ extension Certificate {
     }
 
     /// The DER encoding.
-    public var derEncoded: [UInt8] {
+    package var derEncoded: [UInt8] {
         MemoryBIO.bytes { i2d_X509_bio($0, pointer) == 1 } ?? []
     }
 
     /// SHA-1 of the DER certificate: how Consul names its roots.
-    public var sha1Fingerprint: [UInt8] { Digest.sha1(derEncoded) }
+    package var sha1Fingerprint: [UInt8] { Digest.sha1(derEncoded) }
 
     /// The subject key identifier extension's value, or nil without one.
-    public var subjectKeyIdentifier: [UInt8]? {
+    package var subjectKeyIdentifier: [UInt8]? {
         guard let keyID = X509_get0_subject_key_id(pointer) else { return nil }
         return Array(UnsafeBufferPointer(start: ASN1_STRING_get0_data(keyID), count: Int(ASN1_STRING_length(keyID))))
     }
 
     /// The serial number's big-endian bytes.
-    public var serialBytes: [UInt8] {
+    package var serialBytes: [UInt8] {
         guard let serial = X509_get0_serialNumber(pointer), let bignum = ASN1_INTEGER_to_BN(serial, nil) else { return [] }
         defer { BN_free(bignum) }
         var bytes = [UInt8](repeating: 0, count: Int((BN_num_bits(bignum) + 7) / 8))

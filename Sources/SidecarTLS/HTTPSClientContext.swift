@@ -3,17 +3,17 @@ import Foundation
 
 /// How an HTTPS server is trusted and how we authenticate to it: the Consul agent's API, per
 /// CONSUL_CACERT / CONSUL_CAPATH / CONSUL_CLIENT_CERT / CONSUL_CLIENT_KEY / CONSUL_HTTP_SSL_VERIFY.
-public struct HTTPSClientTrust: Sendable, Equatable {
+package struct HTTPSClientTrust: Sendable, Equatable {
     /// PEM file of trusted CA certificates. Neither this nor `caDirectory`: the system store.
-    public var caFile: String?
+    package var caFile: String?
     /// Every file under this directory (recursively) holds PEM certificates, as go-rootcerts
     /// reads CONSUL_CAPATH; a file without one is an error naming it.
-    public var caDirectory: String?
-    public var verifyServer: Bool
-    public var clientCertificateFile: String?
-    public var clientKeyFile: String?
+    package var caDirectory: String?
+    package var verifyServer: Bool
+    package var clientCertificateFile: String?
+    package var clientKeyFile: String?
 
-    public init(caFile: String? = nil, caDirectory: String? = nil, verifyServer: Bool = true,
+    package init(caFile: String? = nil, caDirectory: String? = nil, verifyServer: Bool = true,
                 clientCertificateFile: String? = nil, clientKeyFile: String? = nil) {
         self.caFile = caFile
         self.caDirectory = caDirectory
@@ -25,12 +25,12 @@ public struct HTTPSClientTrust: Sendable, Equatable {
 
 /// An SSL_CTX for talking to HTTPS servers on system OpenSSL (the same library the mesh uses).
 /// `@unchecked Sendable`: the SSL_CTX is configured in init and only read after.
-public final class HTTPSClientContext: @unchecked Sendable {
+package final class HTTPSClientContext: @unchecked Sendable {
     // Never mutated after init; SSL_CTX is safe to share between connections.
     let pointer: OpaquePointer
-    public let verifiesServer: Bool
+    package let verifiesServer: Bool
 
-    public init(_ trust: HTTPSClientTrust) throws {
+    package init(_ trust: HTTPSClientTrust) throws {
         OpenSSLErrorQueue.clear()
         guard let context = SSL_CTX_new(TLS_client_method()) else {
             throw TLSMaterialError("SSL_CTX_new failed: \(OpenSSLErrorQueue.summary(or: "unknown"))")

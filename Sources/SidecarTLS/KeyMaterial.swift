@@ -28,13 +28,13 @@ enum MemoryBIO {
 }
 
 /// One-shot digests over OpenSSL.
-public enum Digest {
-    public static func sha256<Bytes: Collection>(_ bytes: Bytes) -> [UInt8] where Bytes.Element == UInt8 {
+package enum Digest {
+    package static func sha256<Bytes: Collection>(_ bytes: Bytes) -> [UInt8] where Bytes.Element == UInt8 {
         compute(EVP_sha256(), Array(bytes))
     }
 
     /// Only where a format demands it (certificate fingerprints, key identifiers); never for security.
-    public static func sha1<Bytes: Collection>(_ bytes: Bytes) -> [UInt8] where Bytes.Element == UInt8 {
+    package static func sha1<Bytes: Collection>(_ bytes: Bytes) -> [UInt8] where Bytes.Element == UInt8 {
         compute(EVP_sha1(), Array(bytes))
     }
 
@@ -47,14 +47,14 @@ public enum Digest {
 }
 
 /// The key types the binary creates or accepts for signatures.
-public enum KeyAlgorithm: Sendable, Equatable {
+package enum KeyAlgorithm: Sendable, Equatable {
     case ecP256
     case rsa(bits: Int)
 }
 
 extension PrivateKey {
     /// A fresh key from OpenSSL's default random generator.
-    public static func generate(_ algorithm: KeyAlgorithm) throws -> PrivateKey {
+    package static func generate(_ algorithm: KeyAlgorithm) throws -> PrivateKey {
         OpenSSLErrorQueue.clear()
         let type = algorithm == .ecP256 ? "EC" : "RSA"
         guard let context = EVP_PKEY_CTX_new_from_name(nil, type, nil) else {
@@ -76,20 +76,20 @@ extension PrivateKey {
     }
 
     /// What kind of key this is; nil for anything but EC P-256 and RSA.
-    public var algorithm: KeyAlgorithm? { KeyAlgorithm(of: pointer) }
+    package var algorithm: KeyAlgorithm? { KeyAlgorithm(of: pointer) }
 
     /// The traditional PEM form: `EC PRIVATE KEY` (SEC1) for EC keys, as Consul hands them out.
-    public var traditionalPEM: String {
+    package var traditionalPEM: String {
         MemoryBIO.text { PEM_write_bio_PrivateKey_traditional($0, pointer, nil, nil, 0, nil, nil) == 1 } ?? ""
     }
 
     /// The public half as a PEM `PUBLIC KEY` (SubjectPublicKeyInfo).
-    public var publicKeyPEM: String {
+    package var publicKeyPEM: String {
         MemoryBIO.text { PEM_write_bio_PUBKEY($0, pointer) == 1 } ?? ""
     }
 
     /// The same key material (public and private halves).
-    public func sameKey(as other: PrivateKey) -> Bool { EVP_PKEY_eq(pointer, other.pointer) == 1 }
+    package func sameKey(as other: PrivateKey) -> Bool { EVP_PKEY_eq(pointer, other.pointer) == 1 }
 
     /// The subjectPublicKey BIT STRING contents: the encoded point (EC) or RSAPublicKey (RSA).
     var publicKeyBits: [UInt8] {
@@ -103,10 +103,10 @@ extension PrivateKey {
     }
 
     /// RFC 5280 method 1 key identifier: SHA-1 of the subjectPublicKey bits.
-    public var keyIdentifier: [UInt8] { Digest.sha1(publicKeyBits) }
+    package var keyIdentifier: [UInt8] { Digest.sha1(publicKeyBits) }
 
     /// A SHA-256 signature over `message`: DER ECDSA for EC keys, PKCS#1 v1.5 for RSA.
-    public func signSHA256(_ message: [UInt8]) throws -> [UInt8] {
+    package func signSHA256(_ message: [UInt8]) throws -> [UInt8] {
         OpenSSLErrorQueue.clear()
         guard let context = EVP_MD_CTX_new() else { throw TLSMaterialError("signing: no context") }
         defer { EVP_MD_CTX_free(context) }
@@ -127,9 +127,9 @@ extension PrivateKey {
 
 /// A public key that verifies signatures (JWT validation keys).
 /// `@unchecked Sendable`: an EVP_PKEY that is never modified after init.
-public final class PublicKey: @unchecked Sendable {
+package final class PublicKey: @unchecked Sendable {
     let pointer: OpaquePointer
-    public let algorithm: KeyAlgorithm
+    package let algorithm: KeyAlgorithm
 
     private init(taking pointer: OpaquePointer, algorithm: KeyAlgorithm) {
         self.pointer = pointer
@@ -139,7 +139,7 @@ public final class PublicKey: @unchecked Sendable {
     deinit { EVP_PKEY_free(pointer) }
 
     /// A PEM `PUBLIC KEY`: EC P-256, or RSA of at least 2048 bits. Anything else is refused.
-    public static func parsePEM(_ pem: String) throws -> PublicKey {
+    package static func parsePEM(_ pem: String) throws -> PublicKey {
         OpenSSLErrorQueue.clear()
         guard let key = MemoryBIO.reading(Array(pem.utf8), { PEM_read_bio_PUBKEY($0, nil, nil, nil) }) else {
             throw TLSMaterialError("not a PEM public key (\(OpenSSLErrorQueue.summary(or: "unreadable")))")
@@ -156,7 +156,7 @@ public final class PublicKey: @unchecked Sendable {
     }
 
     /// Checks a SHA-256 signature made by `PrivateKey.signSHA256`.
-    public func verifiesSHA256(_ signature: [UInt8], over message: [UInt8]) -> Bool {
+    package func verifiesSHA256(_ signature: [UInt8], over message: [UInt8]) -> Bool {
         OpenSSLErrorQueue.clear()
         defer { OpenSSLErrorQueue.clear() }
         guard let context = EVP_MD_CTX_new() else { return false }
@@ -184,8 +184,8 @@ extension KeyAlgorithm {
 }
 
 /// ECDSA signatures as JWS wants them (RFC 7518 3.4): fixed-width r||s instead of DER.
-public enum ECDSASignatureFormat {
-    public static func raw(fromDER der: [UInt8], width: Int = 32) -> [UInt8]? {
+package enum ECDSASignatureFormat {
+    package static func raw(fromDER der: [UInt8], width: Int = 32) -> [UInt8]? {
         var cursor: UnsafePointer<UInt8>? = nil
         return der.withUnsafeBufferPointer { buffer -> [UInt8]? in
             cursor = buffer.baseAddress
@@ -200,7 +200,7 @@ public enum ECDSASignatureFormat {
         }
     }
 
-    public static func der(fromRaw raw: [UInt8]) -> [UInt8]? {
+    package static func der(fromRaw raw: [UInt8]) -> [UInt8]? {
         guard raw.count % 2 == 0, !raw.isEmpty, let signature = ECDSA_SIG_new() else { return nil }
         defer { ECDSA_SIG_free(signature) }
         let width = raw.count / 2

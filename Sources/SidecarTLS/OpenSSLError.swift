@@ -24,12 +24,12 @@ enum OpenSSLErrorQueue {
 }
 
 /// Errors building TLS material (startup and rotation), always with a readable reason.
-public struct TLSMaterialError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ description: String) { self.description = description }
+package struct TLSMaterialError: Error, CustomStringConvertible {
+    package let description: String
+    package init(_ description: String) { self.description = description }
 }
 
 /// The OpenSSL library this process loaded (not the headers it was built against).
-public enum OpenSSLLibrary {
-    public static var version: String { String(cString: OpenSSL_version(Int32(OPENSSL_VERSION))) }
+package enum OpenSSLLibrary {
+    package static var version: String { String(cString: OpenSSL_version(Int32(OPENSSL_VERSION))) }
 }

@@ -1,28 +1,30 @@
+import SidecarModel
+
 /// Which side of the TLS connection we are. The peer's certificate must be fit for the opposite
 /// side: a server checks its client for clientAuth, a client checks its server for serverAuth.
-public enum TLSRole: Sendable {
+package enum TLSRole: Sendable {
     case server
     case client
 }
 
 /// The parts of a peer's leaf certificate that decide its identity. Extracted from OpenSSL once,
 /// evaluated by pure code so every rule is unit-testable without certificates.
-public struct LeafCertificateFacts: Sendable, Equatable {
-    public struct ExtendedKeyUsage: Sendable, Equatable {
-        public var clientAuth: Bool
-        public var serverAuth: Bool
-        public init(clientAuth: Bool, serverAuth: Bool) {
+package struct LeafCertificateFacts: Sendable, Equatable {
+    package struct ExtendedKeyUsage: Sendable, Equatable {
+        package var clientAuth: Bool
+        package var serverAuth: Bool
+        package init(clientAuth: Bool, serverAuth: Bool) {
             self.clientAuth = clientAuth
             self.serverAuth = serverAuth
         }
     }
 
-    public var uriSANs: [String]
+    package var uriSANs: [String]
     /// nil when the certificate has no extendedKeyUsage extension at all.
-    public var extendedKeyUsage: ExtendedKeyUsage?
-    public var isCA: Bool
+    package var extendedKeyUsage: ExtendedKeyUsage?
+    package var isCA: Bool
 
-    public init(uriSANs: [String], extendedKeyUsage: ExtendedKeyUsage?, isCA: Bool) {
+    package init(uriSANs: [String], extendedKeyUsage: ExtendedKeyUsage?, isCA: Bool) {
         self.uriSANs = uriSANs
         self.extendedKeyUsage = extendedKeyUsage
         self.isCA = isCA
@@ -30,7 +32,7 @@ public struct LeafCertificateFacts: Sendable, Equatable {
 }
 
 /// Why a peer was refused. The text goes to the audit log verbatim.
-public enum PeerVerificationError: Error, Equatable, CustomStringConvertible {
+package enum PeerVerificationError: Error, Equatable, CustomStringConvertible {
     case noCertificate
     case chain(String)
     case leafIsCA
@@ -41,7 +43,7 @@ public enum PeerVerificationError: Error, Equatable, CustomStringConvertible {
     case wrongTrustDomain(got: String, expected: String)
     case unexpectedIdentity(got: String, expected: String)
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .noCertificate: return "peer presented no certificate"
         case .chain(let reason): return "certificate chain rejected: \(reason)"
@@ -57,19 +59,19 @@ public enum PeerVerificationError: Error, Equatable, CustomStringConvertible {
 }
 
 /// The identity rules applied to a peer leaf once its chain has verified against our roots.
-public struct PeerIdentityPolicy: Sendable {
-    public var role: TLSRole
-    public var trustDomain: String
+package struct PeerIdentityPolicy: Sendable {
+    package var role: TLSRole
+    package var trustDomain: String
     /// Client role: the destination we dialed. nil accepts any service in our trust domain.
-    public var expectedPeer: SPIFFEID?
+    package var expectedPeer: SPIFFEID?
 
-    public init(role: TLSRole, trustDomain: String, expectedPeer: SPIFFEID? = nil) {
+    package init(role: TLSRole, trustDomain: String, expectedPeer: SPIFFEID? = nil) {
         self.role = role
         self.trustDomain = trustDomain.lowercased()
         self.expectedPeer = expectedPeer
     }
 
-    public func evaluate(_ facts: LeafCertificateFacts) -> Result<SPIFFEID, PeerVerificationError> {
+    package func evaluate(_ facts: LeafCertificateFacts) -> Result<SPIFFEID, PeerVerificationError> {
         if facts.isCA { return .failure(.leafIsCA) }
         switch role {
         case .server:

@@ -1,27 +1,27 @@
 import COpenSSL
 
 /// Streaming SHA-256 over OpenSSL, for end-to-end integrity checks of transferred data.
-public final class SHA256Digest {
+package final class SHA256Digest {
     private let context: OpaquePointer
 
-    public init() {
+    package init() {
         context = EVP_MD_CTX_new()
         EVP_DigestInit_ex(context, EVP_sha256(), nil)
     }
 
     deinit { EVP_MD_CTX_free(context) }
 
-    public func update(_ bytes: UnsafeRawBufferPointer) {
+    package func update(_ bytes: UnsafeRawBufferPointer) {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
         EVP_DigestUpdate(context, base, bytes.count)
     }
 
-    public func update(_ bytes: [UInt8]) {
+    package func update(_ bytes: [UInt8]) {
         bytes.withUnsafeBytes { update($0) }
     }
 
     /// Lowercase hex digest. Call once: the context is finished afterwards.
-    public func finalizeHex() -> String {
+    package func finalizeHex() -> String {
         var output = [UInt8](repeating: 0, count: 32)
         var length: UInt32 = 0
         EVP_DigestFinal_ex(context, &output, &length)
@@ -30,12 +30,12 @@ public final class SHA256Digest {
 }
 
 /// Lowercase hex, two digits a byte (digests, random ids).
-public func lowercaseHex(_ bytes: some Sequence<UInt8>) -> String {
+package func lowercaseHex(_ bytes: some Sequence<UInt8>) -> String {
     bytes.map { byte in byte < 16 ? "0" + String(byte, radix: 16) : String(byte, radix: 16) }.joined()
 }
 
 /// Cryptographically random bytes (test data, demo snapshots).
-public func secureRandomBytes(_ count: Int) -> [UInt8] {
+package func secureRandomBytes(_ count: Int) -> [UInt8] {
     var bytes = [UInt8](repeating: 0, count: count)
     _ = RAND_bytes(&bytes, Int32(count))
     return bytes

@@ -1,21 +1,22 @@
 import COpenSSL
 import Foundation
 import NIOCore
+import SidecarModel
 
 /// The peer as established by a completed, verified handshake.
-public struct TLSPeer: Sendable {
-    public let identity: SPIFFEID
-    public let certificateSerial: String
-    public let protocolVersion: String
-    public let cipherSuite: String
-    public let applicationProtocol: String?
+package struct TLSPeer: Sendable {
+    package let identity: SPIFFEID
+    package let certificateSerial: String
+    package let protocolVersion: String
+    package let cipherSuite: String
+    package let applicationProtocol: String?
     /// When the peer's leaf expires: a pooled connection must not carry new work past it.
-    public let certificateNotAfter: Date
+    package let certificateNotAfter: Date
     /// From the first handshake byte to a verified peer.
-    public internal(set) var handshakeDuration: TimeAmount = .zero
+    package internal(set) var handshakeDuration: TimeAmount = .zero
     /// An abbreviated handshake resumed an earlier session (its peer re-checked, not re-verified
     /// against the chain: the ticket could only come from a context with the same trust).
-    public internal(set) var resumed = false
+    package internal(set) var resumed = false
 }
 
 /// One SSL object and its BIO. Knows OpenSSL's return-code conventions; knows nothing of NIO

@@ -1,19 +1,20 @@
 import COpenSSL
+import SidecarModel
 
 /// An SSL_CTX built from one `TLSCredentials` snapshot for one role. Immutable after init;
 /// building one costs real work (parsing, key checks), so callers build them off the event loop
 /// and share them between connections.
 /// `@unchecked Sendable`: the SSL_CTX is immutable after init (OpenSSL locks its own caches).
-public final class TLSContext: @unchecked Sendable {
+package final class TLSContext: @unchecked Sendable {
     let pointer: OpaquePointer
-    public let role: TLSRole
-    public let credentials: TLSCredentials
+    package let role: TLSRole
+    package let credentials: TLSCredentials
     /// ALPN protocol ids we offer (client) or accept (server), in preference order.
-    public let applicationProtocols: [String]
+    package let applicationProtocols: [String]
     /// Client role: sessions to resume, per destination.
     let sessionCache = TLSSessionCache()
     /// How long a ticket may be used (the server also replaces its keys at least this often).
-    public static let sessionLifetimeSeconds = 3600
+    package static let sessionLifetimeSeconds = 3600
 
     // TLS 1.3 suites are all AEAD; for TLS 1.2 only ECDHE with AES-GCM or ChaCha20-Poly1305.
     static let tls13CipherSuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
@@ -22,7 +23,7 @@ public final class TLSContext: @unchecked Sendable {
         "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-CHACHA20-POLY1305",
     ].joined(separator: ":")
 
-    public init(role: TLSRole, credentials: TLSCredentials, applicationProtocols: [String] = []) throws {
+    package init(role: TLSRole, credentials: TLSCredentials, applicationProtocols: [String] = []) throws {
         OpenSSLErrorQueue.clear()
         guard let context = SSL_CTX_new(TLS_method()) else {
             throw TLSMaterialError("SSL_CTX_new failed: \(OpenSSLErrorQueue.summary(or: "unknown"))")

@@ -1,24 +1,25 @@
 import Foundation
+import SidecarModel
 
 /// One immutable set of TLS material: our leaf chain and key plus every root we trust.
 /// Rotation replaces the whole value; live connections keep the one they started with.
-public struct TLSCredentials: Sendable {
+package struct TLSCredentials: Sendable {
     /// Leaf first, then any intermediates (Consul's CertPEM): all of it is sent to peers.
-    public let chain: [Certificate]
-    public let privateKey: PrivateKey
+    package let chain: [Certificate]
+    package let privateKey: PrivateKey
     /// Every root listed as trusted (several during a CA rotation).
-    public let trustedRoots: [Certificate]
+    package let trustedRoots: [Certificate]
     /// Our SPIFFE trust domain; peers from any other are refused.
-    public let trustDomain: String
+    package let trustDomain: String
     /// Our own identity, from the leaf (its namespace and partition are where intentions for
     /// us are evaluated).
-    public let identity: SPIFFEID
+    package let identity: SPIFFEID
 
-    public var leaf: Certificate { chain[0] }
+    package var leaf: Certificate { chain[0] }
 
     /// Validates the material as a set: the key matches the leaf, the leaf is inside its
     /// validity window and carries one service identity in `trustDomain`.
-    public init(chain: [Certificate], privateKey: PrivateKey, trustedRoots: [Certificate],
+    package init(chain: [Certificate], privateKey: PrivateKey, trustedRoots: [Certificate],
                 trustDomain: String? = nil, now: Date = Date()) throws {
         guard let leaf = chain.first else { throw TLSMaterialError("certificate chain is empty") }
         guard !trustedRoots.isEmpty else { throw TLSMaterialError("no trusted root certificates") }
@@ -58,7 +59,7 @@ public struct TLSCredentials: Sendable {
     }
 
     /// Loads PEM files from disk (file mode).
-    public static func load(certificatePath: String, keyPath: String, rootsPath: String,
+    package static func load(certificatePath: String, keyPath: String, rootsPath: String,
                             trustDomain: String? = nil) throws -> TLSCredentials {
         func read(_ path: String) throws -> [UInt8] {
             guard let data = FileManager.default.contents(atPath: path) else {
@@ -71,7 +72,7 @@ public struct TLSCredentials: Sendable {
     }
 
     /// Builds credentials from PEM text; `names` label errors (file paths, or API fields).
-    public static func parse(certificatePEM: [UInt8], keyPEM: [UInt8], rootsPEM: [UInt8],
+    package static func parse(certificatePEM: [UInt8], keyPEM: [UInt8], rootsPEM: [UInt8],
                              names: (certificate: String, key: String, roots: String),
                              trustDomain: String? = nil) throws -> TLSCredentials {
         try TLSCredentials(
@@ -84,13 +85,13 @@ public struct TLSCredentials: Sendable {
 
     /// "our leaf certificate (serial …) expired at …" once the leaf has expired, else nil:
     /// one wording for every place that must not present it (audit reasons, readiness).
-    public func expiredLeafReason(now: Date = Date()) -> String? {
+    package func expiredLeafReason(now: Date = Date()) -> String? {
         guard leaf.notAfter <= now else { return nil }
         return "our leaf certificate (serial \(leaf.serialNumber)) expired at \(leaf.notAfter)"
     }
 
     /// Fraction of the leaf's validity period still ahead (0 when expired).
-    public func remainingLifetimeFraction(now: Date = Date()) -> Double {
+    package func remainingLifetimeFraction(now: Date = Date()) -> Double {
         let total = leaf.notAfter.timeIntervalSince(leaf.notBefore)
         guard total > 0 else { return 0 }
         return max(0, leaf.notAfter.timeIntervalSince(now) / total)

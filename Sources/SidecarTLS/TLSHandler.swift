@@ -1,13 +1,14 @@
 import NIOCore
+import SidecarModel
 
 /// Raised to handlers after the TLS handler once the peer is verified.
-public enum TLSEvent: Sendable {
+package enum TLSEvent: Sendable {
     case handshakeCompleted(TLSPeer)
     /// An HTTPS server passed chain and name verification (or verification is off).
     case serverVerified
 }
 
-public enum TLSError: Error, CustomStringConvertible, Equatable {
+package enum TLSError: Error, CustomStringConvertible, Equatable {
     /// The peer's certificate failed our verification (chain or identity).
     case peerRejected(PeerVerificationError)
     /// The handshake failed for a protocol reason (bad version, no shared cipher, garbage...).
@@ -20,7 +21,7 @@ public enum TLSError: Error, CustomStringConvertible, Equatable {
     case uncleanShutdown
     case protocolError(String)
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .peerRejected(let reason): return "peer rejected: \(reason)"
         case .handshakeFailed(let reason): return "handshake failed: \(reason)"
@@ -34,20 +35,20 @@ public enum TLSError: Error, CustomStringConvertible, Equatable {
 
 /// Outbound user event: end the connection without close_notify, so the peer sees a
 /// truncation rather than a clean end of stream (used to propagate aborts).
-public struct TLSAbortRequest: Sendable {
-    public init() {}
+package struct TLSAbortRequest: Sendable {
+    package init() {}
 }
 
-public struct TLSHandlerConfiguration: Sendable {
-    public var handshakeTimeout: TimeAmount?
+package struct TLSHandlerConfiguration: Sendable {
+    package var handshakeTimeout: TimeAmount?
     /// Until the peer's first byte (its ClientHello): much shorter than the handshake timeout,
     /// because a peer that says nothing is not slow, it is holding a slot. nil: no such limit.
-    public var firstByteTimeout: TimeAmount?
+    package var firstByteTimeout: TimeAmount?
     /// Plaintext is delivered in buffers of up to this size: big enough that bulk transfers
     /// cross the pipeline a few records at a time.
-    public var plaintextChunkSize: Int
+    package var plaintextChunkSize: Int
 
-    public init(handshakeTimeout: TimeAmount? = .seconds(10), firstByteTimeout: TimeAmount? = nil,
+    package init(handshakeTimeout: TimeAmount? = .seconds(10), firstByteTimeout: TimeAmount? = nil,
                 plaintextChunkSize: Int = 64 * 1024) {
         self.handshakeTimeout = handshakeTimeout
         self.firstByteTimeout = firstByteTimeout
@@ -60,11 +61,11 @@ public struct TLSHandlerConfiguration: Sendable {
 /// Ciphertext never piles up here: everything OpenSSL produces is written to the channel at once,
 /// so channel writability (and the glue's withheld reads) is the backpressure. Plaintext writes
 /// are held only between `write` and `flush`, and coalesced into full 16 KB records.
-public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    public typealias InboundIn = ByteBuffer
-    public typealias InboundOut = ByteBuffer
-    public typealias OutboundIn = ByteBuffer
-    public typealias OutboundOut = ByteBuffer
+package final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    package typealias InboundIn = ByteBuffer
+    package typealias InboundOut = ByteBuffer
+    package typealias OutboundIn = ByteBuffer
+    package typealias OutboundOut = ByteBuffer
 
     enum State {
         case idle
@@ -95,7 +96,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// - Parameter expectedPeer: client role: the identity the server must present.
     /// - Parameter sessionKey: client role: resume sessions cached under this key (see
     ///   `TLSConnection`); nil for a full handshake every time.
-    public init(context: TLSContext, expectedPeer: SPIFFEID? = nil, sessionKey: String? = nil,
+    package init(context: TLSContext, expectedPeer: SPIFFEID? = nil, sessionKey: String? = nil,
                 configuration: TLSHandlerConfiguration = TLSHandlerConfiguration()) {
         self.peer = .mesh(context, expectedPeer: expectedPeer, sessionKey: sessionKey)
         self.configuration = configuration
@@ -103,13 +104,13 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Client of an HTTPS server (the Consul agent's API): verified against `context`'s trust
     /// store under `serverName`.
-    public init(httpsClient context: HTTPSClientContext, serverName: String,
+    package init(httpsClient context: HTTPSClientContext, serverName: String,
                 configuration: TLSHandlerConfiguration = TLSHandlerConfiguration()) {
         self.peer = .httpsServer(context, serverName: serverName)
         self.configuration = configuration
     }
 
-    public func handlerAdded(context: ChannelHandlerContext) {
+    package func handlerAdded(context: ChannelHandlerContext) {
         do {
             switch peer {
             case .mesh(let tlsContext, let expectedPeer, let sessionKey):
@@ -128,18 +129,18 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if context.channel.isActive { startHandshake(context: context) }
     }
 
-    public func handlerRemoved(context: ChannelHandlerContext) {
+    package func handlerRemoved(context: ChannelHandlerContext) {
         handshakeTimer?.cancel()
         firstByteTimer?.cancel()
         failPendingWrites(ChannelError.ioOnClosedChannel)
     }
 
-    public func channelActive(context: ChannelHandlerContext) {
+    package func channelActive(context: ChannelHandlerContext) {
         context.fireChannelActive()
         if case .idle = state { startHandshake(context: context) }
     }
 
-    public func channelInactive(context: ChannelHandlerContext) {
+    package func channelInactive(context: ChannelHandlerContext) {
         switch state {
         case .handshaking:
             context.fireErrorCaught(TLSError.handshakeFailed("connection closed during handshake"))
@@ -152,7 +153,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelInactive()
     }
 
-    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var ciphertext = unwrapInboundIn(data)
         guard let connection else { return }
         switch state {
@@ -169,7 +170,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         guard let channelEvent = event as? ChannelEvent, channelEvent == .inputClosed else {
             context.fireUserInboundEventTriggered(event)
             return
@@ -184,7 +185,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+    package func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch state {
         case .idle, .handshaking, .open(_, outputOpen: true):
             pendingWrites.append((unwrapOutboundIn(data), promise))
@@ -193,7 +194,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    public func flush(context: ChannelHandlerContext) {
+    package func flush(context: ChannelHandlerContext) {
         switch state {
         case .idle, .handshaking:
             flushPending = true
@@ -204,7 +205,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+    package func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
         switch (mode, state) {
         case (.output, .open(let inputOpen, outputOpen: true)):
             // Shut TCP down only after close_notify (and everything before it) reached the
@@ -229,7 +230,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    public func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+    package func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
         guard event is TLSAbortRequest else {
             context.triggerUserOutboundEvent(event, promise: promise)
             return

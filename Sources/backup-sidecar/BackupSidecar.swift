@@ -9,6 +9,7 @@ import NIOPosix
 import SidecarCore
 import SidecarMux
 import SidecarTLS
+import SidecarModel
 
 @main
 struct BackupSidecar: AsyncParsableCommand {

@@ -3,6 +3,7 @@ import DevAgent
 import Foundation
 import Logging
 import SidecarCore
+import SidecarModel
 
 /// `backup-sidecar dev-agent`: like `consul agent -dev`, for development, the demo and tests.
 /// State lives in memory only; production sidecars talk to a real Consul agent.

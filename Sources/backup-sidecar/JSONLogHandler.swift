@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import SidecarCore
+import SidecarModel
 
 /// One JSON object per log line on stderr, for log shippers (Azure Monitor, Splunk):
 /// `{"ts", "level", "logger", "message", ...metadata}`.
@@ -25,19 +26,12 @@ struct JSONLogHandler: LogHandler {
         var object: [String: String] = [:]
         for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) { object[key] = "\(value)" }
         if let error = event.error { object["error"] = "\(error)" }
-        object["ts"] = Self.timestamp()
+        object["ts"] = Timestamp.rfc3339(Date())
         object["level"] = event.level.rawValue
         object["logger"] = label
         object["message"] = event.message.description
-        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
-        let line = String(decoding: data, as: UTF8.self) + "\n"
+        let line = JSON.object(object.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) }).serialized() + "\n"
         // One write per line under the lock: lines from different threads never interleave.
         Self.lock.withLock { StandardError.write(line) }
-    }
-
-    private static func timestamp() -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter.string(from: Date())
     }
 }

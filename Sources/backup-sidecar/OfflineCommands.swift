@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import SidecarCore
 import SidecarTLS
+import SidecarModel
 
 /// `backup-sidecar intention check`: the decision for one source, destination and optionally
 /// one request, against an intentions file, without running anything.

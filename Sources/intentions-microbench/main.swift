@@ -2,7 +2,7 @@
 // over 100 destinations, exact and wildcard sources, some with L7 permissions. Run through
 // bench/intentions.sh (release build); numbers go to bench/README.md.
 import Foundation
-import SidecarCore
+import SidecarModel
 import SidecarTLS
 
 let intentionCount = Int(CommandLine.arguments.dropFirst().first ?? "") ?? 1000

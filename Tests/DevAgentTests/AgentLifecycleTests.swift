@@ -1,8 +1,8 @@
 import DevAgent
 import Foundation
 import Logging
-import SidecarCore
 import Testing
+import SidecarModel
 
 @Suite("Dev agent: HTTP rules, ACLs, lifecycle, config directory")
 struct AgentLifecycleTests {

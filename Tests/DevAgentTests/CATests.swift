@@ -1,8 +1,8 @@
 import DevAgent
 import Foundation
-import SidecarCore
 import SidecarTLS
 import Testing
+import SidecarModel
 
 @Suite("Dev agent: Connect CA")
 struct CATests {

@@ -3,6 +3,7 @@ import Foundation
 import NIOConcurrencyHelpers
 import Testing
 import TestSupport
+import SidecarModel
 
 private let audience = "https://management.azure.com/"
 private let issuerURL = "https://sts.windows.net/tenant-1/"
@@ -33,7 +34,7 @@ struct JWTAuthMethodTests {
         try await withTeardown({ await agent.agent.stop() }) {
             for issuer in [ec, rsa] {
                 var claims = DevJWTIssuer.claims(subject: "backup-agent", audience: audience, issuer: issuerURL)
-                claims["aud"] = ["other", audience]  // aud may be an array
+                claims["aud"] = .array([.string("other"), .string(audience)])  // aud may be an array
                 let reply = try await Self.login(agent, try issuer.sign(claims))
                 #expect(reply.status == 200, "\(issuer.algorithm): \(reply.text)")
                 let token = try reply.object()
@@ -53,7 +54,7 @@ struct JWTAuthMethodTests {
         let agent = try await Self.agent([trusted])
         try await withTeardown({ await agent.agent.stop() }) {
             let good = DevJWTIssuer.claims(subject: "backup-agent", audience: audience, issuer: issuerURL)
-            func with(_ key: String, _ value: Any) -> [String: Any] {
+            func with(_ key: String, _ value: JSON) -> [String: JSON] {
                 var claims = good
                 claims[key] = value
                 return claims
@@ -61,19 +62,20 @@ struct JWTAuthMethodTests {
             let now = Int(Date().timeIntervalSince1970)
             let validJWT = try trusted.sign(good)
             let parts = validJWT.split(separator: ".")
-            let tamperedPayload = try trusted.sign(with("sub", "storage")).split(separator: ".")[1]
+            let tamperedPayload = try trusted.sign(with("sub", .string("storage"))).split(separator: ".")[1]
             let cases: [(String, String, String)] = [
                 ("wrong signature", try stranger.sign(good), "no configured public key validates"),
                 ("RSA key not configured", try rsaStranger.sign(good), "no configured public key validates"),
                 ("tampered claims", "\(parts[0]).\(tamperedPayload).\(parts[2])", "no configured public key validates"),
-                ("wrong audience", try trusted.sign(with("aud", "https://vault.azure.net")), "bound audiences"),
-                ("wrong issuer", try trusted.sign(with("iss", "https://evil.example/")), "bound issuer"),
-                ("expired", try trusted.sign(with("exp", now - 600)), "expired"),
-                ("not yet valid", try trusted.sign(with("nbf", now + 600)), "not valid yet"),
+                ("wrong audience", try trusted.sign(with("aud", .string("https://vault.azure.net"))), "bound audiences"),
+                ("wrong issuer", try trusted.sign(with("iss", .string("https://evil.example/"))), "bound issuer"),
+                ("aud list with a non-string", try trusted.sign(with("aud", .array([.string(audience), .int(7)]))), "bound audiences"),
+                ("expired", try trusted.sign(with("exp", .int(now - 600))), "expired"),
+                ("not yet valid", try trusted.sign(with("nbf", .int(now + 600))), "not valid yet"),
                 ("alg none", "\(try trusted.sign(good, alg: "none").split(separator: ".").prefix(2).joined(separator: "."))." , "unsupported signing algorithm \"none\""),
                 ("HS256", try trusted.sign(good, alg: "HS256"), "unsupported signing algorithm \"HS256\""),
                 ("not a JWT", "garbage", "not a compact JWS"),
-                ("no service claim", try trusted.sign(with("sub", 42)), "claim \"sub\""),
+                ("no service claim", try trusted.sign(with("sub", .int(42))), "claim \"sub\""),
             ]
             for (name, jwt, reason) in cases {
                 let reply = try await Self.login(agent, jwt)
@@ -135,7 +137,7 @@ struct JWTAuthMethodTests {
         }
         try await withTeardown({ await agent.agent.stop() }) {
             var claims = DevJWTIssuer.claims(subject: "0000-object-id", audience: audience, issuer: issuerURL)
-            claims["xms_mirid"] = "backup-agent"
+            claims["xms_mirid"] = .string("backup-agent")
             let token = try await Self.login(agent, try issuer.sign(claims)).object()
             #expect((token["ServiceIdentities"] as? [[String: Any]])?.first?["ServiceName"] as? String == "backup-agent")
             #expect(token["ExpirationTime"] is String)

@@ -1,7 +1,7 @@
 import DevAgent
 import Foundation
-import SidecarCore
 import Testing
+import SidecarModel
 
 @Suite("Dev agent: services, checks and health")
 struct ServiceTests {

@@ -1,6 +1,5 @@
 import DevAgent
 import Foundation
-import SidecarCore
 import Testing
 
 /// Consul CE refuses every namespace or partition (with these words); the Enterprise mode

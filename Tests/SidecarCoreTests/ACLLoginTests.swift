@@ -2,6 +2,7 @@ import DevAgent
 import Foundation
 import NIOCore
 import Testing
+@testable import SidecarModel
 @testable import ConsulAgent
 @testable import SidecarCore
 import TestSupport
@@ -184,8 +185,8 @@ struct ACLLoginTests {
         #expect(asNumber.expiresAt == Date(timeIntervalSince1970: 1_800_000_001))
         #expect { try AzureManagedIdentity.decode(Data(#"{"token": "secret-jwt-value"}"#.utf8), source: "imds") }
             throws: { !"\($0)".contains("secret-jwt-value") && "\($0)".contains("no access_token") }
-        let parsed = try #require(RFC3339.parse("2026-01-02T03:04:05.123456789Z"))
+        let parsed = try #require(Timestamp.parse("2026-01-02T03:04:05.123456789Z"))
         #expect(abs(parsed.timeIntervalSince1970 - 1_767_323_045.123456789) < 1e-5)
-        #expect(RFC3339.parse("2026-01-02T03:04:05Z") == Date(timeIntervalSince1970: 1_767_323_045))
+        #expect(Timestamp.parse("2026-01-02T03:04:05Z") == Date(timeIntervalSince1970: 1_767_323_045))
     }
 }

@@ -5,6 +5,7 @@ import Testing
 @testable import SidecarCore
 import SidecarTLS
 import TestSupport
+@testable import SidecarModel
 
 /// The admin listener, scraped with curl.
 @Suite("Admin API and metrics", .serialized)
@@ -106,7 +107,9 @@ struct AdminTests {
             defer { for admin in admins { Task { try? await admin.close() } } }
             let tunnels = try (0..<3).map { _ in try BlockingSocket(port: mesh.upstreamPort) }
             for tunnel in tunnels {
-                tunnel.setReceiveTimeout(seconds: 5)
+                // Only a failure waits this long; the first ping also opens the pooled mux
+                // connection, which under a busy suite has taken more than 5 s.
+                tunnel.setReceiveTimeout(seconds: 30)
                 #expect(await onThread { ReauthorizationTests.ping(tunnel, "gauged\n") })
             }
             let storage = try await Self.get(admins[0].localAddress!.port!, "/metrics").body

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import SidecarCore
 @testable import SidecarTLS
+@testable import SidecarModel
 
 /// The audit log's hash chain: sealing by the sink, and `audit verify`'s judgement of every
 /// way a file can be tampered with.

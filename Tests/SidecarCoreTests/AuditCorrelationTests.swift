@@ -3,6 +3,7 @@ import Testing
 @testable import SidecarCore
 import SidecarTLS
 import TestSupport
+@testable import SidecarModel
 
 /// `connection_id` joins every line about one tunnel (and `mux_connection_id` the tunnels of a
 /// mux connection to its `mux_connected` line); intention, certificate and registration
@@ -84,7 +85,7 @@ struct AuditCorrelationTests {
             let rotated = try #require(mesh.storageAudit.events.first { $0.kind == .certificateRotated })
             #expect(rotated.identity == credentials.identity.uri && rotated.serial == credentials.leaf.serialNumber
                     && rotated.previousSerial != nil && rotated.notAfter == credentials.leaf.notAfter && rotated.roots == credentials.trustedRoots.count)
-            #expect(rotated.jsonLine.contains("\"not_after\":\"\(AuditEvent.timestamp(credentials.leaf.notAfter))\""))
+            #expect(rotated.jsonLine.contains("\"not_after\":\"\(Timestamp.rfc3339(credentials.leaf.notAfter))\""))
 
             var definition = mesh.storage.definition
             definition.config.idleTimeoutNs = 60_000_000_000

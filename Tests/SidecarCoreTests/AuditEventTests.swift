@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import SidecarCore
+@testable import SidecarModel
 
 private func parseLine(_ line: String, sourceLocation: SourceLocation = #_sourceLocation) throws -> [String: Any] {
     let object = try JSONSerialization.jsonObject(with: Data(line.utf8))
@@ -137,7 +138,7 @@ struct AuditEventTests {
     func timestamp(seconds: Double, expected: String) throws {
         var event = AuditEvent(kind: .authorization, listener: "l")
         event.time = Date(timeIntervalSince1970: seconds)
-        #expect(AuditEvent.timestamp(event.time) == expected)
+        #expect(Timestamp.rfc3339(event.time) == expected)
         #expect(try parseLine(event.jsonLine)["ts"] as? String == expected)
     }
 

@@ -3,6 +3,7 @@ import Glibc
 import Testing
 @testable import SidecarCore
 import TestSupport
+@testable import SidecarModel
 
 /// The audit log under a real logrotate, both ways it rotates: `create` (move the file away,
 /// SIGHUP makes the sidecar reopen its path) and `copytruncate` (the file is copied and cut

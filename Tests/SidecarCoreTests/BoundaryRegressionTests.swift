@@ -6,6 +6,7 @@ import Testing
 import SidecarMux
 import SidecarTLS
 import TestSupport
+@testable import SidecarModel
 
 /// End-to-end regressions of issue 16's findings that are not covered elsewhere (smuggling and
 /// path tricks: HTTP1SmugglingTests and NginxBoundaryTests; regex: L7PermissionTests; local

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TestSupport
+@testable import SidecarModel
 
 /// The real `backup-sidecar` binary: bad input at startup is a non-zero exit with a message
 /// naming the file and field, never a crash.

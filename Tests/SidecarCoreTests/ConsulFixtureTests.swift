@@ -6,6 +6,7 @@ import DevAgent
 import SidecarTLS
 import Testing
 import TestSupport
+@testable import SidecarModel
 
 /// Issue 17: recorded answers from Consul's own API docs (Tests/Fixtures/consul, one file per
 /// endpoint the sidecar reads, each naming its source and Consul version). Our client must

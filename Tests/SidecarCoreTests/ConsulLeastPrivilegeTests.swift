@@ -6,6 +6,7 @@ import DevAgent
 import SidecarTLS
 import Testing
 import TestSupport
+@testable import SidecarModel
 
 /// Issue 17, point 1: a sidecar runs with what a service identity grants (no agent:read), as a
 /// login token or `-bind-type service` gives it on a real agent.

@@ -6,6 +6,7 @@ import Testing
 @testable import ConsulAgent
 import SidecarCore
 import TestSupport
+@testable import SidecarModel
 
 /// A blocking watch against an agent that misbehaves on purpose.
 @Suite("Consul watches survive a misbehaving agent", .serialized)

@@ -6,6 +6,7 @@ import NIOPosix
 import SidecarTLS
 import Testing
 import TestSupport
+@testable import SidecarModel
 
 /// Issue 17, point 10: a storage host that goes dark (no RST, no FIN) must cost new tunnels at
 /// most one connect timeout, once; its silent carrier must be found within seconds.

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import SidecarCore
+@testable import SidecarModel
 
 /// The files in deploy/ load as they are.
 @Suite("deploy/ files")

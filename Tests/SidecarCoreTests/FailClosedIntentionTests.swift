@@ -2,6 +2,7 @@ import Foundation
 import SidecarTLS
 import Testing
 @testable import SidecarCore
+@testable import SidecarModel
 
 /// Intention conditions the sidecar cannot evaluate (a JWT, a sameness group) are kept and
 /// decide deny; intentions for another destination partition do not apply. Nothing the

@@ -5,6 +5,7 @@ import Testing
 @testable import SidecarCore
 import SidecarTLS
 import TestSupport
+@testable import SidecarModel
 
 /// Certificates replaced on disk while the sidecar runs (file mode).
 @Suite("File-mode certificate rotation", .serialized)

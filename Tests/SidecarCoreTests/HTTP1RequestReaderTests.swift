@@ -1,5 +1,6 @@
 import Testing
 @testable import SidecarCore
+@testable import SidecarModel
 
 /// The strict HTTP/1.1 request reader of the L7 filter: head syntax, meaning and framing,
 /// chunked bodies. Pure; the hostile end-to-end corpus is in HTTP1SmugglingTests.

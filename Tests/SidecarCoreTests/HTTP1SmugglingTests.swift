@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import SidecarCore
 import TestSupport
+@testable import SidecarModel
 
 /// The hostile differential test of the HTTP/1.1 L7 boundary: every stream of HTTP1Corpus goes
 /// through both sidecars to a service built on an independent strict parser (h11), and what

@@ -3,6 +3,7 @@ import Testing
 @testable import SidecarCore
 import SidecarTLS
 import TestSupport
+@testable import SidecarModel
 
 /// L7 intentions on HTTP/2 (protocol http2 / grpc) through both sidecars, with curl and h2load
 /// speaking cleartext HTTP/2 with prior knowledge to an HTTP/2 backup repository (NIOHTTP2).

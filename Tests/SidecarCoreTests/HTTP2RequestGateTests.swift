@@ -1,7 +1,9 @@
 import Foundation
 import SidecarTLS
 import Testing
+import TestSupport
 @testable import SidecarCore
+@testable import SidecarModel
 
 // The client-to-service half of the HTTP/2 L7 filter, driven with frames a real HPACK encoder
 // produced: what reaches the service, what the client is told, and what ends the connection.

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import SidecarCore
 import TestSupport
+@testable import SidecarModel
 
 /// The HTTP/1.1 corpus's path, method and header tricks, and HTTP/2's own, over HTTP/2: each
 /// item on a connection of its own, from a client built on the `h2` library (which sends them

@@ -3,6 +3,7 @@ import NIOEmbedded
 @testable import SidecarCore
 import SidecarTLS
 import Testing
+@testable import SidecarModel
 
 /// The table's part in revocation: an inbound tunnel is registered with how it was
 /// authorized, revoked (audited and aborted) exactly once, and gone once it closes.

@@ -4,6 +4,7 @@ import Testing
 @testable import SidecarCore
 import SidecarTLS
 import TestSupport
+@testable import SidecarModel
 
 /// L7 intentions through both sidecars with curl, against an HTTP/1.1 backup repository.
 @Suite("L7 HTTP enforcement", .serialized)

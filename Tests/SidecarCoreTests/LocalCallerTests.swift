@@ -7,6 +7,7 @@ import Testing
 @testable import SidecarCore
 import SidecarTLS
 import TestSupport
+@testable import SidecarModel
 
 /// Only the backup job may use the backup identity: unix-socket upstreams, caller
 /// credentials, allow-lists, and the caller in the audit log.

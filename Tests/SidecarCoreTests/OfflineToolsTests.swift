@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import SidecarCore
+@testable import SidecarModel
 
 /// `intention check` and `validate`: the pure cores with many cases, then the real binary's
 /// output and exit status.

@@ -4,6 +4,7 @@ import Testing
 @testable import SidecarCore
 import SidecarTLS
 import TestSupport
+@testable import SidecarModel
 
 @Suite("PROXY protocol v2")
 struct ProxyProtocolTests {

@@ -6,6 +6,7 @@ import Testing
 @testable import SidecarCore
 import SidecarTLS
 import TestSupport
+@testable import SidecarModel
 
 /// Intentions that change while connections are open (Consul #5277: Consul's own proxies only
 /// decide at connect time).

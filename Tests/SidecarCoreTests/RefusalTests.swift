@@ -4,6 +4,7 @@ import Testing
 @testable import SidecarCore
 import SidecarTLS
 import TestSupport
+@testable import SidecarModel
 
 /// Every peer that must not get in, driven by the real `openssl s_client`, `curl` or raw TCP.
 /// Each case asserts a clear audit line AND that the local service saw nothing at all.

@@ -3,6 +3,7 @@ import Testing
 @testable import SidecarCore
 import SidecarTLS
 import TestSupport
+@testable import SidecarModel
 
 /// TLS 1.3 session resumption between our sidecars: faster reconnects that never bypass
 /// identity checks or intentions, and never survive new keys or new trust. Raw mode: with the

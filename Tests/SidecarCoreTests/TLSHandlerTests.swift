@@ -2,6 +2,7 @@ import NIOCore
 import NIOEmbedded
 import Testing
 import SidecarTLS
+@testable import SidecarModel
 
 /// The TLS handler's state machine, driven byte by byte between two EmbeddedChannels (no
 /// sockets, virtual time), so every transition is observable.

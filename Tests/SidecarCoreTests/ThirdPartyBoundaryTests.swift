@@ -3,6 +3,7 @@ import Testing
 @testable import SidecarCore
 import SidecarTLS
 import TestSupport
+@testable import SidecarModel
 
 /// The L7 boundary with real storage services behind it, as issue 16's findings were made:
 /// nginx with WebDAV (every method on, so only the sidecar protects the files) and restic

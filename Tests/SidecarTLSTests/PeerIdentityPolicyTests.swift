@@ -1,5 +1,6 @@
 import Testing
 @testable import SidecarTLS
+import SidecarModel
 
 @Suite("PeerIdentityPolicy")
 struct PeerIdentityPolicyTests {

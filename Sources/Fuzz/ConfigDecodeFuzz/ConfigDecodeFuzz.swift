@@ -1,11 +1,11 @@
 import Foundation
 import FuzzSupport
-import SidecarCore
+import SidecarModel
 
 /// Service definitions and Consul API responses: the first byte picks the decoder, the rest
 /// is the document. A decoder returns a value or throws `ConfigError`; nothing else.
 @_cdecl("LLVMFuzzerTestOneInput")
-public func configDecodeFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+package func configDecodeFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     var input = FuzzInput(data, size)
     let selector = input.byte() % 7
     let body = Data(input.remainder())

@@ -4,13 +4,13 @@ import CLibFuzzer
 #endif
 
 /// The signature libFuzzer calls for every input.
-public typealias FuzzTest = @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
+package typealias FuzzTest = @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
 
-public enum FuzzDriver {
+package enum FuzzDriver {
     /// Built by bench/fuzz.sh (`-DFUZZING`, `-sanitize=fuzzer`): hands control to libFuzzer.
     /// A normal build has no libFuzzer to link, so the target replays the files (or corpus
     /// directories) named on the command line instead: it still builds, and reruns a crash.
-    public static func main(_ test: FuzzTest) -> Never {
+    package static func main(_ test: FuzzTest) -> Never {
         #if FUZZING
         var argc = CommandLine.argc
         var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
@@ -39,6 +39,6 @@ public enum FuzzDriver {
 }
 
 /// A failed invariant: trap so libFuzzer records the input as a crash.
-public func invariant(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
+package func invariant(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
     if !condition() { fatalError("invariant violated: \(message())") }
 }

@@ -1,6 +1,7 @@
 import FuzzSupport
 import NIOHTTP1
 import SidecarCore
+import SidecarModel
 
 /// The HTTP/1.1 framing check: head reader, request rules and chunked body reader. Input: a
 /// split byte, then a request stream. Invariants: never a crash; reading the head in two pieces
@@ -8,7 +9,7 @@ import SidecarCore
 /// as the same request (our output is canonical); a chunked body reads the same split anywhere,
 /// and re-chunked reads back to the same data.
 @_cdecl("LLVMFuzzerTestOneInput")
-public func httpRequestFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+package func httpRequestFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     var input = FuzzInput(data, size)
     let split = Int(input.byte())
     let bytes = input.remainder()

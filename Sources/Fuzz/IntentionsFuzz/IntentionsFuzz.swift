@@ -1,13 +1,12 @@
 import Foundation
 import FuzzSupport
-import SidecarCore
-import SidecarTLS
+import SidecarModel
 
 /// Intentions files and the L4/L7 decisions made from them. Input: the JSON document, a NUL,
 /// then NUL-separated request facts (flags, destination pick, source service and namespace,
 /// method, path, header name/value pairs).
 @_cdecl("LLVMFuzzerTestOneInput")
-public func intentionsFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+package func intentionsFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     var input = FuzzInput(data, size)
     let json = Data(input.field().utf8)
     let intentions: [Intention]

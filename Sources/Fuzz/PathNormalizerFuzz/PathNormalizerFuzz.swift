@@ -1,12 +1,12 @@
 import FuzzSupport
-import SidecarCore
+import SidecarModel
 
 /// The request-target normaliser, under each option set. Input: an option byte, then the target.
 /// Invariants: a normalised target starts with "/", has no dot segment, no encoded unreserved
 /// character, no byte outside the path alphabet, keeps the query exactly, and normalising it
 /// again changes nothing (what we decide on is what the service gets, and would decide the same).
 @_cdecl("LLVMFuzzerTestOneInput")
-public func pathNormalizerFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+package func pathNormalizerFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     var input = FuzzInput(data, size)
     let flags = input.byte()
     let options = PathNormalization(mergeSlashes: flags & 1 != 0,

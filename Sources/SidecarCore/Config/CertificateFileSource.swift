@@ -6,10 +6,10 @@ import SidecarTLS
 /// does not match its certificate (or that is unparsable, expired or not yet valid) is logged
 /// and skipped, and the next write that completes the set is picked up. The certificates in use
 /// stay until a good set arrives.
-public typealias CertificateFileSource = WatchedFiles<TLSCredentials>
+package typealias CertificateFileSource = WatchedFiles<TLSCredentials>
 
 extension WatchedFiles where Value == TLSCredentials {
-    public convenience init(certificatePath: String, keyPath: String, rootsPath: String, trustDomain: String?,
+    package convenience init(certificatePath: String, keyPath: String, rootsPath: String, trustDomain: String?,
                             logger: Logger, apply: @escaping @Sendable (TLSCredentials) throws -> Void) {
         self.init(paths: [certificatePath, keyPath, rootsPath], logger: logger,
                   rejection: "new certificate files not loaded; the current certificates stay (retried when the files change)",

@@ -1,17 +1,18 @@
 import Foundation
 import Logging
+import SidecarModel
 
 /// `backup-sidecar validate`: the checks file mode makes at startup, run offline and all of
 /// them (startup stops at the first problem; an operator fixing files wants the whole list).
-public enum ConfigValidation {
-    public struct Finding: Equatable, Sendable {
-        public var isError: Bool
-        public var source: String
-        public var message: String
-        public var line: String { "\(isError ? "error" : "warning"): \(source): \(message)" }
+package enum ConfigValidation {
+    package struct Finding: Equatable, Sendable {
+        package var isError: Bool
+        package var source: String
+        package var message: String
+        package var line: String { "\(isError ? "error" : "warning"): \(source): \(message)" }
     }
 
-    public static func run(serviceFile: String?, intentionsFile: String?, certificates: (cert: String?, key: String?, ca: String?),
+    package static func run(serviceFile: String?, intentionsFile: String?, certificates: (cert: String?, key: String?, ca: String?),
                            trustDomain: String?, allowRemoteUpstreams: Bool, now: Date = Date()) -> [Finding] {
         var findings: [Finding] = []
         let logger = Logger(label: "backup-sidecar.validate") // the sources log nothing until they watch

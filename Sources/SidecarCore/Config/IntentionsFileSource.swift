@@ -1,11 +1,12 @@
 import Logging
+import SidecarModel
 
 /// File mode's intentions: the intentions file, re-read on change and on SIGHUP. A file that
 /// fails to decode is logged and ignored: the last good intentions stay in force.
-public typealias IntentionsFileSource = WatchedFiles<IntentionSet>
+package typealias IntentionsFileSource = WatchedFiles<IntentionSet>
 
 extension WatchedFiles where Value == IntentionSet {
-    public convenience init(path: String, defaultAction: IntentionAction, logger: Logger,
+    package convenience init(path: String, defaultAction: IntentionAction, logger: Logger,
                             apply: @escaping @Sendable (IntentionSet) -> Void) {
         self.init(paths: [path], logger: logger, rejection: "intentions file rejected; keeping the last good intentions",
                   rejectionLevel: .error,

@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Logging
+import SidecarModel
 
 /// A value kept in sync with files (file mode). `load()` reads and parses them once (a bad
 /// file is a startup error); after `watch()` they are re-read every `interval` and on
@@ -9,7 +10,7 @@ import Logging
 /// skipped: the last good value stays in force. Content comparison (not mtime) catches
 /// same-second rewrites; reads happen on a private queue, never on an event loop.
 /// `@unchecked Sendable`: its mutable state is touched only on its private serial queue.
-public final class WatchedFiles<Value: Sendable>: @unchecked Sendable {
+package final class WatchedFiles<Value: Sendable>: @unchecked Sendable {
     private let paths: [String]
     private let logger: Logger
     private let rejection: String
@@ -33,7 +34,7 @@ public final class WatchedFiles<Value: Sendable>: @unchecked Sendable {
     }
 
     /// Reads and parses the files now; throws for an unreadable or invalid version.
-    public func load() throws -> Value {
+    package func load() throws -> Value {
         let contents = try read()
         let value = try parse(contents)
         queue.sync { last = contents }
@@ -42,7 +43,7 @@ public final class WatchedFiles<Value: Sendable>: @unchecked Sendable {
 
     /// Starts polling for changes after what `load()` read (start once the sidecar runs, so
     /// nothing polls in the background while startup can still fail).
-    public func watch(interval: DispatchTimeInterval = .seconds(1)) {
+    package func watch(interval: DispatchTimeInterval = .seconds(1)) {
         queue.sync {
             let timer = DispatchSource.makeTimerSource(queue: queue)
             timer.schedule(deadline: .now() + interval, repeating: interval)
@@ -53,16 +54,16 @@ public final class WatchedFiles<Value: Sendable>: @unchecked Sendable {
     }
 
     /// `load()` then `watch()`.
-    public func start(interval: DispatchTimeInterval = .seconds(1)) throws -> Value {
+    package func start(interval: DispatchTimeInterval = .seconds(1)) throws -> Value {
         let value = try load()
         watch(interval: interval)
         return value
     }
 
     /// Re-reads now (SIGHUP), applying the files even if unchanged.
-    public func reload() { queue.async { self.check(force: true) } }
+    package func reload() { queue.async { self.check(force: true) } }
 
-    public func stop() {
+    package func stop() {
         queue.sync {
             timer?.cancel()
             timer = nil

@@ -3,11 +3,12 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import SidecarTLS
+import SidecarModel
 
 /// The admin listener (default 127.0.0.1:19000): `/metrics` (Prometheus), `/ready`, `/live`,
 /// `/certs`, `/config` and `/connections` (JSON, no secrets). GET only; meant for loopback.
-public enum AdminServer {
-    public static func start(host: String, port: Int, sidecar: Sidecar, metrics: SidecarMetrics,
+package enum AdminServer {
+    package static func start(host: String, port: Int, sidecar: Sidecar, metrics: SidecarMetrics,
                              group: EventLoopGroup) async throws -> Channel {
         do {
             return try await ServerBootstrap(group: group)
@@ -109,7 +110,7 @@ final class AdminHandler: ChannelInboundHandler {
             "connection_id": record.connectionID, "direction": record.direction.rawValue, "listener": record.listener,
             "peer_spiffe_id": record.peerIdentity, "peer_addr": record.peerAddress,
             "bytes_from_mesh": tunnel.bytesFromMesh, "bytes_to_mesh": tunnel.bytesToMesh,
-            "opened": AuditEvent.timestamp(record.opened), "age_s": Int(now.timeIntervalSince(record.opened)),
+            "opened": Timestamp.rfc3339(record.opened), "age_s": Int(now.timeIntervalSince(record.opened)),
         ]
         if let mux = record.muxConnectionID { entry["mux_connection_id"] = mux }
         if let stream = record.muxStream { entry["mux_stream"] = stream }
@@ -136,7 +137,7 @@ extension Sidecar {
         let credentials = currentCredentials
         func describe(_ certificate: Certificate) -> [String: Any] {
             ["serial": certificate.serialNumber, "uris": certificate.uriSANs,
-             "not_before": AuditEvent.timestamp(certificate.notBefore), "not_after": AuditEvent.timestamp(certificate.notAfter)]
+             "not_before": Timestamp.rfc3339(certificate.notBefore), "not_after": Timestamp.rfc3339(certificate.notAfter)]
         }
         var leaf = describe(credentials.leaf)
         leaf["spiffe_id"] = credentials.identity.uri

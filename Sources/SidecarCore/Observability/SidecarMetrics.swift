@@ -6,20 +6,20 @@ import Prometheus
 /// is counted exactly where it is audited; bytes are counted as they flow (`TrafficMeter`);
 /// state (active connections, certificate expiry, instances, the process) is read at scrape
 /// time. Every family and its HELP text is in `MetricFamily`.
-public final class SidecarMetrics: AuditSink, Sendable {
-    public let registry = PrometheusCollectorRegistry()
+package final class SidecarMetrics: AuditSink, Sendable {
+    package let registry = PrometheusCollectorRegistry()
     private let meters = NIOLockedValueBox<[String: TrafficMeter]>([:])
     private static let handshakeBuckets: [Duration] = [
         .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
         .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(5),
     ]
 
-    public init() {
+    package init() {
         // Present from the start at 0, so an alert on its increase sees the first loss.
         _ = counter(.auditWriteFailures, [])
     }
 
-    public func record(_ event: AuditEvent) {
+    package func record(_ event: AuditEvent) {
         let listener = event.listener
         switch event.kind {
         case .authorization:
@@ -51,7 +51,7 @@ public final class SidecarMetrics: AuditSink, Sendable {
     }
 
     /// The byte counters of one listener, which its connections add to on every read.
-    public func trafficMeter(listener: String) -> TrafficMeter? {
+    package func trafficMeter(listener: String) -> TrafficMeter? {
         meters.withLockedValue { meters in
             if let meter = meters[listener] { return meter }
             let meter = TrafficMeter(
@@ -67,27 +67,27 @@ public final class SidecarMetrics: AuditSink, Sendable {
     func handshakeEvicted(listener: String) { count(.handshakesEvicted, ("listener", listener)) }
     func intentionsReloaded() { count(.intentionsReloads) }
     /// Audit lines a failed write lost (the audit sink reports them).
-    public func auditLinesLost(_ lines: Int) { counter(.auditWriteFailures, []).increment(by: Int64(lines)) }
+    package func auditLinesLost(_ lines: Int) { counter(.auditWriteFailures, []).increment(by: Int64(lines)) }
 
     /// A Consul watch answered and its answer was usable.
-    public func consulWatchSucceeded(_ watch: String) {
+    package func consulWatchSucceeded(_ watch: String) {
         setGauge(.consulWatchLastSuccess, Date().timeIntervalSince1970, [("watch", watch)])
     }
 
     /// A Consul watch failed (`reason`: unreachable, http_NNN, malformed); the last good state stays.
-    public func consulWatchFailed(_ watch: String, reason: String) {
+    package func consulWatchFailed(_ watch: String, reason: String) {
         count(.consulWatchErrors, ("watch", watch), ("reason", reason))
     }
 
     /// `backup_sidecar_build_info` with these labels (version, commit, library versions).
-    public func recordBuildInfo(_ labels: [(String, String)]) { setGauge(.buildInfo, 1, labels) }
+    package func recordBuildInfo(_ labels: [(String, String)]) { setGauge(.buildInfo, 1, labels) }
 
     func setGauge(_ family: MetricFamily, _ value: Double, _ labels: [(String, String)] = []) {
         registry.makeGauge(descriptor: Self.descriptor(family), labels: labels).set(value)
     }
 
     /// Prometheus text exposition format: our families, then the standard process_* ones.
-    public func exposition() -> String {
+    package func exposition() -> String {
         registry.emitToString() + (ProcessMetrics.current()?.exposition ?? "")
     }
 
@@ -124,7 +124,7 @@ public final class SidecarMetrics: AuditSink, Sendable {
 }
 
 /// One listener's byte counters, shared by all its connections (atomic adds, any thread).
-public struct TrafficMeter: Sendable {
+package struct TrafficMeter: Sendable {
     let fromMesh: Counter
     let toMesh: Counter
 }

@@ -3,8 +3,8 @@ import Glibc
 /// Writes to the process's stderr with write(2), ignoring failure. Foundation's
 /// `FileHandle.write(_:)` traps on an error such as EPIPE, and a log shipper that went away
 /// must never take the proxy, and every transfer through it, down with it.
-public enum StandardError {
-    public static func write(_ text: String) {
+package enum StandardError {
+    package static func write(_ text: String) {
         var text = text
         text.withUTF8 { _ = DescriptorWriter.writeAll(2, UnsafeRawBufferPointer($0), waitWhenFull: false) }
     }

@@ -3,11 +3,11 @@ import Glibc
 /// systemd's readiness protocol (`Type=notify`) without libsystemd: one datagram of
 /// `KEY=value` lines to the unix socket named by `NOTIFY_SOCKET` (a path, or `@name` for the
 /// abstract namespace). Without the variable every call does nothing.
-public struct SystemdNotifier: Sendable {
+package struct SystemdNotifier: Sendable {
     /// The socket address bytes (`sun_path` content and its length), or nil when unusable.
     let address: [UInt8]?
 
-    public init(environment: [String: String]) {
+    package init(environment: [String: String]) {
         address = environment["NOTIFY_SOCKET"].flatMap(Self.socketAddress)
     }
 
@@ -25,12 +25,12 @@ public struct SystemdNotifier: Sendable {
         return bytes.count < capacity ? bytes : nil
     }
 
-    public var isActive: Bool { address != nil }
+    package var isActive: Bool { address != nil }
 
     /// Sent once every listener is bound and serving.
-    public func ready(status: String) { send("READY=1\nSTATUS=\(status)\nMAINPID=\(getpid())") }
+    package func ready(status: String) { send("READY=1\nSTATUS=\(status)\nMAINPID=\(getpid())") }
     /// Sent when the drain starts.
-    public func stopping(status: String) { send("STOPPING=1\nSTATUS=\(status)") }
+    package func stopping(status: String) { send("STOPPING=1\nSTATUS=\(status)") }
 
     /// Best effort: systemd not listening must not stop the sidecar.
     @discardableResult

@@ -7,9 +7,9 @@ import SidecarTLS
 /// before. What a chain alone cannot show is a cut at its end, or a rewrite of everything from
 /// some line on; the sidecar logs the chain head to its own log (the journal) when it opens
 /// and reopens the file, which is the anchor to compare with (`audit verify --head`).
-public enum AuditChain {
+package enum AuditChain {
     /// What the first line of a chain names when nothing came before it (a new, empty log).
-    public static let genesis = String(repeating: "0", count: 64)
+    package static let genesis = String(repeating: "0", count: 64)
     static let fieldStart = Array(",\"prev_hash\":\"".utf8)
     static let fieldEnd = Array("\"}".utf8)
 
@@ -49,31 +49,31 @@ public enum AuditChain {
     }
 
     /// Where a line is: a file name and a 1-based line number (0: not a line of the files).
-    public struct Location: Sendable, Equatable, CustomStringConvertible {
-        public var file: String
-        public var line: Int
-        public var description: String { line > 0 ? "\(file):\(line)" : file }
+    package struct Location: Sendable, Equatable, CustomStringConvertible {
+        package var file: String
+        package var line: Int
+        package var description: String { line > 0 ? "\(file):\(line)" : file }
     }
 
-    public struct Break: Sendable, Equatable {
-        public var location: Location
-        public var reason: String
+    package struct Break: Sendable, Equatable {
+        package var location: Location
+        package var reason: String
     }
 
     /// What `verify` found. The chain holds when `breaks` is empty.
-    public struct Verdict: Sendable, Equatable {
-        public var lines = 0
+    package struct Verdict: Sendable, Equatable {
+        package var lines = 0
         /// The hash of the last line: compare with the sidecar's latest logged anchor.
-        public var head = ""
+        package var head = ""
         /// What the first line names: 64 zeros for a log that started empty, otherwise the
         /// line before it (in a file not given; `--start` checks it).
-        public var startsWith = ""
+        package var startsWith = ""
         /// Lines that start a new chain (a sidecar that started on an empty log, or on stdout):
         /// the lines before them are not linked to the lines after.
-        public var restarts: [Location] = []
+        package var restarts: [Location] = []
         /// Every place the chain does not hold, in file order (verify goes on after each).
-        public var breaks: [Break] = []
-        public var intact: Bool { breaks.isEmpty }
+        package var breaks: [Break] = []
+        package var intact: Bool { breaks.isEmpty }
     }
 
     /// Checks files given oldest first (`audit.log.2 audit.log.1 audit.log`) and lists every
@@ -82,7 +82,7 @@ public enum AuditChain {
     /// logged (journal), each of which must be the hash of a line in the files, or what the
     /// first line names: an anchor that is neither shows lines cut or rewritten after it was
     /// logged. `strict`: a restart is a break too.
-    public static func verify(files: [(name: String, bytes: [UInt8])], start: String? = nil, head: String? = nil,
+    package static func verify(files: [(name: String, bytes: [UInt8])], start: String? = nil, head: String? = nil,
                               anchors: [String] = [], strict: Bool = false) -> Verdict {
         var verdict = Verdict()
         var previous: String?

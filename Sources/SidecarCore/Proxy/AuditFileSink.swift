@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Logging
 import SidecarTLS
+import SidecarModel
 
 /// JSON lines to a file or to stdout, hash-chained (`AuditChain`). Lines are formatted by the
 /// caller and sealed and written by a thread of their own: an event loop never waits on the
@@ -9,7 +10,7 @@ import SidecarTLS
 /// line. A disk slower than the traffic holds callers back once 16 MiB are waiting, rather
 /// than dropping audit lines.
 /// `@unchecked Sendable`: its mutable state is guarded by `condition`.
-public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
+package final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
     /// The file the sink appends to (nil: a descriptor it was given, such as stdout).
     private let path: String?
     private let logger: Logger?
@@ -30,7 +31,7 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
     static let batchDelayMicroseconds: UInt32 = 2000
 
     /// Writes to stdout; the chain starts afresh.
-    public convenience init(handle: FileHandle = .standardOutput, logger: Logger? = nil,
+    package convenience init(handle: FileHandle = .standardOutput, logger: Logger? = nil,
                             linesLost: (@Sendable (Int) -> Void)? = nil) {
         self.init(fd: handle.fileDescriptor, path: nil, head: AuditChain.genesis, logger: logger, linesLost: linesLost)
     }
@@ -53,7 +54,7 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
     /// `copytruncate` leaves no hole of zeros, and `reopen()` (SIGHUP) follows its `create`
     /// mode to the new file. A non-empty file whose last line cannot be read is refused: the
     /// chain would silently start over.
-    public static func file(at path: String, logger: Logger? = nil,
+    package static func file(at path: String, logger: Logger? = nil,
                             linesLost: (@Sendable (Int) -> Void)? = nil) throws -> JSONLinesAuditSink {
         let fd = try openForAppend(path)
         var head = AuditChain.genesis
@@ -136,7 +137,7 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
     /// recorded before the call are in the old file and later ones go to the new one, whose
     /// first line names the old file's last. A path that cannot be opened keeps the old
     /// descriptor (and says so on stderr).
-    public func reopen() {
+    package func reopen() {
         guard path != nil else { return }
         condition.lock()
         reopenRequests += 1
@@ -146,7 +147,7 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
         condition.unlock()
     }
 
-    public func record(_ event: AuditEvent) {
+    package func record(_ event: AuditEvent) {
         var line = event.jsonLine
         line += "\n"
         condition.lock()
@@ -159,7 +160,7 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
         condition.unlock()
     }
 
-    public func flush() {
+    package func flush() {
         condition.lock()
         let target = queuedBytes
         while writtenBytes < target { condition.wait() }
@@ -167,7 +168,7 @@ public final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
     }
 
     /// Flushes, and logs the chain head: the anchor for the file as it is left (at exit).
-    public func finish() {
+    package func finish() {
         flush()
         condition.lock()
         let head = self.head

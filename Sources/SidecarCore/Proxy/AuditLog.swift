@@ -3,11 +3,12 @@ import Glibc
 import SidecarTLS
 import NIOCore
 import NIOConcurrencyHelpers
+import SidecarModel
 
 /// One audit record: every handshake decision and every connection close. Field names are part
 /// of the product (operators parse them for SOC 2 evidence); README documents them.
-public struct AuditEvent: Sendable, Equatable {
-    public enum Kind: String, Sendable, CaseIterable {
+package struct AuditEvent: Sendable, Equatable {
+    package enum Kind: String, Sendable, CaseIterable {
         /// Inbound: the peer failed TLS verification (bad certificate, protocol, timeout).
         case handshakeRejected = "handshake_rejected"
         /// Inbound: intentions decided on a verified peer.
@@ -44,50 +45,50 @@ public struct AuditEvent: Sendable, Equatable {
         case auditLinesLost = "audit_lines_lost"
     }
 
-    public var time = Date()
-    public var kind: Kind
+    package var time = Date()
+    package var kind: Kind
     /// The listener a connection line belongs to; empty on lifecycle lines (omitted).
-    public var listener: String
+    package var listener: String
     /// The tunnel (or mux connection) the line is about; `ConnectionID`.
-    public var connectionID: String?
+    package var connectionID: String?
     /// On a tunnel carried by a mux connection: that connection's `connection_id`.
-    public var muxConnectionID: String?
-    public var peerAddress: String?
-    public var source: String?
-    public var sourceSerial: String?
-    public var destination: String?
-    public var decision: String?
-    public var reason: String?
-    public var bytesIn: Int?
-    public var bytesOut: Int?
-    public var durationMs: Int?
-    public var method: String?
+    package var muxConnectionID: String?
+    package var peerAddress: String?
+    package var source: String?
+    package var sourceSerial: String?
+    package var destination: String?
+    package var decision: String?
+    package var reason: String?
+    package var bytesIn: Int?
+    package var bytesOut: Int?
+    package var durationMs: Int?
+    package var method: String?
     /// L7: the normalised path the request was decided on (and forwarded with).
-    public var path: String?
+    package var path: String?
     /// L7: the request target as the client sent it, when normalisation changed it or the
     /// request was refused before it had a path.
-    public var requestTarget: String?
+    package var requestTarget: String?
     /// Handshake time, on `authorization` and `upstream_connected`.
-    public var handshakeMs: Double?
+    package var handshakeMs: Double?
     /// The handshake resumed an earlier TLS session (same events); nil: a full handshake.
-    public var tlsResumed: Bool?
+    package var tlsResumed: Bool?
     /// The tunnel is this HTTP/2 stream of a mux connection; nil: a connection of its own.
-    public var muxStream: Int?
+    package var muxStream: Int?
     /// Upstream: the local process using our identity (uid, gid, pid, executable).
     var caller: LocalCaller?
     /// certificate_rotated: our identity, the new and replaced leaf serials, the new leaf's
     /// expiry, and the trusted roots now in force.
-    public var identity: String?
-    public var serial: String?
-    public var previousSerial: String?
-    public var notAfter: Date?
-    public var roots: Int?
+    package var identity: String?
+    package var serial: String?
+    package var previousSerial: String?
+    package var notAfter: Date?
+    package var roots: Int?
     /// intentions_updated: how many intentions are in force, and how many open tunnels the
     /// update cut.
-    public var intentions: Int?
-    public var revoked: Int?
+    package var intentions: Int?
+    package var revoked: Int?
 
-    public init(kind: Kind, listener: String, peerAddress: String? = nil, source: String? = nil,
+    package init(kind: Kind, listener: String, peerAddress: String? = nil, source: String? = nil,
                 sourceSerial: String? = nil, destination: String? = nil, decision: String? = nil,
                 reason: String? = nil, bytesIn: Int? = nil, bytesOut: Int? = nil, durationMs: Int? = nil,
                 method: String? = nil, path: String? = nil) {
@@ -123,13 +124,13 @@ public struct AuditEvent: Sendable, Equatable {
     /// into one string: this runs for every connection on its event loop.
     /// Bumped when a field changes meaning or type (adding a field does not bump it); SIEM
     /// parsers key on it. The fields are documented in README.md, "Audit log".
-    public static let schemaVersion = 1
+    package static let schemaVersion = 1
 
-    public var jsonLine: String {
+    package var jsonLine: String {
         var line = ""
         line.reserveCapacity(384)
         line += "{\"ts\":\""
-        Self.appendTimestamp(time, to: &line)
+        Timestamp.append(time, to: &line)
         line += "\",\"schema_version\":" + String(Self.schemaVersion) + ",\"event\":\""
         line += kind.rawValue
         line += "\""
@@ -162,7 +163,7 @@ public struct AuditEvent: Sendable, Equatable {
             // Three decimals, as "%.3f" would print them, without a format string per line.
             let micros = Int((handshakeMs * 1000).rounded())
             line += ",\"handshake_ms\":" + String(micros / 1000) + "."
-            Self.appendPadded(micros % 1000, width: 3, to: &line)
+            Timestamp.appendPadded(micros % 1000, width: 3, to: &line)
         }
         if tlsResumed == true { line += ",\"tls_resumed\":true" }
         if let caller {
@@ -176,7 +177,7 @@ public struct AuditEvent: Sendable, Equatable {
         add("previous_serial", previousSerial)
         if let notAfter {
             line += ",\"not_after\":\""
-            Self.appendTimestamp(notAfter, to: &line)
+            Timestamp.append(notAfter, to: &line)
             line += "\""
         }
         add("roots", roots)
@@ -186,48 +187,11 @@ public struct AuditEvent: Sendable, Equatable {
         return line
     }
 
-    /// RFC 3339 UTC with milliseconds ("2026-11-29T09:31:01.513Z"). Built by hand: a date
-    /// formatter costs more than the rest of a connection's bookkeeping together.
-    static func timestamp(_ date: Date) -> String {
-        var text = ""
-        appendTimestamp(date, to: &text)
-        return text
-    }
-
-    static func appendTimestamp(_ date: Date, to text: inout String) {
-        let interval = date.timeIntervalSince1970
-        var seconds = time_t(interval.rounded(.down))
-        let millis = min(999, Int((interval - Double(seconds)) * 1000))
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        appendPadded(Int(parts.tm_year) + 1900, width: 4, to: &text)
-        text += "-"
-        appendPadded(Int(parts.tm_mon) + 1, width: 2, to: &text)
-        text += "-"
-        appendPadded(Int(parts.tm_mday), width: 2, to: &text)
-        text += "T"
-        appendPadded(Int(parts.tm_hour), width: 2, to: &text)
-        text += ":"
-        appendPadded(Int(parts.tm_min), width: 2, to: &text)
-        text += ":"
-        appendPadded(Int(parts.tm_sec), width: 2, to: &text)
-        text += "."
-        appendPadded(millis, width: 3, to: &text)
-        text += "Z"
-    }
-
-    /// A non-negative number with leading zeros up to `width` digits.
-    static func appendPadded(_ value: Int, width: Int, to text: inout String) {
-        let digits = String(value)
-        for _ in digits.utf8.count..<max(width, digits.utf8.count) { text += "0" }
-        text += digits
-    }
-
     static func quote(_ text: String) -> String { JSONText.quoted(text) }
 }
 
 /// Where audit records go. Thread-safe: called from every event loop.
-public protocol AuditSink: Sendable {
+package protocol AuditSink: Sendable {
     func record(_ event: AuditEvent)
     /// Returns once every record made before the call has reached its destination.
     func flush()
@@ -237,55 +201,23 @@ public protocol AuditSink: Sendable {
 }
 
 extension AuditSink {
-    public func flush() {}
-    public func trafficMeter(listener: String) -> TrafficMeter? { nil }
+    package func flush() {}
+    package func trafficMeter(listener: String) -> TrafficMeter? { nil }
 }
 
 /// Keeps records in memory; tests assert on them.
-public final class MemoryAuditSink: AuditSink {
+package final class MemoryAuditSink: AuditSink {
     private let storage = NIOLockedValueBox<[AuditEvent]>([])
-    public init() {}
-    public func record(_ event: AuditEvent) { storage.withLockedValue { $0.append(event) } }
-    public var events: [AuditEvent] { storage.withLockedValue { $0 } }
+    package init() {}
+    package func record(_ event: AuditEvent) { storage.withLockedValue { $0.append(event) } }
+    package var events: [AuditEvent] { storage.withLockedValue { $0 } }
 }
 
 /// Fans one record out to several sinks.
-public struct AuditFanOut: AuditSink {
+package struct AuditFanOut: AuditSink {
     let sinks: [any AuditSink]
-    public init(_ sinks: [any AuditSink]) { self.sinks = sinks }
-    public func record(_ event: AuditEvent) { sinks.forEach { $0.record(event) } }
-    public func flush() { sinks.forEach { $0.flush() } }
-    public func trafficMeter(listener: String) -> TrafficMeter? { sinks.lazy.compactMap { $0.trafficMeter(listener: listener) }.first }
-}
-
-/// One JSON string literal writer for everything that hand-builds JSON (audit lines, the dev
-/// agent's ordered responses).
-public enum JSONText {
-    public static func quoted(_ text: String) -> String {
-        var out = ""
-        appendQuoted(text, to: &out)
-        return out
-    }
-
-    public static func appendQuoted(_ text: String, to out: inout String) {
-        out += "\""
-        // Most values (identities, addresses, listener names) need no escaping at all.
-        if !text.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
-            out += text
-            out += "\""
-            return
-        }
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        out += "\""
-    }
+    package init(_ sinks: [any AuditSink]) { self.sinks = sinks }
+    package func record(_ event: AuditEvent) { sinks.forEach { $0.record(event) } }
+    package func flush() { sinks.forEach { $0.flush() } }
+    package func trafficMeter(listener: String) -> TrafficMeter? { sinks.lazy.compactMap { $0.trafficMeter(listener: listener) }.first }
 }

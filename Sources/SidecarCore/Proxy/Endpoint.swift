@@ -1,14 +1,14 @@
 import NIOConcurrencyHelpers
 import NIOCore
 
-public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
-    public var host: String
-    public var port: Int
+package struct Endpoint: Hashable, Sendable, CustomStringConvertible {
+    package var host: String
+    package var port: Int
     /// For a discovered instance: its datacenter, which the identity it presents must name.
     /// nil: the upstream's (static instances).
-    public var datacenter: String?
+    package var datacenter: String?
 
-    public init(host: String, port: Int, datacenter: String? = nil) {
+    package init(host: String, port: Int, datacenter: String? = nil) {
         self.host = host
         self.port = port
         self.datacenter = datacenter
@@ -16,7 +16,7 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
 
     /// "HOST:PORT" or "[v6]:PORT"; anything else (stray brackets, signs, bare v6) is nil.
     /// Port 0 ("let the kernel pick") only where a listener address is meant.
-    public init?(parsing text: String, allowingPortZero: Bool = false) {
+    package init?(parsing text: String, allowingPortZero: Bool = false) {
         guard let colon = text.lastIndex(of: ":") else { return nil }
         let portText = text[text.index(after: colon)...]
         guard !portText.isEmpty, portText.allSatisfy({ $0 >= "0" && $0 <= "9" }), let port = Int(portText),
@@ -29,7 +29,7 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
         self.init(host: String(host), port: port)
     }
 
-    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    package var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }
 
 /// Spreads new connections over the instances of one destination in turn (not at random), and

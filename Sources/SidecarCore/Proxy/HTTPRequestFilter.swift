@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import SidecarTLS
+import SidecarModel
 
 /// Mesh side of an L7 (HTTP/1.1) connection: every request head is decided by the intentions
 /// before any of it reaches the local service. Requests come from `HTTP1RequestDecoder`

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import SidecarMux
 import SidecarTLS
+import SidecarModel
 
 /// Everything an inbound (public listener) connection needs to decide and forward.
 struct InboundRoute: Sendable {

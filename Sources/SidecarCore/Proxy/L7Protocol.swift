@@ -1,3 +1,5 @@
+import SidecarModel
+
 /// How a service's requests are read so each can be decided by L7 intentions (proxy config
 /// `protocol`); a `tcp` service has none and is decided per connection only.
 enum L7Protocol: Sendable, Equatable {

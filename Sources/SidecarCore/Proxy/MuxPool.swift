@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import SidecarMux
 import SidecarTLS
+import SidecarModel
 
 /// Upstream side of the multiplexed transport: pooled mTLS connections per destination instance
 /// (and per event loop, so a stream and its local connection share a thread), each carrying up

@@ -1,5 +1,6 @@
 import NIOCore
 import SidecarTLS
+import SidecarModel
 
 /// How an inbound tunnel was authorized, kept in its `ConnectionTable` entry so it can be
 /// re-checked when intentions change (Consul's own proxies only check at connect time,

@@ -6,6 +6,7 @@ import NIOCore
 import NIOPosix
 import SidecarMux
 import SidecarTLS
+import SidecarModel
 
 /// Everything an upstream listener's connections need.
 struct UpstreamRoute: Sendable {

@@ -1,6 +1,7 @@
 import Logging
 import NIOConcurrencyHelpers
 import SidecarTLS
+import SidecarModel
 
 /// The intentions in force, decided for our own identity: the destination's namespace and
 /// partition are those of our current leaf. Until intentions have loaded every decision is a

@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import SidecarMux
 import SidecarTLS
+import SidecarModel
 
 /// What every connection and mux stream on the public listener shares: the settings in force
 /// (one snapshot, replaced whole when the registration changes), the intentions, the TLS

@@ -5,12 +5,13 @@ import NIOConcurrencyHelpers
 import NIOCore
 import SidecarMux
 import SidecarTLS
+import SidecarModel
 
 /// One running sidecar: the public (inbound) listener and one listener per upstream. This is
 /// the orchestrator: start, apply a changed registration, update intentions or credentials,
 /// drain, stop. Connections are served by the listeners (`PublicListener`,
 /// `UpstreamListener`), each working from one snapshot of the settings in force.
-public final class Sidecar: Sendable {
+package final class Sidecar: Sendable {
     let settings: SidecarSettings
     let group: EventLoopGroup
     let contexts: TLSContextStore
@@ -37,9 +38,9 @@ public final class Sidecar: Sendable {
 
     let state: NIOLockedValueBox<State>
 
-    public static let publicListenerName = "public"
+    package static let publicListenerName = "public"
 
-    public init(settings: SidecarSettings, group: EventLoopGroup) throws {
+    package init(settings: SidecarSettings, group: EventLoopGroup) throws {
         try settings.definition.validateUpstreamBinds(allowNonLoopback: settings.allowNonLoopbackUpstreams)
         var settings = settings
         if let metrics = settings.metrics { settings.audit = AuditFanOut([settings.audit, metrics]) }
@@ -73,13 +74,13 @@ public final class Sidecar: Sendable {
     }
 
     /// The registration in force (it changes in Consul mode).
-    public var definition: ProxyDefinition { state.withLockedValue { $0.definition } }
+    package var definition: ProxyDefinition { state.withLockedValue { $0.definition } }
 
     /// True once a drain started: not ready for new work (the admin API's /ready).
-    public var isDraining: Bool { state.withLockedValue { $0.draining } }
+    package var isDraining: Bool { state.withLockedValue { $0.draining } }
 
     /// Binds every listener. Throws (naming the address) if any cannot be bound.
-    public func start() async throws {
+    package func start() async throws {
         let definition = self.definition
         reportSkippedUpstreams(definition.skippedUpstreams)
         try await reconcilePublicListener(definition)
@@ -109,7 +110,7 @@ public final class Sidecar: Sendable {
     /// listener's accepted connections run on. Everything else (local target, timeouts,
     /// limits, protocol, mux settings) takes effect for the next connection. Throws if a
     /// listener cannot be bound (the rest applied).
-    public func apply(_ newDefinition: ProxyDefinition) async throws {
+    package func apply(_ newDefinition: ProxyDefinition) async throws {
         try newDefinition.validateUpstreamBinds(allowNonLoopback: settings.allowNonLoopbackUpstreams)
         let (old, draining) = state.withLockedValue { state in
             defer { state.definition = newDefinition }
@@ -164,7 +165,7 @@ public final class Sidecar: Sendable {
 
     /// Replaces the known instances of an upstream destination (Consul's health/connect),
     /// keyed by `Upstream.instanceKey`.
-    public func updateInstances(_ endpoints: [Endpoint], for destination: String) {
+    package func updateInstances(_ endpoints: [Endpoint], for destination: String) {
         instances(of: destination).replace(endpoints)
     }
 
@@ -231,7 +232,7 @@ public final class Sidecar: Sendable {
     }
 
     /// Bound address of a listener ("public" or "upstream:<name>"), e.g. to learn port 0 picks.
-    public func boundAddress(of listener: String) -> SocketAddress? {
+    package func boundAddress(of listener: String) -> SocketAddress? {
         state.withLockedValue { state in
             listener == Self.publicListenerName ? state.publicListener?.channel.localAddress
                 : state.upstreamListeners[listener]?.channel.localAddress
@@ -242,7 +243,7 @@ public final class Sidecar: Sendable {
 
     /// Replaces the intentions: new connections use them at once, and every open inbound
     /// connection they no longer allow is cut, with an audit line naming what revoked it.
-    public func updateIntentions(_ set: IntentionSet) {
+    package func updateIntentions(_ set: IntentionSet) {
         authorizer.replace(with: set)
         Authorizer.warnUnevaluable(set, logger: settings.logger)
         settings.metrics?.intentionsReloaded()
@@ -280,7 +281,7 @@ public final class Sidecar: Sendable {
     /// Swaps in new certificates for every new handshake; open connections keep theirs.
     /// Material that is expired, not yet valid, or whose key does not match was already refused
     /// by `TLSCredentials`; a different trust domain is refused here.
-    public func updateCredentials(_ credentials: TLSCredentials) throws {
+    package func updateCredentials(_ credentials: TLSCredentials) throws {
         let old = contexts.credentials
         guard credentials.trustDomain == old.trustDomain else {
             throw TLSMaterialError("new certificates are for trust domain \(credentials.trustDomain), not \(old.trustDomain)")
@@ -316,7 +317,7 @@ public final class Sidecar: Sendable {
     /// may need minutes), and abort whatever is still open at the deadline. Returns the number
     /// of connections that had to be aborted.
     @discardableResult
-    public func drain(timeout: TimeAmount) async -> Int {
+    package func drain(timeout: TimeAmount) async -> Int {
         state.withLockedValue { $0.draining = true }
         inbound.beginDraining()
         // Mux connections first: tunnels must stop arriving on them as soon as the listener
@@ -330,7 +331,7 @@ public final class Sidecar: Sendable {
 
     /// Immediate stop: listeners close; open connections are left to their peers (tests), but
     /// mux connections take no new tunnels.
-    public func stop() async {
+    package func stop() async {
         muxPool?.drain()
         retireInboundMuxConnections()
         await closeListeners()

@@ -3,12 +3,13 @@ import Foundation
 import Glibc
 import NIOCore
 import SidecarTLS
+import SidecarModel
 
 /// What a running sidecar reports: readiness, gauges, live tunnels, expiry warnings, and the
 /// counts tests and the admin API read.
 extension Sidecar {
     /// Ready for traffic: certificates and intentions loaded, listeners bound, not draining.
-    public var readiness: (ready: Bool, reason: String) {
+    package var readiness: (ready: Bool, reason: String) {
         let (draining, noListener) = state.withLockedValue { ($0.draining, $0.publicListener == nil && $0.upstreamListeners.isEmpty) }
         if draining { return (false, "draining") }
         if currentIntentions == nil { return (false, "intentions not loaded") }
@@ -18,26 +19,26 @@ extension Sidecar {
     }
 
     /// Our datacenter (the `dc` of our SPIFFE IDs).
-    public var datacenter: String { settings.datacenter }
+    package var datacenter: String { settings.datacenter }
 
     /// Instances currently known per upstream destination.
-    public var upstreamInstanceList: [String: [Endpoint]] {
+    package var upstreamInstanceList: [String: [Endpoint]] {
         state.withLockedValue { $0.instances.mapValues(\.endpoints) }
     }
 
     /// The credentials new handshakes use.
-    public var currentCredentials: TLSCredentials { contexts.credentials }
+    package var currentCredentials: TLSCredentials { contexts.credentials }
 
     var currentIntentions: IntentionSet? { authorizer.current }
 
     /// Open inbound connections (for tests and the admin API).
-    public var openInboundConnections: Int { table.inboundTunnels.count }
+    package var openInboundConnections: Int { table.inboundTunnels.count }
 
     /// Open connections on a listener ("public" or "upstream:<name>").
-    public func openConnections(on listener: String) -> Int { table.count(listener) }
+    package func openConnections(on listener: String) -> Int { table.count(listener) }
 
     /// Pooled mux connections toward destinations and the tunnels on them (tests, admin).
-    public func muxPoolCounts() async -> (connections: Int, streams: Int) {
+    package func muxPoolCounts() async -> (connections: Int, streams: Int) {
         guard let muxPool else { return (0, 0) }
         return (try? await muxPool.counts(on: group.next()).get()) ?? (0, 0)
     }
@@ -74,7 +75,7 @@ extension Sidecar {
     }
 
     /// Updates the state gauges (called when /metrics is scraped).
-    public func refreshMetrics(on eventLoop: EventLoop) -> EventLoopFuture<Void> {
+    package func refreshMetrics(on eventLoop: EventLoop) -> EventLoopFuture<Void> {
         guard let metrics = settings.metrics else { return eventLoop.makeSucceededVoidFuture() }
         refreshStateGauges(metrics)
         let inboundStreams = table.channels.filter(\.isStream).count

@@ -1,8 +1,9 @@
 import Logging
 import SidecarTLS
+import SidecarModel
 
 /// Whether sidecars multiplex tunnels over pooled HTTP/2 connections (`--mux`).
-public enum MuxMode: String, Sendable, CaseIterable {
+package enum MuxMode: String, Sendable, CaseIterable {
     /// Never offer or accept the mux: one mTLS connection per tunnel, as Consul's own proxies.
     case off
     /// Offer it to destinations and accept it from sources; peers that do not speak it get raw.
@@ -10,26 +11,26 @@ public enum MuxMode: String, Sendable, CaseIterable {
 }
 
 /// Everything one sidecar process runs with, already loaded and validated.
-public struct SidecarSettings: Sendable {
-    public var definition: ProxyDefinition
-    public var credentials: TLSCredentials
+package struct SidecarSettings: Sendable {
+    package var definition: ProxyDefinition
+    package var credentials: TLSCredentials
     /// nil until intentions have loaded: every inbound connection is refused meanwhile.
-    public var intentions: IntentionSet?
+    package var intentions: IntentionSet?
     /// Static instances per upstream destination name (file mode).
-    public var upstreamEndpoints: [String: [Endpoint]]
+    package var upstreamEndpoints: [String: [Endpoint]]
     /// Our datacenter: the default for upstreams that name none.
-    public var datacenter: String
-    public var audit: any AuditSink
-    public var logger: Logger
+    package var datacenter: String
+    package var audit: any AuditSink
+    package var logger: Logger
     /// Fed every audit event by the Sidecar (no need to add it to `audit`); read at scrape time.
-    public var metrics: SidecarMetrics?
+    package var metrics: SidecarMetrics?
     /// Upstream listeners may bind non-loopback addresses (off: they lend our identity).
-    public var allowNonLoopbackUpstreams = false
+    package var allowNonLoopbackUpstreams = false
     /// Instances arrive from Consul after start (no "no known instance" warning at bind).
-    public var consulDiscovery = false
-    public var mux = MuxMode.prefer
+    package var consulDiscovery = false
+    package var mux = MuxMode.prefer
 
-    public init(definition: ProxyDefinition, credentials: TLSCredentials, intentions: IntentionSet?,
+    package init(definition: ProxyDefinition, credentials: TLSCredentials, intentions: IntentionSet?,
                 upstreamEndpoints: [String: [Endpoint]] = [:], datacenter: String = "dc1",
                 audit: any AuditSink, logger: Logger, metrics: SidecarMetrics? = nil) {
         self.definition = definition
@@ -43,13 +44,13 @@ public struct SidecarSettings: Sendable {
     }
 }
 
-public enum SidecarError: Error, CustomStringConvertible {
+package enum SidecarError: Error, CustomStringConvertible {
     case bindFailed(listener: String, address: String, reason: String)
     case unknownAccount(String)
     case socketPathInUse(String)
     case reconfigurationFailed([String])
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .bindFailed(let listener, let address, let reason): return "cannot bind \(listener) listener on \(address): \(reason)"
         case .unknownAccount(let what): return "allowed_uids/allowed_gids: no such \(what)"

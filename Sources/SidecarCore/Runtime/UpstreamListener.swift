@@ -1,6 +1,7 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import SidecarModel
 
 /// One upstream's local listener: its socket, the upstream it was bound for, and the settings
 /// its connections start with (one snapshot, replaced whole when the registration's timeouts

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 @testable import SidecarCore
 
 /// Hostile HTTP/1.1 request streams for the differential smuggling test: the tricks of the

@@ -3,6 +3,7 @@ import NIOPosix
 @testable import SidecarCore
 import SidecarMux
 import SidecarTLS
+@testable import SidecarModel
 
 /// A peer speaking the mux directly to a storage sidecar's public listener, with whatever
 /// certificate a test gives it, and opening streams whenever the test says: it does not

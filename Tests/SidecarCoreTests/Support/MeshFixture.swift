@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 @testable import SidecarCore
 import SidecarTLS
+@testable import SidecarModel
 
 /// Shared event loops for the integration tests (2 threads, like production on this machine).
 let testGroup = MultiThreadedEventLoopGroup(numberOfThreads: 2)

@@ -1,3 +1,5 @@
+import SidecarModel
+
 /// Reads a chunked request body (RFC 9112 §7.1) strictly, pure. Chunk data is passed on as
 /// ranges of the input (streamed, never buffered); chunk extensions are dropped (our framing
 /// toward the service is written anew); trailer fields are checked like header fields and

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import SidecarModel
 
 /// What the request decoder learned beyond NIO's request head, for the filter of the same
 /// connection (one event loop): each parsed request in order (HTTPServerPipelineHandler, in

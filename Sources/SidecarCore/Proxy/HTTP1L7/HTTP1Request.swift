@@ -1,3 +1,5 @@
+import SidecarModel
+
 /// How a request body is delimited. The service always receives it in this framing, written
 /// by us (`transfer-encoding: chunked` or the exact `content-length`), never the client's
 /// own framing fields: a service can then not find another end of the body than we did.
@@ -34,17 +36,6 @@ package struct HTTP1Request: Equatable, Sendable {
         headers += fields.map { ($0.name, $0.value) }
         return HTTPRequestFacts(method: method, path: target.path, headers: headers)
     }
-}
-
-/// What the L7 filter does with header names containing `_` (Consul's
-/// `HeadersWithUnderscoresAction`): a service that maps `X_Job` and `X-Job` to the same
-/// variable (CGI, many frameworks) would otherwise see a header the rules did not.
-package enum UnderscoreHeaders: String, Sendable, Equatable, CaseIterable {
-    case allow
-    /// 400 (HTTP/2: the stream is refused).
-    case reject
-    /// Removed before rules see the request and before it is forwarded.
-    case drop
 }
 
 /// The meaning checks on a syntactically valid head (RFC 9112 §3, §6; RFC 9110), pure. Every

@@ -1,3 +1,5 @@
+import SidecarModel
+
 /// Both directions of one filtered HTTP/2 connection, wired together (no I/O): the service's
 /// frames tell the request gate what it must know, and the gate's answers to the client are
 /// spliced into the service's frame stream.

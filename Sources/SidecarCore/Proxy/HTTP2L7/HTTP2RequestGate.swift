@@ -1,3 +1,5 @@
+import SidecarModel
+
 /// A piece of what the filter passes on: part of the input it just read, unchanged, or bytes
 /// it wrote itself.
 enum HTTP2Piece: Equatable {

@@ -1,4 +1,5 @@
 import CNGHTTP2
+import SidecarModel
 
 /// Turns a decoded request header block into what the intentions look at, refusing blocks
 /// that RFC 9113 §8.2-8.3 calls malformed: a service might read such a block differently from

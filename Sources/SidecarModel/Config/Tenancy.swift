@@ -3,18 +3,18 @@ import Foundation
 /// A Consul Enterprise namespace and admin partition. Consul CE has neither: its answers carry
 /// no `Namespace`/`Partition` and it refuses any `?ns=`/`?partition=` with 400, so "not
 /// stated" (nil where a Tenancy is optional) is kept apart from an explicit "default".
-public struct Tenancy: Hashable, Sendable, CustomStringConvertible {
-    public var namespace: String
-    public var partition: String
+package struct Tenancy: Hashable, Sendable, CustomStringConvertible {
+    package var namespace: String
+    package var partition: String
 
-    public static let `default` = Tenancy(namespace: "default", partition: "default")
+    package static let `default` = Tenancy(namespace: "default", partition: "default")
 
-    public init(namespace: String = "default", partition: String = "default") {
+    package init(namespace: String = "default", partition: String = "default") {
         self.namespace = namespace
         self.partition = partition
     }
 
-    public static func isValidName(_ name: String) -> Bool {
+    package static func isValidName(_ name: String) -> Bool {
         !name.isEmpty && name.utf8.count <= 64 && name.utf8.allSatisfy { byte in
             (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte | 0x20) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
                 || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_")
@@ -22,10 +22,10 @@ public struct Tenancy: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// `partition/namespace`, or `namespace` alone in the default partition.
-    public var description: String { partition == "default" ? namespace : "\(partition)/\(namespace)" }
+    package var description: String { partition == "default" ? namespace : "\(partition)/\(namespace)" }
 
     /// The query parameters that ask Consul Enterprise for this tenancy.
-    public var queryItems: [(String, String)] { [("ns", namespace), ("partition", partition)] }
+    package var queryItems: [(String, String)] { [("ns", namespace), ("partition", partition)] }
 
     /// A registration's `Namespace` and `Partition` (any spelling); nil when it states neither.
     static func decode(_ node: ConfigNode) throws -> Tenancy? {

@@ -46,26 +46,26 @@ private func joinPEM(_ blocks: [String]) -> String {
 // MARK: - GET /v1/agent/connect/ca/roots
 
 /// One CA root from `/v1/agent/connect/ca/roots`.
-public struct ConsulCARoot: Equatable, Sendable {
+package struct ConsulCARoot: Equatable, Sendable {
     /// Consul's root ID (a colon-hex fingerprint of the certificate).
-    public var id: String
-    public var name: String
+    package var id: String
+    package var name: String
     /// The certificate's serial, truncated to 64 bits by Consul (`SerialNumber.Uint64()`).
     /// Informational only: we trust roots by their PEM. Exact up to 2^63 - 1; above that (random
     /// serials from external CAs such as Vault) the value passes through a `Double` in
     /// `JSONValue` and is rounded to 53 significant bits.
-    public var serialNumber: UInt64
-    public var signingKeyID: String
+    package var serialNumber: UInt64
+    package var signingKeyID: String
     /// RFC 3339 timestamps as Consul sends them (Go's zero time when unset).
-    public var notBefore: String?
-    public var notAfter: String?
-    public var rootCertPEM: String
+    package var notBefore: String?
+    package var notAfter: String?
+    package var rootCertPEM: String
     /// Intermediates to attach to leaves signed by this root; `null` becomes `[]`. During a CA
     /// rotation the new root carries here a certificate for its key cross-signed by the old root.
-    public var intermediateCertPEMs: [String]
-    public var active: Bool
+    package var intermediateCertPEMs: [String]
+    package var active: Bool
 
-    public init(id: String, name: String = "", serialNumber: UInt64 = 0, signingKeyID: String = "",
+    package init(id: String, name: String = "", serialNumber: UInt64 = 0, signingKeyID: String = "",
                 notBefore: String? = nil, notAfter: String? = nil, rootCertPEM: String,
                 intermediateCertPEMs: [String] = [], active: Bool) {
         self.id = id
@@ -81,20 +81,20 @@ public struct ConsulCARoot: Equatable, Sendable {
 }
 
 /// `GET /v1/agent/connect/ca/roots` (index-blocking).
-public struct ConsulCARoots: Equatable, Sendable {
-    public var activeRootID: String
+package struct ConsulCARoots: Equatable, Sendable {
+    package var activeRootID: String
     /// `<cluster-uuid>.consul`: the host part of every SPIFFE ID this cluster issues.
-    public var trustDomain: String
-    public var roots: [ConsulCARoot]
+    package var trustDomain: String
+    package var roots: [ConsulCARoot]
 
-    public init(activeRootID: String, trustDomain: String, roots: [ConsulCARoot]) {
+    package init(activeRootID: String, trustDomain: String, roots: [ConsulCARoot]) {
         self.activeRootID = activeRootID
         self.trustDomain = trustDomain
         self.roots = roots
     }
 
     /// The root named by `ActiveRootID`, else the one flagged `Active`.
-    public var activeRoot: ConsulCARoot? {
+    package var activeRoot: ConsulCARoot? {
         roots.first { $0.id == activeRootID } ?? roots.first { $0.active }
     }
 
@@ -103,7 +103,7 @@ public struct ConsulCARoots: Equatable, Sendable {
     /// Inactive roots stay listed during a rotation (until about twice the leaf TTL has
     /// passed) because peers may still present leaves they signed; trusting only the active
     /// root would cut those peers off mid-rotation.
-    public var trustedRootsPEM: String { joinPEM(roots.map(\.rootCertPEM)) }
+    package var trustedRootsPEM: String { joinPEM(roots.map(\.rootCertPEM)) }
 
     /// Every root's intermediates, kept apart from `trustedRootsPEM` on purpose. They are not
     /// trust anchors: a peer sends its own chain (Consul's leaf `CertPEM` already carries the
@@ -112,9 +112,9 @@ public struct ConsulCARoots: Equatable, Sendable {
     /// intermediates into the trust store would make any of them an anchor where OpenSSL is
     /// asked to accept partial chains, widening trust beyond the roots Consul lists. Use this
     /// only as untrusted chain-building material.
-    public var intermediatesPEM: String { joinPEM(roots.flatMap(\.intermediateCertPEMs)) }
+    package var intermediatesPEM: String { joinPEM(roots.flatMap(\.intermediateCertPEMs)) }
 
-    public static func decode(_ data: Data, source: String) throws -> ConsulCARoots {
+    package static func decode(_ data: Data, source: String) throws -> ConsulCARoots {
         let root = try ConsulResponseBody.root(data, source: source)
         _ = try root.object()
         return ConsulCARoots(
@@ -146,22 +146,22 @@ public struct ConsulCARoots: Equatable, Sendable {
 
 /// `GET /v1/agent/connect/ca/leaf/:service` (index-blocking; X-Consul-Index = ModifyIndex).
 /// `description` leaves the private key out, so the value is safe to log.
-public struct ConsulLeafCertificate: Equatable, Sendable, CustomStringConvertible {
+package struct ConsulLeafCertificate: Equatable, Sendable, CustomStringConvertible {
     /// Colon-hex, e.g. "3a:5f:07".
-    public var serialNumber: String
+    package var serialNumber: String
     /// The leaf, possibly followed by intermediates: present the whole chain.
-    public var certPEM: String
-    public var privateKeyPEM: String
-    public var service: String
+    package var certPEM: String
+    package var privateKeyPEM: String
+    package var service: String
     /// `spiffe://<trust-domain>/ns/<ns>/dc/<dc>/svc/<service>`.
-    public var serviceURI: String
+    package var serviceURI: String
     /// RFC 3339.
-    public var validAfter: String
-    public var validBefore: String
-    public var createIndex: UInt64
-    public var modifyIndex: UInt64
+    package var validAfter: String
+    package var validBefore: String
+    package var createIndex: UInt64
+    package var modifyIndex: UInt64
 
-    public init(serialNumber: String, certPEM: String, privateKeyPEM: String, service: String, serviceURI: String,
+    package init(serialNumber: String, certPEM: String, privateKeyPEM: String, service: String, serviceURI: String,
                 validAfter: String, validBefore: String, createIndex: UInt64 = 0, modifyIndex: UInt64 = 0) {
         self.serialNumber = serialNumber
         self.certPEM = certPEM
@@ -174,12 +174,12 @@ public struct ConsulLeafCertificate: Equatable, Sendable, CustomStringConvertibl
         self.modifyIndex = modifyIndex
     }
 
-    public var description: String {
+    package var description: String {
         "ConsulLeafCertificate(service: \(service), serial: \(serialNumber), uri: \(serviceURI), "
             + "valid: \(validAfter) – \(validBefore), modifyIndex: \(modifyIndex), privateKey: <redacted>)"
     }
 
-    public static func decode(_ data: Data, source: String) throws -> ConsulLeafCertificate {
+    package static func decode(_ data: Data, source: String) throws -> ConsulLeafCertificate {
         let root = try ConsulResponseBody.root(data, source: source)
         _ = try root.object()
         return ConsulLeafCertificate(
@@ -199,19 +199,19 @@ public struct ConsulLeafCertificate: Equatable, Sendable, CustomStringConvertibl
 // MARK: - GET /v1/agent/self
 
 /// The parts of `GET /v1/agent/self` the sidecar uses.
-public struct ConsulAgentSelf: Equatable, Sendable {
+package struct ConsulAgentSelf: Equatable, Sendable {
     /// `Config.Datacenter`: the `dc` segment of local SPIFFE IDs.
-    public var datacenter: String
+    package var datacenter: String
     /// `DebugConfig.DefaultIntentionPolicy` (agent option `default_intention_policy`); nil when
     /// absent or empty, in which case Consul falls back to the ACL default policy.
-    public var defaultIntentionPolicy: IntentionAction?
+    package var defaultIntentionPolicy: IntentionAction?
 
-    public init(datacenter: String, defaultIntentionPolicy: IntentionAction? = nil) {
+    package init(datacenter: String, defaultIntentionPolicy: IntentionAction? = nil) {
         self.datacenter = datacenter
         self.defaultIntentionPolicy = defaultIntentionPolicy
     }
 
-    public static func decode(_ data: Data, source: String) throws -> ConsulAgentSelf {
+    package static func decode(_ data: Data, source: String) throws -> ConsulAgentSelf {
         let root = try ConsulResponseBody.root(data, source: source)
         _ = try root.object()
         let config = try root.require("Config")

@@ -1,7 +1,6 @@
 import Foundation
 import Testing
-import SidecarTLS
-@testable import SidecarCore
+@testable import SidecarModel
 
 // Response bodies below follow Consul's API docs and the Go structs they are serialized from
 // (agent/structs/connect_ca.go, api/agent.go, api/health.go, agent/structs/intention.go).

@@ -1,37 +1,36 @@
-import SidecarTLS
 
-public enum IntentionAction: String, Sendable, Equatable {
+package enum IntentionAction: String, Sendable, Equatable {
     case allow
     case deny
 }
 
 /// One source of a `service-intentions` entry, flattened to a Consul intention.
-public struct Intention: Sendable, Equatable {
-    public var destinationName: String
-    public var destinationNamespace: String
-    public var sourceName: String
-    public var sourceNamespace: String
-    public var sourcePartition: String
+package struct Intention: Sendable, Equatable {
+    package var destinationName: String
+    package var destinationNamespace: String
+    package var sourceName: String
+    package var sourceNamespace: String
+    package var sourcePartition: String
     /// Non-empty: the source is a cluster peer. Local SPIFFE identities never match it.
-    public var sourcePeer: String
+    package var sourcePeer: String
     /// nil when the source carries L7 Permissions instead of an action.
-    public var action: IntentionAction?
+    package var action: IntentionAction?
     /// L7 rules, evaluated in order, when the destination speaks HTTP.
-    public var permissions: [IntentionPermission]
-    public var description: String
+    package var permissions: [IntentionPermission]
+    package var description: String
     /// The destination's partition (Consul Enterprise); only "default" is ours.
-    public var destinationPartition = "default"
+    package var destinationPartition = "default"
     /// The entry's `JWT`: Consul would also require a valid token from its providers on every
     /// HTTP request, which this sidecar cannot verify. Such an intention decides deny on L7
     /// listeners (TCP ones ignore it, as Consul does).
-    public var requiresJWT = false
+    package var requiresJWT = false
     /// Non-empty: the source is a sameness group (Consul Enterprise), whose members cannot be
     /// told here. Such an intention matches its name in any partition and decides deny.
-    public var sourceSamenessGroup = ""
+    package var sourceSamenessGroup = ""
 
-    public var hasPermissions: Bool { !permissions.isEmpty }
+    package var hasPermissions: Bool { !permissions.isEmpty }
 
-    public init(destinationName: String, destinationNamespace: String = "default",
+    package init(destinationName: String, destinationNamespace: String = "default",
                 sourceName: String, sourceNamespace: String = "default", sourcePartition: String = "default",
                 sourcePeer: String = "", action: IntentionAction?, permissions: [IntentionPermission] = [],
                 description: String = "") {
@@ -48,7 +47,7 @@ public struct Intention: Sendable, Equatable {
 
     /// Consul's precedence: destination exact name 9, `ns/*` 6, `*/*` 3, minus one for each
     /// wildcard among the source's namespace and name.
-    public var precedence: Int {
+    package var precedence: Int {
         let ceiling: Int
         if destinationName != "*" { ceiling = 9 } else if destinationNamespace != "*" { ceiling = 6 } else { ceiling = 3 }
         let exactSourceParts = (sourceNamespace != "*" ? 1 : 0) + (sourceName != "*" ? 1 : 0)
@@ -56,7 +55,7 @@ public struct Intention: Sendable, Equatable {
     }
 
     /// Human-readable and stable, used as the intention's ID in audit lines.
-    public var identifier: String {
+    package var identifier: String {
         let origin = !sourcePeer.isEmpty ? "peer:\(sourcePeer)/" : !sourceSamenessGroup.isEmpty ? "sameness-group:\(sourceSamenessGroup)/" : ""
         let destination = destinationPartition == "default" ? "" : "\(destinationPartition)/"
         return "\(origin)\(sourcePartition)/\(sourceNamespace)/\(sourceName) -> \(destination)\(destinationNamespace)/\(destinationName)"
@@ -84,8 +83,8 @@ public struct Intention: Sendable, Equatable {
 }
 
 /// The outcome of one authorization, with what decided it (for the audit log).
-public struct IntentionDecision: Sendable, Equatable {
-    public enum Reason: Sendable, Equatable {
+package struct IntentionDecision: Sendable, Equatable {
+    package enum Reason: Sendable, Equatable {
         case intention(identifier: String, precedence: Int)
         case defaultPolicy
         /// A matching intention has L7 Permissions; a plain L4 connection cannot satisfy them.
@@ -104,10 +103,15 @@ public struct IntentionDecision: Sendable, Equatable {
         case permissionRequiresJWT(identifier: String, precedence: Int, index: Int)
     }
 
-    public var allowed: Bool
-    public var reason: Reason
+    package var allowed: Bool
+    package var reason: Reason
 
-    public var reasonText: String {
+    package init(allowed: Bool, reason: Reason) {
+        self.allowed = allowed
+        self.reason = reason
+    }
+
+    package var reasonText: String {
         switch reason {
         case .intention(let id, let precedence): return "intention \(id) (precedence \(precedence))"
         case .defaultPolicy: return "default policy"
@@ -133,16 +137,16 @@ public struct IntentionDecision: Sendable, Equatable {
 /// Evaluates intentions for one destination, Consul's way: highest precedence first, deny
 /// before allow at equal precedence, then lexicographic; first match wins; otherwise the
 /// default policy. Pure and immutable: rebuilt whenever intentions change.
-public struct IntentionSet: Sendable {
-    public let defaultAction: IntentionAction
+package struct IntentionSet: Sendable {
+    package let defaultAction: IntentionAction
     private let ordered: [Intention]
 
-    public init(_ intentions: [Intention], defaultAction: IntentionAction) {
+    package init(_ intentions: [Intention], defaultAction: IntentionAction) {
         self.defaultAction = defaultAction
         self.ordered = intentions.sorted(by: Self.evaluationOrder)
     }
 
-    public var intentions: [Intention] { ordered }
+    package var intentions: [Intention] { ordered }
 
     static func evaluationOrder(_ lhs: Intention, _ rhs: Intention) -> Bool {
         if lhs.precedence != rhs.precedence { return lhs.precedence > rhs.precedence }
@@ -164,7 +168,7 @@ public struct IntentionSet: Sendable {
 
     /// What in these intentions cannot be evaluated here, one line each (logged on load; each
     /// such condition decides deny).
-    public var unevaluableConditions: [String] {
+    package var unevaluableConditions: [String] {
         ordered.flatMap { intention -> [String] in
             var found: [String] = []
             if let what = intention.unevaluable(l7: true) { found.append("intention \(intention.identifier): \(what)") }
@@ -179,7 +183,7 @@ public struct IntentionSet: Sendable {
     /// destination speaks HTTP), an intention with permissions lets the connection in: each
     /// request is then decided by `decide(request:...)`. Without it such an intention denies.
     /// An intention with a condition we cannot evaluate denies.
-    public func decide(source: SPIFFEID, destination: String, destinationNamespace: String = "default",
+    package func decide(source: SPIFFEID, destination: String, destinationNamespace: String = "default",
                        destinationPartition: String = "default", l7: Bool = false) -> IntentionDecision {
         guard let intention = firstMatch(source: source, destination: destination, destinationNamespace: destinationNamespace,
                                          destinationPartition: destinationPartition) else {
@@ -202,7 +206,7 @@ public struct IntentionSet: Sendable {
     /// the default policy decides (Consul's fall-through). A permission requiring a JWT denies
     /// whatever its action (Consul would deny a request without a valid token there too, and
     /// would not look further); its HTTP match is read the wide way, as a deny's.
-    public func decide(request: HTTPRequestFacts, source: SPIFFEID, destination: String,
+    package func decide(request: HTTPRequestFacts, source: SPIFFEID, destination: String,
                        destinationNamespace: String = "default", destinationPartition: String = "default") -> IntentionDecision {
         guard let intention = firstMatch(source: source, destination: destination, destinationNamespace: destinationNamespace,
                                          destinationPartition: destinationPartition) else {

@@ -2,58 +2,58 @@ import Foundation
 
 /// What a `connect-proxy` registration says about the sidecar we run. Built from a service
 /// definition file or (later) from `/v1/agent/service/:id`; no I/O here.
-public struct ProxyDefinition: Equatable, Sendable {
-    public var id: String
-    public var name: String
+package struct ProxyDefinition: Equatable, Sendable {
+    package var id: String
+    package var name: String
     /// Public listener address; Consul's built-in proxy defaults to all interfaces.
-    public var address: String
-    public var port: Int?
-    public var destinationServiceName: String
-    public var destinationServiceID: String?
-    public var localServiceAddress: String
-    public var localServicePort: Int?
+    package var address: String
+    package var port: Int?
+    package var destinationServiceName: String
+    package var destinationServiceID: String?
+    package var localServiceAddress: String
+    package var localServicePort: Int?
     /// The local app listens on a unix socket instead of a TCP port.
-    public var localServiceSocketPath: String? = nil
-    public var config: ProxyConfig
-    public var upstreams: [Upstream]
+    package var localServiceSocketPath: String? = nil
+    package var config: ProxyConfig
+    package var upstreams: [Upstream]
     /// Upstreams in the registration that get no listener, each with why (logged as a
     /// warning): one upstream this sidecar cannot serve must not take the others down.
-    public var skippedUpstreams: [String] = []
+    package var skippedUpstreams: [String] = []
     /// Consul Enterprise tenancy of the registration (nil: not stated, as Consul CE answers).
     /// Upstreams without their own inherit it, as Consul does.
-    public var tenancy: Tenancy? = nil
+    package var tenancy: Tenancy? = nil
 
     /// Where the public (inbound) listener binds: proxy config overrides the registration.
-    public var publicBindAddress: String { config.bindAddress ?? address }
-    public var publicBindPort: Int? { config.bindPort ?? port }
+    package var publicBindAddress: String { config.bindAddress ?? address }
+    package var publicBindPort: Int? { config.bindPort ?? port }
 }
 
 /// Keys we honour in `proxy.config` (the map Consul passes through to proxies).
-public struct ProxyConfig: Equatable, Sendable {
-    public var bindAddress: String?
-    public var bindPort: Int?
-    public var localConnectTimeoutMs: Int = 1000
-    public var handshakeTimeoutMs: Int = 10000
+package struct ProxyConfig: Equatable, Sendable {
+    package var bindAddress: String?
+    package var bindPort: Int?
+    package var localConnectTimeoutMs: Int = 1000
+    package var handshakeTimeoutMs: Int = 10000
     /// "tcp" (default), "http", "http2", "grpc": decides L4 vs L7 enforcement.
-    public var `protocol`: String = "tcp"
+    package var `protocol`: String = "tcp"
     /// Inbound connections older than this are cut (nil: no limit). Nanoseconds.
-    public var maxConnectionLifetimeNs: Int64?
+    package var maxConnectionLifetimeNs: Int64?
     /// Send a PROXY protocol v2 header (peer address, SPIFFE ID) to the local service.
-    public var proxyProtocol = false
+    package var proxyProtocol = false
     /// Established connections (and mux streams) per listener before accepting pauses.
-    public var maxConnections: Int = 4096
+    package var maxConnections: Int = 4096
     /// Public listener: connections still in their TLS handshake; past it the oldest is closed.
-    public var maxPendingHandshakes: Int = 256
+    package var maxPendingHandshakes: Int = 256
     /// Public listener: a connection that sends nothing for this long is closed.
-    public var firstByteTimeoutMs: Int = 5000
+    package var firstByteTimeoutMs: Int = 5000
     /// Connections with no byte in either direction for this long are closed. Backups can
     /// sit quiet while the agent reads a slow disk, hence a generous default. Nanoseconds.
-    public var idleTimeoutNs: Int64? = 3600 * 1_000_000_000
+    package var idleTimeoutNs: Int64? = 3600 * 1_000_000_000
     /// Multiplexed transport: streams per pooled connection (both directions).
-    public var muxMaxStreams: Int = 100
+    package var muxMaxStreams: Int = 100
     /// Multiplexed transport: a connection silent this long is sent a PING, and closed as dead
     /// if it stays silent as long again. Nanoseconds.
-    public var muxKeepaliveNs: Int64 = 30 * 1_000_000_000
+    package var muxKeepaliveNs: Int64 = 30 * 1_000_000_000
     /// L7: how request paths are normalised (`merge_slashes`, `path_with_escaped_slashes_action`).
     package var pathNormalization = PathNormalization()
     /// L7: header names with `_` (`headers_with_underscores_action`).
@@ -62,7 +62,7 @@ public struct ProxyConfig: Equatable, Sendable {
 
 extension ProxyDefinition {
     /// Refuses upstream listeners on non-loopback addresses unless explicitly allowed.
-    public func validateUpstreamBinds(allowNonLoopback: Bool) throws {
+    package func validateUpstreamBinds(allowNonLoopback: Bool) throws {
         guard !allowNonLoopback else { return }
         for (index, upstream) in upstreams.enumerated() where !upstream.bindsLoopbackOnly {
             throw ConfigError(source: "upstreams[\(index)]", path: "local_bind_address",
@@ -76,14 +76,14 @@ extension ProxyDefinition {
     /// `{"service": {...}}` (agent config file), a bare registration object (HTTP API, PascalCase),
     /// either one being a `connect-proxy` or an application service with
     /// `connect.sidecar_service` (we then derive the sidecar the way Consul does).
-    public static func load(path: String) throws -> ProxyDefinition {
+    package static func load(path: String) throws -> ProxyDefinition {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ConfigError(source: path, path: "", message: "cannot read file")
         }
         return try decode(data, source: path)
     }
 
-    public static func decode(_ data: Data, source: String) throws -> ProxyDefinition {
+    package static func decode(_ data: Data, source: String) throws -> ProxyDefinition {
         let root = ConfigNode(value: try JSONValue.parse(data, source: source), path: "", source: source)
         _ = try root.object()
         if let services = try root.field("services") {

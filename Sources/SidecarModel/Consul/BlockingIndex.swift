@@ -12,21 +12,21 @@ import Foundation
 ///   a missing header cannot cause a busy loop either).
 ///
 /// 0 means "do not block" (send no `index`, or `index=0`). Pure value type, no I/O.
-public struct BlockingIndex: Equatable, Sendable {
+package struct BlockingIndex: Equatable, Sendable {
     /// The index for the next request; 0 before the first response and after a reset.
-    public private(set) var current: UInt64
+    package private(set) var current: UInt64
 
-    public init(current: UInt64 = 0) {
+    package init(current: UInt64 = 0) {
         self.current = current
     }
 
     /// Whether the next request blocks.
-    public var isBlocking: Bool { current > 0 }
+    package var isBlocking: Bool { current > 0 }
 
     /// Records one successful response and returns the index for the next request.
     /// `responseIndex` is the parsed `X-Consul-Index` header, nil when absent or unparsable.
     @discardableResult
-    public mutating func next(responseIndex: UInt64?) -> UInt64 {
+    package mutating func next(responseIndex: UInt64?) -> UInt64 {
         guard let responseIndex else {
             current = max(current, 1)
             return current
@@ -39,13 +39,13 @@ public struct BlockingIndex: Equatable, Sendable {
     }
 
     /// Forget the index (e.g. after an ACL token or agent change): the next request reads fresh.
-    public mutating func reset() {
+    package mutating func reset() {
         current = 0
     }
 
     /// Parses an `X-Consul-Index` header value: decimal digits only (surrounding spaces
     /// allowed); anything else is nil, which `next(responseIndex:)` treats as a missing header.
-    public static func parseHeader(_ value: String?) -> UInt64? {
+    package static func parseHeader(_ value: String?) -> UInt64? {
         guard let trimmed = value?.trimmingCharacters(in: .whitespaces), !trimmed.isEmpty,
               trimmed.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") })
         else { return nil }
@@ -57,29 +57,29 @@ public struct BlockingIndex: Equatable, Sendable {
 /// `cap`, each delay drawn from [0.5, 1.0] of the exponential value so that many sidecars
 /// restarting together do not retry in lockstep. Seconds. Pure: the caller supplies the random
 /// number, so tests are deterministic.
-public struct RetryBackoff: Equatable, Sendable {
-    public let base: Double
-    public let cap: Double
+package struct RetryBackoff: Equatable, Sendable {
+    package let base: Double
+    package let cap: Double
     /// Failures since the last `reset()`.
-    public private(set) var attempt: Int = 0
+    package private(set) var attempt: Int = 0
 
     /// A non-positive or non-finite `base` becomes 0 (no delay); `cap` is raised to `base`
     /// when below it, and a non-finite `cap` (no sane upper bound) is replaced by `base`.
-    public init(base: Double, cap: Double) {
+    package init(base: Double, cap: Double) {
         let base = base.isFinite && base > 0 ? base : 0
         self.base = base
         self.cap = cap.isFinite ? max(cap, base) : max(base, 0)
     }
 
     /// The un-jittered delay for the next call: `base * 2^attempt`, at most `cap`.
-    public var currentCeiling: Double {
+    package var currentCeiling: Double {
         // 2^attempt overflows to infinity long after it passed any sane cap; min() handles it.
         min(cap, base * pow(2, Double(attempt)))
     }
 
     /// The delay before the next retry. `randomUnit` is a uniform draw from [0, 1]; values
     /// outside are clamped and NaN counts as 1 (the longer delay).
-    public mutating func nextDelay(randomUnit: Double) -> Double {
+    package mutating func nextDelay(randomUnit: Double) -> Double {
         let unit = randomUnit.isNaN ? 1 : min(max(randomUnit, 0), 1)
         let ceiling = currentCeiling
         // Stop counting once capped so the exponent stays small.
@@ -88,7 +88,7 @@ public struct RetryBackoff: Equatable, Sendable {
     }
 
     /// After a success: the next failure starts again from `base`.
-    public mutating func reset() {
+    package mutating func reset() {
         attempt = 0
     }
 }

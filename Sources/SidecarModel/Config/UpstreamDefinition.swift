@@ -1,43 +1,43 @@
 import Foundation
 
-public struct Upstream: Equatable, Sendable {
-    public var destinationName: String
+package struct Upstream: Equatable, Sendable {
+    package var destinationName: String
     /// The upstream's own DestinationNamespace/Partition, else the proxy's (as Consul).
-    public var tenancy: Tenancy
-    public var destinationNamespace: String { tenancy.namespace }
-    public var destinationPartition: String { tenancy.partition }
+    package var tenancy: Tenancy
+    package var destinationNamespace: String { tenancy.namespace }
+    package var destinationPartition: String { tenancy.partition }
     /// nil: the proxy's own datacenter.
-    public var datacenter: String?
-    public var localBindAddress: String
-    public var localBindPort: Int
-    public var connectTimeoutMs: Int
+    package var datacenter: String?
+    package var localBindAddress: String
+    package var localBindPort: Int
+    package var connectTimeoutMs: Int
     /// Listen on this unix socket instead of TCP (Consul's LocalBindSocketPath).
-    public var localBindSocketPath: String? = nil
+    package var localBindSocketPath: String? = nil
     /// Permission bits for the socket file (Consul's LocalBindSocketMode, octal text).
-    public var localBindSocketMode: UInt16? = nil
+    package var localBindSocketMode: UInt16? = nil
     /// Callers allowed to use this upstream (numbers or names); empty lists: anyone local.
-    public var allowedUsers: [String] = []
-    public var allowedGroups: [String] = []
+    package var allowedUsers: [String] = []
+    package var allowedGroups: [String] = []
 
     /// The name of this upstream's listener in logs, audit lines, metrics and the admin API
     /// (`upstream:NAME`, or `upstream:NAME@DC` for an upstream pinned to a datacenter).
-    public var listenerName: String { "upstream:\(instanceKey)" }
+    package var listenerName: String { "upstream:\(instanceKey)" }
 
     /// Whose instances this upstream dials: the same name in two datacenters, namespaces or
     /// partitions is two services with two instance lists (`[partition/][namespace/]name[@dc]`,
     /// non-default parts only; peers are refused when decoding).
-    public var instanceKey: String {
+    package var instanceKey: String {
         var key = destinationName
         if tenancy != .default { key = "\(tenancy)/\(key)" }
         return datacenter.map { "\(key)@\($0)" } ?? key
     }
 
     /// Listener identity: a change of any of these means a new listener.
-    public var listenerKey: String { localBindSocketPath.map { "unix:\($0)" } ?? "\(localBindAddress):\(localBindPort)" }
+    package var listenerKey: String { localBindSocketPath.map { "unix:\($0)" } ?? "\(localBindAddress):\(localBindPort)" }
 
     /// An upstream listener lends our mesh identity to whoever connects, so by default it may
     /// only listen on loopback (127.0.0.0/8, ::1, localhost).
-    public var bindsLoopbackOnly: Bool {
+    package var bindsLoopbackOnly: Bool {
         if localBindSocketPath != nil { return true }
         let address = localBindAddress.lowercased()
         if address == "localhost" || address == "::1" || address == "[::1]" { return true }

@@ -1,9 +1,8 @@
 import Foundation
-import SidecarCore
 
 /// A JSON document to send. Objects keep their key order so responses read like Consul's
 /// (Go encodes struct fields in declaration order and map keys sorted).
-indirect enum JSON: Equatable, Sendable {
+package indirect enum JSON: Equatable, Sendable {
     case null
     case bool(Bool)
     case int(Int64)
@@ -12,14 +11,14 @@ indirect enum JSON: Equatable, Sendable {
     case array([JSON])
     case object([(String, JSON)])
 
-    static func == (lhs: JSON, rhs: JSON) -> Bool { lhs.serialized() == rhs.serialized() }
+    package static func == (lhs: JSON, rhs: JSON) -> Bool { lhs.serialized() == rhs.serialized() }
 
-    static func int(_ value: Int) -> JSON { .int(Int64(value)) }
-    static func uint(_ value: UInt64) -> JSON { .int(Int64(clamping: value)) }
-    static func optionalString(_ value: String?) -> JSON { value.map(JSON.string) ?? .null }
+    package static func int(_ value: Int) -> JSON { .int(Int64(value)) }
+    package static func uint(_ value: UInt64) -> JSON { .int(Int64(clamping: value)) }
+    package static func optionalString(_ value: String?) -> JSON { value.map(JSON.string) ?? .null }
 
     /// A JSON value received from a client, echoed back as given (map keys sorted, as Go does).
-    init(_ value: JSONValue) {
+    package init(_ value: JSONValue) {
         switch value {
         case .null: self = .null
         case .bool(let flag): self = .bool(flag)
@@ -31,13 +30,13 @@ indirect enum JSON: Equatable, Sendable {
         }
     }
 
-    func serialized(pretty: Bool = false) -> String {
+    package func serialized(pretty: Bool = false) -> String {
         var out = ""
         write(into: &out, indent: pretty ? "" : nil)
         return out
     }
 
-    var data: Data { Data(serialized().utf8) }
+    package var data: Data { Data(serialized().utf8) }
 
     private func write(into out: inout String, indent: String?) {
         switch self {
@@ -77,31 +76,34 @@ indirect enum JSON: Equatable, Sendable {
     }
 }
 
-/// Formatting shared by the endpoints.
-enum Format {
-    /// RFC 3339 with seconds, UTC, as Go's time.Time marshals (without sub-seconds).
-    static func rfc3339(_ date: Date) -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime]
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        return formatter.string(from: date)
+/// One JSON string literal writer for everything that hand-builds JSON (audit lines, the dev
+/// agent's ordered responses).
+package enum JSONText {
+    package static func quoted(_ text: String) -> String {
+        var out = ""
+        appendQuoted(text, to: &out)
+        return out
     }
 
-    static func colonHex<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
-        bytes.map { String(format: "%02x", $0) }.joined(separator: ":")
-    }
-
-    static func hex<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
-        bytes.map { String(format: "%02x", $0) }.joined()
-    }
-
-    /// Go's `time.Duration.String()` for whole seconds: "72h0m0s", "90s", "1m30s".
-    static func goDuration(_ seconds: TimeInterval) -> String {
-        if seconds < 1 { return "\(Int((seconds * 1000).rounded()))ms" }
-        let total = Int(seconds.rounded())
-        let hours = total / 3600, minutes = (total % 3600) / 60, secs = total % 60
-        if hours > 0 { return "\(hours)h\(minutes)m\(secs)s" }
-        if minutes > 0 { return "\(minutes)m\(secs)s" }
-        return "\(secs)s"
+    package static func appendQuoted(_ text: String, to out: inout String) {
+        out += "\""
+        // Most values (identities, addresses, listener names) need no escaping at all.
+        if !text.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            out += text
+            out += "\""
+            return
+        }
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        out += "\""
     }
 }

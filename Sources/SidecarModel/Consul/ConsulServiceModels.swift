@@ -7,20 +7,20 @@ import Foundation
 // MARK: - GET /v1/agent/service/:id
 
 /// `GET /v1/agent/service/:id` (hash-blocking) for our connect-proxy registration.
-public struct ConsulAgentService: Equatable, Sendable {
+package struct ConsulAgentService: Equatable, Sendable {
     /// Always "connect-proxy": other kinds are refused.
-    public var kind: String
-    public var id: String
+    package var kind: String
+    package var id: String
     /// The service name (the API's "Service" field; "Name" only exists in definitions).
-    public var service: String
+    package var service: String
     /// The hash to send back as `?hash=` (the same value as the X-Consul-ContentHash header).
-    public var contentHash: String?
+    package var contentHash: String?
     /// The registration read by the same rules as a service definition file.
-    public var proxy: ProxyDefinition
+    package var proxy: ProxyDefinition
     /// The agent's datacenter (`omitempty`; absent from agents before 1.10).
-    public var datacenter: String?
+    package var datacenter: String?
 
-    public init(kind: String, id: String, service: String, contentHash: String?, proxy: ProxyDefinition, datacenter: String? = nil) {
+    package init(kind: String, id: String, service: String, contentHash: String?, proxy: ProxyDefinition, datacenter: String? = nil) {
         self.kind = kind
         self.id = id
         self.service = service
@@ -29,7 +29,7 @@ public struct ConsulAgentService: Equatable, Sendable {
         self.datacenter = datacenter
     }
 
-    public static func decode(_ data: Data, source: String) throws -> ConsulAgentService {
+    package static func decode(_ data: Data, source: String) throws -> ConsulAgentService {
         let root = try ConsulResponseBody.root(data, source: source)
         let kind = try root.optionalString("Kind") ?? ""
         let id = try root.requiredNonEmptyString("ID")
@@ -53,19 +53,19 @@ public struct ConsulAgentService: Equatable, Sendable {
 
 /// One entry of `GET /v1/health/connect/:service?passing=1` (index-blocking): a proxy (or
 /// connect-native instance) in front of the service we want to reach.
-public struct ConsulServiceInstance: Equatable, Sendable {
-    public struct Node: Equatable, Sendable {
+package struct ConsulServiceInstance: Equatable, Sendable {
+    package struct Node: Equatable, Sendable {
         /// Node UUID; "" for nodes registered without one.
-        public var id: String
+        package var id: String
         /// Node name.
-        public var node: String
-        public var address: String
+        package var node: String
+        package var address: String
         /// The `dc` segment of the identity the instance must present.
-        public var datacenter: String
+        package var datacenter: String
         /// `TaggedAddresses.wan`: the node's address as other datacenters reach it.
-        public var wanAddress: String?
+        package var wanAddress: String?
 
-        public init(id: String = "", node: String, address: String, datacenter: String, wanAddress: String? = nil) {
+        package init(id: String = "", node: String, address: String, datacenter: String, wanAddress: String? = nil) {
             self.id = id
             self.node = node
             self.address = address
@@ -74,22 +74,22 @@ public struct ConsulServiceInstance: Equatable, Sendable {
         }
     }
 
-    public struct Service: Equatable, Sendable {
-        public var id: String
+    package struct Service: Equatable, Sendable {
+        package var id: String
         /// The registered name (for a sidecar: `<dest>-sidecar-proxy`).
-        public var service: String
+        package var service: String
         /// "connect-proxy" for sidecars, "" for connect-native services.
-        public var kind: String
+        package var kind: String
         /// Often "": the instance listens on the node's address.
-        public var address: String
-        public var port: Int
+        package var address: String
+        package var port: Int
         /// `Proxy.DestinationServiceName` when non-empty (sidecars only).
-        public var proxyDestinationName: String?
+        package var proxyDestinationName: String?
         /// `TaggedAddresses.wan` (address, and port when not 0).
-        public var wanAddress: String?
-        public var wanPort: Int?
+        package var wanAddress: String?
+        package var wanPort: Int?
 
-        public init(id: String, service: String, kind: String = "", address: String = "", port: Int,
+        package init(id: String, service: String, kind: String = "", address: String = "", port: Int,
                     proxyDestinationName: String? = nil, wanAddress: String? = nil, wanPort: Int? = nil) {
             self.id = id
             self.service = service
@@ -102,22 +102,22 @@ public struct ConsulServiceInstance: Equatable, Sendable {
         }
     }
 
-    public struct Check: Equatable, Sendable {
-        public var checkID: String
+    package struct Check: Equatable, Sendable {
+        package var checkID: String
         /// "passing", "warning", "critical" or "maintenance".
-        public var status: String
+        package var status: String
 
-        public init(checkID: String, status: String) {
+        package init(checkID: String, status: String) {
             self.checkID = checkID
             self.status = status
         }
     }
 
-    public var node: Node
-    public var service: Service
-    public var checks: [Check]
+    package var node: Node
+    package var service: Service
+    package var checks: [Check]
 
-    public init(node: Node, service: Service, checks: [Check]) {
+    package init(node: Node, service: Service, checks: [Check]) {
         self.node = node
         self.service = service
         self.checks = checks
@@ -126,13 +126,13 @@ public struct ConsulServiceInstance: Equatable, Sendable {
     /// Where to connect: the service address, or the node's when the service has none
     /// (registrations without an address are common; see Consul issue #7505). Dial it with
     /// `service.port`.
-    public var dialAddress: String { service.address.isEmpty ? node.address : service.address }
+    package var dialAddress: String { service.address.isEmpty ? node.address : service.address }
 
     /// Where to connect, as Consul's CheckServiceNode.BestAddress: from another datacenter
     /// (`wan`) the service's WAN tagged address (and port), else its address, else the node's
     /// WAN tagged address, else the node's address; locally the service's address, else the
     /// node's.
-    public func bestAddress(wan: Bool) -> (host: String, port: Int) {
+    package func bestAddress(wan: Bool) -> (host: String, port: Int) {
         var host = service.address
         var port = service.port
         if wan, let address = service.wanAddress {
@@ -145,10 +145,10 @@ public struct ConsulServiceInstance: Equatable, Sendable {
 
     /// Every check passing (an instance without checks counts as passing, as in Consul's own
     /// `?passing` filter). `?passing=1` already filters server-side; this re-checks locally.
-    public var isPassing: Bool { checks.allSatisfy { $0.status == "passing" } }
+    package var isPassing: Bool { checks.allSatisfy { $0.status == "passing" } }
 
     /// Every entry, or the first problem (strict: for tests and one-shot reads).
-    public static func decode(_ data: Data, source: String) throws -> [ConsulServiceInstance] {
+    package static func decode(_ data: Data, source: String) throws -> [ConsulServiceInstance] {
         let root = try ConsulResponseBody.root(data, source: source)
         return try root.array().map(decodeEntry)
     }
@@ -156,7 +156,7 @@ public struct ConsulServiceInstance: Equatable, Sendable {
     /// The entries that can be dialled, and a line for each that cannot (an instance on a
     /// unix socket has no `Port`; one odd entry must not take the others away). Only an
     /// answer that is not a list at all is an error.
-    public static func decodeUsable(_ data: Data, source: String) throws -> (instances: [ConsulServiceInstance], skipped: [String]) {
+    package static func decodeUsable(_ data: Data, source: String) throws -> (instances: [ConsulServiceInstance], skipped: [String]) {
         let root = try ConsulResponseBody.root(data, source: source)
         var instances: [ConsulServiceInstance] = []
         var skipped: [String] = []
@@ -217,18 +217,18 @@ public struct ConsulServiceInstance: Equatable, Sendable {
 
 /// `GET /v1/connect/intentions/match?by=destination&name=X` (index-blocking): for each
 /// requested name, the intentions that apply to it, highest precedence first.
-public struct ConsulIntentionMatch: Equatable, Sendable {
+package struct ConsulIntentionMatch: Equatable, Sendable {
     /// Keyed by the names as requested (Consul preserves their spelling).
-    public var intentionsByName: [String: [Intention]]
+    package var intentionsByName: [String: [Intention]]
 
-    public init(intentionsByName: [String: [Intention]]) {
+    package init(intentionsByName: [String: [Intention]]) {
         self.intentionsByName = intentionsByName
     }
 
     /// The intentions for `name` (exact key), nil when the response has no entry for it.
-    public func intentions(for name: String) -> [Intention]? { intentionsByName[name] }
+    package func intentions(for name: String) -> [Intention]? { intentionsByName[name] }
 
-    public static func decode(_ data: Data, source: String) throws -> ConsulIntentionMatch {
+    package static func decode(_ data: Data, source: String) throws -> ConsulIntentionMatch {
         let root = try ConsulResponseBody.root(data, source: source)
         var result: [String: [Intention]] = [:]
         // Keys are service names, compared exactly: ConfigNode's relaxed field matching would
@@ -243,7 +243,7 @@ public struct ConsulIntentionMatch: Equatable, Sendable {
 
     /// The intentions for `destination`; a response without that key is an error (we asked
     /// for it, so its absence means the answer is not for us).
-    public static func decode(_ data: Data, source: String, destination: String) throws -> [Intention] {
+    package static func decode(_ data: Data, source: String, destination: String) throws -> [Intention] {
         let match = try decode(data, source: source)
         guard let intentions = match.intentions(for: destination) else {
             let found = match.intentionsByName.keys.sorted().map { "\"\($0)\"" }.joined(separator: ", ")

@@ -1,7 +1,6 @@
 import Foundation
-import SidecarTLS
 import Testing
-@testable import SidecarCore
+@testable import SidecarModel
 
 // Pure L7 (HTTP) intention logic: request facts, permission matching, the per-request and
 // per-connection decisions, and the decoding/validation of `Permissions` blocks.

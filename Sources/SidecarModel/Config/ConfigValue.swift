@@ -1,69 +1,18 @@
 import Foundation
 
-/// A decoded JSON document. Decoding into this first (instead of straight into models) lets us
-/// accept both Consul spellings (snake_case files, PascalCase API) and report errors with the
-/// exact field path.
-public enum JSONValue: Decodable, Equatable, Sendable {
-    case null
-    case bool(Bool)
-    case integer(Int64)
-    case number(Double)
-    case string(String)
-    case array([JSONValue])
-    case object([String: JSONValue])
-
-    public init(from decoder: Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if container.decodeNil() { self = .null }
-        else if let value = try? container.decode(Bool.self) { self = .bool(value) }
-        else if let value = try? container.decode(Int64.self) { self = .integer(value) }
-        else if let value = try? container.decode(Double.self) { self = .number(value) }
-        else if let value = try? container.decode(String.self) { self = .string(value) }
-        else if let value = try? container.decode([JSONValue].self) { self = .array(value) }
-        else { self = .object(try container.decode([String: JSONValue].self)) }
-    }
-
-    public static func parse(_ data: Data, source: String) throws -> JSONValue {
-        do {
-            return try JSONDecoder().decode(JSONValue.self, from: data)
-        } catch {
-            throw ConfigError(source: source, path: "", message: "not valid JSON (\(Self.describe(error)))")
-        }
-    }
-
-    private static func describe(_ error: Error) -> String {
-        if case DecodingError.dataCorrupted(let context) = error {
-            return (context.underlyingError as NSError?)?.userInfo[NSDebugDescriptionErrorKey] as? String
-                ?? context.debugDescription
-        }
-        return "\(error)"
-    }
-
-    var typeName: String {
-        switch self {
-        case .null: return "null"
-        case .bool: return "boolean"
-        case .integer, .number: return "number"
-        case .string: return "string"
-        case .array: return "array"
-        case .object: return "object"
-        }
-    }
-}
-
 /// A configuration error that names the file and the field.
-public struct ConfigError: Error, CustomStringConvertible, Equatable {
-    public let source: String
-    public let path: String
-    public let message: String
+package struct ConfigError: Error, CustomStringConvertible, Equatable {
+    package let source: String
+    package let path: String
+    package let message: String
 
-    public init(source: String, path: String, message: String) {
+    package init(source: String, path: String, message: String) {
         self.source = source
         self.path = path
         self.message = message
     }
 
-    public var description: String {
+    package var description: String {
         path.isEmpty ? "\(source): \(message)" : "\(source): \(path): \(message)"
     }
 }

@@ -1,28 +1,28 @@
 import CRE2
 
 /// What an L7 permission looks at in one HTTP request.
-public struct HTTPRequestFacts: Sendable, Equatable {
+package struct HTTPRequestFacts: Sendable, Equatable {
     /// As sent: methods are case-sensitive (the request rules refuse lower-case ones).
-    public var method: String
+    package var method: String
     /// The normalised path, without the query string (as Consul/Envoy match it).
-    public var path: String
+    package var path: String
     /// Header names lowercased; repeated headers keep every value. Pseudo-headers (`:method`,
     /// `:path` with its query, `:authority`, `:scheme`) are among them on both protocols.
-    public var headers: [(name: String, value: String)]
+    package var headers: [(name: String, value: String)]
 
-    public init(method: String, path: String, headers: [(name: String, value: String)]) {
+    package init(method: String, path: String, headers: [(name: String, value: String)]) {
         self.method = method
         self.path = path
         self.headers = headers.map { ($0.name.lowercased(), $0.value) }
     }
 
     /// All values of a header joined with "," (how Envoy presents repeated headers), or nil.
-    func header(_ name: String) -> String? {
+    package func header(_ name: String) -> String? {
         let values = headers.filter { $0.name == name }.map(\.value)
         return values.isEmpty ? nil : values.joined(separator: ",")
     }
 
-    public static func == (lhs: HTTPRequestFacts, rhs: HTTPRequestFacts) -> Bool {
+    package static func == (lhs: HTTPRequestFacts, rhs: HTTPRequestFacts) -> Bool {
         lhs.method == rhs.method && lhs.path == rhs.path
             && lhs.headers.elementsEqual(rhs.headers) { $0.name == $1.name && $0.value == $1.value }
     }
@@ -32,36 +32,36 @@ public struct HTTPRequestFacts: Sendable, Equatable {
 /// become Envoy `safe_regex`, which is RE2): matched in time linear in the input, so no
 /// pattern can make a request stall an event loop; backreferences and lookaround, which RE2
 /// refuses, are refused at load as Consul would.
-public struct FullMatchRegex: Sendable, Equatable, CustomStringConvertible {
+package struct FullMatchRegex: Sendable, Equatable, CustomStringConvertible {
     /// Bounds the compiled program (and so memory and time per input byte). Envoy's default is
     /// 100, which already refuses `[0-9a-f]{64}`; ours is more generous.
     static let maxProgramSize = 10_000
 
-    public let pattern: String
+    package let pattern: String
     private let compiled: CompiledRE2
 
-    public init(_ pattern: String) throws {
+    package init(_ pattern: String) throws {
         self.pattern = pattern
         compiled = try CompiledRE2(pattern, maxProgramSize: Self.maxProgramSize)
     }
 
-    public func matches(_ text: String) -> Bool { compiled.fullMatch(text) }
+    package func matches(_ text: String) -> Bool { compiled.fullMatch(text) }
 
-    public var description: String { pattern }
-    public static func == (lhs: FullMatchRegex, rhs: FullMatchRegex) -> Bool { lhs.pattern == rhs.pattern }
+    package var description: String { pattern }
+    package static func == (lhs: FullMatchRegex, rhs: FullMatchRegex) -> Bool { lhs.pattern == rhs.pattern }
 }
 
 /// The `HTTP` block of a Consul intention permission.
-public struct HTTPPermissionMatch: Sendable, Equatable {
-    public enum PathRule: Sendable, Equatable {
+package struct HTTPPermissionMatch: Sendable, Equatable {
+    package enum PathRule: Sendable, Equatable {
         case any
         case exact(String)
         case prefix(String)
         case regex(FullMatchRegex)
     }
 
-    public struct HeaderRule: Sendable, Equatable {
-        public enum Condition: Sendable, Equatable {
+    package struct HeaderRule: Sendable, Equatable {
+        package enum Condition: Sendable, Equatable {
             case present
             case exact(String)
             case prefix(String)
@@ -70,14 +70,14 @@ public struct HTTPPermissionMatch: Sendable, Equatable {
             case regex(FullMatchRegex)
         }
 
-        public var name: String
-        public var condition: Condition
-        public var invert: Bool
+        package var name: String
+        package var condition: Condition
+        package var invert: Bool
         /// ASCII case folding of the value for exact, prefix, suffix and contains (Consul's
         /// IgnoreCase; like Envoy, never for regex).
-        public var ignoreCase: Bool
+        package var ignoreCase: Bool
 
-        public init(name: String, condition: Condition, invert: Bool = false, ignoreCase: Bool = false) {
+        package init(name: String, condition: Condition, invert: Bool = false, ignoreCase: Bool = false) {
             self.name = name.lowercased()
             self.condition = condition
             self.invert = invert
@@ -122,12 +122,12 @@ public struct HTTPPermissionMatch: Sendable, Equatable {
         }
     }
 
-    public var path: PathRule
+    package var path: PathRule
     /// Upper-case; empty means any method.
-    public var methods: [String]
-    public var headers: [HeaderRule]
+    package var methods: [String]
+    package var headers: [HeaderRule]
 
-    public init(path: PathRule = .any, methods: [String] = [], headers: [HeaderRule] = []) {
+    package init(path: PathRule = .any, methods: [String] = [], headers: [HeaderRule] = []) {
         self.path = path
         // Consul upper-cases the methods it is given; requests are matched as sent.
         self.methods = methods.map { $0.uppercased() }
@@ -135,7 +135,7 @@ public struct HTTPPermissionMatch: Sendable, Equatable {
     }
 
     /// Every stated condition must hold. `inDeny`: see `HeaderRule.matches`.
-    public func matches(_ request: HTTPRequestFacts, inDeny: Bool = false) -> Bool {
+    package func matches(_ request: HTTPRequestFacts, inDeny: Bool = false) -> Bool {
         switch path {
         case .any: break
         case .exact(let exact): guard request.path == exact else { return false }
@@ -148,14 +148,14 @@ public struct HTTPPermissionMatch: Sendable, Equatable {
 }
 
 /// One entry of an intention's `Permissions`: the first whose HTTP match holds decides.
-public struct IntentionPermission: Sendable, Equatable {
-    public var action: IntentionAction
-    public var http: HTTPPermissionMatch
+package struct IntentionPermission: Sendable, Equatable {
+    package var action: IntentionAction
+    package var http: HTTPPermissionMatch
     /// The permission's `JWT`: Consul would also require a valid token, which this sidecar
     /// cannot verify; the permission then denies whatever its action.
-    public var requiresJWT: Bool
+    package var requiresJWT: Bool
 
-    public init(action: IntentionAction, http: HTTPPermissionMatch, requiresJWT: Bool = false) {
+    package init(action: IntentionAction, http: HTTPPermissionMatch, requiresJWT: Bool = false) {
         self.action = action
         self.http = http
         self.requiresJWT = requiresJWT

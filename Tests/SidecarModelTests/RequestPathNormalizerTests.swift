@@ -1,5 +1,6 @@
 import Testing
-@testable import SidecarCore
+import TestSupport
+@testable import SidecarModel
 
 /// The request-target normaliser in front of every L7 decision (HTTP/1.1 and HTTP/2).
 @Suite("Request path normaliser")
@@ -162,18 +163,5 @@ struct RequestPathNormalizerTests {
             if options.mergeSlashes { #expect(!once.path.contains("//")) }
         }
         #expect(accepted > 1000, "the generator should mostly make acceptable targets (\(accepted))")
-    }
-}
-
-/// A small deterministic generator for generated test inputs (same sequence every run).
-struct SplitMix64 {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

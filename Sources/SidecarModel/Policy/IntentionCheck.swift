@@ -1,21 +1,20 @@
-import SidecarTLS
 
 /// `backup-sidecar intention check SRC DST [METHOD PATH]` (pure): the decision the sidecar
 /// would make, and what made it, like `consul intention check`. Names are `NAME` or
 /// `NAMESPACE/NAME`. A request is decided on its normalised path, as the L7 filter does; a path
 /// the filter would refuse is a deny before any intention is read.
-public enum IntentionCheck {
-    public struct Outcome: Equatable, Sendable {
-        public var allowed: Bool
+package enum IntentionCheck {
+    package struct Outcome: Equatable, Sendable {
+        package var allowed: Bool
         /// One line: what decided.
-        public var explanation: String
+        package var explanation: String
     }
 
-    public struct InvalidName: Error, CustomStringConvertible {
-        public let description: String
+    package struct InvalidName: Error, CustomStringConvertible {
+        package let description: String
     }
 
-    public static func check(_ intentions: IntentionSet, source: String, destination: String,
+    package static func check(_ intentions: IntentionSet, source: String, destination: String,
                              method: String? = nil, path: String? = nil) throws -> Outcome {
         let (sourceNamespace, sourceName) = try split(source)
         let (destinationNamespace, destinationName) = try split(destination)

@@ -1,7 +1,6 @@
 import Foundation
-import SidecarTLS
 import Testing
-@testable import SidecarCore
+@testable import SidecarModel
 
 private let td = "11111111-2222-3333-4444-555555555555.consul"
 

@@ -2,15 +2,15 @@ import Foundation
 
 /// Decodes a JSON array of `service-intentions` config entries (what `consul config write`
 /// takes), flattening each source into an `Intention`.
-public enum IntentionsFile {
-    public static func load(path: String) throws -> [Intention] {
+package enum IntentionsFile {
+    package static func load(path: String) throws -> [Intention] {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ConfigError(source: path, path: "", message: "cannot read file")
         }
         return try decode(data, source: path)
     }
 
-    public static func decode(_ data: Data, source: String) throws -> [Intention] {
+    package static func decode(_ data: Data, source: String) throws -> [Intention] {
         let root = ConfigNode(value: try JSONValue.parse(data, source: source), path: "", source: source)
         let entries: [ConfigNode]
         if case .object = root.value { entries = [root] } else { entries = try root.array() }

@@ -2,19 +2,19 @@
 ///
 /// Parsing is strict on purpose: this value decides who may read and write backups, so anything
 /// that is not exactly a Consul service identity is rejected rather than guessed at.
-public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible {
-    public let trustDomain: String
+package struct SPIFFEID: Hashable, Sendable, CustomStringConvertible {
+    package let trustDomain: String
     /// "default" when the URI carries no `/ap/` segment, as Consul does.
-    public let partition: String
-    public let namespace: String
-    public let datacenter: String
-    public let service: String
+    package let partition: String
+    package let namespace: String
+    package let datacenter: String
+    package let service: String
     /// The canonical URI: lowercase trust domain, `/ap/` only for a non-default partition,
     /// segments percent-encoded where needed. Built once: every audit line of a connection
     /// names it.
-    public let uri: String
+    package let uri: String
 
-    public init(trustDomain: String, partition: String = "default", namespace: String = "default",
+    package init(trustDomain: String, partition: String = "default", namespace: String = "default",
                 datacenter: String, service: String) {
         self.trustDomain = trustDomain.lowercased()
         self.partition = partition
@@ -29,16 +29,16 @@ public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible {
         uri = "spiffe://" + self.trustDomain + path
     }
 
-    public var description: String { uri }
+    package var description: String { uri }
 
     /// Same workload regardless of trust domain letter case; datacenter included.
-    public func sameService(as other: SPIFFEID) -> Bool {
+    package func sameService(as other: SPIFFEID) -> Bool {
         trustDomain == other.trustDomain && partition == other.partition
             && namespace == other.namespace && datacenter == other.datacenter && service == other.service
     }
 }
 
-public enum SPIFFEIDError: Error, Equatable, CustomStringConvertible {
+package enum SPIFFEIDError: Error, Equatable, CustomStringConvertible {
     case tooLong
     case notSPIFFEScheme
     case invalidTrustDomain(String)
@@ -46,7 +46,7 @@ public enum SPIFFEIDError: Error, Equatable, CustomStringConvertible {
     case notAServiceIdentity(String)
     case invalidSegment(String)
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .tooLong: return "SPIFFE ID longer than 2048 bytes"
         case .notSPIFFEScheme: return "not a spiffe:// URI"
@@ -62,7 +62,7 @@ extension SPIFFEID {
     static let maximumLength = 2048
 
     /// Parses a service identity URI. Throws `SPIFFEIDError` for anything else.
-    public static func parse(_ uri: String) throws -> SPIFFEID {
+    package static func parse(_ uri: String) throws -> SPIFFEID {
         let (trustDomain, path) = try splitURI(uri)
         guard !path.isEmpty else { throw SPIFFEIDError.notAServiceIdentity(path) }
         // Leading "/" then pairs of (keyword, value).
@@ -84,7 +84,7 @@ extension SPIFFEID {
     }
 
     /// The trust domain of a CA's own URI SAN (`spiffe://<td>`, no path, or just "/").
-    public static func parseTrustDomainURI(_ uri: String) throws -> String {
+    package static func parseTrustDomainURI(_ uri: String) throws -> String {
         let (trustDomain, path) = try splitURI(uri)
         guard path.isEmpty || path == "/" else { throw SPIFFEIDError.notAServiceIdentity(path) }
         return trustDomain
@@ -111,7 +111,7 @@ extension SPIFFEID {
 
     /// SPIFFE trust domain: letters, digits, '.', '-', '_' only (so no port, no userinfo,
     /// no percent-encoding), not empty, no empty labels.
-    static func validateTrustDomain(_ trustDomain: String) throws {
+    package static func validateTrustDomain(_ trustDomain: String) throws {
         guard !trustDomain.isEmpty, trustDomain.utf8.count <= 255,
               trustDomain.utf8.allSatisfy({ byte in
                   (byte >= 0x61 && byte <= 0x7A) || (byte >= 0x30 && byte <= 0x39)

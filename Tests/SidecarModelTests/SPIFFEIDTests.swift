@@ -1,5 +1,5 @@
 import Testing
-@testable import SidecarTLS
+@testable import SidecarModel
 
 /// One URI that `SPIFFEID.parse` must accept, with the fields it must produce.
 struct ValidSPIFFECase: Sendable, CustomTestStringConvertible {

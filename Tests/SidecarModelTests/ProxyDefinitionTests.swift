@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import SidecarCore
+@testable import SidecarModel
 
 private func decode(_ json: String) throws -> ProxyDefinition {
     try ProxyDefinition.decode(Data(json.utf8), source: "test.json")

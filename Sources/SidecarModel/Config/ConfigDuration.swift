@@ -2,14 +2,14 @@
 /// "1h30m", "1.5h", "250ms") or a plain number of seconds.
 import Foundation
 
-public enum ConfigDuration {
+package enum ConfigDuration {
     /// Longest suffix first, so "ms" is not read as "m" followed by garbage.
     private static let units: [(suffix: String, nanoseconds: Double)] = [
         ("ns", 1), ("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9),
     ].sorted { $0.0.count > $1.0.count }
 
     /// Nanoseconds, or nil when the text is not a positive duration.
-    public static func parse(_ text: String) -> Int64? {
+    package static func parse(_ text: String) -> Int64? {
         let trimmed = text.trimmingCharacters(in: .whitespaces)
         if let seconds = Double(trimmed) {
             return seconds > 0 && seconds < 1e9 ? Int64(seconds * 1e9) : nil

@@ -1,0 +1,23 @@
+import Foundation
+import SidecarModel
+
+/// Formatting shared by the endpoints.
+enum Format {
+    static func colonHex<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
+        bytes.map { String(format: "%02x", $0) }.joined(separator: ":")
+    }
+
+    static func hex<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
+        bytes.map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// Go's `time.Duration.String()` for whole seconds: "72h0m0s", "90s", "1m30s".
+    static func goDuration(_ seconds: TimeInterval) -> String {
+        if seconds < 1 { return "\(Int((seconds * 1000).rounded()))ms" }
+        let total = Int(seconds.rounded())
+        let hours = total / 3600, minutes = (total % 3600) / 60, secs = total % 60
+        if hours > 0 { return "\(hours)h\(minutes)m\(secs)s" }
+        if minutes > 0 { return "\(minutes)m\(secs)s" }
+        return "\(secs)s"
+    }
+}

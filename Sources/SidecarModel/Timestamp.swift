@@ -1,0 +1,117 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Foundation
+
+/// RFC 3339 timestamps in UTC: the one formatter and parser of the package (audit lines, logs,
+/// admin reports, the dev agent's Consul answers, Consul's token expiry). Built by hand: a
+/// Foundation date formatter costs more than the rest of a connection's bookkeeping together,
+/// and audit lines are written for every connection.
+package enum Timestamp {
+    package enum Precision: Sendable {
+        /// "2026-11-29T09:31:01Z", as Go's time.Time marshals a whole second.
+        case seconds
+        /// "2026-11-29T09:31:01.513Z" (truncated, never rounded up into the next second).
+        case milliseconds
+    }
+
+    package static func rfc3339(_ date: Date, _ precision: Precision = .milliseconds) -> String {
+        var text = ""
+        append(date, precision, to: &text)
+        return text
+    }
+
+    package static func append(_ date: Date, _ precision: Precision = .milliseconds, to text: inout String) {
+        // Whole microseconds first: a Double holding x.336 s may read x.33599999, and plain
+        // truncation would then print .335. Below the microsecond, truncation is the rule.
+        let micros = Int64((date.timeIntervalSince1970 * 1_000_000).rounded())
+        let (quotient, remainder) = micros.quotientAndRemainder(dividingBy: 1_000_000)
+        var seconds = time_t(remainder < 0 ? quotient - 1 : quotient)
+        let millis = Int((remainder < 0 ? remainder + 1_000_000 : remainder) / 1000)
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        appendPadded(Int(parts.tm_year) + 1900, width: 4, to: &text)
+        text += "-"
+        appendPadded(Int(parts.tm_mon) + 1, width: 2, to: &text)
+        text += "-"
+        appendPadded(Int(parts.tm_mday), width: 2, to: &text)
+        text += "T"
+        appendPadded(Int(parts.tm_hour), width: 2, to: &text)
+        text += ":"
+        appendPadded(Int(parts.tm_min), width: 2, to: &text)
+        text += ":"
+        appendPadded(Int(parts.tm_sec), width: 2, to: &text)
+        if precision == .milliseconds {
+            text += "."
+            appendPadded(millis, width: 3, to: &text)
+        }
+        text += "Z"
+    }
+
+    /// A non-negative number with leading zeros up to `width` digits.
+    package static func appendPadded(_ value: Int, width: Int, to text: inout String) {
+        let digits = String(value)
+        for _ in digits.utf8.count..<max(width, digits.utf8.count) { text += "0" }
+        text += digits
+    }
+
+    /// Parses RFC 3339 as Consul writes it: `YYYY-MM-DDTHH:MM:SS`, an optional fraction of up to
+    /// nine digits, then `Z` or `±HH:MM`. Anything else (a missing part, a month 13, a trailing
+    /// byte) is nil: a token expiry we cannot read is treated as unknown, never as far away.
+    package static func parse(_ text: String) -> Date? {
+        var bytes = Substring(text).utf8[...]
+        func number(_ width: Int) -> Int? {
+            guard bytes.count >= width else { return nil }
+            var value = 0
+            for byte in bytes.prefix(width) {
+                guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+                value = value * 10 + Int(byte - UInt8(ascii: "0"))
+            }
+            bytes = bytes.dropFirst(width)
+            return value
+        }
+        func expect(_ characters: String) -> Bool {
+            guard let byte = bytes.first, characters.utf8.contains(byte) else { return false }
+            bytes = bytes.dropFirst()
+            return true
+        }
+        guard let year = number(4), expect("-"), let month = number(2), expect("-"), let day = number(2),
+              expect("Tt"), let hour = number(2), expect(":"), let minute = number(2), expect(":"),
+              let second = number(2),
+              (1...12).contains(month), (1...31).contains(day), hour < 24, minute < 60, second < 61
+        else { return nil }
+        var fraction = 0.0
+        if bytes.first == UInt8(ascii: ".") {
+            bytes = bytes.dropFirst()
+            let digits = bytes.prefix { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+            guard (1...9).contains(digits.count), let value = Double("0." + String(decoding: digits, as: UTF8.self))
+            else { return nil }
+            fraction = value
+            bytes = bytes.dropFirst(digits.count)
+        }
+        var offset = 0
+        if expect("Zz") {
+            // UTC
+        } else if let sign = bytes.first, sign == UInt8(ascii: "+") || sign == UInt8(ascii: "-") {
+            bytes = bytes.dropFirst()
+            guard let hours = number(2), expect(":"), let minutes = number(2), hours < 24, minutes < 60 else { return nil }
+            offset = (hours * 3600 + minutes * 60) * (sign == UInt8(ascii: "-") ? -1 : 1)
+        } else {
+            return nil
+        }
+        guard bytes.isEmpty else { return nil }
+        var parts = tm()
+        parts.tm_year = Int32(year - 1900)
+        parts.tm_mon = Int32(month - 1)
+        parts.tm_mday = Int32(day)
+        parts.tm_hour = Int32(hour)
+        parts.tm_min = Int32(minute)
+        parts.tm_sec = Int32(second)
+        let seconds = timegm(&parts)
+        // timegm normalises 31 February into March: such a date does not exist.
+        guard parts.tm_mday == Int32(day), parts.tm_mon == Int32(month - 1) else { return nil }
+        return Date(timeIntervalSince1970: Double(seconds - offset) + fraction)
+    }
+}

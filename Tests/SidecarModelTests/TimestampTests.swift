@@ -1,0 +1,64 @@
+import Foundation
+import Testing
+import TestSupport
+@testable import SidecarModel
+
+/// The one RFC 3339 formatter and parser. Foundation's ISO 8601 formatter is the independent
+/// reference: both must agree on every instant we print and on every text we read.
+@Suite struct TimestampTests {
+    @Test("formats UTC with milliseconds or whole seconds", arguments: [
+        (0.0, "1970-01-01T00:00:00.000Z", "1970-01-01T00:00:00Z"),
+        (1_700_000_000.0, "2023-11-14T22:13:20.000Z", "2023-11-14T22:13:20Z"),
+        (1_700_000_000.5, "2023-11-14T22:13:20.500Z", "2023-11-14T22:13:20Z"),
+        (1_700_000_000.999_9, "2023-11-14T22:13:20.999Z", "2023-11-14T22:13:20Z"),
+        (951_782_400.75, "2000-02-29T00:00:00.750Z", "2000-02-29T00:00:00Z"),
+        (4_102_444_799.0, "2099-12-31T23:59:59.000Z", "2099-12-31T23:59:59Z"),
+    ])
+    func formats(seconds: Double, milliseconds: String, whole: String) {
+        let date = Date(timeIntervalSince1970: seconds)
+        #expect(Timestamp.rfc3339(date) == milliseconds)
+        #expect(Timestamp.rfc3339(date, .seconds) == whole)
+    }
+
+    @Test("agrees with Foundation's ISO 8601 formatter on 5,000 generated instants, both ways")
+    func differential() throws {
+        let reference = ISO8601DateFormatter()
+        reference.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        var random = SplitMix64(seed: 0x7157)
+        for _ in 0..<5_000 {
+            // Whole milliseconds between 1970 and 2100: both sides are then exact.
+            let millis = Double(random.next() % 4_102_444_800_000)
+            let date = Date(timeIntervalSince1970: millis / 1000)
+            let text = Timestamp.rfc3339(date)
+            #expect(text == reference.string(from: date))
+            let parsed = try #require(Timestamp.parse(text), "\(text)")
+            #expect(abs(parsed.timeIntervalSince1970 - date.timeIntervalSince1970) < 1e-6, "\(text)")
+        }
+    }
+
+    @Test("parses Consul's forms: nanoseconds, no fraction, offsets", arguments: [
+        ("2026-01-02T03:04:05Z", 1_767_323_045.0),
+        ("2026-01-02T03:04:05.123456789Z", 1_767_323_045.123456789),
+        ("2026-01-02T03:04:05.5z", 1_767_323_045.5),
+        ("2026-01-02t03:04:05Z", 1_767_323_045.0),
+        ("2026-01-02T05:04:05+02:00", 1_767_323_045.0),
+        ("2026-01-01T22:34:05-04:30", 1_767_323_045.0),
+        ("2024-02-29T00:00:00Z", 1_709_164_800.0),
+    ])
+    func parses(text: String, seconds: Double) throws {
+        let parsed = try #require(Timestamp.parse(text))
+        #expect(abs(parsed.timeIntervalSince1970 - seconds) < 1e-6, "\(text)")
+    }
+
+    @Test("refuses what is not RFC 3339: an expiry we cannot read is unknown, not far away", arguments: [
+        "", "2026-01-02", "2026-01-02T03:04:05", "2026-01-02 03:04:05Z", "2026-1-02T03:04:05Z",
+        "2026-13-02T03:04:05Z", "2026-00-02T03:04:05Z", "2026-02-30T03:04:05Z", "2025-02-29T00:00:00Z",
+        "2026-01-32T03:04:05Z", "2026-01-02T24:00:00Z", "2026-01-02T03:60:05Z", "2026-01-02T03:04:05.Z",
+        "2026-01-02T03:04:05.1234567891Z", "2026-01-02T03:04:05+0200", "2026-01-02T03:04:05+02",
+        "2026-01-02T03:04:05Z ", " 2026-01-02T03:04:05Z", "2026-01-02T03:04:05ZZ", "+2026-01-02T03:04:05Z",
+        "２０２６-01-02T03:04:05Z", "2026-01-02T03:04:05+24:00", "99999-01-02T03:04:05Z",
+    ])
+    func refuses(text: String) {
+        #expect(Timestamp.parse(text) == nil, "\(text)")
+    }
+}
