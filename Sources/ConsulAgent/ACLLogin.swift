@@ -157,8 +157,8 @@ package actor ACLLogin: ConsulTokenSource {
     private static func performLogin(options: ACLLoginOptions, bearer: any BearerTokenProvider,
                                      client: ConsulClient) async throws -> LoggedInToken {
         let jwt = try await bearer.fetch()
-        let request: [String: Any] = ["AuthMethod": options.authMethod, "BearerToken": jwt.jwt, "Meta": options.meta]
-        let body = try JSONSerialization.data(withJSONObject: request, options: [.withoutEscapingSlashes])
+        let meta = JSON.object(options.meta.sorted { $0.key < $1.key }.map { ($0.key, .string($0.value)) })
+        let body = JSON.object([("AuthMethod", .string(options.authMethod)), ("BearerToken", .string(jwt.jwt)), ("Meta", meta)]).data
         let response = try await client.post("/v1/acl/login", body: body, token: .none)
         let answer = try decodeAnswer(response.body)
         let issued = Date()
@@ -172,11 +172,10 @@ package actor ACLLogin: ConsulTokenSource {
     /// The token in a login answer (`structs.ACLToken`): SecretID, AccessorID and, when the
     /// auth method sets a MaxTokenTTL, ExpirationTime.
     static func decodeAnswer(_ body: Data) throws -> (secretID: String, accessorID: String, expiry: Date?) {
-        guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any],
-              let secretID = object["SecretID"] as? String, !secretID.isEmpty else {
+        guard let answer = JSONValue.parsed(body), let secretID = answer["SecretID"]?.stringValue, !secretID.isEmpty else {
             throw ConsulProxyError("/v1/acl/login: the answer has no SecretID")
         }
-        return (secretID, object["AccessorID"] as? String ?? "", (object["ExpirationTime"] as? String).flatMap(Timestamp.parse))
+        return (secretID, answer["AccessorID"]?.stringValue ?? "", answer["ExpirationTime"]?.stringValue.flatMap(Timestamp.parse))
     }
 
     private func logout(_ token: LoggedInToken, client: ConsulClient, why: String) async {

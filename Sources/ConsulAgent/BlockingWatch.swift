@@ -125,8 +125,7 @@ struct BlockingWatch<Value: Sendable>: Sendable {
 
     /// A hash-blocking endpoint that sent no header: the body's own ContentHash field.
     private static func bodyHash(_ response: ConsulResponse) -> String? {
-        guard let object = try? JSONSerialization.jsonObject(with: response.body) as? [String: Any] else { return nil }
-        return object["ContentHash"] as? String
+        JSONValue.parsed(response.body)?["ContentHash"]?.stringValue
     }
 }
 

@@ -158,12 +158,12 @@ package final class ConsulProxy: Sendable {
     /// IDs of connect-proxy registrations whose DestinationServiceID is `serviceID`, compared
     /// without regard to case (as `consul connect proxy -sidecar-for`).
     static func sidecarProxyIDs(in body: Data, for serviceID: String) throws -> [String] {
-        guard let services = try JSONSerialization.jsonObject(with: body) as? [String: Any] else {
+        guard let services = JSONValue.parsed(body)?.objectValue else {
             throw ConsulProxyError("/v1/agent/services: expected a JSON object")
         }
-        return services.compactMap { id, value -> String? in
-            guard let service = value as? [String: Any], service["Kind"] as? String == "connect-proxy",
-                  let proxy = service["Proxy"] as? [String: Any], (proxy["DestinationServiceID"] as? String)?.lowercased() == serviceID.lowercased()
+        return services.compactMap { id, service -> String? in
+            guard service["Kind"]?.stringValue == "connect-proxy",
+                  service["Proxy"]?["DestinationServiceID"]?.stringValue?.lowercased() == serviceID.lowercased()
             else { return nil }
             return id
         }.sorted()

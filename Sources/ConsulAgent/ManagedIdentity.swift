@@ -58,9 +58,8 @@ package struct BearerTokenFile: BearerTokenProvider {
         var base64 = parts[1].replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
         base64 += String(repeating: "=", count: (4 - base64.count % 4) % 4)
         guard let data = Data(base64Encoded: base64),
-              let claims = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-              let exp = claims["exp"] as? NSNumber else { return nil }
-        return Date(timeIntervalSince1970: exp.doubleValue)
+              let exp = JSONValue.parsed(data)?["exp"]?.doubleValue else { return nil }
+        return Date(timeIntervalSince1970: exp)
     }
 }
 
@@ -120,17 +119,17 @@ package struct AzureManagedIdentity: BearerTokenProvider {
     /// 2018-02-01 API and a number in some SDK stand-ins, so both are read. Errors never quote
     /// the body (it holds the token).
     static func decode(_ body: Data, source: String) throws -> BearerToken {
-        guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
+        guard let object = JSONValue.parsed(body), object.objectValue != nil else {
             throw BearerTokenError("managed identity token from \(source): the answer is not a JSON object")
         }
-        guard let jwt = object["access_token"] as? String, !jwt.isEmpty else {
+        guard let jwt = object["access_token"]?.stringValue, !jwt.isEmpty else {
             throw BearerTokenError("managed identity token from \(source): no access_token in the answer")
         }
         var expiresAt: Date?
-        if let text = object["expires_on"] as? String, let seconds = Double(text) {
+        if let text = object["expires_on"]?.stringValue, let seconds = Double(text) {
             expiresAt = Date(timeIntervalSince1970: seconds)
-        } else if let number = object["expires_on"] as? NSNumber {
-            expiresAt = Date(timeIntervalSince1970: number.doubleValue)
+        } else if let seconds = object["expires_on"]?.doubleValue {
+            expiresAt = Date(timeIntervalSince1970: seconds)
         }
         return BearerToken(jwt: jwt, expiresAt: expiresAt ?? BearerTokenFile.unverifiedExpiry(of: jwt))
     }

@@ -70,7 +70,7 @@ final class AdminHandler: ChannelInboundHandler {
         if head.path == "/connections" {
             // Byte counts live on each tunnel's event loop.
             return sidecar.liveTunnels(on: eventLoop).map { tunnels in
-                (.ok, "application/json", Self.json(["connections": tunnels.map { Self.describe($0) }, "count": tunnels.count]))
+                (.ok, "application/json", Self.json(.object([("count", .int(tunnels.count)), ("connections", .array(tunnels.map { Self.describe($0) }))])))
             }
         }
         guard head.path == "/metrics" else { return eventLoop.makeSucceededFuture(respond(to: head)) }
@@ -96,33 +96,31 @@ final class AdminHandler: ChannelInboundHandler {
         }
     }
 
-    static func json(_ value: Any) -> String {
-        let data = (try? JSONSerialization.data(withJSONObject: value, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
-        return String(decoding: data, as: UTF8.self) + "\n"
-    }
+    static func json(_ value: JSON) -> String { value.serialized(pretty: true) + "\n" }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
 
     /// One `/connections` entry; field names as in the audit log.
-    static func describe(_ tunnel: LiveTunnel, now: Date = Date()) -> [String: Any] {
+    static func describe(_ tunnel: LiveTunnel, now: Date = Date()) -> JSON {
         let record = tunnel.record
-        var entry: [String: Any] = [
-            "connection_id": record.connectionID, "direction": record.direction.rawValue, "listener": record.listener,
-            "peer_spiffe_id": record.peerIdentity, "peer_addr": record.peerAddress,
-            "bytes_from_mesh": tunnel.bytesFromMesh, "bytes_to_mesh": tunnel.bytesToMesh,
-            "opened": Timestamp.rfc3339(record.opened), "age_s": Int(now.timeIntervalSince(record.opened)),
+        var entry: [(String, JSON)] = [
+            ("connection_id", .string(record.connectionID)), ("direction", .string(record.direction.rawValue)),
+            ("listener", .string(record.listener)), ("peer_spiffe_id", .optionalString(record.peerIdentity)),
+            ("peer_addr", .optionalString(record.peerAddress)),
+            ("bytes_from_mesh", .int(tunnel.bytesFromMesh)), ("bytes_to_mesh", .int(tunnel.bytesToMesh)),
+            ("opened", .string(Timestamp.rfc3339(record.opened))), ("age_s", .int(Int(now.timeIntervalSince(record.opened)))),
         ]
-        if let mux = record.muxConnectionID { entry["mux_connection_id"] = mux }
-        if let stream = record.muxStream { entry["mux_stream"] = stream }
-        if let intention = record.intention { entry["intention"] = intention }
+        if let mux = record.muxConnectionID { entry.append(("mux_connection_id", .string(mux))) }
+        if let stream = record.muxStream { entry.append(("mux_stream", .int(stream))) }
+        if let intention = record.intention { entry.append(("intention", .string(intention))) }
         if let caller = record.caller {
-            var described: [String: Any] = ["uid": Int(caller.uid)]
-            if let gid = caller.gid { described["gid"] = Int(gid) }
-            if let pid = caller.pid { described["pid"] = Int(pid) }
-            if let exe = caller.executable { described["exe"] = exe }
-            entry["caller"] = described
+            var described: [(String, JSON)] = [("uid", .int(Int(caller.uid)))]
+            if let gid = caller.gid { described.append(("gid", .int(Int(gid)))) }
+            if let pid = caller.pid { described.append(("pid", .int(Int(pid)))) }
+            if let exe = caller.executable { described.append(("exe", .string(exe))) }
+            entry.append(("caller", .object(described)))
         }
-        return entry
+        return .object(entry)
     }
 }
 
@@ -133,48 +131,50 @@ extension HTTPRequestHead {
 
 extension Sidecar {
     /// `/certs`: what new handshakes present and trust. Public material only.
-    func certificateReport() -> [String: Any] {
+    func certificateReport() -> JSON {
         let credentials = currentCredentials
-        func describe(_ certificate: Certificate) -> [String: Any] {
-            ["serial": certificate.serialNumber, "uris": certificate.uriSANs,
-             "not_before": Timestamp.rfc3339(certificate.notBefore), "not_after": Timestamp.rfc3339(certificate.notAfter)]
+        func fields(_ certificate: Certificate) -> [(String, JSON)] {
+            [("serial", .string(certificate.serialNumber)), ("uris", .array(certificate.uriSANs.map(JSON.string))),
+             ("not_before", .string(Timestamp.rfc3339(certificate.notBefore))),
+             ("not_after", .string(Timestamp.rfc3339(certificate.notAfter)))]
         }
-        var leaf = describe(credentials.leaf)
-        leaf["spiffe_id"] = credentials.identity.uri
-        leaf["seconds_to_expiry"] = Int(credentials.leaf.notAfter.timeIntervalSinceNow)
-        return ["trust_domain": credentials.trustDomain, "leaf": leaf,
-                "intermediates": credentials.chain.dropFirst().map(describe),
-                "roots": credentials.trustedRoots.map(describe)]
+        let leaf = [("spiffe_id", JSON.string(credentials.identity.uri))] + fields(credentials.leaf)
+            + [("seconds_to_expiry", .int(Int(credentials.leaf.notAfter.timeIntervalSinceNow)))]
+        return .object([("trust_domain", .string(credentials.trustDomain)), ("leaf", .object(leaf)),
+                         ("intermediates", .array(credentials.chain.dropFirst().map { .object(fields($0)) })),
+                         ("roots", .array(credentials.trustedRoots.map { .object(fields($0)) }))])
     }
 
     /// `/config`: the effective configuration. No keys, no tokens.
-    func configurationReport() -> [String: Any] {
+    func configurationReport() -> JSON {
         let definition = self.definition
         let config = definition.config
         let instances = upstreamInstanceList
-        var limits: [String: Any] = [
-            "handshake_timeout_ms": config.handshakeTimeoutMs, "local_connect_timeout_ms": config.localConnectTimeoutMs,
-            "max_connections": config.maxConnections, "mux_max_streams": config.muxMaxStreams,
-            "mux_keepalive_interval_s": Double(config.muxKeepaliveNs) / 1e9,
+        var limits: [(String, JSON)] = [
+            ("handshake_timeout_ms", .int(config.handshakeTimeoutMs)), ("local_connect_timeout_ms", .int(config.localConnectTimeoutMs)),
+            ("max_connections", .int(config.maxConnections)), ("mux_max_streams", .int(config.muxMaxStreams)),
+            ("mux_keepalive_interval_s", .double(Double(config.muxKeepaliveNs) / 1e9)),
         ]
-        if let idle = config.idleTimeoutNs { limits["idle_timeout_s"] = Double(idle) / 1e9 }
-        if let lifetime = config.maxConnectionLifetimeNs { limits["max_connection_lifetime_s"] = Double(lifetime) / 1e9 }
+        if let idle = config.idleTimeoutNs { limits.append(("idle_timeout_s", .double(Double(idle) / 1e9))) }
+        if let lifetime = config.maxConnectionLifetimeNs { limits.append(("max_connection_lifetime_s", .double(Double(lifetime) / 1e9))) }
         let set = currentIntentions
-        return [
-            "proxy": ["id": definition.id, "name": definition.name, "destination_service": definition.destinationServiceName,
-                      "public_listener": definition.publicBindPort.map { "\(definition.publicBindAddress):\($0)" } ?? NSNull(),
-                      "local_service": definition.localServicePort.map { "\(definition.localServiceAddress):\($0)" as Any } ?? NSNull(),
-                      "protocol": config.protocol, "proxy_protocol": config.proxyProtocol ? "v2" : "off"],
-            "limits": limits,
-            "datacenter": settings.datacenter,
-            "upstreams": definition.upstreams.map { upstream -> [String: Any] in
-                ["destination": upstream.destinationName, "namespace": upstream.destinationNamespace,
-                 "partition": upstream.destinationPartition, "datacenter": upstream.datacenter ?? settings.datacenter,
-                 "local_bind": upstream.listenerKey, "connect_timeout_ms": upstream.connectTimeoutMs,
-                 "instances": (instances[upstream.instanceKey] ?? []).map(\.description)]
-            },
-            "intentions": ["loaded": set != nil, "count": set?.intentions.count ?? 0,
-                           "default": set?.defaultAction.rawValue ?? "deny"],
+        let proxy: [(String, JSON)] = [
+            ("id", .string(definition.id)), ("name", .string(definition.name)),
+            ("destination_service", .string(definition.destinationServiceName)),
+            ("public_listener", .optionalString(definition.publicBindPort.map { "\(definition.publicBindAddress):\($0)" })),
+            ("local_service", .optionalString(definition.localServicePort.map { "\(definition.localServiceAddress):\($0)" })),
+            ("protocol", .string(config.protocol)), ("proxy_protocol", .string(config.proxyProtocol ? "v2" : "off")),
         ]
+        let upstreams = definition.upstreams.map { upstream -> JSON in
+            .object([("destination", .string(upstream.destinationName)), ("namespace", .string(upstream.destinationNamespace)),
+                     ("partition", .string(upstream.destinationPartition)),
+                     ("datacenter", .string(upstream.datacenter ?? settings.datacenter)),
+                     ("local_bind", .string(upstream.listenerKey)), ("connect_timeout_ms", .int(upstream.connectTimeoutMs)),
+                     ("instances", .array((instances[upstream.instanceKey] ?? []).map { .string($0.description) }))])
+        }
+        let intentions: [(String, JSON)] = [("loaded", .bool(set != nil)), ("count", .int(set?.intentions.count ?? 0)),
+                                            ("default", .string(set?.defaultAction.rawValue ?? "deny"))]
+        return .object([("proxy", .object(proxy)), ("limits", .object(limits)), ("datacenter", .string(settings.datacenter)),
+                        ("upstreams", .array(upstreams)), ("intentions", .object(intentions))])
     }
 }
