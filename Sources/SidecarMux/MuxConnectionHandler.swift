@@ -1,58 +1,17 @@
 import CNGHTTP2
 import NIOCore
 
-/// The ALPN id of the multiplexed transport between our sidecars: HTTP/2 whose streams are
-/// CONNECT tunnels. Deliberately not "h2": an L4 tunnel must never claim to speak plain HTTP/2
-/// to whatever else is on the port (Consul #4466).
-package enum MuxProtocol {
-    package static let alpn = "backup-sidecar-mux/1"
-}
-
-package struct MuxSettings: Sendable {
-    /// Streams per connection, in each direction.
-    package var maxConcurrentStreams: Int
-    /// Per-stream receive window: the most one stream buffers for a slow local reader. 2 MiB
-    /// keeps one bulk stream within a few percent of a plain TLS connection on loopback
-    /// (256 KiB: 40% slower); idle streams hold none of it.
-    package var streamWindow: Int32
-    package var connectionWindow: Int32
-    /// A connection without streams for this long goes away (GOAWAY, then close); nil: never.
-    package var idleTimeout: TimeAmount?
-    /// A connection that has received nothing for this long is sent a PING; one still silent
-    /// a whole interval after its PING is taken for dead (a host gone without a FIN or RST)
-    /// and closed, cutting its streams, rather than leaving them to hang until TCP gives up.
-    /// nil: no keepalive.
-    package var keepaliveInterval: TimeAmount?
-
-    package init(maxConcurrentStreams: Int = 100, streamWindow: Int32 = 2 << 20, connectionWindow: Int32 = 64 << 20,
-                idleTimeout: TimeAmount? = nil, keepaliveInterval: TimeAmount? = .seconds(30)) {
-        self.maxConcurrentStreams = maxConcurrentStreams
-        self.streamWindow = streamWindow
-        self.connectionWindow = connectionWindow
-        self.idleTimeout = idleTimeout
-        self.keepaliveInterval = keepaliveInterval
-    }
-}
-
-/// A CONNECT request that opened a stream on the server side.
-package struct MuxStreamRequest: Sendable {
-    package let streamID: Int32
-    /// What the client asked to reach (the destination service).
-    package let authority: String
-}
-
-/// Outbound user event on a mux connection: GOAWAY, finish the open streams, then close.
-package struct MuxGracefulShutdown: Sendable {
-    package init() {}
-}
-
 /// HTTP/2 over an established (TLS) channel, carrying one tunnel per stream.
 ///
 /// Client role: `openStream` sends a CONNECT and resolves with the stream's channel once the
 /// destination answers 200. Server role: every CONNECT becomes a stream channel handed to
 /// `initializer`, which answers it (`MuxStreamResponse`) once it has decided.
 /// Everything runs on the connection's event loop.
-package final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
+///
+/// Also in: MuxConnectionHandler+State.swift (its lifecycle), +Liveness.swift (idle close,
+/// keepalive), +StreamOwner.swift (what its streams call); the value types it works
+/// with in MuxSettings.swift.
+package final class MuxConnectionHandler: ChannelDuplexHandler {
     package typealias InboundIn = ByteBuffer
     package typealias OutboundIn = ByteBuffer
     package typealias OutboundOut = ByteBuffer
@@ -66,29 +25,32 @@ package final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
     /// Frames handed to the channel per write while the socket keeps up.
     static let sendChunk = 256 * 1024
 
-    private let role: Role
-    private let settings: MuxSettings
-    private var session: NGHTTP2Session?
-    private var context: ChannelHandlerContext?
-    private var eventLoop: EventLoop?
-    private var streams: [Int32: MuxStreamChannel] = [:]
+    let role: Role
+    let settings: MuxSettings
+    /// Our side of the connection's life (MuxConnectionHandler+State.swift).
+    private(set) var state = State.active
+    /// The peer's GOAWAY: arrives independently of our own state (also while we drain), so it
+    /// is kept beside `state` rather than in it.
+    private var goawayReceived = false
+    /// Our output is being shut down (close_notify after what is queued). A latch on that one
+    /// action, orthogonal to `state`: it can happen while serving (the peer's EOF without
+    /// streams, nghttp2 ending the session) and a drain may still begin after it.
+    private var closingGracefully = false
+    private(set) var session: NGHTTP2Session?
+    private(set) var context: ChannelHandlerContext?
+    private(set) var eventLoop: EventLoop?
+    private(set) var streams: [Int32: MuxStreamChannel] = [:]
     private var opening: [Int32: EventLoopPromise<Channel>] = [:]
-    private var touchedDuringSend: [MuxStreamChannel] = []
+    var touchedDuringSend: [MuxStreamChannel] = []
+    /// Re-entrancy guards of `pump` and of input handling, not lifecycle.
     private var pumping = false
     private var pumpAgain = false
     private var processingInput = false
-    private var goawayReceived = false
-    private var draining = false
-    /// Server: the final GOAWAY (naming the last stream processed) is out; before it, streams
-    /// already on their way may still arrive.
-    private var finalGoawaySent = false
-    private var closingGracefully = false
-    private var closed = false
-    private var idleClose: Scheduled<Void>?
-    private var keepalive: RepeatedTask?
-    private var lastInput = NIODeadline.uptimeNanoseconds(0)
+    var idleClose: Scheduled<Void>?
+    var keepalive: RepeatedTask?
+    private(set) var lastInput = NIODeadline.uptimeNanoseconds(0)
     /// When our unanswered keepalive PING went out.
-    private var pingSent: NIODeadline?
+    var pingSent: NIODeadline?
     /// Called when the peer broke the protocol and the connection ends for it (for logs/audit).
     package var onProtocolError: ((Error) -> Void)?
     /// Called before a connection whose peer went silent (no answer to a keepalive PING) is
@@ -110,11 +72,11 @@ package final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
 
     /// Whether a new stream may be opened here now.
     package var acceptsNewStreams: Bool {
-        !closed && !draining && !goawayReceived && session != nil && streams.count < streamLimit
+        state.isActive && !goawayReceived && session != nil && streams.count < streamLimit
     }
 
     /// Whether the connection is finished with for new work (it may still carry streams).
-    package var isRetired: Bool { closed || draining || goawayReceived }
+    package var isRetired: Bool { !state.isActive || goawayReceived }
 
     // MARK: Handler lifecycle
 
@@ -154,7 +116,7 @@ package final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
     }
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard let session, !closed else { return }
+        guard let session, !state.isClosed else { return }
         lastInput = context.eventLoop.now
         // Nothing is sent (and the connection is not judged finished) until every event of
         // this input has been handled: a stream's data must reach it before its close does.
@@ -237,40 +199,21 @@ package final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
         return promise.futureResult
     }
 
-    /// When anything last arrived from the peer.
-    package var lastInputAt: NIODeadline { lastInput }
-
-    /// Client: a stream open went unanswered, so the peer may be gone without a word (link
-    /// down, no RST). A PING goes out now; unless anything arrives from the peer within
-    /// `within`, the connection is closed, which fails every stream on it at once instead of
-    /// leaving their local connections to hang until the keepalive gives up.
-    package func probePeer(within: TimeAmount) {
-        guard let context, let session, !closed else { return }
-        let sent = context.eventLoop.now
-        session.ping()
-        pump()
-        context.eventLoop.scheduleTask(in: within) { [weak self] in
-            guard let self, !self.closed, let context = self.context, self.lastInput < sent else { return }
-            self.onUnresponsivePeer?(Double((context.eventLoop.now - self.lastInput).nanoseconds) / 1e9)
-            context.close(promise: nil)
-        }
-    }
-
     /// GOAWAY; the connection closes by itself once its last stream is done. A server first
     /// announces it (streams already on their way are still served), then names the last stream
     /// it processed a second later; a client refusing anything new is the whole story.
     package func beginDraining() {
-        guard !draining, !closed, let context else { return }
-        draining = true
+        guard case .active = state, let context else { return }
         if role.isClient {
+            state = .draining
             session?.goAway()
-            finalGoawaySent = true
         } else {
+            state = .announcedShutdown
             session?.announceShutdown()
             context.eventLoop.scheduleTask(in: .seconds(1)) { [weak self] in
-                guard let self, !self.closed else { return }
+                guard let self, case .announcedShutdown = self.state else { return }
                 self.session?.goAway()
-                self.finalGoawaySent = true
+                self.state = .draining
                 self.pump()
                 self.closeIfFinished()
             }
@@ -281,8 +224,15 @@ package final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
 
     /// A connection told to go away (either way) closes once its last stream is done.
     private func closeIfFinished() {
-        guard context != nil, streams.isEmpty, !closed else { return }
-        if (draining && finalGoawaySent) || goawayReceived { closeGracefully() }
+        guard context != nil, streams.isEmpty else { return }
+        switch state {
+        case .draining:
+            closeGracefully()
+        case .active, .announcedShutdown:
+            if goawayReceived { closeGracefully() }
+        case .closed:
+            return
+        }
     }
 
     /// Ends the connection after everything already written has reached the socket: the last
@@ -365,56 +315,12 @@ package final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
         stream.activate()
     }
 
-    /// Streams come and go; a connection left without any for `idleTimeout` is retired.
-    private func armIdleClose() {
-        guard let idleTimeout = settings.idleTimeout, let eventLoop, streams.isEmpty, idleClose == nil, !closed else { return }
-        idleClose = eventLoop.scheduleTask(in: idleTimeout) { [weak self] in
-            guard let self else { return }
-            self.idleClose = nil
-            if self.streams.isEmpty { self.beginDraining() }
-        }
-    }
-
-    private func disarmIdleClose() {
-        idleClose?.cancel()
-        idleClose = nil
-    }
-
-    private func armKeepalive() {
-        guard let interval = settings.keepaliveInterval, let eventLoop, keepalive == nil, !closed else { return }
-        keepalive = eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [weak self] _ in
-            self?.checkPeerAlive(interval: interval)
-        }
-    }
-
-    /// Any input answers a PING (its ACK, or anything else the peer sent meanwhile).
-    private func checkPeerAlive(interval: TimeAmount) {
-        guard let context, let session, !closed else { return }
-        let now = context.eventLoop.now
-        if let sent = pingSent {
-            guard lastInput < sent else {
-                pingSent = nil
-                return
-            }
-            if now - sent >= interval {
-                let silence = Double((now - lastInput).nanoseconds) / 1e9
-                onUnresponsivePeer?(silence)
-                context.close(promise: nil)
-            }
-            return
-        }
-        guard now - lastInput >= interval else { return }
-        session.ping()
-        pingSent = now
-        pump()
-    }
-
     private func connectionEnded() {
-        guard !closed else { return }
+        guard !state.isClosed else { return }
         disarmIdleClose()
         keepalive?.cancel()
         keepalive = nil
-        closed = true
+        state = .closed(wasDraining: state.hasBegunDraining)
         let lost = streams
         streams.removeAll()
         let pending = opening
@@ -429,8 +335,8 @@ package final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
     /// is being handled, frames still go out at once (a reply written before an abort must
     /// precede its RST_STREAM, as on a TLS connection), but events are left for the input's
     /// handling to finish first.
-    private func pump() {
-        guard let context, let session, !closed else { return }
+    func pump() {
+        guard let context, let session, !state.isClosed else { return }
         guard !pumping else {
             pumpAgain = true
             return
@@ -471,45 +377,12 @@ package final class MuxConnectionHandler: ChannelDuplexHandler, MuxStreamOwner {
         if wrote { context.flush() }
         if !processingInput && !session.isAlive {
             // nghttp2 ended the session itself (a GOAWAY it sent for a violation), not a drain.
-            if !draining && !goawayReceived { onProtocolError?(MuxError.protocolViolation("session terminated by nghttp2")) }
+            if !state.hasBegunDraining && !goawayReceived { onProtocolError?(MuxError.protocolViolation("session terminated by nghttp2")) }
             closeGracefully()
         }
-    }
-
-    // MARK: MuxStreamOwner
-
-    func streamHasOutput(_ stream: MuxStreamChannel) {
-        session?.resume(streamID: stream.streamID)
-        pump()
-    }
-
-    func streamConsumed(_ count: Int, on streamID: Int32) {
-        session?.consumed(count, on: streamID)
-        if count > 0 { pump() }
-    }
-
-    func streamReset(_ streamID: Int32, errorCode: UInt32) {
-        session?.reset(streamID: streamID, errorCode: errorCode)
-        pump()
-    }
-
-    func streamRespond(_ stream: MuxStreamChannel, status: Int) {
-        guard case .server = role, streams[stream.streamID] === stream else { return }
-        if status == 200 {
-            session?.submitResponse(streamID: stream.streamID, status: 200, source: stream)
-        } else {
-            stream.answeredWithRefusal()
-            session?.submitResponse(streamID: stream.streamID, status: status, source: nil)
-        }
-        pump()
-    }
-
-    func streamTouchedDuringSend(_ stream: MuxStreamChannel) {
-        touchedDuringSend.append(stream)
     }
 }
 
 extension MuxConnectionHandler.Role {
     var isClient: Bool { if case .client = self { return true }; return false }
 }
-

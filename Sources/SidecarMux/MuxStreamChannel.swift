@@ -3,35 +3,6 @@ import NIOConcurrencyHelpers
 import NIOCore
 import SidecarTLS
 
-/// Outbound user event on a server-side stream: answer the CONNECT. 200 lets data flow; any
-/// other status ends the stream (the destination refused it). Ignored on other channels.
-package struct MuxStreamResponse: Sendable {
-    package let status: Int
-    package init(status: Int) { self.status = status }
-}
-
-/// Outbound user event on a server-side stream not yet answered: refuse it with
-/// RST_STREAM(REFUSED_STREAM), which tells the client nothing was processed and the stream may
-/// be retried on another connection (a connection being retired, a draining sidecar).
-package struct MuxStreamRefusal: Sendable {
-    package init() {}
-}
-
-/// Channels that are streams of a mux connection say which.
-package protocol MuxStreamIdentifying {
-    var muxStreamID: Int32 { get }
-}
-
-/// What a stream channel needs from the connection it rides on (same event loop).
-protocol MuxStreamOwner: AnyObject {
-    func streamHasOutput(_ stream: MuxStreamChannel)
-    func streamConsumed(_ count: Int, on streamID: Int32)
-    func streamReset(_ streamID: Int32, errorCode: UInt32)
-    func streamRespond(_ stream: MuxStreamChannel, status: Int)
-    /// `takeOutbound` ran during a send: finish promises and writability after it returns.
-    func streamTouchedDuringSend(_ stream: MuxStreamChannel)
-}
-
 /// One HTTP/2 stream of a mux connection, as a NIO Channel: the handlers that work on a TLS
 /// connection (staging, glue, the HTTP/1.1 L7 filter) work on a stream unchanged.
 ///
@@ -42,9 +13,10 @@ protocol MuxStreamOwner: AnyObject {
 /// Half-close maps to END_STREAM both ways; an abort (or close of an unfinished stream) to
 /// RST_STREAM, and a reset from the peer surfaces as an error, then close.
 /// `@unchecked Sendable`: like NIO's own channels, its state is confined to its event loop.
+///
+/// Also in: MuxStreamChannel+State.swift (its lifecycle types), +ChannelCore.swift (options,
+/// addresses, unsupported operations); the events it takes in MuxStreamEvents.swift.
 final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStreamIdentifying, @unchecked Sendable {
-    private enum Lifecycle { case idle, active, closed }
-
     static let highWater = 512 * 1024
     static let lowWater = 128 * 1024
 
@@ -55,32 +27,35 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
     private weak var owner: MuxStreamOwner?
     private var _pipeline: ChannelPipeline!
     private let closePromise: EventLoopPromise<Void>
-    private var lifecycle = Lifecycle.idle
+    private var state = State.idle
+    /// `isActive` and `isWritable` for any thread: mirrors of `state` and of the writability.
     private let flags: NIOLockedValueBox<(active: Bool, writable: Bool)>
 
-    private var autoRead: Bool
+    /// The AutoRead option: a setting, not lifecycle.
+    private(set) var autoRead: Bool
+    /// A read() waits for data: backpressure, whatever the lifecycle.
     private var readPending = false
     private var inbound = CircularBuffer<ByteBuffer>()
     private var inboundBytes = 0
-    private var inputEnded = false
-    private var inputClosedDelivered = false
+    private var input = InputHalf.open
 
     private var unflushed: [(ByteBuffer, EventLoopPromise<Void>?)] = []
     private var outbound = CircularBuffer<(ByteBuffer, EventLoopPromise<Void>?)>()
     private var outboundBytes = 0
     private var queuedBytes: Int { outboundBytes + unflushed.reduce(0) { $0 + $1.0.readableBytes } }
-    private var outputEnded = false
-    private var outputClosePromise: EventLoopPromise<Void>?
+    private var output = OutputHalf.open
     private var finishedPromises: [EventLoopPromise<Void>] = []
-    private var endOfStreamSent = false
-    /// The session already closed the stream (END_STREAM both ways, or a reset).
+    /// The session already closed the stream (END_STREAM both ways, or a reset). The stream's
+    /// life in nghttp2, apart from the channel's: it may end while buffered data still awaits a
+    /// read, and the channel may close while the stream still flushes.
     private var sessionClosed = false
+    /// An abort was asked for: any close from now on (one nested in it too) resets with CANCEL.
+    /// An intent that can come at any point of the lifecycle.
     private var aborting = false
+    /// Answered with a final non-200 or refused: it ends with that, never a reset of ours. How
+    /// the stream was answered, not a point of its lifecycle.
     private var suppressReset = false
-    /// Closed as a channel, but what was written before the close is still being sent.
-    private var flushingAfterClose = false
-    /// Once END_STREAM is out after such a close, tell the peer to stop sending (nobody reads).
-    private var resetAfterEndOfStream = false
+    /// The connection's writability, one input of ours.
     private var parentWritable = true
 
     init(parent: Channel, owner: MuxStreamOwner, autoRead: Bool) {
@@ -105,27 +80,10 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
     var isActive: Bool { flags.withLockedValue { $0.active } }
     var _channelCore: ChannelCore { self }
 
-    func setOption<Option: ChannelOption>(_ option: Option, value: Option.Value) -> EventLoopFuture<Void> {
-        eventLoop.submit {
-            if option is ChannelOptions.Types.AutoReadOption {
-                self.setAutoRead(value as! Bool)
-            }
-            // Other socket options have no meaning on a stream; accepted and ignored.
-        }
-    }
-
-    func getOption<Option: ChannelOption>(_ option: Option) -> EventLoopFuture<Option.Value> {
-        eventLoop.submit {
-            if option is ChannelOptions.Types.AutoReadOption { return self.autoRead as! Option.Value }
-            if option is ChannelOptions.Types.AllowRemoteHalfClosureOption { return true as! Option.Value }
-            throw ChannelError.operationUnsupported
-        }
-    }
-
-    private func setAutoRead(_ value: Bool) {
+    func setAutoRead(_ value: Bool) {
         let wasOff = !autoRead
         autoRead = value
-        if value && wasOff && lifecycle == .active { pipeline.read() }
+        if value && wasOff && state.isActive { pipeline.read() }
     }
 
     // MARK: Lifecycle, driven by the connection
@@ -140,8 +98,8 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
     func answeredWithRefusal() { suppressReset = true }
 
     func activate() {
-        guard lifecycle == .idle else { return }
-        lifecycle = .active
+        guard state.isIdle else { return }
+        state = .active(flushing: nil)
         flags.withLockedValue { $0.active = true }
         pipeline.syncOperations.fireChannelActive()
         if autoRead { pipeline.read() }
@@ -149,7 +107,7 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
     }
 
     func received(_ data: ByteBuffer) {
-        guard lifecycle != .closed else {
+        guard !state.isClosed else {
             owner?.streamConsumed(data.readableBytes, on: streamID)
             return
         }
@@ -158,25 +116,25 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
     }
 
     /// END_STREAM arrived; delivered (as EOF) after the data before it.
-    func receivedEnd() { inputEnded = true }
+    func receivedEnd() { input.end() }
 
     /// The session removed the stream. Graceful (code 0): what is buffered is still delivered,
     /// then EOF, then the channel closes. A reset drops the rest and reports an error.
     func sessionClosed(errorCode: UInt32) {
         // RST_STREAM(NO_ERROR) before END_STREAM did not finish the stream: the peer's data
         // may be cut short, so it is a reset like any other, never an EOF.
-        guard errorCode == NGHTTP2_NO_ERROR.rawValue, inputEnded else {
+        guard errorCode == NGHTTP2_NO_ERROR.rawValue, input.isEnded else {
             // Like a TLS stream cut after some records: what arrived before the reset is passed
             // on, then the error (the glue turns it into an abort).
             cut(MuxError.streamReset(errorCode: errorCode), deliveringQueued: true)
             return
         }
         sessionEnded(MuxError.streamReset(errorCode: errorCode))
-        guard lifecycle != .closed else { return }
-        inputEnded = true
+        guard !state.isClosed else { return }
+        input.end()
         failOutbound(MuxError.streamReset(errorCode: errorCode))
         deliverInbound()
-        if lifecycle == .idle { finishClose(error: MuxError.connectionClosed) }
+        if state.isIdle { finishClose(error: MuxError.connectionClosed) }
     }
 
     /// The connection under the stream ended: everything on it is cut.
@@ -184,8 +142,8 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
 
     private func cut(_ error: MuxError, deliveringQueued: Bool) {
         sessionEnded(error)
-        guard lifecycle != .closed else { return }
-        if lifecycle == .active {
+        guard !state.isClosed else { return }
+        if state.isActive {
             if deliveringQueued { deliverQueued() }
             pipeline.syncOperations.fireErrorCaught(error)
         }
@@ -195,8 +153,8 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
     /// The session has no stream any more: output still flushing after a close can't go out.
     private func sessionEnded(_ error: MuxError) {
         sessionClosed = true
-        if flushingAfterClose {
-            flushingAfterClose = false
+        if state.flushing != nil {
+            state.flushing = nil
             failOutbound(error)
         }
     }
@@ -213,36 +171,36 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
     private func deliverQueued() {
         guard !inbound.isEmpty else { return }
         var delivered = 0
-        while lifecycle == .active, let chunk = inbound.popFirst() {
+        while state.isActive, let chunk = inbound.popFirst() {
             delivered += chunk.readableBytes
             inboundBytes -= chunk.readableBytes
             pipeline.syncOperations.fireChannelRead(NIOAny(chunk))
         }
         owner?.streamConsumed(delivered, on: streamID)
-        if lifecycle == .active { pipeline.syncOperations.fireChannelReadComplete() }
+        if state.isActive { pipeline.syncOperations.fireChannelReadComplete() }
     }
 
     /// Passes queued data on if a read is pending (the connection calls this once per batch
     /// of input, so a 64 KB TLS record's worth of frames is one read and one flush downstream).
     func deliverInbound() {
-        guard lifecycle == .active else { return }
+        guard state.isActive else { return }
         if readPending && !inbound.isEmpty {
             readPending = false
             deliverQueued()
-            if autoRead && lifecycle == .active { pipeline.read() }
+            if autoRead && state.isActive { pipeline.read() }
         }
-        if lifecycle == .active && inbound.isEmpty && inputEnded && !inputClosedDelivered {
-            inputClosedDelivered = true
+        if state.isActive && inbound.isEmpty && input == .ended {
+            input = .endDelivered
             pipeline.syncOperations.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
         }
-        if lifecycle == .active && sessionClosed && inputClosedDelivered { finishClose(error: nil) }
+        if state.isActive && sessionClosed && input == .endDelivered { finishClose(error: nil) }
     }
 
     // MARK: MuxOutboundSource
 
     var outboundState: (queued: Int, ended: Bool) {
-        guard lifecycle != .closed || flushingAfterClose else { return (0, false) }
-        return (outboundBytes, outputEnded && unflushed.isEmpty)
+        guard !state.isClosed || state.flushing != nil else { return (0, false) }
+        return (outboundBytes, output.isEnded && unflushed.isEmpty)
     }
 
     func takeOutbound(_ count: Int, into buffer: inout ByteBuffer) {
@@ -264,7 +222,7 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         }
         if missing > 0 { buffer.writeRepeatingByte(0, count: missing) }
         outboundBytes -= count - missing
-        if outputEnded && outbound.isEmpty && unflushed.isEmpty { endOfStreamSent = true }
+        if output.isEnded && outbound.isEmpty && unflushed.isEmpty { output.endOfStreamTaken() }
         owner?.streamTouchedDuringSend(self)
     }
 
@@ -273,13 +231,13 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         let promises = finishedPromises
         finishedPromises.removeAll()
         promises.forEach { $0.succeed() }
-        if endOfStreamSent, let promise = outputClosePromise {
-            outputClosePromise = nil
+        if output.endOfStreamSent, let promise = output.closePromise {
+            output.closePromise = nil
             promise.succeed()
         }
-        if endOfStreamSent && flushingAfterClose {
-            flushingAfterClose = false
-            if resetAfterEndOfStream && !sessionClosed { owner?.streamReset(streamID, errorCode: NGHTTP2_NO_ERROR.rawValue) }
+        if output.endOfStreamSent, let flush = state.flushing {
+            state.flushing = nil
+            if flush.resetAfterEndOfStream && !sessionClosed { owner?.streamReset(streamID, errorCode: NGHTTP2_NO_ERROR.rawValue) }
         }
         updateWritability()
     }
@@ -288,31 +246,16 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         let queued = queuedBytes
         let current = isWritable
         let wanted = parentWritable && (current ? queued < Self.highWater : queued < Self.lowWater)
-        guard wanted != current, lifecycle != .closed else { return }
+        guard wanted != current, !state.isClosed else { return }
         flags.withLockedValue { $0.writable = wanted }
         pipeline.syncOperations.fireChannelWritabilityChanged()
     }
 
     // MARK: ChannelCore
 
-    func localAddress0() throws -> SocketAddress {
-        guard let address = parent?.localAddress else { throw ChannelError.operationUnsupported }
-        return address
-    }
-
-    func remoteAddress0() throws -> SocketAddress {
-        guard let address = parent?.remoteAddress else { throw ChannelError.operationUnsupported }
-        return address
-    }
-
-    func register0(promise: EventLoopPromise<Void>?) { promise?.succeed() }
-    func registerAlreadyConfigured0(promise: EventLoopPromise<Void>?) { promise?.succeed() }
-    func bind0(to: SocketAddress, promise: EventLoopPromise<Void>?) { promise?.fail(ChannelError.operationUnsupported) }
-    func connect0(to: SocketAddress, promise: EventLoopPromise<Void>?) { promise?.fail(ChannelError.operationUnsupported) }
-
     func write0(_ data: NIOAny, promise: EventLoopPromise<Void>?) {
-        guard lifecycle != .closed, !outputEnded else {
-            promise?.fail(lifecycle == .closed ? ChannelError.ioOnClosedChannel : ChannelError.outputClosed)
+        guard !state.isClosed, !output.isEnded else {
+            promise?.fail(state.isClosed ? ChannelError.ioOnClosedChannel : ChannelError.outputClosed)
             return
         }
         let buffer = unwrapData(data, as: ByteBuffer.self)
@@ -321,7 +264,7 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
     }
 
     func flush0() {
-        guard lifecycle != .closed, !unflushed.isEmpty else { return }
+        guard !state.isClosed, !unflushed.isEmpty else { return }
         for (buffer, promise) in unflushed {
             guard buffer.readableBytes > 0 else {
                 // nghttp2 never asks for zero bytes: an empty write is done once what was queued
@@ -347,31 +290,31 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
     }
 
     func read0() {
-        guard lifecycle != .closed else { return }
+        guard !state.isClosed else { return }
         readPending = true
         deliverInbound()
     }
 
     func close0(error: Error, mode: CloseMode, promise: EventLoopPromise<Void>?) {
-        guard lifecycle != .closed else {
+        guard !state.isClosed else {
             promise?.fail(ChannelError.alreadyClosed)
             return
         }
         switch mode {
         case .output:
-            guard !outputEnded else {
+            guard !output.isEnded else {
                 // Ending output twice is harmless (the glue may do so on EOF and again on close).
-                if let promise { outputClosePromise?.futureResult.cascade(to: promise) ?? promise.succeed() }
+                if let promise { output.closePromise?.futureResult.cascade(to: promise) ?? promise.succeed() }
                 return
             }
             flush0()
-            outputEnded = true
-            outputClosePromise = promise
+            output.end()
+            output.closePromise = promise
             owner?.streamHasOutput(self)
         case .input:
             promise?.fail(ChannelError.operationUnsupported)
         case .all:
-            if aborting || sessionClosed || streamID == 0 || lifecycle == .idle {
+            if aborting || sessionClosed || streamID == 0 || state.isIdle {
                 if !sessionClosed && !suppressReset && streamID != 0 {
                     owner?.streamReset(streamID, errorCode: aborting ? NGHTTP2_CANCEL.rawValue : NGHTTP2_NO_ERROR.rawValue)
                 }
@@ -380,14 +323,13 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
             }
             // Like a TLS close: what was written still goes out, then END_STREAM.
             flush0()
-            flushingAfterClose = true
-            resetAfterEndOfStream = !suppressReset
-            if !outputEnded {
-                outputEnded = true
+            state.flushing = State.Flush(resetAfterEndOfStream: !suppressReset)
+            if !output.isEnded {
+                output.end()
                 owner?.streamHasOutput(self)
             }
             finishClose(error: error, promise: promise, keepingOutput: true)
-            if endOfStreamSent { afterSend() }
+            if output.endOfStreamSent { afterSend() }
         }
     }
 
@@ -411,9 +353,6 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         }
     }
 
-    func channelRead0(_ data: NIOAny) {}
-    func errorCaught0(error: Error) {}
-
     // MARK: Closing
 
     private func failOutbound(_ error: Error) {
@@ -422,22 +361,20 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         unflushed.removeAll()
         outboundBytes = 0
         pending.forEach { $0.1?.fail(error) }
-        outputClosePromise?.fail(error)
-        outputClosePromise = nil
+        output.closePromise?.fail(error)
+        output.closePromise = nil
     }
 
     private func finishClose(error: Error?, promise: EventLoopPromise<Void>? = nil, keepingOutput: Bool = false) {
-        guard lifecycle != .closed else {
+        guard !state.isClosed else {
             promise?.succeed()
             return
         }
-        let wasActive = lifecycle == .active
-        lifecycle = .closed
+        let wasActive = state.isActive
+        // Closing without keeping the output drops any flush: what is queued fails below.
+        state = .closed(flushing: keepingOutput ? state.flushing : nil)
         flags.withLockedValue { $0 = (false, false) }
-        if !keepingOutput {
-            flushingAfterClose = false
-            failOutbound(ChannelError.ioOnClosedChannel)
-        }
+        if !keepingOutput { failOutbound(ChannelError.ioOnClosedChannel) }
         finishedPromises.forEach { $0.succeed() }
         finishedPromises.removeAll()
         // Undelivered data still holds connection window.

@@ -107,13 +107,23 @@ final class GlueHandler<In, Out>: ChannelDuplexHandler {
     private let payloadSize: (In) -> Int
     private var partner: GlueHandler<Out, In>?
     private var context: ChannelHandlerContext?
+    /// A read waits for the partner to turn writable: backpressure, apart from how this side ends.
     private var pendingRead = false
-    /// Once either side aborts, every further ending of this pair is an abort too: a graceful
-    /// close after an abort would hand the other peer a clean end of stream.
-    private var aborted = false
-    /// We ended our channel's output (the partner's EOF passed on). A channel that goes
-    /// inactive before that did not end gracefully, whatever its input saw.
-    private var outputEnded = false
+
+    /// How our channel's ending goes: open -> outputEnded (graceful) or, from either, aborted.
+    /// Only `channelInactive` reads it: aborted, or not yet outputEnded, means an abort.
+    private enum State {
+        /// Our channel's output still flows.
+        case open
+        /// We ended our channel's output (the partner's EOF passed on). Only a channel that
+        /// goes inactive after this ended gracefully, whatever its input saw.
+        case outputEnded
+        /// Either side aborted: every further ending of this pair is an abort too (a graceful
+        /// close after an abort would hand the other peer a clean end of stream). Final.
+        case aborted
+    }
+
+    private var state = State.open
 
     private init(side: GlueSide, stats: ConnectionStats, payloadSize: @escaping (In) -> Int) {
         self.side = side
@@ -178,9 +188,10 @@ final class GlueHandler<In, Out>: ChannelDuplexHandler {
     /// the input (reporting EOF) and close without an error, and a cut must never reach the
     /// other side as a complete stream.
     func channelInactive(context: ChannelHandlerContext) {
-        if aborted || !outputEnded {
+        switch state {
+        case .open, .aborted:
             abortPair()
-        } else {
+        case .outputEnded:
             partner?.partnerCloseOutput()
         }
         context.fireChannelInactive()
@@ -228,14 +239,14 @@ final class GlueHandler<In, Out>: ChannelDuplexHandler {
     /// OrderedHalfCloseHandler make the shutdown wait for pending writes).
     private func partnerCloseOutput() {
         guard let channel = context?.channel else { return }
-        outputEnded = true
+        if case .open = state { state = .outputEnded }
         channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
     }
 
     /// Aborts both channels (each at most once).
     private func abortPair() {
-        aborted = true
-        partner?.aborted = true
+        state = .aborted
+        partner?.state = .aborted
         if let channel = partner?.context?.channel { ConnectionAbort.abort(channel) }
         if let channel = context?.channel { ConnectionAbort.abort(channel) }
     }
