@@ -55,7 +55,6 @@ final class MuxPool: Sendable {
     /// lands between tries is used.
     func link(on eventLoop: EventLoop, to endpoint: Endpoint, expected: SPIFFEID, tlsContext: @escaping @Sendable () -> TLSContext,
               authority: String, listener: String, openTimeout: TimeAmount, dial: @escaping MeshDial) -> EventLoopFuture<MeshLink> {
-        if draining.withLockedValue({ $0 }) { return dial(tlsContext()).map(MeshLink.raw) }
         // Called on the local connection's own loop, which is the loop pool's: no hop needed.
         eventLoop.preconditionInEventLoop()
         let request = LoopMuxPool.Request(key: LoopMuxPool.Key(endpoint: endpoint, expected: expected.uri),
@@ -63,6 +62,9 @@ final class MuxPool: Sendable {
                                           openTimeout: openTimeout, settings: settings, dial: dial)
         return loopPool(eventLoop).link(request, retries: 3)
     }
+
+    /// After `drain`: new tunnels get connections of their own (UpstreamConnector).
+    var isDraining: Bool { draining.withLockedValue { $0 } }
 
     /// Shutdown: no new streams; each pooled connection closes once its streams are done.
     func drain() {

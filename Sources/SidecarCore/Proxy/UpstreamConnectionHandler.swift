@@ -25,58 +25,8 @@ struct UpstreamRoute: Sendable {
     var idleTimeout: TimeAmount?
     /// Who may use this upstream; checked before anything is dialed.
     var callers: CallerPolicy
-    /// Pooled mux connections; nil: every local connection gets its own mTLS connection.
-    var muxPool: MuxPool?
-
-    /// Dials one mTLS connection to `endpoint` and verifies its identity, with the TLS context
-    /// it is given (the one in force when the dial starts).
-    func dialer(for endpoint: Endpoint, eventLoop: EventLoop) -> MeshDial {
-        let expected = expectedIdentity(for: endpoint)
-        let handshakeTimeout = self.handshakeTimeout, connectTimeout = TimeAmount.milliseconds(Int64(upstream.connectTimeoutMs))
-        return { tlsContext in
-            let waiter = HandshakeWaiter(promise: eventLoop.makePromise())
-            let tls = TLSHandler(context: tlsContext, expectedPeer: expected, sessionKey: "\(endpoint)|\(expected.uri)",
-                                 configuration: TLSHandlerConfiguration(handshakeTimeout: handshakeTimeout))
-            return ClientBootstrap(group: eventLoop)
-                .connectTimeout(connectTimeout)
-                .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-                .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-                .channelOption(ChannelOptions.recvAllocator, value: ProxyChannelOptions.receiveAllocator)
-                .channelOption(ChannelOptions.writeBufferWaterMark, value: ProxyChannelOptions.writeWatermark)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandlers(tls, waiter) }
-                }
-                .connect(toHost: endpoint.host, port: endpoint.port)
-                .flatMap { remote in waiter.handshake.map { DialedMeshConnection(channel: remote, waiter: waiter, peer: $0) } }
-        }
-    }
-}
-
-/// A verified mTLS connection to a destination instance; application bytes that came with the
-/// handshake wait in `waiter`.
-struct DialedMeshConnection {
-    let channel: Channel
-    let waiter: HandshakeWaiter
-    let peer: TLSPeer
-}
-
-typealias MeshDial = (TLSContext) -> EventLoopFuture<DialedMeshConnection>
-
-/// How a local connection reaches its destination.
-enum MeshLink {
-    /// A stream on a pooled mux connection (already answered 200), and that connection's
-    /// `connection_id`.
-    case stream(Channel, TLSPeer, streamID: Int32, carrier: String)
-    /// An mTLS connection of its own.
-    case raw(DialedMeshConnection)
-
-    /// The channel to join with, what it staged, and the verified peer.
-    var parts: (Channel, (any StagingHandler)?, TLSPeer) {
-        switch self {
-        case .stream(let channel, let peer, _, _): return (channel, nil, peer)
-        case .raw(let dialed): return (dialed.channel, dialed.waiter, dialed.peer)
-        }
-    }
+    /// Decides how each connection reaches an instance: a mux stream or its own connection.
+    var connector: UpstreamConnector
 }
 
 /// On a plaintext connection accepted from the local app: dials the destination's sidecar with
@@ -190,11 +140,7 @@ final class UpstreamConnectionHandler: StagingHandler {
             attempt(context: context, remaining: [], failures: [ExpiredLeaf(reason: expired, tried: []).description])
             return
         }
-        let dial = route.dialer(for: endpoint, eventLoop: context.eventLoop)
-        let link = route.muxPool?.link(on: context.eventLoop, to: endpoint, expected: route.expectedIdentity(for: endpoint),
-                                        tlsContext: route.tlsContext, authority: route.upstream.destinationName, listener: listenerName,
-                                        openTimeout: .milliseconds(Int64(route.upstream.connectTimeoutMs)), dial: dial)
-            ?? dial(tlsContext).map(MeshLink.raw)
+        let link = route.connector.link(route, to: endpoint, on: context.eventLoop, listener: listenerName)
         let started = NIODeadline.now()
         link.hop(to: context.eventLoop).whenComplete { [self] result in
             if case .failure(let error) = result, .now() - started < Self.fastFailure,

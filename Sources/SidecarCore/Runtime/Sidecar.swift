@@ -20,7 +20,8 @@ package final class Sidecar: Sendable {
     /// What every public-listener connection shares (outlives a rebind).
     let inbound: InboundListenerContext
     /// Upstream side of the mux; nil when it is off.
-    let muxPool: MuxPool?
+    let connector: UpstreamConnector
+    var muxPool: MuxPool? { connector.pool }
 
     struct State {
         /// The registration in force. Replaced by `apply(_:)`.
@@ -47,10 +48,9 @@ package final class Sidecar: Sendable {
         self.settings = settings
         self.group = group
         contexts = try TLSContextStore(credentials: settings.credentials,
-                                       applicationProtocols: settings.mux == .prefer ? [MuxProtocol.alpn] : [])
-        muxPool = settings.mux == .prefer
-            ? MuxPool(settings: Self.upstreamMuxSettings(settings.definition.config), audit: settings.audit, logger: settings.logger)
-            : nil
+                                       applicationProtocols: UpstreamConnector.applicationProtocols(settings.mux))
+        connector = UpstreamConnector(mode: settings.mux, settings: Self.upstreamMuxSettings(settings.definition.config),
+                                      audit: settings.audit, logger: settings.logger)
         authorizer = Authorizer(intentions: settings.intentions, contexts: contexts)
         inbound = InboundListenerContext(route: InboundRoute(settings.definition, mux: settings.mux), contexts: contexts,
                                          authorizer: authorizer, table: table, audit: settings.audit,
@@ -212,7 +212,7 @@ package final class Sidecar: Sendable {
                                   handshakeTimeout: .milliseconds(Int64(config.handshakeTimeoutMs)),
                                   idleTimeout: config.idleTimeoutNs.map { .nanoseconds($0) },
                                   callers: try CallerPolicy.resolve(users: upstream.allowedUsers, groups: upstream.allowedGroups),
-                                  muxPool: muxPool)
+                                  connector: connector)
         if rotation.count == 0 && settings.consulDiscovery == false {
             settings.logger.warning("upstream has no known instance; connections to it will fail", metadata: [
                 "upstream": "\(upstream.destinationName)",
