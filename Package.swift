@@ -64,10 +64,21 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
+        // The one small HTTP/1.1 server: admin listener, dev agent, test stand-ins.
+        .target(
+            name: "SidecarHTTP",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
         .target(
             name: "SidecarCore",
             dependencies: [
                 "SidecarModel",
+                "SidecarHTTP",
                 "SidecarTLS",
                 "SidecarMux",
                 "CSystemExtras",
@@ -101,6 +112,7 @@ let package = Package(
             name: "DevAgent",
             dependencies: [
                 "SidecarModel",
+                "SidecarHTTP",
                 "SidecarTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -192,6 +204,7 @@ let package = Package(
                 "TestSupport",
                 "DevAgent",
                 "SidecarCore",
+                "SidecarHTTP",
                 "SidecarModel",
                 "SidecarMux",
                 "SidecarTLS",

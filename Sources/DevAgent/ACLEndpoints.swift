@@ -1,5 +1,6 @@
 import Foundation
 import NIOHTTP1
+import SidecarHTTP
 import SidecarModel
 
 /// `/v1/acl/login` and `/v1/acl/logout`: bearer tokens exchanged for ACL tokens through the

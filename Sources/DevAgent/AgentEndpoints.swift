@@ -1,5 +1,6 @@
 import Foundation
 import NIOHTTP1
+import SidecarHTTP
 import SidecarModel
 
 /// `/v1/agent/*` (services, checks, self), `/v1/health/*` and `/v1/catalog/services`.

@@ -1,5 +1,6 @@
 import Foundation
 import NIOHTTP1
+import SidecarHTTP
 import SidecarModel
 
 /// `/v1/config` (config entries).

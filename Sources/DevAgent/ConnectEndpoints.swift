@@ -1,5 +1,6 @@
 import Foundation
 import NIOHTTP1
+import SidecarHTTP
 import SidecarModel
 
 /// Connect CA (roots, leaves, CA configuration), intention match and authorize.

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import SidecarHTTP
 import SidecarModel
 
 /// An embedded Consul control plane for development and tests, like `consul agent -dev`:

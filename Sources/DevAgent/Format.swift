@@ -1,4 +1,5 @@
 import Foundation
+import SidecarHTTP
 import SidecarModel
 
 /// Formatting shared by the endpoints.
@@ -19,5 +20,14 @@ enum Format {
         if hours > 0 { return "\(hours)h\(minutes)m\(secs)s" }
         if minutes > 0 { return "\(minutes)m\(secs)s" }
         return "\(secs)s"
+    }
+}
+
+extension HTTPResponse {
+    /// A Consul API answer: JSON, with the blocking index when the endpoint has one.
+    static func json(_ value: JSON, index: UInt64? = nil, extraHeaders: [(String, String)] = []) -> HTTPResponse {
+        var headers = [("Content-Type", "application/json")] + extraHeaders
+        if let index { headers.append(("X-Consul-Index", String(index))) }
+        return HTTPResponse(status: .ok, headers: headers, body: value.data)
     }
 }

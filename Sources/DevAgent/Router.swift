@@ -1,5 +1,6 @@
 import Foundation
 import NIOHTTP1
+import SidecarHTTP
 import SidecarModel
 
 /// Dispatches Consul API paths to the endpoint handlers and turns errors into Consul's

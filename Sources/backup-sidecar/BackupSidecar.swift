@@ -180,7 +180,7 @@ struct Run: AsyncParsableCommand {
             do {
                 let admin = try await AdminServer.start(host: adminEndpoint.host, port: adminEndpoint.port, sidecar: sidecar,
                                                         metrics: metrics, group: group)
-                logger.info("admin listener", metadata: ["address": "\(admin.localAddress.map { "\($0)" } ?? "?")"])
+                logger.info("admin listener", metadata: ["address": "\(adminEndpoint.host):\(admin.port)"])
             } catch {
                 await running.stopSources()
                 throw failure("\(error)", status: ExitStatus.listener)

@@ -1,5 +1,7 @@
 import Foundation
 import NIOCore
+import SidecarHTTP
+import NIOConcurrencyHelpers
 import Testing
 @testable import SidecarCore
 import TestSupport
@@ -21,16 +23,18 @@ struct AdminConnectionsTests {
           arguments: [MuxMode.off, .prefer])
     func liveTunnels(mux: MuxMode) async throws {
         let mesh = try await MeshFixture.start(backend: .echo, mux: mux)
-        try await withTeardown({ await mesh.stop() }) {
+        let servers = NIOLockedValueBox<[HTTPServer]>([])
+        try await withTeardown({
+            for server in servers.withLockedValue({ $0 }) { await server.stop() }
+            await mesh.stop()
+        }) {
             var admins: [Int] = []
-            var channels: [any Channel] = []
             for sidecar in [mesh.storage, mesh.agent] {
                 let admin = try await AdminServer.start(host: "127.0.0.1", port: 0, sidecar: sidecar,
                                                         metrics: sidecar.settings.metrics!, group: testGroup)
-                admins.append(admin.localAddress!.port!)
-                channels.append(admin)
+                servers.withLockedValue { $0.append(admin) }
+                admins.append(admin.port)
             }
-            defer { for channel in channels { channel.close(promise: nil) } }
             #expect(try await Self.connections(admins[0]).isEmpty)
 
             let open = try BlockingSocket(port: mesh.upstreamPort)

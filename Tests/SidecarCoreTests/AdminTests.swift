@@ -1,6 +1,8 @@
 import Foundation
 import Glibc
 import NIOCore
+import SidecarHTTP
+import NIOConcurrencyHelpers
 import Testing
 @testable import SidecarCore
 import SidecarTLS
@@ -37,8 +39,8 @@ struct AdminTests {
         try await withTeardown({ await mesh.stop() }) {
             let metrics = try #require(mesh.storage.settings.metrics)
             let admin = try await AdminServer.start(host: "127.0.0.1", port: 0, sidecar: mesh.storage, metrics: metrics, group: testGroup)
-            try await withTeardown({ try? await admin.close() }) {
-                let port = admin.localAddress!.port!
+            try await withTeardown({ await admin.stop() }) {
+                let port = admin.port
 
                 let open = try BlockingSocket(port: mesh.upstreamPort)
                 open.setReceiveTimeout(seconds: 5)
@@ -98,13 +100,17 @@ struct AdminTests {
     @Test("/metrics with the mux: pooled connections and streams on each side, and the allocator's heap gauges")
     func muxAndHeapGauges() async throws {
         let mesh = try await MeshFixture.start(backend: .echo)
-        try await withTeardown({ await mesh.stop() }) {
-            var admins: [Channel] = []
+        let servers = NIOLockedValueBox<[HTTPServer]>([])
+        try await withTeardown({
+            for server in servers.withLockedValue({ $0 }) { await server.stop() }
+            await mesh.stop()
+        }) {
+            var admins: [HTTPServer] = []
             for sidecar in [mesh.storage, mesh.agent] {
                 admins.append(try await AdminServer.start(host: "127.0.0.1", port: 0, sidecar: sidecar,
                                                           metrics: try #require(sidecar.settings.metrics), group: testGroup))
+                servers.withLockedValue { $0.append(admins[admins.count - 1]) }
             }
-            defer { for admin in admins { Task { try? await admin.close() } } }
             let tunnels = try (0..<3).map { _ in try BlockingSocket(port: mesh.upstreamPort) }
             for tunnel in tunnels {
                 // Only a failure waits this long; the first ping also opens the pooled mux
@@ -112,8 +118,8 @@ struct AdminTests {
                 tunnel.setReceiveTimeout(seconds: 30)
                 #expect(await onThread { ReauthorizationTests.ping(tunnel, "gauged\n") })
             }
-            let storage = try await Self.get(admins[0].localAddress!.port!, "/metrics").body
-            let agent = try await Self.get(admins[1].localAddress!.port!, "/metrics").body
+            let storage = try await Self.get(admins[0].port, "/metrics").body
+            let agent = try await Self.get(admins[1].port, "/metrics").body
             #expect(Self.value(storage, #"backup_sidecar_mux_streams_active{side="inbound"}"#) == 3)
             #expect(Self.value(agent, #"backup_sidecar_mux_streams_active{side="upstream"}"#) == 3)
             let pooled = try #require(Self.value(agent, #"backup_sidecar_mux_connections_active{side="upstream"}"#))
@@ -127,7 +133,7 @@ struct AdminTests {
             #expect((Self.value(storage, "backup_sidecar_heap_free_retained_bytes") ?? -1) >= 0)
 
             // Pipelined requests are answered in order (/metrics waits for the pools' counts).
-            let pipelined = try BlockingSocket(port: admins[1].localAddress!.port!)
+            let pipelined = try BlockingSocket(port: admins[1].port)
             pipelined.setReceiveTimeout(seconds: 5)
             _ = pipelined.send(Array("GET /metrics HTTP/1.1\r\nHost: a\r\n\r\nGET /live HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".utf8))
             let answer = String(decoding: await onThread { pipelined.receiveAll(keepingPrefix: 1 << 20).prefix }, as: UTF8.self)
@@ -144,8 +150,8 @@ struct AdminTests {
         try await withTeardown({ await mesh.stop() }) {
             let admin = try await AdminServer.start(host: "127.0.0.1", port: 0, sidecar: mesh.storage,
                                                     metrics: mesh.storage.settings.metrics!, group: testGroup)
-            try await withTeardown({ try? await admin.close() }) {
-                let port = admin.localAddress!.port!
+            try await withTeardown({ await admin.stop() }) {
+                let port = admin.port
 
                 #expect(try await Self.get(port, "/live").status == "200")
                 #expect(try await Self.get(port, "/ready") == ("200", "ready"))
@@ -168,6 +174,19 @@ struct AdminTests {
                 _ = await mesh.storage.drain(timeout: .milliseconds(100))
                 #expect(try await Self.get(port, "/ready") == ("503", "draining"))
                 #expect(try await Self.get(port, "/nope").status == "404")
+
+                // Read-only: other methods are refused, and a body is never read into memory.
+                for method in ["POST", "PUT", "DELETE"] {
+                    let run = try await ProcessRunner.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", method,
+                                                           "http://127.0.0.1:\(port)/ready"], timeout: 10)
+                    #expect(run.output == "405", "\(method): \(run.output)")
+                }
+                let upload = try BlockingSocket(port: port)
+                upload.setReceiveTimeout(seconds: 30)
+                _ = upload.send(Array("POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 1048576\r\n\r\n".utf8) + [UInt8](repeating: 0x41, count: 4096))
+                let refusal = String(decoding: await onThread { upload.receiveAll(keepingPrefix: 4096).prefix }, as: UTF8.self)
+                #expect(refusal.hasPrefix("HTTP/1.1 413"), "\(refusal)")
+                #expect(try await Self.get(port, "/live").status == "200", "still serving")
             }
         }
     }

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import SidecarHTTP
 import SidecarTLS
 import SidecarModel
 
@@ -9,96 +10,51 @@ import SidecarModel
 /// `/certs`, `/config` and `/connections` (JSON, no secrets). GET only; meant for loopback.
 package enum AdminServer {
     package static func start(host: String, port: Int, sidecar: Sidecar, metrics: SidecarMetrics,
-                             group: EventLoopGroup) async throws -> Channel {
+                              group: EventLoopGroup) async throws -> HTTPServer {
+        let server = HTTPServer(maxBodyBytes: 0, group: group) { request in
+            await respond(to: request, sidecar: sidecar, metrics: metrics, eventLoop: group.next())
+        }
         do {
-            return try await ServerBootstrap(group: group)
-                .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-                .childChannelInitializer { channel in
-                    channel.pipeline.configureHTTPServerPipeline().flatMap {
-                        channel.pipeline.addHandler(AdminHandler(sidecar: sidecar, metrics: metrics))
-                    }
-                }
-                .bind(host: host, port: port).get()
+            try await server.start(host: host, port: port)
         } catch {
             throw SidecarError.bindFailed(listener: "admin", address: "\(host):\(port)", reason: "\(error)")
         }
-    }
-}
-
-final class AdminHandler: ChannelInboundHandler {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPServerResponsePart
-
-    private let sidecar: Sidecar
-    private let metrics: SidecarMetrics
-    private var request: HTTPRequestHead?
-    private var lastResponse: EventLoopFuture<Void>?
-
-    init(sidecar: Sidecar, metrics: SidecarMetrics) {
-        self.sidecar = sidecar
-        self.metrics = metrics
+        return server
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let head): request = head
-        case .body: break
-        case .end:
-            guard let head = request else { return }
-            request = nil
-            // Answers go out in request order even when one (/metrics) is not ready at once.
-            let response = respond(to: head, on: context.eventLoop)
-            let previous = lastResponse ?? context.eventLoop.makeSucceededVoidFuture()
-            lastResponse = previous.flatMap { response }.map { [self] in send($0, to: head, context: context) }
-        }
-    }
-
-    private func send(_ response: (HTTPResponseStatus, String, String), to head: HTTPRequestHead, context: ChannelHandlerContext) {
-        let (status, contentType, body) = response
-        var headers = HTTPHeaders([("content-type", contentType), ("content-length", "\(body.utf8.count)")])
-        if !head.isKeepAlive { headers.add(name: "connection", value: "close") }
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
-        let keepAlive = head.isKeepAlive, channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
-            if !keepAlive { channel.close(promise: nil) }
-        }
-    }
-
-    private func respond(to head: HTTPRequestHead, on eventLoop: EventLoop) -> EventLoopFuture<(HTTPResponseStatus, String, String)> {
-        guard head.method == .GET || head.method == .HEAD else { return eventLoop.makeSucceededFuture(respond(to: head)) }
-        if head.path == "/connections" {
-            // Byte counts live on each tunnel's event loop.
-            return sidecar.liveTunnels(on: eventLoop).map { tunnels in
-                (.ok, "application/json", Self.json(.object([("count", .int(tunnels.count)), ("connections", .array(tunnels.map { Self.describe($0) }))])))
-            }
-        }
-        guard head.path == "/metrics" else { return eventLoop.makeSucceededFuture(respond(to: head)) }
-        // State gauges are read first; the mux pools' counts live on their own event loops.
-        let metrics = self.metrics
-        return sidecar.refreshMetrics(on: eventLoop).map { (.ok, "text/plain; version=0.0.4", metrics.exposition()) }
-    }
-
-    private func respond(to head: HTTPRequestHead) -> (HTTPResponseStatus, String, String) {
-        guard head.method == .GET || head.method == .HEAD else { return (.methodNotAllowed, "text/plain", "GET only\n") }
-        switch head.path {
+    static func respond(to request: HTTPRequest, sidecar: Sidecar, metrics: SidecarMetrics, eventLoop: EventLoop) async -> HTTPResponse {
+        guard request.method == .GET || request.method == .HEAD else { return text(.methodNotAllowed, "GET only\n") }
+        switch request.path {
         case "/live":
-            return (.ok, "text/plain", "live\n")
+            return text(.ok, "live\n")
         case "/ready":
             let (ready, reason) = sidecar.readiness
-            return (ready ? .ok : .serviceUnavailable, "text/plain", reason + "\n")
+            return text(ready ? .ok : .serviceUnavailable, reason + "\n")
         case "/certs":
-            return (.ok, "application/json", Self.json(sidecar.certificateReport()))
+            return json(sidecar.certificateReport())
         case "/config":
-            return (.ok, "application/json", Self.json(sidecar.configurationReport()))
+            return json(sidecar.configurationReport())
+        case "/connections":
+            // Byte counts live on each tunnel's event loop.
+            let tunnels = (try? await sidecar.liveTunnels(on: eventLoop).get()) ?? []
+            return json(.object([("count", .int(tunnels.count)), ("connections", .array(tunnels.map { describe($0) }))]))
+        case "/metrics":
+            // State gauges are read first; the mux pools' counts live on their own event loops.
+            try? await sidecar.refreshMetrics(on: eventLoop).get()
+            return HTTPResponse(status: .ok, headers: [("Content-Type", "text/plain; version=0.0.4")],
+                                body: Data(metrics.exposition().utf8))
         default:
-            return (.notFound, "text/plain", "not found; try /metrics /ready /live /certs /config /connections\n")
+            return text(.notFound, "not found; try /metrics /ready /live /certs /config /connections\n")
         }
     }
 
-    static func json(_ value: JSON) -> String { value.serialized(pretty: true) + "\n" }
+    private static func text(_ status: HTTPResponseStatus, _ body: String) -> HTTPResponse {
+        HTTPResponse(status: status, headers: [("Content-Type", "text/plain")], body: Data(body.utf8))
+    }
 
-    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+    static func json(_ value: JSON) -> HTTPResponse {
+        HTTPResponse(status: .ok, headers: [("Content-Type", "application/json")], body: Data((value.serialized(pretty: true) + "\n").utf8))
+    }
 
     /// One `/connections` entry; field names as in the audit log.
     static func describe(_ tunnel: LiveTunnel, now: Date = Date()) -> JSON {
@@ -122,11 +78,6 @@ final class AdminHandler: ChannelInboundHandler {
         }
         return .object(entry)
     }
-}
-
-extension HTTPRequestHead {
-    /// The URI without its query.
-    fileprivate var path: String { uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? "" }
 }
 
 extension Sidecar {

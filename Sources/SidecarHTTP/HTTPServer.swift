@@ -3,41 +3,46 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import SidecarModel
 
-struct HTTPRequest: Sendable {
-    var method: HTTPMethod
+package struct HTTPRequest: Sendable {
+    package var method: HTTPMethod
     /// Decoded path segments after the leading "/" (so an ID with "%2F" stays one segment).
-    var segments: [String]
-    var query: [String: [String]]
-    var headers: HTTPHeaders
-    var body: Data
+    package var segments: [String]
+    /// As sent, query included (for logs and tests).
+    package var uri: String
+    package var query: [String: [String]]
+    package var headers: HTTPHeaders
+    package var body: Data
 
+    /// The path as sent, without the query.
+    package var path: String { uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? "" }
     /// The first value, as Go's `url.Values.Get`.
-    func queryValue(_ name: String) -> String? { query[name]?.first }
-    func hasQuery(_ name: String) -> Bool { query[name] != nil }
+    package func queryValue(_ name: String) -> String? { query[name]?.first }
+    package func hasQuery(_ name: String) -> Bool { query[name] != nil }
 }
 
-struct HTTPResponse: Sendable {
-    var status: HTTPResponseStatus
-    var headers: [(String, String)] = []
-    var body: Data
+package struct HTTPResponse: Sendable {
+    package var status: HTTPResponseStatus
+    package var headers: [(String, String)] = []
+    package var body: Data
 
-    static func json(_ value: JSON, index: UInt64? = nil, extraHeaders: [(String, String)] = []) -> HTTPResponse {
-        var headers = [("Content-Type", "application/json")] + extraHeaders
-        if let index { headers.append(("X-Consul-Index", String(index))) }
-        return HTTPResponse(status: .ok, headers: headers, body: value.data)
+    package init(status: HTTPResponseStatus, headers: [(String, String)] = [], body: Data) {
+        self.status = status
+        self.headers = headers
+        self.body = body
     }
 
-    static func text(_ status: HTTPResponseStatus, _ text: String) -> HTTPResponse {
+    package static func text(_ status: HTTPResponseStatus, _ text: String) -> HTTPResponse {
         HTTPResponse(status: status, headers: [("Content-Type", "text/plain; charset=utf-8")], body: Data(text.utf8))
     }
 }
 
-/// A plain HTTP/1.1 server whose handler is async: each request runs in its own Task (a
-/// blocking query may wait minutes) and its response is written back on the channel's loop.
-final class HTTPServer: Sendable {
-    typealias Handler = @Sendable (HTTPRequest) async -> HTTPResponse
+/// The package's one HTTP/1.1 server (the admin listener, the dev agent, test stand-ins). Its
+/// handler is async: each request runs in its own Task (a blocking query may wait minutes) and
+/// its response is written back on the channel's loop, in request order on a keep-alive
+/// connection.
+package final class HTTPServer: Sendable {
+    package typealias Handler = @Sendable (HTTPRequest) async -> HTTPResponse
 
     private struct Running {
         var listener: Channel?
@@ -46,17 +51,35 @@ final class HTTPServer: Sendable {
 
     private let handler: Handler
     private let maxBodyBytes: Int
+    private let group: EventLoopGroup
     private let running = NIOLockedValueBox(Running())
 
-    init(maxBodyBytes: Int = 8 << 20, handler: @escaping Handler) {
+    package init(maxBodyBytes: Int = 8 << 20, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                 handler: @escaping Handler) {
         self.handler = handler
         self.maxBodyBytes = maxBodyBytes
+        self.group = group
     }
 
     /// Binds and returns the port.
-    func start(host: String, port: Int) async throws -> Int {
+    @discardableResult
+    package func start(host: String, port: Int) async throws -> Int {
+        try await start(at: try SocketAddress.makeAddressResolvingHost(host, port: port))
+    }
+
+    /// Binds a unix socket (replacing a stale socket file at `path`).
+    package func start(unixSocketPath path: String) async throws {
+        try? FileManager.default.removeItem(atPath: path)
+        try await start(at: try SocketAddress(unixDomainSocketPath: path))
+    }
+
+    /// The bound TCP port (0 before start or on a unix socket).
+    package var port: Int { running.withLockedValue { $0.listener?.localAddress?.port } ?? 0 }
+
+    @discardableResult
+    private func start(at address: SocketAddress) async throws -> Int {
         let handler = self.handler, maxBodyBytes = self.maxBodyBytes
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -67,9 +90,9 @@ final class HTTPServer: Sendable {
                     try channel.pipeline.syncOperations.addHandler(RequestHandler(handler: handler, maxBodyBytes: maxBodyBytes))
                 }
             }
-            .bind(host: host, port: port).get()
+            .bind(to: address).get()
         running.withLockedValue { $0.listener = channel }
-        return channel.localAddress?.port ?? port
+        return channel.localAddress?.port ?? 0
     }
 
     private func track(_ channel: Channel) {
@@ -81,7 +104,7 @@ final class HTTPServer: Sendable {
     }
 
     /// Closes the listener and every open connection; their pending requests are dropped.
-    func stop() async {
+    package func stop() async {
         let (listener, connections) = running.withLockedValue { running -> (Channel?, [Channel]) in
             defer { running.listener = nil }
             return (running.listener, Array(running.connections.values))
@@ -111,21 +134,20 @@ private final class RequestHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !tooLarge else { return }  // answered 413; the connection is closing
         switch unwrapInboundIn(data) {
         case .head(let head):
             self.head = head
             body.clear()
-            tooLarge = false
+            if let declared = head.headers.first(name: "Content-Length").flatMap(Int.init), declared > maxBodyBytes {
+                refuseTooLarge(context: context)
+            }
         case .body(var chunk):
-            if body.readableBytes + chunk.readableBytes > maxBodyBytes { tooLarge = true } else { body.writeBuffer(&chunk) }
+            if body.readableBytes + chunk.readableBytes > maxBodyBytes { refuseTooLarge(context: context) } else { body.writeBuffer(&chunk) }
         case .end:
             guard let head else { return }
             self.head = nil
             let keepAlive = head.isKeepAlive
-            if tooLarge {
-                write(.text(.payloadTooLarge, "Request body too large"), keepAlive: false, context: context)
-                return
-            }
             let request = Self.makeRequest(head, body: Data(body.readableBytesView))
             let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             let handler = self.handler
@@ -141,6 +163,14 @@ private final class RequestHandler: ChannelInboundHandler, RemovableChannelHandl
         }
     }
 
+    /// Answered at once, without reading the rest: the client may not send it all (or ever).
+    private func refuseTooLarge(context: ChannelHandlerContext) {
+        tooLarge = true
+        head = nil
+        body.clear()
+        write(.text(.payloadTooLarge, "Request body too large"), keepAlive: false, lingering: true, context: context)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         // Drops a pending blocking query when its client goes away (or stop() closes it).
         inFlight?.cancel()
@@ -148,7 +178,7 @@ private final class RequestHandler: ChannelInboundHandler, RemovableChannelHandl
         context.fireChannelInactive()
     }
 
-    private func write(_ response: HTTPResponse, keepAlive: Bool, context: ChannelHandlerContext) {
+    private func write(_ response: HTTPResponse, keepAlive: Bool, lingering: Bool = false, context: ChannelHandlerContext) {
         guard context.channel.isActive else { return }
         var headers = HTTPHeaders(response.headers)
         headers.replaceOrAdd(name: "Content-Length", value: String(response.body.count))
@@ -158,9 +188,18 @@ private final class RequestHandler: ChannelInboundHandler, RemovableChannelHandl
         context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: response.body)))), promise: nil)
         let done = context.writeAndFlushPromise()
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: done)
-        if !keepAlive {
-            let channel = context.channel
+        guard !keepAlive else { return }
+        let channel = context.channel
+        guard lingering else {
             done.futureResult.whenComplete { _ in channel.close(promise: nil) }
+            return
+        }
+        // Unread input would make our close a reset, which can destroy the answer before the
+        // client reads it: end our output only, discard what still arrives, close on the
+        // client's EOF or after a few seconds.
+        done.futureResult.whenComplete { _ in
+            channel.close(mode: .output, promise: nil)
+            channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
         }
     }
 
@@ -183,7 +222,7 @@ private final class RequestHandler: ChannelInboundHandler, RemovableChannelHandl
         let encodedPath = components?.percentEncodedPath ?? head.uri
         let segments = encodedPath.split(separator: "/", omittingEmptySubsequences: true)
             .map { String($0).removingPercentEncoding ?? String($0) }
-        return HTTPRequest(method: head.method, segments: segments, query: query, headers: head.headers, body: body)
+        return HTTPRequest(method: head.method, segments: segments, uri: head.uri, query: query, headers: head.headers, body: body)
     }
 }
 
