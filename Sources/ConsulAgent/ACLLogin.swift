@@ -10,12 +10,12 @@ package struct ACLLoginOptions: Sendable {
     /// `--login-meta k=v`: sent as the login's Meta (shown on the token).
     package var meta: [String: String] = [:]
     /// Renew after this fraction of the remaining lifetime of the ACL token or the JWT.
-    package var renewFraction = 0.8
+    var renewFraction = 0.8
     /// ... but never sooner than this after a login (seconds).
-    package var minimumRenewDelay: Double = 5
+    var minimumRenewDelay: Double = 5
     /// Jittered exponential backoff between failed logins (seconds).
-    package var retryBase: Double = 1
-    package var retryCap: Double = 60
+    var retryBase: Double = 1
+    var retryCap: Double = 60
 
     package init(authMethod: String) {
         self.authMethod = authMethod

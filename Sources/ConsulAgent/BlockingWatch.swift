@@ -5,19 +5,19 @@ import SidecarCore
 import SidecarModel
 
 /// Timing of every watch. Production uses Consul's defaults; tests shorten them.
-package struct WatchTiming: Sendable {
+struct WatchTiming: Sendable {
     /// `?wait=` sent with blocking queries (Consul: default 5 min, max 10 min).
-    package var wait: TimeAmount = .minutes(5)
+    var wait: TimeAmount = .minutes(5)
     /// Error backoff: exponential from `retryBase` up to `retryCap`, jittered.
-    package var retryBase: Double = 1
-    package var retryCap: Double = 60
+    var retryBase: Double = 1
+    var retryCap: Double = 60
     /// At least this long between the starts of two requests of one watch, even when every
     /// answer comes back at once (an index that keeps moving, an agent answering without
     /// blocking): Consul asks clients to rate-limit blocking loops. A change is still applied
     /// the moment it arrives; only the next request waits.
-    package var minInterval: TimeAmount = .seconds(1)
+    var minInterval: TimeAmount = .seconds(1)
 
-    package init() {}
+    init() {}
 
     /// Query value in Go duration syntax.
     var waitParameter: String { "\(max(1, wait.nanoseconds / 1_000_000_000))s" }

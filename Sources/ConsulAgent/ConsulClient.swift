@@ -18,7 +18,7 @@ package struct ConsulResponse: Sendable {
     package var body: Data
 }
 
-package enum ConsulRequestError: Error, CustomStringConvertible {
+enum ConsulRequestError: Error, CustomStringConvertible {
     /// The agent answered with a non-2xx status.
     case status(code: Int, path: String, body: String)
     /// No answer: refused, reset, timed out, TLS failure.
@@ -26,7 +26,7 @@ package enum ConsulRequestError: Error, CustomStringConvertible {
     /// No ACL token to send: the login-backed token source has not logged in.
     case notLoggedIn(path: String, reason: String)
 
-    package var description: String {
+    var description: String {
         switch self {
         case .status(let code, let path, let body):
             return "\(path): HTTP \(code)\(body.isEmpty ? "" : ": \(body)")"
@@ -38,7 +38,7 @@ package enum ConsulRequestError: Error, CustomStringConvertible {
     }
 
     /// Short label for metrics.
-    package var kind: String {
+    var kind: String {
         switch self {
         case .status(let code, _, _): return "http_\(code)"
         case .transport: return "unreachable"
@@ -54,7 +54,7 @@ package enum ConsulRequestError: Error, CustomStringConvertible {
 }
 
 /// Which token a request carries.
-package enum ConsulRequestToken: Sendable {
+enum ConsulRequestToken: Sendable {
     /// The client's token source (every ordinary call).
     case fromSource
     /// None (`/v1/acl/login`).
@@ -112,11 +112,11 @@ package final class ConsulClient: Sendable {
         try await send(.GET, path, query: query, body: nil, timeout: timeout)
     }
 
-    package func put(_ path: String, body: Data?, timeout: TimeAmount = .seconds(30)) async throws -> ConsulResponse {
+    func put(_ path: String, body: Data?, timeout: TimeAmount = .seconds(30)) async throws -> ConsulResponse {
         try await send(.PUT, path, query: [], body: body, timeout: timeout)
     }
 
-    package func post(_ path: String, body: Data?, token: ConsulRequestToken = .fromSource,
+    func post(_ path: String, body: Data?, token: ConsulRequestToken = .fromSource,
                      timeout: TimeAmount = .seconds(30)) async throws -> ConsulResponse {
         try await send(.POST, path, query: [], body: body, token: token, timeout: timeout)
     }

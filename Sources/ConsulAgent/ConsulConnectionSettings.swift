@@ -11,7 +11,7 @@ package struct ConsulConnectionSettings: Equatable, Sendable {
     }
 
     package var transport: Transport
-    package var useTLS: Bool
+    var useTLS: Bool
     /// The token to send, when it is not read from `tokenFile`.
     package var token: String?
     /// Re-read before each request so a rotated token file takes effect without a restart;
@@ -20,15 +20,15 @@ package struct ConsulConnectionSettings: Equatable, Sendable {
     /// CONSUL_CACERT; wins over `caPath` (as go-rootcerts).
     package var caFile: String?
     /// CONSUL_CAPATH: every PEM certificate in the directory is trusted.
-    package var caPath: String?
+    var caPath: String?
     /// CONSUL_HTTP_SSL_VERIFY=false: the agent's certificate is not verified.
-    package var verifyTLS = true
+    var verifyTLS = true
     /// CONSUL_HTTP_AUTH: HTTP basic auth (`user` or `user:password`) on every call.
-    package var httpAuth: String?
-    package var clientCertFile: String?
+    var httpAuth: String?
+    var clientCertFile: String?
     package var clientKeyFile: String?
     /// The name to verify the agent's certificate against, when it differs from the address.
-    package var tlsServerName: String?
+    var tlsServerName: String?
     /// CONSUL_NAMESPACE / CONSUL_PARTITION: `?ns=` / `?partition=` on every call that does not
     /// name its own.
     package var namespace: String?
@@ -95,7 +95,7 @@ package struct ConsulConnectionSettings: Equatable, Sendable {
     }
 
     /// The `Authorization` header value for `httpAuth` (`user` alone: an empty password).
-    package var basicAuthorization: String? {
+    var basicAuthorization: String? {
         guard let httpAuth else { return nil }
         let pair = httpAuth.contains(":") ? httpAuth : httpAuth + ":"
         return "Basic " + Data(pair.utf8).base64EncodedString()
@@ -103,7 +103,7 @@ package struct ConsulConnectionSettings: Equatable, Sendable {
 
     /// `host:port`, `http://host[:port]`, `https://host[:port]` or `unix:///path`, as Consul's
     /// own clients accept. Without a scheme, `defaultTLS` (CONSUL_HTTP_SSL) picks https.
-    package static func parseAddress(_ text: String, defaultTLS: Bool = false) throws -> (Transport, useTLS: Bool) {
+    static func parseAddress(_ text: String, defaultTLS: Bool = false) throws -> (Transport, useTLS: Bool) {
         if text.hasPrefix("unix://") {
             let path = String(text.dropFirst("unix://".count))
             guard path.hasPrefix("/") else { throw ConsulSettingsError("\(text): a unix socket address needs an absolute path (unix:///path)") }
@@ -160,14 +160,14 @@ package struct ConsulConnectionSettings: Equatable, Sendable {
     /// For logs: never the token itself.
     package var summary: String { "\(addressSummary) (\(authSummary))" }
 
-    package var addressSummary: String {
+    var addressSummary: String {
         switch transport {
         case .tcp(let host, let port): return "\(useTLS ? "https" : "http")://\(host.contains(":") ? "[\(host)]" : host):\(port)"
         case .unix(let path): return "unix://\(path)"
         }
     }
 
-    package var authSummary: String {
+    var authSummary: String {
         var parts = [tokenFile.map { "token file \($0)" } ?? (token != nil ? "token" : "no token")]
         if httpAuth != nil { parts.append("basic auth") }
         if useTLS && !verifyTLS { parts.append("TLS NOT VERIFIED") }
@@ -175,7 +175,7 @@ package struct ConsulConnectionSettings: Equatable, Sendable {
     }
 }
 
-package struct ConsulSettingsError: Error, CustomStringConvertible {
-    package let description: String
-    package init(_ description: String) { self.description = description }
+struct ConsulSettingsError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }

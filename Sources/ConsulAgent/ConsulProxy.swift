@@ -18,7 +18,7 @@ package struct ConsulProxyOptions: Sendable {
     package var target: Target
     /// The decision when no intention matches and the agent reports no DefaultIntentionPolicy.
     package var defaultIntention: IntentionAction = .deny
-    package var timing = WatchTiming()
+    var timing = WatchTiming()
     /// How long to wait for the registration, leaf and roots before giving up at startup.
     package var startupTimeout: TimeAmount = .seconds(60)
     /// Operator overrides applied to every registration read (e.g. --max-connections).
@@ -31,9 +31,9 @@ package struct ConsulProxyOptions: Sendable {
     }
 }
 
-package struct ConsulProxyError: Error, CustomStringConvertible {
-    package let description: String
-    package init(_ description: String) { self.description = description }
+struct ConsulProxyError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }
 
 /// A native Consul Connect proxy: configured by its registration, certificates from the

@@ -16,15 +16,15 @@ package protocol ConsulTokenSource: Sendable {
 }
 
 /// `-token`, `-token-file`, CONSUL_HTTP_TOKEN(_FILE): `settings.readToken()` before each request.
-package struct SettingsTokenSource: ConsulTokenSource {
-    package let settings: ConsulConnectionSettings
+struct SettingsTokenSource: ConsulTokenSource {
+    let settings: ConsulConnectionSettings
 
-    package init(settings: ConsulConnectionSettings) {
+    init(settings: ConsulConnectionSettings) {
         self.settings = settings
     }
 
-    package func token(for client: ConsulClient) async throws -> String? { try settings.readToken() }
-    package func rejected(_ token: String, by client: ConsulClient) async -> Bool { false }
-    package func shutdown(_ client: ConsulClient) async {}
-    package var summary: String { settings.authSummary }
+    func token(for client: ConsulClient) async throws -> String? { try settings.readToken() }
+    func rejected(_ token: String, by client: ConsulClient) async -> Bool { false }
+    func shutdown(_ client: ConsulClient) async {}
+    var summary: String { settings.authSummary }
 }

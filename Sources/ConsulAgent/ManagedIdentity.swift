@@ -8,7 +8,7 @@ import SidecarModel
 /// A JWT to present to `/v1/acl/login`, and when it stops being valid (for renewal timing).
 package struct BearerToken: Sendable {
     package var jwt: String
-    package var expiresAt: Date?
+    var expiresAt: Date?
 
     package init(jwt: String, expiresAt: Date?) {
         self.jwt = jwt
@@ -23,9 +23,9 @@ package protocol BearerTokenProvider: Sendable {
     var summary: String { get }
 }
 
-package struct BearerTokenError: Error, CustomStringConvertible {
-    package let description: String
-    package init(_ description: String) { self.description = description }
+struct BearerTokenError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }
 
 /// `--login-bearer-token-file`: a JWT in a file (e.g. a projected service-account token),

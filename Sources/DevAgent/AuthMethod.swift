@@ -11,17 +11,17 @@ package struct DevAgentAuthMethod: Sendable {
     /// Only "jwt" is supported.
     package var type: String = "jwt"
     /// PEM public keys (EC P-256 or RSA); a token must be signed by one of them.
-    package var jwtValidationPubKeys: [String]
+    var jwtValidationPubKeys: [String]
     /// The token's `aud` (string or array) must contain one of these, when any are given.
-    package var boundAudiences: [String] = []
+    var boundAudiences: [String] = []
     /// The token's `iss` must equal this, when set.
-    package var boundIssuer: String? = nil
+    var boundIssuer: String? = nil
     /// The claim whose string value names the service identity of the minted token.
-    package var serviceNameClaim: String = "sub"
+    var serviceNameClaim: String = "sub"
     /// Lifetime of minted ACL tokens (Consul's `MaxTokenTTL`); nil: they never expire.
-    package var maxTokenTTL: TimeInterval? = nil
+    var maxTokenTTL: TimeInterval? = nil
     /// Tolerance for `exp`/`nbf` against the agent's clock.
-    package var clockSkewLeeway: TimeInterval = 60
+    var clockSkewLeeway: TimeInterval = 60
 
     package init(name: String, jwtValidationPubKeys: [String]) {
         self.name = name

@@ -47,24 +47,24 @@ package final class DevAgent: Sendable {
     package var trustDomain: String { engine.store.read { $0.ca.trustDomain } }
 
     /// Same as `PUT /v1/agent/service/register`.
-    package func registerService(json: String) throws {
+    func registerService(json: String) throws {
         try Self.bridge { try engine.register(try Fields.parse(Data(json.utf8), what: "the service definition")) }
     }
 
     /// Same as `PUT /v1/config`.
-    package func writeConfigEntry(json: String) throws {
+    func writeConfigEntry(json: String) throws {
         try Self.bridge {
             try engine.writeConfigEntry(try Fields.parse(Data(json.utf8), what: "the config entry").value, source: "writeConfigEntry")
         }
     }
 
     /// Sets a check to "passing", "warning" or "critical" (as the pass/warn/fail endpoints).
-    package func setCheck(_ checkID: String, status: String) throws {
+    func setCheck(_ checkID: String, status: String) throws {
         try Self.bridge { try engine.updateCheck(checkID, status: status, output: "") }
     }
 
     /// Adds (or replaces) a `jwt` auth method for `/v1/acl/login`.
-    package func addAuthMethod(_ method: DevAgentAuthMethod) throws {
+    func addAuthMethod(_ method: DevAgentAuthMethod) throws {
         try engine.addAuthMethod(method)
     }
 
@@ -74,13 +74,13 @@ package final class DevAgent: Sendable {
     }
 
     /// SecretIDs of login tokens not logged out (expired ones included until the next login).
-    package var loginTokenSecretIDs: Set<String> { engine.store.read { Set($0.loginTokens.keys) } }
+    var loginTokenSecretIDs: Set<String> { engine.store.read { Set($0.loginTokens.keys) } }
 
     /// Successful logins since start.
-    package var loginCount: Int { engine.store.read { $0.loginCount } }
+    var loginCount: Int { engine.store.read { $0.loginCount } }
 
     /// A new root key, cross-signed by the old one; leaves follow within `rootRenewJitter`.
-    package func rotateCA() throws {
+    func rotateCA() throws {
         try Self.bridge { try engine.rotateCA() }
     }
 

@@ -7,18 +7,18 @@ package struct DevAgentConfiguration: Sendable {
     /// 0 picks a free port (kept across stop()/start()).
     package var httpPort: Int = 8500
     package var datacenter: String = "dc1"
-    package var nodeName: String = "dev-node"
+    var nodeName: String = "dev-node"
     /// Default "<random uuid>.consul", fixed for the agent's life.
     package var trustDomain: String? = nil
     package var leafTTL: TimeInterval = 72 * 3600
     /// Seconds to wait before re-minting leaves after a root change (Consul: 0-30 s).
-    package var rootRenewJitter: ClosedRange<Double> = 0...1
+    var rootRenewJitter: ClosedRange<Double> = 0...1
     /// "allow" or "deny"; a backup mesh runs default deny. Empty: the ACL default policy
     /// decides (Consul's `default_intention_policy` unset).
     package var defaultIntentionPolicy: String = "deny"
     /// `acl.default_policy` while ACLs are on ("allow" or "deny"): what the anonymous token
     /// may do, and the X-Consul-Default-ACL-Policy header.
-    package var aclDefaultPolicy: String = "deny"
+    var aclDefaultPolicy: String = "deny"
     /// `*.json` service definitions and config entries loaded at init.
     package var configDirectory: String? = nil
     /// When set, ACLs are enforced per endpoint with Consul's rules: this token may do

@@ -13,8 +13,8 @@ package struct MuxSettings: Sendable {
     /// Per-stream receive window: the most one stream buffers for a slow local reader. 2 MiB
     /// keeps one bulk stream within a few percent of a plain TLS connection on loopback
     /// (256 KiB: 40% slower); idle streams hold none of it.
-    package var streamWindow: Int32
-    package var connectionWindow: Int32
+    var streamWindow: Int32
+    var connectionWindow: Int32
     /// A connection without streams for this long goes away (GOAWAY, then close); nil: never.
     package var idleTimeout: TimeAmount?
     /// A connection that has received nothing for this long is sent a PING; one still silent

@@ -19,7 +19,7 @@ package final class Certificate: @unchecked Sendable, CustomStringConvertible {
 
     /// Every certificate in a PEM bundle, in order. Rejects empty bundles and trailing garbage
     /// that looks like a broken certificate.
-    package static func parsePEMBundle(_ pem: [UInt8], source: String) throws -> [Certificate] {
+    static func parsePEMBundle(_ pem: [UInt8], source: String) throws -> [Certificate] {
         OpenSSLErrorQueue.clear()
         let read: [Certificate]? = MemoryBIO.reading(pem) { bio in
             var result: [Certificate] = []
@@ -81,7 +81,7 @@ package final class Certificate: @unchecked Sendable, CustomStringConvertible {
     }
 
     /// What peer verification needs to know about a leaf, extracted once.
-    package var leafFacts: LeafCertificateFacts {
+    var leafFacts: LeafCertificateFacts {
         let flags = X509_get_extension_flags(pointer)
         let hasEKU = flags & UInt32(EXFLAG_XKUSAGE) != 0
         let eku = X509_get_extended_key_usage(pointer)

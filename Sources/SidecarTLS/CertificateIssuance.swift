@@ -134,7 +134,7 @@ extension Certificate {
     }
 
     /// The DER encoding.
-    package var derEncoded: [UInt8] {
+    var derEncoded: [UInt8] {
         MemoryBIO.bytes { i2d_X509_bio($0, pointer) == 1 } ?? []
     }
 
@@ -142,7 +142,7 @@ extension Certificate {
     package var sha1Fingerprint: [UInt8] { Digest.sha1(derEncoded) }
 
     /// The subject key identifier extension's value, or nil without one.
-    package var subjectKeyIdentifier: [UInt8]? {
+    var subjectKeyIdentifier: [UInt8]? {
         guard let keyID = X509_get0_subject_key_id(pointer) else { return nil }
         return Array(UnsafeBufferPointer(start: ASN1_STRING_get0_data(keyID), count: Int(ASN1_STRING_length(keyID))))
     }

@@ -28,7 +28,7 @@ package struct HTTPSClientTrust: Sendable, Equatable {
 package final class HTTPSClientContext: @unchecked Sendable {
     // Never mutated after init; SSL_CTX is safe to share between connections.
     let pointer: OpaquePointer
-    package let verifiesServer: Bool
+    let verifiesServer: Bool
 
     package init(_ trust: HTTPSClientTrust) throws {
         OpenSSLErrorQueue.clear()

@@ -34,7 +34,7 @@ package enum Digest {
     }
 
     /// Only where a format demands it (certificate fingerprints, key identifiers); never for security.
-    package static func sha1<Bytes: Collection>(_ bytes: Bytes) -> [UInt8] where Bytes.Element == UInt8 {
+    static func sha1<Bytes: Collection>(_ bytes: Bytes) -> [UInt8] where Bytes.Element == UInt8 {
         compute(EVP_sha1(), Array(bytes))
     }
 

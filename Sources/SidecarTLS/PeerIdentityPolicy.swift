@@ -9,22 +9,22 @@ package enum TLSRole: Sendable {
 
 /// The parts of a peer's leaf certificate that decide its identity. Extracted from OpenSSL once,
 /// evaluated by pure code so every rule is unit-testable without certificates.
-package struct LeafCertificateFacts: Sendable, Equatable {
+struct LeafCertificateFacts: Sendable, Equatable {
     package struct ExtendedKeyUsage: Sendable, Equatable {
-        package var clientAuth: Bool
-        package var serverAuth: Bool
-        package init(clientAuth: Bool, serverAuth: Bool) {
+        var clientAuth: Bool
+        var serverAuth: Bool
+        init(clientAuth: Bool, serverAuth: Bool) {
             self.clientAuth = clientAuth
             self.serverAuth = serverAuth
         }
     }
 
-    package var uriSANs: [String]
+    var uriSANs: [String]
     /// nil when the certificate has no extendedKeyUsage extension at all.
-    package var extendedKeyUsage: ExtendedKeyUsage?
-    package var isCA: Bool
+    var extendedKeyUsage: ExtendedKeyUsage?
+    var isCA: Bool
 
-    package init(uriSANs: [String], extendedKeyUsage: ExtendedKeyUsage?, isCA: Bool) {
+    init(uriSANs: [String], extendedKeyUsage: ExtendedKeyUsage?, isCA: Bool) {
         self.uriSANs = uriSANs
         self.extendedKeyUsage = extendedKeyUsage
         self.isCA = isCA
@@ -59,19 +59,19 @@ package enum PeerVerificationError: Error, Equatable, CustomStringConvertible {
 }
 
 /// The identity rules applied to a peer leaf once its chain has verified against our roots.
-package struct PeerIdentityPolicy: Sendable {
-    package var role: TLSRole
-    package var trustDomain: String
+struct PeerIdentityPolicy: Sendable {
+    var role: TLSRole
+    var trustDomain: String
     /// Client role: the destination we dialed. nil accepts any service in our trust domain.
-    package var expectedPeer: SPIFFEID?
+    var expectedPeer: SPIFFEID?
 
-    package init(role: TLSRole, trustDomain: String, expectedPeer: SPIFFEID? = nil) {
+    init(role: TLSRole, trustDomain: String, expectedPeer: SPIFFEID? = nil) {
         self.role = role
         self.trustDomain = trustDomain.lowercased()
         self.expectedPeer = expectedPeer
     }
 
-    package func evaluate(_ facts: LeafCertificateFacts) -> Result<SPIFFEID, PeerVerificationError> {
+    func evaluate(_ facts: LeafCertificateFacts) -> Result<SPIFFEID, PeerVerificationError> {
         if facts.isCA { return .failure(.leafIsCA) }
         switch role {
         case .server:

@@ -8,7 +8,7 @@ package struct TLSPeer: Sendable {
     package let identity: SPIFFEID
     package let certificateSerial: String
     package let protocolVersion: String
-    package let cipherSuite: String
+    let cipherSuite: String
     package let applicationProtocol: String?
     /// When the peer's leaf expires: a pooled connection must not carry new work past it.
     package let certificateNotAfter: Date

@@ -46,7 +46,7 @@ package struct TLSHandlerConfiguration: Sendable {
     package var firstByteTimeout: TimeAmount?
     /// Plaintext is delivered in buffers of up to this size: big enough that bulk transfers
     /// cross the pipeline a few records at a time.
-    package var plaintextChunkSize: Int
+    var plaintextChunkSize: Int
 
     package init(handshakeTimeout: TimeAmount? = .seconds(10), firstByteTimeout: TimeAmount? = nil,
                 plaintextChunkSize: Int = 64 * 1024) {

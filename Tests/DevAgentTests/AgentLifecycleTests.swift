@@ -1,8 +1,8 @@
-import DevAgent
+@testable import DevAgent
 import Foundation
 import Logging
 import Testing
-import SidecarModel
+@testable import SidecarModel
 
 @Suite("Dev agent: HTTP rules, ACLs, lifecycle, config directory")
 struct AgentLifecycleTests {

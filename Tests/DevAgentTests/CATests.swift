@@ -1,8 +1,8 @@
-import DevAgent
+@testable import DevAgent
 import Foundation
-import SidecarTLS
+@testable import SidecarTLS
 import Testing
-import SidecarModel
+@testable import SidecarModel
 
 @Suite("Dev agent: Connect CA")
 struct CATests {

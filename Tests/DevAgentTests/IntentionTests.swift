@@ -1,7 +1,7 @@
-import DevAgent
+@testable import DevAgent
 import Foundation
 import Testing
-import SidecarModel
+@testable import SidecarModel
 
 @Suite("Dev agent: config entries and intentions")
 struct IntentionTests {

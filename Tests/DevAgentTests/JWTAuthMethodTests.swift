@@ -1,9 +1,9 @@
-import DevAgent
+@testable import DevAgent
 import Foundation
 import NIOConcurrencyHelpers
 import Testing
 import TestSupport
-import SidecarModel
+@testable import SidecarModel
 
 private let audience = "https://management.azure.com/"
 private let issuerURL = "https://sts.windows.net/tenant-1/"

@@ -1,7 +1,7 @@
-import DevAgent
+@testable import DevAgent
 import Foundation
 import Testing
-import SidecarModel
+@testable import SidecarModel
 
 @Suite("Dev agent: services, checks and health")
 struct ServiceTests {

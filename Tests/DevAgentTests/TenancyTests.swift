@@ -1,4 +1,4 @@
-import DevAgent
+@testable import DevAgent
 import Foundation
 import Testing
 

@@ -1,6 +1,6 @@
 import Foundation
 import NIOCore
-import SidecarHTTP
+@testable import SidecarHTTP
 import NIOConcurrencyHelpers
 import Testing
 @testable import SidecarCore

@@ -1,11 +1,11 @@
 import Foundation
 import Glibc
 import NIOCore
-import SidecarHTTP
+@testable import SidecarHTTP
 import NIOConcurrencyHelpers
 import Testing
 @testable import SidecarCore
-import SidecarTLS
+@testable import SidecarTLS
 import TestSupport
 @testable import SidecarModel
 

@@ -2,7 +2,7 @@ import Foundation
 import Glibc
 import Testing
 @testable import SidecarCore
-import SidecarTLS
+@testable import SidecarTLS
 import TestSupport
 
 /// Floods and oversized input: refused, bounded, and the service stays usable for real peers.

@@ -3,8 +3,8 @@ import Glibc
 import NIOCore
 import Testing
 @testable import SidecarCore
-import SidecarMux
-import SidecarTLS
+@testable import SidecarMux
+@testable import SidecarTLS
 import TestSupport
 @testable import SidecarModel
 

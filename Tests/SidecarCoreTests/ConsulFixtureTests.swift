@@ -1,9 +1,9 @@
 import Foundation
 import NIOCore
 @testable import ConsulAgent
-import DevAgent
+@testable import DevAgent
 @testable import SidecarCore
-import SidecarTLS
+@testable import SidecarTLS
 import Testing
 import TestSupport
 @testable import SidecarModel

@@ -2,9 +2,9 @@ import Foundation
 import NIOConcurrencyHelpers
 import Testing
 @testable import ConsulAgent
-import DevAgent
+@testable import DevAgent
 @testable import SidecarCore
-import SidecarTLS
+@testable import SidecarTLS
 import TestSupport
 
 /// Sidecars configured only through the dev agent (like `-sidecar-for`), on real sockets.

@@ -2,9 +2,9 @@ import Foundation
 import NIOConcurrencyHelpers
 import Testing
 @testable import ConsulAgent
-import DevAgent
+@testable import DevAgent
 @testable import SidecarCore
-import SidecarTLS
+@testable import SidecarTLS
 import TestSupport
 
 /// Issue 5's proof, sized for CI: certificates renewed every ~2 s and the CA rotated once, under

@@ -4,7 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import Testing
 @testable import ConsulAgent
-import SidecarCore
+@testable import SidecarCore
 import TestSupport
 @testable import SidecarModel
 

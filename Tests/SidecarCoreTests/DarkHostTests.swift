@@ -3,7 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 @testable import SidecarCore
-import SidecarTLS
+@testable import SidecarTLS
 import Testing
 import TestSupport
 @testable import SidecarModel

@@ -1,6 +1,6 @@
 import Foundation
 import Glibc
-import SidecarTLS
+@testable import SidecarTLS
 import Testing
 import TestSupport
 

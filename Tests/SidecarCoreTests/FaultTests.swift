@@ -3,9 +3,9 @@ import Glibc
 import NIOConcurrencyHelpers
 import Testing
 @testable import ConsulAgent
-import DevAgent
+@testable import DevAgent
 @testable import SidecarCore
-import SidecarTLS
+@testable import SidecarTLS
 import TestSupport
 
 /// Failures around the sidecars: the local app, and one of two storage instances.

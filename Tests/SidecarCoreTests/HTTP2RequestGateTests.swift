@@ -1,5 +1,5 @@
 import Foundation
-import SidecarTLS
+@testable import SidecarTLS
 import Testing
 import TestSupport
 @testable import SidecarCore

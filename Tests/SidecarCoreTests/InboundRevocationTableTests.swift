@@ -1,7 +1,7 @@
 import NIOCore
 import NIOEmbedded
 @testable import SidecarCore
-import SidecarTLS
+@testable import SidecarTLS
 import Testing
 @testable import SidecarModel
 

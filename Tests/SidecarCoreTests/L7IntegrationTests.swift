@@ -2,7 +2,7 @@ import Foundation
 import NIOConcurrencyHelpers
 import Testing
 @testable import SidecarCore
-import SidecarTLS
+@testable import SidecarTLS
 import TestSupport
 @testable import SidecarModel
 

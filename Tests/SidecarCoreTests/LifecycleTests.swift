@@ -3,7 +3,7 @@ import NIOConcurrencyHelpers
 import Glibc
 import Testing
 @testable import SidecarCore
-import SidecarTLS
+@testable import SidecarTLS
 import TestSupport
 
 /// Draining, connection limits and idle connections.

@@ -5,7 +5,7 @@ import NIOCore
 import NIOPosix
 import Testing
 @testable import SidecarCore
-import SidecarTLS
+@testable import SidecarTLS
 import TestSupport
 @testable import SidecarModel
 

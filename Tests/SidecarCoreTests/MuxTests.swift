@@ -3,8 +3,8 @@ import NIOConcurrencyHelpers
 import NIOPosix
 import Testing
 @testable import SidecarCore
-import SidecarMux
-import SidecarTLS
+@testable import SidecarMux
+@testable import SidecarTLS
 import TestSupport
 
 /// The multiplexed transport between two sidecars: tunnels as HTTP/2 CONNECT streams on pooled

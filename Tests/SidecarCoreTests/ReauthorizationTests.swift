@@ -4,7 +4,7 @@ import Glibc
 import Logging
 import Testing
 @testable import SidecarCore
-import SidecarTLS
+@testable import SidecarTLS
 import TestSupport
 @testable import SidecarModel
 

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 @testable import SidecarCore
-import SidecarTLS
+@testable import SidecarTLS
 import TestSupport
 @testable import SidecarModel
 

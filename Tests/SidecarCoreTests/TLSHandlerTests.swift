@@ -1,7 +1,7 @@
 import NIOCore
 import NIOEmbedded
 import Testing
-import SidecarTLS
+@testable import SidecarTLS
 @testable import SidecarModel
 
 /// The TLS handler's state machine, driven byte by byte between two EmbeddedChannels (no

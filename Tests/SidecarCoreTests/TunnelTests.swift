@@ -2,7 +2,7 @@ import Foundation
 import NIOConcurrencyHelpers
 import Testing
 @testable import SidecarCore
-import SidecarTLS
+@testable import SidecarTLS
 import TestSupport
 
 /// Real TLS over real sockets: agent -> upstream listener -> mTLS -> public listener -> backend.

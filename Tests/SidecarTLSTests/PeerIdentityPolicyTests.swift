@@ -1,6 +1,6 @@
 import Testing
 @testable import SidecarTLS
-import SidecarModel
+@testable import SidecarModel
 
 @Suite("PeerIdentityPolicy")
 struct PeerIdentityPolicyTests {

@@ -5,7 +5,7 @@ import SidecarModel
 /// Service definitions and Consul API responses: the first byte picks the decoder, the rest
 /// is the document. A decoder returns a value or throws `ConfigError`; nothing else.
 @_cdecl("LLVMFuzzerTestOneInput")
-package func configDecodeFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+func configDecodeFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     var input = FuzzInput(data, size)
     let selector = input.byte() % 7
     let body = Data(input.remainder())

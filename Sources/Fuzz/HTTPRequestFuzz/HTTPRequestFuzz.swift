@@ -9,7 +9,7 @@ import SidecarModel
 /// as the same request (our output is canonical); a chunked body reads the same split anywhere,
 /// and re-chunked reads back to the same data.
 @_cdecl("LLVMFuzzerTestOneInput")
-package func httpRequestFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+func httpRequestFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     var input = FuzzInput(data, size)
     let split = Int(input.byte())
     let bytes = input.remainder()

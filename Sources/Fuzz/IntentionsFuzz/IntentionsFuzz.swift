@@ -6,7 +6,7 @@ import SidecarModel
 /// then NUL-separated request facts (flags, destination pick, source service and namespace,
 /// method, path, header name/value pairs).
 @_cdecl("LLVMFuzzerTestOneInput")
-package func intentionsFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+func intentionsFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     var input = FuzzInput(data, size)
     let json = Data(input.field().utf8)
     let intentions: [Intention]

@@ -6,7 +6,7 @@ import SidecarModel
 /// character, no byte outside the path alphabet, keeps the query exactly, and normalising it
 /// again changes nothing (what we decide on is what the service gets, and would decide the same).
 @_cdecl("LLVMFuzzerTestOneInput")
-package func pathNormalizerFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+func pathNormalizerFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     var input = FuzzInput(data, size)
     let flags = input.byte()
     let options = PathNormalization(mergeSlashes: flags & 1 != 0,

@@ -9,7 +9,7 @@ import Glibc
 /// read back by the small independent decoder below. Input: a family selector, 16+16 address
 /// bytes, two ports, a repeat count, then TLS version NUL SPIFFE ID.
 @_cdecl("LLVMFuzzerTestOneInput")
-package func proxyProtocolFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+func proxyProtocolFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     var input = FuzzInput(data, size)
     let selector = input.byte()
     let sourceBytes = input.bytes(16), destinationBytes = input.bytes(16)

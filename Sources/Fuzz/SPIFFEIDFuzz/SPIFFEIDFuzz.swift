@@ -4,7 +4,7 @@ import SidecarModel
 /// SPIFFE ID parsing: only `SPIFFEIDError` may come out, and an accepted ID's canonical URI
 /// parses back to the same ID and is its own canonical form.
 @_cdecl("LLVMFuzzerTestOneInput")
-package func spiffeIDFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+func spiffeIDFuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let text = String(decoding: UnsafeBufferPointer(start: data, count: size), as: UTF8.self)
     do {
         let id = try SPIFFEID.parse(text)

@@ -2,7 +2,7 @@ import SidecarModel
 
 /// Every metric family the sidecar exports, with its HELP text: one table, so no family goes
 /// out without one (`promtool check metrics` requires it) and the README list has a source.
-package enum MetricFamily: String, CaseIterable, Sendable {
+enum MetricFamily: String, CaseIterable, Sendable {
     // Traffic, counted where it is audited.
     case connections = "backup_sidecar_connections_total"
     case connectionsActive = "backup_sidecar_connections_active"
@@ -33,7 +33,7 @@ package enum MetricFamily: String, CaseIterable, Sendable {
     case heapFreeRetained = "backup_sidecar_heap_free_retained_bytes"
     case auditWriteFailures = "backup_sidecar_audit_write_failures_total"
 
-    package var help: String {
+    var help: String {
         switch self {
         case .connections: "Connections by listener and outcome (allowed, denied, rejected, failed, over_limit)."
         case .connectionsActive: "Open connections on a listener, handshakes included."

@@ -7,7 +7,7 @@ import Prometheus
 /// state (active connections, certificate expiry, instances, the process) is read at scrape
 /// time. Every family and its HELP text is in `MetricFamily`.
 package final class SidecarMetrics: AuditSink, Sendable {
-    package let registry = PrometheusCollectorRegistry()
+    let registry = PrometheusCollectorRegistry()
     private let meters = NIOLockedValueBox<[String: TrafficMeter]>([:])
     private static let handshakeBuckets: [Duration] = [
         .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
@@ -87,7 +87,7 @@ package final class SidecarMetrics: AuditSink, Sendable {
     }
 
     /// Prometheus text exposition format: our families, then the standard process_* ones.
-    package func exposition() -> String {
+    func exposition() -> String {
         registry.emitToString() + (ProcessMetrics.current()?.exposition ?? "")
     }
 

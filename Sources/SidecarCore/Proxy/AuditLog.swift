@@ -206,18 +206,18 @@ extension AuditSink {
 }
 
 /// Keeps records in memory; tests assert on them.
-package final class MemoryAuditSink: AuditSink {
+final class MemoryAuditSink: AuditSink {
     private let storage = NIOLockedValueBox<[AuditEvent]>([])
-    package init() {}
-    package func record(_ event: AuditEvent) { storage.withLockedValue { $0.append(event) } }
-    package var events: [AuditEvent] { storage.withLockedValue { $0 } }
+    init() {}
+    func record(_ event: AuditEvent) { storage.withLockedValue { $0.append(event) } }
+    var events: [AuditEvent] { storage.withLockedValue { $0 } }
 }
 
 /// Fans one record out to several sinks.
-package struct AuditFanOut: AuditSink {
+struct AuditFanOut: AuditSink {
     let sinks: [any AuditSink]
-    package init(_ sinks: [any AuditSink]) { self.sinks = sinks }
-    package func record(_ event: AuditEvent) { sinks.forEach { $0.record(event) } }
-    package func flush() { sinks.forEach { $0.flush() } }
-    package func trafficMeter(listener: String) -> TrafficMeter? { sinks.lazy.compactMap { $0.trafficMeter(listener: listener) }.first }
+    init(_ sinks: [any AuditSink]) { self.sinks = sinks }
+    func record(_ event: AuditEvent) { sinks.forEach { $0.record(event) } }
+    func flush() { sinks.forEach { $0.flush() } }
+    func trafficMeter(listener: String) -> TrafficMeter? { sinks.lazy.compactMap { $0.trafficMeter(listener: listener) }.first }
 }

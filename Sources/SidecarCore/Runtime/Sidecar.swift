@@ -39,7 +39,7 @@ package final class Sidecar: Sendable {
 
     let state: NIOLockedValueBox<State>
 
-    package static let publicListenerName = "public"
+    static let publicListenerName = "public"
 
     package init(settings: SidecarSettings, group: EventLoopGroup) throws {
         try settings.definition.validateUpstreamBinds(allowNonLoopback: settings.allowNonLoopbackUpstreams)
@@ -77,7 +77,7 @@ package final class Sidecar: Sendable {
     package var definition: ProxyDefinition { state.withLockedValue { $0.definition } }
 
     /// True once a drain started: not ready for new work (the admin API's /ready).
-    package var isDraining: Bool { state.withLockedValue { $0.draining } }
+    var isDraining: Bool { state.withLockedValue { $0.draining } }
 
     /// Binds every listener. Throws (naming the address) if any cannot be bound.
     package func start() async throws {
@@ -232,7 +232,7 @@ package final class Sidecar: Sendable {
     }
 
     /// Bound address of a listener ("public" or "upstream:<name>"), e.g. to learn port 0 picks.
-    package func boundAddress(of listener: String) -> SocketAddress? {
+    func boundAddress(of listener: String) -> SocketAddress? {
         state.withLockedValue { state in
             listener == Self.publicListenerName ? state.publicListener?.channel.localAddress
                 : state.upstreamListeners[listener]?.channel.localAddress

@@ -9,7 +9,7 @@ import SidecarModel
 /// counts tests and the admin API read.
 extension Sidecar {
     /// Ready for traffic: certificates and intentions loaded, listeners bound, not draining.
-    package var readiness: (ready: Bool, reason: String) {
+    var readiness: (ready: Bool, reason: String) {
         let (draining, noListener) = state.withLockedValue { ($0.draining, $0.publicListener == nil && $0.upstreamListeners.isEmpty) }
         if draining { return (false, "draining") }
         if currentIntentions == nil { return (false, "intentions not loaded") }
@@ -22,7 +22,7 @@ extension Sidecar {
     package var datacenter: String { settings.datacenter }
 
     /// Instances currently known per upstream destination.
-    package var upstreamInstanceList: [String: [Endpoint]] {
+    var upstreamInstanceList: [String: [Endpoint]] {
         state.withLockedValue { $0.instances.mapValues(\.endpoints) }
     }
 
@@ -32,13 +32,13 @@ extension Sidecar {
     var currentIntentions: IntentionSet? { authorizer.current }
 
     /// Open inbound connections (for tests and the admin API).
-    package var openInboundConnections: Int { table.inboundTunnels.count }
+    var openInboundConnections: Int { table.inboundTunnels.count }
 
     /// Open connections on a listener ("public" or "upstream:<name>").
-    package func openConnections(on listener: String) -> Int { table.count(listener) }
+    func openConnections(on listener: String) -> Int { table.count(listener) }
 
     /// Pooled mux connections toward destinations and the tunnels on them (tests, admin).
-    package func muxPoolCounts() async -> (connections: Int, streams: Int) {
+    func muxPoolCounts() async -> (connections: Int, streams: Int) {
         guard let muxPool else { return (0, 0) }
         return (try? await muxPool.counts(on: group.next()).get()) ?? (0, 0)
     }
@@ -75,7 +75,7 @@ extension Sidecar {
     }
 
     /// Updates the state gauges (called when /metrics is scraped).
-    package func refreshMetrics(on eventLoop: EventLoop) -> EventLoopFuture<Void> {
+    func refreshMetrics(on eventLoop: EventLoop) -> EventLoopFuture<Void> {
         guard let metrics = settings.metrics else { return eventLoop.makeSucceededVoidFuture() }
         refreshStateGauges(metrics)
         let inboundStreams = table.channels.filter(\.isStream).count

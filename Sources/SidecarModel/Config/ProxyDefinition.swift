@@ -30,7 +30,7 @@ package struct ProxyDefinition: Equatable, Sendable {
 
 /// Keys we honour in `proxy.config` (the map Consul passes through to proxies).
 package struct ProxyConfig: Equatable, Sendable {
-    package var bindAddress: String?
+    var bindAddress: String?
     package var bindPort: Int?
     package var localConnectTimeoutMs: Int = 1000
     package var handshakeTimeoutMs: Int = 10000

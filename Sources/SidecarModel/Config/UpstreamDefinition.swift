@@ -37,7 +37,7 @@ package struct Upstream: Equatable, Sendable {
 
     /// An upstream listener lends our mesh identity to whoever connects, so by default it may
     /// only listen on loopback (127.0.0.0/8, ::1, localhost).
-    package var bindsLoopbackOnly: Bool {
+    var bindsLoopbackOnly: Bool {
         if localBindSocketPath != nil { return true }
         let address = localBindAddress.lowercased()
         if address == "localhost" || address == "::1" || address == "[::1]" { return true }

@@ -72,7 +72,7 @@ package struct RetryBackoff: Equatable, Sendable {
     }
 
     /// The un-jittered delay for the next call: `base * 2^attempt`, at most `cap`.
-    package var currentCeiling: Double {
+    var currentCeiling: Double {
         // 2^attempt overflows to infinity long after it passed any sane cap; min() handles it.
         min(cap, base * pow(2, Double(attempt)))
     }

@@ -112,7 +112,7 @@ package struct ConsulCARoots: Equatable, Sendable {
     /// intermediates into the trust store would make any of them an anchor where OpenSSL is
     /// asked to accept partial chains, widening trust beyond the roots Consul lists. Use this
     /// only as untrusted chain-building material.
-    package var intermediatesPEM: String { joinPEM(roots.flatMap(\.intermediateCertPEMs)) }
+    var intermediatesPEM: String { joinPEM(roots.flatMap(\.intermediateCertPEMs)) }
 
     package static func decode(_ data: Data, source: String) throws -> ConsulCARoots {
         let root = try ConsulResponseBody.root(data, source: source)

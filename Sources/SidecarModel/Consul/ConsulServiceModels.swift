@@ -63,7 +63,7 @@ package struct ConsulServiceInstance: Equatable, Sendable {
         /// The `dc` segment of the identity the instance must present.
         package var datacenter: String
         /// `TaggedAddresses.wan`: the node's address as other datacenters reach it.
-        package var wanAddress: String?
+        var wanAddress: String?
 
         package init(id: String = "", node: String, address: String, datacenter: String, wanAddress: String? = nil) {
             self.id = id
@@ -84,10 +84,10 @@ package struct ConsulServiceInstance: Equatable, Sendable {
         package var address: String
         package var port: Int
         /// `Proxy.DestinationServiceName` when non-empty (sidecars only).
-        package var proxyDestinationName: String?
+        var proxyDestinationName: String?
         /// `TaggedAddresses.wan` (address, and port when not 0).
-        package var wanAddress: String?
-        package var wanPort: Int?
+        var wanAddress: String?
+        var wanPort: Int?
 
         package init(id: String, service: String, kind: String = "", address: String = "", port: Int,
                     proxyDestinationName: String? = nil, wanAddress: String? = nil, wanPort: Int? = nil) {
@@ -126,7 +126,7 @@ package struct ConsulServiceInstance: Equatable, Sendable {
     /// Where to connect: the service address, or the node's when the service has none
     /// (registrations without an address are common; see Consul issue #7505). Dial it with
     /// `service.port`.
-    package var dialAddress: String { service.address.isEmpty ? node.address : service.address }
+    var dialAddress: String { service.address.isEmpty ? node.address : service.address }
 
     /// Where to connect, as Consul's CheckServiceNode.BestAddress: from another datacenter
     /// (`wan`) the service's WAN tagged address (and port), else its address, else the node's

@@ -72,10 +72,10 @@ package struct HTTPPermissionMatch: Sendable, Equatable {
 
         package var name: String
         package var condition: Condition
-        package var invert: Bool
+        var invert: Bool
         /// ASCII case folding of the value for exact, prefix, suffix and contains (Consul's
         /// IgnoreCase; like Envoy, never for regex).
-        package var ignoreCase: Bool
+        var ignoreCase: Bool
 
         package init(name: String, condition: Condition, invert: Bool = false, ignoreCase: Bool = false) {
             self.name = name.lowercased()

@@ -1,6 +1,6 @@
 import Foundation
 import Glibc
-import SidecarTLS
+@testable import SidecarTLS
 
 /// A plain blocking TCP client, so tests drive the sidecars the way a backup agent would,
 /// with no NIO on the client side.

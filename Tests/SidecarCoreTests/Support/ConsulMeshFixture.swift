@@ -4,9 +4,9 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 @testable import ConsulAgent
-import DevAgent
+@testable import DevAgent
 @testable import SidecarCore
-import SidecarTLS
+@testable import SidecarTLS
 import TestSupport
 
 /// A TCP socket bound (not listening) to a port the kernel picked on 127.0.0.1: connections to

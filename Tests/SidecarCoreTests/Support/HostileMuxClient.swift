@@ -1,8 +1,8 @@
 import NIOCore
 import NIOPosix
 @testable import SidecarCore
-import SidecarMux
-import SidecarTLS
+@testable import SidecarMux
+@testable import SidecarTLS
 @testable import SidecarModel
 
 /// A peer speaking the mux directly to a storage sidecar's public listener, with whatever

@@ -2,7 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 @testable import SidecarCore
-import SidecarTLS
+@testable import SidecarTLS
 @testable import SidecarModel
 
 /// Shared event loops for the integration tests (2 threads, like production on this machine).

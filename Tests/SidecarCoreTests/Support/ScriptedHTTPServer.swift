@@ -4,7 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import SidecarHTTP
+@testable import SidecarHTTP
 
 /// The package's HTTP/1.1 server on 127.0.0.1:0 whose every answer comes from `respond`, so tests can
 /// play an agent that misbehaves in exactly one way (truncated JSON, 500, 403, ...).

@@ -3,7 +3,7 @@ import NIOCore
 import NIOPosix
 import NIOHTTP1
 import NIOHTTP2
-import SidecarTLS
+@testable import SidecarTLS
 
 /// A plaintext "local service" on 127.0.0.1:0 with a pluggable behaviour. Counts what reaches it,
 /// so tests can prove that a refused peer delivered nothing.

@@ -1,6 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
-import SidecarTLS
+@testable import SidecarTLS
 
 /// The dev CA and every negative certificate, made once per test run by certs-dev/gen.sh
 /// (the same script operators use), into a fresh temporary directory.

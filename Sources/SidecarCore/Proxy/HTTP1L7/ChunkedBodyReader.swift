@@ -36,7 +36,7 @@ package struct ChunkedBodyReader: Sendable {
 
     package init() {}
 
-    package var isDone: Bool { if case .done = state { return true }; return false }
+    var isDone: Bool { if case .done = state { return true }; return false }
 
     /// Consumes input up to the end of the body (the rest belongs to the next request).
     /// Returns the events and how many bytes were consumed.

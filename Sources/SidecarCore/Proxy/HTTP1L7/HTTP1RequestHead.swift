@@ -46,10 +46,10 @@ package struct HTTP1RequestHead: Equatable, Sendable {
 /// - at most `maxHeadBytes` for the whole head, `maxFields` fields, `maxTargetBytes` of target.
 /// Up to `maxLeadingEmptyLines` CRLFs before a request line are skipped (RFC 9112 §2.2).
 package enum HTTP1HeadReader {
-    package static let maxHeadBytes = 64 * 1024
-    package static let maxFields = 100
-    package static let maxTargetBytes = 8 * 1024
-    package static let maxLeadingEmptyLines = 4
+    static let maxHeadBytes = 64 * 1024
+    static let maxFields = 100
+    static let maxTargetBytes = 8 * 1024
+    static let maxLeadingEmptyLines = 4
 
     package enum Outcome: Equatable {
         /// No complete head yet; the first `scanned` bytes hold no head end and no error
