@@ -2,7 +2,7 @@ import Foundation
 
 /// A configuration error that names the file and the field.
 package struct ConfigError: Error, CustomStringConvertible, Equatable {
-    package let source: String
+    let source: String
     package let path: String
     package let message: String
 

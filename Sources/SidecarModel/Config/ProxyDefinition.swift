@@ -6,10 +6,10 @@ package struct ProxyDefinition: Equatable, Sendable {
     package var id: String
     package var name: String
     /// Public listener address; Consul's built-in proxy defaults to all interfaces.
-    package var address: String
+    var address: String
     package var port: Int?
     package var destinationServiceName: String
-    package var destinationServiceID: String?
+    var destinationServiceID: String?
     package var localServiceAddress: String
     package var localServicePort: Int?
     /// The local app listens on a unix socket instead of a TCP port.

@@ -58,10 +58,10 @@ package struct BlockingIndex: Equatable, Sendable {
 /// restarting together do not retry in lockstep. Seconds. Pure: the caller supplies the random
 /// number, so tests are deterministic.
 package struct RetryBackoff: Equatable, Sendable {
-    package let base: Double
-    package let cap: Double
+    let base: Double
+    let cap: Double
     /// Failures since the last `reset()`.
-    package private(set) var attempt: Int = 0
+    private(set) var attempt: Int = 0
 
     /// A non-positive or non-finite `base` becomes 0 (no delay); `cap` is raised to `base`
     /// when below it, and a non-finite `cap` (no sane upper bound) is replaced by `base`.

@@ -55,17 +55,17 @@ package struct ConsulCARoot: Equatable, Sendable {
     /// serials from external CAs such as Vault) the value passes through a `Double` in
     /// `JSONValue` and is rounded to 53 significant bits.
     package var serialNumber: UInt64
-    package var signingKeyID: String
+    var signingKeyID: String
     /// RFC 3339 timestamps as Consul sends them (Go's zero time when unset).
-    package var notBefore: String?
-    package var notAfter: String?
+    var notBefore: String?
+    var notAfter: String?
     package var rootCertPEM: String
     /// Intermediates to attach to leaves signed by this root; `null` becomes `[]`. During a CA
     /// rotation the new root carries here a certificate for its key cross-signed by the old root.
-    package var intermediateCertPEMs: [String]
-    package var active: Bool
+    var intermediateCertPEMs: [String]
+    var active: Bool
 
-    package init(id: String, name: String = "", serialNumber: UInt64 = 0, signingKeyID: String = "",
+    init(id: String, name: String = "", serialNumber: UInt64 = 0, signingKeyID: String = "",
                 notBefore: String? = nil, notAfter: String? = nil, rootCertPEM: String,
                 intermediateCertPEMs: [String] = [], active: Bool) {
         self.id = id
@@ -82,19 +82,19 @@ package struct ConsulCARoot: Equatable, Sendable {
 
 /// `GET /v1/agent/connect/ca/roots` (index-blocking).
 package struct ConsulCARoots: Equatable, Sendable {
-    package var activeRootID: String
+    var activeRootID: String
     /// `<cluster-uuid>.consul`: the host part of every SPIFFE ID this cluster issues.
     package var trustDomain: String
     package var roots: [ConsulCARoot]
 
-    package init(activeRootID: String, trustDomain: String, roots: [ConsulCARoot]) {
+    init(activeRootID: String, trustDomain: String, roots: [ConsulCARoot]) {
         self.activeRootID = activeRootID
         self.trustDomain = trustDomain
         self.roots = roots
     }
 
     /// The root named by `ActiveRootID`, else the one flagged `Active`.
-    package var activeRoot: ConsulCARoot? {
+    var activeRoot: ConsulCARoot? {
         roots.first { $0.id == activeRootID } ?? roots.first { $0.active }
     }
 
@@ -156,12 +156,12 @@ package struct ConsulLeafCertificate: Equatable, Sendable, CustomStringConvertib
     /// `spiffe://<trust-domain>/ns/<ns>/dc/<dc>/svc/<service>`.
     package var serviceURI: String
     /// RFC 3339.
-    package var validAfter: String
-    package var validBefore: String
-    package var createIndex: UInt64
-    package var modifyIndex: UInt64
+    var validAfter: String
+    var validBefore: String
+    var createIndex: UInt64
+    var modifyIndex: UInt64
 
-    package init(serialNumber: String, certPEM: String, privateKeyPEM: String, service: String, serviceURI: String,
+    init(serialNumber: String, certPEM: String, privateKeyPEM: String, service: String, serviceURI: String,
                 validAfter: String, validBefore: String, createIndex: UInt64 = 0, modifyIndex: UInt64 = 0) {
         self.serialNumber = serialNumber
         self.certPEM = certPEM
@@ -206,7 +206,7 @@ package struct ConsulAgentSelf: Equatable, Sendable {
     /// absent or empty, in which case Consul falls back to the ACL default policy.
     package var defaultIntentionPolicy: IntentionAction?
 
-    package init(datacenter: String, defaultIntentionPolicy: IntentionAction? = nil) {
+    init(datacenter: String, defaultIntentionPolicy: IntentionAction? = nil) {
         self.datacenter = datacenter
         self.defaultIntentionPolicy = defaultIntentionPolicy
     }

@@ -9,18 +9,18 @@ import Foundation
 /// `GET /v1/agent/service/:id` (hash-blocking) for our connect-proxy registration.
 package struct ConsulAgentService: Equatable, Sendable {
     /// Always "connect-proxy": other kinds are refused.
-    package var kind: String
+    var kind: String
     package var id: String
     /// The service name (the API's "Service" field; "Name" only exists in definitions).
     package var service: String
     /// The hash to send back as `?hash=` (the same value as the X-Consul-ContentHash header).
-    package var contentHash: String?
+    var contentHash: String?
     /// The registration read by the same rules as a service definition file.
     package var proxy: ProxyDefinition
     /// The agent's datacenter (`omitempty`; absent from agents before 1.10).
     package var datacenter: String?
 
-    package init(kind: String, id: String, service: String, contentHash: String?, proxy: ProxyDefinition, datacenter: String? = nil) {
+    init(kind: String, id: String, service: String, contentHash: String?, proxy: ProxyDefinition, datacenter: String? = nil) {
         self.kind = kind
         self.id = id
         self.service = service
@@ -59,13 +59,13 @@ package struct ConsulServiceInstance: Equatable, Sendable {
         package var id: String
         /// Node name.
         package var node: String
-        package var address: String
+        var address: String
         /// The `dc` segment of the identity the instance must present.
         package var datacenter: String
         /// `TaggedAddresses.wan`: the node's address as other datacenters reach it.
         var wanAddress: String?
 
-        package init(id: String = "", node: String, address: String, datacenter: String, wanAddress: String? = nil) {
+        init(id: String = "", node: String, address: String, datacenter: String, wanAddress: String? = nil) {
             self.id = id
             self.node = node
             self.address = address
@@ -79,9 +79,9 @@ package struct ConsulServiceInstance: Equatable, Sendable {
         /// The registered name (for a sidecar: `<dest>-sidecar-proxy`).
         package var service: String
         /// "connect-proxy" for sidecars, "" for connect-native services.
-        package var kind: String
+        var kind: String
         /// Often "": the instance listens on the node's address.
-        package var address: String
+        var address: String
         package var port: Int
         /// `Proxy.DestinationServiceName` when non-empty (sidecars only).
         var proxyDestinationName: String?
@@ -89,7 +89,7 @@ package struct ConsulServiceInstance: Equatable, Sendable {
         var wanAddress: String?
         var wanPort: Int?
 
-        package init(id: String, service: String, kind: String = "", address: String = "", port: Int,
+        init(id: String, service: String, kind: String = "", address: String = "", port: Int,
                     proxyDestinationName: String? = nil, wanAddress: String? = nil, wanPort: Int? = nil) {
             self.id = id
             self.service = service
@@ -103,11 +103,11 @@ package struct ConsulServiceInstance: Equatable, Sendable {
     }
 
     package struct Check: Equatable, Sendable {
-        package var checkID: String
+        var checkID: String
         /// "passing", "warning", "critical" or "maintenance".
-        package var status: String
+        var status: String
 
-        package init(checkID: String, status: String) {
+        init(checkID: String, status: String) {
             self.checkID = checkID
             self.status = status
         }
@@ -115,9 +115,9 @@ package struct ConsulServiceInstance: Equatable, Sendable {
 
     package var node: Node
     package var service: Service
-    package var checks: [Check]
+    var checks: [Check]
 
-    package init(node: Node, service: Service, checks: [Check]) {
+    init(node: Node, service: Service, checks: [Check]) {
         self.node = node
         self.service = service
         self.checks = checks
@@ -221,7 +221,7 @@ package struct ConsulIntentionMatch: Equatable, Sendable {
     /// Keyed by the names as requested (Consul preserves their spelling).
     package var intentionsByName: [String: [Intention]]
 
-    package init(intentionsByName: [String: [Intention]]) {
+    init(intentionsByName: [String: [Intention]]) {
         self.intentionsByName = intentionsByName
     }
 

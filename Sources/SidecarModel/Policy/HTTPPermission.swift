@@ -8,7 +8,7 @@ package struct HTTPRequestFacts: Sendable, Equatable {
     package var path: String
     /// Header names lowercased; repeated headers keep every value. Pseudo-headers (`:method`,
     /// `:path` with its query, `:authority`, `:scheme`) are among them on both protocols.
-    package var headers: [(name: String, value: String)]
+    var headers: [(name: String, value: String)]
 
     package init(method: String, path: String, headers: [(name: String, value: String)]) {
         self.method = method
@@ -37,15 +37,15 @@ package struct FullMatchRegex: Sendable, Equatable, CustomStringConvertible {
     /// 100, which already refuses `[0-9a-f]{64}`; ours is more generous.
     static let maxProgramSize = 10_000
 
-    package let pattern: String
+    let pattern: String
     private let compiled: CompiledRE2
 
-    package init(_ pattern: String) throws {
+    init(_ pattern: String) throws {
         self.pattern = pattern
         compiled = try CompiledRE2(pattern, maxProgramSize: Self.maxProgramSize)
     }
 
-    package func matches(_ text: String) -> Bool { compiled.fullMatch(text) }
+    func matches(_ text: String) -> Bool { compiled.fullMatch(text) }
 
     package var description: String { pattern }
     package static func == (lhs: FullMatchRegex, rhs: FullMatchRegex) -> Bool { lhs.pattern == rhs.pattern }
@@ -61,7 +61,7 @@ package struct HTTPPermissionMatch: Sendable, Equatable {
     }
 
     package struct HeaderRule: Sendable, Equatable {
-        package enum Condition: Sendable, Equatable {
+        enum Condition: Sendable, Equatable {
             case present
             case exact(String)
             case prefix(String)
@@ -71,13 +71,13 @@ package struct HTTPPermissionMatch: Sendable, Equatable {
         }
 
         package var name: String
-        package var condition: Condition
+        var condition: Condition
         var invert: Bool
         /// ASCII case folding of the value for exact, prefix, suffix and contains (Consul's
         /// IgnoreCase; like Envoy, never for regex).
         var ignoreCase: Bool
 
-        package init(name: String, condition: Condition, invert: Bool = false, ignoreCase: Bool = false) {
+        init(name: String, condition: Condition, invert: Bool = false, ignoreCase: Bool = false) {
             self.name = name.lowercased()
             self.condition = condition
             self.invert = invert
@@ -124,8 +124,8 @@ package struct HTTPPermissionMatch: Sendable, Equatable {
 
     package var path: PathRule
     /// Upper-case; empty means any method.
-    package var methods: [String]
-    package var headers: [HeaderRule]
+    var methods: [String]
+    var headers: [HeaderRule]
 
     package init(path: PathRule = .any, methods: [String] = [], headers: [HeaderRule] = []) {
         self.path = path
@@ -135,7 +135,7 @@ package struct HTTPPermissionMatch: Sendable, Equatable {
     }
 
     /// Every stated condition must hold. `inDeny`: see `HeaderRule.matches`.
-    package func matches(_ request: HTTPRequestFacts, inDeny: Bool = false) -> Bool {
+    func matches(_ request: HTTPRequestFacts, inDeny: Bool = false) -> Bool {
         switch path {
         case .any: break
         case .exact(let exact): guard request.path == exact else { return false }
@@ -150,7 +150,7 @@ package struct HTTPPermissionMatch: Sendable, Equatable {
 /// One entry of an intention's `Permissions`: the first whose HTTP match holds decides.
 package struct IntentionPermission: Sendable, Equatable {
     package var action: IntentionAction
-    package var http: HTTPPermissionMatch
+    var http: HTTPPermissionMatch
     /// The permission's `JWT`: Consul would also require a valid token, which this sidecar
     /// cannot verify; the permission then denies whatever its action.
     package var requiresJWT: Bool

@@ -10,7 +10,7 @@ package enum IntentionCheck {
         package var explanation: String
     }
 
-    package struct InvalidName: Error, CustomStringConvertible {
+    struct InvalidName: Error, CustomStringConvertible {
         package let description: String
     }
 
