@@ -6,7 +6,7 @@ import SidecarModel
 /// How an `ACLLogin` session logs in and renews.
 package struct ACLLoginOptions: Sendable {
     /// `--login-method`: the auth method's name in Consul.
-    package var authMethod: String
+    var authMethod: String
     /// `--login-meta k=v`: sent as the login's Meta (shown on the token).
     package var meta: [String: String] = [:]
     /// Renew after this fraction of the remaining lifetime of the ACL token or the JWT.

@@ -6,16 +6,16 @@ import SidecarCore
 import SidecarModel
 
 /// One answer from the agent: the body and the headers blocking queries need.
-package struct ConsulResponse: Sendable {
-    package var status: Int
+struct ConsulResponse: Sendable {
+    var status: Int
     /// `X-Consul-Index`, nil when absent or unparsable.
-    package var index: UInt64?
+    var index: UInt64?
     /// `X-Consul-ContentHash` (hash-blocking endpoints).
-    package var contentHash: String?
+    var contentHash: String?
     /// `X-Consul-Default-ACL-Policy` (on every answer; "allow" while ACLs are off): what no
     /// matching intention decides when the agent sets no DefaultIntentionPolicy.
-    package var defaultACLPolicy: IntentionAction?
-    package var body: Data
+    var defaultACLPolicy: IntentionAction?
+    var body: Data
 }
 
 enum ConsulRequestError: Error, CustomStringConvertible {
@@ -66,8 +66,8 @@ enum ConsulRequestToken: Sendable {
 /// The Consul HTTP API: the ACL token on every call, TLS per CONSUL_* settings (on system
 /// OpenSSL, like the mesh), unix sockets. Callers pass paths; this type knows nothing of the endpoints.
 package final class ConsulClient: Sendable {
-    package let settings: ConsulConnectionSettings
-    package let tokenSource: any ConsulTokenSource
+    let settings: ConsulConnectionSettings
+    let tokenSource: any ConsulTokenSource
     private let exchange: HTTPExchange
     private let eventLoopGroup: any EventLoopGroup
 
@@ -99,16 +99,16 @@ package final class ConsulClient: Sendable {
     }
 
     /// Ends the token source (a login session logs out). Connections live one request each.
-    package func shutdown() async {
+    func shutdown() async {
         await tokenSource.shutdown(self)
     }
 
     /// For logs: the address and how requests authenticate, never a token.
-    package var summary: String { "\(settings.addressSummary) (\(tokenSource.summary))" }
+    var summary: String { "\(settings.addressSummary) (\(tokenSource.summary))" }
 
     /// GET `path` (already percent-encoded) with `query`; `timeout` bounds the whole call
     /// (a blocking query's wait plus Consul's jitter plus slack).
-    package func get(_ path: String, query: [(String, String)] = [], timeout: TimeAmount = .seconds(30)) async throws -> ConsulResponse {
+    func get(_ path: String, query: [(String, String)] = [], timeout: TimeAmount = .seconds(30)) async throws -> ConsulResponse {
         try await send(.GET, path, query: query, body: nil, timeout: timeout)
     }
 
@@ -181,7 +181,7 @@ package final class ConsulClient: Sendable {
     }
 
     /// One percent-encoded path segment (service names, IDs).
-    package static func segment(_ text: String) -> String {
+    static func segment(_ text: String) -> String {
         var allowed = CharacterSet.urlPathAllowed
         allowed.remove(charactersIn: "/?#%")
         return text.addingPercentEncoding(withAllowedCharacters: allowed) ?? text

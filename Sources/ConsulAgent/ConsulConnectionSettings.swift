@@ -5,20 +5,20 @@ import SidecarCore
 /// Consul tool honours (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...). Pure: no file or network I/O
 /// except `readToken`, so the precedence rules are unit-tested.
 package struct ConsulConnectionSettings: Equatable, Sendable {
-    package enum Transport: Equatable, Sendable {
+    enum Transport: Equatable, Sendable {
         case tcp(host: String, port: Int)
         case unix(path: String)
     }
 
-    package var transport: Transport
+    var transport: Transport
     var useTLS: Bool
     /// The token to send, when it is not read from `tokenFile`.
-    package var token: String?
+    var token: String?
     /// Re-read before each request so a rotated token file takes effect without a restart;
     /// when set, it is what is sent (`resolve` keeps only the source Consul would use).
-    package var tokenFile: String?
+    var tokenFile: String?
     /// CONSUL_CACERT; wins over `caPath` (as go-rootcerts).
-    package var caFile: String?
+    var caFile: String?
     /// CONSUL_CAPATH: every PEM certificate in the directory is trusted.
     var caPath: String?
     /// CONSUL_HTTP_SSL_VERIFY=false: the agent's certificate is not verified.
@@ -26,15 +26,15 @@ package struct ConsulConnectionSettings: Equatable, Sendable {
     /// CONSUL_HTTP_AUTH: HTTP basic auth (`user` or `user:password`) on every call.
     var httpAuth: String?
     var clientCertFile: String?
-    package var clientKeyFile: String?
+    var clientKeyFile: String?
     /// The name to verify the agent's certificate against, when it differs from the address.
     var tlsServerName: String?
     /// CONSUL_NAMESPACE / CONSUL_PARTITION: `?ns=` / `?partition=` on every call that does not
     /// name its own.
-    package var namespace: String?
-    package var partition: String?
+    var namespace: String?
+    var partition: String?
 
-    package init(transport: Transport = .tcp(host: "127.0.0.1", port: 8500), useTLS: Bool = false,
+    init(transport: Transport = .tcp(host: "127.0.0.1", port: 8500), useTLS: Bool = false,
                 token: String? = nil, tokenFile: String? = nil, caFile: String? = nil,
                 clientCertFile: String? = nil, clientKeyFile: String? = nil, tlsServerName: String? = nil) {
         self.transport = transport
@@ -158,7 +158,7 @@ package struct ConsulConnectionSettings: Equatable, Sendable {
     }
 
     /// For logs: never the token itself.
-    package var summary: String { "\(addressSummary) (\(authSummary))" }
+    var summary: String { "\(addressSummary) (\(authSummary))" }
 
     var addressSummary: String {
         switch transport {

@@ -15,7 +15,7 @@ package struct ConsulProxyOptions: Sendable {
         case proxyID(String)
     }
 
-    package var target: Target
+    var target: Target
     /// The decision when no intention matches and the agent reports no DefaultIntentionPolicy.
     package var defaultIntention: IntentionAction = .deny
     var timing = WatchTiming()

@@ -7,10 +7,10 @@ import SidecarModel
 
 /// A JWT to present to `/v1/acl/login`, and when it stops being valid (for renewal timing).
 package struct BearerToken: Sendable {
-    package var jwt: String
+    var jwt: String
     var expiresAt: Date?
 
-    package init(jwt: String, expiresAt: Date?) {
+    init(jwt: String, expiresAt: Date?) {
         self.jwt = jwt
         self.expiresAt = expiresAt
     }
@@ -31,7 +31,7 @@ struct BearerTokenError: Error, CustomStringConvertible {
 /// `--login-bearer-token-file`: a JWT in a file (e.g. a projected service-account token),
 /// re-read on each login. Its `exp` claim is read, unverified, only to time the renewal.
 package struct BearerTokenFile: BearerTokenProvider {
-    package let path: String
+    let path: String
 
     package init(path: String) {
         self.path = path
@@ -69,8 +69,8 @@ package struct AzureManagedIdentity: BearerTokenProvider {
     package static let defaultIMDSURL = "http://169.254.169.254/metadata/identity/oauth2/token"
     package static let defaultResource = "https://management.azure.com/"
 
-    package let imdsURL: String
-    package let resource: String
+    let imdsURL: String
+    let resource: String
 
     package init(imdsURL: String = Self.defaultIMDSURL, resource: String = Self.defaultResource) {
         self.imdsURL = imdsURL

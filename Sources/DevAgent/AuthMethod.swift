@@ -7,9 +7,9 @@ import SidecarModel
 /// by a claim (`serviceNameClaim`, in JSON a `ClaimMappings` entry whose value is
 /// `service_name`; default `sub`).
 package struct DevAgentAuthMethod: Sendable {
-    package var name: String
+    var name: String
     /// Only "jwt" is supported.
-    package var type: String = "jwt"
+    var type: String = "jwt"
     /// PEM public keys (EC P-256 or RSA); a token must be signed by one of them.
     var jwtValidationPubKeys: [String]
     /// The token's `aud` (string or array) must contain one of these, when any are given.
@@ -23,7 +23,7 @@ package struct DevAgentAuthMethod: Sendable {
     /// Tolerance for `exp`/`nbf` against the agent's clock.
     var clockSkewLeeway: TimeInterval = 60
 
-    package init(name: String, jwtValidationPubKeys: [String]) {
+    init(name: String, jwtValidationPubKeys: [String]) {
         self.name = name
         self.jwtValidationPubKeys = jwtValidationPubKeys
     }

@@ -69,7 +69,7 @@ package final class DevAgent: Sendable {
     }
 
     /// Whether `token` passes ACL enforcement now (the root token or an unexpired login token).
-    package func accepts(token: String) -> Bool {
+    func accepts(token: String) -> Bool {
         engine.isValidToken(token)
     }
 

@@ -29,12 +29,12 @@ package struct DevAgentConfiguration: Sendable {
     package var authMethods: [DevAgentAuthMethod] = []
     /// The time login tokens are minted and checked against; tests step it instead of sleeping
     /// past a token's TTL (a sleep races the agent on a loaded machine).
-    package var clock: @Sendable () -> Date = { Date() }
+    var clock: @Sendable () -> Date = { Date() }
     /// Consul Enterprise namespaces and admin partitions: `?ns=`/`?partition=` select them and
     /// answers name them. Off (Consul CE): answers carry no Namespace/Partition and any
     /// `?ns=`/`?partition=` is 400, as in CE.
     package var enterprise = false
-    package var logger: Logger
+    var logger: Logger
 
     package init(logger: Logger) {
         self.logger = logger
@@ -42,12 +42,12 @@ package struct DevAgentConfiguration: Sendable {
 }
 
 /// Errors of the agent's Swift API (HTTP clients get status codes instead).
-package struct DevAgentError: Error, CustomStringConvertible, Equatable {
-    package let message: String
+struct DevAgentError: Error, CustomStringConvertible, Equatable {
+    let message: String
 
-    package init(_ message: String) {
+    init(_ message: String) {
         self.message = message
     }
 
-    package var description: String { message }
+    var description: String { message }
 }

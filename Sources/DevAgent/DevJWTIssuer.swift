@@ -5,26 +5,26 @@ import SidecarModel
 /// Development and tests only: an identity provider stand-in (Azure AD's role) that signs
 /// JWTs with a fresh key, whose public PEM goes into a `jwt` auth method's
 /// `JWTValidationPubKeys`.
-package struct DevJWTIssuer: Sendable {
-    package enum Algorithm: String, Sendable {
+struct DevJWTIssuer: Sendable {
+    enum Algorithm: String, Sendable {
         case es256 = "ES256"
         case rs256 = "RS256"
     }
 
-    package let algorithm: Algorithm
+    let algorithm: Algorithm
     private let key: PrivateKey
 
-    package init(_ algorithm: Algorithm) throws {
+    init(_ algorithm: Algorithm) throws {
         self.algorithm = algorithm
         key = try PrivateKey.generate(algorithm == .es256 ? .ecP256 : .rsa(bits: 2048))
     }
 
     /// The PEM `PUBLIC KEY` that verifies this issuer's tokens.
-    package var publicKeyPEM: String { key.publicKeyPEM }
+    var publicKeyPEM: String { key.publicKeyPEM }
 
     /// A compact JWS of `claims`. `alg` overrides the header's algorithm, e.g. "none" or
     /// "HS256", to test refusals.
-    package func sign(_ claims: [String: JSON], alg: String? = nil) throws -> String {
+    func sign(_ claims: [String: JSON], alg: String? = nil) throws -> String {
         let header = JSON.object([("alg", .string(alg ?? algorithm.rawValue)), ("typ", .string("JWT"))]).data
         let payload = JSON.object(claims.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }).data
         let input = "\(Self.base64URL(header)).\(Self.base64URL(payload))"
@@ -38,7 +38,7 @@ package struct DevJWTIssuer: Sendable {
     }
 
     /// Claims shaped like an Azure managed-identity token, valid from now for `lifetime`.
-    package static func claims(subject: String, audience: String, issuer: String, lifetime: TimeInterval = 3600,
+    static func claims(subject: String, audience: String, issuer: String, lifetime: TimeInterval = 3600,
                               now: Date = Date()) -> [String: JSON] {
         let time = Int(now.timeIntervalSince1970)
         return ["sub": .string(subject), "aud": .string(audience), "iss": .string(issuer), "iat": .int(time),

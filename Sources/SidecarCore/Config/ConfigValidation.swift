@@ -7,8 +7,8 @@ import SidecarModel
 package enum ConfigValidation {
     package struct Finding: Equatable, Sendable {
         package var isError: Bool
-        package var source: String
-        package var message: String
+        var source: String
+        var message: String
         package var line: String { "\(isError ? "error" : "warning"): \(source): \(message)" }
     }
 

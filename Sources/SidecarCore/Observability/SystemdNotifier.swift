@@ -25,7 +25,7 @@ package struct SystemdNotifier: Sendable {
         return bytes.count < capacity ? bytes : nil
     }
 
-    package var isActive: Bool { address != nil }
+    var isActive: Bool { address != nil }
 
     /// Sent once every listener is bound and serving.
     package func ready(status: String) { send("READY=1\nSTATUS=\(status)\nMAINPID=\(getpid())") }

@@ -8,7 +8,7 @@ import SidecarModel
 /// One audit record: every handshake decision and every connection close. Field names are part
 /// of the product (operators parse them for SOC 2 evidence); README documents them.
 package struct AuditEvent: Sendable, Equatable {
-    package enum Kind: String, Sendable, CaseIterable {
+    enum Kind: String, Sendable, CaseIterable {
         /// Inbound: the peer failed TLS verification (bad certificate, protocol, timeout).
         case handshakeRejected = "handshake_rejected"
         /// Inbound: intentions decided on a verified peer.
@@ -45,50 +45,50 @@ package struct AuditEvent: Sendable, Equatable {
         case auditLinesLost = "audit_lines_lost"
     }
 
-    package var time = Date()
-    package var kind: Kind
+    var time = Date()
+    var kind: Kind
     /// The listener a connection line belongs to; empty on lifecycle lines (omitted).
-    package var listener: String
+    var listener: String
     /// The tunnel (or mux connection) the line is about; `ConnectionID`.
-    package var connectionID: String?
+    var connectionID: String?
     /// On a tunnel carried by a mux connection: that connection's `connection_id`.
-    package var muxConnectionID: String?
-    package var peerAddress: String?
-    package var source: String?
-    package var sourceSerial: String?
-    package var destination: String?
-    package var decision: String?
+    var muxConnectionID: String?
+    var peerAddress: String?
+    var source: String?
+    var sourceSerial: String?
+    var destination: String?
+    var decision: String?
     package var reason: String?
-    package var bytesIn: Int?
-    package var bytesOut: Int?
-    package var durationMs: Int?
+    var bytesIn: Int?
+    var bytesOut: Int?
+    var durationMs: Int?
     package var method: String?
     /// L7: the normalised path the request was decided on (and forwarded with).
-    package var path: String?
+    var path: String?
     /// L7: the request target as the client sent it, when normalisation changed it or the
     /// request was refused before it had a path.
-    package var requestTarget: String?
+    var requestTarget: String?
     /// Handshake time, on `authorization` and `upstream_connected`.
-    package var handshakeMs: Double?
+    var handshakeMs: Double?
     /// The handshake resumed an earlier TLS session (same events); nil: a full handshake.
-    package var tlsResumed: Bool?
+    var tlsResumed: Bool?
     /// The tunnel is this HTTP/2 stream of a mux connection; nil: a connection of its own.
-    package var muxStream: Int?
+    var muxStream: Int?
     /// Upstream: the local process using our identity (uid, gid, pid, executable).
     var caller: LocalCaller?
     /// certificate_rotated: our identity, the new and replaced leaf serials, the new leaf's
     /// expiry, and the trusted roots now in force.
-    package var identity: String?
-    package var serial: String?
-    package var previousSerial: String?
-    package var notAfter: Date?
-    package var roots: Int?
+    var identity: String?
+    var serial: String?
+    var previousSerial: String?
+    var notAfter: Date?
+    var roots: Int?
     /// intentions_updated: how many intentions are in force, and how many open tunnels the
     /// update cut.
-    package var intentions: Int?
-    package var revoked: Int?
+    var intentions: Int?
+    var revoked: Int?
 
-    package init(kind: Kind, listener: String, peerAddress: String? = nil, source: String? = nil,
+    init(kind: Kind, listener: String, peerAddress: String? = nil, source: String? = nil,
                 sourceSerial: String? = nil, destination: String? = nil, decision: String? = nil,
                 reason: String? = nil, bytesIn: Int? = nil, bytesOut: Int? = nil, durationMs: Int? = nil,
                 method: String? = nil, path: String? = nil) {
@@ -124,9 +124,9 @@ package struct AuditEvent: Sendable, Equatable {
     /// into one string: this runs for every connection on its event loop.
     /// Bumped when a field changes meaning or type (adding a field does not bump it); SIEM
     /// parsers key on it. The fields are documented in README.md, "Audit log".
-    package static let schemaVersion = 1
+    static let schemaVersion = 1
 
-    package var jsonLine: String {
+    var jsonLine: String {
         var line = ""
         line.reserveCapacity(384)
         line += "{\"ts\":\""

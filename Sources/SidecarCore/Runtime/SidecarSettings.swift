@@ -13,17 +13,17 @@ package enum MuxMode: String, Sendable, CaseIterable {
 /// Everything one sidecar process runs with, already loaded and validated.
 package struct SidecarSettings: Sendable {
     package var definition: ProxyDefinition
-    package var credentials: TLSCredentials
+    var credentials: TLSCredentials
     /// nil until intentions have loaded: every inbound connection is refused meanwhile.
-    package var intentions: IntentionSet?
+    var intentions: IntentionSet?
     /// Static instances per upstream destination name (file mode).
-    package var upstreamEndpoints: [String: [Endpoint]]
+    var upstreamEndpoints: [String: [Endpoint]]
     /// Our datacenter: the default for upstreams that name none.
     package var datacenter: String
-    package var audit: any AuditSink
-    package var logger: Logger
+    var audit: any AuditSink
+    var logger: Logger
     /// Fed every audit event by the Sidecar (no need to add it to `audit`); read at scrape time.
-    package var metrics: SidecarMetrics?
+    var metrics: SidecarMetrics?
     /// Upstream listeners may bind non-loopback addresses (off: they lend our identity).
     package var allowNonLoopbackUpstreams = false
     /// Instances arrive from Consul after start (no "no known instance" warning at bind).

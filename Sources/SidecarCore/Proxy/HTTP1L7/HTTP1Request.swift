@@ -15,9 +15,9 @@ package struct HTTP1Request: Equatable, Sendable {
     package var method: String
     package var target: NormalizedTarget
     /// The target as the client sent it (audit only).
-    package var rawTarget: String
+    var rawTarget: String
     /// 0 (HTTP/1.0) or 1 (HTTP/1.1).
-    package var minorVersion: Int
+    var minorVersion: Int
     /// Host, or the authority of an absolute-form target (which replaces Host); nil only for
     /// an HTTP/1.0 request without Host.
     package var authority: String?
@@ -25,12 +25,12 @@ package struct HTTP1Request: Equatable, Sendable {
     package var fields: [HTTP1Field]
     package var framing: HTTP1BodyFraming
     package var keepAlive: Bool
-    package var expectsContinue: Bool
+    var expectsContinue: Bool
 
     /// What the intentions see: the normalised path, every field (names lowercased) and the
     /// pseudo-headers HTTP/2 requests carry (`:method`, `:path` with its query, `:authority`,
     /// `:scheme`), so one header rule means the same on both protocols.
-    package var facts: HTTPRequestFacts {
+    var facts: HTTPRequestFacts {
         var headers: [(name: String, value: String)] = [(":method", method), (":path", target.target), (":scheme", "https")]
         if let authority { headers.append((":authority", authority)) }
         headers += fields.map { ($0.name, $0.value) }

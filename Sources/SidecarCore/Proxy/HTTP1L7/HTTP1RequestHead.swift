@@ -2,10 +2,10 @@
 /// client is answered (the connection is closed after it: a refused request's framing cannot
 /// be trusted to find the next one).
 package struct HTTP1Refusal: Error, Equatable, CustomStringConvertible, Sendable {
-    package let status: Int
+    let status: Int
     package let reason: String
 
-    package init(_ status: Int, _ reason: String) {
+    init(_ status: Int, _ reason: String) {
         self.status = status
         self.reason = reason
     }
@@ -16,10 +16,10 @@ package struct HTTP1Refusal: Error, Equatable, CustomStringConvertible, Sendable
 /// One header field line, name as sent (matching is case-insensitive), value without the
 /// optional whitespace around it.
 package struct HTTP1Field: Equatable, Sendable {
-    package var name: String
-    package var value: String
+    var name: String
+    var value: String
 
-    package init(_ name: String, _ value: String) {
+    init(_ name: String, _ value: String) {
         self.name = name
         self.value = value
     }
@@ -30,7 +30,7 @@ package struct HTTP1RequestHead: Equatable, Sendable {
     package var method: String
     package var target: String
     /// 0 (HTTP/1.0) or 1 (HTTP/1.1).
-    package var minorVersion: Int
+    var minorVersion: Int
     package var fields: [HTTP1Field]
 }
 
