@@ -173,8 +173,31 @@ let package = Package(
         .executableTarget(name: "ProxyProtocolFuzz",
                           dependencies: ["FuzzSupport", "SidecarCore", .product(name: "NIOCore", package: "swift-nio")],
                           path: "Sources/Fuzz/ProxyProtocolFuzz"),
-        // Shared by the test targets: awaited teardown and waiting on conditions.
+        // Shared by the test targets: awaited teardown, waiting on conditions, a seeded generator.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
+        // The fixtures the end-to-end test targets share: meshes of real sidecars (file and
+        // Consul mode), backends, third-party servers and clients, certificates, the binary.
+        .target(
+            name: "TestFixtures",
+            dependencies: [
+                "TestSupport",
+                "ConsulAgent",
+                "DevAgent",
+                "SidecarCore",
+                "SidecarHTTP",
+                "SidecarModel",
+                "SidecarMux",
+                "SidecarTLS",
+                "CNGHTTP2",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/TestFixtures"
+        ),
         .testTarget(name: "SidecarModelTests", dependencies: ["SidecarModel", "TestSupport"]),
         .testTarget(
             name: "SidecarTLSTests",
@@ -197,11 +220,50 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // Consul mode against the dev agent and scripted agents: watches, ACL login, tenancy,
+        // rotation, least-privilege tokens.
+        .testTarget(
+            name: "ConsulAgentTests",
+            dependencies: [
+                "TestSupport",
+                "TestFixtures",
+                "ConsulAgent",
+                "DevAgent",
+                "SidecarCore",
+                "SidecarHTTP",
+                "SidecarModel",
+                "SidecarTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The shipped artefacts: the binary's command line, the Debian package, systemd units,
+        // deploy/ files, the demo script, two hosts in network namespaces.
+        .testTarget(
+            name: "BackupSidecarTests",
+            dependencies: [
+                "TestSupport",
+                "TestFixtures",
+                "ConsulAgent",
+                "DevAgent",
+                "SidecarCore",
+                "SidecarHTTP",
+                "SidecarModel",
+                "SidecarTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(
             name: "SidecarCoreTests",
             dependencies: [
                 "ConsulAgent",
                 "TestSupport",
+                "TestFixtures",
                 "DevAgent",
                 "SidecarCore",
                 "SidecarHTTP",

@@ -1,6 +1,7 @@
 @testable import DevAgent
 import Foundation
 import Testing
+import TestSupport
 @testable import SidecarModel
 
 @Suite("Dev agent: services, checks and health")
@@ -161,7 +162,10 @@ struct ServiceTests {
         #expect(try await agent.put("/v1/agent/check/pass/service:app:1").status == 200)
         let before = try await agent.get("/v1/health/service/app").array()
         #expect(((before.first?["Checks"] as? [[String: Any]])?.first { $0["CheckID"] as? String == "service:app:1" })?["Status"] as? String == "passing")
-        try await Task.sleep(for: .milliseconds(1300))
+        // Expires 0.8 s after the pass; awaited, since a busy machine may run the check late.
+        #expect(await eventually {
+            ((try? await agent.get("/v1/agent/checks").object())?["service:app:1"] as? [String: Any])?["Status"] as? String == "critical"
+        })
         let after = try await agent.get("/v1/agent/checks").object()
         let expired = try #require(after["service:app:1"] as? [String: Any])
         #expect(expired["Status"] as? String == "critical")

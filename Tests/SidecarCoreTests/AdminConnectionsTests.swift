@@ -3,6 +3,7 @@ import NIOCore
 @testable import SidecarHTTP
 import NIOConcurrencyHelpers
 import Testing
+import TestFixtures
 @testable import SidecarCore
 import TestSupport
 
@@ -11,7 +12,7 @@ import TestSupport
 @Suite("Admin /connections", .serialized)
 struct AdminConnectionsTests {
     static func connections(_ port: Int) async throws -> [[String: Any]] {
-        let response = try await AdminTests.get(port, "/connections")
+        let response = try await AdminHTTP.get(port, "/connections")
         #expect(response.status == "200")
         let report = try #require(try JSONSerialization.jsonObject(with: Data(response.body.utf8)) as? [String: Any])
         let list = try #require(report["connections"] as? [[String: Any]])
@@ -39,7 +40,7 @@ struct AdminConnectionsTests {
 
             let open = try BlockingSocket(port: mesh.upstreamPort)
             open.setReceiveTimeout(seconds: 10)
-            #expect(await onThread { ReauthorizationTests.ping(open, "measured\n") })
+            #expect(await onThread { echoPing(open, "measured\n") })
             let inbound = try #require(try await Self.connections(admins[0]).first)
             #expect(inbound["direction"] as? String == "inbound" && inbound["listener"] as? String == "public")
             #expect((inbound["peer_spiffe_id"] as? String)?.hasSuffix("/svc/backup-agent") == true)
@@ -56,7 +57,7 @@ struct AdminConnectionsTests {
             #expect(inbound["connection_id"] as? String == audited)
 
             // Bytes move while the tunnel is open.
-            #expect(await onThread { ReauthorizationTests.ping(open, "and more\n") })
+            #expect(await onThread { echoPing(open, "and more\n") })
             #expect(try await Self.connections(admins[0]).first?["bytes_from_mesh"] as? Int == 18)
 
             open.shutdownWrite()

@@ -4,6 +4,7 @@ import NIOCore
 @testable import SidecarHTTP
 import NIOConcurrencyHelpers
 import Testing
+import TestFixtures
 @testable import SidecarCore
 @testable import SidecarTLS
 import TestSupport
@@ -25,13 +26,6 @@ struct AdminTests {
         metrics.split(separator: "\n").first { $0.hasPrefix(prefix + " ") }.flatMap { Double($0.split(separator: " ").last!) }
     }
 
-    static func get(_ port: Int, _ path: String) async throws -> (status: String, body: String) {
-        let run = try await ProcessRunner.run(["curl", "-sS", "-w", "\n%{http_code}", "http://127.0.0.1:\(port)\(path)"], timeout: 10)
-        var lines = run.output.split(separator: "\n", omittingEmptySubsequences: false)
-        let status = String(lines.removeLast())
-        return (status, lines.joined(separator: "\n").trimmingCharacters(in: .whitespacesAndNewlines))
-    }
-
     @Test("/metrics during traffic: counters move and every line is valid exposition format")
     func metrics() async throws {
         // Raw mode: the gauge counts TLS connections, and a pooled mux connection outlives its tunnels.
@@ -44,8 +38,8 @@ struct AdminTests {
 
                 let open = try BlockingSocket(port: mesh.upstreamPort)
                 open.setReceiveTimeout(seconds: 5)
-                #expect(await onThread { ReauthorizationTests.ping(open, "measured\n") })
-                let during = try await Self.get(port, "/metrics")
+                #expect(await onThread { echoPing(open, "measured\n") })
+                let during = try await AdminHTTP.get(port, "/metrics")
                 #expect(during.status == "200")
                 #expect(Self.value(during.body, #"backup_sidecar_connections_active{listener="public"}"#) == 1)
                 #expect(Self.value(during.body, #"backup_sidecar_connections_total{listener="public",outcome="allowed"}"#) == 1)
@@ -56,8 +50,8 @@ struct AdminTests {
                 let fromMesh = #"backup_sidecar_bytes_total{listener="public",direction="from_mesh"}"#
                 let toMesh = #"backup_sidecar_bytes_total{listener="public",direction="to_mesh"}"#
                 #expect(Self.value(during.body, fromMesh) == 9 && Self.value(during.body, toMesh) == 9, "\(during.body)")
-                #expect(await onThread { ReauthorizationTests.ping(open, "and more\n") })
-                let later = try await Self.get(port, "/metrics")
+                #expect(await onThread { echoPing(open, "and more\n") })
+                let later = try await AdminHTTP.get(port, "/metrics")
                 #expect(Self.value(later.body, fromMesh) == 18 && Self.value(later.body, toMesh) == 18, "\(later.body)")
 
                 // A refused peer and a finished connection move their counters too.
@@ -67,7 +61,7 @@ struct AdminTests {
                 open.shutdownWrite()
                 _ = await onThread { open.receiveAll() }
                 #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .connectionClosed } })
-                let after = try await Self.get(port, "/metrics")
+                let after = try await AdminHTTP.get(port, "/metrics")
                 #expect(Self.value(after.body, #"backup_sidecar_connections_total{listener="public",outcome="rejected"}"#) == 1)
                 #expect(Self.value(after.body, #"backup_sidecar_handshake_failures_total{listener="public",reason="untrusted_certificate"}"#) == 1)
                 #expect(Self.value(after.body, fromMesh) == 18, "closing adds nothing twice: \(after.body)")
@@ -116,10 +110,10 @@ struct AdminTests {
                 // Only a failure waits this long; the first ping also opens the pooled mux
                 // connection, which under a busy suite has taken more than 5 s.
                 tunnel.setReceiveTimeout(seconds: 30)
-                #expect(await onThread { ReauthorizationTests.ping(tunnel, "gauged\n") })
+                #expect(await onThread { echoPing(tunnel, "gauged\n") })
             }
-            let storage = try await Self.get(admins[0].port, "/metrics").body
-            let agent = try await Self.get(admins[1].port, "/metrics").body
+            let storage = try await AdminHTTP.get(admins[0].port, "/metrics").body
+            let agent = try await AdminHTTP.get(admins[1].port, "/metrics").body
             #expect(Self.value(storage, #"backup_sidecar_mux_streams_active{side="inbound"}"#) == 3)
             #expect(Self.value(agent, #"backup_sidecar_mux_streams_active{side="upstream"}"#) == 3)
             let pooled = try #require(Self.value(agent, #"backup_sidecar_mux_connections_active{side="upstream"}"#))
@@ -153,10 +147,10 @@ struct AdminTests {
             try await withTeardown({ await admin.stop() }) {
                 let port = admin.port
 
-                #expect(try await Self.get(port, "/live").status == "200")
-                #expect(try await Self.get(port, "/ready") == ("200", "ready"))
+                #expect(try await AdminHTTP.get(port, "/live").status == "200")
+                #expect(try await AdminHTTP.get(port, "/ready") == ("200", "ready"))
 
-                let certs = try await Self.get(port, "/certs")
+                let certs = try await AdminHTTP.get(port, "/certs")
                 let report = try #require(try JSONSerialization.jsonObject(with: Data(certs.body.utf8)) as? [String: Any])
                 let leaf = try #require(report["leaf"] as? [String: Any])
                 #expect(leaf["serial"] as? String == mesh.storage.currentCredentials.leaf.serialNumber)
@@ -165,15 +159,15 @@ struct AdminTests {
                 #expect(!certs.body.contains("PRIVATE"))
                 #expect(certs.body.contains("\"spiffe://") && !certs.body.contains("\\/"), "JSON does not escape /: \(certs.body)")
 
-                let config = try await Self.get(port, "/config")
+                let config = try await AdminHTTP.get(port, "/config")
                 let effective = try #require(try JSONSerialization.jsonObject(with: Data(config.body.utf8)) as? [String: Any])
                 #expect((effective["proxy"] as? [String: Any])?["destination_service"] as? String == "storage")
                 #expect((effective["intentions"] as? [String: Any])?["count"] as? Int == 1)
                 #expect(!config.body.contains("PRIVATE") && !config.body.contains("BEGIN"))
 
                 _ = await mesh.storage.drain(timeout: .milliseconds(100))
-                #expect(try await Self.get(port, "/ready") == ("503", "draining"))
-                #expect(try await Self.get(port, "/nope").status == "404")
+                #expect(try await AdminHTTP.get(port, "/ready") == ("503", "draining"))
+                #expect(try await AdminHTTP.get(port, "/nope").status == "404")
 
                 // Read-only: other methods are refused, and a body is never read into memory.
                 for method in ["POST", "PUT", "DELETE"] {
@@ -186,24 +180,14 @@ struct AdminTests {
                 _ = upload.send(Array("POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 1048576\r\n\r\n".utf8) + [UInt8](repeating: 0x41, count: 4096))
                 let refusal = String(decoding: await onThread { upload.receiveAll(keepingPrefix: 4096).prefix }, as: UTF8.self)
                 #expect(refusal.hasPrefix("HTTP/1.1 413"), "\(refusal)")
-                #expect(try await Self.get(port, "/live").status == "200", "still serving")
+                #expect(try await AdminHTTP.get(port, "/live").status == "200", "still serving")
             }
         }
     }
 
-    /// A service file for the binary: a public listener on a free port, nothing behind it.
-    static func publicListenerOnly(_ fileName: String) -> (port: Int, path: String) {
-        let port = freeLocalPort()
-        let path = CommandLineTests.write(fileName, """
-            {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
-              "proxy": {"destination_service_name": "storage", "local_service_port": 9}}}
-            """)
-        return (port, path)
-    }
-
     @Test("--version names the version, the commit and the loaded OpenSSL and nghttp2; /metrics carries the same as backup_sidecar_build_info")
     func versionAndBuildInfo() async throws {
-        let version = try await ProcessRunner.run([CommandLineTests.binary, "--version"], timeout: 30)
+        let version = try await ProcessRunner.run([SidecarBinary.path, "--version"], timeout: 30)
         #expect(version.status == 0)
         let lines = version.output.split(separator: "\n").map(String.init)
         let first = try #require(lines.first)
@@ -214,12 +198,12 @@ struct AdminTests {
         #expect(lines.count == 3 && lines[1].hasPrefix("OpenSSL 3.") && openssl.hasPrefix(lines[1]), "\(lines) vs \(openssl)")
         #expect(lines[2].wholeMatch(of: #/nghttp2 1\.\d+\.\d+/#) != nil, "\(lines)")
 
-        let (port, service) = Self.publicListenerOnly("buildinfo.json")
+        let (port, service) = SidecarBinary.publicListenerOnly("buildinfo.json")
         let adminPort = freeLocalPort()
         let sidecar = try SidecarProcess(["run", "--admin-bind", "127.0.0.1:\(adminPort)", "--service-file", service]
-                                         + CommandLineTests.certs(), logName: "buildinfo.log")
+                                         + SidecarBinary.certs(), logName: "buildinfo.log")
         #expect(await eventually(timeout: 20) { (try? BlockingSocket(port: port)) != nil })
-        let metrics = try await Self.get(adminPort, "/metrics").body
+        let metrics = try await AdminHTTP.get(adminPort, "/metrics").body
         let commit = String(match.2)
         #expect(Self.value(metrics, #"backup_sidecar_build_info{version="\#(match.1)",commit="\#(commit)",openssl="\#(lines[1])",nghttp2="\#(lines[2].dropFirst(8))"}"#) == 1,
                 "\(metrics)")
@@ -228,9 +212,9 @@ struct AdminTests {
 
     @Test("--log-format json: every log line is a JSON object")
     func jsonLogs() async throws {
-        let (port, service) = Self.publicListenerOnly("jsonlog.json")
+        let (port, service) = SidecarBinary.publicListenerOnly("jsonlog.json")
         let sidecar = try SidecarProcess(["run", "--admin-bind", "off", "--log-format", "json", "--service-file", service]
-                                         + CommandLineTests.certs(), logName: "jsonlog.log")
+                                         + SidecarBinary.certs(), logName: "jsonlog.log")
         #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
         let output = await sidecar.terminate().log
         let lines = output.split(separator: "\n")
@@ -245,11 +229,11 @@ struct AdminTests {
 
     @Test("Stdout and stderr whose reader went away (a log shipper that died): the sidecar keeps running and serving")
     func brokenOutputPipes() async throws {
-        let (port, service) = Self.publicListenerOnly("brokenpipe.json")
+        let (port, service) = SidecarBinary.publicListenerOnly("brokenpipe.json")
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
+        process.executableURL = URL(fileURLWithPath: SidecarBinary.path)
         process.arguments = ["run", "--admin-bind", "off", "--log-format", "json", "--audit-log", "-", "--service-file", service]
-            + CommandLineTests.certs()
+            + SidecarBinary.certs()
         let stdout = Pipe(), stderr = Pipe()
         process.standardOutput = stdout
         process.standardError = stderr

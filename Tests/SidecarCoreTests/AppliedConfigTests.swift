@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Testing
+import TestFixtures
 @testable import SidecarCore
 import TestSupport
 
@@ -19,7 +20,7 @@ struct AppliedConfigTests {
 
             let socket = try BlockingSocket(port: mesh.upstreamPort)
             socket.setReceiveTimeout(seconds: 60)
-            #expect(await onThread { ReauthorizationTests.ping(socket, "then silence\n") })
+            #expect(await onThread { echoPing(socket, "then silence\n") })
             // The storage side keeps its one-hour default: only the agent's new setting can cut it.
             let started = ContinuousClock.now
             let end = await onThread { () -> Int in
@@ -43,7 +44,7 @@ struct AppliedConfigTests {
             for index in 0..<4 {
                 let socket = try BlockingSocket(port: mesh.upstreamPort)
                 socket.setReceiveTimeout(seconds: 30)
-                #expect(await onThread { ReauthorizationTests.ping(socket, "tunnel \(index)\n") })
+                #expect(await onThread { echoPing(socket, "tunnel \(index)\n") })
                 sockets.append(socket)
             }
             // With the default (100 streams), two pools (one per event loop) would need two at most.

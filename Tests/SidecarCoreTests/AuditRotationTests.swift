@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Testing
+import TestFixtures
 @testable import SidecarCore
 import TestSupport
 @testable import SidecarModel
@@ -24,9 +25,9 @@ struct AuditRotationTests {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let audit = "\(directory)/audit.jsonl"
-        let (port, service) = AdminTests.publicListenerOnly("rotate-\(mode).json")
+        let (port, service) = SidecarBinary.publicListenerOnly("rotate-\(mode).json")
         let sidecar = try SidecarProcess(["run", "--admin-bind", "off", "--service-file", service, "--audit-log", audit]
-                                         + CommandLineTests.certs(), logName: "rotate-\(mode).log")
+                                         + SidecarBinary.certs(), logName: "rotate-\(mode).log")
         #expect(await eventually(timeout: 30) { (try? BlockingSocket(port: port)) != nil })
         for _ in 0..<3 { await onThread { provokeLine(port: port) } }
         #expect(await eventually(timeout: 30) { lines(audit).count >= 4 })
@@ -50,7 +51,7 @@ struct AuditRotationTests {
         let (status, log) = await sidecar.terminate()
         #expect(status == 0, "\(log)")
         // The chain runs across the rotation, checked by the shipped command.
-        let verify = try await ProcessRunner.run([CommandLineTests.binary, "audit", "verify", "\(audit).1", audit], timeout: 30)
+        let verify = try await ProcessRunner.run([SidecarBinary.path, "audit", "verify", "\(audit).1", audit], timeout: 30)
         return (before, lines("\(audit).1"), lines(audit), (try? Data(contentsOf: URL(fileURLWithPath: audit))) ?? Data(), verify)
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Testing
+import TestFixtures
 @testable import SidecarCore
 @testable import SidecarTLS
 import TestSupport
@@ -30,7 +31,7 @@ struct BadInputTests {
 
     @Test("Oversized HTTP request headers on an L7 listener: refused, nothing reaches the app, the sidecar keeps serving")
     func oversizedHeaders() async throws {
-        let mesh = try await MeshFixture.start(backend: .repository, intentions: L7IntegrationTests.backupPolicy, protocol: "http")
+        let mesh = try await MeshFixture.start(backend: .repository, intentions: L7Fixture.backupPolicy, protocol: "http")
         try await withTeardown({ await mesh.stop() }) {
             // 200 KB of header, from a file (too long for a command-line argument).
             let headers = FileManager.default.temporaryDirectory.appendingPathComponent("huge-header-\(UUID().uuidString)").path
@@ -43,7 +44,7 @@ struct BadInputTests {
                 $0.kind == .httpRequest && $0.decision == "deny" && $0.reason?.contains("request head larger than 65536 bytes") == true
             } }, "an audit line says why")
             #expect(mesh.backend.requests.isEmpty, "the oversized request never reached the repository")
-            let ok = try await L7IntegrationTests.curl(mesh.upstreamPort, [["URL/repository/after"]])
+            let ok = try await L7Fixture.curl(mesh.upstreamPort, [["URL/repository/after"]])
             #expect(ok.first?.status == "200", "a normal request afterwards works: \(ok)")
         }
     }

@@ -4,6 +4,7 @@ import NIOEmbedded
 import NIOPosix
 @testable import SidecarCore
 import Testing
+import TestFixtures
 import TestSupport
 
 /// The table on a real listening socket: pausing is observed as connections left waiting in
@@ -178,11 +179,11 @@ struct ConnectionTableTests {
             try await mesh.agent.apply(definition)
             let first = try BlockingSocket(port: mesh.upstreamPort)
             first.setReceiveTimeout(seconds: 30)
-            #expect(await onThread { ReauthorizationTests.ping(first, "holds the only slot\n") })
+            #expect(await onThread { echoPing(first, "holds the only slot\n") })
             #expect(await eventually(timeout: 30) { mesh.agent.table.isPaused("upstream:storage") })
             let second = try BlockingSocket(port: mesh.upstreamPort)
             second.setReceiveTimeout(seconds: 60)
-            let served = Task { await onThread { ReauthorizationTests.ping(second, "waits in the backlog\n") } }
+            let served = Task { await onThread { echoPing(second, "waits in the backlog\n") } }
             #expect(mesh.agent.table.count("upstream:storage") == 1, "paused: the second caller is not accepted")
             definition.config.maxConnections = 2
             try await mesh.agent.apply(definition)

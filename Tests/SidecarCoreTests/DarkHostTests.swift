@@ -5,6 +5,7 @@ import NIOPosix
 @testable import SidecarCore
 @testable import SidecarTLS
 import Testing
+import TestFixtures
 import TestSupport
 @testable import SidecarModel
 
@@ -116,7 +117,7 @@ struct DarkHostTests {
                             let held = try (0..<2).map { _ in try BlockingSocket(port: port) }
                             for socket in held {
                                 socket.setReceiveTimeout(seconds: 60)
-                                #expect(await onThread { ReauthorizationTests.ping(socket, "held\n") })
+                                #expect(await onThread { echoPing(socket, "held\n") })
                             }
                             await relay.freeze()
 
@@ -132,7 +133,7 @@ struct DarkHostTests {
                             // The tunnel held on the dark carrier ends instead of hanging; the other one still works.
                             let cut = await onThread { held[0].receiveAll() }
                             #expect(cut.count == 0, "the tunnel on the dark instance was ended")
-                            #expect(await onThread { ReauthorizationTests.ping(held[1], "still here\n") })
+                            #expect(await onThread { echoPing(held[1], "still here\n") })
                         }
                     }
                 }

@@ -1,6 +1,7 @@
 import Foundation
 import NIOConcurrencyHelpers
 import Testing
+import TestFixtures
 @testable import SidecarCore
 
 @Suite("Endpoint")

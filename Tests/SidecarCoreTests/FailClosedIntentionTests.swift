@@ -1,6 +1,7 @@
 import Foundation
 @testable import SidecarTLS
 import Testing
+import TestFixtures
 @testable import SidecarCore
 @testable import SidecarModel
 

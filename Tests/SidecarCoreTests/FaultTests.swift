@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import NIOConcurrencyHelpers
 import Testing
+import TestFixtures
 @testable import ConsulAgent
 @testable import DevAgent
 @testable import SidecarCore

@@ -2,6 +2,7 @@ import Foundation
 import NIOConcurrencyHelpers
 import Glibc
 import Testing
+import TestFixtures
 @testable import SidecarCore
 @testable import SidecarTLS
 import TestSupport
@@ -70,7 +71,7 @@ struct FileRotationTests {
 
                 let live = try BlockingSocket(port: upstream)
                 live.setReceiveTimeout(seconds: 5)
-                #expect(await onThread { ReauthorizationTests.ping(live, "before rotation\n") })
+                #expect(await onThread { echoPing(live, "before rotation\n") })
 
                 // Certificate first: with the old key it is not a valid pair and must not be loaded.
                 try storage.replace(storage.certificate, with: TestCertificates.path("int-storage.pem"))
@@ -82,10 +83,10 @@ struct FileRotationTests {
                                                                source: "int-storage.pem")[0].serialNumber
                 #expect(storage.serial == newSerial)
 
-                #expect(await onThread { ReauthorizationTests.ping(live, "after rotation, same connection\n") })
+                #expect(await onThread { echoPing(live, "after rotation, same connection\n") })
                 let fresh = try BlockingSocket(port: upstream)
                 fresh.setReceiveTimeout(seconds: 5)
-                #expect(await onThread { ReauthorizationTests.ping(fresh, "new connection\n") })
+                #expect(await onThread { echoPing(fresh, "new connection\n") })
                 let serialsSeen = agentAudit.events.filter { $0.kind == .upstreamConnected }.compactMap(\.reason)
                 #expect(serialsSeen.count == 2)
                 #expect(serialsSeen.first?.contains(oldSerial) == true, "\(serialsSeen)")
@@ -118,7 +119,7 @@ struct FileRotationTests {
             try await withTeardown({ await agent.stop() }) {
                 let socket = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
                 socket.setReceiveTimeout(seconds: 5)
-                #expect(await onThread { ReauthorizationTests.ping(socket, "still serving\n") })
+                #expect(await onThread { echoPing(socket, "still serving\n") })
             }
         }
     }
@@ -133,13 +134,13 @@ struct FileRotationTests {
 
                 let refused = try BlockingSocket(port: upstream)
                 refused.setReceiveTimeout(seconds: 5)
-                #expect(!(await onThread { ReauthorizationTests.ping(refused, "new CA, old trust\n") }))
+                #expect(!(await onThread { echoPing(refused, "new CA, old trust\n") }))
 
                 try storage.replace(storage.roots, with: TestCertificates.path("roots.pem"))
                 #expect(await eventually { storage.sidecar.currentCredentials.trustedRoots.count == 2 })
                 let accepted = try BlockingSocket(port: upstream)
                 accepted.setReceiveTimeout(seconds: 5)
-                #expect(await onThread { ReauthorizationTests.ping(accepted, "new CA, both roots trusted\n") })
+                #expect(await onThread { echoPing(accepted, "new CA, both roots trusted\n") })
             }
         }
     }
@@ -162,7 +163,7 @@ struct FileRotationTests {
                 try await withTeardown({ await agent.stop() }) {
                     let socket = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
                     socket.setReceiveTimeout(seconds: 5)
-                    #expect(!(await onThread { ReauthorizationTests.ping(socket, "x\n") }))
+                    #expect(!(await onThread { echoPing(socket, "x\n") }))
                     #expect(await eventually { audit.events.contains { $0.kind == .handshakeRejected } })
                     let rejected = try #require(audit.events.first { $0.kind == .handshakeRejected })
                     #expect(rejected.reason?.contains("refusing to present it") == true, "\(rejected.reason ?? "")")

@@ -1,4 +1,5 @@
 import Testing
+import TestFixtures
 @testable import SidecarCore
 @testable import SidecarModel
 

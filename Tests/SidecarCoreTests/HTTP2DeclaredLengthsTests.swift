@@ -1,4 +1,5 @@
 import Testing
+import TestFixtures
 @testable import SidecarCore
 
 /// An allowed HTTP/2 request's DATA must add up to its content-length (RFC 9113 §8.1.1).

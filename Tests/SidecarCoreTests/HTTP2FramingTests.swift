@@ -1,4 +1,5 @@
 import Testing
+import TestFixtures
 @testable import SidecarCore
 
 // The pure pieces under the HTTP/2 L7 filter: frame headers, the frame scanner, the frames

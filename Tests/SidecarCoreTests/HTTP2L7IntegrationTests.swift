@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestFixtures
 @testable import SidecarCore
 @testable import SidecarTLS
 import TestSupport
@@ -9,7 +10,7 @@ import TestSupport
 /// speaking cleartext HTTP/2 with prior knowledge to an HTTP/2 backup repository (NIOHTTP2).
 @Suite("HTTP/2 L7 enforcement", .serialized)
 struct HTTP2L7IntegrationTests {
-    static func start(protocol proto: String = "http2", intentions: [Intention] = L7IntegrationTests.backupPolicy,
+    static func start(protocol proto: String = "http2", intentions: [Intention] = L7Fixture.backupPolicy,
                       mux: MuxMode = .prefer) async throws -> MeshFixture {
         try await MeshFixture.start(backend: .repositoryHTTP2, intentions: intentions, protocol: proto, mux: mux)
     }
@@ -23,8 +24,8 @@ struct HTTP2L7IntegrationTests {
     /// connection (a second request fails with "Error in the HTTP2 framing layer" against any
     /// server), so exchanges on one connection use TestH2Connection, nghttp2's own h2load
     /// and nghttp.
-    static func curl(_ port: Int, _ request: [String]) async throws -> L7IntegrationTests.Response {
-        let lines = try await L7IntegrationTests.curl(port, [["--http2-prior-knowledge"] + request])
+    static func curl(_ port: Int, _ request: [String]) async throws -> L7Fixture.Response {
+        let lines = try await L7Fixture.curl(port, [["--http2-prior-knowledge"] + request])
         try #require(lines.count == 1, "\(lines)")
         #expect(lines[0].version == "2", "\(lines[0])")
         return lines[0]

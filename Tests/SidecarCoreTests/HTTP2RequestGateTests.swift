@@ -1,6 +1,7 @@
 import Foundation
 @testable import SidecarTLS
 import Testing
+import TestFixtures
 import TestSupport
 @testable import SidecarCore
 @testable import SidecarModel
@@ -325,7 +326,7 @@ struct HTTP2RequestGateTests {
 
     @Test("The deploy/ policy with HTTP/2 facts: append-only for backup-agent")
     func deployPolicy() throws {
-        let set = IntentionSet(L7IntegrationTests.backupPolicy, defaultAction: .deny)
+        let set = IntentionSet(L7Fixture.backupPolicy, defaultAction: .deny)
         let agent = SPIFFEID(trustDomain: "td.consul", namespace: "default", datacenter: "dc1", service: "backup-agent")
         let client = TestH2Client()
         var bytes = TestH2Client.start

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestFixtures
 @testable import SidecarCore
 import TestSupport
 @testable import SidecarModel

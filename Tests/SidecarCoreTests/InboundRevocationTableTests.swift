@@ -3,6 +3,7 @@ import NIOEmbedded
 @testable import SidecarCore
 @testable import SidecarTLS
 import Testing
+import TestFixtures
 @testable import SidecarModel
 
 /// The table's part in revocation: an inbound tunnel is registered with how it was

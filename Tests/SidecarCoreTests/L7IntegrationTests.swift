@@ -1,6 +1,7 @@
 import Foundation
 import NIOConcurrencyHelpers
 import Testing
+import TestFixtures
 @testable import SidecarCore
 @testable import SidecarTLS
 import TestSupport
@@ -11,54 +12,11 @@ import TestSupport
 struct L7IntegrationTests {
     /// The ransomware-resistant policy from deploy/: backup-agent may create and read but never
     /// delete; restore-agent may only read; everyone else is denied.
-    static let backupPolicy: [Intention] = {
-        let json = try! String(contentsOf: TestCertificates.repositoryRoot.appendingPathComponent("deploy/intentions-l7.json"),
-                               encoding: .utf8)
-        return try! IntentionsFile.decode(Data(json.utf8), source: "deploy/intentions-l7.json")
-    }()
-
-    struct Response: CustomStringConvertible {
-        let body: String
-        let status: String
-        /// New connections curl opened for this request (0: the previous one was reused).
-        let connects: String
-        /// HTTP version curl used ("1.1", "2").
-        let version: String
-        var description: String { "\(status)/\(connects)/h\(version): \(body)" }
-    }
-
-    /// One curl process, one keep-alive connection: requests separated with --next.
-    static func curl(_ port: Int, _ requests: [[String]]) async throws -> [Response] {
-        // A hang guard, not a measurement: wide enough for a loaded 2-core machine.
-        var arguments = ["curl", "-sS", "--max-time", "120"]
-        for (index, request) in requests.enumerated() {
-            if index > 0 { arguments.append("--next") }
-            arguments += ["-o", "-", "-w", "\n@@%{http_code} %{num_connects} %{http_version}\n"] + request.map {
-                $0.replacingOccurrences(of: "URL", with: "http://127.0.0.1:\(port)")
-            }
-        }
-        let run = try await ProcessRunner.run(arguments, timeout: 180)
-        #expect(run.status == 0, "curl: \(run.output)")
-        var responses: [Response] = []
-        var body: [Substring] = []
-        for line in run.output.split(separator: "\n", omittingEmptySubsequences: false) {
-            if line.hasPrefix("@@") {
-                let fields = line.dropFirst(2).split(separator: " ")
-                responses.append(Response(body: body.joined(separator: "\n").trimmingCharacters(in: .whitespacesAndNewlines),
-                                          status: String(fields[0]), connects: String(fields[1]), version: String(fields[2])))
-                body = []
-            } else {
-                body.append(line)
-            }
-        }
-        return responses
-    }
-
     @Test("Append-only: backup-agent uploads and reads, its DELETE gets 403, and the same connection keeps working")
     func appendOnly() async throws {
-        let mesh = try await MeshFixture.start(backend: .repository, intentions: Self.backupPolicy, protocol: "http")
+        let mesh = try await MeshFixture.start(backend: .repository, intentions: L7Fixture.backupPolicy, protocol: "http")
         try await withTeardown({ await mesh.stop() }) {
-            let lines = try await Self.curl(mesh.upstreamPort, [
+            let lines = try await L7Fixture.curl(mesh.upstreamPort, [
                 ["-X", "PUT", "--data-binary", "snapshot-1", "URL/repository/snap-1"],
                 ["URL/repository/snap-1"],
                 ["-X", "DELETE", "URL/repository/snap-1"],
@@ -87,11 +45,11 @@ struct L7IntegrationTests {
 
     @Test("restore-agent may only read; identities without an intention never get a connection")
     func restoreReadOnly() async throws {
-        let mesh = try await MeshFixture.start(backend: .repository, intentions: Self.backupPolicy, protocol: "http")
+        let mesh = try await MeshFixture.start(backend: .repository, intentions: L7Fixture.backupPolicy, protocol: "http")
         try await withTeardown({ await mesh.stop() }) {
             let (restore, _) = try await MeshFixture.startAgent(certificate: "restore-agent", storagePort: mesh.publicPort)
             try await withTeardown({ await restore.stop() }) {
-                let lines = try await Self.curl(restore.boundAddress(of: "upstream:storage")!.port!, [
+                let lines = try await L7Fixture.curl(restore.boundAddress(of: "upstream:storage")!.port!, [
                     ["URL/repository/snap-1"],
                     ["-X", "PUT", "--data-binary", "ransom", "URL/repository/snap-1"],
                     ["-X", "DELETE", "URL/repository/snap-1"],
@@ -124,7 +82,7 @@ struct L7IntegrationTests {
             """.utf8), source: "headers.json")
         let mesh = try await MeshFixture.start(backend: .repository, intentions: intentions, protocol: "http")
         try await withTeardown({ await mesh.stop() }) {
-            let lines = try await Self.curl(mesh.upstreamPort, [
+            let lines = try await L7Fixture.curl(mesh.upstreamPort, [
                 ["URL/repository/a"],                                              // no job header: inverted Present denies
                 ["-H", "X-Backup-Job: manual-7", "URL/repository/a"],              // manual jobs denied
                 ["-H", "X-Backup-Job: nightly-42", "URL/repository/a"],            // allowed
@@ -142,13 +100,13 @@ struct L7IntegrationTests {
         let backend = try await TestBackend(.repository, group: testGroup)
         try await withTeardown({ await backend.stop() }) {
             let port = freeLocalPort()
-            let service = CommandLineTests.write("chunked-\(port).json", """
+            let service = SidecarBinary.write("chunked-\(port).json", """
                 {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
                   "proxy": {"destination_service_name": "storage", "local_service_port": \(backend.port), "config": {"protocol": "http"}}}}
                 """)
             let intentions = TestCertificates.repositoryRoot.appendingPathComponent("deploy/intentions-l7.json").path
             let storage = try SidecarProcess(["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", intentions,
-                                              "--drain-timeout", "1s"] + CommandLineTests.certs(), logName: "chunked-\(port).log")
+                                              "--drain-timeout", "1s"] + SidecarBinary.certs(), logName: "chunked-\(port).log")
             defer { _ = storage }
             #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
             let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: port)
@@ -166,7 +124,7 @@ struct L7IntegrationTests {
                 let pid = storage.process.processIdentifier
                 let baseline = processResidentBytes(pid)
                 #expect(resetPeakResidentBytes(pid), "the kernel's peak RSS can be reset for our own child")
-                let lines = try await Self.curl(upstreamPort, [
+                let lines = try await L7Fixture.curl(upstreamPort, [
                     ["-H", "Transfer-Encoding: chunked", "-T", file, "URL/repository/big.bin"],
                 ])
                 let grown = processPeakResidentBytes(pid) - baseline
@@ -180,7 +138,7 @@ struct L7IntegrationTests {
 
     @Test("HTTP/2 with prior knowledge is refused on an L7 listener, with an audit line")
     func http2Refused() async throws {
-        let mesh = try await MeshFixture.start(backend: .repository, intentions: Self.backupPolicy, protocol: "http")
+        let mesh = try await MeshFixture.start(backend: .repository, intentions: L7Fixture.backupPolicy, protocol: "http")
         try await withTeardown({ await mesh.stop() }) {
             let run = try await ProcessRunner.run(["curl", "-sS", "--max-time", "10", "--http2-prior-knowledge",
                                                    "http://127.0.0.1:\(mesh.upstreamPort)/repository/a"])
@@ -194,7 +152,7 @@ struct L7IntegrationTests {
 
     @Test("Pipelined requests are answered in order, a 403 among them included")
     func pipelining() async throws {
-        let mesh = try await MeshFixture.start(backend: .repository, intentions: Self.backupPolicy, protocol: "http")
+        let mesh = try await MeshFixture.start(backend: .repository, intentions: L7Fixture.backupPolicy, protocol: "http")
         try await withTeardown({ await mesh.stop() }) {
             let socket = try BlockingSocket(port: mesh.upstreamPort)
             socket.setReceiveTimeout(seconds: 10)
@@ -215,16 +173,16 @@ struct L7IntegrationTests {
 
     @Test("Expect: 100-continue: an allowed upload proceeds, a denied one is answered 403 without its body")
     func expectContinue() async throws {
-        let mesh = try await MeshFixture.start(backend: .repository, intentions: Self.backupPolicy, protocol: "http")
+        let mesh = try await MeshFixture.start(backend: .repository, intentions: L7Fixture.backupPolicy, protocol: "http")
         try await withTeardown({ await mesh.stop() }) {
             let (restore, _) = try await MeshFixture.startAgent(certificate: "restore-agent", storagePort: mesh.publicPort)
             try await withTeardown({ await restore.stop() }) {
-                let allowed = try await Self.curl(mesh.upstreamPort, [
+                let allowed = try await L7Fixture.curl(mesh.upstreamPort, [
                     ["-H", "Expect: 100-continue", "--expect100-timeout", "0.2", "--data-binary", "snapshot-body", "URL/repository/c"],
                 ])
                 #expect(allowed.first?.status == "200" && allowed.first?.body.hasPrefix("POST /repository/c 13 ") == true, "\(allowed)")
 
-                let denied = try await Self.curl(restore.boundAddress(of: "upstream:storage")!.port!, [
+                let denied = try await L7Fixture.curl(restore.boundAddress(of: "upstream:storage")!.port!, [
                     ["-H", "Expect: 100-continue", "--expect100-timeout", "5", "-X", "PUT", "--data-binary", "overwrite", "URL/repository/c"],
                 ])
                 #expect(denied.first?.status == "403", "\(denied)")
@@ -237,7 +195,7 @@ struct L7IntegrationTests {
     func l4OnL7() async throws {
         let mesh = try await MeshFixture.start(backend: .repository, protocol: "http")
         try await withTeardown({ await mesh.stop() }) {
-            let lines = try await Self.curl(mesh.upstreamPort, [["-X", "DELETE", "URL/anything"]])
+            let lines = try await L7Fixture.curl(mesh.upstreamPort, [["-X", "DELETE", "URL/anything"]])
             #expect(lines.first?.status == "200", "\(lines)")
             let decision = try #require(mesh.storageAudit.events.first { $0.kind == .httpRequest })
             #expect(decision.reason?.contains("default/default/backup-agent -> default/storage") == true)

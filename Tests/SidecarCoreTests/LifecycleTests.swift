@@ -2,6 +2,7 @@ import Foundation
 import NIOConcurrencyHelpers
 import Glibc
 import Testing
+import TestFixtures
 @testable import SidecarCore
 @testable import SidecarTLS
 import TestSupport
@@ -68,7 +69,7 @@ struct LifecycleTests {
         try await withTeardown({ await mesh.stop() }) {
             let socket = try BlockingSocket(port: mesh.upstreamPort)
             socket.setReceiveTimeout(seconds: 5)
-            #expect(await onThread { ReauthorizationTests.ping(socket, "long-lived\n") })
+            #expect(await onThread { echoPing(socket, "long-lived\n") })
             let aborted = await mesh.storage.drain(timeout: .milliseconds(300))
             #expect(aborted == 1)
             #expect(!(await onThread { socket.receiveAll() }).cleanEOF)
@@ -85,7 +86,7 @@ struct LifecycleTests {
             let second = try BlockingSocket(port: mesh.upstreamPort)
             for socket in [first, second] {
                 socket.setReceiveTimeout(seconds: 5)
-                #expect(await onThread { ReauthorizationTests.ping(socket, "hold\n") })
+                #expect(await onThread { echoPing(socket, "hold\n") })
             }
             #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) == 2)
 
@@ -93,7 +94,7 @@ struct LifecycleTests {
             third.setReceiveTimeout(seconds: 10)
             let answered = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
             let waiting = Task { await onThread { () -> Bool in
-                let ok = ReauthorizationTests.ping(third, "waiting\n")
+                let ok = echoPing(third, "waiting\n")
                 answered.withLockedValue { $0 = $0 ?? .now }
                 return ok
             } }
@@ -119,14 +120,14 @@ struct LifecycleTests {
             for _ in 0..<2 {
                 let socket = try BlockingSocket(port: mesh.upstreamPort)
                 socket.setReceiveTimeout(seconds: 10)
-                #expect(await onThread { ReauthorizationTests.ping(socket, "hello\n") })
+                #expect(await onThread { echoPing(socket, "hello\n") })
                 sockets.append(socket)
             }
             let idle = sockets[0], busy = sockets[1]
             // Keep `busy` talking every 200 ms for 4.8 s while `idle` says nothing.
             let busyOK = await onThread { () -> Bool in
                 for index in 0..<24 {
-                    guard ReauthorizationTests.ping(busy, "tick \(index)\n") else { return false }
+                    guard echoPing(busy, "tick \(index)\n") else { return false }
                     usleep(200_000)
                 }
                 return true
@@ -146,14 +147,14 @@ struct LifecycleTests {
         let backend = try await TestBackend(.echo, group: testGroup)
         try await withTeardown({ await backend.stop() }) {
             let port = freeLocalPort()
-            let service = CommandLineTests.write("drain.json", """
+            let service = SidecarBinary.write("drain.json", """
                 {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
                   "proxy": {"destination_service_name": "storage", "local_service_port": \(backend.port)}}}
                 """)
-            let intentions = CommandLineTests.write("drain-intentions.json",
+            let intentions = SidecarBinary.write("drain-intentions.json",
                 #"[{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Action":"allow"}]}]"#)
             let sidecar = try SidecarProcess(["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", intentions,
-                                              "--audit-log", "\(CommandLineTests.scratch)/drain-audit.jsonl"] + CommandLineTests.certs(),
+                                              "--audit-log", "\(SidecarBinary.scratch)/drain-audit.jsonl"] + SidecarBinary.certs(),
                                              logName: "drain.log")
             #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
 

@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Testing
+import TestFixtures
 @testable import SidecarCore
 @testable import SidecarTLS
 import TestSupport
@@ -139,7 +140,7 @@ struct LocalCallerTests {
                 let fd = try Self.unixSocket(path)
                 let allowed = BlockingSocket(adopting: fd)
                 allowed.setReceiveTimeout(seconds: 5)
-                #expect(await onThread { ReauthorizationTests.ping(allowed, "root may back up\n") })
+                #expect(await onThread { echoPing(allowed, "root may back up\n") })
                 #expect(agentAudit.events.contains { $0.kind == .upstreamConnected && $0.caller?.uid == 0 })
             }
         }
@@ -157,7 +158,7 @@ struct LocalCallerTests {
 
                 let allowed = try BlockingSocket(port: port)
                 allowed.setReceiveTimeout(seconds: 5)
-                #expect(await onThread { ReauthorizationTests.ping(allowed, "root over tcp\n") }, "\(agentAudit.events.map(\.jsonLine))")
+                #expect(await onThread { echoPing(allowed, "root over tcp\n") }, "\(agentAudit.events.map(\.jsonLine))")
                 let connected = try #require(agentAudit.events.first { $0.kind == .upstreamConnected })
                 #expect(connected.caller?.uid == 0)
                 #expect(connected.caller?.pid == getpid())
@@ -185,7 +186,7 @@ struct LocalCallerTests {
                 // The victim: root's connection, kept open while the impostor calls.
                 let victim = try BlockingSocket(port: port)
                 victim.setReceiveTimeout(seconds: 5)
-                #expect(await onThread { ReauthorizationTests.ping(victim, "root's backup\n") })
+                #expect(await onThread { echoPing(victim, "root's backup\n") })
                 var address = sockaddr_in()
                 var length = socklen_t(MemoryLayout<sockaddr_in>.size)
                 _ = withUnsafeMutablePointer(to: &address) {
@@ -326,7 +327,7 @@ struct LocalCallerTests {
                 try await withTeardown({ await agent.stop() }) {
                     let socket = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
                     socket.setReceiveTimeout(seconds: 5)
-                    #expect(await onThread { ReauthorizationTests.ping(socket, "to a unix-socket app\n") })
+                    #expect(await onThread { echoPing(socket, "to a unix-socket app\n") })
                     #expect(app.connections == 1)
                 }
             }

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOEmbedded
 import Testing
+import TestFixtures
 @testable import SidecarMux
 
 /// The mux connection's keepalive, on virtual time: a client MuxConnectionHandler on an

@@ -1,5 +1,6 @@
 import NIOCore
 import Testing
+import TestFixtures
 @testable import SidecarMux
 
 /// The nghttp2 session wrapper on its own: two sessions wired back to back in memory.

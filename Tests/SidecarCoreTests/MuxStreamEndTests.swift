@@ -2,6 +2,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
 import Testing
+import TestFixtures
 @testable import SidecarMux
 
 /// How a stream's end reaches the tunnel: only END_STREAM is a clean end of input. A

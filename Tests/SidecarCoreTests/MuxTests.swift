@@ -2,6 +2,7 @@ import Foundation
 import NIOConcurrencyHelpers
 import NIOPosix
 import Testing
+import TestFixtures
 @testable import SidecarCore
 @testable import SidecarMux
 @testable import SidecarTLS

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestFixtures
 @testable import SidecarCore
 
 @Suite("process_* metrics from /proc")

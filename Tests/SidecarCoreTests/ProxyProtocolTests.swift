@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import Testing
+import TestFixtures
 @testable import SidecarCore
 @testable import SidecarTLS
 import TestSupport

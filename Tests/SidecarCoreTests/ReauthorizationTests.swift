@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import Glibc
 import Logging
 import Testing
+import TestFixtures
 @testable import SidecarCore
 @testable import SidecarTLS
 import TestSupport
@@ -16,20 +17,6 @@ struct ReauthorizationTests {
         Intention(destinationName: "storage", sourceName: "backup-agent", action: .allow),
         Intention(destinationName: "storage", sourceName: "restore-agent", action: .allow),
     ]
-
-    /// One echo round trip on an open socket (the socket has no other reader or writer).
-    static func ping(_ socket: BlockingSocket, _ text: String) -> Bool {
-        let bytes = Array(text.utf8)
-        guard socket.send(bytes) else { return false }
-        var received: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while received.count < bytes.count {
-            let count = buffer.withUnsafeMutableBytes { recv(socket.fd, $0.baseAddress, $0.count, 0) }
-            if count <= 0 { return false }
-            received += buffer[0..<count]
-        }
-        return received == bytes
-    }
 
     @Test("Flipping an intention to deny cuts a running 1 GiB restore mid-transfer, with a reset; other sources are untouched")
     func flipToDenyDuringTransfer() async throws {
@@ -116,7 +103,7 @@ struct ReauthorizationTests {
         try await withTeardown({ await mesh.stop() }) {
             let socket = try BlockingSocket(port: mesh.upstreamPort)
             socket.setReceiveTimeout(seconds: 30)
-            #expect(await onThread { Self.ping(socket, "still young\n") })
+            #expect(await onThread { echoPing(socket, "still young\n") })
             let started = ContinuousClock.now
             let end = await onThread { socket.receiveAll() }
             #expect(!end.cleanEOF)

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOEmbedded
 import Testing
+import TestFixtures
 @testable import SidecarTLS
 @testable import SidecarModel
 

@@ -1,0 +1,21 @@
+import Foundation
+import Testing
+import TestFixtures
+
+/// What the shipped binary is made of, read from the binary itself.
+@Suite("Binary contents")
+struct BinaryContentsTests {
+    @Test("One TLS and crypto implementation: system OpenSSL 3; no BoringSSL copy is linked in")
+    func noBoringSSL() async throws {
+        let binary = SidecarBinary.path
+        let symbols = try await ProcessRunner.run(["nm", "--defined-only", binary])
+        #expect(symbols.status == 0, "\(symbols.output.prefix(500))")
+        // The symbol table is large: count, then show a few offenders.
+        let lines = symbols.output.split(separator: "\n")
+        #expect(lines.count > 1000, "nm read the binary")
+        let boring = lines.filter { $0.contains("BoringSSL") || $0.contains("CNIOBoringSSL") || $0.contains("CCryptoBoringSSL") }
+        #expect(boring.isEmpty, "\(boring.count) BoringSSL symbols, e.g. \(boring.prefix(3))")
+        let libraries = try await ProcessRunner.run(["ldd", binary])
+        #expect(libraries.output.contains("libssl.so.3") && libraries.output.contains("libcrypto.so.3"), "\(libraries.output)")
+    }
+}
