@@ -15,7 +15,7 @@ extension MuxConnectionHandler {
         let sent = context.eventLoop.now
         session.ping()
         pump()
-        context.eventLoop.scheduleTask(in: within) { [weak self] in
+        context.eventLoop.assumeIsolated().scheduleTask(in: within) { [weak self] in
             guard let self, !self.state.isClosed, let context = self.context, self.lastInput < sent else { return }
             self.onUnresponsivePeer?(Double((context.eventLoop.now - self.lastInput).nanoseconds) / 1e9)
             context.close(promise: nil)
@@ -25,7 +25,7 @@ extension MuxConnectionHandler {
     /// Streams come and go; a connection left without any for `idleTimeout` is retired.
     func armIdleClose() {
         guard let idleTimeout = settings.idleTimeout, let eventLoop, streams.isEmpty, idleClose == nil, !state.isClosed else { return }
-        idleClose = eventLoop.scheduleTask(in: idleTimeout) { [weak self] in
+        idleClose = eventLoop.assumeIsolated().scheduleTask(in: idleTimeout) { [weak self] in
             guard let self else { return }
             self.idleClose = nil
             if self.streams.isEmpty { self.beginDraining() }

@@ -210,7 +210,7 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
         } else {
             state = .announcedShutdown
             session?.announceShutdown()
-            context.eventLoop.scheduleTask(in: .seconds(1)) { [weak self] in
+            context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(1)) { [weak self] in
                 guard let self, case .announcedShutdown = self.state else { return }
                 self.session?.goAway()
                 self.state = .draining
@@ -243,7 +243,7 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
         guard let context, !closingGracefully else { return }
         closingGracefully = true
         context.close(mode: .output, promise: nil)
-        context.eventLoop.scheduleTask(in: .seconds(10)) { [weak self] in self?.context?.close(promise: nil) }
+        context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(10)) { [weak self] in self?.context?.close(promise: nil) }
     }
 
     private func handle(_ events: [NGHTTP2Session.Event]) {

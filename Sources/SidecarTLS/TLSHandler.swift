@@ -160,7 +160,7 @@ package final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             } else {
                 enterClosed()
             }
-            sendCloseNotify(context: context).whenComplete { _ in
+            sendCloseNotify(context: context).assumeIsolated().whenComplete { _ in
                 context.close(mode: inputOpen ? .output : .all, promise: promise)
             }
         case (.all, .open(_, outputOpen: true)):
@@ -191,7 +191,7 @@ package final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         state = .handshaking
         handshakeStarted = .now()
         if let timeout = configuration.handshakeTimeout {
-            handshakeTimer = context.eventLoop.scheduleTask(in: timeout) { [weak self] in
+            handshakeTimer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [weak self] in
                 guard let self, case .handshaking = self.state else { return }
                 self.fail(context: context, TLSError.handshakeTimeout)
             }

@@ -59,8 +59,10 @@ struct DarkHostTests {
                 let relay = try await FreezableRelay(to: storage.boundAddress(of: Sidecar.publicListenerName)!.port!, group: testGroup)
                 try await withTeardown({ await relay.stop() }) {
                     let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+                    // The held stream open must outlast the test's own checks on a busy machine:
+                    // with the usual 2 s, a late check finds it already written off.
                     let (agent, _) = try await Self.startAgent(endpoints: [Endpoint(host: "127.0.0.1", port: relay.port, datacenter: nil)],
-                                                               logger: quietLogger, group: loop)
+                                                               logger: quietLogger, group: loop, connectTimeoutMs: 120_000)
                     try await withTeardown({ await agent.stop(); try? await loop.shutdownGracefully() }) {
                         let port = agent.boundAddress(of: "upstream:storage")!.port!
 
@@ -143,7 +145,8 @@ struct DarkHostTests {
 
     /// A backup-agent sidecar with 2 s connect and handshake timeouts, its `storage` upstream
     /// fed `endpoints`.
-    static func startAgent(endpoints: [Endpoint], logger: Logger, group: EventLoopGroup) async throws -> (Sidecar, MemoryAuditSink) {
+    static func startAgent(endpoints: [Endpoint], logger: Logger, group: EventLoopGroup,
+                           connectTimeoutMs: Int = 2000) async throws -> (Sidecar, MemoryAuditSink) {
         let audit = MemoryAuditSink()
         var config = ProxyConfig()
         config.handshakeTimeoutMs = 2000
@@ -152,7 +155,7 @@ struct DarkHostTests {
             destinationServiceName: "backup-agent", destinationServiceID: nil, localServiceAddress: "127.0.0.1",
             localServicePort: nil, config: config,
             upstreams: [Upstream(destinationName: "storage", tenancy: .default,
-                                 datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 0, connectTimeoutMs: 2000)])
+                                 datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 0, connectTimeoutMs: connectTimeoutMs)])
         let settings = SidecarSettings(definition: definition, credentials: try TestCertificates.credentials("backup-agent"),
                                        intentions: IntentionSet([], defaultAction: .deny), upstreamEndpoints: ["storage": endpoints],
                                        audit: audit, logger: logger, metrics: SidecarMetrics())

@@ -249,7 +249,7 @@ final class InboundConnectionHandler: StagingHandler {
             }
             .connect(route: route)
             .hop(to: context.eventLoop)
-            .whenComplete { [self] result in
+            .assumeIsolated().whenComplete { [self] result in
                 switch (result, state) {
                 case (.success(let local), .connectingLocal):
                     let stats = ConnectionStats(meter: audit.trafficMeter(listener: listenerName))

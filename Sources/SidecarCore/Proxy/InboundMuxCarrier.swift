@@ -42,12 +42,12 @@ final class InboundMuxCarrier {
         let seconds = peer.certificateNotAfter.timeIntervalSinceNow
         let untilExpiry = seconds.isFinite && seconds < Self.longestTimer ? TimeAmount.nanoseconds(Int64(max(0, seconds) * 1e9)) : nil
         let expiry = untilExpiry.map { delay in
-            channel.eventLoop.scheduleTask(in: delay) { [weak self] in
+            channel.eventLoop.assumeIsolated().scheduleTask(in: delay) { [weak self] in
                 self?.retire(because: "the peer's certificate expired")
             }
         }
         let aged = lifetime.map { lifetime in
-            channel.eventLoop.scheduleTask(in: lifetime) { [weak self] in
+            channel.eventLoop.assumeIsolated().scheduleTask(in: lifetime) { [weak self] in
                 self?.retire(because: "max_connection_lifetime (\(Double(lifetime.nanoseconds) / 1e9) s) reached")
             }
         }

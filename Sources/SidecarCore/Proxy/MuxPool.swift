@@ -125,13 +125,13 @@ struct MuxStreamNotOpened: Error, CustomStringConvertible {
 /// The pool of one event loop; touched only on that loop.
 /// `@unchecked Sendable`: confined to one event loop, which every entry point hops to first.
 final class LoopMuxPool: @unchecked Sendable {
-    struct Key: Hashable {
+    struct Key: Hashable, Sendable {
         let endpoint: Endpoint
         let expected: String
     }
 
     /// One local connection's ask for a tunnel.
-    struct Request {
+    struct Request: Sendable {
         let key: Key
         let tlsContext: @Sendable () -> TLSContext
         let authority: String
@@ -243,7 +243,9 @@ final class LoopMuxPool: @unchecked Sendable {
     /// asked again. When every try fails, the error names each carrier and what it said.
     private func retryingUnprocessed(_ opened: EventLoopFuture<MeshLink>, on pooled: Pooled, _ request: Request,
                                      retries: Int, tried: [String]) -> EventLoopFuture<MeshLink> {
-        opened.flatMapError { error in
+        // Every future here completes on this pool's loop, so its callbacks may touch the
+        // loop-confined pool, connection and request state (`assumeIsolated`).
+        opened.assumeIsolated().flatMapError { error in
             switch error as? MuxError {
             case .streamRefused, .connectionClosed:
                 let tried = tried + ["mux connection \(pooled.connectionID): \(error)"]
@@ -255,7 +257,7 @@ final class LoopMuxPool: @unchecked Sendable {
             default:
                 return self.eventLoop.makeFailedFuture(error)
             }
-        }
+        }.nonisolated()
     }
 
     /// A stream on `pooled`, or `StreamOpenTimedOut` when the request's open timeout passes
@@ -267,7 +269,7 @@ final class LoopMuxPool: @unchecked Sendable {
         let promise = eventLoop.makePromise(of: MeshLink.self)
         var settled = false
         let timeout = request.openTimeout, sent = eventLoop.now
-        let timer = eventLoop.scheduleTask(in: timeout) { [logger] in
+        let timer = eventLoop.assumeIsolated().scheduleTask(in: timeout) { [logger] in
             guard !settled, pooled.handler.lastInputAt < sent else { return }
             settled = true
             logger.warning("mux stream open unanswered on a silent connection: written off and probed", metadata: [
@@ -277,7 +279,7 @@ final class LoopMuxPool: @unchecked Sendable {
             pooled.handler.probePeer(within: max(timeout, Self.probeWindow))
             promise.fail(StreamOpenTimedOut(endpoint: request.key.endpoint, timeout: timeout))
         }
-        pooled.handler.openStream(authority: request.authority).whenComplete { result in
+        pooled.handler.openStream(authority: request.authority).assumeIsolated().whenComplete { result in
             timer.cancel()
             guard !settled else {
                 // Opened after its caller gave up: never joined, so it ends as a reset.
@@ -314,15 +316,15 @@ final class LoopMuxPool: @unchecked Sendable {
     }
 
     private func startDial(_ request: Request, _ destination: Destination, tlsContext: TLSContext) -> EventLoopFuture<DialOutcome> {
-        let outcome = request.dial(tlsContext).hop(to: eventLoop).flatMapThrowing { dialed -> DialOutcome in
+        let outcome = request.dial(tlsContext).hop(to: eventLoop).assumeIsolated().flatMapThrowing { dialed -> DialOutcome in
             guard dialed.peer.applicationProtocol == MuxProtocol.alpn else {
                 destination.rawUntil = .now() + MuxPool.rawRetryInterval
                 return .raw(dialed)
             }
             return .mux(try self.adopt(dialed, for: request, destination: destination, tlsContext: tlsContext))
-        }
+        }.nonisolated()
         destination.dialing = outcome.map { _ in }
-        outcome.whenComplete { _ in
+        outcome.assumeIsolated().whenComplete { _ in
             destination.dialing = nil
             destination.reserved = 0
             self.forgetIfIdle(request.key, destination)
@@ -340,12 +342,13 @@ final class LoopMuxPool: @unchecked Sendable {
                 "endpoint": "\(endpoint)", "silent_s": "\(Int(silence))",
             ])
         }
-        try dialed.waiter.handOver(to: [handler])
+        try dialed.waiter.value.handOver(to: [handler])
         let pooled = Pooled(channel: dialed.channel, handler: handler, peer: dialed.peer, tlsContext: tlsContext)
         destination.connections.append(pooled)
         let key = request.key
-        dialed.channel.closeFuture.whenComplete { [weak self, weak destination] _ in
-            self?.eventLoop.execute {
+        // The connection was dialed on this pool's loop, so its close completes here too.
+        dialed.channel.closeFuture.assumeIsolated().whenComplete { [weak self, weak destination] _ in
+            self?.eventLoop.assumeIsolated().execute {
                 guard let self, let destination else { return }
                 destination.connections.removeAll { $0 === pooled }
                 self.forgetIfIdle(key, destination)

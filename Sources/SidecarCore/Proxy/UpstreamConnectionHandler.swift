@@ -77,7 +77,7 @@ final class UpstreamConnectionHandler: StagingHandler {
     func channelActive(context: ChannelHandlerContext) {
         callerAddress = context.channel.remoteAddress.auditDescription
         context.fireChannelActive()
-        identifyCaller(context.channel).hop(to: context.eventLoop).whenComplete { [self] result in
+        identifyCaller(context.channel).hop(to: context.eventLoop).assumeIsolated().whenComplete { [self] result in
             guard state != .closed else { return }
             caller = try? result.get()
             guard route.callers.allows(caller) else {
@@ -122,7 +122,7 @@ final class UpstreamConnectionHandler: StagingHandler {
                 retriedFastFailures = true
                 let again = fastFailures
                 fastFailures = []
-                context.eventLoop.scheduleTask(in: .milliseconds(100)) { [self] in
+                context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(100)) { [self] in
                     if state != .closed { attempt(context: context, remaining: again[...], failures: failures) }
                 }
                 return
@@ -142,7 +142,7 @@ final class UpstreamConnectionHandler: StagingHandler {
         }
         let link = route.connector.link(route, to: endpoint, on: context.eventLoop, listener: listenerName)
         let started = NIODeadline.now()
-        link.hop(to: context.eventLoop).whenComplete { [self] result in
+        link.hop(to: context.eventLoop).assumeIsolated().whenComplete { [self] result in
             if case .failure(let error) = result, .now() - started < Self.fastFailure,
                (error as? MuxError).map({ if case .connectRejected = $0 { return false } else { return true } }) ?? true {
                 fastFailures.append(endpoint)

@@ -49,9 +49,13 @@ extension UpstreamRoute {
         let expected = expectedIdentity(for: endpoint)
         let handshakeTimeout = self.handshakeTimeout, connectTimeout = TimeAmount.milliseconds(Int64(upstream.connectTimeoutMs))
         return { tlsContext in
+            // Called on `eventLoop`, the new channel's only loop: its handlers stay there.
             let waiter = HandshakeWaiter(promise: eventLoop.makePromise())
-            let tls = TLSHandler(context: tlsContext, expectedPeer: expected, sessionKey: "\(endpoint)|\(expected.uri)",
-                                 configuration: TLSHandlerConfiguration(handshakeTimeout: handshakeTimeout))
+            let handlers = NIOLoopBound((TLSHandler(context: tlsContext, expectedPeer: expected,
+                                                    sessionKey: "\(endpoint)|\(expected.uri)",
+                                                    configuration: TLSHandlerConfiguration(handshakeTimeout: handshakeTimeout)),
+                                         waiter), eventLoop: eventLoop)
+            let handshake = waiter.handshake
             return ClientBootstrap(group: eventLoop)
                 .connectTimeout(connectTimeout)
                 .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
@@ -59,26 +63,31 @@ extension UpstreamRoute {
                 .channelOption(ChannelOptions.recvAllocator, value: ProxyChannelOptions.receiveAllocator)
                 .channelOption(ChannelOptions.writeBufferWaterMark, value: ProxyChannelOptions.writeWatermark)
                 .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandlers(tls, waiter) }
+                    channel.eventLoop.makeCompletedFuture {
+                        let (tls, waiter) = handlers.value
+                        try channel.pipeline.syncOperations.addHandlers(tls, waiter)
+                    }
                 }
                 .connect(toHost: endpoint.host, port: endpoint.port)
-                .flatMap { remote in waiter.handshake.map { DialedMeshConnection(channel: remote, waiter: waiter, peer: $0) } }
+                .flatMap { remote in
+                    handshake.map { DialedMeshConnection(channel: remote, waiter: NIOLoopBound(handlers.value.1, eventLoop: eventLoop), peer: $0) }
+                }
         }
     }
 }
 
 /// A verified mTLS connection to a destination instance; application bytes that came with the
-/// handshake wait in `waiter`.
-struct DialedMeshConnection {
+/// handshake wait in `waiter` (a handler of the channel, so bound to its loop).
+struct DialedMeshConnection: Sendable {
     let channel: Channel
-    let waiter: HandshakeWaiter
+    let waiter: NIOLoopBound<HandshakeWaiter>
     let peer: TLSPeer
 }
 
-typealias MeshDial = (TLSContext) -> EventLoopFuture<DialedMeshConnection>
+typealias MeshDial = @Sendable (TLSContext) -> EventLoopFuture<DialedMeshConnection>
 
 /// How a local connection reaches its destination.
-enum MeshLink {
+enum MeshLink: Sendable {
     /// A stream on a pooled mux connection (already answered 200), and that connection's
     /// `connection_id`.
     case stream(Channel, TLSPeer, streamID: Int32, carrier: String)
@@ -89,7 +98,7 @@ enum MeshLink {
     var parts: (Channel, (any StagingHandler)?, TLSPeer) {
         switch self {
         case .stream(let channel, let peer, _, _): return (channel, nil, peer)
-        case .raw(let dialed): return (dialed.channel, dialed.waiter, dialed.peer)
+        case .raw(let dialed): return (dialed.channel, dialed.waiter.value, dialed.peer)
         }
     }
 }

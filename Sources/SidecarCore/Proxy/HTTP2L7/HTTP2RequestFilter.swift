@@ -103,7 +103,7 @@ final class HTTP2RequestFilter: ChannelDuplexHandler {
 
     private func trackOwnBytes(_ count: Int, until written: EventLoopFuture<Void>, context: ChannelHandlerContext) {
         ownBytesInFlight += count
-        written.whenComplete { [self] _ in
+        written.assumeIsolated().whenComplete { [self] _ in
             ownBytesInFlight -= count
             resumeReadIfRoom(context: context)
         }
