@@ -37,7 +37,7 @@ struct AdminTests {
                 let port = admin.port
 
                 let open = try BlockingSocket(port: mesh.upstreamPort)
-                open.setReceiveTimeout(seconds: 5)
+                open.setReceiveTimeout(seconds: 30)
                 #expect(await onThread { echoPing(open, "measured\n") })
                 let during = try await AdminHTTP.get(port, "/metrics")
                 #expect(during.status == "200")
@@ -128,7 +128,7 @@ struct AdminTests {
 
             // Pipelined requests are answered in order (/metrics waits for the pools' counts).
             let pipelined = try BlockingSocket(port: admins[1].port)
-            pipelined.setReceiveTimeout(seconds: 5)
+            pipelined.setReceiveTimeout(seconds: 30)
             _ = pipelined.send(Array("GET /metrics HTTP/1.1\r\nHost: a\r\n\r\nGET /live HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".utf8))
             let answer = String(decoding: await onThread { pipelined.receiveAll(keepingPrefix: 1 << 20).prefix }, as: UTF8.self)
             let metricsAt = try #require(answer.range(of: "backup_sidecar_ready"))

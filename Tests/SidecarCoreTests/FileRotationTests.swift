@@ -70,7 +70,7 @@ struct FileRotationTests {
                 let oldSerial = storage.serial
 
                 let live = try BlockingSocket(port: upstream)
-                live.setReceiveTimeout(seconds: 5)
+                live.setReceiveTimeout(seconds: 30)
                 #expect(await onThread { echoPing(live, "before rotation\n") })
 
                 // Certificate first: with the old key it is not a valid pair and must not be loaded.
@@ -85,7 +85,7 @@ struct FileRotationTests {
 
                 #expect(await onThread { echoPing(live, "after rotation, same connection\n") })
                 let fresh = try BlockingSocket(port: upstream)
-                fresh.setReceiveTimeout(seconds: 5)
+                fresh.setReceiveTimeout(seconds: 30)
                 #expect(await onThread { echoPing(fresh, "new connection\n") })
                 let serialsSeen = agentAudit.events.filter { $0.kind == .upstreamConnected }.compactMap(\.reason)
                 #expect(serialsSeen.count == 2)
@@ -118,7 +118,7 @@ struct FileRotationTests {
             let (agent, _) = try await MeshFixture.startAgent(certificate: "backup-agent", storagePort: storage.port)
             try await withTeardown({ await agent.stop() }) {
                 let socket = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
-                socket.setReceiveTimeout(seconds: 5)
+                socket.setReceiveTimeout(seconds: 30)
                 #expect(await onThread { echoPing(socket, "still serving\n") })
             }
         }
@@ -139,7 +139,7 @@ struct FileRotationTests {
                 try storage.replace(storage.roots, with: TestCertificates.path("roots.pem"))
                 #expect(await eventually { storage.sidecar.currentCredentials.trustedRoots.count == 2 })
                 let accepted = try BlockingSocket(port: upstream)
-                accepted.setReceiveTimeout(seconds: 5)
+                accepted.setReceiveTimeout(seconds: 30)
                 #expect(await onThread { echoPing(accepted, "new CA, both roots trusted\n") })
             }
         }

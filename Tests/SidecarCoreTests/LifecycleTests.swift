@@ -68,7 +68,7 @@ struct LifecycleTests {
         let mesh = try await MeshFixture.start(backend: .echo)
         try await withTeardown({ await mesh.stop() }) {
             let socket = try BlockingSocket(port: mesh.upstreamPort)
-            socket.setReceiveTimeout(seconds: 5)
+            socket.setReceiveTimeout(seconds: 30)
             #expect(await onThread { echoPing(socket, "long-lived\n") })
             let aborted = await mesh.storage.drain(timeout: .milliseconds(300))
             #expect(aborted == 1)
@@ -85,7 +85,7 @@ struct LifecycleTests {
             let first = try BlockingSocket(port: mesh.upstreamPort)
             let second = try BlockingSocket(port: mesh.upstreamPort)
             for socket in [first, second] {
-                socket.setReceiveTimeout(seconds: 5)
+                socket.setReceiveTimeout(seconds: 30)
                 #expect(await onThread { echoPing(socket, "hold\n") })
             }
             #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) == 2)

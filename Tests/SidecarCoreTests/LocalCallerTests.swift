@@ -139,7 +139,7 @@ struct LocalCallerTests {
 
                 let fd = try Self.unixSocket(path)
                 let allowed = BlockingSocket(adopting: fd)
-                allowed.setReceiveTimeout(seconds: 5)
+                allowed.setReceiveTimeout(seconds: 30)
                 #expect(await onThread { echoPing(allowed, "root may back up\n") })
                 #expect(agentAudit.events.contains { $0.kind == .upstreamConnected && $0.caller?.uid == 0 })
             }
@@ -157,7 +157,7 @@ struct LocalCallerTests {
                 let port = agent.boundAddress(of: "upstream:storage")!.port!
 
                 let allowed = try BlockingSocket(port: port)
-                allowed.setReceiveTimeout(seconds: 5)
+                allowed.setReceiveTimeout(seconds: 30)
                 #expect(await onThread { echoPing(allowed, "root over tcp\n") }, "\(agentAudit.events.map(\.jsonLine))")
                 let connected = try #require(agentAudit.events.first { $0.kind == .upstreamConnected })
                 #expect(connected.caller?.uid == 0)
@@ -185,7 +185,7 @@ struct LocalCallerTests {
                 let port = agent.boundAddress(of: "upstream:storage")!.port!
                 // The victim: root's connection, kept open while the impostor calls.
                 let victim = try BlockingSocket(port: port)
-                victim.setReceiveTimeout(seconds: 5)
+                victim.setReceiveTimeout(seconds: 30)
                 #expect(await onThread { echoPing(victim, "root's backup\n") })
                 var address = sockaddr_in()
                 var length = socklen_t(MemoryLayout<sockaddr_in>.size)
@@ -326,7 +326,7 @@ struct LocalCallerTests {
                                                                   storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!)
                 try await withTeardown({ await agent.stop() }) {
                     let socket = try BlockingSocket(port: agent.boundAddress(of: "upstream:storage")!.port!)
-                    socket.setReceiveTimeout(seconds: 5)
+                    socket.setReceiveTimeout(seconds: 30)
                     #expect(await onThread { echoPing(socket, "to a unix-socket app\n") })
                     #expect(app.connections == 1)
                 }

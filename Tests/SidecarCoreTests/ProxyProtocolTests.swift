@@ -49,7 +49,7 @@ struct ProxyProtocolTests {
         let mesh = try await MeshFixture.start(backend: .proxyProtocolEcho, storageConfig: { $0.proxyProtocol = true })
         try await withTeardown({ await mesh.stop() }) {
             let socket = try BlockingSocket(port: mesh.upstreamPort)
-            socket.setReceiveTimeout(seconds: 5)
+            socket.setReceiveTimeout(seconds: 30)
             socket.send(Array("payload after the header\n".utf8))
             socket.shutdownWrite()
             let reply = await onThread { socket.receiveAll(keepingPrefix: 4096) }

@@ -28,7 +28,7 @@ struct ReauthorizationTests {
 
                 // The other source: its own 1 GiB restore, read slowly enough to still run afterwards.
                 let other = try BlockingSocket(port: restorePort)
-                other.setReceiveTimeout(seconds: 5)
+                other.setReceiveTimeout(seconds: 30)
                 var otherBuffer = [UInt8](repeating: 0, count: 1 << 16)
                 #expect(otherBuffer.withUnsafeMutableBytes { recv(other.fd, $0.baseAddress, $0.count, 0) } > 0)
 

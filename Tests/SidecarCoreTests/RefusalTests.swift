@@ -121,7 +121,7 @@ struct RefusalTests {
         let mesh = try await MeshFixture.start(backend: .echo)
         try await withTeardown({ await mesh.stop() }) {
             let socket = try BlockingSocket(port: mesh.publicPort)
-            socket.setReceiveTimeout(seconds: 5)
+            socket.setReceiveTimeout(seconds: 30)
             socket.send(Array(payload.utf8))
             let reply = await onThread { socket.receiveAll(keepingPrefix: 1 << 16) }
             #expect(!String(decoding: reply.prefix, as: UTF8.self).contains("HTTP/1.1 200"))
@@ -139,7 +139,7 @@ struct RefusalTests {
         let mesh = try await MeshFixture.start(backend: .echo, agentCertificate: "restore-agent", intentions: intentions)
         try await withTeardown({ await mesh.stop() }) {
             let socket = try BlockingSocket(port: mesh.upstreamPort)
-            socket.setReceiveTimeout(seconds: 5)
+            socket.setReceiveTimeout(seconds: 30)
             socket.send(Array("restore please\n".utf8))
             socket.shutdownWrite()
             let reply = await onThread { socket.receiveAll() }
@@ -158,7 +158,7 @@ struct RefusalTests {
         let mesh = try await MeshFixture.start(backend: .echo, agentCertificate: "restore-agent")
         try await withTeardown({ await mesh.stop() }) {
             let socket = try BlockingSocket(port: mesh.upstreamPort)
-            socket.setReceiveTimeout(seconds: 5)
+            socket.setReceiveTimeout(seconds: 30)
             socket.send(Array("x".utf8))
             _ = await onThread { socket.receiveAll() }
             #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .authorization } })
