@@ -120,7 +120,9 @@ struct ConsulModeTests {
             print("leaf serials seen by new connections, in order: \(pair.serialChanges.joined(separator: " -> ")); "
                   + "\(explained) of \(round) new connections refused for a leaf not renewed in time")
             #expect(failures == 0, "only an expired leaf may fail a new connection:\n\(pair.unusualEvents)")
-            #expect(explained * 4 <= round, "renewals mostly arrive in time (\(explained) of \(round) refused)")
+            // A quarter at most, and one whatever the count: a busy machine may fit only a few
+            // rounds into the 8 s.
+            #expect(explained <= max(1, round / 4), "renewals mostly arrive in time (\(explained) of \(round) refused)")
             #expect(liveFailures == 0, "the connection from before the renewals kept flowing:\n\(pair.unusualEvents)")
             #expect(Set(serials).count >= 3, "at least two renewals seen by new connections (saw \(Set(serials).count))")
             #expect(storage.currentCredentials.leaf.serialNumber != firstSerial)

@@ -97,9 +97,10 @@ struct ReauthorizationTests {
 
     @Test("max_connection_lifetime cuts connections older than the limit, with an audit line")
     func maxConnectionLifetime() async throws {
-        // 2 s leaves a loaded machine room for the first round trip; the 30 s receive timeout
-        // only guards against a hang (a connection that is never cut fails the test).
-        let mesh = try await MeshFixture.start(backend: .echo, maxConnectionLifetimeNs: 2_000_000_000)
+        // 8 s leaves a loaded machine room for the first round trip (2 s once did not, with both
+        // cores busy); the 30 s receive timeout only guards against a hang (a connection that is
+        // never cut fails the test).
+        let mesh = try await MeshFixture.start(backend: .echo, maxConnectionLifetimeNs: 8_000_000_000)
         try await withTeardown({ await mesh.stop() }) {
             let socket = try BlockingSocket(port: mesh.upstreamPort)
             socket.setReceiveTimeout(seconds: 30)
