@@ -142,7 +142,9 @@ package struct EchoResult: Sendable {
 }
 
 /// Sends `bytes` random bytes through `port`, half-closes, and reads the echo to the end.
-package func echoStream(port: Int, bytes: Int, receiveTimeout: Int = 10) async -> EchoResult {
+/// `receiveTimeout` bounds only a failure: 30 s, since a round trip through two sidecars on a
+/// machine whose cores are busy (the suite runs tests in parallel) has taken over 10 s.
+package func echoStream(port: Int, bytes: Int, receiveTimeout: Int = 30) async -> EchoResult {
     guard let socket = try? BlockingSocket(port: port) else {
         return EchoResult(sent: 0, sentDigest: "", received: 0, receivedDigest: "", clean: false)
     }
