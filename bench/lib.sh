@@ -14,6 +14,7 @@
 #                             stopped when it ends, fails or is interrupted
 #   alloc_port VAR            a free 127.0.0.1 port outside the ephemeral range
 #   proc_kib / tree_kib       VmRSS / VmHWM of a process (and its descendants)
+#   tree_cpu_ticks PID        utime+stime of a process and its descendants, in clock ticks
 #   make_certs                certificates from certs-dev/gen.sh, and nothing else
 #   build_release LOG         swift build -c release --scratch-path .build-release (BIN_DIR)
 #   start_sidecar_server/_client, write_haproxy_pair, write_stunnel_pair, stop_pair
@@ -138,6 +139,17 @@ tree_kib() {
   local p s=0 v
   for p in $(tree_pids "$1"); do
     v=$(proc_kib "$p" "$2") || true
+    if [ -n "$v" ]; then s=$((s + v)); fi
+  done
+  echo "$s"
+}
+
+# tree_cpu_ticks PID: utime + stime (fields 14 and 15 of /proc/PID/stat, counted after the
+# ")" that ends the command name) summed over PID and its descendants, in CLK_TCK ticks.
+tree_cpu_ticks() {
+  local p s=0 v
+  for p in $(tree_pids "$1"); do
+    v=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null) || true
     if [ -n "$v" ]; then s=$((s + v)); fi
   done
   echo "$s"

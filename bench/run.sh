@@ -14,8 +14,9 @@
 #   NAME: backup-sidecar (alias: sidecar, ours; the mux on, the default), backup-sidecar-raw
 #         (--mux off: one mTLS connection per tunnel), stunnel, haproxy, baseline (no proxy)
 # Environment:
-#   SIDECAR_BIN          path to the backup-sidecar binary (default .build/release/backup-sidecar;
-#                        when set, no build is attempted)
+#   SIDECAR_BIN          path to the backup-sidecar binary (default .build-static/release/backup-sidecar,
+#                        built as scripts/package.sh builds the shipped one: release, static Swift
+#                        runtime; when set, no build is attempted)
 #   SIDECAR_EXTRA_ARGS   extra arguments added to both backup-sidecar command lines
 #   BENCH_DURATION       seconds per measurement (default 8, or 2 with --quick)
 
@@ -71,7 +72,7 @@ CMD_TIMEOUT=$((DUR + 40))   # hard cap for every load-tool invocation
 
 SIDECAR_BIN_SET=0
 [ -n "${SIDECAR_BIN:-}" ] && SIDECAR_BIN_SET=1
-SIDECAR_BIN=${SIDECAR_BIN:-.build/release/backup-sidecar}
+SIDECAR_BIN=${SIDECAR_BIN:-.build-static/release/backup-sidecar}
 case "$SIDECAR_BIN" in /*) ;; *) SIDECAR_BIN="$ROOT/$SIDECAR_BIN" ;; esac
 read -r -a SIDECAR_EXTRA <<<"${SIDECAR_EXTRA_ARGS:-}"
 
@@ -213,11 +214,33 @@ note_rss() { # IMPL
   [ "${RSS_MAX[$1.server]:-0}" -lt "$s" ] && RSS_MAX[$1.server]=$s
 }
 
-run_iperf() { # IMPL PORT STREAMS -> records iperf_pN
-  local impl=$1 port=$2 n=$3 out="$WORK/$1/iperf-P$3.json" v
+# Idle RSS: VmRSS of each side after start and one request, then 1 s of nothing; the larger
+# side is the figure (what one proxy costs a host that is not transferring).
+note_idle_rss() { # IMPL
+  sleep 1
+  local c s
+  c=$(tree_kib "$CLIENT_PID" VmRSS); s=$(tree_kib "$SERVER_PID" VmRSS)
+  echo "idle: client VmRSS ${c} KiB; server VmRSS ${s} KiB" >>"$WORK/$1/rss.txt"
+  record "$1" idle_rss "$(( c > s ? c : s ))"
+}
+
+# CPU per GiB: utime+stime of both proxies (and their children) over every iperf3 run of one
+# implementation, divided by the bytes the iperf3 server received in those runs.
+declare -A BULK_TICKS=() BULK_BYTES=()
+run_iperf() { # IMPL PORT STREAMS -> records iperf_pN; adds to BULK_TICKS and BULK_BYTES
+  local impl=$1 port=$2 n=$3 out="$WORK/$1/iperf-P$3.json" v bytes t0=0 t1=0
+  [ -n "$CLIENT_PID" ] && t0=$(( $(tree_cpu_ticks "$CLIENT_PID") + $(tree_cpu_ticks "$SERVER_PID") ))
   log "$impl: iperf3 -P $n for ${DUR}s"
   timeout "$CMD_TIMEOUT" iperf3 -c 127.0.0.1 -p "$port" -t "$DUR" -P "$n" -J >"$out" 2>"$out.stderr"
+  [ -n "$CLIENT_PID" ] && t1=$(( $(tree_cpu_ticks "$CLIENT_PID") + $(tree_cpu_ticks "$SERVER_PID") ))
   v=$(bench_py iperf3_result "$out")
+  bytes=$(bench_py iperf3_result --bytes "$out")
+  if [ "$bytes" != n/a ] && [ "${BULK_BYTES[$impl]:-0}" != n/a ]; then
+    BULK_TICKS[$impl]=$(( ${BULK_TICKS[$impl]:-0} + t1 - t0 ))
+    BULK_BYTES[$impl]=$(( ${BULK_BYTES[$impl]:-0} + bytes ))
+  else
+    BULK_BYTES[$impl]=n/a
+  fi
   record "$impl" "iperf_p$n" "$v"
   [ "$v" = "n/a" ] && record "$impl" note "iperf3 -P $n failed: $(bench_py iperf3_result --error "$out" | head -c 200) (see $out)"
   log "$impl: iperf3 -P $n -> $v MB/s"
@@ -299,6 +322,7 @@ bench_impl() {
     log "$impl: n/a: no HTTP 200 through the proxy pair"
     stop_pair; return
   fi
+  note_idle_rss "$impl"
   check_mtls "$impl"
   run_http_suite "$impl" "$LOCAL_PORT"
   note_rss "$impl"
@@ -318,6 +342,10 @@ bench_impl() {
     note_rss "$impl"
     stop_pair
     stop_iperf_server
+    if [ "${BULK_BYTES[$impl]:-n/a}" != n/a ] && [ "${BULK_BYTES[$impl]}" -gt 0 ]; then
+      record "$impl" cpu_per_gib "$(python3 -c "import sys; t, hz, b = map(int, sys.argv[1:]); print(f'{t / hz / (b / 2**30):.3f}')" \
+        "${BULK_TICKS[$impl]}" "$(getconf CLK_TCK)" "${BULK_BYTES[$impl]}")"
+    fi
   fi
   record "$impl" rss_client "${RSS_MAX[$impl.client]:-n/a}"
   record "$impl" rss_server "${RSS_MAX[$impl.server]:-n/a}"
@@ -372,8 +400,10 @@ build_sidecar() {
   if ! command -v swift >/dev/null 2>&1; then
     log "swift not found; backup-sidecar will be n/a unless $SIDECAR_BIN exists"; return 0
   fi
-  log "building backup-sidecar: swift build -c release (log: $WORK/build.log)"
-  if ! swift build -c release >"$WORK/build.log" 2>&1; then
+  # shellcheck source=scripts/shipped-build.sh
+  . "$ROOT/scripts/shipped-build.sh"
+  log "building backup-sidecar as shipped: swift build ${SHIPPED_BUILD_FLAGS[*]} (log: $WORK/build.log)"
+  if ! swift build "${SHIPPED_BUILD_FLAGS[@]}" >"$WORK/build.log" 2>&1; then
     log "swift build failed (see $WORK/build.log); backup-sidecar will be n/a"
     BUILD_FAILED=1
   fi
@@ -434,6 +464,8 @@ mkdir -p "$SCRIPT_DIR/results"
   echo "Measurements: iperf3 -c 127.0.0.1 -p LOCAL -t $DUR -P {1,4} -J (sum_received, 10^6 bytes/s);"
   echo "wrk -t2 -c16 -d${DUR}s -H 'Connection: close'; wrk -t2 -c16 -d${DUR}s; wrk -t1 -c1 -d${DUR}s --latency (99% line)."
   echo "Peak RSS is VmHWM from /proc/PID/status of each proxy process (and any children), the max over the HTTP and iperf phases."
+  echo "Idle RSS is VmRSS of the larger side 1 s after start and one request. CPU per GiB is utime+stime"
+  echo "(/proc/PID/stat) of both proxies over both iperf3 runs, divided by the bytes iperf3 received."
 } >"$SCRIPT_DIR/results/latest.md"
 
 echo

@@ -9,10 +9,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out=$(mkdir -p "${1:-dist}" && cd "${1:-dist}" && pwd)
 
 scripts/install-deps.sh dpkg-dev binutils help2man >/dev/null
-# Static runtime; no $ORIGIN run path (a packaged binary loads nothing from beside itself).
-# Full RELRO and immediate binding, as Debian's hardening defaults ask of network daemons.
-build_flags=(-c release --product backup-sidecar --static-swift-stdlib --disable-local-rpath --scratch-path .build-static
-             -Xlinker -z -Xlinker relro -Xlinker -z -Xlinker now)
+# shellcheck source=scripts/shipped-build.sh
+. scripts/shipped-build.sh
+build_flags=("${SHIPPED_BUILD_FLAGS[@]}")
 echo "building: swift build ${build_flags[*]}" >&2
 # SwiftPM runs the BuildInfo prebuild command (git commit for --version) only when it plans
 # the build anew; without a new plan an incremental build keeps an old commit. Drop the plan.

@@ -3,6 +3,7 @@
 
 Usage: iperf3_result.py FILE          -> received MB/s (end.sum_received.bits_per_second
                                          / 8 / 10^6, one decimal), or "n/a"
+       iperf3_result.py --bytes FILE  -> bytes received (end.sum_received.bytes), or "n/a"
        iperf3_result.py --error FILE  -> iperf3's "error" field, "no result" when there is
                                          none, or "no JSON output" when FILE is not JSON
 """
@@ -21,6 +22,14 @@ def throughput(path):
         print("n/a")
 
 
+def received_bytes(path):
+    try:
+        n = int(json.load(open(path))["end"]["sum_received"]["bytes"])
+        print(n if n > 0 else "n/a")
+    except Exception:
+        print("n/a")
+
+
 def error(path):
     try: print(json.load(open(path)).get("error","no result"))
     except Exception: print("no JSON output")
@@ -28,5 +37,7 @@ def error(path):
 
 if sys.argv[1] == "--error":
     error(sys.argv[2])
+elif sys.argv[1] == "--bytes":
+    received_bytes(sys.argv[2])
 else:
     throughput(sys.argv[1])
