@@ -68,6 +68,7 @@ let package = Package(
         .target(
             name: "SidecarHTTP",
             dependencies: [
+                "SidecarModel",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

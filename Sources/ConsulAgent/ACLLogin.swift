@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Logging
 import SidecarCore
 import SidecarModel
@@ -113,7 +113,7 @@ package actor ACLLogin: ConsulTokenSource {
                 guard !Task.isCancelled && !closed else { return }
                 let delay = backoff.nextDelay(randomUnit: Double.random(in: 0...1))
                 logger.error("Consul ACL login failed; retrying", metadata: [
-                    "auth_method": "\(options.authMethod)", "error": "\(error)", "retry_in_s": "\(String(format: "%.1f", delay))",
+                    "auth_method": "\(options.authMethod)", "error": "\(error)", "retry_in_s": "\(delay.oneDecimal)",
                     "keeping_previous_token": "\(current != nil)",
                 ])
                 await sleep(delay)

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Logging
 import NIOCore
 import SidecarCore
@@ -103,7 +103,7 @@ struct BlockingWatch<Value: Sendable>: Sendable {
                 metrics?.consulWatchFailed(name, reason: reason)
                 let delay = backoff.nextDelay(randomUnit: Double.random(in: 0...1))
                 logger.warning("Consul watch failed; keeping the last good state", metadata: [
-                    "watch": "\(name)", "error": "\(error)", "retry_in_s": "\(String(format: "%.1f", delay))",
+                    "watch": "\(name)", "error": "\(error)", "retry_in_s": "\(delay.oneDecimal)",
                 ])
                 failing = true
                 try? await Task.sleep(for: .seconds(delay))

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import NIOCore
 import NIOHTTP1
 import SidecarTLS
@@ -154,7 +154,7 @@ package final class ConsulClient: Sendable {
         }
         let data = Data(reply.body.readableBytesView)
         guard (200..<300).contains(reply.status) else {
-            let text = String(decoding: data.prefix(300), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            let text = String(decoding: data.prefix(300), as: UTF8.self).trimmingWhitespace()
             throw ConsulRequestError.status(code: reply.status, path: "\(method.rawValue) \(path)", body: text)
         }
         return ConsulResponse(status: reply.status,
@@ -182,8 +182,7 @@ package final class ConsulClient: Sendable {
 
     /// One percent-encoded path segment (service names, IDs).
     static func segment(_ text: String) -> String {
-        var allowed = CharacterSet.urlPathAllowed
-        allowed.remove(charactersIn: "/?#%")
-        return text.addingPercentEncoding(withAllowedCharacters: allowed) ?? text
+        // ";" encoded too, as Foundation's urlPathAllowed (which this replaced) did.
+        PercentEncoding.encodePathSegment(text) { $0 != UInt8(ascii: ";") && PercentEncoding.isSegmentCharacter($0) }
     }
 }

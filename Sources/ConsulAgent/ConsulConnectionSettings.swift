@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import SidecarModel
 import SidecarCore
 
 /// How to reach the Consul agent, resolved from flags first and then the environment every
@@ -54,7 +55,7 @@ package struct ConsulConnectionSettings: Equatable, Sendable {
     package static func resolve(httpAddr: String?, token: String?, tokenFile: String?,
                                environment: [String: String]) throws -> ConsulConnectionSettings {
         func env(_ name: String) -> String? {
-            guard let value = environment[name]?.trimmingCharacters(in: .whitespaces), !value.isEmpty else { return nil }
+            guard let value = environment[name]?.trimmingWhitespace(), !value.isEmpty else { return nil }
             return value
         }
         func bool(_ name: String) throws -> Bool? {
@@ -112,7 +113,7 @@ package struct ConsulConnectionSettings: Equatable, Sendable {
         var rest = Substring(text)
         var tls = defaultTLS
         var explicitScheme = false
-        if let range = rest.range(of: "://") {
+        if let range = rest.firstRange(of: "://") {
             switch rest[..<range.lowerBound].lowercased() {
             case "http": tls = false
             case "https": tls = true
@@ -150,9 +151,9 @@ package struct ConsulConnectionSettings: Equatable, Sendable {
         do {
             text = try String(contentsOfFile: tokenFile, encoding: .utf8)
         } catch {
-            throw ConsulSettingsError("cannot read token file \(tokenFile): \(error.localizedDescription)")
+            throw ConsulSettingsError("cannot read token file \(tokenFile): \(FileSystemErrorText.describe(error))")
         }
-        let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        let token = text.trimmingWhitespace()
         guard !token.isEmpty else { throw ConsulSettingsError("token file \(tokenFile) is empty") }
         return token
     }

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import SidecarModel
 
 /// Where a `ConsulClient` gets the ACL token for each request: a static token or token file
 /// (`SettingsTokenSource`) or an `ACLLogin` session. The client is passed in so a login-backed

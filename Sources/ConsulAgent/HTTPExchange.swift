@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import SidecarModel
 import NIOCore
 import NIOHTTP1
 import NIOPosix

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -42,9 +42,9 @@ package struct BearerTokenFile: BearerTokenProvider {
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
-            throw BearerTokenError("cannot read the bearer token file \(path): \(error.localizedDescription)")
+            throw BearerTokenError("cannot read the bearer token file \(path): \(FileSystemErrorText.describe(error))")
         }
-        let jwt = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        let jwt = text.trimmingWhitespace()
         guard !jwt.isEmpty else { throw BearerTokenError("the bearer token file \(path) is empty") }
         return BearerToken(jwt: jwt, expiresAt: Self.unverifiedExpiry(of: jwt))
     }
@@ -55,7 +55,7 @@ package struct BearerTokenFile: BearerTokenProvider {
     static func unverifiedExpiry(of jwt: String) -> Date? {
         let parts = jwt.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 3 else { return nil }
-        var base64 = parts[1].replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        var base64 = String(parts[1]).replacing("-", with: "+").replacing("_", with: "/")
         base64 += String(repeating: "=", count: (4 - base64.count % 4) % 4)
         guard let data = Data(base64Encoded: base64),
               let exp = JSONValue.parsed(data)?["exp"]?.doubleValue else { return nil }
@@ -85,7 +85,7 @@ package struct AzureManagedIdentity: BearerTokenProvider {
                                                                  URLQueryItem(name: "resource", value: resource)]
         // URLComponents leaves ':' and '/' in query values; IMDS wants the resource encoded.
         components.percentEncodedQuery = components.percentEncodedQuery?
-            .replacingOccurrences(of: ":", with: "%3A").replacingOccurrences(of: "/", with: "%2F")
+            .replacing(":", with: "%3A").replacing("/", with: "%2F")
         guard let host = components.host, !host.isEmpty, ["http", "https"].contains(components.scheme ?? "") else {
             throw BearerTokenError("--azure-imds-url \(imdsURL) is not an http:// or https:// URL")
         }
@@ -109,7 +109,7 @@ package struct AzureManagedIdentity: BearerTokenProvider {
         }
         guard status == 200 else {
             // IMDS error bodies are `{"error", "error_description"}`: no secret in them.
-            let text = String(decoding: body.prefix(300), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            let text = String(decoding: body.prefix(300), as: UTF8.self).trimmingWhitespace()
             throw BearerTokenError("managed identity token from \(imdsURL): HTTP \(status): \(text)")
         }
         return try Self.decode(body, source: imdsURL)

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// A permission a Consul endpoint checks, named as Consul names it in its 403 answers.
 enum ACLPermission: Sendable, Equatable {

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import NIOConcurrencyHelpers
 
 /// Everything the agent knows. One raft-like index orders all writes; each table remembers the

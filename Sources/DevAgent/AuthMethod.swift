@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import SidecarModel
 
 /// A `jwt` auth method for `POST /v1/acl/login`, like Consul's with static keys

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import SidecarTLS
 
 /// Certificate construction for the dev CA: roots, cross-signed roots and leaves, all

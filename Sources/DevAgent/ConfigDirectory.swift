@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import SidecarModel
 
 /// Loads an agent config directory: every `*.json` file is a service definition (`service`
@@ -10,12 +10,12 @@ enum ConfigDirectory {
         do {
             names = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".json") }.sorted()
         } catch {
-            throw DevAgentError("\(directory): cannot list the config directory (\(error.localizedDescription))")
+            throw DevAgentError("\(directory): cannot list the config directory (\(FileSystemErrorText.describe(error)))")
         }
         // Config entries first: intentions and defaults then exist before any service shows up.
         var services: [(String, Fields)] = []
         for name in names {
-            let path = (directory as NSString).appendingPathComponent(name)
+            let path = FilePath.join(directory, name)
             do {
                 guard let data = FileManager.default.contents(atPath: path) else { throw DevAgentError("cannot read the file") }
                 let root = try JSONValue.parse(data, source: path)

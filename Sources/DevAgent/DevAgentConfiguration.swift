@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Logging
 
 /// Settings of the embedded dev agent (`consul agent -dev` for the sidecar's API subset).

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import SidecarTLS
 import SidecarModel
 
@@ -46,7 +46,7 @@ struct DevJWTIssuer: Sendable {
     }
 
     static func base64URL(_ data: Data) -> String {
-        data.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
-            .replacingOccurrences(of: "=", with: "")
+        data.base64EncodedString().replacing("+", with: "-").replacing("/", with: "_")
+            .replacing("=", with: "")
     }
 }

@@ -1,15 +1,19 @@
-import Foundation
+import FoundationEssentials
 import SidecarHTTP
 import SidecarModel
 
 /// Formatting shared by the endpoints.
 enum Format {
     static func colonHex<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
-        bytes.map { String(format: "%02x", $0) }.joined(separator: ":")
+        bytes.map(twoDigitHex).joined(separator: ":")
     }
 
     static func hex<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
-        bytes.map { String(format: "%02x", $0) }.joined()
+        bytes.map(twoDigitHex).joined()
+    }
+
+    private static func twoDigitHex(_ byte: UInt8) -> String {
+        (byte < 16 ? "0" : "") + String(byte, radix: 16)
     }
 
     /// Go's `time.Duration.String()` for whole seconds: "72h0m0s", "90s", "1m30s".

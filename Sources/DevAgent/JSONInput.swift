@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import SidecarModel
 
 /// An error answered to the HTTP client with a status code and a plain-text body.

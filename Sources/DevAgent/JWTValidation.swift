@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import SidecarTLS
 import SidecarModel
 
@@ -92,7 +92,7 @@ struct JWTValidator {
     }
 
     static func base64URL<S: StringProtocol>(_ text: S) -> Data? {
-        var base64 = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        var base64 = String(text).replacing("-", with: "+").replacing("_", with: "/")
         guard !base64.contains("=") else { return nil }
         base64 += String(repeating: "=", count: (4 - base64.count % 4) % 4)
         return Data(base64Encoded: base64)

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import NIOHTTP1
 import SidecarHTTP
 import SidecarModel
@@ -44,7 +44,7 @@ struct Router: Sendable {
         if let token = request.headers.first(name: "X-Consul-Token"), !token.isEmpty { return token }
         if let authorization = request.headers.first(name: "Authorization"),
            authorization.lowercased().hasPrefix("bearer ") {
-            return String(authorization.dropFirst("bearer ".count)).trimmingCharacters(in: .whitespaces)
+            return String(authorization.dropFirst("bearer ".count)).trimmingWhitespace()
         }
         return nil
     }

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import SidecarModel
 
 /// Reads a service definition (`PUT /v1/agent/service/register` body or a config-dir

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import SidecarModel
 
 /// One registered service as the agent stores it (Consul's `structs.NodeService`, trimmed).

@@ -1,8 +1,9 @@
-import Foundation
+import FoundationEssentials
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import SidecarModel
 
 package struct HTTPRequest: Sendable {
     package var method: HTTPMethod
@@ -209,7 +210,7 @@ private final class RequestHandler: ChannelInboundHandler, RemovableChannelHandl
         var query: [String: [String]] = [:]
         for pair in text.split(separator: "&", omittingEmptySubsequences: true) {
             let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-            let decode = { (raw: Substring) in raw.replacingOccurrences(of: "+", with: " ").removingPercentEncoding }
+            let decode = { (raw: Substring) in PercentEncoding.decode(raw.replacing("+", with: " ")) }
             guard let name = decode(parts[0]), let value = parts.count > 1 ? decode(parts[1]) : "" else { continue }
             query[name, default: []].append(value)
         }
@@ -221,7 +222,7 @@ private final class RequestHandler: ChannelInboundHandler, RemovableChannelHandl
         let query = parseQuery(components?.percentEncodedQuery ?? "")
         let encodedPath = components?.percentEncodedPath ?? head.uri
         let segments = encodedPath.split(separator: "/", omittingEmptySubsequences: true)
-            .map { String($0).removingPercentEncoding ?? String($0) }
+            .map { PercentEncoding.decode($0) ?? String($0) }
         return HTTPRequest(method: head.method, segments: segments, uri: head.uri, query: query, headers: head.headers, body: body)
     }
 }

@@ -22,10 +22,10 @@ package struct SPIFFEID: Hashable, Sendable, CustomStringConvertible {
         self.datacenter = datacenter
         self.service = service
         var path = ""
-        if partition != "default" { path += "/ap/" + SPIFFEPercentCoding.encode(partition) }
-        path += "/ns/" + SPIFFEPercentCoding.encode(namespace)
-        path += "/dc/" + SPIFFEPercentCoding.encode(datacenter)
-        path += "/svc/" + SPIFFEPercentCoding.encode(service)
+        if partition != "default" { path += "/ap/" + PercentEncoding.encodePathSegment(partition) }
+        path += "/ns/" + PercentEncoding.encodePathSegment(namespace)
+        path += "/dc/" + PercentEncoding.encodePathSegment(datacenter)
+        path += "/svc/" + PercentEncoding.encodePathSegment(service)
         uri = "spiffe://" + self.trustDomain + path
     }
 
@@ -123,7 +123,7 @@ extension SPIFFEID {
 
     private static func decodeSegment(_ raw: String) throws -> String {
         // Dot segments are checked after decoding so "%2E%2E" cannot smuggle in "..".
-        guard !raw.isEmpty, let decoded = SPIFFEPercentCoding.decode(raw), !decoded.isEmpty,
+        guard !raw.isEmpty, let decoded = PercentEncoding.decode(raw, accepting: PercentEncoding.isSegmentCharacter), !decoded.isEmpty,
               decoded != ".", decoded != "..",
               !decoded.contains("/"), !decoded.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F })
         else { throw SPIFFEIDError.invalidSegment(raw) }
@@ -131,53 +131,3 @@ extension SPIFFEID {
     }
 }
 
-/// RFC 3986 `pchar` percent-coding for SPIFFE path segments.
-enum SPIFFEPercentCoding {
-    private static func isPChar(_ byte: UInt8) -> Bool {
-        switch byte {
-        case 0x41...0x5A, 0x61...0x7A, 0x30...0x39: return true // ALPHA DIGIT
-        case UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"): return true // unreserved
-        case UInt8(ascii: "!"), UInt8(ascii: "$"), UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "("),
-             UInt8(ascii: ")"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: ","), UInt8(ascii: ";"),
-             UInt8(ascii: "="), UInt8(ascii: ":"), UInt8(ascii: "@"): return true // sub-delims, ':' '@'
-        default: return false
-        }
-    }
-
-    static func encode(_ value: String) -> String {
-        var out = ""
-        for byte in value.utf8 {
-            if isPChar(byte) { out.unicodeScalars.append(Unicode.Scalar(byte)) } else {
-                out += "%" + String(byte >> 4, radix: 16, uppercase: true) + String(byte & 0xF, radix: 16, uppercase: true)
-            }
-        }
-        return out
-    }
-
-    /// nil when the segment holds a character outside `pchar`, a broken escape or invalid UTF-8.
-    static func decode(_ raw: String) -> String? {
-        var bytes: [UInt8] = []
-        var iterator = Array(raw.utf8).makeIterator()
-        while let byte = iterator.next() {
-            if byte == UInt8(ascii: "%") {
-                guard let high = iterator.next().flatMap(hexValue), let low = iterator.next().flatMap(hexValue) else {
-                    return nil
-                }
-                bytes.append(high << 4 | low)
-            } else {
-                guard isPChar(byte) else { return nil }
-                bytes.append(byte)
-            }
-        }
-        return String(validating: bytes, as: UTF8.self)
-    }
-
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case 0x30...0x39: return byte - 0x30
-        case 0x41...0x46: return byte - 0x41 + 10
-        case 0x61...0x66: return byte - 0x61 + 10
-        default: return nil
-        }
-    }
-}

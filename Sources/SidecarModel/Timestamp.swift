@@ -3,7 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Foundation
+import FoundationEssentials
 
 /// RFC 3339 timestamps in UTC: the one formatter and parser of the package (audit lines, logs,
 /// admin reports, the dev agent's Consul answers, Consul's token expiry). Built by hand: a

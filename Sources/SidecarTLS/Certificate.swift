@@ -1,5 +1,5 @@
 import COpenSSL
-import Foundation
+import FoundationEssentials
 
 /// An immutable X.509 certificate owned by Swift (wraps `X509*`).
 /// `@unchecked Sendable`: an X509 that is never modified after init.

@@ -1,5 +1,5 @@
 import COpenSSL
-import Foundation
+import FoundationEssentials
 
 /// What one certificate signed by the dev agent's CA says. Only the two shapes Consul's built-in
 /// CA makes: a CA root (self-signed or cross-signed) and a service leaf.

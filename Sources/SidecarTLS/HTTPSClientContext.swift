@@ -1,5 +1,7 @@
 import COpenSSL
-import Foundation
+import FoundationEssentials
+import Glibc
+import SidecarModel
 
 /// How an HTTPS server is trusted and how we authenticate to it: the Consul agent's API, per
 /// CONSUL_CACERT / CONSUL_CAPATH / CONSUL_CLIENT_CERT / CONSUL_CLIENT_KEY / CONSUL_HTTP_SSL_VERIFY.
@@ -73,14 +75,14 @@ package final class HTTPSClientContext: @unchecked Sendable {
     deinit { SSL_CTX_free(pointer) }
 
     static func certificates(inDirectory path: String) throws -> [Certificate] {
-        guard let walker = FileManager.default.enumerator(atPath: path) else {
+        guard let names = try? FileManager.default.subpathsOfDirectory(atPath: path) else {
             throw TLSMaterialError("\(path): not a readable directory")
         }
         var certificates: [Certificate] = []
-        for name in (walker.allObjects as? [String] ?? []).sorted() {
-            let file = (path as NSString).appendingPathComponent(name)
-            var isDirectory: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: file, isDirectory: &isDirectory), !isDirectory.boolValue else { continue }
+        for name in names.sorted() {
+            let file = FilePath.join(path, name)
+            var status = stat()
+            guard stat(file, &status) == 0, status.st_mode & S_IFMT != S_IFDIR else { continue }
             guard let bytes = FileManager.default.contents(atPath: file),
                   let found = try? Certificate.parsePEMBundle(Array(bytes), source: file) else {
                 throw TLSMaterialError("no PEM certificate in \(file)")

@@ -1,5 +1,5 @@
 import COpenSSL
-import Foundation
+import FoundationEssentials
 
 /// Collects what an OpenSSL `*_write_bio_*` call writes into a memory BIO.
 enum MemoryBIO {

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import SidecarModel
 
 /// One immutable set of TLS material: our leaf chain and key plus every root we trust.

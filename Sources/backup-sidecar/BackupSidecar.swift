@@ -1,7 +1,7 @@
 import ArgumentParser
 import ConsulAgent
 import CSystemExtras
-import Foundation
+import FoundationEssentials
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -157,7 +157,7 @@ struct Run: AsyncParsableCommand {
         let audit: JSONLinesAuditSink
         do {
             let lost: @Sendable (Int) -> Void = { metrics.auditLinesLost($0) }
-            audit = auditLog == "-" ? JSONLinesAuditSink(logger: logger, linesLost: lost)
+            audit = auditLog == "-" ? try JSONLinesAuditSink(logger: logger, linesLost: lost)
                 : try JSONLinesAuditSink.file(at: auditLog, logger: logger, linesLost: lost)
         } catch {
             throw failure("\(error)", status: ExitStatus.configuration)

@@ -1,6 +1,6 @@
 import ArgumentParser
 import DevAgent
-import Foundation
+import FoundationEssentials
 import Logging
 import SidecarCore
 import SidecarModel
@@ -74,7 +74,7 @@ struct DevAgentCommand: AsyncParsableCommand {
         configuration.enterprise = enterprise
         if let aclTokenFile {
             guard let token = try? String(contentsOfFile: aclTokenFile, encoding: .utf8)
-                .trimmingCharacters(in: .whitespacesAndNewlines), !token.isEmpty else {
+                .trimmingWhitespace(), !token.isEmpty else {
                 throw failure("cannot read a token from \(aclTokenFile)", status: ExitStatus.configuration)
             }
             configuration.aclToken = token

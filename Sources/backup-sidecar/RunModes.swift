@@ -1,7 +1,7 @@
 import ArgumentParser
 import ConsulAgent
 import CSystemExtras
-import Foundation
+import FoundationEssentials
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore

@@ -18,4 +18,20 @@ struct BinaryContentsTests {
         let libraries = try await ProcessRunner.run(["ldd", binary])
         #expect(libraries.output.contains("libssl.so.3") && libraries.output.contains("libcrypto.so.3"), "\(libraries.output)")
     }
+
+    /// Foundation proper brings ICU (~30 MiB of code and data, several MiB resident in every
+    /// sidecar); the sidecar's modules use FoundationEssentials only. Read from the linked
+    /// libraries (a dynamic build) and from the symbols (the static build links ICU in).
+    @Test("No Foundation proper and no ICU in the binary: FoundationEssentials only")
+    func noICU() async throws {
+        let binary = SidecarBinary.path
+        let libraries = try await ProcessRunner.run(["ldd", binary])
+        #expect(libraries.status == 0, "\(libraries.output)")
+        for library in ["libFoundation.so", "libFoundationInternationalization.so", "lib_FoundationICU.so"] {
+            #expect(!libraries.output.contains(library), "\(library) is linked: \(libraries.output)")
+        }
+        let symbols = try await ProcessRunner.run(["nm", "--defined-only", binary])
+        let icu = symbols.output.split(separator: "\n").filter { $0.contains("ucol_open") || $0.contains("udat_open") }
+        #expect(icu.isEmpty, "ICU symbols: \(icu.prefix(3))")
+    }
 }

@@ -141,7 +141,7 @@ struct SPIFFEIDTests {
     func uriEncoding(raw: String, encoded: String) {
         let id = SPIFFEID(trustDomain: "td", datacenter: "dc1", service: raw)
         #expect(id.uri == "spiffe://td/ns/default/dc/dc1/svc/" + encoded)
-        #expect(SPIFFEPercentCoding.encode(raw) == encoded)
+        #expect(PercentEncoding.encodePathSegment(raw) == encoded)
     }
 
     @Test("init lowercases the trust domain only")

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// The standard `process_*` families, named and defined as the Prometheus client libraries
@@ -41,7 +41,7 @@ struct ProcessMetrics: Equatable {
     /// `btime` from /proc/stat: the boot time in seconds since the epoch.
     static func parseBootTime(_ text: String) -> Double? {
         for line in text.split(separator: "\n") where line.hasPrefix("btime ") {
-            return Double(line.dropFirst("btime ".count).trimmingCharacters(in: .whitespaces))
+            return Double(line.dropFirst("btime ".count).trimmingWhitespace())
         }
         return nil
     }

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Glibc
 import Logging
 import SidecarTLS
@@ -16,7 +16,7 @@ package final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
     private let logger: Logger?
     /// Told how many lines a failed write lost (the metric).
     private let linesLost: (@Sendable (Int) -> Void)?
-    private let condition = NSCondition()
+    private let condition = AuditCondition()
     // Guarded by `condition`.
     private var fd: Int32
     private var pending: [UInt8] = []
@@ -31,12 +31,12 @@ package final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
     static let batchDelayMicroseconds: UInt32 = 2000
 
     /// Writes to stdout; the chain starts afresh.
-    package convenience init(handle: FileHandle = .standardOutput, logger: Logger? = nil,
-                            linesLost: (@Sendable (Int) -> Void)? = nil) {
-        self.init(fd: handle.fileDescriptor, path: nil, head: AuditChain.genesis, logger: logger, linesLost: linesLost)
+    package convenience init(fd: Int32 = STDOUT_FILENO, logger: Logger? = nil,
+                            linesLost: (@Sendable (Int) -> Void)? = nil) throws {
+        try self.init(fd: fd, path: nil, head: AuditChain.genesis, logger: logger, linesLost: linesLost)
     }
 
-    private init(fd: Int32, path: String?, head: String, logger: Logger?, linesLost: (@Sendable (Int) -> Void)?) {
+    private init(fd: Int32, path: String?, head: String, logger: Logger?, linesLost: (@Sendable (Int) -> Void)?) throws {
         self.fd = fd
         self.path = path
         self.head = head
@@ -44,9 +44,7 @@ package final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
         self.linesLost = linesLost
         announce("audit log opened", chainHead: head)
         record(Self.openedLine(reason: "started"))
-        let thread = Thread { [self] in writeLoop() }
-        thread.name = "audit-writer"
-        thread.start()
+        try startDetachedThread(name: "audit-writer") { [self] in writeLoop() }
     }
 
     /// Appends to `path` (created 0640), continuing the chain from the file's last line.
@@ -70,7 +68,12 @@ package final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
             let reason = (error as? ConfigError)?.message ?? "\(error)" // the path is named once
             throw ConfigError(source: path, path: "", message: "cannot read the audit log's last line to continue its hash chain: \(reason)")
         }
-        return JSONLinesAuditSink(fd: fd, path: path, head: head, logger: logger, linesLost: linesLost)
+        do {
+            return try JSONLinesAuditSink(fd: fd, path: path, head: head, logger: logger, linesLost: linesLost)
+        } catch {
+            close(fd)
+            throw error
+        }
     }
 
     static func openForAppend(_ path: String) throws -> Int32 {

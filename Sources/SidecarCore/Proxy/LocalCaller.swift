@@ -1,5 +1,5 @@
 import CSystemExtras
-import Foundation
+import FoundationEssentials
 import Glibc
 import NIOCore
 

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// One joined tunnel as the admin API's `/connections` lists it.
 struct TunnelRecord: Sendable {

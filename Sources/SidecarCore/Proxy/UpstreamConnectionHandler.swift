@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Dispatch
 import Logging
 import NIOConcurrencyHelpers

@@ -1,8 +1,9 @@
-import Foundation
+import FoundationEssentials
 import Glibc
 import Logging
 import NIOCore
 import NIOPosix
+import SidecarModel
 
 /// Binding a listener's socket: the options every listener shares, TCP and unix sockets.
 enum ListenerSocket {
@@ -44,7 +45,7 @@ enum ListenerSocket {
         }
         // Bind inside a private directory, set the mode, then rename into place: the socket
         // is never reachable at `path` with anything but its final permissions.
-        let parent = (path as NSString).deletingLastPathComponent
+        let parent = FilePath.parent(of: path)
         var template = Array("\(parent)/.backup-sidecar-XXXXXX".utf8CString)
         guard let privateDirectory = mkdtemp(&template).map({ String(cString: $0) }) else {
             throw SidecarError.bindFailed(listener: what, address: path, reason: "cannot create a private directory in \(parent)")

@@ -49,6 +49,7 @@ package enum SidecarError: Error, CustomStringConvertible {
     case unknownAccount(String)
     case socketPathInUse(String)
     case reconfigurationFailed([String])
+    case threadStartFailed(name: String, reason: String)
 
     package var description: String {
         switch self {
@@ -56,6 +57,7 @@ package enum SidecarError: Error, CustomStringConvertible {
         case .unknownAccount(let what): return "allowed_uids/allowed_gids: no such \(what)"
         case .socketPathInUse(let detail): return detail
         case .reconfigurationFailed(let failures): return "reconfiguration incomplete: " + failures.joined(separator: "; ")
+        case .threadStartFailed(let name, let reason): return "cannot start the \(name) thread: \(reason)"
         }
     }
 }

@@ -1,6 +1,6 @@
 /// Durations as Consul writes them in proxy config: a Go duration string ("90s", "30m",
 /// "1h30m", "1.5h", "250ms") or a plain number of seconds.
-import Foundation
+import FoundationEssentials
 
 package enum ConfigDuration {
     /// Longest suffix first, so "ms" is not read as "m" followed by garbage.
@@ -10,7 +10,7 @@ package enum ConfigDuration {
 
     /// Nanoseconds, or nil when the text is not a positive duration.
     package static func parse(_ text: String) -> Int64? {
-        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        let trimmed = text.trimmingWhitespace()
         if let seconds = Double(trimmed) {
             return seconds > 0 && seconds < 1e9 ? Int64(seconds * 1e9) : nil
         }

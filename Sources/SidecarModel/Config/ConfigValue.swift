@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// A configuration error that names the file and the field.
 package struct ConfigError: Error, CustomStringConvertible, Equatable {
@@ -78,7 +78,7 @@ struct ConfigNode {
         case .integer(let number): return Int(number)
         case .number(let number) where number.rounded() == number && abs(number) < 1e15: return Int(number)
         case .string(let text) where weak:
-            if let number = Int(text.trimmingCharacters(in: .whitespaces)) { return number }
+            if let number = Int(text.trimmingWhitespace()) { return number }
             throw error("expected an integer, found \"\(text)\"")
         default:
             throw error("expected an integer, found \(value.typeName)")

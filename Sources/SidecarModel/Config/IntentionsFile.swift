@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// Decodes a JSON array of `service-intentions` config entries (what `consul config write`
 /// takes), flattening each source into an `Intention`.

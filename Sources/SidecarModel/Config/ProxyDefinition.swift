@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// What a `connect-proxy` registration says about the sidecar we run. Built from a service
 /// definition file or (later) from `/v1/agent/service/:id`; no I/O here.

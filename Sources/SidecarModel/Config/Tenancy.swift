@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// A Consul Enterprise namespace and admin partition. Consul CE has neither: its answers carry
 /// no `Namespace`/`Partition` and it refuses any `?ns=`/`?partition=` with 400, so "not

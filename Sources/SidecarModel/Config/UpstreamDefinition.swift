@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 package struct Upstream: Equatable, Sendable {
     package var destinationName: String

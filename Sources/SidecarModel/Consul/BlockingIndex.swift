@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// The `?index=` to send on the next blocking query, following the client rules in Consul's
 /// "Blocking Queries" documentation (website/content/api-docs/features/blocking.mdx):
@@ -46,7 +46,7 @@ package struct BlockingIndex: Equatable, Sendable {
     /// Parses an `X-Consul-Index` header value: decimal digits only (surrounding spaces
     /// allowed); anything else is nil, which `next(responseIndex:)` treats as a missing header.
     package static func parseHeader(_ value: String?) -> UInt64? {
-        guard let trimmed = value?.trimmingCharacters(in: .whitespaces), !trimmed.isEmpty,
+        guard let trimmed = value?.trimmingWhitespace(), !trimmed.isEmpty,
               trimmed.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") })
         else { return nil }
         return UInt64(trimmed)
@@ -74,7 +74,7 @@ package struct RetryBackoff: Equatable, Sendable {
     /// The un-jittered delay for the next call: `base * 2^attempt`, at most `cap`.
     var currentCeiling: Double {
         // 2^attempt overflows to infinity long after it passed any sane cap; min() handles it.
-        min(cap, base * pow(2, Double(attempt)))
+        min(cap, base * Double(sign: .plus, exponent: attempt, significand: 1))
     }
 
     /// The delay before the next retry. `randomUnit` is a uniform draw from [0, 1]; values

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 // Decoders for the Consul HTTP API responses the sidecar consumes in Consul mode. Pure: bytes
 // in, values or a `ConfigError` (source = the request, path = the field) out. Field names are

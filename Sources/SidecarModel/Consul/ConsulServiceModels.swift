@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 // Decoders for Consul's service-related responses: the proxy's own registration, the healthy
 // instances of an upstream, and the intentions for our destination. Rules as in

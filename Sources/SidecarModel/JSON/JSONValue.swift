@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// A decoded JSON document. Decoding into this first (instead of straight into models) lets us
 /// accept both Consul spellings (snake_case files, PascalCase API) and report errors with the
@@ -33,8 +33,7 @@ package enum JSONValue: Decodable, Equatable, Sendable {
 
     private static func describe(_ error: Error) -> String {
         if case DecodingError.dataCorrupted(let context) = error {
-            return (context.underlyingError as NSError?)?.userInfo[NSDebugDescriptionErrorKey] as? String
-                ?? context.debugDescription
+            return context.underlyingError.map { "\($0)" } ?? context.debugDescription
         }
         return "\(error)"
     }

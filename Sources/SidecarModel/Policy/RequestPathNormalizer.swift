@@ -73,7 +73,7 @@ package enum RequestPathNormalizer {
                 segments.append([])
                 index += 1
             case percent:
-                guard index + 2 < rawPath.endIndex, let high = hexValue(rawPath[index + 1]), let low = hexValue(rawPath[index + 2]) else {
+                guard index + 2 < rawPath.endIndex, let high = PercentEncoding.hexValue(rawPath[index + 1]), let low = PercentEncoding.hexValue(rawPath[index + 2]) else {
                     return .failure(PathRefusal(reason: "malformed percent-encoding in the path"))
                 }
                 let decoded = high << 4 | low
@@ -140,16 +140,6 @@ package enum RequestPathNormalizer {
         if rest.first == UInt8(ascii: ".") { rest = rest.dropFirst() }
         if rest.first == UInt8(ascii: ";") { return true }
         return rest.count >= 3 && rest.prefix(3).elementsEqual(Array("%3B".utf8)) || rest.prefix(3).elementsEqual(Array("%3b".utf8))
-    }
-
-    /// One hex digit's value (any case); nil for anything else.
-    package static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
-        default: return nil
-        }
     }
 
     /// RFC 3986 unreserved.

@@ -52,7 +52,7 @@ package struct ChunkedBodyReader: Sendable {
             case .done:
                 return .success((events, index))
             case .size(let digits, let value):
-                if let digit = Self.hexValue(byte) {
+                if let digit = PercentEncoding.hexValue(byte) {
                     guard digits < Self.maxSizeDigits else { return refuse("chunk size longer than \(Self.maxSizeDigits) hex digits") }
                     state = .size(digits: digits + 1, value: value << 4 | Int(digit))
                 } else {
@@ -123,5 +123,4 @@ package struct ChunkedBodyReader: Sendable {
 
     private static let cr = UInt8(ascii: "\r"), lf = UInt8(ascii: "\n")
 
-    private static func hexValue(_ byte: UInt8) -> UInt8? { RequestPathNormalizer.hexValue(byte) }
 }
