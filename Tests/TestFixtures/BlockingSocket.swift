@@ -114,5 +114,3 @@ package func onThread<T: Sendable>(_ work: @escaping @Sendable () -> T) async ->
     }
 }
 
-/// Resident set size of this process in bytes (Linux).
-package func residentMemoryBytes() -> Int { processResidentBytes(getpid()) }
