@@ -48,6 +48,9 @@ package final class HTTPServer: Sendable {
     private struct Running {
         var listener: Channel?
         var connections: [ObjectIdentifier: Channel] = [:]
+        /// False once stop began: a connection accepted just before the listener closed, whose
+        /// initializer runs after stop took its list, is closed on arrival instead of living on.
+        var accepting = false
     }
 
     private let handler: Handler
@@ -92,13 +95,23 @@ package final class HTTPServer: Sendable {
                 }
             }
             .bind(to: address).get()
-        running.withLockedValue { $0.listener = channel }
+        running.withLockedValue {
+            $0.listener = channel
+            $0.accepting = true
+        }
         return channel.localAddress?.port ?? 0
     }
 
     private func track(_ channel: Channel) {
         let id = ObjectIdentifier(channel)
-        running.withLockedValue { $0.connections[id] = channel }
+        let accepted = running.withLockedValue { running -> Bool in
+            if running.accepting { running.connections[id] = channel }
+            return running.accepting
+        }
+        guard accepted else {
+            channel.close(promise: nil)
+            return
+        }
         channel.closeFuture.whenComplete { [weak self] _ in
             self?.running.withLockedValue { _ = $0.connections.removeValue(forKey: id) }
         }
@@ -107,7 +120,10 @@ package final class HTTPServer: Sendable {
     /// Closes the listener and every open connection; their pending requests are dropped.
     package func stop() async {
         let (listener, connections) = running.withLockedValue { running -> (Channel?, [Channel]) in
-            defer { running.listener = nil }
+            defer {
+                running.listener = nil
+                running.accepting = false
+            }
             return (running.listener, Array(running.connections.values))
         }
         try? await listener?.close()
