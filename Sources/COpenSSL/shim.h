@@ -35,6 +35,12 @@ static inline long bs_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) {
 static inline long bs_SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode) {
     return SSL_CTX_set_session_cache_mode(ctx, mode);
 }
+static inline long bs_SSL_CTX_sess_set_cache_size(SSL_CTX *ctx, long entries) {
+    return SSL_CTX_sess_set_cache_size(ctx, entries);
+}
+static inline long bs_SSL_CTX_sess_number(SSL_CTX *ctx) {
+    return SSL_CTX_sess_number(ctx);
+}
 static inline long bs_SSL_CTX_set_max_cert_list(SSL_CTX *ctx, long bytes) {
     return SSL_CTX_set_max_cert_list(ctx, bytes);
 }

@@ -94,11 +94,24 @@ final class TLSConnection {
         }
     }
 
-    deinit { SSL_free(ssl) }
+    /// Set once OpenSSL reported a protocol error on this connection.
+    private var failed = false
+
+    deinit {
+        // OpenSSL treats a session whose connection is freed without our close_notify as bad:
+        // the server drops it from its cache, the client marks it not resumable. Most tunnels
+        // end with a plain TCP close, so only a connection that hit a TLS error is treated so.
+        if !failed { SSL_set_shutdown(ssl, SSL_get_shutdown(ssl) | SSL_SENT_SHUTDOWN) }
+        SSL_free(ssl)
+    }
 
     func handshake() -> Outcome {
         OpenSSLErrorQueue.clear()
         let result = SSL_do_handshake(ssl)
+        // Server: once the client hello resumed a session (known before our first flight is
+        // out, long before the client's Finished), send no new ticket. The client keeps using
+        // the one it has, and the session cache grows only with full handshakes.
+        if SSL_is_server(ssl) == 1, SSL_session_reused(ssl) == 1 { SSL_set_num_tickets(ssl, 0) }
         if result == 1 { return .done }
         return outcome(for: result)
     }
@@ -208,6 +221,7 @@ final class TLSConnection {
         case SSL_ERROR_ZERO_RETURN:
             return .closeNotify
         default:
+            failed = true
             return .failed(OpenSSLErrorQueue.summary(or: "TLS protocol error"))
         }
     }

@@ -34,7 +34,12 @@ final class TLSSessionCache: Sendable {
                 value[key] = nil
                 return
             }
-            _ = SSL_set_session(ssl, session.pointer)
+            // A copy: when a TLS 1.3 connection resumes, OpenSSL marks the session it used as
+            // not resumable (single-use tickets). Our server sends no new ticket on resumption
+            // and keeps the session, so the kept original serves every later connection.
+            guard let copy = SSL_SESSION_dup(session.pointer) else { return }
+            _ = SSL_set_session(ssl, copy)
+            SSL_SESSION_free(copy)
         }
     }
 

@@ -33,6 +33,21 @@ struct ResumptionTests {
         }
     }
 
+    /// The server keeps sessions in its SSL_CTX and sends no new ticket on resumption: one
+    /// session serves every later connection (OpenSSL would otherwise mark a used TLS 1.3
+    /// session single-use on the client, and each resumption would grow the server's cache).
+    @Test("Ten connections in a row: one full handshake, nine resumptions of it; the server caches one session")
+    func oneSessionServesLaterConnections() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo, mux: .off)
+        await withTeardown({ await mesh.stop() }) {
+            for _ in 0..<10 { #expect(await echoRoundTrip(port: mesh.upstreamPort)) }
+            #expect(await eventually { Self.handshakes(mesh).count == 10 })
+            #expect(Self.handshakes(mesh).map(\.1) == [false] + Array(repeating: true, count: 9))
+            #expect(mesh.storage.contexts.server.cachedServerSessions == 1)
+            #expect(mesh.agent.contexts.client.sessionCache.count == 1)
+        }
+    }
+
     @Test("A resumed session is authorized against the current intentions")
     func resumedSessionIsReauthorized() async throws {
         let mesh = try await MeshFixture.start(backend: .echo, mux: .off)

@@ -90,14 +90,14 @@ package final class Sidecar: Sendable {
         let expiryCheck = group.next().scheduleRepeatedTask(initialDelay: .zero, delay: .seconds(30)) { [weak self] _ in
             self?.warnIfExpiring()
         }
-        // Session-ticket keys live in the SSL_CTX: replacing the contexts (off the event loop)
-        // bounds how long any ticket can be used.
+        // Resumable sessions live in the SSL_CTX: replacing the contexts (off the event loop)
+        // bounds how long any session can be resumed.
         let ticketLifetime = TimeAmount.seconds(Int64(TLSContext.sessionLifetimeSeconds))
         let contexts = self.contexts, logger = settings.logger
         let keyRotation = group.next().scheduleRepeatedTask(initialDelay: ticketLifetime, delay: ticketLifetime) { _ in
             DispatchQueue.global().async {
                 do { try contexts.rotateSessionKeys() } catch {
-                    logger.error("session ticket key rotation failed", metadata: ["error": "\(error)"])
+                    logger.error("session cache renewal failed", metadata: ["error": "\(error)"])
                 }
             }
         }
@@ -275,7 +275,7 @@ package final class Sidecar: Sendable {
         return revoked
     }
 
-    /// New session-ticket keys now (tests; normally every `TLSContext.sessionLifetimeSeconds`).
+    /// A new, empty session cache now (tests; normally every `TLSContext.sessionLifetimeSeconds`).
     func rotateSessionKeys() throws { try contexts.rotateSessionKeys() }
 
     /// Swaps in new certificates for every new handshake; open connections keep theirs.

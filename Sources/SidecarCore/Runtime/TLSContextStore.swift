@@ -29,8 +29,8 @@ final class TLSContextStore: Sendable {
         }
     }
 
-    /// Fresh contexts for the same credentials: new session-ticket keys (earlier tickets stop
-    /// working) and an empty client session cache. Skipped if new credentials landed meanwhile.
+    /// Fresh contexts for the same credentials: an empty server session cache (earlier tickets
+    /// stop working) and an empty client one. Skipped if new credentials landed meanwhile.
     func rotateSessionKeys() throws {
         let (credentials, generation) = current.withLockedValue { ($0.server.credentials, $0.generation) }
         let contexts = try Self.build(credentials, applicationProtocols)
