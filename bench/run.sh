@@ -218,10 +218,14 @@ note_rss() { # IMPL
 # side is the figure (what one proxy costs a host that is not transferring).
 note_idle_rss() { # IMPL
   sleep 1
-  local c s
+  local c s ca sa
   c=$(tree_kib "$CLIENT_PID" VmRSS); s=$(tree_kib "$SERVER_PID" VmRSS)
-  echo "idle: client VmRSS ${c} KiB; server VmRSS ${s} KiB" >>"$WORK/$1/rss.txt"
+  ca=$(tree_kib "$CLIENT_PID" RssAnon); sa=$(tree_kib "$SERVER_PID" RssAnon)
+  echo "idle: client VmRSS ${c} KiB (RssAnon ${ca}); server VmRSS ${s} KiB (RssAnon ${sa})" >>"$WORK/$1/rss.txt"
   record "$1" idle_rss "$(( c > s ? c : s ))"
+  # Private memory only: RSS also counts the program's mapped code and libraries, pages
+  # the page cache shares with every other process running the same files.
+  record "$1" idle_anon "$(( ca > sa ? ca : sa ))"
 }
 
 # CPU per GiB: utime+stime of both proxies (and their children) over every iperf3 run of one
@@ -464,7 +468,8 @@ mkdir -p "$SCRIPT_DIR/results"
   echo "Measurements: iperf3 -c 127.0.0.1 -p LOCAL -t $DUR -P {1,4} -J (sum_received, 10^6 bytes/s);"
   echo "wrk -t2 -c16 -d${DUR}s -H 'Connection: close'; wrk -t2 -c16 -d${DUR}s; wrk -t1 -c1 -d${DUR}s --latency (99% line)."
   echo "Peak RSS is VmHWM from /proc/PID/status of each proxy process (and any children), the max over the HTTP and iperf phases."
-  echo "Idle RSS is VmRSS of the larger side 1 s after start and one request. CPU per GiB is utime+stime"
+  echo "Idle RSS is VmRSS of the larger side 1 s after start and one request; idle private memory is RssAnon,"
+  echo "the same reading without file-backed pages (code and libraries, shared through the page cache). CPU per GiB is utime+stime"
   echo "(/proc/PID/stat) of both proxies over both iperf3 runs, divided by the bytes iperf3 received."
 } >"$SCRIPT_DIR/results/latest.md"
 

@@ -39,8 +39,9 @@ for impl in impls:
             r[k] = f"{num(r[k]) / 1024:.1f}"
     if c is not None and s is not None:
         r["rss_total"] = f"{(c + s) / 1024:.1f}"
-    if num(r.get("idle_rss")) is not None:
-        r["idle_rss"] = f"{num(r['idle_rss']) / 1024:.1f}"
+    for k in ("idle_rss", "idle_anon"):
+        if num(r.get(k)) is not None:
+            r[k] = f"{num(r[k]) / 1024:.1f}"
 
 rows = [
     ("status", "Status", None),
@@ -52,6 +53,7 @@ rows = [
     ("lat_p99", "p99 latency, 1 keep-alive connection (ms, lower is better)", "lo"),
     ("cpu_per_gib", "CPU-seconds per GiB through the pair, both proxies, iperf3 runs (lower is better)", "lo"),
     ("idle_rss", "Idle RSS, one proxy: the larger side after start and one request (MiB, lower is better)", "lo"),
+    ("idle_anon", "Idle private memory (RssAnon), one proxy, the larger side: RSS without the shared code and libraries (MiB, lower is better)", "lo"),
     ("rss_client", "Peak RSS client-side proxy (MiB, lower is better)", "lo"),
     ("rss_server", "Peak RSS server-side proxy (MiB, lower is better)", "lo"),
     ("rss_total", "Peak RSS both proxies (MiB, lower is better)", "lo"),
@@ -92,7 +94,7 @@ for key, label, better in rows:
     line = [label] + vals + [ratio, mux_raw]
     if baseline:
         b = res["baseline"].get(key)
-        if key.startswith("rss") or key in ("mtls", "idle_rss", "cpu_per_gib"):
+        if key.startswith("rss") or key in ("mtls", "idle_rss", "idle_anon", "cpu_per_gib"):
             b = "—"
         line.append(b if b else "n/a")
     out.append("| " + " | ".join(s.replace("|", "/") for s in line) + " |")
