@@ -94,14 +94,25 @@ final class TLSConnection {
         }
     }
 
-    /// Set once OpenSSL reported a protocol error on this connection.
-    private var failed = false
+    /// False once OpenSSL reported a protocol error, or we refused the peer: its session must
+    /// not be resumed (see deinit).
+    private var sessionIsGood = true
+
+    /// The peer was refused (identity, intentions): evict its session now. A refusal still
+    /// ends with our close_notify, which OpenSSL takes for a good end, so it is done here.
+    func discardSession() {
+        sessionIsGood = false
+        if SSL_is_server(ssl) == 1, let session = SSL_get_session(ssl) {
+            _ = SSL_CTX_remove_session(SSL_get_SSL_CTX(ssl), session)
+        }
+    }
 
     deinit {
         // OpenSSL treats a session whose connection is freed without our close_notify as bad:
         // the server drops it from its cache, the client marks it not resumable. Most tunnels
-        // end with a plain TCP close, so only a connection that hit a TLS error is treated so.
-        if !failed { SSL_set_shutdown(ssl, SSL_get_shutdown(ssl) | SSL_SENT_SHUTDOWN) }
+        // end with a plain TCP close, so only a connection that hit a TLS error, or whose peer
+        // we refused, is treated so.
+        if sessionIsGood { SSL_set_shutdown(ssl, SSL_get_shutdown(ssl) | SSL_SENT_SHUTDOWN) }
         SSL_free(ssl)
     }
 
@@ -221,7 +232,7 @@ final class TLSConnection {
         case SSL_ERROR_ZERO_RETURN:
             return .closeNotify
         default:
-            failed = true
+            sessionIsGood = false
             return .failed(OpenSSLErrorQueue.summary(or: "TLS protocol error"))
         }
     }

@@ -20,8 +20,15 @@ package final class TLSContext: @unchecked Sendable {
     /// connection gets no new ticket), so this is about one per client sidecar and destination
     /// within `sessionLifetimeSeconds`; past it the oldest go first and cost a full handshake.
     static let serverSessionCacheEntries = 1024
+    /// The largest certificate list a peer may send, in bytes.
+    package static let maxPeerCertificateListBytes = 32 * 1024
     /// Sessions in the server-side cache now (tests and metrics).
     package var cachedServerSessions: Int { bs_SSL_CTX_sess_number(pointer) }
+
+    /// Empties the session cache. For a context just replaced: live connections keep it alive,
+    /// but nothing resumes from it any more, so its sessions (each holding a peer certificate)
+    /// would only hold memory until the last of those connections ends.
+    package func discardSessions() { SSL_CTX_flush_sessions(pointer, 0) }
 
     // TLS 1.3 suites are all AEAD; for TLS 1.2 only ECDHE with AES-GCM or ChaCha20-Poly1305.
     static let tls13CipherSuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
@@ -63,6 +70,9 @@ package final class TLSContext: @unchecked Sendable {
             SSL_CTX_set_options(context, bs_SSL_OP_NO_TICKET())
             SSL_CTX_set_num_tickets(context, 1)
             SSL_CTX_set_timeout(context, Self.sessionLifetimeSeconds)
+            // Required for caching when the peer is verified. The same everywhere, so it
+            // separates nothing: this context serves the public listener alone, and every
+            // connection on it, resumed or not, is authorized on its own.
             let sessionContext = Array("backup-sidecar".utf8)
             try check(SSL_CTX_set_session_id_context(context, sessionContext, UInt32(sessionContext.count)) == 1,
                       "session id context")
@@ -74,9 +84,9 @@ package final class TLSContext: @unchecked Sendable {
         // with thousands of open snapshot sessions.
         _ = bs_SSL_CTX_set_mode(context, Int(SSL_MODE_RELEASE_BUFFERS))
         bs_SSL_CTX_set_read_ahead(context, 1)
-        // A peer's certificate list above 100 KB is refused before any parsing or signature
-        // work (Consul chains are a few KB); explicit rather than relying on the default.
-        _ = bs_SSL_CTX_set_max_cert_list(context, 100 * 1024)
+        // A peer's certificate list above 32 KB is refused before any parsing or signature
+        // work (Consul chains are a few KB; a cached session keeps the chain it came with).
+        _ = bs_SSL_CTX_set_max_cert_list(context, Self.maxPeerCertificateListBytes)
 
         try check(SSL_CTX_use_certificate(context, credentials.leaf.pointer) == 1, "leaf certificate")
         for intermediate in credentials.chain.dropFirst() {

@@ -176,6 +176,11 @@ package final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     package func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        if event is TLSForgetSession {
+            connection?.discardSession()
+            promise?.succeed()
+            return
+        }
         guard event is TLSAbortRequest else {
             context.triggerUserOutboundEvent(event, promise: promise)
             return
@@ -356,6 +361,7 @@ package final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func fail(context: ChannelHandlerContext, _ error: TLSError) {
         if case .closed = state { return }
+        connection?.discardSession()
         enterClosed()
         context.fireErrorCaught(error)
         context.close(promise: nil)

@@ -39,6 +39,12 @@ package struct TLSAbortRequest: Sendable {
     package init() {}
 }
 
+/// Outbound user event: the peer was refused after its handshake (by the intentions): its
+/// session is dropped from the cache, so the refused identity neither resumes nor holds a slot.
+package struct TLSForgetSession: Sendable {
+    package init() {}
+}
+
 package struct TLSHandlerConfiguration: Sendable {
     package var handshakeTimeout: TimeAmount?
     /// Until the peer's first byte (its ClientHello): much shorter than the handshake timeout,

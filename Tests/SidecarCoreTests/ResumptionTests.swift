@@ -39,12 +39,34 @@ struct ResumptionTests {
     @Test("Ten connections in a row: one full handshake, nine resumptions of it; the server caches one session")
     func oneSessionServesLaterConnections() async throws {
         let mesh = try await MeshFixture.start(backend: .echo, mux: .off)
-        await withTeardown({ await mesh.stop() }) {
+        try await withTeardown({ await mesh.stop() }) {
             for _ in 0..<10 { #expect(await echoRoundTrip(port: mesh.upstreamPort)) }
             #expect(await eventually { Self.handshakes(mesh).count == 10 })
             #expect(Self.handshakes(mesh).map(\.1) == [false] + Array(repeating: true, count: 9))
-            #expect(mesh.storage.contexts.server.cachedServerSessions == 1)
+            let replaced = mesh.storage.contexts.server
+            #expect(replaced.cachedServerSessions == 1)
             #expect(mesh.agent.contexts.client.sessionCache.count == 1)
+            // A replaced context may live on with its connections; its sessions do not.
+            try mesh.storage.rotateSessionKeys()
+            #expect(replaced.cachedServerSessions == 0)
+        }
+    }
+
+    @Test("A peer refused by the intentions loses its cached session: after the deny is lifted it does a full handshake")
+    func refusedPeerLosesSession() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo, mux: .off)
+        await withTeardown({ await mesh.stop() }) {
+            #expect(await echoRoundTrip(port: mesh.upstreamPort))
+            #expect(mesh.storage.contexts.server.cachedServerSessions == 1)
+            mesh.storage.updateIntentions(IntentionSet([Intention(destinationName: "storage", sourceName: "backup-agent", action: .deny)],
+                                                       defaultAction: .deny))
+            #expect(await echoRoundTrip(port: mesh.upstreamPort) == false)
+            #expect(await eventually { mesh.storage.contexts.server.cachedServerSessions == 0 })
+            mesh.storage.updateIntentions(IntentionSet(MeshFixture.allowBackupAgent, defaultAction: .deny))
+            #expect(await echoRoundTrip(port: mesh.upstreamPort))
+            #expect(await eventually { Self.handshakes(mesh).count == 3 })
+            #expect(Self.handshakes(mesh).map(\.0) == ["allow", "deny", "allow"])
+            #expect(Self.handshakes(mesh).map(\.1) == [false, true, false], "the third was a full handshake")
         }
     }
 

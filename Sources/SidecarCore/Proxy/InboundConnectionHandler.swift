@@ -132,6 +132,7 @@ final class InboundConnectionHandler: StagingHandler {
                 "source": "\(peer.identity)", "peer": "\(peerAddress)", "reason": "\(decision.reasonText)",
             ])
             state = .closed
+            if muxStream == nil { context.channel.triggerUserOutboundEvent(TLSForgetSession(), promise: nil) }
             answer(context, status: 403)
             context.close(promise: nil)
             carrier?.streamRefused()
@@ -160,6 +161,7 @@ final class InboundConnectionHandler: StagingHandler {
                 "source": "\(peer.identity)", "peer": "\(peerAddress)", "reason": "\(decision.reasonText)",
             ])
             state = .closed
+            context.channel.triggerUserOutboundEvent(TLSForgetSession(), promise: nil)
             context.close(promise: nil)
             return
         }

@@ -23,10 +23,12 @@ final class TLSContextStore: Sendable {
     @discardableResult
     func replace(with credentials: TLSCredentials) throws -> TLSCredentials {
         let contexts = try Self.build(credentials, applicationProtocols)
-        return current.withLockedValue { value in
+        let old = current.withLockedValue { value in
             defer { value = (contexts.server, contexts.client, value.generation + 1) }
-            return value.server.credentials
+            return value.server
         }
+        old.discardSessions()
+        return old.credentials
     }
 
     /// Fresh contexts for the same credentials: an empty server session cache (earlier tickets
@@ -34,9 +36,12 @@ final class TLSContextStore: Sendable {
     func rotateSessionKeys() throws {
         let (credentials, generation) = current.withLockedValue { ($0.server.credentials, $0.generation) }
         let contexts = try Self.build(credentials, applicationProtocols)
-        current.withLockedValue { value in
-            if value.generation == generation { value = (contexts.server, contexts.client, generation + 1) }
+        let replaced = current.withLockedValue { value -> TLSContext? in
+            guard value.generation == generation else { return nil }
+            defer { value = (contexts.server, contexts.client, generation + 1) }
+            return value.server
         }
+        replaced?.discardSessions()
     }
 
     private static func build(_ credentials: TLSCredentials, _ alpn: [String]) throws -> (server: TLSContext, client: TLSContext) {
