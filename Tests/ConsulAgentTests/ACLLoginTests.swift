@@ -167,7 +167,7 @@ struct ACLLoginTests {
                  "--login-method", "azure-msi", "--azure-managed-identity", "--azure-imds-url", setup.imds.url,
                  "--login-meta", "host=vm-1", "--admin-bind", "off", "--audit-log", "\(SidecarBinary.scratch)/acl-login-audit.jsonl"],
                 logName: "acl-login.log")
-            #expect(await eventuallyEchoes(port: setup.upstreamPort, attempts: 100), "traffic through the binary logged in with its managed identity")
+            #expect(await eventuallyEchoes(port: setup.upstreamPort), "traffic through the binary logged in with its managed identity")
             let secrets = setup.mesh.agent.loginTokenSecretIDs
             #expect(secrets.count == 1 && setup.mesh.agent.loginCount == 1)
             let (status, log) = await sidecar.terminate()

@@ -79,14 +79,14 @@ struct ConsulModeTests {
         #expect(live.echoes("after the rebind"), "the live connection survived its listener's rebind")
     }
 
-    @Test("Leaf TTL of 3 s: new connections present new serials after renewals; a connection opened before keeps flowing")
+    @Test("Leaf TTL of 6 s: new connections present new serials after renewals; a connection opened before keeps flowing")
     func leafRenewal() async throws {
-        let pair = try await ConsulPair.start(try await ConsulMesh.start(leafTTL: 3))
+        let pair = try await ConsulPair.start(try await ConsulMesh.start(leafTTL: 6))
         try await withTeardown({ await pair.stop() }) {
             let storage = pair.storage, upstreamPort = pair.upstreamPort
             #expect(await pair.ready())
             let firstSerial = storage.currentCredentials.leaf.serialNumber
-            // The agent renews at 60-90% of a 3 s lifetime, leaving 0.3-1.2 s to deliver the new
+            // The agent renews at 60-90% of a 6 s lifetime, leaving 0.6-2.4 s to deliver the new
             // leaf; on a loaded machine that can run out. A sidecar then refuses to present or
             // use the expired leaf and says so; those refusals, and only those, may fail a new
             // connection here (the CI run on record failed this way on the first connection).
@@ -105,9 +105,11 @@ struct ConsulModeTests {
 
             var failures = 0, explained = 0
             var liveFailures = 0
-            let deadline = ContinuousClock.now + .seconds(8)
+            // Until two renewals have reached new connections (a deadline, not a fixed window: a
+            // busy machine fits fewer rounds into any fixed time).
+            let deadline = ContinuousClock.now + .seconds(60)
             var round = 0
-            while ContinuousClock.now < deadline {
+            while ContinuousClock.now < deadline && Set(pair.serialsSeen).count < 3 {
                 if !(await echoRoundTrip(port: upstreamPort, bytes: 16 << 10)) {
                     if expiredLeaves.explainsFailure() { explained += 1 } else { failures += 1 }
                 }
@@ -120,8 +122,7 @@ struct ConsulModeTests {
             print("leaf serials seen by new connections, in order: \(pair.serialChanges.joined(separator: " -> ")); "
                   + "\(explained) of \(round) new connections refused for a leaf not renewed in time")
             #expect(failures == 0, "only an expired leaf may fail a new connection:\n\(pair.unusualEvents)")
-            // A quarter at most, and one whatever the count: a busy machine may fit only a few
-            // rounds into the 8 s.
+            // A quarter at most, and one whatever the count.
             #expect(explained <= max(1, round / 4), "renewals mostly arrive in time (\(explained) of \(round) refused)")
             #expect(liveFailures == 0, "the connection from before the renewals kept flowing:\n\(pair.unusualEvents)")
             #expect(Set(serials).count >= 3, "at least two renewals seen by new connections (saw \(Set(serials).count))")
@@ -221,7 +222,7 @@ struct ConsulModeTests {
         let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", token: token)
         await withTeardown({ await agentProxy.stop(); await agent.stop(); await backend.stop(); await mesh.stop() }) {
             #expect(await eventually(timeout: 15) { backend.connections == 0 && (try? BlockingSocket(port: storagePublic)) != nil })
-            #expect(await eventuallyEchoes(port: upstreamPort, attempts: 50), "traffic through the binary configured only by the agent")
+            #expect(await eventuallyEchoes(port: upstreamPort), "traffic through the binary configured only by the agent")
             let (status, log) = await sidecar.terminate()
             #expect(status == 0, "log: \(log)")
             #expect(log.contains("Consul proxy started"), "log: \(log)")

@@ -77,7 +77,7 @@ struct ConsulTenancyTests {
                                      "Sources": [{"Name": "backup-agent", "Namespace": "agents", "Action": "allow"}]}
                                     """)
                                 #expect(await eventually(timeout: 30) { storage.currentIntentions?.intentions.first?.sourceNamespace == "agents" })
-                                #expect(await eventuallyEchoes(port: upstreamPort, attempts: 50), "agents/backup-agent reaches vault/storage")
+                                #expect(await eventuallyEchoes(port: upstreamPort), "agents/backup-agent reaches vault/storage")
                             }
                         }
                     }

@@ -156,13 +156,14 @@ struct ServiceTests {
 
     @Test func ttlCheckExpiresToCritical() async throws {
         let agent = try await TestAgent.start()
-        try agent.agent.registerService(json: #"{"Name": "app", "Port": 1, "Checks": [{"TTL": "800ms", "Status": "passing"}, {"CheckID": "extra", "TTL": "1h"}]}"#)
+        try agent.agent.registerService(json: #"{"Name": "app", "Port": 1, "Checks": [{"TTL": "5s", "Status": "passing"}, {"CheckID": "extra", "TTL": "1h"}]}"#)
         let checks = try await agent.get("/v1/agent/checks").object()
         #expect(Set(checks.keys) == ["service:app:1", "extra"])
         #expect(try await agent.put("/v1/agent/check/pass/service:app:1").status == 200)
         let before = try await agent.get("/v1/health/service/app").array()
         #expect(((before.first?["Checks"] as? [[String: Any]])?.first { $0["CheckID"] as? String == "service:app:1" })?["Status"] as? String == "passing")
-        // Expires 0.8 s after the pass; awaited, since a busy machine may run the check late.
+        // Expires 5 s after the pass (long enough for the reads above on a loaded machine);
+        // awaited, since a busy machine may also run the check late.
         #expect(await eventually {
             ((try? await agent.get("/v1/agent/checks").object())?["service:app:1"] as? [String: Any])?["Status"] as? String == "critical"
         })

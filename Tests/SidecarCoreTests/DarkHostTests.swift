@@ -112,7 +112,11 @@ struct DarkHostTests {
                         let log = RecordingLogHandler()
                         // One event loop, so one pool: the tunnels below find the carriers the first two made.
                         let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-                        let (agent, _) = try await Self.startAgent(endpoints: [dark, alive], logger: log.logger, group: loop)
+                        // Wide timeouts: the setup below needs a carrier on each instance, and a
+                        // loaded run once timed out the first handshake at 2 s, so no carrier to the
+                        // dark instance existed. The stream-open timeout is the connect timeout.
+                        let (agent, _) = try await Self.startAgent(endpoints: [dark, alive], logger: log.logger, group: loop,
+                                                                   connectTimeoutMs: 5000, handshakeTimeoutMs: 10_000)
                         try await withTeardown({ await agent.stop(); try? await loop.shutdownGracefully() }) {
                             let port = agent.boundAddress(of: "upstream:storage")!.port!
                             // A tunnel held open on each instance's carrier (the rotation alternates).
@@ -130,7 +134,7 @@ struct DarkHostTests {
                             let paid = log.messages.filter { $0.contains("upstream instance failed") && $0.contains("\(relay.port)") }
                             #expect(paid.count <= 2, "the dark instance is ejected after it failed once: \(paid)")
                             #expect(log.messages.contains { $0.contains("mux stream open unanswered") }, "\(log.messages)")
-                            #expect(await eventually(timeout: 20) { log.messages.contains { $0.contains("peer unresponsive") } },
+                            #expect(await eventually(timeout: 60) { log.messages.contains { $0.contains("peer unresponsive") } },
                                     "the silent carrier is probed and closed, long before the 60 s keepalive would")
                             // The tunnel held on the dark carrier ends instead of hanging; the other one still works.
                             let cut = await onThread { held[0].receiveAll() }
@@ -143,13 +147,13 @@ struct DarkHostTests {
         }
     }
 
-    /// A backup-agent sidecar with 2 s connect and handshake timeouts, its `storage` upstream
-    /// fed `endpoints`.
+    /// A backup-agent sidecar with 2 s connect and handshake timeouts (unless given), its
+    /// `storage` upstream fed `endpoints`.
     static func startAgent(endpoints: [Endpoint], logger: Logger, group: EventLoopGroup,
-                           connectTimeoutMs: Int = 2000) async throws -> (Sidecar, MemoryAuditSink) {
+                           connectTimeoutMs: Int = 2000, handshakeTimeoutMs: Int = 2000) async throws -> (Sidecar, MemoryAuditSink) {
         let audit = MemoryAuditSink()
         var config = ProxyConfig()
-        config.handshakeTimeoutMs = 2000
+        config.handshakeTimeoutMs = handshakeTimeoutMs
         let definition = ProxyDefinition(
             id: "backup-agent-sidecar-proxy", name: "backup-agent-sidecar-proxy", address: "127.0.0.1", port: nil,
             destinationServiceName: "backup-agent", destinationServiceID: nil, localServiceAddress: "127.0.0.1",

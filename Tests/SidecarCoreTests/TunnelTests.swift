@@ -102,6 +102,8 @@ struct TunnelTests {
                 }
             }
             sender.start()
+            // The 4 s window starts once bytes reach the backend, not while the tunnel is set up.
+            #expect(await eventually { mesh.backend.bytesReceived > 0 })
             var peakInFlight = 0
             for _ in 0..<40 { // 4 seconds
                 try await Task.sleep(for: .milliseconds(100))

@@ -84,7 +84,7 @@ package struct ConsulMesh {
 
     /// A sidecar started the way `backup-sidecar run -sidecar-for SERVICE_ID` starts one.
     package func sidecar(for serviceID: String, audit: MemoryAuditSink = MemoryAuditSink(), token: String? = nil,
-                 tokenSource: (any ConsulTokenSource)? = nil, startupTimeout: TimeAmount = .seconds(10),
+                 tokenSource: (any ConsulTokenSource)? = nil, startupTimeout: TimeAmount = .seconds(60),
                  namespace: String? = nil, logger: Logger = quietLogger) async throws -> (ConsulProxy, Sidecar) {
         var settings = ConsulConnectionSettings(transport: .tcp(host: "127.0.0.1", port: port), token: token)
         settings.namespace = namespace
@@ -105,7 +105,7 @@ package struct ConsulMesh {
     /// A service with `connect.sidecar_service` (the sidecar's own port given, so tests know it).
     package func registerService(id: String, name: String, port: Int, sidecarPort: Int, upstreams: [(String, Int)] = [],
                          check: String? = nil) throws {
-        let upstreamJSON = upstreams.map { #"{"destination_name": "\#($0.0)", "local_bind_port": \#($0.1), "config": {"connect_timeout_ms": 2000}}"# }
+        let upstreamJSON = upstreams.map { #"{"destination_name": "\#($0.0)", "local_bind_port": \#($0.1), "config": {"connect_timeout_ms": 10000}}"# }
             .joined(separator: ",")
         let checkJSON = check.map { #", "check": {"check_id": "\#($0)", "ttl": "1h", "status": "passing"}"# } ?? ""
         try agent.registerService(json: """

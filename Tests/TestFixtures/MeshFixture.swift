@@ -52,7 +52,7 @@ package struct MeshFixture {
             localServicePort: nil, config: ProxyConfig(),
             upstreams: [{
                 var upstream = Upstream(destinationName: "storage", tenancy: .default,
-                                        datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 0, connectTimeoutMs: 2000)
+                                        datacenter: nil, localBindAddress: "127.0.0.1", localBindPort: 0, connectTimeoutMs: 10_000)
                 configureUpstream(&upstream)
                 return upstream
             }()])

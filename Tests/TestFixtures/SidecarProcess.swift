@@ -41,10 +41,13 @@ package final class SidecarProcess: @unchecked Sendable {
     }
 }
 
-/// Echo round trips through `port` until one succeeds, 100 ms apart (a sidecar still
-/// starting, or still waiting for its instances, refuses the first ones).
-package func eventuallyEchoes(port: Int, attempts: Int) async -> Bool {
-    for _ in 0..<attempts {
+/// Echo round trips through `port` until one succeeds, 100 ms apart, for up to `seconds` (a
+/// sidecar still starting, or still waiting for its instances, refuses the first ones). A
+/// deadline, not a count of attempts: refused attempts fail at once, and a loaded machine may
+/// need many seconds to start a process.
+package func eventuallyEchoes(port: Int, within seconds: Int = 60) async -> Bool {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while ContinuousClock.now < deadline {
         if await echoRoundTrip(port: port) { return true }
         try? await Task.sleep(for: .milliseconds(100))
     }
