@@ -245,6 +245,7 @@ final class InboundConnectionHandler: StagingHandler {
             .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .channelOption(ChannelOptions.autoRead, value: false)
             .channelOption(ChannelOptions.recvAllocator, value: ProxyChannelOptions.receiveAllocator)
+            .channelOption(ChannelOptions.maxMessagesPerRead, value: ProxyChannelOptions.maxMessagesPerRead)
             .channelOption(ChannelOptions.writeBufferWaterMark, value: ProxyChannelOptions.writeWatermark)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(OrderedHalfCloseHandler()) }

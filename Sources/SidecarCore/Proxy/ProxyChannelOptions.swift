@@ -8,5 +8,9 @@ enum ProxyChannelOptions {
     /// 34 KiB per connection per proxy (heaptrack, bench/scale.sh); bulk streams still grow to
     /// the maximum within a few full reads (4-stream MB/s unchanged).
     static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 1024, maximum: 256 * 1024)
+    /// Reads per readiness event (NIO's default is 4): each can take a 256 KiB buffer, all
+    /// before the glue's backpressure sees any of them. 2 took the sending sidecar's peak RSS in
+    /// bulk down by 2 MiB (mux) and 4.6 MiB (raw), bulk MB/s unchanged (quick bench A/B).
+    static let maxMessagesPerRead: UInt = 2
     static let writeWatermark = ChannelOptions.Types.WriteBufferWaterMark(low: 128 * 1024, high: 512 * 1024)
 }

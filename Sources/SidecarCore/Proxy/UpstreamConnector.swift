@@ -61,6 +61,7 @@ extension UpstreamRoute {
                 .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
                 .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
                 .channelOption(ChannelOptions.recvAllocator, value: ProxyChannelOptions.receiveAllocator)
+                .channelOption(ChannelOptions.maxMessagesPerRead, value: ProxyChannelOptions.maxMessagesPerRead)
                 .channelOption(ChannelOptions.writeBufferWaterMark, value: ProxyChannelOptions.writeWatermark)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
