@@ -48,9 +48,10 @@ package final class HTTPServer: Sendable {
     private struct Running {
         var listener: Channel?
         var connections: [ObjectIdentifier: Channel] = [:]
-        /// False once stop began: a connection accepted just before the listener closed, whose
+        /// True once stop began: a connection accepted just before the listener closed, whose
         /// initializer runs after stop took its list, is closed on arrival instead of living on.
-        var accepting = false
+        /// Cleared before a (re)start binds, so no connection of a starting server is refused.
+        var stopping = false
     }
 
     private let handler: Handler
@@ -83,6 +84,7 @@ package final class HTTPServer: Sendable {
     @discardableResult
     private func start(at address: SocketAddress) async throws -> Int {
         let handler = self.handler, maxBodyBytes = self.maxBodyBytes
+        running.withLockedValue { $0.stopping = false }
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -95,18 +97,15 @@ package final class HTTPServer: Sendable {
                 }
             }
             .bind(to: address).get()
-        running.withLockedValue {
-            $0.listener = channel
-            $0.accepting = true
-        }
+        running.withLockedValue { $0.listener = channel }
         return channel.localAddress?.port ?? 0
     }
 
     private func track(_ channel: Channel) {
         let id = ObjectIdentifier(channel)
         let accepted = running.withLockedValue { running -> Bool in
-            if running.accepting { running.connections[id] = channel }
-            return running.accepting
+            if !running.stopping { running.connections[id] = channel }
+            return !running.stopping
         }
         guard accepted else {
             channel.close(promise: nil)
@@ -122,7 +121,7 @@ package final class HTTPServer: Sendable {
         let (listener, connections) = running.withLockedValue { running -> (Channel?, [Channel]) in
             defer {
                 running.listener = nil
-                running.accepting = false
+                running.stopping = true
             }
             return (running.listener, Array(running.connections.values))
         }
