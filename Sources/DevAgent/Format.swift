@@ -1,19 +1,16 @@
 import FoundationEssentials
 import SidecarHTTP
 import SidecarModel
+import SidecarTLS
 
 /// Formatting shared by the endpoints.
 enum Format {
     static func colonHex<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
-        bytes.map(twoDigitHex).joined(separator: ":")
+        bytes.map { lowercaseHex(CollectionOfOne($0)) }.joined(separator: ":")
     }
 
     static func hex<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
-        bytes.map(twoDigitHex).joined()
-    }
-
-    private static func twoDigitHex(_ byte: UInt8) -> String {
-        (byte < 16 ? "0" : "") + String(byte, radix: 16)
+        lowercaseHex(bytes)
     }
 
     /// Go's `time.Duration.String()` for whole seconds: "72h0m0s", "90s", "1m30s".

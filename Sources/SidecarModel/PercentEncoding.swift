@@ -35,10 +35,16 @@ package enum PercentEncoding {
     /// pchar: unreserved characters, sub-delimiters, ":" and "@"); every other byte of its
     /// UTF-8 (always "/", "?", "#", "%") becomes `%XX`.
     package static func encodePathSegment(_ text: String, keeping: (UInt8) -> Bool = isSegmentCharacter) -> String {
+        encode(text.utf8) { keeping($0) && !"/?#%".utf8.contains($0) }
+    }
+
+    /// `bytes` as text: the ASCII bytes `keeping` accepts as they are, every other byte `%XX`
+    /// (upper-case hex). `keeping` must refuse "%" and every byte above 0x7F.
+    package static func encode(_ bytes: some Sequence<UInt8>, keeping: (UInt8) -> Bool) -> String {
         var out = ""
-        out.reserveCapacity(text.utf8.count)
-        for byte in text.utf8 {
-            if keeping(byte) && !"/?#%".utf8.contains(byte) {
+        out.reserveCapacity(bytes.underestimatedCount)
+        for byte in bytes {
+            if keeping(byte) {
                 out.unicodeScalars.append(Unicode.Scalar(byte))
             } else {
                 out += "%" + String(byte >> 4, radix: 16, uppercase: true) + String(byte & 0xF, radix: 16, uppercase: true)

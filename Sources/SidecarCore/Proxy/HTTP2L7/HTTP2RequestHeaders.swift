@@ -128,14 +128,6 @@ enum HTTP2Denial {
 
     /// grpc-message encoding: printable ASCII except `%` as is, every other UTF-8 byte as %XX.
     static func grpcPercentEncoded(_ text: String) -> String {
-        var out = ""
-        for byte in text.utf8.prefix(1024) {
-            if byte >= 0x20 && byte <= 0x7e && byte != UInt8(ascii: "%") {
-                out.unicodeScalars.append(Unicode.Scalar(byte))
-            } else {
-                out += "%" + (byte < 0x10 ? "0" : "") + String(byte, radix: 16, uppercase: true)
-            }
-        }
-        return out
+        PercentEncoding.encode(text.utf8.prefix(1024)) { $0 >= 0x20 && $0 <= 0x7e && $0 != UInt8(ascii: "%") }
     }
 }
