@@ -106,65 +106,6 @@ ensure_tools() {
 # ---------------------------------------------------------------- results
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"; }  # impl metric value
 
-# ---------------------------------------------------------------- backends
-HTTP_PORT=""
-NGINX_PID=""
-start_nginx() {
-  local d="$WORK/nginx"
-  mkdir -p "$d/www" "$d/tmp"
-  # 100-byte body
-  printf '%099d\n' 0 | tr 0 x >"$d/www/index.html"
-  alloc_port HTTP_PORT
-  {
-    [ "$(id -u)" = 0 ] && echo "user root;"
-    cat <<EOF
-worker_processes 1;
-daemon off;
-master_process on;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-worker_rlimit_nofile 16384;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    default_type text/html;
-    sendfile on;
-    tcp_nodelay on;
-    keepalive_requests 100000;
-    keepalive_timeout 65s;
-    client_body_temp_path $d/tmp/body;
-    proxy_temp_path $d/tmp/proxy;
-    fastcgi_temp_path $d/tmp/fastcgi;
-    uwsgi_temp_path $d/tmp/uwsgi;
-    scgi_temp_path $d/tmp/scgi;
-    server {
-        listen 127.0.0.1:$HTTP_PORT backlog=4096;
-        root $d/www;
-        index index.html;
-        location / { }
-    }
-}
-EOF
-  } >"$d/nginx.conf"
-  start_bg "$d/stderr.log" nginx -p "$d/" -c "$d/nginx.conf" -e "$d/error.log"
-  NGINX_PID=$LAST_PID
-  await_port "$HTTP_PORT" "$NGINX_PID" 20 || { log "nginx did not start, see $d/"; exit 1; }
-  local code
-  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$HTTP_PORT/")
-  [ "$code" = 200 ] || { log "nginx answered $code instead of 200"; exit 1; }
-  log "nginx backend on 127.0.0.1:$HTTP_PORT (pid $NGINX_PID)"
-}
-
-IPERF_PORT=""
-IPERF_PID=""
-start_iperf_server() { # LOGFILE
-  alloc_port IPERF_PORT
-  start_bg "$1" iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT"
-  IPERF_PID=$LAST_PID
-  await_port "$IPERF_PORT" "$IPERF_PID" 20
-}
-stop_iperf_server() { stop_pid "$IPERF_PID"; IPERF_PID=""; }
-
 # ---------------------------------------------------------------- proxy pairs
 # start_pair IMPL BACKEND_PORT TAG : starts server-side then client-side proxy.
 # Sets LOCAL_PORT, PUBLIC_PORT, CLIENT_PID, SERVER_PID; on failure sets FAIL_REASON and returns 1.
