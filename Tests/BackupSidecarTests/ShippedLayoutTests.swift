@@ -1,0 +1,64 @@
+import Foundation
+import Testing
+import TestFixtures
+
+/// How the shipped binary is linked (scripts/shipped-build.sh), read from the unstripped build
+/// that scripts/package.sh packaged (scripts/test.sh runs it before the suite).
+@Suite("Shipped binary layout", .serialized)
+struct ShippedLayoutTests {
+    static let root = TestCertificates.repositoryRoot
+    static let binary = root.appendingPathComponent(".build-static/release/backup-sidecar").path
+
+    static func run(_ arguments: [String]) async throws -> String {
+        let result = try await ProcessRunner.run(arguments, timeout: 120)
+        #expect(result.status == 0, "\(arguments.joined(separator: " ")): \(result.output.prefix(300))")
+        return result.output
+    }
+
+    /// The packaged binary is this build, stripped: the same GNU build ID.
+    @Test("The unstripped shipped build is the packaged binary (same build ID)")
+    func sameBuildAsPackage() async throws {
+        let root = try await DebianPackageTests.extracted()
+        func buildID(_ path: String) async throws -> String? {
+            try await Self.run(["readelf", "-n", path]).split(separator: "\n")
+                .first { $0.contains("Build ID:") }.map { String($0.split(separator: ":").last ?? "").trimmingCharacters(in: .whitespaces) }
+        }
+        let shipped = try await buildID(Self.binary)
+        let packaged = try await buildID("\(root)/usr/bin/backup-sidecar")
+        #expect(shipped != nil && shipped == packaged, "build IDs: \(shipped ?? "none") here, \(packaged ?? "none") in the package")
+    }
+
+    @Test("Packed relative relocations (DT_RELR): no 1.3 MB relocation table to read at start")
+    func packedRelocations() async throws {
+        let dynamic = try await Self.run(["readelf", "-d", Self.binary])
+        #expect(dynamic.contains("(RELR)"), "no DT_RELR: was the binary linked without lld's -z pack-relative-relocs?")
+        let relocations = try await Self.run(["readelf", "-r", Self.binary])
+        let relative = relocations.split(separator: "\n").filter { $0.contains("R_X86_64_RELATIVE") }.count
+        #expect(relative < 1000, "\(relative) R_X86_64_RELATIVE entries left in .rela.dyn")
+    }
+
+    /// Without the order the 300 hottest functions are spread over the whole 13 MB .text (the
+    /// order the objects happen to be linked in); with it they are in its first few hundred KB.
+    @Test("The functions a running sidecar executes come first in .text (scripts/link-order.txt)")
+    func executedCodeFirst() async throws {
+        let order = try String(contentsOf: Self.root.appendingPathComponent("scripts/link-order.txt"), encoding: .utf8)
+            .split(separator: "\n").filter { !$0.hasPrefix("#") }.map(String.init)
+        #expect(order.count > 2000, "scripts/link-order.txt lists \(order.count) functions: regenerate it with scripts/link-order.sh")
+        var address: [String: UInt64] = [:]
+        for line in try await Self.run(["nm", "--defined-only", Self.binary]).split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard fields.count == 3, "tTwW".contains(fields[1]), let value = UInt64(fields[0], radix: 16) else { continue }
+            address[String(fields[2])] = value
+        }
+        let sections = try await Self.run(["readelf", "-SW", Self.binary]).split(separator: "\n")
+        let textFields = try #require(sections.first { $0.contains(" .text ") }).split(separator: " ", omittingEmptySubsequences: true)
+        let nameIndex = try #require(textFields.firstIndex(of: ".text"))
+        let textStart = try #require(UInt64(textFields[nameIndex + 2], radix: 16))
+        let textSize = try #require(UInt64(textFields[nameIndex + 4], radix: 16))
+        #expect(textSize > 8 << 20, "the .text this test reasons about is over 8 MiB (it is \(textSize >> 20) MiB)")
+        let hottest = order.prefix(300).compactMap { address[$0] }
+        #expect(hottest.count > 250, "only \(hottest.count) of the 300 hottest listed functions exist: regenerate scripts/link-order.txt")
+        let outside = hottest.filter { $0 >= textStart + (2 << 20) }
+        #expect(outside.isEmpty, "\(outside.count) of the hottest functions lie beyond the first 2 MiB of .text")
+    }
+}
