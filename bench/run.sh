@@ -245,8 +245,17 @@ e2e_ok() { # PORT : plaintext HTTP through the pair answers 200 (retries for up 
   return 1
 }
 
+# steal_ticks: CPU time the hypervisor gave to others while we were runnable (/proc/stat, all
+# CPUs). A column measured while it grew is the host's noise, not the implementation's.
+steal_ticks() { awk '$1 == "cpu" {print $9}' /proc/stat; }
+record_steal() { # IMPL TICKS_AT_START
+  record "$1" steal "$(python3 -c "import sys; print(f'{(int(sys.argv[1]) - int(sys.argv[2])) / int(sys.argv[3]):.1f}')" \
+    "$(steal_ticks)" "$2" "$(getconf CLK_TCK)")"
+}
+
 bench_impl() {
-  local impl=$1
+  local impl=$1 steal_start
+  steal_start=$(steal_ticks)
   mkdir -p "$WORK/$impl"
   log "=== $impl ==="
   if [[ "$impl" = backup-sidecar* ]] && [ ! -x "$SIDECAR_BIN" ]; then
@@ -295,11 +304,13 @@ bench_impl() {
   record "$impl" rss_client "${RSS_MAX[$impl.client]:-n/a}"
   record "$impl" rss_server "${RSS_MAX[$impl.server]:-n/a}"
   record "$impl" errors "${ERRS[$impl]:-n/a}"
+  record_steal "$impl" "$steal_start"
   record "$impl" status ok
 }
 
 bench_baseline() {
-  local impl=baseline
+  local impl=baseline steal_start
+  steal_start=$(steal_ticks)
   mkdir -p "$WORK/$impl"
   log "=== no proxy (reference) ==="
   run_http_suite "$impl" "$HTTP_PORT"
@@ -311,6 +322,7 @@ bench_baseline() {
   stop_iperf_server
   bench_tcp_pair_ceiling
   record "$impl" errors "${ERRS[$impl]:-n/a}"
+  record_steal "$impl" "$steal_start"
   record "$impl" status ok
 }
 

@@ -59,6 +59,7 @@ rows = [
     ("rss_total", "Peak RSS both proxies (MiB, lower is better)", "lo"),
     ("errors", "wrk errors: non-2xx + socket errors, all wrk runs (lower is better)", None),
     ("mtls", "Server side rejects client with no cert / foreign-CA cert", None),
+    ("steal", "Host steal time while the column was measured (s, all CPUs; more than a few: the host took the CPU, distrust the column)", None),
 ]
 
 def cell(impl, key):
