@@ -10,7 +10,9 @@
 # Everything listens on 127.0.0.1 only. Every process started here is stopped on exit.
 # See bench/README.md for the meaning of each number and for fairness notes.
 #
-# Usage: bench/run.sh [--quick] [--only NAME[,NAME...]] [--no-build] [--help]
+# Usage: bench/run.sh [--quick] [--only NAME[,NAME...]] [--no-build] [--check] [--help]
+#   --check: then compare our columns with HAProxy's against bench/ratio-floors.tsv (exit 1 on
+#         a regression, 3 when inconclusive: HAProxy not run, or the host stole the CPU)
 #   NAME: backup-sidecar (alias: sidecar, ours; the mux on, the default), backup-sidecar-raw
 #         (--mux off: one mTLS connection per tunnel), stunnel, haproxy, baseline (no proxy)
 # Environment:
@@ -33,12 +35,14 @@ for a in "$@"; do CMDLINE+=" $(printf '%q' "$a")"; done
 # ---------------------------------------------------------------- options
 QUICK=0
 NO_BUILD=0
+CHECK=0
 ONLY=""
 usage() { bench_usage; }   # the header above (its path was resolved before the cd)
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --no-build) NO_BUILD=1 ;;
+    --check) CHECK=1 ;;
     --only) shift; [ $# -gt 0 ] || { echo "--only needs a name" >&2; exit 2; }; ONLY+="${ONLY:+,}$1" ;;
     --only=*) ONLY+="${ONLY:+,}${1#--only=}" ;;
     -h|--help) usage; exit 0 ;;
@@ -431,3 +435,9 @@ echo "$TABLE"
 echo
 echo "Results written to bench/results/latest.md"
 echo "Logs, configs and raw outputs: $WORK"
+if [ "$CHECK" = 1 ]; then
+  echo
+  echo "Regression check against HAProxy (bench/ratio-floors.tsv):"
+  bench_py check_ratios "$RESULTS" "$SCRIPT_DIR/ratio-floors.tsv"
+  exit $?
+fi
