@@ -362,7 +362,7 @@ build_sidecar() {
     log "swift not found; backup-sidecar will be n/a unless $SIDECAR_BIN exists"; return 0
   fi
   # shellcheck source=scripts/shipped-build.sh
-  . "$ROOT/scripts/shipped-build.sh"
+  . "$ROOT/scripts/shipped-build.sh" || { log "scripts/shipped-build.sh failed; backup-sidecar will be n/a"; BUILD_FAILED=1; return 0; }
   log "building backup-sidecar as shipped: swift build ${SHIPPED_BUILD_FLAGS[*]} (log: $WORK/build.log)"
   if ! swift build "${SHIPPED_BUILD_FLAGS[@]}" >"$WORK/build.log" 2>&1; then
     log "swift build failed (see $WORK/build.log); backup-sidecar will be n/a"

@@ -86,6 +86,17 @@ mkdir -p "$work/debian"
 printf 'Source: backup-sidecar\n\nPackage: backup-sidecar\nArchitecture: any\n' > "$work/debian/control"
 depends=$(cd "$work" && dpkg-shlibdeps -O -e"root/usr/bin/backup-sidecar" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
 [ -n "$depends" ] || { echo "dpkg-shlibdeps found no dependencies" >&2; exit 1; }
+# dpkg-shlibdeps reads versioned symbols, not version references: packed relative relocations
+# (DT_RELR, scripts/shipped-build.sh) need glibc 2.36 through GLIBC_ABI_DT_RELR, which it misses
+# (it answers libc6 >= 2.35, and the binary would not start on 2.35). Raise the bound, never lower it.
+if readelf -V "$root/usr/bin/backup-sidecar" | grep -q 'GLIBC_ABI_DT_RELR'; then
+  libc_min=$(sed -n 's/.*libc6 (>= \([^)]*\)).*/\1/p' <<<"$depends")
+  if [ -z "$libc_min" ]; then
+    depends="libc6 (>= 2.36), $depends"
+  elif dpkg --compare-versions "$libc_min" lt 2.36; then
+    depends=${depends/"libc6 (>= $libc_min)"/"libc6 (>= 2.36)"}
+  fi
+fi
 rm -rf "$work/debian"
 
 (cd "$root" && find . -type f ! -path './DEBIAN/*' -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) > "$root/DEBIAN/md5sums"

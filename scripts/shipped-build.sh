@@ -9,14 +9,17 @@
 #   a running sidecar executes are laid out together, so the kernel's fault-around maps about
 #   2 MB of code instead of 9 MB scattered over a 13 MB text. Needs one section per function.
 SHIPPED_SCRATCH=.build-static # relative: the sourcing script runs from the repository root
-SHIPPED_ORDER="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/link-order.txt"
+SHIPPED_ORDER="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/link-order.txt"
 SHIPPED_LLD="$(dirname "$(readlink -f "$(command -v swift)")")/ld.lld"
 if [ ! -x "$SHIPPED_LLD" ]; then
   echo "shipped-build: the Swift toolchain's ld.lld is missing (looked for $SHIPPED_LLD)" >&2
   return 1 # sourced, never run
 fi
 mkdir -p "$SHIPPED_SCRATCH"
-printf '{ "schemaVersion": "1.0", "linker": { "path": "%s" } }\n' "$SHIPPED_LLD" >"$SHIPPED_SCRATCH/lld-toolset.json"
+# Sourcing this file may delete objects or the binary in $SHIPPED_SCRATCH (below): never source it
+# while another build or bench run uses that directory.
+printf '{ "schemaVersion": "1.0", "linker": { "path": "%s" } }\n' "$SHIPPED_LLD" >"$SHIPPED_SCRATCH/lld-toolset.json.new"
+mv -f "$SHIPPED_SCRATCH/lld-toolset.json.new" "$SHIPPED_SCRATCH/lld-toolset.json"
 # shellcheck disable=SC2034 # used by the scripts that source this file
 SHIPPED_BUILD_FLAGS=(-c release --product backup-sidecar --static-swift-stdlib --disable-local-rpath
                      --scratch-path "$SHIPPED_SCRATCH" --toolset "$SHIPPED_SCRATCH/lld-toolset.json"

@@ -5,19 +5,22 @@ Usage: check_ratios.py RESULTS_TSV FLOORS_TSV
 
 Compares our columns with HAProxy's in the same run (the only comparison that survives a
 different or busier host) against the bounds in FLOORS_TSV, and also requires no wrk errors
-and the mTLS rejections. Exit status: 0 within bounds, 1 a regression, 3 inconclusive (HAProxy
-or one of our columns did not run, or the host stole more than STEAL_LIMIT seconds of CPU
-from a column: its figures say nothing about the code).
+and the mTLS rejections. Exit status:
+  0  every ratio within its bound
+  1  a regression (a figure of ours missing where HAProxy has one counts as one)
+  2  the check itself could not run (unreadable or malformed input)
+  3  inconclusive: HAProxy or one of our columns did not run, or the host stole more than
+     STEAL_LIMIT seconds of CPU from a column (its figures say nothing about the code)
 """
 import sys
 from collections import defaultdict
 
 STEAL_LIMIT = 5.0
-res = defaultdict(dict)
-for line in open(sys.argv[1]):
-    parts = line.rstrip("\n").split("\t")
-    if len(parts) == 3:
-        res[parts[0]][parts[1]] = parts[2]
+
+
+def broken(message):
+    print(f"check: cannot run: {message}")
+    sys.exit(2)
 
 
 def num(value):
@@ -27,20 +30,35 @@ def num(value):
         return None
 
 
-for impl, figures in res.items():  # as render_table derives it: both sides' peak RSS
+res = defaultdict(dict)
+try:
+    for line in open(sys.argv[1]):
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) == 3:
+            res[parts[0]][parts[1]] = parts[2]
+except OSError as error:
+    broken(error)
+for impl, figures in list(res.items()):  # as render_table derives it: both sides' peak RSS
     client, server = num(figures.get("rss_client")), num(figures.get("rss_server"))
     if client is not None and server is not None:
         figures["rss_total"] = str(client + server)
 
-
 floors = []
-for line in open(sys.argv[2]):
-    if line.strip() and not line.startswith("#"):
-        impl, metric, op, bound = line.split("\t")[:4]
-        floors.append((impl, metric, op, float(bound)))
+try:
+    for number, line in enumerate(open(sys.argv[2]), 1):
+        if line.strip() and not line.startswith("#"):
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) < 4 or fields[2] not in (">=", "<="):
+                broken(f"{sys.argv[2]}:{number}: want IMPL<TAB>METRIC<TAB>>= or <=<TAB>BOUND")
+            floors.append((fields[0], fields[1], fields[2], float(fields[3])))
+except (OSError, ValueError) as error:
+    broken(error)
+if not floors:
+    broken(f"no bounds in {sys.argv[2]}")
 
 inconclusive, failures, passes = [], [], []
-for impl in sorted({f[0] for f in floors} | {"haproxy"}):
+ours_impls = sorted({floor[0] for floor in floors})
+for impl in ours_impls + ["haproxy"]:
     if res[impl].get("status") != "ok":
         inconclusive.append(f"{impl} did not run (status: {res[impl].get('status', 'not run')})")
     steal = num(res[impl].get("steal"))
@@ -49,22 +67,25 @@ for impl in sorted({f[0] for f in floors} | {"haproxy"}):
 if not inconclusive:
     for impl, metric, op, bound in floors:
         ours, theirs = num(res[impl].get(metric)), num(res["haproxy"].get(metric))
-        if ours is None or not theirs:
-            inconclusive.append(f"{impl} {metric}: no figure to compare ({ours} / {theirs})")
+        if not theirs:
+            inconclusive.append(f"{impl} {metric}: HAProxy has no figure to compare with")
+            continue
+        if ours is None:  # e.g. our iperf3 phase failed while HAProxy's ran
+            failures.append(f"{impl} {metric}: no figure of ours (HAProxy: {theirs:g})")
             continue
         ratio = ours / theirs
         ok = ratio >= bound if op == ">=" else ratio <= bound
         (passes if ok else failures).append(f"{impl} {metric}: {ratio:.2f} of HAProxy (bound {op} {bound:.2f})")
-    for impl in sorted({f[0] for f in floors}):
-        if res[impl].get("errors") not in ("0", None):
-            failures.append(f"{impl}: {res[impl].get('errors')} wrk errors")
+    for impl in ours_impls:
+        if res[impl].get("errors") != "0":
+            failures.append(f"{impl}: wrk errors {res[impl].get('errors', 'not recorded')}")
         if res[impl].get("mtls") != "yes / yes":
-            failures.append(f"{impl}: mTLS rejections {res[impl].get('mtls')}, not yes / yes")
+            failures.append(f"{impl}: mTLS rejections {res[impl].get('mtls', 'not recorded')}, not yes / yes")
 
 for line in passes:
-    print(f"  ok          {line}")
+    print(f"  ok           {line}")
 for line in failures:
-    print(f"  REGRESSION  {line}")
+    print(f"  REGRESSION   {line}")
 for line in inconclusive:
     print(f"  INCONCLUSIVE {line}")
 if inconclusive:
