@@ -66,7 +66,17 @@ enum ListenerSocket {
             try? await channel.close()
             throw SidecarError.bindFailed(listener: what, address: path, reason: reason)
         }
-        channel.closeFuture.whenComplete { _ in unlink(path) }
+        // Remove the file when the listener closes, but only if it is still the one bound here:
+        // a rebind of the same path (any change to the upstream) may have replaced it by the
+        // time this channel has finished closing.
+        var bound = stat()
+        let identity = lstat(path, &bound) == 0 ? (device: bound.st_dev, inode: bound.st_ino) : nil
+        channel.closeFuture.whenComplete { _ in
+            var current = stat()
+            guard let identity, lstat(path, &current) == 0,
+                  current.st_dev == identity.device, current.st_ino == identity.inode else { return }
+            unlink(path)
+        }
         logger.info("listening", metadata: ["listener": "\(what)", "address": "unix:\(path)",
                                             "mode": "\(String(mode ?? 0o600, radix: 8))"])
         return channel

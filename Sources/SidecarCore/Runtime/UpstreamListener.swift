@@ -53,7 +53,12 @@ final class UpstreamListener: Sendable {
         return UpstreamListener(upstream: upstream, channel: channel, current: current, table: table)
     }
 
-    func close() async { try? await channel.close() }
+    /// Returns once the channel has closed and its socket file (unix) is gone: NIO completes
+    /// close() before the closeFuture callbacks run, and a rebind of the path follows at once.
+    func close() async {
+        try? await channel.close()
+        try? await channel.closeFuture.get()
+    }
 }
 
 extension UpstreamRoute {
