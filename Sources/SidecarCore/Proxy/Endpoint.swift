@@ -36,8 +36,10 @@ package struct Endpoint: Hashable, Sendable, CustomStringConvertible {
 /// gives each connection the full list in that order so a failed dial falls through to the next.
 final class EndpointRotation: Sendable {
     /// An instance that failed is tried after the others for this long, times the number of
-    /// failures in a row (at most `maxEjection`), as Envoy's outlier detection: later tunnels
-    /// do not pay its timeout again. Any success clears it.
+    /// times in a row it failed again once back (at most `maxEjection`), as Envoy's outlier
+    /// detection: later tunnels do not pay its timeout again. Failures reported while it is out
+    /// are the same outage (the tunnels that waited on one failed dial, or were already under
+    /// way) and do not lengthen it. Any success clears it.
     static let baseEjection = TimeAmount.seconds(10)
     static let maxEjection = TimeAmount.seconds(300)
 
@@ -85,6 +87,7 @@ final class EndpointRotation: Sendable {
     func failed(_ endpoint: Endpoint, now: NIODeadline = .now()) {
         state.withLockedValue { value in
             guard value.endpoints.contains(endpoint) else { return }
+            if let current = value.ejected[endpoint], current.until > now { return }
             let failures = (value.ejected[endpoint]?.failures ?? 0) + 1
             let length = min(Self.baseEjection.nanoseconds * Int64(failures), Self.maxEjection.nanoseconds)
             value.ejected[endpoint] = Ejection(until: now + .nanoseconds(length), failures: failures)

@@ -194,9 +194,10 @@ final class UpstreamConnectionHandler: StagingHandler {
                 logger.info("closing idle upstream connection", metadata: ["upstream": "\(upstream)"])
             }
         case .failure(let error):
-            // An instance that answered (a CONNECT refused with a status) is alive; anything
-            // else (no connection, no handshake, a silent carrier) sends it to the back.
-            if case .connectRejected = error as? MuxError {} else { route.endpoints.failed(endpoint) }
+            // An instance that answered (a CONNECT refused with a status) is alive, and our own
+            // expired leaf says nothing about it; anything else (no connection, no handshake, a
+            // silent carrier) sends it to the back.
+            if case .connectRejected = error as? MuxError {} else if error is ExpiredLeaf {} else { route.endpoints.failed(endpoint) }
             logger.info("upstream instance failed", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
             if state == .closed { return }
             attempt(context: context, remaining: remaining.dropFirst(), failures: failures + ["\(endpoint): \(error)"])

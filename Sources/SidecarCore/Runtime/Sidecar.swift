@@ -169,6 +169,11 @@ package final class Sidecar: Sendable {
         instances(of: destination).replace(endpoints)
     }
 
+    /// An upstream destination's instances and their ejections, if it has any (tests).
+    func existingInstances(of destination: String) -> EndpointRotation? {
+        state.withLockedValue { $0.instances[destination] }
+    }
+
     private func instances(of destination: String) -> EndpointRotation {
         state.withLockedValue { state in
             if let existing = state.instances[destination] { return existing }
