@@ -201,16 +201,17 @@ final class LoopMuxPool: @unchecked Sendable {
 
     /// - Parameter tried: the carriers and errors of earlier tries, for the error if all fail.
     func link(_ request: Request, retries: Int, tried: [String] = []) -> EventLoopFuture<MeshLink> {
+        let tlsContext = request.tlsContext()
+        // A retry may come after our leaf expired: the peer would only refuse it. Checked
+        // before any destination state exists, so a refused request leaves none behind.
+        if let expired = tlsContext.credentials.expiredLeafReason() {
+            return eventLoop.makeFailedFuture(ExpiredLeaf(reason: expired, tried: tried))
+        }
         let destination = destinations[request.key] ?? {
             let created = Destination()
             destinations[request.key] = created
             return created
         }()
-        let tlsContext = request.tlsContext()
-        // A retry may come after our leaf expired: the peer would only refuse it.
-        if let expired = tlsContext.credentials.expiredLeafReason() {
-            return eventLoop.makeFailedFuture(ExpiredLeaf(reason: expired, tried: tried))
-        }
         if draining { return request.dial(tlsContext).map(MeshLink.raw) }
         if let until = destination.rawUntil {
             if NIODeadline.now() < until { return request.dial(tlsContext).map(MeshLink.raw) }
