@@ -241,12 +241,8 @@ final class InboundConnectionHandler: StagingHandler {
         let meshChannel = context.channel
         ClientBootstrap(group: context.eventLoop)
             .connectTimeout(route.localConnectTimeout)
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-            .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            .proxyConnectionOptions()
             .channelOption(ChannelOptions.autoRead, value: false)
-            .channelOption(ChannelOptions.recvAllocator, value: ProxyChannelOptions.receiveAllocator)
-            .channelOption(ChannelOptions.maxMessagesPerRead, value: ProxyChannelOptions.maxMessagesPerRead)
-            .channelOption(ChannelOptions.writeBufferWaterMark, value: ProxyChannelOptions.writeWatermark)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(OrderedHalfCloseHandler()) }
             }

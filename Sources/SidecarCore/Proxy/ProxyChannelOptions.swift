@@ -1,4 +1,5 @@
 import NIOCore
+import NIOPosix
 
 /// Socket options shared by every proxied connection.
 enum ProxyChannelOptions {
@@ -13,4 +14,27 @@ enum ProxyChannelOptions {
     /// bulk down by 2 MiB (mux) and 4.6 MiB (raw), bulk MB/s unchanged (quick bench A/B).
     static let maxMessagesPerRead: UInt = 2
     static let writeWatermark = ChannelOptions.Types.WriteBufferWaterMark(low: 128 * 1024, high: 512 * 1024)
+}
+
+extension ClientBootstrap {
+    /// A connection we dial for a tunnel (to a mesh peer, or to the local app): no Nagle,
+    /// half-closes passed on, and ProxyChannelOptions' read and write sizes.
+    func proxyConnectionOptions() -> ClientBootstrap {
+        channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            .channelOption(ChannelOptions.recvAllocator, value: ProxyChannelOptions.receiveAllocator)
+            .channelOption(ChannelOptions.maxMessagesPerRead, value: ProxyChannelOptions.maxMessagesPerRead)
+            .channelOption(ChannelOptions.writeBufferWaterMark, value: ProxyChannelOptions.writeWatermark)
+    }
+}
+
+extension ServerBootstrap {
+    /// A connection a listener accepts: the same options as `proxyConnectionOptions()`.
+    func proxyConnectionChildOptions() -> ServerBootstrap {
+        childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            .childChannelOption(ChannelOptions.recvAllocator, value: ProxyChannelOptions.receiveAllocator)
+            .childChannelOption(ChannelOptions.maxMessagesPerRead, value: ProxyChannelOptions.maxMessagesPerRead)
+            .childChannelOption(ChannelOptions.writeBufferWaterMark, value: ProxyChannelOptions.writeWatermark)
+    }
 }

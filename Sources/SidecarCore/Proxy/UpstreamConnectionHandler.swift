@@ -197,7 +197,13 @@ final class UpstreamConnectionHandler: StagingHandler {
             // An instance that answered (a CONNECT refused with a status) is alive, and our own
             // expired leaf says nothing about it; anything else (no connection, no handshake, a
             // silent carrier) sends it to the back.
-            if case .connectRejected = error as? MuxError {} else if error is ExpiredLeaf {} else { route.endpoints.failed(endpoint) }
+            let instanceFailed: Bool
+            switch error {
+            case MuxError.connectRejected: instanceFailed = false
+            case is ExpiredLeaf: instanceFailed = false
+            default: instanceFailed = true
+            }
+            if instanceFailed { route.endpoints.failed(endpoint) }
             logger.info("upstream instance failed", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
             if state == .closed { return }
             attempt(context: context, remaining: remaining.dropFirst(), failures: failures + ["\(endpoint): \(error)"])

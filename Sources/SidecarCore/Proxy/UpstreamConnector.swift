@@ -58,11 +58,7 @@ extension UpstreamRoute {
             let handshake = waiter.handshake
             return ClientBootstrap(group: eventLoop)
                 .connectTimeout(connectTimeout)
-                .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-                .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-                .channelOption(ChannelOptions.recvAllocator, value: ProxyChannelOptions.receiveAllocator)
-                .channelOption(ChannelOptions.maxMessagesPerRead, value: ProxyChannelOptions.maxMessagesPerRead)
-                .channelOption(ChannelOptions.writeBufferWaterMark, value: ProxyChannelOptions.writeWatermark)
+                .proxyConnectionOptions()
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let (tls, waiter) = handlers.value

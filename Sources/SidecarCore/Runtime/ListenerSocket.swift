@@ -11,11 +11,7 @@ enum ListenerSocket {
         ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 1024)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-            .childChannelOption(ChannelOptions.recvAllocator, value: ProxyChannelOptions.receiveAllocator)
-            .childChannelOption(ChannelOptions.maxMessagesPerRead, value: ProxyChannelOptions.maxMessagesPerRead)
-            .childChannelOption(ChannelOptions.writeBufferWaterMark, value: ProxyChannelOptions.writeWatermark)
+            .proxyConnectionChildOptions()
     }
 
     /// Binds host:port; the error names the listener and the address.
