@@ -13,7 +13,8 @@ and the mTLS rejections. Exit status:
      STEAL_LIMIT seconds of CPU from a column (its figures say nothing about the code)
 """
 import sys
-from collections import defaultdict
+
+from bench_results import num, read
 
 STEAL_LIMIT = 5.0
 
@@ -23,25 +24,10 @@ def broken(message):
     sys.exit(2)
 
 
-def num(value):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-res = defaultdict(dict)
 try:
-    for line in open(sys.argv[1]):
-        parts = line.rstrip("\n").split("\t")
-        if len(parts) == 3:
-            res[parts[0]][parts[1]] = parts[2]
+    res, _ = read(sys.argv[1])
 except OSError as error:
     broken(error)
-for impl, figures in list(res.items()):  # as render_table derives it: both sides' peak RSS
-    client, server = num(figures.get("rss_client")), num(figures.get("rss_server"))
-    if client is not None and server is not None:
-        figures["rss_total"] = str(client + server)
 
 floors = []
 try:

@@ -10,36 +10,16 @@ reference column ran. RSS values arrive in KiB and are shown in MiB; the ratio c
 ours (mux) / best of stunnel and HAProxy, and mux / raw.
 """
 import sys
-from collections import defaultdict
-res = defaultdict(dict)
-notes = []
-for line in open(sys.argv[1]):
-    parts = line.rstrip("\n").split("\t")
-    if len(parts) == 3:
-        if parts[1] == "note":
-            notes.append(f"- {parts[0]}: {parts[2]}")
-        else:
-            res[parts[0]][parts[1]] = parts[2]
+from bench_results import num, read
+res, notes = read(sys.argv[1])
 ran = set(sys.argv[2].split())
 baseline = sys.argv[3] == "1"
 impls = ["backup-sidecar", "backup-sidecar-raw", "stunnel", "haproxy"]
 
-def num(v):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
-
-# derived metrics
+# memory figures arrive in KiB and are shown in MiB
 for impl in impls:
     r = res[impl]
-    c, s = num(r.get("rss_client")), num(r.get("rss_server"))
-    for k in ("rss_client", "rss_server"):
-        if num(r.get(k)) is not None:
-            r[k] = f"{num(r[k]) / 1024:.1f}"
-    if c is not None and s is not None:
-        r["rss_total"] = f"{(c + s) / 1024:.1f}"
-    for k in ("idle_rss", "idle_anon"):
+    for k in ("rss_client", "rss_server", "rss_total", "idle_rss", "idle_anon"):
         if num(r.get(k)) is not None:
             r[k] = f"{num(r[k]) / 1024:.1f}"
 
