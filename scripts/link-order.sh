@@ -12,7 +12,7 @@
 #
 # The order only moves code; a stale file costs memory, never correctness: names it lists
 # that no longer exist are ignored, and new functions land after the listed ones.
-# Usage: scripts/link-order.sh   (about 10 minutes; run after large changes, commit the result)
+# Usage: scripts/link-order.sh   (about 3 minutes; run after large changes, commit the result)
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../bench/lib.sh"
