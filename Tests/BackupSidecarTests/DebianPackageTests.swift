@@ -176,8 +176,10 @@ struct DebianPackageTests {
             digest.update(snapshot)
             #expect(put.output.contains("PUT /repository/snap-1 \(snapshot.count) \(digest.finalizeHex())"), "\(put.output)")
             #expect(backend.requests == ["PUT /repository/snap-1"])
-            let audit = try String(contentsOfFile: "\(root)/storage-audit.jsonl", encoding: .utf8)
-            #expect(audit.contains("\"decision\":\"allow\"") && audit.contains("svc/backup-agent"), "\(audit)")
+            // Lines are written by the audit writer thread, maybe just after the response.
+            let auditPath = "\(root)/storage-audit.jsonl"
+            func audited() -> String { (try? String(contentsOfFile: auditPath, encoding: .utf8)) ?? "" }
+            #expect(await eventually { audited().contains("\"decision\":\"allow\"") && audited().contains("svc/backup-agent") }, "\(audited())")
             for process in [agent, storage] {
                 kill(process.processIdentifier, SIGTERM)
                 let status = await onThread { () -> Int32 in process.waitUntilExit(); return process.terminationStatus }

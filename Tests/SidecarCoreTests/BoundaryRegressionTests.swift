@@ -59,8 +59,9 @@ struct BoundaryRegressionTests {
                 #expect(pushed >= 0 && pushed < 512 << 20, "the connection was ended, not read on (\(pushed) bytes taken)")
                 #expect(after - before < 48 << 20, "RSS grew by \((after - before) >> 20) MiB")
                 #expect(backend.requests.allSatisfy { $0 == "GET /repository/ping" }, "nothing but the probes reached the service: \(backend.requests)")
-                let audit = (try? String(contentsOfFile: auditPath, encoding: .utf8)) ?? ""
-                #expect(audit.contains("request refused (40"), "an audit line names the refusal")
+                // The audit writer thread may not have written the refusal's line yet.
+                #expect(await eventually { ((try? String(contentsOfFile: auditPath, encoding: .utf8)) ?? "").contains("request refused (40") },
+                        "an audit line names the refusal")
                 #expect(await sidecar.terminate().status == 0)
             }
         }
@@ -179,20 +180,65 @@ struct BoundaryRegressionTests {
 
     @Test("A mux connection whose streams keep being denied is retired after 64 of them")
     func deniedStreamsCapped() async throws {
-        let mesh = try await MeshFixture.start(backend: .echo)
+        // Admitted while the service is http and the source has L7 permissions; once it is tcp,
+        // every stream is decided raw, which those permissions cannot allow (the intentions did
+        // not change, so nothing re-checks the connection itself).
+        let mesh = try await MeshFixture.start(backend: .echo, intentions: try Self.intentions("""
+            [{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Permissions":[
+              {"Action":"allow","HTTP":{"PathPrefix":"/repository/","Methods":["GET"]}}]}]}]
+            """), protocol: "http")
         try await withTeardown({ await mesh.stop() }) {
             let client = try await HostileMuxClient.connect(port: mesh.publicPort, credentials: try TestCertificates.credentials("backup-agent"))
             await withTeardown({ await client.close() }) {
-                // Admitted (the server decides once it has the client's Finished, after the client is
-                // done), then the intentions turn against it (a revocation the peer ignores).
                 #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .muxConnected } })
-                mesh.storage.updateIntentions(IntentionSet([], defaultAction: .deny))
+                var definition = mesh.storage.definition
+                definition.config.protocol = "tcp"
+                await #expect(throws: Never.self) { try await mesh.storage.apply(definition) }
                 var opened = 0
                 for _ in 0..<80 { if case .success = await client.open() { opened += 1 } }
                 #expect(opened == 0)
                 let denied = mesh.storageAudit.events.filter { $0.kind == .authorization && $0.decision == "deny" && $0.muxStream != nil }
                 #expect(denied.count == InboundMuxCarrier.maxRefusedStreams, "\(denied.count) streams decided")
+                #expect(denied.allSatisfy { $0.reason?.contains("has L7 permissions") == true }, "\(denied.first?.reason ?? "")")
                 #expect(mesh.storageAudit.events.contains { $0.kind == .connectionRevoked && $0.reason?.contains("64 refused streams") == true })
+                #expect(mesh.backend.connections == 0)
+            }
+        }
+    }
+
+    // MARK: A mux connection outlived the intention that admitted it (issue 19's review)
+
+    @Test("An intentions update denying a mux connection's source retires it: its stream is cut, one line, no new stream, closed")
+    func deniedCarrierRetired() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo)
+        try await withTeardown({ await mesh.stop() }) {
+            let client = try await HostileMuxClient.connect(port: mesh.publicPort, credentials: try TestCertificates.credentials("backup-agent"))
+            try await withTeardown({ await client.close() }) {
+                #expect(await eventually { mesh.storageAudit.events.contains { $0.kind == .muxConnected } })
+                // An update that still allows the source leaves the connection alone.
+                mesh.storage.updateIntentions(IntentionSet(MeshFixture.allowBackupAgent
+                    + [Intention(destinationName: "storage", sourceName: "billing", action: .deny)], defaultAction: .deny))
+                guard case .success(let stream) = await client.open() else {
+                    Issue.record("an allowed source's stream was refused")
+                    return
+                }
+                #expect(await eventually { mesh.backend.connections == 1 })
+                #expect(!mesh.storageAudit.events.contains { $0.kind == .connectionRevoked })
+
+                mesh.storage.updateIntentions(IntentionSet([], defaultAction: .deny))
+                try await stream.closeFuture.get()
+                #expect(await eventually { !client.channel.isActive }, "the retired connection closes once its stream is gone")
+                let revoked = mesh.storageAudit.events.filter { $0.kind == .connectionRevoked }
+                let carrierLines = revoked.filter { $0.muxStream == nil }
+                #expect(carrierLines.count == 1 && carrierLines[0].reason?.contains("denied by intentions update") == true,
+                        "\(revoked.map { $0.reason ?? "" })")
+                #expect(carrierLines.first?.source == SPIFFEID(trustDomain: TestCertificates.trustDomain, datacenter: "dc1", service: "backup-agent").uri)
+                #expect(revoked.filter { $0.muxStream != nil }.count == 1, "the running stream is revoked on its own")
+                let updated = mesh.storageAudit.events.filter { $0.kind == .intentionsUpdated }
+                #expect(updated.last?.revoked == 1)
+                if case .success = await client.open() { Issue.record("a retired connection took a stream") }
+                #expect(!mesh.storageAudit.events.contains { $0.kind == .authorization && $0.muxStream != nil && $0.decision == "deny" },
+                        "no stream reached a decision after the update")
             }
         }
     }

@@ -59,7 +59,10 @@ final class ConnectionTable: Sendable {
         /// An inbound tunnel about to be joined or joined: how it was authorized, to be
         /// re-checked when the intentions change.
         var inbound: InboundAuthorization?
-        /// Cut by a revocation (it stays listed until it closes).
+        /// An accepted mux connection once it is set up: whose it is, to be re-checked when
+        /// the intentions change.
+        var carrier: CarrierAuthorization?
+        /// Cut by a revocation, or a mux connection retired by one (it stays listed until it closes).
         var revoked = false
         var accepted = NIODeadline.now()
         /// Handshaking: the peer has sent at least one byte.
@@ -295,6 +298,30 @@ final class ConnectionTable: Sendable {
             state.open[ObjectIdentifier(mesh)]!.tunnel = record
             state.open[ObjectIdentifier(mesh)]!.inbound = authorization
             return true
+        }
+    }
+
+    /// Registers an accepted mux connection for re-authorization. False when it already closed.
+    func registerCarrier(_ channel: Channel, authorization: CarrierAuthorization) -> Bool {
+        state.withLockedValue { state in
+            guard state.open[ObjectIdentifier(channel)]?.kind == .muxCarrier else { return false }
+            state.open[ObjectIdentifier(channel)]!.carrier = authorization
+            return true
+        }
+    }
+
+    /// Registered mux connections not yet retired by a revocation.
+    var carriers: [Tracked] {
+        state.withLockedValue { $0.open.values.filter { $0.carrier != nil && !$0.revoked } }
+    }
+
+    /// Marks a mux connection retired, once (two updates in a row may both deny it).
+    func claimCarrierForRetirement(_ channel: Channel) -> CarrierAuthorization? {
+        state.withLockedValue { state in
+            let id = ObjectIdentifier(channel)
+            guard let entry = state.open[id], let carrier = entry.carrier, !entry.revoked else { return nil }
+            state.open[id]!.revoked = true
+            return carrier
         }
     }
 

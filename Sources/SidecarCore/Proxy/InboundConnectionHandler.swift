@@ -147,8 +147,9 @@ final class InboundConnectionHandler: StagingHandler {
     /// The connection carries the mux: one handshake, many tunnels, each decided on its own.
     /// The carrier itself is decided once at L4: a source denied outright gets none. It takes
     /// no new stream once the peer's leaf expires (in Connect, expiry is revocation), once it
-    /// reaches max_connection_lifetime, or after `InboundMuxCarrier.maxRefusedStreams` refused
-    /// streams; its running streams finish undisturbed.
+    /// reaches max_connection_lifetime, once an intentions update denies its source, or after
+    /// `InboundMuxCarrier.maxRefusedStreams` refused streams; its running streams finish
+    /// unless they are themselves revoked.
     private func acceptMux(context: ChannelHandlerContext, peer: TLSPeer, route: InboundRoute, settings: MuxSettings) {
         let decision = authorize(peer.identity, route.destinationService, route.l7)
         guard decision.allowed else {
@@ -235,6 +236,14 @@ final class InboundConnectionHandler: StagingHandler {
             return
         }
         carrier.armLimits(on: context.channel, lifetime: route.maxConnectionLifetime)
+        // Registered for re-authorization, then decided once more: an intentions update whose
+        // sweep ran between the first decision and the registration is not missed.
+        let bound = NIOLoopBound(carrier, eventLoop: context.eventLoop)
+        _ = table.registerCarrier(context.channel, authorization: CarrierAuthorization(source: peer.identity) { reason in
+            bound.eventLoop.execute { bound.value.retire(because: reason) }
+        })
+        let current = authorize(peer.identity, route.destinationService, route.l7)
+        if !current.allowed { carrier.retire(because: "denied by intentions update: \(current.reasonText)") }
     }
 
     private func connectLocal(context: ChannelHandlerContext, route: InboundRoute, peer: TLSPeer) {

@@ -23,6 +23,15 @@ struct InboundAuthorization: Sendable {
     let local: Channel
 }
 
+/// An accepted mux connection, kept in its `ConnectionTable` entry so an intentions update
+/// that denies its source stops it taking new streams (its running streams are re-checked
+/// one by one, like plain connections).
+struct CarrierAuthorization: Sendable {
+    let source: SPIFFEID
+    /// GOAWAY, audited once with the reason given; hops to the connection's event loop.
+    let retire: @Sendable (_ reason: String) -> Void
+}
+
 /// Ends an authorized connection because policy no longer allows it. Both halves are aborted:
 /// a graceful close would reach the backup agent as a clean end of stream, and a cut transfer
 /// must never look complete.

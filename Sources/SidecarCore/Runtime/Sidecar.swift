@@ -253,14 +253,32 @@ package final class Sidecar: Sendable {
         Authorizer.warnUnevaluable(set, logger: settings.logger)
         settings.metrics?.intentionsReloaded()
         let revoked = reauthorize(with: set)
+        let retired = retireDeniedCarriers(with: set)
         var event = AuditEvent(kind: .intentionsUpdated, listener: "", reason: "default \(set.defaultAction.rawValue)")
         event.intentions = set.intentions.count
         event.revoked = revoked
         settings.audit.record(event)
         settings.logger.info("intentions updated", metadata: [
             "intentions": "\(set.intentions.count)", "default": "\(set.defaultAction.rawValue)",
-            "revoked_connections": "\(revoked)",
+            "revoked_connections": "\(revoked)", "retired_mux_connections": "\(retired)",
         ])
+    }
+
+    /// Retires (GOAWAY) every inbound mux connection whose source `set` no longer lets open a
+    /// stream, decided as a new stream would be. Its running streams were re-checked by
+    /// `reauthorize`; without this the connection itself would stay open, idle, counting toward
+    /// max_connections, until its idle timeout. Returns how many were retired.
+    private func retireDeniedCarriers(with set: IntentionSet) -> Int {
+        let route = inbound.route
+        var retired = 0
+        for entry in table.carriers {
+            guard let source = entry.carrier?.source else { continue }
+            let decision = authorizer.decide(source: source, destination: route.destinationService, l7: route.l7, with: set)
+            guard !decision.allowed, let carrier = table.claimCarrierForRetirement(entry.channel) else { continue }
+            carrier.retire("denied by intentions update: \(decision.reasonText)")
+            retired += 1
+        }
+        return retired
     }
 
     /// Checks every open inbound tunnel against `set` the way it was joined (a raw tunnel as
