@@ -178,11 +178,10 @@ struct BoundaryRegressionTests {
         }
     }
 
-    @Test("A mux connection whose streams keep being denied is retired after 64 of them")
-    func deniedStreamsCapped() async throws {
+    @Test("A registration change under which every new stream would be denied retires the mux connection")
+    func registrationChangeRetiresCarrier() async throws {
         // Admitted while the service is http and the source has L7 permissions; once it is tcp,
-        // every stream is decided raw, which those permissions cannot allow (the intentions did
-        // not change, so nothing re-checks the connection itself).
+        // every stream would be decided raw, which those permissions cannot allow.
         let mesh = try await MeshFixture.start(backend: .echo, intentions: try Self.intentions("""
             [{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Permissions":[
               {"Action":"allow","HTTP":{"PathPrefix":"/repository/","Methods":["GET"]}}]}]}]
@@ -194,13 +193,12 @@ struct BoundaryRegressionTests {
                 var definition = mesh.storage.definition
                 definition.config.protocol = "tcp"
                 await #expect(throws: Never.self) { try await mesh.storage.apply(definition) }
-                var opened = 0
-                for _ in 0..<80 { if case .success = await client.open() { opened += 1 } }
-                #expect(opened == 0)
-                let denied = mesh.storageAudit.events.filter { $0.kind == .authorization && $0.decision == "deny" && $0.muxStream != nil }
-                #expect(denied.count == InboundMuxCarrier.maxRefusedStreams, "\(denied.count) streams decided")
-                #expect(denied.allSatisfy { $0.reason?.contains("has L7 permissions") == true }, "\(denied.first?.reason ?? "")")
-                #expect(mesh.storageAudit.events.contains { $0.kind == .connectionRevoked && $0.reason?.contains("64 refused streams") == true })
+                #expect(await eventually { !client.channel.isActive }, "the retired connection closes (it has no stream)")
+                let retired = mesh.storageAudit.events.filter { $0.kind == .connectionRevoked }
+                #expect(retired.count == 1 && retired[0].reason?.contains("denied after a registration change") == true
+                        && retired[0].reason?.contains("has L7 permissions") == true, "\(retired.map { $0.reason ?? "" })")
+                if case .success = await client.open() { Issue.record("a retired connection took a stream") }
+                #expect(!mesh.storageAudit.events.contains { $0.kind == .authorization && $0.muxStream != nil })
                 #expect(mesh.backend.connections == 0)
             }
         }
@@ -243,7 +241,7 @@ struct BoundaryRegressionTests {
         }
     }
 
-    @Test("Streams refused for asking another service (421) also count: the carrier is retired after 64")
+    @Test("A mux connection whose streams keep being refused (421: another service) is retired after 64 of them")
     func misdirectedStreamsCapped() async throws {
         let mesh = try await MeshFixture.start(backend: .echo)
         try await withTeardown({ await mesh.stop() }) {

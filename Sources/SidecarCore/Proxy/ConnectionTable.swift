@@ -315,7 +315,9 @@ final class ConnectionTable: Sendable {
         state.withLockedValue { $0.open.values.filter { $0.carrier != nil && !$0.revoked } }
     }
 
-    /// Marks a mux connection retired, once (two updates in a row may both deny it).
+    /// Marks a mux connection retired, once (two updates in a row may both deny it): the
+    /// first caller gets its authorization, to retire it; later ones nil.
+    @discardableResult
     func claimCarrierForRetirement(_ channel: Channel) -> CarrierAuthorization? {
         state.withLockedValue { state in
             let id = ObjectIdentifier(channel)

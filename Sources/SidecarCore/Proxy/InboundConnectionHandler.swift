@@ -238,12 +238,17 @@ final class InboundConnectionHandler: StagingHandler {
         carrier.armLimits(on: context.channel, lifetime: route.maxConnectionLifetime)
         // Registered for re-authorization, then decided once more: an intentions update whose
         // sweep ran between the first decision and the registration is not missed.
-        let bound = NIOLoopBound(carrier, eventLoop: context.eventLoop)
-        _ = table.registerCarrier(context.channel, authorization: CarrierAuthorization(source: peer.identity) { reason in
-            bound.eventLoop.execute { bound.value.retire(because: reason) }
+        let channel = context.channel, connections = table
+        let bound = NIOLoopBound(carrier, eventLoop: channel.eventLoop)
+        carrier.onRetired = { [weak channel] in if let channel { connections.claimCarrierForRetirement(channel) } }
+        _ = connections.registerCarrier(channel, authorization: CarrierAuthorization(source: peer.identity) { [weak channel] reason in
+            // Closed meanwhile: nothing to retire, and no line about it.
+            channel?.eventLoop.execute { if channel?.isActive == true { bound.value.retire(because: reason) } }
         })
-        let current = authorize(peer.identity, route.destinationService, route.l7)
-        if !current.allowed { carrier.retire(because: "denied by intentions update: \(current.reasonText)") }
+        // With the route in force now: a registration change may also have landed meanwhile.
+        let now = shared.route
+        let current = authorize(peer.identity, now.destinationService, now.l7)
+        if !current.allowed { carrier.retire(because: "denied since it was accepted: \(current.reasonText)") }
     }
 
     private func connectLocal(context: ChannelHandlerContext, route: InboundRoute, peer: TLSPeer) {

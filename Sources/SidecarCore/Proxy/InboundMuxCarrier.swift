@@ -13,6 +13,9 @@ final class InboundMuxCarrier {
     static let maxRefusedStreams = 64
 
     weak var handler: MuxConnectionHandler?
+    /// Called once when the connection is retired, for whatever reason (so an intentions
+    /// update neither counts nor re-decides it).
+    var onRetired: (() -> Void)?
     private let peer: TLSPeer
     private let listener: String
     private let peerAddress: String
@@ -73,5 +76,6 @@ final class InboundMuxCarrier {
         audit.record(event)
         logger.info("mux connection retired", metadata: ["source": "\(peer.identity)", "reason": "\(reason)"])
         handler?.beginDraining()
+        onRetired?()
     }
 }

@@ -106,10 +106,11 @@ package final class Sidecar: Sendable {
 
     /// Applies a changed registration live (Consul mode): upstream listeners that appeared are
     /// bound, those that disappeared are closed, changed ones are rebound; the public listener
-    /// is rebound only if its address moved. Live connections are never touched: a closed
+    /// is rebound only if its address moved. Live tunnels are never touched: a closed
     /// listener's accepted connections run on. Everything else (local target, timeouts,
-    /// limits, protocol, mux settings) takes effect for the next connection. Throws if a
-    /// listener cannot be bound (the rest applied).
+    /// limits, protocol, mux settings) takes effect for the next connection or stream; an
+    /// inbound mux connection whose every new stream the change would deny is retired (its
+    /// running streams finish). Throws if a listener cannot be bound (the rest applied).
     package func apply(_ newDefinition: ProxyDefinition) async throws {
         try newDefinition.validateUpstreamBinds(allowNonLoopback: settings.allowNonLoopbackUpstreams)
         let (old, draining) = state.withLockedValue { state in
@@ -119,6 +120,7 @@ package final class Sidecar: Sendable {
         guard !draining else { return }
         if newDefinition.skippedUpstreams != old.skippedUpstreams { reportSkippedUpstreams(newDefinition.skippedUpstreams) }
         inbound.replace(with: InboundRoute(newDefinition, mux: settings.mux))
+        retireDeniedCarriers(because: "denied after a registration change")
         muxPool?.update(Self.upstreamMuxSettings(newDefinition.config))
         var failures: [String] = []
         do { try await reconcilePublicListener(newDefinition) } catch { failures.append("\(error)") }
@@ -253,7 +255,7 @@ package final class Sidecar: Sendable {
         Authorizer.warnUnevaluable(set, logger: settings.logger)
         settings.metrics?.intentionsReloaded()
         let revoked = reauthorize(with: set)
-        let retired = retireDeniedCarriers(with: set)
+        let retired = retireDeniedCarriers(with: set, because: "denied by intentions update")
         var event = AuditEvent(kind: .intentionsUpdated, listener: "", reason: "default \(set.defaultAction.rawValue)")
         event.intentions = set.intentions.count
         event.revoked = revoked
@@ -264,18 +266,21 @@ package final class Sidecar: Sendable {
         ])
     }
 
-    /// Retires (GOAWAY) every inbound mux connection whose source `set` no longer lets open a
-    /// stream, decided as a new stream would be. Its running streams were re-checked by
-    /// `reauthorize`; without this the connection itself would stay open, idle, counting toward
-    /// max_connections, until its idle timeout. Returns how many were retired.
-    private func retireDeniedCarriers(with set: IntentionSet) -> Int {
+    /// Retires (GOAWAY) every inbound mux connection whose source may no longer open a stream
+    /// (under `set`, or the intentions in force), decided as a new stream would be: after an
+    /// intentions update, whose `reauthorize` re-checked the running streams, and after a
+    /// registration change (a protocol or destination that every new stream would be denied).
+    /// Without this the connection would stay open, idle, counting toward max_connections,
+    /// until its idle timeout. Returns how many were retired.
+    @discardableResult
+    private func retireDeniedCarriers(with set: IntentionSet? = nil, because cause: String) -> Int {
         let route = inbound.route
         var retired = 0
         for entry in table.carriers {
             guard let source = entry.carrier?.source else { continue }
             let decision = authorizer.decide(source: source, destination: route.destinationService, l7: route.l7, with: set)
             guard !decision.allowed, let carrier = table.claimCarrierForRetirement(entry.channel) else { continue }
-            carrier.retire("denied by intentions update: \(decision.reasonText)")
+            carrier.retire("\(cause): \(decision.reasonText)")
             retired += 1
         }
         return retired
