@@ -12,8 +12,8 @@ package struct HostileMuxClient {
     package let channel: Channel
     package let handler: MuxConnectionHandler
 
-    package static func connect(port: Int, credentials: TLSCredentials) async throws -> HostileMuxClient {
-        let loop = testGroup.next()
+    package static func connect(port: Int, credentials: TLSCredentials, group: EventLoopGroup = testGroup) async throws -> HostileMuxClient {
+        let loop = group.next()
         let context = try TLSContext(role: .client, credentials: credentials, applicationProtocols: [MuxProtocol.alpn])
         let expected = SPIFFEID(trustDomain: TestCertificates.trustDomain, datacenter: "dc1", service: "storage")
         let waiter = HandshakeWaiter(promise: loop.makePromise())

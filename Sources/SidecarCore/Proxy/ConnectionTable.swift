@@ -23,6 +23,10 @@ import NIOCore
 /// runtime), the acceptor's own event loop compares the counts with the limits in force and
 /// sets autoRead to match, so no ordering of events can leave a listener paused below its
 /// limits. NIO may accept up to maxMessagesPerRead (4) in the burst that reaches a limit.
+///
+/// A listener with one acceptor per event loop (the public one) is also balanced: only the
+/// acceptors on the loops with the fewest open entries accept, so a peer's mux connections,
+/// whose streams all run on their connection's loop, are spread over the cores.
 final class ConnectionTable: Sendable {
     /// A pending handshake older than this may lose its slot to a new connection (a
     /// legitimate peer finishes in milliseconds).
@@ -79,11 +83,19 @@ final class ConnectionTable: Sendable {
         var tunnels = 0
         var maxConnections = Int.max
         var handshakeBudget = Int.max
-        /// The server channel; `paused` is what it was last told (autoRead off).
-        var acceptor: Channel?
+        /// The server channels accepting for it: one, or one per event loop on a shared socket.
+        var acceptors: [Acceptor] = []
+        /// Open entries per event loop, to steer accepts toward the least loaded one.
+        var perLoop: [ObjectIdentifier: Int] = [:]
+        var recheckArmed = false
+    }
+
+    /// One server channel; `paused` is what it was last told (autoRead off).
+    private struct Acceptor {
+        let channel: Channel
+        var loop: ObjectIdentifier { ObjectIdentifier(channel.eventLoop) }
         var paused = false
         var reconcileQueued = false
-        var recheckArmed = false
     }
 
     private struct State {
@@ -96,12 +108,23 @@ final class ConnectionTable: Sendable {
 
     /// Sets a listener's limits (at bind and whenever the configuration changes).
     func configure(_ listener: String, maxConnections: Int, handshakeBudget: Int = .max) {
-        let acceptor = state.withLockedValue { state -> Channel? in
+        let acceptors = state.withLockedValue { state -> [Channel] in
             state.listeners[listener, default: Listener()].maxConnections = maxConnections
             state.listeners[listener]!.handshakeBudget = handshakeBudget
             return reconcileNeeded(&state, listener)
         }
-        queueReconcile(acceptor, listener)
+        queueReconcile(acceptors, listener)
+    }
+
+    /// Registers the server channels of a listener that accepts on every event loop: the
+    /// first bound accepting, the others bound paused (autoRead off), which the table then
+    /// resumes one at a time as the load moves.
+    func adopt(_ listener: String, acceptors: [Channel]) {
+        let queued = state.withLockedValue { state -> [Channel] in
+            for (index, acceptor) in acceptors.enumerated() { adopt(&state, listener, acceptor: acceptor, paused: index > 0) }
+            return reconcileNeeded(&state, listener)
+        }
+        queueReconcile(queued, listener)
     }
 
     /// Registers a connection accepted on a listener whose connections start with a TLS
@@ -109,9 +132,10 @@ final class ConnectionTable: Sendable {
     /// full (the caller closes it and reports it).
     func trackHandshaking(_ channel: Channel, listener: String, connectionID: String) -> Channel? {
         let id = ObjectIdentifier(channel)
-        let (evicted, acceptor) = state.withLockedValue { state -> (Channel?, Channel?) in
+        let (evicted, acceptors) = state.withLockedValue { state -> (Channel?, [Channel]) in
             state.open[id] = Tracked(listener: listener, channel: channel, kind: .handshaking, id: connectionID)
             adopt(&state, listener, acceptor: channel.parent)
+            state.listeners[listener]!.perLoop[ObjectIdentifier(channel.eventLoop), default: 0] += 1
             state.listeners[listener]!.handshaking.append(id)
             var evicted: Channel?
             let entry = state.listeners[listener]!
@@ -124,7 +148,7 @@ final class ConnectionTable: Sendable {
             }
             return (evicted, reconcileNeeded(&state, listener))
         }
-        queueReconcile(acceptor, listener)
+        queueReconcile(acceptors, listener)
         watchClose(channel, listener: listener)
         return evicted
     }
@@ -139,27 +163,28 @@ final class ConnectionTable: Sendable {
     /// has its listener reconciled if the change calls for it.
     private func updateHandshaking(_ channel: Channel, _ change: (inout State, ObjectIdentifier, Tracked) -> Void) {
         var listener = ""
-        let acceptor = state.withLockedValue { state -> Channel? in
+        let acceptors = state.withLockedValue { state -> [Channel] in
             let id = ObjectIdentifier(channel)
-            guard let tracked = state.open[id], tracked.kind == .handshaking else { return nil }
+            guard let tracked = state.open[id], tracked.kind == .handshaking else { return [] }
             listener = tracked.listener
             change(&state, id, tracked)
             return reconcileNeeded(&state, tracked.listener)
         }
-        queueReconcile(acceptor, listener)
+        queueReconcile(acceptors, listener)
     }
 
     /// Registers a connection that is a tunnel from the start (an upstream listener's local
     /// caller).
     func trackTunnel(_ channel: Channel, listener: String, connectionID: String) {
         let id = ObjectIdentifier(channel)
-        let acceptor = state.withLockedValue { state -> Channel? in
+        let acceptors = state.withLockedValue { state -> [Channel] in
             state.open[id] = Tracked(listener: listener, channel: channel, kind: .tunnel, id: connectionID)
             adopt(&state, listener, acceptor: channel.parent)
+            state.listeners[listener]!.perLoop[ObjectIdentifier(channel.eventLoop), default: 0] += 1
             establish(&state, listener: listener, tunnel: true)
             return reconcileNeeded(&state, listener)
         }
-        queueReconcile(acceptor, listener)
+        queueReconcile(acceptors, listener)
         watchClose(channel, listener: listener)
     }
 
@@ -168,15 +193,16 @@ final class ConnectionTable: Sendable {
     /// the caller refuses it).
     func admit(_ stream: Channel, listener: String, connectionID: String) -> Bool {
         let id = ObjectIdentifier(stream)
-        let admitted = state.withLockedValue { state -> (admitted: Bool, acceptor: Channel?) in
+        let admitted = state.withLockedValue { state -> (admitted: Bool, acceptors: [Channel]) in
             let entry = state.listeners[listener, default: Listener()]
-            guard entry.tunnels < entry.maxConnections else { return (false, nil) }
+            guard entry.tunnels < entry.maxConnections else { return (false, []) }
             state.open[id] = Tracked(listener: listener, channel: stream, kind: .stream, id: connectionID)
+            state.listeners[listener]!.perLoop[ObjectIdentifier(stream.eventLoop), default: 0] += 1
             establish(&state, listener: listener, tunnel: true)
             return (true, reconcileNeeded(&state, listener))
         }
         guard admitted.admitted else { return false }
-        queueReconcile(admitted.acceptor, listener)
+        queueReconcile(admitted.acceptors, listener)
         watchClose(stream, listener: listener)
         return true
     }
@@ -192,12 +218,13 @@ final class ConnectionTable: Sendable {
         }
     }
 
-    private func adopt(_ state: inout State, _ listener: String, acceptor: Channel?) {
+    private func adopt(_ state: inout State, _ listener: String, acceptor: Channel?, paused: Bool = false) {
         if state.listeners[listener] == nil { state.listeners[listener] = Listener() }
-        guard let acceptor, state.listeners[listener]!.acceptor !== acceptor else { return }
-        // A rebound listener: its new server channel starts out accepting.
-        state.listeners[listener]!.acceptor = acceptor
-        state.listeners[listener]!.paused = false
+        guard let acceptor, !state.listeners[listener]!.acceptors.contains(where: { $0.channel === acceptor }) else { return }
+        // A rebound listener: its old server channels are closed, its new ones start out
+        // accepting.
+        state.listeners[listener]!.acceptors.removeAll { !$0.channel.isActive }
+        state.listeners[listener]!.acceptors.append(Acceptor(channel: acceptor, paused: paused))
     }
 
     private func establish(_ state: inout State, listener: String, tunnel: Bool) {
@@ -231,42 +258,88 @@ final class ConnectionTable: Sendable {
         return (true, nextEvictable(state, listener) ?? now + staleHandshake)
     }
 
-    /// The acceptor to reconcile when the listener's pause state should change (once queued,
-    /// further changes wait for that reconcile, which reads the state afresh).
-    private func reconcileNeeded(_ state: inout State, _ listener: String) -> Channel? {
-        guard let entry = state.listeners[listener], let acceptor = entry.acceptor, !entry.reconcileQueued,
-              wantsPause(state, entry, now: .now()).pause != entry.paused else { return nil }
-        state.listeners[listener]!.reconcileQueued = true
-        return acceptor
+    /// Whether `acceptor` should stop accepting: the listener is paused, or it is not the one
+    /// of several chosen to accept. Accepts then land on the least loaded loop (one socket: a
+    /// connection left by a paused acceptor is taken by the chosen one), so the mux
+    /// connections of a single peer, whose streams all run on their connection's loop, end
+    /// up on different loops rather than where round-robin happened to put them.
+    private func wantsPause(_ state: State, _ listener: Listener, _ acceptor: Acceptor, now: NIODeadline) -> (pause: Bool, recheck: NIODeadline?) {
+        let wanted = wantsPause(state, listener, now: now)
+        guard !wanted.pause, listener.acceptors.count > 1 else { return wanted }
+        return (chosen(listener) !== acceptor.channel, wanted.recheck)
     }
 
-    private func queueReconcile(_ acceptor: Channel?, _ listener: String) {
-        acceptor?.eventLoop.execute { self.reconcile(listener) }
+    /// The acceptor on the least loaded loop; the one accepting now keeps the job on a tie, so
+    /// a steady load does not move it back and forth.
+    private func chosen(_ listener: Listener) -> Channel? {
+        let live = listener.acceptors.filter { $0.channel.isActive }
+        guard let least = live.map({ listener.perLoop[$0.loop, default: 0] }).min() else { return nil }
+        let candidates = live.filter { listener.perLoop[$0.loop, default: 0] == least }
+        return (candidates.first { !$0.paused } ?? candidates.first)?.channel
+    }
+
+    /// The acceptors to reconcile because their pause state should change (once queued,
+    /// further changes wait for that reconcile, which reads the state afresh).
+    private func reconcileNeeded(_ state: inout State, _ listener: String) -> [Channel] {
+        guard let entry = state.listeners[listener] else { return [] }
+        let now = NIODeadline.now()
+        var queued: [Channel] = []
+        for (index, acceptor) in entry.acceptors.enumerated() where !acceptor.reconcileQueued {
+            guard wantsPause(state, entry, acceptor, now: now).pause != acceptor.paused else { continue }
+            state.listeners[listener]!.acceptors[index].reconcileQueued = true
+            queued.append(acceptor.channel)
+        }
+        return queued
+    }
+
+    private func queueReconcile(_ acceptors: [Channel], _ listener: String) {
+        for acceptor in acceptors { acceptor.eventLoop.execute { self.reconcile(listener, acceptor: acceptor) } }
     }
 
     /// On the acceptor's event loop, so the autoRead changes it makes apply in order.
-    private func reconcile(_ listener: String) {
+    ///
+    /// Of several acceptors on one socket, never two accept at once: NIO takes a readable
+    /// listener to hold a connection, and the one that loses the race to accept it would find
+    /// none (its debug builds assert). So a pause is applied under the lock, before anyone can
+    /// see it recorded, and a resume waits until every other acceptor is recorded paused (the
+    /// last to pause queues the waiting one again).
+    private func reconcile(_ listener: String, acceptor channel: Channel) {
         let now = NIODeadline.now()
-        let decided = state.withLockedValue { state -> (acceptor: Channel, pause: Bool?, recheck: NIODeadline?)? in
-            guard var entry = state.listeners[listener], let acceptor = entry.acceptor else { return nil }
-            let wanted = wantsPause(state, entry, now: now)
-            let change = wanted.pause != entry.paused ? wanted.pause : nil
-            entry.reconcileQueued = false
-            entry.paused = wanted.pause
+        let decided = state.withLockedValue { state -> (resume: Bool, recheck: NIODeadline?, next: [Channel])? in
+            guard var entry = state.listeners[listener],
+                  let index = entry.acceptors.firstIndex(where: { $0.channel === channel }) else { return nil }
+            var pause = wantsPause(state, entry, entry.acceptors[index], now: now)
+            if !pause.pause, entry.acceptors.contains(where: { $0.channel !== channel && !$0.paused && $0.channel.isActive }) {
+                pause.pause = true
+            }
+            let wasPaused = entry.acceptors[index].paused
+            entry.acceptors[index].reconcileQueued = false
+            entry.acceptors[index].paused = pause.pause
+            if pause.pause, !wasPaused {
+                // Pausing reads nothing, so it cannot call back into the table.
+                _ = channel.setOption(ChannelOptions.autoRead, value: false)
+            }
             var recheck: NIODeadline?
-            if let at = wanted.recheck, !entry.recheckArmed {
+            if let at = pause.recheck, !entry.recheckArmed {
                 entry.recheckArmed = true
                 recheck = at
             }
             state.listeners[listener] = entry
-            return (acceptor, change, recheck)
+            let next = pause.pause && !wasPaused ? reconcileNeeded(&state, listener) : []
+            return (!pause.pause && wasPaused, recheck, next)
         }
         guard let decided else { return }
-        if let pause = decided.pause { _ = decided.acceptor.setOption(ChannelOptions.autoRead, value: !pause) }
+        // Outside the lock: resuming reads at once, and an accepted connection is tracked here.
+        if decided.resume { _ = channel.setOption(ChannelOptions.autoRead, value: true) }
+        queueReconcile(decided.next, listener)
         if let recheck = decided.recheck {
-            decided.acceptor.eventLoop.scheduleTask(deadline: recheck) {
-                self.state.withLockedValue { _ = $0.listeners[listener]?.recheckArmed = false }
-                self.reconcile(listener)
+            channel.eventLoop.scheduleTask(deadline: recheck) {
+                let acceptors = self.state.withLockedValue { state -> [Channel] in
+                    state.listeners[listener]?.recheckArmed = false
+                    return state.listeners[listener]?.acceptors.map(\.channel) ?? []
+                }
+                // Each looks again on its own loop (and re-arms if it must wait longer).
+                for acceptor in acceptors { acceptor.eventLoop.execute { self.reconcile(listener, acceptor: acceptor) } }
             }
         }
     }
@@ -275,8 +348,9 @@ final class ConnectionTable: Sendable {
         let id = ObjectIdentifier(channel)
         channel.closeFuture.whenComplete { [weak self] _ in
             guard let self else { return }
-            let acceptor = self.state.withLockedValue { state -> Channel? in
-                guard let closed = state.open.removeValue(forKey: id) else { return nil }
+            let acceptors = self.state.withLockedValue { state -> [Channel] in
+                guard let closed = state.open.removeValue(forKey: id) else { return [] }
+                state.listeners[listener]!.perLoop[ObjectIdentifier(closed.channel.eventLoop), default: 1] -= 1
                 switch closed.kind {
                 case .handshaking:
                     state.listeners[listener]!.handshaking.removeAll { $0 == id }
@@ -286,7 +360,7 @@ final class ConnectionTable: Sendable {
                 }
                 return self.reconcileNeeded(&state, listener)
             }
-            self.queueReconcile(acceptor, listener)
+            self.queueReconcile(acceptors, listener)
         }
     }
 
@@ -356,8 +430,13 @@ final class ConnectionTable: Sendable {
     /// Everything open on a listener, handshaking connections included.
     func count(_ listener: String) -> Int { state.withLockedValue { $0.open.values.filter { $0.listener == listener }.count } }
     func handshaking(_ listener: String) -> Int { state.withLockedValue { $0.listeners[listener]?.handshaking.count ?? 0 } }
-    /// Whether the listener has stopped accepting (for tests and the admin API).
-    func isPaused(_ listener: String) -> Bool { state.withLockedValue { $0.listeners[listener]?.paused ?? false } }
+    /// Whether the listener has stopped accepting on every loop (for tests and the admin API).
+    func isPaused(_ listener: String) -> Bool {
+        state.withLockedValue { state in
+            guard let acceptors = state.listeners[listener]?.acceptors.filter({ $0.channel.isActive }), !acceptors.isEmpty else { return false }
+            return acceptors.allSatisfy(\.paused)
+        }
+    }
     var total: Int { state.withLockedValue { $0.open.count } }
     var channels: [Tracked] { state.withLockedValue { Array($0.open.values) } }
 }

@@ -25,6 +25,67 @@ enum ListenerSocket {
         }
     }
 
+    /// Binds host:port once and accepts on every event loop of `group`: one server channel per
+    /// loop, each on its own descriptor of the one listening socket, so the `ConnectionTable`
+    /// can let the least loaded loop's acceptor take the next connection; the others are bound
+    /// paused. The caller registers them with `ConnectionTable.adopt(_:acceptors:)`. (With
+    /// SO_REUSEPORT each socket would have its own queue, and a paused one would strand its
+    /// connections.) One loop: a plain bind.
+    static func bindOnEveryLoop(_ bootstrap: (EventLoop) -> ServerBootstrap, host: String, port: Int, what: String,
+                                group: EventLoopGroup, logger: Logger) async throws -> [Channel] {
+        let loops = Array(group.makeIterator())
+        guard loops.count > 1 else {
+            return [try await bind(bootstrap(loops.first ?? group.next()), host: host, port: port, what: what, logger: logger)]
+        }
+        let address = "\(host):\(port)"
+        var descriptors: [CInt] = []
+        do {
+            descriptors.append(try listeningSocket(host: host, port: port))
+            for _ in 1..<loops.count {
+                let copy = fcntl(descriptors[0], F_DUPFD_CLOEXEC, 0)
+                guard copy >= 0 else { throw SidecarError.bindFailed(listener: what, address: address, reason: String(cString: strerror(errno))) }
+                descriptors.append(copy)
+            }
+        } catch {
+            for descriptor in descriptors { Glibc.close(descriptor) }
+            throw error as? SidecarError ?? SidecarError.bindFailed(listener: what, address: address, reason: "\(error)")
+        }
+        var channels: [Channel] = []
+        for (index, loop) in loops.enumerated() {
+            do {
+                // From here the channel owns its descriptor, and closes it. Only the first
+                // accepts at once: two acceptors woken for one connection is what the table
+                // must never allow (see `ConnectionTable.reconcile`).
+                let configured = bootstrap(loop).serverChannelOption(ChannelOptions.autoRead, value: index == 0)
+                channels.append(try await configured.withBoundSocket(descriptors[index]).get())
+            } catch {
+                for descriptor in descriptors[(index + 1)...] { Glibc.close(descriptor) }
+                for channel in channels { try? await channel.close() }
+                throw SidecarError.bindFailed(listener: what, address: address, reason: "\(error)")
+            }
+        }
+        logger.info("listening", metadata: ["listener": "\(what)", "address": "\(channels[0].localAddress.map { "\($0)" } ?? "?")",
+                                            "acceptors": "\(channels.count)"])
+        return channels
+    }
+
+    /// A listening TCP socket (nonblocking, close-on-exec, SO_REUSEADDR, backlog 1024).
+    private static func listeningSocket(host: String, port: Int) throws -> CInt {
+        let address = try SocketAddress.makeAddressResolvingHost(host, port: port)
+        let descriptor = socket(address.protocol.rawValue, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+        guard descriptor >= 0 else { throw ListenerSocketError(String(cString: strerror(errno))) }
+        var one: CInt = 1
+        let listening = setsockopt(descriptor, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size)) == 0
+            && address.withSockAddr({ Glibc.bind(descriptor, $0, socklen_t($1)) }) == 0
+            && listen(descriptor, 1024) == 0
+        guard listening else {
+            let reason = String(cString: strerror(errno))
+            Glibc.close(descriptor)
+            throw ListenerSocketError(reason)
+        }
+        return descriptor
+    }
+
     /// Binds a unix socket: a stale socket file left by a crashed sidecar is replaced, but a
     /// live one (someone answers) or a file that is not a socket is an error. The file gets
     /// `mode` (0600 when unset: owner only) and is removed when the listener closes.
@@ -77,4 +138,10 @@ enum ListenerSocket {
                                             "mode": "\(String(mode ?? 0o600, radix: 8))"])
         return channel
     }
+}
+
+/// Why a listening socket could not be set up (the caller names the listener and address).
+struct ListenerSocketError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }

@@ -84,19 +84,21 @@ extension InboundRoute {
     }
 }
 
-/// The public listener's socket, bound for one address.
+/// The public listener's socket, bound for one address and accepted on every event loop.
 final class PublicListener: Sendable {
     /// "host:port" as the registration gives it.
     let address: String
-    let channel: Channel
+    /// One server channel per event loop, on the one socket.
+    let channels: [Channel]
+    var channel: Channel { channels[0] }
 
-    private init(address: String, channel: Channel) {
+    private init(address: String, channels: [Channel]) {
         self.address = address
-        self.channel = channel
+        self.channels = channels
     }
 
     static func bind(host: String, port: Int, shared: InboundListenerContext, group: EventLoopGroup) async throws -> PublicListener {
-        let bootstrap = ListenerSocket.bootstrap(group: group).childChannelInitializer { channel in
+        let bootstrap = { (loop: EventLoop) in ListenerSocket.bootstrap(group: loop).childChannelInitializer { channel in
             let route = shared.route
             let connectionID = ConnectionID.next()
             if let evicted = shared.table.trackHandshaking(channel, listener: shared.listenerName, connectionID: connectionID) {
@@ -121,10 +123,14 @@ final class PublicListener: Sendable {
                     InboundConnectionHandler(shared: shared, connectionID: connectionID)
                 )
             }
-        }
-        let channel = try await ListenerSocket.bind(bootstrap, host: host, port: port, what: shared.listenerName, logger: shared.logger)
-        return PublicListener(address: "\(host):\(port)", channel: channel)
+        } }
+        let channels = try await ListenerSocket.bindOnEveryLoop(bootstrap, host: host, port: port, what: shared.listenerName,
+                                                                group: group, logger: shared.logger)
+        shared.table.adopt(shared.listenerName, acceptors: channels)
+        return PublicListener(address: "\(host):\(port)", channels: channels)
     }
 
-    func close() async { try? await channel.close() }
+    func close() async {
+        for channel in channels { try? await channel.close() }
+    }
 }
