@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import NIOPosix
 @testable import SidecarCore
@@ -58,6 +59,31 @@ struct AcceptBalanceTests {
             #expect(counts.count == 2 && counts[1] - counts[0] <= 8, "per loop: \(counts)")
             for socket in sockets { socket.abort() }
             #expect(await eventually { mesh.storage.table.count(Sidecar.publicListenerName) == 0 })
+        }
+    }
+
+    @Test("With acceptors on every loop: at max_connections all pause, a new peer waits in a backlog of 1024, and is taken when one closes")
+    func limitsStillHold() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo, storageConfig: { $0.maxConnections = 2 })
+        try await withTeardown({ await mesh.stop() }) {
+            let credentials = try TestCertificates.credentials("backup-agent")
+            let first = try await HostileMuxClient.connect(port: mesh.publicPort, credentials: credentials, group: Self.clientGroup)
+            let second = try await HostileMuxClient.connect(port: mesh.publicPort, credentials: credentials, group: Self.clientGroup)
+            #expect(await eventually { mesh.storage.table.isPaused(Sidecar.publicListenerName) }, "2 of 2: paused")
+            // NIO listens again on a socket it wraps, with its own backlog of 128; ours must stand.
+            let somaxconn = Int((try? String(contentsOfFile: "/proc/sys/net/core/somaxconn", encoding: .utf8))?
+                .trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 4096
+            let listening = try await ProcessRunner.run(["ss", "-Hltn", "sport = :\(mesh.publicPort)"])
+            let backlog = listening.output.split(whereSeparator: \.isWhitespace).dropFirst(2).first.flatMap { Int($0) }
+            #expect(backlog == min(1024, somaxconn), "ss: \(listening.output)")
+
+            let waiting = try BlockingSocket(port: mesh.publicPort)
+            #expect(mesh.storage.table.count(Sidecar.publicListenerName) == 2, "paused: the new peer is not accepted")
+            await first.close()
+            #expect(await eventually { mesh.storage.table.handshaking(Sidecar.publicListenerName) == 1 },
+                    "the waiting peer is accepted once a mux connection closed")
+            _ = waiting
+            await second.close()
         }
     }
 }

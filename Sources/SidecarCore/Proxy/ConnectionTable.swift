@@ -125,6 +125,18 @@ final class ConnectionTable: Sendable {
             return reconcileNeeded(&state, listener)
         }
         queueReconcile(queued, listener)
+        // NIO closes an acceptor on some accept errors (EPERM, EPROTO); the socket still
+        // listens through the others, and one of them must take over at once.
+        for acceptor in acceptors {
+            acceptor.closeFuture.whenComplete { [weak self] _ in
+                guard let self else { return }
+                let queued = self.state.withLockedValue { state -> [Channel] in
+                    state.listeners[listener]?.acceptors.removeAll { $0.channel === acceptor }
+                    return self.reconcileNeeded(&state, listener)
+                }
+                self.queueReconcile(queued, listener)
+            }
+        }
     }
 
     /// Registers a connection accepted on a listener whose connections start with a TLS
@@ -197,7 +209,7 @@ final class ConnectionTable: Sendable {
             let entry = state.listeners[listener, default: Listener()]
             guard entry.tunnels < entry.maxConnections else { return (false, []) }
             state.open[id] = Tracked(listener: listener, channel: stream, kind: .stream, id: connectionID)
-            state.listeners[listener]!.perLoop[ObjectIdentifier(stream.eventLoop), default: 0] += 1
+            state.listeners[listener, default: Listener()].perLoop[ObjectIdentifier(stream.eventLoop), default: 0] += 1
             establish(&state, listener: listener, tunnel: true)
             return (true, reconcileNeeded(&state, listener))
         }
@@ -430,7 +442,8 @@ final class ConnectionTable: Sendable {
     /// Everything open on a listener, handshaking connections included.
     func count(_ listener: String) -> Int { state.withLockedValue { $0.open.values.filter { $0.listener == listener }.count } }
     func handshaking(_ listener: String) -> Int { state.withLockedValue { $0.listeners[listener]?.handshaking.count ?? 0 } }
-    /// Whether the listener has stopped accepting on every loop (for tests and the admin API).
+    /// Whether no acceptor of the listener is accepting (for tests; with several acceptors,
+    /// also for the moment of a hand-off between two of them).
     func isPaused(_ listener: String) -> Bool {
         state.withLockedValue { state in
             guard let acceptors = state.listeners[listener]?.acceptors.filter({ $0.channel.isActive }), !acceptors.isEmpty else { return false }

@@ -7,9 +7,12 @@ import SidecarModel
 
 /// Binding a listener's socket: the options every listener shares, TCP and unix sockets.
 enum ListenerSocket {
+    /// Room for peers to wait in while a listener is paused at its limits.
+    static let backlog: CInt = 1024
+
     static func bootstrap(group: EventLoopGroup) -> ServerBootstrap {
         ServerBootstrap(group: group)
-            .serverChannelOption(ChannelOptions.backlog, value: 1024)
+            .serverChannelOption(ChannelOptions.backlog, value: Self.backlog)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .proxyConnectionChildOptions()
     }
@@ -59,17 +62,22 @@ enum ListenerSocket {
                 let configured = bootstrap(loop).serverChannelOption(ChannelOptions.autoRead, value: index == 0)
                 channels.append(try await configured.withBoundSocket(descriptors[index]).get())
             } catch {
+                // Whether NIO took this descriptor is unknown here: stop the socket listening
+                // (every copy shares it), so the port is free for a retry either way.
+                shutdown(descriptors[0], CInt(SHUT_RDWR))
                 for descriptor in descriptors[(index + 1)...] { Glibc.close(descriptor) }
                 for channel in channels { try? await channel.close() }
                 throw SidecarError.bindFailed(listener: what, address: address, reason: "\(error)")
             }
         }
+        // NIO listens again, with its own backlog of 128, on each socket it wraps.
+        listen(descriptors[0], Self.backlog)
         logger.info("listening", metadata: ["listener": "\(what)", "address": "\(channels[0].localAddress.map { "\($0)" } ?? "?")",
                                             "acceptors": "\(channels.count)"])
         return channels
     }
 
-    /// A listening TCP socket (nonblocking, close-on-exec, SO_REUSEADDR, backlog 1024).
+    /// A listening TCP socket (nonblocking, close-on-exec, SO_REUSEADDR).
     private static func listeningSocket(host: String, port: Int) throws -> CInt {
         let address = try SocketAddress.makeAddressResolvingHost(host, port: port)
         let descriptor = socket(address.protocol.rawValue, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
@@ -77,7 +85,7 @@ enum ListenerSocket {
         var one: CInt = 1
         let listening = setsockopt(descriptor, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size)) == 0
             && address.withSockAddr({ Glibc.bind(descriptor, $0, socklen_t($1)) }) == 0
-            && listen(descriptor, 1024) == 0
+            && listen(descriptor, Self.backlog) == 0
         guard listening else {
             let reason = String(cString: strerror(errno))
             Glibc.close(descriptor)

@@ -130,7 +130,9 @@ final class PublicListener: Sendable {
         return PublicListener(address: "\(host):\(port)", channels: channels)
     }
 
+    /// Closes every acceptor at once, so none is handed the socket while the others close.
     func close() async {
-        for channel in channels { try? await channel.close() }
+        for channel in channels { channel.close(promise: nil) }
+        for channel in channels { try? await channel.closeFuture.get() }
     }
 }
