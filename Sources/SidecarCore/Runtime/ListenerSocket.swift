@@ -41,10 +41,12 @@ enum ListenerSocket {
             return [try await bind(bootstrap(loops.first ?? group.next()), host: host, port: port, what: what, logger: logger)]
         }
         let address = "\(host):\(port)"
+        // One copy per loop for its channel, and one kept here: NIO's channels own and may
+        // close theirs at any time, so the socket is only touched through this one.
         var descriptors: [CInt] = []
         do {
             descriptors.append(try listeningSocket(host: host, port: port))
-            for _ in 1..<loops.count {
+            for _ in 0..<loops.count {
                 let copy = fcntl(descriptors[0], F_DUPFD_CLOEXEC, 0)
                 guard copy >= 0 else { throw SidecarError.bindFailed(listener: what, address: address, reason: String(cString: strerror(errno))) }
                 descriptors.append(copy)
@@ -53,6 +55,8 @@ enum ListenerSocket {
             for descriptor in descriptors { Glibc.close(descriptor) }
             throw error as? SidecarError ?? SidecarError.bindFailed(listener: what, address: address, reason: "\(error)")
         }
+        let own = descriptors.removeLast()
+        defer { Glibc.close(own) }
         var channels: [Channel] = []
         for (index, loop) in loops.enumerated() {
             do {
@@ -64,14 +68,16 @@ enum ListenerSocket {
             } catch {
                 // Whether NIO took this descriptor is unknown here: stop the socket listening
                 // (every copy shares it), so the port is free for a retry either way.
-                shutdown(descriptors[0], CInt(SHUT_RDWR))
+                shutdown(own, CInt(SHUT_RDWR))
                 for descriptor in descriptors[(index + 1)...] { Glibc.close(descriptor) }
                 for channel in channels { try? await channel.close() }
                 throw SidecarError.bindFailed(listener: what, address: address, reason: "\(error)")
             }
         }
         // NIO listens again, with its own backlog of 128, on each socket it wraps.
-        listen(descriptors[0], Self.backlog)
+        if listen(own, Self.backlog) != 0 {
+            logger.warning("listen backlog not raised", metadata: ["listener": "\(what)", "error": "\(String(cString: strerror(errno)))"])
+        }
         logger.info("listening", metadata: ["listener": "\(what)", "address": "\(channels[0].localAddress.map { "\($0)" } ?? "?")",
                                             "acceptors": "\(channels.count)"])
         return channels

@@ -90,11 +90,14 @@ final class PublicListener: Sendable {
     let address: String
     /// One server channel per event loop, on the one socket.
     let channels: [Channel]
-    var channel: Channel { channels[0] }
+    /// Where it listens (kept from the bind: NIO forgets a closed channel's address, and the
+    /// socket listens on while any acceptor lives).
+    let localAddress: SocketAddress?
 
     private init(address: String, channels: [Channel]) {
         self.address = address
         self.channels = channels
+        localAddress = channels.first?.localAddress
     }
 
     static func bind(host: String, port: Int, shared: InboundListenerContext, group: EventLoopGroup) async throws -> PublicListener {

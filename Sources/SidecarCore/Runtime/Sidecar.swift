@@ -241,7 +241,7 @@ package final class Sidecar: Sendable {
     /// Bound address of a listener ("public" or "upstream:<name>"), e.g. to learn port 0 picks.
     func boundAddress(of listener: String) -> SocketAddress? {
         state.withLockedValue { state in
-            listener == Self.publicListenerName ? state.publicListener?.channel.localAddress
+            listener == Self.publicListenerName ? state.publicListener?.localAddress
                 : state.upstreamListeners[listener]?.channel.localAddress
         }
     }
