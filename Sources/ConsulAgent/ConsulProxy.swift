@@ -74,16 +74,17 @@ package final class ConsulProxy: Sendable {
         // registered in (CE states none, and refuses the parameters).
         let tenancyQuery = registration.proxy.tenancy?.queryItems ?? []
         let leafPath = "/v1/agent/connect/ca/leaf/\(ConsulClient.segment(service))"
-        let leaf = try await retrying("fetch the leaf certificate", until: deadline) {
-            try ConsulLeafCertificate.decode(try await self.client.get(leafPath, query: tenancyQuery).body, source: leafPath)
-        }
-        let roots = try await retrying("fetch the CA roots", until: deadline) {
-            try ConsulCARoots.decode(try await self.client.get("/v1/agent/connect/ca/roots").body, source: "/v1/agent/connect/ca/roots")
+        // Loaded as one step and retried as one: a leaf that expired before we could load it
+        // (the agent renews it late, or we were stalled) is fetched again, not fatal.
+        let (leaf, roots, credentials) = try await retrying("load the leaf certificate and CA roots", until: deadline) {
+            let leaf = try ConsulLeafCertificate.decode(try await self.client.get(leafPath, query: tenancyQuery).body, source: leafPath)
+            let roots = try ConsulCARoots.decode(try await self.client.get("/v1/agent/connect/ca/roots").body,
+                                                 source: "/v1/agent/connect/ca/roots")
+            return (leaf, roots, try Self.credentials(leaf: leaf, roots: roots))
         }
         let agent = await readAgentSelf()
         let datacenter = try Self.datacenter(registration: registration, leaf: leaf, agent: agent)
         material.withLockedValue { $0 = (leaf, roots) }
-        let credentials = try Self.credentials(leaf: leaf, roots: roots)
         var settings = SidecarSettings(definition: options.adjustDefinition(registration.proxy), credentials: credentials,
                                        intentions: nil, datacenter: datacenter, audit: audit, logger: logger,
                                        metrics: metrics)
