@@ -14,6 +14,9 @@ struct AgentState {
     var configIndex: UInt64 = 1
     var ca: CAState
     var leaves: [LeafKey: LeafRecord] = [:]
+    /// Test fault: leaf reads still to be answered with an expired leaf, as an agent whose
+    /// renewal ran late would answer.
+    var expiredLeafReads = 0
     /// ACL tokens minted by /v1/acl/login: SecretID -> token.
     var loginTokens: [String: LoginToken] = [:]
     /// Auth methods for /v1/acl/login, by name.

@@ -64,11 +64,22 @@ extension AgentState {
 
     /// Mints (or re-mints) the leaf for `key` with the active root and the current TTL.
     mutating func mintLeaf(_ key: LeafKey, datacenter: String) throws -> LeafRecord {
+        let leaf = try makeLeaf(key, datacenter: datacenter, index: nextIndex())
+        leaves[key] = leaf
+        return leaf
+    }
+
+    /// A leaf for `key` that expired an hour ago, not stored (the expired-leaf test fault).
+    func expiredLeaf(_ key: LeafKey, datacenter: String) throws -> LeafRecord {
+        try makeLeaf(key, datacenter: datacenter, index: index, now: Date() - 3660, ttl: 60)
+    }
+
+    private func makeLeaf(_ key: LeafKey, datacenter: String, index: UInt64, now: Date = Date(),
+                          ttl: TimeInterval? = nil) throws -> LeafRecord {
         let service = key.service
         let active = ca.activeRoot
         let uri = serviceURI(for: key, datacenter: datacenter)
-        let minted = try CertificateMinting.makeLeaf(serviceURI: uri, commonName: service, ttl: ca.leafTTL, root: active.root)
-        let index = nextIndex()
+        let minted = try CertificateMinting.makeLeaf(serviceURI: uri, commonName: service, ttl: ttl ?? ca.leafTTL, root: active.root, now: now)
         let previous = leaves[key]
         let leaf = LeafRecord(
             service: service,
@@ -83,7 +94,6 @@ extension AgentState {
             modifyIndex: index,
             generation: (previous?.generation ?? 0) + 1
         )
-        leaves[key] = leaf
         return leaf
     }
 

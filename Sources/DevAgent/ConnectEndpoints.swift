@@ -22,6 +22,13 @@ struct ConnectEndpoints {
             let blocking = try route.blocking()
             _ = try engine.leaf(for: service, tenancy: route.tenancy)
             let key = LeafKey(service: service, tenancy: route.tenancy), enterprise = engine.configuration.enterprise
+            if let expired = try engine.store.write({ state -> LeafRecord? in
+                guard state.expiredLeafReads > 0 else { return nil }
+                state.expiredLeafReads -= 1
+                return try state.expiredLeaf(key, datacenter: engine.configuration.datacenter)
+            }) {
+                return .json(Self.leaf(expired, enterprise: enterprise), index: expired.modifyIndex)
+            }
             let (index, body) = try await engine.store.blockingRead(minIndex: blocking.index, wait: blocking.wait) { state in
                 guard let leaf = state.leaves[key] else { throw HTTPError(status: 500, message: "leaf for \(service) vanished") }
                 return (leaf.modifyIndex, Self.leaf(leaf, enterprise: enterprise))

@@ -79,6 +79,12 @@ package final class DevAgent: Sendable {
     /// Successful logins since start.
     var loginCount: Int { engine.store.read { $0.loginCount } }
 
+    /// Test fault: the next `count` leaf reads get a leaf that expired an hour ago, as from an
+    /// agent whose renewal ran late.
+    func serveExpiredLeaves(_ count: Int) {
+        engine.store.write { $0.expiredLeafReads = count }
+    }
+
     /// A new root key, cross-signed by the old one; leaves follow within `rootRenewJitter`.
     func rotateCA() throws {
         try Self.bridge { try engine.rotateCA() }

@@ -275,4 +275,19 @@ struct ConsulModeTests {
             #expect(await echoRoundTrip(port: upstreamPort) == false)
         }
     }
+
+    @Test("A leaf that had expired when startup loaded it (an agent renewing late) is fetched again, not fatal")
+    func expiredLeafAtStartupIsFetchedAgain() async throws {
+        let mesh = try await ConsulMesh.start()
+        try mesh.registerService(id: "storage", name: "storage", port: freeLocalPort(), sidecarPort: freeLocalPort())
+        mesh.agent.serveExpiredLeaves(2)
+        let log = RecordingLogHandler()
+        let (proxy, sidecar) = try await mesh.sidecar(for: "storage", startupTimeout: .seconds(120), logger: log.logger)
+        await withTeardown({ await proxy.stop(); await sidecar.stop(); await mesh.stop() }) {
+            #expect(sidecar.currentCredentials.leaf.notAfter > Date(), "started on the renewed leaf")
+            let waited = log.messages.filter { $0.contains("waiting for the Consul agent") && $0.contains("expired") }
+            #expect(waited.count == 2, "each expired leaf was named and fetched again: \(log.messages)")
+        }
+    }
 }
+
