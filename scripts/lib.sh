@@ -7,11 +7,38 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  rm -f "${TMPDIR:-/tmp}/backup-sidecar-ports.$$"
 }
 trap cleanup EXIT
 
-# A port the kernel just handed out and released.
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# free_port: a free 127.0.0.1 TCP port above the kernel's ephemeral range (where the client
+# side of every connection on the host takes its port, so a port picked there can be taken
+# before we bind it; the test suite's fixtures use 10000-32000), never the same twice in one
+# run of the calling script.
+free_port() {
+  python3 - "${TMPDIR:-/tmp}/backup-sidecar-ports.$$" <<'PY'
+import os, random, socket, sys
+used_file = sys.argv[1]
+used = set(open(used_file).read().split()) if os.path.exists(used_file) else set()
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[1]) + 1
+low = low if low < 64000 else 61000
+while True:
+    port = random.randint(low, 65535)
+    if str(port) in used:
+        continue
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    with open(used_file, "a") as f:
+        f.write(f"{port}\n")
+    print(port)
+    break
+PY
+}
 
 # port_open PORT: 127.0.0.1:PORT accepts a TCP connection right now.
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
