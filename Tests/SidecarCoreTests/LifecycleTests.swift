@@ -124,21 +124,27 @@ struct LifecycleTests {
                 sockets.append(socket)
             }
             let idle = sockets[0], busy = sockets[1]
-            // Keep `busy` talking every 200 ms for 4.8 s while `idle` says nothing.
-            let busyOK = await onThread { () -> Bool in
-                for index in 0..<24 {
+            // Keep `busy` talking every 200 ms, for at least 4.8 s and until the count below has
+            // been read (once it stops it is idle too, and would be closed 2 s later), while
+            // `idle` says nothing.
+            let counted = NIOLockedValueBox(false)
+            let busyTalking = Task { await onThread { () -> Bool in
+                var index = 0
+                while index < 24 || !counted.withLockedValue({ $0 }) {
                     guard echoPing(busy, "tick \(index)\n") else { return false }
+                    index += 1
                     usleep(200_000)
                 }
                 return true
-            }
-            #expect(busyOK)
+            } }
             let idleEnd = await onThread { idle.receiveAll() }
             #expect(idleEnd.count == 0)
             // The client's EOF can overtake the storage sidecar's own bookkeeping of the close
             // (seen with both cores busy): wait for it rather than read it at once.
             #expect(await eventually { mesh.storage.openConnections(on: Sidecar.publicListenerName) == 1 },
                     "the idle connection is gone and the busy one stays")
+            counted.withLockedValue { $0 = true }
+            #expect(await busyTalking.value, "the busy connection answered every tick")
         }
     }
 
