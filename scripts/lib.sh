@@ -14,30 +14,15 @@ trap cleanup EXIT
 # free_port: a free 127.0.0.1 TCP port above the kernel's ephemeral range (where the client
 # side of every connection on the host takes its port, so a port picked there can be taken
 # before we bind it; the test suite's fixtures use 10000-32000), never the same twice in one
-# run of the calling script.
+# run of the calling script (it runs in a subshell: the ports handed out are kept in a file).
 free_port() {
-  python3 - "${TMPDIR:-/tmp}/backup-sidecar-ports.$$" <<'PY'
-import os, random, socket, sys
-used_file = sys.argv[1]
-used = set(open(used_file).read().split()) if os.path.exists(used_file) else set()
-low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[1]) + 1
-low = low if low < 64000 else 61000
-while True:
-    port = random.randint(low, 65535)
-    if str(port) in used:
-        continue
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    finally:
-        s.close()
-    with open(used_file, "a") as f:
-        f.write(f"{port}\n")
-    print(port)
-    break
-PY
+  local used="${TMPDIR:-/tmp}/backup-sidecar-ports.$$" low port
+  low=$(( $(cut -f2 /proc/sys/net/ipv4/ip_local_port_range) + 1 ))
+  [ "$low" -lt 64000 ] || low=61000
+  # shellcheck disable=SC2046
+  port=$(python3 "$(dirname "${BASH_SOURCE[0]}")/../bench/py/free_port.py" --range "$low-65535" $(cat "$used" 2>/dev/null))
+  echo "$port" >>"$used"
+  echo "$port"
 }
 
 # port_open PORT: 127.0.0.1:PORT accepts a TCP connection right now.
