@@ -145,8 +145,8 @@ final class InboundConnectionHandler: StagingHandler {
     }
 
     /// The connection carries the mux: one handshake, many tunnels, each decided on its own.
-    /// The carrier itself is decided once at L4: a source denied outright gets none. It takes
-    /// no new stream once the peer's leaf expires (in Connect, expiry is revocation), once it
+    /// The carrier itself is decided as a new stream would be: a source denied outright gets
+    /// none. It takes no new stream once the peer's leaf expires (in Connect, expiry is revocation), once it
     /// reaches max_connection_lifetime, once an intentions update denies its source, or after
     /// `InboundMuxCarrier.maxRefusedStreams` refused streams; its running streams finish
     /// unless they are themselves revoked.
@@ -238,13 +238,7 @@ final class InboundConnectionHandler: StagingHandler {
         carrier.armLimits(on: context.channel, lifetime: route.maxConnectionLifetime)
         // Registered for re-authorization, then decided once more: an intentions update whose
         // sweep ran between the first decision and the registration is not missed.
-        let channel = context.channel, connections = table
-        let bound = NIOLoopBound(carrier, eventLoop: channel.eventLoop)
-        carrier.onRetired = { [weak channel] in if let channel { connections.claimCarrierForRetirement(channel) } }
-        _ = connections.registerCarrier(channel, authorization: CarrierAuthorization(source: peer.identity) { [weak channel] reason in
-            // Closed meanwhile: nothing to retire, and no line about it.
-            channel?.eventLoop.execute { if channel?.isActive == true { bound.value.retire(because: reason) } }
-        })
+        carrier.register(context.channel, in: table)
         // With the route in force now: a registration change may also have landed meanwhile.
         let now = shared.route
         let current = authorize(peer.identity, now.destinationService, now.l7)

@@ -13,9 +13,9 @@ final class InboundMuxCarrier {
     static let maxRefusedStreams = 64
 
     weak var handler: MuxConnectionHandler?
-    /// Called once when the connection is retired, for whatever reason (so an intentions
-    /// update neither counts nor re-decides it).
-    var onRetired: (() -> Void)?
+    /// Marks the table entry when the connection is retired, for whatever reason (so an
+    /// intentions update neither counts nor re-decides it).
+    private var onRetired: (() -> Void)?
     private let peer: TLSPeer
     private let listener: String
     private let peerAddress: String
@@ -58,6 +58,17 @@ final class InboundMuxCarrier {
             expiry?.cancel()
             aged?.cancel()
         }
+    }
+
+    /// Registers the connection in `table` for re-authorization: an intentions or registration
+    /// change that denies its source retires it, on its loop (not once it closed: no line
+    /// about a closed connection).
+    func register(_ channel: Channel, in table: ConnectionTable) {
+        let bound = NIOLoopBound(self, eventLoop: channel.eventLoop)
+        onRetired = { [weak channel] in if let channel { table.claimCarrierForRetirement(channel) } }
+        _ = table.registerCarrier(channel, authorization: CarrierAuthorization(source: peer.identity) { [weak channel] reason in
+            channel?.eventLoop.execute { if channel?.isActive == true { bound.value.retire(because: reason) } }
+        })
     }
 
     func streamRefused() {
