@@ -5,11 +5,11 @@ import SidecarTLS
 
 /// Formatting shared by the endpoints.
 enum Format {
-    static func colonHex<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
+    static func colonHex<Bytes: Collection>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
         bytes.map { lowercaseHex(CollectionOfOne($0)) }.joined(separator: ":")
     }
 
-    static func hex<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
+    static func hex<Bytes: Collection>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
         lowercaseHex(bytes)
     }
 

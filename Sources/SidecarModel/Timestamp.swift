@@ -24,6 +24,14 @@ package enum Timestamp {
     }
 
     package static func append(_ date: Date, _ precision: Precision = .milliseconds, to text: inout String) {
+        var bytes: [UInt8] = []
+        append(date, precision, to: &bytes)
+        text += String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// The same text as bytes, written digit by digit: every audit line has a timestamp, and a
+    /// String per field made it a fifth of the line's formatting cost (callgrind).
+    package static func append(_ date: Date, _ precision: Precision = .milliseconds, to out: inout [UInt8]) {
         // Whole microseconds first: a Double holding x.336 s may read x.33599999, and plain
         // truncation would then print .335. Below the microsecond, truncation is the rule.
         let micros = Int64((date.timeIntervalSince1970 * 1_000_000).rounded())
@@ -32,29 +40,40 @@ package enum Timestamp {
         let millis = Int((remainder < 0 ? remainder + 1_000_000 : remainder) / 1000)
         var parts = tm()
         gmtime_r(&seconds, &parts)
-        appendPadded(Int(parts.tm_year) + 1900, width: 4, to: &text)
-        text += "-"
-        appendPadded(Int(parts.tm_mon) + 1, width: 2, to: &text)
-        text += "-"
-        appendPadded(Int(parts.tm_mday), width: 2, to: &text)
-        text += "T"
-        appendPadded(Int(parts.tm_hour), width: 2, to: &text)
-        text += ":"
-        appendPadded(Int(parts.tm_min), width: 2, to: &text)
-        text += ":"
-        appendPadded(Int(parts.tm_sec), width: 2, to: &text)
+        appendPadded(Int(parts.tm_year) + 1900, width: 4, to: &out)
+        out.append(UInt8(ascii: "-"))
+        appendPadded(Int(parts.tm_mon) + 1, width: 2, to: &out)
+        out.append(UInt8(ascii: "-"))
+        appendPadded(Int(parts.tm_mday), width: 2, to: &out)
+        out.append(UInt8(ascii: "T"))
+        appendPadded(Int(parts.tm_hour), width: 2, to: &out)
+        out.append(UInt8(ascii: ":"))
+        appendPadded(Int(parts.tm_min), width: 2, to: &out)
+        out.append(UInt8(ascii: ":"))
+        appendPadded(Int(parts.tm_sec), width: 2, to: &out)
         if precision == .milliseconds {
-            text += "."
-            appendPadded(millis, width: 3, to: &text)
+            out.append(UInt8(ascii: "."))
+            appendPadded(millis, width: 3, to: &out)
         }
-        text += "Z"
+        out.append(UInt8(ascii: "Z"))
     }
 
-    /// A non-negative number with leading zeros up to `width` digits.
-    package static func appendPadded(_ value: Int, width: Int, to text: inout String) {
-        let digits = String(value)
-        for _ in digits.utf8.count..<max(width, digits.utf8.count) { text += "0" }
-        text += digits
+    /// A number in decimal with leading zeros up to `width` digits. One that does not fit
+    /// (only a year past 9999, or before year 0) is written in full, without padding.
+    package static func appendPadded(_ value: Int, width: Int, to out: inout [UInt8]) {
+        var limit = 1
+        for _ in 0..<width { limit *= 10 }
+        guard value >= 0, value < limit else {
+            out.append(contentsOf: String(value).utf8)
+            return
+        }
+        var rest = value
+        let start = out.count
+        out.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: width))
+        for position in stride(from: start + width - 1, through: start, by: -1) where rest > 0 {
+            out[position] += UInt8(rest % 10)
+            rest /= 10
+        }
     }
 
     /// Parses RFC 3339 as Consul writes it: `YYYY-MM-DDTHH:MM:SS`, an optional fraction of up to

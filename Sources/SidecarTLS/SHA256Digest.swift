@@ -1,4 +1,5 @@
 import COpenSSL
+import SidecarModel
 
 /// Streaming SHA-256 over OpenSSL, for end-to-end integrity checks of transferred data.
 package final class SHA256Digest {
@@ -27,11 +28,6 @@ package final class SHA256Digest {
         EVP_DigestFinal_ex(context, &output, &length)
         return lowercaseHex(output.prefix(Int(length)))
     }
-}
-
-/// Lowercase hex, two digits a byte (digests, random ids).
-package func lowercaseHex(_ bytes: some Sequence<UInt8>) -> String {
-    bytes.map { byte in byte < 16 ? "0" + String(byte, radix: 16) : String(byte, radix: 16) }.joined()
 }
 
 /// Cryptographically random bytes (test data, demo snapshots).

@@ -151,13 +151,14 @@ package final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
     }
 
     package func record(_ event: AuditEvent) {
-        var line = event.jsonLine
-        line += "\n"
+        var line: [UInt8] = []
+        event.appendJSONLine(to: &line)
+        line.append(UInt8(ascii: "\n"))
         condition.lock()
         while pending.count >= Self.maxPending { condition.wait() }
         let wasEmpty = pending.isEmpty
-        pending.append(contentsOf: line.utf8)
-        queuedBytes += line.utf8.count
+        pending.append(contentsOf: line)
+        queuedBytes += line.count
         // Only the first line of a batch wakes the writer; the rest ride along.
         if wasEmpty { condition.broadcast() }
         condition.unlock()

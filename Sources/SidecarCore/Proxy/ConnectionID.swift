@@ -1,4 +1,5 @@
 import Synchronization
+import SidecarModel
 import SidecarTLS
 
 /// Names one tunnel (a connection, or a stream on a mux connection) or one mux connection in

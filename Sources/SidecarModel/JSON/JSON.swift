@@ -80,32 +80,40 @@ package indirect enum JSON: Equatable, Sendable {
 /// agent's ordered responses).
 package enum JSONText {
     package static func quoted(_ text: String) -> String {
-        var out = ""
-        appendQuoted(text, to: &out)
-        return out
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(text.utf8.count + 2)
+        appendQuoted(text, to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
     }
 
-    package static func appendQuoted(_ text: String, to out: inout String) {
-        out += "\""
-        // Most values (identities, addresses, listener names) need no escaping at all.
-        if !text.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
-            out += text
-            out += "\""
-            return
-        }
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
+    /// A JSON string literal, escaped byte by byte: only `"`, `\` and control bytes need it, and
+    /// none of them can occur inside a multi-byte UTF-8 sequence, so every other byte is copied
+    /// as it is, in runs. Audit lines are built this way for every connection.
+    package static func appendQuoted(_ text: String, to out: inout [UInt8]) {
+        let quote = UInt8(ascii: "\""), backslash = UInt8(ascii: "\\")
+        out.append(quote)
+        var text = text
+        text.withUTF8 { bytes in
+            var copied = 0
+            for index in bytes.indices {
+                let byte = bytes[index]
+                guard byte < 0x20 || byte == quote || byte == backslash else { continue }
+                out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[copied..<index]))
+                out.append(backslash)
+                switch byte {
+                case quote, backslash: out.append(byte)
+                case UInt8(ascii: "\n"): out.append(UInt8(ascii: "n"))
+                case UInt8(ascii: "\r"): out.append(UInt8(ascii: "r"))
+                case UInt8(ascii: "\t"): out.append(UInt8(ascii: "t"))
+                default:
+                    out.append(contentsOf: "u00".utf8)
+                    out.append(lowercaseHexDigit(byte >> 4))
+                    out.append(lowercaseHexDigit(byte & 0x0f))
+                }
+                copied = index + 1
             }
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[copied...]))
         }
-        out += "\""
+        out.append(quote)
     }
 }
