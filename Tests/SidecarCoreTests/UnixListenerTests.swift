@@ -19,7 +19,7 @@ struct UnixListenerTests {
 
     static func bind(_ path: String, _ what: String) async throws -> Channel {
         let group = MultiThreadedEventLoopGroup.singleton
-        return try await ListenerSocket.bindUnixSocket(ListenerSocket.bootstrap(group: group), path: path, mode: nil,
+        return try await ListenerSocket.bindUnixSocket(ListenerSocket.bootstrap(group: group) { $0.eventLoop.makeSucceededVoidFuture() }, path: path, mode: nil,
                                                        what: what, group: group, logger: Logger(label: "test"))
     }
 

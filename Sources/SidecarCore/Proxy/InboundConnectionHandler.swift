@@ -249,10 +249,11 @@ final class InboundConnectionHandler: StagingHandler {
         let meshChannel = context.channel
         ClientBootstrap(group: context.eventLoop)
             .connectTimeout(route.localConnectTimeout)
-            .proxyConnectionOptions()
-            .channelOption(ChannelOptions.autoRead, value: false)
             .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(OrderedHalfCloseHandler()) }
+                channel.eventLoop.makeCompletedFuture {
+                    try ProxyChannelOptions.configure(channel, autoRead: false)
+                    try channel.pipeline.syncOperations.addHandler(OrderedHalfCloseHandler())
+                }
             }
             .connect(route: route)
             .hop(to: context.eventLoop)

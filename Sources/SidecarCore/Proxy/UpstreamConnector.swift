@@ -58,9 +58,9 @@ extension UpstreamRoute {
             let handshake = waiter.handshake
             return ClientBootstrap(group: eventLoop)
                 .connectTimeout(connectTimeout)
-                .proxyConnectionOptions()
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        try ProxyChannelOptions.configure(channel)
                         let (tls, waiter) = handlers.value
                         try channel.pipeline.syncOperations.addHandlers(tls, waiter)
                     }

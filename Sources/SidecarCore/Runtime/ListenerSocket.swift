@@ -10,11 +10,20 @@ enum ListenerSocket {
     /// Room for peers to wait in while a listener is paused at its limits.
     static let backlog: CInt = 1024
 
-    static func bootstrap(group: EventLoopGroup) -> ServerBootstrap {
+    /// `initializer` sets up each accepted connection after `ProxyChannelOptions` configured it.
+    static func bootstrap(group: EventLoopGroup,
+                          initializer: @escaping @Sendable (Channel) -> EventLoopFuture<Void>) -> ServerBootstrap {
         ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: Self.backlog)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .proxyConnectionChildOptions()
+            .childChannelInitializer { channel in
+                do {
+                    try ProxyChannelOptions.configure(channel)
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+                return initializer(channel)
+            }
     }
 
     /// Binds host:port; the error names the listener and the address.

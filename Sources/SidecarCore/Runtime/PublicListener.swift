@@ -101,7 +101,7 @@ final class PublicListener: Sendable {
     }
 
     static func bind(host: String, port: Int, shared: InboundListenerContext, group: EventLoopGroup) async throws -> PublicListener {
-        let bootstrap = { (loop: EventLoop) in ListenerSocket.bootstrap(group: loop).childChannelInitializer { channel in
+        let bootstrap = { (loop: EventLoop) in ListenerSocket.bootstrap(group: loop) { channel in
             let route = shared.route
             let connectionID = ConnectionID.next()
             if let evicted = shared.table.trackHandshaking(channel, listener: shared.listenerName, connectionID: connectionID) {

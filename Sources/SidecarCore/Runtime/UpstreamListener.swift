@@ -31,7 +31,7 @@ final class UpstreamListener: Sendable {
         let current = NIOLockedValueBox(route)
         let listenerName = upstream.listenerName
         table.configure(listenerName, maxConnections: maxConnections)
-        let bootstrap = ListenerSocket.bootstrap(group: group).childChannelInitializer { channel in
+        let bootstrap = ListenerSocket.bootstrap(group: group) { channel in
             let route = current.withLockedValue { $0 }
             let connectionID = ConnectionID.next()
             table.trackTunnel(channel, listener: listenerName, connectionID: connectionID)
