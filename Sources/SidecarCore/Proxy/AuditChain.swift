@@ -1,3 +1,4 @@
+import Glibc
 import SidecarTLS
 
 /// The audit log's hash chain. Every line ends with `"prev_hash":"<hex>"}`: the sha256 of the
@@ -26,26 +27,37 @@ package enum AuditChain {
 
     /// Chains a batch of formatted lines (each a JSON object ending in "}\n"): each gets its
     /// `prev_hash` field before the closing brace. `head` is the hash of the line written
-    /// before the batch, and afterwards the hash of the batch's last line.
-    static func seal(_ batch: [UInt8], head: inout String, into out: inout [UInt8]) {
+    /// before the batch, and afterwards the hash of the batch's last line. Returns how many
+    /// lines it chained. Lines are found with memchr: a byte-at-a-time scan here and a second
+    /// one to count them were 2.5 % of a storage sidecar's instructions (callgrind).
+    @discardableResult
+    static func seal(_ batch: [UInt8], head: inout String, into out: inout [UInt8]) -> Int {
         out.reserveCapacity(out.count + batch.count + 96 * 8)
-        var start = batch.startIndex
-        while let newline = batch[start...].firstIndex(of: UInt8(ascii: "\n")) {
-            var end = newline
-            // Everything a sink formats ends in "}"; anything else is passed through unchained
-            // (and `verify` will say so) rather than dropped.
-            if end > start, batch[end - 1] == UInt8(ascii: "}") { end -= 1 }
-            let lineStart = out.count
-            out.append(contentsOf: batch[start..<end])
-            if end < newline {
-                out.append(contentsOf: fieldStart)
-                out.append(contentsOf: head.utf8)
-                out.append(contentsOf: fieldEnd)
+        var lines = 0
+        batch.withUnsafeBufferPointer { bytes in
+            guard let base = bytes.baseAddress else { return }
+            var start = 0
+            while start < bytes.count,
+                  let found = memchr(base + start, CInt(UInt8(ascii: "\n")), bytes.count - start) {
+                let newline = start + (UnsafeRawPointer(found) - UnsafeRawPointer(base + start))
+                var end = newline
+                // Everything a sink formats ends in "}"; anything else is passed through unchained
+                // (and `verify` will say so) rather than dropped.
+                if end > start, bytes[end - 1] == UInt8(ascii: "}") { end -= 1 }
+                let lineStart = out.count
+                out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[start..<end]))
+                if end < newline {
+                    out.append(contentsOf: fieldStart)
+                    out.append(contentsOf: head.utf8)
+                    out.append(contentsOf: fieldEnd)
+                }
+                head = hash(out[lineStart...])
+                out.append(UInt8(ascii: "\n"))
+                start = newline + 1
+                lines += 1
             }
-            head = hash(out[lineStart...])
-            out.append(UInt8(ascii: "\n"))
-            start = newline + 1
         }
+        return lines
     }
 
     /// Where a line is: a file name and a 1-based line number (0: not a line of the files).

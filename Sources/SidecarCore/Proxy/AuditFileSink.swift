@@ -208,7 +208,7 @@ package final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
             condition.unlock()
             var lost = 0
             var failure: String?
-            func write(_ lines: [UInt8], lineCount: Int) {
+            func write(_ lines: [UInt8]) {
                 sealed.removeAll(keepingCapacity: true)
                 if lostSinceLastWrite > 0 {
                     // A newline ends whatever part of a failed write reached the file; then a
@@ -219,7 +219,7 @@ package final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
                                             reason: "\(lostSinceLastWrite) lines could not be written (\(lossReason))")
                     AuditChain.seal(Array((marker.jsonLine + "\n").utf8), head: &head, into: &sealed)
                 }
-                AuditChain.seal(lines, head: &head, into: &sealed)
+                let lineCount = AuditChain.seal(lines, head: &head, into: &sealed)
                 if let error = writeAll(sealed, to: fd) {
                     failure = failure ?? error
                     lost += lineCount
@@ -229,14 +229,14 @@ package final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
                     lostSinceLastWrite = 0
                 }
             }
-            write(batch, lineCount: batch.count(where: { $0 == UInt8(ascii: "\n") }))
+            write(batch)
             if target > reopensDone, reopenFile() {
                 // The new file's first line: linked to the old file's last.
                 announce("audit log reopened", chainHead: head)
                 condition.lock()
                 fd = self.fd
                 condition.unlock()
-                write(Array((Self.openedLine(reason: "reopened").jsonLine + "\n").utf8), lineCount: 1)
+                write(Array((Self.openedLine(reason: "reopened").jsonLine + "\n").utf8))
             }
             // Counted before `flush()` can return for these lines.
             if lost > 0 { linesLost?(lost) }

@@ -104,7 +104,8 @@ final class InboundConnectionHandler: StagingHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         staged.context = context
-        peerAddress = context.channel.remoteAddress.auditDescription
+        // A stream's peer is its mux connection's, already formatted (inet_ntop per stream was 1 %).
+        peerAddress = carrier?.peerAddress ?? context.channel.remoteAddress.auditDescription
     }
 
     func stagedEvent(context: ChannelHandlerContext, event: Any) {

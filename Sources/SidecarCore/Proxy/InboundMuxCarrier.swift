@@ -18,7 +18,7 @@ final class InboundMuxCarrier {
     private var onRetired: (() -> Void)?
     private let peer: TLSPeer
     private let listener: String
-    private let peerAddress: String
+    let peerAddress: String
     private let connectionID: String
     private let audit: any AuditSink
     private let logger: Logger
