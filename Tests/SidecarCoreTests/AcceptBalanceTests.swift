@@ -86,4 +86,24 @@ struct AcceptBalanceTests {
             await second.close()
         }
     }
+
+    @Test("An acceptor that dies hands the socket on; once every one has died, the sidecar is not ready")
+    func acceptorDeaths() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo)
+        try await withTeardown({ await mesh.stop() }) {
+            let acceptors = mesh.storage.publicAcceptors
+            #expect(acceptors.count == 2)
+            #expect(mesh.storage.readiness.ready)
+            // What NIO does to an acceptor on EPERM or EPROTO from accept(2).
+            try await acceptors[0].close()
+            let credentials = try TestCertificates.credentials("backup-agent")
+            let client = try await HostileMuxClient.connect(port: mesh.publicPort, credentials: credentials, group: Self.clientGroup)
+            #expect(await eventually { mesh.storage.table.channels.filter(\.isMuxCarrier).count == 1 }, "accepted by the other acceptor")
+            await client.close()
+            #expect(mesh.storage.readiness.ready, "one acceptor left: still accepting")
+            try await acceptors[1].close()
+            let readiness = mesh.storage.readiness
+            #expect(!readiness.ready && readiness.reason == "public listener not accepting: every acceptor closed")
+        }
+    }
 }

@@ -1,6 +1,7 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import Synchronization
 import SidecarMux
 import SidecarTLS
 import SidecarModel
@@ -94,10 +95,31 @@ final class PublicListener: Sendable {
     /// socket listens on while any acceptor lives).
     let localAddress: SocketAddress?
 
+    /// Set by `close()`: acceptors closing after it were asked to.
+    private let closing = Atomic(false)
+
     private init(address: String, channels: [Channel]) {
         self.address = address
         self.channels = channels
         localAddress = channels.first?.localAddress
+    }
+
+    /// False once every acceptor has closed: NIO closes one on some accept errors (EPERM,
+    /// EPROTO), the next takes the socket over, and if all went that way nothing accepts any
+    /// more, while the process looks healthy. Readiness reports it.
+    var isAccepting: Bool { channels.contains { $0.isActive } }
+
+    /// Logs, once, when the last acceptor closes without `close()` having been called.
+    private func watchAcceptors(logger: Logger) {
+        let remaining = Atomic(channels.count)
+        for channel in channels {
+            channel.closeFuture.whenComplete { [self] _ in
+                guard remaining.subtract(1, ordering: .relaxed).newValue == 0, !closing.load(ordering: .relaxed) else { return }
+                logger.error("public listener stopped accepting: every acceptor closed (accept errors); not ready", metadata: [
+                    "address": "\(address)",
+                ])
+            }
+        }
     }
 
     static func bind(host: String, port: Int, shared: InboundListenerContext, group: EventLoopGroup) async throws -> PublicListener {
@@ -130,11 +152,14 @@ final class PublicListener: Sendable {
         let channels = try await ListenerSocket.bindOnEveryLoop(bootstrap, host: host, port: port, what: shared.listenerName,
                                                                 group: group, logger: shared.logger)
         shared.table.adopt(shared.listenerName, acceptors: channels)
-        return PublicListener(address: "\(host):\(port)", channels: channels)
+        let listener = PublicListener(address: "\(host):\(port)", channels: channels)
+        listener.watchAcceptors(logger: shared.logger)
+        return listener
     }
 
     /// Closes every acceptor at once, so none is handed the socket while the others close.
     func close() async {
+        closing.store(true, ordering: .relaxed)
         for channel in channels { channel.close(promise: nil) }
         for channel in channels { try? await channel.closeFuture.get() }
     }

@@ -8,15 +8,22 @@ import SidecarModel
 /// What a running sidecar reports: readiness, gauges, live tunnels, expiry warnings, and the
 /// counts tests and the admin API read.
 extension Sidecar {
-    /// Ready for traffic: certificates and intentions loaded, listeners bound, not draining.
+    /// Ready for traffic: certificates and intentions loaded, listeners bound (the public one
+    /// still accepting), not draining.
     var readiness: (ready: Bool, reason: String) {
-        let (draining, noListener) = state.withLockedValue { ($0.draining, $0.publicListener == nil && $0.upstreamListeners.isEmpty) }
+        let (draining, noListener, publicListener) = state.withLockedValue {
+            ($0.draining, $0.publicListener == nil && $0.upstreamListeners.isEmpty, $0.publicListener)
+        }
         if draining { return (false, "draining") }
         if currentIntentions == nil { return (false, "intentions not loaded") }
         if noListener { return (false, "no listener bound") }
+        if let publicListener, !publicListener.isAccepting { return (false, "public listener not accepting: every acceptor closed") }
         if contexts.credentials.expiredLeafReason() != nil { return (false, "leaf certificate expired") }
         return (true, "ready")
     }
+
+    /// The public listener's server channels, one per event loop (tests close them).
+    var publicAcceptors: [Channel] { state.withLockedValue { $0.publicListener?.channels ?? [] } }
 
     /// Our datacenter (the `dc` of our SPIFFE IDs).
     package var datacenter: String { settings.datacenter }
