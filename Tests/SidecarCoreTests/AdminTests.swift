@@ -202,7 +202,8 @@ struct AdminTests {
         let adminPort = freeLocalPort()
         let sidecar = try SidecarProcess(["run", "--admin-bind", "127.0.0.1:\(adminPort)", "--service-file", service]
                                          + SidecarBinary.certs(), logName: "buildinfo.log")
-        #expect(await eventually(timeout: 20) { (try? BlockingSocket(port: port)) != nil })
+        // The admin listener is bound after the public one: wait for it too.
+        #expect(await eventually(timeout: 20) { (try? BlockingSocket(port: port)) != nil && (try? BlockingSocket(port: adminPort)) != nil })
         let metrics = try await AdminHTTP.get(adminPort, "/metrics").body
         let commit = String(match.2)
         #expect(Self.value(metrics, #"backup_sidecar_build_info{version="\#(match.1)",commit="\#(commit)",openssl="\#(lines[1])",nghttp2="\#(lines[2].dropFirst(8))"}"#) == 1,
