@@ -135,8 +135,8 @@ enum ConnectionJoiner {
         }
         for side in [mesh, local] {
             guard let staging = side.staging else {
-                let channel = side.channel
-                channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in channel.close(promise: nil) }
+                // A channel that cannot read must not stay half joined.
+                do { try side.channel.setAutoReadNow(true) } catch { side.channel.close(promise: nil) }
                 continue
             }
             staging.release()

@@ -294,7 +294,7 @@ final class ConnectionTable: Sendable {
             entry.acceptors[index].paused = pause.pause
             if pause.pause, !wasPaused {
                 // Pausing reads nothing, so it cannot call back into the table.
-                _ = channel.setOption(ChannelOptions.autoRead, value: false)
+                try? channel.setAutoReadNow(false)
             }
             var recheck: NIODeadline?
             if let at = pause.recheck, !entry.recheckArmed {
@@ -307,7 +307,7 @@ final class ConnectionTable: Sendable {
         }
         guard let decided else { return }
         // Outside the lock: resuming reads at once, and an accepted connection is tracked here.
-        if decided.resume { _ = channel.setOption(ChannelOptions.autoRead, value: true) }
+        if decided.resume { try? channel.setAutoReadNow(true) }
         queueReconcile(decided.next, listener)
         if let recheck = decided.recheck {
             channel.eventLoop.scheduleTask(deadline: recheck) {

@@ -38,3 +38,15 @@ enum ProxyChannelOptions {
         return options
     }
 }
+
+extension Channel {
+    /// Sets autoRead from the channel's own event loop, synchronously: no future and no
+    /// dynamic cast each time (once per tunnel, and on every switch of the accepting loop).
+    /// Throws if the channel refuses (closed meanwhile), or has no synchronous options (none
+    /// of ours lacks them).
+    func setAutoReadNow(_ on: Bool) throws {
+        eventLoop.preconditionInEventLoop()
+        guard let options = syncOptions else { throw ChannelError.operationUnsupported }
+        try options.setOption(ChannelOptions.autoRead, value: on)
+    }
+}
