@@ -106,4 +106,24 @@ struct AcceptBalanceTests {
             #expect(!readiness.ready && readiness.reason == "public listener not accepting: every acceptor closed")
         }
     }
+
+    @Test("A public listener the registration asks for but that could not bind (or is moving) keeps the sidecar not ready")
+    func unboundPublicListenerNotReady() async throws {
+        let mesh = try await MeshFixture.start(backend: .echo)
+        try await withTeardown({ await mesh.stop() }) {
+            #expect(mesh.agent.readiness.ready, "upstream listeners only: ready")
+            let squatter = try await ServerBootstrap(group: Self.clientGroup).bind(host: "127.0.0.1", port: 0).get()
+            let taken = try #require(squatter.localAddress?.port)
+            var definition = mesh.agent.definition
+            definition.port = taken
+            definition.localServicePort = 9
+            await #expect(throws: (any Error).self) { try await mesh.agent.apply(definition) }
+            let readiness = mesh.agent.readiness
+            #expect(!readiness.ready && readiness.reason == "public listener not bound at 127.0.0.1:\(taken)", "\(readiness)")
+            try await squatter.close()
+            definition.port = freeLocalPort()
+            try await mesh.agent.apply(definition)
+            #expect(mesh.agent.readiness.ready, "bound at the new address: ready again")
+        }
+    }
 }

@@ -108,6 +108,8 @@ final class PublicListener: Sendable {
     /// EPROTO), the next takes the socket over, and if all went that way nothing accepts any
     /// more, while the process looks healthy. Readiness reports it.
     var isAccepting: Bool { channels.contains { $0.isActive } }
+    /// `close()` was called (a move to a new address, or shutdown).
+    var isClosing: Bool { closing.load(ordering: .relaxed) }
 
     /// Logs, once, when the last acceptor closes without `close()` having been called.
     private func watchAcceptors(logger: Logger) {

@@ -189,8 +189,7 @@ package final class Sidecar: Sendable {
 
     /// Binds, moves or closes the public listener to match `definition`.
     private func reconcilePublicListener(_ definition: ProxyDefinition) async throws {
-        let hasTarget = definition.localServicePort != nil || definition.localServiceSocketPath != nil
-        let address = definition.publicBindPort.flatMap { hasTarget ? "\(definition.publicBindAddress):\($0)" : nil }
+        let address = definition.publicListenerAddress
         let bound = state.withLockedValue { $0.publicListener }
         guard address != bound?.address else { return }
         if let bound {
@@ -198,7 +197,7 @@ package final class Sidecar: Sendable {
             await bound.close()
             state.withLockedValue { if $0.publicListener === bound { $0.publicListener = nil } }
         }
-        guard let port = definition.publicBindPort, hasTarget else {
+        guard let port = definition.publicBindPort, address != nil else {
             settings.logger.notice("no public listener: the registration has no port or no local_service_port", metadata: [
                 "service": "\(definition.name)",
             ])

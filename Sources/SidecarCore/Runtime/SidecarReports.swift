@@ -11,12 +11,17 @@ extension Sidecar {
     /// Ready for traffic: certificates and intentions loaded, listeners bound (the public one
     /// still accepting), not draining.
     var readiness: (ready: Bool, reason: String) {
-        let (draining, noListener, publicListener) = state.withLockedValue {
-            ($0.draining, $0.publicListener == nil && $0.upstreamListeners.isEmpty, $0.publicListener)
+        let (draining, noListener, publicListener, wanted) = state.withLockedValue {
+            ($0.draining, $0.publicListener == nil && $0.upstreamListeners.isEmpty, $0.publicListener,
+             $0.definition.publicListenerAddress)
         }
         if draining { return (false, "draining") }
         if currentIntentions == nil { return (false, "intentions not loaded") }
         if noListener { return (false, "no listener bound") }
+        // Moving to a new address (or a move whose bind failed): nothing takes inbound tunnels.
+        if let wanted, publicListener?.address != wanted || publicListener?.isClosing == true {
+            return (false, "public listener not bound at \(wanted)")
+        }
         if let publicListener, !publicListener.isAccepting { return (false, "public listener not accepting: every acceptor closed") }
         if contexts.credentials.expiredLeafReason() != nil { return (false, "leaf certificate expired") }
         return (true, "ready")

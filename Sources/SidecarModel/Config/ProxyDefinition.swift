@@ -26,6 +26,12 @@ package struct ProxyDefinition: Equatable, Sendable {
     /// Where the public (inbound) listener binds: proxy config overrides the registration.
     package var publicBindAddress: String { config.bindAddress ?? address }
     package var publicBindPort: Int? { config.bindPort ?? port }
+    /// "host:port" of the public listener, or nil when the registration wants none: no port,
+    /// or no local service to forward to.
+    package var publicListenerAddress: String? {
+        let hasTarget = localServicePort != nil || localServiceSocketPath != nil
+        return publicBindPort.flatMap { hasTarget ? "\(publicBindAddress):\($0)" : nil }
+    }
 }
 
 /// Keys we honour in `proxy.config` (the map Consul passes through to proxies).
