@@ -20,7 +20,7 @@ enum ProxyChannelOptions {
     /// sizes above; `autoRead: false` leaves it unread until the tunnel is joined. Set
     /// synchronously, before the channel is registered, as bootstrap options would be: as
     /// bootstrap options NIO applies them one future at a time, with dynamic casts, for every
-    /// connection (with the per-connection bootstrap, 5 % of a storage sidecar's instructions
+    /// connection (with the per-connection bootstrap, 16 % of a storage sidecar's instructions
     /// per mux stream, callgrind).
     static func configure(_ channel: Channel, autoRead: Bool = true) throws {
         let options = try options(of: channel)
