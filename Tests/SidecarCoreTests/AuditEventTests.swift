@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TestFixtures
+import TestSupport
 @testable import SidecarCore
 @testable import SidecarModel
 
@@ -118,6 +119,54 @@ struct AuditEventTests {
         #expect(object["listener"] as? String == (text.isEmpty ? nil : text))
         #expect(object["source"] as? String == text)
         #expect(object["reason"] as? String == text)
+    }
+
+    @Test("generated hostile strings in every text field: one line, the same text back, no key added (differential)")
+    func generatedHostileStrings() throws {
+        // The reference escapes scalar by scalar, as JSON's grammar reads; ours works on UTF-8 bytes.
+        func referenceQuoted(_ text: String) -> String {
+            var out = "\""
+            for scalar in text.unicodeScalars {
+                switch scalar {
+                case "\"": out += "\\\""
+                case "\\": out += "\\\\"
+                case "\n": out += "\\n"
+                case "\r": out += "\\r"
+                case "\t": out += "\\t"
+                case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
+                default: out.unicodeScalars.append(scalar)
+                }
+            }
+            return out + "\""
+        }
+        var random = SplitMix64(seed: 0xA0D17)
+        func scalar() -> Unicode.Scalar {
+            switch random.next() % 4 {
+            case 0: return Unicode.Scalar(UInt8(random.next() % 0x20)) // control
+            case 1: return ["\"", "\\", "{", "}", ":", ",", "/", "\u{7F}", "\u{2028}"].map { Unicode.Scalar($0)! }[Int(random.next() % 9)]
+            case 2: return Unicode.Scalar(UInt8(0x20 + random.next() % 0x5F))
+            default:
+                let value = UInt32(0x80 + random.next() % (0x10FFFF - 0x80))
+                return Unicode.Scalar(value) ?? "\u{FFFD}" // surrogates are not scalars
+            }
+        }
+        for _ in 0..<2_000 {
+            var text = ""
+            for _ in 0..<Int(random.next() % 24) { text.unicodeScalars.append(scalar()) }
+            #expect(AuditEvent.quote(text) == referenceQuoted(text), "\(Array(text.unicodeScalars))")
+            var event = AuditEvent(kind: .httpRequest, listener: "public", peerAddress: text, source: text, sourceSerial: text,
+                                   destination: text, decision: text, reason: text)
+            event.method = text
+            event.path = text
+            let line = event.jsonLine
+            #expect(!line.unicodeScalars.contains { $0.value < 0x20 }, "one line: \(line)")
+            let object = try parseLine(line)
+            #expect(Set(object.keys) == ["ts", "schema_version", "event", "listener", "peer_addr", "source", "source_serial",
+                                          "destination", "method", "path", "decision", "reason"], "\(line)")
+            for key in ["peer_addr", "source", "source_serial", "destination", "method", "path", "decision", "reason"] {
+                #expect(object[key] as? String == text, "\(key) in \(line)")
+            }
+        }
     }
 
     @Test("escape forms for quotes, backslash and control characters")
