@@ -110,9 +110,8 @@ final class ConnectionTable: Sendable {
     func trackHandshaking(_ channel: Channel, listener: String, connectionID: String) -> Channel? {
         let id = ObjectIdentifier(channel)
         let (evicted, acceptors) = state.withLockedValue { state -> (Channel?, [Channel]) in
-            state.open[id] = Tracked(listener: listener, channel: channel, kind: .handshaking, id: connectionID)
+            open(&state, Tracked(listener: listener, channel: channel, kind: .handshaking, id: connectionID))
             adopt(&state, listener, acceptor: channel.parent)
-            state.listeners[listener]!.perLoop[ObjectIdentifier(channel.eventLoop), default: 0] += 1
             state.listeners[listener]!.handshaking.append(id)
             var evicted: Channel?
             let entry = state.listeners[listener]!
@@ -153,11 +152,9 @@ final class ConnectionTable: Sendable {
     /// Registers a connection that is a tunnel from the start (an upstream listener's local
     /// caller).
     func trackTunnel(_ channel: Channel, listener: String, connectionID: String) {
-        let id = ObjectIdentifier(channel)
         let acceptors = state.withLockedValue { state -> [Channel] in
-            state.open[id] = Tracked(listener: listener, channel: channel, kind: .tunnel, id: connectionID)
+            open(&state, Tracked(listener: listener, channel: channel, kind: .tunnel, id: connectionID))
             adopt(&state, listener, acceptor: channel.parent)
-            state.listeners[listener]!.perLoop[ObjectIdentifier(channel.eventLoop), default: 0] += 1
             establish(&state, listener: listener, tunnel: true)
             return reconcileNeeded(&state, listener)
         }
@@ -169,12 +166,10 @@ final class ConnectionTable: Sendable {
     /// has max_connections tunnels (false: there is no backlog to leave a stream waiting in;
     /// the caller refuses it).
     func admit(_ stream: Channel, listener: String, connectionID: String) -> Bool {
-        let id = ObjectIdentifier(stream)
         let admitted = state.withLockedValue { state -> (admitted: Bool, acceptors: [Channel]) in
             let entry = state.listeners[listener, default: Listener()]
             guard entry.tunnels < entry.maxConnections else { return (false, []) }
-            state.open[id] = Tracked(listener: listener, channel: stream, kind: .stream, id: connectionID)
-            state.listeners[listener, default: Listener()].perLoop[ObjectIdentifier(stream.eventLoop), default: 0] += 1
+            open(&state, Tracked(listener: listener, channel: stream, kind: .stream, id: connectionID))
             establish(&state, listener: listener, tunnel: true)
             return (true, reconcileNeeded(&state, listener))
         }
@@ -193,6 +188,12 @@ final class ConnectionTable: Sendable {
             state.listeners[tracked.listener]!.handshaking.removeAll { $0 == id }
             establish(&state, listener: tracked.listener, tunnel: kind == .tunnel)
         }
+    }
+
+    /// An entry opens, counted on its loop (`watchClose` undoes both).
+    private func open(_ state: inout State, _ tracked: Tracked) {
+        state.open[ObjectIdentifier(tracked.channel)] = tracked
+        state.listeners[tracked.listener, default: Listener()].perLoop[ObjectIdentifier(tracked.channel.eventLoop), default: 0] += 1
     }
 
     private func adopt(_ state: inout State, _ listener: String, acceptor: Channel?, paused: Bool = false) {
@@ -316,7 +317,7 @@ final class ConnectionTable: Sendable {
                     return state.listeners[listener]?.acceptors.map(\.channel) ?? []
                 }
                 // Each looks again on its own loop (and re-arms if it must wait longer).
-                for acceptor in acceptors { acceptor.eventLoop.execute { self.reconcile(listener, acceptor: acceptor) } }
+                self.queueReconcile(acceptors, listener)
             }
         }
     }
