@@ -8,7 +8,6 @@ import Prometheus
 /// time. Every family and its HELP text is in `MetricFamily`.
 package final class SidecarMetrics: AuditSink, Sendable {
     let registry = PrometheusCollectorRegistry()
-    private let meters = NIOLockedValueBox<[String: TrafficMeter]>([:])
     /// Counters and histograms already made, by family and labels. The registry builds and
     /// checks the metric's name, labels and help text on every make: per audit event that was
     /// 3 % of a storage sidecar's instructions per mux stream (callgrind). Label values are
@@ -65,14 +64,8 @@ package final class SidecarMetrics: AuditSink, Sendable {
 
     /// The byte counters of one listener, which its connections add to on every read.
     package func trafficMeter(listener: String) -> TrafficMeter? {
-        meters.withLockedValue { meters in
-            if let meter = meters[listener] { return meter }
-            let meter = TrafficMeter(
-                fromMesh: counter(.bytes, [("listener", listener), ("direction", "from_mesh")]),
-                toMesh: counter(.bytes, [("listener", listener), ("direction", "to_mesh")]))
-            meters[listener] = meter
-            return meter
-        }
+        TrafficMeter(fromMesh: counter(.bytes, [("listener", listener), ("direction", "from_mesh")]),
+                     toMesh: counter(.bytes, [("listener", listener), ("direction", "to_mesh")]))
     }
 
     func certificateRotated() { count(.certificateRotations) }
@@ -109,12 +102,19 @@ package final class SidecarMetrics: AuditSink, Sendable {
     }
 
     private func counter(_ family: MetricFamily, _ labels: [(String, String)]) -> Counter {
-        let key = MetricKey(family: family, labels: labels.flatMap { [$0.0, $0.1] })
-        return made.withLockedValue { made in
-            if let counter = made.counters[key] { return counter }
-            let counter = registry.makeCounter(descriptor: Self.descriptor(family), labels: labels)
-            made.counters[key] = counter
-            return counter
+        cached(\.counters, MetricKey(family: family, labels: labels.flatMap { [$0.0, $0.1] })) {
+            registry.makeCounter(descriptor: Self.descriptor(family), labels: labels)
+        }
+    }
+
+    /// The metric for `key`, made by `make` the first time only.
+    private func cached<Metric>(_ kind: WritableKeyPath<MadeMetrics, [MetricKey: Metric]>, _ key: MetricKey,
+                                _ make: () -> Metric) -> Metric {
+        made.withLockedValue { made in
+            if let metric = made[keyPath: kind][key] { return metric }
+            let metric = make()
+            made[keyPath: kind][key] = metric
+            return metric
         }
     }
 
@@ -124,13 +124,9 @@ package final class SidecarMetrics: AuditSink, Sendable {
 
     private func handshake(_ event: AuditEvent) {
         guard let milliseconds = event.handshakeMs else { return }
-        let key = MetricKey(family: .handshakeDuration, labels: ["listener", event.listener])
-        let histogram = made.withLockedValue { made in
-            if let histogram = made.histograms[key] { return histogram }
-            let histogram = registry.makeDurationHistogram(descriptor: Self.descriptor(.handshakeDuration),
-                                                           labels: [("listener", event.listener)], buckets: Self.handshakeBuckets)
-            made.histograms[key] = histogram
-            return histogram
+        let histogram = cached(\.histograms, MetricKey(family: .handshakeDuration, labels: ["listener", event.listener])) {
+            registry.makeDurationHistogram(descriptor: Self.descriptor(.handshakeDuration), labels: [("listener", event.listener)],
+                                           buckets: Self.handshakeBuckets)
         }
         histogram.recordNanoseconds(Int64(milliseconds * 1e6))
     }
