@@ -151,9 +151,7 @@ package final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
     }
 
     package func record(_ event: AuditEvent) {
-        var line: [UInt8] = []
-        event.appendJSONLine(to: &line)
-        line.append(UInt8(ascii: "\n"))
+        let line = event.fileLine
         condition.lock()
         while pending.count >= Self.maxPending { condition.wait() }
         let wasEmpty = pending.isEmpty
@@ -217,7 +215,7 @@ package final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
                     sealed.append(UInt8(ascii: "\n"))
                     let marker = AuditEvent(kind: .auditLinesLost, listener: "",
                                             reason: "\(lostSinceLastWrite) lines could not be written (\(lossReason))")
-                    AuditChain.seal(Array((marker.jsonLine + "\n").utf8), head: &head, into: &sealed)
+                    AuditChain.seal(marker.fileLine, head: &head, into: &sealed)
                 }
                 let lineCount = AuditChain.seal(lines, head: &head, into: &sealed)
                 if let error = writeAll(sealed, to: fd) {
@@ -236,7 +234,7 @@ package final class JSONLinesAuditSink: AuditSink, @unchecked Sendable {
                 condition.lock()
                 fd = self.fd
                 condition.unlock()
-                write(Array((Self.openedLine(reason: "reopened").jsonLine + "\n").utf8))
+                write(Self.openedLine(reason: "reopened").fileLine)
             }
             // Counted before `flush()` can return for these lines.
             if lost > 0 { linesLost?(lost) }
