@@ -22,10 +22,9 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
         case server(initializer: (Channel, MuxStreamRequest) -> Void)
     }
 
-    /// Frames handed to the channel per write while the socket keeps up.
+    /// Frames taken from nghttp2 at a time while the socket keeps up; flushed once this much
+    /// is written (and at the end of a pump).
     static let sendChunk = 256 * 1024
-    /// Bytes written to the channel between flushes while pumping.
-    static let flushEvery = 1024 * 1024
 
     let role: Role
     let settings: MuxSettings
@@ -353,7 +352,7 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
                 if !events.isEmpty { handle(events) }
             }
             while context.channel.isWritable && session.wantsToWrite {
-                let chunk: ByteBuffer?
+                let chunk: OutboundFrames
                 do {
                     chunk = try session.send(limit: Self.sendChunk)
                 } catch {
@@ -363,18 +362,17 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
                 }
                 let touched = touchedDuringSend
                 touchedDuringSend.removeAll(keepingCapacity: true)
-                if let chunk {
-                    // Flushed every `flushEvery` bytes: TLS encrypts what was written so far and
-                    // the socket's writability (checked above) can stop the pump. Flushed only
-                    // at the end, a stream's whole window was framed and encrypted before
-                    // anything reached the socket (megabytes per stream); flushed per chunk,
-                    // bulk lost 10-15 % to smaller writes.
-                    unflushed += chunk.readableBytes
-                    context.write(wrapOutboundOut(chunk), promise: nil)
-                    if unflushed >= Self.flushEvery {
-                        unflushed = 0
-                        context.flush()
-                    }
+                // Flushed per full chunk: TLS encrypts it at once and the socket's writability
+                // (checked above) can stop the pump. What is framed but not yet encrypted is held
+                // twice at the flush (frames, then ciphertext): flushed every 1 MiB, the sending
+                // side of 4-stream bulk peaked 5 MiB higher, for no gain in MB/s or CPU per GiB.
+                // Smaller sends (a request, control frames) wait for the pump's end: one record,
+                // one syscall.
+                chunk.forEach { context.write(wrapOutboundOut($0), promise: nil) }
+                unflushed += chunk.byteCount
+                if unflushed >= Self.sendChunk {
+                    unflushed = 0
+                    context.flush()
                 }
                 // Sending can end streams too (our END_STREAM after theirs).
                 if !processingInput {
@@ -382,7 +380,7 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
                     if !events.isEmpty { handle(events) }
                 }
                 touched.forEach { $0.afterSend() }
-                if chunk == nil { break }
+                if chunk.isEmpty { break }
             }
         } while pumpAgain
         if unflushed > 0 { context.flush() }

@@ -203,7 +203,7 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         return (outboundBytes, output.isEnded && unflushed.isEmpty)
     }
 
-    func takeOutbound(_ count: Int, into buffer: inout ByteBuffer) {
+    func takeOutbound(_ count: Int, into frames: inout OutboundFrames) {
         // nghttp2 already wrote the frame header for `count` bytes. If the queue was dropped
         // meanwhile (an abort; its RST_STREAM follows), fill with zeros so the framing holds.
         let missing = max(0, count - outboundBytes)
@@ -211,16 +211,16 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         while remaining > 0, case (var chunk, let promise)? = outbound.popFirst() {
             if chunk.readableBytes <= remaining {
                 remaining -= chunk.readableBytes
-                buffer.writeBuffer(&chunk)
+                frames.append(payload: &chunk)
                 if let promise { finishedPromises.append(promise) }
             } else {
                 var slice = chunk.readSlice(length: remaining)!
-                buffer.writeBuffer(&slice)
+                frames.append(payload: &slice)
                 remaining = 0
                 outbound.prepend((chunk, promise))
             }
         }
-        if missing > 0 { buffer.writeRepeatingByte(0, count: missing) }
+        frames.writeZeros(missing)
         outboundBytes -= count - missing
         if output.isEnded && outbound.isEmpty && unflushed.isEmpty { output.endOfStreamTaken() }
         owner?.streamTouchedDuringSend(self)

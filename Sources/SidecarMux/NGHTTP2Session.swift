@@ -1,13 +1,13 @@
 import CNGHTTP2
 import NIOCore
 
-/// What a stream offers nghttp2 to send: the DATA frames' payload is copied straight from here
-/// into the outbound buffer (NO_COPY), never staged in nghttp2's own buffers.
+/// What a stream offers nghttp2 to send: the DATA frames' payload goes straight from here into
+/// the outbound frames (NO_COPY), never staged in nghttp2's own buffers.
 protocol MuxOutboundSource: AnyObject {
     /// Bytes queued and whether the stream's output ends after them.
     var outboundState: (queued: Int, ended: Bool) { get }
-    /// Moves exactly `count` queued bytes into `buffer`.
-    func takeOutbound(_ count: Int, into buffer: inout ByteBuffer)
+    /// Moves exactly `count` queued bytes into `frames`.
+    func takeOutbound(_ count: Int, into frames: inout OutboundFrames)
 }
 
 /// One nghttp2 session, either role, as a plain object: bytes in, events out; frames out into a
@@ -44,7 +44,7 @@ final class NGHTTP2Session {
     private(set) var events: [Event] = []
     private var pendingHeaders: [Int32: [(name: String, value: String)]] = [:]
     /// Filled by `send`; stops taking frames once it exceeds `sendLimit`.
-    private var outbound: ByteBuffer
+    private var outbound: OutboundFrames
     private var sendLimit = 0
     /// During `receive`: the input and where its readable bytes start, so DATA payloads (which
     /// nghttp2 hands out as pointers into the input) become slices of it instead of copies.
@@ -56,7 +56,7 @@ final class NGHTTP2Session {
     init(role: Role, settings: Settings, allocator: ByteBufferAllocator) throws {
         self.role = role
         self.allocator = allocator
-        self.outbound = allocator.buffer(capacity: 0)
+        self.outbound = OutboundFrames(allocator: allocator)
         var option: OpaquePointer?
         guard nghttp2_option_new(&option) == 0, let option else { throw MuxError.sessionSetup("nghttp2_option_new") }
         defer { nghttp2_option_del(option) }
@@ -130,15 +130,15 @@ final class NGHTTP2Session {
     /// Both false: the session has ended (GOAWAY exchanged and no stream left).
     var isAlive: Bool { nghttp2_session_want_read(session) != 0 || nghttp2_session_want_write(session) != 0 }
 
-    /// Serializes pending frames, up to about `limit` bytes (a DATA frame is never split).
-    func send(limit: Int) throws -> ByteBuffer? {
-        // Room for the limit plus one more full DATA frame: no regrowth while filling.
-        outbound = allocator.buffer(capacity: limit + Self.maxDataFrame + 64)
+    /// Serializes pending frames, up to about `limit` bytes (a DATA frame is never split), as
+    /// buffers to write in order (OutboundFrames); empty when nothing is pending.
+    func send(limit: Int) throws -> OutboundFrames {
+        outbound = OutboundFrames(allocator: allocator)
         sendLimit = limit
         let rc = nghttp2_session_send(session)
+        defer { outbound = OutboundFrames(allocator: allocator) }
         if rc != 0 { throw MuxError.protocolViolation(Self.describe(rc)) }
-        defer { outbound = allocator.buffer(capacity: 0) }
-        return outbound.readableBytes > 0 ? outbound : nil
+        return outbound
     }
 
     /// Client: opens a CONNECT stream to `authority`. Its DATA comes from `source`.
@@ -222,18 +222,18 @@ final class NGHTTP2Session {
     // MARK: Callback bodies
 
     fileprivate func append(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        guard outbound.readableBytes < sendLimit else { return false }
-        outbound.writeBytes(bytes)
+        guard outbound.byteCount < sendLimit else { return false }
+        outbound.write(bytes)
         return true
     }
 
     fileprivate func appendData(frameHeader: UnsafeRawBufferPointer, length: Int, padding: Int,
                                 source: MuxOutboundSource) -> Bool {
-        guard outbound.readableBytes < sendLimit else { return false }
-        outbound.writeBytes(frameHeader)
+        guard outbound.byteCount < sendLimit else { return false }
+        outbound.write(frameHeader)
         if padding > 0 { outbound.writeInteger(UInt8(padding - 1)) }
         source.takeOutbound(length, into: &outbound)
-        if padding > 1 { outbound.writeRepeatingByte(0, count: padding - 1) }
+        outbound.writeZeros(padding - 1)
         return true
     }
 

@@ -203,10 +203,21 @@ final class TLSConnection {
         return (0, outcome(for: -1))
     }
 
+    /// Sizes the BIO's outbound buffer for `pieces` writes of `plaintextBytes` in all, so that
+    /// the records append without regrowth (each regrowth copies all the ciphertext so far).
+    func reserveCiphertext(plaintextBytes: Int, pieces: Int) {
+        bio.reserveOutbound(Self.ciphertextBound(plaintextBytes, pieces: pieces))
+    }
+
+    /// At most 64 bytes of record overhead per 16 KB record, and per piece for its short last one.
+    private static func ciphertextBound(_ plaintextBytes: Int, pieces: Int) -> Int {
+        plaintextBytes + (plaintextBytes / 16384 + pieces) * 64
+    }
+
     /// Encrypts all of `buffer` into the BIO (our BIO never refuses a write).
     func write(_ buffer: ByteBuffer) -> Outcome {
         OpenSSLErrorQueue.clear()
-        bio.reserveOutbound(buffer.readableBytes + (buffer.readableBytes / 16384 + 1) * 64)
+        bio.reserveOutbound(Self.ciphertextBound(buffer.readableBytes, pieces: 1))
         return buffer.withUnsafeReadableBytes { bytes -> Outcome in
             var written = 0
             let ret = SSL_write_ex(ssl, bytes.baseAddress, bytes.count, &written)

@@ -5,7 +5,7 @@ import SidecarModel
 ///
 /// Ciphertext never piles up here: everything OpenSSL produces is written to the channel at once,
 /// so channel writability (and the glue's withheld reads) is the backpressure. Plaintext writes
-/// are held only between `write` and `flush`, and coalesced into full 16 KB records.
+/// are held only between `write` and `flush`, and leave in full 16 KB records (RecordPacker).
 package final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     package typealias InboundIn = ByteBuffer
     package typealias InboundOut = ByteBuffer
@@ -19,8 +19,6 @@ package final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case open(inputOpen: Bool, outputOpen: Bool)
         case closed
     }
-
-    static let recordSize = 16 * 1024
 
     /// Who the peer must be and how to check it.
     private enum Peer {
@@ -298,32 +296,35 @@ package final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// Encrypts every pending write, coalescing small ones so bulk data leaves in full records,
-    /// then hands the ciphertext to the channel in one write.
+    /// Encrypts every pending write in whole records (RecordPacker), then hands the ciphertext
+    /// to the channel in one write.
     private func encryptPendingWrites(context: ChannelHandlerContext) {
         guard let connection, !pendingWrites.isEmpty else { return }
         let writes = pendingWrites
         pendingWrites.removeAll(keepingCapacity: true)
         var promises: [EventLoopPromise<Void>] = []
-        var coalesced: ByteBuffer?
         var failure: String?
 
         func encrypt(_ buffer: ByteBuffer) {
-            guard failure == nil, buffer.readableBytes > 0 else { return }
+            guard failure == nil else { return }
             if case .failed(let reason) = connection.write(buffer) { failure = reason }
         }
+        var plaintextBytes = 0
         for (buffer, promise) in writes {
+            plaintextBytes += buffer.readableBytes
             if let promise { promises.append(promise) }
-            if writes.count == 1 || buffer.readableBytes >= Self.recordSize {
-                if let pending = coalesced { encrypt(pending); coalesced = nil }
-                encrypt(buffer)
-            } else {
-                if coalesced == nil { coalesced = context.channel.allocator.buffer(capacity: Self.recordSize) }
-                coalesced!.writeImmutableBuffer(buffer)
-                if coalesced!.readableBytes >= Self.recordSize { encrypt(coalesced!); coalesced = nil }
-            }
         }
-        if let pending = coalesced { encrypt(pending) }
+        if writes.count == 1 {
+            // OpenSSL cuts one buffer into the same records the packer would (a keep-alive
+            // request's frames arrive so), and no second piece can regrow the ciphertext buffer.
+            if plaintextBytes > 0 { encrypt(writes[0].0) }
+        } else if plaintextBytes > 0 {
+            // One buffer for all of it: the packer hands the connection up to two pieces per write.
+            connection.reserveCiphertext(plaintextBytes: plaintextBytes, pieces: 2 * writes.count + 1)
+            var packer = RecordPacker(allocator: context.channel.allocator)
+            for (buffer, _) in writes { packer.add(buffer, emit: encrypt) }
+            packer.finish(emit: encrypt)
+        }
 
         if let failure {
             promises.forEach { $0.fail(TLSError.protocolError(failure)) }

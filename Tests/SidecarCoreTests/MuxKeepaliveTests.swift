@@ -45,7 +45,7 @@ struct MuxKeepaliveTests {
 
         /// The peer's answer (SETTINGS, PING ACK, ...) reaches the client.
         func peerAnswers() throws {
-            if let bytes = try peer.send(limit: 1 << 20) { try channel.writeInbound(bytes) }
+            if let bytes = try peer.sendJoined(limit: 1 << 20) { try channel.writeInbound(bytes) }
         }
     }
 

@@ -29,8 +29,9 @@ struct MuxStreamEndTests {
         let ends: Bool
         init(_ text: String, ends: Bool) { pending = Array(text.utf8); self.ends = ends }
         var outboundState: (queued: Int, ended: Bool) { (pending.count, ends) }
-        func takeOutbound(_ count: Int, into buffer: inout ByteBuffer) {
-            buffer.writeBytes(pending.prefix(count))
+        func takeOutbound(_ count: Int, into frames: inout OutboundFrames) {
+            var payload = ByteBuffer(bytes: pending.prefix(count))
+            frames.append(payload: &payload)
             pending.removeFirst(count)
         }
     }
@@ -45,7 +46,7 @@ struct MuxStreamEndTests {
         try channel.pipeline.syncOperations.addHandler(handler)
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
         func clientToPeer() throws { while let bytes = try channel.readOutbound(as: ByteBuffer.self) { try peer.receive(bytes) } }
-        func peerToClient() throws { while let bytes = try peer.send(limit: 1 << 20) { try channel.writeInbound(bytes) } }
+        func peerToClient() throws { while let bytes = try peer.sendJoined(limit: 1 << 20) { try channel.writeInbound(bytes) } }
 
         let opened = handler.openStream(authority: "storage")
         try clientToPeer()

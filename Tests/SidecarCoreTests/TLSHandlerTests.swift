@@ -135,6 +135,28 @@ struct TLSHandlerTests {
         #expect(pair.serverRecorder.received.readableBytes == 64 * 256 + (1 << 20))
     }
 
+    @Test("Frame headers and payload slices written separately leave in order, in full records")
+    func separateHeadersAndPayloads() throws {
+        var pair = try Pair()
+        try pair.activate()
+        try pair.pump()
+        pair.clientCiphertext.removeAll()
+        var expected: [UInt8] = []
+        for frame in 0..<8 {
+            let header = ByteBuffer(bytes: [UInt8](repeating: UInt8(frame), count: 9))
+            let payload = ByteBuffer(bytes: (0..<(64 * 1024 + frame * 1000)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ frame) })
+            expected += Array(header.readableBytesView) + Array(payload.readableBytesView)
+            pair.client.write(header, promise: nil)
+            pair.client.write(payload, promise: nil)
+        }
+        pair.client.flush()
+        try pair.pump()
+        #expect(Array(pair.serverRecorder.received.readableBytesView) == expected)
+        let records = Self.recordLengths(pair.clientCiphertext).filter { $0.type == 23 }
+        #expect(records.dropLast().allSatisfy { $0.length == 16384 + 17 }, "\(records.map(\.length))")
+        #expect(records.count == (expected.count + 16383) / 16384)
+    }
+
     @Test("Half-close both ways: close_notify ends one direction, the other keeps flowing")
     func halfClose() throws {
         var pair = try Pair()
