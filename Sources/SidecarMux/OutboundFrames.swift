@@ -3,13 +3,14 @@ import NIOCore
 /// The frames one `NGHTTP2Session.send` serialized, in order, as the buffers to write.
 ///
 /// What nghttp2 writes itself (frame headers, control frames) and small DATA payloads are
-/// gathered into buffers of our own. A payload of a TLS record or more stays the slice its stream
-/// queued (as read from the local socket): the TLS handler encrypts whole records of it in place,
-/// so bulk data is not copied once more into a frame buffer. Smaller payloads are copied, as TLS
-/// would copy them anyway into a record shared with their neighbours.
+/// gathered into buffers of our own. A payload of two TLS records or more stays the slice its
+/// stream queued (as read from the local socket): the TLS handler encrypts the whole records in
+/// it in place, so bulk data is not copied once more into a frame buffer. Smaller payloads are
+/// copied: the frame header before a slice shifts it off the record boundaries, so TLS copies up
+/// to a record of each slice anyway, and a smaller slice would save little for an extra write.
 struct OutboundFrames {
-    /// Payloads below this are gathered (one TLS record: RecordPacker.recordSize).
-    static let sliceThreshold = 16 * 1024
+    /// Payloads below this are gathered (two TLS records of 16 KiB).
+    static let sliceThreshold = 32 * 1024
 
     private let allocator: ByteBufferAllocator
     private var buffers: [ByteBuffer] = []

@@ -319,8 +319,7 @@ package final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             // request's frames arrive so), and no second piece can regrow the ciphertext buffer.
             if plaintextBytes > 0 { encrypt(writes[0].0) }
         } else if plaintextBytes > 0 {
-            // One buffer for all of it: the packer hands the connection up to two pieces per write.
-            connection.reserveCiphertext(plaintextBytes: plaintextBytes, pieces: 2 * writes.count + 1)
+            connection.reserveCiphertext(plaintextBytes: plaintextBytes) // one buffer for every piece
             var packer = RecordPacker(allocator: context.channel.allocator)
             for (buffer, _) in writes { packer.add(buffer, emit: encrypt) }
             packer.finish(emit: encrypt)
