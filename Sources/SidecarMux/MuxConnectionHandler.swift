@@ -47,6 +47,10 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
     private var pumping = false
     private var pumpAgain = false
     private var processingInput = false
+    /// Frames written but not yet flushed: flushed once they reach `sendChunk`, else at the end
+    /// of the event loop's turn (`flushAtEndOfTurn`), which is then scheduled.
+    private var unflushedBytes = 0
+    private var flushScheduled = false
     var idleClose: Scheduled<Void>?
     var keepalive: RepeatedTask?
     private(set) var lastInput = NIODeadline.uptimeNanoseconds(0)
@@ -243,6 +247,7 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
     private func closeGracefully() {
         guard let context, !closingGracefully else { return }
         closingGracefully = true
+        if unflushedBytes > 0 { flushNow(context) } // close_notify must follow them
         context.close(mode: .output, promise: nil)
         context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(10)) { [weak self] in self?.context?.close(promise: nil) }
     }
@@ -344,7 +349,6 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
         }
         pumping = true
         defer { pumping = false }
-        var unflushed = 0
         repeat {
             pumpAgain = false
             if !processingInput {
@@ -366,14 +370,10 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
                 // (checked above) can stop the pump. What is framed but not yet encrypted is held
                 // twice at the flush (frames, then ciphertext): flushed every 1 MiB, the sending
                 // side of 4-stream bulk peaked 5 MiB higher, for no gain in MB/s or CPU per GiB.
-                // Smaller sends (a request, control frames) wait for the pump's end: one record,
-                // one syscall.
+                // Smaller sends (a request, control frames) wait for the end of the turn.
                 chunk.forEach { context.write(wrapOutboundOut($0), promise: nil) }
-                unflushed += chunk.byteCount
-                if unflushed >= Self.sendChunk {
-                    unflushed = 0
-                    context.flush()
-                }
+                unflushedBytes += chunk.byteCount
+                if unflushedBytes >= Self.sendChunk { flushNow(context) }
                 // Sending can end streams too (our END_STREAM after theirs).
                 if !processingInput {
                     let events = session.takeEvents()
@@ -383,12 +383,39 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
                 if chunk.isEmpty { break }
             }
         } while pumpAgain
-        if unflushed > 0 { context.flush() }
+        if unflushedBytes > 0 { flushAtEndOfTurn(context) }
         if !processingInput && !session.isAlive {
             // nghttp2 ended the session itself (a GOAWAY it sent for a violation), not a drain.
             if !state.hasBegunDraining && !goawayReceived { onProtocolError?(MuxError.protocolViolation("session terminated by nghttp2")) }
             closeGracefully()
         }
+    }
+}
+
+extension MuxConnectionHandler {
+    /// The last frames of a pump go out once the event loop has handled every I/O event of its
+    /// current turn (a task, run before the loop polls again): streams that became ready
+    /// together then share one TLS record and one write(2). With 16 busy connections, a pair's
+    /// writes per keep-alive request fell from 4.0 to 2.6 and its CPU per request by a fifth.
+    /// A lone stream has nothing to share with, and the task costs ~3K instructions (5 % more
+    /// per request on one keep-alive connection): its frames are flushed at once. The owed bytes
+    /// add up across a turn's pumps, so many busy streams still flush every `sendChunk`.
+    private func flushAtEndOfTurn(_ context: ChannelHandlerContext) {
+        guard streams.count > 1 else {
+            flushNow(context)
+            return
+        }
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        context.eventLoop.assumeIsolated().execute {
+            self.flushScheduled = false
+            if self.unflushedBytes > 0, let context = self.context { self.flushNow(context) }
+        }
+    }
+
+    private func flushNow(_ context: ChannelHandlerContext) {
+        unflushedBytes = 0
+        context.flush()
     }
 }
 

@@ -1,0 +1,126 @@
+import NIOCore
+import NIOEmbedded
+import Testing
+@testable import SidecarMux
+
+/// When a mux connection's frames reach the socket: streams that become ready in one turn of
+/// the event loop share a flush (one TLS record, one write), a lone stream's frames go at once.
+@Suite("Mux flush coalescing")
+struct MuxFlushTests {
+    /// Counts the flushes that pass toward the socket, and the most bytes any one carried.
+    final class FlushCounter: ChannelOutboundHandler, @unchecked Sendable {
+        typealias OutboundIn = ByteBuffer
+        var flushes = 0
+        var largestFlush = 0
+        private var pending = 0
+        func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+            pending += unwrapOutboundIn(data).readableBytes
+            context.write(data, promise: promise)
+        }
+        func flush(context: ChannelHandlerContext) {
+            flushes += 1
+            largestFlush = max(largestFlush, pending)
+            pending = 0
+            context.flush()
+        }
+    }
+
+    /// A response body that never sends anything and never ends: the stream stays open both ways.
+    final class Silence: MuxOutboundSource {
+        var outboundState: (queued: Int, ended: Bool) { (0, false) }
+        func takeOutbound(_ count: Int, into frames: inout OutboundFrames) {}
+    }
+
+    struct Harness {
+        let loop = EmbeddedEventLoop()
+        let channel: EmbeddedChannel
+        let handler = MuxConnectionHandler(role: .client, settings: MuxSettings(keepaliveInterval: .seconds(30)))
+        let counter = FlushCounter()
+        let peer: NGHTTP2Session
+
+        init() throws {
+            channel = EmbeddedChannel(loop: loop)
+            // Room for every stream a test opens (the shared test settings allow 10).
+            let settings = NGHTTP2Session.Settings(maxConcurrentStreams: 100, streamWindow: 65535, connectionWindow: 1 << 20)
+            peer = try NGHTTP2Session(role: .server, settings: settings, allocator: ByteBufferAllocator())
+            try channel.pipeline.syncOperations.addHandler(counter)
+            try channel.pipeline.syncOperations.addHandler(handler)
+            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        }
+
+        /// What has reached the peer so far (flushed bytes only): its events.
+        func eventsAtPeer() throws -> [NGHTTP2Session.Event] {
+            while let bytes = try channel.readOutbound(as: ByteBuffer.self) { try peer.receive(bytes) }
+            return peer.takeEvents()
+        }
+
+        /// The authorities of the CONNECTs that have reached the peer so far.
+        func connectsAtPeer() throws -> [String] {
+            try eventsAtPeer().compactMap { event in
+                guard case .request(_, let headers) = event else { return nil }
+                return headers.first { $0.name == ":authority" }?.value
+            }
+        }
+
+        func peerToClient() throws {
+            while let bytes = try peer.sendJoined(limit: 1 << 20) { try channel.writeInbound(bytes) }
+        }
+    }
+
+    @Test("A lone stream's CONNECT is flushed at once, without waiting for the end of the turn")
+    func loneStreamFlushesAtOnce() throws {
+        let harness = try Harness()
+        let before = harness.counter.flushes
+        _ = harness.handler.openStream(authority: "storage")
+        #expect(harness.counter.flushes == before + 1)
+        #expect(try harness.connectsAtPeer() == ["storage"])
+    }
+
+    @Test("CONNECTs of streams opened in one turn leave in one flush at the turn's end, in order", arguments: [2, 3, 8, 64])
+    func streamsOfOneTurnShareAFlush(streams: Int) throws {
+        let harness = try Harness()
+        let before = harness.counter.flushes
+        let names = (0..<streams).map { "storage-\($0)" }
+        for name in names { _ = harness.handler.openStream(authority: name) }
+        // The first stream was alone when it opened: flushed at once. The rest wait.
+        #expect(harness.counter.flushes == before + 1)
+        #expect(try harness.connectsAtPeer() == [names[0]])
+        harness.loop.run()
+        #expect(harness.counter.flushes == before + 2)
+        #expect(try harness.connectsAtPeer() == Array(names.dropFirst()))
+        // Nothing is owed any more: another turn flushes nothing.
+        harness.loop.run()
+        #expect(harness.counter.flushes == before + 2)
+    }
+
+    @Test("Streams that all send in one turn still flush every 256 KiB, not all at the turn's end")
+    func busyTurnFlushesPerChunk() throws {
+        let harness = try Harness()
+        let opened = (0..<8).map { harness.handler.openStream(authority: "storage-\($0)") }
+        harness.loop.run()
+        var bodies: [Silence] = [] // nghttp2 holds its data sources unretained
+        for event in try harness.eventsAtPeer() {
+            guard case .request(let id, _) = event else { continue }
+            bodies.append(Silence())
+            harness.peer.submitResponse(streamID: id, status: 200, source: bodies[bodies.count - 1])
+        }
+        try harness.peerToClient()
+        let streams = try opened.map { try $0.wait() }
+        let flushesBefore = harness.counter.flushes
+        let perStream = 60_000 // within the peer's 64 KiB stream window
+        for stream in streams {
+            stream.writeAndFlush(ByteBuffer(repeating: 0x61, count: perStream), promise: nil)
+        }
+        // 480 kB were framed in this turn: one flush on the way, once 256 KiB were owed.
+        #expect(harness.counter.flushes == flushesBefore + 1)
+        harness.loop.run()
+        #expect(harness.counter.flushes == flushesBefore + 2)
+        #expect(harness.counter.largestFlush < 2 * MuxConnectionHandler.sendChunk)
+        let delivered = try harness.eventsAtPeer().reduce(0) { total, event in
+            guard case .data(_, let bytes) = event else { return total }
+            return total + bytes.readableBytes
+        }
+        #expect(delivered == streams.count * perStream)
+        withExtendedLifetime(bodies) {}
+    }
+}
