@@ -23,7 +23,7 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
     }
 
     /// Frames taken from nghttp2 at a time while the socket keeps up; flushed once this much
-    /// is written (and at the end of a pump).
+    /// is written (and at the end of the event loop's turn).
     static let sendChunk = 256 * 1024
 
     let role: Role

@@ -153,12 +153,11 @@ package final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case (.output, .open(let inputOpen, outputOpen: true)):
             // Shut TCP down only after close_notify (and everything before it) reached the
             // socket: NIO discards pending writes when a half-close escalates to a full close.
-            if inputOpen {
-                state = .open(inputOpen: true, outputOpen: false)
-            } else {
-                enterClosed()
-            }
-            sendCloseNotify(context: context).assumeIsolated().whenComplete { _ in
+            // Writes not yet flushed go ahead of close_notify too, also when the peer's input
+            // has already ended: a mux's last frames may still wait for their flush.
+            state = .open(inputOpen: inputOpen, outputOpen: false)
+            sendCloseNotify(context: context).assumeIsolated().whenComplete { [self] _ in
+                if !inputOpen { enterClosed() }
                 context.close(mode: inputOpen ? .output : .all, promise: promise)
             }
         case (.all, .open(_, outputOpen: true)):

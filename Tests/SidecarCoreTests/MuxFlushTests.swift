@@ -106,6 +106,7 @@ struct MuxFlushTests {
         }
         try harness.peerToClient()
         let streams = try opened.map { try $0.wait() }
+        harness.loop.run() // what answering the peer left owed goes out first
         let flushesBefore = harness.counter.flushes
         let perStream = 60_000 // within the peer's 64 KiB stream window
         for stream in streams {

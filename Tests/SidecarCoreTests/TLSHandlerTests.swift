@@ -187,6 +187,23 @@ struct TLSHandlerTests {
         #expect(!pair.server.isActive || pair.serverSocket.writeShutdown)
     }
 
+    @Test("Closing our output after the peer's close_notify still sends what was written but not flushed")
+    func unflushedWritesPrecedeLateCloseNotify() throws {
+        var pair = try Pair()
+        try pair.activate()
+        try pair.pump()
+        pair.server.close(mode: .output, promise: nil)
+        try pair.pump()
+        #expect(pair.clientRecorder.inputClosed)
+        pair.client.write(ByteBuffer(string: "last frames"), promise: nil)
+        let closed = pair.client.close(mode: .output)
+        try pair.pump()
+        try closed.wait()
+        #expect(String(buffer: pair.serverRecorder.received) == "last frames")
+        #expect(pair.serverRecorder.inputClosed)
+        #expect(pair.serverRecorder.errors.isEmpty)
+    }
+
     @Test("TCP EOF without close_notify is reported as a truncation, not a clean end")
     func uncleanShutdown() throws {
         var pair = try Pair()
