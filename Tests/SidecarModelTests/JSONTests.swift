@@ -21,6 +21,101 @@ import TestSupport
         #expect(object == [text])
     }
 
+    @Test("integers are written as Swift prints them: the edges, every power of ten and its neighbours, and seeded random values")
+    func integers() {
+        var values: [Int] = [0, 1, -1, 9, -9, 10, -10, Int.max, Int.min, Int.max - 1, Int.min + 1]
+        var power = 1
+        for _ in 0..<18 {
+            power *= 10
+            values += [power - 1, power, power + 1, -(power - 1), -power, -(power + 1)]
+        }
+        var random = SplitMix64(seed: 0x1D1617)
+        for _ in 0..<5_000 {
+            // Every magnitude, both signs (the bit pattern covers negatives).
+            values.append(Int(bitPattern: UInt(random.next() >> (random.next() % 64))))
+            values.append(Int(bitPattern: UInt(random.next())))
+        }
+        for value in values {
+            var out: [UInt8] = Array("x".utf8) // appended after what is there
+            JSONText.appendInteger(value, to: &out)
+            #expect(String(decoding: out, as: UTF8.self) == "x\(value)")
+        }
+    }
+
+    /// The byte-wise rule the eight-byte test must agree with.
+    static func needsEscape(_ byte: UInt8) -> Bool { byte < 0x20 || byte == 0x22 || byte == 0x5C }
+
+    @Test("the eight-byte test: every byte value at every position among safe fillers, and random words")
+    func eightByteTest() {
+        for filler: UInt8 in [0x20, 0x21, 0x23, 0x5B, 0x5D, 0x61, 0x7F, 0x80, 0xC3, 0xFF] {
+            for position in 0..<8 {
+                for value in 0...255 {
+                    var bytes = [UInt8](repeating: filler, count: 8)
+                    bytes[position] = UInt8(value)
+                    let word = bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+                    #expect(JSONText.mayNeedEscape(word) == Self.needsEscape(UInt8(value)), "byte \(value) at \(position) among \(filler)")
+                }
+            }
+        }
+        var random = SplitMix64(seed: 0xE5CA9E)
+        var disagreements: [[UInt8]] = []
+        // Bytes drawn mostly near the thresholds, so that borrows between them are exercised.
+        let near: [UInt8] = [0x00, 0x01, 0x1F, 0x20, 0x21, 0x22, 0x23, 0x5B, 0x5C, 0x5D, 0x7F, 0x80, 0xFF]
+        for _ in 0..<200_000 {
+            let bytes = (0..<8).map { _ in random.next() % 3 == 0 ? UInt8(truncatingIfNeeded: random.next()) : near[Int(random.next() % 13)] }
+            let word = bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+            if JSONText.mayNeedEscape(word) != bytes.contains(where: Self.needsEscape) { disagreements.append(bytes) }
+        }
+        #expect(disagreements.isEmpty, "\(disagreements.prefix(5))")
+    }
+
+    @Test("quoting agrees with a scalar-by-scalar escaper on long strings, specials at every alignment")
+    func quotingDifferential() {
+        func reference(_ text: String) -> String {
+            var out = "\""
+            for scalar in text.unicodeScalars {
+                switch scalar {
+                case "\"": out += "\\\""
+                case "\\": out += "\\\\"
+                case "\n": out += "\\n"
+                case "\r": out += "\\r"
+                case "\t": out += "\\t"
+                case _ where scalar.value < 0x20:
+                    let hex = String(scalar.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                default: out.unicodeScalars.append(scalar)
+                }
+            }
+            return out + "\""
+        }
+        // One special among plain text, at every position of strings up to 40 bytes long.
+        let specials: [Unicode.Scalar] = (0..<0x20).map { Unicode.Scalar(UInt8($0)) } + ["\"", "\\"]
+        for length in 1...40 {
+            for position in 0..<length {
+                for special in specials {
+                    var scalars = Array(repeating: Unicode.Scalar("a"), count: length)
+                    scalars[position] = special
+                    var text = ""
+                    text.unicodeScalars.append(contentsOf: scalars)
+                    #expect(JSONText.quoted(text) == reference(text), "\(length) \(position) \(special.value)")
+                }
+            }
+        }
+        // Random strings up to 200 scalars: mostly plain and multi-byte, specials sparse.
+        var random = SplitMix64(seed: 0x0A7E5)
+        for _ in 0..<3_000 {
+            var text = ""
+            for _ in 0..<Int(random.next() % 200) {
+                switch random.next() % 16 {
+                case 0: text.unicodeScalars.append(specials[Int(random.next() % UInt64(specials.count))])
+                case 1, 2: text.unicodeScalars.append(Unicode.Scalar(UInt32(0x80 + random.next() % 0x7000)) ?? "é")
+                default: text.unicodeScalars.append(Unicode.Scalar(UInt8(0x20 + random.next() % 0x5F)))
+                }
+            }
+            #expect(JSONText.quoted(text) == reference(text), "\(Array(text.unicodeScalars))")
+        }
+    }
+
     @Test("objects keep their order; pretty and compact forms mean the same")
     func ordering() throws {
         let document = JSON.object([("Z", .int(1)), ("A", .array([.bool(true), .null, .double(1.5)])),

@@ -86,19 +86,50 @@ package enum JSONText {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// A JSON number for an integer, its digits written in place (no String per number: an
+    /// audit line has up to seven).
+    package static func appendInteger(_ value: Int, to out: inout [UInt8]) {
+        if value < 0 { out.append(UInt8(ascii: "-")) }
+        var rest = value.magnitude // Int.min has no positive Int
+        var digits = 1, limit: UInt = 10
+        while digits < 20 && rest >= limit { // UInt.max has 20 digits; 10^20 would overflow
+            digits += 1
+            limit = limit &* 10
+        }
+        let start = out.count
+        out.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: digits))
+        out.withUnsafeMutableBufferPointer { buffer in
+            var position = start + digits - 1
+            while rest > 0 {
+                buffer[position] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+                position -= 1
+            }
+        }
+    }
+
     /// A JSON string literal, escaped byte by byte: only `"`, `\` and control bytes need it, and
     /// none of them can occur inside a multi-byte UTF-8 sequence, so every other byte is copied
-    /// as it is, in runs. Audit lines are built this way for every connection.
+    /// as it is, in runs. Audit lines are built this way for every connection. Eight bytes are
+    /// tested at a time (`mayNeedEscape`), a byte at a time only around one that may need it.
     package static func appendQuoted(_ text: String, to out: inout [UInt8]) {
         let quote = UInt8(ascii: "\""), backslash = UInt8(ascii: "\\")
         out.append(quote)
         var text = text
         text.withUTF8 { bytes in
-            var copied = 0
-            for index in bytes.indices {
-                let byte = bytes[index]
+            guard let base = bytes.baseAddress else { return }
+            let count = bytes.count
+            var copied = 0, index = 0
+            while index < count {
+                if count - index >= 8,
+                   !mayNeedEscape(UnsafeRawPointer(base + index).loadUnaligned(as: UInt64.self)) {
+                    index += 8
+                    continue
+                }
+                let byte = base[index]
+                index += 1
                 guard byte < 0x20 || byte == quote || byte == backslash else { continue }
-                out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[copied..<index]))
+                out.append(contentsOf: UnsafeBufferPointer(start: base + copied, count: index - 1 - copied))
                 out.append(backslash)
                 switch byte {
                 case quote, backslash: out.append(byte)
@@ -110,10 +141,19 @@ package enum JSONText {
                     out.append(lowercaseHexDigit(byte >> 4))
                     out.append(lowercaseHexDigit(byte & 0x0f))
                 }
-                copied = index + 1
+                copied = index
             }
-            out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[copied...]))
+            out.append(contentsOf: UnsafeBufferPointer(start: base + copied, count: count - copied))
         }
         out.append(quote)
+    }
+
+    /// Whether any of the eight bytes is below 0x20, a `"` or a `\`: exact as a yes/no (the
+    /// borrows these subtractions can spread only follow a byte that already matched).
+    static func mayNeedEscape(_ word: UInt64) -> Bool {
+        let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
+        func hasZeroByte(_ value: UInt64) -> Bool { (value &- ones) & ~value & highs != 0 }
+        let hasControl = (word &- ones &* 0x20) & ~word & highs != 0
+        return hasControl || hasZeroByte(word ^ (ones &* 0x22)) || hasZeroByte(word ^ (ones &* 0x5C))
     }
 }
