@@ -41,6 +41,32 @@ import TestSupport
         }
     }
 
+    @Test("the calendar arithmetic agrees with gmtime_r from year -400 to 10400, and on every day of 1968-2104")
+    func calendarAgainstGmtime() {
+        func viaGmtime(_ seconds: Int64) -> String {
+            var time = time_t(seconds), parts = tm()
+            gmtime_r(&time, &parts)
+            // A year before 0000 is written plainly ("-1"), as the formatter writes it.
+            let year = Int(parts.tm_year) + 1900
+            return (year < 0 ? String(year) : String(format: "%04d", year))
+                + String(format: "-%02d-%02dT%02d:%02d:%02d", Int(parts.tm_mon) + 1,
+                         Int(parts.tm_mday), Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec))
+        }
+        func ours(_ seconds: Int64) -> String {
+            String(Timestamp.rfc3339(Date(timeIntervalSince1970: Double(seconds)), .seconds).dropLast())
+        }
+        var instants: [Int64] = []
+        // Every day (at a varying second) across leap years, 2000, 2100 and the 32-bit edges.
+        for day in Int64(-730)...Int64(49_700) { instants.append(day * 86_400 + (day * 7_919) % 86_400) }
+        var random = SplitMix64(seed: 0xCA1E)
+        let first: Int64 = -74_784_038_400, span: Int64 = 392_039_395_200 // -0400-01-01 to 10400-01-01
+        for _ in 0..<50_000 { instants.append(first + Int64(random.next() % UInt64(span))) }
+        instants += [-1, 0, 86_399, 86_400, 951_782_399, 951_782_400, 2_147_483_647, 2_147_483_648,
+                     -62_167_219_200, -62_167_219_201, 253_402_300_799, 253_402_300_800]
+        let disagreements = instants.filter { ours($0) != viaGmtime($0) }
+        #expect(disagreements.isEmpty, "\(disagreements.prefix(5).map { ($0, ours($0), viaGmtime($0)) })")
+    }
+
     @Test("parses Consul's forms: nanoseconds, no fraction, offsets", arguments: [
         ("2026-01-02T03:04:05Z", 1_767_323_045.0),
         ("2026-01-02T03:04:05.123456789Z", 1_767_323_045.123456789),
