@@ -147,7 +147,8 @@ package struct AuditEvent: Sendable, Equatable {
         // Literal pieces as StaticString bytes: appending a String's UTF-8 view went through
         // the generic sequence path, ~150 instructions each, 21 times per line (callgrind).
         func literal(_ text: StaticString) {
-            line.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+            // withUTF8Buffer, not utf8Start: a one-scalar literal has no pointer to start from.
+            text.withUTF8Buffer { line.append(contentsOf: $0) }
         }
         literal("{\"ts\":\"")
         Timestamp.append(time, to: &line)
