@@ -123,22 +123,6 @@ struct AuditEventTests {
 
     @Test("generated hostile strings in every text field: one line, the same text back, no key added (differential)")
     func generatedHostileStrings() throws {
-        // The reference escapes scalar by scalar, as JSON's grammar reads; ours works on UTF-8 bytes.
-        func referenceQuoted(_ text: String) -> String {
-            var out = "\""
-            for scalar in text.unicodeScalars {
-                switch scalar {
-                case "\"": out += "\\\""
-                case "\\": out += "\\\\"
-                case "\n": out += "\\n"
-                case "\r": out += "\\r"
-                case "\t": out += "\\t"
-                case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
-                default: out.unicodeScalars.append(scalar)
-                }
-            }
-            return out + "\""
-        }
         var random = SplitMix64(seed: 0xA0D17)
         func scalar() -> Unicode.Scalar {
             switch random.next() % 4 {
@@ -153,7 +137,7 @@ struct AuditEventTests {
         for _ in 0..<2_000 {
             var text = ""
             for _ in 0..<Int(random.next() % 24) { text.unicodeScalars.append(scalar()) }
-            #expect(AuditEvent.quote(text) == referenceQuoted(text), "\(Array(text.unicodeScalars))")
+            #expect(AuditEvent.quote(text) == referenceJSONQuoted(text), "\(Array(text.unicodeScalars))")
             var event = AuditEvent(kind: .httpRequest, listener: "public", peerAddress: text, source: text, sourceSerial: text,
                                    destination: text, decision: text, reason: text)
             event.method = text

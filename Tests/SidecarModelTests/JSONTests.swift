@@ -71,23 +71,6 @@ import TestSupport
 
     @Test("quoting agrees with a scalar-by-scalar escaper on long strings, specials at every alignment")
     func quotingDifferential() {
-        func reference(_ text: String) -> String {
-            var out = "\""
-            for scalar in text.unicodeScalars {
-                switch scalar {
-                case "\"": out += "\\\""
-                case "\\": out += "\\\\"
-                case "\n": out += "\\n"
-                case "\r": out += "\\r"
-                case "\t": out += "\\t"
-                case _ where scalar.value < 0x20:
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                default: out.unicodeScalars.append(scalar)
-                }
-            }
-            return out + "\""
-        }
         // One special among plain text, at every position of strings up to 40 bytes long.
         let specials: [Unicode.Scalar] = (0..<0x20).map { Unicode.Scalar(UInt8($0)) } + ["\"", "\\"]
         for length in 1...40 {
@@ -97,7 +80,7 @@ import TestSupport
                     scalars[position] = special
                     var text = ""
                     text.unicodeScalars.append(contentsOf: scalars)
-                    #expect(JSONText.quoted(text) == reference(text), "\(length) \(position) \(special.value)")
+                    #expect(JSONText.quoted(text) == referenceJSONQuoted(text), "\(length) \(position) \(special.value)")
                 }
             }
         }
@@ -112,7 +95,7 @@ import TestSupport
                 default: text.unicodeScalars.append(Unicode.Scalar(UInt8(0x20 + random.next() % 0x5F)))
                 }
             }
-            #expect(JSONText.quoted(text) == reference(text), "\(Array(text.unicodeScalars))")
+            #expect(JSONText.quoted(text) == referenceJSONQuoted(text), "\(Array(text.unicodeScalars))")
         }
     }
 
