@@ -67,6 +67,18 @@ package func lowercaseHex(_ bytes: some Collection<UInt8>) -> String {
     }
 }
 
+/// The decimal digits of `value` from the place `place` (a power of ten, or 0 for none) down,
+/// leading zeros included: the one digit writer of audit lines' numbers and timestamps.
+/// Appended from the left: writing into zeros from the right went through checked subscripts,
+/// ~220 instructions a timestamp field (callgrind).
+package func appendDecimalDigits(of value: UInt, fromPlace place: UInt, to out: inout [UInt8]) {
+    var place = place
+    while place > 0 {
+        out.append(UInt8(ascii: "0") + UInt8(value / place % 10))
+        place /= 10
+    }
+}
+
 /// One lowercase hex digit for a value 0...15.
 @inlinable @inline(__always)
 package func lowercaseHexDigit(_ nibble: UInt8) -> UInt8 {

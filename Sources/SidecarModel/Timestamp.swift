@@ -79,16 +79,10 @@ package enum Timestamp {
         var limit = 1
         for _ in 0..<width { limit *= 10 }
         guard value >= 0, value < limit else {
-            out.append(contentsOf: String(value).utf8)
+            JSONText.appendInteger(value, to: &out)
             return
         }
-        // Digit by digit from the left: writing into zeros from the right went through checked
-        // subscripts, ~220 instructions a field (callgrind).
-        var divisor = limit / 10
-        while divisor > 0 {
-            out.append(UInt8(ascii: "0") + UInt8(value / divisor % 10))
-            divisor /= 10
-        }
+        appendDecimalDigits(of: UInt(value), fromPlace: UInt(limit / 10), to: &out)
     }
 
     /// Parses RFC 3339 as Consul writes it: `YYYY-MM-DDTHH:MM:SS`, an optional fraction of up to

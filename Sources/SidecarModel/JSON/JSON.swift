@@ -90,22 +90,10 @@ package enum JSONText {
     /// audit line has up to seven).
     package static func appendInteger(_ value: Int, to out: inout [UInt8]) {
         if value < 0 { out.append(UInt8(ascii: "-")) }
-        var rest = value.magnitude // Int.min has no positive Int
-        var digits = 1, limit: UInt = 10
-        while digits < 20 && rest >= limit { // UInt.max has 20 digits; 10^20 would overflow
-            digits += 1
-            limit = limit &* 10
-        }
-        let start = out.count
-        out.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: digits))
-        out.withUnsafeMutableBufferPointer { buffer in
-            var position = start + digits - 1
-            while rest > 0 {
-                buffer[position] = UInt8(ascii: "0") + UInt8(rest % 10)
-                rest /= 10
-                position -= 1
-            }
-        }
+        let magnitude = value.magnitude // Int.min has no positive Int
+        var place: UInt = 1
+        while magnitude / place >= 10 { place *= 10 } // at most 10^19, which UInt holds
+        appendDecimalDigits(of: magnitude, fromPlace: place, to: &out)
     }
 
     /// A JSON string literal, escaped byte by byte: only `"`, `\` and control bytes need it, and
