@@ -9,8 +9,8 @@ import NIOCore
 /// Everything runs on the connection's event loop.
 ///
 /// Also in: MuxConnectionHandler+State.swift (its lifecycle), +Liveness.swift (idle close,
-/// keepalive), +StreamOwner.swift (what its streams call); the value types it works
-/// with in MuxSettings.swift.
+/// keepalive), +StreamOwner.swift (what its streams call), +Flush.swift (when frames reach
+/// the socket); the value types it works with in MuxSettings.swift.
 package final class MuxConnectionHandler: ChannelDuplexHandler {
     package typealias InboundIn = ByteBuffer
     package typealias OutboundIn = ByteBuffer
@@ -48,9 +48,9 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
     private var pumpAgain = false
     private var processingInput = false
     /// Frames written but not yet flushed: flushed once they reach `sendChunk`, else at the end
-    /// of the event loop's turn (`flushAtEndOfTurn`), which is then scheduled.
-    private var unflushedBytes = 0
-    private var flushScheduled = false
+    /// of the event loop's turn (MuxConnectionHandler+Flush.swift), which is then scheduled.
+    var unflushedBytes = 0
+    var flushScheduled = false
     var idleClose: Scheduled<Void>?
     var keepalive: RepeatedTask?
     private(set) var lastInput = NIODeadline.uptimeNanoseconds(0)
@@ -389,33 +389,6 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
             if !state.hasBegunDraining && !goawayReceived { onProtocolError?(MuxError.protocolViolation("session terminated by nghttp2")) }
             closeGracefully()
         }
-    }
-}
-
-extension MuxConnectionHandler {
-    /// The last frames of a pump go out once the event loop has handled every I/O event of its
-    /// current turn (a task, run before the loop polls again): streams that became ready
-    /// together then share one TLS record and one write(2). With 16 busy connections, a pair's
-    /// writes per keep-alive request fell from 4.0 to 2.6 and its CPU per request by a fifth.
-    /// A lone stream has nothing to share with, and the task costs ~3K instructions (5 % more
-    /// per request on one keep-alive connection): its frames are flushed at once. The owed bytes
-    /// add up across a turn's pumps, so many busy streams still flush every `sendChunk`.
-    private func flushAtEndOfTurn(_ context: ChannelHandlerContext) {
-        guard streams.count > 1 else {
-            flushNow(context)
-            return
-        }
-        guard !flushScheduled else { return }
-        flushScheduled = true
-        context.eventLoop.assumeIsolated().execute {
-            self.flushScheduled = false
-            if self.unflushedBytes > 0, let context = self.context { self.flushNow(context) }
-        }
-    }
-
-    private func flushNow(_ context: ChannelHandlerContext) {
-        unflushedBytes = 0
-        context.flush()
     }
 }
 
