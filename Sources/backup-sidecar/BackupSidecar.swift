@@ -11,7 +11,6 @@ import SidecarMux
 import SidecarTLS
 import SidecarModel
 
-@main
 struct BackupSidecar: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backup-sidecar",
