@@ -26,7 +26,7 @@ SHIPPED_BUILD_FLAGS=(-c release --product backup-sidecar --static-swift-stdlib -
                      --scratch-path "$SHIPPED_SCRATCH" --toolset "$SHIPPED_SCRATCH/lld-toolset.json"
                      -Xswiftc -Xfrontend -Xswiftc -function-sections -Xcc -ffunction-sections
                      -Xlinker -z -Xlinker relro -Xlinker -z -Xlinker now
-                     -Xlinker -z -Xlinker pack-relative-relocs
+                     -Xlinker -z -Xlinker pack-relative-relocs -Xlinker --no-export-dynamic
                      -Xlinker --symbol-ordering-file="$SHIPPED_ORDER" -Xlinker --no-warn-symbol-ordering)
 # The Swift frontend keeps an existing object file whose sources did not change, even when the
 # code-generation flags did (seen with -function-sections): start from no objects when they change.
