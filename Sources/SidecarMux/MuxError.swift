@@ -13,6 +13,8 @@ package enum MuxError: Error, CustomStringConvertible, Equatable {
     /// The stream was reset by the peer (or the connection under it ended) mid-transfer.
     case streamReset(errorCode: UInt32)
     case connectionClosed
+    /// The stream was closed while the peer's data still waited to be read: a cut, not an end.
+    case unreadInputDiscarded
 
     package var description: String {
         switch self {
@@ -22,6 +24,7 @@ package enum MuxError: Error, CustomStringConvertible, Equatable {
         case .connectRejected(let status): return "destination answered \(status) to the mux CONNECT"
         case .streamReset(let code): return "mux stream reset (HTTP/2 error \(code))"
         case .connectionClosed: return "mux connection closed"
+        case .unreadInputDiscarded: return "mux stream closed before the peer's data was read"
         }
     }
 }

@@ -203,7 +203,7 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         return (outboundBytes, output.isEnded && unflushed.isEmpty)
     }
 
-    func takeOutbound(_ count: Int, into frames: inout OutboundFrames) {
+    func takeOutbound(_ count: Int, endsStream: Bool, into frames: inout OutboundFrames) {
         // nghttp2 already wrote the frame header for `count` bytes. If the queue was dropped
         // meanwhile (an abort; its RST_STREAM follows), fill with zeros so the framing holds.
         let missing = max(0, count - outboundBytes)
@@ -222,7 +222,10 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         }
         frames.writeZeros(missing)
         outboundBytes -= count - missing
-        if output.isEnded && outbound.isEmpty && unflushed.isEmpty { output.endOfStreamTaken() }
+        // The frame's own flag, not the queue: a frame prepared before the output ended (held
+        // by a full send chunk) may go out after it with no END_STREAM, and marking the end
+        // taken then would let a close's RST_STREAM(NO_ERROR) overtake the real END_STREAM.
+        if endsStream { output.endOfStreamTaken() }
         owner?.streamTouchedDuringSend(self)
     }
 
@@ -361,7 +364,10 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         unflushed.removeAll()
         outboundBytes = 0
         pending.forEach { $0.1?.fail(error) }
-        output.closePromise?.fail(error)
+        // A half-close whose END_STREAM went out succeeded, even if the stream closed (both
+        // ends done) before the send returned: failing it made the glue fall back to a full
+        // close, which dropped the peer's data still waiting for a slow reader.
+        if output.endOfStreamSent { output.closePromise?.succeed() } else { output.closePromise?.fail(error) }
         output.closePromise = nil
     }
 
@@ -379,9 +385,13 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         finishedPromises.removeAll()
         // Undelivered data still holds connection window.
         owner?.streamConsumed(inboundBytes, on: streamID)
+        let discarded = !inbound.isEmpty
         inbound.removeAll()
         inboundBytes = 0
         promise?.succeed()
+        // The reader never gets that data: whoever relays this stream must see a cut (the glue
+        // aborts the other side), never a clean end of a truncated stream.
+        if wasActive && discarded { pipeline.syncOperations.fireErrorCaught(MuxError.unreadInputDiscarded) }
         if wasActive { pipeline.syncOperations.fireChannelInactive() }
         pipeline.syncOperations.fireChannelUnregistered()
         eventLoop.execute {

@@ -6,8 +6,9 @@ import NIOCore
 protocol MuxOutboundSource: AnyObject {
     /// Bytes queued and whether the stream's output ends after them.
     var outboundState: (queued: Int, ended: Bool) { get }
-    /// Moves exactly `count` queued bytes into `frames`.
-    func takeOutbound(_ count: Int, into frames: inout OutboundFrames)
+    /// Moves exactly `count` queued bytes into `frames`. `endsStream`: the frame carries
+    /// END_STREAM (fixed when nghttp2 prepared it, which may be a send or more earlier).
+    func takeOutbound(_ count: Int, endsStream: Bool, into frames: inout OutboundFrames)
 }
 
 /// One nghttp2 session, either role, as a plain object: bytes in, events out; frames out into a
@@ -227,12 +228,12 @@ final class NGHTTP2Session {
         return true
     }
 
-    fileprivate func appendData(frameHeader: UnsafeRawBufferPointer, length: Int, padding: Int,
+    fileprivate func appendData(frameHeader: UnsafeRawBufferPointer, length: Int, padding: Int, endsStream: Bool,
                                 source: MuxOutboundSource) -> Bool {
         guard outbound.byteCount < sendLimit else { return false }
         outbound.write(frameHeader)
         if padding > 0 { outbound.writeInteger(UInt8(padding - 1)) }
-        source.takeOutbound(length, into: &outbound)
+        source.takeOutbound(length, endsStream: endsStream, into: &outbound)
         outbound.writeZeros(padding - 1)
         return true
     }
@@ -316,8 +317,9 @@ private enum NGHTTP2Callbacks {
             return NGHTTP2_ERR_CALLBACK_FAILURE.rawValue
         }
         let stream = Unmanaged<AnyObject>.fromOpaque(pointer).takeUnretainedValue() as! MuxOutboundSource
+        let endsStream = frame.pointee.hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
         let sent = session.appendData(frameHeader: UnsafeRawBufferPointer(start: frameHeader, count: 9), length: length,
-                                      padding: Int(frame.pointee.data.padlen), source: stream)
+                                      padding: Int(frame.pointee.data.padlen), endsStream: endsStream, source: stream)
         return sent ? 0 : NGHTTP2_ERR_WOULDBLOCK.rawValue
     }
 

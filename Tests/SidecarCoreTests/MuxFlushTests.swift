@@ -28,7 +28,7 @@ struct MuxFlushTests {
     /// A response body that never sends anything and never ends: the stream stays open both ways.
     final class Silence: MuxOutboundSource {
         var outboundState: (queued: Int, ended: Bool) { (0, false) }
-        func takeOutbound(_ count: Int, into frames: inout OutboundFrames) {}
+        func takeOutbound(_ count: Int, endsStream: Bool, into frames: inout OutboundFrames) {}
     }
 
     struct Harness {

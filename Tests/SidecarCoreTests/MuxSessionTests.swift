@@ -21,7 +21,7 @@ struct MuxSessionTests {
         var chunks: [ByteBuffer] = []
         var ended = false
         var outboundState: (queued: Int, ended: Bool) { (chunks.reduce(0) { $0 + $1.readableBytes }, ended) }
-        func takeOutbound(_ count: Int, into frames: inout OutboundFrames) {
+        func takeOutbound(_ count: Int, endsStream: Bool, into frames: inout OutboundFrames) {
             var remaining = count
             while remaining > 0 {
                 var first = chunks.removeFirst()

@@ -29,7 +29,7 @@ struct MuxStreamEndTests {
         let ends: Bool
         init(_ text: String, ends: Bool) { pending = Array(text.utf8); self.ends = ends }
         var outboundState: (queued: Int, ended: Bool) { (pending.count, ends) }
-        func takeOutbound(_ count: Int, into frames: inout OutboundFrames) {
+        func takeOutbound(_ count: Int, endsStream: Bool, into frames: inout OutboundFrames) {
             var payload = ByteBuffer(bytes: pending.prefix(count))
             frames.append(payload: &payload)
             pending.removeFirst(count)
@@ -66,6 +66,94 @@ struct MuxStreamEndTests {
         stream.read()
         loop.run()
         return recorder.events
+    }
+
+    /// A client stream whose peer answered 200 with "tail" and END_STREAM, left unread (the
+    /// glue withholds reads while the local app is slow): `inbound` holds the data and the EOF.
+    /// `then` acts on it, as the glue would; afterwards the stream is read and the loop runs.
+    static func unreadEnd(then act: (Channel) -> Void) throws -> [String] {
+        let loop = EmbeddedEventLoop()
+        let channel = EmbeddedChannel(loop: loop)
+        let handler = MuxConnectionHandler(role: .client, settings: MuxSettings(keepaliveInterval: .seconds(30)))
+        let peer = try NGHTTP2Session(role: .server, settings: MuxSessionTests.settings, allocator: ByteBufferAllocator())
+        try channel.pipeline.syncOperations.addHandler(handler)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        func clientToPeer() throws { while let bytes = try channel.readOutbound(as: ByteBuffer.self) { try peer.receive(bytes) } }
+        func peerToClient() throws { while let bytes = try peer.sendJoined(limit: 1 << 20) { try channel.writeInbound(bytes) } }
+
+        let opened = handler.openStream(authority: "storage")
+        try clientToPeer()
+        guard case .request(let streamID, _)? = peer.takeEvents().first(where: { if case .request = $0 { true } else { false } }) else {
+            throw MuxError.streamRefused("no CONNECT reached the peer")
+        }
+        let body = Body("tail", ends: true) // nghttp2 holds it unretained
+        peer.submitResponse(streamID: streamID, status: 200, source: body)
+        try peerToClient()
+        let stream = try opened.wait()
+        let recorder = Recorder()
+        try stream.pipeline.syncOperations.addHandler(recorder)
+        loop.run()
+        guard recorder.events.isEmpty else { return ["delivered before any read: \(recorder.events)"] }
+        act(stream)
+        loop.run()
+        try clientToPeer()
+        stream.read()
+        loop.run()
+        return withExtendedLifetime(body) { recorder.events }
+    }
+
+    @Test("Our END_STREAM after theirs, their data still unread: the half-close succeeds, the data and EOF still arrive")
+    func lateHalfCloseKeepsUnreadInput() throws {
+        var fellBack = false
+        let events = try Self.unreadEnd { stream in
+            // What GlueHandler does when the local app half-closes: a failed half-close falls
+            // back to a full close, which would drop what is still queued.
+            stream.close(mode: .output).whenFailure { _ in
+                fellBack = true
+                stream.close(promise: nil)
+            }
+        }
+        #expect(!fellBack, "END_STREAM went out: the half-close must not fail")
+        #expect(events == ["data:tail", "eof"])
+    }
+
+    @Test("A full close that drops unread input reports an error, never a quiet end")
+    func fullCloseWithUnreadInputIsAnError() throws {
+        let events = try Self.unreadEnd { stream in stream.close(promise: nil) }
+        #expect(events == ["error"])
+    }
+
+    /// Records what a stream asks of its connection.
+    final class OwnerLog: MuxStreamOwner {
+        var resets: [UInt32] = []
+        func streamHasOutput(_ stream: MuxStreamChannel) {}
+        func streamConsumed(_ count: Int, on streamID: Int32) {}
+        func streamReset(_ streamID: Int32, errorCode: UInt32) { resets.append(errorCode) }
+        func streamRespond(_ stream: MuxStreamChannel, status: Int) {}
+        func streamTouchedDuringSend(_ stream: MuxStreamChannel) {}
+    }
+
+    @Test("A full close resets only after the frame that really carries END_STREAM, not one prepared before the close")
+    func closeResetWaitsForTheRealEndOfStream() throws {
+        let parent = EmbeddedChannel()
+        let owner = OwnerLog()
+        let stream = MuxStreamChannel(parent: parent, owner: owner, autoRead: false)
+        stream.register()
+        stream.assign(streamID: 1)
+        stream.activate()
+        stream.writeAndFlush(ByteBuffer(string: "0123456789"), promise: nil)
+        // nghttp2 has framed those 10 bytes without END_STREAM (the output was open) but holds
+        // the frame (the send chunk was full); then the stream is closed.
+        stream.close(promise: nil)
+        var frames = OutboundFrames(allocator: ByteBufferAllocator())
+        stream.takeOutbound(10, endsStream: false, into: &frames)
+        stream.afterSend()
+        #expect(owner.resets.isEmpty, "RST_STREAM(NO_ERROR) before END_STREAM: the peer would see an abort")
+        #expect(stream.outboundState == (0, true), "END_STREAM is still owed")
+        stream.takeOutbound(0, endsStream: true, into: &frames)
+        stream.afterSend()
+        #expect(owner.resets == [0])
+        #expect(frames.byteCount == 10)
     }
 
     @Test("END_STREAM then RST_STREAM(NO_ERROR): the data, then a clean end")
