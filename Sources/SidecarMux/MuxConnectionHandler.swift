@@ -382,8 +382,10 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
                 touched.forEach { $0.afterSend() }
                 if chunk.isEmpty { break }
             }
+            // Inside the loop: a flush made now can reach back (a write promise completed, a
+            // writability change) and ask for another pass, which must not be lost.
+            if !pumpAgain && unflushedBytes > 0 { flushAtEndOfTurn(context) }
         } while pumpAgain
-        if unflushedBytes > 0 { flushAtEndOfTurn(context) }
         if !processingInput && !session.isAlive {
             // nghttp2 ended the session itself (a GOAWAY it sent for a violation), not a drain.
             if !state.hasBegunDraining && !goawayReceived { onProtocolError?(MuxError.protocolViolation("session terminated by nghttp2")) }

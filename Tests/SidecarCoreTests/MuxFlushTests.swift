@@ -12,12 +12,18 @@ struct MuxFlushTests {
         typealias OutboundIn = ByteBuffer
         var flushes = 0
         var largestFlush = 0
+        /// Runs once, inside the next flush, before it passes on.
+        var onNextFlush: (() -> Void)?
         private var pending = 0
         func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
             pending += unwrapOutboundIn(data).readableBytes
             context.write(data, promise: promise)
         }
         func flush(context: ChannelHandlerContext) {
+            if let hook = onNextFlush {
+                onNextFlush = nil
+                hook()
+            }
             flushes += 1
             largestFlush = max(largestFlush, pending)
             pending = 0
@@ -91,6 +97,32 @@ struct MuxFlushTests {
         // Nothing is owed any more: another turn flushes nothing.
         harness.loop.run()
         #expect(harness.counter.flushes == before + 2)
+    }
+
+    @Test("A write made while the carrier flushes goes out in the same pump, not at the next event")
+    func writeDuringFlushIsSent() throws {
+        let harness = try Harness()
+        let opened = harness.handler.openStream(authority: "storage")
+        guard case .request(let id, _)? = try harness.eventsAtPeer().first(where: { if case .request = $0 { true } else { false } }) else {
+            Issue.record("no CONNECT reached the peer")
+            return
+        }
+        let body = Silence() // nghttp2 holds it unretained
+        harness.peer.submitResponse(streamID: id, status: 200, source: body)
+        try harness.peerToClient()
+        let stream = try opened.wait()
+        harness.loop.run()
+        _ = try harness.eventsAtPeer()
+        // What a write promise completed by the socket's flush could do.
+        harness.counter.onNextFlush = { stream.writeAndFlush(ByteBuffer(string: "second"), promise: nil) }
+        stream.writeAndFlush(ByteBuffer(string: "first"), promise: nil)
+        // No loop.run(): a lone stream's frames are flushed within the pump.
+        let data = try harness.eventsAtPeer().compactMap { event -> String? in
+            guard case .data(_, let bytes) = event else { return nil }
+            return String(buffer: bytes)
+        }
+        #expect(data.joined() == "firstsecond")
+        withExtendedLifetime(body) {}
     }
 
     @Test("Streams that all send in one turn still flush every 256 KiB, not all at the turn's end")
