@@ -39,13 +39,19 @@ struct LifecycleTests {
     func drainLetsTransfersFinish() async throws {
         let mesh = try await MeshFixture.start(backend: .echo)
         try await withTeardown({ await mesh.stop() }) {
+            // The transfer stops halfway until the drain has begun and the late connection was
+            // refused: the drain acts mid-transfer however slow the machine. The drain's grace
+            // and the client's receive timeout are wide (a clean drain returns when the table
+            // empties): in the suite's first wave, beside gigabyte transfers on the same two
+            // event-loop threads, this test has taken up to 28 s.
             let socket = try BlockingSocket(port: mesh.upstreamPort)
-            socket.setReceiveTimeout(seconds: 20)
-            let transfer = Task { await onThread { Self.pacedRoundTrip(socket, chunks: 24, pauseMs: 40) } }
+            socket.setReceiveTimeout(seconds: 60)
+            let halfway = DispatchSemaphore(value: 0)
+            let transfer = Task { await onThread { Self.pacedRoundTrip(socket, chunks: 24, pauseMs: 40, gate: halfway) } }
             // In flight means joined to the app: the mux connection alone (counted as soon as its
             // handshake is done) may still be waiting for the stream, which a drain would refuse.
             #expect(await eventually(timeout: 30) { mesh.backend.connections == 1 })
-            let drain = Task { await mesh.storage.drain(timeout: .seconds(20)) }
+            let drain = Task { await mesh.storage.drain(timeout: .seconds(60)) }
             #expect(await eventually { mesh.storage.isDraining })
             try await Task.sleep(for: .milliseconds(100))
 
@@ -55,6 +61,7 @@ struct LifecycleTests {
             late.send(Array("late\n".utf8))
             #expect(await onThread { late.receiveAll() }.count == 0)
 
+            halfway.signal()
             let result = await transfer.value
             #expect(result.count == 24 * (256 << 10))
             #expect(result.sent == result.received)
