@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the Debian package: backup-sidecar_<version>_<arch>.deb in OUTDIR (default dist/).
+# Builds the Debian packages in OUTDIR (default dist/): backup-sidecar_<version>_<arch>.deb and
+# its symbols, backup-sidecar-dbgsym_<version>_<arch>.deb; prints both paths.
 # Usage: scripts/package.sh [OUTDIR]
 #
 # The binary is a static-Swift-runtime release build (no Swift toolchain on the backup host);
@@ -34,6 +35,18 @@ doc="$root/usr/share/doc/backup-sidecar"
 install -d -m 0755 "$root/DEBIAN" "$root/usr/bin" "$root/lib/systemd/system" "$doc/examples/consul" "$root/usr/share/man/man1"
 install -m 0755 "$binary" "$root/usr/bin/backup-sidecar"
 strip --strip-unneeded --remove-section=.comment --remove-section=.note "$root/usr/bin/backup-sidecar"
+# Symbols for crash reports. The shipped binary exports no dynamic symbols (shipped-build.sh),
+# so once stripped a core dump of it shows bare addresses. As Debian's debhelper does, a
+# -dbgsym package holds the symbols and debug info where gdb, eu-stack and systemd-coredump
+# find them by the binary's GNU build ID (which strip keeps).
+build_id=$(readelf -n "$root/usr/bin/backup-sidecar" | sed -n 's/.*Build ID: *//p')
+[ "${#build_id}" -gt 2 ] || { echo "the packaged binary has no GNU build ID" >&2; exit 1; }
+dbg_root="$work/dbgsym"
+dbg_file="$dbg_root/usr/lib/debug/.build-id/${build_id:0:2}/${build_id:2}.debug"
+install -d -m 0755 "$dbg_root/DEBIAN" "$(dirname "$dbg_file")" "$dbg_root/usr/share/doc"
+objcopy --only-keep-debug --compress-debug-sections=zlib "$binary" "$dbg_file"
+chmod 0644 "$dbg_file"
+ln -s backup-sidecar "$dbg_root/usr/share/doc/backup-sidecar-dbgsym"
 install -m 0644 deploy/systemd/*.service "$root/lib/systemd/system/"
 install -m 0644 deploy/*.json "$doc/examples/"
 install -m 0644 deploy/consul/*.json "$doc/examples/consul/"
@@ -124,4 +137,26 @@ EOF
 
 deb="$out/backup-sidecar_${version}_${arch}.deb"
 dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >&2
+
+(cd "$dbg_root" && find . -type f ! -path './DEBIAN/*' -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) > "$dbg_root/DEBIAN/md5sums"
+chmod 0644 "$dbg_root/DEBIAN/md5sums"
+cat > "$dbg_root/DEBIAN/control" <<EOF
+Package: backup-sidecar-dbgsym
+Source: backup-sidecar
+Version: $version
+Architecture: $arch
+Maintainer: backup-sidecar maintainers <maintainers@backup-sidecar.invalid>
+Installed-Size: $(du -sk --exclude=DEBIAN "$dbg_root" | cut -f1)
+Depends: backup-sidecar (= $version)
+Section: debug
+Priority: optional
+Auto-Built-Package: debug-symbols
+Build-Ids: $build_id
+Description: debug symbols for backup-sidecar
+ Symbols and debug information of /usr/bin/backup-sidecar, found by its build ID.
+ Install it to read a core dump or attach a debugger.
+EOF
+dbgsym="$out/backup-sidecar-dbgsym_${version}_${arch}.deb"
+dpkg-deb --root-owner-group -Zxz --build "$dbg_root" "$dbgsym" >&2
 echo "$deb"
+echo "$dbgsym"

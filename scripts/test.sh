@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-scripts/install-deps.sh nginx restic rclone socat bc iproute2 prometheus lintian logrotate systemd
+scripts/install-deps.sh nginx restic rclone socat bc iproute2 prometheus lintian logrotate systemd gdb
 # The BuildInfo plugin (commit for --version) runs only when SwiftPM plans the build anew.
 rm -rf .build/plugins/outputs .build/debug.yaml .build/debug/description.json
 swift build --build-tests

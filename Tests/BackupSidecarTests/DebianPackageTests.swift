@@ -11,10 +11,16 @@ import TestSupport
 struct DebianPackageTests {
     static let distDirectory = TestCertificates.repositoryRoot.appendingPathComponent(".build/test-dist").path
 
-    static func package() throws -> String {
-        let debs = (try? FileManager.default.contentsOfDirectory(atPath: distDirectory))?.filter { $0.hasSuffix(".deb") } ?? []
+    static func package() throws -> String { try package(named: "backup-sidecar") }
+
+    /// The symbols package built beside it.
+    static func symbolsPackage() throws -> String { try package(named: "backup-sidecar-dbgsym") }
+
+    static func package(named name: String) throws -> String {
+        let debs = (try? FileManager.default.contentsOfDirectory(atPath: distDirectory))?
+            .filter { $0.hasPrefix("\(name)_") && $0.hasSuffix(".deb") } ?? []
         guard debs.count == 1 else {
-            throw PackageMissing(description: "expected one .deb in \(distDirectory), found \(debs): run scripts/package.sh .build/test-dist (scripts/test.sh does)")
+            throw PackageMissing(description: "expected one \(name) .deb in \(distDirectory), found \(debs): run scripts/package.sh .build/test-dist (scripts/test.sh does)")
         }
         return "\(distDirectory)/\(debs[0])"
     }
@@ -62,6 +68,33 @@ struct DebianPackageTests {
             #expect(contents.contains(" \(path)\n"), "missing \(path)")
         }
         #expect(contents.contains("-rwxr-xr-x root/root") && !contents.contains("/opt/swift"))
+    }
+
+    /// The shipped binary exports no dynamic symbols and is stripped: without this package a
+    /// core dump shows bare addresses.
+    @Test("The -dbgsym package: gdb names the stripped binary's functions through its build ID")
+    func symbolsByBuildID() async throws {
+        let symbols = try Self.symbolsPackage()
+        let info = try await Self.run(["dpkg-deb", "--info", symbols]).output
+        let version = try await Self.builtVersion()[0].split(separator: " ")[1]
+        #expect(info.contains(" Depends: backup-sidecar (= \(version))\n"), "\(info)")
+        let root = try await Self.extracted()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        #expect(try await Self.run(["dpkg-deb", "-x", symbols, root]).status == 0)
+        let binary = "\(root)/usr/bin/backup-sidecar"
+        let notes = try await Self.run(["readelf", "-n", binary]).output
+        let buildID = try #require(notes.split(separator: "\n").first { $0.contains("Build ID:") }?
+            .split(separator: " ").last.map(String.init))
+        let debugFile = "\(root)/usr/lib/debug/.build-id/\(buildID.prefix(2))/\(buildID.dropFirst(2)).debug"
+        #expect(FileManager.default.fileExists(atPath: debugFile), "no \(debugFile)")
+        // The binary itself names nothing; the pump's address, taken from the debug file, is
+        // named by gdb once it looks in the package's debug directory.
+        let pump = try #require(try await Self.run(["nm", debugFile]).output.split(separator: "\n")
+            .first { $0.hasSuffix(" $s10SidecarMux0B17ConnectionHandlerC4pumpyyF") }?.split(separator: " ").first.map(String.init))
+        #expect(try await Self.run(["nm", binary]).output.contains("no symbols"))
+        let named = try await Self.run(["gdb", "-q", "-batch", "-iex", "set debug-file-directory \(root)/usr/lib/debug",
+                                        "-ex", "info symbol 0x\(pump)", binary]).output
+        #expect(named.contains("ConnectionHandlerC4pumpyyF in section .text"), "\(named)")
     }
 
     @Test("lintian: no errors and no warnings")

@@ -29,6 +29,20 @@ struct ShippedLayoutTests {
         #expect(shipped != nil && shipped == packaged, "build IDs: \(shipped ?? "none") here, \(packaged ?? "none") in the package")
     }
 
+    /// The toolchain's static-stdlib link arguments pass -export-dynamic; shipped-build.sh undoes
+    /// it by coming later. Exported, our 12,745 symbols kept 1.1 MiB of symbol tables resident.
+    @Test("No dynamic symbol exports: the binary defines nothing in .dynsym")
+    func noDynamicExports() async throws {
+        let symbols = try await Self.run(["readelf", "--dyn-syms", "-W", Self.binary]).split(separator: "\n")
+        let defined = symbols.filter { line in
+            let fields = line.split(separator: " ")
+            return fields.count >= 8 && fields[0].hasSuffix(":") && fields[0].dropLast().allSatisfy(\.isNumber)
+                && fields[0] != "0:" && fields[6] != "UND"
+        }
+        #expect(defined.isEmpty, "\(defined.count) defined dynamic symbols, e.g. \(defined.prefix(3))")
+        #expect(symbols.count > 100, "readelf listed no imports either: \(symbols.prefix(5))")
+    }
+
     /// glibc loads DT_RELR from 2.36 on (GLIBC_ABI_DT_RELR). dpkg-shlibdeps reads only
     /// versioned symbols and would say 2.35: scripts/package.sh raises the bound.
     @Test("Packed relative relocations (DT_RELR), and the package's Depends asks for the glibc that loads them")
