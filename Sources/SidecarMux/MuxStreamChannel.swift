@@ -203,9 +203,11 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         return (outboundBytes, output.isEnded && unflushed.isEmpty)
     }
 
+    func canSend(_ count: Int) -> Bool { !aborting && count <= outboundBytes }
+
     func takeOutbound(_ count: Int, endsStream: Bool, into frames: inout OutboundFrames) {
-        // nghttp2 already wrote the frame header for `count` bytes. If the queue was dropped
-        // meanwhile (an abort; its RST_STREAM follows), fill with zeros so the framing holds.
+        // The frame header for `count` bytes is written. `canSend` refused the frame if the
+        // queue was dropped; were it short anyway, zeros keep the framing whole.
         let missing = max(0, count - outboundBytes)
         var remaining = count - missing
         while remaining > 0, case (var chunk, let promise)? = outbound.popFirst() {

@@ -6,6 +6,10 @@ import NIOCore
 protocol MuxOutboundSource: AnyObject {
     /// Bytes queued and whether the stream's output ends after them.
     var outboundState: (queued: Int, ended: Bool) { get }
+    /// Whether the frame nghttp2 prepared for `count` bytes may still go out: an abort after
+    /// it was prepared (it waited for a full send chunk) dropped its bytes, and it must not go
+    /// out with anything in their place, nor with its END_STREAM.
+    func canSend(_ count: Int) -> Bool
     /// Moves exactly `count` queued bytes into `frames`. `endsStream`: the frame carries
     /// END_STREAM (fixed when nghttp2 prepared it, which may be a send or more earlier).
     func takeOutbound(_ count: Int, endsStream: Bool, into frames: inout OutboundFrames)
@@ -317,6 +321,8 @@ private enum NGHTTP2Callbacks {
             return NGHTTP2_ERR_CALLBACK_FAILURE.rawValue
         }
         let stream = Unmanaged<AnyObject>.fromOpaque(pointer).takeUnretainedValue() as! MuxOutboundSource
+        // nghttp2 drops the frame and resets the stream (INTERNAL_ERROR; ours is queued too).
+        guard stream.canSend(length) else { return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue }
         let endsStream = frame.pointee.hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
         let sent = session.appendData(frameHeader: UnsafeRawBufferPointer(start: frameHeader, count: 9), length: length,
                                       padding: Int(frame.pointee.data.padlen), endsStream: endsStream, source: stream)

@@ -2,6 +2,7 @@ import NIOCore
 import NIOEmbedded
 import Testing
 @testable import SidecarMux
+import SidecarTLS
 
 /// When a mux connection's frames reach the socket: streams that become ready in one turn of
 /// the event loop share a flush (one TLS record, one write), a lone stream's frames go at once.
@@ -34,6 +35,7 @@ struct MuxFlushTests {
     /// A response body that never sends anything and never ends: the stream stays open both ways.
     final class Silence: MuxOutboundSource {
         var outboundState: (queued: Int, ended: Bool) { (0, false) }
+        func canSend(_ count: Int) -> Bool { true }
         func takeOutbound(_ count: Int, endsStream: Bool, into frames: inout OutboundFrames) {}
     }
 
@@ -44,10 +46,10 @@ struct MuxFlushTests {
         let counter = FlushCounter()
         let peer: NGHTTP2Session
 
-        init() throws {
+        init(peerStreamWindow: Int32 = 65535) throws {
             channel = EmbeddedChannel(loop: loop)
             // Room for every stream a test opens (the shared test settings allow 10).
-            let settings = NGHTTP2Session.Settings(maxConcurrentStreams: 100, streamWindow: 65535, connectionWindow: 1 << 20)
+            let settings = NGHTTP2Session.Settings(maxConcurrentStreams: 100, streamWindow: peerStreamWindow, connectionWindow: 1 << 20)
             peer = try NGHTTP2Session(role: .server, settings: settings, allocator: ByteBufferAllocator())
             try channel.pipeline.syncOperations.addHandler(counter)
             try channel.pipeline.syncOperations.addHandler(handler)
@@ -122,6 +124,52 @@ struct MuxFlushTests {
             return String(buffer: bytes)
         }
         #expect(data.joined() == "firstsecond")
+        withExtendedLifetime(body) {}
+    }
+
+    @Test("A frame prepared before an abort never goes out: no stand-in bytes, no END_STREAM, a reset")
+    func heldFrameOfAnAbortedStream() throws {
+        let harness = try Harness(peerStreamWindow: 1 << 20)
+        let opened = harness.handler.openStream(authority: "storage")
+        guard case .request(let id, _)? = try harness.eventsAtPeer().first(where: { if case .request = $0 { true } else { false } }) else {
+            Issue.record("no CONNECT reached the peer")
+            return
+        }
+        let body = Silence() // nghttp2 holds it unretained
+        harness.peer.submitResponse(streamID: id, status: 200, source: body)
+        try harness.peerToClient()
+        let stream = try opened.wait()
+        harness.loop.run()
+        _ = try harness.eventsAtPeer()
+
+        // 4 full 64 KiB frames fill a send chunk; the fifth, the last 10 bytes with END_STREAM,
+        // is prepared and held. The socket then stops taking writes, and the stream is aborted.
+        let length = 4 * 65536 + 10
+        harness.channel.isWritable = false
+        stream.write(ByteBuffer(repeating: 0x61, count: length), promise: nil)
+        stream.close(mode: .output, promise: nil)
+        harness.counter.onNextFlush = { harness.channel.isWritable = false }
+        harness.channel.isWritable = true
+        harness.channel.pipeline.fireChannelWritabilityChanged()
+        stream.triggerUserOutboundEvent(TLSAbortRequest(), promise: nil)
+        harness.channel.isWritable = true
+        harness.channel.pipeline.fireChannelWritabilityChanged()
+        harness.loop.run()
+
+        var delivered = 0, ended = false, resetCode: UInt32?
+        for event in try harness.eventsAtPeer() {
+            switch event {
+            case .data(let streamID, let bytes) where streamID == id:
+                delivered += bytes.readableBytes
+                #expect(bytes.readableBytesView.allSatisfy { $0 == 0x61 }, "bytes that were never written reached the peer")
+            case .endOfInput(let streamID) where streamID == id: ended = true
+            case .closed(let streamID, let code) where streamID == id: resetCode = code
+            default: break
+            }
+        }
+        #expect(delivered == 4 * 65536, "only the frames sent before the abort")
+        #expect(!ended, "an aborted stream must not end cleanly")
+        #expect(resetCode.map { $0 != 0 } ?? false, "the peer sees a reset (code \(String(describing: resetCode)))")
         withExtendedLifetime(body) {}
     }
 

@@ -21,6 +21,7 @@ struct MuxSessionTests {
         var chunks: [ByteBuffer] = []
         var ended = false
         var outboundState: (queued: Int, ended: Bool) { (chunks.reduce(0) { $0 + $1.readableBytes }, ended) }
+        func canSend(_ count: Int) -> Bool { true }
         func takeOutbound(_ count: Int, endsStream: Bool, into frames: inout OutboundFrames) {
             var remaining = count
             while remaining > 0 {

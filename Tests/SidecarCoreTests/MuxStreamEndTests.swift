@@ -29,6 +29,7 @@ struct MuxStreamEndTests {
         let ends: Bool
         init(_ text: String, ends: Bool) { pending = Array(text.utf8); self.ends = ends }
         var outboundState: (queued: Int, ended: Bool) { (pending.count, ends) }
+        func canSend(_ count: Int) -> Bool { true }
         func takeOutbound(_ count: Int, endsStream: Bool, into frames: inout OutboundFrames) {
             var payload = ByteBuffer(bytes: pending.prefix(count))
             frames.append(payload: &payload)
