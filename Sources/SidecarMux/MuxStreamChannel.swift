@@ -147,7 +147,7 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
             if deliveringQueued { deliverQueued() }
             pipeline.syncOperations.fireErrorCaught(error)
         }
-        finishClose(error: error)
+        finishClose(error: error, reported: true)
     }
 
     /// The session has no stream any more: output still flushing after a close can't go out.
@@ -373,7 +373,9 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         output.closePromise = nil
     }
 
-    private func finishClose(error: Error?, promise: EventLoopPromise<Void>? = nil, keepingOutput: Bool = false) {
+    /// `reported`: the cause already went down the pipeline as an error.
+    private func finishClose(error: Error?, promise: EventLoopPromise<Void>? = nil, keepingOutput: Bool = false,
+                             reported: Bool = false) {
         guard !state.isClosed else {
             promise?.succeed()
             return
@@ -393,7 +395,7 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         promise?.succeed()
         // The reader never gets that data: whoever relays this stream must see a cut (the glue
         // aborts the other side), never a clean end of a truncated stream.
-        if wasActive && discarded { pipeline.syncOperations.fireErrorCaught(MuxError.unreadInputDiscarded) }
+        if wasActive && discarded && !reported { pipeline.syncOperations.fireErrorCaught(MuxError.unreadInputDiscarded) }
         if wasActive { pipeline.syncOperations.fireChannelInactive() }
         pipeline.syncOperations.fireChannelUnregistered()
         eventLoop.execute {

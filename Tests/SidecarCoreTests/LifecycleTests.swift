@@ -48,6 +48,8 @@ struct LifecycleTests {
             socket.setReceiveTimeout(seconds: 60)
             let halfway = DispatchSemaphore(value: 0)
             let transfer = Task { await onThread { Self.pacedRoundTrip(socket, chunks: 24, pauseMs: 40, gate: halfway) } }
+            var released = false
+            defer { if !released { halfway.signal() } } // a failed check must not strand the sender
             // In flight means joined to the app: the mux connection alone (counted as soon as its
             // handshake is done) may still be waiting for the stream, which a drain would refuse.
             #expect(await eventually(timeout: 30) { mesh.backend.connections == 1 })
@@ -62,6 +64,7 @@ struct LifecycleTests {
             #expect(await onThread { late.receiveAll() }.count == 0)
 
             halfway.signal()
+            released = true
             let result = await transfer.value
             #expect(result.count == 24 * (256 << 10))
             #expect(result.sent == result.received)
