@@ -69,38 +69,53 @@ struct MuxStreamEndTests {
         return recorder.events
     }
 
-    /// A client stream whose peer answered 200 with "tail" and END_STREAM, left unread (the
-    /// glue withholds reads while the local app is slow): `inbound` holds the data and the EOF.
-    /// `then` acts on it, as the glue would; afterwards the stream is read and the loop runs.
-    static func unreadEnd(then act: (Channel) -> Void) throws -> [String] {
+    /// A client mux stream on an embedded connection whose peer (a bare nghttp2 server)
+    /// answered 200 with `reply`, then END_STREAM; nothing has read it yet.
+    struct AnsweredStream {
         let loop = EmbeddedEventLoop()
-        let channel = EmbeddedChannel(loop: loop)
-        let handler = MuxConnectionHandler(role: .client, settings: MuxSettings(keepaliveInterval: .seconds(30)))
-        let peer = try NGHTTP2Session(role: .server, settings: MuxSessionTests.settings, allocator: ByteBufferAllocator())
-        try channel.pipeline.syncOperations.addHandler(handler)
-        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
-        func clientToPeer() throws { while let bytes = try channel.readOutbound(as: ByteBuffer.self) { try peer.receive(bytes) } }
-        func peerToClient() throws { while let bytes = try peer.sendJoined(limit: 1 << 20) { try channel.writeInbound(bytes) } }
+        let channel: EmbeddedChannel
+        let peer: NGHTTP2Session
+        let body: Body // nghttp2 holds it unretained
+        let stream: Channel
 
-        let opened = handler.openStream(authority: "storage")
-        try clientToPeer()
-        guard case .request(let streamID, _)? = peer.takeEvents().first(where: { if case .request = $0 { true } else { false } }) else {
-            throw MuxError.streamRefused("no CONNECT reached the peer")
+        init(reply: String) throws {
+            channel = EmbeddedChannel(loop: loop)
+            let handler = MuxConnectionHandler(role: .client, settings: MuxSettings(keepaliveInterval: .seconds(30)))
+            peer = try NGHTTP2Session(role: .server, settings: MuxSessionTests.settings, allocator: ByteBufferAllocator())
+            try channel.pipeline.syncOperations.addHandler(handler)
+            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+            let opened = handler.openStream(authority: "storage")
+            while let bytes = try channel.readOutbound(as: ByteBuffer.self) { try peer.receive(bytes) }
+            guard case .request(let streamID, _)? = peer.takeEvents().first(where: { if case .request = $0 { true } else { false } }) else {
+                throw MuxError.streamRefused("no CONNECT reached the peer")
+            }
+            body = Body(reply, ends: true)
+            peer.submitResponse(streamID: streamID, status: 200, source: body)
+            while let bytes = try peer.sendJoined(limit: 1 << 20) { try channel.writeInbound(bytes) }
+            stream = try opened.wait()
         }
-        let body = Body("tail", ends: true) // nghttp2 holds it unretained
-        peer.submitResponse(streamID: streamID, status: 200, source: body)
-        try peerToClient()
-        let stream = try opened.wait()
+
+        /// Everything the client wrote reaches the peer (our END_STREAM among it).
+        func clientToPeer() throws {
+            while let bytes = try channel.readOutbound(as: ByteBuffer.self) { try peer.receive(bytes) }
+        }
+    }
+
+    /// The answered stream left unread (the glue withholds reads while the local app is slow):
+    /// `inbound` holds the data and the EOF. `then` acts on it, as the glue would; afterwards
+    /// the stream is read and the loop runs.
+    static func unreadEnd(then act: (Channel) -> Void) throws -> [String] {
+        let setup = try AnsweredStream(reply: "tail")
         let recorder = Recorder()
-        try stream.pipeline.syncOperations.addHandler(recorder)
-        loop.run()
+        try setup.stream.pipeline.syncOperations.addHandler(recorder)
+        setup.loop.run()
         guard recorder.events.isEmpty else { return ["delivered before any read: \(recorder.events)"] }
-        act(stream)
-        loop.run()
-        try clientToPeer()
-        stream.read()
-        loop.run()
-        return withExtendedLifetime(body) { recorder.events }
+        act(setup.stream)
+        setup.loop.run()
+        try setup.clientToPeer()
+        setup.stream.read()
+        setup.loop.run()
+        return withExtendedLifetime(setup) { recorder.events }
     }
 
     @Test("Our END_STREAM after theirs, their data still unread: the half-close succeeds, the data and EOF still arrive")
