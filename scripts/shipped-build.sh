@@ -8,9 +8,11 @@
 #   start. And a text order (scripts/link-order.txt, from scripts/link-order.sh): the functions
 #   a running sidecar executes are laid out together in about 2 MB, so the kernel's fault-around
 #   maps fewer 64 KiB windows of code (idle resident text 9.1 -> 6.3 MB; the rest is the
-#   prebuilt stdlib, which cannot be reordered). Needs one section per function.
+#   prebuilt stdlib, which cannot be reordered). Needs one section per function. The compiler's
+#   private functions, which have no names to order by, are grouped by scripts/private-text.ld.
 SHIPPED_SCRATCH=.build-static # relative: the sourcing script runs from the repository root
 SHIPPED_ORDER="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/link-order.txt"
+SHIPPED_PRIVATE_TEXT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/private-text.ld"
 SHIPPED_LLD="$(dirname "$(readlink -f "$(command -v swift)")")/ld.lld"
 if [ ! -x "$SHIPPED_LLD" ]; then
   echo "shipped-build: the Swift toolchain's ld.lld is missing (looked for $SHIPPED_LLD)" >&2
@@ -27,7 +29,8 @@ SHIPPED_BUILD_FLAGS=(-c release --product backup-sidecar --static-swift-stdlib -
                      -Xswiftc -Xfrontend -Xswiftc -function-sections -Xcc -ffunction-sections
                      -Xlinker -z -Xlinker relro -Xlinker -z -Xlinker now
                      -Xlinker -z -Xlinker pack-relative-relocs -Xlinker --no-export-dynamic
-                     -Xlinker --symbol-ordering-file="$SHIPPED_ORDER" -Xlinker --no-warn-symbol-ordering)
+                     -Xlinker --symbol-ordering-file="$SHIPPED_ORDER" -Xlinker --no-warn-symbol-ordering
+                     -Xlinker -T -Xlinker "$SHIPPED_PRIVATE_TEXT")
 # The Swift frontend keeps an existing object file whose sources did not change, even when the
 # code-generation flags did (seen with -function-sections): start from no objects when they change.
 if [ "$(printf '%s\n' "${SHIPPED_BUILD_FLAGS[@]}")" != "$(cat "$SHIPPED_SCRATCH/flags.stamp" 2>/dev/null)" ]; then

@@ -43,6 +43,22 @@ struct ShippedLayoutTests {
         #expect(symbols.count > 100, "readelf listed no imports either: \(symbols.prefix(5))")
     }
 
+    /// The compiler's private functions have no names for the text order; scripts/private-text.ld
+    /// groups them just before .text, where the ordered run of executed functions begins.
+    @Test("Private functions (.text..L* input sections) are grouped in .text.private, right before .text")
+    func privateFunctionsGrouped() async throws {
+        let sections = try await Self.run(["readelf", "-SW", Self.binary]).split(separator: "\n")
+        func range(_ name: String) throws -> (start: UInt64, size: UInt64) {
+            let fields = try #require(sections.first { $0.contains(" \(name) ") }, "no \(name) section").split(separator: " ")
+            let index = try #require(fields.firstIndex { $0 == name })
+            return (try #require(UInt64(fields[index + 2], radix: 16)), try #require(UInt64(fields[index + 4], radix: 16)))
+        }
+        let grouped = try range(".text.private"), text = try range(".text")
+        #expect(grouped.size > 16 << 10 && grouped.size < 512 << 10, "\(grouped.size) bytes of private functions")
+        #expect(text.start >= grouped.start + grouped.size && text.start - (grouped.start + grouped.size) < 4096,
+                ".text.private does not end where .text begins")
+    }
+
     /// glibc loads DT_RELR from 2.36 on (GLIBC_ABI_DT_RELR). dpkg-shlibdeps reads only
     /// versioned symbols and would say 2.35: scripts/package.sh raises the bound.
     @Test("Packed relative relocations (DT_RELR), and the package's Depends asks for the glibc that loads them")
