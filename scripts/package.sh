@@ -39,7 +39,7 @@ strip --strip-unneeded --remove-section=.comment --remove-section=.note "$root/u
 # so once stripped a core dump of it shows bare addresses. As Debian's debhelper does, a
 # -dbgsym package holds the symbols and debug info where gdb, eu-stack and systemd-coredump
 # find them by the binary's GNU build ID (which strip keeps).
-build_id=$(readelf -n "$root/usr/bin/backup-sidecar" | sed -n 's/.*Build ID: *//p')
+build_id=$(LC_ALL=C readelf -n "$root/usr/bin/backup-sidecar" | sed -n 's/.*Build ID: *//p')
 [ "${#build_id}" -gt 2 ] || { echo "the packaged binary has no GNU build ID" >&2; exit 1; }
 dbg_root="$work/dbgsym"
 dbg_file="$dbg_root/usr/lib/debug/.build-id/${build_id:0:2}/${build_id:2}.debug"
@@ -153,8 +153,6 @@ Priority: optional
 Auto-Built-Package: debug-symbols
 Build-Ids: $build_id
 Description: debug symbols for backup-sidecar
- Symbols and debug information of /usr/bin/backup-sidecar, found by its build ID.
- Install it to read a core dump or attach a debugger.
 EOF
 dbgsym="$out/backup-sidecar-dbgsym_${version}_${arch}.deb"
 dpkg-deb --root-owner-group -Zxz --build "$dbg_root" "$dbgsym" >&2

@@ -37,5 +37,8 @@ if [ "$(printf '%s\n' "${SHIPPED_BUILD_FLAGS[@]}")" != "$(cat "$SHIPPED_SCRATCH/
   find "$SHIPPED_SCRATCH" -name '*.o' -delete
   printf '%s\n' "${SHIPPED_BUILD_FLAGS[@]}" >"$SHIPPED_SCRATCH/flags.stamp"
 fi
-# The link does not know the order file is one of its inputs: relink when it is newer.
-if [ "$SHIPPED_ORDER" -nt "$SHIPPED_SCRATCH/release/backup-sidecar" ]; then rm -f "$SHIPPED_SCRATCH/release/backup-sidecar"; fi
+# The link does not know the order file and the linker script are inputs: relink when newer.
+if [ "$SHIPPED_ORDER" -nt "$SHIPPED_SCRATCH/release/backup-sidecar" ] \
+   || [ "$SHIPPED_PRIVATE_TEXT" -nt "$SHIPPED_SCRATCH/release/backup-sidecar" ]; then
+  rm -f "$SHIPPED_SCRATCH/release/backup-sidecar"
+fi

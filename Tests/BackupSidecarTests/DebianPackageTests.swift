@@ -97,9 +97,9 @@ struct DebianPackageTests {
         #expect(named.contains("ConnectionHandlerC4pumpyyF in section .text"), "\(named)")
     }
 
-    @Test("lintian: no errors and no warnings")
+    @Test("lintian, on both packages: no errors and no warnings")
     func lintian() async throws {
-        let result = try await Self.run(["lintian", "--tag-display-limit", "0", try Self.package()])
+        let result = try await Self.run(["lintian", "--tag-display-limit", "0", try Self.package(), try Self.symbolsPackage()])
         let findings = result.output.split(separator: "\n").filter { $0.hasPrefix("E: ") || $0.hasPrefix("W: ") }
         #expect(findings.isEmpty, "\(findings)")
         #expect(result.status == 0, "\(result.output)")
