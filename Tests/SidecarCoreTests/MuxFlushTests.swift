@@ -74,21 +74,20 @@ struct MuxFlushTests {
             while let bytes = try peer.sendJoined(limit: 1 << 20) { try channel.writeInbound(bytes) }
         }
 
-        /// One stream, opened and answered 200 (the peer never sends on it), with what both
-        /// sides exchanged so far consumed. The body must outlive the test: nghttp2 holds it
-        /// unretained.
-        func openAnsweredStream() throws -> (stream: Channel, id: Int32, body: Silence) {
+        /// One stream, opened and answered 200 with `body` (what the peer sends on it), with
+        /// what both sides exchanged so far consumed; nothing has read the stream yet. The body
+        /// must outlive the test: nghttp2 holds it unretained.
+        func openAnsweredStream(answeringWith body: MuxOutboundSource) throws -> (stream: Channel, id: Int32) {
             let opened = handler.openStream(authority: "storage")
             guard case .request(let id, _)? = try eventsAtPeer().first(where: { if case .request = $0 { true } else { false } }) else {
                 throw MuxError.streamRefused("no CONNECT reached the peer")
             }
-            let body = Silence()
             peer.submitResponse(streamID: id, status: 200, source: body)
             try peerToClient()
             let stream = try opened.wait()
             loop.run()
             _ = try eventsAtPeer()
-            return (stream, id, body)
+            return (stream, id)
         }
     }
 
@@ -121,7 +120,8 @@ struct MuxFlushTests {
     @Test("A write made while the carrier flushes goes out in the same pump, not at the next event")
     func writeDuringFlushIsSent() throws {
         let harness = try Harness()
-        let (stream, _, body) = try harness.openAnsweredStream()
+        let body = Silence() // nghttp2 holds it unretained
+        let (stream, _) = try harness.openAnsweredStream(answeringWith: body)
         // What a write promise completed by the socket's flush could do.
         harness.counter.onNextFlush = { stream.writeAndFlush(ByteBuffer(string: "second"), promise: nil) }
         stream.writeAndFlush(ByteBuffer(string: "first"), promise: nil)
@@ -137,7 +137,8 @@ struct MuxFlushTests {
     @Test("A frame prepared before an abort never goes out: no stand-in bytes, no END_STREAM, a reset")
     func heldFrameOfAnAbortedStream() throws {
         let harness = try Harness(peerStreamWindow: 1 << 20)
-        let (stream, id, body) = try harness.openAnsweredStream()
+        let body = Silence()
+        let (stream, id) = try harness.openAnsweredStream(answeringWith: body)
 
         // 4 full 64 KiB frames fill a send chunk; the fifth, the last 10 bytes with END_STREAM,
         // is prepared and held. The socket then stops taking writes, and the stream is aborted.

@@ -40,65 +40,36 @@ struct MuxStreamEndTests {
     /// A client stream whose peer (a bare nghttp2 server) sends "partial" and then, with or
     /// without END_STREAM first, RST_STREAM(NO_ERROR).
     static func ending(withEndOfStream: Bool) throws -> [String] {
-        let loop = EmbeddedEventLoop()
-        let channel = EmbeddedChannel(loop: loop)
-        let handler = MuxConnectionHandler(role: .client, settings: MuxSettings(keepaliveInterval: .seconds(30)))
-        let peer = try NGHTTP2Session(role: .server, settings: MuxSessionTests.settings, allocator: ByteBufferAllocator())
-        try channel.pipeline.syncOperations.addHandler(handler)
-        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
-        func clientToPeer() throws { while let bytes = try channel.readOutbound(as: ByteBuffer.self) { try peer.receive(bytes) } }
-        func peerToClient() throws { while let bytes = try peer.sendJoined(limit: 1 << 20) { try channel.writeInbound(bytes) } }
-
-        let opened = handler.openStream(authority: "storage")
-        try clientToPeer()
-        guard case .request(let streamID, _)? = peer.takeEvents().first(where: { if case .request = $0 { true } else { false } }) else {
-            throw MuxError.streamRefused("no CONNECT reached the peer")
-        }
-        let body = Body("partial", ends: withEndOfStream)
-        peer.submitResponse(streamID: streamID, status: 200, source: body)
-        try peerToClient()
-        let stream = try opened.wait()
+        let harness = try MuxFlushTests.Harness()
+        let body = Body("partial", ends: withEndOfStream) // nghttp2 holds it unretained
+        let (stream, streamID) = try harness.openAnsweredStream(answeringWith: body)
         let recorder = Recorder()
         try stream.pipeline.syncOperations.addHandler(recorder)
         stream.read()
-        loop.run()
-        peer.reset(streamID: streamID, errorCode: 0)
-        try peerToClient()
+        harness.loop.run()
+        harness.peer.reset(streamID: streamID, errorCode: 0)
+        try harness.peerToClient()
         stream.read()
-        loop.run()
-        return recorder.events
+        harness.loop.run()
+        return withExtendedLifetime(body) { recorder.events }
     }
 
-    /// A client mux stream on an embedded connection whose peer (a bare nghttp2 server)
-    /// answered 200 with `reply`, then END_STREAM; nothing has read it yet.
+    /// A client mux stream on an embedded connection whose peer answered 200 with `reply`,
+    /// then END_STREAM; nothing has read it yet.
     struct AnsweredStream {
-        let loop = EmbeddedEventLoop()
-        let channel: EmbeddedChannel
-        let peer: NGHTTP2Session
+        let harness: MuxFlushTests.Harness
         let body: Body // nghttp2 holds it unretained
         let stream: Channel
+        var loop: EmbeddedEventLoop { harness.loop }
 
         init(reply: String) throws {
-            channel = EmbeddedChannel(loop: loop)
-            let handler = MuxConnectionHandler(role: .client, settings: MuxSettings(keepaliveInterval: .seconds(30)))
-            peer = try NGHTTP2Session(role: .server, settings: MuxSessionTests.settings, allocator: ByteBufferAllocator())
-            try channel.pipeline.syncOperations.addHandler(handler)
-            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
-            let opened = handler.openStream(authority: "storage")
-            while let bytes = try channel.readOutbound(as: ByteBuffer.self) { try peer.receive(bytes) }
-            guard case .request(let streamID, _)? = peer.takeEvents().first(where: { if case .request = $0 { true } else { false } }) else {
-                throw MuxError.streamRefused("no CONNECT reached the peer")
-            }
+            harness = try MuxFlushTests.Harness()
             body = Body(reply, ends: true)
-            peer.submitResponse(streamID: streamID, status: 200, source: body)
-            while let bytes = try peer.sendJoined(limit: 1 << 20) { try channel.writeInbound(bytes) }
-            stream = try opened.wait()
+            stream = try harness.openAnsweredStream(answeringWith: body).stream
         }
 
         /// Everything the client wrote reaches the peer (our END_STREAM among it).
-        func clientToPeer() throws {
-            while let bytes = try channel.readOutbound(as: ByteBuffer.self) { try peer.receive(bytes) }
-        }
+        func clientToPeer() throws { _ = try harness.eventsAtPeer() }
     }
 
     /// The answered stream left unread (the glue withholds reads while the local app is slow):
