@@ -206,10 +206,9 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
     func canSend(_ count: Int) -> Bool { !aborting && count <= outboundBytes }
 
     func takeOutbound(_ count: Int, endsStream: Bool, into frames: inout OutboundFrames) {
-        // The frame header for `count` bytes is written. `canSend` refused the frame if the
-        // queue was dropped; were it short anyway, zeros keep the framing whole.
-        let missing = max(0, count - outboundBytes)
-        var remaining = count - missing
+        // The frame header for `count` bytes is written; `canSend` has just checked they are queued.
+        assert(count <= outboundBytes, "a DATA frame larger than the queue")
+        var remaining = count
         while remaining > 0, case (var chunk, let promise)? = outbound.popFirst() {
             if chunk.readableBytes <= remaining {
                 remaining -= chunk.readableBytes
@@ -222,8 +221,7 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
                 outbound.prepend((chunk, promise))
             }
         }
-        frames.writeZeros(missing)
-        outboundBytes -= count - missing
+        outboundBytes -= count
         // The frame's own flag, not the queue: a frame prepared before the output ended (held
         // by a full send chunk) may go out after it with no END_STREAM, and marking the end
         // taken then would let a close's RST_STREAM(NO_ERROR) overtake the real END_STREAM.
