@@ -56,6 +56,10 @@ install -m 0644 deploy/grafana/*.json "$doc/examples/grafana/"
 install -m 0644 deploy/README.md "$doc/README.deploy.md"
 install -m 0644 deploy/audit-schema.md "$doc/audit-schema.md"
 install -m 0644 README.md "$doc/README.md"
+# Static-Built-Using (below; deb-control(5), dpkg 1.21.3) is newer than Debian 12's lintian.
+install -d -m 0755 "$root/usr/share/lintian/overrides"
+printf '%s\n' "backup-sidecar: unknown-field Static-Built-Using" > "$root/usr/share/lintian/overrides/backup-sidecar"
+chmod 0644 "$root/usr/share/lintian/overrides/backup-sidecar"
 
 # The manual page, from the binary's own --help (and `help run`), so it cannot drift.
 {
@@ -112,6 +116,19 @@ if readelf -V "$root/usr/bin/backup-sidecar" | grep -q 'GLIBC_ABI_DT_RELR'; then
 fi
 rm -rf "$work/debian"
 
+# Static-Built-Using: the Debian sources whose code the binary carries from static archives
+# (scripts/shipped-build.sh, Package.swift), so a security update to them is seen to need a
+# rebuild of this package. Each archive is found as the link finds it.
+clang_bin="$(dirname "$SHIPPED_LLD")/clang"
+static_sources=()
+for archive in "$SHIPPED_LIBSTDCXX_A" "$("$clang_bin" -print-file-name=libgcc_eh.a)" \
+               "$("$clang_bin" -print-file-name=libre2.a)"; do
+  owner=$(dpkg-query -S "$(readlink -f "$archive")" 2>/dev/null | head -n 1 | cut -d: -f1) || true
+  [ -n "$owner" ] || { echo "package: no Debian package owns $archive" >&2; exit 1; }
+  static_sources+=("$(dpkg-query -W -f='${source:Package} (= ${source:Version})' "$owner")")
+done
+static_built_using=$(printf '%s\n' "${static_sources[@]}" | LC_ALL=C sort -u | paste -sd, | sed 's/,/, /g')
+
 (cd "$root" && find . -type f ! -path './DEBIAN/*' -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) > "$root/DEBIAN/md5sums"
 chmod 0644 "$root/DEBIAN/md5sums"
 installed_size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
@@ -122,6 +139,7 @@ Architecture: $arch
 Maintainer: backup-sidecar maintainers <maintainers@backup-sidecar.invalid>
 Installed-Size: $installed_size
 Depends: $depends
+Static-Built-Using: $static_built_using
 Section: net
 Priority: optional
 Homepage: https://github.com/backup-sidecar/backup-sidecar

@@ -10,6 +10,11 @@
 #   maps fewer 64 KiB windows of code (idle resident text 9.1 -> 6.3 MB; the rest is the
 #   prebuilt stdlib, which cannot be reordered). Needs one section per function. The compiler's
 #   private functions, which have no names to order by, are grouped by scripts/private-text.ld.
+# - libstdc++ and libgcc from their static archives (RE2 too, in Package.swift): the shared
+#   libstdc++ costs every process its symbol tables and relocations (about 0.6 MiB resident
+#   with libre2.so), and the link keeps only the few functions the runtime and RE2 call. The
+#   toolchain's static-stdlib arguments name -lstdc++ themselves, so a directory searched before
+#   GCC's holds a libstdc++.so that is a linker script naming the archive.
 SHIPPED_SCRATCH=.build-static # relative: the sourcing script runs from the repository root
 SHIPPED_ORDER="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/link-order.txt"
 SHIPPED_PRIVATE_TEXT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/private-text.ld"
@@ -18,7 +23,13 @@ if [ ! -x "$SHIPPED_LLD" ]; then
   echo "shipped-build: the Swift toolchain's ld.lld is missing (looked for $SHIPPED_LLD)" >&2
   return 1 # sourced, never run
 fi
-mkdir -p "$SHIPPED_SCRATCH"
+mkdir -p "$SHIPPED_SCRATCH/static-cxx"
+SHIPPED_LIBSTDCXX_A="$("$(dirname "$SHIPPED_LLD")/clang" -print-file-name=libstdc++.a)"
+if [ ! -f "$SHIPPED_LIBSTDCXX_A" ]; then
+  echo "shipped-build: libstdc++.a is missing (install libstdc++-12-dev)" >&2
+  return 1
+fi
+printf 'INPUT(%s)\n' "$SHIPPED_LIBSTDCXX_A" >"$SHIPPED_SCRATCH/static-cxx/libstdc++.so"
 # Sourcing this file may delete objects or the binary in $SHIPPED_SCRATCH (below): never source it
 # while another build or bench run uses that directory.
 printf '{ "schemaVersion": "1.0", "linker": { "path": "%s" } }\n' "$SHIPPED_LLD" >"$SHIPPED_SCRATCH/lld-toolset.json.new"
@@ -30,7 +41,9 @@ SHIPPED_BUILD_FLAGS=(-c release --product backup-sidecar --static-swift-stdlib -
                      -Xlinker -z -Xlinker relro -Xlinker -z -Xlinker now
                      -Xlinker -z -Xlinker pack-relative-relocs -Xlinker --no-export-dynamic
                      -Xlinker --symbol-ordering-file="$SHIPPED_ORDER" -Xlinker --no-warn-symbol-ordering
-                     -Xlinker -T -Xlinker "$SHIPPED_PRIVATE_TEXT")
+                     -Xlinker -T -Xlinker "$SHIPPED_PRIVATE_TEXT"
+                     -Xswiftc -Xclang-linker -Xswiftc "-L$PWD/$SHIPPED_SCRATCH/static-cxx"
+                     -Xswiftc -Xclang-linker -Xswiftc -static-libgcc)
 # The Swift frontend keeps an existing object file whose sources did not change, even when the
 # code-generation flags did (seen with -function-sections): start from no objects when they change.
 if [ "$(printf '%s\n' "${SHIPPED_BUILD_FLAGS[@]}")" != "$(cat "$SHIPPED_SCRATCH/flags.stamp" 2>/dev/null)" ]; then

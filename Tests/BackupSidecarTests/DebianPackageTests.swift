@@ -54,7 +54,7 @@ struct DebianPackageTests {
         let info = try await Self.run(["dpkg-deb", "--info", deb]).output
         #expect(info.contains(" Package: backup-sidecar\n") && info.contains(" Version: \(version)\n") && info.contains(" Architecture: amd64\n"))
         let depends = try #require(info.split(separator: "\n").first { $0.hasPrefix(" Depends: ") })
-        for library in ["libc6", "libssl3", "libnghttp2-14", "libre2-9", "libstdc++6", "libgcc-s1"] {
+        for library in ["libc6", "libssl3", "libnghttp2-14"] {
             #expect(depends.contains(library), "\(depends)")
         }
         let contents = try await Self.run(["dpkg-deb", "--contents", deb]).output
@@ -118,7 +118,7 @@ struct DebianPackageTests {
         #expect(!ldd.output.contains("not found") && !ldd.output.contains("libswift") && !ldd.output.contains("libFoundation"), "\(ldd.output)")
         var resolved: [String] = []
         for line in ldd.output.split(separator: "\n") {
-            let fields = line.split(separator: " ")
+            let fields = line.split(whereSeparator: \.isWhitespace)
             if let arrow = fields.firstIndex(of: "=>"), arrow + 1 < fields.count, fields[arrow + 1].hasPrefix("/") {
                 resolved.append(String(fields[arrow + 1]))
             } else if let first = fields.first, first.hasPrefix("/") {
@@ -140,6 +140,52 @@ struct DebianPackageTests {
         let built = try await Self.builtVersion()
         #expect(version.output.split(separator: "\n").map(String.init) == built,
                 "the package is from another build than the suite's (\(built.first ?? "?")): run scripts/package.sh .build/test-dist, as scripts/test.sh does")
+    }
+
+    /// RE2, libstdc++ and libgcc are linked from static archives (Package.swift,
+    /// scripts/shipped-build.sh): the package neither loads nor depends on them, names their
+    /// sources for security tracking, and its RE2 still decides PathRegex as RE2 does.
+    @Test("Extracted: no shared C++ runtime or RE2; Static-Built-Using names them; PathRegex works")
+    func staticCxxRuntime() async throws {
+        let deb = try Self.package()
+        let depends = try await Self.run(["dpkg-deb", "--field", deb, "Depends"]).output
+        for library in ["libre2", "libstdc++", "libgcc-s"] {
+            #expect(!depends.contains(library), "\(depends)")
+        }
+        let staticSources = try await Self.run(["dpkg-deb", "--field", deb, "Static-Built-Using"]).output
+        for source in ["gcc-12 (= ", "re2 (= "] {
+            #expect(staticSources.contains(source), "Static-Built-Using: \(staticSources)")
+        }
+        let root = try await Self.extracted()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let binary = "\(root)/usr/bin/backup-sidecar"
+        let needed = try await Self.run(["readelf", "-d", binary]).output
+        for library in ["libre2", "libstdc++", "libgcc_s"] {
+            #expect(!needed.contains(library), "\(needed)")
+        }
+        func intentions(pathRegex: String) throws -> String {
+            let path = "\(root)/intentions-\(pathRegex.count).json"
+            let permission: [String: Any] = ["Action": "allow", "HTTP": ["PathRegex": pathRegex]]
+            let entry: [String: Any] = ["Kind": "service-intentions", "Name": "storage",
+                                        "Sources": [["Name": "backup-agent", "Permissions": [permission]]]]
+            try JSONSerialization.data(withJSONObject: [entry]).write(to: URL(fileURLWithPath: path))
+            return path
+        }
+        let valid = try intentions(pathRegex: "/snapshots/[0-9a-f]{8}")
+        func check(_ path: String, _ file: String) async throws -> (status: Int32, output: String) {
+            try await Self.run(["env", "-i", binary, "intention", "check", "backup-agent", "storage", "GET", path,
+                                "--intentions-file", file])
+        }
+        let allowed = try await check("/snapshots/0123abcd", valid)
+        #expect(allowed.status == 0 && allowed.output.hasPrefix("Allowed"), "\(allowed.output)")
+        // RE2 matches the whole path: a longer or upper-case name is no match, so denied.
+        for path in ["/snapshots/0123abcd/extra", "/snapshots/0123ABCD", "/x/snapshots/0123abcd"] {
+            let denied = try await check(path, valid)
+            #expect(denied.status == 2 && denied.output.hasPrefix("Denied"), "\(path): \(denied.output)")
+        }
+        // RE2's own parser rejects the pattern, with its message.
+        let broken = try await check("/snapshots/0123abcd", try intentions(pathRegex: "/snapshots/(["))
+        #expect(broken.status == 1 && broken.output.contains("missing ]"), "\(broken.output)")
     }
 
     @Test("Extracted: a file-mode round trip with the packaged example files (ports moved to free ones)")
