@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates scripts/link-order.txt: the functions a running sidecar executes, hottest first,
-# which the shipped link (scripts/shipped-build.sh) lays out together at the start of .text.
+# which the shipped link (scripts/shipped-build.sh) lays out together at the start of .text,
+# then the constants and variables a started sidecar touches, laid out at the start of .rodata
+# and .bss the same way.
 # Why: the kernel maps code in 64 KiB windows around each page a process touches. With the
 # executed 1-2 MB spread over 13 MB of text, an idle sidecar had 9 MB of code resident.
 #
@@ -8,11 +10,12 @@
 # executes, through (1) the demo (Consul mode on the dev agent: ACL login, leaf and roots
 # watches, intentions, restic through the mesh) and (2) the bench's file-mode pairs, raw and
 # multiplexed, under wrk (new connections, keep-alive) and iperf3 (bulk). The dev agent itself
-# runs natively: it is a test stand-in, not what ships.
+# runs natively: it is a test stand-in, not what ships. (3) For data, valgrind's lackey traces
+# each side of a file-mode pair in turn through start and one request.
 #
 # The order only moves code; a stale file costs memory, never correctness: names it lists
 # that no longer exist are ignored, and new functions land after the listed ones.
-# Usage: scripts/link-order.sh   (about 3 minutes; run after large changes, commit the result)
+# Usage: scripts/link-order.sh   (about 6 minutes; run after large changes, commit the result)
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../bench/lib.sh"
@@ -68,6 +71,67 @@ for mode in mux raw; do
   kill -TERM "$bulk_server" "$bulk_client"; wait "$bulk_server" "$bulk_client" 2>/dev/null || true
 done
 
+# Data: the constants (.rodata) and zero-initialised variables (.bss) a sidecar reads or writes
+# from start through one request, under valgrind's lackey, which prints every load and store.
+# They are spread over 2.7 MB, and the Swift runtime's first protocol-conformance lookup alone
+# reads every conformance descriptor; listed, they are laid out together at the start of their
+# sections. One side at a time runs under lackey (it starts in about a minute); it is killed
+# while idle, so what only shutdown touches stays out.
+echo "link-order: data a started pair touches, under lackey" >&2
+mkdir "$WORK/touched"
+cat >"$WORK/touched.py" <<'PY'
+# touched.py PID BINARY OUT: reads lackey's trace on stdin; writes the offsets (from the load
+# base) of the 8-byte words of BINARY's image that were loaded, stored or modified.
+import os, struct, sys
+pid, binary, out = sys.argv[1], sys.argv[2], sys.argv[3]
+# The image ends where its last PT_LOAD does in memory: .bss runs on past the file's pages.
+with open(binary, "rb") as elf:
+    header = elf.read(64)
+    phoff, phentsize, phnum = struct.unpack_from("<Q", header, 32)[0], *struct.unpack_from("<HH", header, 54)
+    elf.seek(phoff)
+    table = elf.read(phentsize * phnum)
+image_size = max(vaddr + memsz for kind, _, _, vaddr, _, _, memsz, _ in
+                 (struct.unpack_from("<IIQQQQQQ", table, i * phentsize) for i in range(phnum)) if kind == 1)
+base = end = None
+words = set()
+for line in sys.stdin:
+    if line[:2] not in (" L", " S", " M"):
+        continue
+    if base is None:  # the client's image is mapped before its first instruction runs
+        base = min(int(m.split("-")[0], 16) for m in open(f"/proc/{pid}/maps") if m.rstrip().endswith(binary))
+        end = base + image_size
+    comma = line.index(",", 3)
+    address = int(line[3:comma], 16)
+    if base <= address < end:
+        words.update(range(address >> 3, ((address + int(line[comma + 1:]) - 1) >> 3) + 1))
+with open(out + ".part", "w") as f:
+    f.write("".join(f"{(word << 3) - base:x}\n" for word in sorted(words)))
+os.rename(out + ".part", out)
+PY
+LACKEY_BIN="$WORK/sidecar-under-lackey"
+cat >"$LACKEY_BIN" <<EOF
+#!/bin/bash
+exec 3> >(exec python3 "$WORK/touched.py" \$\$ "$WORK/backup-sidecar" "$WORK/touched/\$\$.txt")
+exec valgrind --quiet --tool=lackey --trace-mem=yes --log-fd=3 "$WORK/backup-sidecar" "\$@"
+EOF
+chmod +x "$LACKEY_BIN"
+for traced in server client; do
+  public="" web_local=""
+  alloc_port public; alloc_port web_local
+  SIDECAR_BIN=$binary; [ "$traced" = server ] && SIDECAR_BIN=$LACKEY_BIN
+  start_sidecar_server "$WORK" "$public" "$HTTP_PORT"; data_server=$SERVER_PID
+  SIDECAR_BIN=$binary; [ "$traced" = client ] && SIDECAR_BIN=$LACKEY_BIN
+  start_sidecar_client "$WORK" "$web_local" "$public"; data_client=$CLIENT_PID
+  await_port "$public" "$data_server" 300; await_port "$web_local" "$data_client" 300
+  curl -sS --max-time 300 -o /dev/null "http://127.0.0.1:$web_local/" \
+    || { echo "link-order: a request through the pair (lackey on the $traced) failed" >&2; exit 1; }
+  sleep 2
+  kill -KILL "$data_server" "$data_client" 2>/dev/null || true
+  wait "$data_server" "$data_client" 2>/dev/null || true
+done
+for _ in $(seq 1 600); do [ "$(find "$WORK/touched" -name '*.txt' | wc -l)" -ge 2 ] && break; sleep 0.5; done
+[ "$(find "$WORK/touched" -name '*.txt' | wc -l)" -ge 2 ] || { echo "link-order: lackey's traces are missing" >&2; exit 1; }
+
 # The link map says which input section holds each function. A function whose object was
 # compiled without one section per function (the toolchain's prebuilt stdlib, Foundation and
 # Dispatch archives) would drag its object's whole .text (up to 1.6 MB) into the ordered run
@@ -75,8 +139,8 @@ done
 rm -f "$binary"
 # --no-demangle: the map names C++ functions as the symbol table and callgrind do.
 swift build "${SHIPPED_BUILD_FLAGS[@]}" -Xlinker -Map="$WORK/link.map" -Xlinker --no-demangle >&2
-python3 - "$WORK/link.map" "$WORK"/callgrind/*.out >"$WORK/link-order.txt" <<'PY'
-import re, sys
+python3 - "$WORK/link.map" "$WORK/touched" "$WORK"/callgrind/*.out >"$WORK/link-order.txt" <<'PY'
+import bisect, os, re, sys
 # Names never defined in a large .text input section. lld moves every section that holds a
 # listed name: a prebuilt archive's undivided .text (the stdlib's is 1.6 MB) would come along
 # whole. A small local helper that recurs across objects (__swift_instantiateConcreteTypeFrom-
@@ -99,7 +163,7 @@ splittable = small - large
 # Self cost per function over all callgrind outputs. A cost line follows its fn= line; the
 # line after a calls= line is the callee's inclusive cost and is not the caller's own.
 cost = {}
-for path in sys.argv[2:]:
+for path in sys.argv[3:]:
     names, current, skip = {}, None, False
     for line in open(path, errors="replace"):
         if line.startswith(("fn=", "cfn=")):
@@ -124,6 +188,30 @@ executed = sorted((name for name in cost if name in splittable), key=lambda name
 print("# Generated by scripts/link-order.sh (functions executed by a running sidecar, hottest")
 print("# first); used by scripts/shipped-build.sh. Regenerate after large changes.")
 print("\n".join(executed))
+# Data: the input sections of .rodata and .bss holding a word lackey saw touched, named by
+# their first symbol, in address order. Sections without a symbol (merged strings) stay put.
+touched = sorted({int(line, 16) for path in os.listdir(sys.argv[2])
+                  for line in open(os.path.join(sys.argv[2], path))})
+entry = re.compile(r"^\s*([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)\s+\d+ (\s*)(\S.*)$")
+output, sections, first_symbol = None, [], {}
+for line in open(sys.argv[1], errors="replace"):
+    match = entry.match(line.rstrip("\n"))
+    if not match:
+        continue
+    depth = len(match.group(3))
+    if depth == 0:
+        output = match.group(4)
+    elif depth == 8 and output in (".rodata", ".bss"):
+        sections.append((int(match.group(1), 16), int(match.group(2), 16)))
+    elif depth == 16 and output in (".rodata", ".bss") and sections and len(sections) - 1 not in first_symbol:
+        first_symbol[len(sections) - 1] = match.group(4)
+data = []
+for index, (start, size) in enumerate(sections):
+    at = bisect.bisect_left(touched, start & ~7)
+    if index in first_symbol and at < len(touched) and touched[at] < start + size:
+        data.append(first_symbol[index])
+print("# Data a started sidecar touches (.rodata, .bss), in address order.")
+print("\n".join(dict.fromkeys(data)))
 PY
 mv "$WORK/link-order.txt" scripts/link-order.txt
-echo "link-order: $(grep -vc '^#' scripts/link-order.txt) functions in scripts/link-order.txt" >&2
+echo "link-order: $(grep -vc '^#' scripts/link-order.txt) names in scripts/link-order.txt" >&2

@@ -106,4 +106,33 @@ struct ShippedLayoutTests {
         let outside = hottest.filter { $0 >= textStart + (2 << 20) }
         #expect(outside.isEmpty, "\(outside.count) of the hottest functions lie beyond the first 2 MiB of .text")
     }
+
+    /// The second part of the order file: the constants and variables a started sidecar touches.
+    /// Unordered, they are spread over the whole of .rodata (the runtime's first conformance
+    /// lookup reads every conformance descriptor) and .bss; ordered, .rodata's fill about its
+    /// first fifth and .bss's its first half.
+    @Test("The data a started sidecar touches come first in .rodata and .bss (scripts/link-order.txt)")
+    func touchedDataFirst() async throws {
+        let lines = try String(contentsOf: Self.root.appendingPathComponent("scripts/link-order.txt"), encoding: .utf8)
+            .split(separator: "\n").map(String.init)
+        let marker = try #require(lines.firstIndex { $0.hasPrefix("# Data") }, "no data part: regenerate scripts/link-order.txt")
+        let listed = lines[(marker + 1)...].filter { !$0.hasPrefix("#") }
+        #expect(listed.count > 2000, "\(listed.count) data names")
+        var address: [String: UInt64] = [:]
+        for line in try await Self.run(["nm", "--defined-only", Self.binary]).split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard fields.count == 3, "dDbBrR".contains(fields[1]), let value = UInt64(fields[0], radix: 16) else { continue }
+            address[String(fields[2])] = address[String(fields[2])] ?? value
+        }
+        let sections = try await Self.run(["readelf", "-SW", Self.binary]).split(separator: "\n")
+        for (name, share) in [(".rodata", 0.3), (".bss", 0.6)] {
+            let fields = try #require(sections.first { $0.contains(" \(name) ") }).split(separator: " ")
+            let index = try #require(fields.firstIndex { $0 == name })
+            let start = try #require(UInt64(fields[index + 2], radix: 16)), size = try #require(UInt64(fields[index + 4], radix: 16))
+            let inside = listed.compactMap { address[$0] }.filter { $0 >= start && $0 < start + size }
+            #expect(inside.count > (name == ".bss" ? 100 : 2000), "only \(inside.count) listed names in \(name)")
+            let late = inside.filter { Double($0 - start) >= share * Double(size) }
+            #expect(late.isEmpty, "\(late.count) of \(inside.count) listed names lie beyond the first \(Int(share * 100)) % of \(name)")
+        }
+    }
 }
