@@ -49,11 +49,15 @@ make_certs
 start_nginx
 start_iperf_server "$WORK/iperf-server.log"
 for mode in mux raw; do
+  # Audit lines go to stdout in the mux pairs (as in the bench) and to files in the raw ones
+  # (as the packaged systemd units have it), so both sinks' code is ordered.
   extra=(); [ "$mode" = raw ] && extra=(--mux off)
+  server_audit=(); client_audit=()
+  [ "$mode" = raw ] && server_audit=(--audit-log "$WORK/audit-server.jsonl") client_audit=(--audit-log "$WORK/audit-client.jsonl")
   public="" web_local="" bulk_public="" bulk_local=""
   alloc_port public; alloc_port web_local; alloc_port bulk_public; alloc_port bulk_local
-  start_sidecar_server "$WORK" "$public" "$HTTP_PORT" "${extra[@]}"; web_server=$SERVER_PID
-  start_sidecar_client "$WORK" "$web_local" "$public" "${extra[@]}"; web_client=$CLIENT_PID
+  start_sidecar_server "$WORK" "$public" "$HTTP_PORT" "${extra[@]}" "${server_audit[@]}"; web_server=$SERVER_PID
+  start_sidecar_client "$WORK" "$web_local" "$public" "${extra[@]}" "${client_audit[@]}"; web_client=$CLIENT_PID
   await_port "$web_local" "$web_client" 180; await_port "$public" "$web_server" 180
   wrk -t1 -c4 -d5s -H 'Connection: close' "http://127.0.0.1:$web_local/" >/dev/null
   wrk -t1 -c4 -d5s "http://127.0.0.1:$web_local/" >/dev/null
@@ -123,7 +127,8 @@ for traced in server client; do
   SIDECAR_BIN=$binary; [ "$traced" = client ] && SIDECAR_BIN=$LACKEY_BIN
   start_sidecar_client "$WORK" "$web_local" "$public"; data_client=$CLIENT_PID
   await_port "$public" "$data_server" 300; await_port "$web_local" "$data_client" 300
-  curl -sS --max-time 300 -o /dev/null "http://127.0.0.1:$web_local/" \
+  # Under lackey a first handshake can outlast the client's connect timeout: try again.
+  curl -sS --max-time 300 --retry 5 --retry-all-errors --retry-delay 2 -o /dev/null "http://127.0.0.1:$web_local/" \
     || { echo "link-order: a request through the pair (lackey on the $traced) failed" >&2; exit 1; }
   sleep 2
   kill -KILL "$data_server" "$data_client" 2>/dev/null || true

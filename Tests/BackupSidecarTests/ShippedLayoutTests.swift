@@ -47,9 +47,10 @@ struct ShippedLayoutTests {
         #expect(symbols.count > 100, "readelf listed no imports either: \(symbols.prefix(5))")
     }
 
-    /// The compiler's private functions have no names for the text order; scripts/private-text.ld
-    /// groups them just before .text, where the ordered run of executed functions begins.
-    @Test("Private functions (.text..L* input sections) are grouped in .text.private, right before .text")
+    /// The compiler's private functions have no names for the text order, and its merged
+    /// functions (…Tm) have local names that recur across objects and prebuilt archives;
+    /// scripts/private-text.ld groups both just before .text, where the ordered run begins.
+    @Test("Private and merged functions (.text..L*, .text.*Tm) are grouped in .text.private, right before .text")
     func privateFunctionsGrouped() async throws {
         let sections = try await Self.run(["readelf", "-SW", Self.binary]).split(separator: "\n")
         func range(_ name: String) throws -> (start: UInt64, size: UInt64) {
@@ -59,6 +60,13 @@ struct ShippedLayoutTests {
         }
         let grouped = try range(".text.private"), text = try range(".text")
         #expect(grouped.size > 16 << 10 && grouped.size < 512 << 10, "\(grouped.size) bytes of private functions")
+        let merged = try await Self.run(["nm", "--defined-only", Self.binary]).split(separator: "\n").compactMap { line -> UInt64? in
+            let fields = line.split(separator: " ")
+            guard fields.count == 3, "tT".contains(fields[1]), fields[2].hasSuffix("Tm") else { return nil }
+            return UInt64(fields[0], radix: 16)
+        }
+        let mergedInside = merged.filter { $0 >= grouped.start && $0 < grouped.start + grouped.size }
+        #expect(mergedInside.count > 1000, "\(mergedInside.count) of \(merged.count) merged functions in .text.private")
         #expect(text.start >= grouped.start + grouped.size && text.start - (grouped.start + grouped.size) < 4096,
                 ".text.private does not end where .text begins")
     }
