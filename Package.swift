@@ -35,11 +35,13 @@ let package = Package(
         .systemLibrary(name: "CSystemExtras"),
         // RE2 (Debian's libre2) behind a small C face: PathRegex and header Regex run in linear
         // time with RE2 semantics, as Consul's Envoy evaluates them. Linked from its static
-        // archive: libre2.so would bring libstdc++.so and its symbol tables into every sidecar
-        // (0.6 MiB of idle RSS); scripts/package.sh records the version in Static-Built-Using.
+        // archive on Linux: libre2.so would bring libstdc++.so and its symbol tables into every
+        // sidecar (with the static libstdc++ of scripts/shipped-build.sh, about 0.7 MiB of idle
+        // RSS); scripts/package.sh records the version in Static-Built-Using.
         .target(
             name: "CRE2",
-            linkerSettings: [.unsafeFlags(["-Xlinker", "-l:libre2.a"])]
+            linkerSettings: [.unsafeFlags(["-Xlinker", "-l:libre2.a"], .when(platforms: [.linux])),
+                             .linkedLibrary("re2", .when(platforms: [.macOS]))]
         ),
         // The pure models both the data plane and the dev agent use: config and its decoding,
         // intentions and L7 policy, Consul API shapes, SPIFFE IDs, JSON and timestamps. No I/O,

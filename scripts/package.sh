@@ -119,13 +119,12 @@ rm -rf "$work/debian"
 # Static-Built-Using: the Debian sources whose code the binary carries from static archives
 # (scripts/shipped-build.sh, Package.swift), so a security update to them is seen to need a
 # rebuild of this package. Each archive is found as the link finds it.
-clang_bin="$(dirname "$SHIPPED_LLD")/clang"
 static_sources=()
-for archive in "$SHIPPED_LIBSTDCXX_A" "$("$clang_bin" -print-file-name=libgcc_eh.a)" \
-               "$("$clang_bin" -print-file-name=libre2.a)"; do
-  owner=$(dpkg-query -S "$(readlink -f "$archive")" 2>/dev/null | head -n 1 | cut -d: -f1) || true
+for archive in "${SHIPPED_STATIC_ARCHIVES[@]}"; do
+  # "package:arch: /path" or "first, second: /path"; diversion lines do not match.
+  owner=$(dpkg-query -S "$(readlink -f "$archive")" 2>/dev/null | sed -n 's/^\([^ ,]*\)[,:] .*/\1/p' | head -n 1) || true
   [ -n "$owner" ] || { echo "package: no Debian package owns $archive" >&2; exit 1; }
-  static_sources+=("$(dpkg-query -W -f='${source:Package} (= ${source:Version})' "$owner")")
+  static_sources+=("$(dpkg-query -W -f='${source:Package} (= ${source:Version})\n' "$owner" | head -n 1)")
 done
 static_built_using=$(printf '%s\n' "${static_sources[@]}" | LC_ALL=C sort -u | paste -sd, | sed 's/,/, /g')
 

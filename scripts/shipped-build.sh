@@ -13,11 +13,12 @@
 #   The same file orders the constants and variables a started sidecar touches to the start of
 #   .rodata and .bss (resident 1.5 -> 1.2 MB).
 # - libstdc++ and libgcc from their static archives (RE2 too, in Package.swift): the shared
-#   libstdc++ costs every process its symbol tables and relocations (about 0.6 MiB resident
-#   with libre2.so), and the link keeps only the few functions the runtime and RE2 call. The
-#   toolchain's static-stdlib arguments name -lstdc++ themselves, so a directory searched before
-#   GCC's holds a libstdc++.so that is a linker script naming the archive.
+#   libstdc++ costs every process its symbol tables and relocations (idle RSS about 0.7 MiB
+#   lower without it and libre2.so), and the link keeps only the few functions the runtime and
+#   RE2 call. The toolchain's static-stdlib arguments name -lstdc++ themselves, so a directory
+#   searched before GCC's holds a libstdc++.so that is a linker script naming the archive.
 SHIPPED_SCRATCH=.build-static # relative: the sourcing script runs from the repository root
+SHIPPED_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)" # physical: one flag list per checkout
 SHIPPED_ORDER="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/link-order.txt"
 SHIPPED_PRIVATE_TEXT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/private-text.ld"
 SHIPPED_LLD="$(dirname "$(readlink -f "$(command -v swift)")")/ld.lld"
@@ -44,13 +45,22 @@ SHIPPED_BUILD_FLAGS=(-c release --product backup-sidecar --static-swift-stdlib -
                      -Xlinker -z -Xlinker pack-relative-relocs -Xlinker --no-export-dynamic
                      -Xlinker --symbol-ordering-file="$SHIPPED_ORDER" -Xlinker --no-warn-symbol-ordering
                      -Xlinker -T -Xlinker "$SHIPPED_PRIVATE_TEXT"
-                     -Xswiftc -Xclang-linker -Xswiftc "-L$PWD/$SHIPPED_SCRATCH/static-cxx"
+                     -Xswiftc -Xclang-linker -Xswiftc "-L$SHIPPED_ROOT/$SHIPPED_SCRATCH/static-cxx"
                      -Xswiftc -Xclang-linker -Xswiftc -static-libgcc)
 # The Swift frontend keeps an existing object file whose sources did not change, even when the
 # code-generation flags did (seen with -function-sections): start from no objects when they change.
 if [ "$(printf '%s\n' "${SHIPPED_BUILD_FLAGS[@]}")" != "$(cat "$SHIPPED_SCRATCH/flags.stamp" 2>/dev/null)" ]; then
   find "$SHIPPED_SCRATCH" -name '*.o' -delete
   printf '%s\n' "${SHIPPED_BUILD_FLAGS[@]}" >"$SHIPPED_SCRATCH/flags.stamp"
+fi
+# Nor does it know the static archives of the C++ runtime and RE2: relink when one changed (a
+# security update), or the package would name, in Static-Built-Using, code it does not hold.
+# Compared by content: dpkg installs them with the package's own, older, mtimes.
+SHIPPED_STATIC_ARCHIVES=("$SHIPPED_LIBSTDCXX_A" "$("$(dirname "$SHIPPED_LLD")/clang" -print-file-name=libgcc_eh.a)"
+                         "$("$(dirname "$SHIPPED_LLD")/clang" -print-file-name=libre2.a)")
+if [ "$(sha256sum "${SHIPPED_STATIC_ARCHIVES[@]}")" != "$(cat "$SHIPPED_SCRATCH/static-archives.stamp" 2>/dev/null)" ]; then
+  rm -f "$SHIPPED_SCRATCH/release/backup-sidecar"
+  sha256sum "${SHIPPED_STATIC_ARCHIVES[@]}" >"$SHIPPED_SCRATCH/static-archives.stamp"
 fi
 # The link does not know the order file and the linker script are inputs: relink when newer.
 if [ "$SHIPPED_ORDER" -nt "$SHIPPED_SCRATCH/release/backup-sidecar" ] \
