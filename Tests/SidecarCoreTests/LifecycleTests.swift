@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import NIOPosix
 import Glibc
 import Testing
 import TestFixtures
@@ -121,10 +122,14 @@ struct LifecycleTests {
 
     @Test("Idle connections are closed after idle_timeout; busy ones are not")
     func idleTimeout() async throws {
-        // 2 s: long enough that a loaded machine's scheduling delays never look like idleness.
-        // Raw mode: the count below is of TLS connections.
-        let mesh = try await MeshFixture.start(backend: .echo, mux: .off, storageConfig: { $0.idleTimeoutNs = 2_000_000_000 })
-        try await withTeardown({ await mesh.stop() }) {
+        // The idle timeout is a time limit by nature; two things keep a busy connection's 200 ms
+        // ticks from ever looking like idleness. Its own event loop: on the suite's shared loops,
+        // a parallel suite's work once held the ticks back for 2 s and the busy connection was
+        // closed. And 4 s, 20 ticks. Raw mode: the count below is of TLS connections.
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let mesh = try await MeshFixture.start(backend: .echo, mux: .off, group: group,
+                                               storageConfig: { $0.idleTimeoutNs = 4_000_000_000 })
+        try await withTeardown({ await mesh.stop(); try? await group.shutdownGracefully() }) {
             // Each connection speaks as soon as it is made (its idle clock starts at once).
             var sockets: [BlockingSocket] = []
             for _ in 0..<2 {
@@ -134,13 +139,13 @@ struct LifecycleTests {
                 sockets.append(socket)
             }
             let idle = sockets[0], busy = sockets[1]
-            // Keep `busy` talking every 200 ms, for at least 4.8 s and until the count below has
-            // been read (once it stops it is idle too, and would be closed 2 s later), while
+            // Keep `busy` talking every 200 ms, for at least 8.8 s and until the count below has
+            // been read (once it stops it is idle too, and would be closed 4 s later), while
             // `idle` says nothing.
             let counted = NIOLockedValueBox(false)
             let busyTalking = Task { await onThread { () -> Bool in
                 var index = 0
-                while index < 24 || !counted.withLockedValue({ $0 }) {
+                while index < 44 || !counted.withLockedValue({ $0 }) {
                     guard echoPing(busy, "tick \(index)\n") else { return false }
                     index += 1
                     usleep(200_000)

@@ -27,17 +27,17 @@ package struct MeshFixture {
                       agentCertificate: String = "backup-agent", agentRoots: String = "ca.pem",
                       intentions: [Intention] = allowBackupAgent, defaultAction: IntentionAction = .deny,
                       handshakeTimeoutMs: Int = 10000, maxConnectionLifetimeNs: Int64? = nil,
-                      protocol proto: String = "tcp", mux: MuxMode = .prefer,
+                      protocol proto: String = "tcp", mux: MuxMode = .prefer, group: EventLoopGroup = testGroup,
                       storageConfig: (inout ProxyConfig) -> Void = { _ in }) async throws -> MeshFixture {
-        let backend = try await TestBackend(behaviour, group: testGroup)
+        let backend = try await TestBackend(behaviour, group: group)
         let storage = try await startStorage(backendPort: backend.port,
                                              credentials: try TestCertificates.credentials(storageCertificate, key: storageKey, roots: storageRoots),
                                              intentions: intentions, defaultAction: defaultAction,
                                              handshakeTimeoutMs: handshakeTimeoutMs, maxConnectionLifetimeNs: maxConnectionLifetimeNs,
-                                             protocol: proto, mux: mux, configure: storageConfig)
+                                             protocol: proto, mux: mux, group: group, configure: storageConfig)
         let (agent, agentAudit) = try await startAgent(certificate: agentCertificate, roots: agentRoots,
                                                        storagePort: storage.0.boundAddress(of: Sidecar.publicListenerName)!.port!,
-                                                       mux: mux)
+                                                       mux: mux, group: group)
         return MeshFixture(backend: backend, storage: storage.0, agent: agent, storageAudit: storage.1, agentAudit: agentAudit)
     }
 
@@ -70,6 +70,7 @@ package struct MeshFixture {
     package static func startStorage(backendPort: Int, credentials: TLSCredentials, intentions: [Intention],
                              defaultAction: IntentionAction = .deny, handshakeTimeoutMs: Int = 10000,
                              maxConnectionLifetimeNs: Int64? = nil, protocol proto: String = "tcp", mux: MuxMode = .prefer,
+                             group: EventLoopGroup = testGroup,
                              configure: (inout ProxyConfig) -> Void = { _ in }) async throws -> (Sidecar, MemoryAuditSink) {
         let audit = MemoryAuditSink()
         var config = ProxyConfig()
@@ -87,7 +88,7 @@ package struct MeshFixture {
             intentions: IntentionSet(intentions, defaultAction: defaultAction), audit: audit,
             logger: quietLogger, metrics: metrics)
         settings.mux = mux
-        let sidecar = try Sidecar(settings: settings, group: testGroup)
+        let sidecar = try Sidecar(settings: settings, group: group)
         try await sidecar.start()
         return (sidecar, audit)
     }
