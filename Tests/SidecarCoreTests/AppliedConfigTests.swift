@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import NIOPosix
 import Testing
 import TestFixtures
 @testable import SidecarCore
@@ -12,10 +13,13 @@ import TestSupport
 struct AppliedConfigTests {
     @Test("idle_timeout lowered on the agent's registration cuts an idle upstream tunnel opened afterwards")
     func upstreamIdleTimeout() async throws {
-        let mesh = try await MeshFixture.start(backend: .echo)
-        try await withTeardown({ await mesh.stop() }) {
+        // Its own event loop and 5 s: the first echo must come back before the timeout, which
+        // a stall of the suite's shared loops could otherwise outlast.
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let mesh = try await MeshFixture.start(backend: .echo, group: group)
+        try await withTeardown({ await mesh.stop(); try? await group.shutdownGracefully() }) {
             var definition = mesh.agent.definition
-            definition.config.idleTimeoutNs = 1_000_000_000
+            definition.config.idleTimeoutNs = 5_000_000_000
             try await mesh.agent.apply(definition)
 
             let socket = try BlockingSocket(port: mesh.upstreamPort)

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import NIOPosix
 import NIOCore
 import Testing
 import TestFixtures
@@ -74,18 +75,21 @@ struct BoundaryRegressionTests {
             [{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Permissions":[
               {"Action":"allow","HTTP":{"PathPrefix":"/repository/"}}]}]}]
             """)
-        let mesh = try await MeshFixture.start(backend: .repository, intentions: policy, protocol: "http") {
-            $0.idleTimeoutNs = 3_000_000_000
+        // Its own event loop: on the suite's shared loops a stall could hold the chunks back
+        // past the timeout, which must not fire here.
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let mesh = try await MeshFixture.start(backend: .repository, intentions: policy, protocol: "http", group: group) {
+            $0.idleTimeoutNs = 4_000_000_000
         }
-        await withTeardown({ await mesh.stop() }) {
+        await withTeardown({ await mesh.stop(); try? await group.shutdownGracefully() }) {
             let reply = await onThread { () -> String in
                 guard let socket = try? BlockingSocket(port: mesh.upstreamPort) else { return "" }
                 socket.setReceiveTimeout(seconds: 30)
-                let chunks = 100, chunk = [UInt8](repeating: 0x42, count: 1024)
+                let chunks = 160, chunk = [UInt8](repeating: 0x42, count: 1024)
                 socket.send(Array("PUT /admin/x HTTP/1.1\r\nHost: storage\r\nContent-Length: \(chunks * chunk.count)\r\n\r\n".utf8))
                 for _ in 0..<chunks {
                     socket.send(chunk)
-                    usleep(50_000) // 5 s of body in all, far past the 3 s idle timeout, never 3 s silent
+                    usleep(50_000) // 8 s of body in all, far past the 4 s idle timeout, never 4 s silent
                 }
                 socket.send(Array("GET /repository/after HTTP/1.1\r\nHost: storage\r\nConnection: close\r\n\r\n".utf8))
                 var response: [UInt8] = []

@@ -121,7 +121,10 @@ struct MuxTests {
         let backend = try await TestBackend(.echo, group: testGroup)
         let (storage, storageAudit) = try await MeshFixture.startStorage(
             backendPort: backend.port, credentials: try TestCertificates.credentials("storage"),
-            intentions: MeshFixture.allowBackupAgent, configure: { $0.maxConnections = 2 })
+            intentions: MeshFixture.allowBackupAgent, handshakeTimeoutMs: 600_000,
+            // The half-open connection below sends nothing: neither the handshake nor the
+            // first-byte timeout (5 s by default) may cut it while the test counts it.
+            configure: { $0.maxConnections = 2; $0.firstByteTimeoutMs = 600_000 })
         let (agent, agentAudit) = try await MeshFixture.startAgent(
             certificate: "backup-agent", storagePort: storage.boundAddress(of: Sidecar.publicListenerName)!.port!, group: agentLoop)
         let port = agent.boundAddress(of: "upstream:storage")!.port!
@@ -166,18 +169,21 @@ struct MuxTests {
 
     @Test("A mux connection left without tunnels for idle_timeout goes away on both sides")
     func idleMuxConnectionCloses() async throws {
-        let mesh = try await MeshFixture.start(backend: .echo, storageConfig: { $0.idleTimeoutNs = 1_000_000_000 })
-        try await withTeardown({ await mesh.stop() }) {
+        // Its own event loop and 5 s: the counts right after the first tunnel must be read
+        // before the idle close, which a stall of the suite's shared loops could bring forward.
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let mesh = try await MeshFixture.start(backend: .echo, group: group, storageConfig: { $0.idleTimeoutNs = 5_000_000_000 })
+        try await withTeardown({ await mesh.stop(); try? await group.shutdownGracefully() }) {
             #expect(await echoRoundTrip(port: mesh.upstreamPort))
             #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) >= 1)
             #expect(await eventually { mesh.storage.openConnections(on: Sidecar.publicListenerName) == 0 })
             #expect(await eventually { await mesh.agent.muxPoolCounts().connections == 0 }, "the agent's pooled connection closed too")
             let pool = try #require(mesh.agent.muxPool)
-            #expect(await eventually { (try? await pool.destinationCount(on: testGroup.next()).get()) == 0 },
+            #expect(await eventually { (try? await pool.destinationCount(on: group.next()).get()) == 0 },
                     "the pool forgets a destination it holds nothing for (instances come and go)")
             // The next tunnel simply gets a fresh connection.
             #expect(await echoRoundTrip(port: mesh.upstreamPort))
-            #expect(try await pool.destinationCount(on: testGroup.next()).get() == 1)
+            #expect(try await pool.destinationCount(on: group.next()).get() == 1)
         }
     }
 
