@@ -124,7 +124,9 @@ struct HTTP2L7IntegrationTests {
                 let (denied, credit, resets, after) = try await onThread {
                     Result {
                         let denied = try connection.request("PUT", "/repository/snap-1", body: body)
-                        connection.drain()
+                        // Until the reset and all the credit came (or 10 s of nothing): a quiet
+                        // second is no sign the rest will not come on a loaded machine.
+                        connection.drain { $0.resets[1] != nil && $0.connectionCredit >= body.count }
                         let credit = connection.connectionCredit, resets = connection.resets
                         return (denied, credit, resets, try connection.request("GET", "/repository/snap-1"))
                     }

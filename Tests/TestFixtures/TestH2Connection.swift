@@ -93,12 +93,11 @@ package final class TestH2Connection: @unchecked Sendable {
         }
     }
 
-    /// Reads the frames already sent our way (RST_STREAM, WINDOW_UPDATE after a response)
-    /// until the peer has been quiet for a moment.
-    package func drain() {
-        socket.setReceiveTimeout(seconds: 1)
-        defer { socket.setReceiveTimeout(seconds: 10) }
-        while let frame = try? nextFrame() {
+    /// Reads the frames sent our way (RST_STREAM, WINDOW_UPDATE after a response) until `done`
+    /// holds, or nothing has come for the receive timeout (10 s): awaiting what must come, not
+    /// a quiet moment, which a loaded machine can produce before it has.
+    package func drain(until done: (TestH2Connection) -> Bool) {
+        while !done(self), let frame = try? nextFrame() {
             if frame.header.type == HTTP2FrameType.windowUpdate && frame.header.streamID == 0 {
                 connectionCredit += Int(UInt32(bytes: frame.payload[0..<4]))
             } else if frame.header.type == HTTP2FrameType.rstStream {
