@@ -15,6 +15,24 @@ struct ShippedLayoutTests {
         return result.output
     }
 
+    /// A section's address and size, from the binary's section table.
+    static func section(_ name: String) async throws -> (start: UInt64, size: UInt64) {
+        let sections = try await run(["readelf", "-SW", binary]).split(separator: "\n")
+        let fields = try #require(sections.first { $0.contains(" \(name) ") }, "no \(name) section").split(separator: " ")
+        let index = try #require(fields.firstIndex { $0 == name })
+        return (try #require(UInt64(fields[index + 2], radix: 16)), try #require(UInt64(fields[index + 4], radix: 16)))
+    }
+
+    /// The binary's defined symbols whose nm type letter is one of `types`, in nm's order (a
+    /// local name defined in several objects comes once per definition).
+    static func symbols(ofTypes types: String) async throws -> [(name: String, address: UInt64)] {
+        try await run(["nm", "--defined-only", binary]).split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: " ")
+            guard fields.count == 3, types.contains(fields[1]), let address = UInt64(fields[0], radix: 16) else { return nil }
+            return (String(fields[2]), address)
+        }
+    }
+
     /// The packaged binary is this build, stripped: the same GNU build ID.
     @Test("The unstripped shipped build is the packaged binary (same build ID)")
     func sameBuildAsPackage() async throws {
@@ -52,19 +70,9 @@ struct ShippedLayoutTests {
     /// scripts/private-text.ld groups both just before .text, where the ordered run begins.
     @Test("Private and merged functions (.text..L*, .text.*Tm) are grouped in .text.private, right before .text")
     func privateFunctionsGrouped() async throws {
-        let sections = try await Self.run(["readelf", "-SW", Self.binary]).split(separator: "\n")
-        func range(_ name: String) throws -> (start: UInt64, size: UInt64) {
-            let fields = try #require(sections.first { $0.contains(" \(name) ") }, "no \(name) section").split(separator: " ")
-            let index = try #require(fields.firstIndex { $0 == name })
-            return (try #require(UInt64(fields[index + 2], radix: 16)), try #require(UInt64(fields[index + 4], radix: 16)))
-        }
-        let grouped = try range(".text.private"), text = try range(".text")
+        let grouped = try await Self.section(".text.private"), text = try await Self.section(".text")
         #expect(grouped.size > 16 << 10 && grouped.size < 512 << 10, "\(grouped.size) bytes of private functions")
-        let merged = try await Self.run(["nm", "--defined-only", Self.binary]).split(separator: "\n").compactMap { line -> UInt64? in
-            let fields = line.split(separator: " ")
-            guard fields.count == 3, "tT".contains(fields[1]), fields[2].hasSuffix("Tm") else { return nil }
-            return UInt64(fields[0], radix: 16)
-        }
+        let merged = try await Self.symbols(ofTypes: "tT").filter { $0.name.hasSuffix("Tm") }.map(\.address)
         let mergedInside = merged.filter { $0 >= grouped.start && $0 < grouped.start + grouped.size }
         #expect(mergedInside.count > 1000, "\(mergedInside.count) of \(merged.count) merged functions in .text.private")
         #expect(text.start >= grouped.start + grouped.size && text.start - (grouped.start + grouped.size) < 4096,
@@ -97,17 +105,8 @@ struct ShippedLayoutTests {
         let order = try String(contentsOf: Self.root.appendingPathComponent("scripts/link-order.txt"), encoding: .utf8)
             .split(separator: "\n").filter { !$0.hasPrefix("#") }.map(String.init)
         #expect(order.count > 2000, "scripts/link-order.txt lists \(order.count) functions: regenerate it with scripts/link-order.sh")
-        var address: [String: UInt64] = [:]
-        for line in try await Self.run(["nm", "--defined-only", Self.binary]).split(separator: "\n") {
-            let fields = line.split(separator: " ")
-            guard fields.count == 3, "tTwW".contains(fields[1]), let value = UInt64(fields[0], radix: 16) else { continue }
-            address[String(fields[2])] = value
-        }
-        let sections = try await Self.run(["readelf", "-SW", Self.binary]).split(separator: "\n")
-        let textFields = try #require(sections.first { $0.contains(" .text ") }).split(separator: " ", omittingEmptySubsequences: true)
-        let nameIndex = try #require(textFields.firstIndex(of: ".text"))
-        let textStart = try #require(UInt64(textFields[nameIndex + 2], radix: 16))
-        let textSize = try #require(UInt64(textFields[nameIndex + 4], radix: 16))
+        let address = Dictionary(try await Self.symbols(ofTypes: "tTwW").map { ($0.name, $0.address) }, uniquingKeysWith: { _, last in last })
+        let (textStart, textSize) = try await Self.section(".text")
         #expect(textSize > 8 << 20, "the .text this test reasons about is over 8 MiB (it is \(textSize >> 20) MiB)")
         let hottest = order.prefix(300).compactMap { address[$0] }
         #expect(hottest.count > 250, "only \(hottest.count) of the 300 hottest listed functions exist: regenerate scripts/link-order.txt")
@@ -126,17 +125,9 @@ struct ShippedLayoutTests {
         let marker = try #require(lines.firstIndex { $0.hasPrefix("# Data") }, "no data part: regenerate scripts/link-order.txt")
         let listed = lines[(marker + 1)...].filter { !$0.hasPrefix("#") }
         #expect(listed.count > 2000, "\(listed.count) data names")
-        var address: [String: UInt64] = [:]
-        for line in try await Self.run(["nm", "--defined-only", Self.binary]).split(separator: "\n") {
-            let fields = line.split(separator: " ")
-            guard fields.count == 3, "dDbBrR".contains(fields[1]), let value = UInt64(fields[0], radix: 16) else { continue }
-            address[String(fields[2])] = address[String(fields[2])] ?? value
-        }
-        let sections = try await Self.run(["readelf", "-SW", Self.binary]).split(separator: "\n")
+        let address = Dictionary(try await Self.symbols(ofTypes: "dDbBrR").map { ($0.name, $0.address) }, uniquingKeysWith: { first, _ in first })
         for (name, share) in [(".rodata", 0.3), (".bss", 0.6)] {
-            let fields = try #require(sections.first { $0.contains(" \(name) ") }).split(separator: " ")
-            let index = try #require(fields.firstIndex { $0 == name })
-            let start = try #require(UInt64(fields[index + 2], radix: 16)), size = try #require(UInt64(fields[index + 4], radix: 16))
+            let (start, size) = try await Self.section(name)
             let inside = listed.compactMap { address[$0] }.filter { $0 >= start && $0 < start + size }
             #expect(inside.count > (name == ".bss" ? 100 : 2000), "only \(inside.count) listed names in \(name)")
             let late = inside.filter { Double($0 - start) >= share * Double(size) }

@@ -1,6 +1,5 @@
 import Foundation
 import Glibc
-import NIOPosix
 import Testing
 import TestFixtures
 @testable import SidecarCore
@@ -15,9 +14,8 @@ struct AppliedConfigTests {
     func upstreamIdleTimeout() async throws {
         // Its own event loop and 5 s: the first echo must come back before the timeout, which
         // a stall of the suite's shared loops could otherwise outlast.
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let mesh = try await MeshFixture.start(backend: .echo, group: group)
-        try await withTeardown({ await mesh.stop(); try? await group.shutdownGracefully() }) {
+        let mesh = try await MeshFixture.start(backend: .echo, ownEventLoop: true)
+        try await withTeardown({ await mesh.stop() }) {
             var definition = mesh.agent.definition
             definition.config.idleTimeoutNs = 5_000_000_000
             try await mesh.agent.apply(definition)

@@ -1,6 +1,5 @@
 import Foundation
 import Glibc
-import NIOPosix
 import NIOCore
 import Testing
 import TestFixtures
@@ -77,11 +76,10 @@ struct BoundaryRegressionTests {
             """)
         // Its own event loop: on the suite's shared loops a stall could hold the chunks back
         // past the timeout, which must not fire here.
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let mesh = try await MeshFixture.start(backend: .repository, intentions: policy, protocol: "http", group: group) {
+        let mesh = try await MeshFixture.start(backend: .repository, intentions: policy, protocol: "http", ownEventLoop: true) {
             $0.idleTimeoutNs = 4_000_000_000
         }
-        await withTeardown({ await mesh.stop(); try? await group.shutdownGracefully() }) {
+        await withTeardown({ await mesh.stop() }) {
             let reply = await onThread { () -> String in
                 guard let socket = try? BlockingSocket(port: mesh.upstreamPort) else { return "" }
                 socket.setReceiveTimeout(seconds: 30)

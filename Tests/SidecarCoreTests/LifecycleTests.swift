@@ -1,6 +1,5 @@
 import Foundation
 import NIOConcurrencyHelpers
-import NIOPosix
 import Glibc
 import Testing
 import TestFixtures
@@ -126,10 +125,9 @@ struct LifecycleTests {
         // ticks from ever looking like idleness. Its own event loop: on the suite's shared loops,
         // a parallel suite's work once held the ticks back for 2 s and the busy connection was
         // closed. And 4 s, 20 ticks. Raw mode: the count below is of TLS connections.
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let mesh = try await MeshFixture.start(backend: .echo, mux: .off, group: group,
+        let mesh = try await MeshFixture.start(backend: .echo, mux: .off, ownEventLoop: true,
                                                storageConfig: { $0.idleTimeoutNs = 4_000_000_000 })
-        try await withTeardown({ await mesh.stop(); try? await group.shutdownGracefully() }) {
+        try await withTeardown({ await mesh.stop() }) {
             // Each connection speaks as soon as it is made (its idle clock starts at once).
             var sockets: [BlockingSocket] = []
             for _ in 0..<2 {

@@ -171,19 +171,18 @@ struct MuxTests {
     func idleMuxConnectionCloses() async throws {
         // Its own event loop and 5 s: the counts right after the first tunnel must be read
         // before the idle close, which a stall of the suite's shared loops could bring forward.
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let mesh = try await MeshFixture.start(backend: .echo, group: group, storageConfig: { $0.idleTimeoutNs = 5_000_000_000 })
-        try await withTeardown({ await mesh.stop(); try? await group.shutdownGracefully() }) {
+        let mesh = try await MeshFixture.start(backend: .echo, ownEventLoop: true, storageConfig: { $0.idleTimeoutNs = 5_000_000_000 })
+        try await withTeardown({ await mesh.stop() }) {
             #expect(await echoRoundTrip(port: mesh.upstreamPort))
             #expect(mesh.storage.openConnections(on: Sidecar.publicListenerName) >= 1)
             #expect(await eventually { mesh.storage.openConnections(on: Sidecar.publicListenerName) == 0 })
             #expect(await eventually { await mesh.agent.muxPoolCounts().connections == 0 }, "the agent's pooled connection closed too")
             let pool = try #require(mesh.agent.muxPool)
-            #expect(await eventually { (try? await pool.destinationCount(on: group.next()).get()) == 0 },
+            #expect(await eventually { (try? await pool.destinationCount(on: mesh.group.next()).get()) == 0 },
                     "the pool forgets a destination it holds nothing for (instances come and go)")
             // The next tunnel simply gets a fresh connection.
             #expect(await echoRoundTrip(port: mesh.upstreamPort))
-            #expect(try await pool.destinationCount(on: group.next()).get() == 1)
+            #expect(try await pool.destinationCount(on: mesh.group.next()).get() == 1)
         }
     }
 

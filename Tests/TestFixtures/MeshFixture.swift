@@ -16,19 +16,25 @@ package struct MeshFixture {
     package let agent: Sidecar
     package let storageAudit: MemoryAuditSink
     package let agentAudit: MemoryAuditSink
+    /// The event loops all three run on: the suite's `testGroup`, or their own one.
+    package let group: EventLoopGroup
+    private let ownsGroup: Bool
 
     package var publicPort: Int { storage.boundAddress(of: Sidecar.publicListenerName)!.port! }
     package var upstreamPort: Int { agent.boundAddress(of: "upstream:storage")!.port! }
 
     package static let allowBackupAgent = [Intention(destinationName: "storage", sourceName: "backup-agent", action: .allow)]
 
+    /// `ownEventLoop`: a one-thread group of the mesh's own, shut down by `stop()`, for a test
+    /// whose time limit a parallel suite's work on the shared `testGroup` could otherwise eat.
     package static func start(backend behaviour: TestBackend.Behaviour = .echo,
                       storageCertificate: String = "storage", storageKey: String? = nil, storageRoots: String = "ca.pem",
                       agentCertificate: String = "backup-agent", agentRoots: String = "ca.pem",
                       intentions: [Intention] = allowBackupAgent, defaultAction: IntentionAction = .deny,
                       handshakeTimeoutMs: Int = 10000, maxConnectionLifetimeNs: Int64? = nil,
-                      protocol proto: String = "tcp", mux: MuxMode = .prefer, group: EventLoopGroup = testGroup,
+                      protocol proto: String = "tcp", mux: MuxMode = .prefer, ownEventLoop: Bool = false,
                       storageConfig: (inout ProxyConfig) -> Void = { _ in }) async throws -> MeshFixture {
+        let group: EventLoopGroup = ownEventLoop ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : testGroup
         let backend = try await TestBackend(behaviour, group: group)
         let storage = try await startStorage(backendPort: backend.port,
                                              credentials: try TestCertificates.credentials(storageCertificate, key: storageKey, roots: storageRoots),
@@ -38,7 +44,8 @@ package struct MeshFixture {
         let (agent, agentAudit) = try await startAgent(certificate: agentCertificate, roots: agentRoots,
                                                        storagePort: storage.0.boundAddress(of: Sidecar.publicListenerName)!.port!,
                                                        mux: mux, group: group)
-        return MeshFixture(backend: backend, storage: storage.0, agent: agent, storageAudit: storage.1, agentAudit: agentAudit)
+        return MeshFixture(backend: backend, storage: storage.0, agent: agent, storageAudit: storage.1, agentAudit: agentAudit,
+                           group: group, ownsGroup: ownEventLoop)
     }
 
     /// A backup-agent-style sidecar with one upstream, `storage`, on an ephemeral local port.
@@ -97,6 +104,7 @@ package struct MeshFixture {
         await agent.stop()
         await storage.stop()
         await backend.stop()
+        if ownsGroup { try? await group.shutdownGracefully() }
     }
 }
 
