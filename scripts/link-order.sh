@@ -143,8 +143,9 @@ for traced in server client; do
   kill -KILL "$data_server" "$data_client" 2>/dev/null || true
   wait "$data_server" "$data_client" 2>/dev/null || true
 done
-for _ in $(seq 1 600); do [ "$(find "$WORK/touched" -name '*.txt' | wc -l)" -ge 2 ] && break; sleep 0.5; done
-[ "$(find "$WORK/touched" -name '*.txt' | wc -l)" -ge 2 ] || { echo "link-order: lackey's traces are missing" >&2; exit 1; }
+traces_written() { [ "$(find "$WORK/touched" -name '*.txt' | wc -l)" -ge 2 ]; } # a filter renames its file when done
+for _ in $(seq 1 600); do traces_written && break; sleep 0.5; done
+traces_written || { echo "link-order: lackey's traces are missing" >&2; exit 1; }
 
 # The link map says which input section holds each function. A function whose object was
 # compiled without one section per function (the toolchain's prebuilt stdlib, Foundation and
@@ -160,19 +161,28 @@ import bisect, os, re, sys
 # whole. A small local helper that recurs across objects (__swift_instantiateConcreteTypeFrom-
 # MangledName) stays listed: all its copies move, a few bytes each, and so do the executed ones
 # (listing only names defined once cost 0.4 MiB of idle RSS).
-small, large, section_size = set(), set(), None
+small, large, text_size = set(), set(), None
+# The data part's view of the same map (see below): input sections of .rodata and .bss, the
+# first symbol in each, and how often each name is defined.
+output, sections, first_symbol, definitions = None, [], {}, {}
+entry = re.compile(r"^\s*([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)\s+\d+ (\s*)(\S.*?)\s*$")
 for line in open(sys.argv[1], errors="replace"):
-    fields = line.split(None, 4)
-    if len(fields) < 5:
+    match = entry.match(line)
+    if not match:
         continue
-    try:
-        size = int(fields[2], 16)
-    except ValueError:
-        continue
-    if ":(" in fields[4]:
-        section_size = size if ":(.text" in fields[4] else None
-    elif section_size is not None:
-        (small if section_size < 32 * 1024 else large).add(fields[4].strip())
+    address, size, depth, name = int(match.group(1), 16), int(match.group(2), 16), len(match.group(3)), match.group(4)
+    if depth == 0:
+        output = name
+    if ":(" in name:
+        text_size = size if ":(.text" in name else None
+    elif text_size is not None:
+        (small if text_size < 32 * 1024 else large).add(name)
+    if depth == 16:
+        definitions[name] = definitions.get(name, 0) + 1
+    if depth == 8 and output in (".rodata", ".bss"):
+        sections.append((address, size))
+    elif depth == 16 and output in (".rodata", ".bss") and sections and len(sections) - 1 not in first_symbol:
+        first_symbol[len(sections) - 1] = name
 splittable = small - large
 # Self cost per function over all callgrind outputs. A cost line follows its fn= line; the
 # line after a calls= line is the callee's inclusive cost and is not the caller's own.
@@ -214,21 +224,6 @@ for start, end in sorted(tuple(int(x, 16) for x in line.split()) for path in os.
     else:
         touched.append([start, end])
 touched_starts = [start for start, _ in touched]
-entry = re.compile(r"^\s*([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)\s+\d+ (\s*)(\S.*)$")
-output, sections, first_symbol, definitions = None, [], {}, {}
-for line in open(sys.argv[1], errors="replace"):
-    match = entry.match(line.rstrip("\n"))
-    if not match:
-        continue
-    depth = len(match.group(3))
-    if depth == 0:
-        output = match.group(4)
-    elif depth == 16:
-        definitions[match.group(4)] = definitions.get(match.group(4), 0) + 1
-    if depth == 8 and output in (".rodata", ".bss"):
-        sections.append((int(match.group(1), 16), int(match.group(2), 16)))
-    elif depth == 16 and output in (".rodata", ".bss") and sections and len(sections) - 1 not in first_symbol:
-        first_symbol[len(sections) - 1] = match.group(4)
 data = []
 for index, (start, size) in enumerate(sections):
     # A touched range overlaps [start, start + size) if one starts before the end and the

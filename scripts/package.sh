@@ -128,8 +128,12 @@ for archive in "${SHIPPED_STATIC_ARCHIVES[@]}"; do
 done
 static_built_using=$(printf '%s\n' "${static_sources[@]}" | LC_ALL=C sort -u | paste -sd, | sed 's/,/, /g')
 
-(cd "$root" && find . -type f ! -path './DEBIAN/*' -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) > "$root/DEBIAN/md5sums"
-chmod 0644 "$root/DEBIAN/md5sums"
+# write_md5sums ROOT: DEBIAN/md5sums of every file a package root installs.
+write_md5sums() {
+  (cd "$1" && find . -type f ! -path './DEBIAN/*' -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) > "$1/DEBIAN/md5sums"
+  chmod 0644 "$1/DEBIAN/md5sums"
+}
+write_md5sums "$root"
 installed_size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
 cat > "$root/DEBIAN/control" <<EOF
 Package: backup-sidecar
@@ -155,8 +159,7 @@ EOF
 deb="$out/backup-sidecar_${version}_${arch}.deb"
 dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >&2
 
-(cd "$dbg_root" && find . -type f ! -path './DEBIAN/*' -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) > "$dbg_root/DEBIAN/md5sums"
-chmod 0644 "$dbg_root/DEBIAN/md5sums"
+write_md5sums "$dbg_root"
 cat > "$dbg_root/DEBIAN/control" <<EOF
 Package: backup-sidecar-dbgsym
 Source: backup-sidecar

@@ -19,15 +19,16 @@
 #   searched before GCC's holds a libstdc++.so that is a linker script naming the archive.
 SHIPPED_SCRATCH=.build-static # relative: the sourcing script runs from the repository root
 SHIPPED_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)" # physical: one flag list per checkout
-SHIPPED_ORDER="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/link-order.txt"
-SHIPPED_PRIVATE_TEXT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/private-text.ld"
+SHIPPED_ORDER="$SHIPPED_ROOT/scripts/link-order.txt"
+SHIPPED_PRIVATE_TEXT="$SHIPPED_ROOT/scripts/private-text.ld"
 SHIPPED_LLD="$(dirname "$(readlink -f "$(command -v swift)")")/ld.lld"
 if [ ! -x "$SHIPPED_LLD" ]; then
   echo "shipped-build: the Swift toolchain's ld.lld is missing (looked for $SHIPPED_LLD)" >&2
   return 1 # sourced, never run
 fi
+shipped_clang="$(dirname "$SHIPPED_LLD")/clang" # finds the archives as the link does
 mkdir -p "$SHIPPED_SCRATCH/static-cxx"
-SHIPPED_LIBSTDCXX_A="$("$(dirname "$SHIPPED_LLD")/clang" -print-file-name=libstdc++.a)"
+SHIPPED_LIBSTDCXX_A="$("$shipped_clang" -print-file-name=libstdc++.a)"
 if [ ! -f "$SHIPPED_LIBSTDCXX_A" ]; then
   echo "shipped-build: libstdc++.a is missing (install libstdc++-12-dev)" >&2
   return 1
@@ -56,11 +57,12 @@ fi
 # Nor does it know the static archives of the C++ runtime and RE2: relink when one changed (a
 # security update), or the package would name, in Static-Built-Using, code it does not hold.
 # Compared by content: dpkg installs them with the package's own, older, mtimes.
-SHIPPED_STATIC_ARCHIVES=("$SHIPPED_LIBSTDCXX_A" "$("$(dirname "$SHIPPED_LLD")/clang" -print-file-name=libgcc_eh.a)"
-                         "$("$(dirname "$SHIPPED_LLD")/clang" -print-file-name=libre2.a)")
-if [ "$(sha256sum "${SHIPPED_STATIC_ARCHIVES[@]}")" != "$(cat "$SHIPPED_SCRATCH/static-archives.stamp" 2>/dev/null)" ]; then
+SHIPPED_STATIC_ARCHIVES=("$SHIPPED_LIBSTDCXX_A" "$("$shipped_clang" -print-file-name=libgcc_eh.a)"
+                         "$("$shipped_clang" -print-file-name=libre2.a)")
+shipped_archive_sums="$(sha256sum "${SHIPPED_STATIC_ARCHIVES[@]}")"
+if [ "$shipped_archive_sums" != "$(cat "$SHIPPED_SCRATCH/static-archives.stamp" 2>/dev/null)" ]; then
   rm -f "$SHIPPED_SCRATCH/release/backup-sidecar"
-  sha256sum "${SHIPPED_STATIC_ARCHIVES[@]}" >"$SHIPPED_SCRATCH/static-archives.stamp"
+  printf '%s\n' "$shipped_archive_sums" >"$SHIPPED_SCRATCH/static-archives.stamp"
 fi
 # The link does not know the order file and the linker script are inputs: relink when newer.
 if [ "$SHIPPED_ORDER" -nt "$SHIPPED_SCRATCH/release/backup-sidecar" ] \
