@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 @testable import ConsulAgent
 @testable import DevAgent
 @testable import SidecarCore
@@ -85,15 +86,16 @@ package struct ConsulMesh {
     /// A sidecar started the way `backup-sidecar run -sidecar-for SERVICE_ID` starts one.
     package func sidecar(for serviceID: String, audit: MemoryAuditSink = MemoryAuditSink(), token: String? = nil,
                  tokenSource: (any ConsulTokenSource)? = nil, startupTimeout: TimeAmount = .seconds(60),
-                 namespace: String? = nil, logger: Logger = quietLogger) async throws -> (ConsulProxy, Sidecar) {
+                 namespace: String? = nil, logger: Logger = quietLogger,
+                 group: EventLoopGroup = testGroup) async throws -> (ConsulProxy, Sidecar) {
         var settings = ConsulConnectionSettings(transport: .tcp(host: "127.0.0.1", port: port), token: token)
         settings.namespace = namespace
-        let client = try ConsulClient(settings: settings, eventLoopGroup: testGroup, tokenSource: tokenSource)
+        let client = try ConsulClient(settings: settings, eventLoopGroup: group, tokenSource: tokenSource)
         var options = ConsulProxyOptions(target: .sidecarFor(serviceID))
         options.timing = Self.testTiming
         options.startupTimeout = startupTimeout
         let proxy = ConsulProxy(client: client, options: options, audit: audit, metrics: SidecarMetrics(), logger: logger,
-                                group: testGroup)
+                                group: group)
         do {
             return (proxy, try await proxy.start())
         } catch {
@@ -195,21 +197,28 @@ package struct ConsulPair {
     package let agentProxy: ConsulProxy
     package let agentAudit: MemoryAuditSink
     package let storageAudit: MemoryAuditSink
+    /// Set when the pair runs on event loops of its own, shut down by `stop()`.
+    private let ownGroup: MultiThreadedEventLoopGroup?
 
     /// - Parameter allow: write an intention letting backup-agent reach storage.
+    /// - Parameter ownEventLoops: two threads of the pair's own, for a test whose renewals must
+    ///   not wait behind a parallel suite's work on the shared `testGroup`.
     package static func start(_ mesh: ConsulMesh, backend behaviour: TestBackend.Behaviour = .echo, allow: Bool = true,
-                      storageLogger: Logger = quietLogger) async throws -> ConsulPair {
-        let backend = try await TestBackend(behaviour, group: testGroup)
+                      storageLogger: Logger = quietLogger, ownEventLoops: Bool = false) async throws -> ConsulPair {
+        let ownGroup = ownEventLoops ? MultiThreadedEventLoopGroup(numberOfThreads: 2) : nil
+        let group: EventLoopGroup = ownGroup ?? testGroup
+        let backend = try await TestBackend(behaviour, group: group)
         let upstreamPort = freeLocalPort()
         try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: freeLocalPort())
         try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
                                  upstreams: [("storage", upstreamPort)])
         if allow { try mesh.allow("backup-agent", to: "storage") }
         let agentAudit = MemoryAuditSink(), storageAudit = MemoryAuditSink()
-        let (storageProxy, storage) = try await mesh.sidecar(for: "storage", audit: storageAudit, logger: storageLogger)
-        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", audit: agentAudit)
+        let (storageProxy, storage) = try await mesh.sidecar(for: "storage", audit: storageAudit, logger: storageLogger, group: group)
+        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", audit: agentAudit, group: group)
         return ConsulPair(mesh: mesh, backend: backend, upstreamPort: upstreamPort, storage: storage, storageProxy: storageProxy,
-                          agent: agent, agentProxy: agentProxy, agentAudit: agentAudit, storageAudit: storageAudit)
+                          agent: agent, agentProxy: agentProxy, agentAudit: agentAudit, storageAudit: storageAudit,
+                          ownGroup: ownGroup)
     }
 
     /// Both sidecars ready for traffic (intentions and the storage instance arrived).
@@ -280,6 +289,7 @@ package struct ConsulPair {
         await storage.stop()
         await backend.stop()
         await mesh.stop()
+        try? await ownGroup?.shutdownGracefully()
     }
 }
 
