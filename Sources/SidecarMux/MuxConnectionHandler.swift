@@ -56,6 +56,8 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
     private(set) var lastInput = NIODeadline.uptimeNanoseconds(0)
     /// When our unanswered keepalive PING went out.
     var pingSent: NIODeadline?
+    /// The receive windows of our streams (MuxConnectionHandler+WindowTuning.swift).
+    var windowTuning: ReceiveWindowTuning
     /// Called when the peer broke the protocol and the connection ends for it (for logs/audit).
     package var onProtocolError: ((Error) -> Void)?
     /// Called before a connection whose peer went silent (no answer to a keepalive PING) is
@@ -65,6 +67,8 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
     package init(role: Role, settings: MuxSettings) {
         self.role = role
         self.settings = settings
+        self.windowTuning = ReceiveWindowTuning(limits: .init(initialWindow: settings.streamWindow,
+                                                              maximumWindow: max(settings.streamWindow, settings.maximumStreamWindow)))
     }
 
     /// Streams currently open (including CONNECTs awaiting their answer).
@@ -275,6 +279,7 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
                 }
             case .data(let id, let bytes):
                 if let stream = streams[id] {
+                    tuneWindow(received: bytes.readableBytes, on: id)
                     stream.received(bytes)
                     if received.last !== stream { received.append(stream) }
                 } else {
@@ -286,6 +291,7 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
                     if received.last !== stream { received.append(stream) }
                 }
             case .closed(let id, let errorCode):
+                windowTuning.closed(id)
                 guard let stream = streams.removeValue(forKey: id) else { continue }
                 defer { armIdleClose() }
                 if let promise = opening.removeValue(forKey: id) {
@@ -298,6 +304,8 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
                 }
             case .goaway:
                 goawayReceived = true
+            case .pingAcknowledged(let tag):
+                tuneWindows(acknowledged: tag)
             }
         }
         closeIfFinished()

@@ -32,12 +32,15 @@ final class NGHTTP2Session {
         /// The stream is gone from the session: both ends done (code 0) or reset.
         case closed(streamID: Int32, errorCode: UInt32)
         case goaway(lastStreamID: Int32, errorCode: UInt32)
+        /// The ACK of a PING we sent with `tag` as its opaque data (0 for keepalive PINGs).
+        case pingAcknowledged(tag: UInt64)
     }
 
     struct Settings {
         /// Streams the peer may open toward us at once (server role).
         var maxConcurrentStreams: Int
-        /// What the peer may send on one stream before we consume it: the per-stream memory bound.
+        /// What the peer may send on a new stream before we consume it (grown per stream by
+        /// `setWindow`).
         var streamWindow: Int32
         /// Across all streams of the connection.
         var connectionWindow: Int32
@@ -174,8 +177,23 @@ final class NGHTTP2Session {
         _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, errorCode)
     }
 
-    /// A PING (keepalive); the peer's nghttp2 answers it with an ACK.
-    func ping() { _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil) }
+    /// A PING; the peer's nghttp2 answers it with an ACK carrying `tag` back (keepalive: 0).
+    func ping(tag: UInt64 = 0) {
+        withUnsafeBytes(of: tag.bigEndian) { opaque in
+            _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), opaque.bindMemory(to: UInt8.self).baseAddress)
+        }
+    }
+
+    /// Lets the peer have `window` bytes of a stream in flight: a larger window is announced at
+    /// once (WINDOW_UPDATE for the difference).
+    func setWindow(_ window: Int32, on streamID: Int32) {
+        _ = nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, window)
+    }
+
+    /// What the peer may still send on a stream before it must wait for us (for tests).
+    func peerSendWindow(on streamID: Int32) -> Int {
+        Int(nghttp2_session_get_stream_remote_window_size(session, streamID))
+    }
 
     /// Server: "stop opening streams" without refusing any yet (GOAWAY with the maximum id).
     func announceShutdown() { _ = nghttp2_submit_shutdown_notice(session) }
@@ -249,7 +267,7 @@ final class NGHTTP2Session {
     }
 
     fileprivate func frameReceived(type: UInt8, flags: UInt8, streamID: Int32, category: nghttp2_headers_category?,
-                                   goaway: (Int32, UInt32)?) {
+                                   goaway: (Int32, UInt32)?, pingTag: UInt64?) {
         let endStream = flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
         switch UInt32(type) {
         case NGHTTP2_HEADERS.rawValue:
@@ -268,6 +286,8 @@ final class NGHTTP2Session {
             if endStream { events.append(.endOfInput(streamID: streamID)) }
         case NGHTTP2_GOAWAY.rawValue:
             if let goaway { events.append(.goaway(lastStreamID: goaway.0, errorCode: goaway.1)) }
+        case NGHTTP2_PING.rawValue:
+            if flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0, let pingTag { events.append(.pingAcknowledged(tag: pingTag)) }
         default:
             break
         }
@@ -365,7 +385,10 @@ private enum NGHTTP2Callbacks {
         let category = UInt32(hd.type) == NGHTTP2_HEADERS.rawValue ? frame.pointee.headers.cat : nil
         let goaway = UInt32(hd.type) == NGHTTP2_GOAWAY.rawValue
             ? (frame.pointee.goaway.last_stream_id, frame.pointee.goaway.error_code) : nil
-        session.frameReceived(type: hd.type, flags: hd.flags, streamID: hd.stream_id, category: category, goaway: goaway)
+        let pingTag = UInt32(hd.type) == NGHTTP2_PING.rawValue
+            ? withUnsafeBytes(of: frame.pointee.ping.opaque_data) { UInt64(bigEndian: $0.loadUnaligned(as: UInt64.self)) } : nil
+        session.frameReceived(type: hd.type, flags: hd.flags, streamID: hd.stream_id, category: category, goaway: goaway,
+                              pingTag: pingTag)
         return 0
     }
 

@@ -1,0 +1,74 @@
+import NIOCore
+import Testing
+@testable import SidecarMux
+
+/// Receive-window growth on the wire: sampling PINGs, their ACKs, and the WINDOW_UPDATE a
+/// grown stream window sends (ReceiveWindowTuningTests has the rule itself).
+@Suite("Mux receive-window growth")
+struct MuxWindowTests {
+    static let kib = 1 << 10
+
+    @Test("A PING's ACK carries its tag back; a keepalive PING's carries 0", arguments: [0, 1, 0x0102_0304_0506_0708, .max] as [UInt64])
+    func pingTagRoundTrip(tag: UInt64) throws {
+        let (client, server) = try MuxSessionTests.sessions()
+        _ = try MuxSessionTests.exchange(client, server)
+        if tag == 0 { client.ping() } else { client.ping(tag: tag) }
+        let events = try MuxSessionTests.exchange(client, server)
+        let acks = events.client.compactMap { event -> UInt64? in
+            if case .pingAcknowledged(let tag) = event { return tag }
+            return nil
+        }
+        #expect(acks == [tag])
+        #expect(!events.server.contains { if case .pingAcknowledged = $0 { true } else { false } }, "a PING is not its own ACK")
+    }
+
+    @Test("A larger stream window reaches the peer at once as credit for the difference")
+    func setWindowCreditsPeer() throws {
+        let (client, server) = try MuxSessionTests.sessions()
+        // nghttp2 holds both bodies unretained while the stream lives.
+        let upload = MuxSessionTests.Queue(), download = MuxSessionTests.Queue()
+        try withExtendedLifetime((upload, download)) {
+            let id = try client.submitConnect(authority: "storage", source: upload)
+            _ = try MuxSessionTests.exchange(client, server)
+            server.submitResponse(streamID: id, status: 200, source: download)
+            _ = try MuxSessionTests.exchange(client, server)
+            #expect(client.peerSendWindow(on: id) == 65535)
+            server.setWindow(1 << 20, on: id)
+            _ = try MuxSessionTests.exchange(client, server)
+            #expect(client.peerSendWindow(on: id) == 1 << 20)
+        }
+    }
+
+    /// Our client-side handler receives `first`, then `second` bytes on one stream while its
+    /// sampling PING (sent on `first`) is on its way; then the ACK arrives. Returns what the
+    /// peer may send on the stream afterwards.
+    static func peerWindowAfter(first: Int, second: Int) throws -> Int {
+        let harness = try MuxFlushTests.Harness()
+        let body = MuxSessionTests.Queue()
+        let (_, id) = try harness.openAnsweredStream(answeringWith: body)
+        for count in [first, second] {
+            body.chunks = [ByteBuffer(repeating: 7, count: count)]
+            harness.peer.resume(streamID: id)
+            try harness.peerToClient()
+        }
+        harness.loop.run()
+        _ = try harness.eventsAtPeer()   // the PING (and any credit for data read)
+        try harness.peerToClient()       // its ACK
+        harness.loop.run()
+        _ = try harness.eventsAtPeer()
+        // nghttp2 holds the body unretained until the stream ends.
+        return withExtendedLifetime(body) { harness.peer.peerSendWindow(on: id) }
+    }
+
+    @Test("Half the window arriving within a PING's round trip doubles the stream's window: the peer gets the credit")
+    func windowGrowsOnTheWire() throws {
+        // 512 KiB to start, grown to 1 MiB; the 316 KiB sent are not read yet (no credit).
+        #expect(try Self.peerWindowAfter(first: 16 * Self.kib, second: 300 * Self.kib) == (1 << 20) - 316 * Self.kib)
+    }
+
+    @Test("Less than half the window in the round trip: the window stays (the control for the test above)")
+    func windowStaysOnTheWire() throws {
+        // Still 512 KiB; the 116 KiB sent are not read yet (no credit).
+        #expect(try Self.peerWindowAfter(first: 16 * Self.kib, second: 100 * Self.kib) == 512 * Self.kib - 116 * Self.kib)
+    }
+}
