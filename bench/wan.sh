@@ -69,7 +69,7 @@ measure() { # LABEL BIN MUX: one pair, each STREAMS count once; prints "RESULT L
   for label in mux ${BASE_BIN:+base-mux} raw; do
     for n in $STREAMS; do
       printf '%s P=%s ' "$label" "$n"
-      grep -h "^RESULT $label P=$n " "$WORK/results" | awk '{print $4}' | sort -n \
+      grep -h "^RESULT $label P=$n " "$WORK/results" | awk '$4 != "n/a" {print $4}' | sort -n \
         | awk '{v[NR]=$1} END {if (NR) print v[int((NR+1)/2)], "(" v[1] "-" v[NR] ")"; else print "n/a"}'
     done
   done

@@ -24,5 +24,6 @@ extension MuxConnectionHandler {
     func flushNow(_ context: ChannelHandlerContext) {
         unflushedBytes = 0
         context.flush()
+        if case .queued = windowTuning.sample { windowTuning.flushed(now: clock()) }
     }
 }

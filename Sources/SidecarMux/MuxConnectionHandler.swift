@@ -56,8 +56,10 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
     private(set) var lastInput = NIODeadline.uptimeNanoseconds(0)
     /// When our unanswered keepalive PING went out.
     var pingSent: NIODeadline?
-    /// The receive windows of our streams (MuxConnectionHandler+WindowTuning.swift).
+    /// The receive windows of our streams (MuxConnectionHandler+WindowTuning.swift), and the
+    /// monotonic nanoseconds it is fed (a test sets its own).
     var windowTuning: ReceiveWindowTuning
+    var clock: () -> Int64 = { Int64(NIODeadline.now().uptimeNanoseconds) }
     /// Called when the peer broke the protocol and the connection ends for it (for logs/audit).
     package var onProtocolError: ((Error) -> Void)?
     /// Called before a connection whose peer went silent (no answer to a keepalive PING) is
@@ -103,6 +105,7 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
             context.close(promise: nil)
             return
         }
+        probeRoundTrip()
         if context.channel.isActive { pump() }
         lastInput = context.eventLoop.now
         armIdleClose()
@@ -261,7 +264,10 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
         var received: [MuxStreamChannel] = []
         defer {
             // Delivered once per batch, after all of it is queued.
-            for stream in received { stream.deliverInbound() }
+            for stream in received {
+                stream.deliverInbound()
+                noteReaderBehind(stream)
+            }
         }
         for event in events {
             switch event {

@@ -14,7 +14,7 @@ package struct MuxSettings: Sendable {
     /// unless it grows (ReceiveWindowTuning). Idle streams hold none of it.
     var streamWindow: Int32
     /// How far a stream's window may grow while the window is what holds it back. 16 MiB
-    /// carried 370 MB/s over a 20 ms round trip (bench/wan.sh; credit returns in halves, so
+    /// carried 380 MB/s over a 20 ms round trip (bench/wan.sh; credit returns in halves, so
     /// about half of window/RTT). The connection window bounds all streams together.
     var maximumStreamWindow: Int32
     var connectionWindow: Int32
@@ -26,7 +26,7 @@ package struct MuxSettings: Sendable {
     /// nil: no keepalive.
     package var keepaliveInterval: TimeAmount?
 
-    package init(maxConcurrentStreams: Int = 100, streamWindow: Int32 = 512 << 10, maximumStreamWindow: Int32 = 16 << 20,
+    package init(maxConcurrentStreams: Int = 100, streamWindow: Int32 = 1 << 20, maximumStreamWindow: Int32 = 16 << 20,
                 connectionWindow: Int32 = 64 << 20, idleTimeout: TimeAmount? = nil, keepaliveInterval: TimeAmount? = .seconds(30)) {
         self.maxConcurrentStreams = maxConcurrentStreams
         self.streamWindow = streamWindow

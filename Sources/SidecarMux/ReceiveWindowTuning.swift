@@ -5,12 +5,21 @@
 /// = rate × round trip: 100 MB/s at 20 ms is 2 MB) it makes every stream behind a slow local
 /// reader buffer that much; small, it caps every distant stream at window / round trip.
 ///
-/// How it decides (the bandwidth-delay estimate gRPC uses): now and then, while data arrives,
-/// a PING goes out and each stream counts what arrives until its ACK, one round trip later. A
-/// stream that received at least half its window in that round trip may be held back by it;
-/// its window doubles, but only if the stream also got faster than at its last growth. A
-/// stream held back by its reader fills its window without getting faster, so it stays where
-/// it is. Samples that grow nothing make sampling rarer, down to once a second.
+/// How it decides: now and then, while data arrives, a PING goes out and each stream counts
+/// what arrives from the moment it left until its ACK, one round trip later. A stream's window
+/// doubles when three things hold:
+/// - at least half its window arrived in that round trip (the window may be what limits it);
+/// - its reader took every byte as it came (a reader that fell behind is what limits the
+///   stream, and a larger window would only buffer more for it);
+/// - the window is under twice the bytes in flight that the path holds at that rate over its
+///   shortest round trip seen (bandwidth × minimum RTT, as BBR estimates it). A round trip
+///   longer than the shortest is queueing, mostly behind the stream's own data: on loopback
+///   or a busy host, a sample taken through that queue sees "half the window per round
+///   trip" whatever the window, and growing would only lengthen the queue.
+/// Samples that grow nothing make sampling rarer, down to once a second. Windows never shrink.
+///
+/// A peer cannot answer for a PING it has not seen: tags are random, and an ACK counts only
+/// once its PING has been flushed.
 ///
 /// Pure: no I/O and no clock of its own; times are monotonic nanoseconds from the caller.
 struct ReceiveWindowTuning {
@@ -24,12 +33,19 @@ struct ReceiveWindowTuning {
         var maximumInterval: Int64 = 1_000_000_000
     }
 
-    /// One receiving stream: its window now, the bandwidth that last earned it a growth, and
-    /// what arrived since the outstanding PING went out.
+    /// One receiving stream: its window now, what arrived since the outstanding PING went out,
+    /// and whether its reader fell behind since.
     struct Stream: Equatable {
         var window: Int32
-        var bandwidthAtLastGrowth: Double = 0
         var sampled = 0
+        var readerFellBehind = false
+    }
+
+    /// The sampling PING: queued (not flushed yet, nothing counts) or on its way since `sentAt`.
+    enum Sample: Equatable {
+        case idle
+        case queued(tag: UInt64)
+        case counting(tag: UInt64, sentAt: Int64)
     }
 
     /// A window growth to apply: tell the peer the stream may have `window` bytes in flight.
@@ -40,11 +56,11 @@ struct ReceiveWindowTuning {
 
     let limits: Limits
     private(set) var streams: [Int32: Stream] = [:]
-    /// The sampling PING on its way: its tag (our 8 opaque bytes) and when it went out.
-    private(set) var outstanding: (tag: UInt64, sentAt: Int64)?
+    private(set) var sample = Sample.idle
+    /// The shortest PING round trip of the connection so far: the path without queues.
+    private(set) var minimumRoundTrip: Int64?
     private var lastSampleAt: Int64?
     private(set) var interval: Int64
-    private var nextTag: UInt64 = 1
 
     init(limits: Limits) {
         precondition(limits.initialWindow > 0 && limits.initialWindow <= limits.maximumWindow)
@@ -52,40 +68,67 @@ struct ReceiveWindowTuning {
         self.interval = limits.minimumInterval
     }
 
-    /// `count` bytes of DATA arrived on `streamID` at `now`. Returns the tag of a PING to send
-    /// now when a sample should start.
+    /// `count` bytes of DATA arrived on `streamID` at `now`. Returns the tag of a PING to queue
+    /// when a sample should start; call `flushed(now:)` when it goes out.
     mutating func received(_ count: Int, on streamID: Int32, now: Int64) -> UInt64? {
         var stream = streams[streamID] ?? Stream(window: limits.initialWindow)
         defer { streams[streamID] = stream }
-        if outstanding != nil {
+        switch sample {
+        case .counting:
             stream.sampled += count
             return nil
+        case .queued:
+            return nil // arrived before the PING left: not part of its round trip
+        case .idle:
+            guard stream.window < limits.maximumWindow else { return nil }
+            if let lastSampleAt, now - lastSampleAt < interval { return nil }
+            let tag = UInt64.random(in: 1...UInt64.max) // 0 is what our keepalive PINGs carry
+            sample = .queued(tag: tag)
+            lastSampleAt = now
+            return tag
         }
-        // What arrived before the PING went out is not part of its round trip.
-        guard stream.window < limits.maximumWindow else { return nil }
-        if let lastSampleAt, now - lastSampleAt < interval { return nil }
-        let tag = nextTag
-        nextTag &+= 1
-        if nextTag == 0 { nextTag = 1 } // 0 is what our keepalive PINGs carry
-        outstanding = (tag, now)
-        lastSampleAt = now
+    }
+
+    /// A sample without streams, for the round trip alone (the connection's first frames).
+    mutating func probe() -> UInt64? {
+        guard case .idle = sample, minimumRoundTrip == nil else { return nil }
+        let tag = UInt64.random(in: 1...UInt64.max)
+        sample = .queued(tag: tag)
         return tag
+    }
+
+    /// The connection's output was flushed at `now`: a queued PING is on its way.
+    mutating func flushed(now: Int64) {
+        if case .queued(let tag) = sample { sample = .counting(tag: tag, sentAt: now) }
+    }
+
+    /// Data of `streamID` is still waiting for its reader after a delivery.
+    mutating func readerFellBehind(on streamID: Int32) {
+        guard case .counting = sample else { return }
+        streams[streamID]?.readerFellBehind = true
     }
 
     /// A PING ACK carrying `tag` arrived at `now`. Returns the streams whose windows grow.
     mutating func acknowledged(tag: UInt64, now: Int64) -> [Growth] {
-        guard let sent = outstanding, sent.tag == tag else { return [] }
-        outstanding = nil
-        let roundTrip = max(now - sent.sentAt, 1)
+        guard case .counting(tag, let sentAt) = sample else { return [] }
+        sample = .idle
+        let roundTrip = max(now - sentAt, 1)
+        let shortest = min(minimumRoundTrip ?? roundTrip, roundTrip)
+        minimumRoundTrip = shortest
         var grown: [Growth] = []
-        for (id, var stream) in streams where stream.sampled > 0 {
-            if let window = Self.grownWindow(&stream, roundTrip: roundTrip, maximum: limits.maximumWindow) {
+        for (id, var stream) in streams where stream.sampled > 0 || stream.readerFellBehind {
+            if let window = Self.grownWindow(&stream, roundTrip: roundTrip, minimumRoundTrip: shortest, maximum: limits.maximumWindow) {
                 grown.append(Growth(streamID: id, window: window))
             }
             stream.sampled = 0
+            stream.readerFellBehind = false
             streams[id] = stream
         }
-        interval = grown.isEmpty ? min(interval * 2, limits.maximumInterval) : limits.minimumInterval
+        if !grown.isEmpty {
+            interval = limits.minimumInterval
+        } else if lastSampleAt != nil {
+            interval = min(interval * 2, limits.maximumInterval)
+        }
         return grown.sorted { $0.streamID < $1.streamID }
     }
 
@@ -95,17 +138,15 @@ struct ReceiveWindowTuning {
     }
 
     /// The window a stream grows to after one sample, or nil if it stays.
-    static func grownWindow(_ stream: inout Stream, roundTrip: Int64, maximum: Int32) -> Int32? {
-        guard stream.window < maximum, roundTrip > 0 else { return nil }
-        let sample = stream.sampled
+    static func grownWindow(_ stream: inout Stream, roundTrip: Int64, minimumRoundTrip: Int64, maximum: Int32) -> Int32? {
+        guard stream.window < maximum, roundTrip > 0, minimumRoundTrip > 0, !stream.readerFellBehind else { return nil }
+        let sample = stream.sampled, window = Int(stream.window)
         // Less than half the window in a round trip: something other than the window limits it.
-        guard sample * 2 >= Int(stream.window) else { return nil }
-        // Bytes per nanosecond; it must beat the last growth's by a quarter, so neither noise
-        // nor a stream that fills its window behind a slow reader keeps on growing.
-        let bandwidth = Double(sample) / Double(roundTrip)
-        guard bandwidth > stream.bandwidthAtLastGrowth * 1.25 else { return nil }
-        let grown = Int32(min(Int(stream.window) * 2, Int(maximum)))
-        stream.bandwidthAtLastGrowth = bandwidth
+        guard sample * 2 >= window else { return nil }
+        // The window already holds twice what the path carries at this rate in its shortest round trip.
+        let inFlightAtShortest = Double(sample) * Double(min(minimumRoundTrip, roundTrip)) / Double(roundTrip)
+        guard 2 * inFlightAtShortest >= Double(window) else { return nil }
+        let grown = Int32(min(window * 2, Int(maximum)))
         stream.window = grown
         return grown
     }

@@ -46,7 +46,9 @@ struct MuxFlushTests {
         let counter = FlushCounter()
         let peer: NGHTTP2Session
 
-        init(peerStreamWindow: Int32 = 65535) throws {
+        /// `clock`: what the handler's window tuning reads as the time (default: the real one).
+        init(peerStreamWindow: Int32 = 65535, clock: (() -> Int64)? = nil) throws {
+            if let clock { handler.clock = clock }
             channel = EmbeddedChannel(loop: loop)
             // Room for every stream a test opens (the shared test settings allow 10).
             let settings = NGHTTP2Session.Settings(maxConcurrentStreams: 100, streamWindow: peerStreamWindow, connectionWindow: 1 << 20)

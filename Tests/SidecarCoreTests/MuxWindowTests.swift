@@ -39,13 +39,21 @@ struct MuxWindowTests {
         }
     }
 
+    final class ManualClock {
+        var now: Int64 = 0
+    }
+
     /// Our client-side handler receives `first`, then `second` bytes on one stream while its
-    /// sampling PING (sent on `first`) is on its way; then the ACK arrives. Returns what the
-    /// peer may send on the stream afterwards.
-    static func peerWindowAfter(first: Int, second: Int) throws -> Int {
-        let harness = try MuxFlushTests.Harness()
+    /// sampling PING (sent on `first`) is on its way; then the ACK arrives, `roundTrip` ns
+    /// after the PING left (the connection's first PING took 1 ns). `reading`: the stream's
+    /// reader takes everything (autoRead), else nothing. Returns what the peer may send on
+    /// the stream afterwards.
+    static func peerWindowAfter(first: Int, second: Int, reading: Bool, roundTrip: Int64 = 1) throws -> Int {
+        let clock = ManualClock()
+        let harness = try MuxFlushTests.Harness(clock: { clock.now })
         let body = MuxSessionTests.Queue()
-        let (_, id) = try harness.openAnsweredStream(answeringWith: body)
+        let (stream, id) = try harness.openAnsweredStream(answeringWith: body)
+        try stream.setOption(ChannelOptions.autoRead, value: reading).wait()
         for count in [first, second] {
             body.chunks = [ByteBuffer(repeating: 7, count: count)]
             harness.peer.resume(streamID: id)
@@ -53,6 +61,7 @@ struct MuxWindowTests {
         }
         harness.loop.run()
         _ = try harness.eventsAtPeer()   // the PING (and any credit for data read)
+        clock.now += roundTrip
         try harness.peerToClient()       // its ACK
         harness.loop.run()
         _ = try harness.eventsAtPeer()
@@ -60,15 +69,25 @@ struct MuxWindowTests {
         return withExtendedLifetime(body) { harness.peer.peerSendWindow(on: id) }
     }
 
-    @Test("Half the window arriving within a PING's round trip doubles the stream's window: the peer gets the credit")
+    @Test("Half the window arriving within a PING's round trip, all of it read, doubles the stream's window: the peer gets the credit")
     func windowGrowsOnTheWire() throws {
-        // 512 KiB to start, grown to 1 MiB; the 316 KiB sent are not read yet (no credit).
-        #expect(try Self.peerWindowAfter(first: 16 * Self.kib, second: 300 * Self.kib) == (1 << 20) - 316 * Self.kib)
+        // 1 MiB grown to 2 MiB; the 616 KiB read were credited (being over half the window).
+        #expect(try Self.peerWindowAfter(first: 16 * Self.kib, second: 600 * Self.kib, reading: true) == 2 << 20)
     }
 
-    @Test("Less than half the window in the round trip: the window stays (the control for the test above)")
+    @Test("Less than half the window in the round trip: the window stays (a control for the test above)")
     func windowStaysOnTheWire() throws {
-        // Still 512 KiB; the 116 KiB sent are not read yet (no credit).
-        #expect(try Self.peerWindowAfter(first: 16 * Self.kib, second: 100 * Self.kib) == 512 * Self.kib - 116 * Self.kib)
+        // Still 1 MiB; the 216 KiB read are under half the window, not credited yet.
+        #expect(try Self.peerWindowAfter(first: 16 * Self.kib, second: 200 * Self.kib, reading: true) == (1 << 20) - 216 * Self.kib)
+    }
+
+    @Test("Half the window, all read, but in a round trip far longer than the connection's first (a queue): the window stays")
+    func queueStaysOnTheWire() throws {
+        #expect(try Self.peerWindowAfter(first: 16 * Self.kib, second: 600 * Self.kib, reading: true, roundTrip: 10) == 1 << 20)
+    }
+
+    @Test("Half the window in the round trip but a reader that takes none of it: the window stays (a slow reader keeps 1 MiB)")
+    func slowReaderStaysOnTheWire() throws {
+        #expect(try Self.peerWindowAfter(first: 16 * Self.kib, second: 600 * Self.kib, reading: false) == (1 << 20) - 616 * Self.kib)
     }
 }

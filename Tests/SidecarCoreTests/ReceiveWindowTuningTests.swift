@@ -8,76 +8,133 @@ struct ReceiveWindowTuningTests {
     static let ms: Int64 = 1_000_000
     static let limits = ReceiveWindowTuning.Limits(initialWindow: Int32(512 * kib), maximumWindow: Int32(16 * mib))
 
-    @Test("The first data starts a sample; what arrives until its ACK counts, the data that started it does not")
+    /// Starts a sample with data on `streamID` at `now` and flushes its PING at once.
+    static func startSample(_ tuning: inout ReceiveWindowTuning, on streamID: Int32 = 1, now: Int64 = 0) -> UInt64? {
+        guard let tag = tuning.received(1, on: streamID, now: now) else { return nil }
+        tuning.flushed(now: now)
+        return tag
+    }
+
+    @Test("Data starts a sample; only what arrives after its PING was flushed counts, until the ACK")
     func sampleStartsOnData() {
         var tuning = ReceiveWindowTuning(limits: Self.limits)
         let tag = tuning.received(64 * Self.kib, on: 1, now: 0)
         #expect(tag != nil && tag != 0)
-        #expect(tuning.outstanding?.tag == tag)
+        #expect(tuning.sample == .queued(tag: tag!))
         #expect(tuning.streams[1] == .init(window: Int32(512 * Self.kib)))
-        #expect(tuning.received(300 * Self.kib, on: 1, now: Self.ms) == nil, "one sample at a time")
-        #expect(tuning.received(10, on: 3, now: Self.ms) == nil)
+        #expect(tuning.received(300 * Self.kib, on: 1, now: 1) == nil, "one sample at a time")
+        #expect(tuning.streams[1]?.sampled == 0, "the PING has not left: nothing counts")
+        #expect(tuning.acknowledged(tag: tag!, now: 2).isEmpty, "an ACK for a PING not yet sent is forged")
+        tuning.flushed(now: 3)
+        #expect(tuning.sample == .counting(tag: tag!, sentAt: 3))
+        tuning.flushed(now: 4)
+        #expect(tuning.sample == .counting(tag: tag!, sentAt: 3), "a later flush does not move the start")
+        #expect(tuning.received(300 * Self.kib, on: 1, now: 5) == nil)
+        #expect(tuning.received(10, on: 3, now: 5) == nil)
         #expect(tuning.streams[1]?.sampled == 300 * Self.kib)
         #expect(tuning.streams[3]?.sampled == 10)
     }
 
-    @Test("An ACK with another tag (a keepalive PING's, a stale or a forged one) grows nothing and keeps the sample", arguments: [0, 2, 99, 1 << 40] as [UInt64])
+    @Test("Tags are random and never 0 (a keepalive PING's)")
+    func tagsRandom() {
+        var tags = Set<UInt64>()
+        for _ in 0..<200 {
+            var tuning = ReceiveWindowTuning(limits: Self.limits)
+            tags.insert(Self.startSample(&tuning)!)
+        }
+        #expect(!tags.contains(0))
+        #expect(tags.count == 200)
+    }
+
+    @Test("An ACK with another tag (a keepalive PING's, a stale or a guessed one) grows nothing and keeps the sample", arguments: [0, 1, 99, 1 << 40] as [UInt64])
     func foreignAckIgnored(offset: UInt64) {
         var tuning = ReceiveWindowTuning(limits: Self.limits)
-        let tag = tuning.received(1, on: 1, now: 0)!
+        let tag = Self.startSample(&tuning)!
         _ = tuning.received(Self.mib, on: 1, now: 1)
         let other = offset == 0 ? 0 : tag &+ offset
         #expect(tuning.acknowledged(tag: other, now: 20 * Self.ms).isEmpty)
-        #expect(tuning.outstanding?.tag == tag)
+        #expect(tuning.sample == .counting(tag: tag, sentAt: 0))
         #expect(tuning.acknowledged(tag: tag, now: 20 * Self.ms) == [.init(streamID: 1, window: Int32(Self.mib))])
         #expect(tuning.acknowledged(tag: tag, now: 21 * Self.ms).isEmpty, "an ACK counts once")
+    }
+
+    @Test("A reader that fell behind during the sample keeps its stream's window, however much arrived; the next sample is judged afresh")
+    func readerBehindStays() {
+        var tuning = ReceiveWindowTuning(limits: Self.limits)
+        tuning.readerFellBehind(on: 1)
+        let tag = Self.startSample(&tuning)!
+        #expect(tuning.streams[1]?.readerFellBehind == false, "before the sample: not counted")
+        _ = tuning.received(Self.mib, on: 1, now: 1)
+        _ = tuning.received(Self.mib, on: 3, now: 1)
+        tuning.readerFellBehind(on: 1)
+        #expect(tuning.acknowledged(tag: tag, now: 20 * Self.ms) == [.init(streamID: 3, window: Int32(Self.mib))])
+        #expect(tuning.streams[1] == .init(window: Int32(512 * Self.kib)))
+        let next = Self.startSample(&tuning, now: 40 * Self.ms)!
+        _ = tuning.received(Self.mib, on: 1, now: 41 * Self.ms)
+        #expect(tuning.acknowledged(tag: next, now: 60 * Self.ms) == [.init(streamID: 1, window: Int32(Self.mib))])
     }
 
     struct Case: CustomTestStringConvertible, Sendable {
         var window: Int
         var sampled: Int
         var roundTrip: Int64
-        var bandwidthAtLastGrowth: Double
+        var minimumRoundTrip: Int64
+        var readerFellBehind = false
         var grown: Int?
         var why: String
         var testDescription: String { why }
     }
 
     static let cases: [Case] = [
-        Case(window: 512 * kib, sampled: 255 * kib, roundTrip: 20 * ms, bandwidthAtLastGrowth: 0, grown: nil,
+        Case(window: mib, sampled: 511 * kib, roundTrip: 20 * ms, minimumRoundTrip: 20 * ms, grown: nil,
              why: "under half the window in a round trip: not held back by it"),
-        Case(window: 512 * kib, sampled: 256 * kib, roundTrip: 20 * ms, bandwidthAtLastGrowth: 0, grown: mib,
-             why: "exactly half: doubles"),
-        Case(window: 512 * kib, sampled: 512 * kib, roundTrip: 1, bandwidthAtLastGrowth: 0, grown: mib,
+        Case(window: mib, sampled: 512 * kib, roundTrip: 20 * ms, minimumRoundTrip: 20 * ms, grown: 2 * mib,
+             why: "exactly half at the shortest round trip: doubles"),
+        Case(window: mib, sampled: mib, roundTrip: 1, minimumRoundTrip: 1, grown: 2 * mib,
              why: "a whole window within a nanosecond: doubles, never more"),
-        Case(window: 12 * mib, sampled: 12 * mib, roundTrip: 20 * ms, bandwidthAtLastGrowth: 0, grown: 16 * mib,
+        Case(window: mib, sampled: mib, roundTrip: 20 * ms, minimumRoundTrip: 2 * ms, grown: nil,
+             why: "a round trip ten times the shortest is queueing: stays (loopback, a busy host)"),
+        Case(window: mib, sampled: mib, roundTrip: 20 * ms, minimumRoundTrip: 10 * ms, grown: 2 * mib,
+             why: "twice the shortest, a whole window: the path holds half of it, twice that is the window: doubles"),
+        Case(window: mib, sampled: mib, roundTrip: 20 * ms, minimumRoundTrip: 10 * ms - 1, grown: nil,
+             why: "just under: stays"),
+        Case(window: 12 * mib, sampled: 12 * mib, roundTrip: 20 * ms, minimumRoundTrip: 20 * ms, grown: 16 * mib,
              why: "capped at the maximum"),
-        Case(window: 16 * mib, sampled: 16 * mib, roundTrip: 20 * ms, bandwidthAtLastGrowth: 0, grown: nil,
+        Case(window: 16 * mib, sampled: 16 * mib, roundTrip: 20 * ms, minimumRoundTrip: 20 * ms, grown: nil,
              why: "at the maximum: stays"),
-        Case(window: mib, sampled: 768 * kib, roundTrip: 20 * ms, bandwidthAtLastGrowth: Double(768 * kib) / Double(20 * ms), grown: nil,
-             why: "no faster than at the last growth (a reader-bound stream filling its window): stays"),
-        Case(window: mib, sampled: 960 * kib, roundTrip: 20 * ms, bandwidthAtLastGrowth: Double(768 * kib) / Double(20 * ms), grown: nil,
-             why: "exactly a quarter faster: stays"),
-        Case(window: mib, sampled: 961 * kib, roundTrip: 20 * ms, bandwidthAtLastGrowth: Double(768 * kib) / Double(20 * ms), grown: 2 * mib,
-             why: "more than a quarter faster: doubles"),
-        Case(window: mib, sampled: mib, roundTrip: 40 * ms, bandwidthAtLastGrowth: Double(768 * kib) / Double(20 * ms), grown: nil,
-             why: "more bytes over a longer round trip, slower: stays"),
-        Case(window: 2 * mib, sampled: 0, roundTrip: 20 * ms, bandwidthAtLastGrowth: 0, grown: nil,
+        Case(window: mib, sampled: mib, roundTrip: 20 * ms, minimumRoundTrip: 20 * ms, readerFellBehind: true, grown: nil,
+             why: "its reader fell behind: stays, however much arrived"),
+        Case(window: 2 * mib, sampled: 0, roundTrip: 20 * ms, minimumRoundTrip: 20 * ms, grown: nil,
              why: "nothing arrived"),
     ]
 
     @Test("One sample's verdict", arguments: cases)
     func verdict(_ c: Case) {
-        var stream = ReceiveWindowTuning.Stream(window: Int32(c.window), bandwidthAtLastGrowth: c.bandwidthAtLastGrowth, sampled: c.sampled)
+        var stream = ReceiveWindowTuning.Stream(window: Int32(c.window), sampled: c.sampled, readerFellBehind: c.readerFellBehind)
         let before = stream
-        let grown = ReceiveWindowTuning.grownWindow(&stream, roundTrip: c.roundTrip, maximum: Int32(16 * Self.mib))
+        let grown = ReceiveWindowTuning.grownWindow(&stream, roundTrip: c.roundTrip, minimumRoundTrip: c.minimumRoundTrip,
+                                                    maximum: Int32(16 * Self.mib))
         #expect(grown.map(Int.init) == c.grown)
         if let grown {
             #expect(stream.window == grown)
-            #expect(stream.bandwidthAtLastGrowth == Double(c.sampled) / Double(c.roundTrip))
         } else {
             #expect(stream == before, "a stream that stays keeps its state")
         }
+    }
+
+    @Test("The connection's first PING measures the path alone: one probe, no stream, no change to the sampling interval")
+    func probeMeasuresPath() {
+        var tuning = ReceiveWindowTuning(limits: Self.limits)
+        let tag = tuning.probe()
+        #expect(tag != nil && tag != 0)
+        #expect(tuning.probe() == nil, "one at a time")
+        #expect(tuning.received(Self.mib, on: 1, now: 1) == nil, "data waits for the probe's sample")
+        tuning.flushed(now: 2)
+        #expect(tuning.acknowledged(tag: tag!, now: 2 + 300_000).isEmpty)
+        #expect(tuning.minimumRoundTrip == 300_000)
+        #expect(tuning.interval == Self.limits.minimumInterval)
+        #expect(tuning.probe() == nil, "the path is measured")
+        #expect(tuning.received(1, on: 1, now: 3) != nil, "the first data samples at once")
     }
 
     @Test("Samples that grow nothing come rarer, down to one a second; a growth brings them back to every 10 ms")
@@ -90,6 +147,7 @@ struct ReceiveWindowTuningTests {
         for _ in 0..<12_000 {
             now += Self.ms
             if let tag = tuning.received(Self.kib, on: 1, now: now) {
+                tuning.flushed(now: now)
                 if let last { gaps.append((now - last) / Self.ms) }
                 last = now
                 #expect(tuning.acknowledged(tag: tag, now: now + Self.ms).isEmpty)
@@ -99,9 +157,9 @@ struct ReceiveWindowTuningTests {
         #expect(gaps.allSatisfy { $0 <= 1000 })
         // Then a burst: the next sample grows the window, and sampling is frequent again.
         now += 1000 * Self.ms
-        let tag = tuning.received(1, on: 1, now: now)!
+        let tag = Self.startSample(&tuning, now: now)!
         _ = tuning.received(400 * Self.kib, on: 1, now: now + 1)
-        #expect(tuning.acknowledged(tag: tag, now: now + 2 * Self.ms).count == 1)
+        #expect(tuning.acknowledged(tag: tag, now: now + Self.ms).count == 1)
         #expect(tuning.interval == Self.limits.minimumInterval)
         #expect(tuning.received(1, on: 1, now: now + 9 * Self.ms) == nil, "still inside 10 ms of the last sample")
         #expect(tuning.received(1, on: 1, now: now + 10 * Self.ms) != nil)
@@ -118,7 +176,7 @@ struct ReceiveWindowTuningTests {
     @Test("A closed stream is forgotten: its sample grows nothing")
     func closedStreamForgotten() {
         var tuning = ReceiveWindowTuning(limits: Self.limits)
-        let tag = tuning.received(1, on: 1, now: 0)!
+        let tag = Self.startSample(&tuning)!
         _ = tuning.received(Self.mib, on: 1, now: 1)
         _ = tuning.received(Self.mib, on: 3, now: 1)
         tuning.closed(1)
@@ -129,51 +187,87 @@ struct ReceiveWindowTuningTests {
     @Test("Each stream is judged on its own bytes: a busy one grows, an idle neighbour stays")
     func streamsJudgedApart() {
         var tuning = ReceiveWindowTuning(limits: Self.limits)
-        let tag = tuning.received(1, on: 1, now: 0)!
+        let tag = Self.startSample(&tuning)!
         _ = tuning.received(400 * Self.kib, on: 1, now: 1)
         _ = tuning.received(4 * Self.kib, on: 5, now: 1)
         #expect(tuning.acknowledged(tag: tag, now: 20 * Self.ms) == [.init(streamID: 1, window: Int32(Self.mib))])
         #expect(tuning.streams[5]?.window == Int32(512 * Self.kib))
-        #expect(tuning.streams.values.allSatisfy { $0.sampled == 0 }, "every sample starts from nothing")
+        #expect(tuning.streams.values.allSatisfy { $0.sampled == 0 && !$0.readerFellBehind }, "every sample starts from nothing")
     }
 
-    /// One stream over a link, one round trip per step: what arrives in a round trip is what
-    /// the window lets through (about three quarters of it, as credit comes back in halves),
-    /// what the link carries, or what the reader takes, whichever is least.
-    static func simulate(roundTripMs: Int64, linkBytesPerRoundTrip: Int, readerBytesPerRoundTrip: Int, rounds: Int = 200) -> [Int32] {
+    /// One stream over a path with a round trip of `baseRoundTrip` and a rate of
+    /// `linkBytesPerNs`, one round trip per step. About three quarters of the window is in
+    /// flight (credit comes back in halves); what the path cannot carry in its base round trip
+    /// queues, and lengthens the round trip. `probe`: the connection's first PING measured
+    /// the path before any data. Returns the window after each step.
+    static func simulate(baseRoundTrip: Int64, linkBytesPerNs: Double, probe: Bool = true,
+                         readerFallsBehind: Bool = false, seconds: Int64 = 10) -> [Int32] {
         var tuning = ReceiveWindowTuning(limits: limits)
         var now: Int64 = 0
+        if probe, let tag = tuning.probe() {
+            tuning.flushed(now: now)
+            _ = tuning.acknowledged(tag: tag, now: now + baseRoundTrip)
+            now += baseRoundTrip
+        }
         var windows: [Int32] = []
-        for _ in 0..<rounds {
+        while now < seconds * 1_000_000_000 {
             let window = Int(tuning.streams[1]?.window ?? limits.initialWindow)
-            let arriving = min(window * 3 / 4, linkBytesPerRoundTrip, readerBytesPerRoundTrip)
-            if let tag = tuning.received(arriving, on: 1, now: now) {
-                _ = tuning.received(arriving, on: 1, now: now + 1)
-                _ = tuning.acknowledged(tag: tag, now: now + roundTripMs * ms)
+            let inFlight = window * 3 / 4
+            let roundTrip = max(baseRoundTrip, Int64(Double(inFlight) / linkBytesPerNs))
+            if let tag = tuning.received(1, on: 1, now: now) {
+                tuning.flushed(now: now)
+                _ = tuning.received(inFlight, on: 1, now: now + 1)
+                if readerFallsBehind { tuning.readerFellBehind(on: 1) }
+                _ = tuning.acknowledged(tag: tag, now: now + roundTrip)
             }
-            now += roundTripMs * ms
+            now += roundTrip
             windows.append(tuning.streams[1]!.window)
         }
         return windows
     }
 
-    @Test("Over a link, the window settles at twice the link's bytes per round trip or more, and never past the maximum",
-          arguments: [(20, 100 * mib / 50), (20, 30 * mib / 50), (5, 50 * mib / 200), (1, 500 * mib / 1000), (40, 1000 * mib / 25)])
-    func linkBound(roundTripMs: Int, linkBytesPerRoundTrip: Int) {
-        let windows = Self.simulate(roundTripMs: Int64(roundTripMs), linkBytesPerRoundTrip: linkBytesPerRoundTrip,
-                                    readerBytesPerRoundTrip: .max)
+    struct Path: CustomTestStringConvertible, Sendable {
+        var roundTripMs: Double
+        var megabytesPerSecond: Double
+        var baseRoundTrip: Int64 { Int64(roundTripMs * 1e6) }
+        var bytesPerNs: Double { megabytesPerSecond * 1e6 / 1e9 }
+        /// Bytes in flight the path holds at its rate and base round trip.
+        var bdp: Int { Int(Double(baseRoundTrip) * bytesPerNs) }
+        var testDescription: String { "\(roundTripMs) ms at \(Int(megabytesPerSecond)) MB/s" }
+    }
+
+    @Test("Over a path whose bytes in flight exceed the window, it settles between twice and four times them (or at the maximum)",
+          arguments: [Path(roundTripMs: 20, megabytesPerSecond: 100), Path(roundTripMs: 20, megabytesPerSecond: 30),
+                      Path(roundTripMs: 5, megabytesPerSecond: 200), Path(roundTripMs: 1, megabytesPerSecond: 1000),
+                      Path(roundTripMs: 40, megabytesPerSecond: 1000), Path(roundTripMs: 80, megabytesPerSecond: 100)])
+    func pathBound(_ path: Path) {
+        let windows = Self.simulate(baseRoundTrip: path.baseRoundTrip, linkBytesPerNs: path.bytesPerNs)
         let final = Int(windows.last!)
-        #expect(final >= min(2 * linkBytesPerRoundTrip, 16 * Self.mib), "settled at \(final)")
+        #expect(final >= min(2 * path.bdp, 16 * Self.mib), "settled at \(final), bdp \(path.bdp)")
+        #expect(final <= max(4 * path.bdp, 512 * Self.kib), "settled at \(final), bdp \(path.bdp)")
         #expect(windows.allSatisfy { Int($0) <= 16 * Self.mib })
         #expect(zip(windows, windows.dropFirst()).allSatisfy { $0 <= $1 }, "never shrinks")
     }
 
-    @Test("Behind a slow reader the window stays small: at most one doubling past what the reader takes per round trip",
-          arguments: [(20, 64 * kib), (20, 256 * kib), (20, 300 * kib), (5, 200 * kib), (1, 100 * kib)])
-    func readerBound(roundTripMs: Int, readerBytesPerRoundTrip: Int) {
-        let windows = Self.simulate(roundTripMs: Int64(roundTripMs), linkBytesPerRoundTrip: .max,
-                                    readerBytesPerRoundTrip: readerBytesPerRoundTrip)
-        let final = Int(windows.last!)
-        #expect(final <= max(512 * Self.kib, 4 * readerBytesPerRoundTrip), "settled at \(final)")
+    @Test("Where the window already holds twice what the path does (loopback, a LAN), it never grows, however the data queues",
+          arguments: [Path(roundTripMs: 0.05, megabytesPerSecond: 1000), Path(roundTripMs: 0.1, megabytesPerSecond: 2000),
+                      Path(roundTripMs: 0.2, megabytesPerSecond: 1000)])
+    func shortPathStays(_ path: Path) {
+        let windows = Self.simulate(baseRoundTrip: path.baseRoundTrip, linkBytesPerNs: path.bytesPerNs)
+        #expect(windows.allSatisfy { Int($0) == 512 * Self.kib }, "grew to \(windows.max()!)")
+    }
+
+    @Test("Without the first PING's measure, the first sample sees a queue as the path: one doubling at most")
+    func withoutProbeOneDoubling() {
+        let path = Path(roundTripMs: 0.05, megabytesPerSecond: 1000)
+        let windows = Self.simulate(baseRoundTrip: path.baseRoundTrip, linkBytesPerNs: path.bytesPerNs, probe: false)
+        #expect(windows.max()! <= Int32(Self.mib))
+    }
+
+    @Test("A reader that falls behind in every sample keeps the window where it started, whatever the path",
+          arguments: [Path(roundTripMs: 20, megabytesPerSecond: 100), Path(roundTripMs: 40, megabytesPerSecond: 1000)])
+    func readerBehindBound(_ path: Path) {
+        let windows = Self.simulate(baseRoundTrip: path.baseRoundTrip, linkBytesPerNs: path.bytesPerNs, readerFallsBehind: true)
+        #expect(windows.allSatisfy { Int($0) == 512 * Self.kib }, "grew to \(windows.max()!)")
     }
 }
