@@ -1,10 +1,12 @@
 import NIOCore
 
-/// Growing the receive windows of streams the window holds back (ReceiveWindowTuning): the
-/// connection's side of it, sampling PINGs out and window updates from their ACKs.
+/// Growing the receive windows of streams the window holds back, and shrinking them back when
+/// their readers fall behind (ReceiveWindowTuning): the connection's side of it, sampling
+/// PINGs out and window changes from their ACKs.
 extension MuxConnectionHandler {
-    /// A PING with the connection's first frames: its round trip, before any stream's data
-    /// queues on the path, is the shortest the tuning compares samples with.
+    /// A PING with the connection's first frames, and another after its ACK: their round trip,
+    /// before any stream's data queues on the path, is the shortest the tuning compares
+    /// samples with.
     func probeRoundTrip() {
         guard let session, let tag = windowTuning.probe() else { return }
         session.ping(tag: tag)
@@ -17,9 +19,10 @@ extension MuxConnectionHandler {
 
     func tuneWindows(acknowledged tag: UInt64) {
         guard let session else { return }
-        for growth in windowTuning.acknowledged(tag: tag, now: clock()) where streams[growth.streamID] != nil {
-            session.setWindow(growth.window, on: growth.streamID)
+        for change in windowTuning.acknowledged(tag: tag, now: clock()) where streams[change.streamID] != nil {
+            session.setWindow(change.window, on: change.streamID)
         }
+        probeRoundTrip()
     }
 
     /// After a delivery: data still queued means the stream's reader is behind.

@@ -35,8 +35,7 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
     private(set) var autoRead: Bool
     /// A read() waits for data: backpressure, whatever the lifecycle.
     private var readPending = false
-    private var inbound = CircularBuffer<ByteBuffer>()
-    private var inboundBytes = 0
+    private(set) var inbound = StreamInbound()
     private var input = InputHalf.open
 
     private var unflushed: [(ByteBuffer, EventLoopPromise<Void>?)] = []
@@ -107,15 +106,14 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
     }
 
     /// Data has arrived that the reader has not asked for yet.
-    var hasUndeliveredInput: Bool { inboundBytes > 0 }
+    var hasUndeliveredInput: Bool { inbound.bytes > 0 }
 
     func received(_ data: ByteBuffer) {
         guard !state.isClosed else {
             owner?.streamConsumed(data.readableBytes, on: streamID)
             return
         }
-        inboundBytes += data.readableBytes
-        inbound.append(data)
+        inbound.append(data, allocator: allocator)
     }
 
     /// END_STREAM arrived; delivered (as EOF) after the data before it.
@@ -176,7 +174,6 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         var delivered = 0
         while state.isActive, let chunk = inbound.popFirst() {
             delivered += chunk.readableBytes
-            inboundBytes -= chunk.readableBytes
             pipeline.syncOperations.fireChannelRead(NIOAny(chunk))
         }
         owner?.streamConsumed(delivered, on: streamID)
@@ -389,10 +386,9 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         finishedPromises.forEach { $0.succeed() }
         finishedPromises.removeAll()
         // Undelivered data still holds connection window.
-        owner?.streamConsumed(inboundBytes, on: streamID)
+        owner?.streamConsumed(inbound.bytes, on: streamID)
         let discarded = !inbound.isEmpty
         inbound.removeAll()
-        inboundBytes = 0
         promise?.succeed()
         // The reader never gets that data: whoever relays this stream must see a cut (the glue
         // aborts the other side), never a clean end of a truncated stream.

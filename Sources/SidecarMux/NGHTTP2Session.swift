@@ -185,7 +185,8 @@ final class NGHTTP2Session {
     }
 
     /// Lets the peer have `window` bytes of a stream in flight: a larger window is announced at
-    /// once (WINDOW_UPDATE for the difference).
+    /// once (WINDOW_UPDATE for the difference); a smaller one withholds credit until the bytes
+    /// in flight are under it (the peer keeps what it was given, so no flow-control error).
     func setWindow(_ window: Int32, on streamID: Int32) {
         _ = nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, window)
     }
@@ -296,7 +297,9 @@ final class NGHTTP2Session {
     fileprivate func dataChunk(streamID: Int32, _ bytes: UnsafeRawBufferPointer) {
         if let (buffer, base) = input, let start = bytes.baseAddress {
             let offset = start - base
-            if offset >= 0, offset + bytes.count <= buffer.readableBytes,
+            // A slice holds the whole input buffer while it waits for its reader: only for a
+            // payload worth at least an eighth of it (a tiny one is copied, below).
+            if offset >= 0, offset + bytes.count <= buffer.readableBytes, bytes.count * 8 >= buffer.storageCapacity,
                let slice = buffer.getSlice(at: buffer.readerIndex + offset, length: bytes.count) {
                 events.append(.data(streamID: streamID, slice))
                 return

@@ -16,7 +16,10 @@
 ///   longer than the shortest is queueing, mostly behind the stream's own data: on loopback
 ///   or a busy host, a sample taken through that queue sees "half the window per round
 ///   trip" whatever the window, and growing would only lengthen the queue.
-/// Samples that grow nothing make sampling rarer, down to once a second. Windows never shrink.
+/// A grown window whose reader falls behind goes back to the initial one (the peer keeps the
+/// credit it has; none is given until the stream is under the smaller window). Samples that
+/// change nothing make sampling rarer, down to once a second; one whose ACK has not come in
+/// four seconds is given up.
 ///
 /// A peer cannot answer for a PING it has not seen: tags are random, and an ACK counts only
 /// once its PING has been flushed.
@@ -48,8 +51,8 @@ struct ReceiveWindowTuning {
         case counting(tag: UInt64, sentAt: Int64)
     }
 
-    /// A window growth to apply: tell the peer the stream may have `window` bytes in flight.
-    struct Growth: Equatable {
+    /// A window to apply: the peer may have `window` bytes of the stream in flight.
+    struct WindowChange: Equatable {
         var streamID: Int32
         var window: Int32
     }
@@ -61,6 +64,9 @@ struct ReceiveWindowTuning {
     private(set) var minimumRoundTrip: Int64?
     private var lastSampleAt: Int64?
     private(set) var interval: Int64
+    /// PINGs for the round trip alone: the connection's first, and one after its ACK (the
+    /// first may have waited for the peer to finish setting up).
+    private var probesLeft = 2
 
     init(limits: Limits) {
         precondition(limits.initialWindow > 0 && limits.initialWindow <= limits.maximumWindow)
@@ -71,6 +77,7 @@ struct ReceiveWindowTuning {
     /// `count` bytes of DATA arrived on `streamID` at `now`. Returns the tag of a PING to queue
     /// when a sample should start; call `flushed(now:)` when it goes out.
     mutating func received(_ count: Int, on streamID: Int32, now: Int64) -> UInt64? {
+        if case .counting(_, let sentAt) = sample, now - sentAt > 4 * limits.maximumInterval { abandonSample() }
         var stream = streams[streamID] ?? Stream(window: limits.initialWindow)
         defer { streams[streamID] = stream }
         switch sample {
@@ -89,9 +96,10 @@ struct ReceiveWindowTuning {
         }
     }
 
-    /// A sample without streams, for the round trip alone (the connection's first frames).
+    /// A sample for the round trip alone, while probes are left (the connection's first frames).
     mutating func probe() -> UInt64? {
-        guard case .idle = sample, minimumRoundTrip == nil else { return nil }
+        guard case .idle = sample, probesLeft > 0 else { return nil }
+        probesLeft -= 1
         let tag = UInt64.random(in: 1...UInt64.max)
         sample = .queued(tag: tag)
         return tag
@@ -108,28 +116,41 @@ struct ReceiveWindowTuning {
         streams[streamID]?.readerFellBehind = true
     }
 
-    /// A PING ACK carrying `tag` arrived at `now`. Returns the streams whose windows grow.
-    mutating func acknowledged(tag: UInt64, now: Int64) -> [Growth] {
+    /// A PING ACK carrying `tag` arrived at `now`. Returns the streams whose windows change.
+    mutating func acknowledged(tag: UInt64, now: Int64) -> [WindowChange] {
         guard case .counting(tag, let sentAt) = sample else { return [] }
         sample = .idle
         let roundTrip = max(now - sentAt, 1)
         let shortest = min(minimumRoundTrip ?? roundTrip, roundTrip)
         minimumRoundTrip = shortest
-        var grown: [Growth] = []
+        var changes: [WindowChange] = [], grew = false
         for (id, var stream) in streams where stream.sampled > 0 || stream.readerFellBehind {
             if let window = Self.grownWindow(&stream, roundTrip: roundTrip, minimumRoundTrip: shortest, maximum: limits.maximumWindow) {
-                grown.append(Growth(streamID: id, window: window))
+                changes.append(WindowChange(streamID: id, window: window))
+                grew = true
+            } else if stream.readerFellBehind && stream.window > limits.initialWindow {
+                stream.window = limits.initialWindow
+                changes.append(WindowChange(streamID: id, window: stream.window))
             }
             stream.sampled = 0
             stream.readerFellBehind = false
             streams[id] = stream
         }
-        if !grown.isEmpty {
+        if grew {
             interval = limits.minimumInterval
         } else if lastSampleAt != nil {
             interval = min(interval * 2, limits.maximumInterval)
         }
-        return grown.sorted { $0.streamID < $1.streamID }
+        return changes.sorted { $0.streamID < $1.streamID }
+    }
+
+    /// The ACK is not coming (a peer that never answers): counting stops, nothing changes.
+    private mutating func abandonSample() {
+        sample = .idle
+        for id in streams.keys {
+            streams[id]?.sampled = 0
+            streams[id]?.readerFellBehind = false
+        }
     }
 
     /// The stream is gone: it needs no window any more.

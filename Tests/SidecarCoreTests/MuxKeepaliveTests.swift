@@ -26,8 +26,8 @@ struct MuxKeepaliveTests {
             try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
         }
 
-        /// How many PINGs (not ACKs) the client wrote since the last call; `deliver`: the peer
-        /// gets those bytes.
+        /// How many keepalive PINGs (not ACKs, and not the window tuning's, which carry a
+        /// non-zero tag) the client wrote since the last call; `deliver`: the peer gets those bytes.
         func clientPings(deliver: Bool) throws -> Int {
             var pings = 0
             while var bytes = try channel.readOutbound(as: ByteBuffer.self) {
@@ -36,8 +36,9 @@ struct MuxKeepaliveTests {
                 while bytes.readableBytes >= 9 {
                     let length = Int(bytes.readInteger(as: UInt8.self)!) << 16 | Int(bytes.readInteger(as: UInt16.self)!)
                     let type = bytes.readInteger(as: UInt8.self)!, flags = bytes.readInteger(as: UInt8.self)!
-                    if type == 6 && flags & 1 == 0 { pings += 1 }
-                    bytes.moveReaderIndex(forwardBy: 4 + length)
+                    bytes.moveReaderIndex(forwardBy: 4)
+                    if type == 6 && flags & 1 == 0 && bytes.getInteger(at: bytes.readerIndex, as: UInt64.self) == 0 { pings += 1 }
+                    bytes.moveReaderIndex(forwardBy: length)
                 }
             }
             return pings

@@ -43,6 +43,39 @@ struct MuxWindowTests {
         var now: Int64 = 0
     }
 
+    @Test("A smaller window withholds credit without breaking flow control: the peer sends what it was given, then gets only the smaller window back")
+    func setWindowSmallerWithholds() throws {
+        let roomy = NGHTTP2Session.Settings(maxConcurrentStreams: 10, streamWindow: 1 << 20, connectionWindow: 1 << 26)
+        let allocator = ByteBufferAllocator()
+        let client = try NGHTTP2Session(role: .client, settings: roomy, allocator: allocator)
+        let server = try NGHTTP2Session(role: .server, settings: roomy, allocator: allocator)
+        let upload = MuxSessionTests.Queue(), download = MuxSessionTests.Queue()
+        try withExtendedLifetime((upload, download)) {
+            let id = try client.submitConnect(authority: "storage", source: upload)
+            _ = try MuxSessionTests.exchange(client, server)
+            server.submitResponse(streamID: id, status: 200, source: download)
+            _ = try MuxSessionTests.exchange(client, server)
+            server.setWindow(4 << 20, on: id)
+            _ = try MuxSessionTests.exchange(client, server)
+            #expect(client.peerSendWindow(on: id) == 4 << 20)
+            server.setWindow(1 << 20, on: id)
+            _ = try MuxSessionTests.exchange(client, server)
+            #expect(client.peerSendWindow(on: id) == 4 << 20, "credit given is not taken back")
+            upload.chunks = [ByteBuffer(repeating: 1, count: 4 << 20)]
+            client.resume(streamID: id)
+            let events = try MuxSessionTests.exchange(client, server)
+            let received = events.server.reduce(0) { total, event in
+                if case .data(_, let bytes) = event { return total + bytes.readableBytes }
+                return total
+            }
+            #expect(received == 4 << 20, "all of it accepted: no FLOW_CONTROL_ERROR")
+            #expect(client.peerSendWindow(on: id) == 0)
+            server.consumed(4 << 20, on: id)
+            _ = try MuxSessionTests.exchange(client, server)
+            #expect(client.peerSendWindow(on: id) == 1 << 20, "credit back up to the smaller window only")
+        }
+    }
+
     /// Our client-side handler receives `first`, then `second` bytes on one stream while its
     /// sampling PING (sent on `first`) is on its way; then the ACK arrives, `roundTrip` ns
     /// after the PING left (the connection's first PING took 1 ns). `reading`: the stream's
@@ -89,5 +122,32 @@ struct MuxWindowTests {
     @Test("Half the window in the round trip but a reader that takes none of it: the window stays (a slow reader keeps 1 MiB)")
     func slowReaderStaysOnTheWire() throws {
         #expect(try Self.peerWindowAfter(first: 16 * Self.kib, second: 600 * Self.kib, reading: false) == (1 << 20) - 616 * Self.kib)
+    }
+}
+
+/// A hostile peer's one-byte DATA frames, each in a TLS read of its own, to a stream whose
+/// reader is stalled: the stream holds about what it was sent, not a 64 KiB buffer per frame.
+@Suite("Mux stream memory under tiny frames")
+struct MuxTinyFrameTests {
+    @Test("2,000 one-byte DATA frames, each in its own 64 KiB input buffer, hold well under 64 KiB in all")
+    func tinyFramesHoldLittle() throws {
+        let harness = try MuxFlushTests.Harness()
+        let body = MuxSessionTests.Queue()
+        let (stream, id) = try harness.openAnsweredStream(answeringWith: body)
+        try stream.setOption(ChannelOptions.autoRead, value: false).wait()
+        for index in 0..<2_000 {
+            body.chunks = [ByteBuffer(bytes: [UInt8(truncatingIfNeeded: index)])]
+            harness.peer.resume(streamID: id)
+            while let frames = try harness.peer.sendJoined(limit: 1 << 20) {
+                var input = ByteBufferAllocator().buffer(capacity: 64 * 1024)
+                input.writeImmutableBuffer(frames)
+                try harness.channel.writeInbound(input)
+            }
+        }
+        let held = (stream as! MuxStreamChannel).inbound
+        #expect(held.bytes == 2_000)
+        #expect(held.held.storage < 64 * 1024, "held \(held.held)")
+        #expect(held.held.chunks <= 3, "small payloads share buffers: \(held.held)")
+        withExtendedLifetime(body) {}
     }
 }

@@ -133,8 +133,49 @@ struct ReceiveWindowTuningTests {
         #expect(tuning.acknowledged(tag: tag!, now: 2 + 300_000).isEmpty)
         #expect(tuning.minimumRoundTrip == 300_000)
         #expect(tuning.interval == Self.limits.minimumInterval)
-        #expect(tuning.probe() == nil, "the path is measured")
-        #expect(tuning.received(1, on: 1, now: 3) != nil, "the first data samples at once")
+        // A second probe: the first may have waited for the peer to set up.
+        let second = tuning.probe()
+        #expect(second != nil)
+        tuning.flushed(now: 400_000)
+        #expect(tuning.acknowledged(tag: second!, now: 400_000 + 100_000).isEmpty)
+        #expect(tuning.minimumRoundTrip == 100_000, "the shorter of the two")
+        #expect(tuning.probe() == nil, "two probes, then samples only")
+        #expect(tuning.received(1, on: 1, now: 600_000) != nil, "the first data samples at once")
+    }
+
+    @Test("A grown window whose reader falls behind goes back to the initial one; one at the initial window stays")
+    func shrinksWhenBehind() {
+        var tuning = ReceiveWindowTuning(limits: Self.limits)
+        var now: Int64 = 0
+        // Grow stream 1 twice: 512 KiB -> 1 MiB -> 2 MiB.
+        for _ in 0..<2 {
+            let window = Int(tuning.streams[1]?.window ?? Self.limits.initialWindow)
+            let tag = Self.startSample(&tuning, now: now)!
+            _ = tuning.received(window, on: 1, now: now + 1)
+            #expect(tuning.acknowledged(tag: tag, now: now + 20 * Self.ms).count == 1)
+            now += 20 * Self.ms
+        }
+        #expect(tuning.streams[1]?.window == Int32(2 * Self.mib))
+        let tag = Self.startSample(&tuning, now: now)!
+        _ = tuning.received(Self.mib, on: 1, now: now + 1)
+        _ = tuning.received(Self.mib, on: 3, now: now + 1)
+        tuning.readerFellBehind(on: 1)
+        tuning.readerFellBehind(on: 3)
+        #expect(tuning.acknowledged(tag: tag, now: now + 20 * Self.ms) == [.init(streamID: 1, window: Int32(512 * Self.kib))])
+        #expect(tuning.streams[1]?.window == Int32(512 * Self.kib))
+        #expect(tuning.streams[3]?.window == Int32(512 * Self.kib))
+    }
+
+    @Test("A sample whose ACK never comes is given up after four seconds: sampling goes on, nothing it counted changes a window")
+    func staleSampleAbandoned() {
+        var tuning = ReceiveWindowTuning(limits: Self.limits)
+        let lost = Self.startSample(&tuning)!
+        _ = tuning.received(Self.mib, on: 1, now: 1)
+        #expect(tuning.received(1, on: 1, now: 4_000_000_000) == nil, "four seconds: still waiting")
+        let next = tuning.received(1, on: 1, now: 4_000_000_002)
+        #expect(next != nil && next != lost)
+        #expect(tuning.streams[1]?.sampled == 0)
+        #expect(tuning.acknowledged(tag: lost, now: 4_000_000_003).isEmpty, "the lost one no longer counts")
     }
 
     @Test("Samples that grow nothing come rarer, down to one a second; a growth brings them back to every 10 ms")
