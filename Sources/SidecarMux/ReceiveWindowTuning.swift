@@ -7,16 +7,18 @@
 ///
 /// How it decides: now and then, while data arrives, a PING goes out and each stream counts
 /// what arrives from the moment it left until its ACK, one round trip later. A stream's window
-/// doubles when three things hold:
-/// - at least half its window arrived in that round trip (the window may be what limits it);
-/// - its reader took every byte as it came (a reader that fell behind is what limits the
-///   stream, and a larger window would only buffer more for it);
-/// - the window is under twice the bytes in flight that the path holds at that rate over its
-///   shortest round trip seen (bandwidth × minimum RTT, as BBR estimates it). A round trip
+/// doubles when both hold:
+/// - its reader kept up: never more than a quarter of the window waited for it (a reader
+///   that falls behind is what limits the stream, and a larger window would only buffer more
+///   for it; a hiccup of a busy host is not that);
+/// - the window is at most four times the bytes in flight that the path holds at that rate
+///   over its shortest round trip seen (bandwidth × minimum RTT, as BBR estimates it). Four:
+///   a stream the window holds back gets half of it per round trip (credit comes back in
+///   halves), and a busy host's rate wobbles. A round trip
 ///   longer than the shortest is queueing, mostly behind the stream's own data: on loopback
 ///   or a busy host, a sample taken through that queue sees "half the window per round
 ///   trip" whatever the window, and growing would only lengthen the queue.
-/// A grown window whose reader falls behind goes back to the initial one (the peer keeps the
+/// A grown window whose reader sat on half of it goes back to the initial one (the peer keeps the
 /// credit it has; none is given until the stream is under the smaller window). Samples that
 /// change nothing make sampling rarer, down to once a second; one whose ACK has not come in
 /// four seconds is given up.
@@ -37,11 +39,11 @@ struct ReceiveWindowTuning {
     }
 
     /// One receiving stream: its window now, what arrived since the outstanding PING went out,
-    /// and whether its reader fell behind since.
+    /// and the most that waited for its reader since.
     struct Stream: Equatable {
         var window: Int32
         var sampled = 0
-        var readerFellBehind = false
+        var mostWaiting = 0
     }
 
     /// The sampling PING: queued (not flushed yet, nothing counts) or on its way since `sentAt`.
@@ -110,10 +112,11 @@ struct ReceiveWindowTuning {
         if case .queued(let tag) = sample { sample = .counting(tag: tag, sentAt: now) }
     }
 
-    /// Data of `streamID` is still waiting for its reader after a delivery.
-    mutating func readerFellBehind(on streamID: Int32) {
-        guard case .counting = sample else { return }
-        streams[streamID]?.readerFellBehind = true
+    /// `waiting` bytes of `streamID` are still waiting for its reader after a delivery.
+    mutating func readerFellBehind(on streamID: Int32, waiting: Int) {
+        guard case .counting = sample, var stream = streams[streamID] else { return }
+        stream.mostWaiting = max(stream.mostWaiting, waiting)
+        streams[streamID] = stream
     }
 
     /// A PING ACK carrying `tag` arrived at `now`. Returns the streams whose windows change.
@@ -124,16 +127,16 @@ struct ReceiveWindowTuning {
         let shortest = min(minimumRoundTrip ?? roundTrip, roundTrip)
         minimumRoundTrip = shortest
         var changes: [WindowChange] = [], grew = false
-        for (id, var stream) in streams where stream.sampled > 0 || stream.readerFellBehind {
+        for (id, var stream) in streams where stream.sampled > 0 || stream.mostWaiting > 0 {
             if let window = Self.grownWindow(&stream, roundTrip: roundTrip, minimumRoundTrip: shortest, maximum: limits.maximumWindow) {
                 changes.append(WindowChange(streamID: id, window: window))
                 grew = true
-            } else if stream.readerFellBehind && stream.window > limits.initialWindow {
+            } else if stream.mostWaiting * 2 >= Int(stream.window) && stream.window > limits.initialWindow {
                 stream.window = limits.initialWindow
                 changes.append(WindowChange(streamID: id, window: stream.window))
             }
             stream.sampled = 0
-            stream.readerFellBehind = false
+            stream.mostWaiting = 0
             streams[id] = stream
         }
         if grew {
@@ -149,7 +152,7 @@ struct ReceiveWindowTuning {
         sample = .idle
         for id in streams.keys {
             streams[id]?.sampled = 0
-            streams[id]?.readerFellBehind = false
+            streams[id]?.mostWaiting = 0
         }
     }
 
@@ -160,13 +163,14 @@ struct ReceiveWindowTuning {
 
     /// The window a stream grows to after one sample, or nil if it stays.
     static func grownWindow(_ stream: inout Stream, roundTrip: Int64, minimumRoundTrip: Int64, maximum: Int32) -> Int32? {
-        guard stream.window < maximum, roundTrip > 0, minimumRoundTrip > 0, !stream.readerFellBehind else { return nil }
         let sample = stream.sampled, window = Int(stream.window)
-        // Less than half the window in a round trip: something other than the window limits it.
-        guard sample * 2 >= window else { return nil }
-        // The window already holds twice what the path carries at this rate in its shortest round trip.
+        guard window < Int(maximum), roundTrip > 0, minimumRoundTrip > 0 else { return nil }
+        // Its reader did not keep up: the reader is what limits it.
+        guard stream.mostWaiting * 4 <= window else { return nil }
+        // The window already holds four times what the path carries at this rate in its
+        // shortest round trip: something other than the window limits the stream.
         let inFlightAtShortest = Double(sample) * Double(min(minimumRoundTrip, roundTrip)) / Double(roundTrip)
-        guard 2 * inFlightAtShortest >= Double(window) else { return nil }
+        guard 4 * inFlightAtShortest >= Double(window) else { return nil }
         let grown = Int32(min(window * 2, Int(maximum)))
         stream.window = grown
         return grown

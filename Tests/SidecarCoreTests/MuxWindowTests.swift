@@ -102,24 +102,24 @@ struct MuxWindowTests {
         return withExtendedLifetime(body) { harness.peer.peerSendWindow(on: id) }
     }
 
-    @Test("Half the window arriving within a PING's round trip, all of it read, doubles the stream's window: the peer gets the credit")
+    @Test("Over a quarter of the window arriving within a PING's round trip, all of it read, doubles the stream's window: the peer gets the credit")
     func windowGrowsOnTheWire() throws {
         // 1 MiB grown to 2 MiB; the 616 KiB read were credited (being over half the window).
         #expect(try Self.peerWindowAfter(first: 16 * Self.kib, second: 600 * Self.kib, reading: true) == 2 << 20)
     }
 
-    @Test("Less than half the window in the round trip: the window stays (a control for the test above)")
+    @Test("Less than a quarter of the window in the round trip: the window stays (a control for the test above)")
     func windowStaysOnTheWire() throws {
         // Still 1 MiB; the 216 KiB read are under half the window, not credited yet.
         #expect(try Self.peerWindowAfter(first: 16 * Self.kib, second: 200 * Self.kib, reading: true) == (1 << 20) - 216 * Self.kib)
     }
 
-    @Test("Half the window, all read, but in a round trip far longer than the connection's first (a queue): the window stays")
+    @Test("Over half the window, all read, but in a round trip far longer than the connection's first (a queue): the window stays")
     func queueStaysOnTheWire() throws {
         #expect(try Self.peerWindowAfter(first: 16 * Self.kib, second: 600 * Self.kib, reading: true, roundTrip: 10) == 1 << 20)
     }
 
-    @Test("Half the window in the round trip but a reader that takes none of it: the window stays (a slow reader keeps 1 MiB)")
+    @Test("Over half the window in the round trip but a reader that takes none of it: the window stays (a slow reader keeps 1 MiB)")
     func slowReaderStaysOnTheWire() throws {
         #expect(try Self.peerWindowAfter(first: 16 * Self.kib, second: 600 * Self.kib, reading: false) == (1 << 20) - 616 * Self.kib)
     }
