@@ -22,16 +22,26 @@ struct MuxWindowTests {
         #expect(!events.server.contains { if case .pingAcknowledged = $0 { true } else { false } }, "a PING is not its own ACK")
     }
 
+    /// Two sessions with one CONNECT stream, answered 200. nghttp2 holds both bodies unretained
+    /// while the stream lives: the caller keeps them.
+    static func answeredStream(settings: NGHTTP2Session.Settings = MuxSessionTests.settings,
+                               upload: MuxSessionTests.Queue, download: MuxSessionTests.Queue) throws
+        -> (client: NGHTTP2Session, server: NGHTTP2Session, id: Int32) {
+        let allocator = ByteBufferAllocator()
+        let client = try NGHTTP2Session(role: .client, settings: settings, allocator: allocator)
+        let server = try NGHTTP2Session(role: .server, settings: settings, allocator: allocator)
+        let id = try client.submitConnect(authority: "storage", source: upload)
+        _ = try MuxSessionTests.exchange(client, server)
+        server.submitResponse(streamID: id, status: 200, source: download)
+        _ = try MuxSessionTests.exchange(client, server)
+        return (client, server, id)
+    }
+
     @Test("A larger stream window reaches the peer at once as credit for the difference")
     func setWindowCreditsPeer() throws {
-        let (client, server) = try MuxSessionTests.sessions()
-        // nghttp2 holds both bodies unretained while the stream lives.
         let upload = MuxSessionTests.Queue(), download = MuxSessionTests.Queue()
         try withExtendedLifetime((upload, download)) {
-            let id = try client.submitConnect(authority: "storage", source: upload)
-            _ = try MuxSessionTests.exchange(client, server)
-            server.submitResponse(streamID: id, status: 200, source: download)
-            _ = try MuxSessionTests.exchange(client, server)
+            let (client, server, id) = try Self.answeredStream(upload: upload, download: download)
             #expect(client.peerSendWindow(on: id) == 65535)
             server.setWindow(1 << 20, on: id)
             _ = try MuxSessionTests.exchange(client, server)
@@ -39,22 +49,12 @@ struct MuxWindowTests {
         }
     }
 
-    final class ManualClock {
-        var now: Int64 = 0
-    }
-
     @Test("A smaller window withholds credit without breaking flow control: the peer sends what it was given, then gets only the smaller window back")
     func setWindowSmallerWithholds() throws {
         let roomy = NGHTTP2Session.Settings(maxConcurrentStreams: 10, streamWindow: 1 << 20, connectionWindow: 1 << 26)
-        let allocator = ByteBufferAllocator()
-        let client = try NGHTTP2Session(role: .client, settings: roomy, allocator: allocator)
-        let server = try NGHTTP2Session(role: .server, settings: roomy, allocator: allocator)
         let upload = MuxSessionTests.Queue(), download = MuxSessionTests.Queue()
         try withExtendedLifetime((upload, download)) {
-            let id = try client.submitConnect(authority: "storage", source: upload)
-            _ = try MuxSessionTests.exchange(client, server)
-            server.submitResponse(streamID: id, status: 200, source: download)
-            _ = try MuxSessionTests.exchange(client, server)
+            let (client, server, id) = try Self.answeredStream(settings: roomy, upload: upload, download: download)
             server.setWindow(4 << 20, on: id)
             _ = try MuxSessionTests.exchange(client, server)
             #expect(client.peerSendWindow(on: id) == 4 << 20)
@@ -74,6 +74,10 @@ struct MuxWindowTests {
             _ = try MuxSessionTests.exchange(client, server)
             #expect(client.peerSendWindow(on: id) == 1 << 20, "credit back up to the smaller window only")
         }
+    }
+
+    final class ManualClock {
+        var now: Int64 = 0
     }
 
     /// Our client-side handler receives `first`, then `second` bytes on one stream while its
