@@ -70,7 +70,8 @@ package final class MuxConnectionHandler: ChannelDuplexHandler {
         self.role = role
         self.settings = settings
         self.windowTuning = ReceiveWindowTuning(limits: .init(initialWindow: settings.streamWindow,
-                                                              maximumWindow: max(settings.streamWindow, settings.maximumStreamWindow)))
+                                                              maximumWindow: max(settings.streamWindow, settings.maximumStreamWindow),
+                                                              samplesPerDoubling: settings.windowSamplesPerDoubling))
     }
 
     /// Streams currently open (including CONNECTs awaiting their answer).

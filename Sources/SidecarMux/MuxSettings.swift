@@ -17,6 +17,8 @@ package struct MuxSettings: Sendable {
     /// carried 380 MB/s over a 20 ms round trip (bench/wan.sh; credit returns in halves, so
     /// about half of window/RTT). The connection window bounds all streams together.
     var maximumStreamWindow: Int32
+    /// Samples in a row that must call for a larger window before a stream's doubles.
+    var windowSamplesPerDoubling = 3
     var connectionWindow: Int32
     /// A connection without streams for this long goes away (GOAWAY, then close); nil: never.
     package var idleTimeout: TimeAmount?

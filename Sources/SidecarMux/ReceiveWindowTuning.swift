@@ -7,21 +7,22 @@
 ///
 /// How it decides: now and then, while data arrives, a PING goes out and each stream counts
 /// what arrives from the moment it left until its ACK, one round trip later. A stream's window
-/// doubles when both hold:
+/// doubles after three samples in a row in which both hold (one would do on the path, but a
+/// reader's first few MiB vanish into its socket buffers and look like a reader keeping up):
 /// - its reader kept up: never more than a quarter of the window waited for it (a reader
 ///   that falls behind is what limits the stream, and a larger window would only buffer more
 ///   for it; a hiccup of a busy host is not that);
 /// - the window is at most four times the bytes in flight that the path holds at that rate
 ///   over its shortest round trip seen (bandwidth × minimum RTT, as BBR estimates it). Four:
 ///   a stream the window holds back gets half of it per round trip (credit comes back in
-///   halves), and a busy host's rate wobbles. A round trip
-///   longer than the shortest is queueing, mostly behind the stream's own data: on loopback
-///   or a busy host, a sample taken through that queue sees "half the window per round
-///   trip" whatever the window, and growing would only lengthen the queue.
-/// A grown window whose reader sat on half of it goes back to the initial one (the peer keeps the
-/// credit it has; none is given until the stream is under the smaller window). Samples that
-/// change nothing make sampling rarer, down to once a second; one whose ACK has not come in
-/// four seconds is given up.
+///   halves), and a busy host's rate wobbles. A round trip longer than the shortest is
+///   queueing, mostly behind the stream's own data: on loopback or a busy host, a sample
+///   taken through that queue sees "half the window per round trip" whatever the window,
+///   and growing would only lengthen the queue.
+/// A grown window whose reader sat on half of it goes back to the initial one (the peer keeps
+/// the credit it has; none is given until the stream is under the smaller window). Samples
+/// that change nothing make sampling rarer, down to once a second; one whose ACK has not come
+/// in four seconds is given up.
 ///
 /// A peer cannot answer for a PING it has not seen: tags are random, and an ACK counts only
 /// once its PING has been flushed.
@@ -36,14 +37,17 @@ struct ReceiveWindowTuning {
         /// Shortest gap between samples, and the longest once samples stop growing anything.
         var minimumInterval: Int64 = 10_000_000
         var maximumInterval: Int64 = 1_000_000_000
+        /// Samples in a row that must call for a larger window before it doubles.
+        var samplesPerDoubling = 3
     }
 
     /// One receiving stream: its window now, what arrived since the outstanding PING went out,
-    /// and the most that waited for its reader since.
+    /// the most that waited for its reader since, and how many samples in a row called for more.
     struct Stream: Equatable {
         var window: Int32
         var sampled = 0
         var mostWaiting = 0
+        var calledForMore = 0
     }
 
     /// The sampling PING: queued (not flushed yet, nothing counts) or on its way since `sentAt`.
@@ -126,20 +130,28 @@ struct ReceiveWindowTuning {
         let roundTrip = max(now - sentAt, 1)
         let shortest = min(minimumRoundTrip ?? roundTrip, roundTrip)
         minimumRoundTrip = shortest
-        var changes: [WindowChange] = [], grew = false
+        var changes: [WindowChange] = [], progressed = false
         for (id, var stream) in streams where stream.sampled > 0 || stream.mostWaiting > 0 {
-            if let window = Self.grownWindow(&stream, roundTrip: roundTrip, minimumRoundTrip: shortest, maximum: limits.maximumWindow) {
-                changes.append(WindowChange(streamID: id, window: window))
-                grew = true
-            } else if stream.mostWaiting * 2 >= Int(stream.window) && stream.window > limits.initialWindow {
-                stream.window = limits.initialWindow
-                changes.append(WindowChange(streamID: id, window: stream.window))
+            if Self.callsForMore(stream, roundTrip: roundTrip, minimumRoundTrip: shortest, maximum: limits.maximumWindow) {
+                progressed = true
+                stream.calledForMore += 1
+                if stream.calledForMore >= limits.samplesPerDoubling {
+                    stream.calledForMore = 0
+                    stream.window = Int32(min(Int(stream.window) * 2, Int(limits.maximumWindow)))
+                    changes.append(WindowChange(streamID: id, window: stream.window))
+                }
+            } else {
+                stream.calledForMore = 0
+                if stream.mostWaiting * 2 >= Int(stream.window) && stream.window > limits.initialWindow {
+                    stream.window = limits.initialWindow
+                    changes.append(WindowChange(streamID: id, window: stream.window))
+                }
             }
             stream.sampled = 0
             stream.mostWaiting = 0
             streams[id] = stream
         }
-        if grew {
+        if progressed {
             interval = limits.minimumInterval
         } else if lastSampleAt != nil {
             interval = min(interval * 2, limits.maximumInterval)
@@ -161,18 +173,15 @@ struct ReceiveWindowTuning {
         streams[streamID] = nil
     }
 
-    /// The window a stream grows to after one sample, or nil if it stays.
-    static func grownWindow(_ stream: inout Stream, roundTrip: Int64, minimumRoundTrip: Int64, maximum: Int32) -> Int32? {
+    /// Whether one sample calls for a larger window.
+    static func callsForMore(_ stream: Stream, roundTrip: Int64, minimumRoundTrip: Int64, maximum: Int32) -> Bool {
         let sample = stream.sampled, window = Int(stream.window)
-        guard window < Int(maximum), roundTrip > 0, minimumRoundTrip > 0 else { return nil }
+        guard window < Int(maximum), roundTrip > 0, minimumRoundTrip > 0 else { return false }
         // Its reader did not keep up: the reader is what limits it.
-        guard stream.mostWaiting * 4 <= window else { return nil }
+        guard stream.mostWaiting * 4 <= window else { return false }
         // The window already holds four times what the path carries at this rate in its
         // shortest round trip: something other than the window limits the stream.
         let inFlightAtShortest = Double(sample) * Double(min(minimumRoundTrip, roundTrip)) / Double(roundTrip)
-        guard 4 * inFlightAtShortest >= Double(window) else { return nil }
-        let grown = Int32(min(window * 2, Int(maximum)))
-        stream.window = grown
-        return grown
+        return 4 * inFlightAtShortest >= Double(window)
     }
 }

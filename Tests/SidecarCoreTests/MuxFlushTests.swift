@@ -42,12 +42,14 @@ struct MuxFlushTests {
     struct Harness {
         let loop = EmbeddedEventLoop()
         let channel: EmbeddedChannel
-        let handler = MuxConnectionHandler(role: .client, settings: MuxSettings(keepaliveInterval: .seconds(30)))
+        let handler: MuxConnectionHandler
         let counter = FlushCounter()
         let peer: NGHTTP2Session
 
         /// `clock`: what the handler's window tuning reads as the time (default: the real one).
-        init(peerStreamWindow: Int32 = 65535, clock: (() -> Int64)? = nil) throws {
+        init(peerStreamWindow: Int32 = 65535, clock: (() -> Int64)? = nil,
+             settings: MuxSettings = MuxSettings(keepaliveInterval: .seconds(30))) throws {
+            handler = MuxConnectionHandler(role: .client, settings: settings)
             if let clock { handler.clock = clock }
             channel = EmbeddedChannel(loop: loop)
             // Room for every stream a test opens (the shared test settings allow 10).

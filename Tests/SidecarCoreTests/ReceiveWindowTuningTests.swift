@@ -6,7 +6,10 @@ import Testing
 struct ReceiveWindowTuningTests {
     static let kib = 1 << 10, mib = 1 << 20
     static let ms: Int64 = 1_000_000
-    static let limits = ReceiveWindowTuning.Limits(initialWindow: Int32(512 * kib), maximumWindow: Int32(16 * mib))
+    /// One sample per doubling, so each test's sample is judged alone (`threeInARow` tests the
+    /// product's three).
+    static let limits = ReceiveWindowTuning.Limits(initialWindow: Int32(512 * kib), maximumWindow: Int32(16 * mib),
+                                                   samplesPerDoubling: 1)
 
     /// Starts a sample with data on `streamID` at `now` and flushes its PING at once.
     static func startSample(_ tuning: inout ReceiveWindowTuning, on streamID: Int32 = 1, now: Int64 = 0) -> UInt64? {
@@ -113,18 +116,76 @@ struct ReceiveWindowTuningTests {
              why: "nothing arrived"),
     ]
 
-    @Test("One sample's verdict", arguments: cases)
+    @Test("One sample's verdict (and, with one sample per doubling, the window it leads to)", arguments: cases)
     func verdict(_ c: Case) {
-        var stream = ReceiveWindowTuning.Stream(window: Int32(c.window), sampled: c.sampled, mostWaiting: c.mostWaiting)
-        let before = stream
-        let grown = ReceiveWindowTuning.grownWindow(&stream, roundTrip: c.roundTrip, minimumRoundTrip: c.minimumRoundTrip,
-                                                    maximum: Int32(16 * Self.mib))
-        #expect(grown.map(Int.init) == c.grown)
-        if let grown {
-            #expect(stream.window == grown)
-        } else {
-            #expect(stream == before, "a stream that stays keeps its state")
+        let stream = ReceiveWindowTuning.Stream(window: Int32(c.window), sampled: c.sampled, mostWaiting: c.mostWaiting)
+        let calls = ReceiveWindowTuning.callsForMore(stream, roundTrip: c.roundTrip, minimumRoundTrip: c.minimumRoundTrip,
+                                                     maximum: Int32(16 * Self.mib))
+        #expect(calls == (c.grown != nil))
+        // The same sample through a connection's tuning.
+        var tuning = ReceiveWindowTuning(limits: .init(initialWindow: Int32(c.window), maximumWindow: Int32(16 * Self.mib),
+                                                       samplesPerDoubling: 1))
+        let probe = tuning.probe()!
+        tuning.flushed(now: 0)
+        _ = tuning.acknowledged(tag: probe, now: c.minimumRoundTrip)
+        guard let tag = tuning.received(1, on: 1, now: Self.ms) else {
+            #expect(c.grown == nil, "no sample starts only for a stream at the maximum")
+            return
         }
+        tuning.flushed(now: Self.ms)
+        _ = tuning.received(c.sampled, on: 1, now: Self.ms + 1)
+        if c.mostWaiting > 0 { tuning.readerFellBehind(on: 1, waiting: c.mostWaiting) }
+        let changes = tuning.acknowledged(tag: tag, now: Self.ms + c.roundTrip)
+        #expect(changes.first.map { Int($0.window) } == c.grown)
+    }
+
+    @Test("With three samples per doubling, a stream needs three in a row that call for more; one that does not starts the count over")
+    func threeInARow() {
+        var tuning = ReceiveWindowTuning(limits: .init(initialWindow: Int32(Self.mib), maximumWindow: Int32(16 * Self.mib)))
+        #expect(tuning.limits.samplesPerDoubling == 3, "the product's default")
+        var now: Int64 = 0
+        func sample(waiting: Int = 0) -> [ReceiveWindowTuning.WindowChange] {
+            now += 100 * Self.ms
+            let tag = Self.startSample(&tuning, now: now)!
+            _ = tuning.received(Self.mib, on: 1, now: now + 1)
+            if waiting > 0 { tuning.readerFellBehind(on: 1, waiting: waiting) }
+            return tuning.acknowledged(tag: tag, now: now + 20 * Self.ms)
+        }
+        #expect(sample().isEmpty && sample().isEmpty)
+        #expect(sample(waiting: Self.mib / 2) .isEmpty, "the reader fell behind: the count starts over")
+        #expect(sample().isEmpty && sample().isEmpty)
+        #expect(sample() == [.init(streamID: 1, window: Int32(2 * Self.mib))])
+        #expect(sample().isEmpty && sample().isEmpty)
+        #expect(sample() == [.init(streamID: 1, window: Int32(4 * Self.mib))])
+    }
+
+    @Test("A reader whose socket buffers swallow its first MiB, then stalls: three in a row keep its window near the start")
+    func absorbingReaderStaysSmall() {
+        // 20 ms path at 100 MB/s; the reader takes everything for its first 6 MiB (its kernel
+        // buffers), then 20 MB/s; whatever it does not take waits.
+        var tuning = ReceiveWindowTuning(limits: .init(initialWindow: Int32(Self.mib), maximumWindow: Int32(16 * Self.mib)))
+        let probe = tuning.probe()!
+        tuning.flushed(now: 0)
+        _ = tuning.acknowledged(tag: probe, now: 20 * Self.ms)
+        var now: Int64 = 20 * Self.ms, taken = 0, waiting = 0, largest = Int32(Self.mib)
+        for _ in 0..<300 {
+            let window = Int(tuning.streams[1]?.window ?? Int32(Self.mib))
+            let arriving = min(window / 2, 2 * Self.mib)        // half the window per round trip, at most the link
+            let canTake = taken < 6 * Self.mib ? arriving : 400 * Self.kib   // 20 MB/s over 20 ms
+            let took = min(waiting + arriving, canTake)
+            waiting = waiting + arriving - took
+            taken += took
+            if let tag = tuning.received(1, on: 1, now: now) {
+                tuning.flushed(now: now)
+                _ = tuning.received(arriving, on: 1, now: now + 1)
+                if waiting > 0 { tuning.readerFellBehind(on: 1, waiting: waiting) }
+                _ = tuning.acknowledged(tag: tag, now: now + 20 * Self.ms)
+            }
+            largest = max(largest, tuning.streams[1]?.window ?? largest)
+            now += 20 * Self.ms
+        }
+        #expect(largest <= Int32(4 * Self.mib), "grew to \(largest)")
+        #expect(tuning.streams[1]!.window == Int32(Self.mib), "back at the start once the reader stalled")
     }
 
     @Test("The connection's first PING measures the path alone: one probe, no stream, no change to the sampling interval")
