@@ -27,7 +27,7 @@ extension MuxConnectionHandler {
 
     /// After a delivery: data still queued means the stream's reader is behind.
     func noteReaderBehind(_ stream: MuxStreamChannel) {
-        if stream.hasUndeliveredInput { windowTuning.readerFellBehind(on: stream.streamID, waiting: stream.inbound.bytes) }
+        let waiting = stream.inbound.bytes
+        if waiting > 0 { windowTuning.readerFellBehind(on: stream.streamID, waiting: waiting) }
     }
-
 }

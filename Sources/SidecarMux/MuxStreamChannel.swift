@@ -105,9 +105,6 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
         deliverInbound()
     }
 
-    /// Data has arrived that the reader has not asked for yet.
-    var hasUndeliveredInput: Bool { inbound.bytes > 0 }
-
     func received(_ data: ByteBuffer) {
         guard !state.isClosed else {
             owner?.streamConsumed(data.readableBytes, on: streamID)
