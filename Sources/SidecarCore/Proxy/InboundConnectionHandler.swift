@@ -253,7 +253,7 @@ final class InboundConnectionHandler: StagingHandler {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try ProxyChannelOptions.configure(channel, autoRead: false)
-                    try channel.pipeline.syncOperations.addHandler(OrderedHalfCloseHandler())
+                    try channel.pipeline.syncOperations.addHandlers(PendingWriteCompactor(), OrderedHalfCloseHandler())
                 }
             }
             .connect(route: route)

@@ -37,6 +37,7 @@ final class UpstreamListener: Sendable {
             table.trackTunnel(channel, listener: listenerName, connectionID: connectionID)
             return channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandlers(
+                    PendingWriteCompactor(),
                     OrderedHalfCloseHandler(),
                     UpstreamConnectionHandler(route: route, connectionID: connectionID, table: table,
                                               audit: audit, logger: logger))

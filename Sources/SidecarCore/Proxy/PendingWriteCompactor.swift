@@ -1,0 +1,129 @@
+import NIOCore
+
+/// Head of a plaintext socket to the local app: keeps what queues for an app that has stopped
+/// reading dense.
+///
+/// NIO queues every write as an entry of its own, and the write watermark that stops the glue
+/// counts payload bytes only. A mesh peer that sends one byte per TLS record (or per mux DATA
+/// frame) toward a stalled app queued one entry per byte up to the watermark, each holding a
+/// buffer: 20,000 such records grew a storage sidecar by 150 MiB in raw mode (each entry held
+/// a 64 KiB decrypt buffer), 300,000 DATA frames by 374 MiB. Here, a small write that would
+/// join a queue is copied into one gathering buffer instead, which goes down when it reaches
+/// `smallWrite` bytes, when an ungathered write must follow it, or on a flush once the short piece
+/// passed down before it has been written. So the queue holds at most two entries per
+/// `smallWrite` bytes plus two, and its memory stays within about twice the bytes it counts.
+///
+/// On a socket that keeps up, nothing is copied: a small write passes as it is when the queue
+/// was empty at the last flush (one keep-alive request, one decrypt read).
+final class PendingWriteCompactor: ChannelOutboundHandler {
+    typealias OutboundIn = IOData
+    typealias OutboundOut = IOData
+
+    /// Writes shorter than this are gathered while the socket has a queue.
+    static let smallWrite = 4096
+
+    /// What is known of the socket's queue (NIO's pending writes, flushed or not).
+    private enum Queue {
+        /// Empty: the last check found nothing buffered, and nothing passed down since.
+        case empty
+        /// Something was passed down since the last flush, or a check found bytes buffered.
+        case nonEmpty
+        /// A flush happened since something was passed down: checked on the next small write.
+        case unknown
+    }
+
+    private var queue = Queue.empty
+    /// Small writes not yet passed down, in order (owned copies).
+    private var gathered: ByteBuffer?
+    /// A gathered buffer shorter than `smallWrite` was passed down and is not yet written:
+    /// the next one waits for it, so a stalled socket holds at most one such entry.
+    private var gatheredInFlight = false
+    private var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        gathered = nil
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if promise == nil, case .byteBuffer(var buffer) = unwrapOutboundIn(data),
+           buffer.readableBytes < Self.smallWrite {
+            if gathered == nil && queueIsEmpty(context) {
+                pass(context, data, promise: nil)
+                return
+            }
+            gather(&buffer, context: context)
+            return
+        }
+        // A larger write, a file region, or one whose completion someone awaits: after what
+        // is gathered, in order (that piece needs no tracking: another entry follows it).
+        passGathered(context, tracked: false)
+        pass(context, data, promise: promise)
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        if !gatheredInFlight { passGathered(context, tracked: true) }
+        if case .nonEmpty = queue { queue = .unknown }
+        context.flush()
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        // Everything written before a close goes before it (a write shutdown waits for it).
+        if passGathered(context, tracked: false) { context.flush() }
+        context.close(mode: mode, promise: promise)
+    }
+
+    // MARK: -
+
+    private func gather(_ buffer: inout ByteBuffer, context: ChannelHandlerContext) {
+        if gathered == nil {
+            gathered = context.channel.allocator.buffer(capacity: Self.smallWrite)
+        }
+        gathered!.writeBuffer(&buffer)
+        // Full size: an entry like any large write, with no need to wait for the one before.
+        if gathered!.readableBytes >= Self.smallWrite { passGathered(context, tracked: false) }
+    }
+
+    /// Passes down what is gathered. A tracked piece (passed on a flush) makes the next wait
+    /// until it is written; only one is tracked at a time, so at most one short piece waits
+    /// in the queue that no larger entry follows. Returns whether anything was passed.
+    @discardableResult
+    private func passGathered(_ context: ChannelHandlerContext, tracked: Bool) -> Bool {
+        guard let buffer = gathered else { return false }
+        gathered = nil
+        guard tracked else {
+            pass(context, wrapOutboundOut(.byteBuffer(buffer)), promise: nil)
+            return true
+        }
+        gatheredInFlight = true
+        let written = context.eventLoop.makePromise(of: Void.self)
+        written.futureResult.assumeIsolated().whenComplete { [self] _ in gatheredWritten() }
+        pass(context, wrapOutboundOut(.byteBuffer(buffer)), promise: written)
+        return true
+    }
+
+    /// The socket took the tracked piece (or failed it, closing): what gathered meanwhile goes.
+    private func gatheredWritten() {
+        gatheredInFlight = false
+        guard let context, gathered != nil else { return }
+        flush(context: context)
+    }
+
+    private func pass(_ context: ChannelHandlerContext, _ data: NIOAny, promise: EventLoopPromise<Void>?) {
+        queue = .nonEmpty
+        context.write(data, promise: promise)
+    }
+
+    /// Whether NIO holds no write for the socket. Checked at most once per flush, and only
+    /// when a small write comes (a bulk stream's large writes never ask).
+    private func queueIsEmpty(_ context: ChannelHandlerContext) -> Bool {
+        if case .unknown = queue {
+            let buffered = (try? context.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) ?? 1
+            queue = buffered == 0 ? .empty : .nonEmpty
+        }
+        if case .empty = queue { return true }
+        return false
+    }
+}

@@ -1,0 +1,93 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+@testable import SidecarCore
+import TestFixtures
+import TestSupport
+
+/// A mesh peer that is allowed in, and hostile: it sends its stream one byte per DATA frame
+/// toward an app that has stopped reading (a storage server busy on its disk, or one the peer
+/// made write a large reply without reading). The storage sidecar is the real binary, so its
+/// memory is its own.
+@Suite("Stalled app", .serialized)
+struct StalledAppTests {
+    static let trickle = 300_000
+
+    /// Sums a counter's samples whose labels contain `labelText`.
+    static func counter(_ metrics: String, _ name: String, _ labelText: String) -> Int {
+        metrics.split(separator: "\n").reduce(0) { sum, line in
+            guard line.hasPrefix(name + "{"), line.contains(labelText), let value = line.split(separator: " ").last,
+                  let number = Double(value) else { return sum }
+            return sum + Int(number)
+        }
+    }
+
+    @Test("300,000 one-byte DATA frames toward an app that stopped reading: RSS stays within 12 MiB, every byte arrives in order once it reads")
+    func oneByteFramesIntoStalledApp() async throws {
+        // A unix socket: its kernel buffer (wmem_default, about 208 KiB) does not grow, so the
+        // head below leaves the sidecar holding a queue for the app, under its 512 KiB mark.
+        let socketPath = "\(SidecarBinary.scratch)/stalled-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        let received = PendingWriteCompactorTests.Received()
+        let accepted = testGroup.next().makePromise(of: Channel.self)
+        let server = try await ServerBootstrap(group: testGroup)
+            .childChannelOption(ChannelOptions.autoRead, value: false)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(received)
+                    accepted.succeed(channel)
+                }
+            }
+            .bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: true).get()
+        try await withTeardown({ try? await server.close() }) {
+            let port = freeLocalPort(), adminPort = freeLocalPort()
+            let service = SidecarBinary.write("stalled-\(port).json", """
+                {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
+                  "proxy": {"destination_service_name": "storage", "local_service_socket_path": "\(socketPath)"}}}
+                """)
+            let intentions = SidecarBinary.write("stalled-intentions-\(port).json",
+                #"[{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Action":"allow"}]}]"#)
+            let sidecar = try SidecarProcess(["run", "--admin-bind", "127.0.0.1:\(adminPort)", "--service-file", service,
+                                              "--intentions-file", intentions, "--drain-timeout", "1s"] + SidecarBinary.certs(),
+                                             logName: "stalled-\(port).log")
+            defer { _ = sidecar }
+            #expect(await eventually { (try? BlockingSocket(port: port)) != nil && (try? BlockingSocket(port: adminPort)) != nil })
+            let client = try await HostileMuxClient.connect(port: port, credentials: TestCertificates.credentials("backup-agent"))
+            await withTeardown({ await client.close() }) {
+                guard case .success(let stream) = await client.open() else {
+                    Issue.record("the stream was refused")
+                    return
+                }
+                func fromMesh() async -> Int {
+                    let metrics = (try? await AdminHTTP.get(adminPort, "/metrics").body) ?? ""
+                    return Self.counter(metrics, "backup_sidecar_bytes_total", #"direction="from_mesh""#)
+                }
+                let head = PendingWriteCompactorTests.pattern(384 << 10, seed: 9)
+                try? await stream.writeAndFlush(ByteBuffer(bytes: head))
+                #expect(await eventually { await fromMesh() == head.count }, "the head was passed to the app's socket")
+                let before = processResidentBytes(sidecar.process.processIdentifier)
+
+                // Each write flushed alone: a lone stream's frames go out at once, one DATA frame
+                // (and one TLS record) per byte.
+                let trickle = PendingWriteCompactorTests.pattern(Self.trickle, seed: 4)
+                for batch in stride(from: 0, to: trickle.count, by: 5_000) {
+                    let bytes = Array(trickle[batch..<min(batch + 5_000, trickle.count)])
+                    try? await stream.eventLoop.submit {
+                        for byte in bytes { stream.writeAndFlush(ByteBuffer(bytes: [byte]), promise: nil) }
+                    }.get()
+                }
+                #expect(await eventually(timeout: 120) { await fromMesh() == head.count + trickle.count },
+                        "every byte was passed to the app's socket")
+                let after = processResidentBytes(sidecar.process.processIdentifier)
+                #expect(after - before < 12 << 20, "RSS grew by \((after - before) >> 10) KiB")
+
+                let app = try? await accepted.futureResult.get()
+                try? await app?.eventLoop.submit { try app?.setAutoReadNow(true) }.get()
+                let expected = head + trickle
+                #expect(await eventually(timeout: 60) { received.all.count >= expected.count })
+                #expect(received.all == expected, "in order, none lost")
+            }
+            #expect(await sidecar.terminate().status == 0)
+        }
+    }
+}
