@@ -39,9 +39,8 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
     private var input = InputHalf.open
 
     private var unflushed: [(ByteBuffer, EventLoopPromise<Void>?)] = []
-    private var outbound = CircularBuffer<(ByteBuffer, EventLoopPromise<Void>?)>()
-    private var outboundBytes = 0
-    private var queuedBytes: Int { outboundBytes + unflushed.reduce(0) { $0 + $1.0.readableBytes } }
+    private(set) var outbound = StreamOutbound()
+    private var queuedBytes: Int { outbound.bytes + unflushed.reduce(0) { $0 + $1.0.readableBytes } }
     private var output = OutputHalf.open
     private var finishedPromises: [EventLoopPromise<Void>] = []
     /// The session already closed the stream (END_STREAM both ways, or a reset). The stream's
@@ -197,28 +196,15 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
 
     var outboundState: (queued: Int, ended: Bool) {
         guard !state.isClosed || state.flushing != nil else { return (0, false) }
-        return (outboundBytes, output.isEnded && unflushed.isEmpty)
+        return (outbound.bytes, output.isEnded && unflushed.isEmpty)
     }
 
-    func canSend(_ count: Int) -> Bool { !aborting && count <= outboundBytes }
+    func canSend(_ count: Int) -> Bool { !aborting && count <= outbound.bytes }
 
     func takeOutbound(_ count: Int, endsStream: Bool, into frames: inout OutboundFrames) {
         // The frame header for `count` bytes is written; `canSend` has just checked they are queued.
-        assert(count <= outboundBytes, "a DATA frame larger than the queue")
-        var remaining = count
-        while remaining > 0, case (var chunk, let promise)? = outbound.popFirst() {
-            if chunk.readableBytes <= remaining {
-                remaining -= chunk.readableBytes
-                frames.append(payload: &chunk)
-                if let promise { finishedPromises.append(promise) }
-            } else {
-                var slice = chunk.readSlice(length: remaining)!
-                frames.append(payload: &slice)
-                remaining = 0
-                outbound.prepend((chunk, promise))
-            }
-        }
-        outboundBytes -= count
+        assert(count <= outbound.bytes, "a DATA frame larger than the queue")
+        outbound.take(count, into: &frames, finished: &finishedPromises)
         // The frame's own flag, not the queue: a frame prepared before the output ended (held
         // by a full send chunk) may go out after it with no END_STREAM, and marking the end
         // taken then would let a close's RST_STREAM(NO_ERROR) overtake the real END_STREAM.
@@ -269,21 +255,10 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
             guard buffer.readableBytes > 0 else {
                 // nghttp2 never asks for zero bytes: an empty write is done once what was queued
                 // before it is (NIO's HTTP encoders end a message with one).
-                if let promise {
-                    if let last = outbound.last {
-                        if let earlier = last.1 {
-                            earlier.futureResult.cascade(to: promise)
-                        } else {
-                            outbound[outbound.index(before: outbound.endIndex)].1 = promise
-                        }
-                    } else {
-                        promise.succeed()
-                    }
-                }
+                if let promise, !outbound.attachToLast(promise) { promise.succeed() }
                 continue
             }
-            outboundBytes += buffer.readableBytes
-            outbound.append((buffer, promise))
+            outbound.append(buffer, promise: promise, allocator: allocator)
         }
         unflushed.removeAll(keepingCapacity: true)
         owner?.streamHasOutput(self)
@@ -356,11 +331,9 @@ final class MuxStreamChannel: Channel, ChannelCore, MuxOutboundSource, MuxStream
     // MARK: Closing
 
     private func failOutbound(_ error: Error) {
-        let pending = Array(outbound) + unflushed
-        outbound.removeAll()
+        let pending = outbound.removeAll() + unflushed.compactMap(\.1)
         unflushed.removeAll()
-        outboundBytes = 0
-        pending.forEach { $0.1?.fail(error) }
+        pending.forEach { $0.fail(error) }
         // A half-close whose END_STREAM went out succeeded, even if the stream closed (both
         // ends done) before the send returned: failing it made the glue fall back to a full
         // close, which dropped the peer's data still waiting for a slow reader.

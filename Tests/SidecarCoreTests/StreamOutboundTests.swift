@@ -1,0 +1,150 @@
+import NIOCore
+import NIOEmbedded
+import Testing
+@testable import SidecarMux
+
+/// A stream's queue of data written and not yet taken as DATA frames: what it holds while the
+/// peer grants no window, and that it hands out every byte, in order, with every promise.
+@Suite("Mux stream outbound queue")
+struct StreamOutboundTests {
+    static let allocator = ByteBufferAllocator()
+    static let loop = EmbeddedEventLoop()
+
+    /// `count` bytes as a slice of a 1 KiB receive buffer (or larger), as NIO reads them.
+    static func read(_ count: Int, byte: UInt8 = 1) -> ByteBuffer {
+        var backing = allocator.buffer(capacity: max(1024, count))
+        backing.writeRepeatingByte(byte, count: count)
+        return backing.getSlice(at: 0, length: count)!
+    }
+
+    /// Takes `count` bytes (all, by default) and returns them with the promises finished.
+    static func take(_ queue: inout StreamOutbound, _ count: Int? = nil) -> (bytes: [UInt8], finished: [EventLoopPromise<Void>]) {
+        var frames = OutboundFrames(allocator: allocator)
+        var finished: [EventLoopPromise<Void>] = []
+        queue.take(count ?? queue.bytes, into: &frames, finished: &finished)
+        var bytes: [UInt8] = []
+        frames.forEach { buffer in bytes += buffer.getBytes(at: buffer.readerIndex, length: buffer.readableBytes)! }
+        return (bytes, finished)
+    }
+
+    @Test("A write to an empty queue is kept as it came, uncopied", arguments: [1, 100, 4095, 4096, 65536])
+    func firstKept(count: Int) {
+        var queue = StreamOutbound()
+        let data = Self.read(count)
+        queue.append(data, promise: nil, allocator: Self.allocator)
+        #expect(queue.bytes == count)
+        #expect(queue.held.chunks == 1 && queue.held.storage == data.storageCapacity, "the caller's buffer itself")
+        #expect(Self.take(&queue).bytes == Array(repeating: 1, count: count))
+        #expect(queue.bytes == 0 && queue.held.chunks == 0)
+    }
+
+    @Test("100,000 one-byte writes behind a first: a few 16 KiB buffers, not a receive buffer each; in order")
+    func smallShare() {
+        var queue = StreamOutbound()
+        queue.append(Self.read(2000, byte: 0), promise: nil, allocator: Self.allocator)
+        var expected = [UInt8](repeating: 0, count: 2000)
+        for index in 0..<100_000 {
+            let byte = UInt8(truncatingIfNeeded: index)
+            queue.append(Self.read(1, byte: byte), promise: nil, allocator: Self.allocator)
+            expected.append(byte)
+        }
+        #expect(queue.bytes == 102_000)
+        #expect(queue.held.chunks <= 8, "\(queue.held)")
+        #expect(queue.held.storage < 130 * 1024, "\(queue.held)")
+        #expect(Self.take(&queue).bytes == expected)
+    }
+
+    @Test("Writes of 4 KiB or more, and writes with a promise, keep their own entries",
+          arguments: [(4096, false), (10_000, false), (1, true), (3000, true)])
+    func largeOrPromisedKept(count: Int, promised: Bool) {
+        var queue = StreamOutbound()
+        queue.append(Self.read(10), promise: nil, allocator: Self.allocator)
+        for _ in 0..<5 {
+            queue.append(Self.read(count), promise: promised ? Self.loop.makePromise() : nil, allocator: Self.allocator)
+        }
+        #expect(queue.held.chunks == 6)
+        let taken = Self.take(&queue)
+        #expect(taken.bytes.count == 10 + 5 * count)
+        #expect(taken.finished.count == (promised ? 5 : 0))
+        taken.finished.forEach { $0.succeed() }
+    }
+
+    @Test("Frames cut anywhere: the bytes come out in order, each promise once its write is taken whole")
+    func cutAnywhere() {
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<200 {
+            var queue = StreamOutbound()
+            var expected: [UInt8] = []
+            var promised: [(end: Int, promise: EventLoopPromise<Void>)] = []
+            for index in 0..<Int.random(in: 1...60, using: &generator) {
+                let count = [1, 7, 300, 4095, 4096, 20_000].randomElement(using: &generator)!
+                let byte = UInt8(truncatingIfNeeded: index)
+                let promise: EventLoopPromise<Void>? = Bool.random(using: &generator) ? Self.loop.makePromise() : nil
+                queue.append(Self.read(count, byte: byte), promise: promise, allocator: Self.allocator)
+                expected += Array(repeating: byte, count: count)
+                if let promise { promised.append((expected.count, promise)) }
+            }
+            var out: [UInt8] = []
+            var finished = 0
+            while queue.bytes > 0 {
+                let step = min(queue.bytes, Int.random(in: 1...20_000, using: &generator))
+                let taken = Self.take(&queue, step)
+                out += taken.bytes
+                finished += taken.finished.count
+                // Every promise finished so far belongs to a write wholly taken.
+                #expect(promised.prefix(finished).allSatisfy { $0.end <= out.count })
+                taken.finished.forEach { $0.succeed() }
+            }
+            #expect(out == expected)
+            #expect(finished == promised.count)
+        }
+    }
+
+    @Test("An empty write's promise waits for what was queued before it, not for what comes after")
+    func emptyWritePromise() throws {
+        var queue = StreamOutbound()
+        let empty = Self.loop.makePromise(of: Void.self)
+        let attachedToNothing = queue.attachToLast(empty)
+        #expect(!attachedToNothing, "nothing queued: the caller completes it")
+        empty.succeed()
+
+        queue.append(Self.read(100), promise: nil, allocator: Self.allocator)
+        queue.append(Self.read(5), promise: nil, allocator: Self.allocator) // shares a buffer of ours
+        let afterSmall = Self.loop.makePromise(of: Void.self)
+        let attachedAfterSmall = queue.attachToLast(afterSmall)
+        #expect(attachedAfterSmall)
+        queue.append(Self.read(5), promise: nil, allocator: Self.allocator) // must not join that entry
+        let first = Self.take(&queue, 105)
+        #expect(first.finished.count == 1, "complete with the bytes before it")
+        first.finished.forEach { $0.succeed() }
+        #expect(queue.bytes == 5)
+
+        let earlier = Self.loop.makePromise(of: Void.self)
+        queue.append(Self.read(5000), promise: earlier, allocator: Self.allocator)
+        let cascaded = Self.loop.makePromise(of: Void.self)
+        let attachedCascaded = queue.attachToLast(cascaded)
+        #expect(attachedCascaded)
+        let rest = Self.take(&queue)
+        #expect(rest.finished.count == 1)
+        rest.finished.forEach { $0.succeed() }
+        Self.loop.run()
+        var done = false
+        cascaded.futureResult.whenSuccess { done = true }
+        Self.loop.run()
+        #expect(done, "cascaded from the write before it")
+    }
+
+    @Test("removeAll hands back every pending promise and empties the queue")
+    func removeAll() {
+        var queue = StreamOutbound()
+        let promises = (0..<3).map { _ in Self.loop.makePromise(of: Void.self) }
+        queue.append(Self.read(10), promise: promises[0], allocator: Self.allocator)
+        queue.append(Self.read(10), promise: nil, allocator: Self.allocator)
+        queue.append(Self.read(10), promise: promises[1], allocator: Self.allocator)
+        queue.append(Self.read(10_000), promise: promises[2], allocator: Self.allocator)
+        let pending = queue.removeAll()
+        #expect(pending.count == 3)
+        #expect(queue.bytes == 0 && queue.held.chunks == 0)
+        pending.forEach { $0.fail(ChannelError.ioOnClosedChannel) }
+    }
+}
