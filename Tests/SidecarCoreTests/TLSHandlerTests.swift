@@ -135,6 +135,27 @@ struct TLSHandlerTests {
         #expect(pair.serverRecorder.received.readableBytes == 64 * 256 + (1 << 20))
     }
 
+    /// A peer that reads nothing keeps every flush's ciphertext queued at the socket; the
+    /// watermark counts its bytes, so each buffer must be about the size of what it holds.
+    @Test("One write's ciphertext is a buffer of about its size, never regrown, whatever the write",
+          arguments: [1, 200, 5000, 64 * 1024, 256 * 1024])
+    func ciphertextSizedToTheWrite(count: Int) throws {
+        var pair = try Pair()
+        try pair.activate()
+        try pair.pump()
+        pair.clientCiphertext.removeAll()
+        pair.client.writeAndFlush(ByteBuffer(repeating: 9, count: count), promise: nil)
+        try pair.pump()
+        #expect(pair.clientCiphertext.count == 1)
+        let ciphertext = try #require(pair.clientCiphertext.first)
+        let records = (count + 16383) / 16384
+        #expect(ciphertext.readableBytes == count + records * 22)
+        // NIO rounds a buffer's capacity up to a power of two.
+        let bound = count + records * 96
+        #expect(ciphertext.storageCapacity < 2 * bound, "\(ciphertext.storageCapacity) bytes for \(ciphertext.readableBytes)")
+        #expect(pair.serverRecorder.received.readableBytes == count)
+    }
+
     @Test("Frame headers and payload slices written separately leave in order, in full records")
     func separateHeadersAndPayloads() throws {
         var pair = try Pair()
