@@ -95,4 +95,43 @@ struct StalledAppTests {
             #expect(await sidecar.terminate().status == 0)
         }
     }
+
+    /// The 403s are ours: nothing reaches the app, so only our own output can pace the peer.
+    @Test("A peer pipelining 200,000 denied HTTP requests without reading the 403s: the sidecar stops reading it, RSS stays within 16 MiB, every request it read is answered once the peer reads")
+    func unreadDenials() async throws {
+        let backend = try await TestBackend(.repository, group: testGroup)
+        try await withTeardown({ await backend.stop() }) {
+            let port = freeLocalPort()
+            let service = SidecarBinary.write("unread-403-\(port).json", """
+                {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
+                  "proxy": {"destination_service_name": "storage", "local_service_port": \(backend.port), "config": {"protocol": "http"}}}}
+                """)
+            let intentions = SidecarBinary.write("unread-403-intentions-\(port).json", """
+                [{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Permissions":[
+                  {"Action":"allow","HTTP":{"PathPrefix":"/repository/data/"}}]}]}]
+                """)
+            let sidecar = try SidecarProcess(["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", intentions,
+                                              "--audit-log", "\(SidecarBinary.scratch)/unread-403-audit-\(port).jsonl",
+                                              "--drain-timeout", "1s"] + SidecarBinary.certs(),
+                                             logName: "unread-403-\(port).log")
+            defer { _ = sidecar }
+            #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
+            let script = TestCertificates.repositoryRoot.appendingPathComponent("Tests/hostile/unread_403s.py").path
+            let run = try await ProcessRunner.run(["python3", script, "\(port)", TestCertificates.directory, "200000",
+                                                   "\(sidecar.process.processIdentifier)"], timeout: 180)
+            struct Outcome: Decodable {
+                let stalled_at: Int?
+                let rss_growth_kib: Int
+                let answered: Int
+                let expected: Int
+            }
+            let line = run.output.split(separator: "\n").last.map(String.init) ?? ""
+            let outcome = try #require(try? JSONDecoder().decode(Outcome.self, from: Data(line.utf8)), "\(run.output)")
+            #expect(outcome.stalled_at != nil, "the sidecar read all 10 MB of requests it could not answer")
+            #expect(outcome.rss_growth_kib < 16 << 10, "RSS grew by \(outcome.rss_growth_kib) KiB")
+            #expect(outcome.expected > 1000 && outcome.answered == outcome.expected, "reading resumed: \(line)")
+            #expect(backend.requests.allSatisfy { $0 == "GET /repository/ping" }, "nothing but probes reached the app")
+            #expect(await sidecar.terminate().status == 0)
+        }
+    }
 }

@@ -43,6 +43,8 @@ final class HTTPRequestFilter: ChannelDuplexHandler {
     private var state = State.idle
     /// A response (the service's or ours) has started and not ended.
     private var responding = false
+    /// A read waits for the peer to take what we answered (our channel turned writable).
+    private var readWaitsForPeer = false
     private let info: Context
     private let log: HTTP1RequestLog
 
@@ -107,9 +109,27 @@ final class HTTPRequestFilter: ChannelDuplexHandler {
 
     /// Once closing, the peer is not read any more: what it still sends waits in its own buffers
     /// (and flow control) instead of being read here to be dropped.
+    ///
+    /// Outside a forwarded request, a peer that does not read what we answer is not read
+    /// either. Denied requests never reach the app, so the glue (which reads while the app
+    /// can take bytes) would read on, and a peer pipelining denied requests without reading
+    /// the 403s would queue them at our socket without bound. A forwarded body still flows,
+    /// paced by the app: a client may send all of it before reading an early response.
     func read(context: ChannelHandlerContext) {
         guard state != .closing else { return }
+        if state != .forwarding && !context.channel.isWritable {
+            readWaitsForPeer = true
+            return
+        }
         context.read()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if readWaitsForPeer && context.channel.isWritable {
+            readWaitsForPeer = false
+            if state != .closing { context.read() }
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
