@@ -15,11 +15,13 @@ struct PendingWriteCompactorTests {
     final class Entries: ChannelOutboundHandler, @unchecked Sendable {
         typealias OutboundIn = IOData
         private(set) var sizes: [Int] = []
+        private(set) var capacities: [Int] = []
         private(set) var addresses: [UInt] = []
 
         func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
             if case .byteBuffer(let buffer) = unwrapOutboundIn(data) {
                 sizes.append(buffer.readableBytes)
+                capacities.append(buffer.storageCapacity)
                 addresses.append(buffer.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) })
             }
             context.write(data, promise: promise)
@@ -166,17 +168,42 @@ struct PendingWriteCompactorTests {
         }
     }
 
+    @Test("4 KiB writes each alone in a 64 KiB buffer, into a stalled app: queued as copies of their size, in order")
+    func wastefulCopied() async throws {
+        let pair = try await Pair.connect(smallKernelBuffers: true)
+        await withTeardown({ await pair.close() }) {
+            let head = Self.pattern(1 << 20, seed: 1)
+            try? await pair.writeFlushed([head])
+            let pieces = (0..<50).map { Self.pattern(4096, seed: $0) }
+            let client = pair.client
+            try? await client.eventLoop.submit {
+                for piece in pieces {
+                    var decrypted = client.allocator.buffer(capacity: 64 * 1024) // as TLS decrypts a record
+                    decrypted.writeBytes(piece)
+                    client.writeAndFlush(decrypted, promise: nil)
+                }
+            }.get()
+            #expect(pair.entries.sizes == [1 << 20] + Array(repeating: 4096, count: 50))
+            #expect(pair.entries.capacities.dropFirst().allSatisfy { $0 == 4096 }, "\(pair.entries.capacities)")
+            try? await pair.release()
+            let expected = head + pieces.flatMap { $0 }
+            #expect(await eventually { pair.received.all.count >= expected.count })
+            #expect(pair.received.all == expected)
+        }
+    }
+
     @Test("Small, large, awaited writes and a write shutdown, into a stalled app: all in order, then EOF")
     func mixedWritesKeepOrder() async throws {
         let pair = try await Pair.connect(smallKernelBuffers: true)
         await withTeardown({ await pair.close() }) {
             let head = Self.pattern(1 << 20, seed: 1)
             try? await pair.writeFlushed([head])
-            let small1 = Self.pattern(10, seed: 2), large = Self.pattern(100_000, seed: 3)
+            let small1 = Self.pattern(10, seed: 2), small1b = Self.pattern(20, seed: 7), large = Self.pattern(100_000, seed: 3)
             let small2 = Self.pattern(3000, seed: 4), awaited = Self.pattern(5, seed: 5), small3 = Self.pattern(7, seed: 6)
             let client = pair.client
             let done = try? await client.eventLoop.submit { () -> EventLoopFuture<Void> in
                 client.write(client.allocator.buffer(bytes: small1), promise: nil)
+                client.write(client.allocator.buffer(bytes: small1b), promise: nil)
                 client.flush()
                 client.write(client.allocator.buffer(bytes: large), promise: nil)
                 client.write(client.allocator.buffer(bytes: small2), promise: nil)
@@ -187,11 +214,11 @@ struct PendingWriteCompactorTests {
                 client.close(mode: .output, promise: nil)
                 return awaitedWrite.futureResult
             }.get()
-            // small1 went down tracked; small2 before the awaited write; small3 before the empty
-            // write the shutdown waits on.
-            #expect(pair.entries.sizes == [1 << 20, 10, 100_000, 3000, 5, 7, 0])
+            // small1 and small1b went down together, tracked; small2 before the awaited write;
+            // small3 before the empty write the shutdown waits on.
+            #expect(pair.entries.sizes == [1 << 20, 30, 100_000, 3000, 5, 7, 0])
             try? await pair.release()
-            let expected = head + small1 + large + small2 + awaited + small3
+            let expected = head + small1 + small1b + large + small2 + awaited + small3
             #expect(await eventually { pair.received.sawEOF })
             #expect(pair.received.all == expected)
             #expect((try? await done?.get()) != nil, "the awaited write completed")

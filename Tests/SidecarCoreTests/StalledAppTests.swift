@@ -25,8 +25,7 @@ struct StalledAppTests {
 
     @Test("100,000 one-byte DATA frames toward an app that stopped reading: RSS stays within 12 MiB, every byte arrives in order once it reads")
     func oneByteFramesIntoStalledApp() async throws {
-        // A unix socket: its kernel buffer (wmem_default, about 208 KiB) does not grow, so the
-        // head below leaves the sidecar holding a queue for the app, under its 512 KiB mark.
+        // A unix socket: its kernel buffer (wmem_default, about 208 KiB) does not grow.
         let socketPath = "\(SidecarBinary.scratch)/stalled-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
         // Loops of its own: the client's 100,000 writes would hold up the suite's shared loops,
         // and other tests' fixtures with them.
@@ -67,7 +66,12 @@ struct StalledAppTests {
                     let metrics = (try? await AdminHTTP.get(adminPort, "/metrics").body) ?? ""
                     return Self.counter(metrics, "backup_sidecar_bytes_total", #"direction="from_mesh""#)
                 }
-                let head = PendingWriteCompactorTests.pattern(384 << 10, seed: 9)
+                // The unix socket holds at most wmem_default bytes (its accounting counts more than
+                // the payload): a head 192 KiB past that leaves the sidecar a queue for the app,
+                // under its 512 KiB mark, so the trickle has something to join.
+                let wmemDefault = Int((try? String(contentsOfFile: "/proc/sys/net/core/wmem_default", encoding: .utf8))?
+                    .trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 212_992
+                let head = PendingWriteCompactorTests.pattern(wmemDefault + (192 << 10), seed: 9)
                 try? await stream.writeAndFlush(ByteBuffer(bytes: head))
                 #expect(await eventually { await fromMesh() == head.count }, "the head was passed to the app's socket")
                 let before = processResidentBytes(sidecar.process.processIdentifier)

@@ -10,8 +10,9 @@ import NIOCore
 /// a 64 KiB decrypt buffer), 300,000 DATA frames by 374 MiB. Here, a small write that would
 /// join a queue is copied into one gathering buffer instead, which goes down when it reaches
 /// `smallWrite` bytes, when an ungathered write must follow it, or on a flush once the short piece
-/// passed down before it has been written. So the queue holds at most two entries per
-/// `smallWrite` bytes plus two, and its memory stays within about twice the bytes it counts.
+/// passed down before it has been written. A larger write that would join a queue holding a
+/// quarter or less of its buffer is copied to its size. So the queue holds at most two entries
+/// per `smallWrite` bytes plus two, and its buffers hold at most about four times its bytes.
 ///
 /// On a socket that keeps up, nothing is copied: a small write passes as it is when the queue
 /// was empty at the last flush (one keep-alive request, one decrypt read).
@@ -42,6 +43,8 @@ final class PendingWriteCompactor: ChannelOutboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
+    /// Nothing removes it before the channel closes (when pending writes fail anyway), so
+    /// what is gathered then goes with them.
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
         gathered = nil
@@ -60,6 +63,15 @@ final class PendingWriteCompactor: ChannelOutboundHandler {
         // A larger write, a file region, or one whose completion someone awaits: after what
         // is gathered, in order (that piece needs no tracking: another entry follows it).
         passGathered(context, tracked: false)
+        if case .byteBuffer(let buffer) = unwrapOutboundIn(data), buffer.readableBytes > 0,
+           buffer.readableBytes * 4 <= buffer.storageCapacity, !queueIsEmpty(context) {
+            // A quarter or less of its buffer (a 4 KiB record alone in a 64 KiB decrypt
+            // buffer): queued, it would hold all of it. Copied to its size.
+            var copy = context.channel.allocator.buffer(capacity: buffer.readableBytes)
+            copy.writeImmutableBuffer(buffer)
+            pass(context, wrapOutboundOut(.byteBuffer(copy)), promise: promise)
+            return
+        }
         pass(context, data, promise: promise)
     }
 
