@@ -49,8 +49,9 @@ struct StreamOutbound {
             return
         }
         if tailIsShared, var tail = chunks.popLast() {
-            // Taken out of the queue first, so the write below does not copy the buffer.
-            if tail.readableBytes + count <= Self.sharedCapacity {
+            // Taken out of the queue first, so the write below does not copy the buffer. The
+            // bound counts what was written, taken or not: the taken front is not freed.
+            if tail.writerIndex + count <= Self.sharedCapacity {
                 tail.writeImmutableBuffer(buffer)
                 chunks.append(tail)
                 return

@@ -53,6 +53,24 @@ struct StreamOutboundTests {
         #expect(Self.take(&queue).bytes == expected)
     }
 
+    @Test("A window opened a few bytes at a time: the shared buffer does not keep what was taken from it")
+    func partialTakesStayBounded() {
+        var queue = StreamOutbound()
+        queue.append(Self.read(10), promise: nil, allocator: Self.allocator)
+        var expected = [UInt8](repeating: 1, count: 10)
+        var out: [UInt8] = []
+        for index in 0..<100_000 {
+            let byte = UInt8(truncatingIfNeeded: index)
+            queue.append(Self.read(1, byte: byte), promise: nil, allocator: Self.allocator)
+            expected.append(byte)
+            out += Self.take(&queue, 1).bytes // the queue never empties
+            #expect(queue.held.storage <= 3 * StreamOutbound.sharedCapacity, "after \(index): \(queue.held)")
+            if queue.held.storage > 3 * StreamOutbound.sharedCapacity { break }
+        }
+        out += Self.take(&queue).bytes
+        #expect(out == expected)
+    }
+
     @Test("Writes of 4 KiB or more that fill a quarter of their buffer or more keep their own entries, uncopied",
           arguments: [(4096, 4096), (10_000, 16384), (65536, 65536), (70_000, 262_144)])
     func largeKept(count: Int, capacity: Int) {
