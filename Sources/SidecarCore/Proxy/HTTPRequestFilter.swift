@@ -83,6 +83,7 @@ final class HTTPRequestFilter: ChannelDuplexHandler {
         if decision.allowed {
             state = .forwarding
             context.fireChannelRead(wrapInboundOut(.head(request.nioHead)))
+            readAgainIfWaiting(context) // its body flows whatever the peer reads
             return
         }
         // With Expect: 100-continue the client will not send the body it announced, so the
@@ -121,15 +122,21 @@ final class HTTPRequestFilter: ChannelDuplexHandler {
             readWaitsForPeer = true
             return
         }
+        readWaitsForPeer = false
         context.read()
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if readWaitsForPeer && context.channel.isWritable {
-            readWaitsForPeer = false
-            if state != .closing { context.read() }
-        }
+        if context.channel.isWritable { readAgainIfWaiting(context) }
         context.fireChannelWritabilityChanged()
+    }
+
+    /// A read we held back is asked for again from the tail, so the glue checks once more that
+    /// the app can take bytes (it passed the read down before we held it).
+    private func readAgainIfWaiting(_ context: ChannelHandlerContext) {
+        guard readWaitsForPeer, state != .closing else { return }
+        readWaitsForPeer = false
+        context.pipeline.read()
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
