@@ -92,12 +92,15 @@ struct PendingWriteCompactorTests {
         }
 
         /// Writes each piece on the event loop, each flushed on its own, as the glue would
-        /// after each read of a trickling peer.
-        func writeFlushed(_ pieces: [[UInt8]]) async throws {
+        /// after each read of a trickling peer; `inCapacity`: each in a buffer that large, as
+        /// TLS hands over what it decrypted into a 64 KiB one.
+        func writeFlushed(_ pieces: [[UInt8]], inCapacity capacity: Int = 0) async throws {
             let client = self.client
             try await client.eventLoop.submit {
                 for piece in pieces {
-                    client.write(client.allocator.buffer(bytes: piece), promise: nil)
+                    var buffer = client.allocator.buffer(capacity: max(capacity, piece.count))
+                    buffer.writeBytes(piece)
+                    client.write(buffer, promise: nil)
                     client.flush()
                 }
             }.get()
@@ -128,19 +131,24 @@ struct PendingWriteCompactorTests {
 
     static func pattern(_ count: Int, seed: Int) -> [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: ($0 &* 31) &+ seed) } }
 
-    @Test("10,000 one-byte writes to a stalled app: four entries queue, not 10,000, and every byte arrives in order")
-    func trickleIntoStalledApp() async throws {
+    /// Right-sized writes (a mux payload's copy) may go down unchecked a few times: eight
+    /// before a check finds the backlog.
+    @Test("10,000 one-byte writes to a stalled app: a dozen entries queue, not 10,000, and every byte arrives in order",
+          arguments: [(65536, [1 << 20, 1, 4096, 4096]),
+                      (1, [1 << 20] + Array(repeating: 1, count: 9) + [4096, 4096])])
+    func trickleIntoStalledApp(capacity: Int, entries: [Int]) async throws {
         let pair = try await Pair.connect(smallKernelBuffers: true)
         await withTeardown({ await pair.close() }) {
             let head = Self.pattern(1 << 20, seed: 7)
             try? await pair.writeFlushed([head])
             #expect((try? await pair.buffered()) ?? 0 > 0, "the app's socket is backed up")
             let trickle = Self.pattern(10_000, seed: 3)
-            try? await pair.writeFlushed(trickle.map { [$0] })
+            try? await pair.writeFlushed(trickle.map { [$0] }, inCapacity: capacity)
 
             let sizes = pair.entries.sizes
-            // The 1 MiB write; the first byte, tracked; two full 4 KiB pieces. The rest waits.
-            #expect(sizes == [1 << 20, 1, 4096, 4096], "entries queued: \(sizes.count)")
+            // The 1 MiB write; the unchecked ones; the first gathered byte, tracked; two full
+            // 4 KiB pieces. The rest waits.
+            #expect(sizes == entries, "entries queued: \(sizes.count)")
             try? await pair.release()
             let expected = head + trickle
             #expect(await eventually { pair.received.all.count >= expected.count })
@@ -198,12 +206,13 @@ struct PendingWriteCompactorTests {
         await withTeardown({ await pair.close() }) {
             let head = Self.pattern(1 << 20, seed: 1)
             try? await pair.writeFlushed([head])
-            let small1 = Self.pattern(10, seed: 2), small1b = Self.pattern(20, seed: 7), large = Self.pattern(100_000, seed: 3)
+            let small1 = Self.pattern(10, seed: 2), small1b = Self.pattern(20, seed: 7), small1c = Self.pattern(30, seed: 8), large = Self.pattern(100_000, seed: 3)
             let small2 = Self.pattern(3000, seed: 4), awaited = Self.pattern(5, seed: 5), small3 = Self.pattern(7, seed: 6)
             let client = pair.client
             let done = try? await client.eventLoop.submit { () -> EventLoopFuture<Void> in
                 client.write(client.allocator.buffer(bytes: small1), promise: nil)
                 client.write(client.allocator.buffer(bytes: small1b), promise: nil)
+                client.write(client.allocator.buffer(bytes: small1c), promise: nil)
                 client.flush()
                 client.write(client.allocator.buffer(bytes: large), promise: nil)
                 client.write(client.allocator.buffer(bytes: small2), promise: nil)
@@ -214,11 +223,11 @@ struct PendingWriteCompactorTests {
                 client.close(mode: .output, promise: nil)
                 return awaitedWrite.futureResult
             }.get()
-            // small1 and small1b went down together, tracked; small2 before the awaited write;
-            // small3 before the empty write the shutdown waits on.
-            #expect(pair.entries.sizes == [1 << 20, 30, 100_000, 3000, 5, 7, 0])
+            // small1 unchecked; small1b and small1c together, tracked; small2 before the awaited
+            // write; small3 before the empty write the shutdown waits on.
+            #expect(pair.entries.sizes == [1 << 20, 10, 50, 100_000, 3000, 5, 7, 0])
             try? await pair.release()
-            let expected = head + small1 + small1b + large + small2 + awaited + small3
+            let expected = head + small1 + small1b + small1c + large + small2 + awaited + small3
             #expect(await eventually { pair.received.sawEOF })
             #expect(pair.received.all == expected)
             #expect((try? await done?.get()) != nil, "the awaited write completed")

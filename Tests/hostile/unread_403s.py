@@ -4,7 +4,8 @@ ssl module: no code shared with the sidecar).
 
   unread_403s.py PORT CERTS COUNT PID
 
-Connects with CERTS/backup-agent.pem, sends COUNT copies of a request the intentions deny,
+Connects with CERTS/backup-agent.pem, sends COUNT copies (more if the host's TCP buffers are
+large) of a request the intentions deny,
 16 KiB at a time, reading nothing. If a send makes no progress for 5 s, the sidecar has stopped
 reading: the RSS of process PID is taken then (else after all was sent). It then reads the
 answers, up to one per whole request sent, and prints one JSON line: {"stalled_at": bytes sent
@@ -17,6 +18,10 @@ import sys
 import time
 
 port, certs, count, pid = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+# The sidecar stops reading once its answers fill its socket buffer (up to tcp_wmem's maximum)
+# and its 512 KiB mark: send enough for three times that, so a host with large buffers stalls too.
+with open("/proc/sys/net/ipv4/tcp_wmem") as wmem:
+    count = max(count, 3 * int(wmem.read().split()[2]) // 150)
 
 
 def rss_kib():
