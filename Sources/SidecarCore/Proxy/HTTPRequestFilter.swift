@@ -83,7 +83,12 @@ final class HTTPRequestFilter: ChannelDuplexHandler {
         if decision.allowed {
             state = .forwarding
             context.fireChannelRead(wrapInboundOut(.head(request.nioHead)))
-            readAgainIfWaiting(context) // its body flows whatever the peer reads
+            if readWaitsForPeer && request.framing != .none && request.framing != .length(0) {
+                // Its body flows whatever the peer reads. Asked for once this delivery is over:
+                // a mux stream delivers at once on read, and its end of input could overtake
+                // the body parts HTTPServerPipelineHandler still holds for this request.
+                context.eventLoop.assumeIsolated().execute { [self] in readAgainIfWaiting(context) }
+            }
             return
         }
         // With Expect: 100-continue the client will not send the body it announced, so the
