@@ -10,9 +10,11 @@ import NIOCore
 /// a 64 KiB decrypt buffer), 300,000 DATA frames by 374 MiB. Here, a small write that would
 /// join a queue is copied into one gathering buffer instead, which goes down when it reaches
 /// `smallWrite` bytes, when an ungathered write must follow it, or on a flush once the short piece
-/// passed down before it has been written. A larger write that would join a queue holding a
-/// quarter or less of its buffer is copied to its size. So the queue holds at most two entries
-/// per `smallWrite` bytes plus two, and its buffers hold at most about four times its bytes.
+/// passed down before it has been written. A larger write filling a quarter or less of its
+/// buffer is copied to its size when the socket has a backlog. A small write about the size
+/// of its buffer may skip the check up to `uncheckedLimit` times. So a stalled socket's queue
+/// holds at most two entries per `smallWrite` bytes plus ten, and its buffers hold at most
+/// about four times its bytes.
 ///
 /// On a socket that keeps up, nothing is copied but the second and later small writes of one
 /// flush: a small write passes as it is when the queue was empty at the last flush (one
@@ -35,8 +37,8 @@ final class PendingWriteCompactor: ChannelOutboundHandler {
     }
 
     private var queue = Queue.empty
-    /// The last check found bytes buffered: the socket is not keeping up.
-    private var backlogSeen = false
+    /// Bytes passed down since the last flush.
+    private var bytesThisCycle = 0
     /// Small writes passed without a check since one last found the queue empty.
     private var uncheckedSinceEmpty = 0
     static let uncheckedLimit = 8
@@ -84,6 +86,7 @@ final class PendingWriteCompactor: ChannelOutboundHandler {
     func flush(context: ChannelHandlerContext) {
         if !gatheredInFlight { passGathered(context, tracked: true) }
         if case .nonEmpty = queue { queue = .unknown }
+        bytesThisCycle = 0
         context.flush()
     }
 
@@ -131,11 +134,12 @@ final class PendingWriteCompactor: ChannelOutboundHandler {
 
     private func pass(_ context: ChannelHandlerContext, _ data: NIOAny, promise: EventLoopPromise<Void>?) {
         queue = .nonEmpty
+        bytesThisCycle += unwrapOutboundIn(data).readableBytes
         context.write(data, promise: promise)
     }
 
     /// Whether NIO holds no write for the socket. Checked at most once per flush, and only
-    /// when a small write, or a large one filling a quarter of its buffer, comes.
+    /// when a small write comes.
     ///
     /// `unchecked`: the write is about the size of its buffer (a mux payload is), so a few of
     /// them may go down without asking: asking NIO costs ~2K instructions, 3 % of a keep-alive
@@ -149,18 +153,18 @@ final class PendingWriteCompactor: ChannelOutboundHandler {
             }
             let buffered = (try? context.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) ?? 1
             queue = buffered == 0 ? .empty : .nonEmpty
-            backlogSeen = buffered > 0
             if buffered == 0 { uncheckedSinceEmpty = 0 }
         }
         if case .empty = queue { return true }
         return false
     }
 
-    /// Whether the socket had a backlog at the last check (made now if none since the last
-    /// flush). Writes passed since in this flush cycle do not count: a socket that keeps up
-    /// takes them with the flush, and nothing needs copying.
+    /// Whether NIO holds more than what went down since the last flush: writes of this flush
+    /// cycle do not count, as a socket that keeps up takes them with the flush and nothing
+    /// needs copying. Asked for each large write filling a quarter or less of its buffer (in
+    /// raw bulk, about one per socket read).
     private func socketBacklogged(_ context: ChannelHandlerContext) -> Bool {
-        if case .unknown = queue { _ = queueIsEmpty(context) }
-        return backlogSeen
+        let buffered = (try? context.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) ?? Int.max
+        return buffered > bytesThisCycle
     }
 }
