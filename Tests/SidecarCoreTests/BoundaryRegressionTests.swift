@@ -27,11 +27,7 @@ struct BoundaryRegressionTests {
     func noBufferingAfterProtocolSwitch(_ head: String) async throws {
         let backend = try await TestBackend(.repository, group: testGroup)
         try await withTeardown({ await backend.stop() }) {
-            let port = freeLocalPort()
-            let service = SidecarBinary.write("switch-\(port).json", """
-                {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
-                  "proxy": {"destination_service_name": "storage", "local_service_port": \(backend.port), "config": {"protocol": "http"}}}}
-                """)
+            let (port, service) = SidecarBinary.storageService("switch-\(backend.port).json", appPort: backend.port, http: true)
             let intentions = SidecarBinary.write("switch-intentions-\(port).json",
                 #"[{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Action":"allow"}]}]"#)
             let auditPath = "\(SidecarBinary.scratch)/switch-audit-\(port).jsonl"

@@ -99,11 +99,7 @@ struct L7IntegrationTests {
     func chunkedUpload() async throws {
         let backend = try await TestBackend(.repository, group: testGroup)
         try await withTeardown({ await backend.stop() }) {
-            let port = freeLocalPort()
-            let service = SidecarBinary.write("chunked-\(port).json", """
-                {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
-                  "proxy": {"destination_service_name": "storage", "local_service_port": \(backend.port), "config": {"protocol": "http"}}}}
-                """)
+            let (port, service) = SidecarBinary.storageService("chunked-\(backend.port).json", appPort: backend.port, http: true)
             let intentions = TestCertificates.repositoryRoot.appendingPathComponent("deploy/intentions-l7.json").path
             let storage = try SidecarProcess(["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", intentions,
                                               "--drain-timeout", "1s"] + SidecarBinary.certs(), logName: "chunked-\(port).log")

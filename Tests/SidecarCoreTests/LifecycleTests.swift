@@ -165,11 +165,7 @@ struct LifecycleTests {
     func sigtermDrains() async throws {
         let backend = try await TestBackend(.echo, group: testGroup)
         try await withTeardown({ await backend.stop() }) {
-            let port = freeLocalPort()
-            let service = SidecarBinary.write("drain.json", """
-                {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
-                  "proxy": {"destination_service_name": "storage", "local_service_port": \(backend.port)}}}
-                """)
+            let (port, service) = SidecarBinary.storageService("drain.json", appPort: backend.port)
             let intentions = SidecarBinary.write("drain-intentions.json",
                 #"[{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Action":"allow"}]}]"#)
             let sidecar = try SidecarProcess(["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", intentions,

@@ -74,6 +74,22 @@ struct PendingWriteCompactorTests {
             return Pair(client: client, app: app, server: server, entries: entries, received: received)
         }
 
+        /// Connected with small kernel buffers, and a 1 MiB head written and left unread, so
+        /// NIO holds a queue for the app whatever the host: the pair and the head.
+        static func stalled() async throws -> (Pair, [UInt8]) {
+            let pair = try await connect(smallKernelBuffers: true)
+            let head = PendingWriteCompactorTests.pattern(1 << 20, seed: 1)
+            try await pair.writeFlushed([head])
+            return (pair, head)
+        }
+
+        /// The app starts reading; everything written must arrive as `expected`.
+        func releaseAndExpect(_ expected: [UInt8]) async {
+            try? await release()
+            #expect(await eventually { received.all.count >= expected.count })
+            #expect(received.all == expected, "in order, none lost")
+        }
+
         /// The app starts reading.
         func release() async throws {
             let app = self.app
@@ -137,10 +153,8 @@ struct PendingWriteCompactorTests {
           arguments: [(65536, [1 << 20, 1, 4096, 4096]),
                       (1, [1 << 20] + Array(repeating: 1, count: 9) + [4096, 4096])])
     func trickleIntoStalledApp(capacity: Int, entries: [Int]) async throws {
-        let pair = try await Pair.connect(smallKernelBuffers: true)
+        let (pair, head) = try await Pair.stalled()
         await withTeardown({ await pair.close() }) {
-            let head = Self.pattern(1 << 20, seed: 7)
-            try? await pair.writeFlushed([head])
             #expect((try? await pair.buffered()) ?? 0 > 0, "the app's socket is backed up")
             let trickle = Self.pattern(10_000, seed: 3)
             try? await pair.writeFlushed(trickle.map { [$0] }, inCapacity: capacity)
@@ -149,10 +163,7 @@ struct PendingWriteCompactorTests {
             // The 1 MiB write; the unchecked ones; the first gathered byte, tracked; two full
             // 4 KiB pieces. The rest waits.
             #expect(sizes == entries, "entries queued: \(sizes.count)")
-            try? await pair.release()
-            let expected = head + trickle
-            #expect(await eventually { pair.received.all.count >= expected.count })
-            #expect(pair.received.all == expected, "in order, none lost")
+            await pair.releaseAndExpect(head + trickle)
         }
     }
 
@@ -178,34 +189,20 @@ struct PendingWriteCompactorTests {
 
     @Test("4 KiB writes each alone in a 64 KiB buffer, into a stalled app: queued as copies of their size, in order")
     func wastefulCopied() async throws {
-        let pair = try await Pair.connect(smallKernelBuffers: true)
+        let (pair, head) = try await Pair.stalled()
         await withTeardown({ await pair.close() }) {
-            let head = Self.pattern(1 << 20, seed: 1)
-            try? await pair.writeFlushed([head])
             let pieces = (0..<50).map { Self.pattern(4096, seed: $0) }
-            let client = pair.client
-            try? await client.eventLoop.submit {
-                for piece in pieces {
-                    var decrypted = client.allocator.buffer(capacity: 64 * 1024) // as TLS decrypts a record
-                    decrypted.writeBytes(piece)
-                    client.writeAndFlush(decrypted, promise: nil)
-                }
-            }.get()
+            try? await pair.writeFlushed(pieces, inCapacity: 64 * 1024) // as TLS decrypts a record
             #expect(pair.entries.sizes == [1 << 20] + Array(repeating: 4096, count: 50))
             #expect(pair.entries.capacities.dropFirst().allSatisfy { $0 == 4096 }, "\(pair.entries.capacities)")
-            try? await pair.release()
-            let expected = head + pieces.flatMap { $0 }
-            #expect(await eventually { pair.received.all.count >= expected.count })
-            #expect(pair.received.all == expected)
+            await pair.releaseAndExpect(head + pieces.flatMap { $0 })
         }
     }
 
     @Test("Small, large, awaited writes and a write shutdown, into a stalled app: all in order, then EOF")
     func mixedWritesKeepOrder() async throws {
-        let pair = try await Pair.connect(smallKernelBuffers: true)
+        let (pair, head) = try await Pair.stalled()
         await withTeardown({ await pair.close() }) {
-            let head = Self.pattern(1 << 20, seed: 1)
-            try? await pair.writeFlushed([head])
             let small1 = Self.pattern(10, seed: 2), small1b = Self.pattern(20, seed: 7), small1c = Self.pattern(30, seed: 8), large = Self.pattern(100_000, seed: 3)
             let small2 = Self.pattern(3000, seed: 4), awaited = Self.pattern(5, seed: 5), small3 = Self.pattern(7, seed: 6)
             let client = pair.client

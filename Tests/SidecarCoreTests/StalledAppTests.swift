@@ -105,11 +105,7 @@ struct StalledAppTests {
     func unreadDenials() async throws {
         let backend = try await TestBackend(.repository, group: testGroup)
         try await withTeardown({ await backend.stop() }) {
-            let port = freeLocalPort()
-            let service = SidecarBinary.write("unread-403-\(port).json", """
-                {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
-                  "proxy": {"destination_service_name": "storage", "local_service_port": \(backend.port), "config": {"protocol": "http"}}}}
-                """)
+            let (port, service) = SidecarBinary.storageService("unread-403-\(backend.port).json", appPort: backend.port, http: true)
             let intentions = SidecarBinary.write("unread-403-intentions-\(port).json", """
                 [{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Permissions":[
                   {"Action":"allow","HTTP":{"PathPrefix":"/repository/data/"}}]}]}]

@@ -28,6 +28,18 @@ package enum SidecarBinary {
          "--ca", TestCertificates.path("ca.pem")]
     }
 
+    /// A service file for the binary as the storage sidecar: its public listener on a free port
+    /// (returned), its app on `appPort`; `http`: an L7 listener (`"protocol": "http"`).
+    package static func storageService(_ fileName: String, appPort: Int, http: Bool = false) -> (port: Int, path: String) {
+        let port = freeLocalPort()
+        let config = http ? #", "config": {"protocol": "http"}"# : ""
+        let path = write(fileName, """
+            {"service": {"kind": "connect-proxy", "name": "storage-sidecar-proxy", "port": \(port), "address": "127.0.0.1",
+              "proxy": {"destination_service_name": "storage", "local_service_port": \(appPort)\(config)}}}
+            """)
+        return (port, path)
+    }
+
     /// A service file for the binary: a public listener on a free port, nothing behind it.
     package static func publicListenerOnly(_ fileName: String) -> (port: Int, path: String) {
         let port = freeLocalPort()
