@@ -64,8 +64,8 @@ struct StreamOutboundTests {
             queue.append(Self.read(1, byte: byte), promise: nil, allocator: Self.allocator)
             expected.append(byte)
             out += Self.take(&queue, 1).bytes // the queue never empties
-            #expect(queue.held.storage <= 3 * StreamOutbound.sharedCapacity, "after \(index): \(queue.held)")
-            if queue.held.storage > 3 * StreamOutbound.sharedCapacity { break }
+            #expect(queue.held.storage <= 3 * SharedTailChunks.sharedCapacity, "after \(index): \(queue.held)")
+            if queue.held.storage > 3 * SharedTailChunks.sharedCapacity { break }
         }
         out += Self.take(&queue).bytes
         #expect(out == expected)
