@@ -59,28 +59,33 @@ final class PendingWriteCompactor: ChannelOutboundHandler {
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if promise == nil, case .byteBuffer(var buffer) = unwrapOutboundIn(data),
-           buffer.readableBytes < Self.smallWrite {
-            if gathered == nil && queueIsEmpty(context, unchecked: buffer.readableBytes * 4 > buffer.storageCapacity) {
-                pass(context, data, promise: nil)
+        let io = unwrapOutboundIn(data)
+        guard case .byteBuffer(var buffer) = io else {
+            passGathered(context, tracked: false)
+            return pass(context, data, bytes: io.readableBytes, promise: promise)
+        }
+        let count = buffer.readableBytes
+        let fillsAQuarter = count * 4 > buffer.storageCapacity
+        if promise == nil, count < Self.smallWrite {
+            if gathered == nil && queueIsEmpty(context, unchecked: fillsAQuarter) {
+                pass(context, data, bytes: count, promise: nil)
                 return
             }
             gather(&buffer, context: context)
             return
         }
-        // A larger write, a file region, or one whose completion someone awaits: after what
-        // is gathered, in order (that piece needs no tracking: another entry follows it).
+        // A larger write, or one whose completion someone awaits: after what is gathered, in
+        // order (that piece needs no tracking: another entry follows it).
         passGathered(context, tracked: false)
-        if case .byteBuffer(let buffer) = unwrapOutboundIn(data), buffer.readableBytes > 0,
-           buffer.readableBytes * 4 <= buffer.storageCapacity, socketBacklogged(context) {
+        if count > 0, !fillsAQuarter, socketBacklogged(context) {
             // A quarter or less of its buffer (a 4 KiB record alone in a 64 KiB decrypt
             // buffer): queued, it would hold all of it. Copied to its size.
-            var copy = context.channel.allocator.buffer(capacity: buffer.readableBytes)
+            var copy = context.channel.allocator.buffer(capacity: count)
             copy.writeImmutableBuffer(buffer)
-            pass(context, wrapOutboundOut(.byteBuffer(copy)), promise: promise)
+            pass(context, wrapOutboundOut(.byteBuffer(copy)), bytes: count, promise: promise)
             return
         }
-        pass(context, data, promise: promise)
+        pass(context, data, bytes: count, promise: promise)
     }
 
     func flush(context: ChannelHandlerContext) {
@@ -114,14 +119,13 @@ final class PendingWriteCompactor: ChannelOutboundHandler {
     private func passGathered(_ context: ChannelHandlerContext, tracked: Bool) -> Bool {
         guard let buffer = gathered else { return false }
         gathered = nil
-        guard tracked else {
-            pass(context, wrapOutboundOut(.byteBuffer(buffer)), promise: nil)
-            return true
+        var written: EventLoopPromise<Void>?
+        if tracked {
+            gatheredInFlight = true
+            written = context.eventLoop.makePromise(of: Void.self)
+            written!.futureResult.assumeIsolated().whenComplete { [self] _ in gatheredWritten() }
         }
-        gatheredInFlight = true
-        let written = context.eventLoop.makePromise(of: Void.self)
-        written.futureResult.assumeIsolated().whenComplete { [self] _ in gatheredWritten() }
-        pass(context, wrapOutboundOut(.byteBuffer(buffer)), promise: written)
+        pass(context, wrapOutboundOut(.byteBuffer(buffer)), bytes: buffer.readableBytes, promise: written)
         return true
     }
 
@@ -132,10 +136,17 @@ final class PendingWriteCompactor: ChannelOutboundHandler {
         flush(context: context)
     }
 
-    private func pass(_ context: ChannelHandlerContext, _ data: NIOAny, promise: EventLoopPromise<Void>?) {
+    /// `bytes`: the write's, which a backlog check counts as this flush cycle's.
+    private func pass(_ context: ChannelHandlerContext, _ data: NIOAny, bytes: Int, promise: EventLoopPromise<Void>?) {
         queue = .nonEmpty
-        bytesThisCycle += unwrapOutboundIn(data).readableBytes
+        bytesThisCycle += bytes
         context.write(data, promise: promise)
+    }
+
+    /// What NIO holds for the socket, flushed or not. A channel that cannot say counts as
+    /// backed up: the caller then gathers or copies, which is safe either way.
+    private func bufferedBytes(_ context: ChannelHandlerContext) -> Int {
+        (try? context.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) ?? Int.max
     }
 
     /// Whether NIO holds no write for the socket. Checked at most once per flush, and only
@@ -145,13 +156,13 @@ final class PendingWriteCompactor: ChannelOutboundHandler {
     /// them may go down without asking: asking NIO costs ~2K instructions, 3 % of a keep-alive
     /// exchange through the storage sidecar (callgrind), while a stalled socket can gain at most
     /// `uncheckedLimit` such entries before a check turns gathering on.
-    private func queueIsEmpty(_ context: ChannelHandlerContext, unchecked: Bool = false) -> Bool {
+    private func queueIsEmpty(_ context: ChannelHandlerContext, unchecked: Bool) -> Bool {
         if case .unknown = queue {
             if unchecked && uncheckedSinceEmpty < Self.uncheckedLimit {
                 uncheckedSinceEmpty += 1
                 return true
             }
-            let buffered = (try? context.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) ?? 1
+            let buffered = bufferedBytes(context)
             queue = buffered == 0 ? .empty : .nonEmpty
             if buffered == 0 { uncheckedSinceEmpty = 0 }
         }
@@ -164,7 +175,6 @@ final class PendingWriteCompactor: ChannelOutboundHandler {
     /// needs copying. Asked for each large write filling a quarter or less of its buffer (in
     /// raw bulk, about one per socket read).
     private func socketBacklogged(_ context: ChannelHandlerContext) -> Bool {
-        let buffered = (try? context.channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes)) ?? Int.max
-        return buffered > bytesThisCycle
+        bufferedBytes(context) > bytesThisCycle
     }
 }
