@@ -14,15 +14,6 @@ import TestSupport
 struct StalledAppTests {
     static let trickle = 100_000
 
-    /// Sums a counter's samples whose labels contain `labelText`.
-    static func counter(_ metrics: String, _ name: String, _ labelText: String) -> Int {
-        metrics.split(separator: "\n").reduce(0) { sum, line in
-            guard line.hasPrefix(name + "{"), line.contains(labelText), let value = line.split(separator: " ").last,
-                  let number = Double(value) else { return sum }
-            return sum + Int(number)
-        }
-    }
-
     @Test("100,000 one-byte DATA frames toward an app that stopped reading: RSS stays within 12 MiB, every byte arrives in order once it reads")
     func oneByteFramesIntoStalledApp() async throws {
         // A unix socket: its kernel buffer (wmem_default, about 208 KiB) does not grow.
@@ -64,7 +55,7 @@ struct StalledAppTests {
                 }
                 func fromMesh() async -> Int {
                     let metrics = (try? await AdminHTTP.get(adminPort, "/metrics").body) ?? ""
-                    return Self.counter(metrics, "backup_sidecar_bytes_total", #"direction="from_mesh""#)
+                    return Int(AdminTests.value(metrics, #"backup_sidecar_bytes_total{listener="public",direction="from_mesh"}"#) ?? 0)
                 }
                 // The unix socket holds at most wmem_default bytes (its accounting counts more than
                 // the payload): a head 192 KiB past that leaves the sidecar a queue for the app,
