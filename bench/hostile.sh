@@ -42,7 +42,13 @@ J
   STORAGE_PID=$LAST_PID
 }
 
-wait_port() { for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; die "port $1 never opened"; }
+# wait_listening PORT: up to 10 s for a listener on 127.0.0.1:PORT, without connecting to it.
+wait_listening() {
+  local entry
+  entry=$(printf ':%04X 00000000:0000 0A' "$1")
+  for _ in $(seq 100); do grep -q "$entry" /proc/net/tcp && return 0; sleep 0.1; done
+  die "nothing listens on port $1"
+}
 
 # measure PID TRICKLE_OUT: RSS growth of PID (KiB) from the head's pause to the trickle's end.
 measure() {
@@ -60,7 +66,7 @@ intact() {
   local d=$1
   kill -USR1 "$APP_PID"
   for _ in $(seq 300); do [ -s "$d/app.out" ] && break; sleep 0.1; done
-  [ "$(cat "$d/app.out")" = "$(cat "$d/trickle.out")" ] && echo yes || echo NO
+  [ "$(cat "$d/app.out")" = "$(cat "$d/trickle.out")" ] && echo yes || echo "NO (app: $(cat "$d/app.out"); sent: $(cat "$d/trickle.out"))"
 }
 
 raw_run() { # BIN LABEL
@@ -85,7 +91,9 @@ J
   start_bg "$d/agent.log" "$1" run --admin-bind off --service-file "$d/agent.json" --cert "$CERTS/backup-agent.pem" \
     --key "$CERTS/backup-agent.key" --ca "$CERTS/ca.pem" --upstream-endpoint "storage=127.0.0.1:$public" --drain-timeout 1s
   local agent=$LAST_PID
-  wait_port "$public"; wait_port "$local_port"
+  # Not wait_port on the upstream: its probe would open a tunnel, and the app would accept
+  # that connection instead of the trickle's.
+  wait_port "$public"; wait_listening "$local_port"
   start_bg "$d/trickle.out" python3 "$BENCH_DIR/py/trickle.py" tcp "$local_port" "$3" "$COUNT"
   local trickle=$LAST_PID
   growth=$(measure "$agent" "$d/trickle.out")
