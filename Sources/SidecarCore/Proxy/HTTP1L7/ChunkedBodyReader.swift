@@ -123,4 +123,39 @@ package struct ChunkedBodyReader: Sendable {
 
     private static let cr = UInt8(ascii: "\r"), lf = UInt8(ascii: "\n")
 
+    /// How one feed's data goes on as body parts.
+    package enum BodyPiece: Equatable {
+        /// One range, passed on as a slice of the input (no copy).
+        case slice(Range<Int>)
+        /// Two or more small ranges, copied into one buffer.
+        case gathered([Range<Int>])
+    }
+
+    /// A range this large goes on as its own slice; smaller neighbours are gathered.
+    package static let sliceMinimum = 4096
+
+    /// The body parts for one feed's data ranges, in order. Each chunk's data is a range of
+    /// its own, so a peer sending one-byte chunks would make one body part per byte, and
+    /// `HTTPServerPipelineHandler` queues each part as an event while a response is in flight
+    /// (about a hundred bytes held per byte sent). Gathering runs of small ranges bounds the
+    /// parts to two per `sliceMinimum` bytes of input, plus one; large chunks are not copied.
+    package static func bodyPieces(_ ranges: [Range<Int>]) -> [BodyPiece] {
+        var pieces: [BodyPiece] = []
+        var run: [Range<Int>] = []
+        func endRun() {
+            if run.count == 1 { pieces.append(.slice(run[0])) } else if !run.isEmpty { pieces.append(.gathered(run)) }
+            run.removeAll()
+        }
+        for range in ranges where !range.isEmpty {
+            if range.count >= sliceMinimum {
+                endRun()
+                pieces.append(.slice(range))
+            } else {
+                run.append(range)
+            }
+        }
+        endRun()
+        return pieces
+    }
+
 }

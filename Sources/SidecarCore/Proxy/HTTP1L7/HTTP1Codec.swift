@@ -94,20 +94,20 @@ final class HTTP1RequestDecoder: ByteToMessageDecoder {
                 throw refuse(refusal, method: nil, target: nil)
             case .success(let (events, consumed)):
                 state = .chunkedBody(reader)
+                var ranges: [Range<Int>] = []
+                var ended = false
                 for event in events {
                     switch event {
-                    case .data(let range) where !range.isEmpty:
-                        context.fireChannelRead(wrapInboundOut(.body(buffer.getSlice(at: buffer.readerIndex + range.lowerBound,
-                                                                                     length: range.count)!)))
-                    case .data:
-                        break
-                    case .end:
-                        // Trailer fields are checked but not forwarded (as Envoy does by
-                        // default): no rule has seen them, and some services merge them into
-                        // the headers.
-                        finishRequest(context: context)
+                    case .data(let range): ranges.append(range)
+                    case .end: ended = true // always the last event of a feed
                     }
                 }
+                for piece in ChunkedBodyReader.bodyPieces(ranges) {
+                    context.fireChannelRead(wrapInboundOut(.body(bodyPart(piece, of: buffer, allocator: context.channel.allocator))))
+                }
+                // Trailer fields are checked but not forwarded (as Envoy does by default): no
+                // rule has seen them, and some services merge them into the headers.
+                if ended { finishRequest(context: context) }
                 buffer.moveReaderIndex(forwardBy: consumed)
                 return .continue
             }
@@ -124,6 +124,20 @@ final class HTTP1RequestDecoder: ByteToMessageDecoder {
             throw refuse(HTTP1Refusal(400, "request head cut off by the end of the stream"), method: nil, target: nil)
         case .lengthBody, .chunkedBody:
             throw refuse(HTTP1Refusal(400, "request body cut off by the end of the stream"), method: nil, target: nil)
+        }
+    }
+
+    /// A piece of chunk data (ranges relative to the reader index) as one buffer.
+    private func bodyPart(_ piece: ChunkedBodyReader.BodyPiece, of buffer: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
+        switch piece {
+        case .slice(let range):
+            return buffer.getSlice(at: buffer.readerIndex + range.lowerBound, length: range.count)!
+        case .gathered(let ranges):
+            var part = allocator.buffer(capacity: ranges.reduce(0) { $0 + $1.count })
+            buffer.withUnsafeReadableBytes { input in
+                for range in ranges { part.writeBytes(UnsafeRawBufferPointer(rebasing: input[range])) }
+            }
+            return part
         }
     }
 
