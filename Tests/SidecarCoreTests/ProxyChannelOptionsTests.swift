@@ -36,7 +36,7 @@ struct ProxyChannelOptionsTests {
         #expect(options.1 == autoRead)
         #expect(options.2 == ProxyChannelOptions.maxMessagesPerRead)
         #expect(options.3.low == ProxyChannelOptions.writeWatermark.low && options.3.high == ProxyChannelOptions.writeWatermark.high)
-        #expect(options.4 == 1024, "the adaptive allocator's 1 KiB first read, not NIO's default")
+        #expect(options.4 == 512, "the adaptive allocator's 512-byte first read, not NIO's default")
         #expect(try await noDelay(channel), "TCP_NODELAY, autoRead \(autoRead)")
     }
 

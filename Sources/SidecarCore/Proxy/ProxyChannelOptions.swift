@@ -4,11 +4,13 @@ import NIOPosix
 /// Socket options shared by every proxied connection.
 enum ProxyChannelOptions {
     /// Large reads cut per-byte overhead on bulk snapshot streams; adaptive so idle connections
-    /// stay small. NIO keeps each channel's last receive buffer for its next read, so an idle
-    /// connection holds one per socket for good: 1 KiB rather than 4 took raw mode from 39 to
-    /// 34 KiB per connection per proxy (heaptrack, bench/scale.sh); bulk streams still grow to
-    /// the maximum within a few full reads (4-stream MB/s unchanged).
-    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 1024, maximum: 256 * 1024)
+    /// stay small. NIO keeps each channel's receive buffer, at the largest size it grew to, for
+    /// its next read, so an idle connection holds one per socket for good: 1 KiB rather than 4
+    /// took raw mode from 39 to 34 KiB per connection per proxy, 512 bytes from 25.2 to 24.2
+    /// (mux 9.7 to 9.1; heaptrack, bench/scale.sh). Not 256: a small HTTP response (nginx's,
+    /// about 340 bytes) would take two reads, and two mux frames, on every new connection.
+    /// Bulk streams still grow to the maximum within a few full reads.
+    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 512, initial: 512, maximum: 256 * 1024)
     /// Reads per readiness event (NIO's default is 4): each can take a 256 KiB buffer, all
     /// before the glue's backpressure sees any of them. 2 took the sending sidecar's peak RSS in
     /// bulk down by 2 MiB (mux) and 4.6 MiB (raw), bulk MB/s unchanged (quick bench A/B).
