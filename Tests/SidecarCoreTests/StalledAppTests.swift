@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import NIOConcurrencyHelpers
 import NIOPosix
 import Testing
 @testable import SidecarCore
@@ -124,5 +125,97 @@ struct StalledAppTests {
             #expect(backend.requests.allSatisfy { $0 == "GET /repository/ping" }, "nothing but probes reached the app")
             #expect(await sidecar.terminate().status == 0)
         }
+    }
+
+    /// The same peer over a mux stream: the filter's reads are gated by the stream's own marks,
+    /// and what it holds back is the stream's credit, so the peer's sending stalls too.
+    @Test("A mux stream pipelining denied HTTP requests without reading the 403s: the sidecar stops taking them, RSS stays within 16 MiB, every request is answered once the peer reads")
+    func unreadDenialsOverMux() async throws {
+        let backend = try await TestBackend(.repository, group: testGroup)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1) // the client's 3 MiB stays off the suite's loops
+        defer { group.shutdownGracefully { _ in } }
+        try await withTeardown({ await backend.stop() }) {
+            let (port, service) = SidecarBinary.storageService("unread-403-mux-\(backend.port).json", appPort: backend.port, http: true)
+            let intentions = SidecarBinary.write("unread-403-mux-intentions-\(port).json", """
+                [{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Permissions":[
+                  {"Action":"allow","HTTP":{"PathPrefix":"/repository/data/"}}]}]}]
+                """)
+            let sidecar = try SidecarProcess(["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", intentions,
+                                              "--audit-log", "\(SidecarBinary.scratch)/unread-403-mux-audit-\(port).jsonl",
+                                              "--drain-timeout", "1s"] + SidecarBinary.certs(),
+                                             logName: "unread-403-mux-\(port).log")
+            defer { _ = sidecar }
+            #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
+            let client = try await HostileMuxClient.connect(port: port, credentials: TestCertificates.credentials("backup-agent"),
+                                                        group: group)
+            await withTeardown({ await client.close() }) {
+                guard case .success(let stream) = await client.open() else {
+                    Issue.record("the stream was refused")
+                    return
+                }
+                // 3 MiB of denied requests: more than the stream's windows (1 MiB each way) and the
+                // sidecar's 512 KiB mark let through (it takes about 1 MB here).
+                let request = Array("DELETE /repository/keys/x HTTP/1.1\r\nHost: storage\r\n\r\n".utf8)
+                let perWrite = 300, writes = (3 << 20) / (request.count * perWrite)
+                let taken = NIOLockedValueBox(0)
+                let before = processResidentBytes(sidecar.process.processIdentifier)
+                try? await stream.eventLoop.submit {
+                    let payload = ByteBuffer(bytes: Array([[UInt8]](repeating: request, count: perWrite).joined()))
+                    for _ in 0..<writes {
+                        let written = stream.eventLoop.makePromise(of: Void.self)
+                        written.futureResult.whenSuccess { taken.withLockedValue { $0 += payload.readableBytes } }
+                        stream.write(payload, promise: written)
+                    }
+                    stream.flush()
+                }.get()
+                // Stalled: what the sidecar's stream credits has not moved for 3 s.
+                var last = -1, still = ContinuousClock.now
+                #expect(await eventually(timeout: 60) {
+                    let now = taken.withLockedValue { $0 }
+                    if now != last { (last, still) = (now, .now) }
+                    return ContinuousClock.now - still > .seconds(3)
+                })
+                let sent = writes * perWrite * request.count
+                #expect(last < sent, "the sidecar took \(last) of \(sent) bytes of requests it could not answer")
+                let growth = processResidentBytes(sidecar.process.processIdentifier) - before
+                #expect(growth < 16 << 20, "RSS grew by \(growth >> 10) KiB")
+
+                let answers = StatusLineCounter(Array("HTTP/1.1 403 ".utf8))
+                try? await stream.eventLoop.submit {
+                    try stream.pipeline.syncOperations.addHandler(answers)
+                    try stream.setAutoReadNow(true)
+                }.get()
+                #expect(await eventually(timeout: 120) { answers.count == writes * perWrite },
+                        "answered \(answers.count) of \(writes * perWrite) once the peer read")
+            }
+            #expect(backend.requests.allSatisfy { $0 == "GET /repository/ping" }, "nothing but probes reached the app")
+            #expect(await sidecar.terminate().status == 0)
+        }
+    }
+}
+
+/// Counts occurrences of a byte pattern in what a channel reads, across buffer boundaries.
+final class StatusLineCounter: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    private let pattern: [UInt8]
+    private var tail: [UInt8] = []
+    private let seen = NIOLockedValueBox(0)
+    var count: Int { seen.withLockedValue { $0 } }
+
+    init(_ pattern: [UInt8]) { self.pattern = pattern }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let bytes = tail + unwrapInboundIn(data).readableBytesView
+        var found = 0, index = 0
+        while index + pattern.count <= bytes.count {
+            if bytes[index] == pattern[0] && bytes[index..<(index + pattern.count)].elementsEqual(pattern) {
+                found += 1
+                index += pattern.count
+            } else {
+                index += 1
+            }
+        }
+        tail = Array(bytes[max(index, bytes.count - pattern.count + 1)...])
+        seen.withLockedValue { $0 += found }
     }
 }
