@@ -16,7 +16,8 @@ struct StreamOutbound {
 
     private var chunks = SharedTailChunks()
     /// Each pending promise with the stream offset its write ends at (appended bytes so far).
-    private var promises = CircularBuffer<(end: Int, promise: EventLoopPromise<Void>)>()
+    /// Two slots to start with, as `SharedTailChunks.chunks`.
+    private var promises = CircularBuffer<(end: Int, promise: EventLoopPromise<Void>)>(initialCapacity: 2)
     /// Bytes ever appended, and ever taken: offsets in the stream.
     private var appended = 0
     private var taken = 0
