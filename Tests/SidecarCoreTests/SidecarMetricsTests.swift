@@ -5,10 +5,6 @@ import Testing
 /// add up per label set, and a new label set must still get a series of its own.
 @Suite("Metrics from audit events")
 struct SidecarMetricsTests {
-    static func value(_ exposition: String, _ series: String) -> Double? {
-        exposition.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.split(separator: " ").last!) }
-    }
-
     @Test("repeated events add up per label set; every set has its own series")
     func countsPerLabelSet() {
         let metrics = SidecarMetrics()
@@ -22,13 +18,13 @@ struct SidecarMetricsTests {
         for _ in 0..<2 { metrics.record(authorization("other", "allow")) }
         for _ in 0..<4 { metrics.record(AuditEvent(kind: .httpRequest, listener: "public", decision: "allow")) }
         let text = metrics.exposition()
-        #expect(Self.value(text, #"backup_sidecar_connections_total{listener="public",outcome="allowed"}"#) == 5)
-        #expect(Self.value(text, #"backup_sidecar_connections_total{listener="public",outcome="denied"}"#) == 3)
-        #expect(Self.value(text, #"backup_sidecar_connections_total{listener="other",outcome="allowed"}"#) == 2)
-        #expect(Self.value(text, #"backup_sidecar_intention_decisions_total{layer="l4",result="allow"}"#) == 7)
-        #expect(Self.value(text, #"backup_sidecar_intention_decisions_total{layer="l4",result="deny"}"#) == 3)
-        #expect(Self.value(text, #"backup_sidecar_intention_decisions_total{layer="l7",result="allow"}"#) == 4)
-        #expect(Self.value(text, #"backup_sidecar_handshake_duration_seconds_count{listener="public"}"#) == 8)
-        #expect(Self.value(text, #"backup_sidecar_handshake_duration_seconds_count{listener="other"}"#) == 2)
+        #expect(AdminTests.value(text, #"backup_sidecar_connections_total{listener="public",outcome="allowed"}"#) == 5)
+        #expect(AdminTests.value(text, #"backup_sidecar_connections_total{listener="public",outcome="denied"}"#) == 3)
+        #expect(AdminTests.value(text, #"backup_sidecar_connections_total{listener="other",outcome="allowed"}"#) == 2)
+        #expect(AdminTests.value(text, #"backup_sidecar_intention_decisions_total{layer="l4",result="allow"}"#) == 7)
+        #expect(AdminTests.value(text, #"backup_sidecar_intention_decisions_total{layer="l4",result="deny"}"#) == 3)
+        #expect(AdminTests.value(text, #"backup_sidecar_intention_decisions_total{layer="l7",result="allow"}"#) == 4)
+        #expect(AdminTests.value(text, #"backup_sidecar_handshake_duration_seconds_count{listener="public"}"#) == 8)
+        #expect(AdminTests.value(text, #"backup_sidecar_handshake_duration_seconds_count{listener="other"}"#) == 2)
     }
 }

@@ -207,18 +207,30 @@ package struct ConsulPair {
                       storageLogger: Logger = quietLogger, ownEventLoops: Bool = false) async throws -> ConsulPair {
         let ownGroup = ownEventLoops ? MultiThreadedEventLoopGroup(numberOfThreads: 2) : nil
         let group: EventLoopGroup = ownGroup ?? testGroup
-        let backend = try await TestBackend(behaviour, group: group)
-        let upstreamPort = freeLocalPort()
-        try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: freeLocalPort())
-        try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
-                                 upstreams: [("storage", upstreamPort)])
-        if allow { try mesh.allow("backup-agent", to: "storage") }
-        let agentAudit = MemoryAuditSink(), storageAudit = MemoryAuditSink()
-        let (storageProxy, storage) = try await mesh.sidecar(for: "storage", audit: storageAudit, logger: storageLogger, group: group)
-        let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", audit: agentAudit, group: group)
-        return ConsulPair(mesh: mesh, backend: backend, upstreamPort: upstreamPort, storage: storage, storageProxy: storageProxy,
-                          agent: agent, agentProxy: agentProxy, agentAudit: agentAudit, storageAudit: storageAudit,
-                          ownGroup: ownGroup)
+        // The pair owns the mesh, as `stop()` does: a failed start stops what it started, in
+        // reverse, and the mesh, so a test that fails here leaks no threads or ports.
+        var undo: [() async -> Void] = [{ await mesh.stop() }]
+        do {
+            let backend = try await TestBackend(behaviour, group: group)
+            undo.append { await backend.stop() }
+            let upstreamPort = freeLocalPort()
+            try mesh.registerService(id: "storage", name: "storage", port: backend.port, sidecarPort: freeLocalPort())
+            try mesh.registerService(id: "backup-agent", name: "backup-agent", port: freeLocalPort(), sidecarPort: freeLocalPort(),
+                                     upstreams: [("storage", upstreamPort)])
+            if allow { try mesh.allow("backup-agent", to: "storage") }
+            let agentAudit = MemoryAuditSink(), storageAudit = MemoryAuditSink()
+            let (storageProxy, storage) = try await mesh.sidecar(for: "storage", audit: storageAudit, logger: storageLogger, group: group)
+            undo.append { await storage.stop() }
+            undo.append { await storageProxy.stop() }
+            let (agentProxy, agent) = try await mesh.sidecar(for: "backup-agent", audit: agentAudit, group: group)
+            return ConsulPair(mesh: mesh, backend: backend, upstreamPort: upstreamPort, storage: storage, storageProxy: storageProxy,
+                              agent: agent, agentProxy: agentProxy, agentAudit: agentAudit, storageAudit: storageAudit,
+                              ownGroup: ownGroup)
+        } catch {
+            for step in undo.reversed() { await step() }
+            try? await ownGroup?.shutdownGracefully()
+            throw error
+        }
     }
 
     /// Both sidecars ready for traffic (intentions and the storage instance arrived).
