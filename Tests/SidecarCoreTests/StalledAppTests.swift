@@ -47,13 +47,7 @@ struct StalledAppTests {
                                              logName: "stalled-\(port).log")
             defer { _ = sidecar }
             #expect(await eventually { (try? BlockingSocket(port: port)) != nil && (try? BlockingSocket(port: adminPort)) != nil })
-            let client = try await HostileMuxClient.connect(port: port, credentials: TestCertificates.credentials("backup-agent"),
-                                                        group: group)
-            await withTeardown({ await client.close() }) {
-                guard case .success(let stream) = await client.open() else {
-                    Issue.record("the stream was refused")
-                    return
-                }
+            try await HostileMuxClient.withStream(port: port, group: group) { stream in
                 func fromMesh() async -> Int {
                     let metrics = (try? await AdminHTTP.get(adminPort, "/metrics").body) ?? ""
                     return Int(AdminTests.value(metrics, #"backup_sidecar_bytes_total{listener="public",direction="from_mesh"}"#) ?? 0)
@@ -92,22 +86,29 @@ struct StalledAppTests {
         }
     }
 
+    /// The storage sidecar (the real binary) in front of `backend` with HTTP rules that deny
+    /// everything outside /repository/data/, listening.
+    static func l7Storage(_ name: String, backend: TestBackend) async throws -> (port: Int, sidecar: SidecarProcess) {
+        let (port, service) = SidecarBinary.storageService("\(name)-\(backend.port).json", appPort: backend.port, http: true)
+        let intentions = SidecarBinary.write("\(name)-intentions-\(port).json", """
+            [{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Permissions":[
+              {"Action":"allow","HTTP":{"PathPrefix":"/repository/data/"}}]}]}]
+            """)
+        let sidecar = try SidecarProcess(["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", intentions,
+                                          "--audit-log", "\(SidecarBinary.scratch)/\(name)-audit-\(port).jsonl",
+                                          "--drain-timeout", "1s"] + SidecarBinary.certs(),
+                                         logName: "\(name)-\(port).log")
+        #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
+        return (port, sidecar)
+    }
+
     /// The 403s are ours: nothing reaches the app, so only our own output can pace the peer.
     @Test("A peer pipelining 200,000 denied HTTP requests without reading the 403s: the sidecar stops reading it, RSS stays within 16 MiB, every request it read is answered once the peer reads")
     func unreadDenials() async throws {
         let backend = try await TestBackend(.repository, group: testGroup)
         try await withTeardown({ await backend.stop() }) {
-            let (port, service) = SidecarBinary.storageService("unread-403-\(backend.port).json", appPort: backend.port, http: true)
-            let intentions = SidecarBinary.write("unread-403-intentions-\(port).json", """
-                [{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Permissions":[
-                  {"Action":"allow","HTTP":{"PathPrefix":"/repository/data/"}}]}]}]
-                """)
-            let sidecar = try SidecarProcess(["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", intentions,
-                                              "--audit-log", "\(SidecarBinary.scratch)/unread-403-audit-\(port).jsonl",
-                                              "--drain-timeout", "1s"] + SidecarBinary.certs(),
-                                             logName: "unread-403-\(port).log")
+            let (port, sidecar) = try await Self.l7Storage("unread-403", backend: backend)
             defer { _ = sidecar }
-            #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
             let script = TestCertificates.repositoryRoot.appendingPathComponent("Tests/hostile/unread_403s.py").path
             let run = try await ProcessRunner.run(["python3", script, "\(port)", TestCertificates.directory, "200000",
                                                    "\(sidecar.process.processIdentifier)"], timeout: 180)
@@ -135,24 +136,9 @@ struct StalledAppTests {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1) // the client's 3 MiB stays off the suite's loops
         defer { group.shutdownGracefully { _ in } }
         try await withTeardown({ await backend.stop() }) {
-            let (port, service) = SidecarBinary.storageService("unread-403-mux-\(backend.port).json", appPort: backend.port, http: true)
-            let intentions = SidecarBinary.write("unread-403-mux-intentions-\(port).json", """
-                [{"Kind":"service-intentions","Name":"storage","Sources":[{"Name":"backup-agent","Permissions":[
-                  {"Action":"allow","HTTP":{"PathPrefix":"/repository/data/"}}]}]}]
-                """)
-            let sidecar = try SidecarProcess(["run", "--admin-bind", "off", "--service-file", service, "--intentions-file", intentions,
-                                              "--audit-log", "\(SidecarBinary.scratch)/unread-403-mux-audit-\(port).jsonl",
-                                              "--drain-timeout", "1s"] + SidecarBinary.certs(),
-                                             logName: "unread-403-mux-\(port).log")
+            let (port, sidecar) = try await Self.l7Storage("unread-403-mux", backend: backend)
             defer { _ = sidecar }
-            #expect(await eventually { (try? BlockingSocket(port: port)) != nil })
-            let client = try await HostileMuxClient.connect(port: port, credentials: TestCertificates.credentials("backup-agent"),
-                                                        group: group)
-            await withTeardown({ await client.close() }) {
-                guard case .success(let stream) = await client.open() else {
-                    Issue.record("the stream was refused")
-                    return
-                }
+            try await HostileMuxClient.withStream(port: port, group: group) { stream in
                 // 3 MiB of denied requests: more than the stream's windows (1 MiB each way) and the
                 // sidecar's 512 KiB mark let through (it takes about 1 MB here).
                 let request = Array("DELETE /repository/keys/x HTTP/1.1\r\nHost: storage\r\n\r\n".utf8)

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import TestSupport
 @testable import SidecarCore
 @testable import SidecarMux
 @testable import SidecarTLS
@@ -42,4 +43,13 @@ package struct HostileMuxClient {
     }
 
     package func close() async { try? await channel.close() }
+
+    /// Connects as backup-agent, opens one stream to storage, and runs `body` with it; the
+    /// connection is closed after. A refused stream throws.
+    package static func withStream<T>(port: Int, group: EventLoopGroup, _ body: (Channel) async throws -> T) async throws -> T {
+        let client = try await connect(port: port, credentials: TestCertificates.credentials("backup-agent"), group: group)
+        return try await withTeardown({ await client.close() }) {
+            try await body(try await client.open().get())
+        }
+    }
 }
