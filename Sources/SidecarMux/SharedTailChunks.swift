@@ -9,8 +9,8 @@ struct SharedTailChunks {
     /// What a shared buffer takes in all (written, taken or not: a taken front is not freed).
     static let sharedCapacity = 16 * 1024
 
-    /// Two slots, not NIO's default 16: an idle stream holds no chunk and a busy one grows the
-    /// ring once. With two of these and `StreamOutbound`'s promises per stream, the default
+    /// Two slots, not NIO's default 16: an idle stream holds no chunk, and a busy one grows the
+    /// ring as far as it needs (it does not shrink). With two of these and `StreamOutbound`'s promises per stream, the default
     /// slots were about 1 KiB of every idle mux tunnel on each side (heaptrack, bench/scale.sh).
     private var chunks = CircularBuffer<ByteBuffer>(initialCapacity: 2)
     /// The last chunk is a buffer of ours that small pieces are appended to.

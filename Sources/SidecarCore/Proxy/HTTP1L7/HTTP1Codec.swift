@@ -6,8 +6,8 @@ import SidecarModel
 /// connection (one event loop): each parsed request in order (HTTPServerPipelineHandler, in
 /// between, may hold heads back while a response is in flight), and why the stream was refused.
 final class HTTP1RequestLog {
-    /// Two slots, not NIO's default 16 (16 requests' worth per connection): more than two
-    /// only while a client pipelines, and the ring grows then.
+    /// Two slots, not NIO's default 16 (16 requests' worth per connection): the ring grows
+    /// once two requests wait, which only a pipelining client makes happen.
     var requests = CircularBuffer<HTTP1Request>(initialCapacity: 2)
     /// Set once; the decoder reads nothing after it.
     var refusal: (refusal: HTTP1Refusal, method: String?, target: String?)?
