@@ -10,8 +10,9 @@ struct SharedTailChunks {
     static let sharedCapacity = 16 * 1024
 
     /// Two slots, not NIO's default 16: an idle stream holds no chunk, and a busy one grows the
-    /// ring as far as it needs (it does not shrink). With two of these and `StreamOutbound`'s promises per stream, the default
-    /// slots were about 1 KiB of every idle mux tunnel on each side (heaptrack, bench/scale.sh).
+    /// ring as far as it needs (it does not shrink). With two of these and `StreamOutbound`'s
+    /// promises per stream, the default slots were about 1 KiB of every idle mux tunnel on each
+    /// side (heaptrack, bench/scale.sh).
     private var chunks = CircularBuffer<ByteBuffer>(initialCapacity: 2)
     /// The last chunk is a buffer of ours that small pieces are appended to.
     private var tailIsShared = false
@@ -63,4 +64,18 @@ struct SharedTailChunks {
     /// The chunks queued and the storage they hold (a storage shared by two chunks counts
     /// twice): what a test of the memory bound reads.
     var held: (chunks: Int, storage: Int) { (chunks.count, chunks.reduce(0) { $0 + $1.storageCapacity }) }
+}
+
+extension ByteBuffer {
+    /// Its bytes fill more than a quarter of the storage they keep alive: fine to queue as it
+    /// is. Anything less (a 4 KiB record alone in a 64 KiB decrypt buffer) is copied to its
+    /// size before it waits, by the mux stream's queue and by the app socket's compactor.
+    package var fillsAQuarterOfItsStorage: Bool { readableBytes * 4 > storageCapacity }
+
+    /// A buffer holding just the readable bytes.
+    package func copiedToSize(allocator: ByteBufferAllocator) -> ByteBuffer {
+        var copy = allocator.buffer(capacity: readableBytes)
+        copy.writeImmutableBuffer(self)
+        return copy
+    }
 }

@@ -30,12 +30,10 @@ struct StreamOutbound {
         appended += count
         if let promise { promises.append((appended, promise)) }
         // The first write of a batch usually goes out at once: kept as it came.
-        if chunks.isEmpty || (count >= Self.smallWrite && count * 4 > buffer.storageCapacity) {
+        if chunks.isEmpty || (count >= Self.smallWrite && buffer.fillsAQuarterOfItsStorage) {
             chunks.append(buffer)
         } else if count >= Self.smallWrite {
-            var copy = allocator.buffer(capacity: count)
-            copy.writeImmutableBuffer(buffer)
-            chunks.append(copy)
+            chunks.append(buffer.copiedToSize(allocator: allocator))
         } else {
             chunks.appendCopy(buffer, allocator: allocator)
         }

@@ -1,4 +1,5 @@
 import NIOCore
+import SidecarMux
 
 /// Head of a plaintext socket to the local app: keeps what queues for an app that has stopped
 /// reading dense.
@@ -65,7 +66,7 @@ final class PendingWriteCompactor: ChannelOutboundHandler {
             return pass(context, data, bytes: io.readableBytes, promise: promise)
         }
         let count = buffer.readableBytes
-        let fillsAQuarter = count * 4 > buffer.storageCapacity
+        let fillsAQuarter = buffer.fillsAQuarterOfItsStorage
         if promise == nil, count < Self.smallWrite {
             if gathered == nil && queueIsEmpty(context, unchecked: fillsAQuarter) {
                 pass(context, data, bytes: count, promise: nil)
@@ -80,9 +81,8 @@ final class PendingWriteCompactor: ChannelOutboundHandler {
         if count > 0, !fillsAQuarter, socketBacklogged(context) {
             // A quarter or less of its buffer (a 4 KiB record alone in a 64 KiB decrypt
             // buffer): queued, it would hold all of it. Copied to its size.
-            var copy = context.channel.allocator.buffer(capacity: count)
-            copy.writeImmutableBuffer(buffer)
-            pass(context, wrapOutboundOut(.byteBuffer(copy)), bytes: count, promise: promise)
+            pass(context, wrapOutboundOut(.byteBuffer(buffer.copiedToSize(allocator: context.channel.allocator))), bytes: count,
+                 promise: promise)
             return
         }
         pass(context, data, bytes: count, promise: promise)
